@@ -1,0 +1,171 @@
+//! Stable numeric codes: error frames and WebSocket close codes.
+//!
+//! Codes are part of the wire contract: a code is never reused for another
+//! meaning, and new codes are only added. `PROTOCOL.md` carries the same table.
+
+/// The code carried by an `error` frame.
+///
+/// Ranges: 1xxx the frame or the protocol, 2xxx authentication, 3xxx game
+/// rules, 5xxx the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// The frame is not a valid MessagePack message of this protocol.
+    Malformed = 1001,
+    /// A text frame was sent; the protocol is binary MessagePack only.
+    TextFrame = 1002,
+    /// The message is not legal in the session's current state (a move
+    /// before joining, a second hello, ...).
+    IllegalState = 1003,
+    /// The message class went over its rate limit; the message was dropped.
+    RateLimited = 1004,
+    /// The hello's major version differs from the server's.
+    VersionMismatch = 1005,
+    /// The frame is larger than the server's `max_frame_bytes`.
+    FrameTooLarge = 1006,
+    /// The server requires a token and the hello had none.
+    AuthRequired = 2001,
+    /// The token's signature or format is wrong.
+    AuthInvalid = 2002,
+    /// The token has expired.
+    AuthExpired = 2003,
+    /// No map of that name exists.
+    UnknownMap = 3001,
+    /// A field is out of range: a non-finite direction, a chat text that is
+    /// empty or too long, ...
+    InvalidInput = 3002,
+    /// The room is at its player cap.
+    RoomFull = 3003,
+    /// The room could not be reached in time; try again.
+    RoomUnavailable = 3004,
+    /// Something went wrong inside the server; the session is unaffected.
+    Internal = 5001,
+    /// The server is at its connection cap or shutting down.
+    ServerBusy = 5002,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 15] = [
+        ErrorCode::Malformed,
+        ErrorCode::TextFrame,
+        ErrorCode::IllegalState,
+        ErrorCode::RateLimited,
+        ErrorCode::VersionMismatch,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::AuthRequired,
+        ErrorCode::AuthInvalid,
+        ErrorCode::AuthExpired,
+        ErrorCode::UnknownMap,
+        ErrorCode::InvalidInput,
+        ErrorCode::RoomFull,
+        ErrorCode::RoomUnavailable,
+        ErrorCode::Internal,
+        ErrorCode::ServerBusy,
+    ];
+
+    pub fn as_u16(self) -> u16 {
+        self as u16
+    }
+
+    /// The code for a number, or `None` for a code this version does not know
+    /// (a newer server may send codes an older client has never seen).
+    pub fn from_u16(code: u16) -> Option<ErrorCode> {
+        Self::ALL.into_iter().find(|c| c.as_u16() == code)
+    }
+
+    /// A short stable name, used in logs and metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::Malformed => "malformed",
+            ErrorCode::TextFrame => "text_frame",
+            ErrorCode::IllegalState => "illegal_state",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::VersionMismatch => "version_mismatch",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::AuthRequired => "auth_required",
+            ErrorCode::AuthInvalid => "auth_invalid",
+            ErrorCode::AuthExpired => "auth_expired",
+            ErrorCode::UnknownMap => "unknown_map",
+            ErrorCode::InvalidInput => "invalid_input",
+            ErrorCode::RoomFull => "room_full",
+            ErrorCode::RoomUnavailable => "room_unavailable",
+            ErrorCode::Internal => "internal",
+            ErrorCode::ServerBusy => "server_busy",
+        }
+    }
+}
+
+/// WebSocket close codes the server uses. 1xxx are RFC 6455 codes, 4xxx are
+/// Tessera's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum CloseCode {
+    /// The client said goodbye, or the session ended normally.
+    Normal = 1000,
+    /// The server is shutting down; reconnect elsewhere or later.
+    GoingAway = 1001,
+    /// Repeated protocol abuse (rate-limit or malformed-frame strikes).
+    PolicyViolation = 1008,
+    /// A frame over `max_frame_bytes`.
+    MessageTooBig = 1009,
+    /// An internal error ended the session.
+    InternalError = 1011,
+    /// The server is at its connection cap; try again later.
+    TryAgainLater = 1013,
+    /// No hello arrived within the handshake timeout.
+    HandshakeTimeout = 4001,
+    /// The hello's major version differs from the server's.
+    VersionMismatch = 4002,
+    /// The token was missing, invalid or expired.
+    AuthFailed = 4003,
+    /// Nothing was received within the idle timeout.
+    IdleTimeout = 4004,
+    /// The client read too slowly: reliable messages overflowed its
+    /// outbound byte budget.
+    SlowConsumer = 4005,
+}
+
+impl CloseCode {
+    pub fn as_u16(self) -> u16 {
+        self as u16
+    }
+
+    pub fn from_u16(code: u16) -> Option<CloseCode> {
+        [
+            CloseCode::Normal,
+            CloseCode::GoingAway,
+            CloseCode::PolicyViolation,
+            CloseCode::MessageTooBig,
+            CloseCode::InternalError,
+            CloseCode::TryAgainLater,
+            CloseCode::HandshakeTimeout,
+            CloseCode::VersionMismatch,
+            CloseCode::AuthFailed,
+            CloseCode::IdleTimeout,
+            CloseCode::SlowConsumer,
+        ]
+        .into_iter()
+        .find(|c| c.as_u16() == code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_round_trip_and_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.as_u16()), "duplicate code {code:?}");
+            assert_eq!(ErrorCode::from_u16(code.as_u16()), Some(code));
+        }
+        assert_eq!(ErrorCode::from_u16(9999), None);
+    }
+
+    #[test]
+    fn close_codes_round_trip() {
+        assert_eq!(CloseCode::from_u16(4004), Some(CloseCode::IdleTimeout));
+        assert_eq!(CloseCode::from_u16(4999), None);
+    }
+}

@@ -1,0 +1,30 @@
+//! The error frame.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ErrorCode;
+
+/// An error in answer to a client message. The session stays open unless a
+/// close frame follows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorMsg {
+    /// A stable numeric code; see [`ErrorCode`]. Kept as a number on the wire
+    /// so that a client can read codes newer than itself.
+    pub code: u16,
+    /// A human-readable explanation, for logs; not for branching on.
+    pub text: String,
+}
+
+impl ErrorMsg {
+    pub fn new(code: ErrorCode, text: impl Into<String>) -> Self {
+        ErrorMsg {
+            code: code.as_u16(),
+            text: text.into(),
+        }
+    }
+
+    /// The code, if this version knows it.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        ErrorCode::from_u16(self.code)
+    }
+}

@@ -1,0 +1,79 @@
+//! Every message of the protocol.
+//!
+//! On the wire a message is a MessagePack map with exactly one entry: the
+//! message's type name (a string) mapped to its body (a map of named fields),
+//! for example `{"ping": {"t": 7}}`. Bodies are maps so that a minor version
+//! can add optional fields without breaking older peers; the hot per-entity
+//! lists inside `update` are compact arrays (see [`room::Moved`]).
+//!
+//! One file per message family; adding a message is a new body struct there
+//! and one new variant at the *end* of [`ClientMsg`] or [`ServerMsg`].
+
+pub mod chat;
+pub mod error;
+pub mod handshake;
+pub mod ping;
+pub mod room;
+
+pub use chat::{Announce, Chat, ChatSend};
+pub use error::ErrorMsg;
+pub use handshake::{Hello, Welcome};
+pub use ping::{Ping, Pong};
+pub use room::{Entity, EntityId, Join, Joined, Leave, Left, MapInfo, Move, Moved, Update};
+
+use serde::{Deserialize, Serialize};
+
+/// What a client sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientMsg {
+    Hello(Hello),
+    Join(Join),
+    Leave(Leave),
+    Move(Move),
+    Chat(ChatSend),
+    Ping(Ping),
+}
+
+impl ClientMsg {
+    /// The wire name of the message type, for logs and error texts.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientMsg::Hello(_) => "hello",
+            ClientMsg::Join(_) => "join",
+            ClientMsg::Leave(_) => "leave",
+            ClientMsg::Move(_) => "move",
+            ClientMsg::Chat(_) => "chat",
+            ClientMsg::Ping(_) => "ping",
+        }
+    }
+}
+
+/// What a server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerMsg {
+    Welcome(Welcome),
+    Joined(Joined),
+    Left(Left),
+    Update(Update),
+    Chat(Chat),
+    Announce(Announce),
+    Pong(Pong),
+    Error(ErrorMsg),
+}
+
+impl ServerMsg {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerMsg::Welcome(_) => "welcome",
+            ServerMsg::Joined(_) => "joined",
+            ServerMsg::Left(_) => "left",
+            ServerMsg::Update(_) => "update",
+            ServerMsg::Chat(_) => "chat",
+            ServerMsg::Announce(_) => "announce",
+            ServerMsg::Pong(_) => "pong",
+            ServerMsg::Error(_) => "error",
+        }
+    }
+}
