@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Browser tests: the JS protocol client (node) and the demo page end to end
+# (Debian chromium driven by playwright-core against the real server).
+#
+# Installs what is missing (chromium, node, the e2e npm packages) and runs
+#   node --test protocol/js/test/ server/tests/e2e/
+# It does not build the server: build it first (cargo build -p server), or
+# point TESSERA_SERVER_BIN at a binary. CHROMIUM overrides /usr/bin/chromium.
+# Safe to run again: each step is skipped when its result is already there.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=
+apt_install() {
+  if [ -z "$apt_updated" ]; then
+    as_root apt-get update -q
+    apt_updated=1
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+}
+
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "e2e: installing node and npm"
+  apt_install nodejs npm
+fi
+
+chromium_bin="${CHROMIUM:-/usr/bin/chromium}"
+if [ ! -x "$chromium_bin" ]; then
+  echo "e2e: installing chromium"
+  apt_install chromium
+fi
+
+e2e_dir=server/tests/e2e
+# npm ci wipes node_modules first, so only run it when the locked version
+# is not what is installed.
+want=$(node -p "require('./$e2e_dir/package-lock.json').packages['node_modules/playwright-core'].version")
+have=$(node -p "try { require('./$e2e_dir/node_modules/playwright-core/package.json').version } catch { '' }")
+if [ "$want" != "$have" ]; then
+  echo "e2e: installing playwright-core $want"
+  npm ci --prefix "$e2e_dir" --no-audit --no-fund
+fi
+
+server_bin="${TESSERA_SERVER_BIN:-target/debug/tessera-server}"
+if [ ! -x "$server_bin" ]; then
+  echo "e2e: no server binary at $server_bin: build it first (cargo build -p server --bin tessera-server)" >&2
+  exit 1
+fi
+
+exec node --test protocol/js/test/ "$e2e_dir/"
