@@ -630,7 +630,10 @@ export class TesseraClient {
   receive(data) {
     let msg;
     try {
-      msg = decodeMessage(data instanceof ArrayBuffer || ArrayBuffer.isView(data) ? data : new Uint8Array(0));
+      if (!(data instanceof ArrayBuffer || ArrayBuffer.isView(data))) {
+        throw new DecodeError('a text frame: the protocol sends binary frames only');
+      }
+      msg = decodeMessage(data);
     } catch (err) {
       this.emit('decode_error', err);
       return;
