@@ -1,1 +1,40 @@
+//! Tessera shard: the game server library. The `tessera-server` binary is a
+//! thin wrapper over [`shard::start`]; the tests drive the same function.
+//!
+//! # Layout
+//!
+//! - [`shard`]: starts the actix System, listeners and workers; shutdown.
+//! - [`gateway`]: accept loop, connection cap, WebSocket upgrade; one
+//!   session per socket on the next worker Arbiter.
+//! - [`session`]: the per-connection actor: decode, state check, rate
+//!   limit, route to the room.
+//! - [`outbound`]: a session's bounded outbound queue and its writer task.
+//! - [`room`]: the per-map actor (tick, movement, interest management),
+//!   its spatial [`room::grid`] and the [`room::registry`] that finds rooms.
+//! - [`dispatcher`]: typed topics for announcements and map broadcasts.
+//! - [`auth`]: signed tokens, resume tokens, dev-mode guests.
+//! - [`ratelimit`]: token buckets and abuse strikes.
+//! - [`config`]: the one configuration struct, its loading and validation.
+//! - [`http`]: demo page, `/healthz`, `/metrics`, admin calls.
+//! - [`metrics`]: metric names and the Prometheus recorder.
+//!
+//! A move, end to end: socket -> `Session` (size, decode, rate limit, state)
+//! -> `Room` mailbox (`try_send`) -> applied at the next tick -> each
+//! member's view diffed against the last -> one encoded frame per distinct
+//! diff, shared as `Bytes` -> each member's `Outbound` -> writer task ->
+//! socket.
 
+pub mod auth;
+pub mod config;
+pub mod dispatcher;
+pub mod gateway;
+pub mod http;
+pub mod metrics;
+pub mod outbound;
+pub mod ratelimit;
+pub mod room;
+pub mod session;
+pub mod shard;
+
+pub use config::Config;
+pub use shard::{start, ShardHandle};

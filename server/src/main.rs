@@ -1,1 +1,157 @@
-fn main() {}
+//! `tessera-server`: parse flags, set up logging, run a shard until SIGINT or
+//! SIGTERM. Everything else lives in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use server::auth::{mint_with_key, Claims};
+use server::config::{AuthMode, LogFormat};
+use server::Config;
+
+#[derive(Parser)]
+#[command(name = "tessera-server", version, about = "Tessera game-server shard")]
+struct Cli {
+    /// TOML configuration file; every field is optional.
+    #[arg(long, env = "TESSERA_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Game WebSocket address (server.ws_addr); port 0 picks a free port.
+    #[arg(long)]
+    ws_addr: Option<SocketAddr>,
+    /// HTTP address for the demo page, health and metrics (server.http_addr).
+    #[arg(long)]
+    http_addr: Option<SocketAddr>,
+    /// Worker threads (server.workers); 0 = one per core.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// dev: guests allowed; production: signed tokens only (auth.mode).
+    #[arg(long, value_enum)]
+    mode: Option<AuthMode>,
+    /// Log format (log.format).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Print the configuration in force (file, environment and flags
+    /// applied) as TOML, and exit.
+    #[arg(long)]
+    print_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mint a signed session token for tests and tools.
+    Token {
+        /// The HMAC secret (auth.secret of the shard that will check it).
+        /// Defaults to auth.secret from the configuration.
+        #[arg(long, env = "TESSERA_TOKEN_SECRET")]
+        secret: Option<String>,
+        /// The player id the token speaks for.
+        #[arg(long)]
+        player: String,
+        /// Display name; defaults to the player id.
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = Config::load(cli.config.as_deref(), std::env::vars())?;
+    if let Some(addr) = cli.ws_addr {
+        config.server.ws_addr = addr;
+    }
+    if let Some(addr) = cli.http_addr {
+        config.server.http_addr = addr;
+    }
+    if let Some(workers) = cli.workers {
+        config.server.workers = workers;
+    }
+    if let Some(mode) = cli.mode {
+        config.auth.mode = mode;
+    }
+    if let Some(format) = cli.log_format {
+        config.log.format = format;
+    }
+    Ok(config)
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = load_config(&cli)?;
+    if let Some(Command::Token {
+        secret,
+        player,
+        name,
+        ttl,
+    }) = cli.command
+    {
+        let secret = secret.unwrap_or(config.auth.secret);
+        anyhow::ensure!(
+            !secret.is_empty(),
+            "no secret: pass --secret or set auth.secret"
+        );
+        let claims = Claims {
+            name: name.unwrap_or_else(|| player.clone()),
+            sub: player,
+            exp: server::auth::unix_now() + ttl,
+            sid: None,
+        };
+        println!("{}", mint_with_key(secret.as_bytes(), &claims));
+        return Ok(());
+    }
+    config.validate()?;
+    if cli.print_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    init_tracing(&config);
+    let shard = server::start(config)?;
+    // These two lines are a contract: tools and tests read the bound ports
+    // from them.
+    println!("ws listening on {}", shard.ws_addr);
+    println!("http listening on {}", shard.http_addr);
+    println!("demo page: http://{}/", shard.http_addr);
+
+    let stopper = shard.stopper();
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal runtime")?;
+    signals.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+        }
+        anyhow::Ok(())
+    })?;
+    let _ = stopper.send(true);
+    shard.join();
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("tessera-server: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,636 @@
+//! Configuration: one `#[serde(default)]` struct, read from an optional TOML
+//! file, overridden by `TESSERA_*` environment variables and then by flags,
+//! validated once at start.
+//!
+//! Environment overrides name a field by its path with `__` between levels:
+//! `TESSERA_LIMITS__CHAT_MAX_CHARS=100`, `TESSERA_SERVER__WS_ADDR=0.0.0.0:7350`.
+//! A variable naming no field is an error, so a typo does not go unnoticed.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub rooms: RoomsConfig,
+    /// The maps of this shard. When empty, the built-in demo maps
+    /// (`lobby`, `arena`, `plains`) are used.
+    pub maps: Vec<MapConfig>,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Game WebSocket listener. Port 0 picks a free port.
+    pub ws_addr: SocketAddr,
+    /// HTTP listener: demo page, health, metrics, admin.
+    pub http_addr: SocketAddr,
+    /// actix Arbiters (threads) hosting sessions and rooms; 0 = one per core.
+    pub workers: usize,
+    /// Open game connections at most; more are closed with 1013.
+    pub max_connections: usize,
+    /// WebSocket upgrade plus `hello` must complete within this.
+    pub handshake_timeout_ms: u64,
+    /// A session that receives nothing for this long is closed (4004).
+    pub idle_timeout_ms: u64,
+    /// The server sends a WebSocket ping this often.
+    pub heartbeat_interval_ms: u64,
+    /// Largest client frame (and message) read; larger closes with 1009.
+    pub max_frame_bytes: usize,
+    /// tungstenite read buffer per connection, allocated up front: the main
+    /// cost of an idle connection.
+    pub read_buffer_bytes: usize,
+    /// tungstenite write buffer target per connection.
+    pub write_buffer_bytes: usize,
+    /// Bytes queued for one client at most. Over it, state updates are
+    /// dropped (and a full update follows); reliable messages close the
+    /// socket with 4005.
+    pub outbound_budget_bytes: usize,
+    /// One socket write taking longer than this ends the session.
+    pub write_timeout_ms: u64,
+    /// On SIGTERM/SIGINT, sessions get this long to close before exit.
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// A hello without a token gets a guest identity.
+    Dev,
+    /// Only signed, unexpired tokens are accepted.
+    Production,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// HMAC-SHA256 key for session and resume tokens. Required (at least 16
+    /// bytes) in production mode; in dev mode an empty secret means a random
+    /// one per process.
+    pub secret: String,
+    /// Lifetime of the resume token handed out in `welcome`.
+    pub resume_ttl_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub move_per_sec: u32,
+    pub move_burst: u32,
+    pub chat_per_sec: u32,
+    pub chat_burst: u32,
+    /// join, leave, ping, hello.
+    pub control_per_sec: u32,
+    pub control_burst: u32,
+    pub chat_max_chars: u32,
+    /// Strikes (malformed frames, text frames, rate-limit hits) within
+    /// `abuse_window_ms` that close the socket with 1008.
+    pub abuse_strikes: u32,
+    pub abuse_window_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomsConfig {
+    /// Default tick rate of a map that sets none.
+    pub tick_hz: u32,
+    /// Default view radius of a map that sets none.
+    pub view_radius: f32,
+    /// Default player cap of a map that sets none.
+    pub max_players: usize,
+    /// An empty room stops after this long.
+    pub idle_stop_ms: u64,
+    /// Messages queued to one room at most; a move into a full room is
+    /// dropped and counted.
+    pub mailbox_capacity: usize,
+    /// How long a session waits for a room to answer a join.
+    pub call_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MapConfig {
+    pub name: String,
+    pub width: f32,
+    pub height: f32,
+    /// Where players appear, and how far around it they are scattered.
+    pub spawn: [f32; 2],
+    pub spawn_radius: f32,
+    /// Units per second at full stick.
+    pub speed: f32,
+    pub tick_hz: Option<u32>,
+    pub view_radius: Option<f32>,
+    pub max_players: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bearer token for `/admin/*` on the HTTP listener. Empty turns the
+    /// admin endpoints off.
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `server=debug,info`. `RUST_LOG`
+    /// wins when set.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            rooms: RoomsConfig::default(),
+            maps: Vec::new(),
+            admin: AdminConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            ws_addr: SocketAddr::from(([127, 0, 0, 1], 7350)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 7380)),
+            workers: 0,
+            max_connections: 20_000,
+            handshake_timeout_ms: 5_000,
+            idle_timeout_ms: 30_000,
+            heartbeat_interval_ms: 10_000,
+            max_frame_bytes: 4 * 1024,
+            read_buffer_bytes: 4 * 1024,
+            write_buffer_bytes: 16 * 1024,
+            outbound_budget_bytes: 256 * 1024,
+            write_timeout_ms: 10_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::Dev,
+            secret: String::new(),
+            resume_ttl_s: 3_600,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            move_per_sec: 30,
+            move_burst: 60,
+            chat_per_sec: 2,
+            chat_burst: 5,
+            control_per_sec: 10,
+            control_burst: 20,
+            chat_max_chars: 200,
+            abuse_strikes: 10,
+            abuse_window_ms: 10_000,
+        }
+    }
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        RoomsConfig {
+            tick_hz: 20,
+            view_radius: 400.0,
+            max_players: 1_000,
+            idle_stop_ms: 30_000,
+            mailbox_capacity: 4_096,
+            call_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl Default for MapConfig {
+    fn default() -> Self {
+        MapConfig {
+            name: String::new(),
+            width: 1_000.0,
+            height: 1_000.0,
+            spawn: [500.0, 500.0],
+            spawn_radius: 50.0,
+            speed: 200.0,
+            tick_hz: None,
+            view_radius: None,
+            max_players: None,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// The built-in demo maps, used when the configuration names none.
+pub fn builtin_maps() -> Vec<MapConfig> {
+    vec![
+        MapConfig {
+            name: "lobby".into(),
+            ..MapConfig::default()
+        },
+        MapConfig {
+            name: "arena".into(),
+            width: 600.0,
+            height: 600.0,
+            spawn: [300.0, 300.0],
+            spawn_radius: 100.0,
+            speed: 250.0,
+            ..MapConfig::default()
+        },
+        MapConfig {
+            name: "plains".into(),
+            width: 4_000.0,
+            height: 4_000.0,
+            spawn: [2_000.0, 2_000.0],
+            spawn_radius: 1_500.0,
+            speed: 300.0,
+            ..MapConfig::default()
+        },
+    ]
+}
+
+/// A map with every default resolved: what a room runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MapDef {
+    pub name: String,
+    pub width: f32,
+    pub height: f32,
+    pub spawn: [f32; 2],
+    pub spawn_radius: f32,
+    pub speed: f32,
+    pub tick_hz: u32,
+    pub view_radius: f32,
+    pub max_players: usize,
+}
+
+impl Config {
+    /// Read `path` (if any), then apply `TESSERA_*` variables from `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut value = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let parsed: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                toml::Value::try_from(parsed)
+            }
+            None => toml::Value::try_from(Config::default()),
+        }
+        .map_err(|e| ConfigError::Invalid(vec![e.to_string()]))?;
+        for (var, raw) in env {
+            let Some(path) = var.strip_prefix("TESSERA_") else {
+                continue;
+            };
+            if path == "CONFIG" {
+                continue;
+            }
+            apply_env(&mut value, &var, path, &raw)?;
+        }
+        value
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Env {
+                var: "TESSERA_*".into(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Every map with defaults resolved.
+    pub fn map_defs(&self) -> Vec<MapDef> {
+        let maps = if self.maps.is_empty() {
+            builtin_maps()
+        } else {
+            self.maps.clone()
+        };
+        maps.into_iter()
+            .map(|m| MapDef {
+                tick_hz: m.tick_hz.unwrap_or(self.rooms.tick_hz),
+                view_radius: m.view_radius.unwrap_or(self.rooms.view_radius),
+                max_players: m.max_players.unwrap_or(self.rooms.max_players),
+                name: m.name,
+                width: m.width,
+                height: m.height,
+                spawn: m.spawn,
+                spawn_radius: m.spawn_radius,
+                speed: m.speed,
+            })
+            .collect()
+    }
+
+    pub fn workers(&self) -> usize {
+        if self.server.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.server.workers
+        }
+    }
+
+    /// Check every field; the error lists each problem with its field path.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        let mut positive = |name: &str, value: u64| {
+            if value == 0 {
+                errors.push(format!("{name} must be greater than 0"));
+            }
+        };
+        let s = &self.server;
+        positive("server.max_connections", s.max_connections as u64);
+        positive("server.handshake_timeout_ms", s.handshake_timeout_ms);
+        positive("server.idle_timeout_ms", s.idle_timeout_ms);
+        positive("server.heartbeat_interval_ms", s.heartbeat_interval_ms);
+        positive("server.max_frame_bytes", s.max_frame_bytes as u64);
+        positive("server.read_buffer_bytes", s.read_buffer_bytes as u64);
+        positive(
+            "server.outbound_budget_bytes",
+            s.outbound_budget_bytes as u64,
+        );
+        positive("server.write_timeout_ms", s.write_timeout_ms);
+        let l = &self.limits;
+        positive("limits.move_per_sec", l.move_per_sec.into());
+        positive("limits.move_burst", l.move_burst.into());
+        positive("limits.chat_per_sec", l.chat_per_sec.into());
+        positive("limits.chat_burst", l.chat_burst.into());
+        positive("limits.control_per_sec", l.control_per_sec.into());
+        positive("limits.control_burst", l.control_burst.into());
+        positive("limits.chat_max_chars", l.chat_max_chars.into());
+        positive("limits.abuse_strikes", l.abuse_strikes.into());
+        positive("limits.abuse_window_ms", l.abuse_window_ms);
+        let r = &self.rooms;
+        positive("rooms.tick_hz", r.tick_hz.into());
+        positive("rooms.max_players", r.max_players as u64);
+        positive("rooms.mailbox_capacity", r.mailbox_capacity as u64);
+        positive("rooms.call_timeout_ms", r.call_timeout_ms);
+        positive("rooms.idle_stop_ms", r.idle_stop_ms);
+        if s.max_frame_bytes < 256 {
+            errors.push("server.max_frame_bytes must be at least 256".into());
+        }
+        if s.outbound_budget_bytes < 4 * 1024 {
+            errors.push("server.outbound_budget_bytes must be at least 4096".into());
+        }
+        if !(r.view_radius.is_finite() && r.view_radius > 0.0) {
+            errors.push("rooms.view_radius must be a positive number".into());
+        }
+        if r.tick_hz > 1_000 {
+            errors.push("rooms.tick_hz must be at most 1000".into());
+        }
+        if self.auth.mode == AuthMode::Production && self.auth.secret.len() < 16 {
+            errors.push("auth.secret must be at least 16 bytes in production mode".into());
+        }
+        if self.auth.resume_ttl_s == 0 {
+            errors.push("auth.resume_ttl_s must be greater than 0".into());
+        }
+        if !self.admin.token.is_empty() && self.admin.token.len() < 16 {
+            errors.push("admin.token must be empty (admin off) or at least 16 bytes".into());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            errors.push(format!(
+                "log.level {:?} is not a valid filter",
+                self.log.level
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for (i, m) in self.maps.iter().enumerate() {
+            let at = format!("maps[{i}]");
+            validate_map(&at, m, &mut errors);
+            if !names.insert(m.name.clone()) {
+                errors.push(format!("{at}.name {:?} is used twice", m.name));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+
+    pub fn to_toml(&self) -> String {
+        // Config is plain data; serializing it to TOML cannot fail.
+        toml::to_string_pretty(self).expect("config serializes to TOML")
+    }
+}
+
+fn validate_map(at: &str, m: &MapConfig, errors: &mut Vec<String>) {
+    let valid_name = !m.name.is_empty()
+        && m.name.len() <= 64
+        && m.name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid_name {
+        errors.push(format!(
+            "{at}.name {:?} must be 1-64 characters of a-z, 0-9, - or _",
+            m.name
+        ));
+    }
+    let positive = |v: f32| v.is_finite() && v > 0.0;
+    if !positive(m.width) || !positive(m.height) {
+        errors.push(format!("{at}.width and .height must be positive numbers"));
+    }
+    if !positive(m.speed) {
+        errors.push(format!("{at}.speed must be a positive number"));
+    }
+    let [x, y] = m.spawn;
+    if !(x.is_finite()
+        && y.is_finite()
+        && (0.0..=m.width).contains(&x)
+        && (0.0..=m.height).contains(&y))
+    {
+        errors.push(format!("{at}.spawn must lie inside the map"));
+    }
+    if !(m.spawn_radius.is_finite() && m.spawn_radius >= 0.0) {
+        errors.push(format!("{at}.spawn_radius must be 0 or more"));
+    }
+    if m.tick_hz.is_some_and(|t| t == 0 || t > 1_000) {
+        errors.push(format!("{at}.tick_hz must be 1 to 1000"));
+    }
+    if m.view_radius.is_some_and(|r| !positive(r)) {
+        errors.push(format!("{at}.view_radius must be a positive number"));
+    }
+    if m.max_players == Some(0) {
+        errors.push(format!("{at}.max_players must be greater than 0"));
+    }
+}
+
+/// Set the field named by an environment variable's path in the TOML tree.
+fn apply_env(root: &mut toml::Value, var: &str, path: &str, raw: &str) -> Result<(), ConfigError> {
+    let env_err = |message: String| ConfigError::Env {
+        var: var.to_string(),
+        message,
+    };
+    let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+    let (last, parents) = keys
+        .split_last()
+        .ok_or_else(|| env_err("names no field".into()))?;
+    let mut node = root;
+    for key in parents {
+        node = node
+            .get_mut(key.as_str())
+            .filter(|v| v.is_table())
+            .ok_or_else(|| env_err(format!("no config section {key:?}")))?;
+    }
+    let table = node
+        .as_table_mut()
+        .ok_or_else(|| env_err("names no field".into()))?;
+    let current = table
+        .get(last.as_str())
+        .ok_or_else(|| env_err(format!("no config field {last:?} (see --print-config)")))?;
+    let value = match current {
+        toml::Value::Integer(_) => raw
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| env_err(format!("{raw:?} is not an integer")))?,
+        toml::Value::Float(_) => raw
+            .parse::<f64>()
+            .map(toml::Value::Float)
+            .map_err(|_| env_err(format!("{raw:?} is not a number")))?,
+        toml::Value::Boolean(_) => raw
+            .parse::<bool>()
+            .map(toml::Value::Boolean)
+            .map_err(|_| env_err(format!("{raw:?} is not true or false")))?,
+        toml::Value::String(_) => toml::Value::String(raw.to_string()),
+        _ => {
+            return Err(env_err(
+                "only plain fields can be set from the environment".into(),
+            ))
+        }
+    };
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+/// Milliseconds to a Duration, for the `_ms` fields.
+pub fn ms(value: u64) -> Duration {
+    Duration::from_millis(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_round_trip_through_toml() {
+        let config = Config::default();
+        config.validate().unwrap();
+        let back: Config = toml::from_str(&config.to_toml()).unwrap();
+        assert_eq!(back, config);
+        assert_eq!(config.map_defs().len(), 3);
+    }
+
+    #[test]
+    fn environment_overrides_fields_and_names_bad_ones() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("TESSERA_LIMITS__CHAT_MAX_CHARS", "100"),
+                ("TESSERA_SERVER__WS_ADDR", "0.0.0.0:9000"),
+                ("TESSERA_AUTH__MODE", "production"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.limits.chat_max_chars, 100);
+        assert_eq!(config.server.ws_addr.port(), 9000);
+        assert_eq!(config.auth.mode, AuthMode::Production);
+
+        let err = Config::load(None, env(&[("TESSERA_LIMITS__CHAT_MAX", "1")])).unwrap_err();
+        assert!(
+            err.to_string().contains("TESSERA_LIMITS__CHAT_MAX"),
+            "{err}"
+        );
+        let err =
+            Config::load(None, env(&[("TESSERA_LIMITS__CHAT_MAX_CHARS", "lots")])).unwrap_err();
+        assert!(err.to_string().contains("not an integer"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_each_bad_field() {
+        let mut config = Config::default();
+        config.limits.move_per_sec = 0;
+        config.auth.mode = AuthMode::Production;
+        config.maps.push(MapConfig {
+            name: "bad name".into(),
+            spawn: [5_000.0, 0.0],
+            ..MapConfig::default()
+        });
+        let message = config.validate().unwrap_err().to_string();
+        for field in [
+            "limits.move_per_sec",
+            "auth.secret",
+            "maps[0].name",
+            "maps[0].spawn",
+        ] {
+            assert!(message.contains(field), "{field} missing in {message}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_in_a_file_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tessera.toml");
+        std::fs::write(&path, "[server]\nws_adr = \"127.0.0.1:1\"\n").unwrap();
+        let err = Config::load(Some(&path), Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("ws_adr"), "{err}");
+    }
+}

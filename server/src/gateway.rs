@@ -1,0 +1,160 @@
+//! The accept loop: TCP accept, connection cap, WebSocket upgrade, and one
+//! [`Session`] per socket on the next worker Arbiter.
+//!
+//! The accept loop runs on the system Arbiter; each accepted socket moves to
+//! a worker Arbiter (as a std socket, so it registers with that Arbiter's
+//! reactor) where the upgrade, the session actor and its writer task live.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::{SinkExt, StreamExt};
+use protocol::CloseCode;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::config::{ms, ServerConfig};
+use crate::metrics as m;
+use crate::outbound::{run_writer, Outbound};
+use crate::session::Session;
+use crate::shard::Shared;
+
+/// Sockets over the connection cap that may be in the middle of being told
+/// so (upgrade, then close 1013) at once; past that they are dropped.
+const MAX_REFUSING: usize = 64;
+
+pub fn ws_config(config: &ServerConfig) -> WebSocketConfig {
+    let mut ws = WebSocketConfig::default();
+    ws.read_buffer_size = config.read_buffer_bytes;
+    ws.write_buffer_size = config.write_buffer_bytes;
+    ws.max_write_buffer_size = config.write_buffer_bytes + 4 * config.outbound_budget_bytes;
+    ws.max_frame_size = Some(config.max_frame_bytes);
+    ws.max_message_size = Some(config.max_frame_bytes);
+    ws
+}
+
+pub struct Gateway {
+    pub shared: Arc<Shared>,
+    pub workers: Vec<ArbiterHandle>,
+    pub done: mpsc::Sender<()>,
+}
+
+impl Gateway {
+    /// Accept until `shutdown` turns true.
+    pub async fn run(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+        let permits = Arc::new(Semaphore::new(self.shared.config.server.max_connections));
+        let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+        let next_worker = AtomicUsize::new(0);
+        let next_session = AtomicU64::new(1);
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off, do not spin.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            metrics::counter!(m::CONNECTIONS_ACCEPTED).increment(1);
+            let permit = match permits.clone().try_acquire_owned() {
+                Ok(permit) => Ok(permit),
+                Err(_) => match refusing.clone().try_acquire_owned() {
+                    Ok(refusal) => Err(refusal),
+                    Err(_) => {
+                        metrics::counter!(m::CONNECTIONS_REFUSED).increment(1);
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let std_tcp = match tcp.into_std() {
+                Ok(s) => s,
+                Err(err) => {
+                    tracing::warn!(error = %err, "socket handover failed");
+                    continue;
+                }
+            };
+            let worker =
+                &self.workers[next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len()];
+            let shared = self.shared.clone();
+            let done = self.done.clone();
+            let id = next_session.fetch_add(1, Ordering::Relaxed);
+            worker.spawn(async move {
+                match TcpStream::from_std(std_tcp) {
+                    Ok(tcp) => serve(tcp, peer, id, permit, shared, done).await,
+                    Err(err) => tracing::warn!(error = %err, "socket handover failed"),
+                }
+            });
+        }
+        tracing::info!("gateway stopped accepting");
+    }
+}
+
+/// Upgrade one socket and start its session, or tell it the server is full.
+async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    permit: Result<OwnedSemaphorePermit, OwnedSemaphorePermit>,
+    shared: Arc<Shared>,
+    done: mpsc::Sender<()>,
+) {
+    let config = &shared.config.server;
+    // Boxed: the upgrade future is large and would otherwise live inside
+    // this task for the connection's whole life.
+    let upgrade = Box::pin(tokio_tungstenite::accept_async_with_config(
+        tcp,
+        Some(ws_config(config)),
+    ));
+    let ws = match tokio::time::timeout(ms(config.handshake_timeout_ms), upgrade).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(err)) => {
+            tracing::debug!(%peer, error = %err, "websocket upgrade failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "websocket upgrade timed out");
+            return;
+        }
+    };
+    let permit = match permit {
+        Ok(permit) => permit,
+        Err(_refusal) => {
+            metrics::counter!(m::CONNECTIONS_REFUSED).increment(1);
+            let mut ws = ws;
+            let frame = CloseFrame {
+                code: WsCloseCode::from(CloseCode::TryAgainLater.as_u16()),
+                reason: "server at its connection cap".into(),
+            };
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), ws.send(Message::Close(Some(frame))))
+                    .await;
+            return;
+        }
+    };
+    let (sink, stream) = ws.split();
+    let out = Outbound::new(config.outbound_budget_bytes);
+    let writer = run_writer(out.clone(), sink, ms(config.write_timeout_ms));
+    let writer_done = done.clone();
+    actix::spawn(async move {
+        writer.await;
+        drop(permit);
+        drop(writer_done);
+    });
+    tracing::debug!(%peer, session = id, "connected");
+    Session::create(move |ctx| {
+        ctx.add_stream(stream);
+        Session::new(id, shared, out, done)
+    });
+}

@@ -1,0 +1,174 @@
+//! The HTTP listener: demo page, health, metrics and the admin calls.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /` , `/demo.js`, `/tessera.js` | the demo client, embedded in the binary |
+//! | `GET /client-config.json` | `{"ws_port": N}`: where the demo connects |
+//! | `GET /healthz` | `200 {"status":"ok",...}` while the shard accepts players |
+//! | `GET /metrics` | Prometheus text |
+//! | `POST /admin/announce` | `{"text": "...", "map": "optional"}`, bearer `admin.token` |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::dispatcher::MapBroadcast;
+use crate::room::announce_frame;
+use crate::shard::Shared;
+
+const INDEX_HTML: &str = include_str!("../web/index.html");
+const DEMO_JS: &str = include_str!("../web/demo.js");
+const TESSERA_JS: &str = include_str!("../../protocol/js/tessera.js");
+
+#[derive(Clone)]
+struct AppState {
+    shared: Arc<Shared>,
+    ws_port: u16,
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    ws_addr: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    let state = AppState {
+        shared,
+        ws_port: ws_addr.port(),
+    };
+    let app = Router::new()
+        .route("/", get(|| async { Html(INDEX_HTML) }))
+        .route("/demo.js", get(|| async { javascript(DEMO_JS) }))
+        .route("/tessera.js", get(|| async { javascript(TESSERA_JS) }))
+        .route("/client-config.json", get(client_config))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/admin/announce", post(announce))
+        .with_state(state);
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(err) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %err, "http server failed");
+    }
+}
+
+fn javascript(body: &'static str) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+async fn client_config(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "ws_port": state.ws_port }))
+}
+
+async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let sessions = state.shared.sessions.lock().len();
+    Json(serde_json::json!({
+        "status": "ok",
+        "sessions": sessions,
+        "rooms": state.shared.rooms.running(),
+    }))
+}
+
+async fn metrics() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::prometheus().render(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct AnnounceRequest {
+    text: String,
+    #[serde(default)]
+    map: Option<String>,
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+    let expected = &shared.config.admin.token;
+    if expected.is_empty() {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "admin endpoints are off: set admin.token",
+        ));
+    }
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let ok = given.is_some_and(|g| {
+        // Compare in constant time; lengths are not secret.
+        g.len() == expected.len()
+            && g.bytes()
+                .zip(expected.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        ))
+    }
+}
+
+async fn announce(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<AnnounceRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(response) = authorized(&state.shared, &headers) {
+        return response;
+    }
+    let Ok(Json(request)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body must be JSON {\"text\": string, \"map\": optional string}",
+        );
+    };
+    let max = state.shared.config.limits.chat_max_chars as usize * 4;
+    if request.text.is_empty() || request.text.chars().count() > max {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("text must be 1 to {max} characters"),
+        );
+    }
+    let report = match &request.map {
+        Some(map) if !state.shared.rooms.has_map(map) => {
+            return error(StatusCode::NOT_FOUND, &format!("no map named {map:?}"));
+        }
+        Some(map) => state
+            .shared
+            .dispatcher
+            .map_topic(map)
+            .publish(MapBroadcast(announce_frame(&request.text))),
+        None => state.shared.announce(&request.text),
+    };
+    Json(serde_json::json!({
+        "delivered": report.delivered,
+        "dropped": report.dropped,
+    }))
+    .into_response()
+}

@@ -1,0 +1,42 @@
+//! Metric names and the Prometheus recorder.
+//!
+//! Every counter a test or dashboard reads is named here once. The recorder
+//! is process-global (the `metrics` facade allows one), so several servers
+//! started in one test process share it.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const CONNECTIONS_ACCEPTED: &str = "tessera_connections_accepted_total";
+pub const CONNECTIONS_REFUSED: &str = "tessera_connections_refused_total";
+pub const SESSIONS_ACTIVE: &str = "tessera_sessions_active";
+pub const SESSIONS_CLOSED: &str = "tessera_sessions_closed_total";
+pub const CLIENT_MESSAGES: &str = "tessera_client_messages_total";
+pub const CLIENT_ERRORS: &str = "tessera_client_errors_total";
+pub const FRAMES_SENT: &str = "tessera_frames_sent_total";
+pub const FLUSHES: &str = "tessera_socket_flushes_total";
+pub const OUTBOUND_DROPPED: &str = "tessera_outbound_dropped_total";
+pub const ROOMS_ACTIVE: &str = "tessera_rooms_active";
+pub const ROOM_TICKS: &str = "tessera_room_ticks_total";
+pub const ROOM_TICK_SECONDS: &str = "tessera_room_tick_seconds";
+pub const ROOM_INPUTS_DROPPED: &str = "tessera_room_inputs_dropped_total";
+pub const UPDATE_ENCODES: &str = "tessera_update_encodes_total";
+pub const UPDATE_FRAMES: &str = "tessera_update_frames_total";
+pub const DISPATCH_PUBLISHED: &str = "tessera_dispatch_published_total";
+pub const DISPATCH_DELIVERED: &str = "tessera_dispatch_delivered_total";
+pub const DISPATCH_DROPPED: &str = "tessera_dispatch_dropped_total";
+pub const DISPATCH_QUEUE_DEPTH: &str = "tessera_dispatch_queue_depth";
+
+/// The process's Prometheus handle, installing the recorder on first use.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder was installed first, in which case
+        // our handle simply renders nothing; the server still runs.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}

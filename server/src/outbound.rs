@@ -1,0 +1,283 @@
+//! A session's outbound queue and the task that writes it to the socket.
+//!
+//! Rooms and the session push already-encoded frames ([`Bytes`], shared
+//! between recipients) into an [`Outbound`]; one writer task per connection
+//! drains everything ready, `feed`s it to the socket and flushes once, so the
+//! cost follows flushes, not messages.
+//!
+//! The queue has a byte budget. State frames (`update`) are latest-wins: one
+//! that does not fit is dropped, counted, and the session is flagged for a
+//! full resync, which its room sends once the queue has drained. Reliable
+//! frames (chat, errors, joined, announcements) keep their order; one that
+//! does not fit closes the socket with 4005, because silently losing it
+//! would be worse.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt};
+use parking_lot::Mutex;
+use protocol::CloseCode;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::metrics as m;
+
+enum Frame {
+    State(Bytes),
+    Reliable(Bytes),
+    Ping,
+}
+
+struct Queue {
+    frames: VecDeque<Frame>,
+    bytes: usize,
+    /// State frames were dropped since the last full update.
+    resync: bool,
+    /// Set once: the close frame to send after what is queued.
+    close: Option<(CloseCode, String)>,
+}
+
+/// Why a push did not queue its frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The session is closing or closed; the frame was discarded.
+    Closed,
+    /// A reliable frame did not fit the budget: the session is now closing
+    /// with 4005.
+    Overflow,
+}
+
+pub struct Outbound {
+    queue: Mutex<Queue>,
+    wake: Notify,
+    budget: usize,
+}
+
+impl Outbound {
+    pub fn new(budget: usize) -> Arc<Outbound> {
+        Arc::new(Outbound {
+            queue: Mutex::new(Queue {
+                frames: VecDeque::new(),
+                bytes: 0,
+                resync: false,
+                close: None,
+            }),
+            wake: Notify::new(),
+            budget,
+        })
+    }
+
+    /// Queue a state update. Returns false when it was dropped (the session
+    /// is then flagged for a full resync).
+    pub fn push_state(&self, frame: Bytes) -> bool {
+        let mut q = self.queue.lock();
+        if q.close.is_some() {
+            return false;
+        }
+        if q.bytes + frame.len() > self.budget {
+            q.resync = true;
+            drop(q);
+            metrics::counter!(m::OUTBOUND_DROPPED, "class" => "state").increment(1);
+            return false;
+        }
+        q.bytes += frame.len();
+        q.frames.push_back(Frame::State(frame));
+        drop(q);
+        self.wake.notify_one();
+        true
+    }
+
+    /// Queue a frame that must arrive, in order.
+    pub fn push_reliable(&self, frame: Bytes) -> Result<(), PushError> {
+        let mut q = self.queue.lock();
+        if q.close.is_some() {
+            return Err(PushError::Closed);
+        }
+        if q.bytes + frame.len() > self.budget {
+            // The client cannot keep up even after state updates were shed.
+            // Nothing queued can reach it in time; send the close at once.
+            q.frames.clear();
+            q.bytes = 0;
+            q.close = Some((CloseCode::SlowConsumer, "outbound budget exceeded".into()));
+            drop(q);
+            metrics::counter!(m::OUTBOUND_DROPPED, "class" => "reliable").increment(1);
+            metrics::counter!(m::SESSIONS_CLOSED, "code" => "4005").increment(1);
+            self.wake.notify_one();
+            return Err(PushError::Overflow);
+        }
+        q.bytes += frame.len();
+        q.frames.push_back(Frame::Reliable(frame));
+        drop(q);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    pub fn push_ping(&self) {
+        let mut q = self.queue.lock();
+        if q.close.is_none() {
+            q.frames.push_back(Frame::Ping);
+            drop(q);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Send what is queued, then a close frame with `code`, then end the
+    /// writer. Only the first close counts.
+    pub fn close(&self, code: CloseCode, reason: &str) {
+        let mut q = self.queue.lock();
+        if q.close.is_none() {
+            q.close = Some((code, reason.to_string()));
+            drop(q);
+            metrics::counter!(m::SESSIONS_CLOSED, "code" => code.as_u16().to_string()).increment(1);
+            self.wake.notify_one();
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.queue.lock().close.is_some()
+    }
+
+    /// Whether state updates were dropped and the queue has room again, in
+    /// which case the flag is cleared and the caller owes a full update.
+    pub fn take_resync(&self) -> bool {
+        let mut q = self.queue.lock();
+        if q.resync && q.bytes <= self.budget / 2 {
+            q.resync = false;
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.queue.lock().bytes
+    }
+
+    /// Everything ready now, or the close once the queue is empty; waits when
+    /// there is nothing.
+    async fn next_batch(&self, batch: &mut Vec<Frame>) -> Option<(CloseCode, String)> {
+        loop {
+            {
+                let mut q = self.queue.lock();
+                if !q.frames.is_empty() {
+                    batch.extend(q.frames.drain(..));
+                    q.bytes = 0;
+                    return None;
+                }
+                if let Some(close) = &q.close {
+                    return Some(close.clone());
+                }
+            }
+            self.wake.notified().await;
+        }
+    }
+}
+
+/// Drain `out` into `sink` until the session closes or the socket fails.
+/// Each write must complete within `write_timeout`, so a client that stops
+/// reading cannot hold the task forever.
+pub async fn run_writer<S>(out: Arc<Outbound>, mut sink: S, write_timeout: Duration)
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
+    let mut batch = Vec::new();
+    loop {
+        let close = out.next_batch(&mut batch).await;
+        if let Some((code, reason)) = close {
+            let frame = CloseFrame {
+                code: WsCloseCode::from(code.as_u16()),
+                reason: reason.into(),
+            };
+            let _ =
+                tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(frame)))).await;
+            let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+            return;
+        }
+        let frames = batch.len() as u64;
+        let mut ok = true;
+        for frame in batch.drain(..) {
+            let message = match frame {
+                Frame::State(b) | Frame::Reliable(b) => Message::Binary(b),
+                Frame::Ping => Message::Ping(Bytes::new()),
+            };
+            if !matches!(
+                tokio::time::timeout(write_timeout, sink.feed(message)).await,
+                Ok(Ok(()))
+            ) {
+                ok = false;
+                break;
+            }
+        }
+        if ok {
+            ok = matches!(
+                tokio::time::timeout(write_timeout, sink.flush()).await,
+                Ok(Ok(()))
+            );
+        }
+        metrics::counter!(m::FRAMES_SENT).increment(frames);
+        metrics::counter!(m::FLUSHES).increment(1);
+        if !ok {
+            batch.clear();
+            out.close(CloseCode::InternalError, "write failed");
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_frames_over_budget_are_dropped_and_flag_a_resync() {
+        let out = Outbound::new(10);
+        assert!(out.push_state(Bytes::from_static(b"123456")));
+        assert!(!out.push_state(Bytes::from_static(b"123456")));
+        assert!(
+            !out.take_resync(),
+            "no resync while the queue is still full"
+        );
+        out.queue.lock().frames.clear();
+        out.queue.lock().bytes = 0;
+        assert!(out.take_resync());
+        assert!(!out.take_resync(), "the flag is taken once");
+    }
+
+    #[test]
+    fn reliable_overflow_closes_with_slow_consumer() {
+        let out = Outbound::new(10);
+        out.push_reliable(Bytes::from_static(b"12345678")).unwrap();
+        assert_eq!(
+            out.push_reliable(Bytes::from_static(b"12345678")),
+            Err(PushError::Overflow)
+        );
+        assert!(out.is_closing());
+        let close = out.queue.lock().close.clone().unwrap();
+        assert_eq!(close.0, CloseCode::SlowConsumer);
+        assert_eq!(
+            out.push_reliable(Bytes::from_static(b"1")),
+            Err(PushError::Closed)
+        );
+        assert!(!out.push_state(Bytes::from_static(b"1")));
+    }
+
+    #[tokio::test]
+    async fn the_writer_sends_in_order_then_closes() {
+        let out = Outbound::new(1024);
+        out.push_reliable(Bytes::from_static(b"a")).unwrap();
+        out.push_state(Bytes::from_static(b"b"));
+        out.close(CloseCode::GoingAway, "bye");
+        let mut got: Vec<Message> = Vec::new();
+        let sink = (&mut got).sink_map_err(|_| WsError::ConnectionClosed);
+        run_writer(out, sink, Duration::from_secs(1)).await;
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0], Message::Binary(Bytes::from_static(b"a")));
+        assert_eq!(got[1], Message::Binary(Bytes::from_static(b"b")));
+        assert!(matches!(&got[2], Message::Close(Some(f)) if u16::from(f.code) == 1001));
+    }
+}

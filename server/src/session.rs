@@ -1,0 +1,499 @@
+//! One session actor per connection: decode, validate, rate-limit, route.
+//!
+//! ```text
+//! socket ─▶ read half ─(StreamHandler)─▶ Session ─▶ Room (join/leave/input/chat)
+//!                                           │
+//! socket ◀─ writer task ◀── Outbound ◀──────┴── pong, error, welcome, announce
+//!                              ▲
+//!                              └── Room: joined, update, chat
+//! ```
+//!
+//! A frame goes: size limit (tungstenite) -> decode -> rate limit of its
+//! class -> state check -> handler. Every refusal is an error frame with a
+//! code; malformed frames, text frames and rate-limit hits are strikes, and
+//! too many strikes close the socket (1008). Sessions are not restarted: when
+//! the socket goes, the session stops and leaves its room.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use protocol::msg::{ChatSend, ErrorMsg, Hello, Join, Move, Ping, Pong, Welcome};
+use protocol::{encode_server, ClientMsg, CloseCode, ErrorCode, ServerMsg, PROTOCOL_VERSION};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::auth::{unix_now, Identity};
+use crate::config::ms;
+use crate::dispatcher::{Announcement, Published, SubscriptionId};
+use crate::metrics as m;
+use crate::outbound::Outbound;
+use crate::room::{ChatIn, Input, JoinError, JoinRoom, LeaveRoom, Room};
+use crate::shard::Shared;
+
+pub type SessionId = u64;
+
+/// Messages a session may queue from the server side (announcements,
+/// shutdown). Client input never goes through this mailbox.
+const SESSION_MAILBOX: usize = 64;
+
+enum State {
+    AwaitingHello,
+    Lobby,
+    InRoom { map: Arc<str>, room: Addr<Room> },
+}
+
+/// The three rate-limited message classes.
+#[derive(Clone, Copy)]
+enum Class {
+    Move,
+    Chat,
+    Control,
+}
+
+impl Class {
+    fn of(msg: &ClientMsg) -> Class {
+        match msg {
+            ClientMsg::Move(_) => Class::Move,
+            ClientMsg::Chat(_) => Class::Chat,
+            ClientMsg::Hello(_) | ClientMsg::Join(_) | ClientMsg::Leave(_) | ClientMsg::Ping(_) => {
+                Class::Control
+            }
+        }
+    }
+}
+
+pub struct Session {
+    id: SessionId,
+    shared: Arc<Shared>,
+    out: Arc<Outbound>,
+    state: State,
+    identity: Option<Arc<Identity>>,
+    last_seen: Instant,
+    last_ping_sent: Instant,
+    buckets: [crate::ratelimit::Bucket; 3],
+    strikes: crate::ratelimit::Strikes,
+    announcements: Option<SubscriptionId>,
+    /// Held until the actor is dropped, so shutdown can wait for it.
+    _done: mpsc::Sender<()>,
+}
+
+/// Ask a session to close because the server is going down.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+impl Session {
+    pub fn new(
+        id: SessionId,
+        shared: Arc<Shared>,
+        out: Arc<Outbound>,
+        done: mpsc::Sender<()>,
+    ) -> Session {
+        let now = Instant::now();
+        let l = &shared.config.limits;
+        let buckets = [
+            crate::ratelimit::Bucket::new(l.move_per_sec, l.move_burst, now),
+            crate::ratelimit::Bucket::new(l.chat_per_sec, l.chat_burst, now),
+            crate::ratelimit::Bucket::new(l.control_per_sec, l.control_burst, now),
+        ];
+        let strikes = crate::ratelimit::Strikes::new(l.abuse_strikes, ms(l.abuse_window_ms), now);
+        Session {
+            id,
+            shared,
+            out,
+            state: State::AwaitingHello,
+            identity: None,
+            last_seen: now,
+            last_ping_sent: now,
+            buckets,
+            strikes,
+            announcements: None,
+            _done: done,
+        }
+    }
+
+    fn send(&self, msg: &ServerMsg) {
+        let _ = self.out.push_reliable(Bytes::from(encode_server(msg)));
+    }
+
+    fn send_error(&self, code: ErrorCode, text: impl Into<String>) {
+        metrics::counter!(m::CLIENT_ERRORS, "code" => code.name()).increment(1);
+        self.send(&ServerMsg::Error(ErrorMsg::new(code, text)));
+    }
+
+    /// Send `code` with an error frame, then close the socket with `close`.
+    fn refuse(&mut self, code: ErrorCode, text: &str, close: CloseCode, ctx: &mut Context<Self>) {
+        self.send_error(code, text);
+        self.close(close, text, ctx);
+    }
+
+    fn close(&mut self, code: CloseCode, reason: &str, ctx: &mut Context<Self>) {
+        tracing::debug!(
+            session = self.id,
+            code = code.as_u16(),
+            reason,
+            "closing session"
+        );
+        self.out.close(code, reason);
+        ctx.stop();
+    }
+
+    fn strike(&mut self, ctx: &mut Context<Self>) {
+        if self.strikes.strike(Instant::now()) {
+            self.close(
+                CloseCode::PolicyViolation,
+                "too many protocol violations",
+                ctx,
+            );
+        }
+    }
+
+    fn on_frame(&mut self, bytes: &[u8], ctx: &mut Context<Self>) {
+        let msg = match protocol::decode_client(bytes, self.shared.config.server.max_frame_bytes) {
+            Ok(msg) => msg,
+            Err(err) => {
+                metrics::counter!(m::CLIENT_MESSAGES, "kind" => "malformed").increment(1);
+                self.send_error(err.code(), err.to_string());
+                self.strike(ctx);
+                return;
+            }
+        };
+        metrics::counter!(m::CLIENT_MESSAGES, "kind" => msg.kind()).increment(1);
+        let bucket = &mut self.buckets[Class::of(&msg) as usize];
+        if !bucket.allow(Instant::now()) {
+            self.send_error(
+                ErrorCode::RateLimited,
+                format!("{} over its rate limit", msg.kind()),
+            );
+            self.strike(ctx);
+            return;
+        }
+        match msg {
+            ClientMsg::Hello(hello) => self.on_hello(hello, ctx),
+            ClientMsg::Join(join) => self.on_join(join, ctx),
+            ClientMsg::Leave(_) => self.on_leave(),
+            ClientMsg::Move(mv) => self.on_move(mv),
+            ClientMsg::Chat(chat) => self.on_chat(chat),
+            ClientMsg::Ping(ping) => self.on_ping(ping),
+        }
+    }
+
+    fn on_hello(&mut self, hello: Hello, ctx: &mut Context<Self>) {
+        if !matches!(self.state, State::AwaitingHello) {
+            self.send_error(ErrorCode::IllegalState, "hello was already received");
+            return;
+        }
+        if !PROTOCOL_VERSION.accepts(hello.version) {
+            let text = format!(
+                "protocol {} is not supported; this server speaks {}",
+                hello.version, PROTOCOL_VERSION
+            );
+            self.refuse(
+                ErrorCode::VersionMismatch,
+                &text,
+                CloseCode::VersionMismatch,
+                ctx,
+            );
+            return;
+        }
+        let now = unix_now();
+        let identity = match self.shared.auth.authenticate(&hello, now) {
+            Ok(identity) => identity,
+            Err(err) => {
+                self.refuse(err.code(), &err.to_string(), CloseCode::AuthFailed, ctx);
+                return;
+            }
+        };
+        let session_id = format!("s-{:x}", self.id);
+        let welcome = Welcome {
+            version: PROTOCOL_VERSION,
+            player_id: identity.player_id.clone(),
+            name: identity.name.clone(),
+            resume_token: self.shared.auth.resume_token(&identity, &session_id, now),
+            session_id,
+            tick_hz: self.shared.config.rooms.tick_hz,
+            limits: self.shared.limits.clone(),
+            maps: self.shared.rooms.map_names(),
+        };
+        self.send(&ServerMsg::Welcome(welcome));
+        tracing::debug!(session = self.id, player = %identity.player_id, "welcomed");
+        self.identity = Some(Arc::new(identity));
+        self.state = State::Lobby;
+        let recipient = ctx.address().recipient();
+        self.announcements = Some(self.shared.dispatcher.announcements.subscribe(recipient));
+    }
+
+    fn on_join(&mut self, join: Join, ctx: &mut Context<Self>) {
+        let Some(identity) = self.identity.clone() else {
+            self.send_error(ErrorCode::IllegalState, "say hello first");
+            return;
+        };
+        if !self.shared.rooms.has_map(&join.map) {
+            self.send_error(
+                ErrorCode::UnknownMap,
+                format!("no map named {:?}", join.map),
+            );
+            return;
+        }
+        if let State::InRoom { map, .. } = &self.state {
+            if **map == *join.map {
+                self.send_error(ErrorCode::IllegalState, "already in that map");
+                return;
+            }
+            self.leave_room(true);
+        }
+        self.join_room(Arc::from(join.map), identity, 1, ctx);
+    }
+
+    /// Ask the room of `map` to take this player. State moves to `InRoom`
+    /// at once so inputs sent right after `joined` route; a failed join
+    /// moves it back.
+    fn join_room(
+        &mut self,
+        map: Arc<str>,
+        identity: Arc<Identity>,
+        retries: u8,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(room) = self.shared.rooms.room(&map) else {
+            self.send_error(ErrorCode::UnknownMap, format!("no map named {map:?}"));
+            return;
+        };
+        self.state = State::InRoom {
+            map: map.clone(),
+            room: room.clone(),
+        };
+        let request = JoinRoom {
+            session: self.id,
+            identity: identity.clone(),
+            out: self.out.clone(),
+        };
+        let timeout = ms(self.shared.config.rooms.call_timeout_ms);
+        let call = room.send(request);
+        let reply = async move { tokio::time::timeout(timeout, call).await };
+        ctx.spawn(reply.into_actor(self).map(move |reply, session, ctx| {
+            let still_joining =
+                matches!(&session.state, State::InRoom { room: current, .. } if *current == room);
+            if !still_joining {
+                return;
+            }
+            match reply {
+                Ok(Ok(Ok(_entity))) => {}
+                Ok(Ok(Err(JoinError::Full))) => {
+                    session.state = State::Lobby;
+                    session.send_error(ErrorCode::RoomFull, format!("{map} is full"));
+                }
+                Ok(Err(MailboxError::Closed)) if retries > 0 => {
+                    // The room stopped between lookup and join; the
+                    // registry starts a fresh one.
+                    session.join_room(map, identity, retries - 1, ctx);
+                }
+                Ok(Err(_)) | Err(_) => {
+                    session.state = State::Lobby;
+                    room.do_send(LeaveRoom {
+                        session: session.id,
+                        notify: false,
+                    });
+                    session.send_error(ErrorCode::RoomUnavailable, format!("{map} did not answer"));
+                }
+            }
+        }));
+    }
+
+    fn leave_room(&mut self, notify: bool) {
+        if let State::InRoom { room, .. } = std::mem::replace(&mut self.state, State::Lobby) {
+            // Membership changes are rate-limited by the control class, so
+            // this cast cannot flood the room.
+            room.do_send(LeaveRoom {
+                session: self.id,
+                notify,
+            });
+        }
+    }
+
+    fn on_leave(&mut self) {
+        if matches!(self.state, State::InRoom { .. }) {
+            self.leave_room(true);
+        } else {
+            self.send_error(ErrorCode::IllegalState, "not in a map");
+        }
+    }
+
+    fn on_move(&mut self, mv: Move) {
+        let State::InRoom { room, .. } = &self.state else {
+            self.send_error(ErrorCode::IllegalState, "join a map before moving");
+            return;
+        };
+        if !(mv.dx.is_finite() && mv.dy.is_finite()) {
+            self.send_error(ErrorCode::InvalidInput, "direction must be finite");
+            return;
+        }
+        let len = (mv.dx * mv.dx + mv.dy * mv.dy).sqrt();
+        let (dx, dy) = if len > 1.0 {
+            (mv.dx / len, mv.dy / len)
+        } else {
+            (mv.dx, mv.dy)
+        };
+        let input = Input {
+            session: self.id,
+            seq: mv.seq,
+            dx,
+            dy,
+        };
+        self.to_room(room.clone(), input);
+    }
+
+    fn on_chat(&mut self, chat: ChatSend) {
+        let State::InRoom { room, .. } = &self.state else {
+            self.send_error(ErrorCode::IllegalState, "join a map before chatting");
+            return;
+        };
+        let chars = chat.text.chars().count();
+        let max = self.shared.config.limits.chat_max_chars as usize;
+        if chars == 0 || chars > max || chat.text.chars().any(|c| c.is_control()) {
+            self.send_error(
+                ErrorCode::InvalidInput,
+                format!("chat text must be 1 to {max} printable characters"),
+            );
+            return;
+        }
+        let msg = ChatIn {
+            session: self.id,
+            text: chat.text,
+        };
+        self.to_room(room.clone(), msg);
+    }
+
+    /// Cast to the room without waiting: a full room mailbox drops the
+    /// message (counted) and tells the client.
+    fn to_room<M>(&mut self, room: Addr<Room>, msg: M)
+    where
+        M: actix::Message<Result = ()> + Send + 'static,
+        Room: Handler<M>,
+    {
+        match room.try_send(msg) {
+            Ok(()) => {}
+            Err(SendError::Full(_)) => {
+                metrics::counter!(m::ROOM_INPUTS_DROPPED).increment(1);
+                self.send_error(ErrorCode::RoomUnavailable, "room is busy; message dropped");
+            }
+            Err(SendError::Closed(_)) => {
+                self.state = State::Lobby;
+                self.send_error(ErrorCode::RoomUnavailable, "room is gone; join again");
+            }
+        }
+    }
+
+    fn on_ping(&mut self, ping: Ping) {
+        if matches!(self.state, State::AwaitingHello) {
+            self.send_error(ErrorCode::IllegalState, "say hello first");
+            return;
+        }
+        let server_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.send(&ServerMsg::Pong(Pong {
+            t: ping.t,
+            server_ms,
+        }));
+    }
+
+    fn housekeeping(&mut self, ctx: &mut Context<Self>) {
+        if self.out.is_closing() {
+            // The writer gave up (slow consumer, write failure).
+            ctx.stop();
+            return;
+        }
+        let config = &self.shared.config.server;
+        if self.last_seen.elapsed() >= ms(config.idle_timeout_ms) {
+            self.close(CloseCode::IdleTimeout, "idle timeout", ctx);
+            return;
+        }
+        if self.last_ping_sent.elapsed() >= ms(config.heartbeat_interval_ms) {
+            self.last_ping_sent = Instant::now();
+            self.out.push_ping();
+        }
+    }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(SESSION_MAILBOX);
+        metrics::gauge!(m::SESSIONS_ACTIVE).increment(1.0);
+        let config = &self.shared.config.server;
+        ctx.run_later(ms(config.handshake_timeout_ms), |session, ctx| {
+            if matches!(session.state, State::AwaitingHello) {
+                session.close(CloseCode::HandshakeTimeout, "no hello in time", ctx);
+            }
+        });
+        let every = ms(config.idle_timeout_ms / 4)
+            .min(ms(config.heartbeat_interval_ms / 2))
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        ctx.run_interval(every, |session, ctx| session.housekeeping(ctx));
+        self.shared.sessions.lock().insert(self.id, ctx.address());
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        metrics::gauge!(m::SESSIONS_ACTIVE).decrement(1.0);
+        self.leave_room(false);
+        if let Some(sub) = self.announcements.take() {
+            self.shared.dispatcher.announcements.unsubscribe(sub);
+        }
+        self.shared.sessions.lock().remove(&self.id);
+        self.out.close(CloseCode::Normal, "session ended");
+    }
+}
+
+impl StreamHandler<Result<Message, WsError>> for Session {
+    fn handle(&mut self, item: Result<Message, WsError>, ctx: &mut Context<Self>) {
+        self.last_seen = Instant::now();
+        match item {
+            Ok(Message::Binary(bytes)) => self.on_frame(&bytes, ctx),
+            Ok(Message::Text(_)) => {
+                metrics::counter!(m::CLIENT_MESSAGES, "kind" => "text").increment(1);
+                self.send_error(ErrorCode::TextFrame, "frames must be binary MessagePack");
+                self.strike(ctx);
+            }
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+            Ok(Message::Close(_)) => ctx.stop(),
+            Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
+                let text = format!("frame of {size} bytes is over the limit of {max_size}");
+                self.refuse(
+                    ErrorCode::FrameTooLarge,
+                    &text,
+                    CloseCode::MessageTooBig,
+                    ctx,
+                );
+            }
+            Err(err) => {
+                tracing::debug!(session = self.id, error = %err, "read failed");
+                ctx.stop();
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<Published<Announcement>> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Published<Announcement>, _: &mut Context<Self>) {
+        let _ = self.out.push_reliable(msg.msg.0.clone());
+    }
+}
+
+impl Handler<Shutdown> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
+        self.close(CloseCode::GoingAway, "server shutting down", ctx);
+    }
+}

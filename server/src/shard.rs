@@ -1,0 +1,237 @@
+//! One shard: the actor system, its listeners, and an orderly shutdown.
+//!
+//! ```text
+//! thread "tessera-system" (actix System)
+//! ├─ system Arbiter: Gateway accept loop, HTTP server, metrics sampler
+//! ├─ worker Arbiter × N: Sessions and their writer tasks, Rooms
+//! └─ shared state: Config, Auth, RoomRegistry, Dispatcher, session table
+//! ```
+//!
+//! [`start`] binds both listeners (so a port-0 address is known when it
+//! returns) and runs the system on its own thread; [`ShardHandle::shutdown`]
+//! stops accepting, announces the shutdown, closes every session with 1001,
+//! waits for sessions and writers up to the grace period, and stops the
+//! system. The binary and the tests drive the same function.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use anyhow::Context as _;
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::auth::Auth;
+use crate::config::{ms, Config};
+use crate::dispatcher::{Announcement, Dispatcher};
+use crate::gateway::Gateway;
+use crate::room::{announce_frame, RoomRegistry};
+use crate::session::{Session, SessionId, Shutdown};
+
+/// What every session and room of the shard shares.
+pub struct Shared {
+    pub config: Config,
+    pub auth: Auth,
+    pub limits: protocol::Limits,
+    pub rooms: Arc<RoomRegistry>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub sessions: Mutex<HashMap<SessionId, Addr<Session>>>,
+}
+
+impl Shared {
+    /// Publish an announcement to every connected session.
+    pub fn announce(&self, text: &str) -> crate::dispatcher::PublishReport {
+        self.dispatcher
+            .announcements
+            .publish(Announcement(announce_frame(text)))
+    }
+}
+
+pub struct ShardHandle {
+    pub ws_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    stop_tx: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ShardHandle {
+    /// Shut down gracefully and wait for it.
+    pub fn shutdown(mut self) {
+        let _ = self.stop_tx.send(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// Wait for the shard's thread, e.g. after a signal triggered shutdown
+    /// through [`ShardHandle::stopper`].
+    pub fn join(mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// A handle that can trigger shutdown from elsewhere.
+    pub fn stopper(&self) -> watch::Sender<bool> {
+        self.stop_tx.clone()
+    }
+}
+
+impl Drop for ShardHandle {
+    fn drop(&mut self) {
+        let _ = self.stop_tx.send(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn welcome_limits(config: &Config) -> protocol::Limits {
+    let l = &config.limits;
+    protocol::Limits {
+        max_frame_bytes: config.server.max_frame_bytes as u32,
+        move_per_sec: l.move_per_sec,
+        move_burst: l.move_burst,
+        chat_per_sec: l.chat_per_sec,
+        chat_burst: l.chat_burst,
+        control_per_sec: l.control_per_sec,
+        control_burst: l.control_burst,
+        chat_max_chars: l.chat_max_chars,
+        idle_timeout_ms: config.server.idle_timeout_ms.min(u64::from(u32::MAX)) as u32,
+    }
+}
+
+/// Start a shard with `config` (validated here) on a thread of its own.
+pub fn start(config: Config) -> anyhow::Result<ShardHandle> {
+    config.validate()?;
+    crate::metrics::prometheus();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let thread = std::thread::Builder::new()
+        .name("tessera-system".into())
+        .spawn(move || {
+            let system = System::new();
+            system.block_on(run(config, ready_tx, stop_rx));
+        })
+        .context("spawning the shard thread")?;
+    let (ws_addr, http_addr) = ready_rx
+        .recv()
+        .context("the shard stopped while starting")??;
+    Ok(ShardHandle {
+        ws_addr,
+        http_addr,
+        stop_tx,
+        thread: Some(thread),
+    })
+}
+
+type Ready = std::sync::mpsc::Sender<anyhow::Result<(SocketAddr, SocketAddr)>>;
+
+async fn run(config: Config, ready: Ready, mut stop_rx: watch::Receiver<bool>) {
+    let ws = match TcpListener::bind(config.server.ws_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(anyhow::anyhow!(
+                "cannot listen on server.ws_addr {}: {e}",
+                config.server.ws_addr
+            )));
+            return;
+        }
+    };
+    let http = match TcpListener::bind(config.server.http_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(anyhow::anyhow!(
+                "cannot listen on server.http_addr {}: {e}",
+                config.server.http_addr
+            )));
+            return;
+        }
+    };
+    let addrs = match (ws.local_addr(), http.local_addr()) {
+        (Ok(w), Ok(h)) => (w, h),
+        (Err(e), _) | (_, Err(e)) => {
+            let _ = ready.send(Err(e.into()));
+            return;
+        }
+    };
+
+    let workers: Vec<Arbiter> = (0..config.workers()).map(|_| Arbiter::new()).collect();
+    let handles: Vec<ArbiterHandle> = workers.iter().map(|a| a.handle()).collect();
+    let dispatcher = Arc::new(Dispatcher::default());
+    let rooms = Arc::new(RoomRegistry::new(
+        config.map_defs(),
+        handles.clone(),
+        dispatcher.clone(),
+        ms(config.rooms.idle_stop_ms),
+        config.rooms.mailbox_capacity,
+    ));
+    let shared = Arc::new(Shared {
+        auth: Auth::new(&config.auth),
+        limits: welcome_limits(&config),
+        rooms,
+        dispatcher,
+        sessions: Mutex::new(HashMap::new()),
+        config,
+    });
+
+    // Every session and writer holds a clone of done_tx; when all are gone,
+    // done_rx yields None.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let gateway = Gateway {
+        shared: shared.clone(),
+        workers: handles,
+        done: done_tx,
+    };
+    let gateway_task = actix::spawn(gateway.run(ws, stop_rx.clone()));
+    let http_task = actix::spawn(crate::http::serve(
+        http,
+        shared.clone(),
+        addrs.0,
+        stop_rx.clone(),
+    ));
+    let sampler_shared = shared.clone();
+    let mut sampler_stop = stop_rx.clone();
+    let sampler = actix::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = sampler_stop.wait_for(|s| *s) => break,
+                _ = every.tick() => sampler_shared.dispatcher.sample(),
+            }
+        }
+    });
+    tracing::info!(ws = %addrs.0, http = %addrs.1, workers = workers.len(), "shard started");
+    let _ = ready.send(Ok(addrs));
+
+    let _ = stop_rx.wait_for(|stop| *stop).await;
+    tracing::info!("shutting down: no new connections");
+    let _ = gateway_task.await;
+    let report = shared.announce("server shutting down");
+    tracing::info!(delivered = report.delivered, "shutdown announced");
+    let sessions: Vec<Addr<Session>> = shared.sessions.lock().values().cloned().collect();
+    for session in &sessions {
+        // Mailboxes ignore their capacity for do_send; shutdown must reach
+        // every session.
+        session.do_send(Shutdown);
+    }
+    let grace = ms(shared.config.server.shutdown_grace_ms);
+    drop(sessions);
+    match tokio::time::timeout(grace, done_rx.recv()).await {
+        Ok(_) => tracing::info!("all sessions closed"),
+        Err(_) => tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "sessions still open after the grace period"
+        ),
+    }
+    let _ = http_task.await;
+    let _ = sampler.await;
+    for worker in workers {
+        worker.stop();
+        let _ = worker.join();
+    }
+    tracing::info!("shard stopped");
+}
