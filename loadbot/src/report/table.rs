@@ -1,0 +1,207 @@
+//! The readable summary printed on stdout at the end of a run.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use protocol::ErrorCode;
+
+use crate::stats::HistSummary;
+use crate::summary::Summary;
+
+/// The whole table as text.
+pub fn render(s: &Summary) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail; the results are ignored below.
+    let _ = write_table(&mut out, s);
+    out
+}
+
+fn write_table(out: &mut String, s: &Summary) -> std::fmt::Result {
+    let c = &s.config;
+    writeln!(
+        out,
+        "Tessera loadbot {}: scenario {}, {} bots in {} room(s) over [{}], {}s + {}s ramp, {}",
+        s.loadbot_version,
+        c.scenario,
+        s.bots,
+        c.rooms,
+        c.maps.join(", "),
+        c.duration_s,
+        c.ramp_s,
+        c.url
+    )?;
+    if s.interrupted {
+        writeln!(out, "(interrupted after {:.1}s)", s.elapsed_s)?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "bots         joined {}/{} | connected at end {} | in a room at end {}",
+        s.bots_joined, s.bots, s.bots_connected_at_end, s.bots_in_room_at_end
+    )?;
+    writeln!(
+        out,
+        "connects     attempts {} | ok {} | failed {}{}",
+        s.connect_attempts,
+        s.connects_ok,
+        s.connect_failures,
+        keyed(&s.connect_failures_by_reason)
+    )?;
+    writeln!(
+        out,
+        "joins        ok {} | failed {}{}",
+        s.joins_ok,
+        s.join_failures,
+        keyed(&s.join_failures_by_reason)
+    )?;
+    if s.reconnects + s.map_hops > 0 {
+        writeln!(
+            out,
+            "churn        reconnects {} | drops {} | hops {} | resumed same player {} | new player {}",
+            s.reconnects, s.churn_drops, s.map_hops, s.resumed_same_player, s.resumed_new_player
+        )?;
+    }
+    writeln!(
+        out,
+        "sent         {} msgs ({:.0}/s), {}{}",
+        s.msgs_sent,
+        s.msgs_sent_per_s,
+        bytes(s.bytes_sent),
+        keyed(&s.msgs_sent_by_kind)
+    )?;
+    writeln!(
+        out,
+        "received     {} msgs ({:.0}/s), {}{}",
+        s.msgs_received,
+        s.msgs_received_per_s,
+        bytes(s.bytes_received),
+        keyed(&s.msgs_received_by_kind)
+    )?;
+    let errors: BTreeMap<String, u64> = s
+        .errors_by_code
+        .iter()
+        .map(|(code, n)| (code_name(*code), *n))
+        .collect();
+    writeln!(
+        out,
+        "errors       error frames {}{} | disconnects {}{}",
+        s.error_frames,
+        keyed(&errors),
+        s.disconnects,
+        keyed(&s.disconnects_by_close_code)
+    )?;
+    writeln!(
+        out,
+        "             decode errors {} | unexpected frames {} | moves never seen {} | ws pings answered {} | error rate {:.6}",
+        s.decode_errors, s.unexpected_frames, s.moves_unconfirmed, s.ws_pings_received, s.error_rate
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<16} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "latency (ms)", "count", "min", "mean", "p50", "p90", "p99", "p99.9", "max"
+    )?;
+    for (name, h) in [
+        ("rtt", &s.rtt_ms),
+        ("move->visible", &s.move_visible_ms),
+        ("update interval", &s.update_interval_ms),
+        ("update jitter", &s.update_jitter_ms),
+        ("connect", &s.connect_ms),
+        ("join", &s.join_ms),
+    ] {
+        latency_row(out, name, h)?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "loadbot      cpu {:.2}s ({:.1}% of one core) | rss {} (peak {})",
+        s.loadbot_cpu_s,
+        s.loadbot_cpu_pct,
+        bytes(s.loadbot_rss_kib * 1024),
+        bytes(s.loadbot_peak_rss_kib * 1024)
+    )?;
+    if s.thresholds.max_p99_ms.is_some() || s.thresholds.max_error_rate.is_some() {
+        if s.thresholds.passed {
+            writeln!(out, "thresholds   passed")?;
+        } else {
+            for v in &s.thresholds.violations {
+                writeln!(out, "thresholds   FAILED: {v}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn latency_row(out: &mut String, name: &str, h: &HistSummary) -> std::fmt::Result {
+    if h.count == 0 {
+        return writeln!(out, "{name:<16} {:>9} {:>9}", 0, "-");
+    }
+    writeln!(
+        out,
+        "{name:<16} {:>9} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+        h.count, h.min, h.mean, h.p50, h.p90, h.p99, h.p999, h.max
+    )
+}
+
+/// `1004 rate_limited`, or the bare number for a code this version lacks.
+pub fn code_name(code: u16) -> String {
+    match ErrorCode::from_u16(code) {
+        Some(known) => format!("{code} {}", known.name()),
+        None => code.to_string(),
+    }
+}
+
+/// ` (a 1, b 2)` for the non-zero entries, or nothing.
+fn keyed<K: std::fmt::Display>(map: &BTreeMap<K, u64>) -> String {
+    let parts: Vec<String> = map
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
+    }
+}
+
+/// 1536 -> "1.5 KiB".
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::summary::tests::sample_summary;
+
+    #[test]
+    fn table_shows_the_headline_figures() {
+        let text = render(&sample_summary());
+        assert!(text.contains("joined 10/100"), "{text}");
+        assert!(text.contains("400 msgs"), "{text}");
+        assert!(text.contains("move 300"), "{text}");
+        assert!(text.contains("1004 rate_limited 1"), "{text}");
+        assert!(text.contains("refused 1"), "{text}");
+        assert!(text.lines().any(|l| l.starts_with("rtt ")), "{text}");
+    }
+
+    #[test]
+    fn byte_units() {
+        assert_eq!(bytes(10), "10 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 << 20), "3.0 MiB");
+        assert_eq!(code_name(4242), "4242");
+    }
+}
