@@ -6,7 +6,9 @@
 //!                              └ depth: messages delivered but not yet handled
 //! ```
 //!
-//! Publishing never waits on a subscriber. Each delivered message carries a
+//! Publishing never waits on a subscriber. A subscriber's bound is its
+//! mailbox capacity plus one (actix parks a sender that filled the mailbox
+//! and refuses it until the mailbox drains). Each delivered message carries a
 //! guard that counts it in its topic's depth until the subscriber drops it,
 //! so queue depth is measured, not guessed. Topics in use: server
 //! announcements (every session subscribes) and per-map broadcasts (the
@@ -102,23 +104,27 @@ impl<M: Clone + Send + 'static> Topic<M> {
     /// mailbox is full miss it (counted), stopped ones are removed.
     pub fn publish(&self, msg: M) -> PublishReport {
         let mut report = PublishReport::default();
-        let recipients: Vec<_> = self.subscribers.lock().clone();
-        let mut gone = Vec::new();
-        for (id, recipient) in &recipients {
+        // Send through the stored recipients themselves: actix grants every
+        // sender *clone* one slot past the mailbox capacity, so sending
+        // through fresh clones would make the bound meaningless.
+        self.subscribers.lock().retain(|(_, recipient)| {
             self.depth.fetch_add(1, Ordering::Relaxed);
             let published = Published {
                 msg: msg.clone(),
                 _depth: DepthGuard(self.depth.clone()),
             };
             match recipient.try_send(published) {
-                Ok(()) => report.delivered += 1,
-                Err(SendError::Full(_)) => report.dropped += 1,
-                Err(SendError::Closed(_)) => gone.push(*id),
+                Ok(()) => {
+                    report.delivered += 1;
+                    true
+                }
+                Err(SendError::Full(_)) => {
+                    report.dropped += 1;
+                    true
+                }
+                Err(SendError::Closed(_)) => false,
             }
-        }
-        if !gone.is_empty() {
-            self.subscribers.lock().retain(|(id, _)| !gone.contains(id));
-        }
+        });
         let labels = [("topic", self.name.clone())];
         metrics::counter!(m::DISPATCH_PUBLISHED, &labels).increment(1);
         metrics::counter!(m::DISPATCH_DELIVERED, &labels).increment(report.delivered as u64);

@@ -11,6 +11,11 @@
 //! frames (chat, errors, joined, announcements) keep their order; one that
 //! does not fit closes the socket with 4005, because silently losing it
 //! would be worse.
+//!
+//! Room membership has an epoch: a room pushes with the epoch it was given
+//! at join, and the session moves the epoch on when it leaves, so no frame
+//! of a room the player has left can slip in after its `left` (the check and
+//! the push happen under one lock).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -40,12 +45,15 @@ struct Queue {
     resync: bool,
     /// Set once: the close frame to send after what is queued.
     close: Option<(CloseCode, String)>,
+    /// The current room membership; frames of older ones are refused.
+    room_epoch: u64,
 }
 
 /// Why a push did not queue its frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushError {
-    /// The session is closing or closed; the frame was discarded.
+    /// The session is closing or closed, or the pushing room's membership
+    /// ended; the frame was discarded.
     Closed,
     /// A reliable frame did not fit the budget: the session is now closing
     /// with 4005.
@@ -66,17 +74,32 @@ impl Outbound {
                 bytes: 0,
                 resync: false,
                 close: None,
+                room_epoch: 0,
             }),
             wake: Notify::new(),
             budget,
         })
     }
 
-    /// Queue a state update. Returns false when it was dropped (the session
-    /// is then flagged for a full resync).
-    pub fn push_state(&self, frame: Bytes) -> bool {
+    /// Start a new room membership; frames pushed with older epochs are
+    /// refused from now on.
+    pub fn begin_room(&self) -> u64 {
         let mut q = self.queue.lock();
-        if q.close.is_some() {
+        q.room_epoch += 1;
+        q.room_epoch
+    }
+
+    /// End the current room membership.
+    pub fn end_room(&self) {
+        self.queue.lock().room_epoch += 1;
+    }
+
+    /// Queue a state update from the room of membership `epoch`. Returns
+    /// false when it was not queued; when it did not fit, the session is
+    /// flagged for a full resync.
+    pub fn push_state(&self, epoch: u64, frame: Bytes) -> bool {
+        let mut q = self.queue.lock();
+        if q.close.is_some() || q.room_epoch != epoch {
             return false;
         }
         if q.bytes + frame.len() > self.budget {
@@ -92,10 +115,20 @@ impl Outbound {
         true
     }
 
-    /// Queue a frame that must arrive, in order.
+    /// Queue a frame from the room of membership `epoch` that must arrive,
+    /// in order.
+    pub fn push_room_reliable(&self, epoch: u64, frame: Bytes) -> Result<(), PushError> {
+        self.push_reliable_checked(Some(epoch), frame)
+    }
+
+    /// Queue a frame of the session's own that must arrive, in order.
     pub fn push_reliable(&self, frame: Bytes) -> Result<(), PushError> {
+        self.push_reliable_checked(None, frame)
+    }
+
+    fn push_reliable_checked(&self, epoch: Option<u64>, frame: Bytes) -> Result<(), PushError> {
         let mut q = self.queue.lock();
-        if q.close.is_some() {
+        if q.close.is_some() || epoch.is_some_and(|e| e != q.room_epoch) {
             return Err(PushError::Closed);
         }
         if q.bytes + frame.len() > self.budget {
@@ -236,8 +269,9 @@ mod tests {
     #[test]
     fn state_frames_over_budget_are_dropped_and_flag_a_resync() {
         let out = Outbound::new(10);
-        assert!(out.push_state(Bytes::from_static(b"123456")));
-        assert!(!out.push_state(Bytes::from_static(b"123456")));
+        let epoch = out.begin_room();
+        assert!(out.push_state(epoch, Bytes::from_static(b"123456")));
+        assert!(!out.push_state(epoch, Bytes::from_static(b"123456")));
         assert!(
             !out.take_resync(),
             "no resync while the queue is still full"
@@ -263,14 +297,14 @@ mod tests {
             out.push_reliable(Bytes::from_static(b"1")),
             Err(PushError::Closed)
         );
-        assert!(!out.push_state(Bytes::from_static(b"1")));
+        assert!(!out.push_state(0, Bytes::from_static(b"1")));
     }
 
     #[tokio::test]
     async fn the_writer_sends_in_order_then_closes() {
         let out = Outbound::new(1024);
         out.push_reliable(Bytes::from_static(b"a")).unwrap();
-        out.push_state(Bytes::from_static(b"b"));
+        out.push_state(0, Bytes::from_static(b"b"));
         out.close(CloseCode::GoingAway, "bye");
         let mut got: Vec<Message> = Vec::new();
         let sink = (&mut got).sink_map_err(|_| WsError::ConnectionClosed);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
-use protocol::msg::{ChatSend, ErrorMsg, Hello, Join, Move, Ping, Pong, Welcome};
+use protocol::msg::{ChatSend, ErrorMsg, Hello, Join, Left, Move, Ping, Pong, Welcome};
 use protocol::{encode_server, ClientMsg, CloseCode, ErrorCode, ServerMsg, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::error::CapacityError;
@@ -270,6 +270,7 @@ impl Session {
             session: self.id,
             identity: identity.clone(),
             out: self.out.clone(),
+            epoch: self.out.begin_room(),
         };
         let timeout = ms(self.shared.config.rooms.call_timeout_ms);
         let call = room.send(request);
@@ -293,9 +294,9 @@ impl Session {
                 }
                 Ok(Err(_)) | Err(_) => {
                     session.state = State::Lobby;
+                    session.out.end_room();
                     room.do_send(LeaveRoom {
                         session: session.id,
-                        notify: false,
                     });
                     session.send_error(ErrorCode::RoomUnavailable, format!("{map} did not answer"));
                 }
@@ -303,14 +304,19 @@ impl Session {
         }));
     }
 
+    /// Leave the current room. With `notify` the player is told `left`;
+    /// nothing the room sends after this point reaches it.
     fn leave_room(&mut self, notify: bool) {
-        if let State::InRoom { room, .. } = std::mem::replace(&mut self.state, State::Lobby) {
+        if let State::InRoom { room, map } = std::mem::replace(&mut self.state, State::Lobby) {
+            self.out.end_room();
+            if notify {
+                self.send(&ServerMsg::Left(Left {
+                    map: map.to_string(),
+                }));
+            }
             // Membership changes are rate-limited by the control class, so
             // this cast cannot flood the room.
-            room.do_send(LeaveRoom {
-                session: self.id,
-                notify,
-            });
+            room.do_send(LeaveRoom { session: self.id });
         }
     }
 
@@ -343,7 +349,8 @@ impl Session {
             dx,
             dy,
         };
-        self.to_room(room.clone(), input);
+        let sent = room.try_send(input);
+        self.after_room_cast(sent);
     }
 
     fn on_chat(&mut self, chat: ChatSend) {
@@ -360,21 +367,20 @@ impl Session {
             );
             return;
         }
-        let msg = ChatIn {
+        let sent = room.try_send(ChatIn {
             session: self.id,
             text: chat.text,
-        };
-        self.to_room(room.clone(), msg);
+        });
+        self.after_room_cast(sent);
     }
 
-    /// Cast to the room without waiting: a full room mailbox drops the
-    /// message (counted) and tells the client.
-    fn to_room<M>(&mut self, room: Addr<Room>, msg: M)
-    where
-        M: actix::Message<Result = ()> + Send + 'static,
-        Room: Handler<M>,
-    {
-        match room.try_send(msg) {
+    /// What a cast to the room came to. The cast goes through the session's
+    /// one stored `Addr` (never a fresh clone: actix gives every sender clone
+    /// a slot past the mailbox capacity), so a room's mailbox holds at most
+    /// its capacity plus one message per member; past that, messages are
+    /// dropped, counted and the client is told.
+    fn after_room_cast<M>(&mut self, sent: Result<(), SendError<M>>) {
+        match sent {
             Ok(()) => {}
             Err(SendError::Full(_)) => {
                 metrics::counter!(m::ROOM_INPUTS_DROPPED).increment(1);
@@ -382,6 +388,7 @@ impl Session {
             }
             Err(SendError::Closed(_)) => {
                 self.state = State::Lobby;
+                self.out.end_room();
                 self.send_error(ErrorCode::RoomUnavailable, "room is gone; join again");
             }
         }

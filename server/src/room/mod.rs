@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
-use protocol::msg::{Announce, Chat, Entity, EntityId, Joined, Left, MapInfo, Moved, Update};
+use protocol::msg::{Announce, Chat, Entity, EntityId, Joined, MapInfo, Moved, Update};
 use protocol::{encode_server, ServerMsg};
 use rand::Rng;
 
@@ -45,6 +45,8 @@ pub struct JoinRoom {
     pub session: SessionId,
     pub identity: Arc<Identity>,
     pub out: Arc<Outbound>,
+    /// The membership epoch from [`Outbound::begin_room`].
+    pub epoch: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,12 +58,12 @@ impl Message for JoinRoom {
     type Result = Result<EntityId, JoinError>;
 }
 
-/// Leave the room; with `notify` the room sends `left` to the player.
+/// Leave the room. The session has already ended the membership on its
+/// outbound queue (and told the player), so the room only forgets it.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct LeaveRoom {
     pub session: SessionId,
-    pub notify: bool,
 }
 
 /// A validated move intent.
@@ -85,6 +87,7 @@ pub struct ChatIn {
 struct Member {
     name: Arc<str>,
     out: Arc<Outbound>,
+    epoch: u64,
     x: f32,
     y: f32,
     cell: Cell,
@@ -252,7 +255,8 @@ impl Room {
                     full: true,
                     ..Update::default()
                 };
-                me.out.push_state(encode_frame(&ServerMsg::Update(update)));
+                me.out
+                    .push_state(me.epoch, encode_frame(&ServerMsg::Update(update)));
                 sent += 1;
                 continue;
             }
@@ -283,7 +287,7 @@ impl Room {
                     frame
                 }
             };
-            me.out.push_state(frame);
+            me.out.push_state(me.epoch, frame);
             sent += 1;
         }
         for member in self.members.values_mut() {
@@ -317,7 +321,7 @@ impl Room {
         for member in self.members.values() {
             // An overflow closes that member's session; it leaves the room
             // when its actor stops.
-            let _ = member.out.push_reliable(frame.clone());
+            let _ = member.out.push_room_reliable(member.epoch, frame.clone());
         }
     }
 }
@@ -405,6 +409,7 @@ impl Handler<JoinRoom> for Room {
         let member = Member {
             name: Arc::from(msg.identity.name.as_str()),
             out: msg.out,
+            epoch: msg.epoch,
             x,
             y,
             cell,
@@ -431,7 +436,7 @@ impl Handler<JoinRoom> for Room {
             .get_mut(&id)
             .expect("the member was inserted just above");
         me.visible = view;
-        let _ = me.out.push_reliable(frame);
+        let _ = me.out.push_room_reliable(me.epoch, frame);
         tracing::debug!(map = %self.map.name, entity = id, session = msg.session, "joined");
         Ok(id)
     }
@@ -441,14 +446,7 @@ impl Handler<LeaveRoom> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: LeaveRoom, _: &mut Context<Self>) {
-        if let Some(member) = self.remove(msg.session) {
-            if msg.notify {
-                let left = ServerMsg::Left(Left {
-                    map: self.map.name.clone(),
-                });
-                let _ = member.out.push_reliable(encode_frame(&left));
-            }
-        }
+        self.remove(msg.session);
     }
 }
 

@@ -1,0 +1,232 @@
+//! One way to start a shard and one test client, shared by the integration
+//! tests. The shard is the real thing (`server::start`) on loopback port 0;
+//! the client speaks the real protocol over tokio-tungstenite.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use protocol::msg::*;
+use protocol::{decode_server, encode_client, ClientMsg, ServerMsg, PROTOCOL_VERSION};
+use server::config::{Config, MapConfig};
+use server::ShardHandle;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A config for tests: loopback port 0, one worker, and a `test` map where
+/// players spawn on one spot, see 100 units and walk 1000 units a second.
+pub fn test_config() -> Config {
+    let mut config = Config::default();
+    config.server.ws_addr = "127.0.0.1:0".parse().unwrap();
+    config.server.http_addr = "127.0.0.1:0".parse().unwrap();
+    config.server.workers = 2;
+    config.server.shutdown_grace_ms = 3_000;
+    config.maps = vec![
+        MapConfig {
+            name: "test".into(),
+            width: 2_000.0,
+            height: 2_000.0,
+            spawn: [500.0, 500.0],
+            spawn_radius: 0.0,
+            speed: 1_000.0,
+            view_radius: Some(100.0),
+            ..MapConfig::default()
+        },
+        MapConfig {
+            name: "other".into(),
+            spawn_radius: 0.0,
+            ..MapConfig::default()
+        },
+    ];
+    config
+}
+
+pub fn start(config: Config) -> ShardHandle {
+    server::start(config).expect("test shard starts")
+}
+
+pub enum Event {
+    Msg(ServerMsg),
+    Closed(Option<u16>),
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+            .await
+            .expect("websocket connects");
+        Client { ws }
+    }
+
+    /// Connect, say hello as `name`, and return the welcome.
+    pub async fn welcomed(addr: SocketAddr, name: &str) -> (Client, Welcome) {
+        let mut client = Client::connect(addr).await;
+        let welcome = client.hello(name).await;
+        (client, welcome)
+    }
+
+    /// Connect, hello, join `map`; returns the client and its `joined`.
+    pub async fn joined(addr: SocketAddr, name: &str, map: &str) -> (Client, Joined) {
+        let (mut client, _) = Client::welcomed(addr, name).await;
+        let joined = client.join(map).await;
+        (client, joined)
+    }
+
+    pub async fn send(&mut self, msg: ClientMsg) {
+        self.ws
+            .send(Message::Binary(encode_client(&msg).into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_raw(&mut self, msg: Message) {
+        self.ws.send(msg).await.expect("send raw");
+    }
+
+    /// The next server message or the close, skipping WebSocket pings.
+    pub async fn next_event(&mut self, wait: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            match frame {
+                None | Some(Err(_)) => return Some(Event::Closed(None)),
+                Some(Ok(Message::Binary(bytes))) => {
+                    let msg = decode_server(&bytes, 1 << 20).expect("server frames decode");
+                    return Some(Event::Msg(msg));
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Some(Event::Closed(frame.map(|f| u16::from(f.code))))
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Wait for the first message `pick` accepts, skipping the others.
+    pub async fn expect<T>(
+        &mut self,
+        what: &str,
+        mut pick: impl FnMut(&ServerMsg) -> Option<T>,
+    ) -> T {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_event(left).await {
+                Some(Event::Msg(msg)) => {
+                    if let Some(found) = pick(&msg) {
+                        return found;
+                    }
+                }
+                Some(Event::Closed(code)) => panic!("closed ({code:?}) while waiting for {what}"),
+                None => panic!("timed out waiting for {what}"),
+            }
+        }
+    }
+
+    pub async fn expect_error(&mut self, code: protocol::ErrorCode) -> ErrorMsg {
+        self.expect(&format!("error {code:?}"), |m| match m {
+            ServerMsg::Error(e) if e.code == code.as_u16() => Some(e.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Read until the socket closes; returns the close code.
+    pub async fn expect_close(&mut self) -> Option<u16> {
+        loop {
+            match self.next_event(WAIT).await {
+                Some(Event::Msg(_)) => continue,
+                Some(Event::Closed(code)) => return code,
+                None => panic!("socket still open after {WAIT:?}"),
+            }
+        }
+    }
+
+    /// Collect every message for `wait`.
+    pub async fn drain(&mut self, wait: Duration) -> Vec<ServerMsg> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut got = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_event(left).await {
+                Some(Event::Msg(msg)) => got.push(msg),
+                Some(Event::Closed(_)) | None => return got,
+            }
+        }
+    }
+
+    pub async fn hello(&mut self, name: &str) -> Welcome {
+        self.send(ClientMsg::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            token: None,
+            resume: None,
+            name: Some(name.into()),
+        }))
+        .await;
+        self.expect("welcome", |m| match m {
+            ServerMsg::Welcome(w) => Some(w.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn join(&mut self, map: &str) -> Joined {
+        self.send(ClientMsg::Join(Join { map: map.into() })).await;
+        self.expect("joined", |m| match m {
+            ServerMsg::Joined(j) => Some(j.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn walk(&mut self, seq: u32, dx: f32, dy: f32) {
+        self.send(ClientMsg::Move(Move { seq, dx, dy })).await;
+    }
+
+    pub async fn chat(&mut self, text: &str) {
+        self.send(ClientMsg::Chat(ChatSend { text: text.into() }))
+            .await;
+    }
+}
+
+/// Entities a client knows of, kept from `joined` and `update`s.
+#[derive(Default, Debug)]
+pub struct View {
+    pub entities: std::collections::BTreeMap<EntityId, (f32, f32, u32)>,
+}
+
+impl View {
+    pub fn from_joined(joined: &Joined) -> View {
+        let mut view = View::default();
+        for e in &joined.entities {
+            view.entities.insert(e.id, (e.x, e.y, e.seq));
+        }
+        view
+    }
+
+    pub fn apply(&mut self, update: &Update) {
+        if update.full {
+            self.entities.clear();
+        }
+        for e in &update.entered {
+            self.entities.insert(e.id, (e.x, e.y, e.seq));
+        }
+        for m in &update.moved {
+            self.entities.insert(m.id, (m.x, m.y, m.seq));
+        }
+        for id in &update.left {
+            self.entities.remove(id);
+        }
+    }
+}

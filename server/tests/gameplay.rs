@@ -1,0 +1,354 @@
+//! Playing: joining, seeing each other move, interest radius, leaving, chat,
+//! announcements. Real shard, real sockets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{start, test_config, Client, View};
+use protocol::msg::*;
+use protocol::{ClientMsg, ErrorCode, ServerMsg};
+
+#[tokio::test]
+async fn a_move_is_seen_by_the_other_player_within_a_few_ticks() {
+    let shard = start(test_config());
+    let (mut alice, a_joined) = Client::joined(shard.ws_addr, "alice", "test").await;
+    let (mut bob, b_joined) = Client::joined(shard.ws_addr, "bob", "test").await;
+    assert_eq!(a_joined.map.name, "test");
+    assert_ne!(a_joined.you, b_joined.you);
+    // Bob sees alice from the start (same spawn point).
+    assert!(b_joined
+        .entities
+        .iter()
+        .any(|e| e.id == a_joined.you && e.name == "alice"));
+    // Alice learns of bob through an update.
+    alice
+        .expect("bob entering", |m| match m {
+            ServerMsg::Update(u) if u.entered.iter().any(|e| e.id == b_joined.you) => Some(()),
+            _ => None,
+        })
+        .await;
+
+    let start_x = b_joined
+        .entities
+        .iter()
+        .find(|e| e.id == a_joined.you)
+        .unwrap()
+        .x;
+    let sent = std::time::Instant::now();
+    alice.walk(1, 0.0, 1.0).await;
+    let moved = bob
+        .expect("alice moving", |m| match m {
+            ServerMsg::Update(u) => u.moved.iter().find(|m| m.id == a_joined.you).copied(),
+            _ => None,
+        })
+        .await;
+    // Within a few ticks (50 ms each) on an idle machine; generous here.
+    assert!(
+        sent.elapsed() < Duration::from_millis(1_000),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert_eq!(moved.seq, 1, "the applied input is acknowledged");
+    assert!(moved.y > 500.0 && moved.x == start_x, "{moved:?}");
+    // Alice sees her own input applied too.
+    alice
+        .expect("own move acked", |m| match m {
+            ServerMsg::Update(u) => u
+                .moved
+                .iter()
+                .find(|m| m.id == a_joined.you && m.seq == 1)
+                .copied(),
+            _ => None,
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn inputs_apply_in_sequence_order_and_stay_inside_the_map() {
+    let shard = start(test_config());
+    let (mut alice, joined) = Client::joined(shard.ws_addr, "alice", "test").await;
+    // seq 3 then a stale seq 2: the stale one is ignored.
+    alice.walk(3, -1.0, 0.0).await;
+    alice.walk(2, 1.0, 0.0).await;
+    let mut view = View::from_joined(&joined);
+    // At 1000 units/s from x=500 the left edge is reached in 0.5 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        if let ServerMsg::Update(u) = alice
+            .expect("update", |m| {
+                matches!(m, ServerMsg::Update(_)).then(|| m.clone())
+            })
+            .await
+        {
+            view.apply(&u);
+        }
+        if view.entities[&joined.you].0 == 0.0 {
+            break;
+        }
+    }
+    let (x, _, seq) = view.entities[&joined.you];
+    assert_eq!(x, 0.0, "clamped at the map's edge");
+    assert_eq!(seq, 3);
+    // A huge vector is clamped to the map speed, never a teleport.
+    alice.walk(4, 1.0e6, 0.0).await;
+    let m = alice
+        .expect("update after clamp", |m| match m {
+            ServerMsg::Update(u) => u.moved.iter().find(|m| m.seq == 4 && m.x > 0.0).copied(),
+            _ => None,
+        })
+        .await;
+    assert!(m.x <= 1_000.0 / 20.0 + 0.01, "moved {} in one tick", m.x);
+}
+
+#[tokio::test]
+async fn a_player_outside_the_view_radius_is_not_seen() {
+    let shard = start(test_config());
+    let (mut alice, a) = Client::joined(shard.ws_addr, "alice", "test").await;
+    let (mut bob, _) = Client::joined(shard.ws_addr, "bob", "test").await;
+    // Alice walks right, past bob's 100-unit radius.
+    alice.walk(1, 1.0, 0.0).await;
+    bob.expect("alice leaving view", |m| match m {
+        ServerMsg::Update(u) if u.left.contains(&a.you) => Some(()),
+        _ => None,
+    })
+    .await;
+    // She keeps walking; bob hears nothing more of her.
+    let later = bob.drain(Duration::from_millis(400)).await;
+    for msg in &later {
+        if let ServerMsg::Update(u) = msg {
+            assert!(
+                !u.moved.iter().any(|m| m.id == a.you),
+                "bob saw alice move: {u:?}"
+            );
+            assert!(!u.entered.iter().any(|e| e.id == a.you), "{u:?}");
+        }
+    }
+    // Coming back into range, she enters bob's view again.
+    alice.walk(2, -1.0, 0.0).await;
+    bob.expect("alice re-entering", |m| match m {
+        ServerMsg::Update(u) if u.entered.iter().any(|e| e.id == a.you) => Some(()),
+        _ => None,
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn leaving_and_disconnecting_remove_the_entity_for_others() {
+    let shard = start(test_config());
+    let (mut alice, _) = Client::joined(shard.ws_addr, "alice", "test").await;
+    let (mut bob, b) = Client::joined(shard.ws_addr, "bob", "test").await;
+    let (carol, c) = Client::joined(shard.ws_addr, "carol", "test").await;
+    let mut seen = View::default();
+    while seen.entities.len() < 2 {
+        let u = alice
+            .expect("bob and carol entering", |m| match m {
+                ServerMsg::Update(u) => Some(u.clone()),
+                _ => None,
+            })
+            .await;
+        seen.apply(&u);
+    }
+    assert!(seen.entities.contains_key(&b.you) && seen.entities.contains_key(&c.you));
+
+    bob.send(ClientMsg::Leave(Leave {})).await;
+    bob.expect("left", |m| match m {
+        ServerMsg::Left(l) if l.map == "test" => Some(()),
+        _ => None,
+    })
+    .await;
+    alice
+        .expect("bob gone", |m| match m {
+            ServerMsg::Update(u) if u.left.contains(&b.you) => Some(()),
+            _ => None,
+        })
+        .await;
+
+    drop(carol);
+    alice
+        .expect("carol gone", |m| match m {
+            ServerMsg::Update(u) if u.left.contains(&c.you) => Some(()),
+            _ => None,
+        })
+        .await;
+    // Bob, now in no map, may not move.
+    bob.walk(1, 1.0, 0.0).await;
+    bob.expect_error(ErrorCode::IllegalState).await;
+}
+
+#[tokio::test]
+async fn chat_reaches_members_of_that_room_only() {
+    let shard = start(test_config());
+    let (mut alice, a) = Client::joined(shard.ws_addr, "alice", "test").await;
+    let (mut bob, _) = Client::joined(shard.ws_addr, "bob", "test").await;
+    let (mut zed, _) = Client::joined(shard.ws_addr, "zed", "other").await;
+    let (mut lobby, _) = Client::welcomed(shard.ws_addr, "nobody").await;
+
+    alice.chat("hello room").await;
+    for client in [&mut alice, &mut bob] {
+        let chat = client
+            .expect("chat", |m| match m {
+                ServerMsg::Chat(c) => Some(c.clone()),
+                _ => None,
+            })
+            .await;
+        assert_eq!(chat.text, "hello room");
+        assert_eq!(chat.from, a.you);
+        assert_eq!(chat.name, "alice");
+    }
+    for client in [&mut zed, &mut lobby] {
+        let got = client.drain(Duration::from_millis(300)).await;
+        assert!(
+            !got.iter().any(|m| matches!(m, ServerMsg::Chat(_))),
+            "{got:?}"
+        );
+    }
+    // Too long, empty, or with control characters: refused.
+    alice.chat(&"x".repeat(201)).await;
+    alice.expect_error(ErrorCode::InvalidInput).await;
+    alice.chat("").await;
+    alice.expect_error(ErrorCode::InvalidInput).await;
+}
+
+#[tokio::test]
+async fn joining_another_map_leaves_the_first_and_unknown_maps_are_refused() {
+    let shard = start(test_config());
+    let (mut alice, _) = Client::joined(shard.ws_addr, "alice", "test").await;
+    alice
+        .send(ClientMsg::Join(Join {
+            map: "nowhere".into(),
+        }))
+        .await;
+    alice.expect_error(ErrorCode::UnknownMap).await;
+    alice
+        .send(ClientMsg::Join(Join { map: "test".into() }))
+        .await;
+    alice.expect_error(ErrorCode::IllegalState).await;
+    alice
+        .send(ClientMsg::Join(Join {
+            map: "other".into(),
+        }))
+        .await;
+    alice
+        .expect("left test", |m| match m {
+            ServerMsg::Left(l) if l.map == "test" => Some(()),
+            _ => None,
+        })
+        .await;
+    let joined = alice
+        .expect("joined other", |m| match m {
+            ServerMsg::Joined(j) => Some(j.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(joined.map.name, "other");
+}
+
+#[tokio::test]
+async fn ping_is_answered_with_the_same_value() {
+    let shard = start(test_config());
+    let (mut alice, _) = Client::welcomed(shard.ws_addr, "alice").await;
+    alice.send(ClientMsg::Ping(Ping { t: 987_654_321 })).await;
+    let pong = alice
+        .expect("pong", |m| match m {
+            ServerMsg::Pong(p) => Some(p.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(pong.t, 987_654_321);
+    assert!(pong.server_ms > 1_600_000_000_000);
+}
+
+#[tokio::test]
+async fn players_with_the_same_view_get_identical_update_bytes() {
+    let shard = start(test_config());
+    let (mut alice, _) = Client::joined(shard.ws_addr, "alice", "other").await;
+    let (mut bob, _) = Client::joined(shard.ws_addr, "bob", "other").await;
+    let (mut carol, c) = Client::joined(shard.ws_addr, "carol", "other").await;
+    // Let the joins settle, then carol walks: alice and bob see the same change.
+    alice.drain(Duration::from_millis(200)).await;
+    bob.drain(Duration::from_millis(200)).await;
+    carol.walk(1, 1.0, 0.0).await;
+    let pick = |m: &ServerMsg| match m {
+        ServerMsg::Update(u) if u.moved.iter().any(|m| m.id == c.you && m.seq == 1) => {
+            Some(u.clone())
+        }
+        _ => None,
+    };
+    let a = alice.expect("carol moves (alice)", pick).await;
+    let b = bob.expect("carol moves (bob)", pick).await;
+    assert_eq!(a.tick, b.tick);
+    assert_eq!(
+        protocol::encode_server(&ServerMsg::Update(a)),
+        protocol::encode_server(&ServerMsg::Update(b))
+    );
+}
+
+#[tokio::test]
+async fn admin_announcements_reach_every_session_and_map_broadcasts_their_map() {
+    let mut config = test_config();
+    config.admin.token = "an-admin-token-of-some-length".into();
+    let shard = start(config);
+    let (mut alice, _) = Client::joined(shard.ws_addr, "alice", "test").await;
+    let (mut bob, _) = Client::welcomed(shard.ws_addr, "bob").await;
+    let url = format!("http://{}/admin/announce", shard.http_addr);
+
+    let status = post(&url, None, r#"{"text":"hi"}"#).await;
+    assert_eq!(status, 401);
+    let status = post(&url, Some("an-admin-token-of-some-length"), "not json").await;
+    assert_eq!(status, 400);
+    let status = post(
+        &url,
+        Some("an-admin-token-of-some-length"),
+        r#"{"text":"maintenance at 5"}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    for client in [&mut alice, &mut bob] {
+        let text = client
+            .expect("announce", |m| match m {
+                ServerMsg::Announce(a) => Some(a.text.clone()),
+                _ => None,
+            })
+            .await;
+        assert_eq!(text, "maintenance at 5");
+    }
+    let status = post(
+        &url,
+        Some("an-admin-token-of-some-length"),
+        r#"{"text":"boss spawned","map":"test"}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let text = alice
+        .expect("map broadcast", |m| match m {
+            ServerMsg::Announce(a) => Some(a.text.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(text, "boss spawned");
+    let got = bob.drain(Duration::from_millis(300)).await;
+    assert!(
+        !got.iter().any(|m| matches!(m, ServerMsg::Announce(_))),
+        "{got:?}"
+    );
+}
+
+/// A minimal HTTP/1.1 POST over a raw socket; returns the status code.
+async fn post(url: &str, bearer: Option<&str>, body: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
