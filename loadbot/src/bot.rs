@@ -684,7 +684,11 @@ impl Bot {
                 }
             }
         };
-        if let Some(room) = room {
+        if let Some(mut room) = room {
+            if matches!(end, End::Stop) {
+                // Moves in flight when the run ends are not lost, just unseen.
+                room.pending = MoveRing::default();
+            }
             self.leave_room(room);
         }
         end
