@@ -104,10 +104,12 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+/// `None` when the request carries the admin token, else the response to
+/// send.
+fn refuse_unauthorized(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
     let expected = &shared.config.admin.token;
     if expected.is_empty() {
-        return Err(error(
+        return Some(error(
             StatusCode::NOT_FOUND,
             "admin endpoints are off: set admin.token",
         ));
@@ -124,14 +126,7 @@ fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                 == 0
     });
-    if ok {
-        Ok(())
-    } else {
-        Err(error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token",
-        ))
-    }
+    (!ok).then(|| error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"))
 }
 
 async fn announce(
@@ -139,7 +134,7 @@ async fn announce(
     headers: HeaderMap,
     body: Result<Json<AnnounceRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Err(response) = authorized(&state.shared, &headers) {
+    if let Some(response) = refuse_unauthorized(&state.shared, &headers) {
         return response;
     }
     let Ok(Json(request)) = body else {
