@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install what the tests need and run them all: the Rust workspace (unit,
+# integration tests over real sockets, the loadbot's swarm tests) and the
+# browser tests (the JS protocol client in node, the demo page in headless
+# Debian chromium). Safe to run again; it installs only what is missing.
+#
+#   scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null; then
+  echo "test.sh: cargo not found; install Rust (https://rustup.rs) first" >&2
+  exit 1
+fi
+
+# The loadbot, ops and browser tests start the real server binary.
+cargo build --workspace --bins
+cargo test --workspace
+bash scripts/e2e.sh
