@@ -671,7 +671,12 @@ impl Bot {
                         Churn::Reconnect => break End::Churn,
                         Churn::Hop => {
                             let maps = shared.maps();
-                            self.room = scenario::hop_target(&mut self.rng, self.room, maps.len());
+                            let span = scenario::maps_in_use(
+                                cfg.rooms,
+                                true,
+                                maps.len(),
+                            );
+                            self.room = scenario::hop_target(&mut self.rng, self.room, span);
                             let Some(map) = scenario::map_of(self.room, maps) else { continue };
                             let msg = ClientMsg::Join(Join { map: map.to_string() });
                             if let Err(end) = self.send_or_end(ws, &msg).await {
@@ -899,6 +904,19 @@ mod tests {
         assert_eq!(close_key("close", Some(4003)), "close_4003");
         assert_eq!(close_key("", None), "none");
         assert_eq!(close_key("", Some(1001)), "1001");
+    }
+
+    /// 10,000 bots per process: a bot's task state must stay small. (The
+    /// steady state is the play loop; the connect state is boxed.)
+    #[test]
+    fn a_bot_future_stays_small() {
+        let cfg = Config::new("ws://127.0.0.1:9").expect("defaults are valid");
+        let addr = "127.0.0.1:9".parse().expect("an address");
+        let shared = Arc::new(Shared::new(cfg, addr));
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let bot = run_bot(0, shared, stop_rx);
+        let size = std::mem::size_of_val(&bot);
+        assert!(size <= 4096, "run_bot's future is {size} bytes");
     }
 
     #[test]

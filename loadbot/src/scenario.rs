@@ -24,6 +24,13 @@ pub fn map_of(room: u32, maps: &[String]) -> Option<&str> {
     maps.get(room as usize % maps.len()).map(String::as_str)
 }
 
+/// How many maps (from the start of the list) a run uses: one per room up
+/// to the number of maps; churn hops need at least two.
+pub fn maps_in_use(rooms: u32, churn: bool, maps: usize) -> usize {
+    let wanted = if churn { rooms.max(2) } else { rooms.max(1) };
+    (wanted as usize).min(maps)
+}
+
 /// The bot's phase within `period`, in [0, period): bot `index` is placed at
 /// the fractional part of `index * φ` (plus a salt so the move, ping and chat
 /// clocks of one bot do not coincide).
@@ -205,6 +212,10 @@ mod tests {
             ]
         );
         assert_eq!(map_of(0, &[]), None);
+        assert_eq!(maps_in_use(5, false, 3), 3);
+        assert_eq!(maps_in_use(2, false, 100), 2);
+        assert_eq!(maps_in_use(1, true, 100), 2);
+        assert_eq!(maps_in_use(1, true, 1), 1);
         assert_eq!(room_of(7, 0), 0, "zero rooms never divides by zero");
     }
 

@@ -189,6 +189,12 @@ impl Summary {
         } else {
             cfg.maps.clone()
         };
+        let in_use = crate::scenario::maps_in_use(
+            cfg.rooms,
+            cfg.scenario == crate::config::Scenario::Churn,
+            maps.len(),
+        );
+        let maps = &maps[..in_use];
         let rtt = s.run_histogram(Latency::Rtt);
         let hist = |l| HistSummary::of(&s.run_histogram(l));
         let per_s = |n: u64| {
@@ -212,7 +218,7 @@ impl Summary {
         let mut summary = Summary {
             schema_version: SCHEMA_VERSION,
             loadbot_version: env!("CARGO_PKG_VERSION").to_string(),
-            config: ConfigEcho::of(cfg, &maps),
+            config: ConfigEcho::of(cfg, maps),
             started_unix_ms: facts.started_unix_ms,
             elapsed_s: round3(facts.elapsed_s),
             interrupted: facts.interrupted,

@@ -58,9 +58,18 @@ fn fmt_tick(v: f64) -> String {
     } else if v.abs() >= 10.0 {
         format!("{v:.0}")
     } else if v.abs() >= 1.0 {
-        format!("{v:.1}")
+        trim_zeros(format!("{v:.1}"))
     } else {
-        format!("{v:.3}")
+        trim_zeros(format!("{v:.3}"))
+    }
+}
+
+/// "0.500" -> "0.5", "2.0" -> "2".
+fn trim_zeros(text: String) -> String {
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
     }
 }
 
@@ -205,6 +214,15 @@ mod tests {
         assert_eq!(nice_max(11.0), 20.0);
         assert_eq!(nice_max(430.0), 500.0);
         assert_eq!(nice_max(f64::NAN), 1e-3);
+    }
+
+    #[test]
+    fn ticks_are_short() {
+        assert_eq!(fmt_tick(0.5), "0.5");
+        assert_eq!(fmt_tick(0.125), "0.125");
+        assert_eq!(fmt_tick(2.0), "2");
+        assert_eq!(fmt_tick(12.5), "12");
+        assert_eq!(fmt_tick(25_000.0), "25k");
     }
 
     #[test]

@@ -57,7 +57,7 @@ fn write_table(out: &mut String, s: &Summary) -> std::fmt::Result {
     if s.reconnects + s.map_hops > 0 {
         writeln!(
             out,
-            "churn        reconnects {} | drops {} | hops {} | resumed same player {} | new player {}",
+            "sessions     reconnects {} | churn drops {} | map hops {} | resumed same player {} | new player {}",
             s.reconnects, s.churn_drops, s.map_hops, s.resumed_same_player, s.resumed_new_player
         )?;
     }
