@@ -123,10 +123,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     init_tracing(&config);
     let shard = server::start(config)?;
     // These two lines are a contract: tools and tests read the bound ports
-    // from them.
-    println!("ws listening on {}", shard.ws_addr);
-    println!("http listening on {}", shard.http_addr);
-    println!("demo page: http://{}/", shard.http_addr);
+    // from them. A closed stdout (the reader went away) must not stop the
+    // shard, so write errors are ignored rather than panicking in println!.
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "ws listening on {}", shard.ws_addr);
+        let _ = writeln!(out, "http listening on {}", shard.http_addr);
+        let _ = writeln!(out, "demo page: http://{}/", shard.http_addr);
+        let _ = out.flush();
+    }
 
     let stopper = shard.stopper();
     let signals = tokio::runtime::Builder::new_current_thread()
