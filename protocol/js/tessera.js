@@ -392,6 +392,9 @@ const mapF32 = (o, keys) => {
   return out;
 };
 const entitiesF32 = (list) => (Array.isArray(list) ? list.map((e) => mapF32(e, ['x', 'y'])) : list);
+// `moved` rows are [id, x, y, seq].
+const movedF32 = (row) =>
+  Array.isArray(row) ? row.map((v, i) => ((i === 1 || i === 2) && typeof v === 'number' ? f32(v) : v)) : row;
 const F32_FIELDS = {
   move: (b) => mapF32(b, ['dx', 'dy']),
   joined: (b) => ({
@@ -402,9 +405,7 @@ const F32_FIELDS = {
   update: (b) => ({
     ...b,
     entered: entitiesF32(b.entered),
-    moved: Array.isArray(b.moved)
-      ? b.moved.map((m) => (Array.isArray(m) ? m.map((v, i) => (i === 1 || i === 2) && typeof v === 'number' ? f32(v) : v) : m))
-      : b.moved,
+    moved: Array.isArray(b.moved) ? b.moved.map(movedF32) : b.moved,
   }),
 };
 
@@ -496,10 +497,11 @@ const SERVER_EVENTS = ['welcome', 'joined', 'left', 'update', 'chat', 'announce'
  * One session with a Tessera shard.
  *
  * Events (`on(name, cb)`): `open`, `welcome`, `joined`, `left`, `update`,
- * `chat`, `announce`, `pong` (body plus `rtt` in ms), `error` (a server error
- * body `{code, text}`), `close` (`{code, reason, wasClean}`), `message`
- * (every decoded `{type, body}`, unknown types included), `view` (after
- * `view` changed), and `decode_error` (a frame that was not a message).
+ * `chat`, `announce`, `pong` (the body, plus `rtt` in ms for a timed ping),
+ * `error` (a server error body `{code, text}`), `close` (`{code, reason,
+ * wasClean}`), `message` (every decoded `{type, body}`, unknown types
+ * included), `view` (after `view` changed), and `decode_error` (a frame that
+ * was not a message).
  */
 export class TesseraClient {
   constructor({ WebSocket: socketImpl } = {}) {
@@ -510,7 +512,9 @@ export class TesseraClient {
     /** 'closed' | 'connecting' | 'open' | 'welcomed' | 'joined' */
     this.state = 'closed';
     this.welcome = null;
+    /** Round-trip time in ms of the last timed ping, or null. */
     this.rtt = null;
+    this.pendingPings = new Set();
   }
 
   on(event, cb) {
@@ -622,8 +626,17 @@ export class TesseraClient {
     this.send(messages.chat(text));
   }
 
-  /** Send a ping; `t` defaults to a microsecond clock so `pong.rtt` can be measured. */
-  ping(t = clockMicros()) {
+  /**
+   * Send a ping. Without `t` it carries a microsecond clock reading, and its
+   * pong sets `rtt` (ms); a caller's own `t` is echoed but not timed.
+   */
+  ping(t) {
+    if (t === undefined) {
+      t = clockMicros();
+      this.pendingPings.add(t);
+      // Pongs that never come must not pile up.
+      if (this.pendingPings.size > 32) this.pendingPings.delete(this.pendingPings.values().next().value);
+    }
     this.send(messages.ping(t));
   }
 
@@ -656,10 +669,8 @@ export class TesseraClient {
         this.view.clear();
         break;
       case 'pong':
-        if (typeof body.t === 'number') {
-          const rtt = (clockMicros() - body.t) / 1000;
-          // Only a t that came from our own clock gives an RTT.
-          if (rtt >= 0 && rtt < 600_000) this.rtt = rtt;
+        if (this.pendingPings.delete(body.t)) {
+          this.rtt = (clockMicros() - body.t) / 1000;
           body.rtt = this.rtt;
         }
         break;

@@ -301,7 +301,8 @@ function draw(dt) {
     ctx.font = '14px system-ui, sans-serif';
     ctx.textAlign = 'center';
     const state = document.body.dataset.state;
-    ctx.fillText(state === 'closed' ? 'disconnected' : state === 'welcomed' ? 'not in a map' : 'connecting…', w / 2, h / 2);
+    const text = { closed: 'disconnected', welcomed: 'not in a map' }[state] ?? 'connecting…';
+    ctx.fillText(text, w / 2, h / 2);
     return false;
   }
 

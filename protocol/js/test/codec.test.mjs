@@ -369,6 +369,11 @@ test('pong of our own ping carries the round-trip time', async () => {
   const body = await pong;
   assert.ok(body.rtt >= 0 && body.rtt < 1000, `rtt ${body.rtt}`);
   assert.equal(client.rtt, body.rtt);
+
+  // A t the client did not time is echoed without touching the RTT.
+  client.ping(123456);
+  socket.receive(golden.server_pong);
+  assert.equal(client.rtt, body.rtt);
 });
 
 test('close reports, clears the view and refuses to send', async () => {
