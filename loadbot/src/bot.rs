@@ -27,7 +27,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use protocol::msg::{ChatSend, Hello, Join, Joined, Move, Ping, Update, Welcome};
+use protocol::msg::{ChatSend, Hello, Join, Joined, Move, Ping, Welcome};
 use protocol::{ClientMsg, ServerMsg, PROTOCOL_VERSION};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -38,8 +38,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::config::{Auth, Config, Scenario};
+use crate::fastpath::{self, Own};
 use crate::scenario::{self, Churn, Rng, Wander};
-use crate::stats::{client_kind, server_kind, Latency, Stats};
+use crate::stats::{client_kind, server_kind, Latency, Stats, UPDATE_KIND};
 use crate::token;
 
 type Ws = WebSocketStream<TcpStream>;
@@ -284,6 +285,8 @@ impl Failure {
 /// A frame from the server, decoded, or how the stream ended.
 enum Incoming {
     Msg(ServerMsg),
+    /// An update read by the fast path: the bot's own entry, if any.
+    Update(Option<Own>),
     /// A frame that needs no handling (WebSocket ping/pong, undecodable).
     Skip,
     /// The server closed: its close code, if it sent one.
@@ -391,14 +394,14 @@ impl Bot {
             .map_err(|e| Failure::ws(&e))?;
         // Bounded by the caller's timeout.
         loop {
-            match self.read(&mut ws).await {
+            match self.read(&mut ws, None).await {
                 Incoming::Msg(ServerMsg::Welcome(welcome)) => return Ok((ws, welcome)),
                 Incoming::Msg(ServerMsg::Error(e)) => {
                     self.stats().error_frame(e.code);
                     self.stats().error_frames_in_failures.fetch_add(1, Relaxed);
                     return Err(Failure(format!("error_{}", e.code)));
                 }
-                Incoming::Msg(_) | Incoming::Skip => {}
+                Incoming::Msg(_) | Incoming::Update(_) | Incoming::Skip => {}
                 Incoming::Closed(code) => return Err(Failure(close_key("close", code))),
                 Incoming::Broken(why) => return Err(Failure(why.to_string())),
             }
@@ -467,11 +470,25 @@ impl Bot {
         }
     }
 
-    /// Reads the next frame, counting what arrives. Cancel-safe.
-    async fn read(&self, ws: &mut Ws) -> Incoming {
+    /// Reads the next frame, counting what arrives. Cancel-safe. With the
+    /// bot's entity id (`you`), updates take the fast path.
+    async fn read(&self, ws: &mut Ws, you: Option<u32>) -> Incoming {
         let stats = self.stats();
         match ws.next().await {
             Some(Ok(Message::Binary(data))) => {
+                match you.and_then(|you| fastpath::own_in_update(&data, you)) {
+                    Some(Ok(own)) => {
+                        stats.received(UPDATE_KIND, data.len());
+                        return Incoming::Update(own);
+                    }
+                    Some(Err(err)) => {
+                        stats.decode_errors.fetch_add(1, Relaxed);
+                        stats.bytes_received.fetch_add(data.len() as u64, Relaxed);
+                        tracing::debug!(%err, "undecodable update");
+                        return Incoming::Skip;
+                    }
+                    None => {}
+                }
                 match protocol::decode_server(&data, MAX_SERVER_FRAME) {
                     Ok(msg) => {
                         stats.received(server_kind(&msg), data.len());
@@ -542,7 +559,7 @@ impl Bot {
     /// Waits for `joined`; Err when the join failed or the socket ended.
     async fn await_joined(&self, ws: &mut Ws) -> Result<Joined, End> {
         loop {
-            match self.read(ws).await {
+            match self.read(ws, None).await {
                 Incoming::Msg(ServerMsg::Joined(joined)) => return Ok(joined),
                 Incoming::Msg(ServerMsg::Error(e)) => {
                     self.stats().error_frame(e.code);
@@ -551,7 +568,7 @@ impl Bot {
                     return Err(End::Failed);
                 }
                 // A resumed session may see its old room's traffic first.
-                Incoming::Msg(_) | Incoming::Skip => {}
+                Incoming::Msg(_) | Incoming::Update(_) | Incoming::Skip => {}
                 Incoming::Closed(code) => {
                     self.stats().join_failed(&close_key("close", code));
                     self.stats().disconnected(&close_key("", code));
@@ -613,9 +630,15 @@ impl Bot {
             tokio::select! {
                 biased;
                 _ = stopped(&mut stop) => break End::Stop,
-                incoming = self.read(ws) => {
+                incoming = self.read(ws, room.as_ref().map(|r| r.you)) => {
                     let msg = match incoming {
                         Incoming::Msg(msg) => msg,
+                        Incoming::Update(own) => {
+                            if let Some(r) = room.as_mut() {
+                                self.on_update(r, own);
+                            }
+                            continue;
+                        }
                         Incoming::Skip => continue,
                         Incoming::Closed(code) => {
                             shared.stats.disconnected(&close_key("", code));
@@ -710,7 +733,7 @@ impl Bot {
         match msg {
             ServerMsg::Update(update) => {
                 if let Some(r) = room.as_mut() {
-                    self.on_update(r, &update);
+                    self.on_update(r, fastpath::own_in(&update, r.you));
                 }
             }
             ServerMsg::Pong(pong) => {
@@ -752,7 +775,7 @@ impl Bot {
         None
     }
 
-    fn on_update(&self, room: &mut Room, update: &Update) {
+    fn on_update(&self, room: &mut Room, own: Option<Own>) {
         let now = self.shared.now_us();
         let mut samples = Samples::new();
         if let Some(last) = room.last_update_us {
@@ -763,25 +786,13 @@ impl Bot {
             }
         }
         room.last_update_us = Some(now);
-        let own = update
-            .moved
-            .iter()
-            .find(|m| m.id == room.you)
-            .map(|m| (m.seq, m.x, m.y))
-            .or_else(|| {
-                update
-                    .entered
-                    .iter()
-                    .find(|e| e.id == room.you)
-                    .map(|e| (e.seq, e.x, e.y))
-            });
-        if let Some((seq, x, y)) = own {
-            if x.is_finite() && y.is_finite() {
-                room.x = x;
-                room.y = y;
+        if let Some(own) = own {
+            if own.x.is_finite() && own.y.is_finite() {
+                room.x = own.x;
+                room.y = own.y;
             }
             room.pending
-                .confirm(seq, now, |us| samples.push(Latency::MoveVisible, us));
+                .confirm(own.seq, now, |us| samples.push(Latency::MoveVisible, us));
         }
         self.shared.stats.record_many(samples.as_slice());
     }

@@ -8,6 +8,8 @@
 //!   sample every second, stop them, build the [`Summary`].
 //! - [`bot`]: one bot task: connect, hello, join, then the scenario loop;
 //!   every frame the server sends is counted and measured there.
+//! - [`fastpath`]: a lean `update` decoder that keeps only the bot's own
+//!   entity (hot rooms send hundreds per tick).
 //! - [`scenario`]: the I/O-free parts of behaviour: rooms and maps, send
 //!   clocks and phases, the random walk, churn and back-off decisions.
 //! - [`stats`]: shared counters and HdrHistograms (run-long and per second).
@@ -31,6 +33,7 @@
 
 pub mod bot;
 pub mod config;
+pub mod fastpath;
 pub mod progress;
 pub mod report;
 pub mod scenario;

@@ -29,6 +29,10 @@ pub const SERVER_KINDS: [&str; 8] = [
     "welcome", "joined", "left", "update", "chat", "announce", "pong", "error",
 ];
 
+/// Index of `update` in [`SERVER_KINDS`] (counted by the fast path, which
+/// has no [`ServerMsg`] to ask).
+pub const UPDATE_KIND: usize = 3;
+
 /// Index of a client message in [`CLIENT_KINDS`].
 pub fn client_kind(msg: &ClientMsg) -> usize {
     match msg {
@@ -439,6 +443,7 @@ mod tests {
         assert_eq!(SERVER_KINDS[server_kind(&err)], "error");
         let update = ServerMsg::Update(Update::default());
         assert_eq!(SERVER_KINDS[server_kind(&update)], "update");
+        assert_eq!(server_kind(&update), UPDATE_KIND);
     }
 
     #[test]
