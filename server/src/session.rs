@@ -337,9 +337,14 @@ impl Session {
             self.send_error(ErrorCode::InvalidInput, "direction must be finite");
             return;
         }
-        let len = (mv.dx * mv.dx + mv.dy * mv.dy).sqrt();
+        // In f64 so that huge components keep their direction instead of
+        // overflowing to an infinite length.
+        let len = f64::from(mv.dx).hypot(f64::from(mv.dy));
         let (dx, dy) = if len > 1.0 {
-            (mv.dx / len, mv.dy / len)
+            (
+                (f64::from(mv.dx) / len) as f32,
+                (f64::from(mv.dy) / len) as f32,
+            )
         } else {
             (mv.dx, mv.dy)
         };

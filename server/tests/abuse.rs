@@ -215,3 +215,49 @@ async fn a_misbehaving_client_does_not_disturb_a_room() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn extreme_but_well_formed_values_are_handled() {
+    let shard = start(test_config());
+    let (mut alice, joined) = Client::joined(shard.ws_addr, "alice", "test").await;
+    // The largest seq, then a wrapped-around small one (ignored as stale).
+    alice.walk(u32::MAX, f32::MAX, f32::MIN).await;
+    alice.walk(0, 1.0, 0.0).await;
+    alice.walk(7, f32::INFINITY, 0.0).await;
+    alice.expect_error(ErrorCode::InvalidInput).await;
+    let m = alice
+        .expect("own max seq applied", |m| match m {
+            ServerMsg::Update(u) => u.moved.iter().find(|m| m.id == joined.you).copied(),
+            _ => None,
+        })
+        .await;
+    assert_eq!(m.seq, u32::MAX);
+    assert!(m.x.is_finite() && m.y.is_finite());
+    // Direction kept (right and up), speed clamped to one step per tick.
+    assert!(m.x > 500.0 && m.y < 500.0, "{m:?}");
+    assert!(m.x - 500.0 <= 1_000.0 / 20.0 + 0.01, "{m:?}");
+    // 200 characters of 4-byte UTF-8 is within the limit.
+    alice.chat(&"🦀".repeat(200)).await;
+    let chat = alice
+        .expect("chat", |m| match m {
+            ServerMsg::Chat(c) => Some(c.text.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(chat.chars().count(), 200);
+    alice.chat("bell\u{7}").await;
+    alice.expect_error(ErrorCode::InvalidInput).await;
+    // A map name of control characters and a huge ping value.
+    alice
+        .send(ClientMsg::Join(Join {
+            map: "\u{0}\u{1}".into(),
+        }))
+        .await;
+    alice.expect_error(ErrorCode::UnknownMap).await;
+    alice.send(ClientMsg::Ping(Ping { t: u64::MAX })).await;
+    alice
+        .expect("pong", |m| {
+            matches!(m, ServerMsg::Pong(p) if p.t == u64::MAX).then_some(())
+        })
+        .await;
+}
