@@ -19,6 +19,7 @@ pub const FLUSHES: &str = "tessera_socket_flushes_total";
 pub const OUTBOUND_DROPPED: &str = "tessera_outbound_dropped_total";
 pub const ROOMS_ACTIVE: &str = "tessera_rooms_active";
 pub const ROOM_TICKS: &str = "tessera_room_ticks_total";
+pub const ROOM_TICKS_SKIPPED: &str = "tessera_room_ticks_skipped_total";
 pub const ROOM_TICK_SECONDS: &str = "tessera_room_tick_seconds";
 pub const ROOM_INPUTS_DROPPED: &str = "tessera_room_inputs_dropped_total";
 pub const UPDATE_ENCODES: &str = "tessera_update_encodes_total";

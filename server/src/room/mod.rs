@@ -141,6 +141,8 @@ pub struct Room {
     members: HashMap<EntityId, Member>,
     grid: Grid,
     empty_since: Option<Instant>,
+    /// When the next tick is due; ticks run at a fixed rate.
+    next_tick: Instant,
     broadcast_sub: Option<SubscriptionId>,
     /// Scratch buffers reused every tick.
     scratch_ids: Vec<EntityId>,
@@ -167,6 +169,7 @@ impl Room {
             sessions: HashMap::new(),
             members: HashMap::new(),
             empty_since: Some(Instant::now()),
+            next_tick: Instant::now(),
             broadcast_sub: None,
             scratch_ids: Vec::new(),
             scratch_view: Vec::new(),
@@ -317,6 +320,28 @@ impl Room {
         metrics::histogram!(m::ROOM_TICK_SECONDS).record(started.elapsed().as_secs_f64());
     }
 
+    /// Arm the next tick at a fixed rate. A room that fell behind (an
+    /// overloaded thread) skips the ticks it missed instead of bursting to
+    /// catch up, and counts them.
+    fn schedule_tick(&mut self, ctx: &mut Context<Self>) {
+        let period = Duration::from_secs_f64(1.0 / f64::from(self.map.tick_hz));
+        let now = Instant::now();
+        self.next_tick += period;
+        if self.next_tick < now {
+            let behind = now.duration_since(self.next_tick);
+            let skipped = (behind.as_secs_f64() / period.as_secs_f64()).ceil() as u64;
+            metrics::counter!(m::ROOM_TICKS_SKIPPED).increment(skipped);
+            self.next_tick += period * skipped as u32;
+        }
+        ctx.run_later(
+            self.next_tick.saturating_duration_since(now),
+            |room, ctx| {
+                room.on_tick(ctx);
+                room.schedule_tick(ctx);
+            },
+        );
+    }
+
     fn to_all_members(&self, frame: Bytes) {
         for member in self.members.values() {
             // An overflow closes that member's session; it leaves the room
@@ -376,8 +401,8 @@ impl Actor for Room {
     fn started(&mut self, ctx: &mut Context<Self>) {
         metrics::gauge!(m::ROOMS_ACTIVE).increment(1.0);
         tracing::info!(map = %self.map.name, tick_hz = self.map.tick_hz, "room started");
-        let period = Duration::from_secs_f64(1.0 / f64::from(self.map.tick_hz));
-        ctx.run_interval(period, |room, ctx| room.on_tick(ctx));
+        self.next_tick = Instant::now();
+        self.schedule_tick(ctx);
         let topic = self.registry.dispatcher().map_topic(&self.map.name);
         self.broadcast_sub = Some(topic.subscribe(ctx.address().recipient()));
     }
