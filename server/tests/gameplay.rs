@@ -352,3 +352,40 @@ async fn post(url: &str, bearer: Option<&str>, body: &str) -> u16 {
     stream.read_to_string(&mut response).await.unwrap();
     response.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
+
+#[tokio::test]
+async fn an_empty_room_stops_after_its_idle_period_and_comes_back_on_demand() {
+    let mut config = test_config();
+    config.rooms.idle_stop_ms = 300;
+    let shard = start(config);
+    let health = format!("http://{}/healthz", shard.http_addr);
+    let rooms = |body: String| -> u64 {
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        doc["rooms"].as_u64().unwrap()
+    };
+    let (mut alice, _) = Client::joined(shard.ws_addr, "alice", "test").await;
+    assert_eq!(rooms(get(&health).await), 1);
+    alice.send(ClientMsg::Leave(Leave {})).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while rooms(get(&health).await) != 0 {
+        assert!(std::time::Instant::now() < deadline, "room never stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Joining again starts a fresh room.
+    let joined = alice.join("test").await;
+    assert_eq!(joined.entities.len(), 1);
+    assert_eq!(rooms(get(&health).await), 1);
+}
+
+/// A minimal HTTP/1.1 GET; returns the body.
+async fn get(url: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let request = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response.split_once("\r\n\r\n").unwrap().1.to_string()
+}
