@@ -3,7 +3,7 @@
 # (Debian chromium driven by playwright-core against the real server).
 #
 # Installs what is missing (chromium, node, the e2e npm packages) and runs
-#   node --test protocol/js/test/ server/tests/e2e/
+# the tests in protocol/js/test/ and server/tests/e2e/ with node --test.
 # It does not build the server: build it first (cargo build -p server), or
 # point TESSERA_SERVER_BIN at a binary. CHROMIUM overrides /usr/bin/chromium.
 # Safe to run again: each step is skipped when its result is already there.
@@ -51,4 +51,6 @@ if [ ! -x "$server_bin" ]; then
   exit 1
 fi
 
-exec node --test protocol/js/test/ "$e2e_dir/"
+# Files, not directories: node 21+ reads a directory argument as a literal
+# glob and fails with MODULE_NOT_FOUND, where node 20 searched it.
+exec node --test protocol/js/test/*.test.mjs "$e2e_dir"/*.test.mjs

@@ -2,7 +2,7 @@
 // (protocol/tests/golden/*.hex), plus MessagePack edge cases, hostile input
 // and the client's session and view handling over a fake socket.
 //
-// Run: node --test protocol/js/test/
+// Run: node --test protocol/js/test/*.test.mjs
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';

@@ -3,7 +3,7 @@
 //
 // Env: TESSERA_SERVER_BIN (default <repo>/target/debug/tessera-server),
 //      CHROMIUM (default /usr/bin/chromium).
-// Run: node --test server/tests/e2e/   (scripts/e2e.sh installs what it needs)
+// Run: scripts/e2e.sh (installs what it needs), or node --test server/tests/e2e/*.test.mjs
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
