@@ -14,7 +14,7 @@
 // No dependencies and no I/O besides the WebSocket the caller asks for, so
 // the same file runs in browsers and in node (tests pass a fake socket).
 
-export const PROTOCOL_VERSION = Object.freeze({ major: 1, minor: 0 });
+export const PROTOCOL_VERSION = Object.freeze({ major: 1, minor: 1 });
 
 // ---------------------------------------------------------------------------
 // MessagePack
@@ -491,7 +491,7 @@ export class View {
 // ---------------------------------------------------------------------------
 // Client
 
-const SERVER_EVENTS = ['welcome', 'joined', 'left', 'update', 'chat', 'announce', 'pong', 'error'];
+const SERVER_EVENTS = ['welcome', 'joined', 'left', 'update', 'chat', 'announce', 'pong', 'error', 'notice'];
 
 /**
  * One session with a Tessera shard.

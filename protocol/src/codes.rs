@@ -29,6 +29,9 @@ pub enum ErrorCode {
     AuthInvalid = 2002,
     /// The token has expired.
     AuthExpired = 2003,
+    /// The resume token was already used, or names no session this server
+    /// knows of.
+    ResumeRejected = 2004,
     /// No map of that name exists.
     UnknownMap = 3001,
     /// A field is out of range: a non-finite direction, a chat text that is
@@ -38,6 +41,9 @@ pub enum ErrorCode {
     RoomFull = 3003,
     /// The room could not be reached in time; try again.
     RoomUnavailable = 3004,
+    /// The room crashed more often than its restart limit allows; the player
+    /// was moved to the fallback map (a `left` and a `joined` follow).
+    RoomFailed = 3005,
     /// Something went wrong inside the server; the session is unaffected.
     Internal = 5001,
     /// The server is at its connection cap or shutting down.
@@ -45,7 +51,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::Malformed,
         ErrorCode::TextFrame,
         ErrorCode::IllegalState,
@@ -55,10 +61,12 @@ impl ErrorCode {
         ErrorCode::AuthRequired,
         ErrorCode::AuthInvalid,
         ErrorCode::AuthExpired,
+        ErrorCode::ResumeRejected,
         ErrorCode::UnknownMap,
         ErrorCode::InvalidInput,
         ErrorCode::RoomFull,
         ErrorCode::RoomUnavailable,
+        ErrorCode::RoomFailed,
         ErrorCode::Internal,
         ErrorCode::ServerBusy,
     ];
@@ -85,13 +93,39 @@ impl ErrorCode {
             ErrorCode::AuthRequired => "auth_required",
             ErrorCode::AuthInvalid => "auth_invalid",
             ErrorCode::AuthExpired => "auth_expired",
+            ErrorCode::ResumeRejected => "resume_rejected",
             ErrorCode::UnknownMap => "unknown_map",
             ErrorCode::InvalidInput => "invalid_input",
             ErrorCode::RoomFull => "room_full",
             ErrorCode::RoomUnavailable => "room_unavailable",
+            ErrorCode::RoomFailed => "room_failed",
             ErrorCode::Internal => "internal",
             ErrorCode::ServerBusy => "server_busy",
         }
+    }
+}
+
+/// The code carried by a `notice` frame: something happened that the
+/// client did not cause and may want to show or log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum NoticeCode {
+    /// The room restarted after a crash; a full update with the restored
+    /// state came just before this notice.
+    RoomRestarted = 6001,
+    /// A resumed session got its seat back; `joined` came just before.
+    SeatRestored = 6002,
+}
+
+impl NoticeCode {
+    pub fn as_u16(self) -> u16 {
+        self as u16
+    }
+
+    pub fn from_u16(code: u16) -> Option<NoticeCode> {
+        [NoticeCode::RoomRestarted, NoticeCode::SeatRestored]
+            .into_iter()
+            .find(|c| c.as_u16() == code)
     }
 }
 

@@ -30,7 +30,7 @@ pub mod msg;
 pub mod version;
 
 pub use codec::{decode_client, decode_server, encode_client, encode_server, DecodeError};
-pub use codes::{CloseCode, ErrorCode};
+pub use codes::{CloseCode, ErrorCode, NoticeCode};
 pub use limits::Limits;
 pub use msg::{ClientMsg, ServerMsg};
 pub use version::{Version, PROTOCOL_VERSION};

@@ -8,8 +8,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The version this crate speaks.
-pub const PROTOCOL_VERSION: Version = Version { major: 1, minor: 0 };
+/// The version this crate speaks. 1.1 added `notice` and error codes 2004
+/// and 3005.
+pub const PROTOCOL_VERSION: Version = Version { major: 1, minor: 1 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Version {

@@ -7,8 +7,12 @@
 use protocol::msg::*;
 use protocol::{
     decode_client, decode_server, encode_client, encode_server, ClientMsg, DecodeError, ErrorCode,
-    Limits, ServerMsg, Version, PROTOCOL_VERSION,
+    Limits, NoticeCode, ServerMsg, Version,
 };
+
+/// The golden vectors were written by a 1.0 peer; later minors must still
+/// read them byte for byte.
+const V1_0: Version = Version { major: 1, minor: 0 };
 
 const MAX: usize = 64 * 1024;
 
@@ -17,7 +21,7 @@ fn client_samples() -> Vec<(&'static str, ClientMsg)> {
         (
             "client_hello",
             ClientMsg::Hello(Hello {
-                version: PROTOCOL_VERSION,
+                version: V1_0,
                 token: None,
                 resume: None,
                 name: Some("ada".into()),
@@ -26,7 +30,7 @@ fn client_samples() -> Vec<(&'static str, ClientMsg)> {
         (
             "client_hello_token",
             ClientMsg::Hello(Hello {
-                version: PROTOCOL_VERSION,
+                version: V1_0,
                 token: Some("tok".into()),
                 resume: Some("res".into()),
                 name: None,
@@ -60,7 +64,7 @@ fn server_samples() -> Vec<(&'static str, ServerMsg)> {
         (
             "server_welcome",
             ServerMsg::Welcome(Welcome {
-                version: PROTOCOL_VERSION,
+                version: V1_0,
                 player_id: "g-1".into(),
                 name: "ada".into(),
                 session_id: "s-1".into(),
@@ -163,6 +167,10 @@ fn server_samples() -> Vec<(&'static str, ServerMsg)> {
         (
             "server_error",
             ServerMsg::Error(ErrorMsg::new(ErrorCode::IllegalState, "join a map first")),
+        ),
+        (
+            "server_notice",
+            ServerMsg::Notice(Notice::new(NoticeCode::RoomRestarted, "room restarted")),
         ),
     ]
 }

@@ -83,7 +83,11 @@ const EXPECTED = {
   server_announce: { announce: { text: 'restart in 5 min' } },
   server_pong: { pong: { t: 123456, server_ms: 1700000000000 } },
   server_error: { error: { code: 1003, text: 'join a map first' } },
+  server_notice: { notice: { code: 6001, text: 'room restarted' } },
 };
+
+// The golden vectors were written by a 1.0 peer; builders take the version.
+const V1_0 = { major: 1, minor: 0 };
 
 test('every golden vector is covered by this test', () => {
   assert.deepEqual(Object.keys(golden).sort(), Object.keys(EXPECTED).sort());
@@ -106,10 +110,10 @@ for (const [name, expected] of Object.entries(EXPECTED)) {
 
 test('client message builders give the golden bytes', () => {
   const cases = [
-    ['client_hello', messages.hello({ name: 'ada' })],
-    ['client_hello_token', messages.hello({ token: 'tok', resume: 'res' })],
+    ['client_hello', messages.hello({ version: V1_0, name: 'ada' })],
+    ['client_hello_token', messages.hello({ version: V1_0, token: 'tok', resume: 'res' })],
     // Option order must not matter: the wire order is PROTOCOL.md's.
-    ['client_hello_token', messages.hello({ resume: 'res', token: 'tok', name: undefined })],
+    ['client_hello_token', messages.hello({ resume: 'res', token: 'tok', name: undefined, version: V1_0 })],
     ['client_join', messages.join('lobby')],
     ['client_leave', messages.leave()],
     ['client_move', messages.move(42, 1, -0.5)],
@@ -130,8 +134,8 @@ test('a move given as plain numbers still sends float32 directions', () => {
 
 test('the client sends the golden bytes over its socket', async () => {
   const { client, socket } = await connected();
-  client.hello({ name: 'ada' });
-  client.hello({ token: 'tok', resume: 'res' });
+  client.hello({ version: V1_0, name: 'ada' });
+  client.hello({ version: V1_0, token: 'tok', resume: 'res' });
   client.join('lobby');
   client.move(42, 1, -0.5);
   client.chat('hi');

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ErrorCode;
+use crate::{ErrorCode, NoticeCode};
 
 /// An error in answer to a client message. The session stays open unless a
 /// close frame follows.
@@ -26,5 +26,26 @@ impl ErrorMsg {
     /// The code, if this version knows it.
     pub fn error_code(&self) -> Option<ErrorCode> {
         ErrorCode::from_u16(self.code)
+    }
+}
+
+/// Something the server did that the client should know of (since 1.1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notice {
+    /// A stable numeric code; see [`NoticeCode`].
+    pub code: u16,
+    pub text: String,
+}
+
+impl Notice {
+    pub fn new(code: NoticeCode, text: impl Into<String>) -> Self {
+        Notice {
+            code: code.as_u16(),
+            text: text.into(),
+        }
+    }
+
+    pub fn notice_code(&self) -> Option<NoticeCode> {
+        NoticeCode::from_u16(self.code)
     }
 }

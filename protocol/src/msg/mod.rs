@@ -16,7 +16,7 @@ pub mod ping;
 pub mod room;
 
 pub use chat::{Announce, Chat, ChatSend};
-pub use error::ErrorMsg;
+pub use error::{ErrorMsg, Notice};
 pub use handshake::{Hello, Welcome};
 pub use ping::{Ping, Pong};
 pub use room::{Entity, EntityId, Join, Joined, Leave, Left, MapInfo, Move, Moved, Update};
@@ -61,6 +61,8 @@ pub enum ServerMsg {
     Announce(Announce),
     Pong(Pong),
     Error(ErrorMsg),
+    /// Since 1.1.
+    Notice(Notice),
 }
 
 impl ServerMsg {
@@ -74,6 +76,7 @@ impl ServerMsg {
             ServerMsg::Announce(_) => "announce",
             ServerMsg::Pong(_) => "pong",
             ServerMsg::Error(_) => "error",
+            ServerMsg::Notice(_) => "notice",
         }
     }
 }
