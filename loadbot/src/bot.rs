@@ -362,13 +362,16 @@ impl Bot {
         let end = self.joined_session(&mut ws).await;
         self.shared.stats.bots_connected.fetch_sub(1, Relaxed);
         match end {
-            End::Stop => close(&mut ws).await,
+            // A join that failed on a live socket: say goodbye before the
+            // retry, as a client would.
+            End::Stop | End::Failed => close(&mut ws).await,
             End::Churn => {
                 // A dropped socket, as when a phone loses its network: no
                 // close frame.
                 self.stats().churn_drops.fetch_add(1, Relaxed);
             }
-            End::Failed | End::Lost => {}
+            // The server closed or the socket broke: nothing to say.
+            End::Lost => {}
         }
         end
     }
@@ -652,6 +655,18 @@ impl Bot {
                     if let Some(end) = self.on_message(msg, &mut room, &mut hop_sent) {
                         break end;
                     }
+                    if room.is_none() && hop_sent.is_none() {
+                        // The server moved the bot out of its map (a room that
+                        // failed, an operator): go back, as a player would.
+                        let Some(map) = scenario::map_of(self.room, shared.maps()) else {
+                            break End::Failed;
+                        };
+                        let msg = ClientMsg::Join(Join { map: map.to_string() });
+                        if let Err(end) = self.send_or_end(ws, &msg).await {
+                            break end;
+                        }
+                        hop_sent = Some(Instant::now());
+                    }
                 }
                 _ = tick(&mut moves) => {
                     let Some(r) = room.as_mut().filter(|_| hop_sent.is_none()) else { continue };
@@ -770,7 +785,10 @@ impl Bot {
                     }
                 }
             }
-            ServerMsg::Welcome(_) | ServerMsg::Chat(_) | ServerMsg::Announce(_) => {}
+            ServerMsg::Welcome(_)
+            | ServerMsg::Chat(_)
+            | ServerMsg::Announce(_)
+            | ServerMsg::Notice(_) => {}
         }
         None
     }

@@ -25,8 +25,8 @@ pub const MAX_TRACKED_US: u64 = 120_000_000;
 /// Wire names of client messages, indexed by [`client_kind`].
 pub const CLIENT_KINDS: [&str; 6] = ["hello", "join", "leave", "move", "chat", "ping"];
 /// Wire names of server messages, indexed by [`server_kind`].
-pub const SERVER_KINDS: [&str; 8] = [
-    "welcome", "joined", "left", "update", "chat", "announce", "pong", "error",
+pub const SERVER_KINDS: [&str; 9] = [
+    "welcome", "joined", "left", "update", "chat", "announce", "pong", "error", "notice",
 ];
 
 /// Index of `update` in [`SERVER_KINDS`] (counted by the fast path, which
@@ -56,6 +56,7 @@ pub fn server_kind(msg: &ServerMsg) -> usize {
         ServerMsg::Announce(_) => 5,
         ServerMsg::Pong(_) => 6,
         ServerMsg::Error(_) => 7,
+        ServerMsg::Notice(_) => 8,
     }
 }
 
