@@ -80,18 +80,30 @@ impl Auth {
         }
     }
 
-    /// Who the hello speaks for, at time `now` (Unix seconds).
-    pub fn authenticate(&self, hello: &Hello, now: u64) -> Result<Identity, AuthError> {
+    /// Who the hello speaks for, at time `now` (Unix seconds), and for a
+    /// resume, the session its token was issued to (checked against the
+    /// seat table by the caller: a resume token works once).
+    pub fn authenticate(
+        &self,
+        hello: &Hello,
+        now: u64,
+    ) -> Result<(Identity, Option<String>), AuthError> {
         if let Some(resume) = &hello.resume {
             let claims = self.verify(resume, now)?;
-            if claims.sid.is_none() {
+            let Some(sid) = claims.sid else {
                 return Err(AuthError::Invalid);
-            }
-            return Ok(Identity {
+            };
+            let identity = Identity {
                 player_id: claims.sub,
                 name: claims.name,
-            });
+            };
+            return Ok((identity, Some(sid)));
         }
+        self.authenticate_fresh(hello, now)
+            .map(|identity| (identity, None))
+    }
+
+    fn authenticate_fresh(&self, hello: &Hello, now: u64) -> Result<Identity, AuthError> {
         match (&hello.token, self.mode) {
             (Some(token), _) => {
                 let claims = self.verify(token, now)?;
@@ -222,9 +234,10 @@ mod tests {
 
     #[test]
     fn dev_mode_hands_out_guests() {
-        let id = auth(AuthMode::Dev)
+        let (id, resumed) = auth(AuthMode::Dev)
             .authenticate(&hello(None, None), 100)
             .unwrap();
+        assert_eq!(resumed, None);
         assert!(id.player_id.starts_with("g-"));
         assert_eq!(id.name, "ada");
     }
@@ -237,7 +250,7 @@ mod tests {
             Err(AuthError::Required)
         );
         let good = a.mint(&claims(200));
-        let id = a
+        let (id, _) = a
             .authenticate(&hello(Some(good.clone()), None), 100)
             .unwrap();
         assert_eq!(id.player_id, "p1");
@@ -273,7 +286,7 @@ mod tests {
         let resume = a.resume_token(&id, "s1", 100);
         assert_eq!(
             a.authenticate(&hello(None, Some(resume.clone())), 120),
-            Ok(id)
+            Ok((id, Some("s1".to_string())))
         );
         assert_eq!(
             a.authenticate(&hello(Some(resume), None), 120),

@@ -39,6 +39,7 @@ pub struct Config {
     /// The maps of this shard. When empty, the built-in demo maps
     /// (`lobby`, `arena`, `plains`) are used.
     pub maps: Vec<MapConfig>,
+    pub supervision: SupervisionConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
 }
@@ -50,7 +51,7 @@ pub struct ServerConfig {
     pub ws_addr: SocketAddr,
     /// HTTP listener: demo page, health, metrics, admin.
     pub http_addr: SocketAddr,
-    /// actix Arbiters (threads) hosting sessions and rooms; 0 = one per core.
+    /// actix Arbiters (threads) hosting sessions; 0 = one per core.
     pub workers: usize,
     /// Open game connections at most; more are closed with 1013.
     pub max_connections: usize,
@@ -118,6 +119,9 @@ pub struct LimitsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoomsConfig {
+    /// actix Arbiters (threads) hosting rooms, apart from the sessions' so a
+    /// stalled room cannot freeze sessions; 0 = one per core.
+    pub arbiters: usize,
     /// Default tick rate of a map that sets none.
     pub tick_hz: u32,
     /// Default view radius of a map that sets none.
@@ -149,12 +153,48 @@ pub struct MapConfig {
     pub max_players: Option<usize>,
 }
 
+/// Let it crash: how rooms are restarted and players kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupervisionConfig {
+    /// A room restarted more than `max_restarts` times within
+    /// `restart_window_ms` is marked failed (OTP's MaxR in MaxT).
+    pub max_restarts: u32,
+    pub restart_window_ms: u64,
+    /// Where the players of a failed room are moved; empty: to no map.
+    pub fallback_map: String,
+    /// A room whose tick is this late is handled as crashed (stalled) and
+    /// restarted on another thread.
+    pub stall_timeout_ms: u64,
+    /// How often the watchdog looks.
+    pub watchdog_interval_ms: u64,
+    /// A disconnected player keeps its seat this long, for a resume.
+    pub resume_grace_ms: u64,
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        SupervisionConfig {
+            max_restarts: 3,
+            restart_window_ms: 5_000,
+            fallback_map: "lobby".into(),
+            stall_timeout_ms: 1_000,
+            watchdog_interval_ms: 100,
+            resume_grace_ms: 30_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// Bearer token for `/admin/*` on the HTTP listener. Empty turns the
     /// admin endpoints off.
     pub token: String,
+    /// Allow `/admin/faults/*` (panic or stall a room, kill a session) for
+    /// tests and drills. Off by default; needs `token` too. Game clients can
+    /// never reach it.
+    pub fault_injection: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -222,6 +262,7 @@ impl Default for LimitsConfig {
 impl Default for RoomsConfig {
     fn default() -> Self {
         RoomsConfig {
+            arbiters: 0,
             tick_hz: 20,
             view_radius: 400.0,
             max_players: 1_000,
@@ -359,12 +400,14 @@ impl Config {
             .collect()
     }
 
+    /// Session Arbiters in force.
     pub fn workers(&self) -> usize {
-        if self.server.workers == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            self.server.workers
-        }
+        or_cores(self.server.workers)
+    }
+
+    /// Room Arbiters in force.
+    pub fn room_arbiters(&self) -> usize {
+        or_cores(self.rooms.arbiters)
     }
 
     /// Check every field; the error lists each problem with its field path.
@@ -403,6 +446,11 @@ impl Config {
         positive("rooms.mailbox_capacity", r.mailbox_capacity as u64);
         positive("rooms.call_timeout_ms", r.call_timeout_ms);
         positive("rooms.idle_stop_ms", r.idle_stop_ms);
+        let sv = &self.supervision;
+        positive("supervision.restart_window_ms", sv.restart_window_ms);
+        positive("supervision.stall_timeout_ms", sv.stall_timeout_ms);
+        positive("supervision.watchdog_interval_ms", sv.watchdog_interval_ms);
+        positive("supervision.resume_grace_ms", sv.resume_grace_ms);
         if s.max_frame_bytes < 256 {
             errors.push("server.max_frame_bytes must be at least 256".into());
         }
@@ -417,6 +465,20 @@ impl Config {
         }
         if self.auth.mode == AuthMode::Production && self.auth.secret.len() < 16 {
             errors.push("auth.secret must be at least 16 bytes in production mode".into());
+        }
+        if sv.watchdog_interval_ms >= sv.stall_timeout_ms {
+            errors.push("supervision.watchdog_interval_ms must be below stall_timeout_ms".into());
+        }
+        let map_names: Vec<String> = self.map_defs().into_iter().map(|m| m.name).collect();
+        if !sv.fallback_map.is_empty() && !map_names.contains(&sv.fallback_map) {
+            errors.push(format!(
+                "supervision.fallback_map {:?} names no map (maps: {})",
+                sv.fallback_map,
+                map_names.join(", ")
+            ));
+        }
+        if self.admin.fault_injection && self.admin.token.is_empty() {
+            errors.push("admin.fault_injection needs admin.token".into());
         }
         if self.auth.resume_ttl_s == 0 {
             errors.push("auth.resume_ttl_s must be greater than 0".into());
@@ -448,6 +510,14 @@ impl Config {
     pub fn to_toml(&self) -> String {
         // Config is plain data; serializing it to TOML cannot fail.
         toml::to_string_pretty(self).expect("config serializes to TOML")
+    }
+}
+
+fn or_cores(n: usize) -> usize {
+    if n == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        n
     }
 }
 

@@ -9,8 +9,10 @@
 //! - [`session`]: the per-connection actor: decode, state check, rate
 //!   limit, route to the room.
 //! - [`outbound`]: a session's bounded outbound queue and its writer task.
-//! - [`room`]: the per-map actor (tick, movement, interest management),
-//!   its spatial [`room::grid`] and the [`room::registry`] that finds rooms.
+//! - [`room`]: the per-map actor (tick, movement, interest management,
+//!   panic boundary, snapshots), its spatial [`room::grid`] and the
+//!   [`room::supervisor`] that finds, restarts and watches rooms.
+//! - [`seats`]: each player's latest session and seat, for resume tokens.
 //! - [`dispatcher`]: typed topics for announcements and map broadcasts.
 //! - [`auth`]: signed tokens, resume tokens, dev-mode guests.
 //! - [`ratelimit`]: token buckets and abuse strikes.
@@ -33,6 +35,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod ratelimit;
 pub mod room;
+pub mod seats;
 pub mod session;
 pub mod shard;
 

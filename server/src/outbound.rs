@@ -43,8 +43,9 @@ struct Queue {
     bytes: usize,
     /// State frames were dropped since the last full update.
     resync: bool,
-    /// Set once: the close frame to send after what is queued.
-    close: Option<(CloseCode, String)>,
+    /// Set once: the close frame to send after what is queued (`None` code:
+    /// end without a close frame, like a dropped connection).
+    close: Option<(Option<CloseCode>, String)>,
     /// The current room membership; frames of older ones are refused.
     room_epoch: u64,
 }
@@ -87,6 +88,11 @@ impl Outbound {
         let mut q = self.queue.lock();
         q.room_epoch += 1;
         q.room_epoch
+    }
+
+    /// Whether membership `epoch` is still the current one.
+    pub fn is_member(&self, epoch: u64) -> bool {
+        self.queue.lock().room_epoch == epoch
     }
 
     /// End the current room membership.
@@ -136,7 +142,10 @@ impl Outbound {
             // Nothing queued can reach it in time; send the close at once.
             q.frames.clear();
             q.bytes = 0;
-            q.close = Some((CloseCode::SlowConsumer, "outbound budget exceeded".into()));
+            q.close = Some((
+                Some(CloseCode::SlowConsumer),
+                "outbound budget exceeded".into(),
+            ));
             drop(q);
             metrics::counter!(m::OUTBOUND_DROPPED, "class" => "reliable").increment(1);
             metrics::counter!(m::SESSIONS_CLOSED, "code" => "4005").increment(1);
@@ -164,9 +173,22 @@ impl Outbound {
     pub fn close(&self, code: CloseCode, reason: &str) {
         let mut q = self.queue.lock();
         if q.close.is_none() {
-            q.close = Some((code, reason.to_string()));
+            q.close = Some((Some(code), reason.to_string()));
             drop(q);
             metrics::counter!(m::SESSIONS_CLOSED, "code" => code.as_u16().to_string()).increment(1);
+            self.wake.notify_one();
+        }
+    }
+
+    /// End the connection at once, without a close frame (fault injection:
+    /// what a pulled cable looks like to the client).
+    pub fn abort(&self) {
+        let mut q = self.queue.lock();
+        if q.close.is_none() {
+            q.frames.clear();
+            q.bytes = 0;
+            q.close = Some((None, String::new()));
+            drop(q);
             self.wake.notify_one();
         }
     }
@@ -193,7 +215,7 @@ impl Outbound {
 
     /// Everything ready now, or the close once the queue is empty; waits when
     /// there is nothing.
-    async fn next_batch(&self, batch: &mut Vec<Frame>) -> Option<(CloseCode, String)> {
+    async fn next_batch(&self, batch: &mut Vec<Frame>) -> Option<(Option<CloseCode>, String)> {
         loop {
             {
                 let mut q = self.queue.lock();
@@ -222,13 +244,16 @@ where
     loop {
         let close = out.next_batch(&mut batch).await;
         if let Some((code, reason)) = close {
-            let frame = CloseFrame {
-                code: WsCloseCode::from(code.as_u16()),
-                reason: reason.into(),
-            };
-            let _ =
-                tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(frame)))).await;
-            let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+            if let Some(code) = code {
+                let frame = CloseFrame {
+                    code: WsCloseCode::from(code.as_u16()),
+                    reason: reason.into(),
+                };
+                let message = Message::Close(Some(frame));
+                let _ = tokio::time::timeout(write_timeout, sink.send(message)).await;
+                let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+            }
+            // Aborted: the socket just goes when both halves are dropped.
             return;
         }
         let frames = batch.len() as u64;
@@ -292,7 +317,7 @@ mod tests {
         );
         assert!(out.is_closing());
         let close = out.queue.lock().close.clone().unwrap();
-        assert_eq!(close.0, CloseCode::SlowConsumer);
+        assert_eq!(close.0, Some(CloseCode::SlowConsumer));
         assert_eq!(
             out.push_reliable(Bytes::from_static(b"1")),
             Err(PushError::Closed)

@@ -1,19 +1,29 @@
 //! One session actor per connection: decode, validate, rate-limit, route.
 //!
 //! ```text
-//! socket ─▶ read half ─(StreamHandler)─▶ Session ─▶ Room (join/leave/input/chat)
+//! socket ─▶ read half ─(StreamHandler)─▶ Session ─▶ RoomSupervisor::send ─▶ current Room
 //!                                           │
-//! socket ◀─ writer task ◀── Outbound ◀──────┴── pong, error, welcome, announce
+//! socket ◀─ writer task ◀── Outbound ◀──────┴── pong, error, welcome, left, announce
 //!                              ▲
-//!                              └── Room: joined, update, chat
+//!                              └── Room: joined, update, chat, notice
 //! ```
 //!
 //! A frame goes: size limit (tungstenite) -> decode -> rate limit of its
 //! class -> state check -> handler. Every refusal is an error frame with a
 //! code; malformed frames, text frames and rate-limit hits are strikes, and
-//! too many strikes close the socket (1008). Sessions are not restarted: when
-//! the socket goes, the session stops and leaves its room.
+//! too many strikes close the socket (1008).
+//!
+//! Sessions are not restarted: a panic in one closes only its connection
+//! (1011). A session that goes away while in a map leaves its seat held in
+//! the room for the resume grace period, unless the player left on purpose;
+//! a later session presenting the resume token takes the seat back.
+//!
+//! Closing: the close frame is queued after everything pending, and the
+//! session keeps reading (and ignoring) the client's frames until the
+//! client's close or [`CLOSE_LINGER`], so that unread input does not make
+//! the kernel reset the connection and throw away what was queued.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,19 +40,28 @@ use crate::config::ms;
 use crate::dispatcher::{Announcement, Published, SubscriptionId};
 use crate::metrics as m;
 use crate::outbound::Outbound;
-use crate::room::{ChatIn, Input, JoinError, JoinRoom, LeaveRoom, Room};
+use crate::ratelimit::{Bucket, Strikes};
+use crate::room::{ChatIn, Disconnected, Input, JoinError, JoinRoom, LeaveRoom, RoomEvent};
+use crate::seats::ResumeError;
 use crate::shard::Shared;
 
 pub type SessionId = u64;
 
-/// Messages a session may queue from the server side (announcements,
-/// shutdown). Client input never goes through this mailbox.
+/// Messages a session may queue from the server side (announcements, room
+/// events, shutdown). Client input never goes through this mailbox.
 const SESSION_MAILBOX: usize = 64;
+
+/// How long a closing session waits for the client's close frame.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 enum State {
     AwaitingHello,
     Lobby,
-    InRoom { map: Arc<str>, room: Addr<Room> },
+    InRoom {
+        map: Arc<str>,
+    },
+    /// The close frame is queued; input is ignored until the client closes.
+    Closing,
 }
 
 /// The three rate-limited message classes.
@@ -73,8 +92,8 @@ pub struct Session {
     identity: Option<Arc<Identity>>,
     last_seen: Instant,
     last_ping_sent: Instant,
-    buckets: [crate::ratelimit::Bucket; 3],
-    strikes: crate::ratelimit::Strikes,
+    buckets: [Bucket; 3],
+    strikes: Strikes,
     announcements: Option<SubscriptionId>,
     /// Held until the actor is dropped, so shutdown can wait for it.
     _done: mpsc::Sender<()>,
@@ -84,6 +103,16 @@ pub struct Session {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Shutdown;
+
+/// Fault injection (admin API only): end a session as if it crashed.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub enum Kill {
+    /// Panic inside the session's panic boundary.
+    Panic,
+    /// Drop the connection without a close frame, like a network failure.
+    Drop,
+}
 
 impl Session {
     pub fn new(
@@ -95,11 +124,11 @@ impl Session {
         let now = Instant::now();
         let l = &shared.config.limits;
         let buckets = [
-            crate::ratelimit::Bucket::new(l.move_per_sec, l.move_burst, now),
-            crate::ratelimit::Bucket::new(l.chat_per_sec, l.chat_burst, now),
-            crate::ratelimit::Bucket::new(l.control_per_sec, l.control_burst, now),
+            Bucket::new(l.move_per_sec, l.move_burst, now),
+            Bucket::new(l.chat_per_sec, l.chat_burst, now),
+            Bucket::new(l.control_per_sec, l.control_burst, now),
         ];
-        let strikes = crate::ratelimit::Strikes::new(l.abuse_strikes, ms(l.abuse_window_ms), now);
+        let strikes = Strikes::new(l.abuse_strikes, ms(l.abuse_window_ms), now);
         Session {
             id,
             shared,
@@ -113,6 +142,10 @@ impl Session {
             announcements: None,
             _done: done,
         }
+    }
+
+    fn sid(&self) -> String {
+        format!("s-{:x}", self.id)
     }
 
     fn send(&self, msg: &ServerMsg) {
@@ -130,15 +163,22 @@ impl Session {
         self.close(close, text, ctx);
     }
 
+    /// Queue the close frame and linger for the client's close. The seat,
+    /// if any, is kept for a resume.
     fn close(&mut self, code: CloseCode, reason: &str, ctx: &mut Context<Self>) {
+        if matches!(self.state, State::Closing) {
+            return;
+        }
         tracing::debug!(
             session = self.id,
             code = code.as_u16(),
             reason,
             "closing session"
         );
+        self.release_seat();
+        self.state = State::Closing;
         self.out.close(code, reason);
-        ctx.stop();
+        ctx.run_later(CLOSE_LINGER, |_, ctx| ctx.stop());
     }
 
     fn strike(&mut self, ctx: &mut Context<Self>) {
@@ -200,30 +240,60 @@ impl Session {
             return;
         }
         let now = unix_now();
-        let identity = match self.shared.auth.authenticate(&hello, now) {
-            Ok(identity) => identity,
+        let (identity, resumed) = match self.shared.auth.authenticate(&hello, now) {
+            Ok(pair) => pair,
             Err(err) => {
                 self.refuse(err.code(), &err.to_string(), CloseCode::AuthFailed, ctx);
                 return;
             }
         };
-        let session_id = format!("s-{:x}", self.id);
+        let sid = self.sid();
+        let seat = match resumed {
+            Some(claimed) => {
+                match self
+                    .shared
+                    .seats
+                    .resume(&identity.player_id, &claimed, &sid, self.id)
+                {
+                    Ok(seat) => seat,
+                    Err(ResumeError::Reused) => {
+                        self.refuse(
+                            ErrorCode::ResumeRejected,
+                            "resume token already used",
+                            CloseCode::AuthFailed,
+                            ctx,
+                        );
+                        return;
+                    }
+                }
+            }
+            None => {
+                self.shared
+                    .seats
+                    .welcomed(&identity.player_id, &sid, self.id);
+                None
+            }
+        };
         let welcome = Welcome {
             version: PROTOCOL_VERSION,
             player_id: identity.player_id.clone(),
             name: identity.name.clone(),
-            resume_token: self.shared.auth.resume_token(&identity, &session_id, now),
-            session_id,
+            resume_token: self.shared.auth.resume_token(&identity, &sid, now),
+            session_id: sid,
             tick_hz: self.shared.config.rooms.tick_hz,
             limits: self.shared.limits.clone(),
             maps: self.shared.rooms.map_names(),
         };
         self.send(&ServerMsg::Welcome(welcome));
-        tracing::debug!(session = self.id, player = %identity.player_id, "welcomed");
-        self.identity = Some(Arc::new(identity));
+        tracing::debug!(session = self.id, player = %identity.player_id, resumed = seat.is_some(), "welcomed");
+        let identity = Arc::new(identity);
+        self.identity = Some(identity.clone());
         self.state = State::Lobby;
         let recipient = ctx.address().recipient();
         self.announcements = Some(self.shared.dispatcher.announcements.subscribe(recipient));
+        if let Some(seat) = seat {
+            self.join_room(seat.map, identity, Some(seat.session), 1, ctx);
+        }
     }
 
     fn on_join(&mut self, join: Join, ctx: &mut Context<Self>) {
@@ -238,23 +308,24 @@ impl Session {
             );
             return;
         }
-        if let State::InRoom { map, .. } = &self.state {
+        if let State::InRoom { map } = &self.state {
             if **map == *join.map {
                 self.send_error(ErrorCode::IllegalState, "already in that map");
                 return;
             }
             self.leave_room(true);
         }
-        self.join_room(Arc::from(join.map), identity, 1, ctx);
+        self.join_room(Arc::from(join.map), identity, None, 1, ctx);
     }
 
-    /// Ask the room of `map` to take this player. State moves to `InRoom`
-    /// at once so inputs sent right after `joined` route; a failed join
-    /// moves it back.
+    /// Ask the room of `map` to take this player (or give back the seat of
+    /// session `resume`). State moves to `InRoom` at once so inputs sent
+    /// right after `joined` route; a failed join moves it back.
     fn join_room(
         &mut self,
         map: Arc<str>,
         identity: Arc<Identity>,
+        resume: Option<SessionId>,
         retries: u8,
         ctx: &mut Context<Self>,
     ) {
@@ -262,52 +333,61 @@ impl Session {
             self.send_error(ErrorCode::UnknownMap, format!("no map named {map:?}"));
             return;
         };
-        self.state = State::InRoom {
-            map: map.clone(),
-            room: room.clone(),
-        };
+        self.state = State::InRoom { map: map.clone() };
+        self.shared
+            .seats
+            .seated(&identity.player_id, self.id, Some(map.clone()));
+        let epoch = self.out.begin_room();
         let request = JoinRoom {
             session: self.id,
             identity: identity.clone(),
             out: self.out.clone(),
-            epoch: self.out.begin_room(),
+            epoch,
+            events: ctx.address().recipient(),
+            resume,
         };
         let timeout = ms(self.shared.config.rooms.call_timeout_ms);
         let call = room.send(request);
         let reply = async move { tokio::time::timeout(timeout, call).await };
         ctx.spawn(reply.into_actor(self).map(move |reply, session, ctx| {
-            let still_joining =
-                matches!(&session.state, State::InRoom { room: current, .. } if *current == room);
+            let still_joining = matches!(&session.state, State::InRoom { map: current } if *current == map)
+                && session.out.is_member(epoch);
             if !still_joining {
                 return;
             }
             match reply {
-                Ok(Ok(Ok(_entity))) => {}
+                Ok(Ok(Ok(_))) => {}
                 Ok(Ok(Err(JoinError::Full))) => {
-                    session.state = State::Lobby;
+                    session.abandon_join(&map);
                     session.send_error(ErrorCode::RoomFull, format!("{map} is full"));
                 }
-                Ok(Err(MailboxError::Closed)) if retries > 0 => {
-                    // The room stopped between lookup and join; the
-                    // registry starts a fresh one.
-                    session.join_room(map, identity, retries - 1, ctx);
-                }
-                Ok(Err(_)) | Err(_) => {
-                    session.state = State::Lobby;
+                Ok(Err(MailboxError::Closed)) | Ok(Ok(Err(JoinError::Crashed))) if retries > 0 => {
+                    // The room stopped or crashed between lookup and join;
+                    // the supervisor has a fresh incarnation by now.
                     session.out.end_room();
-                    room.do_send(LeaveRoom {
-                        session: session.id,
-                    });
+                    session.join_room(map, identity, resume, retries - 1, ctx);
+                }
+                Ok(Err(_)) | Ok(Ok(Err(JoinError::Crashed))) | Err(_) => {
+                    session.abandon_join(&map);
                     session.send_error(ErrorCode::RoomUnavailable, format!("{map} did not answer"));
                 }
             }
         }));
     }
 
-    /// Leave the current room. With `notify` the player is told `left`;
-    /// nothing the room sends after this point reaches it.
+    fn abandon_join(&mut self, map: &str) {
+        self.state = State::Lobby;
+        self.out.end_room();
+        let _ = self.shared.rooms.send(map, LeaveRoom { session: self.id });
+        if let Some(identity) = &self.identity {
+            self.shared.seats.seated(&identity.player_id, self.id, None);
+        }
+    }
+
+    /// Leave the current room on purpose. With `notify` the player is told
+    /// `left`; nothing the room sends after this point reaches it.
     fn leave_room(&mut self, notify: bool) {
-        if let State::InRoom { room, map } = std::mem::replace(&mut self.state, State::Lobby) {
+        if let State::InRoom { map } = std::mem::replace(&mut self.state, State::Lobby) {
             self.out.end_room();
             if notify {
                 self.send(&ServerMsg::Left(Left {
@@ -315,8 +395,22 @@ impl Session {
                 }));
             }
             // Membership changes are rate-limited by the control class, so
-            // this cast cannot flood the room.
-            room.do_send(LeaveRoom { session: self.id });
+            // this cannot flood the room; a full mailbox is a lost leave that
+            // the seat's grace period cleans up.
+            let _ = self.shared.rooms.send(&map, LeaveRoom { session: self.id });
+            if let Some(identity) = &self.identity {
+                self.shared.seats.seated(&identity.player_id, self.id, None);
+            }
+        }
+    }
+
+    /// The connection is going: keep the seat for a resume.
+    fn release_seat(&mut self) {
+        if let State::InRoom { map } = std::mem::replace(&mut self.state, State::Lobby) {
+            let _ = self
+                .shared
+                .rooms
+                .send(&map, Disconnected { session: self.id });
         }
     }
 
@@ -329,7 +423,7 @@ impl Session {
     }
 
     fn on_move(&mut self, mv: Move) {
-        let State::InRoom { room, .. } = &self.state else {
+        let State::InRoom { map } = &self.state else {
             self.send_error(ErrorCode::IllegalState, "join a map before moving");
             return;
         };
@@ -354,12 +448,12 @@ impl Session {
             dx,
             dy,
         };
-        let sent = room.try_send(input);
+        let sent = self.shared.rooms.send(map, input);
         self.after_room_cast(sent);
     }
 
     fn on_chat(&mut self, chat: ChatSend) {
-        let State::InRoom { room, .. } = &self.state else {
+        let State::InRoom { map } = &self.state else {
             self.send_error(ErrorCode::IllegalState, "join a map before chatting");
             return;
         };
@@ -372,18 +466,20 @@ impl Session {
             );
             return;
         }
-        let sent = room.try_send(ChatIn {
-            session: self.id,
-            text: chat.text,
-        });
+        let sent = self.shared.rooms.send(
+            map,
+            ChatIn {
+                session: self.id,
+                text: chat.text,
+            },
+        );
         self.after_room_cast(sent);
     }
 
-    /// What a cast to the room came to. The cast goes through the session's
-    /// one stored `Addr` (never a fresh clone: actix gives every sender clone
-    /// a slot past the mailbox capacity), so a room's mailbox holds at most
-    /// its capacity plus one message per member; past that, messages are
-    /// dropped, counted and the client is told.
+    /// What a cast to the room came to. Casts go through the supervisor's
+    /// one sender per room, so a room's mailbox holds at most its capacity
+    /// plus one; past that, messages are dropped, counted and the client is
+    /// told.
     fn after_room_cast<M>(&mut self, sent: Result<(), SendError<M>>) {
         match sent {
             Ok(()) => {}
@@ -392,9 +488,11 @@ impl Session {
                 self.send_error(ErrorCode::RoomUnavailable, "room is busy; message dropped");
             }
             Err(SendError::Closed(_)) => {
-                self.state = State::Lobby;
-                self.out.end_room();
-                self.send_error(ErrorCode::RoomUnavailable, "room is gone; join again");
+                // The room failed or stopped; its failure notice moves us.
+                self.send_error(
+                    ErrorCode::RoomUnavailable,
+                    "room is not running; join again",
+                );
             }
         }
     }
@@ -413,9 +511,45 @@ impl Session {
         }));
     }
 
+    fn on_room_failed(&mut self, failed: Arc<str>, ctx: &mut Context<Self>) {
+        let State::InRoom { map } = &self.state else {
+            return;
+        };
+        if *map != failed {
+            return;
+        }
+        self.state = State::Lobby;
+        self.out.end_room();
+        self.send_error(
+            ErrorCode::RoomFailed,
+            format!("{failed} failed; moving you to the fallback map"),
+        );
+        self.send(&ServerMsg::Left(Left {
+            map: failed.to_string(),
+        }));
+        let fallback = self
+            .shared
+            .rooms
+            .fallback_map()
+            .filter(|f| **f != *failed)
+            .map(Arc::from);
+        match (fallback, self.identity.clone()) {
+            (Some(fallback), Some(identity)) => self.join_room(fallback, identity, None, 1, ctx),
+            _ => {
+                if let Some(identity) = &self.identity {
+                    self.shared.seats.seated(&identity.player_id, self.id, None);
+                }
+            }
+        }
+    }
+
     fn housekeeping(&mut self, ctx: &mut Context<Self>) {
+        if matches!(self.state, State::Closing) {
+            return;
+        }
         if self.out.is_closing() {
             // The writer gave up (slow consumer, write failure).
+            self.release_seat();
             ctx.stop();
             return;
         }
@@ -452,7 +586,7 @@ impl Actor for Session {
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         metrics::gauge!(m::SESSIONS_ACTIVE).decrement(1.0);
-        self.leave_room(false);
+        self.release_seat();
         if let Some(sub) = self.announcements.take() {
             self.shared.dispatcher.announcements.unsubscribe(sub);
         }
@@ -464,7 +598,14 @@ impl Actor for Session {
 impl StreamHandler<Result<Message, WsError>> for Session {
     fn handle(&mut self, item: Result<Message, WsError>, ctx: &mut Context<Self>) {
         self.last_seen = Instant::now();
-        match item {
+        if matches!(self.state, State::Closing) {
+            // Drain until the client's close; see the module docs.
+            if matches!(item, Ok(Message::Close(_)) | Err(_)) {
+                ctx.stop();
+            }
+            return;
+        }
+        let handled = std::panic::catch_unwind(AssertUnwindSafe(|| match item {
             Ok(Message::Binary(bytes)) => self.on_frame(&bytes, ctx),
             Ok(Message::Text(_)) => {
                 metrics::counter!(m::CLIENT_MESSAGES, "kind" => "text").increment(1);
@@ -472,7 +613,10 @@ impl StreamHandler<Result<Message, WsError>> for Session {
                 self.strike(ctx);
             }
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
-            Ok(Message::Close(_)) => ctx.stop(),
+            Ok(Message::Close(_)) => {
+                self.release_seat();
+                ctx.stop();
+            }
             Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
                 let text = format!("frame of {size} bytes is over the limit of {max_size}");
                 self.refuse(
@@ -484,13 +628,27 @@ impl StreamHandler<Result<Message, WsError>> for Session {
             }
             Err(err) => {
                 tracing::debug!(session = self.id, error = %err, "read failed");
+                self.release_seat();
                 ctx.stop();
             }
+        }));
+        if handled.is_err() {
+            self.crashed(ctx);
         }
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
         ctx.stop();
+    }
+}
+
+impl Session {
+    /// A handler panicked: this connection ends (1011); the seat is kept
+    /// for a resume. Nothing else notices.
+    fn crashed(&mut self, ctx: &mut Context<Self>) {
+        metrics::counter!(m::SESSION_PANICS).increment(1);
+        tracing::error!(session = self.id, "session crashed; closing its connection");
+        self.close(CloseCode::InternalError, "internal error", ctx);
     }
 }
 
@@ -502,10 +660,42 @@ impl Handler<Published<Announcement>> for Session {
     }
 }
 
+impl Handler<RoomEvent> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: RoomEvent, ctx: &mut Context<Self>) {
+        match msg {
+            RoomEvent::Failed { map } => self.on_room_failed(map, ctx),
+        }
+    }
+}
+
 impl Handler<Shutdown> for Session {
     type Result = ();
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
         self.close(CloseCode::GoingAway, "server shutting down", ctx);
+    }
+}
+
+impl Handler<Kill> for Session {
+    type Result = ();
+
+    fn handle(&mut self, kill: Kill, ctx: &mut Context<Self>) {
+        tracing::warn!(session = self.id, ?kill, "injecting fault");
+        match kill {
+            Kill::Panic => {
+                let result = std::panic::catch_unwind(|| panic!("injected session fault"));
+                if result.is_err() {
+                    self.crashed(ctx);
+                }
+            }
+            Kill::Drop => {
+                // Like a cable pulled: no close frame, the seat is kept.
+                self.release_seat();
+                self.out.abort();
+                ctx.stop();
+            }
+        }
     }
 }

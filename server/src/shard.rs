@@ -28,7 +28,9 @@ use crate::auth::Auth;
 use crate::config::{ms, Config};
 use crate::dispatcher::{Announcement, Dispatcher};
 use crate::gateway::Gateway;
-use crate::room::{announce_frame, RoomRegistry};
+use crate::room::supervisor::Settings;
+use crate::room::{announce_frame, RoomSupervisor};
+use crate::seats::Seats;
 use crate::session::{Session, SessionId, Shutdown};
 
 /// What every session and room of the shard shares.
@@ -36,9 +38,10 @@ pub struct Shared {
     pub config: Config,
     pub auth: Auth,
     pub limits: protocol::Limits,
-    pub rooms: Arc<RoomRegistry>,
+    pub rooms: Arc<RoomSupervisor>,
     pub dispatcher: Arc<Dispatcher>,
     pub sessions: Mutex<HashMap<SessionId, Addr<Session>>>,
+    pub seats: Seats,
 }
 
 impl Shared {
@@ -159,15 +162,19 @@ async fn run(config: Config, ready: Ready, mut stop_rx: watch::Receiver<bool>) {
         }
     };
 
+    // Sessions and rooms live on separate Arbiters, so a room stuck in a
+    // handler stalls only rooms, which the watchdog moves away.
     let workers: Vec<Arbiter> = (0..config.workers()).map(|_| Arbiter::new()).collect();
+    let room_arbiters: Vec<Arbiter> = (0..config.room_arbiters())
+        .map(|_| Arbiter::new())
+        .collect();
     let handles: Vec<ArbiterHandle> = workers.iter().map(|a| a.handle()).collect();
     let dispatcher = Arc::new(Dispatcher::default());
-    let rooms = Arc::new(RoomRegistry::new(
+    let rooms = Arc::new(RoomSupervisor::new(
         config.map_defs(),
-        handles.clone(),
+        room_arbiters.iter().map(|a| a.handle()).collect(),
         dispatcher.clone(),
-        ms(config.rooms.idle_stop_ms),
-        config.rooms.mailbox_capacity,
+        Settings::from_config(&config),
     ));
     let shared = Arc::new(Shared {
         auth: Auth::new(&config.auth),
@@ -175,6 +182,7 @@ async fn run(config: Config, ready: Ready, mut stop_rx: watch::Receiver<bool>) {
         rooms,
         dispatcher,
         sessions: Mutex::new(HashMap::new()),
+        seats: Seats::new(Duration::from_secs(config.auth.resume_ttl_s)),
         config,
     });
 
@@ -200,11 +208,35 @@ async fn run(config: Config, ready: Ready, mut stop_rx: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 _ = sampler_stop.wait_for(|s| *s) => break,
-                _ = every.tick() => sampler_shared.dispatcher.sample(),
+                _ = every.tick() => {
+                    sampler_shared.dispatcher.sample();
+                    sampler_shared.seats.prune();
+                }
             }
         }
     });
-    tracing::info!(ws = %addrs.0, http = %addrs.1, workers = workers.len(), "shard started");
+    // The watchdog runs here, on the system Arbiter, where no room can
+    // block it.
+    let watchdog_rooms = shared.rooms.clone();
+    let mut watchdog_stop = stop_rx.clone();
+    let watchdog_every = ms(shared.config.supervision.watchdog_interval_ms);
+    let watchdog = actix::spawn(async move {
+        let mut every = tokio::time::interval(watchdog_every);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = watchdog_stop.wait_for(|s| *s) => break,
+                _ = every.tick() => watchdog_rooms.watchdog(),
+            }
+        }
+    });
+    tracing::info!(
+        ws = %addrs.0,
+        http = %addrs.1,
+        session_arbiters = workers.len(),
+        room_arbiters = room_arbiters.len(),
+        "shard started"
+    );
     let _ = ready.send(Ok(addrs));
 
     let _ = stop_rx.wait_for(|stop| *stop).await;
@@ -229,9 +261,10 @@ async fn run(config: Config, ready: Ready, mut stop_rx: watch::Receiver<bool>) {
     }
     let _ = http_task.await;
     let _ = sampler.await;
-    for worker in workers {
-        worker.stop();
-        let _ = worker.join();
+    let _ = watchdog.await;
+    for arbiter in workers.into_iter().chain(room_arbiters) {
+        arbiter.stop();
+        let _ = arbiter.join();
     }
     tracing::info!("shard stopped");
 }

@@ -135,7 +135,9 @@ async fn a_player_outside_the_view_radius_is_not_seen() {
 
 #[tokio::test]
 async fn leaving_and_disconnecting_remove_the_entity_for_others() {
-    let shard = start(test_config());
+    let mut config = test_config();
+    config.supervision.resume_grace_ms = 300;
+    let shard = start(config);
     let (mut alice, _) = Client::joined(shard.ws_addr, "alice", "test").await;
     let (mut bob, b) = Client::joined(shard.ws_addr, "bob", "test").await;
     let (carol, c) = Client::joined(shard.ws_addr, "carol", "test").await;
@@ -164,13 +166,21 @@ async fn leaving_and_disconnecting_remove_the_entity_for_others() {
         })
         .await;
 
+    // A dropped connection keeps its seat for the resume grace period
+    // (300 ms here), then the entity goes.
     drop(carol);
+    let dropped = std::time::Instant::now();
     alice
         .expect("carol gone", |m| match m {
             ServerMsg::Update(u) if u.left.contains(&c.you) => Some(()),
             _ => None,
         })
         .await;
+    assert!(
+        dropped.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        dropped.elapsed()
+    );
     // Bob, now in no map, may not move.
     bob.walk(1, 1.0, 0.0).await;
     bob.expect_error(ErrorCode::IllegalState).await;

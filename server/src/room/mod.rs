@@ -1,10 +1,12 @@
-//! Map rooms: the authoritative state of one map, advanced on a fixed tick.
+//! Map rooms: the authoritative state of one map, advanced on a fixed tick,
+//! and their supervisor.
 //!
 //! ```text
 //! Session ──JoinRoom (call, timeout)──▶ Room ──joined──────────▶ Outbound
 //!         ──Input / ChatIn (try_send)─▶      ──update per tick──▶ Outbound × members
-//!         ──LeaveRoom (cast)──────────▶      ──chat────────────▶ Outbound × members
+//!         ──LeaveRoom / Disconnected─▶      ──chat────────────▶ Outbound × members
 //! Dispatcher ──Published<MapBroadcast>─▶
+//! RoomSupervisor ──(restart from snapshot, watchdog)──▶ Room incarnations
 //! ```
 //!
 //! A room never blocks and never does I/O: it writes encoded frames into its
@@ -12,18 +14,28 @@
 //! in `seq` order. Each tick, every member's view (entities within the
 //! map's view radius, found through [`grid::Grid`]) is compared with the
 //! last one; members whose changes are identical share one encoded frame.
+//!
+//! Let it crash: every handler and the tick run behind a panic boundary
+//! ([`Room::guarded`]). A panic drops the message that caused it (counted),
+//! stops this incarnation and hands its last snapshot to the
+//! [`RoomSupervisor`], which starts a new incarnation that re-attaches the
+//! members and sends each a full resync and a notice. The snapshot is taken
+//! after every tick and membership change, into a slot the supervisor holds,
+//! so a room stuck in a handler can be restarted from it too.
 
 pub mod grid;
-pub mod registry;
+pub mod supervisor;
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
-use protocol::msg::{Announce, Chat, Entity, EntityId, Joined, MapInfo, Moved, Update};
-use protocol::{encode_server, ServerMsg};
+use protocol::msg::{Announce, Chat, Entity, EntityId, Joined, MapInfo, Moved, Notice, Update};
+use protocol::{encode_server, NoticeCode, ServerMsg};
 use rand::Rng;
 
 use crate::auth::Identity;
@@ -33,36 +45,68 @@ use crate::metrics as m;
 use crate::outbound::Outbound;
 use crate::session::SessionId;
 use grid::{Cell, Grid};
-pub use registry::RoomRegistry;
+pub use supervisor::{RestartReason, RoomSlot, RoomSupervisor};
 
 /// Pending inputs kept per member between ticks; older ones are dropped.
 /// The session's rate limit keeps a well-behaved client far below it.
 const MAX_PENDING_INPUTS: usize = 32;
 
-/// Join the room. Replies with the player's entity id; the room itself
-/// sends `joined` through `out`, ahead of any update.
+/// The longest stall a fault may inject.
+pub const MAX_INJECTED_STALL: Duration = Duration::from_secs(30);
+
+/// What a room tells a member's session outside the outbound queue.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub enum RoomEvent {
+    /// The room failed past its restart limit; the member is no longer in
+    /// it.
+    Failed { map: Arc<str> },
+}
+
+/// Join the room. The room itself sends `joined` through `out`, ahead of any
+/// update. With `resume`, the seat of that earlier session is taken over if
+/// it is still held.
 pub struct JoinRoom {
     pub session: SessionId,
     pub identity: Arc<Identity>,
     pub out: Arc<Outbound>,
     /// The membership epoch from [`Outbound::begin_room`].
     pub epoch: u64,
+    pub events: Recipient<RoomEvent>,
+    pub resume: Option<SessionId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinOk {
+    pub entity: EntityId,
+    /// The member took over a held seat.
+    pub resumed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JoinError {
     Full,
+    /// The room crashed handling the join.
+    Crashed,
 }
 
 impl Message for JoinRoom {
-    type Result = Result<EntityId, JoinError>;
+    type Result = Result<JoinOk, JoinError>;
 }
 
-/// Leave the room. The session has already ended the membership on its
-/// outbound queue (and told the player), so the room only forgets it.
+/// The player left on purpose: its entity goes at once. The session has
+/// already ended the membership on its outbound queue.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct LeaveRoom {
+    pub session: SessionId,
+}
+
+/// The player's connection went away: its entity stays, standing still, for
+/// the resume grace period.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disconnected {
     pub session: SessionId,
 }
 
@@ -84,16 +128,49 @@ pub struct ChatIn {
     pub text: String,
 }
 
-struct Member {
-    name: Arc<str>,
-    out: Arc<Outbound>,
-    epoch: u64,
-    x: f32,
-    y: f32,
-    cell: Cell,
-    dir: (f32, f32),
+/// Fault injection, for tests and drills (admin API only).
+#[derive(Debug, Clone, Copy)]
+pub enum FaultKind {
+    Panic,
+    Stall(Duration),
+}
+
+/// Replies once the fault was applied; a panic replies with a closed
+/// mailbox instead.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Fault(pub FaultKind);
+
+/// The part of a member that survives a restart.
+#[derive(Clone)]
+pub struct MemberState {
+    pub session: SessionId,
+    pub identity: Arc<Identity>,
+    pub out: Arc<Outbound>,
+    pub epoch: u64,
+    pub events: Recipient<RoomEvent>,
+    pub x: f32,
+    pub y: f32,
+    pub dir: (f32, f32),
     /// Last input applied.
-    seq: u32,
+    pub seq: u32,
+    /// When the connection went away; the seat is held until the grace
+    /// period runs out.
+    pub disconnected_at: Option<Instant>,
+}
+
+/// A room as it stood after its last tick or membership change.
+#[derive(Clone, Default)]
+pub struct RoomSnapshot {
+    pub tick: u64,
+    pub next_entity: EntityId,
+    pub members: Vec<(EntityId, MemberState)>,
+}
+
+struct Member {
+    state: MemberState,
+    name: Arc<str>,
+    cell: Cell,
     pending: Vec<(u32, f32, f32)>,
     /// Moved or had an input applied this tick.
     changed: bool,
@@ -106,19 +183,23 @@ impl Member {
         Entity {
             id,
             name: self.name.to_string(),
-            x: self.x,
-            y: self.y,
-            seq: self.seq,
+            x: self.state.x,
+            y: self.state.y,
+            seq: self.state.seq,
         }
     }
 
     fn moved(&self, id: EntityId) -> Moved {
         Moved {
             id,
-            x: self.x,
-            y: self.y,
-            seq: self.seq,
+            x: self.state.x,
+            y: self.state.y,
+            seq: self.state.seq,
         }
+    }
+
+    fn connected(&self) -> bool {
+        self.state.disconnected_at.is_none()
     }
 }
 
@@ -131,10 +212,18 @@ struct ViewDiff {
     left: Vec<EntityId>,
 }
 
+/// How a new incarnation came to be.
+pub struct Restored {
+    pub snapshot: Arc<RoomSnapshot>,
+    /// When the crash was detected, for the time-to-restore metric.
+    pub crashed_at: Instant,
+}
+
 pub struct Room {
     map: Arc<MapDef>,
     info: MapInfo,
-    registry: Arc<RoomRegistry>,
+    supervisor: Arc<RoomSupervisor>,
+    slot: Arc<RoomSlot>,
     tick: u64,
     next_entity: EntityId,
     sessions: HashMap<SessionId, EntityId>,
@@ -144,13 +233,21 @@ pub struct Room {
     /// When the next tick is due; ticks run at a fixed rate.
     next_tick: Instant,
     broadcast_sub: Option<SubscriptionId>,
+    restored: Option<Restored>,
+    /// Set once a handler panicked; nothing runs after that.
+    crashed: bool,
     /// Scratch buffers reused every tick.
     scratch_ids: Vec<EntityId>,
     scratch_view: Vec<EntityId>,
 }
 
 impl Room {
-    pub fn new(map: Arc<MapDef>, registry: Arc<RoomRegistry>) -> Room {
+    pub fn new(
+        map: Arc<MapDef>,
+        supervisor: Arc<RoomSupervisor>,
+        slot: Arc<RoomSlot>,
+        restored: Option<Restored>,
+    ) -> Room {
         let info = MapInfo {
             name: map.name.clone(),
             width: map.width,
@@ -159,11 +256,12 @@ impl Room {
             view_radius: map.view_radius,
             speed: map.speed,
         };
-        Room {
+        let mut room = Room {
             grid: Grid::new(map.view_radius),
             map,
             info,
-            registry,
+            supervisor,
+            slot,
             tick: 0,
             next_entity: 1,
             sessions: HashMap::new(),
@@ -171,8 +269,105 @@ impl Room {
             empty_since: Some(Instant::now()),
             next_tick: Instant::now(),
             broadcast_sub: None,
+            restored: None,
+            crashed: false,
             scratch_ids: Vec::new(),
             scratch_view: Vec::new(),
+        };
+        if let Some(restored) = restored {
+            room.load(&restored.snapshot);
+            room.restored = Some(restored);
+        }
+        room
+    }
+
+    /// Take the members of a snapshot back. A member whose session ended its
+    /// membership meanwhile (a leave that was lost with the crash) is not
+    /// re-attached; one whose connection closed is kept as disconnected.
+    fn load(&mut self, snapshot: &RoomSnapshot) {
+        self.tick = snapshot.tick;
+        self.next_entity = snapshot.next_entity;
+        for (id, state) in &snapshot.members {
+            if !state.out.is_member(state.epoch) {
+                continue;
+            }
+            let mut state = state.clone();
+            if state.out.is_closing() && state.disconnected_at.is_none() {
+                state.disconnected_at = Some(Instant::now());
+            }
+            let cell = self.grid.insert(*id, state.x, state.y);
+            self.sessions.insert(state.session, *id);
+            self.members.insert(
+                *id,
+                Member {
+                    name: Arc::from(state.identity.name.as_str()),
+                    state,
+                    cell,
+                    pending: Vec::new(),
+                    changed: false,
+                    visible: Vec::new(),
+                },
+            );
+        }
+        if !self.members.is_empty() {
+            self.empty_since = None;
+        }
+    }
+
+    fn snapshot(&self) {
+        let snapshot = RoomSnapshot {
+            tick: self.tick,
+            next_entity: self.next_entity,
+            members: self
+                .members
+                .iter()
+                .map(|(id, m)| (*id, m.state.clone()))
+                .collect(),
+        };
+        *self.slot.snapshot.lock() = Arc::new(snapshot);
+    }
+
+    /// Run `f` behind the panic boundary. A panic drops the message, stops
+    /// this incarnation and asks the supervisor for a restart; `None` is
+    /// returned then, and for every message after it or after retirement.
+    fn guarded<R>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        what: &'static str,
+        f: impl FnOnce(&mut Self, &mut Context<Self>) -> R,
+    ) -> Option<R> {
+        if self.crashed {
+            return None;
+        }
+        if self.slot.retired.load(Ordering::Acquire) {
+            // The watchdog replaced this incarnation while it was stuck.
+            self.crashed = true;
+            ctx.stop();
+            return None;
+        }
+        match std::panic::catch_unwind(AssertUnwindSafe(|| f(self, ctx))) {
+            Ok(result) => Some(result),
+            Err(payload) => {
+                let text = panic_text(payload.as_ref());
+                self.crashed = true;
+                metrics::counter!(m::ROOM_POISON_DROPPED, "map" => self.map.name.clone(), "message" => what)
+                    .increment(1);
+                tracing::error!(
+                    map = %self.map.name,
+                    incarnation = self.slot.incarnation,
+                    message = what,
+                    panic = %text,
+                    "room crashed; message dropped"
+                );
+                self.supervisor.restart(
+                    &self.map.name,
+                    self.slot.incarnation,
+                    RestartReason::Panic,
+                    Instant::now(),
+                );
+                ctx.stop();
+                None
+            }
         }
     }
 
@@ -201,30 +396,49 @@ impl Room {
         Some(member)
     }
 
+    /// Drop seats whose grace period ran out.
+    fn expire_seats(&mut self) {
+        let grace = self.supervisor.resume_grace();
+        let expired: Vec<SessionId> = self
+            .members
+            .values()
+            .filter(|m| {
+                m.state
+                    .disconnected_at
+                    .is_some_and(|t| t.elapsed() >= grace)
+            })
+            .map(|m| m.state.session)
+            .collect();
+        for session in expired {
+            self.remove(session);
+        }
+    }
+
     /// Apply queued inputs and move everyone one step.
     fn simulate(&mut self) {
         let dt = 1.0 / self.map.tick_hz as f32;
         let step = self.map.speed * dt;
         let (w, h) = (self.map.width, self.map.height);
         for (&id, member) in self.members.iter_mut() {
+            let s = &mut member.state;
             if !member.pending.is_empty() {
                 member.pending.sort_unstable_by_key(|(seq, _, _)| *seq);
                 for &(seq, dx, dy) in member.pending.iter() {
-                    if seq > member.seq {
-                        member.seq = seq;
-                        member.dir = (dx, dy);
+                    if seq > s.seq {
+                        s.seq = seq;
+                        s.dir = (dx, dy);
                         member.changed = true;
                     }
                 }
                 member.pending.clear();
             }
-            let (dx, dy) = member.dir;
+            let (dx, dy) = s.dir;
             if dx != 0.0 || dy != 0.0 {
-                let x = (member.x + dx * step).clamp(0.0, w);
-                let y = (member.y + dy * step).clamp(0.0, h);
-                if x != member.x || y != member.y {
-                    member.x = x;
-                    member.y = y;
+                let x = (s.x + dx * step).clamp(0.0, w);
+                let y = (s.y + dy * step).clamp(0.0, h);
+                if x != s.x || y != s.y {
+                    s.x = x;
+                    s.y = y;
                     member.changed = true;
                     member.cell = self.grid.update(id, member.cell, x, y);
                 }
@@ -232,7 +446,18 @@ impl Room {
         }
     }
 
-    /// Send every member what changed in its view this tick.
+    /// The full view of member `id` as an update frame.
+    fn full_update(&self, view: &[EntityId]) -> Bytes {
+        let update = Update {
+            tick: self.tick,
+            entered: view.iter().map(|e| self.members[e].entity(*e)).collect(),
+            full: true,
+            ..Update::default()
+        };
+        encode_frame(&ServerMsg::Update(update))
+    }
+
+    /// Send every connected member what changed in its view this tick.
     fn publish_views(&mut self) {
         let mut frames: HashMap<ViewDiff, Bytes> = HashMap::new();
         let mut sent = 0u64;
@@ -241,10 +466,11 @@ impl Room {
         ids.clear();
         ids.extend(self.members.keys().copied());
         for &id in &ids {
-            let (x, y, resync) = {
-                let me = &self.members[&id];
-                (me.x, me.y, me.out.take_resync())
-            };
+            let me = &self.members[&id];
+            if !me.connected() {
+                continue;
+            }
+            let (x, y, resync) = (me.state.x, me.state.y, me.state.out.take_resync());
             self.grid.query(x, y, self.map.view_radius, &mut view);
             let previous = match self.members.get_mut(&id) {
                 Some(me) => std::mem::replace(&mut me.visible, view.clone()),
@@ -252,14 +478,9 @@ impl Room {
             };
             let me = &self.members[&id];
             if resync {
-                let update = Update {
-                    tick: self.tick,
-                    entered: view.iter().map(|e| self.members[e].entity(*e)).collect(),
-                    full: true,
-                    ..Update::default()
-                };
-                me.out
-                    .push_state(me.epoch, encode_frame(&ServerMsg::Update(update)));
+                me.state
+                    .out
+                    .push_state(me.state.epoch, self.full_update(&view));
                 sent += 1;
                 continue;
             }
@@ -290,7 +511,7 @@ impl Room {
                     frame
                 }
             };
-            me.out.push_state(me.epoch, frame);
+            me.state.out.push_state(me.state.epoch, frame);
             sent += 1;
         }
         for member in self.members.values_mut() {
@@ -303,19 +524,23 @@ impl Room {
     }
 
     fn on_tick(&mut self, ctx: &mut Context<Self>) {
+        self.slot.beat(&self.supervisor);
         if self.members.is_empty() {
             let idle_for = self.empty_since.map_or(Duration::ZERO, |t| t.elapsed());
-            if idle_for >= self.registry.idle_stop() {
+            if idle_for >= self.supervisor.idle_stop() {
                 tracing::info!(map = %self.map.name, "room idle; stopping");
-                self.registry.forget(&self.map.name, &ctx.address());
+                self.supervisor
+                    .forget(&self.map.name, self.slot.incarnation);
                 ctx.stop();
             }
             return;
         }
         let started = Instant::now();
         self.tick += 1;
+        self.expire_seats();
         self.simulate();
         self.publish_views();
+        self.snapshot();
         metrics::counter!(m::ROOM_TICKS).increment(1);
         metrics::histogram!(m::ROOM_TICK_SECONDS).record(started.elapsed().as_secs_f64());
     }
@@ -329,24 +554,148 @@ impl Room {
         self.next_tick += period;
         if self.next_tick < now {
             let behind = now.duration_since(self.next_tick);
-            let skipped = (behind.as_secs_f64() / period.as_secs_f64()).ceil() as u64;
-            metrics::counter!(m::ROOM_TICKS_SKIPPED).increment(skipped);
-            self.next_tick += period * skipped as u32;
+            let skipped = (behind.as_secs_f64() / period.as_secs_f64()).ceil() as u32;
+            metrics::counter!(m::ROOM_TICKS_SKIPPED).increment(u64::from(skipped));
+            self.next_tick += period * skipped;
         }
         ctx.run_later(
             self.next_tick.saturating_duration_since(now),
             |room, ctx| {
-                room.on_tick(ctx);
-                room.schedule_tick(ctx);
+                room.guarded(ctx, "tick", |room, ctx| room.on_tick(ctx));
+                if !room.crashed {
+                    room.schedule_tick(ctx);
+                }
             },
         );
     }
 
     fn to_all_members(&self, frame: Bytes) {
-        for member in self.members.values() {
+        for member in self.members.values().filter(|m| m.connected()) {
             // An overflow closes that member's session; it leaves the room
             // when its actor stops.
-            let _ = member.out.push_room_reliable(member.epoch, frame.clone());
+            let _ = member
+                .state
+                .out
+                .push_room_reliable(member.state.epoch, frame.clone());
+        }
+    }
+
+    /// After a restart: every connected member gets its full view and a
+    /// notice.
+    fn resync_all(&mut self) {
+        let notice = encode_frame(&ServerMsg::Notice(Notice::new(
+            NoticeCode::RoomRestarted,
+            format!("{} restarted", self.map.name),
+        )));
+        let mut view = Vec::new();
+        let ids: Vec<EntityId> = self.members.keys().copied().collect();
+        for id in ids {
+            let me = &self.members[&id];
+            if !me.connected() {
+                continue;
+            }
+            self.grid
+                .query(me.state.x, me.state.y, self.map.view_radius, &mut view);
+            let frame = self.full_update(&view);
+            let out = me.state.out.clone();
+            let epoch = me.state.epoch;
+            // Reliable: a resync must not be shed like an ordinary update.
+            let _ = out.push_room_reliable(epoch, frame);
+            let _ = out.push_room_reliable(epoch, notice.clone());
+            if let Some(me) = self.members.get_mut(&id) {
+                me.visible = view.clone();
+            }
+        }
+    }
+
+    fn join(&mut self, msg: JoinRoom) -> Result<JoinOk, JoinError> {
+        // A held seat of the resumed session, or of this session (joining
+        // again), is taken over rather than duplicated.
+        let seat = msg
+            .resume
+            .and_then(|old| self.sessions.get(&old).copied().map(|id| (old, id)));
+        if let Some((old, id)) = seat {
+            self.sessions.remove(&old);
+            self.sessions.insert(msg.session, id);
+            let member = self
+                .members
+                .get_mut(&id)
+                .expect("sessions and members hold the same entities");
+            member.state.session = msg.session;
+            member.state.out = msg.out;
+            member.state.epoch = msg.epoch;
+            member.state.events = msg.events;
+            member.state.disconnected_at = None;
+            member.state.dir = (0.0, 0.0);
+            self.send_joined(id, Some(NoticeCode::SeatRestored));
+            self.snapshot();
+            return Ok(JoinOk {
+                entity: id,
+                resumed: true,
+            });
+        }
+        self.remove(msg.session);
+        if self.members.len() >= self.map.max_players {
+            return Err(JoinError::Full);
+        }
+        let id = self.next_entity;
+        self.next_entity = self.next_entity.wrapping_add(1).max(1);
+        let (x, y) = self.spawn_point();
+        let cell = self.grid.insert(id, x, y);
+        let member = Member {
+            name: Arc::from(msg.identity.name.as_str()),
+            state: MemberState {
+                session: msg.session,
+                identity: msg.identity,
+                out: msg.out,
+                epoch: msg.epoch,
+                events: msg.events,
+                x,
+                y,
+                dir: (0.0, 0.0),
+                seq: 0,
+                disconnected_at: None,
+            },
+            cell,
+            pending: Vec::new(),
+            changed: false,
+            visible: Vec::new(),
+        };
+        self.members.insert(id, member);
+        self.sessions.insert(msg.session, id);
+        self.empty_since = None;
+        self.send_joined(id, None);
+        self.snapshot();
+        tracing::debug!(map = %self.map.name, entity = id, session = msg.session, "joined");
+        Ok(JoinOk {
+            entity: id,
+            resumed: false,
+        })
+    }
+
+    /// Send `joined` (everything in view) to member `id`, and a notice.
+    fn send_joined(&mut self, id: EntityId, notice: Option<NoticeCode>) {
+        let mut view = Vec::new();
+        let me = &self.members[&id];
+        self.grid
+            .query(me.state.x, me.state.y, self.map.view_radius, &mut view);
+        let joined = Joined {
+            map: self.info.clone(),
+            you: id,
+            tick: self.tick,
+            entities: view.iter().map(|e| self.members[e].entity(*e)).collect(),
+        };
+        let frame = encode_frame(&ServerMsg::Joined(joined));
+        let me = self
+            .members
+            .get_mut(&id)
+            .expect("send_joined is called for a present member");
+        me.visible = view;
+        let _ = me.state.out.push_room_reliable(me.state.epoch, frame);
+        if let Some(code) = notice {
+            let text = format!("back in {}", self.map.name);
+            let frame = encode_frame(&ServerMsg::Notice(Notice::new(code, text)));
+            let _ = me.state.out.push_room_reliable(me.state.epoch, frame);
         }
     }
 }
@@ -395,22 +744,48 @@ fn encode_frame(msg: &ServerMsg) -> Bytes {
     Bytes::from(encode_server(msg))
 }
 
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".into())
+}
+
 impl Actor for Room {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         metrics::gauge!(m::ROOMS_ACTIVE).increment(1.0);
-        tracing::info!(map = %self.map.name, tick_hz = self.map.tick_hz, "room started");
-        self.next_tick = Instant::now();
-        self.schedule_tick(ctx);
-        let topic = self.registry.dispatcher().map_topic(&self.map.name);
+        self.slot.beat(&self.supervisor);
+        let topic = self.supervisor.dispatcher().map_topic(&self.map.name);
         self.broadcast_sub = Some(topic.subscribe(ctx.address().recipient()));
+        if let Some(restored) = self.restored.take() {
+            let done = self.guarded(ctx, "restore", |room, _| room.resync_all());
+            if done.is_some() {
+                let took = restored.crashed_at.elapsed();
+                metrics::histogram!(m::ROOM_RESTORE_SECONDS).record(took.as_secs_f64());
+                tracing::info!(
+                    map = %self.map.name,
+                    incarnation = self.slot.incarnation,
+                    members = self.members.len(),
+                    restore_ms = took.as_secs_f64() * 1e3,
+                    "room restored from snapshot"
+                );
+            }
+        } else {
+            tracing::info!(map = %self.map.name, tick_hz = self.map.tick_hz, "room started");
+        }
+        self.next_tick = Instant::now();
+        if !self.crashed {
+            self.schedule_tick(ctx);
+        }
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         metrics::gauge!(m::ROOMS_ACTIVE).decrement(1.0);
         if let Some(sub) = self.broadcast_sub.take() {
-            self.registry
+            self.supervisor
                 .dispatcher()
                 .map_topic(&self.map.name)
                 .unsubscribe(sub);
@@ -419,102 +794,105 @@ impl Actor for Room {
 }
 
 impl Handler<JoinRoom> for Room {
-    type Result = Result<EntityId, JoinError>;
+    type Result = Result<JoinOk, JoinError>;
 
-    fn handle(&mut self, msg: JoinRoom, _: &mut Context<Self>) -> Self::Result {
-        // A session joining again replaces its old entity.
-        self.remove(msg.session);
-        if self.members.len() >= self.map.max_players {
-            return Err(JoinError::Full);
-        }
-        let id = self.next_entity;
-        self.next_entity = self.next_entity.wrapping_add(1).max(1);
-        let (x, y) = self.spawn_point();
-        let cell = self.grid.insert(id, x, y);
-        let member = Member {
-            name: Arc::from(msg.identity.name.as_str()),
-            out: msg.out,
-            epoch: msg.epoch,
-            x,
-            y,
-            cell,
-            dir: (0.0, 0.0),
-            seq: 0,
-            pending: Vec::new(),
-            changed: false,
-            visible: Vec::new(),
-        };
-        self.members.insert(id, member);
-        self.sessions.insert(msg.session, id);
-        self.empty_since = None;
-        let mut view = Vec::new();
-        self.grid.query(x, y, self.map.view_radius, &mut view);
-        let joined = Joined {
-            map: self.info.clone(),
-            you: id,
-            tick: self.tick,
-            entities: view.iter().map(|e| self.members[e].entity(*e)).collect(),
-        };
-        let frame = encode_frame(&ServerMsg::Joined(joined));
-        let me = self
-            .members
-            .get_mut(&id)
-            .expect("the member was inserted just above");
-        me.visible = view;
-        let _ = me.out.push_room_reliable(me.epoch, frame);
-        tracing::debug!(map = %self.map.name, entity = id, session = msg.session, "joined");
-        Ok(id)
+    fn handle(&mut self, msg: JoinRoom, ctx: &mut Context<Self>) -> Self::Result {
+        self.guarded(ctx, "join", |room, _| room.join(msg))
+            .unwrap_or(Err(JoinError::Crashed))
     }
 }
 
 impl Handler<LeaveRoom> for Room {
     type Result = ();
 
-    fn handle(&mut self, msg: LeaveRoom, _: &mut Context<Self>) {
-        self.remove(msg.session);
+    fn handle(&mut self, msg: LeaveRoom, ctx: &mut Context<Self>) {
+        self.guarded(ctx, "leave", |room, _| {
+            if room.remove(msg.session).is_some() {
+                room.snapshot();
+            }
+        });
+    }
+}
+
+impl Handler<Disconnected> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: Disconnected, ctx: &mut Context<Self>) {
+        self.guarded(ctx, "disconnected", |room, _| {
+            let Some(member) = room
+                .sessions
+                .get(&msg.session)
+                .and_then(|id| room.members.get_mut(id))
+            else {
+                return;
+            };
+            member.state.disconnected_at = Some(Instant::now());
+            member.state.dir = (0.0, 0.0);
+            member.pending.clear();
+            room.snapshot();
+        });
     }
 }
 
 impl Handler<Input> for Room {
     type Result = ();
 
-    fn handle(&mut self, msg: Input, _: &mut Context<Self>) {
-        let Some(member) = self
-            .sessions
-            .get(&msg.session)
-            .and_then(|id| self.members.get_mut(id))
-        else {
-            return;
-        };
-        if member.pending.len() >= MAX_PENDING_INPUTS {
-            member.pending.remove(0);
-            metrics::counter!(m::ROOM_INPUTS_DROPPED).increment(1);
-        }
-        member.pending.push((msg.seq, msg.dx, msg.dy));
+    fn handle(&mut self, msg: Input, ctx: &mut Context<Self>) {
+        self.guarded(ctx, "input", |room, _| {
+            let Some(member) = room
+                .sessions
+                .get(&msg.session)
+                .and_then(|id| room.members.get_mut(id))
+            else {
+                return;
+            };
+            if member.pending.len() >= MAX_PENDING_INPUTS {
+                member.pending.remove(0);
+                metrics::counter!(m::ROOM_INPUTS_DROPPED).increment(1);
+            }
+            member.pending.push((msg.seq, msg.dx, msg.dy));
+        });
     }
 }
 
 impl Handler<ChatIn> for Room {
     type Result = ();
 
-    fn handle(&mut self, msg: ChatIn, _: &mut Context<Self>) {
-        let Some(&from) = self.sessions.get(&msg.session) else {
-            return;
-        };
-        let chat = ServerMsg::Chat(Chat {
-            from,
-            name: self.members[&from].name.to_string(),
-            text: msg.text,
+    fn handle(&mut self, msg: ChatIn, ctx: &mut Context<Self>) {
+        self.guarded(ctx, "chat", |room, _| {
+            let Some(&from) = room.sessions.get(&msg.session) else {
+                return;
+            };
+            let chat = ServerMsg::Chat(Chat {
+                from,
+                name: room.members[&from].name.to_string(),
+                text: msg.text,
+            });
+            room.to_all_members(encode_frame(&chat));
         });
-        self.to_all_members(encode_frame(&chat));
     }
 }
 
 impl Handler<Published<MapBroadcast>> for Room {
     type Result = ();
 
-    fn handle(&mut self, msg: Published<MapBroadcast>, _: &mut Context<Self>) {
-        self.to_all_members(msg.msg.0.clone());
+    fn handle(&mut self, msg: Published<MapBroadcast>, ctx: &mut Context<Self>) {
+        self.guarded(ctx, "broadcast", |room, _| {
+            room.to_all_members(msg.msg.0.clone())
+        });
+    }
+}
+
+impl Handler<Fault> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: Fault, ctx: &mut Context<Self>) {
+        tracing::warn!(map = %self.map.name, fault = ?msg.0, "injecting fault");
+        self.guarded(ctx, "fault", |_, _| match msg.0 {
+            FaultKind::Panic => panic!("injected fault"),
+            // Blocks this room's thread on purpose: what the watchdog is for.
+            FaultKind::Stall(d) => std::thread::sleep(d.min(MAX_INJECTED_STALL)),
+        });
     }
 }
 
@@ -540,5 +918,13 @@ mod tests {
         assert_eq!(d.entered, vec![4]);
         let d = diff_views(&[4, 8], &[], |_| true);
         assert_eq!(d.left, vec![4, 8]);
+    }
+
+    #[test]
+    fn panic_payloads_become_text() {
+        let payload = std::panic::catch_unwind(|| panic!("boom {}", 7)).unwrap_err();
+        assert_eq!(panic_text(payload.as_ref()), "boom 7");
+        let payload = std::panic::catch_unwind(|| panic!("plain")).unwrap_err();
+        assert_eq!(panic_text(payload.as_ref()), "plain");
     }
 }

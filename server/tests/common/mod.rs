@@ -25,7 +25,9 @@ pub fn test_config() -> Config {
     config.server.ws_addr = "127.0.0.1:0".parse().unwrap();
     config.server.http_addr = "127.0.0.1:0".parse().unwrap();
     config.server.workers = 2;
+    config.rooms.arbiters = 2;
     config.server.shutdown_grace_ms = 3_000;
+    config.supervision.fallback_map = "other".into();
     config.maps = vec![
         MapConfig {
             name: "test".into(),

@@ -1,0 +1,162 @@
+//! Who each player's latest session is, and which map it sits in: what a
+//! resume token is checked against.
+//!
+//! A resume token names the session it was issued to (`sid`). It is good
+//! once: resuming makes the new session the player's latest, so the old
+//! token no longer matches and is refused as reused. The seat itself (the
+//! entity standing in the map) lives in the room, which keeps a disconnected
+//! member for the grace period; this table only says where to look.
+//!
+//! Entries expire with the last resume token issued for them, so the table
+//! holds at most the players seen within `auth.resume_ttl_s`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::session::SessionId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeError {
+    /// The token's session is not the player's latest: it was used already.
+    Reused,
+}
+
+/// Where a resumed player sat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seat {
+    pub map: Arc<str>,
+    /// The session that held the seat.
+    pub session: SessionId,
+}
+
+struct Entry {
+    latest_sid: String,
+    session: SessionId,
+    map: Option<Arc<str>>,
+    expires: Instant,
+}
+
+pub struct Seats {
+    players: Mutex<HashMap<String, Entry>>,
+    ttl: Duration,
+}
+
+impl Seats {
+    pub fn new(ttl: Duration) -> Seats {
+        Seats {
+            players: Mutex::new(HashMap::new()),
+            ttl,
+        }
+    }
+
+    /// A new session of `player` (not a resume) was welcomed.
+    pub fn welcomed(&self, player: &str, sid: &str, session: SessionId) {
+        self.players.lock().insert(
+            player.to_string(),
+            Entry {
+                latest_sid: sid.to_string(),
+                session,
+                map: None,
+                expires: Instant::now() + self.ttl,
+            },
+        );
+    }
+
+    /// Session `new_session` (id `new_sid`) presents a resume token for
+    /// `claimed_sid`. On success it becomes the latest, and the seat of the
+    /// old session (if it was in a map) is returned. A player this server has
+    /// no entry for (it restarted since) resumes with no seat.
+    pub fn resume(
+        &self,
+        player: &str,
+        claimed_sid: &str,
+        new_sid: &str,
+        new_session: SessionId,
+    ) -> Result<Option<Seat>, ResumeError> {
+        let mut players = self.players.lock();
+        let seat = match players.get(player) {
+            Some(entry) if entry.latest_sid != claimed_sid => return Err(ResumeError::Reused),
+            Some(entry) => entry.map.clone().map(|map| Seat {
+                map,
+                session: entry.session,
+            }),
+            None => None,
+        };
+        players.insert(
+            player.to_string(),
+            Entry {
+                latest_sid: new_sid.to_string(),
+                session: new_session,
+                map: seat.as_ref().map(|s| s.map.clone()),
+                expires: Instant::now() + self.ttl,
+            },
+        );
+        Ok(seat)
+    }
+
+    /// Session `session` of `player` now sits in `map` (or in none).
+    pub fn seated(&self, player: &str, session: SessionId, map: Option<Arc<str>>) {
+        if let Some(entry) = self.players.lock().get_mut(player) {
+            if entry.session == session {
+                entry.map = map;
+            }
+        }
+    }
+
+    /// Drop entries whose resume tokens have all expired.
+    pub fn prune(&self) {
+        let now = Instant::now();
+        self.players.lock().retain(|_, e| e.expires > now);
+    }
+
+    pub fn len(&self) -> usize {
+        self.players.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resume_token_works_once_and_carries_the_seat() {
+        let seats = Seats::new(Duration::from_secs(60));
+        seats.welcomed("p", "s-1", 1);
+        seats.seated("p", 1, Some(Arc::from("lobby")));
+        let seat = seats.resume("p", "s-1", "s-2", 2).unwrap().unwrap();
+        assert_eq!(
+            seat,
+            Seat {
+                map: Arc::from("lobby"),
+                session: 1
+            }
+        );
+        assert_eq!(seats.resume("p", "s-1", "s-3", 3), Err(ResumeError::Reused));
+        // The new session's own token works, and the seat moved with it.
+        let seat = seats.resume("p", "s-2", "s-4", 4).unwrap().unwrap();
+        assert_eq!(seat.session, 2);
+    }
+
+    #[test]
+    fn an_unknown_player_resumes_without_a_seat_and_stale_sessions_do_not_move_seats() {
+        let seats = Seats::new(Duration::from_secs(60));
+        assert_eq!(seats.resume("q", "s-9", "s-10", 10), Ok(None));
+        seats.seated("q", 99, Some(Arc::from("arena")));
+        assert_eq!(seats.resume("q", "s-10", "s-11", 11), Ok(None));
+    }
+
+    #[test]
+    fn expired_entries_are_pruned() {
+        let seats = Seats::new(Duration::ZERO);
+        seats.welcomed("p", "s-1", 1);
+        seats.prune();
+        assert!(seats.is_empty());
+    }
+}

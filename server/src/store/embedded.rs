@@ -1,0 +1,449 @@
+//! The embedded store: one redb file, `<store.embedded.dir>/tessera.redb`,
+//! the zero-setup default.
+//!
+//! Documents are stored as BSON bytes under their `_id` in one table per
+//! collection, so both backends share one model, one codec and one
+//! migration path. redb is synchronous: every call runs on tokio's blocking
+//! pool. Each durable op is one write transaction committed with
+//! `Durability::Immediate` (fsync), so a trade is atomic without a ledger
+//! protocol; the ledger still records each trade id for idempotent retries.
+//! A volatile batch is one transaction too (one fsync per flush).
+//!
+//! The file is opened in redb's `SingleWriter` mode: this process writes,
+//! and other handles ([`EmbeddedStore::open_read_only`], e.g. a tool or the
+//! conformance suite's "fresh handle" check) may read alongside and see
+//! every commit.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use mongodb::bson::{Bson, Document};
+use redb::{
+    ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
+    Table, TableDefinition, WriteTransaction,
+};
+
+use super::model::{
+    self, apply_adjust, credit, debit, decode_player, decode_room, decode_trade, to_bson,
+    to_document, Adjust, DurableAck, DurableOp, PlayerProfile, Rejection, RoomState, Trade,
+    TradeRecord, TradeState, Volatile, VolatileKey, PLAYERS, ROOMS, TRADES,
+};
+use super::{report_bad, unix_ms, BatchReport, OpError, Store, StoreError, StoreFuture};
+
+const PLAYERS_T: TableDefinition<&str, &[u8]> = TableDefinition::new(PLAYERS);
+const ROOMS_T: TableDefinition<&str, &[u8]> = TableDefinition::new(ROOMS);
+const TRADES_T: TableDefinition<&str, &[u8]> = TableDefinition::new(TRADES);
+
+/// The file inside `store.embedded.dir`.
+pub const FILE_NAME: &str = "tessera.redb";
+
+enum Db {
+    Writer(Database),
+    Reader(ReadOnlyDatabase),
+}
+
+impl Db {
+    fn read(&self) -> Result<ReadTransaction, StoreError> {
+        match self {
+            Db::Writer(db) => db.begin_read(),
+            Db::Reader(db) => db.begin_read(),
+        }
+        .map_err(backend)
+    }
+
+    fn write(&self) -> Result<WriteTransaction, StoreError> {
+        match self {
+            Db::Writer(db) => db.begin_write().map_err(backend),
+            Db::Reader(_) => Err(StoreError::Backend(
+                "this embedded store handle is read-only".into(),
+            )),
+        }
+    }
+}
+
+pub struct EmbeddedStore {
+    db: Arc<Db>,
+    path: PathBuf,
+}
+
+fn backend(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Backend(format!("redb: {}", e.into()))
+}
+
+fn encode(doc: &Document) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(256);
+    // Writing a Document into a Vec cannot fail: the bytes go to memory and
+    // every Document is valid BSON.
+    doc.to_writer(&mut bytes)
+        .expect("a BSON document encodes into a Vec");
+    bytes
+}
+
+fn parse(collection: &'static str, id: &str, bytes: &[u8]) -> Result<Document, model::DecodeError> {
+    Document::from_reader(&mut &bytes[..]).map_err(|e| model::DecodeError {
+        collection,
+        id: id.to_string(),
+        reason: format!("not a BSON document: {e}"),
+    })
+}
+
+fn get(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(table.get(id).map_err(backend)?.map(|g| g.value().to_vec()))
+}
+
+fn read_player(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> Result<Option<(PlayerProfile, bool)>, StoreError> {
+    let Some(bytes) = get(table, id)? else {
+        return Ok(None);
+    };
+    let decoded = parse(PLAYERS, id, &bytes).and_then(decode_player);
+    match decoded {
+        Ok(p) => Ok(Some(p)),
+        Err(e) => {
+            report_bad(&e);
+            Err(StoreError::BadDocument(e))
+        }
+    }
+}
+
+fn put(table: &mut Table<&str, &[u8]>, id: &str, doc: &Document) -> Result<(), StoreError> {
+    table.insert(id, encode(doc).as_slice()).map_err(backend)?;
+    Ok(())
+}
+
+impl EmbeddedStore {
+    /// Open (or create) the store in `dir`. Fails if another process has it
+    /// open for writing.
+    pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Backend(format!("cannot create store.embedded.dir {}: {e}", dir.display()))
+        })?;
+        let path = dir.join(FILE_NAME);
+        let db = redb::Builder::new()
+            .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+            .create(&path)
+            .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        // Create the tables, so that readers never meet a missing one.
+        let txn = db.begin_write().map_err(backend)?;
+        for table in [PLAYERS_T, ROOMS_T, TRADES_T] {
+            txn.open_table(table).map_err(backend)?;
+        }
+        txn.commit().map_err(backend)?;
+        Ok(EmbeddedStore {
+            db: Arc::new(Db::Writer(db)),
+            path,
+        })
+    }
+
+    /// A read-only handle on a store another handle (or process) writes.
+    pub fn open_read_only(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        let path = dir.join(FILE_NAME);
+        let db = redb::Builder::new()
+            .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+            .open_read_only(&path)
+            .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        Ok(EmbeddedStore {
+            db: Arc::new(Db::Reader(db)),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn run<T, E>(
+        &self,
+        f: impl FnOnce(&Db) -> Result<T, E> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, E>>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        async move {
+            tokio::task::spawn_blocking(move || f(&db))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(StoreError::Backend(format!("embedded store task failed: {e}")).into())
+                })
+        }
+        .boxed()
+    }
+}
+
+fn write_batch(db: &Db, batch: Vec<Volatile>) -> Result<BatchReport, StoreError> {
+    let txn = db.write()?;
+    let mut report = BatchReport::default();
+    {
+        let mut players = txn.open_table(PLAYERS_T).map_err(backend)?;
+        let mut rooms = txn.open_table(ROOMS_T).map_err(backend)?;
+        for doc in batch {
+            match doc {
+                Volatile::Player { id, state } => {
+                    // Like Mongo's `$set: {state}`: only the state changes,
+                    // whatever else the document holds.
+                    let mut stored = match get(&players, &id)? {
+                        Some(bytes) => match parse(PLAYERS, &id, &bytes) {
+                            Ok(doc) => doc,
+                            Err(e) => {
+                                report_bad(&e);
+                                report
+                                    .rejected
+                                    .push((VolatileKey::Player(id), e.reason.clone()));
+                                continue;
+                            }
+                        },
+                        None => {
+                            let mut d = Document::new();
+                            d.insert("_id", id.clone());
+                            d.extend(model::player_defaults(&id));
+                            d
+                        }
+                    };
+                    stored.insert("state", to_bson(&state));
+                    put(&mut players, &id, &stored)?;
+                }
+                Volatile::Room(room) => put(&mut rooms, &room.map, &to_document(&room))?,
+            }
+            report.written += 1;
+        }
+    }
+    txn.commit().map_err(backend)?;
+    Ok(report)
+}
+
+fn adjust(db: &Db, op: Adjust) -> Result<DurableAck, OpError> {
+    let txn = db.write()?;
+    let ack = {
+        let mut players = txn.open_table(PLAYERS_T).map_err(backend)?;
+        let (mut p, _) = read_player(&players, &op.player)?
+            .ok_or_else(|| OpError::Rejected(Rejection::NoSuchPlayer(op.player.clone())))?;
+        let applied = apply_adjust(&mut p, &op).map_err(OpError::Rejected)?;
+        if applied {
+            put(&mut players, &p.id, &to_document(&p))?;
+        }
+        DurableAck {
+            inventories: vec![(p.id.clone(), p.inventory.clone())],
+            replayed: !applied,
+        }
+    };
+    if !ack.replayed {
+        txn.commit().map_err(backend)?;
+    }
+    Ok(ack)
+}
+
+fn trade(db: &Db, t: Trade) -> Result<DurableAck, OpError> {
+    let txn = db.write()?;
+    let outcome = {
+        let mut players = txn.open_table(PLAYERS_T).map_err(backend)?;
+        let mut trades = txn.open_table(TRADES_T).map_err(backend)?;
+        if let Some(bytes) = get(&trades, &t.id)? {
+            let record = parse(TRADES, &t.id, &bytes)
+                .and_then(decode_trade)
+                .map_err(|e| {
+                    report_bad(&e);
+                    StoreError::BadDocument(e)
+                })?;
+            if !record.matches(&t) {
+                return Err(OpError::Rejected(Rejection::TradeIdReused(t.id)));
+            }
+            if record.state == TradeState::Cancelled {
+                return Err(OpError::Rejected(Rejection::TradeCancelled(record.reason)));
+            }
+            // Done (the embedded store never leaves a trade half-done).
+            let mut inventories = Vec::new();
+            for id in [&t.a, &t.b] {
+                if let Some((p, _)) = read_player(&players, id)? {
+                    inventories.push((p.id, p.inventory));
+                }
+            }
+            return Ok(DurableAck {
+                inventories,
+                replayed: true,
+            });
+        }
+        let now = unix_ms();
+        let mut record = TradeRecord::new(&t, now);
+        let result = (|| {
+            let (mut a, _) = read_player(&players, &t.a)?
+                .ok_or_else(|| OpError::Rejected(Rejection::NoSuchPlayer(t.a.clone())))?;
+            let (mut b, _) = read_player(&players, &t.b)?
+                .ok_or_else(|| OpError::Rejected(Rejection::NoSuchPlayer(t.b.clone())))?;
+            debit(&mut a, &t.a_gives).map_err(OpError::Rejected)?;
+            debit(&mut b, &t.b_gives).map_err(OpError::Rejected)?;
+            credit(&mut a.inventory, &t.b_gives);
+            credit(&mut b.inventory, &t.a_gives);
+            Ok::<_, OpError>((a, b))
+        })();
+        match result {
+            Ok((a, b)) => {
+                put(&mut players, &a.id, &to_document(&a))?;
+                put(&mut players, &b.id, &to_document(&b))?;
+                record.state = TradeState::Done;
+                put(&mut trades, &t.id, &to_document(&record))?;
+                Ok(DurableAck {
+                    inventories: vec![(a.id, a.inventory), (b.id, b.inventory)],
+                    replayed: false,
+                })
+            }
+            Err(OpError::Rejected(why)) => {
+                record.state = TradeState::Cancelled;
+                record.reason = why.to_string();
+                put(&mut trades, &t.id, &to_document(&record))?;
+                Err(OpError::Rejected(why))
+            }
+            Err(other) => return Err(other),
+        }
+    };
+    // A refusal is recorded too, so that a retry gets the same answer.
+    txn.commit().map_err(backend)?;
+    outcome
+}
+
+fn load_or_create(db: &Db, id: String, name: String) -> Result<PlayerProfile, StoreError> {
+    if let Some((p, false)) = read_player(&db.read()?.open_table(PLAYERS_T).map_err(backend)?, &id)?
+    {
+        return Ok(p);
+    }
+    let txn = db.write()?;
+    let profile = {
+        let mut players = txn.open_table(PLAYERS_T).map_err(backend)?;
+        match read_player(&players, &id)? {
+            Some((p, false)) => return Ok(p),
+            Some((p, true)) => {
+                put(&mut players, &id, &to_document(&p))?;
+                p
+            }
+            None => {
+                let p = PlayerProfile::new(&id, &name);
+                put(&mut players, &id, &to_document(&p))?;
+                p
+            }
+        }
+    };
+    txn.commit().map_err(backend)?;
+    Ok(profile)
+}
+
+impl Store for EmbeddedStore {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn prepare(&self) -> StoreFuture<'_, ()> {
+        self.ping()
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        self.run(|db| db.read().map(drop))
+    }
+
+    fn write_volatile(&self, batch: Vec<Volatile>) -> StoreFuture<'_, BatchReport> {
+        self.run(move |db| write_batch(db, batch))
+    }
+
+    fn apply(&self, op: DurableOp) -> BoxFuture<'_, Result<DurableAck, OpError>> {
+        self.run(move |db| match op {
+            DurableOp::Adjust(op) => adjust(db, op),
+            DurableOp::Trade(t) => trade(db, t),
+        })
+    }
+
+    fn load_or_create_player(&self, id: String, name: String) -> StoreFuture<'_, PlayerProfile> {
+        self.run(move |db| load_or_create(db, id, name))
+    }
+
+    fn load_player(&self, id: String) -> StoreFuture<'_, Option<PlayerProfile>> {
+        self.run(move |db| {
+            let txn = db.read()?;
+            let players = txn.open_table(PLAYERS_T).map_err(backend)?;
+            Ok(read_player(&players, &id)?.map(|(p, _)| p))
+        })
+    }
+
+    fn load_room(&self, map: String) -> StoreFuture<'_, Option<RoomState>> {
+        self.run(move |db| {
+            let txn = db.read()?;
+            let rooms = txn.open_table(ROOMS_T).map_err(backend)?;
+            let Some(bytes) = get(&rooms, &map)? else {
+                return Ok(None);
+            };
+            match parse(ROOMS, &map, &bytes).and_then(decode_room) {
+                Ok((room, _)) => Ok(Some(room)),
+                Err(e) => {
+                    report_bad(&e);
+                    Err(StoreError::BadDocument(e))
+                }
+            }
+        })
+    }
+
+    fn load_rooms(&self) -> StoreFuture<'_, Vec<RoomState>> {
+        self.run(move |db| {
+            let txn = db.read()?;
+            let rooms = txn.open_table(ROOMS_T).map_err(backend)?;
+            let mut out = Vec::new();
+            for entry in rooms.iter().map_err(backend)? {
+                let (key, value) = entry.map_err(backend)?;
+                match parse(ROOMS, key.value(), value.value()).and_then(decode_room) {
+                    Ok((room, _)) => out.push(room),
+                    Err(e) => report_bad(&e),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn load_trade(&self, id: String) -> StoreFuture<'_, Option<TradeRecord>> {
+        self.run(move |db| {
+            let txn = db.read()?;
+            let trades = txn.open_table(TRADES_T).map_err(backend)?;
+            let Some(bytes) = get(&trades, &id)? else {
+                return Ok(None);
+            };
+            parse(TRADES, &id, &bytes)
+                .and_then(decode_trade)
+                .map(Some)
+                .map_err(|e| {
+                    report_bad(&e);
+                    StoreError::BadDocument(e)
+                })
+        })
+    }
+
+    fn recover_trades(&self, _older_than: Duration) -> StoreFuture<'_, usize> {
+        // Trades commit in one transaction: none is ever left half-done.
+        async { Ok(0) }.boxed()
+    }
+
+    fn put_raw(&self, collection: &'static str, doc: Document) -> StoreFuture<'_, ()> {
+        self.run(move |db| {
+            let table = match collection {
+                PLAYERS => PLAYERS_T,
+                ROOMS => ROOMS_T,
+                TRADES => TRADES_T,
+                other => return Err(StoreError::Backend(format!("no collection {other:?}"))),
+            };
+            let id = match doc.get("_id") {
+                Some(Bson::String(id)) => id.clone(),
+                _ => return Err(StoreError::Backend("put_raw needs a string _id".into())),
+            };
+            let txn = db.write()?;
+            {
+                let mut t = txn.open_table(table).map_err(backend)?;
+                put(&mut t, &id, &doc)?;
+            }
+            txn.commit().map_err(backend)
+        })
+    }
+}

@@ -1,0 +1,510 @@
+//! Persistence: state lives in memory, owned by the actor that uses it, and
+//! is persisted asynchronously through a [`Store`].
+//!
+//! ```text
+//! Room / Session ──volatile(doc) (sync, never blocks)──▶ dirty map (latest per key)
+//!        │                                                   │ every flush_interval_ms,
+//!        │                                                   │ on request_flush / flush / shutdown
+//!        │                                                   ▼
+//!        └──durable(op).await (timeout, circuit)──▶ Persister thread ("tessera-store",
+//!                                                    own tokio runtime) ──▶ dyn Store
+//!                                                        ├─ EmbeddedStore (redb, default)
+//!                                                        └─ MongoStore (official driver)
+//! ```
+//!
+//! - [`model`]: the documents, their schema versions and migrations, and
+//!   the durable operations.
+//! - [`persister`]: the write-behind queue, write-through calls, retries,
+//!   health, metrics and shutdown flush. This is what rooms and sessions
+//!   hold (a [`PersisterHandle`]).
+//! - [`embedded`]: redb under `store.embedded.dir`, the zero-setup default.
+//! - [`mongo`]: MongoDB through the `mongodb` crate, for production.
+//!
+//! Both backends pass one conformance suite (`server/tests/store_conformance.rs`).
+//!
+//! # Trades without multi-document transactions
+//!
+//! A trade moves goods between two player documents, both or neither.
+//! The embedded store does it in one redb write transaction. Mongo
+//! transactions need a replica set, so [`mongo::MongoStore`] uses a
+//! two-phase pattern with a trade ledger (`trades`), every step a
+//! single-document conditional update and therefore idempotent:
+//!
+//! 1. insert the ledger row `{_id: trade id, state: pending}` (a duplicate
+//!    id resumes or replays the earlier attempt);
+//! 2. debit each side: `{_id: p, pending_trades: {$ne: t}, <has enough>}`
+//!    → `$inc` minus what it gives, `$push pending_trades: t`. Debits only:
+//!    nothing is credited before the commit, so a rollback can never drive
+//!    anyone below zero. A refused debit cancels: re-credit any side that
+//!    holds `t` in `pending_trades` and mark the row `cancelled`;
+//! 3. commit: the row goes `pending → applied` (conditional). This is the
+//!    point of no return;
+//! 4. credit each side: `{_id: p, pending_trades: t}` → `$inc` what it
+//!    receives, `$pull pending_trades: t`; mark the row `done`.
+//!
+//! A crash or outage between steps leaves a row in `pending` or `applied`;
+//! [`Store::recover_trades`] (at start and every minute, for rows older
+//! than `store.trade_recovery_age_ms`, so that another shard's trade in
+//! progress is left alone) rolls `pending` back and `applied` forward. The
+//! caller is told "done" after step 4, or after step 3 when step 4 fails
+//! (recovery completes it).
+//!
+//! # What "acknowledged" means
+//!
+//! A volatile write is never acknowledged to anyone: it is the latest
+//! state, written within about one flush interval, retried until the store
+//! takes it, and flushed at shutdown. A durable op is acknowledged when the
+//! store has it: redb committed with `Durability::Immediate` (fsync), Mongo
+//! answered with `store.mongodb.write_concern` (default `majority`, with
+//! `journal = true`). A durable op that fails with anything but
+//! [`DurableError::InDoubt`] changed nothing; one that timed out in flight
+//! is in doubt and is safe to retry with the same id.
+
+pub mod embedded;
+pub mod model;
+pub mod mongo;
+pub mod persister;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use mongodb::bson::Document;
+use serde::{Deserialize, Serialize};
+
+pub use model::{
+    Adjust, Bundle, DecodeError, DurableAck, DurableOp, GroundItem, Inventory, PlayerProfile,
+    PlayerState, Rejection, RoomState, Stats, Trade, TradeRecord, TradeState, Volatile,
+    VolatileKey,
+};
+pub use persister::{
+    DurableError, FlushError, Persister, PersisterHandle, PersisterStats, ShutdownReport,
+};
+
+/// Metric names of the persistence layer.
+pub mod metric {
+    /// Keys with a volatile write not yet in the store (the queue depth).
+    pub const DIRTY_KEYS: &str = "tessera_store_dirty_keys";
+    /// Age of the oldest volatile write not yet in the store.
+    pub const FLUSH_LAG_SECONDS: &str = "tessera_store_flush_lag_seconds";
+    /// Volatile writes handed to the persister (before coalescing).
+    pub const VOLATILE_UPDATES: &str = "tessera_store_volatile_updates_total";
+    /// Volatile documents written to the store (after coalescing).
+    pub const VOLATILE_WRITTEN: &str = "tessera_store_volatile_written_total";
+    /// Batches written to the store.
+    pub const FLUSH_BATCHES: &str = "tessera_store_flush_batches_total";
+    /// Documents per batch.
+    pub const FLUSH_BATCH_SIZE: &str = "tessera_store_flush_batch_size";
+    /// Batches the store refused or did not answer (retried with backoff).
+    pub const FLUSH_FAILURES: &str = "tessera_store_flush_failures_total";
+    /// Durable ops by `result`: ok, replayed, rejected, invalid,
+    /// unavailable, in_doubt, failed.
+    pub const DURABLE_OPS: &str = "tessera_store_durable_ops_total";
+    pub const DURABLE_SECONDS: &str = "tessera_store_durable_seconds";
+    /// 1 when the store answers, 0 while it is down (durable writes then
+    /// fail fast).
+    pub const HEALTHY: &str = "tessera_store_healthy";
+    /// Documents that could not be read or written, reported and skipped.
+    pub const BAD_DOCUMENTS: &str = "tessera_store_bad_documents_total";
+    /// Trades finished or rolled back by recovery.
+    pub const TRADES_RECOVERED: &str = "tessera_store_trades_recovered_total";
+}
+
+/// What went wrong talking to a store.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    /// The store did not answer (connection, timeout, server selection,
+    /// primary gone). Retrying later may succeed; it trips the health flag.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The connection failed after the request may have been sent, or the
+    /// write was applied but not confirmed (write concern): the outcome is
+    /// unknown. Trips the health flag like `Unavailable`.
+    #[error("store connection interrupted: {0}")]
+    Interrupted(String),
+    /// A document that cannot be read (bad or from a newer schema).
+    #[error("bad document {0}")]
+    BadDocument(DecodeError),
+    /// The store answered with an error.
+    #[error("store error: {0}")]
+    Backend(String),
+    #[error("invalid store configuration: {0}")]
+    Config(String),
+}
+
+impl StoreError {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::Interrupted(_)
+        )
+    }
+}
+
+/// A durable op's failure at the store level.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OpError {
+    #[error("{0}")]
+    Rejected(Rejection),
+    #[error("{0}")]
+    Store(StoreError),
+    /// The store failed part-way through a multi-step op (a Mongo trade):
+    /// it may be partly applied until trade recovery settles it.
+    #[error("interrupted part-way, settled by recovery: {0}")]
+    InDoubt(String),
+}
+
+impl From<StoreError> for OpError {
+    fn from(e: StoreError) -> Self {
+        OpError::Store(e)
+    }
+}
+
+/// The outcome of writing one batch of volatile documents.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchReport {
+    pub written: usize,
+    /// Keys the store refused for their content (bad documents): reported
+    /// and dropped, never retried.
+    pub rejected: Vec<(VolatileKey, String)>,
+}
+
+pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
+
+/// A backend. Object-safe (boxed futures), so the persister holds an
+/// `Arc<dyn Store>` and tests can wrap one. Implementations must be safe to
+/// call concurrently; the persister serializes volatile batches but runs
+/// durable ops and loads concurrently with them.
+pub trait Store: Send + Sync + 'static {
+    /// "embedded" or "mongodb", for logs.
+    fn backend(&self) -> &'static str;
+
+    /// Check the store answers and create indexes. Idempotent; called at
+    /// start (retried until it succeeds).
+    fn prepare(&self) -> StoreFuture<'_, ()>;
+
+    /// A cheap round trip, used to close the circuit after an outage.
+    fn ping(&self) -> StoreFuture<'_, ()>;
+
+    /// Upsert a batch of volatile documents (player `state` fields, whole
+    /// room documents). Idempotent: a batch may be written again after a
+    /// failure. One bad document does not fail the batch; it is reported in
+    /// [`BatchReport::rejected`].
+    fn write_volatile(&self, batch: Vec<Volatile>) -> StoreFuture<'_, BatchReport>;
+
+    /// Apply a durable op; return once the store acknowledged it.
+    fn apply(&self, op: DurableOp) -> BoxFuture<'_, Result<DurableAck, OpError>>;
+
+    /// A player's profile, created (with `name` and an empty inventory) if
+    /// there is none. An old document is migrated and written back.
+    fn load_or_create_player(&self, id: String, name: String) -> StoreFuture<'_, PlayerProfile>;
+
+    fn load_player(&self, id: String) -> StoreFuture<'_, Option<PlayerProfile>>;
+
+    fn load_room(&self, map: String) -> StoreFuture<'_, Option<RoomState>>;
+
+    /// Every readable room document; bad ones are logged with their id,
+    /// counted and skipped.
+    fn load_rooms(&self) -> StoreFuture<'_, Vec<RoomState>>;
+
+    fn load_trade(&self, id: String) -> StoreFuture<'_, Option<TradeRecord>>;
+
+    /// Finish or roll back trades left half-done for longer than
+    /// `older_than`. Returns how many were settled.
+    fn recover_trades(&self, older_than: Duration) -> StoreFuture<'_, usize>;
+
+    /// Write a document exactly as given, bypassing the model: for imports,
+    /// tools and tests (old schema versions, damaged documents).
+    fn put_raw(&self, collection: &'static str, doc: Document) -> StoreFuture<'_, ()>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// redb files under `store.embedded.dir`: nothing to set up.
+    Embedded,
+    /// A MongoDB deployment at `store.mongodb.uri`.
+    Mongodb,
+}
+
+/// `[store]`: where state is persisted and how the persister behaves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    pub backend: Backend,
+    pub embedded: EmbeddedConfig,
+    pub mongodb: MongoConfig,
+    /// Volatile writes are flushed this often (and on demand).
+    pub flush_interval_ms: u64,
+    /// Documents per store call when flushing.
+    pub flush_batch_max: usize,
+    /// How long `flush().await` waits for the store.
+    pub flush_timeout_ms: u64,
+    /// A durable op not acknowledged within this fails (in doubt if it was
+    /// sent) and marks the store down, so the next ones fail fast.
+    pub durable_timeout_ms: u64,
+    /// Durable ops in flight at most; more fail fast as unavailable.
+    pub durable_max_in_flight: usize,
+    /// Backoff between retries after a failure: doubles from min to max,
+    /// with jitter.
+    pub retry_min_ms: u64,
+    pub retry_max_ms: u64,
+    /// Shutdown waits this long for the final flush, then logs what is
+    /// left and exits.
+    pub shutdown_flush_deadline_ms: u64,
+    /// Half-done trades (Mongo) older than this are settled by recovery.
+    pub trade_recovery_age_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddedConfig {
+    /// Directory of the redb file (`tessera.redb`); created if missing.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MongoConfig {
+    /// `mongodb://` or `mongodb+srv://` connection string. Options in it
+    /// (TLS, credentials, replicaSet, ...) are honoured; the fields below
+    /// win over the same options in it.
+    pub uri: String,
+    pub database: String,
+    pub max_pool_size: u32,
+    pub min_pool_size: u32,
+    pub connect_timeout_ms: u64,
+    /// How long an operation waits for a usable server before failing as
+    /// unavailable. Below `store.durable_timeout_ms`, so an unreachable
+    /// store is reported as such and not as in doubt.
+    pub server_selection_timeout_ms: u64,
+    /// `w` for every write: "majority" or a number of nodes.
+    pub write_concern: String,
+    /// `j` for every write: acknowledged only once in the journal.
+    pub journal: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: Backend::Embedded,
+            embedded: EmbeddedConfig::default(),
+            mongodb: MongoConfig::default(),
+            flush_interval_ms: 1_000,
+            flush_batch_max: 500,
+            flush_timeout_ms: 5_000,
+            durable_timeout_ms: 2_000,
+            durable_max_in_flight: 256,
+            retry_min_ms: 100,
+            retry_max_ms: 10_000,
+            shutdown_flush_deadline_ms: 5_000,
+            trade_recovery_age_ms: 60_000,
+        }
+    }
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        EmbeddedConfig {
+            dir: PathBuf::from("tessera-data"),
+        }
+    }
+}
+
+impl Default for MongoConfig {
+    fn default() -> Self {
+        MongoConfig {
+            uri: "mongodb://127.0.0.1:27017".into(),
+            database: "tessera".into(),
+            max_pool_size: 16,
+            min_pool_size: 0,
+            connect_timeout_ms: 2_000,
+            server_selection_timeout_ms: 1_000,
+            write_concern: "majority".into(),
+            journal: true,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Check every field, pushing one message per problem naming its path
+    /// (`store.flush_interval_ms`, ...).
+    pub fn validate(&self, errors: &mut Vec<String>) {
+        let mut positive = |name: &str, value: u64| {
+            if value == 0 {
+                errors.push(format!("store.{name} must be greater than 0"));
+            }
+        };
+        positive("flush_interval_ms", self.flush_interval_ms);
+        positive("flush_batch_max", self.flush_batch_max as u64);
+        positive("flush_timeout_ms", self.flush_timeout_ms);
+        positive("durable_timeout_ms", self.durable_timeout_ms);
+        positive("durable_max_in_flight", self.durable_max_in_flight as u64);
+        positive("retry_min_ms", self.retry_min_ms);
+        positive("retry_max_ms", self.retry_max_ms);
+        positive("trade_recovery_age_ms", self.trade_recovery_age_ms);
+        if self.retry_min_ms > self.retry_max_ms {
+            errors.push("store.retry_min_ms must not exceed store.retry_max_ms".into());
+        }
+        if self.flush_batch_max > 100_000 {
+            errors.push("store.flush_batch_max must be at most 100000".into());
+        }
+        match self.backend {
+            Backend::Embedded => {
+                if self.embedded.dir.as_os_str().is_empty() {
+                    errors.push("store.embedded.dir must not be empty".into());
+                }
+            }
+            Backend::Mongodb => self.mongodb.validate(self.durable_timeout_ms, errors),
+        }
+    }
+
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.flush_interval_ms)
+    }
+
+    pub fn durable_timeout(&self) -> Duration {
+        Duration::from_millis(self.durable_timeout_ms)
+    }
+
+    pub fn shutdown_flush_deadline(&self) -> Duration {
+        Duration::from_millis(self.shutdown_flush_deadline_ms)
+    }
+}
+
+impl MongoConfig {
+    fn validate(&self, durable_timeout_ms: u64, errors: &mut Vec<String>) {
+        if !(self.uri.starts_with("mongodb://") || self.uri.starts_with("mongodb+srv://")) {
+            errors.push("store.mongodb.uri must start with mongodb:// or mongodb+srv://".into());
+        }
+        let db_ok = !self.database.is_empty()
+            && self.database.len() < 64
+            && !self
+                .database
+                .chars()
+                .any(|c| matches!(c, '/' | '\\' | '.' | ' ' | '"' | '$' | '\0'));
+        if !db_ok {
+            errors.push(format!(
+                "store.mongodb.database {:?} must be 1-63 characters without / \\ . space \" $",
+                self.database
+            ));
+        }
+        if self.max_pool_size == 0 {
+            errors.push("store.mongodb.max_pool_size must be greater than 0".into());
+        }
+        if self.min_pool_size > self.max_pool_size {
+            errors.push(
+                "store.mongodb.min_pool_size must not exceed store.mongodb.max_pool_size".into(),
+            );
+        }
+        if self.connect_timeout_ms == 0 {
+            errors.push("store.mongodb.connect_timeout_ms must be greater than 0".into());
+        }
+        if self.server_selection_timeout_ms == 0 {
+            errors.push("store.mongodb.server_selection_timeout_ms must be greater than 0".into());
+        } else if self.server_selection_timeout_ms >= durable_timeout_ms {
+            errors.push(
+                "store.mongodb.server_selection_timeout_ms must be below store.durable_timeout_ms, \
+                 so that an unreachable store fails as unavailable rather than in doubt"
+                    .into(),
+            );
+        }
+        let w_ok = self.write_concern == "majority" || self.write_concern.parse::<u32>().is_ok();
+        if !w_ok {
+            errors.push(format!(
+                "store.mongodb.write_concern {:?} must be \"majority\" or a number",
+                self.write_concern
+            ));
+        }
+    }
+}
+
+/// Open the configured backend. The embedded store opens (or fails, e.g.
+/// when another process holds the file) at once; Mongo connects lazily, so
+/// this succeeds while the server is still down.
+pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    match config.backend {
+        Backend::Embedded => {
+            let dir = config.embedded.dir.clone();
+            let store = tokio::task::spawn_blocking(move || embedded::EmbeddedStore::open(&dir))
+                .await
+                .map_err(|e| StoreError::Backend(format!("opening the embedded store: {e}")))??;
+            Ok(Arc::new(store))
+        }
+        Backend::Mongodb => Ok(Arc::new(mongo::MongoStore::connect(&config.mongodb).await?)),
+    }
+}
+
+/// Log and count a document that cannot be read; the caller skips it.
+pub(crate) fn report_bad(err: &DecodeError) {
+    tracing::warn!(
+        collection = err.collection,
+        id = %err.id,
+        reason = %err.reason,
+        "skipping a bad document"
+    );
+    metrics::counter!(metric::BAD_DOCUMENTS).increment(1);
+}
+
+/// Milliseconds since the Unix epoch, for ledger timestamps.
+pub(crate) fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip_through_toml() {
+        let config = StoreConfig::default();
+        let mut errors = Vec::new();
+        config.validate(&mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let text = toml::to_string(&config).unwrap();
+        let back: StoreConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, config);
+        let mongo: StoreConfig = toml::from_str(
+            "backend = \"mongodb\"\nflush_interval_ms = 250\n[mongodb]\nuri = \"mongodb://db:27017\"\n",
+        )
+        .unwrap();
+        assert_eq!(mongo.backend, Backend::Mongodb);
+        assert_eq!(mongo.flush_interval_ms, 250);
+        assert_eq!(mongo.mongodb.database, "tessera");
+        assert!(toml::from_str::<StoreConfig>("flush_intervl_ms = 1").is_err());
+    }
+
+    #[test]
+    fn validation_names_each_bad_field() {
+        let config = StoreConfig {
+            backend: Backend::Mongodb,
+            flush_interval_ms: 0,
+            retry_min_ms: 500,
+            retry_max_ms: 100,
+            mongodb: MongoConfig {
+                uri: "http://x".into(),
+                database: "a.b".into(),
+                server_selection_timeout_ms: 5_000,
+                write_concern: "most".into(),
+                ..MongoConfig::default()
+            },
+            ..StoreConfig::default()
+        };
+        let mut errors = Vec::new();
+        config.validate(&mut errors);
+        let all = errors.join("\n");
+        for field in [
+            "store.flush_interval_ms",
+            "store.retry_min_ms",
+            "store.mongodb.uri",
+            "store.mongodb.database",
+            "store.mongodb.server_selection_timeout_ms",
+            "store.mongodb.write_concern",
+        ] {
+            assert!(all.contains(field), "{field} not named in:\n{all}");
+        }
+    }
+}
