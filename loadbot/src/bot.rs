@@ -50,6 +50,12 @@ type Ws = WebSocketStream<TcpStream>;
 const MAX_SERVER_FRAME: usize = 16 << 20;
 /// Time a stopping bot waits for the server's close reply.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// After a resume, how long a bot waits for its seat to come back by itself
+/// (`joined` right after `welcome`) before it joins on its own.
+const SEAT_WAIT: Duration = Duration::from_secs(1);
+/// A bot the server moved out of its map without a new `joined` (not a
+/// failed room's fallback, which comes at once) joins again after this.
+const REJOIN_AFTER: Duration = Duration::from_secs(1);
 
 /// What every bot shares: the configuration, the stats, the resolved address.
 pub struct Shared {
@@ -330,6 +336,7 @@ impl Bot {
     async fn session(&mut self) -> End {
         let stats = &self.shared.stats;
         stats.connect_attempts.fetch_add(1, Relaxed);
+        let resuming = self.resume.is_some();
         let started = Instant::now();
         let mut stop = self.stop.clone();
         // Boxed: the handshake's state is large and only needed until welcome.
@@ -341,7 +348,7 @@ impl Bot {
         let (mut ws, welcome) = match result {
             Ok(Ok(pair)) => pair,
             Ok(Err(Failure(reason))) => {
-                if reason == "error_2002" && self.resume.is_some() {
+                if matches!(reason.as_str(), "error_2002" | "error_2003" | "error_2004") {
                     // A refused resume token: come back as a fresh session.
                     self.resume = None;
                 }
@@ -359,7 +366,7 @@ impl Bot {
         stats.record(Latency::Connect, started.elapsed().as_micros() as u64);
         self.on_welcome(welcome);
 
-        let end = self.joined_session(&mut ws).await;
+        let end = self.joined_session(&mut ws, resuming).await;
         self.shared.stats.bots_connected.fetch_sub(1, Relaxed);
         match end {
             // A join that failed on a live socket: say goodbye before the
@@ -527,7 +534,27 @@ impl Bot {
     }
 
     /// Join the bot's room and play until the session ends.
-    async fn joined_session(&mut self, ws: &mut Ws) -> End {
+    async fn joined_session(&mut self, ws: &mut Ws, resuming: bool) -> End {
+        if resuming {
+            // A seat held since the drop comes back by itself: `joined` for
+            // the old map right after the welcome (then notice 6002).
+            let since = Instant::now();
+            let mut stop = self.stop.clone();
+            let wait = timeout(SEAT_WAIT, self.await_joined(ws));
+            let seat = tokio::select! {
+                r = wait => r,
+                _ = stopped(&mut stop) => return End::Stop,
+            };
+            match seat {
+                Ok(Ok(joined)) => {
+                    self.stats().seats_restored.fetch_add(1, Relaxed);
+                    return self.enter(ws, since, joined).await;
+                }
+                Ok(Err(end)) => return end,
+                // No seat (its grace period was over): join as usual.
+                Err(_) => {}
+            }
+        }
         let Some(map) = scenario::map_of(self.room, self.shared.maps()).map(str::to_string) else {
             self.stats().join_failed("no_maps");
             return End::Failed;
@@ -551,8 +578,13 @@ impl Bot {
                 return End::Failed;
             }
         };
+        self.enter(ws, sent, joined).await
+    }
+
+    /// In a map at last: play there. `since` is when the join was sent.
+    async fn enter(&mut self, ws: &mut Ws, since: Instant, joined: Joined) -> End {
         self.failures = 0;
-        self.on_joined(sent);
+        self.on_joined(since);
         let room = Room::from_joined(&joined);
         self.seq = self.seq.max(own_seq(&joined));
         drop(joined);
@@ -626,6 +658,8 @@ impl Bot {
         let mut room = Some(room);
         // Set while a hop's join is unanswered: when it was sent.
         let mut hop_sent: Option<Instant> = None;
+        // Since when the bot stands in no map without having asked for it.
+        let mut out_since: Option<Instant> = None;
         let mut chats: u32 = 0;
         let mut stop = self.stop.clone();
 
@@ -656,16 +690,7 @@ impl Bot {
                         break end;
                     }
                     if room.is_none() && hop_sent.is_none() {
-                        // The server moved the bot out of its map (a room that
-                        // failed, an operator): go back, as a player would.
-                        let Some(map) = scenario::map_of(self.room, shared.maps()) else {
-                            break End::Failed;
-                        };
-                        let msg = ClientMsg::Join(Join { map: map.to_string() });
-                        if let Err(end) = self.send_or_end(ws, &msg).await {
-                            break end;
-                        }
-                        hop_sent = Some(Instant::now());
+                        out_since.get_or_insert_with(Instant::now);
                     }
                 }
                 _ = tick(&mut moves) => {
@@ -684,6 +709,21 @@ impl Bot {
                     let msg = ClientMsg::Ping(Ping { t: shared.now_us() });
                     if let Err(end) = self.send_or_end(ws, &msg).await {
                         break end;
+                    }
+                    if room.is_some() || hop_sent.is_some() {
+                        out_since = None;
+                    } else if out_since.is_some_and(|t| t.elapsed() >= REJOIN_AFTER) {
+                        // The server moved the bot out of its map and into no
+                        // other: go back, as a player would.
+                        let Some(map) = scenario::map_of(self.room, shared.maps()) else {
+                            break End::Failed;
+                        };
+                        let msg = ClientMsg::Join(Join { map: map.to_string() });
+                        if let Err(end) = self.send_or_end(ws, &msg).await {
+                            break end;
+                        }
+                        hop_sent = Some(Instant::now());
+                        out_since = None;
                     }
                 }
                 _ = tick(&mut chat) => {
@@ -785,10 +825,8 @@ impl Bot {
                     }
                 }
             }
-            ServerMsg::Welcome(_)
-            | ServerMsg::Chat(_)
-            | ServerMsg::Announce(_)
-            | ServerMsg::Notice(_) => {}
+            ServerMsg::Notice(notice) => stats.notice(notice.code),
+            ServerMsg::Welcome(_) | ServerMsg::Chat(_) | ServerMsg::Announce(_) => {}
         }
         None
     }

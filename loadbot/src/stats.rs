@@ -116,6 +116,8 @@ pub struct Stats {
     pub reconnects: AtomicU64,
     pub resumed_same_player: AtomicU64,
     pub resumed_new_player: AtomicU64,
+    /// Resumes whose seat came back by itself (`joined` without a join).
+    pub seats_restored: AtomicU64,
     pub churn_drops: AtomicU64,
     pub map_hops: AtomicU64,
     pub bytes_sent: AtomicU64,
@@ -138,6 +140,7 @@ pub struct Stats {
     pub bots_connected: AtomicI64,
     pub bots_in_room: AtomicI64,
     errors_by_code: Mutex<BTreeMap<u16, u64>>,
+    notices_by_code: Mutex<BTreeMap<u16, u64>>,
     connect_failures_by_reason: Mutex<BTreeMap<String, u64>>,
     join_failures_by_reason: Mutex<BTreeMap<String, u64>>,
     disconnects_by_code: Mutex<BTreeMap<String, u64>>,
@@ -172,6 +175,7 @@ impl Stats {
             reconnects: AtomicU64::new(0),
             resumed_same_player: AtomicU64::new(0),
             resumed_new_player: AtomicU64::new(0),
+            seats_restored: AtomicU64::new(0),
             churn_drops: AtomicU64::new(0),
             map_hops: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
@@ -188,6 +192,7 @@ impl Stats {
             bots_connected: AtomicI64::new(0),
             bots_in_room: AtomicI64::new(0),
             errors_by_code: Mutex::new(BTreeMap::new()),
+            notices_by_code: Mutex::new(BTreeMap::new()),
             connect_failures_by_reason: Mutex::new(BTreeMap::new()),
             join_failures_by_reason: Mutex::new(BTreeMap::new()),
             disconnects_by_code: Mutex::new(BTreeMap::new()),
@@ -212,6 +217,11 @@ impl Stats {
     pub fn error_frame(&self, code: u16) {
         self.error_frames.fetch_add(1, Relaxed);
         *self.errors_by_code.lock().entry(code).or_insert(0) += 1;
+    }
+
+    /// A notice frame (room restarted, seat restored, ...).
+    pub fn notice(&self, code: u16) {
+        *self.notices_by_code.lock().entry(code).or_insert(0) += 1;
     }
 
     /// A connect attempt that did not end in a welcome. `reason` is a short
@@ -289,6 +299,10 @@ impl Stats {
 
     pub fn errors_by_code(&self) -> BTreeMap<u16, u64> {
         self.errors_by_code.lock().clone()
+    }
+
+    pub fn notices_by_code(&self) -> BTreeMap<u16, u64> {
+        self.notices_by_code.lock().clone()
     }
 
     pub fn connect_failures_by_reason(&self) -> BTreeMap<String, u64> {

@@ -123,6 +123,7 @@ pub struct Summary {
     pub map_hops: u64,
     pub resumed_same_player: u64,
     pub resumed_new_player: u64,
+    pub seats_restored: u64,
 
     pub msgs_sent: u64,
     pub msgs_sent_by_kind: BTreeMap<String, u64>,
@@ -136,6 +137,7 @@ pub struct Summary {
 
     pub error_frames: u64,
     pub errors_by_code: BTreeMap<u16, u64>,
+    pub notices_by_code: BTreeMap<u16, u64>,
     pub disconnects: u64,
     pub disconnects_by_close_code: BTreeMap<String, u64>,
     pub decode_errors: u64,
@@ -238,6 +240,7 @@ impl Summary {
             map_hops: s.map_hops.load(Relaxed),
             resumed_same_player: s.resumed_same_player.load(Relaxed),
             resumed_new_player: s.resumed_new_player.load(Relaxed),
+            seats_restored: s.seats_restored.load(Relaxed),
             msgs_sent: c.msgs_sent,
             msgs_sent_by_kind: by_kind(&CLIENT_KINDS, &s.sent_by_kind),
             bytes_sent: c.bytes_sent,
@@ -249,6 +252,7 @@ impl Summary {
             ws_pings_received: s.ws_pings.load(Relaxed),
             error_frames: c.error_frames,
             errors_by_code: s.errors_by_code(),
+            notices_by_code: s.notices_by_code(),
             disconnects: c.disconnects,
             disconnects_by_close_code: s.disconnects_by_code(),
             decode_errors: s.decode_errors.load(Relaxed),

@@ -162,6 +162,15 @@ async fn churning_bots_resume_and_hop() {
         "every resume token gave the same player back: {summary:#?}\n{log}"
     );
     assert_eq!(
+        summary.seats_restored, summary.churn_drops,
+        "every resume got its seat back without a join: {summary:#?}\n{log}"
+    );
+    assert_eq!(
+        summary.notices_by_code.get(&6002),
+        Some(&summary.churn_drops),
+        "a notice 6002 per restored seat"
+    );
+    assert_eq!(
         summary.connect_failures, 0,
         "{:?}",
         summary.connect_failures_by_reason

@@ -57,8 +57,13 @@ fn write_table(out: &mut String, s: &Summary) -> std::fmt::Result {
     if s.reconnects + s.map_hops > 0 {
         writeln!(
             out,
-            "sessions     reconnects {} | churn drops {} | map hops {} | resumed same player {} | new player {}",
-            s.reconnects, s.churn_drops, s.map_hops, s.resumed_same_player, s.resumed_new_player
+            "sessions     reconnects {} | churn drops {} | map hops {} | resumed same player {} | new player {} | seats restored {}",
+            s.reconnects,
+            s.churn_drops,
+            s.map_hops,
+            s.resumed_same_player,
+            s.resumed_new_player,
+            s.seats_restored
         )?;
     }
     writeln!(
@@ -82,6 +87,9 @@ fn write_table(out: &mut String, s: &Summary) -> std::fmt::Result {
         .iter()
         .map(|(code, n)| (code_name(*code), *n))
         .collect();
+    if !s.notices_by_code.is_empty() {
+        writeln!(out, "notices      {}", keyed(&s.notices_by_code).trim())?;
+    }
     writeln!(
         out,
         "errors       error frames {}{} | disconnects {}{}",
