@@ -7,6 +7,8 @@
 //! | `GET /healthz` | `200 {"status":"ok",...}` while the shard accepts players |
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /admin/announce` | `{"text": "...", "map": "optional"}`, bearer `admin.token` |
+//! | `POST /admin/faults/room` | `{"map": "...", "kind": "panic" or "stall", "ms": N}`; needs `admin.fault_injection` |
+//! | `POST /admin/faults/session` | `{"player": "...", "kind": "panic" or "drop"}`; needs `admin.fault_injection` |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +23,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::dispatcher::MapBroadcast;
-use crate::room::announce_frame;
+use crate::room::{announce_frame, Fault, FaultKind, MAX_INJECTED_STALL};
+use crate::session::Kill;
 use crate::shard::Shared;
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
@@ -52,6 +55,8 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/admin/announce", post(announce))
+        .route("/admin/faults/room", post(room_fault))
+        .route("/admin/faults/session", post(session_fault))
         .with_state(state);
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
@@ -166,4 +171,125 @@ async fn announce(
         "dropped": report.dropped,
     }))
     .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RoomFaultKind {
+    Panic,
+    Stall,
+}
+
+#[derive(Deserialize)]
+struct RoomFaultRequest {
+    map: String,
+    kind: RoomFaultKind,
+    #[serde(default)]
+    ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum SessionFaultKind {
+    Panic,
+    Drop,
+}
+
+#[derive(Deserialize)]
+struct SessionFaultRequest {
+    player: String,
+    kind: SessionFaultKind,
+}
+
+/// Fault injection needs the admin token and `admin.fault_injection`.
+fn refuse_faults(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+    if let Some(response) = refuse_unauthorized(shared, headers) {
+        return Some(response);
+    }
+    (!shared.config.admin.fault_injection).then(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            "fault injection is off: set admin.fault_injection",
+        )
+    })
+}
+
+const FAULT_BODY: &str =
+    "body must be JSON {\"map\": string, \"kind\": \"panic\"|\"stall\", \"ms\": optional number}";
+
+/// Panic or stall a room. A panic answers once the room crashed (so the
+/// caller can count restarts); a stall answers at once.
+async fn room_fault(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<RoomFaultRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Some(response) = refuse_faults(&state.shared, &headers) {
+        return response;
+    }
+    let Ok(Json(request)) = body else {
+        return error(StatusCode::BAD_REQUEST, FAULT_BODY);
+    };
+    let Some(room) = state.shared.rooms.current(&request.map) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("no room of {:?} is running", request.map),
+        );
+    };
+    match request.kind {
+        RoomFaultKind::Panic => {
+            let call = room.send(Fault(FaultKind::Panic));
+            match tokio::time::timeout(std::time::Duration::from_secs(5), call).await {
+                Ok(Ok(crashed)) => Json(serde_json::json!({ "crashed": crashed })).into_response(),
+                // Retired or already stopped: the fault reached no room.
+                Ok(Err(_)) => Json(serde_json::json!({ "crashed": false })).into_response(),
+                Err(_) => error(StatusCode::GATEWAY_TIMEOUT, "the room did not answer"),
+            }
+        }
+        RoomFaultKind::Stall => {
+            let ms = request.ms.unwrap_or(3_000);
+            if ms > MAX_INJECTED_STALL.as_millis() as u64 {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("ms must be at most {}", MAX_INJECTED_STALL.as_millis()),
+                );
+            }
+            let stall = FaultKind::Stall(std::time::Duration::from_millis(ms));
+            room.do_send(Fault(stall));
+            Json(serde_json::json!({ "stalling_ms": ms })).into_response()
+        }
+    }
+}
+
+/// Make a player's session panic, or drop its connection without a close.
+async fn session_fault(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<SessionFaultRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Some(response) = refuse_faults(&state.shared, &headers) {
+        return response;
+    }
+    let Ok(Json(request)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body must be JSON {\"player\": string, \"kind\": \"panic\"|\"drop\"}",
+        );
+    };
+    let session = state
+        .shared
+        .seats
+        .latest_session(&request.player)
+        .and_then(|id| state.shared.sessions.lock().get(&id).cloned());
+    let Some(session) = session else {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("player {:?} has no session", request.player),
+        );
+    };
+    session.do_send(match request.kind {
+        SessionFaultKind::Panic => Kill::Panic,
+        SessionFaultKind::Drop => Kill::Drop,
+    });
+    Json(serde_json::json!({ "ok": true })).into_response()
 }

@@ -106,6 +106,11 @@ impl Seats {
         }
     }
 
+    /// The player's latest session, if it has one this server knows of.
+    pub fn latest_session(&self, player: &str) -> Option<SessionId> {
+        self.players.lock().get(player).map(|e| e.session)
+    }
+
     /// Drop entries whose resume tokens have all expired.
     pub fn prune(&self) {
         let now = Instant::now();

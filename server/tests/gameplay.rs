@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{start, test_config, Client, View};
+use common::{http_get as get, http_post, start, test_config, Client, View};
 use protocol::msg::*;
 use protocol::{ClientMsg, ErrorCode, ServerMsg};
 
@@ -303,11 +303,11 @@ async fn admin_announcements_reach_every_session_and_map_broadcasts_their_map() 
     let (mut bob, _) = Client::welcomed(shard.ws_addr, "bob").await;
     let url = format!("http://{}/admin/announce", shard.http_addr);
 
-    let status = post(&url, None, r#"{"text":"hi"}"#).await;
+    let (status, _) = http_post(&url, None, r#"{"text":"hi"}"#).await;
     assert_eq!(status, 401);
-    let status = post(&url, Some("an-admin-token-of-some-length"), "not json").await;
+    let (status, _) = http_post(&url, Some("an-admin-token-of-some-length"), "not json").await;
     assert_eq!(status, 400);
-    let status = post(
+    let (status, _) = http_post(
         &url,
         Some("an-admin-token-of-some-length"),
         r#"{"text":"maintenance at 5"}"#,
@@ -323,7 +323,7 @@ async fn admin_announcements_reach_every_session_and_map_broadcasts_their_map() 
             .await;
         assert_eq!(text, "maintenance at 5");
     }
-    let status = post(
+    let (status, _) = http_post(
         &url,
         Some("an-admin-token-of-some-length"),
         r#"{"text":"boss spawned","map":"test"}"#,
@@ -342,25 +342,6 @@ async fn admin_announcements_reach_every_session_and_map_broadcasts_their_map() 
         !got.iter().any(|m| matches!(m, ServerMsg::Announce(_))),
         "{got:?}"
     );
-}
-
-/// A minimal HTTP/1.1 POST over a raw socket; returns the status code.
-async fn post(url: &str, bearer: Option<&str>, body: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
-    let auth = bearer
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let request = format!(
-        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 #[tokio::test]
@@ -385,17 +366,4 @@ async fn an_empty_room_stops_after_its_idle_period_and_comes_back_on_demand() {
     let joined = alice.join("test").await;
     assert_eq!(joined.entities.len(), 1);
     assert_eq!(rooms(get(&health).await), 1);
-}
-
-/// A minimal HTTP/1.1 GET; returns the body.
-async fn get(url: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
-    let request = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response.split_once("\r\n\r\n").unwrap().1.to_string()
 }

@@ -135,10 +135,9 @@ pub enum FaultKind {
     Stall(Duration),
 }
 
-/// Replies once the fault was applied; a panic replies with a closed
-/// mailbox instead.
+/// Replies whether the room crashed applying it.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "bool")]
 pub struct Fault(pub FaultKind);
 
 /// The part of a member that survives a restart.
@@ -884,15 +883,16 @@ impl Handler<Published<MapBroadcast>> for Room {
 }
 
 impl Handler<Fault> for Room {
-    type Result = ();
+    type Result = bool;
 
-    fn handle(&mut self, msg: Fault, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: Fault, ctx: &mut Context<Self>) -> bool {
         tracing::warn!(map = %self.map.name, fault = ?msg.0, "injecting fault");
         self.guarded(ctx, "fault", |_, _| match msg.0 {
             FaultKind::Panic => panic!("injected fault"),
             // Blocks this room's thread on purpose: what the watchdog is for.
             FaultKind::Stall(d) => std::thread::sleep(d.min(MAX_INJECTED_STALL)),
-        });
+        })
+        .is_none()
     }
 }
 

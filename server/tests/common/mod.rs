@@ -232,3 +232,46 @@ impl View {
         }
     }
 }
+
+/// A minimal HTTP/1.1 request over a raw socket (the tests need no HTTP
+/// client crate); returns the status and the body.
+pub async fn http(method: &str, url: &str, bearer: Option<&str>, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http:// url");
+    let (host, path) = rest.split_once('/').expect("url with a path");
+    let mut stream = TcpStream::connect(host).await.expect("http connect");
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("http write");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("http read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("http status");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub async fn http_post(url: &str, bearer: Option<&str>, body: &str) -> (u16, String) {
+    http("POST", url, bearer, body).await
+}
+
+pub async fn http_get(url: &str) -> String {
+    http("GET", url, None, "").await.1
+}

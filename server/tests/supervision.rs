@@ -1,0 +1,503 @@
+//! Let it crash: room restarts from snapshots, restart intensity and the
+//! fallback map, the stall watchdog, session crashes, and resuming a seat.
+//! Faults are injected through the admin API, as an operator's drill would.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{http_get, http_post, start, test_config, Client, Event, View};
+use protocol::msg::*;
+use protocol::{ClientMsg, CloseCode, ErrorCode, NoticeCode, ServerMsg, PROTOCOL_VERSION};
+use server::auth::{mint_with_key, unix_now, Claims};
+use server::config::MapConfig;
+
+const ADMIN: &str = "supervision-test-admin-token";
+const SECRET: &str = "supervision-test-secret-0123";
+
+fn fault_config() -> server::Config {
+    let mut config = test_config();
+    config.admin.token = ADMIN.into();
+    config.admin.fault_injection = true;
+    config.auth.secret = SECRET.into();
+    config.maps.push(MapConfig {
+        name: "third".into(),
+        spawn_radius: 0.0,
+        ..MapConfig::default()
+    });
+    config
+}
+
+async fn fault(shard: &server::ShardHandle, path: &str, body: &str) -> (u16, String) {
+    let url = format!("http://{}/admin/faults/{path}", shard.http_addr);
+    http_post(&url, Some(ADMIN), body).await
+}
+
+async fn panic_room(shard: &server::ShardHandle, map: &str) {
+    let (status, body) = fault(
+        shard,
+        "room",
+        &format!(r#"{{"map":"{map}","kind":"panic"}}"#),
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, r#"{"crashed":true}"#));
+}
+
+/// Wait for a full update and then the restart notice; returns the update.
+async fn expect_resync(client: &mut Client) -> Update {
+    let full = client
+        .expect("full resync", |m| match m {
+            ServerMsg::Update(u) if u.full => Some(u.clone()),
+            _ => None,
+        })
+        .await;
+    client
+        .expect("restart notice", |m| match m {
+            ServerMsg::Notice(n) if n.code == NoticeCode::RoomRestarted.as_u16() => Some(()),
+            _ => None,
+        })
+        .await;
+    full
+}
+
+/// Walk `client` in direction `dx` for `ms`, then stop, and return its view
+/// once its stop was applied.
+async fn walk_and_stop(client: &mut Client, joined: &Joined, seq: u32, dx: f32, ms: u64) -> View {
+    let mut view = View::from_joined(joined);
+    client.walk(seq, dx, 0.0).await;
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    client.walk(seq + 1, 0.0, 0.0).await;
+    loop {
+        let update = client
+            .expect("update", |m| match m {
+                ServerMsg::Update(u) => Some(u.clone()),
+                _ => None,
+            })
+            .await;
+        view.apply(&update);
+        if view.entities[&joined.you].2 == seq + 1 {
+            return view;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_room_restarts_from_its_snapshot_and_keeps_its_players() {
+    let shard = start(fault_config());
+    let (mut alice, a) = Client::joined(shard.ws_addr, "alice", "test").await;
+    let (mut bob, b) = Client::joined(shard.ws_addr, "bob", "test").await;
+    // Alice takes a few steps and stops, so the positions are settled.
+    let before = walk_and_stop(&mut alice, &a, 1, 1.0, 60).await;
+    let (ax, _, aseq) = before.entities[&a.you];
+    assert!(ax > 500.0);
+    bob.drain(Duration::from_millis(150)).await;
+
+    panic_room(&shard, "test").await;
+    for (client, name) in [(&mut alice, "alice"), (&mut bob, "bob")] {
+        let full = expect_resync(client).await;
+        let restored: Vec<_> = full
+            .entered
+            .iter()
+            .map(|e| (e.id, e.x, e.y, e.seq))
+            .collect();
+        assert!(
+            restored.contains(&(a.you, ax, 500.0, aseq)),
+            "{name}: alice not where the snapshot had her: {restored:?}"
+        );
+        assert!(
+            restored.iter().any(|e| e.0 == b.you),
+            "{name}: {restored:?}"
+        );
+    }
+    // Same seats, still playing: bob sees alice walk again.
+    alice.walk(aseq + 1, -1.0, 0.0).await;
+    bob.expect("alice moves after the restart", |m| match m {
+        ServerMsg::Update(u) => u
+            .moved
+            .iter()
+            .find(|m| m.id == a.you && m.seq == aseq + 1)
+            .copied(),
+        _ => None,
+    })
+    .await;
+    let metrics = http_get(&format!("http://{}/metrics", shard.http_addr)).await;
+    assert!(
+        metrics.contains("tessera_room_poison_messages_dropped_total"),
+        "poison drop counted"
+    );
+}
+
+#[tokio::test]
+async fn a_room_past_its_restart_limit_fails_and_its_players_move_to_the_fallback() {
+    let mut config = fault_config();
+    config.supervision.max_restarts = 3;
+    config.supervision.restart_window_ms = 5_000;
+    let shard = start(config);
+    let (mut alice, _) = Client::joined(shard.ws_addr, "alice", "test").await;
+    let (mut bystander, by) = Client::joined(shard.ws_addr, "bystander", "third").await;
+
+    for _ in 0..3 {
+        panic_room(&shard, "test").await;
+        expect_resync(&mut alice).await;
+    }
+    panic_room(&shard, "test").await;
+    alice.expect_error(ErrorCode::RoomFailed).await;
+    alice
+        .expect("left the failed map", |m| match m {
+            ServerMsg::Left(l) if l.map == "test" => Some(()),
+            _ => None,
+        })
+        .await;
+    let fallback = alice
+        .expect("joined the fallback", |m| match m {
+            ServerMsg::Joined(j) => Some(j.map.name.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(fallback, "other");
+
+    // The room in another map never noticed.
+    bystander.walk(1, 1.0, 0.0).await;
+    let seen = bystander.drain(Duration::from_millis(300)).await;
+    assert!(
+        seen.iter()
+            .all(|m| !matches!(m, ServerMsg::Notice(_) | ServerMsg::Error(_))),
+        "{seen:?}"
+    );
+    assert!(seen
+        .iter()
+        .any(|m| matches!(m, ServerMsg::Update(u) if u.moved.iter().any(|m| m.id == by.you))));
+
+    // A failed room can be created again on demand.
+    let (_carol, joined) = Client::joined(shard.ws_addr, "carol", "test").await;
+    assert_eq!(joined.map.name, "test");
+}
+
+#[tokio::test]
+async fn resuming_restores_the_seat_and_reused_forged_or_expired_tokens_are_refused() {
+    let shard = start(fault_config());
+    let (mut alice, welcome) = Client::welcomed(shard.ws_addr, "alice").await;
+    let a = alice.join("test").await;
+    let (mut bob, _) = Client::joined(shard.ws_addr, "bob", "test").await;
+    let before = walk_and_stop(&mut alice, &a, 1, 1.0, 50).await;
+    let (ax, ay, _) = before.entities[&a.you];
+
+    // The connection drops (no close frame); bob keeps seeing alice stand.
+    drop(alice);
+    let seen = bob.drain(Duration::from_millis(300)).await;
+    assert!(
+        !seen
+            .iter()
+            .any(|m| matches!(m, ServerMsg::Update(u) if u.left.contains(&a.you))),
+        "the seat is held: {seen:?}"
+    );
+
+    let mut again = Client::connect(shard.ws_addr).await;
+    again
+        .send(ClientMsg::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            token: None,
+            resume: Some(welcome.resume_token.clone()),
+            name: None,
+        }))
+        .await;
+    let back = again
+        .expect("welcome", |m| match m {
+            ServerMsg::Welcome(w) => Some(w.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(back.player_id, welcome.player_id);
+    let joined = again
+        .expect("joined", |m| match m {
+            ServerMsg::Joined(j) => Some(j.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(joined.map.name, "test");
+    assert_eq!(joined.you, a.you, "same entity");
+    let me = joined.entities.iter().find(|e| e.id == a.you).unwrap();
+    assert_eq!((me.x, me.y), (ax, ay), "same position");
+    again
+        .expect("seat notice", |m| match m {
+            ServerMsg::Notice(n) if n.code == NoticeCode::SeatRestored.as_u16() => Some(()),
+            _ => None,
+        })
+        .await;
+    // The seat plays on.
+    again.walk(10, 0.0, 1.0).await;
+    bob.expect("alice moves again", |m| match m {
+        ServerMsg::Update(u) => u
+            .moved
+            .iter()
+            .find(|m| m.id == a.you && m.seq == 10)
+            .copied(),
+        _ => None,
+    })
+    .await;
+
+    let refused = |resume: String, code: ErrorCode| {
+        let addr = shard.ws_addr;
+        async move {
+            let mut client = Client::connect(addr).await;
+            client
+                .send(ClientMsg::Hello(Hello {
+                    version: PROTOCOL_VERSION,
+                    token: None,
+                    resume: Some(resume),
+                    name: None,
+                }))
+                .await;
+            client.expect_error(code).await;
+            assert_eq!(
+                client.expect_close().await,
+                Some(CloseCode::AuthFailed.as_u16())
+            );
+        }
+    };
+    // Reused: the first token was spent on the resume above.
+    refused(welcome.resume_token.clone(), ErrorCode::ResumeRejected).await;
+    // Forged: signed with another key.
+    let claims = |exp| Claims {
+        sub: welcome.player_id.clone(),
+        name: "alice".into(),
+        exp,
+        sid: Some(back.session_id.clone()),
+    };
+    let forged = mint_with_key(b"not-the-server-secret", &claims(unix_now() + 60));
+    refused(forged, ErrorCode::AuthInvalid).await;
+    // Expired: the server's own key, but past its expiry.
+    let expired = mint_with_key(SECRET.as_bytes(), &claims(unix_now() - 1));
+    refused(expired, ErrorCode::AuthExpired).await;
+}
+
+#[tokio::test]
+async fn a_session_panic_closes_only_that_connection_and_the_player_can_resume() {
+    let shard = start(fault_config());
+    let (mut alice, welcome) = Client::welcomed(shard.ws_addr, "alice").await;
+    let a = alice.join("test").await;
+    let (mut bob, _) = Client::joined(shard.ws_addr, "bob", "test").await;
+
+    let body = format!(r#"{{"player":"{}","kind":"panic"}}"#, welcome.player_id);
+    assert_eq!(fault(&shard, "session", &body).await.0, 200);
+    assert_eq!(
+        alice.expect_close().await,
+        Some(CloseCode::InternalError.as_u16())
+    );
+    bob.send(ClientMsg::Ping(Ping { t: 1 })).await;
+    bob.expect("pong", |m| matches!(m, ServerMsg::Pong(_)).then_some(()))
+        .await;
+
+    let mut again = Client::connect(shard.ws_addr).await;
+    again
+        .send(ClientMsg::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            token: None,
+            resume: Some(welcome.resume_token),
+            name: None,
+        }))
+        .await;
+    let joined = again
+        .expect("joined", |m| match m {
+            ServerMsg::Joined(j) => Some(j.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(joined.you, a.you);
+}
+
+#[tokio::test]
+async fn a_stalled_room_is_moved_with_its_thread_mates_and_other_threads_never_notice() {
+    let shard = start(fault_config());
+    // Rooms go to the two room Arbiters in turn: test -> 0, other -> 1,
+    // third -> 0. Stalling test's thread stalls third too.
+    let (mut a, aj) = Client::joined(shard.ws_addr, "a", "test").await;
+    let (mut b, bj) = Client::joined(shard.ws_addr, "b", "other").await;
+    let (mut c, _) = Client::joined(shard.ws_addr, "c", "third").await;
+    b.walk(1, 0.2, 0.0).await;
+    b.drain(Duration::from_millis(200)).await;
+
+    let (status, _) = fault(&shard, "room", r#"{"map":"test","kind":"stall","ms":2500}"#).await;
+    assert_eq!(status, 200);
+    let stalled = Instant::now();
+
+    // b, on the other thread, keeps getting updates at tick rate meanwhile.
+    let b_watch = tokio::spawn(async move {
+        let mut last = Instant::now();
+        let mut worst = Duration::ZERO;
+        let end = Instant::now() + Duration::from_millis(2_000);
+        while Instant::now() < end {
+            match b.next_event(Duration::from_millis(500)).await {
+                Some(Event::Msg(ServerMsg::Update(u))) => {
+                    assert!(u.moved.iter().any(|m| m.id == bj.you));
+                    worst = worst.max(last.elapsed());
+                    last = Instant::now();
+                }
+                Some(Event::Msg(ServerMsg::Notice(n))) => panic!("b noticed: {n:?}"),
+                Some(Event::Msg(_)) => {}
+                other => panic!("b stopped hearing its room: {}", other.is_none()),
+            }
+        }
+        worst
+    });
+
+    // The watchdog (1 s) restarts test and third on the healthy thread.
+    expect_resync(&mut a).await;
+    let detected = stalled.elapsed();
+    expect_resync(&mut c).await;
+    assert!(detected < Duration::from_millis(2_000), "took {detected:?}");
+
+    let worst_gap = b_watch.await.unwrap();
+    assert!(
+        worst_gap < Duration::from_millis(400),
+        "b's updates paused {worst_gap:?}"
+    );
+
+    // The moved room plays on, and the old incarnation, when it wakes, is
+    // silent.
+    a.walk(5, 1.0, 0.0).await;
+    a.expect("own move after the move", |m| match m {
+        ServerMsg::Update(u) => u
+            .moved
+            .iter()
+            .find(|m| m.id == aj.you && m.seq == 5)
+            .copied(),
+        _ => None,
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2_600).saturating_sub(stalled.elapsed())).await;
+    let after = a.drain(Duration::from_millis(300)).await;
+    assert!(
+        !after
+            .iter()
+            .any(|m| matches!(m, ServerMsg::Joined(_) | ServerMsg::Notice(_))),
+        "{after:?}"
+    );
+    let metrics = http_get(&format!("http://{}/metrics", shard.http_addr)).await;
+    assert!(
+        metrics.contains("tessera_room_stalls_total{map=\"test\"}"),
+        "stall counted"
+    );
+}
+
+#[tokio::test]
+async fn fault_injection_is_off_unless_configured() {
+    let mut config = fault_config();
+    config.admin.fault_injection = false;
+    let shard = start(config);
+    let (_alice, _) = Client::joined(shard.ws_addr, "alice", "test").await;
+    let (status, body) = fault(&shard, "room", r#"{"map":"test","kind":"panic"}"#).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("fault_injection"), "{body}");
+}
+
+/// 1,000 panics at random across 50 rooms while 100 players move in them:
+/// the shard survives, every player stays connected and in its seat, and
+/// every restart is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_panics_across_fifty_rooms_lose_no_session() {
+    const ROOMS: usize = 50;
+    const PANICS: usize = 1_000;
+    let mut config = fault_config();
+    config.supervision.max_restarts = 1_000_000;
+    config.maps = (0..ROOMS)
+        .map(|i| MapConfig {
+            name: format!("swarm{i}"),
+            spawn_radius: 100.0,
+            ..MapConfig::default()
+        })
+        .collect();
+    config.supervision.fallback_map = "swarm0".into();
+    let shard = start(config);
+
+    let (storm_over_tx, storm_over) = tokio::sync::watch::channel(false);
+    let mut players = Vec::new();
+    for i in 0..ROOMS * 2 {
+        let (client, joined) = Client::joined(
+            shard.ws_addr,
+            &format!("p{i}"),
+            &format!("swarm{}", i % ROOMS),
+        )
+        .await;
+        players.push(tokio::spawn(play(client, joined, storm_over.clone())));
+    }
+    // A small LCG: the same "random" rooms every run.
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    for _ in 0..PANICS {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let room = (seed >> 33) as usize % ROOMS;
+        panic_room(&shard, &format!("swarm{room}")).await;
+    }
+    storm_over_tx.send(true).unwrap();
+    let mut notices = 0;
+    for player in players {
+        notices += player
+            .await
+            .expect("every player finished its run connected");
+    }
+    // Each restart resyncs both players of its room.
+    assert_eq!(notices, PANICS * 2);
+    let metrics = http_get(&format!("http://{}/metrics", shard.http_addr)).await;
+    let restarts: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("tessera_room_restarts_total{") && l.contains("map=\"swarm"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert_eq!(restarts as usize, PANICS);
+}
+
+/// Move at 10 Hz and read everything until the storm is over, then prove
+/// the seat still works; returns the restart notices seen.
+async fn play(
+    mut client: Client,
+    joined: Joined,
+    mut storm_over: tokio::sync::watch::Receiver<bool>,
+) -> usize {
+    let mut notices = 0;
+    let mut seq = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut settle_until: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // After the storm, keep reading a little for notices still in flight.
+    while settle_until.is_none_or(|t| Instant::now() < t) {
+        assert!(Instant::now() < deadline, "the swarm run never ended");
+        tokio::select! {
+            _ = storm_over.changed(), if settle_until.is_none() => {
+                settle_until = Some(Instant::now() + Duration::from_millis(500));
+            }
+            _ = tick.tick() => {
+                seq += 1;
+                let dir = if seq % 20 < 10 { 1.0 } else { -1.0 };
+                client.walk(seq, dir, 0.0).await;
+            }
+            event = client.next_event(Duration::from_millis(100)) => match event {
+                Some(Event::Msg(ServerMsg::Notice(n))) => {
+                    assert_eq!(n.code, NoticeCode::RoomRestarted.as_u16());
+                    notices += 1;
+                }
+                Some(Event::Msg(ServerMsg::Error(e))) => panic!("error during the swarm: {e:?}"),
+                Some(Event::Msg(_)) | None => {}
+                Some(Event::Closed(code)) => panic!("session lost: {code:?}"),
+            },
+        }
+    }
+    client.send(ClientMsg::Ping(Ping { t: 7 })).await;
+    client
+        .expect("pong after the storm", |m| {
+            matches!(m, ServerMsg::Pong(_)).then_some(())
+        })
+        .await;
+    seq += 1;
+    client.walk(seq, 0.0, 1.0).await;
+    client
+        .expect("own move after the storm", |m| match m {
+            ServerMsg::Update(u) => u
+                .moved
+                .iter()
+                .find(|m| m.id == joined.you && m.seq == seq)
+                .copied(),
+            _ => None,
+        })
+        .await;
+    notices
+}
