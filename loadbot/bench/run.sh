@@ -62,6 +62,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 NOFILE=$(ulimit -n)
 read -r PORT_LO PORT_HI < /proc/sys/net/ipv4/ip_local_port_range
 echo "open files limit $NOFILE, ephemeral ports $PORT_LO-$PORT_HI ($((PORT_HI - PORT_LO + 1)))"
+echo "load average now: $(cut -d' ' -f1-3 /proc/loadavg) (other work skews every figure; see the last column)"
 if [ "$NOFILE" != unlimited ] && [ "$NOFILE" -lt 10100 ]; then
     echo "warning: ulimit -n is $NOFILE; the 10,000-bot scenarios will run out of descriptors" >&2
 fi
@@ -127,14 +128,18 @@ start_server() {
 # CPU seconds (utime + stime) of a process; USER_HZ is 100 on Linux.
 cpu_s() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+# Busy CPU seconds of the whole machine (user, nice, system, irq, softirq,
+# steal): what is left after the server and the loadbot is other work, which
+# skews every figure on a 2-core box.
+machine_busy_s() { awk '/^cpu / { printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / 100 }' /proc/stat; }
 
 secs() { python3 -c "import sys; print(f'{float(sys.argv[1]) * float(sys.argv[2]):g}s')" "$1" "$SCALE"; }
 
 RESULTS=$OUT/results.md
 NOTES=$OUT/notes.md
 : > "$NOTES"
-echo "| scenario | bots | rooms | joined | connect/join failures | msgs out/s | msgs in/s | rtt p50 ms | rtt p99 ms | rtt max ms | move->visible p99 ms | error frames | disconnects | server CPU (cores) | server RSS before -> peak MiB | loadbot CPU (cores) | loadbot RSS MiB |" > "$RESULTS"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" >> "$RESULTS"
+echo "| scenario | bots | rooms | joined | connect/join failures | msgs out/s | msgs in/s | rtt p50 ms | rtt p99 ms | rtt max ms | move->visible p99 ms | error frames | disconnects | server CPU (cores) | server RSS before -> peak MiB | loadbot CPU (cores) | loadbot RSS MiB | other processes' CPU (cores) |" > "$RESULTS"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" >> "$RESULTS"
 
 # run_case NAME LOADBOT-ARGS...: fresh shard, sample it, run the loadbot.
 run_case() {
@@ -146,6 +151,8 @@ run_case() {
     local rss0 cpu0 t0 samples=$OUT/$name.server.samples
     rss0=$(rss_kib "$SERVER_PID")
     cpu0=$(cpu_s "$SERVER_PID")
+    local busy0 busy1
+    busy0=$(machine_busy_s)
     t0=$(date +%s.%N)
     # Sample the server every second while the loadbot runs: t, RSS, CPU.
     (
@@ -181,6 +188,7 @@ EOF
     t1=$(date +%s.%N)
     cpu1=$(cpu_s "$SERVER_PID")
     rss1=$(rss_kib "$SERVER_PID")
+    busy1=$(machine_busy_s)
     kill "$sampler" 2>/dev/null || true
     wait "$sampler" 2>/dev/null || true
     stop_server
@@ -190,12 +198,12 @@ EOF
         tail -n 20 "$OUT/$name.loadbot.log" >&2
         return 0
     fi
-    python3 - "$name" "$OUT/$name.json" "$samples" "$rss0" "$rss1" "$cpu0" "$cpu1" "$t0" "$t1" \
+    python3 - "$name" "$OUT/$name.json" "$samples" "$rss0" "$rss1" "$cpu0" "$cpu1" "$t0" "$t1" "$busy0" "$busy1" \
         >> "$RESULTS" 2>> "$NOTES" <<'EOF'
 import json, sys
 name, path, samples = sys.argv[1:4]
 rss0, rss1 = int(sys.argv[4]), int(sys.argv[5])
-cpu0, cpu1, t0, t1 = map(float, sys.argv[6:10])
+cpu0, cpu1, t0, t1, busy0, busy1 = map(float, sys.argv[6:12])
 s = json.load(open(path))
 rows = []
 for line in open(samples):
@@ -212,7 +220,8 @@ print(f"| {name} | {s['bots']} | {c['rooms']} | {s['bots_joined']} | {fail} "
       f"| {s['rtt_ms']['p50']:.2f} | {s['rtt_ms']['p99']:.2f} | {s['rtt_ms']['max']:.1f} "
       f"| {s['move_visible_ms']['p99']:.1f} | {s['error_frames']} | {s['disconnects']} "
       f"| {cores:.2f} | {rss0/1024:.0f} -> {peak/1024:.0f} "
-      f"| {s['loadbot_cpu_pct']/100:.2f} | {s['loadbot_peak_rss_kib']/1024:.0f} |")
+      f"| {s['loadbot_cpu_pct']/100:.2f} | {s['loadbot_peak_rss_kib']/1024:.0f} "
+      f"| {max(busy1 - busy0 - (cpu1 - cpu0) - s['loadbot_cpu_s'], 0) / wall:.2f} |")
 notes = []
 if s["errors_by_code"]:
     notes.append(f"error frames by code {s['errors_by_code']}")
