@@ -19,6 +19,8 @@
 //! - [`config`]: the one configuration struct, its loading and validation.
 //! - [`http`]: demo page, `/healthz`, `/metrics`, admin calls.
 //! - [`metrics`]: metric names and the Prometheus recorder.
+//! - [`store`]: persistence: the Store trait, its redb and MongoDB
+//!   backends, and the persister (write-behind and write-through).
 //!
 //! A move, end to end: socket -> `Session` (size, decode, rate limit, state)
 //! -> `Room` mailbox (`try_send`) -> applied at the next tick -> each
@@ -38,6 +40,7 @@ pub mod room;
 pub mod seats;
 pub mod session;
 pub mod shard;
+pub mod store;
 
 pub use config::Config;
 pub use shard::{start, ShardHandle};

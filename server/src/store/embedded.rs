@@ -124,7 +124,10 @@ impl EmbeddedStore {
     /// open for writing.
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Backend(format!("cannot create store.embedded.dir {}: {e}", dir.display()))
+            StoreError::Backend(format!(
+                "cannot create store.embedded.dir {}: {e}",
+                dir.display()
+            ))
         })?;
         let path = dir.join(FILE_NAME);
         let db = redb::Builder::new()

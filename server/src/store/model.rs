@@ -474,7 +474,9 @@ pub fn migrate_player(doc: &mut Document, from: i32) -> Result<(), String> {
                                 Bson::Double(v) => *v,
                                 Bson::Int32(v) => f64::from(*v),
                                 Bson::Int64(v) => *v as f64,
-                                other => return Err(format!("pos.{axis} is not a number: {other}")),
+                                other => {
+                                    return Err(format!("pos.{axis} is not a number: {other}"))
+                                }
                             };
                             state.insert(axis, v);
                         }

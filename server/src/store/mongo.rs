@@ -28,14 +28,13 @@ use mongodb::options::{
 use mongodb::{Client, Collection, Database, IndexModel};
 
 use super::model::{
-    self, credit, decode_inventory, decode_player, decode_room, decode_trade, player_defaults, to_bson, to_document,
-    Adjust, Bundle, DurableAck, DurableOp, Inventory, PlayerProfile, Rejection, RoomState, Trade,
-    TradeRecord, TradeState, Volatile, VolatileKey, PLAYERS, PLAYER_SCHEMA, RECENT_OPS, ROOMS,
-    TRADES,
+    self, credit, decode_inventory, decode_player, decode_room, decode_trade, player_defaults,
+    to_bson, to_document, Adjust, Bundle, DurableAck, DurableOp, Inventory, PlayerProfile,
+    Rejection, RoomState, Trade, TradeRecord, TradeState, Volatile, VolatileKey, PLAYERS,
+    PLAYER_SCHEMA, RECENT_OPS, ROOMS, TRADES,
 };
 use super::{
-    metric, report_bad, unix_ms, BatchReport, MongoConfig, OpError, Store, StoreError,
-    StoreFuture,
+    metric, report_bad, unix_ms, BatchReport, MongoConfig, OpError, Store, StoreError, StoreFuture,
 };
 
 /// Finished trades stay in the ledger this long (for idempotent retries and
@@ -198,7 +197,10 @@ impl MongoStore {
             )
             .build();
         self.trades()
-            .create_indexes([index(doc! { "state": 1, "updated_ms": 1 }, "state_updated"), ttl])
+            .create_indexes([
+                index(doc! { "state": 1, "updated_ms": 1 }, "state_updated"),
+                ttl,
+            ])
             .await
             .map_err(classify)?;
         Ok(())
@@ -356,7 +358,12 @@ impl MongoStore {
 
     /// Phase 2 of a trade: take what `player` gives, mark the trade pending
     /// on them. Returns their inventory after the debit.
-    async fn debit_side(&self, tid: &str, player: &str, gives: &Bundle) -> Result<Inventory, OpError> {
+    async fn debit_side(
+        &self,
+        tid: &str,
+        player: &str,
+        gives: &Bundle,
+    ) -> Result<Inventory, OpError> {
         for _ in 0..MAX_ATTEMPTS {
             let mut filter = doc! {
                 "_id": player,
@@ -440,7 +447,10 @@ impl MongoStore {
         }
         let r = self
             .trades()
-            .update_one(doc! { "_id": tid, "state": to_bson(&from) }, doc! { "$set": set })
+            .update_one(
+                doc! { "_id": tid, "state": to_bson(&from) },
+                doc! { "$set": set },
+            )
             .await
             .map_err(classify)?;
         Ok(r.matched_count == 1)
@@ -472,7 +482,10 @@ impl MongoStore {
         Ok([a, b])
     }
 
-    async fn inventories_of(&self, players: [&str; 2]) -> Result<Vec<(String, Inventory)>, StoreError> {
+    async fn inventories_of(
+        &self,
+        players: [&str; 2],
+    ) -> Result<Vec<(String, Inventory)>, StoreError> {
         let mut out = Vec::new();
         for id in players {
             if let Some(p) = self.read_player(id).await? {
@@ -496,7 +509,9 @@ impl MongoStore {
                 }
                 match existing.state {
                     TradeState::Cancelled => {
-                        return Err(OpError::Rejected(Rejection::TradeCancelled(existing.reason)))
+                        return Err(OpError::Rejected(Rejection::TradeCancelled(
+                            existing.reason,
+                        )))
                     }
                     TradeState::Done => {
                         return Ok(Self::ack(self.inventories_of([&t.a, &t.b]).await?, true))
@@ -522,10 +537,12 @@ impl MongoStore {
         let (mut inv_a, mut inv_b) = match debits.await {
             Ok(debited) => debited,
             Err(OpError::Rejected(why)) => {
-                self.cancel(&record, &why.to_string()).await.map_err(in_doubt)?;
+                self.cancel(&record, &why.to_string())
+                    .await
+                    .map_err(in_doubt)?;
                 return Err(OpError::Rejected(why));
             }
-            Err(OpError::Store(e)) => return Err(in_doubt(e)),
+            Err(e @ (OpError::Store(_) | OpError::InDoubt(_))) => return Err(in_doubt(e)),
         };
         let committed = self
             .set_trade_state(&t.id, TradeState::Pending, TradeState::Applied, "")
@@ -619,8 +636,16 @@ impl MongoStore {
             let Some(r) = self.load_trade_record(&tid).await? else {
                 continue;
             };
-            let gave = if player == r.a { &r.a_gives } else { &r.b_gives };
-            let receives = if player == r.a { &r.b_gives } else { &r.a_gives };
+            let gave = if player == r.a {
+                &r.a_gives
+            } else {
+                &r.b_gives
+            };
+            let receives = if player == r.a {
+                &r.b_gives
+            } else {
+                &r.a_gives
+            };
             let done = match r.state {
                 TradeState::Cancelled => self.credit_side(&tid, &player, gave).await?,
                 TradeState::Done => self.credit_side(&tid, &player, receives).await?,

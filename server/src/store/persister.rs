@@ -51,8 +51,8 @@ use tokio::sync::{oneshot, watch, Notify, Semaphore};
 
 use super::embedded::EmbeddedStore;
 use super::model::{
-    DecodeError, DurableAck, DurableOp, PlayerProfile, PlayerState, Rejection, RoomState,
-    Volatile, VolatileKey,
+    DecodeError, DurableAck, DurableOp, PlayerProfile, PlayerState, Rejection, RoomState, Volatile,
+    VolatileKey,
 };
 use super::{metric, Backend, OpError, Store, StoreConfig, StoreError};
 
@@ -388,9 +388,12 @@ impl PersisterHandle {
             let generation = inner.flush_requested.fetch_add(1, Ordering::SeqCst) + 1;
             inner.wake.notify_one();
             let after = Duration::from_millis(inner.config.flush_timeout_ms);
-            match tokio::time::timeout(after, done_rx.wait_for(|done| *done >= generation)).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(_)) => Err(FlushError::ShutDown),
+            let done = tokio::time::timeout(after, done_rx.wait_for(|done| *done >= generation))
+                .await
+                .map(|r| r.is_ok());
+            match done {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(FlushError::ShutDown),
                 Err(_) => Err(FlushError::Timeout {
                     after,
                     dirty_keys: inner.dirty_keys(),
@@ -470,7 +473,9 @@ impl PersisterHandle {
                 return Ok(Some(room));
             }
             inner
-                .call(move |store| async move { store.load_room(map).await.map_err(OpError::Store) })
+                .call(
+                    move |store| async move { store.load_room(map).await.map_err(OpError::Store) },
+                )
                 .await
         }
     }
@@ -704,7 +709,8 @@ async fn run(
     };
     recover_trades(&inner, &store).await;
     let mut next_recovery = Instant::now() + RECOVERY_EVERY;
-    let mut tick = tokio::time::interval(inner.config.flush_interval());
+    let period = inner.config.flush_interval();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut backoff = Backoff::new(&inner.config);
     let mut retry_at: Option<tokio::time::Instant> = None;

@@ -1,0 +1,800 @@
+//! One conformance suite, run against both store backends: the embedded
+//! store (redb) and MongoDB (SecantusDB on an ephemeral loopback port,
+//! started and stopped by each test; `scripts/secantus.sh` installs it).
+//!
+//! Every check of what was stored reads through a *fresh* handle (a new
+//! Mongo client, a read-only redb handle), never the persister's memory.
+
+mod store_support;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use mongodb::bson::doc;
+use server::store::model::{PLAYERS, PLAYER_SCHEMA, ROOMS};
+use server::store::{
+    Adjust, Bundle, DurableError, DurableOp, GroundItem, PlayerState, Rejection, RoomState, Stats,
+    Trade, TradeState,
+};
+use store_support::{init_tracing, Fixture, Kind};
+
+/// A case that runs longer than this fails (every wait inside is bounded
+/// too; this is the backstop).
+const CASE_LIMIT: Duration = Duration::from_secs(120);
+
+fn run<F, Fut>(kind: Kind, case: F)
+where
+    F: FnOnce(Fixture) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    init_tracing();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    rt.block_on(async {
+        let fx = Fixture::new(kind);
+        tokio::time::timeout(CASE_LIMIT, case(fx))
+            .await
+            .expect("the case finished within its time limit");
+    });
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(#[test]
+            fn $case() {
+                super::run(super::Kind::Embedded, super::cases::$case)
+            })*
+        }
+        mod mongo {
+            $(#[test]
+            fn $case() {
+                super::run(super::Kind::Mongo, super::cases::$case)
+            })*
+        }
+    };
+}
+
+conformance!(
+    round_trips,
+    migrations_and_bad_documents,
+    coalescing,
+    write_through,
+    trades,
+    outage,
+    shutdown_flush,
+    shutdown_deadline,
+);
+
+fn state(map: &str, x: f32) -> PlayerState {
+    PlayerState {
+        map: map.into(),
+        x,
+        y: -x / 2.0,
+        facing: 1.25,
+        stats: Stats {
+            hp: 80,
+            max_hp: 100,
+            energy: 5,
+            max_energy: 50,
+        },
+    }
+}
+
+fn adjust(op_id: &str, player: &str, currency: i64) -> DurableOp {
+    DurableOp::Adjust(Adjust {
+        op_id: op_id.into(),
+        player: player.into(),
+        currency,
+        ..Adjust::default()
+    })
+}
+
+fn items(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+mod cases {
+    use super::*;
+
+    /// Every document type goes in and comes back the same.
+    pub async fn round_trips(mut fx: Fixture) {
+        let p = fx.persister(fx.config()).await;
+        let fresh_profile = p.load_profile("ada", "Ada").await.unwrap();
+        assert_eq!(fresh_profile.name, "Ada");
+        assert_eq!(fresh_profile.v, PLAYER_SCHEMA);
+        assert_eq!(fresh_profile.inventory.currency, 0);
+        // Loading again does not reset anything.
+        let again = p.load_profile("ada", "Someone else").await.unwrap();
+        assert_eq!(again, fresh_profile);
+
+        let ack = p
+            .durable(DurableOp::Adjust(Adjust {
+                op_id: "grant-1".into(),
+                player: "ada".into(),
+                currency: 250,
+                items: items(&[("sword", 1), ("potion", 3)]),
+                progress: items(&[("quest-intro", 2)]),
+            }))
+            .await
+            .unwrap();
+        assert_eq!(ack.inventory("ada").unwrap().currency, 250);
+        p.player_state("ada", state("arena", 42.5));
+        let room = RoomState {
+            items: vec![
+                GroundItem {
+                    id: "g1".into(),
+                    kind: "potion".into(),
+                    count: 2,
+                    x: 10.0,
+                    y: 20.5,
+                },
+                GroundItem {
+                    id: "g2".into(),
+                    kind: "sword".into(),
+                    count: 1,
+                    x: 0.0,
+                    y: 999.0,
+                },
+            ],
+            ..RoomState::new("arena")
+        };
+        p.room_state(room.clone());
+        p.flush().await.unwrap();
+
+        let fresh = fx.fresh().await;
+        let stored = fresh.load_player("ada".into()).await.unwrap().unwrap();
+        assert_eq!(stored.name, "Ada");
+        assert_eq!(stored.state, state("arena", 42.5));
+        assert_eq!(stored.inventory.currency, 250);
+        assert_eq!(
+            stored.inventory.items,
+            items(&[("potion", 3), ("sword", 1)])
+        );
+        assert_eq!(stored.progress, items(&[("quest-intro", 2)]));
+        assert_eq!(stored.recent_ops, vec!["grant-1".to_string()]);
+        assert_eq!(
+            fresh.load_room("arena".into()).await.unwrap(),
+            Some(room.clone())
+        );
+        assert_eq!(fresh.load_rooms().await.unwrap(), vec![room]);
+        assert_eq!(fresh.load_room("nowhere".into()).await.unwrap(), None);
+        assert_eq!(fresh.load_player("nobody".into()).await.unwrap(), None);
+
+        // A volatile write for a player never loaded creates a whole
+        // profile (no partial documents).
+        p.player_state("walker", state("plains", 1.0));
+        p.flush().await.unwrap();
+        let walker = fresh.load_player("walker".into()).await.unwrap().unwrap();
+        assert_eq!(walker.state, state("plains", 1.0));
+        assert_eq!(walker.inventory.currency, 0);
+
+        // Indexes are created idempotently: preparing again is harmless.
+        let store = p.store().unwrap();
+        store.prepare().await.unwrap();
+        store.prepare().await.unwrap();
+        let report = p.shutdown(Duration::from_secs(5)).await;
+        assert!(!report.deadline_hit, "{report:?}");
+    }
+
+    /// Old documents are migrated (and written back); bad and unknown ones
+    /// are reported with their id and skipped.
+    pub async fn migrations_and_bad_documents(mut fx: Fixture) {
+        let p = fx.persister(fx.config()).await;
+        let store = p.store().unwrap();
+        store
+            .put_raw(
+                PLAYERS,
+                doc! {
+                    "_id": "old-timer", "name": "Bob", "gold": 42_i32,
+                    "items": ["potion", "potion", "shield"],
+                    "map": "lobby", "pos": { "x": 3.0, "y": 4.0 },
+                },
+            )
+            .await
+            .unwrap();
+        store
+            .put_raw(PLAYERS, doc! { "_id": "broken", "v": 2, "name": 7 })
+            .await
+            .unwrap();
+        store
+            .put_raw(
+                PLAYERS,
+                doc! { "_id": "from-the-future", "v": 99, "name": "x" },
+            )
+            .await
+            .unwrap();
+        store
+            .put_raw(ROOMS, doc! { "_id": "junk", "v": 1, "items": "not a list" })
+            .await
+            .unwrap();
+        store
+            .put_raw(ROOMS, doc! { "_id": "future", "v": 7 })
+            .await
+            .unwrap();
+        p.room_state(RoomState::new("lobby"));
+        p.flush().await.unwrap();
+
+        let bob = p.load_profile("old-timer", "ignored").await.unwrap();
+        assert_eq!(bob.v, PLAYER_SCHEMA);
+        assert_eq!(bob.name, "Bob");
+        assert_eq!(bob.inventory.currency, 42);
+        assert_eq!(bob.inventory.items, items(&[("potion", 2), ("shield", 1)]));
+        assert_eq!(
+            (bob.state.map.as_str(), bob.state.x, bob.state.y),
+            ("lobby", 3.0, 4.0)
+        );
+        // Written back in the new schema: durable ops work on it.
+        let ack = p.durable(adjust("spend", "old-timer", -40)).await.unwrap();
+        assert_eq!(ack.inventory("old-timer").unwrap().currency, 2);
+        let fresh = fx.fresh().await;
+        assert_eq!(
+            fresh
+                .load_player("old-timer".into())
+                .await
+                .unwrap()
+                .unwrap()
+                .v,
+            PLAYER_SCHEMA
+        );
+
+        for id in ["broken", "from-the-future"] {
+            match p.load_profile(id, "x").await {
+                Err(DurableError::BadDocument(e)) => assert_eq!(e.id, id),
+                other => panic!("{id}: expected a bad document error, got {other:?}"),
+            }
+        }
+        // Bad rooms are skipped, the good one is read.
+        let rooms = fresh.load_rooms().await.unwrap();
+        assert_eq!(rooms, vec![RoomState::new("lobby")]);
+        // Nothing crashed: the persister still works.
+        p.player_state("old-timer", state("arena", 5.0));
+        p.flush().await.unwrap();
+        assert!(p.healthy());
+        p.shutdown(Duration::from_secs(5)).await;
+    }
+
+    /// 1,000 updates of one key within an interval become at most a few
+    /// writes, and the last one is what is stored.
+    pub async fn coalescing(mut fx: Fixture) {
+        let config = server::store::StoreConfig {
+            flush_interval_ms: 1_000,
+            ..fx.config()
+        };
+        let p = fx.persister(config).await;
+        p.flush().await.unwrap();
+        let before = p.stats();
+        for i in 0..1_000 {
+            p.player_state("hot", state("arena", i as f32));
+        }
+        // Many keys: the dirty map stays bounded by the number of keys.
+        for round in 0..20 {
+            for k in 0..50 {
+                p.player_state(&format!("p{k}"), state("plains", round as f32));
+            }
+            assert!(p.dirty_keys() <= 51, "dirty keys {}", p.dirty_keys());
+        }
+        p.flush().await.unwrap();
+        let after = p.stats();
+        assert_eq!(after.volatile_updates - before.volatile_updates, 2_000);
+        let writes = after.volatile_written - before.volatile_written;
+        assert!(
+            (51..=51 * 3).contains(&writes),
+            "2,000 updates of 51 keys took {writes} writes"
+        );
+        let fresh = fx.fresh().await;
+        let hot = fresh.load_player("hot".into()).await.unwrap().unwrap();
+        assert_eq!(hot.state.x, 999.0);
+        let p7 = fresh.load_player("p7".into()).await.unwrap().unwrap();
+        assert_eq!(p7.state.x, 19.0);
+        p.shutdown(Duration::from_secs(5)).await;
+    }
+
+    /// A durable op is acknowledged only once a fresh handle can read it; a
+    /// refused one changes nothing; a retried one applies once.
+    pub async fn write_through(mut fx: Fixture) {
+        let config = server::store::StoreConfig {
+            // No volatile flush can make the durable write visible.
+            flush_interval_ms: 600_000,
+            ..fx.config()
+        };
+        let p = fx.persister(config).await;
+        p.load_profile("cara", "Cara").await.unwrap();
+        let fresh = fx.fresh().await;
+
+        let ack = p.durable(adjust("pay-1", "cara", 100)).await.unwrap();
+        assert!(!ack.replayed);
+        let stored = fresh.load_player("cara".into()).await.unwrap().unwrap();
+        assert_eq!(
+            stored.inventory.currency, 100,
+            "acknowledged but not stored"
+        );
+
+        match p.durable(adjust("pay-2", "cara", -101)).await {
+            Err(DurableError::Rejected(Rejection::Insufficient { player, what })) => {
+                assert_eq!((player.as_str(), what.as_str()), ("cara", "currency"));
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let take_missing = DurableOp::Adjust(Adjust {
+            op_id: "take-sword".into(),
+            player: "cara".into(),
+            currency: 50,
+            items: items(&[("sword", -1)]),
+            ..Adjust::default()
+        });
+        assert!(matches!(
+            p.durable(take_missing).await,
+            Err(DurableError::Rejected(Rejection::Insufficient { .. }))
+        ));
+        let stored = fresh.load_player("cara".into()).await.unwrap().unwrap();
+        assert_eq!(stored.inventory.currency, 100, "a refused op changed state");
+
+        let replay = p.durable(adjust("pay-1", "cara", 100)).await.unwrap();
+        assert!(replay.replayed);
+        assert_eq!(replay.inventory("cara").unwrap().currency, 100);
+        assert!(matches!(
+            p.durable(adjust("x", "nobody", 1)).await,
+            Err(DurableError::Rejected(Rejection::NoSuchPlayer(_)))
+        ));
+        assert!(matches!(
+            p.durable(DurableOp::Adjust(Adjust {
+                op_id: "bad".into(),
+                player: "cara".into(),
+                items: items(&[("a.b", 1)]),
+                ..Adjust::default()
+            }))
+            .await,
+            Err(DurableError::Invalid(_))
+        ));
+
+        // Concurrent ops on one player lose nothing.
+        let ops: Vec<_> = (0..20)
+            .map(|i| p.durable(adjust(&format!("c{i}"), "cara", 1)))
+            .collect();
+        for r in futures_util::future::join_all(ops).await {
+            r.unwrap();
+        }
+        let stored = fresh.load_player("cara".into()).await.unwrap().unwrap();
+        assert_eq!(stored.inventory.currency, 120);
+        assert_eq!(p.stats().volatile_written, 0);
+        p.shutdown(Duration::from_secs(5)).await;
+    }
+
+    /// A trade is both sides or neither, and idempotent by id.
+    pub async fn trades(mut fx: Fixture) {
+        let p = fx.persister(fx.config()).await;
+        for (id, gold, item) in [("ann", 100, "gem"), ("ben", 10, "sword")] {
+            p.load_profile(id, id).await.unwrap();
+            p.durable(DurableOp::Adjust(Adjust {
+                op_id: format!("seed-{id}"),
+                player: id.into(),
+                currency: gold,
+                items: items(&[(item, 2)]),
+                ..Adjust::default()
+            }))
+            .await
+            .unwrap();
+        }
+        let trade = |id: &str, ann_gold: i64, ben_swords: i64| Trade {
+            id: id.into(),
+            a: "ann".into(),
+            b: "ben".into(),
+            a_gives: Bundle {
+                currency: ann_gold,
+                items: BTreeMap::new(),
+            },
+            b_gives: Bundle {
+                currency: 0,
+                items: items(&[("sword", ben_swords)]),
+            },
+        };
+        let ack = p
+            .durable(DurableOp::Trade(trade("t1", 30, 1)))
+            .await
+            .unwrap();
+        let ann = ack.inventory("ann").unwrap();
+        let ben = ack.inventory("ben").unwrap();
+        assert_eq!((ann.currency, ann.items.get("sword")), (70, Some(&1)));
+        assert_eq!((ben.currency, ben.items.get("sword")), (40, Some(&1)));
+
+        let fresh = fx.fresh().await;
+        let check = |want_ann: (i64, i64), want_ben: (i64, i64)| {
+            let fresh = fresh.clone();
+            async move {
+                let a = fresh.load_player("ann".into()).await.unwrap().unwrap();
+                let b = fresh.load_player("ben".into()).await.unwrap().unwrap();
+                let swords = |p: &server::store::PlayerProfile| {
+                    p.inventory.items.get("sword").copied().unwrap_or(0)
+                };
+                assert_eq!((a.inventory.currency, swords(&a)), want_ann);
+                assert_eq!((b.inventory.currency, swords(&b)), want_ben);
+                assert!(a.pending_trades.is_empty() && b.pending_trades.is_empty());
+            }
+        };
+        check((70, 1), (40, 1)).await;
+        let record = fresh.load_trade("t1".into()).await.unwrap().unwrap();
+        assert_eq!(record.state, TradeState::Done);
+
+        // Ben has one sword left: a trade for two fails on his side after
+        // Ann's side could be taken. Neither side changes.
+        match p.durable(DurableOp::Trade(trade("t2", 10, 2))).await {
+            Err(DurableError::Rejected(Rejection::Insufficient { player, .. })) => {
+                assert_eq!(player, "ben")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        check((70, 1), (40, 1)).await;
+        // Retries of a trade get the first outcome.
+        let replay = p
+            .durable(DurableOp::Trade(trade("t1", 30, 1)))
+            .await
+            .unwrap();
+        assert!(replay.replayed);
+        assert!(matches!(
+            p.durable(DurableOp::Trade(trade("t2", 10, 2))).await,
+            Err(DurableError::Rejected(Rejection::TradeCancelled(_)))
+        ));
+        assert!(matches!(
+            p.durable(DurableOp::Trade(trade("t1", 31, 1))).await,
+            Err(DurableError::Rejected(Rejection::TradeIdReused(_)))
+        ));
+        check((70, 1), (40, 1)).await;
+        assert!(matches!(
+            p.durable(DurableOp::Trade(Trade {
+                b: "nobody".into(),
+                ..trade("t3", 1, 1)
+            }))
+            .await,
+            Err(DurableError::Rejected(Rejection::NoSuchPlayer(_)))
+        ));
+        check((70, 1), (40, 1)).await;
+
+        // Concurrent trades and adjustments keep the totals.
+        let mut ops = Vec::new();
+        for i in 0..10 {
+            let t = Trade {
+                b_gives: Bundle::default(),
+                ..trade(&format!("c{i}"), 1, 1)
+            };
+            ops.push(p.durable(DurableOp::Trade(t)));
+            ops.push(p.durable(adjust(&format!("tip{i}"), "ben", 1)));
+        }
+        for r in futures_util::future::join_all(ops).await {
+            r.unwrap();
+        }
+        check((60, 1), (60, 1)).await;
+        p.shutdown(Duration::from_secs(5)).await;
+    }
+
+    /// The store goes away (hangs, then refuses connections) while updates
+    /// keep coming: nothing blocks, durable writes fail fast, and after it
+    /// returns every acknowledged write and the latest volatile state are
+    /// stored.
+    pub async fn outage(mut fx: Fixture) {
+        let config = fx.config();
+        let durable_timeout = config.durable_timeout();
+        let p = fx.persister(config).await;
+        p.load_profile("dora", "Dora").await.unwrap();
+        let mut acked = 0_i64;
+        let mut in_doubt = Vec::new();
+        let mut unsent = Vec::new();
+        let mut next_op = 0;
+        let mut latest = BTreeMap::new();
+        let mut slowest_volatile = Duration::ZERO;
+
+        let durable = |p: &server::store::Persister, next_op: &mut usize| {
+            *next_op += 1;
+            let id = format!("op{next_op}");
+            (id.clone(), p.durable(adjust(&id, "dora", 1)))
+        };
+
+        // Healthy: a few acknowledged writes.
+        for _ in 0..3 {
+            let (_, op) = durable(&p, &mut next_op);
+            op.await.unwrap();
+            acked += 1;
+        }
+        type Switch = fn(&mut Fixture);
+        let outages: [(&str, Switch, Switch); 2] = [
+            ("hang", Fixture::outage_begin, Fixture::outage_end),
+            ("crash", Fixture::crash_begin, Fixture::crash_end),
+        ];
+        for (outage, begin, end) in outages {
+            tracing::info!("outage test: {outage}");
+            begin(&mut fx);
+            let down_at = Instant::now();
+            let mut tick = 0_u32;
+            // About 3 s of traffic with the store down.
+            while down_at.elapsed() < Duration::from_secs(3) {
+                tick += 1;
+                let t0 = Instant::now();
+                for k in 0..20 {
+                    let x = (tick * 100 + k) as f32;
+                    p.player_state(&format!("mover{k}"), state("plains", x));
+                    latest.insert(format!("mover{k}"), x);
+                }
+                slowest_volatile = slowest_volatile.max(t0.elapsed());
+                if tick % 10 == 0 {
+                    let (id, op) = durable(&p, &mut next_op);
+                    let t0 = Instant::now();
+                    let result = op.await;
+                    let took = t0.elapsed();
+                    match result {
+                        Ok(_) => acked += 1,
+                        Err(DurableError::Unavailable(_)) => {
+                            assert!(
+                                took < durable_timeout + Duration::from_millis(500),
+                                "a durable write took {took:?} to fail"
+                            );
+                            unsent.push(id);
+                        }
+                        Err(DurableError::InDoubt(_)) => {
+                            assert!(
+                                took < durable_timeout + Duration::from_millis(1_000),
+                                "a durable write took {took:?} to time out"
+                            );
+                            in_doubt.push(id);
+                        }
+                        Err(other) => panic!("unexpected error in an outage: {other:?}"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(!p.healthy(), "{outage}: the store should be marked down");
+            // Fail fast now that it is known to be down.
+            let (id, op) = durable(&p, &mut next_op);
+            let t0 = Instant::now();
+            let result = op.await;
+            assert!(
+                matches!(result, Err(DurableError::Unavailable(_))),
+                "{outage}: {result:?}"
+            );
+            assert!(
+                t0.elapsed() < Duration::from_millis(100),
+                "{outage}: failing fast took {:?}",
+                t0.elapsed()
+            );
+            unsent.push(id);
+            // A flush cannot complete while the store is down.
+            let flushed = tokio::time::timeout(Duration::from_millis(200), p.flush()).await;
+            assert!(
+                !matches!(flushed, Ok(Ok(()))),
+                "{outage}: flushed while down"
+            );
+            end(&mut fx);
+            tracing::info!("outage test: {outage} over");
+            // Back: the persister notices within its backoff.
+            let back_at = Instant::now();
+            while !p.healthy() {
+                assert!(
+                    back_at.elapsed() < Duration::from_secs(20),
+                    "{outage}: the store never came back"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tracing::info!(
+                "outage test: {outage}: healthy again {:?} after the store returned",
+                back_at.elapsed()
+            );
+            let (_, op) = durable(&p, &mut next_op);
+            op.await.unwrap();
+            acked += 1;
+        }
+        assert!(
+            slowest_volatile < Duration::from_millis(50),
+            "volatile writes blocked for {slowest_volatile:?}"
+        );
+        assert!(!unsent.is_empty());
+        p.flush().await.unwrap();
+        assert_eq!(p.dirty_keys(), 0);
+
+        let fresh = fx.fresh().await;
+        let dora = fresh.load_player("dora".into()).await.unwrap().unwrap();
+        let doubtful_applied = in_doubt
+            .iter()
+            .filter(|id| dora.recent_ops.contains(id))
+            .count() as i64;
+        for id in &unsent {
+            assert!(
+                !dora.recent_ops.contains(id),
+                "{id} failed as unavailable but was applied"
+            );
+        }
+        assert_eq!(
+            dora.inventory.currency,
+            acked + doubtful_applied,
+            "acknowledged {acked}, in doubt {in_doubt:?}, applied of those {doubtful_applied}"
+        );
+        for (id, x) in &latest {
+            let stored = fresh.load_player(id.clone()).await.unwrap().unwrap();
+            assert_eq!(stored.state.x, *x, "{id}: latest state lost");
+        }
+        assert!(p.stats().flush_failures > 0);
+        p.shutdown(Duration::from_secs(5)).await;
+    }
+
+    /// Shutdown writes everything dirty before it returns.
+    pub async fn shutdown_flush(mut fx: Fixture) {
+        let config = server::store::StoreConfig {
+            flush_interval_ms: 600_000,
+            ..fx.config()
+        };
+        let p = fx.persister(config).await;
+        for round in 0..5 {
+            for k in 0..200 {
+                p.player_state(&format!("s{k}"), state("lobby", (round * 1_000 + k) as f32));
+            }
+        }
+        p.room_state(RoomState::new("lobby"));
+        assert_eq!(p.stats().volatile_written, 0);
+        let report = p.shutdown(Duration::from_secs(10)).await;
+        assert!(!report.deadline_hit, "{report:?}");
+        assert_eq!(report.left_dirty, 0);
+        assert_eq!(report.flushed, 201);
+        let fresh = fx.fresh().await;
+        for k in [0, 99, 199] {
+            let s = fresh.load_player(format!("s{k}")).await.unwrap().unwrap();
+            assert_eq!(s.state.x, (4_000 + k) as f32);
+        }
+        assert!(fresh.load_room("lobby".into()).await.unwrap().is_some());
+    }
+
+    /// With the store down, shutdown gives up at its deadline and says so.
+    pub async fn shutdown_deadline(mut fx: Fixture) {
+        let p = fx.persister(fx.config()).await;
+        p.player_state("late", state("lobby", 1.0));
+        p.flush().await.unwrap();
+        fx.outage_begin();
+        p.player_state("late", state("lobby", 2.0));
+        let t0 = Instant::now();
+        let report = p.shutdown(Duration::from_millis(800)).await;
+        let took = t0.elapsed();
+        fx.outage_end();
+        assert!(report.deadline_hit, "{report:?}");
+        assert_eq!(report.left_dirty, 1);
+        assert!(took < Duration::from_secs(4), "shutdown took {took:?}");
+    }
+}
+
+mod mongodb_only {
+    use super::*;
+    use server::store::mongo::MongoStore;
+    use server::store::{Persister, Store, StoreConfig};
+    use store_support::{free_port, uri, Secantus};
+
+    /// A store that is not up yet is retried, not fatal; meanwhile durable
+    /// writes fail fast and volatile ones queue, then are written.
+    #[test]
+    fn starts_before_the_store_is_reachable() {
+        run(Kind::Embedded, |fx| async move {
+            let port = free_port();
+            let mut config = StoreConfig {
+                backend: server::store::Backend::Mongodb,
+                ..fx.config()
+            };
+            config.mongodb.uri = uri(port);
+            config.mongodb.database = "late_start".into();
+            config.mongodb.server_selection_timeout_ms = 300;
+            let p = Persister::start(config.clone()).unwrap();
+            p.player_state("early", state("lobby", 7.0));
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            assert!(!p.ready());
+            let t0 = Instant::now();
+            assert!(matches!(
+                p.durable(adjust("e1", "early", 1)).await,
+                Err(DurableError::Unavailable(_))
+            ));
+            assert!(t0.elapsed() < Duration::from_millis(100));
+            let _db = Secantus::start_on(port);
+            assert!(
+                p.wait_ready(Duration::from_secs(20)).await,
+                "never connected"
+            );
+            p.flush().await.unwrap();
+            let fresh = MongoStore::connect(&config.mongodb).await.unwrap();
+            let early = fresh.load_player("early".into()).await.unwrap().unwrap();
+            assert_eq!(early.state.x, 7.0);
+            p.shutdown(Duration::from_secs(5)).await;
+        });
+    }
+
+    /// Half-done trades (a shard died between steps) are rolled back before
+    /// the commit and forward after it.
+    #[test]
+    fn trade_recovery_settles_half_done_trades() {
+        run(Kind::Mongo, |fx| async move {
+            let config = fx.config();
+            let store = MongoStore::connect(&config.mongodb).await.unwrap();
+            store.prepare().await.unwrap();
+            for (id, gold) in [("a", 50), ("b", 50)] {
+                store
+                    .load_or_create_player(id.into(), id.into())
+                    .await
+                    .unwrap();
+                store
+                    .apply(adjust(&format!("seed-{id}"), id, gold))
+                    .await
+                    .unwrap();
+            }
+            let db = store.client().database(&config.mongodb.database);
+            let players = db.collection::<mongodb::bson::Document>(PLAYERS);
+            let trades = db.collection::<mongodb::bson::Document>("trades");
+            let trade_doc = |id: &str, state: &str| {
+                doc! {
+                    "_id": id, "v": 1, "state": state, "a": "a", "b": "b",
+                    "a_gives": { "currency": 10_i64, "items": {} },
+                    "b_gives": { "currency": 5_i64, "items": {} },
+                    "reason": "", "created_ms": 0_i64, "updated_ms": 0_i64,
+                }
+            };
+            // Died after debiting a, before the commit.
+            trades
+                .insert_one(trade_doc("dead-1", "pending"))
+                .await
+                .unwrap();
+            players
+                .update_one(
+                    doc! { "_id": "a" },
+                    doc! { "$inc": { "inventory.currency": -10_i64 }, "$push": { "pending_trades": "dead-1" } },
+                )
+                .await
+                .unwrap();
+            // Died after the commit, before crediting.
+            trades
+                .insert_one(trade_doc("dead-2", "applied"))
+                .await
+                .unwrap();
+            players
+                .update_one(
+                    doc! { "_id": "a" },
+                    doc! { "$inc": { "inventory.currency": -10_i64 }, "$push": { "pending_trades": "dead-2" } },
+                )
+                .await
+                .unwrap();
+            players
+                .update_one(
+                    doc! { "_id": "b" },
+                    doc! { "$inc": { "inventory.currency": -5_i64 }, "$push": { "pending_trades": "dead-2" } },
+                )
+                .await
+                .unwrap();
+            // A young pending trade (another shard may be running it) is left alone.
+            let mut young = trade_doc("young", "pending");
+            young.insert("updated_ms", server_now_ms());
+            trades.insert_one(young).await.unwrap();
+
+            let settled = store.recover_trades(Duration::from_secs(30)).await.unwrap();
+            assert_eq!(settled, 2);
+            let a = store.load_player("a".into()).await.unwrap().unwrap();
+            let b = store.load_player("b".into()).await.unwrap().unwrap();
+            // dead-1 rolled back; dead-2 completed: a 50-10+5, b 50-5+10.
+            assert_eq!(a.inventory.currency, 45);
+            assert_eq!(b.inventory.currency, 55);
+            assert!(a.pending_trades.is_empty() && b.pending_trades.is_empty());
+            let state = |id: &str| {
+                let store = &store;
+                let id = id.to_string();
+                async move { store.load_trade(id).await.unwrap().unwrap().state }
+            };
+            assert_eq!(state("dead-1").await, TradeState::Cancelled);
+            assert_eq!(state("dead-2").await, TradeState::Done);
+            assert_eq!(state("young").await, TradeState::Pending);
+            // Idempotent.
+            assert_eq!(
+                store.recover_trades(Duration::from_secs(30)).await.unwrap(),
+                0
+            );
+        });
+    }
+
+    fn server_now_ms() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    }
+}
