@@ -360,6 +360,14 @@ mod cases {
         }
         let stored = fresh.load_player("cara".into()).await.unwrap().unwrap();
         assert_eq!(stored.inventory.currency, 120);
+        // The ids kept for idempotency are bounded.
+        for i in 0..50 {
+            p.durable(adjust(&format!("s{i}"), "cara", 1)).await.unwrap();
+        }
+        let stored = fresh.load_player("cara".into()).await.unwrap().unwrap();
+        assert_eq!(stored.inventory.currency, 170);
+        assert_eq!(stored.recent_ops.len(), server::store::model::RECENT_OPS);
+        assert_eq!(stored.recent_ops.last().map(String::as_str), Some("s49"));
         assert_eq!(p.stats().volatile_written, 0);
         p.shutdown(Duration::from_secs(5)).await;
     }
@@ -657,6 +665,70 @@ mod cases {
         assert!(report.deadline_hit, "{report:?}");
         assert_eq!(report.left_dirty, 1);
         assert!(took < Duration::from_secs(4), "shutdown took {took:?}");
+    }
+}
+
+/// The persister's own logic, over the embedded store behind a switch.
+mod persister_logic {
+    use super::*;
+    use server::store::VolatileKey;
+
+    /// A document the store refuses is reported and dropped; the others in
+    /// its batch are written, and flushing goes on.
+    #[test]
+    fn a_refused_document_does_not_hold_back_its_batch() {
+        run(Kind::Embedded, |mut fx| async move {
+            let p = fx.persister(fx.config()).await;
+            fx.faults
+                .as_ref()
+                .unwrap()
+                .refuse(VolatileKey::Player("poison".into()));
+            for k in 0..10 {
+                p.player_state(&format!("ok{k}"), state("lobby", k as f32));
+            }
+            p.player_state("poison", state("lobby", 1.0));
+            p.flush().await.unwrap();
+            let stats = p.stats();
+            assert_eq!(stats.rejected, 1);
+            assert_eq!(stats.dirty_keys, 0);
+            assert!(p.healthy());
+            let fresh = fx.fresh().await;
+            assert!(fresh.load_player("poison".into()).await.unwrap().is_none());
+            let ok9 = fresh.load_player("ok9".into()).await.unwrap().unwrap();
+            assert_eq!(ok9.state.x, 9.0);
+            p.shutdown(Duration::from_secs(5)).await;
+        });
+    }
+
+    /// A profile or room loaded while its latest state is still waiting to
+    /// be flushed comes back with that state.
+    #[test]
+    fn loads_see_unflushed_state() {
+        run(Kind::Embedded, |mut fx| async move {
+            let config = server::store::StoreConfig {
+                flush_interval_ms: 600_000,
+                ..fx.config()
+            };
+            let p = fx.persister(config).await;
+            p.load_profile("eve", "Eve").await.unwrap();
+            p.player_state("eve", state("arena", 3.0));
+            let mut room = RoomState::new("arena");
+            room.items.push(GroundItem {
+                id: "g".into(),
+                kind: "gem".into(),
+                count: 1,
+                x: 1.0,
+                y: 2.0,
+            });
+            p.room_state(room.clone());
+            assert_eq!(
+                p.load_profile("eve", "Eve").await.unwrap().state,
+                state("arena", 3.0)
+            );
+            assert_eq!(p.load_room("arena").await.unwrap(), Some(room));
+            assert_eq!(p.stats().volatile_written, 0);
+            p.shutdown(Duration::from_secs(5)).await;
+        });
     }
 }
 

@@ -866,6 +866,13 @@ async fn flush_once(
                 written += report.written as u64;
                 metrics::histogram!(metric::FLUSH_BATCH_SIZE).record(size as f64);
             }
+            Err(e) if !e.is_unavailable() && chunk.len() > 1 => {
+                // The store answered but refused the batch: find the
+                // documents it refuses, so one bad document cannot hold
+                // back the others forever.
+                c.flush_failures.fetch_add(1, Ordering::Relaxed);
+                written += isolate(inner, store, budget, chunk, &mut rest, e).await?;
+            }
             Err(e) => {
                 c.flush_failures.fetch_add(1, Ordering::Relaxed);
                 inner.restore(chunk.into_iter().chain(rest));
@@ -886,6 +893,69 @@ async fn flush_once(
         newer
     });
     publish_counters(inner);
+    Ok(written)
+}
+
+/// Write a refused batch one document at a time. Documents refused alone
+/// while others go through are reported and dropped; if none goes through,
+/// the fault is the store's, not the documents': everything is kept for a
+/// retry.
+async fn isolate(
+    inner: &Inner,
+    store: &Arc<dyn Store>,
+    budget: Option<Instant>,
+    chunk: Vec<(VolatileKey, Pending)>,
+    rest: &mut std::iter::Peekable<std::vec::IntoIter<(VolatileKey, Pending)>>,
+    first_error: StoreError,
+) -> Result<u64, StoreError> {
+    let c = &inner.counters;
+    let mut written = 0;
+    let mut refused = Vec::new();
+    let mut docs = chunk.into_iter();
+    while let Some((key, pending)) = docs.next() {
+        match timed(
+            inner,
+            budget,
+            store.write_volatile(vec![pending.doc.clone()]),
+        )
+        .await
+        {
+            Ok(report) => {
+                c.batches.fetch_add(1, Ordering::Relaxed);
+                c.volatile_written
+                    .fetch_add(report.written as u64, Ordering::Relaxed);
+                written += report.written as u64;
+            }
+            Err(e) if e.is_unavailable() => {
+                inner.restore(
+                    refused
+                        .into_iter()
+                        .map(|(k, p, _)| (k, p))
+                        .chain(std::iter::once((key, pending)))
+                        .chain(docs)
+                        .chain(rest.by_ref()),
+                );
+                inner.set_healthy(false, Some(&e.to_string()));
+                return Err(e);
+            }
+            Err(e) => refused.push((key, pending, e)),
+        }
+    }
+    if written == 0 {
+        *inner.last_error.lock() = first_error.to_string();
+        inner.restore(
+            refused
+                .into_iter()
+                .map(|(k, p, _)| (k, p))
+                .chain(rest.by_ref()),
+        );
+        return Err(first_error);
+    }
+    for (key, _, e) in refused {
+        tracing::warn!(key = %key, error = %e, "store refused a volatile document; skipped");
+        metrics::counter!(metric::BAD_DOCUMENTS).increment(1);
+        c.rejected.fetch_add(1, Ordering::Relaxed);
+    }
     Ok(written)
 }
 

@@ -9,10 +9,11 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
@@ -22,7 +23,7 @@ use server::store::model::DurableOp;
 use server::store::mongo::MongoStore;
 use server::store::{
     Backend, BatchReport, DurableAck, OpError, Persister, PlayerProfile, RoomState, Store,
-    StoreConfig, StoreError, StoreFuture, TradeRecord, Volatile,
+    StoreConfig, StoreError, StoreFuture, TradeRecord, Volatile, VolatileKey,
 };
 use tempfile::TempDir;
 use tokio::sync::watch;
@@ -404,11 +405,19 @@ pub enum Mode {
 }
 
 #[derive(Clone)]
-pub struct Faults(Arc<watch::Sender<Mode>>);
+pub struct Faults {
+    mode: Arc<watch::Sender<Mode>>,
+    refused: Arc<Mutex<HashSet<VolatileKey>>>,
+}
 
 impl Faults {
     pub fn set(&self, mode: Mode) {
-        self.0.send_replace(mode);
+        self.mode.send_replace(mode);
+    }
+
+    /// Refuse (as a bad document would be) every batch holding `key`.
+    pub fn refuse(&self, key: VolatileKey) {
+        self.refused.lock().expect("refused keys").insert(key);
     }
 }
 
@@ -417,12 +426,25 @@ impl Faults {
 pub struct FaultStore {
     inner: Arc<dyn Store>,
     mode: watch::Receiver<Mode>,
+    refused: Arc<Mutex<HashSet<VolatileKey>>>,
 }
 
 impl FaultStore {
     pub fn wrap(inner: Arc<dyn Store>) -> (FaultStore, Faults) {
         let (tx, rx) = watch::channel(Mode::Normal);
-        (FaultStore { inner, mode: rx }, Faults(Arc::new(tx)))
+        let refused = Arc::new(Mutex::new(HashSet::new()));
+        let faults = Faults {
+            mode: Arc::new(tx),
+            refused: refused.clone(),
+        };
+        (
+            FaultStore {
+                inner,
+                mode: rx,
+                refused,
+            },
+            faults,
+        )
     }
 
     async fn gate(&self) -> Result<(), StoreError> {
@@ -462,6 +484,16 @@ impl Store for FaultStore {
     fn write_volatile(&self, batch: Vec<Volatile>) -> StoreFuture<'_, BatchReport> {
         async move {
             self.gate().await?;
+            let refused = {
+                let keys = self.refused.lock().expect("refused keys");
+                batch
+                    .iter()
+                    .find(|d| keys.contains(&d.key()))
+                    .map(|d| d.key())
+            };
+            if let Some(key) = refused {
+                return Err(StoreError::Backend(format!("injected refusal of {key}")));
+            }
             self.inner.write_volatile(batch).await
         }
         .boxed()
