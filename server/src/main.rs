@@ -92,6 +92,31 @@ fn init_tracing(config: &Config) {
     }
 }
 
+/// Panics become structured error events. Rooms and sessions catch their
+/// own (and are restarted or closed); this makes each one a log line with
+/// the thread, location and message instead of a bare stderr dump.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(
+            thread = thread.name().unwrap_or("unnamed"),
+            %location,
+            panic = %message,
+            "panic"
+        );
+    }));
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = load_config(&cli)?;
     if let Some(Command::Token {
@@ -121,6 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     init_tracing(&config);
+    log_panics();
     let shard = server::start(config)?;
     // These two lines are a contract: tools and tests read the bound ports
     // from them. A closed stdout (the reader went away) must not stop the

@@ -235,6 +235,10 @@ pub struct Room {
     restored: Option<Restored>,
     /// Set once a handler panicked; nothing runs after that.
     crashed: bool,
+    /// Someone moved, joined, left or had an input applied since the last
+    /// published views; when not, a tick has nothing to send (an idle room
+    /// costs next to nothing).
+    dirty: bool,
     /// Scratch buffers reused every tick.
     scratch_ids: Vec<EntityId>,
     scratch_view: Vec<EntityId>,
@@ -270,6 +274,7 @@ impl Room {
             broadcast_sub: None,
             restored: None,
             crashed: false,
+            dirty: true,
             scratch_ids: Vec::new(),
             scratch_view: Vec::new(),
         };
@@ -389,6 +394,7 @@ impl Room {
         let id = self.sessions.remove(&session)?;
         let member = self.members.remove(&id)?;
         self.grid.remove(id, member.cell);
+        self.dirty = true;
         if self.members.is_empty() {
             self.empty_since = Some(Instant::now());
         }
@@ -427,6 +433,7 @@ impl Room {
                         s.seq = seq;
                         s.dir = (dx, dy);
                         member.changed = true;
+                        self.dirty = true;
                     }
                 }
                 member.pending.clear();
@@ -439,6 +446,7 @@ impl Room {
                     s.x = x;
                     s.y = y;
                     member.changed = true;
+                    self.dirty = true;
                     member.cell = self.grid.update(id, member.cell, x, y);
                 }
             }
@@ -461,7 +469,7 @@ impl Room {
         let mut frames: HashMap<ViewDiff, Bytes> = HashMap::new();
         let mut sent = 0u64;
         let mut ids = std::mem::take(&mut self.scratch_ids);
-        let mut view = std::mem::take(&mut self.scratch_view);
+        let mut previous = std::mem::take(&mut self.scratch_view);
         ids.clear();
         ids.extend(self.members.keys().copied());
         for &id in &ids {
@@ -469,21 +477,27 @@ impl Room {
             if !me.connected() {
                 continue;
             }
-            let (x, y, resync) = (me.state.x, me.state.y, me.state.out.take_resync());
-            self.grid.query(x, y, self.map.view_radius, &mut view);
-            let previous = match self.members.get_mut(&id) {
-                Some(me) => std::mem::replace(&mut me.visible, view.clone()),
-                None => continue,
+            let resync = me.state.out.take_resync();
+            if !self.dirty && !resync {
+                continue;
+            }
+            // The new view goes straight into the member; the old one comes
+            // back in `previous`, so no view is allocated per tick.
+            let (x, y) = (me.state.x, me.state.y);
+            self.grid.query(x, y, self.map.view_radius, &mut previous);
+            let Some(me) = self.members.get_mut(&id) else {
+                continue;
             };
+            std::mem::swap(&mut me.visible, &mut previous);
             let me = &self.members[&id];
             if resync {
                 me.state
                     .out
-                    .push_state(me.state.epoch, self.full_update(&view));
+                    .push_state(me.state.epoch, self.full_update(&me.visible));
                 sent += 1;
                 continue;
             }
-            let diff = diff_views(&previous, &view, |e| self.members[&e].changed);
+            let diff = diff_views(&previous, &me.visible, |e| self.members[&e].changed);
             if diff.entered.is_empty() && diff.moved.is_empty() && diff.left.is_empty() {
                 continue;
             }
@@ -513,11 +527,14 @@ impl Room {
             me.state.out.push_state(me.state.epoch, frame);
             sent += 1;
         }
-        for member in self.members.values_mut() {
-            member.changed = false;
+        if self.dirty {
+            for member in self.members.values_mut() {
+                member.changed = false;
+            }
         }
+        self.dirty = false;
         self.scratch_ids = ids;
-        self.scratch_view = view;
+        self.scratch_view = previous;
         metrics::counter!(m::UPDATE_ENCODES).increment(frames.len() as u64);
         metrics::counter!(m::UPDATE_FRAMES).increment(sent);
     }
@@ -538,8 +555,11 @@ impl Room {
         self.tick += 1;
         self.expire_seats();
         self.simulate();
+        let changed = self.dirty;
         self.publish_views();
-        self.snapshot();
+        if changed {
+            self.snapshot();
+        }
         metrics::counter!(m::ROOM_TICKS).increment(1);
         metrics::histogram!(m::ROOM_TICK_SECONDS).record(started.elapsed().as_secs_f64());
     }
@@ -663,6 +683,7 @@ impl Room {
         self.members.insert(id, member);
         self.sessions.insert(msg.session, id);
         self.empty_since = None;
+        self.dirty = true;
         self.send_joined(id, None);
         self.snapshot();
         tracing::debug!(map = %self.map.name, entity = id, session = msg.session, "joined");
