@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the tests need and run them all: the Rust workspace (unit,
-# integration tests over real sockets, the loadbot's swarm tests) and the
+# integration tests over real sockets, the store conformance suite against
+# the embedded store and SecantusDB, the loadbot's swarm tests) and the
 # browser tests (the JS protocol client in node, the demo page in headless
 # Debian chromium). Safe to run again; it installs only what is missing.
 #
@@ -13,6 +14,8 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
+# The store tests start SecantusDB (a MongoDB-wire server) from a venv.
+scripts/secantus.sh >/dev/null
 # The loadbot, ops and browser tests start the real server binary.
 cargo build --workspace --bins
 cargo test --workspace
