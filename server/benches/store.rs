@@ -11,6 +11,7 @@
 //! ```sh
 //! cargo bench -p server --bench store                      # both backends
 //! cargo bench -p server --bench store -- --backend embedded --seconds 3
+//! cargo bench -p server --bench store -- --backend mongodb --w1   # w=1, j=false
 //! ```
 
 #[path = "../tests/store_support/mod.rs"]
@@ -29,6 +30,8 @@ struct Args {
     seconds: u64,
     threads: usize,
     keys: usize,
+    /// Mongo: w=1, j=false instead of the default majority + journal.
+    fast_acks: bool,
 }
 
 fn args() -> Args {
@@ -37,6 +40,7 @@ fn args() -> Args {
         seconds: 5,
         threads: 2,
         keys: 1_000,
+        fast_acks: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -52,6 +56,7 @@ fn args() -> Args {
             "--seconds" => a.seconds = it.next().and_then(|s| s.parse().ok()).expect("--seconds N"),
             "--threads" => a.threads = it.next().and_then(|s| s.parse().ok()).expect("--threads N"),
             "--keys" => a.keys = it.next().and_then(|s| s.parse().ok()).expect("--keys N"),
+            "--w1" => a.fast_acks = true,
             // cargo bench passes --bench.
             _ => {}
         }
@@ -80,12 +85,16 @@ fn name(kind: Kind) -> &'static str {
 
 async fn bench(kind: Kind, args: &Args) {
     let mut fx = Fixture::new(kind);
-    let config = StoreConfig {
+    let mut config = StoreConfig {
         flush_interval_ms: 1_000,
         durable_timeout_ms: 5_000,
         flush_timeout_ms: 30_000,
         ..fx.config()
     };
+    if args.fast_acks {
+        config.mongodb.write_concern = "1".into();
+        config.mongodb.journal = false;
+    }
     let p = fx.persister(config).await;
     println!("\n== {} ==", name(kind));
 

@@ -270,6 +270,12 @@ mod cases {
         for i in 0..1_000 {
             p.player_state("hot", state("arena", i as f32));
         }
+        p.flush().await.unwrap();
+        let one_key = p.stats().volatile_written - before.volatile_written;
+        assert!(
+            (1..=3).contains(&one_key),
+            "1,000 updates of one key took {one_key} writes"
+        );
         // Many keys: the dirty map stays bounded by the number of keys.
         for round in 0..20 {
             for k in 0..50 {
@@ -362,7 +368,9 @@ mod cases {
         assert_eq!(stored.inventory.currency, 120);
         // The ids kept for idempotency are bounded.
         for i in 0..50 {
-            p.durable(adjust(&format!("s{i}"), "cara", 1)).await.unwrap();
+            p.durable(adjust(&format!("s{i}"), "cara", 1))
+                .await
+                .unwrap();
         }
         let stored = fresh.load_player("cara".into()).await.unwrap().unwrap();
         assert_eq!(stored.inventory.currency, 170);

@@ -122,8 +122,8 @@ pub enum FlushError {
     ShutDown,
 }
 
-/// Counters for tests, benchmarks and the admin API.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Counters for tests, benchmarks and the admin API (serializes to JSON).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct PersisterStats {
     /// `volatile` calls (before coalescing).
     pub volatile_updates: u64,
