@@ -247,6 +247,29 @@ mod cases {
                 other => panic!("{id}: expected a bad document error, got {other:?}"),
             }
         }
+        // A trade with a bad document fails and changes nothing.
+        let with_broken = Trade {
+            id: "bt".into(),
+            a: "old-timer".into(),
+            b: "broken".into(),
+            a_gives: Bundle {
+                currency: 1,
+                items: BTreeMap::new(),
+            },
+            b_gives: Bundle::default(),
+        };
+        match p.durable(DurableOp::Trade(with_broken)).await {
+            Err(DurableError::BadDocument(e)) => assert_eq!(e.id, "broken"),
+            other => panic!("expected a bad document error, got {other:?}"),
+        }
+        let bob = fresh
+            .load_player("old-timer".into())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(bob.inventory.currency, 2);
+        assert!(bob.pending_trades.is_empty());
+        assert!(p.healthy());
         // Bad rooms are skipped, the good one is read.
         let rooms = fresh.load_rooms().await.unwrap();
         assert_eq!(rooms, vec![RoomState::new("lobby")]);

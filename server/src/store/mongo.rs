@@ -423,7 +423,8 @@ impl MongoStore {
             .await
             .map_err(classify)?;
         match updated {
-            Some(doc) => Ok(Some(decode_inventory(doc).map_err(bad)?)),
+            // Applied either way; a damaged inventory is only reported.
+            Some(doc) => Ok(decode_inventory(doc).map_err(|e| report_bad(&e)).ok()),
             None => Ok(None),
         }
     }
@@ -541,6 +542,14 @@ impl MongoStore {
                     .await
                     .map_err(in_doubt)?;
                 return Err(OpError::Rejected(why));
+            }
+            Err(OpError::Store(e)) if !e.is_unavailable() => {
+                // The store answered (a bad document, a refused write):
+                // undo what was done rather than leave it to recovery.
+                self.cancel(&record, &e.to_string())
+                    .await
+                    .map_err(in_doubt)?;
+                return Err(OpError::Store(e));
             }
             Err(e @ (OpError::Store(_) | OpError::InDoubt(_))) => return Err(in_doubt(e)),
         };
