@@ -826,7 +826,11 @@ impl Bot {
                 }
             }
             ServerMsg::Notice(notice) => stats.notice(notice.code),
-            ServerMsg::Welcome(_) | ServerMsg::Chat(_) | ServerMsg::Announce(_) => {}
+            ServerMsg::Welcome(_)
+            | ServerMsg::Chat(_)
+            | ServerMsg::Announce(_)
+            | ServerMsg::Done(_)
+            | ServerMsg::Inventory(_) => {}
         }
         None
     }

@@ -23,10 +23,20 @@ use serde::Serialize;
 pub const MAX_TRACKED_US: u64 = 120_000_000;
 
 /// Wire names of client messages, indexed by [`client_kind`].
-pub const CLIENT_KINDS: [&str; 6] = ["hello", "join", "leave", "move", "chat", "ping"];
+pub const CLIENT_KINDS: [&str; 7] = ["hello", "join", "leave", "move", "chat", "ping", "give"];
 /// Wire names of server messages, indexed by [`server_kind`].
-pub const SERVER_KINDS: [&str; 9] = [
-    "welcome", "joined", "left", "update", "chat", "announce", "pong", "error", "notice",
+pub const SERVER_KINDS: [&str; 11] = [
+    "welcome",
+    "joined",
+    "left",
+    "update",
+    "chat",
+    "announce",
+    "pong",
+    "error",
+    "notice",
+    "done",
+    "inventory",
 ];
 
 /// Index of `update` in [`SERVER_KINDS`] (counted by the fast path, which
@@ -42,6 +52,7 @@ pub fn client_kind(msg: &ClientMsg) -> usize {
         ClientMsg::Move(_) => 3,
         ClientMsg::Chat(_) => 4,
         ClientMsg::Ping(_) => 5,
+        ClientMsg::Give(_) => 6,
     }
 }
 
@@ -57,6 +68,8 @@ pub fn server_kind(msg: &ServerMsg) -> usize {
         ServerMsg::Pong(_) => 6,
         ServerMsg::Error(_) => 7,
         ServerMsg::Notice(_) => 8,
+        ServerMsg::Done(_) => 9,
+        ServerMsg::Inventory(_) => 10,
     }
 }
 

@@ -381,6 +381,9 @@ export const messages = {
   move: (seq, dx, dy) => ({ move: { seq, dx: f32(dx), dy: f32(dy) } }),
   chat: (text) => ({ chat: { text: String(text) } }),
   ping: (t) => ({ ping: { t } }),
+  give: (req, to, { currency = 0, items } = {}) => ({
+    give: { req, to, currency, items: items && Object.keys(items).length ? items : undefined },
+  }),
 };
 
 // Fields typed f32 in PROTOCOL.md, so that a message given as plain numbers
@@ -491,7 +494,7 @@ export class View {
 // ---------------------------------------------------------------------------
 // Client
 
-const SERVER_EVENTS = ['welcome', 'joined', 'left', 'update', 'chat', 'announce', 'pong', 'error', 'notice'];
+const SERVER_EVENTS = ['welcome', 'joined', 'left', 'update', 'chat', 'announce', 'pong', 'error', 'notice', 'done', 'inventory'];
 
 /**
  * One session with a Tessera shard.

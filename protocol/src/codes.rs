@@ -44,14 +44,25 @@ pub enum ErrorCode {
     /// The room crashed more often than its restart limit allows; the player
     /// was moved to the fallback map (a `left` and a `joined` follow).
     RoomFailed = 3005,
+    /// A `give` asked for more than the player has; nothing changed.
+    Insufficient = 3006,
+    /// A `give` named an entity that is not a player in the same map.
+    NoSuchTarget = 3007,
     /// Something went wrong inside the server; the session is unaffected.
     Internal = 5001,
     /// The server is at its connection cap or shutting down.
     ServerBusy = 5002,
+    /// The store is down or did not answer: the durable action was not
+    /// applied. Retry later.
+    StoreUnavailable = 5003,
+    /// The store did not answer in time after the action was sent: it may or
+    /// may not have been applied. Retry with the same `req`; it is never
+    /// applied twice.
+    InDoubt = 5004,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::Malformed,
         ErrorCode::TextFrame,
         ErrorCode::IllegalState,
@@ -67,8 +78,12 @@ impl ErrorCode {
         ErrorCode::RoomFull,
         ErrorCode::RoomUnavailable,
         ErrorCode::RoomFailed,
+        ErrorCode::Insufficient,
+        ErrorCode::NoSuchTarget,
         ErrorCode::Internal,
         ErrorCode::ServerBusy,
+        ErrorCode::StoreUnavailable,
+        ErrorCode::InDoubt,
     ];
 
     pub fn as_u16(self) -> u16 {
@@ -99,8 +114,12 @@ impl ErrorCode {
             ErrorCode::RoomFull => "room_full",
             ErrorCode::RoomUnavailable => "room_unavailable",
             ErrorCode::RoomFailed => "room_failed",
+            ErrorCode::Insufficient => "insufficient",
+            ErrorCode::NoSuchTarget => "no_such_target",
             ErrorCode::Internal => "internal",
             ErrorCode::ServerBusy => "server_busy",
+            ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::InDoubt => "in_doubt",
         }
     }
 }

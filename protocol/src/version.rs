@@ -8,8 +8,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The version this crate speaks. 1.1 added `notice` and error codes 2004
-/// and 3005.
+/// The version this crate speaks. 1.1 added `notice`, `give`, `done`,
+/// `inventory`, `welcome.last_map` and error codes 2004, 3005-3007, 5003,
+/// 5004.
 pub const PROTOCOL_VERSION: Version = Version { major: 1, minor: 1 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -56,6 +56,15 @@ fn client_samples() -> Vec<(&'static str, ClientMsg)> {
             ClientMsg::Chat(ChatSend { text: "hi".into() }),
         ),
         ("client_ping", ClientMsg::Ping(Ping { t: 123_456 })),
+        (
+            "client_give",
+            ClientMsg::Give(Give {
+                req: 9,
+                to: 2,
+                currency: 25,
+                items: [("gem".to_string(), 1)].into(),
+            }),
+        ),
     ]
 }
 
@@ -82,6 +91,7 @@ fn server_samples() -> Vec<(&'static str, ServerMsg)> {
                     idle_timeout_ms: 30_000,
                 },
                 maps: vec!["lobby".into()],
+                last_map: None,
             }),
         ),
         (
@@ -171,6 +181,23 @@ fn server_samples() -> Vec<(&'static str, ServerMsg)> {
         (
             "server_notice",
             ServerMsg::Notice(Notice::new(NoticeCode::RoomRestarted, "room restarted")),
+        ),
+        (
+            "server_done",
+            ServerMsg::Done(Done {
+                req: 9,
+                inventory: Inventory {
+                    currency: 75,
+                    items: Default::default(),
+                },
+            }),
+        ),
+        (
+            "server_inventory",
+            ServerMsg::Inventory(Inventory {
+                currency: 125,
+                items: [("gem".to_string(), 1)].into(),
+            }),
         ),
     ]
 }

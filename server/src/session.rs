@@ -283,6 +283,7 @@ impl Session {
             tick_hz: self.shared.config.rooms.tick_hz,
             limits: self.shared.limits.clone(),
             maps: self.shared.rooms.map_names(),
+            last_map: None,
         };
         self.send(&ServerMsg::Welcome(welcome));
         tracing::debug!(session = self.id, player = %identity.player_id, resumed = seat.is_some(), "welcomed");

@@ -84,6 +84,9 @@ const EXPECTED = {
   server_pong: { pong: { t: 123456, server_ms: 1700000000000 } },
   server_error: { error: { code: 1003, text: 'join a map first' } },
   server_notice: { notice: { code: 6001, text: 'room restarted' } },
+  server_done: { done: { req: 9, inventory: { currency: 75 } } },
+  server_inventory: { inventory: { currency: 125, items: { gem: 1 } } },
+  client_give: { give: { req: 9, to: 2, currency: 25, items: { gem: 1 } } },
 };
 
 // The golden vectors were written by a 1.0 peer; builders take the version.
@@ -115,6 +118,7 @@ test('client message builders give the golden bytes', () => {
     // Option order must not matter: the wire order is PROTOCOL.md's.
     ['client_hello_token', messages.hello({ resume: 'res', token: 'tok', name: undefined, version: V1_0 })],
     ['client_join', messages.join('lobby')],
+    ['client_give', messages.give(9, 2, { currency: 25, items: { gem: 1 } })],
     ['client_leave', messages.leave()],
     ['client_move', messages.move(42, 1, -0.5)],
     ['client_chat', messages.chat('hi')],

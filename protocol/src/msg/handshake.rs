@@ -37,4 +37,8 @@ pub struct Welcome {
     pub limits: Limits,
     /// The maps a client may join.
     pub maps: Vec<String>,
+    /// The map the player was last in (since 1.1); joining it puts the
+    /// player back where it stood.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_map: Option<String>,
 }

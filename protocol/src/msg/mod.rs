@@ -12,12 +12,14 @@
 pub mod chat;
 pub mod error;
 pub mod handshake;
+pub mod inventory;
 pub mod ping;
 pub mod room;
 
 pub use chat::{Announce, Chat, ChatSend};
 pub use error::{ErrorMsg, Notice};
 pub use handshake::{Hello, Welcome};
+pub use inventory::{Done, Give, Inventory};
 pub use ping::{Ping, Pong};
 pub use room::{Entity, EntityId, Join, Joined, Leave, Left, MapInfo, Move, Moved, Update};
 
@@ -33,6 +35,8 @@ pub enum ClientMsg {
     Move(Move),
     Chat(ChatSend),
     Ping(Ping),
+    /// Since 1.1.
+    Give(Give),
 }
 
 impl ClientMsg {
@@ -45,6 +49,7 @@ impl ClientMsg {
             ClientMsg::Move(_) => "move",
             ClientMsg::Chat(_) => "chat",
             ClientMsg::Ping(_) => "ping",
+            ClientMsg::Give(_) => "give",
         }
     }
 }
@@ -63,6 +68,11 @@ pub enum ServerMsg {
     Error(ErrorMsg),
     /// Since 1.1.
     Notice(Notice),
+    /// Since 1.1.
+    Done(Done),
+    /// Since 1.1: the player's inventory, after `welcome` and whenever
+    /// someone else changed it.
+    Inventory(Inventory),
 }
 
 impl ServerMsg {
@@ -77,6 +87,8 @@ impl ServerMsg {
             ServerMsg::Pong(_) => "pong",
             ServerMsg::Error(_) => "error",
             ServerMsg::Notice(_) => "notice",
+            ServerMsg::Done(_) => "done",
+            ServerMsg::Inventory(_) => "inventory",
         }
     }
 }
