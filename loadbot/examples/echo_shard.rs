@@ -78,6 +78,7 @@ async fn session(tcp: TcpStream) -> anyhow::Result<()> {
                     idle_timeout_ms: 30_000,
                 },
                 maps: (1..=100).map(|i| format!("m{i:03}")).collect(),
+                last_map: None,
             }),
             ClientMsg::Join(join) => ServerMsg::Joined(Joined {
                 map: MapInfo {
@@ -121,6 +122,10 @@ async fn session(tcp: TcpStream) -> anyhow::Result<()> {
             ClientMsg::Ping(p) => ServerMsg::Pong(Pong {
                 t: p.t,
                 server_ms: 0,
+            }),
+            ClientMsg::Give(g) => ServerMsg::Done(protocol::msg::Done {
+                req: g.req,
+                inventory: Default::default(),
             }),
         };
         ws.send(Message::binary(protocol::encode_server(&reply)))

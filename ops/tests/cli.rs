@@ -11,6 +11,7 @@ const ADMIN_TOKEN: &str = "ops-test-admin-token-123";
 struct Shard {
     child: Child,
     http: String,
+    _data: tempfile::TempDir,
 }
 
 impl Drop for Shard {
@@ -30,7 +31,9 @@ fn server_bin() -> PathBuf {
 
 fn start_shard() -> Shard {
     let bin = server_bin();
+    let data = tempfile::tempdir().expect("temp dir");
     let mut child = Command::new(&bin)
+        .env("TESSERA_STORE__EMBEDDED__DIR", data.path())
         .args(["--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .env("TESSERA_ADMIN__TOKEN", ADMIN_TOKEN)
         .env("RUST_LOG", "warn")
@@ -54,6 +57,7 @@ fn start_shard() -> Shard {
     Shard {
         child,
         http: http.expect("server printed its http address"),
+        _data: data,
     }
 }
 

@@ -144,6 +144,8 @@ fn main() {
         ..MapConfig::default()
     }];
     config.supervision.fallback_map = "bench".into();
+    let data = tempfile::tempdir().expect("temp dir");
+    config.store.embedded.dir = data.path().to_path_buf();
     let shard = server::start(config).expect("shard starts");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -40,6 +40,8 @@ pub struct Config {
     /// (`lobby`, `arena`, `plains`) are used.
     pub maps: Vec<MapConfig>,
     pub supervision: SupervisionConfig,
+    pub store: crate::store::StoreConfig,
+    pub economy: EconomyConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
 }
@@ -151,6 +153,26 @@ pub struct MapConfig {
     pub tick_hz: Option<u32>,
     pub view_radius: Option<f32>,
     pub max_players: Option<usize>,
+}
+
+/// The demo economy behind the durable `give` action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EconomyConfig {
+    /// Currency a player is granted once, on its first login (a durable,
+    /// idempotent adjustment), so there is something to give.
+    pub starter_currency: i64,
+    /// Most item kinds one `give` may carry.
+    pub max_give_kinds: usize,
+}
+
+impl Default for EconomyConfig {
+    fn default() -> Self {
+        EconomyConfig {
+            starter_currency: 100,
+            max_give_kinds: 16,
+        }
+    }
 }
 
 /// Let it crash: how rooms are restarted and players kept.
@@ -476,6 +498,13 @@ impl Config {
                 sv.fallback_map,
                 map_names.join(", ")
             ));
+        }
+        self.store.validate(&mut errors);
+        if self.economy.starter_currency < 0 {
+            errors.push("economy.starter_currency must be 0 or more".into());
+        }
+        if self.economy.max_give_kinds == 0 {
+            errors.push("economy.max_give_kinds must be greater than 0".into());
         }
         if self.admin.fault_injection && self.admin.token.is_empty() {
             errors.push("admin.fault_injection needs admin.token".into());

@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
-use protocol::msg::{ChatSend, ErrorMsg, Hello, Join, Left, Move, Ping, Pong, Welcome};
+use protocol::msg::{
+    ChatSend, Done, ErrorMsg, Give, Hello, Inventory, Join, Left, Move, Ping, Pong, Welcome,
+};
 use protocol::{encode_server, ClientMsg, CloseCode, ErrorCode, ServerMsg, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::error::CapacityError;
@@ -41,9 +43,11 @@ use crate::dispatcher::{Announcement, Published, SubscriptionId};
 use crate::metrics as m;
 use crate::outbound::Outbound;
 use crate::ratelimit::{Bucket, Strikes};
+use crate::room::WhoIs;
 use crate::room::{ChatIn, Disconnected, Input, JoinError, JoinRoom, LeaveRoom, RoomEvent};
-use crate::seats::ResumeError;
+use crate::seats::{ResumeError, Seat};
 use crate::shard::Shared;
+use crate::store::{Adjust, Bundle, DurableError, DurableOp, PlayerProfile, Rejection, Trade};
 
 pub type SessionId = u64;
 
@@ -54,8 +58,60 @@ const SESSION_MAILBOX: usize = 64;
 /// How long a closing session waits for the client's close frame.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
+/// The progress counter that says the starter purse was granted.
+const STARTER_MARK: &str = "starter_purse";
+
+fn to_wire(inventory: &crate::store::Inventory) -> Inventory {
+    Inventory {
+        currency: inventory.currency,
+        items: inventory.items.clone(),
+    }
+}
+
+/// Why a `give` was not done.
+enum GiveError {
+    NoTarget,
+    RoomBusy,
+    Store(DurableError),
+}
+
+impl GiveError {
+    fn describe(&self) -> (ErrorCode, String) {
+        match self {
+            GiveError::NoTarget => (
+                ErrorCode::NoSuchTarget,
+                "no other player with that entity id in your map".into(),
+            ),
+            GiveError::RoomBusy => (
+                ErrorCode::RoomUnavailable,
+                "the room did not answer; nothing changed".into(),
+            ),
+            GiveError::Store(DurableError::Rejected(Rejection::Insufficient { what, .. })) => (
+                ErrorCode::Insufficient,
+                format!("not enough {what}; nothing changed"),
+            ),
+            GiveError::Store(DurableError::Rejected(r)) => {
+                (ErrorCode::InvalidInput, format!("{r}; nothing changed"))
+            }
+            GiveError::Store(DurableError::Invalid(r)) => (ErrorCode::InvalidInput, r.clone()),
+            GiveError::Store(DurableError::InDoubt(_)) => (
+                ErrorCode::InDoubt,
+                "the store did not confirm in time; retry with the same req".into(),
+            ),
+            GiveError::Store(
+                e @ (DurableError::Unavailable(_)
+                | DurableError::Failed(_)
+                | DurableError::BadDocument(_)
+                | DurableError::ShutDown),
+            ) => (ErrorCode::StoreUnavailable, format!("{e}; nothing changed")),
+        }
+    }
+}
+
 enum State {
     AwaitingHello,
+    /// Hello accepted; the player's profile is loading from the store.
+    Loading,
     Lobby,
     InRoom {
         map: Arc<str>,
@@ -77,9 +133,11 @@ impl Class {
         match msg {
             ClientMsg::Move(_) => Class::Move,
             ClientMsg::Chat(_) => Class::Chat,
-            ClientMsg::Hello(_) | ClientMsg::Join(_) | ClientMsg::Leave(_) | ClientMsg::Ping(_) => {
-                Class::Control
-            }
+            ClientMsg::Hello(_)
+            | ClientMsg::Join(_)
+            | ClientMsg::Leave(_)
+            | ClientMsg::Ping(_)
+            | ClientMsg::Give(_) => Class::Control,
         }
     }
 }
@@ -95,9 +153,19 @@ pub struct Session {
     buckets: [Bucket; 3],
     strikes: Strikes,
     announcements: Option<SubscriptionId>,
+    /// Where the profile says the player stood, used by the first join of
+    /// that map.
+    saved_position: Option<(Arc<str>, f32, f32)>,
+    /// The player's profile could be read: durable actions are possible.
+    profile_loaded: bool,
     /// Held until the actor is dropped, so shutdown can wait for it.
     _done: mpsc::Sender<()>,
 }
+
+/// Another player's action changed this player's inventory.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InventoryChanged(pub Inventory);
 
 /// Ask a session to close because the server is going down.
 #[derive(Message)]
@@ -140,6 +208,8 @@ impl Session {
             buckets,
             strikes,
             announcements: None,
+            saved_position: None,
+            profile_loaded: false,
             _done: done,
         }
     }
@@ -218,6 +288,7 @@ impl Session {
             ClientMsg::Move(mv) => self.on_move(mv),
             ClientMsg::Chat(chat) => self.on_chat(chat),
             ClientMsg::Ping(ping) => self.on_ping(ping),
+            ClientMsg::Give(give) => self.on_give(give, ctx),
         }
     }
 
@@ -274,6 +345,44 @@ impl Session {
                 None
             }
         };
+        // Read the profile before the welcome, so it can carry the last map
+        // and be followed by the inventory. The store answers within its
+        // durable timeout, or at once while it is down; then the player
+        // plays without a profile (no durable actions) rather than waiting.
+        self.state = State::Loading;
+        let identity = Arc::new(identity);
+        let load = self
+            .shared
+            .persister
+            .load_profile(&identity.player_id, &identity.name);
+        ctx.spawn(load.into_actor(self).map(move |loaded, session, ctx| {
+            session.welcome(identity, sid, now, seat, loaded, ctx);
+        }));
+    }
+
+    fn welcome(
+        &mut self,
+        identity: Arc<Identity>,
+        sid: String,
+        now: u64,
+        seat: Option<Seat>,
+        loaded: Result<PlayerProfile, DurableError>,
+        ctx: &mut Context<Self>,
+    ) {
+        if !matches!(self.state, State::Loading) {
+            return;
+        }
+        let profile = match loaded {
+            Ok(profile) => Some(profile),
+            Err(err) => {
+                tracing::warn!(session = self.id, player = %identity.player_id, error = %err, "profile not loaded; playing without durable state");
+                None
+            }
+        };
+        let last_map = profile
+            .as_ref()
+            .map(|p| p.state.map.clone())
+            .filter(|m| self.shared.rooms.has_map(m));
         let welcome = Welcome {
             version: PROTOCOL_VERSION,
             player_id: identity.player_id.clone(),
@@ -283,18 +392,63 @@ impl Session {
             tick_hz: self.shared.config.rooms.tick_hz,
             limits: self.shared.limits.clone(),
             maps: self.shared.rooms.map_names(),
-            last_map: None,
+            last_map: last_map.clone(),
         };
         self.send(&ServerMsg::Welcome(welcome));
         tracing::debug!(session = self.id, player = %identity.player_id, resumed = seat.is_some(), "welcomed");
-        let identity = Arc::new(identity);
         self.identity = Some(identity.clone());
         self.state = State::Lobby;
         let recipient = ctx.address().recipient();
         self.announcements = Some(self.shared.dispatcher.announcements.subscribe(recipient));
+        if let Some(profile) = profile {
+            self.profile_loaded = true;
+            if let Some(map) = last_map {
+                self.saved_position = Some((Arc::from(map), profile.state.x, profile.state.y));
+            }
+            self.send(&ServerMsg::Inventory(to_wire(&profile.inventory)));
+            self.grant_starter(&identity, &profile, ctx);
+        }
         if let Some(seat) = seat {
             self.join_room(seat.map, identity, Some(seat.session), 1, ctx);
         }
+    }
+
+    /// A player's first login brings a starter purse: one idempotent
+    /// adjustment (fixed op id, remembered by a progress marker).
+    fn grant_starter(
+        &mut self,
+        identity: &Identity,
+        profile: &PlayerProfile,
+        ctx: &mut Context<Self>,
+    ) {
+        let amount = self.shared.config.economy.starter_currency;
+        if amount == 0 || profile.progress.contains_key(STARTER_MARK) {
+            return;
+        }
+        let op = DurableOp::Adjust(Adjust {
+            op_id: format!("starter:{}", identity.player_id),
+            player: identity.player_id.clone(),
+            currency: amount,
+            items: Default::default(),
+            progress: [(STARTER_MARK.to_string(), 1)].into(),
+        });
+        let player = identity.player_id.clone();
+        let applied = self.shared.persister.durable(op);
+        ctx.spawn(
+            applied
+                .into_actor(self)
+                .map(move |result, session, _| match result {
+                    Ok(ack) => {
+                        if let Some(inventory) = ack.inventory(&player) {
+                            session.send(&ServerMsg::Inventory(to_wire(inventory)));
+                        }
+                    }
+                    // The next login tries again: the marker was not written.
+                    Err(err) => {
+                        tracing::warn!(player = %player, error = %err, "starter purse not granted")
+                    }
+                }),
+        );
     }
 
     fn on_join(&mut self, join: Join, ctx: &mut Context<Self>) {
@@ -339,6 +493,13 @@ impl Session {
             .seats
             .seated(&identity.player_id, self.id, Some(map.clone()));
         let epoch = self.out.begin_room();
+        let spawn_at = match self.saved_position.take() {
+            Some((saved, x, y)) if saved == map => Some((x, y)),
+            other => {
+                self.saved_position = other;
+                None
+            }
+        };
         let request = JoinRoom {
             session: self.id,
             identity: identity.clone(),
@@ -346,6 +507,7 @@ impl Session {
             epoch,
             events: ctx.address().recipient(),
             resume,
+            spawn_at,
         };
         let timeout = ms(self.shared.config.rooms.call_timeout_ms);
         let call = room.send(request);
@@ -512,6 +674,103 @@ impl Session {
         }));
     }
 
+    /// `give`: check it, learn who the target is from the room, then apply
+    /// it as one durable trade (both inventories or neither) and answer
+    /// `done` only once the store acknowledged it.
+    fn on_give(&mut self, give: Give, ctx: &mut Context<Self>) {
+        let (State::InRoom { map }, Some(identity)) = (&self.state, &self.identity) else {
+            self.send_error(ErrorCode::IllegalState, "join a map before giving");
+            return;
+        };
+        let max_kinds = self.shared.config.economy.max_give_kinds;
+        let valid = give.currency >= 0
+            && give.items.values().all(|n| *n >= 0)
+            && (give.currency > 0 || give.items.values().any(|n| *n > 0))
+            && give.items.len() <= max_kinds
+            && give.items.keys().all(|k| !k.is_empty() && k.len() <= 32);
+        if !valid {
+            self.send_error(
+                ErrorCode::InvalidInput,
+                format!("give needs amounts of 0 or more, not all 0, at most {max_kinds} item kinds of 1-32 bytes"),
+            );
+            return;
+        }
+        if !self.profile_loaded {
+            self.send_error(
+                ErrorCode::StoreUnavailable,
+                "your profile is not loaded; nothing changed",
+            );
+            return;
+        }
+        let Some(room) = self.shared.rooms.current(map) else {
+            self.send_error(ErrorCode::RoomUnavailable, "room is not running");
+            return;
+        };
+        let me = identity.player_id.clone();
+        let trade_id = format!("{}:{}", self.sid(), give.req);
+        let persister = self.shared.persister.clone();
+        let timeout = ms(self.shared.config.rooms.call_timeout_ms);
+        let who = room.send(WhoIs { entity: give.to });
+        let apply = async move {
+            let target = match tokio::time::timeout(timeout, who).await {
+                Ok(Ok(Some(player))) => player,
+                Ok(Ok(None)) => return Err(GiveError::NoTarget),
+                _ => return Err(GiveError::RoomBusy),
+            };
+            if target == me {
+                return Err(GiveError::NoTarget);
+            }
+            let trade = Trade {
+                id: trade_id,
+                a: me.clone(),
+                b: target.clone(),
+                a_gives: Bundle {
+                    currency: give.currency,
+                    items: give.items.into_iter().filter(|(_, n)| *n > 0).collect(),
+                },
+                b_gives: Bundle::default(),
+            };
+            let ack = persister
+                .durable(DurableOp::Trade(trade))
+                .await
+                .map_err(GiveError::Store)?;
+            let mine = ack.inventory(&me).map(to_wire).unwrap_or_default();
+            let theirs = ack.inventory(&target).map(to_wire);
+            Ok((mine, target, theirs))
+        };
+        let req = give.req;
+        ctx.spawn(
+            apply
+                .into_actor(self)
+                .map(move |result, session, _| match result {
+                    Ok((inventory, target, theirs)) => {
+                        session.send(&ServerMsg::Done(Done { req, inventory }));
+                        if let Some(inventory) = theirs {
+                            session.notify_inventory(&target, inventory);
+                        }
+                    }
+                    Err(err) => {
+                        let (code, text) = err.describe();
+                        session.send_error(code, format!("give {req}: {text}"));
+                    }
+                }),
+        );
+    }
+
+    /// Tell `player`'s session (on this shard) its inventory changed.
+    fn notify_inventory(&self, player: &str, inventory: Inventory) {
+        let session = self
+            .shared
+            .seats
+            .latest_session(player)
+            .and_then(|id| self.shared.sessions.lock().get(&id).cloned());
+        if let Some(session) = session {
+            // A full mailbox loses only this notice; the next login or
+            // action shows the right inventory.
+            let _ = session.try_send(InventoryChanged(inventory));
+        }
+    }
+
     fn on_room_failed(&mut self, failed: Arc<str>, ctx: &mut Context<Self>) {
         let State::InRoom { map } = &self.state else {
             return;
@@ -668,6 +927,14 @@ impl Handler<RoomEvent> for Session {
         match msg {
             RoomEvent::Failed { map } => self.on_room_failed(map, ctx),
         }
+    }
+}
+
+impl Handler<InventoryChanged> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: InventoryChanged, _: &mut Context<Self>) {
+        self.send(&ServerMsg::Inventory(msg.0));
     }
 }
 

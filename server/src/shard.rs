@@ -1,6 +1,7 @@
 //! One shard: the actor system, its listeners, and an orderly shutdown.
 //!
 //! ```text
+//! thread "tessera-store": the Persister (write-behind, write-through)
 //! thread "tessera-system" (actix System)
 //! ├─ system Arbiter: Gateway accept loop, HTTP server, metrics sampler
 //! ├─ worker Arbiter × N: Sessions and their writer tasks, Rooms
@@ -10,7 +11,9 @@
 //! [`start`] binds both listeners (so a port-0 address is known when it
 //! returns) and runs the system on its own thread; [`ShardHandle::shutdown`]
 //! stops accepting, announces the shutdown, closes every session with 1001,
-//! waits for sessions and writers up to the grace period, and stops the
+//! waits for sessions and writers up to the grace period, stops the rooms
+//! (which hand their last positions to the persister), flushes the
+//! persister within `store.shutdown_flush_deadline_ms`, and stops the
 //! system. The binary and the tests drive the same function.
 
 use std::collections::HashMap;
@@ -32,6 +35,7 @@ use crate::room::supervisor::Settings;
 use crate::room::{announce_frame, RoomSupervisor};
 use crate::seats::Seats;
 use crate::session::{Session, SessionId, Shutdown};
+use crate::store::{Persister, PersisterHandle};
 
 /// What every session and room of the shard shares.
 pub struct Shared {
@@ -42,6 +46,7 @@ pub struct Shared {
     pub dispatcher: Arc<Dispatcher>,
     pub sessions: Mutex<HashMap<SessionId, Addr<Session>>>,
     pub seats: Seats,
+    pub persister: PersisterHandle,
 }
 
 impl Shared {
@@ -111,13 +116,17 @@ fn welcome_limits(config: &Config) -> protocol::Limits {
 pub fn start(config: Config) -> anyhow::Result<ShardHandle> {
     config.validate()?;
     crate::metrics::prometheus();
+    // The store first: an embedded store that cannot be opened is fatal; a
+    // MongoDB that is not reachable yet is retried in the background.
+    let persister = Persister::start(config.store.clone())
+        .map_err(|e| anyhow::anyhow!("store ({:?}): {e}", config.store.backend))?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = watch::channel(false);
     let thread = std::thread::Builder::new()
         .name("tessera-system".into())
         .spawn(move || {
             let system = System::new();
-            system.block_on(run(config, ready_tx, stop_rx));
+            system.block_on(run(config, persister, ready_tx, stop_rx));
         })
         .context("spawning the shard thread")?;
     let (ws_addr, http_addr) = ready_rx
@@ -133,7 +142,12 @@ pub fn start(config: Config) -> anyhow::Result<ShardHandle> {
 
 type Ready = std::sync::mpsc::Sender<anyhow::Result<(SocketAddr, SocketAddr)>>;
 
-async fn run(config: Config, ready: Ready, mut stop_rx: watch::Receiver<bool>) {
+async fn run(
+    config: Config,
+    persister: Persister,
+    ready: Ready,
+    mut stop_rx: watch::Receiver<bool>,
+) {
     let ws = match TcpListener::bind(config.server.ws_addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -174,6 +188,7 @@ async fn run(config: Config, ready: Ready, mut stop_rx: watch::Receiver<bool>) {
         config.map_defs(),
         room_arbiters.iter().map(|a| a.handle()).collect(),
         dispatcher.clone(),
+        persister.handle(),
         Settings::from_config(&config),
     ));
     let shared = Arc::new(Shared {
@@ -183,6 +198,7 @@ async fn run(config: Config, ready: Ready, mut stop_rx: watch::Receiver<bool>) {
         dispatcher,
         sessions: Mutex::new(HashMap::new()),
         seats: Seats::new(Duration::from_secs(config.auth.resume_ttl_s)),
+        persister: persister.handle(),
         config,
     });
 
@@ -265,6 +281,14 @@ async fn run(config: Config, ready: Ready, mut stop_rx: watch::Receiver<bool>) {
     for arbiter in workers.into_iter().chain(room_arbiters) {
         arbiter.stop();
         let _ = arbiter.join();
+    }
+    // Rooms are gone and have handed over their last state: flush it.
+    let deadline = ms(shared.config.store.shutdown_flush_deadline_ms);
+    let report = persister.shutdown(deadline).await;
+    if report.deadline_hit {
+        tracing::error!(?report, "store flush deadline hit at shutdown");
+    } else {
+        tracing::info!(?report, "store flushed");
     }
     tracing::info!("shard stopped");
 }

@@ -170,8 +170,10 @@ fn configuration_errors_name_the_field_and_print_config_shows_what_is_in_force()
 /// the process exits 0.
 #[tokio::test]
 async fn sigterm_announces_closes_sessions_with_1001_and_exits_0() {
+    let data = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
         .args(["--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .env("TESSERA_STORE__EMBEDDED__DIR", data.path())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()

@@ -63,6 +63,9 @@ impl Shard {
             STARTED.fetch_add(1, Ordering::Relaxed)
         ));
         let log_file = std::fs::File::create(&log).expect("create the server log file");
+        // Each shard gets its own embedded store: shards in parallel tests
+        // must not share (and lock) one data directory.
+        let data = log.with_extension("data");
         let mut cmd = Command::new(&bin);
         cmd.args(["--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
             .args(args)
@@ -76,6 +79,7 @@ impl Shard {
             }
         }
         cmd.env("RUST_LOG", "warn");
+        cmd.env("TESSERA_STORE__EMBEDDED__DIR", &data);
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -44,6 +44,7 @@ use crate::dispatcher::{MapBroadcast, Published, SubscriptionId};
 use crate::metrics as m;
 use crate::outbound::Outbound;
 use crate::session::SessionId;
+use crate::store::{PlayerState, Stats};
 use grid::{Cell, Grid};
 pub use supervisor::{RestartReason, RoomSlot, RoomSupervisor};
 
@@ -74,6 +75,8 @@ pub struct JoinRoom {
     pub epoch: u64,
     pub events: Recipient<RoomEvent>,
     pub resume: Option<SessionId>,
+    /// Where the player's profile says it stood in this map.
+    pub spawn_at: Option<(f32, f32)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +131,13 @@ pub struct ChatIn {
     pub text: String,
 }
 
+/// The player id of the member with entity `entity`, if there is one.
+#[derive(Message)]
+#[rtype(result = "Option<String>")]
+pub struct WhoIs {
+    pub entity: EntityId,
+}
+
 /// Fault injection, for tests and drills (admin API only).
 #[derive(Debug, Clone, Copy)]
 pub enum FaultKind {
@@ -173,9 +183,15 @@ struct Member {
     pending: Vec<(u32, f32, f32)>,
     /// Moved or had an input applied this tick.
     changed: bool,
+    /// Moved since its position was last handed to the persister.
+    unsaved: bool,
     /// What this member saw at the end of the last tick, ascending ids.
     visible: Vec<EntityId>,
 }
+
+/// Positions are handed to the persister (which coalesces them) at most
+/// this often per member, and on leave, disconnect and room stop.
+const SAVE_EVERY_TICKS: u64 = 5;
 
 impl Member {
     fn entity(&self, id: EntityId) -> Entity {
@@ -199,6 +215,22 @@ impl Member {
 
     fn connected(&self) -> bool {
         self.state.disconnected_at.is_none()
+    }
+
+    /// The volatile state the persister keeps for this player.
+    fn saved_state(&self, map: &str) -> PlayerState {
+        let (dx, dy) = self.state.dir;
+        PlayerState {
+            map: map.to_string(),
+            x: self.state.x,
+            y: self.state.y,
+            facing: if dx == 0.0 && dy == 0.0 {
+                0.0
+            } else {
+                dy.atan2(dx)
+            },
+            stats: Stats::default(),
+        }
     }
 }
 
@@ -309,6 +341,7 @@ impl Room {
                     cell,
                     pending: Vec::new(),
                     changed: false,
+                    unsaved: false,
                     visible: Vec::new(),
                 },
             );
@@ -395,10 +428,32 @@ impl Room {
         let member = self.members.remove(&id)?;
         self.grid.remove(id, member.cell);
         self.dirty = true;
+        self.save(&member);
+        self.supervisor.persister().request_flush();
         if self.members.is_empty() {
             self.empty_since = Some(Instant::now());
         }
         Some(member)
+    }
+
+    /// Hand a member's position to the persister (write-behind, coalesced).
+    fn save(&self, member: &Member) {
+        self.supervisor.persister().player_state(
+            &member.state.identity.player_id,
+            member.saved_state(&self.map.name),
+        );
+    }
+
+    /// Hand every member that moved since its last save to the persister.
+    fn save_moved(&mut self) {
+        for member in self.members.values() {
+            if member.unsaved {
+                self.save(member);
+            }
+        }
+        for member in self.members.values_mut() {
+            member.unsaved = false;
+        }
     }
 
     /// Drop seats whose grace period ran out.
@@ -446,6 +501,7 @@ impl Room {
                     s.x = x;
                     s.y = y;
                     member.changed = true;
+                    member.unsaved = true;
                     self.dirty = true;
                     member.cell = self.grid.update(id, member.cell, x, y);
                 }
@@ -560,6 +616,9 @@ impl Room {
         if changed {
             self.snapshot();
         }
+        if self.tick % SAVE_EVERY_TICKS == 0 {
+            self.save_moved();
+        }
         metrics::counter!(m::ROOM_TICKS).increment(1);
         metrics::histogram!(m::ROOM_TICK_SECONDS).record(started.elapsed().as_secs_f64());
     }
@@ -659,7 +718,12 @@ impl Room {
         }
         let id = self.next_entity;
         self.next_entity = self.next_entity.wrapping_add(1).max(1);
-        let (x, y) = self.spawn_point();
+        let (x, y) = match msg.spawn_at {
+            Some((x, y)) if x.is_finite() && y.is_finite() => {
+                (x.clamp(0.0, self.map.width), y.clamp(0.0, self.map.height))
+            }
+            _ => self.spawn_point(),
+        };
         let cell = self.grid.insert(id, x, y);
         let member = Member {
             name: Arc::from(msg.identity.name.as_str()),
@@ -678,6 +742,7 @@ impl Room {
             cell,
             pending: Vec::new(),
             changed: false,
+            unsaved: true,
             visible: Vec::new(),
         };
         self.members.insert(id, member);
@@ -804,6 +869,12 @@ impl Actor for Room {
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         metrics::gauge!(m::ROOMS_ACTIVE).decrement(1.0);
+        if !self.crashed {
+            // A crashed incarnation's state may be half-updated; its
+            // successor saves from the snapshot.
+            self.save_moved();
+            self.supervisor.persister().request_flush();
+        }
         if let Some(sub) = self.broadcast_sub.take() {
             self.supervisor
                 .dispatcher()
@@ -849,6 +920,11 @@ impl Handler<Disconnected> for Room {
             member.state.disconnected_at = Some(Instant::now());
             member.state.dir = (0.0, 0.0);
             member.pending.clear();
+            member.unsaved = false;
+            let saved = member.saved_state(&room.map.name);
+            let player = member.state.identity.player_id.clone();
+            room.supervisor.persister().player_state(&player, saved);
+            room.supervisor.persister().request_flush();
             room.snapshot();
         });
     }
@@ -900,6 +976,19 @@ impl Handler<Published<MapBroadcast>> for Room {
         self.guarded(ctx, "broadcast", |room, _| {
             room.to_all_members(msg.msg.0.clone())
         });
+    }
+}
+
+impl Handler<WhoIs> for Room {
+    type Result = Option<String>;
+
+    fn handle(&mut self, msg: WhoIs, ctx: &mut Context<Self>) -> Option<String> {
+        self.guarded(ctx, "who_is", |room, _| {
+            room.members
+                .get(&msg.entity)
+                .map(|m| m.state.identity.player_id.clone())
+        })
+        .flatten()
     }
 }
 

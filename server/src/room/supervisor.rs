@@ -34,6 +34,7 @@ use super::{Restored, Room, RoomEvent, RoomSnapshot};
 use crate::config::{ms, Config, MapDef};
 use crate::dispatcher::Dispatcher;
 use crate::metrics as m;
+use crate::store::PersisterHandle;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestartReason {
@@ -108,6 +109,7 @@ pub struct RoomSupervisor {
     next_arbiter: AtomicUsize,
     next_incarnation: AtomicU64,
     dispatcher: Arc<Dispatcher>,
+    persister: PersisterHandle,
     rooms: Mutex<HashMap<String, Entry>>,
     /// Recent restarts per map, for the restart intensity.
     history: Mutex<HashMap<String, VecDeque<Instant>>>,
@@ -120,6 +122,7 @@ impl RoomSupervisor {
         maps: Vec<MapDef>,
         arbiters: Vec<ArbiterHandle>,
         dispatcher: Arc<Dispatcher>,
+        persister: PersisterHandle,
         settings: Settings,
     ) -> RoomSupervisor {
         assert!(!arbiters.is_empty(), "rooms need at least one Arbiter");
@@ -136,6 +139,7 @@ impl RoomSupervisor {
             next_arbiter: AtomicUsize::new(0),
             next_incarnation: AtomicU64::new(1),
             dispatcher,
+            persister,
             rooms: Mutex::new(HashMap::new()),
             history: Mutex::new(HashMap::new()),
             settings,
@@ -160,6 +164,10 @@ impl RoomSupervisor {
 
     pub fn dispatcher(&self) -> &Dispatcher {
         &self.dispatcher
+    }
+
+    pub fn persister(&self) -> &PersisterHandle {
+        &self.persister
     }
 
     pub fn idle_stop(&self) -> Duration {

@@ -48,8 +48,25 @@ pub fn test_config() -> Config {
     config
 }
 
-pub fn start(config: Config) -> ShardHandle {
-    server::start(config).expect("test shard starts")
+/// A test shard and the directory of its embedded store, removed after.
+pub struct TestShard {
+    pub shard: ShardHandle,
+    pub data: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestShard {
+    type Target = ShardHandle;
+    fn deref(&self) -> &ShardHandle {
+        &self.shard
+    }
+}
+
+/// Start a shard with its own embedded store directory.
+pub fn start(mut config: Config) -> TestShard {
+    let data = tempfile::tempdir().expect("temp dir");
+    config.store.embedded.dir = data.path().to_path_buf();
+    let shard = server::start(config).expect("test shard starts");
+    TestShard { shard, data }
 }
 
 pub enum Event {
