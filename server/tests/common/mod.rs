@@ -61,6 +61,12 @@ impl std::ops::Deref for TestShard {
     }
 }
 
+/// Start a shard on an existing store directory (a restart).
+pub fn start_on(mut config: Config, dir: &std::path::Path) -> ShardHandle {
+    config.store.embedded.dir = dir.to_path_buf();
+    server::start(config).expect("test shard starts")
+}
+
 /// Start a shard with its own embedded store directory.
 pub fn start(mut config: Config) -> TestShard {
     let data = tempfile::tempdir().expect("temp dir");
@@ -186,9 +192,14 @@ impl Client {
     }
 
     pub async fn hello(&mut self, name: &str) -> Welcome {
+        self.hello_with(None, name).await
+    }
+
+    /// Hello with a session token (a stable identity across shards).
+    pub async fn hello_with(&mut self, token: Option<String>, name: &str) -> Welcome {
         self.send(ClientMsg::Hello(Hello {
             version: PROTOCOL_VERSION,
-            token: None,
+            token,
             resume: None,
             name: Some(name.into()),
         }))
@@ -211,6 +222,33 @@ impl Client {
 
     pub async fn walk(&mut self, seq: u32, dx: f32, dy: f32) {
         self.send(ClientMsg::Move(Move { seq, dx, dy })).await;
+    }
+
+    /// Wait for an `inventory` frame with `currency`.
+    pub async fn expect_currency(&mut self, currency: i64) -> Inventory {
+        self.expect(&format!("inventory with {currency}"), |m| match m {
+            ServerMsg::Inventory(i) if i.currency == currency => Some(i.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn give(&mut self, req: u32, to: EntityId, currency: i64) {
+        self.send(ClientMsg::Give(Give {
+            req,
+            to,
+            currency,
+            items: Default::default(),
+        }))
+        .await;
+    }
+
+    pub async fn expect_done(&mut self, req: u32) -> Done {
+        self.expect(&format!("done {req}"), |m| match m {
+            ServerMsg::Done(d) if d.req == req => Some(d.clone()),
+            _ => None,
+        })
+        .await
     }
 
     pub async fn chat(&mut self, text: &str) {

@@ -1,0 +1,205 @@
+//! Persistence end to end: the durable `give`, returning players, a SIGKILL
+//! right after an acknowledged write, on the embedded store. (The store
+//! layer's own conformance suite, against both backends, is
+//! `store_conformance.rs`; the MongoDB outage with players is
+//! `persistence_mongo.rs`.)
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{start, start_on, test_config, Client, View};
+use protocol::msg::*;
+use protocol::{ErrorCode, ServerMsg};
+use server::auth::{mint_with_key, unix_now, Claims};
+
+const SECRET: &str = "persistence-test-secret-0123";
+const BIN: &str = env!("CARGO_BIN_EXE_tessera-server");
+
+fn token(player: &str) -> String {
+    mint_with_key(
+        SECRET.as_bytes(),
+        &Claims {
+            sub: player.into(),
+            name: player.into(),
+            exp: unix_now() + 600,
+            sid: None,
+        },
+    )
+}
+
+fn config() -> server::Config {
+    let mut config = test_config();
+    config.auth.secret = SECRET.into();
+    config
+}
+
+/// Log in with a stable identity, take the starter purse, join `map`.
+async fn player(addr: std::net::SocketAddr, name: &str, map: &str) -> (Client, Welcome, Joined) {
+    let mut client = Client::connect(addr).await;
+    let welcome = client.hello_with(Some(token(name)), name).await;
+    client.expect_currency(100).await;
+    let joined = client.join(map).await;
+    (client, welcome, joined)
+}
+
+#[tokio::test]
+async fn give_is_done_only_when_stored_both_sides_or_neither() {
+    let shard = start(config());
+    let (mut alice, _, _) = player(shard.ws_addr, "alice", "test").await;
+    let (mut bob, _, b) = player(shard.ws_addr, "bob", "test").await;
+
+    alice.give(1, b.you, 30).await;
+    let done = alice.expect_done(1).await;
+    assert_eq!(done.inventory.currency, 70);
+    bob.expect_currency(130).await;
+
+    // More than she has: refused, nothing changed on either side.
+    alice.give(2, b.you, 1_000).await;
+    alice.expect_error(ErrorCode::Insufficient).await;
+    // Nobody there, herself, nothing, negative: refused.
+    alice.give(3, 9_999, 1).await;
+    alice.expect_error(ErrorCode::NoSuchTarget).await;
+    alice.give(4, b.you, 0).await;
+    alice.expect_error(ErrorCode::InvalidInput).await;
+    alice.give(5, b.you, -5).await;
+    alice.expect_error(ErrorCode::InvalidInput).await;
+
+    // A retry of req 1 is answered but not applied again.
+    alice.give(1, b.you, 30).await;
+    assert_eq!(alice.expect_done(1).await.inventory.currency, 70);
+    alice.give(6, b.you, 70).await;
+    assert_eq!(alice.expect_done(6).await.inventory.currency, 0);
+    bob.expect_currency(200).await;
+}
+
+#[tokio::test]
+async fn a_returning_player_gets_back_its_map_position_and_inventory() {
+    let data = tempfile::tempdir().unwrap();
+    let (spot, you) = {
+        let shard = start_on(config(), data.path());
+        let (mut alice, _, a) = player(shard.ws_addr, "alice", "test").await;
+        let (_bob, _, b) = player(shard.ws_addr, "bob", "test").await;
+        alice.give(1, b.you, 10).await;
+        alice.expect_done(1).await;
+        // Walk a bit, stop, and note where she stands.
+        let mut view = View::from_joined(&a);
+        alice.walk(1, 0.3, 0.2).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        alice.walk(2, 0.0, 0.0).await;
+        while view.entities[&a.you].2 != 2 {
+            let u = alice
+                .expect("update", |m| match m {
+                    ServerMsg::Update(u) => Some(u.clone()),
+                    _ => None,
+                })
+                .await;
+            view.apply(&u);
+        }
+        let (x, y, _) = view.entities[&a.you];
+        drop(alice);
+        // Graceful shutdown flushes everything dirty.
+        shard.shutdown();
+        ((x, y), a.you)
+    };
+    let shard = start_on(config(), data.path());
+    let mut alice = Client::connect(shard.ws_addr).await;
+    let welcome = alice.hello_with(Some(token("alice")), "alice").await;
+    assert_eq!(welcome.last_map.as_deref(), Some("test"));
+    let inventory = alice
+        .expect("inventory", |m| match m {
+            ServerMsg::Inventory(i) => Some(i.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(inventory.currency, 90, "the starter purse is granted once");
+    let joined = alice.join("test").await;
+    let me = joined.entities.iter().find(|e| e.id == joined.you).unwrap();
+    assert_eq!(
+        (me.x, me.y),
+        spot,
+        "back where she stood (entity {you} before)"
+    );
+}
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_server(data: &std::path::Path) -> (Child, std::net::SocketAddr) {
+    let mut child = Command::new(BIN)
+        .args(["--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .env("TESSERA_STORE__EMBEDDED__DIR", data)
+        .env("TESSERA_AUTH__SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    let addr = line
+        .strip_prefix("ws listening on ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    (Child(child), addr)
+}
+
+/// SIGKILL right after a durable ack: the acknowledged change survives, and
+/// the position is at most about one flush interval (1 s) old.
+#[tokio::test]
+async fn sigkill_right_after_a_durable_ack_keeps_it_and_recent_positions() {
+    let data = tempfile::tempdir().unwrap();
+    let (child, addr) = spawn_server(data.path());
+    let (mut alice, _, a) = player(addr, "alice", "lobby").await;
+    let (_bob, _, b) = player(addr, "bob", "lobby").await;
+    // Walk right at a quarter of the lobby's 200 units/s.
+    alice.walk(1, 0.25, 0.0).await;
+    let mut view = View::from_joined(&a);
+    let walk_until = std::time::Instant::now() + Duration::from_millis(2_500);
+    while std::time::Instant::now() < walk_until {
+        if let Some(common::Event::Msg(ServerMsg::Update(u))) =
+            alice.next_event(Duration::from_millis(100)).await
+        {
+            view.apply(&u);
+        }
+    }
+    alice.give(1, b.you, 42).await;
+    alice.expect_done(1).await;
+    let last_x = view.entities[&a.you].0;
+    let status = Command::new("kill")
+        .args(["-KILL", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    drop(child);
+
+    let (_child, addr) = spawn_server(data.path());
+    let mut alice = Client::connect(addr).await;
+    let welcome = alice.hello_with(Some(token("alice")), "alice").await;
+    assert_eq!(welcome.last_map.as_deref(), Some("lobby"));
+    alice.expect_currency(58).await;
+    let joined = alice.join("lobby").await;
+    let x = joined
+        .entities
+        .iter()
+        .find(|e| e.id == joined.you)
+        .unwrap()
+        .x;
+    // 50 units/s; one flush interval plus the 5-tick save cadence and
+    // slack: at most 1.5 s behind.
+    assert!(
+        x <= last_x + 0.01 && x >= last_x - 75.0,
+        "saved x {x}, last seen {last_x}"
+    );
+}
