@@ -436,6 +436,11 @@ impl Room {
         Some(member)
     }
 
+    fn member_of(&mut self, session: SessionId) -> Option<&mut Member> {
+        let id = self.sessions.get(&session)?;
+        self.members.get_mut(id)
+    }
+
     /// Hand a member's position to the persister (write-behind, coalesced).
     fn save(&self, member: &Member) {
         self.supervisor.persister().player_state(
@@ -910,18 +915,15 @@ impl Handler<Disconnected> for Room {
 
     fn handle(&mut self, msg: Disconnected, ctx: &mut Context<Self>) {
         self.guarded(ctx, "disconnected", |room, _| {
-            let Some(member) = room
-                .sessions
-                .get(&msg.session)
-                .and_then(|id| room.members.get_mut(id))
-            else {
+            let map = room.map.clone();
+            let Some(member) = room.member_of(msg.session) else {
                 return;
             };
             member.state.disconnected_at = Some(Instant::now());
             member.state.dir = (0.0, 0.0);
             member.pending.clear();
             member.unsaved = false;
-            let saved = member.saved_state(&room.map.name);
+            let saved = member.saved_state(&map.name);
             let player = member.state.identity.player_id.clone();
             room.supervisor.persister().player_state(&player, saved);
             room.supervisor.persister().request_flush();
@@ -935,11 +937,7 @@ impl Handler<Input> for Room {
 
     fn handle(&mut self, msg: Input, ctx: &mut Context<Self>) {
         self.guarded(ctx, "input", |room, _| {
-            let Some(member) = room
-                .sessions
-                .get(&msg.session)
-                .and_then(|id| room.members.get_mut(id))
-            else {
+            let Some(member) = room.member_of(msg.session) else {
                 return;
             };
             if member.pending.len() >= MAX_PENDING_INPUTS {
