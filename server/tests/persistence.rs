@@ -13,21 +13,12 @@ use std::time::Duration;
 use common::{start, start_on, test_config, Client, View};
 use protocol::msg::*;
 use protocol::{ErrorCode, ServerMsg};
-use server::auth::{mint_with_key, unix_now, Claims};
 
 const SECRET: &str = "persistence-test-secret-0123";
 const BIN: &str = env!("CARGO_BIN_EXE_tessera-server");
 
 fn token(player: &str) -> String {
-    mint_with_key(
-        SECRET.as_bytes(),
-        &Claims {
-            sub: player.into(),
-            name: player.into(),
-            exp: unix_now() + 600,
-            sid: None,
-        },
-    )
+    common::token(SECRET, player)
 }
 
 fn config() -> server::Config {

@@ -11,22 +11,13 @@ use std::time::{Duration, Instant};
 use common::{start, test_config, Client, Event, View};
 use protocol::msg::*;
 use protocol::{ErrorCode, ServerMsg};
-use server::auth::{mint_with_key, unix_now, Claims};
 use server::store::Backend;
 use store_support::Secantus;
 
 const SECRET: &str = "outage-test-secret-0123456";
 
 fn token(player: &str) -> String {
-    mint_with_key(
-        SECRET.as_bytes(),
-        &Claims {
-            sub: player.into(),
-            name: player.into(),
-            exp: unix_now() + 600,
-            sid: None,
-        },
-    )
+    common::token(SECRET, player)
 }
 
 fn config(mongo: &Secantus) -> server::Config {

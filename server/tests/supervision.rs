@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{http_get, http_post, start, test_config, Client, Event, View};
 use protocol::msg::*;
-use protocol::{ClientMsg, CloseCode, ErrorCode, NoticeCode, ServerMsg, PROTOCOL_VERSION};
+use protocol::{ClientMsg, CloseCode, ErrorCode, NoticeCode, ServerMsg};
 use server::auth::{mint_with_key, unix_now, Claims};
 use server::config::MapConfig;
 
@@ -193,14 +193,7 @@ async fn resuming_restores_the_seat_and_reused_forged_or_expired_tokens_are_refu
     );
 
     let mut again = Client::connect(shard.ws_addr).await;
-    again
-        .send(ClientMsg::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            token: None,
-            resume: Some(welcome.resume_token.clone()),
-            name: None,
-        }))
-        .await;
+    again.send_resume(welcome.resume_token.clone()).await;
     let back = again
         .expect("welcome", |m| match m {
             ServerMsg::Welcome(w) => Some(w.clone()),
@@ -240,14 +233,7 @@ async fn resuming_restores_the_seat_and_reused_forged_or_expired_tokens_are_refu
         let addr = shard.ws_addr;
         async move {
             let mut client = Client::connect(addr).await;
-            client
-                .send(ClientMsg::Hello(Hello {
-                    version: PROTOCOL_VERSION,
-                    token: None,
-                    resume: Some(resume),
-                    name: None,
-                }))
-                .await;
+            client.send_resume(resume).await;
             client.expect_error(code).await;
             assert_eq!(
                 client.expect_close().await,
@@ -289,14 +275,7 @@ async fn a_session_panic_closes_only_that_connection_and_the_player_can_resume()
         .await;
 
     let mut again = Client::connect(shard.ws_addr).await;
-    again
-        .send(ClientMsg::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            token: None,
-            resume: Some(welcome.resume_token),
-            name: None,
-        }))
-        .await;
+    again.send_resume(welcome.resume_token).await;
     let joined = again
         .expect("joined", |m| match m {
             ServerMsg::Joined(j) => Some(j.clone()),

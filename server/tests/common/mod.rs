@@ -195,6 +195,17 @@ impl Client {
         self.hello_with(None, name).await
     }
 
+    /// Say hello with only a resume token.
+    pub async fn send_resume(&mut self, resume: String) {
+        self.send(ClientMsg::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            token: None,
+            resume: Some(resume),
+            name: None,
+        }))
+        .await;
+    }
+
     /// Hello with a session token (a stable identity across shards).
     pub async fn hello_with(&mut self, token: Option<String>, name: &str) -> Welcome {
         self.send(ClientMsg::Hello(Hello {
@@ -329,4 +340,17 @@ pub async fn http_post(url: &str, bearer: Option<&str>, body: &str) -> (u16, Str
 
 pub async fn http_get(url: &str) -> String {
     http("GET", url, None, "").await.1
+}
+
+/// A session token for `player` signed with `secret`, valid for 10 minutes.
+pub fn token(secret: &str, player: &str) -> String {
+    server::auth::mint_with_key(
+        secret.as_bytes(),
+        &server::auth::Claims {
+            sub: player.into(),
+            name: player.into(),
+            exp: server::auth::unix_now() + 600,
+            sid: None,
+        },
+    )
 }
