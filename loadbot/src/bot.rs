@@ -128,6 +128,7 @@ pub async fn run_bot(index: u32, shared: Arc<Shared>, stop: watch::Receiver<bool
         resume: None,
         player_id: None,
         ever_joined: false,
+        resume_pending: false,
         sessions: 0,
         failures: 0,
         stop,
@@ -150,6 +151,8 @@ struct Bot {
     resume: Option<Box<str>>,
     player_id: Option<Box<str>>,
     ever_joined: bool,
+    /// A churn drop whose bot is not back in a map yet.
+    resume_pending: bool,
     sessions: u32,
     /// Consecutive failures, for the back-off.
     failures: u32,
@@ -319,7 +322,10 @@ impl Bot {
             self.sessions += 1;
             match self.session().await {
                 End::Stop => break,
-                End::Churn => self.failures = 0,
+                End::Churn => {
+                    self.failures = 0;
+                    self.resume_pending = true;
+                }
                 End::Failed | End::Lost => {
                     self.failures = self.failures.saturating_add(1);
                     let delay = scenario::backoff(&mut self.rng, self.failures - 1);
@@ -330,6 +336,9 @@ impl Bot {
                     }
                 }
             }
+        }
+        if self.resume_pending {
+            self.stats().resumes_unfinished.fetch_add(1, Relaxed);
         }
     }
 
@@ -584,6 +593,7 @@ impl Bot {
     /// In a map at last: play there. `since` is when the join was sent.
     async fn enter(&mut self, ws: &mut Ws, since: Instant, joined: Joined) -> End {
         self.failures = 0;
+        self.resume_pending = false;
         self.on_joined(since);
         let room = Room::from_joined(&joined);
         self.seq = self.seq.max(own_seq(&joined));

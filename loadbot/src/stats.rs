@@ -131,6 +131,8 @@ pub struct Stats {
     pub resumed_new_player: AtomicU64,
     /// Resumes whose seat came back by itself (`joined` without a join).
     pub seats_restored: AtomicU64,
+    /// Churn drops whose resume the end of the run cut short.
+    pub resumes_unfinished: AtomicU64,
     pub churn_drops: AtomicU64,
     pub map_hops: AtomicU64,
     pub bytes_sent: AtomicU64,
@@ -189,6 +191,7 @@ impl Stats {
             resumed_same_player: AtomicU64::new(0),
             resumed_new_player: AtomicU64::new(0),
             seats_restored: AtomicU64::new(0),
+            resumes_unfinished: AtomicU64::new(0),
             churn_drops: AtomicU64::new(0),
             map_hops: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),

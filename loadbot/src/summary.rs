@@ -124,6 +124,7 @@ pub struct Summary {
     pub resumed_same_player: u64,
     pub resumed_new_player: u64,
     pub seats_restored: u64,
+    pub resumes_unfinished: u64,
 
     pub msgs_sent: u64,
     pub msgs_sent_by_kind: BTreeMap<String, u64>,
@@ -241,6 +242,7 @@ impl Summary {
             resumed_same_player: s.resumed_same_player.load(Relaxed),
             resumed_new_player: s.resumed_new_player.load(Relaxed),
             seats_restored: s.seats_restored.load(Relaxed),
+            resumes_unfinished: s.resumes_unfinished.load(Relaxed),
             msgs_sent: c.msgs_sent,
             msgs_sent_by_kind: by_kind(&CLIENT_KINDS, &s.sent_by_kind),
             bytes_sent: c.bytes_sent,

@@ -156,19 +156,28 @@ async fn churning_bots_resume_and_hop() {
     assert_eq!(summary.bots_joined, 30, "{summary:#?}\n{log}");
     assert!(summary.churn_drops > 0, "{summary:#?}");
     assert!(summary.map_hops > 0, "{summary:#?}");
-    assert_eq!(summary.reconnects, summary.churn_drops, "{summary:#?}");
-    assert_eq!(
-        summary.resumed_same_player, summary.churn_drops,
+    // The end of the run may cut a bot's last resume short (before its
+    // reconnect, welcome or seat): at most one per bot, and counted.
+    assert!(summary.resumes_unfinished <= 30, "{summary:#?}");
+    let finished = summary.churn_drops - summary.resumes_unfinished;
+    assert!(
+        (finished..=summary.churn_drops).contains(&summary.reconnects),
+        "{summary:#?}"
+    );
+    assert_eq!(summary.resumed_new_player, 0, "{summary:#?}\n{log}");
+    assert!(
+        summary.resumed_same_player >= finished,
         "every resume token gave the same player back: {summary:#?}\n{log}"
     );
     assert_eq!(
-        summary.seats_restored, summary.churn_drops,
-        "every resume got its seat back without a join: {summary:#?}\n{log}"
+        summary.seats_restored, finished,
+        "every finished resume got its seat back without a join: {summary:#?}\n{log}"
     );
-    assert_eq!(
-        summary.notices_by_code.get(&6002),
-        Some(&summary.churn_drops),
-        "a notice 6002 per restored seat"
+    // The notice follows `joined`; the stop may come between the two.
+    let notices = summary.notices_by_code.get(&6002).copied().unwrap_or(0);
+    assert!(
+        notices <= summary.seats_restored && notices + 30 >= summary.seats_restored,
+        "a notice 6002 per restored seat: {summary:#?}"
     );
     assert_eq!(
         summary.connect_failures, 0,

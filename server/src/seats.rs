@@ -34,8 +34,13 @@ pub struct Seat {
 
 struct Entry {
     latest_sid: String,
+    /// The player's latest session.
     session: SessionId,
-    map: Option<Arc<str>>,
+    /// Where the player sits, and the session the room holds the seat under.
+    /// A resumed session that never reached the room (it dropped while
+    /// loading) leaves this as it was, so the next resume still finds the
+    /// seat under the session that really holds it.
+    seat: Option<Seat>,
     expires: Instant,
 }
 
@@ -59,7 +64,7 @@ impl Seats {
             Entry {
                 latest_sid: sid.to_string(),
                 session,
-                map: None,
+                seat: None,
                 expires: Instant::now() + self.ttl,
             },
         );
@@ -79,10 +84,7 @@ impl Seats {
         let mut players = self.players.lock();
         let seat = match players.get(player) {
             Some(entry) if entry.latest_sid != claimed_sid => return Err(ResumeError::Reused),
-            Some(entry) => entry.map.clone().map(|map| Seat {
-                map,
-                session: entry.session,
-            }),
+            Some(entry) => entry.seat.clone(),
             None => None,
         };
         players.insert(
@@ -90,18 +92,20 @@ impl Seats {
             Entry {
                 latest_sid: new_sid.to_string(),
                 session: new_session,
-                map: seat.as_ref().map(|s| s.map.clone()),
+                seat: seat.clone(),
                 expires: Instant::now() + self.ttl,
             },
         );
         Ok(seat)
     }
 
-    /// Session `session` of `player` now sits in `map` (or in none).
+    /// Session `session` of `player` now sits in `map` (or in none): its
+    /// join (or leave) is on its way to the room, ahead of any later
+    /// session's resume.
     pub fn seated(&self, player: &str, session: SessionId, map: Option<Arc<str>>) {
         if let Some(entry) = self.players.lock().get_mut(player) {
             if entry.session == session {
-                entry.map = map;
+                entry.seat = map.map(|map| Seat { map, session });
             }
         }
     }
@@ -144,7 +148,9 @@ mod tests {
             }
         );
         assert_eq!(seats.resume("p", "s-1", "s-3", 3), Err(ResumeError::Reused));
-        // The new session's own token works, and the seat moved with it.
+        // The new session's own token works, and the seat moved with it
+        // once its join went out.
+        seats.seated("p", 2, Some(Arc::from("lobby")));
         let seat = seats.resume("p", "s-2", "s-4", 4).unwrap().unwrap();
         assert_eq!(seat.session, 2);
     }
@@ -155,6 +161,31 @@ mod tests {
         assert_eq!(seats.resume("q", "s-9", "s-10", 10), Ok(None));
         seats.seated("q", 99, Some(Arc::from("arena")));
         assert_eq!(seats.resume("q", "s-10", "s-11", 11), Ok(None));
+    }
+
+    #[test]
+    fn a_session_that_dropped_before_reaching_the_room_passes_the_seat_on() {
+        let seats = Seats::new(Duration::from_secs(60));
+        seats.welcomed("p", "s-1", 1);
+        seats.seated("p", 1, Some(Arc::from("lobby")));
+        // Session 2 resumes and drops while loading, before its join.
+        let seat = seats.resume("p", "s-1", "s-2", 2).unwrap().unwrap();
+        assert_eq!(seat.session, 1);
+        // The room still holds the seat under session 1.
+        let seat = seats.resume("p", "s-2", "s-3", 3).unwrap().unwrap();
+        assert_eq!(
+            seat,
+            Seat {
+                map: Arc::from("lobby"),
+                session: 1
+            }
+        );
+        // Once session 3 joins, the seat is its.
+        seats.seated("p", 3, Some(Arc::from("lobby")));
+        assert_eq!(
+            seats.resume("p", "s-3", "s-4", 4).unwrap().unwrap().session,
+            3
+        );
     }
 
     #[test]
