@@ -75,7 +75,8 @@ fi
 [ -x "$LOADBOT_BIN" ] || { echo "no $LOADBOT_BIN" >&2; exit 1; }
 
 # A shard with 100 plain 1000x1000 maps (m001..m100), room caps above any
-# scenario's, and a short shutdown grace.
+# scenario's, m001 as the fallback of a failed room, and a short shutdown
+# grace.
 CONFIG=$OUT/server.toml
 {
     echo "[server]"
@@ -83,6 +84,8 @@ CONFIG=$OUT/server.toml
     echo "shutdown_grace_ms = 1000"
     echo "[rooms]"
     echo "max_players = 2000"
+    echo "[supervision]"
+    echo "fallback_map = \"m001\""
     for i in $(seq 1 100); do
         printf '[[maps]]\nname = "m%03d"\n' "$i"
     done

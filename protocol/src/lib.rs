@@ -23,6 +23,7 @@
 //! `PROTOCOL.md` beside this crate is the human-readable contract and
 //! `js/tessera.js` the browser client that speaks it.
 
+pub mod assemble;
 pub mod codec;
 pub mod codes;
 pub mod limits;

@@ -241,6 +241,9 @@ where
     S: Sink<Message, Error = WsError> + Unpin,
 {
     let mut batch = Vec::new();
+    // Handles looked up once, not per batch.
+    let frames_sent = metrics::counter!(m::FRAMES_SENT);
+    let flushes = metrics::counter!(m::FLUSHES);
     loop {
         let close = out.next_batch(&mut batch).await;
         if let Some((code, reason)) = close {
@@ -257,28 +260,22 @@ where
             return;
         }
         let frames = batch.len() as u64;
-        let mut ok = true;
-        for frame in batch.drain(..) {
-            let message = match frame {
-                Frame::State(b) | Frame::Reliable(b) => Message::Binary(b),
-                Frame::Ping => Message::Ping(Bytes::new()),
-            };
-            if !matches!(
-                tokio::time::timeout(write_timeout, sink.feed(message)).await,
-                Ok(Ok(()))
-            ) {
-                ok = false;
-                break;
+        // One deadline for the whole batch: a client that cannot take it in
+        // `write_timeout` is too slow either way, and one timer per batch
+        // is cheaper than one per frame.
+        let write = async {
+            for frame in batch.drain(..) {
+                let message = match frame {
+                    Frame::State(b) | Frame::Reliable(b) => Message::Binary(b),
+                    Frame::Ping => Message::Ping(Bytes::new()),
+                };
+                sink.feed(message).await?;
             }
-        }
-        if ok {
-            ok = matches!(
-                tokio::time::timeout(write_timeout, sink.flush()).await,
-                Ok(Ok(()))
-            );
-        }
-        metrics::counter!(m::FRAMES_SENT).increment(frames);
-        metrics::counter!(m::FLUSHES).increment(1);
+            sink.flush().await
+        };
+        let ok = matches!(tokio::time::timeout(write_timeout, write).await, Ok(Ok(())));
+        frames_sent.increment(frames);
+        flushes.increment(1);
         if !ok {
             batch.clear();
             out.close(CloseCode::InternalError, "write failed");

@@ -4,22 +4,22 @@
 //! lies in the 3×3 cells around it. Each cell keeps its entities' positions,
 //! so a query reads no other structure.
 
-use std::collections::HashMap;
-
 use protocol::msg::EntityId;
+
+use super::FastMap;
 
 pub type Cell = (i32, i32);
 
 pub struct Grid {
     cell_size: f32,
-    cells: HashMap<Cell, Vec<(EntityId, f32, f32)>>,
+    cells: FastMap<Cell, Vec<(EntityId, f32, f32)>>,
 }
 
 impl Grid {
     pub fn new(cell_size: f32) -> Grid {
         Grid {
             cell_size,
-            cells: HashMap::new(),
+            cells: FastMap::default(),
         }
     }
 

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::Bytes;
 use protocol::msg::{Announce, Chat, Entity, EntityId, Joined, MapInfo, Moved, Notice, Update};
-use protocol::{encode_server, NoticeCode, ServerMsg};
+use protocol::{assemble, encode_server, NoticeCode, ServerMsg};
 use rand::Rng;
 
 use crate::auth::Identity;
@@ -46,6 +46,11 @@ use crate::outbound::Outbound;
 use crate::session::SessionId;
 use crate::store::{PlayerState, Stats};
 use grid::{Cell, Grid};
+
+/// Maps keyed by ids the server hands out (entities, sessions, grid cells),
+/// looked up per entity per member per tick: a fast hash, since clients
+/// cannot choose the keys.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 pub use supervisor::{RestartReason, RoomSlot, RoomSupervisor};
 
 /// Pending inputs kept per member between ticks; older ones are dropped.
@@ -187,6 +192,16 @@ struct Member {
     unsaved: bool,
     /// What this member saw at the end of the last tick, ascending ids.
     visible: Vec<EntityId>,
+    /// Its entries of `update.moved` and `update.entered` as of its last
+    /// change, encoded once for every member that sees it.
+    wire: Encoded,
+}
+
+/// A member's pre-encoded update entries (see [`protocol::assemble`]).
+#[derive(Default)]
+struct Encoded {
+    moved: Vec<u8>,
+    entity: Vec<u8>,
 }
 
 /// Positions are handed to the persister (which coalesces them) at most
@@ -215,6 +230,16 @@ impl Member {
 
     fn connected(&self) -> bool {
         self.state.disconnected_at.is_none()
+    }
+
+    /// Re-encode its update entries after a change (or when never encoded).
+    fn encode(&mut self, id: EntityId) {
+        let (moved, entity) = (self.moved(id), self.entity(id));
+        let wire = &mut self.wire;
+        wire.moved.clear();
+        assemble::encode_moved(&moved, &mut wire.moved);
+        wire.entity.clear();
+        assemble::encode_entity(&entity, &mut wire.entity);
     }
 
     /// The volatile state the persister keeps for this player.
@@ -257,8 +282,8 @@ pub struct Room {
     slot: Arc<RoomSlot>,
     tick: u64,
     next_entity: EntityId,
-    sessions: HashMap<SessionId, EntityId>,
-    members: HashMap<EntityId, Member>,
+    sessions: FastMap<SessionId, EntityId>,
+    members: FastMap<EntityId, Member>,
     grid: Grid,
     empty_since: Option<Instant>,
     /// When the next tick is due; ticks run at a fixed rate.
@@ -299,8 +324,8 @@ impl Room {
             slot,
             tick: 0,
             next_entity: 1,
-            sessions: HashMap::new(),
-            members: HashMap::new(),
+            sessions: FastMap::default(),
+            members: FastMap::default(),
             empty_since: Some(Instant::now()),
             next_tick: Instant::now(),
             broadcast_sub: None,
@@ -343,6 +368,7 @@ impl Room {
                     changed: false,
                     unsaved: false,
                     visible: Vec::new(),
+                    wire: Encoded::default(),
                 },
             );
         }
@@ -527,8 +553,15 @@ impl Room {
 
     /// Send every connected member what changed in its view this tick.
     fn publish_views(&mut self) {
-        let mut frames: HashMap<ViewDiff, Bytes> = HashMap::new();
+        let mut frames: FastMap<ViewDiff, Bytes> = FastMap::default();
         let mut sent = 0u64;
+        if self.dirty {
+            for (&id, member) in self.members.iter_mut() {
+                if member.changed || member.wire.moved.is_empty() {
+                    member.encode(id);
+                }
+            }
+        }
         let mut ids = std::mem::take(&mut self.scratch_ids);
         let mut previous = std::mem::take(&mut self.scratch_view);
         ids.clear();
@@ -565,22 +598,23 @@ impl Room {
             let frame = match frames.get(&diff) {
                 Some(frame) => frame.clone(),
                 None => {
-                    let update = Update {
-                        tick: self.tick,
-                        entered: diff
-                            .entered
+                    // Laid out around the entries encoded above: no entity
+                    // is encoded again per member that sees it.
+                    let mut bytes = Vec::with_capacity(
+                        16 + 24 * diff.moved.len() + 40 * diff.entered.len() + 5 * diff.left.len(),
+                    );
+                    let members = &self.members;
+                    assemble::write_update(
+                        &mut bytes,
+                        self.tick,
+                        diff.entered
                             .iter()
-                            .map(|e| self.members[e].entity(*e))
-                            .collect(),
-                        moved: diff
-                            .moved
-                            .iter()
-                            .map(|e| self.members[e].moved(*e))
-                            .collect(),
-                        left: diff.left.clone(),
-                        full: false,
-                    };
-                    let frame = encode_frame(&ServerMsg::Update(update));
+                            .map(|e| members[e].wire.entity.as_slice()),
+                        diff.moved.iter().map(|e| members[e].wire.moved.as_slice()),
+                        &diff.left,
+                        false,
+                    );
+                    let frame = Bytes::from(bytes);
                     frames.insert(diff, frame.clone());
                     frame
                 }
@@ -749,6 +783,7 @@ impl Room {
             changed: false,
             unsaved: true,
             visible: Vec::new(),
+            wire: Encoded::default(),
         };
         self.members.insert(id, member);
         self.sessions.insert(msg.session, id);
