@@ -20,8 +20,9 @@
 //! stops this incarnation and hands its last snapshot to the
 //! [`RoomSupervisor`], which starts a new incarnation that re-attaches the
 //! members and sends each a full resync and a notice. The snapshot is taken
-//! after every tick and membership change, into a slot the supervisor holds,
-//! so a room stuck in a handler can be restarted from it too.
+//! at every membership change and every [`SNAPSHOT_EVERY_TICKS`] ticks when
+//! anyone moved, into a slot the supervisor holds, so a room stuck in a
+//! handler can be restarted from it too.
 
 pub mod grid;
 pub mod supervisor;
@@ -208,6 +209,11 @@ struct Encoded {
 /// this often per member, and on leave, disconnect and room stop.
 const SAVE_EVERY_TICKS: u64 = 5;
 
+/// Movement alone is snapshotted every this many ticks (100 ms at 20 Hz);
+/// joins, leaves and disconnects at once. A restart replays at most this
+/// much movement; the players get a full resync either way.
+const SNAPSHOT_EVERY_TICKS: u64 = 2;
+
 impl Member {
     fn entity(&self, id: EntityId) -> Entity {
         Entity {
@@ -296,6 +302,8 @@ pub struct Room {
     /// published views; when not, a tick has nothing to send (an idle room
     /// costs next to nothing).
     dirty: bool,
+    /// Something changed since the last snapshot.
+    moved_since_snapshot: bool,
     /// Scratch buffers reused every tick.
     scratch_ids: Vec<EntityId>,
     scratch_view: Vec<EntityId>,
@@ -332,6 +340,7 @@ impl Room {
             restored: None,
             crashed: false,
             dirty: true,
+            moved_since_snapshot: false,
             scratch_ids: Vec::new(),
             scratch_view: Vec::new(),
         };
@@ -377,7 +386,8 @@ impl Room {
         }
     }
 
-    fn snapshot(&self) {
+    fn snapshot(&mut self) {
+        self.moved_since_snapshot = false;
         let snapshot = RoomSnapshot {
             tick: self.tick,
             next_entity: self.next_entity,
@@ -650,9 +660,9 @@ impl Room {
         self.tick += 1;
         self.expire_seats();
         self.simulate();
-        let changed = self.dirty;
+        self.moved_since_snapshot |= self.dirty;
         self.publish_views();
-        if changed {
+        if self.moved_since_snapshot && self.tick % SNAPSHOT_EVERY_TICKS == 0 {
             self.snapshot();
         }
         if self.tick % SAVE_EVERY_TICKS == 0 {
