@@ -175,7 +175,12 @@ impl Default for EconomyConfig {
     }
 }
 
-/// Let it crash: how rooms are restarted and players kept.
+/// The longest restart backoff a task may be given: past it, a task is as
+/// good as given up, without saying so.
+const MAX_CHILD_BACKOFF_MS: u64 = 3_600_000;
+
+/// Let it crash: how rooms and long-lived tasks are restarted and players
+/// kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SupervisionConfig {
@@ -192,6 +197,19 @@ pub struct SupervisionConfig {
     pub watchdog_interval_ms: u64,
     /// A disconnected player keeps its seat this long, for a resume.
     pub resume_grace_ms: u64,
+    /// Long-lived tasks (gateway, HTTP, sampler, watchdog, persister): the
+    /// first restart waits `child_backoff_min_ms`, each next one twice as
+    /// long up to `child_backoff_max_ms` (with jitter).
+    pub child_backoff_min_ms: u64,
+    pub child_backoff_max_ms: u64,
+    /// A task that ran this long before it ended restarts at the minimum
+    /// backoff again.
+    pub child_backoff_reset_ms: u64,
+    /// A task restarted more than `child_max_restarts` times within
+    /// `child_restart_window_ms` is given up (logged, counted, and
+    /// `/healthz` says `degraded`). 0: given up at its first crash.
+    pub child_max_restarts: u32,
+    pub child_restart_window_ms: u64,
 }
 
 impl Default for SupervisionConfig {
@@ -203,6 +221,11 @@ impl Default for SupervisionConfig {
             stall_timeout_ms: 1_000,
             watchdog_interval_ms: 100,
             resume_grace_ms: 30_000,
+            child_backoff_min_ms: 100,
+            child_backoff_max_ms: 10_000,
+            child_backoff_reset_ms: 30_000,
+            child_max_restarts: 5,
+            child_restart_window_ms: 60_000,
         }
     }
 }
@@ -473,6 +496,15 @@ impl Config {
         positive("supervision.stall_timeout_ms", sv.stall_timeout_ms);
         positive("supervision.watchdog_interval_ms", sv.watchdog_interval_ms);
         positive("supervision.resume_grace_ms", sv.resume_grace_ms);
+        positive("supervision.child_backoff_min_ms", sv.child_backoff_min_ms);
+        positive(
+            "supervision.child_backoff_reset_ms",
+            sv.child_backoff_reset_ms,
+        );
+        positive(
+            "supervision.child_restart_window_ms",
+            sv.child_restart_window_ms,
+        );
         if s.max_frame_bytes < 256 {
             errors.push("server.max_frame_bytes must be at least 256".into());
         }
@@ -487,6 +519,16 @@ impl Config {
         }
         if self.auth.mode == AuthMode::Production && self.auth.secret.len() < 16 {
             errors.push("auth.secret must be at least 16 bytes in production mode".into());
+        }
+        if sv.child_backoff_max_ms < sv.child_backoff_min_ms {
+            errors.push(
+                "supervision.child_backoff_max_ms must be at least child_backoff_min_ms".into(),
+            );
+        }
+        if sv.child_backoff_max_ms > MAX_CHILD_BACKOFF_MS {
+            errors.push(format!(
+                "supervision.child_backoff_max_ms must be at most {MAX_CHILD_BACKOFF_MS} (one hour)"
+            ));
         }
         if sv.watchdog_interval_ms >= sv.stall_timeout_ms {
             errors.push("supervision.watchdog_interval_ms must be below stall_timeout_ms".into());
@@ -699,8 +741,12 @@ mod tests {
             spawn: [5_000.0, 0.0],
             ..MapConfig::default()
         });
+        config.supervision.child_backoff_min_ms = 0;
+        config.supervision.child_restart_window_ms = 0;
         let message = config.validate().unwrap_err().to_string();
         for field in [
+            "supervision.child_backoff_min_ms",
+            "supervision.child_restart_window_ms",
             "limits.move_per_sec",
             "auth.secret",
             "maps[0].name",
@@ -708,6 +754,28 @@ mod tests {
         ] {
             assert!(message.contains(field), "{field} missing in {message}");
         }
+    }
+
+    #[test]
+    fn task_backoff_bounds_are_checked() {
+        let mut config = Config::default();
+        config.supervision.child_backoff_min_ms = 5_000;
+        config.supervision.child_backoff_max_ms = 1_000;
+        let message = config.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("supervision.child_backoff_max_ms must be at least"),
+            "{message}"
+        );
+        config.supervision.child_backoff_max_ms = u64::MAX;
+        let message = config.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("supervision.child_backoff_max_ms must be at most"),
+            "{message}"
+        );
+        let env = env(&[("TESSERA_SUPERVISION__CHILD_MAX_RESTARTS", "0")]);
+        let config = Config::load(None, env).unwrap();
+        assert_eq!(config.supervision.child_max_restarts, 0);
+        config.validate().unwrap();
     }
 
     #[test]

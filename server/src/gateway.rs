@@ -39,19 +39,41 @@ pub fn ws_config(config: &ServerConfig) -> WebSocketConfig {
     ws
 }
 
+/// The accept loop's state. Everything that must survive a restart of the
+/// loop (the connection count, session ids) lives here behind `Arc`s, so
+/// the supervisor can start a fresh loop from a clone.
+#[derive(Clone)]
 pub struct Gateway {
-    pub shared: Arc<Shared>,
-    pub workers: Vec<ArbiterHandle>,
-    pub done: mpsc::Sender<()>,
+    shared: Arc<Shared>,
+    workers: Vec<ArbiterHandle>,
+    done: mpsc::Sender<()>,
+    /// One permit per open connection (`server.max_connections`).
+    permits: Arc<Semaphore>,
+    /// Sockets over the cap being told so.
+    refusing: Arc<Semaphore>,
+    next_worker: Arc<AtomicUsize>,
+    /// Session ids are unique for the shard's life, across restarts.
+    next_session: Arc<AtomicU64>,
 }
 
 impl Gateway {
-    /// Accept until `shutdown` turns true.
-    pub async fn run(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-        let permits = Arc::new(Semaphore::new(self.shared.config.server.max_connections));
-        let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
-        let next_worker = AtomicUsize::new(0);
-        let next_session = AtomicU64::new(1);
+    /// `done` is cloned into every session and writer, so that shutdown
+    /// can wait for them all.
+    pub fn new(shared: Arc<Shared>, workers: Vec<ArbiterHandle>, done: mpsc::Sender<()>) -> Self {
+        Gateway {
+            permits: Arc::new(Semaphore::new(shared.config.server.max_connections)),
+            refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
+            next_worker: Arc::new(AtomicUsize::new(0)),
+            next_session: Arc::new(AtomicU64::new(1)),
+            shared,
+            workers,
+            done,
+        }
+    }
+
+    /// Accept until `shutdown` turns true. The listener is shared so that a
+    /// restarted loop accepts on the same port.
+    pub async fn run(self, listener: Arc<TcpListener>, mut shutdown: watch::Receiver<bool>) {
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => break,
@@ -67,9 +89,9 @@ impl Gateway {
                 }
             };
             metrics::counter!(m::CONNECTIONS_ACCEPTED).increment(1);
-            let permit = match permits.clone().try_acquire_owned() {
+            let permit = match self.permits.clone().try_acquire_owned() {
                 Ok(permit) => Ok(permit),
-                Err(_) => match refusing.clone().try_acquire_owned() {
+                Err(_) => match self.refusing.clone().try_acquire_owned() {
                     Ok(refusal) => Err(refusal),
                     Err(_) => {
                         metrics::counter!(m::CONNECTIONS_REFUSED).increment(1);
@@ -85,11 +107,11 @@ impl Gateway {
                     continue;
                 }
             };
-            let worker =
-                &self.workers[next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len()];
+            let worker = &self.workers
+                [self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len()];
             let shared = self.shared.clone();
             let done = self.done.clone();
-            let id = next_session.fetch_add(1, Ordering::Relaxed);
+            let id = self.next_session.fetch_add(1, Ordering::Relaxed);
             worker.spawn(async move {
                 match TcpStream::from_std(std_tcp) {
                     Ok(tcp) => serve(tcp, peer, id, permit, shared, done).await,

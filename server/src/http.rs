@@ -4,16 +4,17 @@
 //! |---|---|
 //! | `GET /` , `/demo.js`, `/tessera.js` | the demo client, embedded in the binary |
 //! | `GET /client-config.json` | `{"ws_port": N}`: where the demo connects |
-//! | `GET /healthz` | `200 {"status":"ok",...}` while the shard accepts players |
+//! | `GET /healthz` | `200 {"status":"ok","sessions":N,"rooms":N,"tasks":{...}}`; `status` is `degraded` once a supervised task was given up |
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /admin/announce` | `{"text": "...", "map": "optional"}`, bearer `admin.token` |
 //! | `POST /admin/faults/room` | `{"map": "...", "kind": "panic" or "stall", "ms": N}`; needs `admin.fault_injection` |
 //! | `POST /admin/faults/session` | `{"player": "...", "kind": "panic" or "drop"}`; needs `admin.fault_injection` |
+//! | `POST /admin/faults/task?name=<child>` | the supervised task panics at its next poll; 403 without `admin.fault_injection` |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -31,6 +32,32 @@ const INDEX_HTML: &str = include_str!("../web/index.html");
 const DEMO_JS: &str = include_str!("../web/demo.js");
 const TESSERA_JS: &str = include_str!("../../protocol/js/tessera.js");
 
+/// The HTTP listener, shared so that a restarted server keeps its port.
+struct SharedListener(Arc<TcpListener>);
+
+impl axum::serve::Listener for SharedListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok(pair) => return pair,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off, do
+                    // not spin.
+                    tracing::warn!(error = %err, "http accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
     shared: Arc<Shared>,
@@ -38,7 +65,7 @@ struct AppState {
 }
 
 pub async fn serve(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     shared: Arc<Shared>,
     ws_addr: SocketAddr,
     mut stop: watch::Receiver<bool>,
@@ -57,11 +84,12 @@ pub async fn serve(
         .route("/admin/announce", post(announce))
         .route("/admin/faults/room", post(room_fault))
         .route("/admin/faults/session", post(session_fault))
+        .route("/admin/faults/task", post(task_fault))
         .with_state(state);
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    if let Err(err) = axum::serve(listener, app)
+    if let Err(err) = axum::serve(SharedListener(listener), app)
         .with_graceful_shutdown(shutdown)
         .await
     {
@@ -83,10 +111,20 @@ async fn client_config(State(state): State<AppState>) -> Json<serde_json::Value>
 
 async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
     let sessions = state.shared.sessions.lock().len();
+    let tasks = &state.shared.tasks;
+    // A task given up no longer runs: the shard is not whole, and its
+    // process manager should know (OTP escalates to the parent).
+    let status = if tasks.any_failed() { "degraded" } else { "ok" };
+    let tasks: serde_json::Map<String, serde_json::Value> = tasks
+        .states()
+        .into_iter()
+        .map(|(name, s)| (name, s.name().into()))
+        .collect();
     Json(serde_json::json!({
-        "status": "ok",
+        "status": status,
         "sessions": sessions,
         "rooms": state.shared.rooms.running(),
+        "tasks": tasks,
     }))
 }
 
@@ -258,6 +296,39 @@ async fn room_fault(
             room.do_send(Fault(stall));
             Json(serde_json::json!({ "stalling_ms": ms })).into_response()
         }
+    }
+}
+
+#[derive(Deserialize)]
+struct TaskFaultQuery {
+    name: Option<String>,
+}
+
+/// Make a supervised task panic at its next poll. Answers at once (the task
+/// may be this very server).
+async fn task_fault(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<TaskFaultQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Some(response) = refuse_unauthorized(&state.shared, &headers) {
+        return response;
+    }
+    if !state.shared.config.admin.fault_injection {
+        return error(
+            StatusCode::FORBIDDEN,
+            "fault injection is off: set admin.fault_injection",
+        );
+    }
+    let Ok(Query(TaskFaultQuery { name: Some(name) })) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "name the task: /admin/faults/task?name=<task>",
+        );
+    };
+    match state.shared.tasks.inject_panic(&name) {
+        Ok(was) => Json(serde_json::json!({ "task": name, "state": was.name() })).into_response(),
+        Err(unknown) => error(StatusCode::NOT_FOUND, &unknown.to_string()),
     }
 }
 

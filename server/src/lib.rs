@@ -19,6 +19,9 @@
 //! - [`config`]: the one configuration struct, its loading and validation.
 //! - [`http`]: demo page, `/healthz`, `/metrics`, admin calls.
 //! - [`metrics`]: metric names and the Prometheus recorder.
+//! - [`supervise`]: the task supervisor that restarts the gateway, HTTP
+//!   server, sampler, watchdog and persister flusher; the whole supervision
+//!   tree is drawn there.
 //! - [`store`]: persistence: the Store trait, its redb and MongoDB
 //!   backends, and the persister (write-behind and write-through).
 //!
@@ -41,6 +44,7 @@ pub mod seats;
 pub mod session;
 pub mod shard;
 pub mod store;
+pub mod supervise;
 
 pub use config::Config;
 pub use shard::{start, ShardHandle};

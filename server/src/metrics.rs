@@ -34,6 +34,12 @@ pub const DISPATCH_PUBLISHED: &str = "tessera_dispatch_published_total";
 pub const DISPATCH_DELIVERED: &str = "tessera_dispatch_delivered_total";
 pub const DISPATCH_DROPPED: &str = "tessera_dispatch_dropped_total";
 pub const DISPATCH_QUEUE_DEPTH: &str = "tessera_dispatch_queue_depth";
+/// Long-lived tasks (see `supervise`), by `child`: restarts done, panics
+/// caught, given up past the restart intensity, and 1 while running.
+pub const CHILD_RESTARTS: &str = "tessera_child_restarts_total";
+pub const CHILD_PANICS: &str = "tessera_child_panics_total";
+pub const CHILD_FAILURES: &str = "tessera_child_failures_total";
+pub const CHILD_UP: &str = "tessera_child_up";
 
 /// The process's Prometheus handle, installing the recorder on first use.
 pub fn prometheus() -> &'static PrometheusHandle {

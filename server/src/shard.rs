@@ -1,12 +1,21 @@
 //! One shard: the actor system, its listeners, and an orderly shutdown.
 //!
 //! ```text
-//! thread "tessera-store": the Persister (write-behind, write-through)
+//! thread "tessera-store": the Persister (write-behind, write-through);
+//!                         its flusher is the supervised task "persister"
 //! thread "tessera-system" (actix System)
-//! ├─ system Arbiter: Gateway accept loop, HTTP server, metrics sampler
-//! ├─ worker Arbiter × N: Sessions and their writer tasks, Rooms
-//! └─ shared state: Config, Auth, RoomRegistry, Dispatcher, session table
+//! ├─ system Arbiter: task Supervisor over the gateway accept loop, the
+//! │                  HTTP server, the sampler and the room watchdog
+//! ├─ session Arbiter × N: Sessions and their writer tasks
+//! ├─ room Arbiter × M: Rooms (under the RoomSupervisor)
+//! └─ shared state: Config, Auth, RoomSupervisor, Dispatcher, session
+//!    table, seats, the task registry
 //! ```
+//!
+//! The long-lived tasks are children of a [`Supervisor`] (the whole tree is
+//! drawn in [`crate::supervise`]): a panic in one is caught, logged and
+//! counted, and the task is started again from [`Shared`] and its listener
+//! after a backoff.
 //!
 //! [`start`] binds both listeners (so a port-0 address is known when it
 //! returns) and runs the system on its own thread; [`ShardHandle::shutdown`]
@@ -36,6 +45,7 @@ use crate::room::{announce_frame, RoomSupervisor};
 use crate::seats::Seats;
 use crate::session::{Session, SessionId, Shutdown};
 use crate::store::{Persister, PersisterHandle};
+use crate::supervise::{self, Child, Restart, Supervisor, Tasks};
 
 /// What every session and room of the shard shares.
 pub struct Shared {
@@ -47,6 +57,9 @@ pub struct Shared {
     pub sessions: Mutex<HashMap<SessionId, Addr<Session>>>,
     pub seats: Seats,
     pub persister: PersisterHandle,
+    /// The supervised tasks, the persister's flusher included: their
+    /// state for `/healthz`, and fault injection by name.
+    pub tasks: Tasks,
 }
 
 impl Shared {
@@ -118,15 +131,23 @@ pub fn start(config: Config) -> anyhow::Result<ShardHandle> {
     crate::metrics::prometheus();
     // The store first: an embedded store that cannot be opened is fatal; a
     // MongoDB that is not reachable yet is retried in the background.
-    let persister = Persister::start(config.store.clone())
-        .map_err(|e| anyhow::anyhow!("store ({:?}): {e}", config.store.backend))?;
+    let tasks = Tasks::default();
+    let persister_supervision = supervise::Settings {
+        // The flusher stops at the first await after the stop signal; the
+        // final flush has the deadline to itself.
+        shutdown: ms(config.store.shutdown_flush_deadline_ms) / 2,
+        ..supervise::Settings::from_config(&config.supervision)
+    };
+    let persister =
+        Persister::start_supervised(config.store.clone(), &tasks, persister_supervision)
+            .map_err(|e| anyhow::anyhow!("store ({:?}): {e}", config.store.backend))?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = watch::channel(false);
     let thread = std::thread::Builder::new()
         .name("tessera-system".into())
         .spawn(move || {
             let system = System::new();
-            system.block_on(run(config, persister, ready_tx, stop_rx));
+            system.block_on(run(config, persister, tasks, ready_tx, stop_rx));
         })
         .context("spawning the shard thread")?;
     let (ws_addr, http_addr) = ready_rx
@@ -145,11 +166,12 @@ type Ready = std::sync::mpsc::Sender<anyhow::Result<(SocketAddr, SocketAddr)>>;
 async fn run(
     config: Config,
     persister: Persister,
+    tasks: Tasks,
     ready: Ready,
     mut stop_rx: watch::Receiver<bool>,
 ) {
     let ws = match TcpListener::bind(config.server.ws_addr).await {
-        Ok(l) => l,
+        Ok(l) => Arc::new(l),
         Err(e) => {
             let _ = ready.send(Err(anyhow::anyhow!(
                 "cannot listen on server.ws_addr {}: {e}",
@@ -159,7 +181,7 @@ async fn run(
         }
     };
     let http = match TcpListener::bind(config.server.http_addr).await {
-        Ok(l) => l,
+        Ok(l) => Arc::new(l),
         Err(e) => {
             let _ = ready.send(Err(anyhow::anyhow!(
                 "cannot listen on server.http_addr {}: {e}",
@@ -199,53 +221,53 @@ async fn run(
         sessions: Mutex::new(HashMap::new()),
         seats: Seats::new(Duration::from_secs(config.auth.resume_ttl_s)),
         persister: persister.handle(),
+        tasks,
         config,
     });
 
     // Every session and writer holds a clone of done_tx; when all are gone,
-    // done_rx yields None.
+    // done_rx yields None. The gateway child's factory holds one too, until
+    // its supervision ends at shutdown.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-    let gateway = Gateway {
-        shared: shared.clone(),
-        workers: handles,
-        done: done_tx,
-    };
-    let gateway_task = actix::spawn(gateway.run(ws, stop_rx.clone()));
-    let http_task = actix::spawn(crate::http::serve(
-        http,
-        shared.clone(),
-        addrs.0,
+    let supervisor = Supervisor::new(
+        &shared.tasks,
+        supervise::Settings {
+            shutdown: ms(shared.config.server.shutdown_grace_ms),
+            ..supervise::Settings::from_config(&shared.config.supervision)
+        },
         stop_rx.clone(),
-    ));
-    let sampler_shared = shared.clone();
-    let mut sampler_stop = stop_rx.clone();
-    let sampler = actix::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = sampler_stop.wait_for(|s| *s) => break,
-                _ = every.tick() => {
-                    sampler_shared.dispatcher.sample();
-                    sampler_shared.seats.prune();
-                }
-            }
-        }
-    });
+    );
+    let gateway = Gateway::new(shared.clone(), handles, done_tx);
+    let gateway_task =
+        actix::spawn(
+            supervisor.supervise(Child::new("gateway", Restart::Permanent, {
+                let (listener, stop_rx) = (ws.clone(), stop_rx.clone());
+                move || gateway.clone().run(listener.clone(), stop_rx.clone())
+            })),
+        );
+    let http_task = actix::spawn(
+        supervisor.supervise(Child::new("http", Restart::Permanent, {
+            let (shared, stop_rx) = (shared.clone(), stop_rx.clone());
+            let ws_addr = addrs.0;
+            move || crate::http::serve(http.clone(), shared.clone(), ws_addr, stop_rx.clone())
+        })),
+    );
+    let sampler = actix::spawn(
+        supervisor.supervise(Child::new("sampler", Restart::Permanent, {
+            let (shared, stop_rx) = (shared.clone(), stop_rx.clone());
+            move || sample(shared.clone(), stop_rx.clone())
+        })),
+    );
     // The watchdog runs here, on the system Arbiter, where no room can
     // block it.
-    let watchdog_rooms = shared.rooms.clone();
-    let mut watchdog_stop = stop_rx.clone();
-    let watchdog_every = ms(shared.config.supervision.watchdog_interval_ms);
-    let watchdog = actix::spawn(async move {
-        let mut every = tokio::time::interval(watchdog_every);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = watchdog_stop.wait_for(|s| *s) => break,
-                _ = every.tick() => watchdog_rooms.watchdog(),
-            }
-        }
-    });
+    let watchdog =
+        actix::spawn(
+            supervisor.supervise(Child::new("watchdog", Restart::Permanent, {
+                let (rooms, stop_rx) = (shared.rooms.clone(), stop_rx.clone());
+                let every = ms(shared.config.supervision.watchdog_interval_ms);
+                move || watch_rooms(rooms.clone(), every, stop_rx.clone())
+            })),
+        );
     tracing::info!(
         ws = %addrs.0,
         http = %addrs.1,
@@ -291,4 +313,34 @@ async fn run(
         tracing::info!(?report, "store flushed");
     }
     tracing::info!("shard stopped");
+}
+
+/// Once a second: the dispatcher's queue depths, and expired seats.
+async fn sample(shared: Arc<Shared>, mut stop_rx: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop_rx.wait_for(|s| *s) => break,
+            _ = every.tick() => {
+                shared.dispatcher.sample();
+                shared.seats.prune();
+            }
+        }
+    }
+}
+
+/// The room watchdog's rounds (see [`RoomSupervisor::watchdog`]).
+async fn watch_rooms(
+    rooms: Arc<RoomSupervisor>,
+    every: Duration,
+    mut stop_rx: watch::Receiver<bool>,
+) {
+    let mut every = tokio::time::interval(every);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = stop_rx.wait_for(|s| *s) => break,
+            _ = every.tick() => rooms.watchdog(),
+        }
+    }
 }

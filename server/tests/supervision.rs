@@ -480,3 +480,208 @@ async fn play(
         .await;
     notices
 }
+
+// ---- Long-lived tasks under the task supervisor ----
+
+async fn panic_task(shard: &server::ShardHandle, name: &str) {
+    let (status, body) = fault(shard, &format!("task?name={name}"), "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&format!(r#""task":"{name}""#)), "{body}");
+}
+
+async fn health(shard: &server::ShardHandle) -> serde_json::Value {
+    let body = http_get(&format!("http://{}/healthz", shard.http_addr)).await;
+    serde_json::from_str(&body).expect("healthz is JSON")
+}
+
+/// Poll `/metrics` until `line` is in it (the recorder is shared by every
+/// shard of this test binary: each task fault below targets a different
+/// task).
+async fn until_metric(shard: &server::ShardHandle, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = http_get(&format!("http://{}/metrics", shard.http_addr)).await;
+        if metrics.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {line:?} in:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Poll `/healthz` until task `name` is up again.
+async fn until_task_up(shard: &server::ShardHandle, name: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let doc = health(shard).await;
+        if doc["tasks"][name] == "up" {
+            return doc;
+        }
+        assert!(Instant::now() < deadline, "{name} not up: {doc}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Alice's saved position, read through a separate handle on the store.
+async fn saved_position(store: &dyn server::store::Store) -> Option<(f32, f32)> {
+    let profile = store.load_player("alice".into()).await.expect("readable");
+    profile.map(|p| (p.state.x, p.state.y))
+}
+
+async fn player(shard: &server::ShardHandle, name: &str) -> (Client, Joined) {
+    let mut client = Client::connect(shard.ws_addr).await;
+    client
+        .hello_with(Some(common::token(SECRET, name)), name)
+        .await;
+    let joined = client.join("test").await;
+    (client, joined)
+}
+
+#[tokio::test]
+async fn a_panicking_persister_flusher_is_restarted_and_keeps_storing() {
+    use server::store::embedded::EmbeddedStore;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = fault_config();
+    config.store.flush_interval_ms = 100;
+    let shard = common::start_on(config, data.path());
+    let (mut alice, a) = player(&shard, "alice").await;
+    let (mut bob, _) = player(&shard, "bob").await;
+    let before = walk_and_stop(&mut alice, &a, 1, 1.0, 50).await;
+
+    panic_task(&shard, "persister").await;
+    until_metric(
+        &shard,
+        r#"tessera_child_restarts_total{child="persister"} 1"#,
+    )
+    .await;
+    let doc = until_task_up(&shard, "persister").await;
+    assert_eq!(doc["status"], "ok", "{doc}");
+    let (_, _, seq) = before.entities[&a.you];
+
+    // A change made after the restart reaches the store through the
+    // restarted flusher, while the shard runs (a read-only handle sees
+    // every commit).
+    let after = walk_and_stop(&mut alice, &a, seq + 1, -0.5, 80).await;
+    let (x, y, _) = after.entities[&a.you];
+    assert_ne!(x, before.entities[&a.you].0, "alice moved");
+    let reader = EmbeddedStore::open_read_only(data.path()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while saved_position(&reader).await != Some((x, y)) {
+        assert!(
+            Instant::now() < deadline,
+            "position never flushed: {:?}, want {:?}",
+            saved_position(&reader).await,
+            (x, y)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The game went on meanwhile: bob saw alice stop where she is saved.
+    bob.expect("alice's stop after the restart", |m| match m {
+        ServerMsg::Update(u) => u
+            .moved
+            .iter()
+            .find(|m| m.id == a.you && m.seq == seq + 2)
+            .map(|m| assert_eq!((m.x, m.y), (x, y))),
+        _ => None,
+    })
+    .await;
+    drop(reader);
+
+    drop((alice, bob));
+    shard.shutdown();
+    let store = EmbeddedStore::open(data.path()).unwrap();
+    assert_eq!(saved_position(&store).await, Some((x, y)));
+}
+
+#[tokio::test]
+async fn a_panicking_gateway_keeps_its_connections_and_its_port() {
+    let shard = start(fault_config());
+    let (mut alice, a) = Client::joined(shard.ws_addr, "alice", "test").await;
+
+    panic_task(&shard, "gateway").await;
+    until_metric(&shard, r#"tessera_child_restarts_total{child="gateway"} 1"#).await;
+    until_task_up(&shard, "gateway").await;
+
+    // Alice's connection never noticed.
+    alice.send(ClientMsg::Ping(Ping { t: 7 })).await;
+    alice
+        .expect("pong", |m| {
+            matches!(m, ServerMsg::Pong(p) if p.t == 7).then_some(())
+        })
+        .await;
+    // A newcomer gets in on the same port, and meets her.
+    let (_bob, b) = Client::joined(shard.ws_addr, "bob", "test").await;
+    assert!(b.entities.iter().any(|e| e.id == a.you), "{:?}", b.entities);
+    let panics = http_get(&format!("http://{}/metrics", shard.http_addr)).await;
+    assert!(
+        panics.contains(r#"tessera_child_panics_total{child="gateway"}"#),
+        "panic counted"
+    );
+}
+
+#[tokio::test]
+async fn a_panicking_http_server_answers_again_on_its_port() {
+    let shard = start(fault_config());
+    panic_task(&shard, "http").await;
+    until_metric(&shard, r#"tessera_child_restarts_total{child="http"} 1"#).await;
+    let doc = until_task_up(&shard, "http").await;
+    assert_eq!(doc["status"], "ok", "{doc}");
+}
+
+#[tokio::test]
+async fn healthz_lists_the_tasks_and_task_faults_need_a_known_name() {
+    let shard = start(fault_config());
+    let doc = health(&shard).await;
+    assert_eq!(doc["status"], "ok", "{doc}");
+    assert_eq!(doc["sessions"], 0, "{doc}");
+    assert_eq!(doc["rooms"], 0, "{doc}");
+    for task in ["gateway", "http", "persister", "sampler", "watchdog"] {
+        assert_eq!(doc["tasks"][task], "up", "{task}: {doc}");
+    }
+    let (status, body) = fault(&shard, "task?name=directory", "").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("directory") && body.contains("gateway, http, persister"),
+        "{body}"
+    );
+    let (status, body) = fault(&shard, "task", "").await;
+    assert_eq!(status, 400, "{body}");
+    let url = format!("http://{}/admin/faults/task?name=gateway", shard.http_addr);
+    let (status, _) = http_post(&url, Some("not-the-admin-token-at-all"), "").await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn task_faults_are_forbidden_unless_fault_injection_is_on() {
+    let mut config = fault_config();
+    config.admin.fault_injection = false;
+    let shard = start(config);
+    let (status, body) = fault(&shard, "task?name=gateway", "").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("fault_injection"), "{body}");
+    assert_eq!(health(&shard).await["tasks"]["gateway"], "up");
+}
+
+#[tokio::test]
+async fn a_task_given_up_turns_healthz_degraded() {
+    let mut config = fault_config();
+    // No restart allowed: the first panic gives the sampler up.
+    config.supervision.child_max_restarts = 0;
+    let shard = start(config);
+    panic_task(&shard, "sampler").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let doc = health(&shard).await;
+        if doc["tasks"]["sampler"] == "failed" {
+            assert_eq!(doc["status"], "degraded", "{doc}");
+            assert_eq!(doc["tasks"]["gateway"], "up", "{doc}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "sampler never given up: {doc}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    until_metric(&shard, r#"tessera_child_failures_total{child="sampler"} 1"#).await;
+    // The shard still serves players.
+    let (_alice, joined) = Client::joined(shard.ws_addr, "alice", "test").await;
+    assert_eq!(joined.entities.len(), 1);
+}

@@ -7,7 +7,22 @@
 //!            ──durable(op).await ─▶ spawned on the store runtime ─▶ dyn Store ◀──────┘
 //!                                   (semaphore, timeout, health flag)
 //! thread "tessera-store": tokio current-thread runtime + blocking pool (redb)
+//! ├─ task Supervisor ─▶ "persister" (Permanent): the flusher loop, rebuilt
+//! │                     from `Inner` (store handle, dirty map, health)
+//! └─ then, at shutdown: the final flush, exactly once, within the deadline
 //! ```
+//!
+//! # Supervision
+//!
+//! The flusher loop is a permanent child of a task supervisor
+//! ([`crate::supervise`]) on the store runtime. Everything it works with
+//! lives in `Inner`, not in the loop: a panic (or an injected fault) drops
+//! the incarnation, a batch it had taken goes back to the dirty map (newer
+//! states win), and the next incarnation, after a backoff, reuses the
+//! connected store and flushes it. Durable ops do not go through the
+//! flusher and carry on meanwhile. Past the restart intensity the flusher
+//! is given up (`/healthz` says `degraded`); the shutdown flush, which runs
+//! after the supervisor has stopped, still writes what is dirty.
 //!
 //! # Why a thread with its own tokio runtime, not an actix actor
 //!
@@ -37,7 +52,7 @@
 //! with [`DurableError::Unavailable`]: nothing was sent, nothing changed.
 
 use std::collections::hash_map::{Entry, RandomState};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::BuildHasher;
 use std::ops::Deref;
@@ -55,6 +70,7 @@ use super::model::{
     VolatileKey,
 };
 use super::{metric, Backend, OpError, Store, StoreConfig, StoreError};
+use crate::supervise::{self, Child, Restart, Supervisor, Tasks};
 
 /// Lock shards of the dirty map, so that rooms on different Arbiters rarely
 /// contend.
@@ -220,6 +236,17 @@ impl Persister {
     /// until it answers: meanwhile volatile writes queue and durable ones
     /// fail as unavailable.
     pub fn start(config: StoreConfig) -> Result<Persister, StoreError> {
+        let settings = default_supervision(&config);
+        Self::start_supervised(config, &Tasks::default(), settings)
+    }
+
+    /// [`Persister::start`], with the flusher listed in `tasks` (as
+    /// "persister") and restarted by `settings`.
+    pub fn start_supervised(
+        config: StoreConfig,
+        tasks: &Tasks,
+        settings: supervise::Settings,
+    ) -> Result<Persister, StoreError> {
         let mut errors = Vec::new();
         config.validate(&mut errors);
         if !errors.is_empty() {
@@ -229,15 +256,21 @@ impl Persister {
             Backend::Embedded => Some(Arc::new(EmbeddedStore::open(&config.embedded.dir)?)),
             Backend::Mongodb => None,
         };
-        Self::spawn(config, store)
+        Self::spawn(config, store, tasks, settings)
     }
 
     /// Start over a store built elsewhere (tests, tools, wrappers).
     pub fn with_store(config: StoreConfig, store: Arc<dyn Store>) -> Result<Persister, StoreError> {
-        Self::spawn(config, Some(store))
+        let settings = default_supervision(&config);
+        Self::spawn(config, Some(store), &Tasks::default(), settings)
     }
 
-    fn spawn(config: StoreConfig, store: Option<Arc<dyn Store>>) -> Result<Persister, StoreError> {
+    fn spawn(
+        config: StoreConfig,
+        store: Option<Arc<dyn Store>>,
+        tasks: &Tasks,
+        settings: supervise::Settings,
+    ) -> Result<Persister, StoreError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .thread_name("tessera-store-io")
@@ -262,10 +295,11 @@ impl Persister {
         let (stop_tx, stop_rx) = watch::channel(None);
         let (report_tx, report_rx) = oneshot::channel();
         let flusher = inner.clone();
+        let tasks = tasks.clone();
         let thread = std::thread::Builder::new()
             .name("tessera-store".into())
             .spawn(move || {
-                let report = runtime.block_on(run(flusher, store, stop_rx));
+                let report = runtime.block_on(run(flusher, store, stop_rx, tasks, settings));
                 let _ = report_tx.send(report);
                 // Blocking tasks (redb) that outlived the deadline are not
                 // waited for.
@@ -685,15 +719,66 @@ impl Backoff {
     }
 }
 
-/// The flusher: connect and prepare, then flush on every interval and
-/// request, then the final flush.
+/// The task name of the flusher, in `/healthz` and fault injection.
+pub const FLUSHER_TASK: &str = "persister";
+
+/// Supervision for a persister started on its own: `supervision.child_*`
+/// defaults, and half the flush deadline for the flusher to stop.
+fn default_supervision(config: &StoreConfig) -> supervise::Settings {
+    supervise::Settings {
+        shutdown: config.shutdown_flush_deadline() / 2,
+        ..supervise::Settings::default()
+    }
+}
+
+/// The store thread's life: the flusher under its supervisor until the
+/// stop signal, then the final flush, exactly once.
 async fn run(
     inner: Arc<Inner>,
     store: Option<Arc<dyn Store>>,
-    mut stop_rx: watch::Receiver<Option<Instant>>,
+    stop_rx: watch::Receiver<Option<Instant>>,
+    tasks: Tasks,
+    settings: supervise::Settings,
 ) -> ShutdownReport {
     let started_at = Instant::now();
-    let Some(store) = connect(&inner, store, &mut stop_rx).await else {
+    // The supervisor and the flusher stop on a plain flag, set here when
+    // the owner asks for shutdown.
+    let (halt_tx, halt_rx) = watch::channel(false);
+    let supervisor = Supervisor::new(&tasks, settings, halt_rx.clone());
+    let flusher = {
+        let inner = inner.clone();
+        // Each incarnation starts from what lives in `Inner`: the store
+        // once connected (else the one given at start), the dirty map, the
+        // health flag.
+        Child::new(FLUSHER_TASK, Restart::Permanent, move || {
+            let store = inner.store.get().cloned().or_else(|| store.clone());
+            flusher(inner.clone(), store, halt_rx.clone())
+        })
+    };
+    let mut supervised = std::pin::pin!(supervisor.supervise(flusher));
+    let mut stop = stop_rx.clone();
+    tokio::select! {
+        outcome = &mut supervised => {
+            // Given up: nothing flushes until shutdown, which still does.
+            tracing::error!(?outcome, "the flusher is gone; dirty state waits for the shutdown flush");
+            stop_requested(&mut stop).await;
+        }
+        _ = stop_requested(&mut stop) => {
+            halt_tx.send_replace(true);
+            // The flusher finishes the store call it is in, within half of
+            // what is left of the deadline; past that it is dropped. Either
+            // way its batch is back in the dirty map for the final flush.
+            let now = Instant::now();
+            let deadline = stop_rx
+                .borrow()
+                .unwrap_or_else(|| now + inner.config.shutdown_flush_deadline());
+            let halfway = now + deadline.saturating_duration_since(now) / 2;
+            if tokio::time::timeout_at(halfway.into(), &mut supervised).await.is_err() {
+                tracing::warn!("the flusher did not stop in time; dropped (its batch is back in the dirty map)");
+            }
+        }
+    }
+    let Some(store) = inner.store.get().cloned() else {
         let left = inner.dirty_keys();
         inner.closed.store(true, Ordering::Release);
         tracing::error!(
@@ -706,6 +791,29 @@ async fn run(
             deadline_hit: left > 0,
             elapsed: started_at.elapsed(),
         };
+    };
+    final_flush(&inner, &store, &stop_rx, started_at).await
+}
+
+/// Until the owner asks for shutdown (or is gone).
+async fn stop_requested(stop_rx: &mut watch::Receiver<Option<Instant>>) {
+    let _ = stop_rx.wait_for(Option::is_some).await;
+}
+
+/// The flusher, one incarnation: connect and prepare (unless an earlier
+/// incarnation did), settle trades, then flush on every interval and
+/// request until `halt_rx` is set.
+async fn flusher(
+    inner: Arc<Inner>,
+    store: Option<Arc<dyn Store>>,
+    mut halt_rx: watch::Receiver<bool>,
+) {
+    let store = match inner.store.get() {
+        Some(store) => store.clone(),
+        None => match connect(&inner, store, &mut halt_rx).await {
+            Some(store) => store,
+            None => return,
+        },
     };
     recover_trades(&inner, &store).await;
     let mut next_recovery = Instant::now() + RECOVERY_EVERY;
@@ -727,7 +835,7 @@ async fn run(
             } => {}
             // During a backoff, requests wait for the retry.
             _ = inner.wake.notified(), if !retrying => {}
-            _ = stop_rx.changed() => break,
+            _ = halt_rx.wait_for(|halt| *halt) => break,
         }
         match flush_once(&inner, &store, None).await {
             Ok(_) => {
@@ -751,7 +859,6 @@ async fn run(
             next_recovery = Instant::now() + RECOVERY_EVERY;
         }
     }
-    final_flush(&inner, &store, &stop_rx, started_at).await
 }
 
 /// Open and prepare the store, retrying with backoff until it answers or
@@ -759,7 +866,7 @@ async fn run(
 async fn connect(
     inner: &Arc<Inner>,
     mut store: Option<Arc<dyn Store>>,
-    stop_rx: &mut watch::Receiver<Option<Instant>>,
+    halt_rx: &mut watch::Receiver<bool>,
 ) -> Option<Arc<dyn Store>> {
     let mut backoff = Backoff::new(&inner.config);
     loop {
@@ -802,7 +909,7 @@ async fn connect(
                 );
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = stop_rx.changed() => return None,
+                    _ = halt_rx.wait_for(|halt| *halt) => return None,
                 }
             }
         }
@@ -819,6 +926,36 @@ async fn recover_trades(inner: &Inner, store: &Arc<dyn Store>) {
     }
 }
 
+/// A batch taken from the dirty map. Whatever is still in it when it is
+/// dropped (not written yet, failed, or abandoned by a panic or a cancelled
+/// flush) goes back to the dirty map, newer states winning: a crash of the
+/// flusher in the middle of a flush loses nothing.
+struct Taken<'a> {
+    inner: &'a Inner,
+    items: VecDeque<(VolatileKey, Pending)>,
+}
+
+impl Taken<'_> {
+    /// Forget the first `n` items for which `gone(i)` holds (written, or
+    /// refused for good); the others stay, in order.
+    fn forget_front(&mut self, n: usize, gone: impl Fn(usize) -> bool) {
+        let head: Vec<(VolatileKey, Pending)> = self.items.drain(..n).collect();
+        for (i, item) in head.into_iter().enumerate().rev() {
+            if !gone(i) {
+                self.items.push_front(item);
+            }
+        }
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if !self.items.is_empty() {
+            self.inner.restore(self.items.drain(..));
+        }
+    }
+}
+
 /// Write everything dirty. With `budget`, each store call gets at most that
 /// long (the shutdown deadline). Returns how many documents were written.
 async fn flush_once(
@@ -827,13 +964,19 @@ async fn flush_once(
     budget: Option<Instant>,
 ) -> Result<u64, StoreError> {
     let generation = inner.flush_requested.load(Ordering::SeqCst);
-    let batch = inner.take_all();
+    let mut taken = Taken {
+        inner,
+        items: inner.take_all().into(),
+    };
     let now = Instant::now();
-    let lag = batch.first().map_or(Duration::ZERO, |(_, p)| now - p.since);
+    let lag = taken
+        .items
+        .front()
+        .map_or(Duration::ZERO, |(_, p)| now - p.since);
     metrics::gauge!(metric::FLUSH_LAG_SECONDS).set(lag.as_secs_f64());
-    metrics::gauge!(metric::DIRTY_KEYS).set(batch.len() as f64);
+    metrics::gauge!(metric::DIRTY_KEYS).set(taken.items.len() as f64);
     let c = &inner.counters;
-    if batch.is_empty() {
+    if taken.items.is_empty() {
         if !inner.healthy.load(Ordering::Acquire) {
             if let Err(e) = timed(inner, budget, store.ping()).await {
                 inner.set_healthy(false, Some(&e.to_string()));
@@ -849,14 +992,18 @@ async fn flush_once(
         return Ok(0);
     }
     let mut written = 0;
-    let mut rest = batch.into_iter().peekable();
-    while rest.peek().is_some() {
-        let chunk: Vec<(VolatileKey, Pending)> =
-            rest.by_ref().take(inner.config.flush_batch_max).collect();
-        let docs: Vec<Volatile> = chunk.iter().map(|(_, p)| p.doc.clone()).collect();
-        let size = docs.len() as u64;
+    while !taken.items.is_empty() {
+        let n = inner.config.flush_batch_max.min(taken.items.len());
+        let docs: Vec<Volatile> = taken
+            .items
+            .iter()
+            .take(n)
+            .map(|(_, p)| p.doc.clone())
+            .collect();
+        let size = n as u64;
         match timed(inner, budget, store.write_volatile(docs)).await {
             Ok(report) => {
+                taken.items.drain(..n);
                 c.batches.fetch_add(1, Ordering::Relaxed);
                 c.largest_batch.fetch_max(size, Ordering::Relaxed);
                 c.volatile_written
@@ -866,22 +1013,22 @@ async fn flush_once(
                 written += report.written as u64;
                 metrics::histogram!(metric::FLUSH_BATCH_SIZE).record(size as f64);
             }
-            Err(e) if !e.is_unavailable() && chunk.len() > 1 => {
+            Err(e) if !e.is_unavailable() && n > 1 => {
                 // The store answered but refused the batch: find the
                 // documents it refuses, so one bad document cannot hold
                 // back the others forever.
                 c.flush_failures.fetch_add(1, Ordering::Relaxed);
-                written += isolate(inner, store, budget, chunk, &mut rest, e).await?;
+                written += isolate(inner, store, budget, &mut taken, n, e).await?;
             }
             Err(e) => {
                 c.flush_failures.fetch_add(1, Ordering::Relaxed);
-                inner.restore(chunk.into_iter().chain(rest));
                 if e.is_unavailable() {
                     inner.set_healthy(false, Some(&e.to_string()));
                 } else {
                     *inner.last_error.lock() = e.to_string();
                 }
                 publish_counters(inner);
+                // `taken` puts the batch back.
                 return Err(e);
             }
         }
@@ -896,66 +1043,53 @@ async fn flush_once(
     Ok(written)
 }
 
-/// Write a refused batch one document at a time. Documents refused alone
-/// while others go through are reported and dropped; if none goes through,
-/// the fault is the store's, not the documents': everything is kept for a
-/// retry.
+/// Write the first `n` documents of a refused batch one at a time.
+/// Documents refused alone while others go through are reported and
+/// dropped; if none goes through, the fault is the store's, not the
+/// documents': everything not written stays in `taken` for a retry.
 async fn isolate(
     inner: &Inner,
     store: &Arc<dyn Store>,
     budget: Option<Instant>,
-    chunk: Vec<(VolatileKey, Pending)>,
-    rest: &mut std::iter::Peekable<std::vec::IntoIter<(VolatileKey, Pending)>>,
+    taken: &mut Taken<'_>,
+    n: usize,
     first_error: StoreError,
 ) -> Result<u64, StoreError> {
     let c = &inner.counters;
     let mut written = 0;
-    let mut refused = Vec::new();
-    let mut docs = chunk.into_iter();
-    while let Some((key, pending)) = docs.next() {
-        match timed(
-            inner,
-            budget,
-            store.write_volatile(vec![pending.doc.clone()]),
-        )
-        .await
-        {
+    // Per document: whether the store took it, and why it refused it.
+    let mut taken_by_store = vec![false; n];
+    let mut refused: Vec<(usize, StoreError)> = Vec::new();
+    for i in 0..n {
+        let doc = taken.items[i].1.doc.clone();
+        match timed(inner, budget, store.write_volatile(vec![doc])).await {
             Ok(report) => {
+                taken_by_store[i] = true;
                 c.batches.fetch_add(1, Ordering::Relaxed);
                 c.volatile_written
                     .fetch_add(report.written as u64, Ordering::Relaxed);
                 written += report.written as u64;
             }
             Err(e) if e.is_unavailable() => {
-                inner.restore(
-                    refused
-                        .into_iter()
-                        .map(|(k, p, _)| (k, p))
-                        .chain(std::iter::once((key, pending)))
-                        .chain(docs)
-                        .chain(rest.by_ref()),
-                );
+                taken.forget_front(n, |i| taken_by_store[i]);
                 inner.set_healthy(false, Some(&e.to_string()));
                 return Err(e);
             }
-            Err(e) => refused.push((key, pending, e)),
+            Err(e) => refused.push((i, e)),
         }
     }
     if written == 0 {
         *inner.last_error.lock() = first_error.to_string();
-        inner.restore(
-            refused
-                .into_iter()
-                .map(|(k, p, _)| (k, p))
-                .chain(rest.by_ref()),
-        );
+        taken.forget_front(n, |i| taken_by_store[i]);
         return Err(first_error);
     }
-    for (key, _, e) in refused {
-        tracing::warn!(key = %key, error = %e, "store refused a volatile document; skipped");
+    for (i, e) in &refused {
+        tracing::warn!(key = %taken.items[*i].0, error = %e, "store refused a volatile document; skipped");
         metrics::counter!(metric::BAD_DOCUMENTS).increment(1);
         c.rejected.fetch_add(1, Ordering::Relaxed);
     }
+    // Written or refused for good: none of the first `n` stays.
+    taken.items.drain(..n);
     Ok(written)
 }
 
@@ -1052,6 +1186,201 @@ async fn final_flush(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{BatchReport, StoreFuture, TradeRecord};
+    use futures_util::future::BoxFuture;
+    use futures_util::FutureExt;
+    use mongodb::bson::Document;
+    use std::sync::atomic::AtomicUsize;
+
+    /// An embedded store whose first `panics` volatile writes panic, as a
+    /// bug in a driver or in the flusher itself would.
+    struct PanickyStore {
+        inner: EmbeddedStore,
+        panics: AtomicUsize,
+    }
+
+    impl Store for PanickyStore {
+        fn backend(&self) -> &'static str {
+            "panicky"
+        }
+        fn prepare(&self) -> StoreFuture<'_, ()> {
+            self.inner.prepare()
+        }
+        fn ping(&self) -> StoreFuture<'_, ()> {
+            self.inner.ping()
+        }
+        fn write_volatile(&self, batch: Vec<Volatile>) -> StoreFuture<'_, BatchReport> {
+            async move {
+                tokio::task::yield_now().await;
+                let left = self.panics.load(Ordering::SeqCst);
+                if left > 0 {
+                    self.panics.store(left - 1, Ordering::SeqCst);
+                    panic!("write_volatile breaks");
+                }
+                self.inner.write_volatile(batch).await
+            }
+            .boxed()
+        }
+        fn apply(&self, op: DurableOp) -> BoxFuture<'_, Result<DurableAck, OpError>> {
+            self.inner.apply(op)
+        }
+        fn load_or_create_player(
+            &self,
+            id: String,
+            name: String,
+        ) -> StoreFuture<'_, PlayerProfile> {
+            self.inner.load_or_create_player(id, name)
+        }
+        fn load_player(&self, id: String) -> StoreFuture<'_, Option<PlayerProfile>> {
+            self.inner.load_player(id)
+        }
+        fn load_room(&self, map: String) -> StoreFuture<'_, Option<RoomState>> {
+            self.inner.load_room(map)
+        }
+        fn load_rooms(&self) -> StoreFuture<'_, Vec<RoomState>> {
+            self.inner.load_rooms()
+        }
+        fn load_trade(&self, id: String) -> StoreFuture<'_, Option<TradeRecord>> {
+            self.inner.load_trade(id)
+        }
+        fn recover_trades(&self, older_than: Duration) -> StoreFuture<'_, usize> {
+            self.inner.recover_trades(older_than)
+        }
+        fn put_raw(&self, collection: &'static str, doc: Document) -> StoreFuture<'_, ()> {
+            self.inner.put_raw(collection, doc)
+        }
+    }
+
+    fn quick_config(dir: &std::path::Path, flush_interval_ms: u64) -> StoreConfig {
+        let mut config = StoreConfig {
+            flush_interval_ms,
+            ..StoreConfig::default()
+        };
+        config.embedded.dir = dir.to_path_buf();
+        config
+    }
+
+    fn quick_supervision(max_restarts: usize) -> supervise::Settings {
+        supervise::Settings {
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(50),
+            max_restarts,
+            ..supervise::Settings::default()
+        }
+    }
+
+    fn at(x: f32) -> PlayerState {
+        PlayerState {
+            map: "lobby".into(),
+            x,
+            y: 2.0,
+            ..PlayerState::default()
+        }
+    }
+
+    async fn stored_x(handle: &PersisterHandle, id: &str) -> Option<f32> {
+        let store = handle.store().expect("connected");
+        let profile = store.load_player(id.into()).await.expect("readable");
+        profile.map(|p| p.state.x)
+    }
+
+    async fn until(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flusher_that_panics_mid_flush_is_restarted_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // Ticks every 20 ms: the restarted flusher's first flush.
+        let config = quick_config(dir.path(), 20);
+        let store = PanickyStore {
+            inner: EmbeddedStore::open(dir.path()).unwrap(),
+            panics: AtomicUsize::new(1),
+        };
+        let tasks = Tasks::default();
+        let store: Arc<dyn Store> = Arc::new(store);
+        let p = Persister::spawn(config, Some(store), &tasks, quick_supervision(5)).unwrap();
+        assert!(p.wait_ready(Duration::from_secs(5)).await);
+        p.player_state("alice", at(1.0));
+        p.player_state("bob", at(7.0));
+        // The first flush panics with both documents taken from the dirty
+        // map; the next incarnation writes them.
+        p.flush().await.unwrap();
+        assert_eq!(stored_x(&p, "alice").await, Some(1.0));
+        assert_eq!(stored_x(&p, "bob").await, Some(7.0));
+        assert_eq!(tasks.restarts(FLUSHER_TASK), Some(1));
+        assert_eq!(tasks.report()[FLUSHER_TASK].panics, 1);
+        assert_eq!(tasks.state(FLUSHER_TASK), Some(supervise::ChildState::Up));
+        // And it keeps flushing.
+        p.player_state("alice", at(3.0));
+        p.flush().await.unwrap();
+        assert_eq!(stored_x(&p, "alice").await, Some(3.0));
+        let report = p.shutdown(Duration::from_secs(2)).await;
+        assert!(!report.deadline_hit, "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn an_injected_fault_restarts_the_flusher_and_shutdown_flushes_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let tasks = Tasks::default();
+        let p = Persister::start_supervised(
+            // Flushes only when asked, so the test knows what each wrote.
+            quick_config(dir.path(), 60_000),
+            &tasks,
+            quick_supervision(5),
+        )
+        .unwrap();
+        assert!(p.wait_ready(Duration::from_secs(5)).await);
+        tasks.inject_panic(FLUSHER_TASK).unwrap();
+        until("the flusher's restart", || {
+            tasks.restarts(FLUSHER_TASK) == Some(1)
+        })
+        .await;
+        p.player_state("alice", at(4.0));
+        p.flush().await.unwrap();
+        assert_eq!(stored_x(&p, "alice").await, Some(4.0));
+        // Dirty at shutdown: written by the final flush, once.
+        p.player_state("alice", at(5.0));
+        let handle = p.handle();
+        let written_before = handle.stats().volatile_written;
+        let report = p.shutdown(Duration::from_secs(2)).await;
+        assert_eq!((report.flushed, report.left_dirty), (1, 0), "{report:?}");
+        assert_eq!(handle.stats().volatile_written, written_before + 1);
+        assert_eq!(stored_x(&handle, "alice").await, Some(5.0));
+        assert_eq!(
+            tasks.state(FLUSHER_TASK),
+            Some(supervise::ChildState::Stopped)
+        );
+        assert_eq!(tasks.restarts(FLUSHER_TASK), Some(1), "none at shutdown");
+    }
+
+    #[tokio::test]
+    async fn a_flusher_given_up_still_gets_its_state_written_at_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let tasks = Tasks::default();
+        let p = Persister::start_supervised(
+            quick_config(dir.path(), 60_000),
+            &tasks,
+            quick_supervision(0),
+        )
+        .unwrap();
+        assert!(p.wait_ready(Duration::from_secs(5)).await);
+        tasks.inject_panic(FLUSHER_TASK).unwrap();
+        until("the flusher given up", || {
+            tasks.state(FLUSHER_TASK) == Some(supervise::ChildState::Failed)
+        })
+        .await;
+        assert!(tasks.any_failed());
+        p.player_state("alice", at(6.0));
+        let handle = p.handle();
+        let report = p.shutdown(Duration::from_secs(2)).await;
+        assert_eq!((report.flushed, report.left_dirty), (1, 0), "{report:?}");
+        assert_eq!(stored_x(&handle, "alice").await, Some(6.0));
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_max() {
