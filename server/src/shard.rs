@@ -140,6 +140,9 @@ pub fn start(config: Config) -> anyhow::Result<ShardHandle> {
     })
 }
 
+/// How long start waits for the embedded store to be ready.
+const EMBEDDED_READY_WAIT: Duration = Duration::from_secs(5);
+
 type Ready = std::sync::mpsc::Sender<anyhow::Result<(SocketAddr, SocketAddr)>>;
 
 async fn run(
@@ -148,6 +151,15 @@ async fn run(
     ready: Ready,
     mut stop_rx: watch::Receiver<bool>,
 ) {
+    // The embedded store is open already and ready within a moment: wait
+    // for it, so that a player arriving right after start gets its profile
+    // (a MongoDB that is not up yet is not waited for; sessions then play
+    // without durable state until it is).
+    if config.store.backend == crate::store::Backend::Embedded
+        && !persister.wait_ready(EMBEDDED_READY_WAIT).await
+    {
+        tracing::warn!("the embedded store is not ready yet; accepting players anyway");
+    }
     let ws = match TcpListener::bind(config.server.ws_addr).await {
         Ok(l) => l,
         Err(e) => {
