@@ -1,9 +1,11 @@
 //! Items lying on a map, end to end: spawners, the durable `pick_up` (done
 //! only once stored, item_gone, out_of_reach), the ground kept across a
-//! graceful restart, a SIGKILL right after `done`, and a room panic. Real
-//! shards on the embedded store; players walk to items like a client would.
+//! graceful restart, a SIGKILL right after `done`, a room panic, and a
+//! MongoDB outage (SecantusDB). Real shards on real stores; players walk
+//! to items like a client would.
 
 mod common;
+mod store_support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -467,4 +469,93 @@ async fn a_room_panic_keeps_its_ground_items() {
     let (second, done) = alice.fetch_nearest(2).await;
     assert!(before.contains_key(&second.id));
     assert_eq!(done.inventory.items.get("gem"), Some(&2));
+}
+
+/// A MongoDB outage during a pick-up: the item comes back to the ground,
+/// the picker gets 5003 and nothing changed; once the store is back the
+/// same item can be picked up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pick_up_during_a_mongodb_outage_changes_nothing() {
+    let mut mongo = tokio::task::spawn_blocking(store_support::Secantus::start)
+        .await
+        .unwrap();
+    let mut config = config();
+    let store = &mut config.store;
+    store.backend = server::store::Backend::Mongodb;
+    store.mongodb.uri = mongo.uri();
+    store.mongodb.database = "items".into();
+    store.mongodb.server_selection_timeout_ms = 700;
+    store.mongodb.connect_timeout_ms = 700;
+    store.durable_timeout_ms = 1_500;
+    store.retry_min_ms = 50;
+    store.retry_max_ms = 500;
+    let shard = start(config);
+
+    // The persister connects in the background: log in until the profile
+    // (and so durable actions) is there.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut alice = loop {
+        let mut alice = Player::join(shard.ws_addr, "alice").await;
+        let loaded = tokio::time::timeout(
+            Duration::from_secs(1),
+            alice.pump("the inventory", |p| p.inventory.is_some()),
+        )
+        .await;
+        if loaded.is_ok() {
+            break alice;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store never answered a login"
+        );
+    };
+    let (_, done) = alice.fetch_nearest(1).await;
+    assert_eq!(done.inventory.items.get("gem"), Some(&1));
+    alice
+        .pump("a full ground", |p| p.ground.len() >= MAX_ON_GROUND)
+        .await;
+    let item = alice
+        .ground
+        .values()
+        .min_by(|a, b| alice.distance_to(a).total_cmp(&alice.distance_to(b)))
+        .cloned()
+        .unwrap();
+    alice.walk_to(item.x, item.y).await;
+
+    tokio::task::block_in_place(|| mongo.stop());
+    let refused = alice.pick_up(2, item.id).await.unwrap_err();
+    assert_eq!(
+        refused.error_code(),
+        Some(ErrorCode::StoreUnavailable),
+        "{refused:?}"
+    );
+    // Everyone saw it go and come back; it lies where it lay.
+    alice
+        .pump("the item back", |p| p.ground.contains_key(&item.id))
+        .await;
+    assert!(alice.removed.contains(&item.id));
+    assert_eq!(alice.ground[&item.id], item);
+    assert_eq!(alice.inventory.as_ref().map(gems), Some(1));
+
+    tokio::task::block_in_place(|| mongo.restart());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut req = 3;
+    let done = loop {
+        match alice.pick_up(req, item.id).await {
+            Ok(done) => break done,
+            Err(e) => {
+                assert_eq!(e.error_code(), Some(ErrorCode::StoreUnavailable), "{e:?}");
+                assert!(Instant::now() < deadline, "the store never came back");
+                alice
+                    .pump("the item back", |p| p.ground.contains_key(&item.id))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                req += 1;
+            }
+        }
+    };
+    assert_eq!(done.inventory.items.get("gem"), Some(&2));
+    drop(alice);
+    drop(shard);
+    drop(mongo);
 }

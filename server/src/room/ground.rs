@@ -536,7 +536,7 @@ impl Room {
             }
             Err(DurableError::InDoubt(e)) => {
                 p.maybe_applied = true;
-                self.retry_later(id, ErrorCode::InDoubt, e, ctx);
+                self.retry_later(id, e, ctx);
             }
             Err(e @ (DurableError::Rejected(_) | DurableError::Invalid(_))) => {
                 // Refused: this credit never applied, and (same op id) no
@@ -556,13 +556,14 @@ impl Room {
                     format!("{e}; the item is back"),
                 );
             }
-            Err(e) => self.retry_later(id, ErrorCode::StoreUnavailable, e.to_string(), ctx),
+            // An earlier attempt may have landed: keep it reserved, retry.
+            Err(e) => self.retry_later(id, e.to_string(), ctx),
         }
     }
 
     /// Keep the item reserved for its picker and credit again later; the
-    /// waiting request, if any, is answered with `code` now.
-    fn retry_later(&mut self, id: u64, code: ErrorCode, error: String, ctx: &mut Context<Self>) {
+    /// waiting request, if any, is answered 5004 (in doubt) now.
+    fn retry_later(&mut self, id: u64, error: String, ctx: &mut Context<Self>) {
         let Some(p) = self.ground.pending.get_mut(&id) else {
             return;
         };
@@ -572,13 +573,11 @@ impl Room {
         tracing::warn!(map = %self.map.name, item = id, error = %error, retry_in_ms = delay.as_millis() as u64, "pick-up credit not confirmed; retrying with the same op id");
         metrics::counter!(m::PICKUPS, "result" => "retry").increment(1);
         if let Some((session, req)) = waiter {
-            let text = match code {
-                ErrorCode::InDoubt => format!(
-                    "pick_up {req}: the store did not confirm in time; the item stays yours and is retried"
-                ),
-                _ => format!("pick_up {req}: {error}; the item stays yours and is retried"),
-            };
-            self.answer_error(session, code, text);
+            self.answer_error(
+                session,
+                ErrorCode::InDoubt,
+                format!("pick_up {req}: not confirmed by the store ({error}); the item stays yours and is retried"),
+            );
         }
         ctx.run_later(delay, move |room, ctx| {
             room.guarded(ctx, "pickup_retry", |room, ctx| {
