@@ -22,7 +22,7 @@
 //! without being sent, or the store refused it.
 //!
 //! Every store call is a future spawned on the room's context whose result
-//! comes back behind the panic boundary ([`Room::guarded`]); the room never
+//! comes back behind the panic boundary (`Room::guarded`); the room never
 //! waits for the store. Until the room's document is loaded, spawners wait
 //! and pick-ups are answered 3004.
 

@@ -5,7 +5,7 @@
 //!   server version speaks (the client-level `bulkWrite` needs 8.0).
 //!   Player statements `$set` only `state` (and `$setOnInsert` a whole
 //!   default profile), so they never touch durable fields; room statements
-//!   replace the document if its `rev` is newer (see [`room_filter`]).
+//!   replace the document if its `rev` is newer (see `room_filter`).
 //! - Durable ops are conditional single-document updates
 //!   (`findAndModify`), idempotent by op id; trades use the two-phase ledger
 //!   described in [`super`] (no transactions, so no replica set needed).
