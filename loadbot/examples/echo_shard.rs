@@ -98,6 +98,7 @@ async fn session(tcp: TcpStream) -> anyhow::Result<()> {
                     y,
                     seq: 0,
                 }],
+                items: vec![],
             }),
             ClientMsg::Leave(_) => ServerMsg::Left(Left { map: "m001".into() }),
             ClientMsg::Move(m) => {
@@ -125,6 +126,10 @@ async fn session(tcp: TcpStream) -> anyhow::Result<()> {
             }),
             ClientMsg::Give(g) => ServerMsg::Done(protocol::msg::Done {
                 req: g.req,
+                inventory: Default::default(),
+            }),
+            ClientMsg::PickUp(p) => ServerMsg::Done(protocol::msg::Done {
+                req: p.req,
                 inventory: Default::default(),
             }),
         };

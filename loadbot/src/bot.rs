@@ -840,7 +840,8 @@ impl Bot {
             | ServerMsg::Chat(_)
             | ServerMsg::Announce(_)
             | ServerMsg::Done(_)
-            | ServerMsg::Inventory(_) => {}
+            | ServerMsg::Inventory(_)
+            | ServerMsg::Items(_) => {}
         }
         None
     }

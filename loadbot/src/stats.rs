@@ -23,9 +23,11 @@ use serde::Serialize;
 pub const MAX_TRACKED_US: u64 = 120_000_000;
 
 /// Wire names of client messages, indexed by [`client_kind`].
-pub const CLIENT_KINDS: [&str; 7] = ["hello", "join", "leave", "move", "chat", "ping", "give"];
+pub const CLIENT_KINDS: [&str; 8] = [
+    "hello", "join", "leave", "move", "chat", "ping", "give", "pick_up",
+];
 /// Wire names of server messages, indexed by [`server_kind`].
-pub const SERVER_KINDS: [&str; 11] = [
+pub const SERVER_KINDS: [&str; 12] = [
     "welcome",
     "joined",
     "left",
@@ -37,6 +39,7 @@ pub const SERVER_KINDS: [&str; 11] = [
     "notice",
     "done",
     "inventory",
+    "items",
 ];
 
 /// Index of `update` in [`SERVER_KINDS`] (counted by the fast path, which
@@ -53,6 +56,7 @@ pub fn client_kind(msg: &ClientMsg) -> usize {
         ClientMsg::Chat(_) => 4,
         ClientMsg::Ping(_) => 5,
         ClientMsg::Give(_) => 6,
+        ClientMsg::PickUp(_) => 7,
     }
 }
 
@@ -70,6 +74,7 @@ pub fn server_kind(msg: &ServerMsg) -> usize {
         ServerMsg::Notice(_) => 8,
         ServerMsg::Done(_) => 9,
         ServerMsg::Inventory(_) => 10,
+        ServerMsg::Items(_) => 11,
     }
 }
 
@@ -461,6 +466,7 @@ mod tests {
             }),
             ClientMsg::Chat(ChatSend { text: "x".into() }),
             ClientMsg::Ping(Ping { t: 0 }),
+            ClientMsg::PickUp(PickUp { req: 1, item: 2 }),
         ];
         for msg in &msgs {
             assert_eq!(CLIENT_KINDS[client_kind(msg)], msg.kind());
@@ -475,6 +481,8 @@ mod tests {
         let update = ServerMsg::Update(Update::default());
         assert_eq!(SERVER_KINDS[server_kind(&update)], "update");
         assert_eq!(server_kind(&update), UPDATE_KIND);
+        let items = ServerMsg::Items(Items::default());
+        assert_eq!(SERVER_KINDS[server_kind(&items)], "items");
     }
 
     #[test]

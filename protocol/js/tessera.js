@@ -1,4 +1,4 @@
-// Tessera browser client: the wire protocol of protocol/PROTOCOL.md (v1.0).
+// Tessera browser client: the wire protocol of protocol/PROTOCOL.md (v1.2).
 //
 // Layout
 // - MessagePack: `encode` / `decode`, a small codec for exactly what the
@@ -7,14 +7,15 @@
 //   smallest encoding, as the server does.
 // - Messages: `messages.*` build client messages with fields in PROTOCOL.md
 //   order; `encodeMessage` / `decodeMessage` frame them as `{type: body}`.
-// - `View`: the entities a player sees, kept from `joined` and `update`.
-// - `TesseraClient`: one WebSocket session (hello, join, move, chat, ping)
-//   with an event API; it keeps a `View` up to date on its own.
+// - `View`: the entities a player sees, kept from `joined` and `update`,
+//   and the items lying on the map, kept from `joined` and `items`.
+// - `TesseraClient`: one WebSocket session (hello, join, move, chat, ping,
+//   give, pick_up) with an event API; it keeps a `View` up to date on its own.
 //
 // No dependencies and no I/O besides the WebSocket the caller asks for, so
 // the same file runs in browsers and in node (tests pass a fake socket).
 
-export const PROTOCOL_VERSION = Object.freeze({ major: 1, minor: 1 });
+export const PROTOCOL_VERSION = Object.freeze({ major: 1, minor: 2 });
 
 // ---------------------------------------------------------------------------
 // MessagePack
@@ -384,6 +385,7 @@ export const messages = {
   give: (req, to, { currency = 0, items } = {}) => ({
     give: { req, to, currency, items: items && Object.keys(items).length ? items : undefined },
   }),
+  pickUp: (req, item) => ({ pick_up: { req, item } }),
 };
 
 // Fields typed f32 in PROTOCOL.md, so that a message given as plain numbers
@@ -395,6 +397,8 @@ const mapF32 = (o, keys) => {
   return out;
 };
 const entitiesF32 = (list) => (Array.isArray(list) ? list.map((e) => mapF32(e, ['x', 'y'])) : list);
+// Ground items carry f32 positions too.
+const itemsF32 = entitiesF32;
 // `moved` rows are [id, x, y, seq].
 const movedF32 = (row) =>
   Array.isArray(row) ? row.map((v, i) => ((i === 1 || i === 2) && typeof v === 'number' ? f32(v) : v)) : row;
@@ -404,7 +408,9 @@ const F32_FIELDS = {
     ...b,
     map: mapF32(b.map, ['width', 'height', 'view_radius', 'speed']),
     entities: entitiesF32(b.entities),
+    items: itemsF32(b.items),
   }),
+  items: (b) => ({ ...b, added: itemsF32(b.added) }),
   update: (b) => ({
     ...b,
     entered: entitiesF32(b.entered),
@@ -452,6 +458,8 @@ export class View {
   clear() {
     /** @type {Map<number, {id:number,name:string,x:number,y:number,seq:number}>} */
     this.entities = new Map();
+    /** Items lying on the map, by id. @type {Map<number, {id:number,kind:string,count:number,x:number,y:number}>} */
+    this.items = new Map();
     this.map = null;
     this.you = null;
     this.tick = 0;
@@ -468,6 +476,31 @@ export class View {
     this.you = joined.you;
     this.tick = joined.tick;
     for (const e of joined.entities ?? []) this.enter(e);
+    this.applyItems({ added: joined.items });
+  }
+
+  /** Apply an `items` message: `added` first, then `removed`. */
+  applyItems(items) {
+    for (const it of items.added ?? []) {
+      if (isMap(it)) this.items.set(it.id, { id: it.id, kind: it.kind, count: it.count, x: it.x, y: it.y });
+    }
+    for (const id of items.removed ?? []) this.items.delete(id);
+  }
+
+  /** The ground item nearest to the player's own entity, or undefined. */
+  nearestItem() {
+    const me = this.me;
+    if (!me) return undefined;
+    let best;
+    let bestD = Infinity;
+    for (const it of this.items.values()) {
+      const d = Math.hypot(it.x - me.x, it.y - me.y);
+      if (d < bestD) {
+        best = it;
+        bestD = d;
+      }
+    }
+    return best;
   }
 
   applyUpdate(update) {
@@ -494,13 +527,14 @@ export class View {
 // ---------------------------------------------------------------------------
 // Client
 
-const SERVER_EVENTS = ['welcome', 'joined', 'left', 'update', 'chat', 'announce', 'pong', 'error', 'notice', 'done', 'inventory'];
+const SERVER_EVENTS = ['welcome', 'joined', 'left', 'update', 'chat', 'announce', 'pong', 'error', 'notice', 'done', 'inventory', 'items'];
 
 /**
  * One session with a Tessera shard.
  *
  * Events (`on(name, cb)`): `open`, `welcome`, `joined`, `left`, `update`,
  * `chat`, `announce`, `pong` (the body, plus `rtt` in ms for a timed ping),
+ * `notice`, `done`, `inventory`, `items`,
  * `error` (a server error body `{code, text}`), `close` (`{code, reason,
  * wasClean}`), `message` (every decoded `{type, body}`, unknown types
  * included), `view` (after `view` changed), and `decode_error` (a frame that
@@ -629,6 +663,15 @@ export class TesseraClient {
     this.send(messages.chat(text));
   }
 
+  give(req, to, opts) {
+    this.send(messages.give(req, to, opts));
+  }
+
+  /** Pick up ground item `item`; answered by `done` (with `req`) or an `error`. */
+  pickUp(req, item) {
+    this.send(messages.pickUp(req, item));
+  }
+
   /**
    * Send a ping. Without `t` it carries a microsecond clock reading, and its
    * pong sets `rtt` (ms); a caller's own `t` is echoed but not timed.
@@ -667,6 +710,9 @@ export class TesseraClient {
       case 'update':
         this.view.applyUpdate(body);
         break;
+      case 'items':
+        this.view.applyItems(body);
+        break;
       case 'left':
         this.state = 'welcomed';
         this.view.clear();
@@ -682,7 +728,7 @@ export class TesseraClient {
     }
     this.emit('message', msg);
     if (SERVER_EVENTS.includes(type)) this.emit(type, body);
-    if (type === 'joined' || type === 'update' || type === 'left') this.emit('view', this.view);
+    if (type === 'joined' || type === 'update' || type === 'left' || type === 'items') this.emit('view', this.view);
   }
 }
 

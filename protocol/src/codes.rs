@@ -48,6 +48,11 @@ pub enum ErrorCode {
     Insufficient = 3006,
     /// A `give` named an entity that is not a player in the same map.
     NoSuchTarget = 3007,
+    /// A `pick_up` named no item on the ground: there never was one, or
+    /// someone took it already (or is taking it).
+    ItemGone = 3008,
+    /// A `pick_up` of an item farther than the pick-up radius.
+    OutOfReach = 3009,
     /// Something went wrong inside the server; the session is unaffected.
     Internal = 5001,
     /// The server is at its connection cap or shutting down.
@@ -62,7 +67,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::Malformed,
         ErrorCode::TextFrame,
         ErrorCode::IllegalState,
@@ -80,6 +85,8 @@ impl ErrorCode {
         ErrorCode::RoomFailed,
         ErrorCode::Insufficient,
         ErrorCode::NoSuchTarget,
+        ErrorCode::ItemGone,
+        ErrorCode::OutOfReach,
         ErrorCode::Internal,
         ErrorCode::ServerBusy,
         ErrorCode::StoreUnavailable,
@@ -116,6 +123,8 @@ impl ErrorCode {
             ErrorCode::RoomFailed => "room_failed",
             ErrorCode::Insufficient => "insufficient",
             ErrorCode::NoSuchTarget => "no_such_target",
+            ErrorCode::ItemGone => "item_gone",
+            ErrorCode::OutOfReach => "out_of_reach",
             ErrorCode::Internal => "internal",
             ErrorCode::ServerBusy => "server_busy",
             ErrorCode::StoreUnavailable => "store_unavailable",

@@ -65,6 +65,10 @@ fn client_samples() -> Vec<(&'static str, ClientMsg)> {
                 items: [("gem".to_string(), 1)].into(),
             }),
         ),
+        (
+            "client_pick_up",
+            ClientMsg::PickUp(PickUp { req: 3, item: 12 }),
+        ),
     ]
 }
 
@@ -113,6 +117,30 @@ fn server_samples() -> Vec<(&'static str, ServerMsg)> {
                     x: 500.0,
                     y: 500.0,
                     seq: 0,
+                }],
+                items: vec![],
+            }),
+        ),
+        (
+            "server_joined_items",
+            ServerMsg::Joined(Joined {
+                map: MapInfo {
+                    name: "lobby".into(),
+                    width: 1000.0,
+                    height: 1000.0,
+                    tick_hz: 20,
+                    view_radius: 400.0,
+                    speed: 200.0,
+                },
+                you: 1,
+                tick: 7,
+                entities: vec![],
+                items: vec![GroundItem {
+                    id: 12,
+                    kind: "gem".into(),
+                    count: 1,
+                    x: 250.0,
+                    y: 100.0,
                 }],
             }),
         ),
@@ -197,6 +225,19 @@ fn server_samples() -> Vec<(&'static str, ServerMsg)> {
             ServerMsg::Inventory(Inventory {
                 currency: 125,
                 items: [("gem".to_string(), 1)].into(),
+            }),
+        ),
+        (
+            "server_items",
+            ServerMsg::Items(Items {
+                added: vec![GroundItem {
+                    id: 13,
+                    kind: "gem".into(),
+                    count: 2,
+                    x: 10.0,
+                    y: 20.0,
+                }],
+                removed: vec![12],
             }),
         ),
     ]
@@ -309,7 +350,7 @@ fn unknown_variants_are_reported() {
     assert!(matches!(err, DecodeError::UnknownVariant(_)), "{err:?}");
     assert_eq!(err.code(), ErrorCode::Malformed);
     // A variant index past the last message.
-    let err = decode_client(&[0x07], MAX).unwrap_err();
+    let err = decode_client(&[0x08], MAX).unwrap_err();
     assert!(matches!(err, DecodeError::UnknownVariant(_)), "{err:?}");
     // A server message is not a client message.
     let pong = encode_server(&ServerMsg::Pong(Pong { t: 1, server_ms: 2 }));

@@ -137,6 +137,9 @@ pub struct RoomsConfig {
     pub mailbox_capacity: usize,
     /// How long a session waits for a room to answer a join.
     pub call_timeout_ms: u64,
+    /// How close (in map units) a player's entity must stand to a ground
+    /// item to pick it up.
+    pub pickup_radius: f32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -153,6 +156,35 @@ pub struct MapConfig {
     pub tick_hz: Option<u32>,
     pub view_radius: Option<f32>,
     pub max_players: Option<usize>,
+    /// Item spawners: what appears lying on this map, and how often.
+    pub items: Vec<SpawnerConfig>,
+}
+
+/// One item spawner of a map: every `every_ms`, while fewer than
+/// `max_on_ground` items of `kind` lie on the map, one more (a stack of
+/// `count`) appears at a random spot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpawnerConfig {
+    /// Item kind, as it appears in inventories: 1-32 characters of a-z,
+    /// A-Z, 0-9, _ or -, once per map.
+    pub kind: String,
+    /// Items in one stack.
+    pub count: i64,
+    /// No more spawns while this many of `kind` lie on the map.
+    pub max_on_ground: u32,
+    pub every_ms: u64,
+}
+
+impl Default for SpawnerConfig {
+    fn default() -> Self {
+        SpawnerConfig {
+            kind: String::new(),
+            count: 1,
+            max_on_ground: 8,
+            every_ms: 5_000,
+        }
+    }
 }
 
 /// The demo economy behind the durable `give` action.
@@ -314,6 +346,7 @@ impl Default for RoomsConfig {
             idle_stop_ms: 30_000,
             mailbox_capacity: 4_096,
             call_timeout_ms: 2_000,
+            pickup_radius: 48.0,
         }
     }
 }
@@ -330,6 +363,7 @@ impl Default for MapConfig {
             tick_hz: None,
             view_radius: None,
             max_players: None,
+            items: Vec::new(),
         }
     }
 }
@@ -348,6 +382,12 @@ pub fn builtin_maps() -> Vec<MapConfig> {
     vec![
         MapConfig {
             name: "lobby".into(),
+            items: vec![SpawnerConfig {
+                kind: "gem".into(),
+                count: 1,
+                max_on_ground: 8,
+                every_ms: 5_000,
+            }],
             ..MapConfig::default()
         },
         MapConfig {
@@ -357,6 +397,12 @@ pub fn builtin_maps() -> Vec<MapConfig> {
             spawn: [300.0, 300.0],
             spawn_radius: 100.0,
             speed: 250.0,
+            items: vec![SpawnerConfig {
+                kind: "potion".into(),
+                count: 1,
+                max_on_ground: 4,
+                every_ms: 8_000,
+            }],
             ..MapConfig::default()
         },
         MapConfig {
@@ -366,6 +412,12 @@ pub fn builtin_maps() -> Vec<MapConfig> {
             spawn: [2_000.0, 2_000.0],
             spawn_radius: 1_500.0,
             speed: 300.0,
+            items: vec![SpawnerConfig {
+                kind: "wood".into(),
+                count: 3,
+                max_on_ground: 40,
+                every_ms: 2_000,
+            }],
             ..MapConfig::default()
         },
     ]
@@ -383,6 +435,9 @@ pub struct MapDef {
     pub tick_hz: u32,
     pub view_radius: f32,
     pub max_players: usize,
+    pub items: Vec<SpawnerConfig>,
+    /// `rooms.pickup_radius`.
+    pub pickup_radius: f32,
 }
 
 impl Config {
@@ -441,6 +496,8 @@ impl Config {
                 spawn: m.spawn,
                 spawn_radius: m.spawn_radius,
                 speed: m.speed,
+                items: m.items,
+                pickup_radius: self.rooms.pickup_radius,
             })
             .collect()
     }
@@ -513,6 +570,9 @@ impl Config {
         }
         if !(r.view_radius.is_finite() && r.view_radius > 0.0) {
             errors.push("rooms.view_radius must be a positive number".into());
+        }
+        if !(r.pickup_radius.is_finite() && r.pickup_radius > 0.0) {
+            errors.push("rooms.pickup_radius must be a positive number".into());
         }
         if r.tick_hz > 1_000 {
             errors.push("rooms.tick_hz must be at most 1000".into());
@@ -631,6 +691,36 @@ fn validate_map(at: &str, m: &MapConfig, errors: &mut Vec<String>) {
     if m.max_players == Some(0) {
         errors.push(format!("{at}.max_players must be greater than 0"));
     }
+    let mut kinds = BTreeSet::new();
+    for (j, sp) in m.items.iter().enumerate() {
+        let at = format!("{at}.items[{j}]");
+        let valid_kind = !sp.kind.is_empty()
+            && sp.kind.len() <= 32
+            && sp
+                .kind
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid_kind {
+            errors.push(format!(
+                "{at}.kind {:?} must be 1-32 characters of a-z, A-Z, 0-9, _ or -",
+                sp.kind
+            ));
+        } else if !kinds.insert(sp.kind.as_str()) {
+            errors.push(format!(
+                "{at}.kind {:?} has another spawner on this map",
+                sp.kind
+            ));
+        }
+        if !(1..=1_000_000).contains(&sp.count) {
+            errors.push(format!("{at}.count must be 1 to 1000000"));
+        }
+        if !(1..=1_000).contains(&sp.max_on_ground) {
+            errors.push(format!("{at}.max_on_ground must be 1 to 1000"));
+        }
+        if sp.every_ms < 10 {
+            errors.push(format!("{at}.every_ms must be at least 10"));
+        }
+    }
 }
 
 /// Set the field named by an environment variable's path in the TOML tree.
@@ -736,6 +826,7 @@ mod tests {
         let mut config = Config::default();
         config.limits.move_per_sec = 0;
         config.auth.mode = AuthMode::Production;
+        config.rooms.pickup_radius = f32::NAN;
         config.maps.push(MapConfig {
             name: "bad name".into(),
             spawn: [5_000.0, 0.0],
@@ -743,14 +834,45 @@ mod tests {
         });
         config.supervision.child_backoff_min_ms = 0;
         config.supervision.child_restart_window_ms = 0;
+        config.maps.push(MapConfig {
+            name: "ok".into(),
+            ..MapConfig::default()
+        });
+        config.maps.push(MapConfig {
+            name: "spawners".into(),
+            items: vec![
+                SpawnerConfig {
+                    kind: "gem".into(),
+                    every_ms: 0,
+                    ..SpawnerConfig::default()
+                },
+                SpawnerConfig {
+                    kind: "gem".into(),
+                    count: 0,
+                    max_on_ground: 0,
+                    ..SpawnerConfig::default()
+                },
+                SpawnerConfig {
+                    kind: "a.b".into(),
+                    ..SpawnerConfig::default()
+                },
+            ],
+            ..MapConfig::default()
+        });
         let message = config.validate().unwrap_err().to_string();
         for field in [
             "supervision.child_backoff_min_ms",
             "supervision.child_restart_window_ms",
             "limits.move_per_sec",
             "auth.secret",
+            "rooms.pickup_radius",
             "maps[0].name",
             "maps[0].spawn",
+            "maps[2].items[0].every_ms",
+            "maps[2].items[1].kind",
+            "maps[2].items[1].count",
+            "maps[2].items[1].max_on_ground",
+            "maps[2].items[2].kind",
         ] {
             assert!(message.contains(field), "{field} missing in {message}");
         }
@@ -776,6 +898,35 @@ mod tests {
         let config = Config::load(None, env).unwrap();
         assert_eq!(config.supervision.child_max_restarts, 0);
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn spawners_read_from_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tessera.toml");
+        std::fs::write(
+            &path,
+            "[rooms]\npickup_radius = 20.0\n\n[[maps]]\nname = \"lobby\"\nitems = [{ kind = \"gem\", count = 2, max_on_ground = 3, every_ms = 100 }]\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path), Vec::new()).unwrap();
+        config.validate().unwrap();
+        let def = &config.map_defs()[0];
+        assert_eq!(def.pickup_radius, 20.0);
+        assert_eq!(
+            def.items,
+            vec![SpawnerConfig {
+                kind: "gem".into(),
+                count: 2,
+                max_on_ground: 3,
+                every_ms: 100,
+            }]
+        );
+        // Every built-in map has a spawner.
+        assert!(Config::default()
+            .map_defs()
+            .iter()
+            .all(|m| !m.items.is_empty()));
     }
 
     #[test]

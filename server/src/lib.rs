@@ -10,7 +10,8 @@
 //!   limit, route to the room.
 //! - [`outbound`]: a session's bounded outbound queue and its writer task.
 //! - [`room`]: the per-map actor (tick, movement, interest management,
-//!   panic boundary, snapshots), its spatial [`room::grid`] and the
+//!   panic boundary, snapshots), its spatial [`room::grid`], its ground
+//!   items and durable pick-ups ([`room::ground`]) and the
 //!   [`room::supervisor`] that finds, restarts and watches rooms.
 //! - [`seats`]: each player's latest session and seat, for resume tokens.
 //! - [`dispatcher`]: typed topics for announcements and map broadcasts.

@@ -27,6 +27,9 @@ pub const ROOM_FAILURES: &str = "tessera_room_failures_total";
 pub const ROOM_POISON_DROPPED: &str = "tessera_room_poison_messages_dropped_total";
 pub const ROOM_RESTORE_SECONDS: &str = "tessera_room_restore_seconds";
 pub const ROOM_STALLS: &str = "tessera_room_stalls_total";
+/// Pick-ups by `result`: done, item_gone, out_of_reach, failed (item put
+/// back), retry (credit not confirmed, retried).
+pub const PICKUPS: &str = "tessera_pickups_total";
 pub const SESSION_PANICS: &str = "tessera_session_panics_total";
 pub const UPDATE_ENCODES: &str = "tessera_update_encodes_total";
 pub const UPDATE_FRAMES: &str = "tessera_update_frames_total";

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::Bytes;
 use protocol::msg::{
-    ChatSend, Done, ErrorMsg, Give, Hello, Inventory, Join, Left, Move, Ping, Pong, Welcome,
+    ChatSend, Done, ErrorMsg, Give, Hello, Inventory, Join, Left, Move, PickUp, Ping, Pong, Welcome,
 };
 use protocol::{encode_server, ClientMsg, CloseCode, ErrorCode, ServerMsg, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
@@ -43,8 +43,8 @@ use crate::dispatcher::{Announcement, Published, SubscriptionId};
 use crate::metrics as m;
 use crate::outbound::Outbound;
 use crate::ratelimit::{Bucket, Strikes};
-use crate::room::WhoIs;
 use crate::room::{ChatIn, Disconnected, Input, JoinError, JoinRoom, LeaveRoom, RoomEvent};
+use crate::room::{PickUp as RoomPickUp, WhoIs};
 use crate::seats::{ResumeError, Seat};
 use crate::shard::Shared;
 use crate::store::{Adjust, Bundle, DurableError, DurableOp, PlayerProfile, Rejection, Trade};
@@ -61,7 +61,7 @@ pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// The progress counter that says the starter purse was granted.
 const STARTER_MARK: &str = "starter_purse";
 
-fn to_wire(inventory: &crate::store::Inventory) -> Inventory {
+pub(crate) fn to_wire(inventory: &crate::store::Inventory) -> Inventory {
     Inventory {
         currency: inventory.currency,
         items: inventory.items.clone(),
@@ -137,7 +137,8 @@ impl Class {
             | ClientMsg::Join(_)
             | ClientMsg::Leave(_)
             | ClientMsg::Ping(_)
-            | ClientMsg::Give(_) => Class::Control,
+            | ClientMsg::Give(_)
+            | ClientMsg::PickUp(_) => Class::Control,
         }
     }
 }
@@ -289,6 +290,7 @@ impl Session {
             ClientMsg::Chat(chat) => self.on_chat(chat),
             ClientMsg::Ping(ping) => self.on_ping(ping),
             ClientMsg::Give(give) => self.on_give(give, ctx),
+            ClientMsg::PickUp(pick) => self.on_pick_up(pick),
         }
     }
 
@@ -755,6 +757,35 @@ impl Session {
                     }
                 }),
         );
+    }
+
+    /// `pick_up`: the room owns the ground, so it checks, takes the item and
+    /// answers (`done` or an error) through the outbound queue; see
+    /// [`crate::room::ground`].
+    fn on_pick_up(&mut self, pick: PickUp) {
+        let State::InRoom { map } = &self.state else {
+            self.send_error(ErrorCode::IllegalState, "join a map before picking up");
+            return;
+        };
+        if !self.profile_loaded {
+            self.send_error(
+                ErrorCode::StoreUnavailable,
+                format!(
+                    "pick_up {}: your profile is not loaded; nothing changed",
+                    pick.req
+                ),
+            );
+            return;
+        }
+        let sent = self.shared.rooms.send(
+            map,
+            RoomPickUp {
+                session: self.id,
+                req: pick.req,
+                item: pick.item,
+            },
+        );
+        self.after_room_cast(sent);
     }
 
     /// Tell `player`'s session (on this shard) its inventory changed.

@@ -28,7 +28,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use anyhow::Context as _;
@@ -44,7 +44,7 @@ use crate::room::supervisor::Settings;
 use crate::room::{announce_frame, RoomSupervisor};
 use crate::seats::Seats;
 use crate::session::{Session, SessionId, Shutdown};
-use crate::store::{Backend, Persister, PersisterHandle};
+use crate::store::{Persister, PersisterHandle};
 use crate::supervise::{self, Child, Restart, Supervisor, Tasks};
 
 /// What every session and room of the shard shares.
@@ -125,9 +125,6 @@ fn welcome_limits(config: &Config) -> protocol::Limits {
     }
 }
 
-/// How long [`start`] waits for the embedded store to be prepared.
-const EMBEDDED_READY_WAIT: Duration = Duration::from_secs(10);
-
 /// Start a shard with `config` (validated here) on a thread of its own.
 pub fn start(config: Config) -> anyhow::Result<ShardHandle> {
     config.validate()?;
@@ -144,21 +141,6 @@ pub fn start(config: Config) -> anyhow::Result<ShardHandle> {
     let persister =
         Persister::start_supervised(config.store.clone(), &tasks, persister_supervision)
             .map_err(|e| anyhow::anyhow!("store ({:?}): {e}", config.store.backend))?;
-    if config.store.backend == Backend::Embedded {
-        // The embedded store is local and opened above; its indexes take
-        // milliseconds. Waiting for them means the first player's profile
-        // loads instead of being refused as "not ready yet".
-        let deadline = Instant::now() + EMBEDDED_READY_WAIT;
-        while !persister.ready() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        if !persister.ready() {
-            tracing::warn!(
-                waited_ms = EMBEDDED_READY_WAIT.as_millis() as u64,
-                "embedded store not ready yet; starting anyway"
-            );
-        }
-    }
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = watch::channel(false);
     let thread = std::thread::Builder::new()
@@ -179,6 +161,9 @@ pub fn start(config: Config) -> anyhow::Result<ShardHandle> {
     })
 }
 
+/// How long start waits for the embedded store to be ready.
+const EMBEDDED_READY_WAIT: Duration = Duration::from_secs(5);
+
 type Ready = std::sync::mpsc::Sender<anyhow::Result<(SocketAddr, SocketAddr)>>;
 
 async fn run(
@@ -188,6 +173,15 @@ async fn run(
     ready: Ready,
     mut stop_rx: watch::Receiver<bool>,
 ) {
+    // The embedded store is open already and ready within a moment: wait
+    // for it, so that a player arriving right after start gets its profile
+    // (a MongoDB that is not up yet is not waited for; sessions then play
+    // without durable state until it is).
+    if config.store.backend == crate::store::Backend::Embedded
+        && !persister.wait_ready(EMBEDDED_READY_WAIT).await
+    {
+        tracing::warn!("the embedded store is not ready yet; accepting players anyway");
+    }
     let ws = match TcpListener::bind(config.server.ws_addr).await {
         Ok(l) => Arc::new(l),
         Err(e) => {

@@ -12,10 +12,10 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::doc;
-use server::store::model::{PLAYERS, PLAYER_SCHEMA, ROOMS};
+use server::store::model::{PLAYERS, PLAYER_SCHEMA, ROOMS, ROOM_SCHEMA};
 use server::store::{
-    Adjust, Bundle, DurableError, DurableOp, GroundItem, PlayerState, Rejection, RoomState, Stats,
-    Trade, TradeState,
+    Adjust, Bundle, DurableError, DurableOp, GroundItem, PendingPickup, PlayerState, Rejection,
+    RoomState, Stats, Trade, TradeState,
 };
 use store_support::{init_tracing, Fixture, Kind};
 
@@ -67,6 +67,9 @@ conformance!(
     outage,
     shutdown_flush,
     shutdown_deadline,
+    rooms_round_trip_with_items_and_pending,
+    stale_room_writes_are_skipped,
+    old_rooms_migrate_and_bad_ones_read_as_none,
 );
 
 fn state(map: &str, x: f32) -> PlayerState {
@@ -91,6 +94,31 @@ fn adjust(op_id: &str, player: &str, currency: i64) -> DurableOp {
         currency,
         ..Adjust::default()
     })
+}
+
+fn gem(id: u64, x: f32) -> GroundItem {
+    GroundItem {
+        id,
+        kind: "gem".into(),
+        count: 1,
+        x,
+        y: x / 2.0,
+    }
+}
+
+/// A room at revision `rev` with `ground` items and one pick-up in flight.
+fn room_at(map: &str, rev: u64, ground: &[u64]) -> RoomState {
+    RoomState {
+        rev,
+        next_item: 100,
+        items: ground.iter().map(|id| gem(*id, *id as f32)).collect(),
+        pending: vec![PendingPickup {
+            op_id: format!("pickup:{map}:99"),
+            player: "ada".into(),
+            item: gem(99, 9.5),
+        }],
+        ..RoomState::new(map)
+    }
 }
 
 fn items(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
@@ -126,14 +154,14 @@ mod cases {
         let room = RoomState {
             items: vec![
                 GroundItem {
-                    id: "g1".into(),
+                    id: 1,
                     kind: "potion".into(),
                     count: 2,
                     x: 10.0,
                     y: 20.5,
                 },
                 GroundItem {
-                    id: "g2".into(),
+                    id: 2,
                     kind: "sword".into(),
                     count: 1,
                     x: 0.0,
@@ -682,6 +710,127 @@ mod cases {
         assert!(fresh.load_room("lobby".into()).await.unwrap().is_some());
     }
 
+    /// A room document with ground items and a pick-up in flight comes back
+    /// the same, written behind or through.
+    pub async fn rooms_round_trip_with_items_and_pending(mut fx: Fixture) {
+        let p = fx.persister(fx.config()).await;
+        let fresh = fx.fresh().await;
+        let behind = room_at("meadow", 3, &[1, 2, 5]);
+        p.room_state(behind.clone());
+        p.flush().await.unwrap();
+        assert_eq!(
+            fresh.load_room("meadow".into()).await.unwrap(),
+            Some(behind)
+        );
+
+        let through = room_at("meadow", 4, &[1, 5]);
+        assert_eq!(p.durable_room(through.clone()).await, Ok(true));
+        // Acknowledged means stored: a fresh handle reads it at once.
+        assert_eq!(
+            fresh.load_room("meadow".into()).await.unwrap(),
+            Some(through.clone())
+        );
+        assert_eq!(p.load_room("meadow").await.unwrap(), Some(through));
+        assert_eq!(p.load_room("elsewhere").await.unwrap(), None);
+        p.shutdown(Duration::from_secs(5)).await;
+    }
+
+    /// A room write not newer than the stored one is skipped: a write-behind
+    /// flushed after a newer write-through never brings an item back.
+    pub async fn stale_room_writes_are_skipped(mut fx: Fixture) {
+        let config = server::store::StoreConfig {
+            flush_interval_ms: 600_000,
+            ..fx.config()
+        };
+        let p = fx.persister(config).await;
+        let fresh = fx.fresh().await;
+        // Revision 5 waits behind; revision 6 (item 2 picked) goes through.
+        p.room_state(room_at("grove", 5, &[1, 2]));
+        let newer = room_at("grove", 6, &[1]);
+        assert_eq!(p.durable_room(newer.clone()).await, Ok(true));
+        // The stale one is no longer what a load sees, flushed or not.
+        assert_eq!(p.load_room("grove").await.unwrap(), Some(newer.clone()));
+        p.room_state(room_at("grove", 5, &[1, 2]));
+        assert_eq!(p.load_room("grove").await.unwrap(), Some(newer.clone()));
+        p.flush().await.unwrap();
+        assert_eq!(
+            fresh.load_room("grove".into()).await.unwrap(),
+            Some(newer.clone())
+        );
+        // Stale and equal revisions through: skipped, not errors.
+        assert_eq!(
+            p.durable_room(room_at("grove", 4, &[1, 2, 3])).await,
+            Ok(false)
+        );
+        assert_eq!(p.durable_room(room_at("grove", 6, &[])).await, Ok(false));
+        assert_eq!(fresh.load_room("grove".into()).await.unwrap(), Some(newer));
+        // Newer ones win, either way.
+        let seven = room_at("grove", 7, &[]);
+        p.room_state(seven.clone());
+        p.flush().await.unwrap();
+        assert_eq!(
+            fresh.load_room("grove".into()).await.unwrap(),
+            Some(seven.clone())
+        );
+        let stats = p.stats();
+        assert_eq!(stats.rejected, 0, "a stale write is not a bad document");
+        assert!(p.healthy());
+        p.shutdown(Duration::from_secs(5)).await;
+    }
+
+    /// A version 1 room document is migrated; a bad one is reported with its
+    /// id and loads as none, so its room starts empty instead of failing,
+    /// and the room's next write replaces it.
+    pub async fn old_rooms_migrate_and_bad_ones_read_as_none(mut fx: Fixture) {
+        let p = fx.persister(fx.config()).await;
+        let store = p.store().unwrap();
+        store
+            .put_raw(
+                ROOMS,
+                doc! {
+                    "_id": "ruins", "v": 1,
+                    "items": [
+                        { "id": "4", "kind": "gem", "count": 2_i64, "x": 1.5, "y": 2.5 },
+                        { "id": "odd", "kind": "gem", "count": 1_i64, "x": 3.0, "y": 4.0 },
+                    ],
+                },
+            )
+            .await
+            .unwrap();
+        let bad = doc! { "_id": "swamp", "v": 2, "rev": 3_i64, "items": "not a list" };
+        store.put_raw(ROOMS, bad.clone()).await.unwrap();
+
+        let ruins = p.load_room("ruins").await.unwrap().unwrap();
+        assert_eq!(ruins.v, ROOM_SCHEMA);
+        assert_eq!(ruins.rev, 0);
+        assert_eq!(
+            ruins
+                .items
+                .iter()
+                .map(|i| (i.id, i.count))
+                .collect::<Vec<_>>(),
+            vec![(4, 2), (5, 1)]
+        );
+        assert_eq!(ruins.next_item, 6);
+        assert!(ruins.pending.is_empty());
+
+        let err = server::store::model::decode_room(bad).unwrap_err();
+        assert_eq!((err.collection, err.id.as_str()), (ROOMS, "swamp"));
+        assert_eq!(p.load_room("swamp").await.unwrap(), None);
+        let fresh = fx.fresh().await;
+        assert_eq!(fresh.load_room("swamp".into()).await.unwrap(), None);
+        // The bad document is kept until the room writes past its rev.
+        assert_eq!(p.durable_room(room_at("swamp", 2, &[1])).await, Ok(false));
+        let replaced = room_at("swamp", 4, &[1]);
+        assert_eq!(p.durable_room(replaced.clone()).await, Ok(true));
+        assert_eq!(
+            fresh.load_room("swamp".into()).await.unwrap(),
+            Some(replaced)
+        );
+        assert!(p.healthy());
+        p.shutdown(Duration::from_secs(5)).await;
+    }
+
     /// With the store down, shutdown gives up at its deadline and says so.
     pub async fn shutdown_deadline(mut fx: Fixture) {
         let p = fx.persister(fx.config()).await;
@@ -745,7 +894,7 @@ mod persister_logic {
             p.player_state("eve", state("arena", 3.0));
             let mut room = RoomState::new("arena");
             room.items.push(GroundItem {
-                id: "g".into(),
+                id: 1,
                 kind: "gem".into(),
                 count: 1,
                 x: 1.0,

@@ -1,4 +1,5 @@
-// Tessera demo page: connect, say hello, join a map, walk around and chat.
+// Tessera demo page: connect, say hello, join a map, walk around, chat, and
+// pick up the items lying on the map (E or Space: the nearest one).
 //
 // Query string: ?name=ada  display name asked for (guest)
 //               ?map=lobby map to join (default lobby)
@@ -110,6 +111,11 @@ client.on('left', (l) => {
 });
 
 client.on('update', invalidate);
+client.on('items', invalidate);
+client.on('done', (d) => {
+  const items = Object.entries(d.inventory.items ?? {}).map(([k, n]) => `${k} ×${n}`);
+  logLine('system', `picked up (req ${d.req}); you hold ${items.join(', ') || 'nothing'}, ${d.inventory.currency} coins`);
+});
 client.on('pong', renderStatus);
 
 client.on('chat', (c) => {
@@ -222,11 +228,29 @@ window.addEventListener('keydown', (ev) => {
     chatInput.focus();
     return;
   }
+  if (ev.code === 'KeyE' || ev.code === 'Space') {
+    ev.preventDefault();
+    pickUpNearest();
+    return;
+  }
   if (!(ev.code in KEY_DIRS)) return;
   ev.preventDefault();
   held.add(ev.code);
   sendMove();
 });
+
+let pickReq = 0;
+
+/** Ask for the nearest ground item; the server says whether it is in reach. */
+function pickUpNearest() {
+  if (client.state !== 'joined') return;
+  const item = view.nearestItem();
+  if (!item) {
+    logLine('system', 'nothing lying on this map');
+    return;
+  }
+  client.pickUp(++pickReq, item.id);
+}
 
 // Key-ups count wherever focus went, or a key released in the chat box
 // would keep the player walking.
@@ -256,6 +280,7 @@ const COLOURS = {
   muted: colour('--muted'),
   me: colour('--me'),
   other: colour('--other'),
+  item: '#7fd6c2',
 };
 
 // Where each entity is drawn: eased toward its last known position so that
@@ -361,6 +386,20 @@ function draw(dt) {
     ctx.setLineDash([4, 4]);
     ctx.stroke();
     ctx.setLineDash([]);
+  }
+
+  // Ground items: small diamonds under the players.
+  ctx.fillStyle = COLOURS.item;
+  for (const it of view.items.values()) {
+    const x = sx(it.x);
+    const y = sy(it.y);
+    ctx.beginPath();
+    ctx.moveTo(x, y - 5);
+    ctx.lineTo(x + 4, y);
+    ctx.lineTo(x, y + 5);
+    ctx.lineTo(x - 4, y);
+    ctx.closePath();
+    ctx.fill();
   }
 
   ctx.font = '12px system-ui, sans-serif';

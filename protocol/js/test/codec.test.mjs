@@ -87,6 +87,17 @@ const EXPECTED = {
   server_done: { done: { req: 9, inventory: { currency: 75 } } },
   server_inventory: { inventory: { currency: 125, items: { gem: 1 } } },
   client_give: { give: { req: 9, to: 2, currency: 25, items: { gem: 1 } } },
+  client_pick_up: { pick_up: { req: 3, item: 12 } },
+  server_joined_items: {
+    joined: {
+      map: { name: 'lobby', width: 1000, height: 1000, tick_hz: 20, view_radius: 400, speed: 200 },
+      you: 1,
+      tick: 7,
+      entities: [],
+      items: [{ id: 12, kind: 'gem', count: 1, x: 250, y: 100 }],
+    },
+  },
+  server_items: { items: { added: [{ id: 13, kind: 'gem', count: 2, x: 10, y: 20 }], removed: [12] } },
 };
 
 // The golden vectors were written by a 1.0 peer; builders take the version.
@@ -119,6 +130,7 @@ test('client message builders give the golden bytes', () => {
     ['client_hello_token', messages.hello({ resume: 'res', token: 'tok', name: undefined, version: V1_0 })],
     ['client_join', messages.join('lobby')],
     ['client_give', messages.give(9, 2, { currency: 25, items: { gem: 1 } })],
+    ['client_pick_up', messages.pickUp(3, 12)],
     ['client_leave', messages.leave()],
     ['client_move', messages.move(42, 1, -0.5)],
     ['client_chat', messages.chat('hi')],
@@ -145,7 +157,9 @@ test('the client sends the golden bytes over its socket', async () => {
   client.chat('hi');
   client.ping(123456);
   client.leave();
-  const names = ['hello', 'hello_token', 'join', 'move', 'chat', 'ping', 'leave'];
+  client.give(9, 2, { currency: 25, items: { gem: 1 } });
+  client.pickUp(3, 12);
+  const names = ['hello', 'hello_token', 'join', 'move', 'chat', 'ping', 'leave', 'give', 'pick_up'];
   assert.deepEqual(socket.sent.map(hex), names.map((n) => hex(golden[`client_${n}`])));
   assert.equal(socket.binaryType, 'arraybuffer');
 });
@@ -331,6 +345,33 @@ test('the view follows joined, update and full resync', () => {
   view.applyUpdate(decodeMessage(golden.server_update_full).body);
   assert.equal(view.entities.size, 0);
   assert.equal(view.tick, 9);
+});
+
+test('the view keeps ground items from joined and items', () => {
+  const view = new View();
+  view.applyJoined(decodeMessage(golden.server_joined_items).body);
+  assert.deepEqual([...view.items.values()], [{ id: 12, kind: 'gem', count: 1, x: 250, y: 100 }]);
+  view.applyItems(decodeMessage(golden.server_items).body);
+  assert.deepEqual([...view.items.keys()], [13]);
+  assert.deepEqual(view.items.get(13), { id: 13, kind: 'gem', count: 2, x: 10, y: 20 });
+  // A 1.1 joined has no items: the ground is empty.
+  view.applyJoined(decodeMessage(golden.server_joined).body);
+  assert.equal(view.items.size, 0);
+  assert.equal(view.nearestItem(), undefined);
+  view.applyItems({ added: [{ id: 1, kind: 'gem', count: 1, x: 900, y: 900 }, { id: 2, kind: 'gem', count: 1, x: 510, y: 490 }] });
+  assert.equal(view.nearestItem().id, 2);
+  view.applyItems({ removed: [2, 99] });
+  assert.equal(view.nearestItem().id, 1);
+});
+
+test('the client routes items to an event and its view', async () => {
+  const { client, socket } = await connected();
+  const seen = [];
+  client.on('items', (body) => seen.push(body.removed));
+  socket.receive(golden.server_joined_items);
+  socket.receive(golden.server_items);
+  assert.deepEqual(seen, [[12]]);
+  assert.deepEqual([...client.view.items.keys()], [13]);
 });
 
 test('the client routes server messages to events and keeps its view', async () => {

@@ -13,6 +13,7 @@ pub mod chat;
 pub mod error;
 pub mod handshake;
 pub mod inventory;
+pub mod items;
 pub mod ping;
 pub mod room;
 
@@ -20,6 +21,7 @@ pub use chat::{Announce, Chat, ChatSend};
 pub use error::{ErrorMsg, Notice};
 pub use handshake::{Hello, Welcome};
 pub use inventory::{Done, Give, Inventory};
+pub use items::{GroundItem, ItemId, Items, PickUp};
 pub use ping::{Ping, Pong};
 pub use room::{Entity, EntityId, Join, Joined, Leave, Left, MapInfo, Move, Moved, Update};
 
@@ -37,6 +39,8 @@ pub enum ClientMsg {
     Ping(Ping),
     /// Since 1.1.
     Give(Give),
+    /// Since 1.2.
+    PickUp(PickUp),
 }
 
 impl ClientMsg {
@@ -50,6 +54,7 @@ impl ClientMsg {
             ClientMsg::Chat(_) => "chat",
             ClientMsg::Ping(_) => "ping",
             ClientMsg::Give(_) => "give",
+            ClientMsg::PickUp(_) => "pick_up",
         }
     }
 }
@@ -73,6 +78,8 @@ pub enum ServerMsg {
     /// Since 1.1: the player's inventory, after `welcome` and whenever
     /// someone else changed it.
     Inventory(Inventory),
+    /// Since 1.2: ground items appeared or went.
+    Items(Items),
 }
 
 impl ServerMsg {
@@ -89,6 +96,7 @@ impl ServerMsg {
             ServerMsg::Notice(_) => "notice",
             ServerMsg::Done(_) => "done",
             ServerMsg::Inventory(_) => "inventory",
+            ServerMsg::Items(_) => "items",
         }
     }
 }

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::items::GroundItem;
+
 /// An entity's id within one room. Stable while the entity is in the room.
 pub type EntityId = u32;
 
@@ -62,6 +64,9 @@ pub struct Joined {
     pub tick: u64,
     /// Everything the player sees now, itself included.
     pub entities: Vec<Entity>,
+    /// The items lying on the map (since 1.2; absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<GroundItem>,
 }
 
 /// Sent when the player is no longer in a map: after `leave`, or when the

@@ -15,6 +15,10 @@
 //! map's view radius, found through [`grid::Grid`]) is compared with the
 //! last one; members whose changes are identical share one encoded frame.
 //!
+//! Items lying on the map, their spawners and the durable pick-up live in
+//! [`ground`]; the room's document (items, pick-ups in flight) is loaded
+//! when the room starts and written on every change.
+//!
 //! Let it crash: every handler and the tick run behind a panic boundary
 //! ([`Room::guarded`]). A panic drops the message that caused it (counted),
 //! stops this incarnation and hands its last snapshot to the
@@ -25,6 +29,7 @@
 //! handler can be restarted from it too.
 
 pub mod grid;
+pub mod ground;
 pub mod supervisor;
 
 use std::collections::HashMap;
@@ -52,6 +57,8 @@ use grid::{Cell, Grid};
 /// looked up per entity per member per tick: a fast hash, since clients
 /// cannot choose the keys.
 pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+use ground::Ground;
+pub use ground::{GroundSnapshot, PickUp};
 pub use supervisor::{RestartReason, RoomSlot, RoomSupervisor};
 
 /// Pending inputs kept per member between ticks; older ones are dropped.
@@ -174,12 +181,15 @@ pub struct MemberState {
     pub disconnected_at: Option<Instant>,
 }
 
-/// A room as it stood after its last tick or membership change.
+/// A room as it stood after its last tick, membership or ground change.
 #[derive(Clone, Default)]
 pub struct RoomSnapshot {
     pub tick: u64,
     pub next_entity: EntityId,
     pub members: Vec<(EntityId, MemberState)>,
+    /// Ground items, pick-ups in flight, revision (shared: it changes far
+    /// less often than positions).
+    pub ground: Arc<GroundSnapshot>,
 }
 
 struct Member {
@@ -307,6 +317,10 @@ pub struct Room {
     /// Scratch buffers reused every tick.
     scratch_ids: Vec<EntityId>,
     scratch_view: Vec<EntityId>,
+    /// Items on the map and pick-ups in flight (see [`ground`]).
+    ground: Ground,
+    /// The ground as of its last change, for snapshots.
+    ground_snapshot: Arc<GroundSnapshot>,
 }
 
 impl Room {
@@ -343,6 +357,8 @@ impl Room {
             moved_since_snapshot: false,
             scratch_ids: Vec::new(),
             scratch_view: Vec::new(),
+            ground: Ground::new(),
+            ground_snapshot: Arc::default(),
         };
         if let Some(restored) = restored {
             room.load(&restored.snapshot);
@@ -396,6 +412,7 @@ impl Room {
                 .iter()
                 .map(|(id, m)| (*id, m.state.clone()))
                 .collect(),
+            ground: self.ground_snapshot.clone(),
         };
         *self.slot.snapshot.lock() = Arc::new(snapshot);
     }
@@ -648,7 +665,8 @@ impl Room {
         self.slot.beat(&self.supervisor);
         if self.members.is_empty() {
             let idle_for = self.empty_since.map_or(Duration::ZERO, |t| t.elapsed());
-            if idle_for >= self.supervisor.idle_stop() {
+            // A pick-up still being credited keeps the room up.
+            if idle_for >= self.supervisor.idle_stop() && !self.ground.has_pending() {
                 tracing::info!(map = %self.map.name, "room idle; stopping");
                 self.supervisor
                     .forget(&self.map.name, self.slot.incarnation);
@@ -660,6 +678,7 @@ impl Room {
         self.tick += 1;
         self.expire_seats();
         self.simulate();
+        self.spawn_items();
         self.moved_since_snapshot |= self.dirty;
         self.publish_views();
         if self.moved_since_snapshot && self.tick % SNAPSHOT_EVERY_TICKS == 0 {
@@ -819,6 +838,7 @@ impl Room {
             you: id,
             tick: self.tick,
             entities: view.iter().map(|e| self.members[e].entity(*e)).collect(),
+            items: self.ground.wire_items(),
         };
         let frame = encode_frame(&ServerMsg::Joined(joined));
         let me = self
@@ -895,8 +915,15 @@ impl Actor for Room {
         self.slot.beat(&self.supervisor);
         let topic = self.supervisor.dispatcher().map_topic(&self.map.name);
         self.broadcast_sub = Some(topic.subscribe(ctx.address().recipient()));
+        let restored_ground = self.restored.as_ref().map(|r| r.snapshot.ground.clone());
+        self.guarded(ctx, "ground_start", |room, ctx| {
+            room.start_ground(restored_ground.as_deref(), ctx)
+        });
         if let Some(restored) = self.restored.take() {
-            let done = self.guarded(ctx, "restore", |room, _| room.resync_all());
+            let done = self.guarded(ctx, "restore", |room, _| {
+                room.resync_all();
+                room.resync_ground();
+            });
             if done.is_some() {
                 let took = restored.crashed_at.elapsed();
                 metrics::histogram!(m::ROOM_RESTORE_SECONDS).record(took.as_secs_f64());
@@ -923,6 +950,7 @@ impl Actor for Room {
             // A crashed incarnation's state may be half-updated; its
             // successor saves from the snapshot.
             self.save_moved();
+            self.save_ground();
             self.supervisor.persister().request_flush();
         }
         if let Some(sub) = self.broadcast_sub.take() {
@@ -1019,6 +1047,14 @@ impl Handler<Published<MapBroadcast>> for Room {
         self.guarded(ctx, "broadcast", |room, _| {
             room.to_all_members(msg.msg.0.clone())
         });
+    }
+}
+
+impl Handler<PickUp> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: PickUp, ctx: &mut Context<Self>) {
+        self.guarded(ctx, "pick_up", |room, ctx| room.pick_up(msg, ctx));
     }
 }
 

@@ -215,13 +215,54 @@ fn write_batch(db: &Db, batch: Vec<Volatile>) -> Result<BatchReport, StoreError>
                     stored.insert("state", to_bson(&state));
                     put(&mut players, &id, &stored)?;
                 }
-                Volatile::Room(room) => put(&mut rooms, &room.map, &to_document(&room))?,
+                Volatile::Room(room) => {
+                    put_room_if_newer(&mut rooms, &room)?;
+                }
             }
             report.written += 1;
         }
     }
     txn.commit().map_err(backend)?;
     Ok(report)
+}
+
+/// The `rev` of a stored room document, if it has a readable one. A
+/// document without one (damaged, or from before revs) is overwritten.
+fn stored_rev(table: &Table<&str, &[u8]>, map: &str) -> Result<Option<u64>, StoreError> {
+    let Some(bytes) = get(table, map)? else {
+        return Ok(None);
+    };
+    let Ok(doc) = parse(ROOMS, map, &bytes) else {
+        return Ok(None);
+    };
+    Ok(match doc.get("rev") {
+        Some(Bson::Int64(n)) => u64::try_from(*n).ok(),
+        Some(Bson::Int32(n)) => u64::try_from(*n).ok(),
+        _ => None,
+    })
+}
+
+/// Write `room` unless the stored document's `rev` is as new or newer; the
+/// compare runs inside the caller's write transaction. Returns whether it
+/// was written.
+fn put_room_if_newer(table: &mut Table<&str, &[u8]>, room: &RoomState) -> Result<bool, StoreError> {
+    if stored_rev(table, &room.map)?.is_some_and(|stored| stored >= room.rev) {
+        return Ok(false);
+    }
+    put(table, &room.map, &to_document(room))?;
+    Ok(true)
+}
+
+fn write_room(db: &Db, room: RoomState) -> Result<bool, StoreError> {
+    let txn = db.write()?;
+    let written = {
+        let mut rooms = txn.open_table(ROOMS_T).map_err(backend)?;
+        put_room_if_newer(&mut rooms, &room)?
+    };
+    if written {
+        txn.commit().map_err(backend)?;
+    }
+    Ok(written)
 }
 
 fn adjust(db: &Db, op: Adjust) -> Result<DurableAck, OpError> {
@@ -355,6 +396,10 @@ impl Store for EmbeddedStore {
         self.run(move |db| write_batch(db, batch))
     }
 
+    fn write_room(&self, room: RoomState) -> StoreFuture<'_, bool> {
+        self.run(move |db| write_room(db, room))
+    }
+
     fn apply(&self, op: DurableOp) -> BoxFuture<'_, Result<DurableAck, OpError>> {
         self.run(move |db| match op {
             DurableOp::Adjust(op) => adjust(db, op),
@@ -385,7 +430,7 @@ impl Store for EmbeddedStore {
                 Ok((room, _)) => Ok(Some(room)),
                 Err(e) => {
                     report_bad(&e);
-                    Err(StoreError::BadDocument(e))
+                    Ok(None)
                 }
             }
         })

@@ -74,9 +74,9 @@ use mongodb::bson::Document;
 use serde::{Deserialize, Serialize};
 
 pub use model::{
-    Adjust, Bundle, DecodeError, DurableAck, DurableOp, GroundItem, Inventory, PlayerProfile,
-    PlayerState, Rejection, RoomState, Stats, Trade, TradeRecord, TradeState, Volatile,
-    VolatileKey,
+    Adjust, Bundle, DecodeError, DurableAck, DurableOp, GroundItem, Inventory, PendingPickup,
+    PlayerProfile, PlayerState, Rejection, RoomState, Stats, Trade, TradeRecord, TradeState,
+    Volatile, VolatileKey,
 };
 pub use persister::{
     DurableError, FlushError, Persister, PersisterHandle, PersisterStats, ShutdownReport,
@@ -190,8 +190,14 @@ pub trait Store: Send + Sync + 'static {
     /// Upsert a batch of volatile documents (player `state` fields, whole
     /// room documents). Idempotent: a batch may be written again after a
     /// failure. One bad document does not fail the batch; it is reported in
-    /// [`BatchReport::rejected`].
+    /// [`BatchReport::rejected`]. A room document whose `rev` is not above
+    /// the stored one is skipped (stale), which is not an error.
     fn write_volatile(&self, batch: Vec<Volatile>) -> StoreFuture<'_, BatchReport>;
+
+    /// Write a room document through, if its `rev` is above the stored one;
+    /// return once the store acknowledged it. `Ok(false)`: the stored
+    /// document is as new or newer (stale write, skipped).
+    fn write_room(&self, room: RoomState) -> StoreFuture<'_, bool>;
 
     /// Apply a durable op; return once the store acknowledged it.
     fn apply(&self, op: DurableOp) -> BoxFuture<'_, Result<DurableAck, OpError>>;
@@ -202,6 +208,8 @@ pub trait Store: Send + Sync + 'static {
 
     fn load_player(&self, id: String) -> StoreFuture<'_, Option<PlayerProfile>>;
 
+    /// A map's room document. A bad one is reported with its id and read as
+    /// none (the room starts empty rather than failing).
     fn load_room(&self, map: String) -> StoreFuture<'_, Option<RoomState>>;
 
     /// Every readable room document; bad ones are logged with their id,

@@ -6,7 +6,7 @@
 //! | collection | `_id` | written by |
 //! |---|---|---|
 //! | `players` | player id | `state`: volatile writes; `inventory`, `progress`, `recent_ops`, `pending_trades`: durable ops only |
-//! | `rooms` | map name | volatile writes (whole document, latest wins) |
+//! | `rooms` | map name | whole documents, volatile (write-behind) or write-through, each written only if its `rev` is newer than the stored one |
 //! | `trades` | trade id | the trade ledger (durable) |
 //!
 //! A player document is split by write class on purpose: a volatile flush
@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 /// Current schema of `players` documents.
 pub const PLAYER_SCHEMA: i32 = 2;
 /// Current schema of `rooms` documents.
-pub const ROOM_SCHEMA: i32 = 1;
+pub const ROOM_SCHEMA: i32 = 2;
 /// Current schema of `trades` documents.
 pub const TRADE_SCHEMA: i32 = 1;
 
@@ -130,16 +130,33 @@ impl Inventory {
     }
 }
 
-/// Room state worth keeping across restarts, e.g. items lying on the map.
-/// Written behind as a whole document (latest wins).
+/// Room state worth keeping across restarts: the items lying on the map
+/// and the pick-ups in flight. Written as a whole document, behind or
+/// through, and only over an older `rev` (so a stale write-behind flushed
+/// after a newer write-through never brings back a picked item).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoomState {
     /// The map name.
     #[serde(rename = "_id")]
     pub map: String,
     pub v: i32,
+    /// Bumped by the room on every change; a write with a `rev` not above
+    /// the stored one is skipped.
+    #[serde(default)]
+    pub rev: u64,
+    /// The id the next item will get: ids are never reused within a map.
+    #[serde(default = "first_item")]
+    pub next_item: u64,
     #[serde(default)]
     pub items: Vec<GroundItem>,
+    /// Items taken off the ground whose credit to the picker is not
+    /// confirmed yet; re-driven (same op id) when the room loads.
+    #[serde(default)]
+    pub pending: Vec<PendingPickup>,
+}
+
+fn first_item() -> u64 {
+    1
 }
 
 impl RoomState {
@@ -147,20 +164,34 @@ impl RoomState {
         RoomState {
             map: map.to_string(),
             v: ROOM_SCHEMA,
+            rev: 0,
+            next_item: first_item(),
             items: Vec::new(),
+            pending: Vec::new(),
         }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GroundItem {
-    /// Unique within the room.
-    pub id: String,
+    /// Unique within the map, never reused.
+    pub id: u64,
     /// Item kind, as in [`Inventory::items`].
     pub kind: String,
     pub count: i64,
     pub x: f32,
     pub y: f32,
+}
+
+/// A pick-up between its two writes: the item is off the ground (the room
+/// document says so) and the player's credit, an idempotent [`Adjust`]
+/// with `op_id`, is not confirmed yet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingPickup {
+    /// `pickup:<map>:<item id>`.
+    pub op_id: String,
+    pub player: String,
+    pub item: GroundItem,
 }
 
 /// A volatile write: the latest state of one key.
@@ -493,9 +524,60 @@ pub fn migrate_player(doc: &mut Document, from: i32) -> Result<(), String> {
     }
 }
 
-/// The migration hook for `rooms` (only v1 exists so far).
-pub fn migrate_room(_doc: &mut Document, from: i32) -> Result<(), String> {
-    Err(format!("no migration from v{from}"))
+/// The migration hook for `rooms`.
+///
+/// v1 (before any room used it): `items` with string ids and nothing
+/// else. v2 numbers the items (a numeric string keeps its number, others
+/// get fresh ones after the largest), and adds `rev`, `next_item` and
+/// `pending`.
+pub fn migrate_room(doc: &mut Document, from: i32) -> Result<(), String> {
+    match from {
+        1 => {
+            let items = match doc.remove("items") {
+                None => Vec::new(),
+                Some(Bson::Array(items)) => items,
+                Some(other) => return Err(format!("items is not a list: {other}")),
+            };
+            let mut numbered = Vec::with_capacity(items.len());
+            let mut unnumbered = Vec::new();
+            for item in items {
+                let Bson::Document(mut item) = item else {
+                    return Err(format!("items holds a non-document: {item}"));
+                };
+                let id = match item.get("id") {
+                    Some(Bson::String(s)) => {
+                        s.parse::<u64>().ok().filter(|n| *n <= i64::MAX as u64)
+                    }
+                    Some(Bson::Int32(n)) => u64::try_from(*n).ok(),
+                    Some(Bson::Int64(n)) => u64::try_from(*n).ok(),
+                    _ => None,
+                };
+                match id {
+                    Some(id) => {
+                        item.insert("id", id as i64);
+                        numbered.push((id, item));
+                    }
+                    None => unnumbered.push(item),
+                }
+            }
+            let mut next = numbered.iter().map(|(id, _)| id + 1).max().unwrap_or(1);
+            let mut out: Vec<Bson> = numbered
+                .into_iter()
+                .map(|(_, d)| Bson::Document(d))
+                .collect();
+            for mut item in unnumbered {
+                item.insert("id", next as i64);
+                next += 1;
+                out.push(Bson::Document(item));
+            }
+            doc.insert("items", out);
+            doc.insert("rev", 0_i64);
+            doc.insert("next_item", next as i64);
+            doc.insert("pending", Bson::Array(Vec::new()));
+            Ok(())
+        }
+        other => Err(format!("no migration from v{other}")),
+    }
 }
 
 /// The migration hook for `trades` (only v1 exists so far).
@@ -700,6 +782,28 @@ mod tests {
         assert_eq!(p.inventory.items["sword"], 1);
         assert_eq!(p.state.map, "arena");
         assert_eq!((p.state.x, p.state.y), (3.0, 4.0));
+    }
+
+    #[test]
+    fn version_1_rooms_migrate() {
+        let v1 = doc! {
+            "_id": "arena", "v": 1,
+            "items": [
+                { "id": "7", "kind": "gem", "count": 1_i64, "x": 1.0, "y": 2.0 },
+                { "id": "old-sword", "kind": "sword", "count": 1_i64, "x": 3.0, "y": 4.0 },
+            ],
+        };
+        let (room, migrated) = decode_room(v1).unwrap();
+        assert!(migrated);
+        assert_eq!(room.v, ROOM_SCHEMA);
+        assert_eq!(room.rev, 0);
+        let ids: Vec<u64> = room.items.iter().map(|i| i.id).collect();
+        assert_eq!(ids, vec![7, 8]);
+        assert_eq!(room.next_item, 9);
+        assert!(room.pending.is_empty());
+        let (back, migrated) = decode_room(to_document(&room)).unwrap();
+        assert_eq!(back, room);
+        assert!(!migrated);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //!   server version speaks (the client-level `bulkWrite` needs 8.0).
 //!   Player statements `$set` only `state` (and `$setOnInsert` a whole
 //!   default profile), so they never touch durable fields; room statements
-//!   replace the document.
+//!   replace the document if its `rev` is newer (see `room_filter`).
 //! - Durable ops are conditional single-document updates
 //!   (`findAndModify`), idempotent by op id; trades use the two-phase ledger
 //!   described in [`super`] (no transactions, so no replica set needed).
@@ -96,6 +96,15 @@ fn is_duplicate_key(e: &MongoError) -> bool {
 fn bad(e: model::DecodeError) -> StoreError {
     report_bad(&e);
     StoreError::BadDocument(e)
+}
+
+/// The filter of a room write: the document, unless its `rev` is already
+/// at least this one. An upsert that matches nothing then tries to insert
+/// and meets the existing `_id`: that duplicate-key error means "stale,
+/// skipped". `$not: {$gte}` also matches a document without a numeric
+/// `rev` (damaged, or older than revs), which is overwritten.
+fn room_filter(room: &RoomState) -> Document {
+    doc! { "_id": &room.map, "rev": { "$not": { "$gte": room.rev as i64 } } }
 }
 
 /// Filter conditions "holds at least this much", for debits.
@@ -213,6 +222,7 @@ impl MongoStore {
         collection: &str,
         keys: Vec<VolatileKey>,
         statements: Vec<Document>,
+        stale_ok: bool,
         report: &mut BatchReport,
     ) -> Result<(), StoreError> {
         if statements.is_empty() {
@@ -242,6 +252,15 @@ impl MongoStore {
                     _ => continue,
                 };
                 let message = e.get_str("errmsg").unwrap_or("write error").to_string();
+                let code = match e.get("code") {
+                    Some(Bson::Int32(c)) => i64::from(*c),
+                    Some(Bson::Int64(c)) => *c,
+                    _ => 0,
+                };
+                if stale_ok && code == 11000 {
+                    // A room document newer than this one is stored.
+                    continue;
+                }
                 if let Some(key) = keys.get(index) {
                     tracing::warn!(key = %key, error = %message, "store refused a volatile document; skipped");
                     metrics::counter!(metric::BAD_DOCUMENTS).increment(1);
@@ -736,7 +755,7 @@ impl Store for MongoStore {
                     }
                     Volatile::Room(room) => {
                         rooms.push(doc! {
-                            "q": { "_id": &room.map },
+                            "q": room_filter(&room),
                             "u": to_document(&room),
                             "upsert": true,
                         });
@@ -745,11 +764,28 @@ impl Store for MongoStore {
                 }
             }
             let mut report = BatchReport::default();
-            self.bulk_upsert(PLAYERS, player_keys, players, &mut report)
+            self.bulk_upsert(PLAYERS, player_keys, players, false, &mut report)
                 .await?;
-            self.bulk_upsert(ROOMS, room_keys, rooms, &mut report)
+            self.bulk_upsert(ROOMS, room_keys, rooms, true, &mut report)
                 .await?;
             Ok(report)
+        }
+        .boxed()
+    }
+
+    fn write_room(&self, room: RoomState) -> StoreFuture<'_, bool> {
+        async move {
+            let result = self
+                .db
+                .collection::<Document>(ROOMS)
+                .replace_one(room_filter(&room), to_document(&room))
+                .upsert(true)
+                .await;
+            match result {
+                Ok(_) => Ok(true),
+                Err(e) if is_duplicate_key(&e) => Ok(false),
+                Err(e) => Err(classify(e)),
+            }
         }
         .boxed()
     }
@@ -792,7 +828,13 @@ impl Store for MongoStore {
     fn load_room(&self, map: String) -> StoreFuture<'_, Option<RoomState>> {
         async move {
             match self.find_raw(ROOMS, &map).await? {
-                Some(doc) => decode_room(doc).map(|(r, _)| Some(r)).map_err(bad),
+                Some(doc) => match decode_room(doc) {
+                    Ok((room, _)) => Ok(Some(room)),
+                    Err(e) => {
+                        report_bad(&e);
+                        Ok(None)
+                    }
+                },
                 None => Ok(None),
             }
         }

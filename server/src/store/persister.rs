@@ -495,7 +495,50 @@ impl PersisterHandle {
         }
     }
 
-    /// A room's saved state (the pending one if not yet flushed).
+    /// Write a room document through: resolves once the store has it (or
+    /// has a newer one: `Ok(false)`, stale), under the same timeout, health
+    /// and fail-fast rules as [`PersisterHandle::durable`]. A write-behind
+    /// of an older revision still waiting in the dirty map is dropped; it
+    /// would be skipped by the store anyway.
+    pub fn durable_room(
+        &self,
+        room: RoomState,
+    ) -> impl Future<Output = Result<bool, DurableError>> + Send + 'static {
+        let inner = self.inner.clone();
+        async move {
+            let key = VolatileKey::Room(room.map.clone());
+            let rev = room.rev;
+            let started = Instant::now();
+            let result =
+                inner
+                    .call(move |store| async move {
+                        store.write_room(room).await.map_err(OpError::Store)
+                    })
+                    .await;
+            let label = match &result {
+                Ok(true) => "ok",
+                Ok(false) => "stale",
+                Err(e) => e.label(),
+            };
+            let counter = if result.is_ok() {
+                &inner.counters.durable_ok
+            } else {
+                &inner.counters.durable_failed
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(metric::DURABLE_OPS, "result" => label).increment(1);
+            metrics::histogram!(metric::DURABLE_SECONDS).record(started.elapsed().as_secs_f64());
+            if result.is_ok() {
+                inner.drop_room_older_than(&key, rev);
+            }
+            result
+        }
+    }
+
+    /// A room's saved state: the newer (by `rev`) of the stored document
+    /// and one still waiting to be flushed. Same timeout and health rules
+    /// as durable ops: while the store is down this fails rather than
+    /// guess, since a write-through may have gone past the waiting one.
     pub fn load_room(
         &self,
         map: &str,
@@ -503,14 +546,20 @@ impl PersisterHandle {
         let inner = self.inner.clone();
         let map = map.to_string();
         async move {
-            if let Some(Volatile::Room(room)) = inner.pending(&VolatileKey::Room(map.clone())) {
-                return Ok(Some(room));
-            }
-            inner
+            let key = VolatileKey::Room(map.clone());
+            let stored = inner
                 .call(
                     move |store| async move { store.load_room(map).await.map_err(OpError::Store) },
                 )
-                .await
+                .await?;
+            let waiting = match inner.pending(&key) {
+                Some(Volatile::Room(room)) => Some(room),
+                _ => None,
+            };
+            Ok(match (stored, waiting) {
+                (Some(s), Some(w)) => Some(if s.rev > w.rev { s } else { w }),
+                (s, w) => w.or(s),
+            })
         }
     }
 
@@ -577,6 +626,19 @@ impl Inner {
             .lock()
             .get(key)
             .map(|p| p.doc.clone())
+    }
+
+    /// Forget a waiting room write older than `rev` (a newer one is in the
+    /// store).
+    fn drop_room_older_than(&self, key: &VolatileKey, rev: u64) {
+        let mut shard = self.shards[self.shard_of(key)].lock();
+        let stale = matches!(
+            shard.get(key),
+            Some(Pending { doc: Volatile::Room(room), .. }) if room.rev <= rev
+        );
+        if stale {
+            shard.remove(key);
+        }
     }
 
     /// Everything dirty, oldest first, leaving the map empty.
@@ -1233,6 +1295,9 @@ mod tests {
         }
         fn load_player(&self, id: String) -> StoreFuture<'_, Option<PlayerProfile>> {
             self.inner.load_player(id)
+        }
+        fn write_room(&self, room: RoomState) -> StoreFuture<'_, bool> {
+            self.inner.write_room(room)
         }
         fn load_room(&self, map: String) -> StoreFuture<'_, Option<RoomState>> {
             self.inner.load_room(map)

@@ -1,5 +1,6 @@
 // End to end: the real server binary, the demo page in Debian's chromium
-// (driven by playwright-core), two players who see each other walk and chat.
+// (driven by playwright-core), two players who see each other walk and chat,
+// and one who picks up a gem lying in the lobby.
 //
 // Env: TESSERA_SERVER_BIN (default <repo>/target/debug/tessera-server),
 //      CHROMIUM (default /usr/bin/chromium).
@@ -138,6 +139,52 @@ test('two players see each other walk and chat', { timeout: 45_000 }, async () =
     await alice.page.waitForFunction(chatShown, line, { timeout: 5_000 });
 
     for (const p of [alice, bob]) assert.deepEqual(p.pageErrors, [], `${p.name}: no script errors`);
+  } finally {
+    await context.close().catch(() => {});
+  }
+});
+
+test('a player walks to a gem lying in the lobby and picks it up with E', { timeout: 45_000 }, async () => {
+  const context = await browser.newContext({ viewport: { width: 960, height: 640 } });
+  try {
+    const carol = await openPlayer(context, 'carol');
+    // The lobby spawns a gem every 5 s.
+    await carol.page.waitForFunction(() => window.tessera.view.items.size > 0, null, { timeout: 15_000 });
+    // Walk there like a bot would (the keys steer too coarsely for a test):
+    // full speed, slower when close, then stop.
+    const item = await carol.page.evaluate(async () => {
+      const { client, view } = window.tessera;
+      const target = view.nearestItem();
+      const pause = (ms) => new Promise((r) => setTimeout(r, ms));
+      let seq = 1_000_000;
+      const deadline = performance.now() + 15_000;
+      while (performance.now() < deadline) {
+        const me = view.me;
+        const dx = target.x - me.x;
+        const dy = target.y - me.y;
+        const d = Math.hypot(dx, dy);
+        if (d < 8) break;
+        const s = Math.max(d, 40);
+        client.move(++seq, dx / s, dy / s);
+        await pause(100);
+      }
+      client.move(++seq, 0, 0);
+      while (view.me.seq !== seq && performance.now() < deadline) await pause(20);
+      return target;
+    });
+    await carol.page.keyboard.press('e');
+    await carol.page.waitForFunction((id) => !window.tessera.view.items.has(id), item.id, { timeout: 5_000 });
+    const log = () => [...document.querySelectorAll('#chat-log li')].map((li) => li.textContent);
+    await carol.page.waitForFunction(
+      () => [...document.querySelectorAll('#chat-log li')].some((li) => li.textContent.startsWith('picked up')),
+      null,
+      { timeout: 5_000 },
+    ).catch(async (err) => {
+      throw new Error(`no "picked up" line: ${JSON.stringify(await carol.page.evaluate(log))}`, { cause: err });
+    });
+    const lines = await carol.page.evaluate(log);
+    assert.ok(lines.some((l) => /you hold gem ×1/.test(l)), JSON.stringify(lines));
+    assert.deepEqual(carol.pageErrors, [], 'no script errors');
   } finally {
     await context.close().catch(() => {});
   }

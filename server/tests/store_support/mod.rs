@@ -499,6 +499,14 @@ impl Store for FaultStore {
         .boxed()
     }
 
+    fn write_room(&self, room: RoomState) -> StoreFuture<'_, bool> {
+        async move {
+            self.gate().await?;
+            self.inner.write_room(room).await
+        }
+        .boxed()
+    }
+
     fn apply(&self, op: DurableOp) -> BoxFuture<'_, Result<DurableAck, OpError>> {
         async move {
             self.gate().await?;

@@ -1,0 +1,680 @@
+//! Items lying on a map: spawners, the durable pick-up, and the room
+//! document that keeps them across restarts.
+//!
+//! ```text
+//! pick_up ─▶ Room: on ground? not taken? in reach? ──no──▶ 3008 / 3009
+//!              │ item → pending, rev+1, items.removed to all
+//!              ▼
+//!          durable_room(doc)  (write-through) ──fails──▶ item back, 5003
+//!              ▼ ok
+//!          durable(Adjust "pickup:<map>:<id>")  (idempotent)
+//!              ├─ ok ─────────▶ pending dropped (write-behind), done + inventory
+//!              ├─ refused ────▶ item back, error
+//!              └─ in doubt ───▶ stays pending, retried with the same op id; 5004
+//! ```
+//!
+//! Both or neither: the item is off the ground in the store before the
+//! player is credited, and the credit is idempotent by its op id, so a crash
+//! between the two writes is finished by re-driving the pending entry (at
+//! load, or at a supervisor restart, after writing the restored document
+//! through again) rather than by guessing. An item is put
+//! back only when no credit can have been applied: the first attempt failed
+//! without being sent, or the store refused it.
+//!
+//! Every store call is a future spawned on the room's context whose result
+//! comes back behind the panic boundary (`Room::guarded`); the room never
+//! waits for the store. Until the room's document is loaded, spawners wait
+//! and pick-ups are answered 3004.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use protocol::msg::{Done, ErrorMsg, Items};
+use protocol::{ErrorCode, ServerMsg};
+use rand::Rng;
+
+use super::{encode_frame, Room};
+use crate::metrics as m;
+use crate::session::SessionId;
+use crate::store::{Adjust, DurableError, DurableOp, GroundItem, PendingPickup, RoomState};
+
+/// Backoff of store retries (loading the document, an in-doubt credit).
+const RETRY_MIN: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Pick up ground item `item` (a validated `pick_up`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PickUp {
+    pub session: SessionId,
+    pub req: u32,
+    pub item: u64,
+}
+
+/// The ground as a supervisor restart needs it.
+#[derive(Clone, Debug, Default)]
+pub struct GroundSnapshot {
+    /// The room's document was loaded; when not, the next incarnation
+    /// loads it.
+    pub loaded: bool,
+    pub rev: u64,
+    pub next_item: u64,
+    pub items: Vec<GroundItem>,
+    pub pending: Vec<PendingPickup>,
+}
+
+/// A pick-up between "off the ground" and "credited".
+struct Pickup {
+    op_id: String,
+    player: String,
+    item: GroundItem,
+    /// Who waits for `done` or the error: session and request number.
+    waiter: Option<(SessionId, u32)>,
+    /// A store call for it is under way.
+    in_flight: bool,
+    /// A credit may have been applied already (an attempt ended in doubt,
+    /// or the entry came back from the store or a snapshot): from then on
+    /// the item is never put back, the credit is retried until it lands.
+    maybe_applied: bool,
+    failures: u32,
+}
+
+/// The ground of one room.
+pub(super) struct Ground {
+    loaded: bool,
+    rev: u64,
+    next_item: u64,
+    items: BTreeMap<u64, GroundItem>,
+    pending: BTreeMap<u64, Pickup>,
+    /// When each spawner of the map is due next.
+    spawn_due: Vec<Instant>,
+    load_failures: u32,
+}
+
+impl Ground {
+    pub(super) fn new() -> Ground {
+        Ground {
+            loaded: false,
+            rev: 0,
+            next_item: 1,
+            items: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            spawn_due: Vec::new(),
+            load_failures: 0,
+        }
+    }
+
+    pub(super) fn snapshot(&self) -> GroundSnapshot {
+        GroundSnapshot {
+            loaded: self.loaded,
+            rev: self.rev,
+            next_item: self.next_item,
+            items: self.items.values().cloned().collect(),
+            pending: self.pending.values().map(Pickup::stored).collect(),
+        }
+    }
+
+    fn install(
+        &mut self,
+        rev: u64,
+        next_item: u64,
+        items: Vec<GroundItem>,
+        pending: Vec<PendingPickup>,
+    ) {
+        self.loaded = true;
+        self.rev = rev;
+        self.items = items.into_iter().map(|i| (i.id, i)).collect();
+        self.pending = pending
+            .into_iter()
+            .map(|p| {
+                (
+                    p.item.id,
+                    Pickup {
+                        op_id: p.op_id,
+                        player: p.player,
+                        item: p.item,
+                        waiter: None,
+                        in_flight: false,
+                        maybe_applied: true,
+                        failures: 0,
+                    },
+                )
+            })
+            .collect();
+        // Never hand out an id the document already used.
+        let highest = self.items.keys().chain(self.pending.keys()).max().copied();
+        self.next_item = next_item.max(highest.map_or(1, |h| h + 1));
+    }
+
+    /// The ground items, for `joined`.
+    pub(super) fn wire_items(&self) -> Vec<protocol::msg::GroundItem> {
+        self.items.values().map(to_wire).collect()
+    }
+
+    pub(super) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+}
+
+impl Pickup {
+    fn stored(&self) -> PendingPickup {
+        PendingPickup {
+            op_id: self.op_id.clone(),
+            player: self.player.clone(),
+            item: self.item.clone(),
+        }
+    }
+}
+
+fn to_wire(item: &GroundItem) -> protocol::msg::GroundItem {
+    protocol::msg::GroundItem {
+        id: item.id,
+        kind: item.kind.clone(),
+        count: item.count,
+        x: item.x,
+        y: item.y,
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    RETRY_MIN
+        .saturating_mul(1 << failures.min(8))
+        .min(RETRY_MAX)
+}
+
+fn items_frame(added: Vec<protocol::msg::GroundItem>, removed: Vec<u64>) -> Bytes {
+    encode_frame(&ServerMsg::Items(Items { added, removed }))
+}
+
+impl Room {
+    /// The room document as it stands now.
+    fn room_document(&self) -> RoomState {
+        let g = &self.ground;
+        RoomState {
+            rev: g.rev,
+            next_item: g.next_item,
+            items: g.items.values().cloned().collect(),
+            pending: g.pending.values().map(Pickup::stored).collect(),
+            ..RoomState::new(&self.map.name)
+        }
+    }
+
+    /// The ground changed: a new revision, in the snapshot before anyone
+    /// hears of it (so a restart never forgets what members were told).
+    /// Returns the document to write.
+    fn ground_changed(&mut self) -> RoomState {
+        self.ground.rev += 1;
+        self.ground_snapshot = Arc::new(self.ground.snapshot());
+        self.snapshot();
+        self.room_document()
+    }
+
+    /// Start the ground: from a restart's snapshot, or by loading the
+    /// room's document from the store.
+    pub(super) fn start_ground(
+        &mut self,
+        restored: Option<&GroundSnapshot>,
+        ctx: &mut Context<Self>,
+    ) {
+        let now = Instant::now();
+        self.ground.spawn_due = self
+            .map
+            .items
+            .iter()
+            .map(|s| now + Duration::from_millis(s.every_ms))
+            .collect();
+        match restored {
+            Some(g) if g.loaded => {
+                self.ground
+                    .install(g.rev, g.next_item, g.items.clone(), g.pending.clone());
+                self.ground_snapshot = Arc::new(self.ground.snapshot());
+                if self.ground.has_pending() {
+                    for p in self.ground.pending.values_mut() {
+                        p.in_flight = true;
+                    }
+                    self.secure_then_redrive(ctx);
+                }
+            }
+            _ => self.load_ground(ctx),
+        }
+    }
+
+    fn load_ground(&mut self, ctx: &mut Context<Self>) {
+        let load = self.supervisor.persister().load_room(&self.map.name);
+        ctx.spawn(load.into_actor(self).map(|loaded, room, ctx| {
+            room.guarded(ctx, "ground_loaded", |room, ctx| {
+                room.ground_loaded(loaded, ctx)
+            });
+        }));
+    }
+
+    fn ground_loaded(
+        &mut self,
+        loaded: Result<Option<RoomState>, DurableError>,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.ground.loaded {
+            return;
+        }
+        let doc = match loaded {
+            Ok(doc) => doc,
+            Err(e) => {
+                let delay = backoff(self.ground.load_failures);
+                self.ground.load_failures += 1;
+                tracing::warn!(map = %self.map.name, error = %e, retry_in_ms = delay.as_millis() as u64, "ground items not loaded; retrying");
+                ctx.run_later(delay, |room, ctx| {
+                    room.guarded(ctx, "ground_load", |room, ctx| room.load_ground(ctx));
+                });
+                return;
+            }
+        };
+        let doc = doc.unwrap_or_else(|| RoomState::new(&self.map.name));
+        self.ground
+            .install(doc.rev, doc.next_item, doc.items, doc.pending);
+        self.ground_snapshot = Arc::new(self.ground.snapshot());
+        self.snapshot();
+        tracing::info!(
+            map = %self.map.name,
+            items = self.ground.items.len(),
+            pending = self.ground.pending.len(),
+            rev = self.ground.rev,
+            "ground items loaded"
+        );
+        if !self.ground.items.is_empty() {
+            self.to_all_members(items_frame(self.ground.wire_items(), Vec::new()));
+        }
+        self.redrive_pending(ctx);
+    }
+
+    /// A restart from a snapshot: the crashed incarnation may have died
+    /// before its write-through of a pick-up landed, so the document is
+    /// written through again before any credit is re-driven (never credited
+    /// while the store still has the item on the ground).
+    fn secure_then_redrive(&mut self, ctx: &mut Context<Self>) {
+        let doc = self.ground_changed();
+        let write = self.supervisor.persister().durable_room(doc);
+        ctx.spawn(write.into_actor(self).map(|written, room, ctx| {
+            room.guarded(ctx, "ground_secured", |room, ctx| match written {
+                Ok(_) => room.redrive_pending(ctx),
+                Err(e) => {
+                    let delay = backoff(room.ground.load_failures);
+                    room.ground.load_failures += 1;
+                    tracing::warn!(map = %room.map.name, error = %e, retry_in_ms = delay.as_millis() as u64, "restored ground not stored; retrying before re-driving pick-ups");
+                    ctx.run_later(delay, |room, ctx| {
+                        room.guarded(ctx, "ground_secure", |room, ctx| {
+                            room.secure_then_redrive(ctx)
+                        });
+                    });
+                }
+            });
+        }));
+    }
+
+    /// Credit again every pick-up that was in flight when the last
+    /// incarnation ended: the same op id, so it lands at most once.
+    fn redrive_pending(&mut self, ctx: &mut Context<Self>) {
+        let ids: Vec<u64> = self.ground.pending.keys().copied().collect();
+        if !ids.is_empty() {
+            tracing::info!(map = %self.map.name, pending = ids.len(), "re-driving pick-ups in flight");
+        }
+        for id in ids {
+            if let Some(p) = self.ground.pending.get_mut(&id) {
+                p.maybe_applied = true;
+            }
+            self.credit(id, ctx);
+        }
+    }
+
+    /// After a restart, members see the whole ground again (anything they
+    /// missed while the room was down).
+    pub(super) fn resync_ground(&self) {
+        if !self.ground.items.is_empty() {
+            self.to_all_members(items_frame(self.ground.wire_items(), Vec::new()));
+        }
+    }
+
+    /// Run due spawners (at most one item each per tick).
+    pub(super) fn spawn_items(&mut self) {
+        if !self.ground.loaded || self.map.items.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut added = Vec::new();
+        for (i, spawner) in self.map.items.iter().enumerate() {
+            if now < self.ground.spawn_due[i] {
+                continue;
+            }
+            self.ground.spawn_due[i] = now + Duration::from_millis(spawner.every_ms);
+            let lying = self
+                .ground
+                .items
+                .values()
+                .filter(|it| it.kind == spawner.kind)
+                .count();
+            if lying >= spawner.max_on_ground as usize {
+                continue;
+            }
+            let mut rng = rand::rng();
+            let item = GroundItem {
+                id: self.ground.next_item,
+                kind: spawner.kind.clone(),
+                count: spawner.count,
+                x: rng.random_range(0.0..=self.map.width),
+                y: rng.random_range(0.0..=self.map.height),
+            };
+            self.ground.next_item += 1;
+            added.push(to_wire(&item));
+            self.ground.items.insert(item.id, item);
+        }
+        if added.is_empty() {
+            return;
+        }
+        let doc = self.ground_changed();
+        self.supervisor.persister().room_state(doc);
+        self.to_all_members(items_frame(added, Vec::new()));
+    }
+
+    /// Send an error to the member of `session`, if it is still here.
+    fn answer_error(&self, session: SessionId, code: ErrorCode, text: String) {
+        let Some(member) = self
+            .sessions
+            .get(&session)
+            .and_then(|id| self.members.get(id))
+        else {
+            return;
+        };
+        metrics::counter!(m::CLIENT_ERRORS, "code" => code.name()).increment(1);
+        let frame = encode_frame(&ServerMsg::Error(ErrorMsg::new(code, text)));
+        let _ = member
+            .state
+            .out
+            .push_room_reliable(member.state.epoch, frame);
+    }
+
+    pub(super) fn pick_up(&mut self, msg: PickUp, ctx: &mut Context<Self>) {
+        let Some(&entity) = self.sessions.get(&msg.session) else {
+            return;
+        };
+        let req = msg.req;
+        if !self.ground.loaded {
+            self.answer_error(
+                msg.session,
+                ErrorCode::RoomUnavailable,
+                format!("pick_up {req}: ground items loading; try again"),
+            );
+            return;
+        }
+        let member = &self.members[&entity];
+        let player = member.state.identity.player_id.clone();
+        let (mx, my) = (member.state.x, member.state.y);
+        if let Some(p) = self.ground.pending.get_mut(&msg.item) {
+            if p.player == player {
+                // The picker asks again (after 5004): answer this request
+                // with the outcome of the same credit.
+                p.waiter = Some((msg.session, req));
+                if !p.in_flight {
+                    self.credit(msg.item, ctx);
+                }
+                return;
+            }
+        }
+        let Some(item) = self.ground.items.get(&msg.item) else {
+            metrics::counter!(m::PICKUPS, "result" => "item_gone").increment(1);
+            self.answer_error(
+                msg.session,
+                ErrorCode::ItemGone,
+                format!("pick_up {req}: no item {} on the ground", msg.item),
+            );
+            return;
+        };
+        let distance = (item.x - mx).hypot(item.y - my);
+        if distance > self.map.pickup_radius {
+            metrics::counter!(m::PICKUPS, "result" => "out_of_reach").increment(1);
+            self.answer_error(
+                msg.session,
+                ErrorCode::OutOfReach,
+                format!(
+                    "pick_up {req}: item {} is {distance:.0} away, farther than {}",
+                    msg.item, self.map.pickup_radius
+                ),
+            );
+            return;
+        }
+        let Some(item) = self.ground.items.remove(&msg.item) else {
+            return;
+        };
+        let id = item.id;
+        self.ground.pending.insert(
+            id,
+            Pickup {
+                op_id: format!("pickup:{}:{id}", self.map.name),
+                player,
+                item,
+                waiter: Some((msg.session, req)),
+                in_flight: true,
+                maybe_applied: false,
+                failures: 0,
+            },
+        );
+        let doc = self.ground_changed();
+        self.to_all_members(items_frame(Vec::new(), vec![id]));
+        let write = self.supervisor.persister().durable_room(doc);
+        ctx.spawn(write.into_actor(self).map(move |written, room, ctx| {
+            room.guarded(ctx, "pickup_taken", |room, ctx| {
+                room.taken(id, written, ctx)
+            });
+        }));
+    }
+
+    /// Step 2 done: the store has the item off the ground (or a newer
+    /// document, which has it too), or not.
+    fn taken(&mut self, id: u64, written: Result<bool, DurableError>, ctx: &mut Context<Self>) {
+        let Some(p) = self.ground.pending.get_mut(&id) else {
+            return;
+        };
+        p.in_flight = false;
+        match written {
+            Ok(_) => self.credit(id, ctx),
+            Err(e) => {
+                tracing::warn!(map = %self.map.name, item = id, error = %e, "pick-up not stored; item back on the ground");
+                self.put_back(
+                    id,
+                    ErrorCode::StoreUnavailable,
+                    format!("{e}; the item is back"),
+                );
+            }
+        }
+    }
+
+    /// Step 3: credit the picker, idempotently.
+    fn credit(&mut self, id: u64, ctx: &mut Context<Self>) {
+        let Some(p) = self.ground.pending.get_mut(&id) else {
+            return;
+        };
+        p.in_flight = true;
+        let op = DurableOp::Adjust(Adjust {
+            op_id: p.op_id.clone(),
+            player: p.player.clone(),
+            currency: 0,
+            items: [(p.item.kind.clone(), p.item.count)].into(),
+            progress: Default::default(),
+        });
+        let applied = self.supervisor.persister().durable(op);
+        ctx.spawn(applied.into_actor(self).map(move |result, room, ctx| {
+            room.guarded(ctx, "pickup_credited", |room, ctx| {
+                room.credited(id, result, ctx)
+            });
+        }));
+    }
+
+    fn credited(
+        &mut self,
+        id: u64,
+        result: Result<crate::store::DurableAck, DurableError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(p) = self.ground.pending.get_mut(&id) else {
+            return;
+        };
+        p.in_flight = false;
+        match result {
+            Ok(ack) => {
+                let Some(p) = self.ground.pending.remove(&id) else {
+                    return;
+                };
+                metrics::counter!(m::PICKUPS, "result" => "done").increment(1);
+                let doc = self.ground_changed();
+                self.supervisor.persister().room_state(doc);
+                let inventory = ack
+                    .inventory(&p.player)
+                    .map(crate::session::to_wire)
+                    .unwrap_or_default();
+                self.tell_picker(&p, inventory);
+            }
+            Err(DurableError::InDoubt(e)) => {
+                p.maybe_applied = true;
+                self.retry_later(id, e, ctx);
+            }
+            Err(e @ (DurableError::Rejected(_) | DurableError::Invalid(_))) => {
+                // Refused: this credit never applied, and (same op id) no
+                // earlier one did either.
+                tracing::warn!(map = %self.map.name, item = id, error = %e, "pick-up credit refused; item back on the ground");
+                self.put_back(
+                    id,
+                    ErrorCode::StoreUnavailable,
+                    format!("{e}; the item is back"),
+                );
+            }
+            Err(e) if !p.maybe_applied => {
+                // Not sent, and no earlier attempt was: nothing changed.
+                self.put_back(
+                    id,
+                    ErrorCode::StoreUnavailable,
+                    format!("{e}; the item is back"),
+                );
+            }
+            // An earlier attempt may have landed: keep it reserved, retry.
+            Err(e) => self.retry_later(id, e.to_string(), ctx),
+        }
+    }
+
+    /// Keep the item reserved for its picker and credit again later; the
+    /// waiting request, if any, is answered 5004 (in doubt) now.
+    fn retry_later(&mut self, id: u64, error: String, ctx: &mut Context<Self>) {
+        let Some(p) = self.ground.pending.get_mut(&id) else {
+            return;
+        };
+        let delay = backoff(p.failures);
+        p.failures += 1;
+        let waiter = p.waiter.take();
+        tracing::warn!(map = %self.map.name, item = id, error = %error, retry_in_ms = delay.as_millis() as u64, "pick-up credit not confirmed; retrying with the same op id");
+        metrics::counter!(m::PICKUPS, "result" => "retry").increment(1);
+        if let Some((session, req)) = waiter {
+            self.answer_error(
+                session,
+                ErrorCode::InDoubt,
+                format!("pick_up {req}: not confirmed by the store ({error}); the item stays yours and is retried"),
+            );
+        }
+        ctx.run_later(delay, move |room, ctx| {
+            room.guarded(ctx, "pickup_retry", |room, ctx| {
+                if room.ground.pending.get(&id).is_some_and(|p| !p.in_flight) {
+                    room.credit(id, ctx);
+                }
+            });
+        });
+    }
+
+    /// Undo step 2: the item lies on the ground again.
+    fn put_back(&mut self, id: u64, code: ErrorCode, text: String) {
+        let Some(p) = self.ground.pending.remove(&id) else {
+            return;
+        };
+        metrics::counter!(m::PICKUPS, "result" => "failed").increment(1);
+        let wire = to_wire(&p.item);
+        self.ground.items.insert(id, p.item);
+        let doc = self.ground_changed();
+        self.supervisor.persister().room_state(doc);
+        self.to_all_members(items_frame(vec![wire], Vec::new()));
+        if let Some((session, req)) = p.waiter {
+            self.answer_error(session, code, format!("pick_up {req}: {text}"));
+        }
+    }
+
+    /// `done` and the new inventory to whoever waits; without a waiter, the
+    /// picker's member (if here) gets the inventory alone.
+    fn tell_picker(&self, p: &Pickup, inventory: protocol::msg::Inventory) {
+        let member = match p.waiter {
+            Some((session, _)) => self
+                .sessions
+                .get(&session)
+                .and_then(|e| self.members.get(e)),
+            None => self
+                .members
+                .values()
+                .find(|m| m.state.identity.player_id == p.player),
+        };
+        let Some(member) = member else {
+            return;
+        };
+        let out = &member.state.out;
+        let epoch = member.state.epoch;
+        if let Some((_, req)) = p.waiter {
+            let done = encode_frame(&ServerMsg::Done(Done {
+                req,
+                inventory: inventory.clone(),
+            }));
+            let _ = out.push_room_reliable(epoch, done);
+        }
+        let _ = out.push_room_reliable(epoch, encode_frame(&ServerMsg::Inventory(inventory)));
+    }
+
+    /// Hand the room document to the persister (room stop).
+    pub(super) fn save_ground(&self) {
+        if self.ground.loaded {
+            self.supervisor.persister().room_state(self.room_document());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap() {
+        assert_eq!(backoff(0), RETRY_MIN);
+        assert_eq!(backoff(1), RETRY_MIN * 2);
+        assert_eq!(backoff(30), RETRY_MAX);
+    }
+
+    #[test]
+    fn installed_ground_never_reuses_ids() {
+        let mut g = Ground::new();
+        let item = |id| GroundItem {
+            id,
+            kind: "gem".into(),
+            count: 1,
+            x: 0.0,
+            y: 0.0,
+        };
+        g.install(
+            4,
+            2,
+            vec![item(3)],
+            vec![PendingPickup {
+                op_id: "pickup:m:9".into(),
+                player: "p".into(),
+                item: item(9),
+            }],
+        );
+        assert_eq!(g.next_item, 10);
+        assert!(g.pending[&9].maybe_applied);
+        let snap = g.snapshot();
+        assert!(snap.loaded);
+        assert_eq!((snap.rev, snap.items.len(), snap.pending.len()), (4, 1, 1));
+    }
+}
