@@ -43,7 +43,7 @@ use crate::dispatcher::{Announcement, Published, SubscriptionId};
 use crate::metrics as m;
 use crate::outbound::Outbound;
 use crate::ratelimit::{Bucket, Strikes};
-use crate::room::{ChatIn, Disconnected, Input, JoinError, JoinRoom, LeaveRoom, RoomEvent};
+use crate::room::{ChatIn, Disconnected, Inputs, JoinError, JoinRoom, LeaveRoom, RoomEvent};
 use crate::room::{PickUp as RoomPickUp, WhoIs};
 use crate::seats::{ResumeError, Seat};
 use crate::shard::Shared;
@@ -157,6 +157,9 @@ pub struct Session {
     /// Where the profile says the player stood, used by the first join of
     /// that map.
     saved_position: Option<(Arc<str>, f32, f32)>,
+    /// Where moves go: shared with the room of the current join (a fresh
+    /// queue per join, so nothing queued for one map reaches another).
+    inputs: Arc<Inputs>,
     /// The player's profile could be read: durable actions are possible.
     profile_loaded: bool,
     /// Held until the actor is dropped, so shutdown can wait for it.
@@ -210,6 +213,7 @@ impl Session {
             strikes,
             announcements: None,
             saved_position: None,
+            inputs: Arc::default(),
             profile_loaded: false,
             _done: done,
         }
@@ -502,10 +506,12 @@ impl Session {
                 None
             }
         };
+        self.inputs = Arc::default();
         let request = JoinRoom {
             session: self.id,
             identity: identity.clone(),
             out: self.out.clone(),
+            inputs: self.inputs.clone(),
             epoch,
             events: ctx.address().recipient(),
             resume,
@@ -588,10 +594,10 @@ impl Session {
     }
 
     fn on_move(&mut self, mv: Move) {
-        let State::InRoom { map } = &self.state else {
+        if !matches!(self.state, State::InRoom { .. }) {
             self.send_error(ErrorCode::IllegalState, "join a map before moving");
             return;
-        };
+        }
         if !(mv.dx.is_finite() && mv.dy.is_finite()) {
             self.send_error(ErrorCode::InvalidInput, "direction must be finite");
             return;
@@ -607,14 +613,7 @@ impl Session {
         } else {
             (mv.dx, mv.dy)
         };
-        let input = Input {
-            session: self.id,
-            seq: mv.seq,
-            dx,
-            dy,
-        };
-        let sent = self.shared.rooms.send(map, input);
-        self.after_room_cast(sent);
+        self.inputs.push(mv.seq, dx, dy);
     }
 
     fn on_chat(&mut self, chat: ChatSend) {

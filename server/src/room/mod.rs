@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! Session ──JoinRoom (call, timeout)──▶ Room ──joined──────────▶ Outbound
-//!         ──Input / ChatIn (try_send)─▶      ──update per tick──▶ Outbound × members
+//!         ──moves: Inputs (shared)───▶      ──update per tick──▶ Outbound × members
+//!         ──ChatIn (try_send)────────▶
 //!         ──LeaveRoom / Disconnected─▶      ──chat────────────▶ Outbound × members
 //! Dispatcher ──Published<MapBroadcast>─▶
 //! RoomSupervisor ──(restart from snapshot, watchdog)──▶ Room incarnations
@@ -77,6 +78,40 @@ pub enum RoomEvent {
     Failed { map: Arc<str> },
 }
 
+/// A member's move intents, written by its session and drained by the room
+/// at its next tick. Moves are the bulk of client traffic (10 Hz and more
+/// per player); through a shared queue they cost the room no message, no
+/// mailbox slot and no wake-up, only a short lock per tick.
+#[derive(Default)]
+pub struct Inputs {
+    queue: parking_lot::Mutex<Vec<(u32, f32, f32)>>,
+}
+
+impl Inputs {
+    /// Queue a validated intent. Past [`MAX_PENDING_INPUTS`] unapplied
+    /// intents the oldest is dropped (and counted): a room that fell behind
+    /// applies the latest ones.
+    pub fn push(&self, seq: u32, dx: f32, dy: f32) {
+        let mut queue = self.queue.lock();
+        if queue.len() >= MAX_PENDING_INPUTS {
+            queue.remove(0);
+            metrics::counter!(m::ROOM_INPUTS_DROPPED).increment(1);
+        }
+        queue.push((seq, dx, dy));
+    }
+
+    fn clear(&self) {
+        self.queue.lock().clear();
+    }
+
+    fn drain_into(&self, pending: &mut Vec<(u32, f32, f32)>) {
+        let mut queue = self.queue.lock();
+        if !queue.is_empty() {
+            pending.append(&mut queue);
+        }
+    }
+}
+
 /// Join the room. The room itself sends `joined` through `out`, ahead of any
 /// update. With `resume`, the seat of that earlier session is taken over if
 /// it is still held.
@@ -84,6 +119,8 @@ pub struct JoinRoom {
     pub session: SessionId,
     pub identity: Arc<Identity>,
     pub out: Arc<Outbound>,
+    /// Where the session puts this member's moves.
+    pub inputs: Arc<Inputs>,
     /// The membership epoch from [`Outbound::begin_room`].
     pub epoch: u64,
     pub events: Recipient<RoomEvent>,
@@ -126,16 +163,6 @@ pub struct Disconnected {
     pub session: SessionId,
 }
 
-/// A validated move intent.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Input {
-    pub session: SessionId,
-    pub seq: u32,
-    pub dx: f32,
-    pub dy: f32,
-}
-
 /// A validated chat line.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -169,6 +196,7 @@ pub struct MemberState {
     pub session: SessionId,
     pub identity: Arc<Identity>,
     pub out: Arc<Outbound>,
+    pub inputs: Arc<Inputs>,
     pub epoch: u64,
     pub events: Recipient<RoomEvent>,
     pub x: f32,
@@ -538,6 +566,9 @@ impl Room {
         let step = self.map.speed * dt;
         let (w, h) = (self.map.width, self.map.height);
         for (&id, member) in self.members.iter_mut() {
+            if member.connected() {
+                member.state.inputs.drain_into(&mut member.pending);
+            }
             let s = &mut member.state;
             if !member.pending.is_empty() {
                 member.pending.sort_unstable_by_key(|(seq, _, _)| *seq);
@@ -769,6 +800,7 @@ impl Room {
                 .expect("sessions and members hold the same entities");
             member.state.session = msg.session;
             member.state.out = msg.out;
+            member.state.inputs = msg.inputs;
             member.state.epoch = msg.epoch;
             member.state.events = msg.events;
             member.state.disconnected_at = None;
@@ -799,6 +831,7 @@ impl Room {
                 session: msg.session,
                 identity: msg.identity,
                 out: msg.out,
+                inputs: msg.inputs,
                 epoch: msg.epoch,
                 events: msg.events,
                 x,
@@ -995,29 +1028,13 @@ impl Handler<Disconnected> for Room {
             member.state.disconnected_at = Some(Instant::now());
             member.state.dir = (0.0, 0.0);
             member.pending.clear();
+            member.state.inputs.clear();
             member.unsaved = false;
             let saved = member.saved_state(&map.name);
             let player = member.state.identity.player_id.clone();
             room.supervisor.persister().player_state(&player, saved);
             room.supervisor.persister().request_flush();
             room.snapshot();
-        });
-    }
-}
-
-impl Handler<Input> for Room {
-    type Result = ();
-
-    fn handle(&mut self, msg: Input, ctx: &mut Context<Self>) {
-        self.guarded(ctx, "input", |room, _| {
-            let Some(member) = room.member_of(msg.session) else {
-                return;
-            };
-            if member.pending.len() >= MAX_PENDING_INPUTS {
-                member.pending.remove(0);
-                metrics::counter!(m::ROOM_INPUTS_DROPPED).increment(1);
-            }
-            member.pending.push((msg.seq, msg.dx, msg.dy));
         });
     }
 }
