@@ -5,10 +5,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-/// The loadbot shares the machine with the server it measures: mimalloc
-/// keeps its allocation cost (many small frames) low.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args = loadbot::Args::parse();

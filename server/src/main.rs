@@ -11,11 +11,6 @@ use server::auth::{mint_with_key, Claims};
 use server::config::{AuthMode, LogFormat};
 use server::Config;
 
-/// mimalloc instead of the system allocator: a shard allocates many small,
-/// short-lived buffers (frames, envelopes) across threads, where glibc's
-/// malloc showed up at about a tenth of the server's CPU in profiles.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(name = "tessera-server", version, about = "Tessera game-server shard")]
