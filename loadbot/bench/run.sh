@@ -117,6 +117,7 @@ start_server() {
     WS_ADDR=
     for _ in $(seq 1 150); do
         WS_ADDR=$(sed -n 's/^ws listening on //p' "$OUT/$name.server.out" | head -n1)
+        HTTP_ADDR=$(sed -n 's/^http listening on //p' "$OUT/$name.server.out" | head -n1)
         [ -n "$WS_ADDR" ] && break
         kill -0 "$SERVER_PID" 2>/dev/null || break
         sleep 0.2
@@ -143,6 +144,44 @@ NOTES=$OUT/notes.md
 : > "$NOTES"
 echo "| scenario | bots | rooms | joined | connect/join failures | msgs out/s | msgs in/s | rtt p50 ms | rtt p99 ms | rtt max ms | move->visible p99 ms | error frames | disconnects | server CPU (cores) | server RSS before -> peak MiB | loadbot CPU (cores) | loadbot RSS MiB | other processes' CPU (cores) |" > "$RESULTS"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" >> "$RESULTS"
+
+# Right after the overload swarm stops: 50 fresh bots in one room for 10 s.
+# Reports, per second since the load stopped, their RTT p99, the first second
+# from which it stays under 10 ms, and what the shard counted as dropped.
+recovery_probe() {
+    echo "--- recovery probe: 50 bots, 1 room, 10 s, right after the load stopped"
+    timeout --signal=INT --kill-after=30 60 \
+        "$LOADBOT_BIN" --url "ws://$WS_ADDR" --threads 1 --progress lines --progress-every 10s \
+        --scenario move --bots 50 --rooms 1 --move-hz 10 --ramp 0s --duration 10s \
+        --json "$OUT/recovery.json" \
+        > "$OUT/recovery.loadbot.txt" 2> "$OUT/recovery.loadbot.log" || true
+    python3 - "$OUT/recovery.json" >> "$NOTES" <<'EOF' || true
+import json, sys
+s = json.load(open(sys.argv[1]))
+per_s = [(t["t_s"], t["rtt_p99_ms"]) for t in s["timeline"]]
+back = next((t for t, _ in per_s if all(p <= 10.0 for tt, p in per_s if tt >= t)), None)
+print("- overload: recovery probe RTT p99 per second after the stop: "
+      + ", ".join(f"{t:g}s {p:.1f} ms" for t, p in per_s))
+print(f"- overload: **RTT p99 back under 10 ms from second {back} after the load stopped**; "
+      f"probe joins {s['bots_joined']}/50, errors {s['error_frames']}")
+EOF
+    if [ -n "${HTTP_ADDR:-}" ]; then
+        python3 - "http://$HTTP_ADDR/metrics" >> "$NOTES" <<'EOF' || true
+import sys, urllib.request
+text = urllib.request.urlopen(sys.argv[1], timeout=5).read().decode()
+keep = ("dropped", "skipped", "overflow", "resync")
+totals = {}
+for line in text.splitlines():
+    name = line.split("{")[0].split(" ")[0]
+    if line.startswith("#") or not any(k in name for k in keep):
+        continue
+    totals[name] = totals.get(name, 0) + float(line.rsplit(" ", 1)[1])
+print("- overload: counted by the shard: "
+      + ", ".join(f"{k} {v:.0f}" for k, v in sorted(totals.items())))
+EOF
+    fi
+    tail -n 3 "$NOTES"
+}
 
 # run_case NAME LOADBOT-ARGS...: fresh shard, sample it, run the loadbot.
 run_case() {
@@ -194,6 +233,7 @@ EOF
     busy1=$(machine_busy_s)
     kill "$sampler" 2>/dev/null || true
     wait "$sampler" 2>/dev/null || true
+    if [ "$name" = overload ]; then recovery_probe; fi
     stop_server
     sed -n '/^Tessera loadbot/,$p' "$OUT/$name.loadbot.txt"
     if [ "$status" -ne 0 ] && [ "$status" -ne 3 ]; then
