@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-
 fn main() -> ExitCode {
     let args = loadbot::Args::parse();
     tracing_subscriber::fmt()

@@ -11,7 +11,6 @@ use server::auth::{mint_with_key, Claims};
 use server::config::{AuthMode, LogFormat};
 use server::Config;
 
-
 #[derive(Parser)]
 #[command(name = "tessera-server", version, about = "Tessera game-server shard")]
 struct Cli {
