@@ -8,12 +8,10 @@ mod common;
 mod store_support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{http_post, start, start_on, test_config, Client, Event, View};
+use common::{http_post, start, start_on, test_config, Client, Event, ServerProcess, View};
 use protocol::msg::*;
 use protocol::{ClientMsg, ErrorCode, NoticeCode, ServerMsg};
 use server::config::{MapConfig, SpawnerConfig};
@@ -22,7 +20,6 @@ use server::store::Store;
 
 const SECRET: &str = "items-test-secret-0123456789";
 const ADMIN: &str = "items-test-admin-token-0123";
-const BIN: &str = env!("CARGO_BIN_EXE_tessera-server");
 const MAP: &str = "field";
 /// Items of the field's spawner at most on the ground.
 const MAX_ON_GROUND: usize = 3;
@@ -343,40 +340,14 @@ async fn the_ground_survives_a_graceful_restart_and_a_picked_item_stays_gone() {
     assert!(newest > picked.id);
 }
 
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Run the real binary on `data` with the field map (a config file: maps
 /// cannot come from the environment).
-fn spawn_server(data: &std::path::Path) -> (Child, SocketAddr) {
+fn spawn_server(data: &std::path::Path) -> (ServerProcess, SocketAddr) {
     let mut config = config();
     config.store.embedded.dir = data.join("store");
     let path = data.join("tessera.toml");
     std::fs::write(&path, config.to_toml()).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-        .env("TESSERA_CONFIG", &path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let line = BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .next()
-        .unwrap()
-        .unwrap();
-    let addr = line
-        .strip_prefix("ws listening on ")
-        .unwrap()
-        .parse()
-        .unwrap();
-    (Child(child), addr)
+    ServerProcess::spawn(&[("TESSERA_CONFIG", path.as_os_str())])
 }
 
 /// SIGKILL right after `done`: the player has the item once, and it is not
@@ -390,12 +361,7 @@ async fn sigkill_right_after_done_neither_loses_nor_duplicates_the_item() {
     let mut alice = Player::join(addr, "alice").await;
     let (picked, done) = alice.fetch_nearest(1).await;
     assert_eq!(done.inventory.items.get("gem"), Some(&1));
-    let status = Command::new("kill")
-        .args(["-KILL", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    drop(child);
+    child.kill_hard();
     drop(alice);
 
     let (_child, addr) = spawn_server(data.path());

@@ -6,16 +6,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{start, start_on, test_config, Client, View};
+use common::{start, start_on, test_config, Client, ServerProcess, View};
 use protocol::msg::*;
 use protocol::{ErrorCode, ServerMsg};
 
 const SECRET: &str = "persistence-test-secret-0123";
-const BIN: &str = env!("CARGO_BIN_EXE_tessera-server");
 
 fn token(player: &str) -> String {
     common::token(SECRET, player)
@@ -115,35 +112,11 @@ async fn a_returning_player_gets_back_its_map_position_and_inventory() {
     );
 }
 
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_server(data: &std::path::Path) -> (Child, std::net::SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(["--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-        .env("TESSERA_STORE__EMBEDDED__DIR", data)
-        .env("TESSERA_AUTH__SECRET", SECRET)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let line = BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .next()
-        .unwrap()
-        .unwrap();
-    let addr = line
-        .strip_prefix("ws listening on ")
-        .unwrap()
-        .parse()
-        .unwrap();
-    (Child(child), addr)
+fn spawn_server(data: &std::path::Path) -> (ServerProcess, std::net::SocketAddr) {
+    ServerProcess::spawn(&[
+        ("TESSERA_STORE__EMBEDDED__DIR", data.as_os_str()),
+        ("TESSERA_AUTH__SECRET", SECRET.as_ref()),
+    ])
 }
 
 /// SIGKILL right after a durable ack: the acknowledged change survives, and
@@ -168,12 +141,7 @@ async fn sigkill_right_after_a_durable_ack_keeps_it_and_recent_positions() {
     alice.give(1, b.you, 42).await;
     alice.expect_done(1).await;
     let last_x = view.entities[&a.you].0;
-    let status = Command::new("kill")
-        .args(["-KILL", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    drop(child);
+    child.kill_hard();
 
     let (_child, addr) = spawn_server(data.path());
     let mut alice = Client::connect(addr).await;

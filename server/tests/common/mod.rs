@@ -354,3 +354,47 @@ pub fn token(secret: &str, player: &str) -> String {
         },
     )
 }
+
+/// The real `tessera-server` binary in a process of its own (for crash
+/// tests), SIGKILLed when dropped.
+pub struct ServerProcess(std::process::Child);
+
+impl ServerProcess {
+    /// Start it with ws and http on port 0 and `envs`; returns once it
+    /// printed its ws address.
+    pub fn spawn(envs: &[(&str, &std::ffi::OsStr)]) -> (ServerProcess, SocketAddr) {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera-server"))
+            .args(["--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .envs(envs.iter().copied())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the server binary starts");
+        let line = BufReader::new(child.stdout.take().expect("piped stdout"))
+            .lines()
+            .next()
+            .expect("the server prints its ws address")
+            .expect("readable stdout");
+        let addr = line
+            .strip_prefix("ws listening on ")
+            .expect("the first line is the ws address")
+            .parse()
+            .expect("a socket address");
+        (ServerProcess(child), addr)
+    }
+
+    /// SIGKILL, as a crash: no shutdown, no flush.
+    pub fn kill_hard(mut self) {
+        self.0.kill().expect("SIGKILL the server");
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
