@@ -178,6 +178,21 @@ impl MongoStore {
         self.db.collection(PLAYERS)
     }
 
+    /// findAndModify on one player: the document (its inventory only) after
+    /// `update`, or `None` when `filter` matched nothing.
+    async fn update_player(
+        &self,
+        filter: Document,
+        update: Document,
+    ) -> Result<Option<Document>, StoreError> {
+        self.players()
+            .find_one_and_update(filter, update)
+            .projection(doc! { "inventory": 1 })
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(classify)
+    }
+
     fn trades(&self) -> Collection<Document> {
         self.db.collection(TRADES)
     }
@@ -346,13 +361,7 @@ impl MongoStore {
                     .collect();
                 update.insert("$set", set);
             }
-            let updated = self
-                .players()
-                .find_one_and_update(filter, update)
-                .projection(doc! { "inventory": 1 })
-                .return_document(ReturnDocument::After)
-                .await
-                .map_err(classify)?;
+            let updated = self.update_player(filter, update).await?;
             if let Some(doc) = updated {
                 let inventory = decode_inventory(doc).map_err(bad)?;
                 return Ok(Self::ack(vec![(op.player.clone(), inventory)], false));
@@ -398,13 +407,7 @@ impl MongoStore {
             if let Some(inc) = inc_bundle(gives, -1) {
                 update.insert("$inc", inc);
             }
-            let updated = self
-                .players()
-                .find_one_and_update(filter, update)
-                .projection(doc! { "inventory": 1 })
-                .return_document(ReturnDocument::After)
-                .await
-                .map_err(classify)?;
+            let updated = self.update_player(filter, update).await?;
             if let Some(doc) = updated {
                 return Ok(decode_inventory(doc).map_err(bad)?);
             }
@@ -435,12 +438,8 @@ impl MongoStore {
             update.insert("$inc", inc);
         }
         let updated = self
-            .players()
-            .find_one_and_update(doc! { "_id": player, "pending_trades": tid }, update)
-            .projection(doc! { "inventory": 1 })
-            .return_document(ReturnDocument::After)
-            .await
-            .map_err(classify)?;
+            .update_player(doc! { "_id": player, "pending_trades": tid }, update)
+            .await?;
         match updated {
             // Applied either way; a damaged inventory is only reported.
             Some(doc) => Ok(decode_inventory(doc).map_err(|e| report_bad(&e)).ok()),
