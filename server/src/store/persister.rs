@@ -1388,19 +1388,28 @@ mod tests {
         assert!(!report.deadline_hit, "{report:?}");
     }
 
-    #[tokio::test]
-    async fn an_injected_fault_restarts_the_flusher_and_shutdown_flushes_once() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A supervised persister (flushing only when asked, so a test knows
+    /// what each flush wrote) whose flusher was just told to panic.
+    async fn flusher_hit_by_a_fault(
+        dir: &std::path::Path,
+        max_restarts: usize,
+    ) -> (Tasks, Persister) {
         let tasks = Tasks::default();
         let p = Persister::start_supervised(
-            // Flushes only when asked, so the test knows what each wrote.
-            quick_config(dir.path(), 60_000),
+            quick_config(dir, 60_000),
             &tasks,
-            quick_supervision(5),
+            quick_supervision(max_restarts),
         )
         .unwrap();
         assert!(p.wait_ready(Duration::from_secs(5)).await);
         tasks.inject_panic(FLUSHER_TASK).unwrap();
+        (tasks, p)
+    }
+
+    #[tokio::test]
+    async fn an_injected_fault_restarts_the_flusher_and_shutdown_flushes_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tasks, p) = flusher_hit_by_a_fault(dir.path(), 5).await;
         until("the flusher's restart", || {
             tasks.restarts(FLUSHER_TASK) == Some(1)
         })
@@ -1426,15 +1435,7 @@ mod tests {
     #[tokio::test]
     async fn a_flusher_given_up_still_gets_its_state_written_at_shutdown() {
         let dir = tempfile::tempdir().unwrap();
-        let tasks = Tasks::default();
-        let p = Persister::start_supervised(
-            quick_config(dir.path(), 60_000),
-            &tasks,
-            quick_supervision(0),
-        )
-        .unwrap();
-        assert!(p.wait_ready(Duration::from_secs(5)).await);
-        tasks.inject_panic(FLUSHER_TASK).unwrap();
+        let (tasks, p) = flusher_hit_by_a_fault(dir.path(), 0).await;
         until("the flusher given up", || {
             tasks.state(FLUSHER_TASK) == Some(supervise::ChildState::Failed)
         })
