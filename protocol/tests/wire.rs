@@ -424,8 +424,14 @@ fn directions_beyond_f32_range_keep_their_direction_and_non_finite_ones_stay() {
     let m = mv(-1e300, 0.0);
     assert_eq!((m.dx, m.dy), (-1.0, 0.0));
     let m = mv(f64::MAX, f64::MAX);
-    assert!((m.dx - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6, "{m:?}");
-    assert!((m.dy - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6, "{m:?}");
+    assert!(
+        (m.dx - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6,
+        "{m:?}"
+    );
+    assert!(
+        (m.dy - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6,
+        "{m:?}"
+    );
     let m = mv(3e38 * 10.0, -1.0);
     assert!(m.dx > 0.999 && m.dy < 0.0 && m.dy > -1e-30, "{m:?}");
     // Within f32's range nothing changes (the server clamps).

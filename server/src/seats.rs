@@ -213,7 +213,12 @@ mod tests {
         // Once session 3 joins, the seat is its.
         seats.seated("p", 3, Some(Arc::from("lobby")));
         assert_eq!(
-            seats.resume("p", "s-3", "s-4", 4).unwrap().seat.unwrap().session,
+            seats
+                .resume("p", "s-3", "s-4", 4)
+                .unwrap()
+                .seat
+                .unwrap()
+                .session,
             3
         );
     }

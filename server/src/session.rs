@@ -496,22 +496,18 @@ impl Session {
         });
         let player = identity.player_id.clone();
         let applied = self.shared.persister.durable(op);
-        ctx.spawn(
-            applied
-                .into_actor(self)
-                .map(move |result, session, _| {
-                    let inventory = match result {
-                        Ok(ack) => ack.inventory(&player).map(to_wire).unwrap_or(before),
-                        // The next login tries again: the marker was not
-                        // written.
-                        Err(err) => {
-                            tracing::warn!(player = %player, error = %err, "starter purse not granted");
-                            before
-                        }
-                    };
-                    session.send(&ServerMsg::Inventory(inventory));
-                }),
-        );
+        ctx.spawn(applied.into_actor(self).map(move |result, session, _| {
+            let inventory = match result {
+                Ok(ack) => ack.inventory(&player).map(to_wire).unwrap_or(before),
+                // The next login tries again: the marker was not
+                // written.
+                Err(err) => {
+                    tracing::warn!(player = %player, error = %err, "starter purse not granted");
+                    before
+                }
+            };
+            session.send(&ServerMsg::Inventory(inventory));
+        }));
         true
     }
 

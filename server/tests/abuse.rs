@@ -6,9 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::{start, test_config, Client};
+use futures_util::{SinkExt, StreamExt};
 use protocol::msg::*;
 use protocol::{ClientMsg, CloseCode, ErrorCode, ServerMsg, Version, PROTOCOL_VERSION};
-use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 #[tokio::test]

@@ -427,7 +427,9 @@ async fn joining_the_map_you_stand_in_answers_joined_for_the_same_entity() {
             _ => None,
         })
         .await;
-    alice.send(ClientMsg::Join(Join { map: "test".into() })).await;
+    alice
+        .send(ClientMsg::Join(Join { map: "test".into() }))
+        .await;
     let mut got = Vec::new();
     let again = alice
         .expect("joined again", |m| {
@@ -445,8 +447,10 @@ async fn joining_the_map_you_stand_in_answers_joined_for_the_same_entity() {
         "a fresh view: {again:?}"
     );
     assert!(
-        !got.iter()
-            .any(|m| matches!(m, ServerMsg::Left(_) | ServerMsg::Error(_) | ServerMsg::Notice(_))),
+        !got.iter().any(|m| matches!(
+            m,
+            ServerMsg::Left(_) | ServerMsg::Error(_) | ServerMsg::Notice(_)
+        )),
         "no left, error or notice before it: {got:?}"
     );
     // The others never saw alice go, and she plays on.

@@ -158,7 +158,13 @@ fn the_token_subcommand_takes_human_durations_and_plain_seconds() {
             .output()
             .unwrap()
     };
-    for (ttl, secs) in [("1h", 3_600), ("30m", 1_800), ("90s", 90), ("1h 30m", 5_400), ("90", 90)] {
+    for (ttl, secs) in [
+        ("1h", 3_600),
+        ("30m", 1_800),
+        ("90s", 90),
+        ("1h 30m", 5_400),
+        ("90", 90),
+    ] {
         let before = unix_now();
         let output = mint(ttl);
         assert!(output.status.success(), "{ttl}: {output:?}");
@@ -241,14 +247,13 @@ async fn a_new_login_takes_the_seat_over_and_replaces_an_open_session() {
     third.hello_with(Some(ada.clone()), "ada").await;
     let err = second.expect_error(ErrorCode::SessionReplaced).await;
     assert!(err.text.contains("signed in"), "{err:?}");
-    assert_eq!(second.expect_close().await, Some(CloseCode::Replaced.as_u16()));
+    assert_eq!(
+        second.expect_close().await,
+        Some(CloseCode::Replaced.as_u16())
+    );
     let joined = joined_and_notice(&mut third).await;
     assert_eq!(joined.you, a.you, "still the same entity");
-    let adas = joined
-        .entities
-        .iter()
-        .filter(|e| e.name == "p-ada")
-        .count();
+    let adas = joined.entities.iter().filter(|e| e.name == "p-ada").count();
     assert_eq!(adas, 1, "{joined:?}");
 
     // Bob never saw ada leave or a second ada come, and sees her move.
