@@ -913,9 +913,10 @@ impl Session {
             return;
         }
         if self.out.is_closing() {
-            // The writer gave up (slow consumer, write failure).
-            self.release_seat();
-            ctx.stop();
+            // The queue closed itself (slow consumer 4005, write failure):
+            // its close frame is on its way; linger for the client's close
+            // like any other close (`close` keeps the first code queued).
+            self.close(CloseCode::InternalError, "write failed", ctx);
             return;
         }
         let config = &self.shared.config.server;
