@@ -385,3 +385,39 @@ async fn sigterm_announces_closes_sessions_with_1001_and_exits_0() {
         .unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+/// PROTOCOL.md: a client that does not wait for its seat to come back and
+/// joins its last map right after the resume's `welcome` gets the held
+/// entity all the same, and never a second one.
+#[tokio::test]
+async fn a_join_of_the_last_map_right_after_a_resume_gets_the_held_entity() {
+    let mut config = test_config();
+    config.supervision.resume_grace_ms = 120_000;
+    let shard = start(config);
+    let (mut alice, welcome) = Client::welcomed(shard.ws_addr, "alice").await;
+    let a = alice.join("test").await;
+    drop(alice);
+    let mut again = Client::connect(shard.ws_addr).await;
+    again.send_resume(welcome.resume_token.clone()).await;
+    welcome_of(&mut again).await;
+    again
+        .send(ClientMsg::Join(Join { map: "test".into() }))
+        .await;
+    let joined = again
+        .expect("joined", |m| match m {
+            ServerMsg::Error(e) => panic!("{e:?}"),
+            ServerMsg::Joined(j) => Some(j.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(joined.you, a.you, "the held entity");
+    let rest = again.drain(Duration::from_millis(500)).await;
+    assert!(
+        rest.iter().all(|m| match m {
+            ServerMsg::Joined(j) => j.you == a.you,
+            ServerMsg::Error(_) | ServerMsg::Left(_) => false,
+            _ => true,
+        }),
+        "{rest:?}"
+    );
+}
