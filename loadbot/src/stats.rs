@@ -476,6 +476,7 @@ mod tests {
         let err = ServerMsg::Error(ErrorMsg {
             code: 1,
             text: String::new(),
+            req: None,
         });
         assert_eq!(SERVER_KINDS[server_kind(&err)], "error");
         let update = ServerMsg::Update(Update::default());

@@ -1,4 +1,4 @@
-// Tessera browser client: the wire protocol of protocol/PROTOCOL.md (v1.2).
+// Tessera browser client: the wire protocol of protocol/PROTOCOL.md (v1.3).
 //
 // Layout
 // - MessagePack: `encode` / `decode`, a small codec for exactly what the
@@ -15,7 +15,7 @@
 // No dependencies and no I/O besides the WebSocket the caller asks for, so
 // the same file runs in browsers and in node (tests pass a fake socket).
 
-export const PROTOCOL_VERSION = Object.freeze({ major: 1, minor: 2 });
+export const PROTOCOL_VERSION = Object.freeze({ major: 1, minor: 3 });
 
 // ---------------------------------------------------------------------------
 // MessagePack
@@ -363,6 +363,9 @@ export function decode(input) {
 
 const isMap = (v) => v !== null && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Uint8Array);
 
+/** The largest finite float32. */
+const F32_MAX = 3.4028234663852886e38;
+
 const optional = (v) => (v === undefined || v === null || v === '' ? undefined : v);
 
 /** Builders for every client message, fields in PROTOCOL.md order. */
@@ -379,7 +382,20 @@ export const messages = {
   },
   join: (map) => ({ join: { map: String(map) } }),
   leave: () => ({ leave: {} }),
-  move: (seq, dx, dy) => ({ move: { seq, dx: f32(dx), dy: f32(dy) } }),
+  move: (seq, dx, dy) => {
+    // A component beyond float32's range would go out infinite (and be
+    // refused): scale such a direction to length 1 first, as the server
+    // reads it. Anything smaller goes as it is; the server clamps it.
+    const big = Math.max(Math.abs(dx), Math.abs(dy));
+    if (Number.isFinite(big) && big > F32_MAX) {
+      dx /= big;
+      dy /= big;
+      const len = Math.hypot(dx, dy);
+      dx /= len;
+      dy /= len;
+    }
+    return { move: { seq, dx: f32(dx), dy: f32(dy) } };
+  },
   chat: (text) => ({ chat: { text: String(text) } }),
   ping: (t) => ({ ping: { t } }),
   give: (req, to, { currency = 0, items } = {}) => ({
@@ -535,7 +551,8 @@ const SERVER_EVENTS = ['welcome', 'joined', 'left', 'update', 'chat', 'announce'
  * Events (`on(name, cb)`): `open`, `welcome`, `joined`, `left`, `update`,
  * `chat`, `announce`, `pong` (the body, plus `rtt` in ms for a timed ping),
  * `notice`, `done`, `inventory`, `items`,
- * `error` (a server error body `{code, text}`), `close` (`{code, reason,
+ * `error` (a server error body `{code, text, req?}`: `req` when it answers a
+ * `give` or `pick_up`), `close` (`{code, reason,
  * wasClean}`), `message` (every decoded `{type, body}`, unknown types
  * included), `view` (after `view` changed), and `decode_error` (a frame that
  * was not a message).

@@ -32,6 +32,9 @@ pub enum ErrorCode {
     /// The resume token was already used, or names no session this server
     /// knows of.
     ResumeRejected = 2004,
+    /// A newer login of the same player took this session's place (since
+    /// 1.3): one player, one session, one entity. Close 4006 follows.
+    SessionReplaced = 2005,
     /// No map of that name exists.
     UnknownMap = 3001,
     /// A field is out of range: a non-finite direction, a chat text that is
@@ -67,7 +70,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::Malformed,
         ErrorCode::TextFrame,
         ErrorCode::IllegalState,
@@ -78,6 +81,7 @@ impl ErrorCode {
         ErrorCode::AuthInvalid,
         ErrorCode::AuthExpired,
         ErrorCode::ResumeRejected,
+        ErrorCode::SessionReplaced,
         ErrorCode::UnknownMap,
         ErrorCode::InvalidInput,
         ErrorCode::RoomFull,
@@ -116,6 +120,7 @@ impl ErrorCode {
             ErrorCode::AuthInvalid => "auth_invalid",
             ErrorCode::AuthExpired => "auth_expired",
             ErrorCode::ResumeRejected => "resume_rejected",
+            ErrorCode::SessionReplaced => "session_replaced",
             ErrorCode::UnknownMap => "unknown_map",
             ErrorCode::InvalidInput => "invalid_input",
             ErrorCode::RoomFull => "room_full",
@@ -185,6 +190,8 @@ pub enum CloseCode {
     /// The client read too slowly: reliable messages overflowed its
     /// outbound byte budget.
     SlowConsumer = 4005,
+    /// A newer login of the same player replaced this session (since 1.3).
+    Replaced = 4006,
 }
 
 impl CloseCode {
@@ -205,6 +212,7 @@ impl CloseCode {
             CloseCode::AuthFailed,
             CloseCode::IdleTimeout,
             CloseCode::SlowConsumer,
+            CloseCode::Replaced,
         ]
         .into_iter()
         .find(|c| c.as_u16() == code)

@@ -134,7 +134,13 @@ fn server_samples() -> Vec<(&'static str, ServerMsg)> {
                 },
                 you: 1,
                 tick: 7,
-                entities: vec![],
+                entities: vec![Entity {
+                    id: 1,
+                    name: "ada".into(),
+                    x: 500.0,
+                    y: 500.0,
+                    seq: 0,
+                }],
                 items: vec![GroundItem {
                     id: 12,
                     kind: "gem".into(),
@@ -205,6 +211,14 @@ fn server_samples() -> Vec<(&'static str, ServerMsg)> {
         (
             "server_error",
             ServerMsg::Error(ErrorMsg::new(ErrorCode::IllegalState, "join a map first")),
+        ),
+        (
+            "server_error_req",
+            ServerMsg::Error(ErrorMsg::answering(
+                9,
+                ErrorCode::Insufficient,
+                "not enough currency",
+            )),
         ),
         (
             "server_notice",
@@ -394,6 +408,61 @@ fn integer_and_float64_directions_decode() {
         })
     );
 }
+
+#[test]
+fn directions_beyond_f32_range_keep_their_direction_and_non_finite_ones_stay() {
+    let mv = |dx: f64, dy: f64| {
+        let mut bytes = hex::decode("81a46d6f766583a373657101a26478cb").unwrap();
+        bytes.extend_from_slice(&dx.to_be_bytes());
+        bytes.extend_from_slice(&hex::decode("a26479cb").unwrap());
+        bytes.extend_from_slice(&dy.to_be_bytes());
+        match decode_client(&bytes, MAX).unwrap() {
+            ClientMsg::Move(m) => m,
+            other => panic!("{other:?}"),
+        }
+    };
+    let m = mv(-1e300, 0.0);
+    assert_eq!((m.dx, m.dy), (-1.0, 0.0));
+    let m = mv(f64::MAX, f64::MAX);
+    assert!(
+        (m.dx - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6,
+        "{m:?}"
+    );
+    assert!(
+        (m.dy - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6,
+        "{m:?}"
+    );
+    let m = mv(3e38 * 10.0, -1.0);
+    assert!(m.dx > 0.999 && m.dy < 0.0 && m.dy > -1e-30, "{m:?}");
+    // Within f32's range nothing changes (the server clamps).
+    let m = mv(3.0, -4.0);
+    assert_eq!((m.dx, m.dy), (3.0, -4.0));
+    // NaN and infinities stay what they are, for the server to refuse.
+    assert!(mv(f64::NAN, 1e300).dx.is_nan());
+    assert!(mv(1.0, f64::INFINITY).dy.is_infinite());
+}
+
+#[test]
+fn an_error_echoes_the_req_it_answers_and_older_errors_decode_without_one() {
+    let err = decode_server(&hex::decode(GOLDEN_ERROR_1_0).unwrap(), MAX).unwrap();
+    assert!(matches!(err, ServerMsg::Error(ErrorMsg { req: None, .. })));
+    let bytes = encode_server(&ServerMsg::Error(ErrorMsg::answering(
+        7,
+        ErrorCode::OutOfReach,
+        "far",
+    )));
+    match decode_server(&bytes, MAX).unwrap() {
+        ServerMsg::Error(e) => {
+            assert_eq!(e.req, Some(7));
+            assert_eq!(e.error_code(), Some(ErrorCode::OutOfReach));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// An error frame as a 1.0 to 1.2 server wrote it (no `req`).
+const GOLDEN_ERROR_1_0: &str =
+    "81a56572726f7282a4636f6465cd03eba474657874b06a6f696e2061206d6170206669727374";
 
 #[test]
 fn newer_minor_fields_are_ignored() {

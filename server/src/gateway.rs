@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::{ms, ServerConfig};
 use crate::metrics as m;
-use crate::outbound::{run_writer, Outbound};
+use crate::outbound::{run_writer, Conn, Outbound};
 use crate::session::Session;
 use crate::shard::Shared;
 
@@ -133,6 +133,9 @@ async fn serve(
     done: mpsc::Sender<()>,
 ) {
     let config = &shared.config.server;
+    // The close path keeps a handle to the socket (see `outbound`).
+    let tcp = Conn::new(tcp);
+    let socket = tcp.socket();
     // Boxed: the upgrade future is large and would otherwise live inside
     // this task for the connection's whole life.
     let upgrade = Box::pin(tokio_tungstenite::accept_async_with_config(
@@ -166,7 +169,7 @@ async fn serve(
         }
     };
     let (sink, stream) = ws.split();
-    let out = Outbound::new(config.outbound_budget_bytes);
+    let out = Outbound::for_socket(config.outbound_budget_bytes, socket);
     let writer = run_writer(out.clone(), sink, ms(config.write_timeout_ms));
     let writer_done = done.clone();
     actix::spawn(async move {

@@ -54,10 +54,26 @@ enum Command {
         /// Display name; defaults to the player id.
         #[arg(long)]
         name: Option<String>,
-        /// Lifetime in seconds.
-        #[arg(long, default_value_t = 3600)]
+        /// Lifetime: a duration such as `1h`, `30m`, `90s` or `1h 30m`, or
+        /// plain seconds (`3600`).
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: u64,
     },
+}
+
+/// A token lifetime in seconds: plain seconds or a human duration
+/// (`humantime` syntax), at least one second.
+fn parse_ttl(text: &str) -> Result<u64, String> {
+    let secs = match text.trim().parse::<u64>() {
+        Ok(secs) => secs,
+        Err(_) => humantime::parse_duration(text.trim())
+            .map_err(|e| format!("{e}: use seconds (3600) or a duration such as 1h, 30m, 90s"))?
+            .as_secs(),
+    };
+    if secs == 0 {
+        return Err("a token must live at least 1s".into());
+    }
+    Ok(secs)
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
@@ -134,7 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let claims = Claims {
             name: name.unwrap_or_else(|| player.clone()),
             sub: player,
-            exp: server::auth::unix_now() + ttl,
+            exp: server::auth::unix_now().saturating_add(ttl),
             sid: None,
         };
         println!("{}", mint_with_key(secret.as_bytes(), &claims));

@@ -16,15 +16,27 @@
 //! at join, and the session moves the epoch on when it leaves, so no frame
 //! of a room the player has left can slip in after its `left` (the check and
 //! the push happen under one lock).
+//!
+//! The socket itself is a [`Conn`]: the WebSocket reads and writes through
+//! it, and a [`Socket`] handle to the same TCP stream lets the close path
+//! half-close it after the close frame and drain it after the WebSocket
+//! stream gave up (a frame over the limit leaves its payload unread), so
+//! that closing never resets a connection with input still unread and the
+//! close frame is not lost (PROTOCOL.md, lifecycle rule 7).
 
 use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt};
 use parking_lot::Mutex;
 use protocol::CloseCode;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -65,6 +77,10 @@ pub struct Outbound {
     queue: Mutex<Queue>,
     wake: Notify,
     budget: usize,
+    /// The connection's socket, for the writer's half-close; taken when the
+    /// writer ends, so that rooms holding this queue (a held seat) do not
+    /// keep the connection open.
+    socket: Mutex<Option<Socket>>,
 }
 
 impl Outbound {
@@ -79,7 +95,20 @@ impl Outbound {
             }),
             wake: Notify::new(),
             budget,
+            socket: Mutex::new(None),
         })
+    }
+
+    /// A queue for the connection on `socket`.
+    pub fn for_socket(budget: usize, socket: Socket) -> Arc<Outbound> {
+        let out = Outbound::new(budget);
+        *out.socket.lock() = Some(socket);
+        out
+    }
+
+    /// The connection's socket, while its writer runs.
+    pub fn socket(&self) -> Option<Socket> {
+        self.socket.lock().clone()
     }
 
     /// Start a new room membership; frames pushed with older epochs are
@@ -255,8 +284,15 @@ where
                 let message = Message::Close(Some(frame));
                 let _ = tokio::time::timeout(write_timeout, sink.send(message)).await;
                 let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+                // Nothing follows the close frame: send FIN now, so the
+                // client sees the end right after it and closes its side,
+                // while the session goes on reading until then.
+                if let Some(socket) = out.socket.lock().take() {
+                    socket.shutdown_write();
+                }
             }
             // Aborted: the socket just goes when both halves are dropped.
+            out.socket.lock().take();
             return;
         }
         let frames = batch.len() as u64;
@@ -279,7 +315,107 @@ where
         if !ok {
             batch.clear();
             out.close(CloseCode::InternalError, "write failed");
+            out.socket.lock().take();
             return;
+        }
+    }
+}
+
+/// A TCP stream shared between the WebSocket that reads and writes it and
+/// the [`Socket`] handles of the close path. Reads and writes go through
+/// tokio's readiness API, which takes `&TcpStream`, so the handles need no
+/// lock; only one task reads at a time (the WebSocket, then, once it gave
+/// up, the drain).
+pub struct Conn(Arc<TcpStream>);
+
+impl Conn {
+    pub fn new(tcp: TcpStream) -> Conn {
+        Conn(Arc::new(tcp))
+    }
+
+    pub fn socket(&self) -> Socket {
+        Socket(self.0.clone())
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if buf.remaining() == 0 {
+            // Nothing to read into; an empty read would look like EOF.
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // Readiness was stale; it is cleared now, so the next poll
+                // registers the waker.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Writes go straight to the kernel; there is no buffer to flush.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
+    }
+}
+
+/// A handle to a connection's TCP stream for the close path.
+#[derive(Clone)]
+pub struct Socket(Arc<TcpStream>);
+
+impl Socket {
+    /// Send FIN: this side writes nothing more. Errors mean the connection
+    /// is gone already.
+    pub fn shutdown_write(&self) {
+        let _ = socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write);
+    }
+
+    /// Read and discard everything until the peer's end of stream (or a
+    /// read error), so that closing the socket afterwards does not reset
+    /// the connection. Callers bound it with a timeout.
+    pub async fn drain(&self) {
+        let mut scratch = [0u8; 4096];
+        loop {
+            if self.0.readable().await.is_err() {
+                return;
+            }
+            match self.0.try_read(&mut scratch) {
+                Ok(0) => return,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => return,
+            }
         }
     }
 }

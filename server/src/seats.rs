@@ -1,5 +1,10 @@
 //! Who each player's latest session is, and which map it sits in: what a
-//! resume token is checked against.
+//! resume token is checked against, and what a new login takes over.
+//!
+//! One player, one session, one entity: a new session of a player, by
+//! resume or by a fresh login, becomes the player's latest and is handed
+//! the [`Takeover`]: the session it replaces (closed with 4006 if still
+//! open) and the seat that session held, which the new one takes over.
 //!
 //! A resume token names the session it was issued to (`sid`). It is good
 //! once: resuming makes the new session the player's latest, so the old
@@ -22,6 +27,15 @@ use crate::session::SessionId;
 pub enum ResumeError {
     /// The token's session is not the player's latest: it was used already.
     Reused,
+}
+
+/// What a new session of a player takes over.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Takeover {
+    /// The player's session before this one, if this server knows of one.
+    pub previous: Option<SessionId>,
+    /// Where the player sat, and under which session the room holds it.
+    pub seat: Option<Seat>,
 }
 
 /// Where a resumed player sat.
@@ -57,17 +71,28 @@ impl Seats {
         }
     }
 
-    /// A new session of `player` (not a resume) was welcomed.
-    pub fn welcomed(&self, player: &str, sid: &str, session: SessionId) {
-        self.players.lock().insert(
+    /// A new session of `player` (not a resume) logged in: it becomes the
+    /// latest (older resume tokens stop working) and takes over whatever
+    /// seat the player still holds.
+    pub fn welcomed(&self, player: &str, sid: &str, session: SessionId) -> Takeover {
+        let mut players = self.players.lock();
+        let (previous, seat) = match players.get(player) {
+            Some(entry) => (Some(entry.session), entry.seat.clone()),
+            None => (None, None),
+        };
+        players.insert(
             player.to_string(),
             Entry {
                 latest_sid: sid.to_string(),
                 session,
-                seat: None,
+                // Until the new session's join reaches the room, the seat
+                // stays recorded under the session that holds it (as for a
+                // resume).
+                seat: seat.clone(),
                 expires: Instant::now() + self.ttl,
             },
         );
+        Takeover { previous, seat }
     }
 
     /// Session `new_session` (id `new_sid`) presents a resume token for
@@ -80,12 +105,12 @@ impl Seats {
         claimed_sid: &str,
         new_sid: &str,
         new_session: SessionId,
-    ) -> Result<Option<Seat>, ResumeError> {
+    ) -> Result<Takeover, ResumeError> {
         let mut players = self.players.lock();
-        let seat = match players.get(player) {
+        let (previous, seat) = match players.get(player) {
             Some(entry) if entry.latest_sid != claimed_sid => return Err(ResumeError::Reused),
-            Some(entry) => entry.seat.clone(),
-            None => None,
+            Some(entry) => (Some(entry.session), entry.seat.clone()),
+            None => (None, None),
         };
         players.insert(
             player.to_string(),
@@ -96,7 +121,7 @@ impl Seats {
                 expires: Instant::now() + self.ttl,
             },
         );
-        Ok(seat)
+        Ok(Takeover { previous, seat })
     }
 
     /// Session `session` of `player` now sits in `map` (or in none): its
@@ -139,9 +164,10 @@ mod tests {
         let seats = Seats::new(Duration::from_secs(60));
         seats.welcomed("p", "s-1", 1);
         seats.seated("p", 1, Some(Arc::from("lobby")));
-        let seat = seats.resume("p", "s-1", "s-2", 2).unwrap().unwrap();
+        let takeover = seats.resume("p", "s-1", "s-2", 2).unwrap();
+        assert_eq!(takeover.previous, Some(1));
         assert_eq!(
-            seat,
+            takeover.seat.unwrap(),
             Seat {
                 map: Arc::from("lobby"),
                 session: 1
@@ -151,16 +177,20 @@ mod tests {
         // The new session's own token works, and the seat moved with it
         // once its join went out.
         seats.seated("p", 2, Some(Arc::from("lobby")));
-        let seat = seats.resume("p", "s-2", "s-4", 4).unwrap().unwrap();
+        let seat = seats.resume("p", "s-2", "s-4", 4).unwrap().seat.unwrap();
         assert_eq!(seat.session, 2);
     }
 
     #[test]
     fn an_unknown_player_resumes_without_a_seat_and_stale_sessions_do_not_move_seats() {
         let seats = Seats::new(Duration::from_secs(60));
-        assert_eq!(seats.resume("q", "s-9", "s-10", 10), Ok(None));
+        assert_eq!(
+            seats.resume("q", "s-9", "s-10", 10),
+            Ok(Takeover::default())
+        );
         seats.seated("q", 99, Some(Arc::from("arena")));
-        assert_eq!(seats.resume("q", "s-10", "s-11", 11), Ok(None));
+        let takeover = seats.resume("q", "s-10", "s-11", 11).unwrap();
+        assert_eq!(takeover.seat, None);
     }
 
     #[test]
@@ -169,10 +199,10 @@ mod tests {
         seats.welcomed("p", "s-1", 1);
         seats.seated("p", 1, Some(Arc::from("lobby")));
         // Session 2 resumes and drops while loading, before its join.
-        let seat = seats.resume("p", "s-1", "s-2", 2).unwrap().unwrap();
+        let seat = seats.resume("p", "s-1", "s-2", 2).unwrap().seat.unwrap();
         assert_eq!(seat.session, 1);
         // The room still holds the seat under session 1.
-        let seat = seats.resume("p", "s-2", "s-3", 3).unwrap().unwrap();
+        let seat = seats.resume("p", "s-2", "s-3", 3).unwrap().seat.unwrap();
         assert_eq!(
             seat,
             Seat {
@@ -183,9 +213,35 @@ mod tests {
         // Once session 3 joins, the seat is its.
         seats.seated("p", 3, Some(Arc::from("lobby")));
         assert_eq!(
-            seats.resume("p", "s-3", "s-4", 4).unwrap().unwrap().session,
+            seats
+                .resume("p", "s-3", "s-4", 4)
+                .unwrap()
+                .seat
+                .unwrap()
+                .session,
             3
         );
+    }
+
+    #[test]
+    fn a_fresh_login_takes_over_the_seat_and_voids_older_resume_tokens() {
+        let seats = Seats::new(Duration::from_secs(60));
+        assert_eq!(seats.welcomed("p", "s-1", 1), Takeover::default());
+        seats.seated("p", 1, Some(Arc::from("lobby")));
+        let takeover = seats.welcomed("p", "s-2", 2);
+        assert_eq!(takeover.previous, Some(1));
+        assert_eq!(
+            takeover.seat,
+            Some(Seat {
+                map: Arc::from("lobby"),
+                session: 1
+            })
+        );
+        assert_eq!(seats.resume("p", "s-1", "s-3", 3), Err(ResumeError::Reused));
+        // Session 2 never reached the room: a resume of it still finds the
+        // seat under session 1.
+        let seat = seats.resume("p", "s-2", "s-3", 3).unwrap().seat.unwrap();
+        assert_eq!(seat.session, 1);
     }
 
     #[test]

@@ -14,14 +14,20 @@
 //! too many strikes close the socket (1008).
 //!
 //! Sessions are not restarted: a panic in one closes only its connection
-//! (1011). A session that goes away while in a map leaves its seat held in
-//! the room for the resume grace period, unless the player left on purpose;
-//! a later session presenting the resume token takes the seat back.
+//! (1011). A session whose connection drops (no close frame), or that the
+//! server closes, leaves its seat held in the room for the resume grace
+//! period; a client that closes on purpose (a close frame) or sent `leave`
+//! leaves at once. The player's next session, by resume token or by a fresh
+//! login, takes the held seat back; one still open is replaced (2005, close
+//! 4006), so a player has one session and one entity.
 //!
-//! Closing: the close frame is queued after everything pending, and the
-//! session keeps reading (and ignoring) the client's frames until the
-//! client's close or [`CLOSE_LINGER`], so that unread input does not make
-//! the kernel reset the connection and throw away what was queued.
+//! Closing: the close frame is queued after everything pending, the writer
+//! half-closes the socket after it, and the session keeps reading (and
+//! ignoring) the client's frames until the client's close or [`CLOSE_LINGER`],
+//! so that unread input does not make the kernel reset the connection and
+//! throw away what was queued. When the WebSocket stream gave up (a frame
+//! over the limit leaves its payload unread), the session drains the raw
+//! socket instead.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -41,11 +47,11 @@ use crate::auth::{unix_now, Identity};
 use crate::config::ms;
 use crate::dispatcher::{Announcement, Published, SubscriptionId};
 use crate::metrics as m;
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, Socket};
 use crate::ratelimit::{Bucket, Strikes};
 use crate::room::{ChatIn, Disconnected, Inputs, JoinError, JoinRoom, LeaveRoom, RoomEvent};
 use crate::room::{PickUp as RoomPickUp, WhoIs};
-use crate::seats::{ResumeError, Seat};
+use crate::seats::{ResumeError, Seat, Takeover};
 use crate::shard::Shared;
 use crate::store::{Adjust, Bundle, DurableError, DurableOp, PlayerProfile, Rejection, Trade};
 
@@ -162,6 +168,8 @@ pub struct Session {
     inputs: Arc<Inputs>,
     /// The player's profile could be read: durable actions are possible.
     profile_loaded: bool,
+    /// The connection's socket, drained after a close (see the module docs).
+    socket: Option<Socket>,
     /// Held until the actor is dropped, so shutdown can wait for it.
     _done: mpsc::Sender<()>,
 }
@@ -170,6 +178,15 @@ pub struct Session {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct InventoryChanged(pub Inventory);
+
+/// A newer session of the same player took this one's place: close with
+/// 4006. With `seat_taken`, the newer session takes this one's seat over,
+/// so it is held rather than left.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Replaced {
+    pub seat_taken: bool,
+}
 
 /// Ask a session to close because the server is going down.
 #[derive(Message)]
@@ -201,6 +218,7 @@ impl Session {
             Bucket::new(l.control_per_sec, l.control_burst, now),
         ];
         let strikes = Strikes::new(l.abuse_strikes, ms(l.abuse_window_ms), now);
+        let socket = out.socket();
         Session {
             id,
             shared,
@@ -215,6 +233,7 @@ impl Session {
             saved_position: None,
             inputs: Arc::default(),
             profile_loaded: false,
+            socket,
             _done: done,
         }
     }
@@ -230,6 +249,16 @@ impl Session {
     fn send_error(&self, code: ErrorCode, text: impl Into<String>) {
         metrics::counter!(m::CLIENT_ERRORS, "code" => code.name()).increment(1);
         self.send(&ServerMsg::Error(ErrorMsg::new(code, text)));
+    }
+
+    /// An error answering the client's request `req` (`give`, `pick_up`),
+    /// which the frame echoes; without one, a plain error.
+    fn send_error_to(&self, req: Option<u32>, code: ErrorCode, text: impl Into<String>) {
+        let Some(req) = req else {
+            return self.send_error(code, text);
+        };
+        metrics::counter!(m::CLIENT_ERRORS, "code" => code.name()).increment(1);
+        self.send(&ServerMsg::Error(ErrorMsg::answering(req, code, text)));
     }
 
     /// Send `code` with an error frame, then close the socket with `close`.
@@ -279,7 +308,18 @@ impl Session {
         metrics::counter!(m::CLIENT_MESSAGES, "kind" => msg.kind()).increment(1);
         let bucket = &mut self.buckets[Class::of(&msg) as usize];
         if !bucket.allow(Instant::now()) {
-            self.send_error(
+            let req = match &msg {
+                ClientMsg::Give(give) => Some(give.req),
+                ClientMsg::PickUp(pick) => Some(pick.req),
+                ClientMsg::Hello(_)
+                | ClientMsg::Join(_)
+                | ClientMsg::Leave(_)
+                | ClientMsg::Move(_)
+                | ClientMsg::Chat(_)
+                | ClientMsg::Ping(_) => None,
+            };
+            self.send_error_to(
+                req,
                 ErrorCode::RateLimited,
                 format!("{} over its rate limit", msg.kind()),
             );
@@ -325,14 +365,14 @@ impl Session {
             }
         };
         let sid = self.sid();
-        let seat = match resumed {
+        let takeover = match resumed {
             Some(claimed) => {
                 match self
                     .shared
                     .seats
                     .resume(&identity.player_id, &claimed, &sid, self.id)
                 {
-                    Ok(seat) => seat,
+                    Ok(takeover) => takeover,
                     Err(ResumeError::Reused) => {
                         self.refuse(
                             ErrorCode::ResumeRejected,
@@ -344,13 +384,22 @@ impl Session {
                     }
                 }
             }
-            None => {
-                self.shared
-                    .seats
-                    .welcomed(&identity.player_id, &sid, self.id);
-                None
-            }
+            None => self
+                .shared
+                .seats
+                .welcomed(&identity.player_id, &sid, self.id),
         };
+        let Takeover { previous, seat } = takeover;
+        if let Some(previous) = previous.filter(|p| *p != self.id) {
+            let session = self.shared.sessions.lock().get(&previous).cloned();
+            if let Some(session) = session {
+                // do_send: one message per login, and logins are bounded
+                // by the connection cap and the control rate.
+                session.do_send(Replaced {
+                    seat_taken: seat.as_ref().is_some_and(|s| s.session == previous),
+                });
+            }
+        }
         // Read the profile before the welcome, so it can carry the last map
         // and be followed by the inventory. The store answers within its
         // durable timeout, or at once while it is down; then the player
@@ -411,26 +460,33 @@ impl Session {
             if let Some(map) = last_map {
                 self.saved_position = Some((Arc::from(map), profile.state.x, profile.state.y));
             }
-            self.send(&ServerMsg::Inventory(to_wire(&profile.inventory)));
-            self.grant_starter(&identity, &profile, ctx);
+            // One inventory, the real one: after the starter purse when
+            // this login grants it.
+            if !self.grant_starter(&identity, &profile, ctx) {
+                self.send(&ServerMsg::Inventory(to_wire(&profile.inventory)));
+            }
         }
         if let Some(seat) = seat {
-            self.join_room(seat.map, identity, Some(seat.session), 1, ctx);
+            // The held seat or nothing: a seat whose grace ran out leaves
+            // the player in no map, as PROTOCOL.md says.
+            self.join_room(seat.map, identity, Some(seat.session), true, 1, ctx);
         }
     }
 
     /// A player's first login brings a starter purse: one idempotent
-    /// adjustment (fixed op id, remembered by a progress marker).
+    /// adjustment (fixed op id, remembered by a progress marker). Returns
+    /// whether it was started; then it sends the inventory when it is done.
     fn grant_starter(
         &mut self,
         identity: &Identity,
         profile: &PlayerProfile,
         ctx: &mut Context<Self>,
-    ) {
+    ) -> bool {
         let amount = self.shared.config.economy.starter_currency;
         if amount == 0 || profile.progress.contains_key(STARTER_MARK) {
-            return;
+            return false;
         }
+        let before = to_wire(&profile.inventory);
         let op = DurableOp::Adjust(Adjust {
             op_id: format!("starter:{}", identity.player_id),
             player: identity.player_id.clone(),
@@ -440,21 +496,19 @@ impl Session {
         });
         let player = identity.player_id.clone();
         let applied = self.shared.persister.durable(op);
-        ctx.spawn(
-            applied
-                .into_actor(self)
-                .map(move |result, session, _| match result {
-                    Ok(ack) => {
-                        if let Some(inventory) = ack.inventory(&player) {
-                            session.send(&ServerMsg::Inventory(to_wire(inventory)));
-                        }
-                    }
-                    // The next login tries again: the marker was not written.
-                    Err(err) => {
-                        tracing::warn!(player = %player, error = %err, "starter purse not granted")
-                    }
-                }),
-        );
+        ctx.spawn(applied.into_actor(self).map(move |result, session, _| {
+            let inventory = match result {
+                Ok(ack) => ack.inventory(&player).map(to_wire).unwrap_or(before),
+                // The next login tries again: the marker was not
+                // written.
+                Err(err) => {
+                    tracing::warn!(player = %player, error = %err, "starter purse not granted");
+                    before
+                }
+            };
+            session.send(&ServerMsg::Inventory(inventory));
+        }));
+        true
     }
 
     fn on_join(&mut self, join: Join, ctx: &mut Context<Self>) {
@@ -471,22 +525,27 @@ impl Session {
         }
         if let State::InRoom { map } = &self.state {
             if **map == *join.map {
-                self.send_error(ErrorCode::IllegalState, "already in that map");
+                // Joining the map it stands in: `joined` again for the same
+                // entity, with a fresh view.
+                let map = map.clone();
+                self.join_room(map, identity, Some(self.id), false, 1, ctx);
                 return;
             }
             self.leave_room(true);
         }
-        self.join_room(Arc::from(join.map), identity, None, 1, ctx);
+        self.join_room(Arc::from(join.map), identity, None, false, 1, ctx);
     }
 
     /// Ask the room of `map` to take this player (or give back the seat of
-    /// session `resume`). State moves to `InRoom` at once so inputs sent
-    /// right after `joined` route; a failed join moves it back.
+    /// session `resume`; with `seat_only`, that seat or nothing). State
+    /// moves to `InRoom` at once so inputs sent right after `joined` route;
+    /// a failed join moves it back.
     fn join_room(
         &mut self,
         map: Arc<str>,
         identity: Arc<Identity>,
         resume: Option<SessionId>,
+        seat_only: bool,
         retries: u8,
         ctx: &mut Context<Self>,
     ) {
@@ -515,6 +574,7 @@ impl Session {
             epoch,
             events: ctx.address().recipient(),
             resume,
+            seat_only,
             spawn_at,
         };
         let timeout = ms(self.shared.config.rooms.call_timeout_ms);
@@ -532,11 +592,14 @@ impl Session {
                     session.abandon_join(&map);
                     session.send_error(ErrorCode::RoomFull, format!("{map} is full"));
                 }
+                // The seat's grace ran out: the player stands in no map,
+                // and `welcome.last_map` says where to go back to.
+                Ok(Ok(Err(JoinError::SeatGone))) => session.abandon_join(&map),
                 Ok(Err(MailboxError::Closed)) | Ok(Ok(Err(JoinError::Crashed))) if retries > 0 => {
                     // The room stopped or crashed between lookup and join;
                     // the supervisor has a fresh incarnation by now.
                     session.out.end_room();
-                    session.join_room(map, identity, resume, retries - 1, ctx);
+                    session.join_room(map, identity, resume, seat_only, retries - 1, ctx);
                 }
                 Ok(Err(_)) | Ok(Ok(Err(JoinError::Crashed))) | Err(_) => {
                     session.abandon_join(&map);
@@ -637,23 +700,28 @@ impl Session {
                 text: chat.text,
             },
         );
-        self.after_room_cast(sent);
+        self.after_room_cast(sent, None);
     }
 
     /// What a cast to the room came to. Casts go through the supervisor's
     /// one sender per room, so a room's mailbox holds at most its capacity
     /// plus one; past that, messages are dropped, counted and the client is
     /// told.
-    fn after_room_cast<M>(&mut self, sent: Result<(), SendError<M>>) {
+    fn after_room_cast<M>(&mut self, sent: Result<(), SendError<M>>, req: Option<u32>) {
         match sent {
             Ok(()) => {}
             Err(SendError::Full(_)) => {
                 metrics::counter!(m::ROOM_INPUTS_DROPPED).increment(1);
-                self.send_error(ErrorCode::RoomUnavailable, "room is busy; message dropped");
+                self.send_error_to(
+                    req,
+                    ErrorCode::RoomUnavailable,
+                    "room is busy; message dropped",
+                );
             }
             Err(SendError::Closed(_)) => {
                 // The room failed or stopped; its failure notice moves us.
-                self.send_error(
+                self.send_error_to(
+                    req,
                     ErrorCode::RoomUnavailable,
                     "room is not running; join again",
                 );
@@ -679,8 +747,9 @@ impl Session {
     /// it as one durable trade (both inventories or neither) and answer
     /// `done` only once the store acknowledged it.
     fn on_give(&mut self, give: Give, ctx: &mut Context<Self>) {
+        let req = Some(give.req);
         let (State::InRoom { map }, Some(identity)) = (&self.state, &self.identity) else {
-            self.send_error(ErrorCode::IllegalState, "join a map before giving");
+            self.send_error_to(req, ErrorCode::IllegalState, "join a map before giving");
             return;
         };
         let max_kinds = self.shared.config.economy.max_give_kinds;
@@ -690,21 +759,23 @@ impl Session {
             && give.items.len() <= max_kinds
             && give.items.keys().all(|k| !k.is_empty() && k.len() <= 32);
         if !valid {
-            self.send_error(
+            self.send_error_to(
+                req,
                 ErrorCode::InvalidInput,
                 format!("give needs amounts of 0 or more, not all 0, at most {max_kinds} item kinds of 1-32 bytes"),
             );
             return;
         }
         if !self.profile_loaded {
-            self.send_error(
+            self.send_error_to(
+                req,
                 ErrorCode::StoreUnavailable,
                 "your profile is not loaded; nothing changed",
             );
             return;
         }
         let Some(room) = self.shared.rooms.current(map) else {
-            self.send_error(ErrorCode::RoomUnavailable, "room is not running");
+            self.send_error_to(req, ErrorCode::RoomUnavailable, "room is not running");
             return;
         };
         let me = identity.player_id.clone();
@@ -752,7 +823,7 @@ impl Session {
                     }
                     Err(err) => {
                         let (code, text) = err.describe();
-                        session.send_error(code, format!("give {req}: {text}"));
+                        session.send_error_to(Some(req), code, format!("give {req}: {text}"));
                     }
                 }),
         );
@@ -762,12 +833,14 @@ impl Session {
     /// answers (`done` or an error) through the outbound queue; see
     /// [`crate::room::ground`].
     fn on_pick_up(&mut self, pick: PickUp) {
+        let req = Some(pick.req);
         let State::InRoom { map } = &self.state else {
-            self.send_error(ErrorCode::IllegalState, "join a map before picking up");
+            self.send_error_to(req, ErrorCode::IllegalState, "join a map before picking up");
             return;
         };
         if !self.profile_loaded {
-            self.send_error(
+            self.send_error_to(
+                req,
                 ErrorCode::StoreUnavailable,
                 format!(
                     "pick_up {}: your profile is not loaded; nothing changed",
@@ -784,7 +857,7 @@ impl Session {
                 item: pick.item,
             },
         );
-        self.after_room_cast(sent);
+        self.after_room_cast(sent, req);
     }
 
     /// Tell `player`'s session (on this shard) its inventory changed.
@@ -824,7 +897,9 @@ impl Session {
             .filter(|f| **f != *failed)
             .map(Arc::from);
         match (fallback, self.identity.clone()) {
-            (Some(fallback), Some(identity)) => self.join_room(fallback, identity, None, 1, ctx),
+            (Some(fallback), Some(identity)) => {
+                self.join_room(fallback, identity, None, false, 1, ctx)
+            }
             _ => {
                 if let Some(identity) = &self.identity {
                     self.shared.seats.seated(&identity.player_id, self.id, None);
@@ -838,9 +913,10 @@ impl Session {
             return;
         }
         if self.out.is_closing() {
-            // The writer gave up (slow consumer, write failure).
-            self.release_seat();
-            ctx.stop();
+            // The queue closed itself (slow consumer 4005, write failure):
+            // its close frame is on its way; linger for the client's close
+            // like any other close (`close` keeps the first code queued).
+            self.close(CloseCode::InternalError, "write failed", ctx);
             return;
         }
         let config = &self.shared.config.server;
@@ -889,8 +965,9 @@ impl StreamHandler<Result<Message, WsError>> for Session {
     fn handle(&mut self, item: Result<Message, WsError>, ctx: &mut Context<Self>) {
         self.last_seen = Instant::now();
         if matches!(self.state, State::Closing) {
-            // Drain until the client's close; see the module docs.
-            if matches!(item, Ok(Message::Close(_)) | Err(_)) {
+            // Drain until the client's close; see the module docs. After an
+            // error the stream ends and `finished` drains the raw socket.
+            if matches!(item, Ok(Message::Close(_))) {
                 ctx.stop();
             }
             return;
@@ -904,7 +981,9 @@ impl StreamHandler<Result<Message, WsError>> for Session {
             }
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
             Ok(Message::Close(_)) => {
-                self.release_seat();
+                // A close frame is a goodbye, not a dropped connection: the
+                // entity leaves at once instead of standing for the grace.
+                self.leave_room(false);
                 ctx.stop();
             }
             Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
@@ -928,7 +1007,18 @@ impl StreamHandler<Result<Message, WsError>> for Session {
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
-        ctx.stop();
+        let closing = matches!(self.state, State::Closing) && ctx.state() == ActorState::Running;
+        match self.socket.clone() {
+            // The stream gave up before the client's close (it ends after
+            // any error, e.g. a frame over the limit, whose payload is still
+            // unread): read and drop the rest of the input raw until the
+            // client's end of stream, within the linger set by `close`.
+            Some(socket) if closing => {
+                let drain = async move { socket.drain().await };
+                ctx.spawn(drain.into_actor(self).map(|(), _, ctx| ctx.stop()));
+            }
+            _ => ctx.stop(),
+        }
     }
 }
 
@@ -965,6 +1055,23 @@ impl Handler<InventoryChanged> for Session {
 
     fn handle(&mut self, msg: InventoryChanged, _: &mut Context<Self>) {
         self.send(&ServerMsg::Inventory(msg.0));
+    }
+}
+
+impl Handler<Replaced> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Replaced, ctx: &mut Context<Self>) {
+        if !msg.seat_taken {
+            // The newer session does not take this entity over: it goes.
+            self.leave_room(false);
+        }
+        self.refuse(
+            ErrorCode::SessionReplaced,
+            "the player signed in again elsewhere; this session ends",
+            CloseCode::Replaced,
+            ctx,
+        );
     }
 }
 

@@ -6,9 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::{start, test_config, Client};
+use futures_util::{SinkExt, StreamExt};
 use protocol::msg::*;
 use protocol::{ClientMsg, CloseCode, ErrorCode, ServerMsg, Version, PROTOCOL_VERSION};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 #[tokio::test]
 async fn malformed_and_text_frames_get_error_codes_and_the_session_goes_on() {
@@ -272,4 +273,108 @@ async fn extreme_but_well_formed_values_are_handled() {
             matches!(m, ServerMsg::Pong(p) if p.t == u64::MAX).then_some(())
         })
         .await;
+}
+
+/// Lifecycle rule 7 after a frame over the limit: the server keeps reading
+/// (and dropping) what the client sent after it, so the error frame and the
+/// close frame reach a client that reads only later, instead of being
+/// thrown away by a connection reset.
+#[tokio::test]
+async fn an_oversize_frame_followed_by_more_input_still_gets_the_error_and_the_close() {
+    let mut config = test_config();
+    config.server.max_frame_bytes = 1024;
+    let shard = start(config);
+    for round in 0..3 {
+        let (mut alice, _) = Client::welcomed(shard.ws_addr, "alice").await;
+        // Far more than the server's read buffer: most of it is still
+        // unread in the kernel when the server decides to close.
+        let _ = alice
+            .ws
+            .send(Message::Binary(vec![0x90; 512 * 1024].into()))
+            .await;
+        for t in 0..50 {
+            if alice
+                .ws
+                .send(Message::Binary(
+                    protocol::encode_client(&ClientMsg::Ping(Ping { t })).into(),
+                ))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        // Read only once the server has long decided.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut events = Vec::new();
+        loop {
+            match alice.next_event(common::WAIT).await {
+                Some(common::Event::Msg(msg)) => events.push(msg),
+                Some(common::Event::Closed(code)) => {
+                    assert_eq!(
+                        code,
+                        Some(CloseCode::MessageTooBig.as_u16()),
+                        "round {round}: {events:?}"
+                    );
+                    break;
+                }
+                None => panic!("round {round}: no close"),
+            }
+        }
+        assert!(
+            events.iter().any(|m| matches!(
+                m,
+                ServerMsg::Error(e) if e.code == ErrorCode::FrameTooLarge.as_u16()
+            )),
+            "round {round}: {events:?}"
+        );
+        // After the close frame the connection ends with a FIN, not a
+        // reset: the server read what was pending before closing the
+        // socket (a reset would also discard whatever it had not sent yet,
+        // which is how clients lose the error and the close).
+        let end = tokio::time::timeout(common::WAIT, alice.ws.next())
+            .await
+            .expect("the server ends the connection");
+        match end {
+            None => {}
+            Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {}
+            other => panic!("round {round}: connection not ended cleanly: {other:?}"),
+        }
+    }
+}
+
+/// A float64 direction beyond f32's range is an ordinary (if long)
+/// direction: clamped to length 1, not refused.
+#[tokio::test]
+async fn a_move_beyond_f32_range_is_clamped_not_refused() {
+    let shard = start(test_config());
+    let (mut alice, joined) = Client::joined(shard.ws_addr, "alice", "test").await;
+    // {"move": {"seq": 1, "dx": -1e300 (float64), "dy": 0.0 (float64)}}
+    let mut frame = vec![0x81, 0xa4];
+    frame.extend_from_slice(b"move");
+    frame.extend_from_slice(&[0x83, 0xa3]);
+    frame.extend_from_slice(b"seq");
+    frame.extend_from_slice(&[0x01, 0xa2]);
+    frame.extend_from_slice(b"dx");
+    frame.push(0xcb);
+    frame.extend_from_slice(&(-1e300f64).to_be_bytes());
+    frame.push(0xa2);
+    frame.extend_from_slice(b"dy");
+    frame.push(0xcb);
+    frame.extend_from_slice(&0.0f64.to_be_bytes());
+    alice.send_raw(Message::Binary(frame.into())).await;
+    let m = alice
+        .expect("own move applied", |m| match m {
+            ServerMsg::Error(e) => panic!("refused: {e:?}"),
+            ServerMsg::Update(u) => u
+                .moved
+                .iter()
+                .find(|m| m.id == joined.you && m.seq == 1)
+                .copied(),
+            _ => None,
+        })
+        .await;
+    // Left, at most one step of a tick.
+    assert!(m.x < 500.0 && m.x >= 500.0 - 1_000.0 / 20.0 - 0.01, "{m:?}");
+    assert_eq!(m.y, 500.0, "{m:?}");
 }

@@ -230,10 +230,9 @@ async fn joining_another_map_leaves_the_first_and_unknown_maps_are_refused() {
         }))
         .await;
     alice.expect_error(ErrorCode::UnknownMap).await;
-    alice
-        .send(ClientMsg::Join(Join { map: "test".into() }))
-        .await;
-    alice.expect_error(ErrorCode::IllegalState).await;
+    // The map she stands in: `joined` again (see
+    // joining_the_map_you_stand_in_answers_joined_for_the_same_entity).
+    assert_eq!(alice.join("test").await.map.name, "test");
     alice
         .send(ClientMsg::Join(Join {
             map: "other".into(),
@@ -366,4 +365,155 @@ async fn an_empty_room_stops_after_its_idle_period_and_comes_back_on_demand() {
     let joined = alice.join("test").await;
     assert_eq!(joined.entities.len(), 1);
     assert_eq!(rooms(get(&health).await), 1);
+}
+
+/// Updates `observer` gets until `entity` leaves its view.
+async fn until_left(observer: &mut Client, entity: EntityId, what: &str) {
+    observer
+        .expect(what, |m| match m {
+            ServerMsg::Update(u) if u.left.contains(&entity) => Some(()),
+            _ => None,
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn a_clean_close_or_leave_then_close_leaves_at_once_and_only_a_drop_holds_the_seat() {
+    let mut config = test_config();
+    // Far longer than the test waits: a held seat would never show as gone.
+    config.supervision.resume_grace_ms = 120_000;
+    let shard = start(config);
+    let (mut alice, _) = Client::joined(shard.ws_addr, "alice", "test").await;
+    let (mut bob, b) = Client::joined(shard.ws_addr, "bob", "test").await;
+    let (mut carol, c) = Client::joined(shard.ws_addr, "carol", "test").await;
+    let (dave, d) = Client::joined(shard.ws_addr, "dave", "test").await;
+    let mut seen = View::default();
+    while seen.entities.len() < 3 {
+        match alice.next_event(common::WAIT).await {
+            Some(common::Event::Msg(ServerMsg::Update(u))) => seen.apply(&u),
+            Some(common::Event::Msg(_)) => {}
+            _ => panic!("alice did not see the others enter"),
+        }
+    }
+
+    // A close frame (1000): bob is gone for the others right away.
+    bob.ws.close(None).await.expect("close frame sent");
+    until_left(&mut alice, b.you, "bob gone after his close").await;
+
+    // `leave`, then a close frame: the same.
+    carol.send(ClientMsg::Leave(Leave {})).await;
+    carol.ws.close(None).await.expect("close frame sent");
+    until_left(&mut alice, c.you, "carol gone after leave and close").await;
+
+    // A dropped connection (no close frame) keeps its seat: dave stands on.
+    drop(dave);
+    let after = alice.drain(Duration::from_millis(800)).await;
+    assert!(
+        !after
+            .iter()
+            .any(|m| matches!(m, ServerMsg::Update(u) if u.left.contains(&d.you))),
+        "the dropped player's seat is held: {after:?}"
+    );
+}
+
+#[tokio::test]
+async fn joining_the_map_you_stand_in_answers_joined_for_the_same_entity() {
+    let shard = start(test_config());
+    let (mut alice, a) = Client::joined(shard.ws_addr, "alice", "test").await;
+    let (mut bob, b) = Client::joined(shard.ws_addr, "bob", "test").await;
+    alice
+        .expect("bob entering", |m| match m {
+            ServerMsg::Update(u) if u.entered.iter().any(|e| e.id == b.you) => Some(()),
+            _ => None,
+        })
+        .await;
+    alice
+        .send(ClientMsg::Join(Join { map: "test".into() }))
+        .await;
+    let mut got = Vec::new();
+    let again = alice
+        .expect("joined again", |m| {
+            got.push(m.clone());
+            match m {
+                ServerMsg::Joined(j) => Some(j.clone()),
+                _ => None,
+            }
+        })
+        .await;
+    assert_eq!(again.you, a.you, "the same entity");
+    assert_eq!(again.map.name, "test");
+    assert!(
+        again.entities.iter().any(|e| e.id == b.you),
+        "a fresh view: {again:?}"
+    );
+    assert!(
+        !got.iter().any(|m| matches!(
+            m,
+            ServerMsg::Left(_) | ServerMsg::Error(_) | ServerMsg::Notice(_)
+        )),
+        "no left, error or notice before it: {got:?}"
+    );
+    // The others never saw alice go, and she plays on.
+    alice.walk(1, 1.0, 0.0).await;
+    let seen = bob
+        .expect("alice moving", |m| match m {
+            ServerMsg::Update(u) => Some(u.clone()),
+            _ => None,
+        })
+        .await;
+    assert!(!seen.left.contains(&a.you), "{seen:?}");
+}
+
+#[tokio::test]
+async fn a_first_login_sends_one_inventory_holding_the_starter_purse() {
+    let config = test_config();
+    let starter = config.economy.starter_currency;
+    assert!(starter > 0);
+    let shard = start(config);
+    let (mut alice, _) = Client::welcomed(shard.ws_addr, "alice").await;
+    let got = alice.drain(Duration::from_millis(1_500)).await;
+    let inventories: Vec<_> = got
+        .iter()
+        .filter_map(|m| match m {
+            ServerMsg::Inventory(i) => Some(i.currency),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(inventories, vec![starter], "{got:?}");
+}
+
+#[tokio::test]
+async fn errors_answering_a_give_or_pick_up_echo_its_req() {
+    let shard = start(test_config());
+    let (mut alice, _) = Client::welcomed(shard.ws_addr, "alice").await;
+    // Not in a map yet: refused, and the refusal says which request.
+    alice.give(41, 9, 5).await;
+    let err = alice.expect_error(ErrorCode::IllegalState).await;
+    assert_eq!(err.req, Some(41));
+    alice.join("test").await;
+    alice.give(42, 999, 5).await;
+    let err = alice.expect_error(ErrorCode::NoSuchTarget).await;
+    assert_eq!(err.req, Some(42));
+    alice
+        .send(ClientMsg::PickUp(PickUp {
+            req: 43,
+            item: 123_456,
+        }))
+        .await;
+    let err = alice
+        .expect("pick_up error", |m| match m {
+            ServerMsg::Error(e) if e.req == Some(43) => Some(e.clone()),
+            _ => None,
+        })
+        .await;
+    assert!(
+        [ErrorCode::ItemGone, ErrorCode::RoomUnavailable]
+            .map(ErrorCode::as_u16)
+            .contains(&err.code),
+        "{err:?}"
+    );
+    // Errors that answer no request carry none.
+    alice.chat("").await;
+    let err = alice.expect_error(ErrorCode::InvalidInput).await;
+    assert_eq!(err.req, None);
 }

@@ -7,9 +7,11 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::{start, test_config, Client};
+use std::time::Duration;
+
+use common::{start, test_config, Client, View};
 use protocol::msg::*;
-use protocol::{ClientMsg, CloseCode, ErrorCode, ServerMsg, PROTOCOL_VERSION};
+use protocol::{ClientMsg, CloseCode, ErrorCode, NoticeCode, ServerMsg, PROTOCOL_VERSION};
 use server::auth::{mint_with_key, unix_now, Claims};
 use server::config::AuthMode;
 
@@ -138,6 +140,174 @@ async fn a_resume_token_brings_back_the_same_player_and_forgeries_are_refused() 
     .await;
 }
 
+fn token_exp(token: &str) -> u64 {
+    use base64::Engine as _;
+    let payload = token.split('.').next().unwrap();
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let claims: Claims = serde_json::from_slice(&json).unwrap();
+    claims.exp
+}
+
+#[test]
+fn the_token_subcommand_takes_human_durations_and_plain_seconds() {
+    let mint = |ttl: &str| {
+        Command::new(BIN)
+            .args(["token", "--secret", SECRET, "--player", "p-1", "--ttl", ttl])
+            .output()
+            .unwrap()
+    };
+    for (ttl, secs) in [
+        ("1h", 3_600),
+        ("30m", 1_800),
+        ("90s", 90),
+        ("1h 30m", 5_400),
+        ("90", 90),
+    ] {
+        let before = unix_now();
+        let output = mint(ttl);
+        assert!(output.status.success(), "{ttl}: {output:?}");
+        let token = String::from_utf8(output.stdout).unwrap();
+        let exp = token_exp(token.trim());
+        assert!(
+            exp >= before + secs && exp <= unix_now() + secs,
+            "{ttl}: exp {exp}, now {before}"
+        );
+    }
+    for bad in ["soon", "0", "5 parsecs"] {
+        let output = mint(bad);
+        assert!(!output.status.success(), "{bad}: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--ttl"), "{bad}: {stderr}");
+    }
+}
+
+async fn welcome_of(client: &mut Client) -> Welcome {
+    client
+        .expect("welcome", |m| match m {
+            ServerMsg::Welcome(w) => Some(w.clone()),
+            _ => None,
+        })
+        .await
+}
+
+async fn joined_and_notice(client: &mut Client) -> Joined {
+    let joined = client
+        .expect("joined", |m| match m {
+            ServerMsg::Joined(j) => Some(j.clone()),
+            _ => None,
+        })
+        .await;
+    client
+        .expect("seat notice", |m| match m {
+            ServerMsg::Notice(n) if n.code == NoticeCode::SeatRestored.as_u16() => Some(()),
+            _ => None,
+        })
+        .await;
+    joined
+}
+
+/// One player, one entity: a fresh login takes over a held seat, and a
+/// login while another session of the player is open replaces that
+/// session (2005, close 4006) and takes its seat.
+#[tokio::test]
+async fn a_new_login_takes_the_seat_over_and_replaces_an_open_session() {
+    let mut config = test_config();
+    config.auth.secret = SECRET.into();
+    config.supervision.resume_grace_ms = 120_000;
+    let shard = start(config);
+    let ada = common::token(SECRET, "p-ada");
+    let (mut bob, b) = Client::joined(shard.ws_addr, "bob", "test").await;
+
+    let mut first = Client::connect(shard.ws_addr).await;
+    first.hello_with(Some(ada.clone()), "ada").await;
+    let a = first.join("test").await;
+    let mut view = View::from_joined(&b);
+    while !view.entities.contains_key(&a.you) {
+        let u = bob
+            .expect("ada entering", |m| match m {
+                ServerMsg::Update(u) => Some(u.clone()),
+                _ => None,
+            })
+            .await;
+        view.apply(&u);
+    }
+
+    // The connection drops; a fresh login (not a resume) gets the seat.
+    drop(first);
+    let mut second = Client::connect(shard.ws_addr).await;
+    second.hello_with(Some(ada.clone()), "ada").await;
+    let joined = joined_and_notice(&mut second).await;
+    assert_eq!(joined.you, a.you, "the same entity");
+
+    // A third login while the second is open: the second is told and
+    // closed, the third has the entity.
+    let mut third = Client::connect(shard.ws_addr).await;
+    third.hello_with(Some(ada.clone()), "ada").await;
+    let err = second.expect_error(ErrorCode::SessionReplaced).await;
+    assert!(err.text.contains("signed in"), "{err:?}");
+    assert_eq!(
+        second.expect_close().await,
+        Some(CloseCode::Replaced.as_u16())
+    );
+    let joined = joined_and_notice(&mut third).await;
+    assert_eq!(joined.you, a.you, "still the same entity");
+    let adas = joined.entities.iter().filter(|e| e.name == "p-ada").count();
+    assert_eq!(adas, 1, "{joined:?}");
+
+    // Bob never saw ada leave or a second ada come, and sees her move.
+    third.walk(7, 1.0, 0.0).await;
+    loop {
+        let u = bob
+            .expect("ada moving", |m| match m {
+                ServerMsg::Update(u) => Some(u.clone()),
+                _ => None,
+            })
+            .await;
+        assert!(!u.left.contains(&a.you), "{u:?}");
+        assert!(u.entered.iter().all(|e| e.name != "p-ada"), "{u:?}");
+        view.apply(&u);
+        if u.moved.iter().any(|m| m.id == a.you && m.seq == 7) {
+            break;
+        }
+    }
+    assert_eq!(view.entities.len(), 2, "bob and one ada: {view:?}");
+}
+
+/// A resume token whose seat's grace is over gets a `welcome` and nothing
+/// more (PROTOCOL.md); `last_map` says where the player was, and a `join`
+/// of it brings the player back.
+#[tokio::test]
+async fn a_resume_after_the_grace_is_a_welcome_only() {
+    let mut config = test_config();
+    config.supervision.resume_grace_ms = 200;
+    let shard = start(config);
+    let (mut bob, _) = Client::joined(shard.ws_addr, "bob", "test").await;
+    let (mut alice, welcome) = Client::welcomed(shard.ws_addr, "alice").await;
+    let a = alice.join("test").await;
+    drop(alice);
+    bob.expect("alice's seat expires", |m| match m {
+        ServerMsg::Update(u) if u.left.contains(&a.you) => Some(()),
+        _ => None,
+    })
+    .await;
+
+    let mut again = Client::connect(shard.ws_addr).await;
+    again.send_resume(welcome.resume_token.clone()).await;
+    let back = welcome_of(&mut again).await;
+    assert_eq!(back.player_id, welcome.player_id);
+    let after = again.drain(Duration::from_millis(1_500)).await;
+    assert!(
+        !after
+            .iter()
+            .any(|m| matches!(m, ServerMsg::Joined(_) | ServerMsg::Notice(_))),
+        "no seat, no join: {after:?}"
+    );
+    let joined = again.join(back.last_map.as_deref().unwrap_or("test")).await;
+    assert_eq!(joined.map.name, "test");
+}
+
 #[test]
 fn configuration_errors_name_the_field_and_print_config_shows_what_is_in_force() {
     let bad = Command::new(BIN)
@@ -214,4 +384,40 @@ async fn sigterm_announces_closes_sessions_with_1001_and_exits_0() {
         .unwrap()
         .unwrap();
     assert!(exit.success(), "{exit:?}");
+}
+
+/// PROTOCOL.md: a client that does not wait for its seat to come back and
+/// joins its last map right after the resume's `welcome` gets the held
+/// entity all the same, and never a second one.
+#[tokio::test]
+async fn a_join_of_the_last_map_right_after_a_resume_gets_the_held_entity() {
+    let mut config = test_config();
+    config.supervision.resume_grace_ms = 120_000;
+    let shard = start(config);
+    let (mut alice, welcome) = Client::welcomed(shard.ws_addr, "alice").await;
+    let a = alice.join("test").await;
+    drop(alice);
+    let mut again = Client::connect(shard.ws_addr).await;
+    again.send_resume(welcome.resume_token.clone()).await;
+    welcome_of(&mut again).await;
+    again
+        .send(ClientMsg::Join(Join { map: "test".into() }))
+        .await;
+    let joined = again
+        .expect("joined", |m| match m {
+            ServerMsg::Error(e) => panic!("{e:?}"),
+            ServerMsg::Joined(j) => Some(j.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(joined.you, a.you, "the held entity");
+    let rest = again.drain(Duration::from_millis(500)).await;
+    assert!(
+        rest.iter().all(|m| match m {
+            ServerMsg::Joined(j) => j.you == a.you,
+            ServerMsg::Error(_) | ServerMsg::Left(_) => false,
+            _ => true,
+        }),
+        "{rest:?}"
+    );
 }

@@ -137,6 +137,12 @@ client.on('close', ({ code, reason }) => {
     logLine('error', `disconnected (${code} ${reason}): this page speaks another protocol version`);
     return;
   }
+  if (code === 4006) {
+    // The same player logged in again (another tab or device) and has the
+    // seat now; reconnecting would only take it back and forth.
+    logLine('system', `disconnected (${code} ${reason}): signed in elsewhere; reload to play here`);
+    return;
+  }
   // A resume token a restarted server does not know gets 4003: start fresh.
   if (code === 4003) resumeToken = undefined;
   logLine('system', `disconnected (${code}${reason ? ` ${reason}` : ''}); reconnecting`);

@@ -83,6 +83,7 @@ const EXPECTED = {
   server_announce: { announce: { text: 'restart in 5 min' } },
   server_pong: { pong: { t: 123456, server_ms: 1700000000000 } },
   server_error: { error: { code: 1003, text: 'join a map first' } },
+  server_error_req: { error: { code: 3006, text: 'not enough currency', req: 9 } },
   server_notice: { notice: { code: 6001, text: 'room restarted' } },
   server_done: { done: { req: 9, inventory: { currency: 75 } } },
   server_inventory: { inventory: { currency: 125, items: { gem: 1 } } },
@@ -93,7 +94,7 @@ const EXPECTED = {
       map: { name: 'lobby', width: 1000, height: 1000, tick_hz: 20, view_radius: 400, speed: 200 },
       you: 1,
       tick: 7,
-      entities: [],
+      entities: [{ id: 1, name: 'ada', x: 500, y: 500, seq: 0 }],
       items: [{ id: 12, kind: 'gem', count: 1, x: 250, y: 100 }],
     },
   },
@@ -508,3 +509,11 @@ function prng(seed) {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
+
+test('a move beyond float32 range keeps its direction instead of going out infinite', () => {
+  const move = decodeMessage(encodeMessage(messages.move(1, -1e300, 0))).body;
+  assert.equal(move.dx, -1);
+  assert.equal(move.dy, 0);
+  const small = decodeMessage(encodeMessage(messages.move(2, 3, -4))).body;
+  assert.deepEqual([small.dx, small.dy], [3, -4]);
+});

@@ -13,6 +13,10 @@ pub struct ErrorMsg {
     pub code: u16,
     /// A human-readable explanation, for logs; not for branching on.
     pub text: String,
+    /// The `req` of the `give` or `pick_up` this error answers (since 1.3;
+    /// absent on errors that answer no numbered request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req: Option<u32>,
 }
 
 impl ErrorMsg {
@@ -20,6 +24,15 @@ impl ErrorMsg {
         ErrorMsg {
             code: code.as_u16(),
             text: text.into(),
+            req: None,
+        }
+    }
+
+    /// An error answering the request numbered `req`.
+    pub fn answering(req: u32, code: ErrorCode, text: impl Into<String>) -> Self {
+        ErrorMsg {
+            req: Some(req),
+            ..ErrorMsg::new(code, text)
         }
     }
 

@@ -24,19 +24,57 @@ pub struct Leave {}
 /// not greater than the last applied is ignored, and every update carries the
 /// last applied `seq` of each entity so a client can reconcile its
 /// prediction.
+///
+/// `dx` and `dy` go out as float32 but are read from any MessagePack number:
+/// a direction with a component beyond `f32`'s range (a float64 such as
+/// `-1e300`) is scaled down to length 1 in float64 first, so it keeps its
+/// direction instead of turning infinite. Only NaN and infinities stay
+/// non-finite (and are refused by the server).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "MoveWire")]
 pub struct Move {
     pub seq: u32,
     pub dx: f32,
     pub dy: f32,
 }
 
-/// A map as the joining client needs to draw and predict it.
+/// A `move` as read from the wire: directions as float64.
+#[derive(Deserialize)]
+struct MoveWire {
+    seq: u32,
+    dx: f64,
+    dy: f64,
+}
+
+impl From<MoveWire> for Move {
+    fn from(w: MoveWire) -> Move {
+        let (mut dx, mut dy) = (w.dx, w.dy);
+        let big = dx.abs().max(dy.abs());
+        // Only what an f32 cannot hold is scaled here (the server clamps
+        // the rest), so every f32 direction reads back exactly as sent.
+        if big.is_finite() && big > f64::from(f32::MAX) {
+            // Divide by the larger component first, so that the length
+            // cannot overflow even for components near f64::MAX.
+            (dx, dy) = (dx / big, dy / big);
+            let len = dx.hypot(dy);
+            (dx, dy) = (dx / len, dy / len);
+        }
+        Move {
+            seq: w.seq,
+            dx: dx as f32,
+            dy: dy as f32,
+        }
+    }
+}
+
+/// A map as the joining client needs to draw and predict it. Lengths are in
+/// map units (the unit of `x` and `y`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MapInfo {
     pub name: String,
     pub width: f32,
     pub height: f32,
+    /// Ticks per second of this map's room.
     pub tick_hz: u32,
     /// Entities farther than this from the player are not sent to it.
     pub view_radius: f32,

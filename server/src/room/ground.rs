@@ -377,8 +377,9 @@ impl Room {
         self.to_all_members(items_frame(added, Vec::new()));
     }
 
-    /// Send an error to the member of `session`, if it is still here.
-    fn answer_error(&self, session: SessionId, code: ErrorCode, text: String) {
+    /// Answer request `req` of the member of `session` with an error, if
+    /// the member is still here.
+    fn answer_error(&self, session: SessionId, req: u32, code: ErrorCode, text: String) {
         let Some(member) = self
             .sessions
             .get(&session)
@@ -387,7 +388,7 @@ impl Room {
             return;
         };
         metrics::counter!(m::CLIENT_ERRORS, "code" => code.name()).increment(1);
-        let frame = encode_frame(&ServerMsg::Error(ErrorMsg::new(code, text)));
+        let frame = encode_frame(&ServerMsg::Error(ErrorMsg::answering(req, code, text)));
         let _ = member
             .state
             .out
@@ -402,6 +403,7 @@ impl Room {
         if !self.ground.loaded {
             self.answer_error(
                 msg.session,
+                req,
                 ErrorCode::RoomUnavailable,
                 format!("pick_up {req}: ground items loading; try again"),
             );
@@ -425,6 +427,7 @@ impl Room {
             metrics::counter!(m::PICKUPS, "result" => "item_gone").increment(1);
             self.answer_error(
                 msg.session,
+                req,
                 ErrorCode::ItemGone,
                 format!("pick_up {req}: no item {} on the ground", msg.item),
             );
@@ -435,6 +438,7 @@ impl Room {
             metrics::counter!(m::PICKUPS, "result" => "out_of_reach").increment(1);
             self.answer_error(
                 msg.session,
+                req,
                 ErrorCode::OutOfReach,
                 format!(
                     "pick_up {req}: item {} is {distance:.0} away, farther than {}",
@@ -575,6 +579,7 @@ impl Room {
         if let Some((session, req)) = waiter {
             self.answer_error(
                 session,
+                req,
                 ErrorCode::InDoubt,
                 format!("pick_up {req}: not confirmed by the store ({error}); the item stays yours and is retried"),
             );
@@ -600,7 +605,7 @@ impl Room {
         self.supervisor.persister().room_state(doc);
         self.to_all_members(items_frame(vec![wire], Vec::new()));
         if let Some((session, req)) = p.waiter {
-            self.answer_error(session, code, format!("pick_up {req}: {text}"));
+            self.answer_error(session, req, code, format!("pick_up {req}: {text}"));
         }
     }
 

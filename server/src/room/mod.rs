@@ -125,6 +125,10 @@ pub struct JoinRoom {
     pub epoch: u64,
     pub events: Recipient<RoomEvent>,
     pub resume: Option<SessionId>,
+    /// With `resume`: take that seat over or nothing. A seat no longer
+    /// held is refused ([`JoinError::SeatGone`]) instead of placing a new
+    /// entity.
+    pub seat_only: bool,
     /// Where the player's profile says it stood in this map.
     pub spawn_at: Option<(f32, f32)>,
 }
@@ -141,6 +145,8 @@ pub enum JoinError {
     Full,
     /// The room crashed handling the join.
     Crashed,
+    /// A `seat_only` join found no held seat (its grace ran out).
+    SeatGone,
 }
 
 impl Message for JoinRoom {
@@ -805,12 +811,18 @@ impl Room {
             member.state.events = msg.events;
             member.state.disconnected_at = None;
             member.state.dir = (0.0, 0.0);
-            self.send_joined(id, Some(NoticeCode::SeatRestored));
+            // A session joining the map it stands in gets `joined` again,
+            // with no notice: nothing was restored.
+            let notice = (old != msg.session).then_some(NoticeCode::SeatRestored);
+            self.send_joined(id, notice);
             self.snapshot();
             return Ok(JoinOk {
                 entity: id,
                 resumed: true,
             });
+        }
+        if msg.seat_only {
+            return Err(JoinError::SeatGone);
         }
         self.remove(msg.session);
         if self.members.len() >= self.map.max_players {
