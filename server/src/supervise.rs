@@ -487,6 +487,113 @@ async fn run_once(
     }
 }
 
+/// The panic boundary every actor handler and continuation runs behind
+/// (rooms: `Room::guarded`, sessions: `Session::guarded`): `f`'s result, or
+/// the panic's message. What the actor does after a panic (restart from a
+/// snapshot, close the connection) is its own.
+pub fn catch<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| panic_text(payload.as_ref()))
+}
+
+/// Which kind of actor a fault point is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultActor {
+    Session,
+    Room,
+}
+
+/// Named points inside actor handlers and continuations (the `what` of
+/// their panic boundary) where a drill or test can make the actor panic,
+/// inside that boundary, like a real bug would. Points are armed only
+/// through the admin API, which refuses unless `admin.fault_injection` is
+/// on; a registry built with fault injection off refuses to arm anything,
+/// and checking an unarmed registry is one atomic load.
+#[derive(Clone, Default)]
+pub struct FaultPoints {
+    inner: Arc<FaultInner>,
+}
+
+#[derive(Default)]
+struct FaultInner {
+    enabled: bool,
+    armed: AtomicU64,
+    points: Mutex<Vec<Armed>>,
+}
+
+struct Armed {
+    actor: FaultActor,
+    point: &'static str,
+    /// A player id (sessions) or map (rooms); `None`: the first to pass.
+    target: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArmError {
+    #[error("fault injection is off: set admin.fault_injection")]
+    Disabled,
+    #[error("no fault point {point:?} (points: {known})")]
+    UnknownPoint { point: String, known: String },
+}
+
+impl FaultPoints {
+    pub fn new(enabled: bool) -> FaultPoints {
+        FaultPoints {
+            inner: Arc::new(FaultInner {
+                enabled,
+                ..FaultInner::default()
+            }),
+        }
+    }
+
+    /// Arm `point` (one of `known`) once: the next `actor` passing it,
+    /// whose target is `target` (any when `None`), panics there.
+    pub fn arm(
+        &self,
+        actor: FaultActor,
+        known: &'static [&'static str],
+        point: &str,
+        target: Option<String>,
+    ) -> Result<(), ArmError> {
+        if !self.inner.enabled {
+            return Err(ArmError::Disabled);
+        }
+        let Some(point) = known.iter().copied().find(|p| *p == point) else {
+            return Err(ArmError::UnknownPoint {
+                point: point.to_string(),
+                known: known.join(", "),
+            });
+        };
+        tracing::warn!(?actor, point, ?target, "fault point armed");
+        self.inner.points.lock().push(Armed {
+            actor,
+            point,
+            target,
+        });
+        self.inner.armed.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// Panic if `point` is armed for this actor. Call inside the boundary.
+    pub fn trip(&self, actor: FaultActor, point: &str, target: Option<&str>) {
+        if self.inner.armed.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let hit = {
+            let mut points = self.inner.points.lock();
+            let found = points.iter().position(|a| {
+                a.actor == actor
+                    && a.point == point
+                    && a.target.as_deref().is_none_or(|t| Some(t) == target)
+            });
+            found.map(|i| points.remove(i))
+        };
+        if let Some(armed) = hit {
+            self.inner.armed.fetch_sub(1, Ordering::Release);
+            panic!("injected fault at {:?} {}", armed.actor, armed.point);
+        }
+    }
+}
+
 /// A panic payload as text.
 pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload
