@@ -14,11 +14,13 @@
 //! too many strikes close the socket (1008).
 //!
 //! Sessions are not restarted: a panic in one closes only its connection
-//! (1011). Every handler, continuation and timer runs behind the same panic
-//! boundary ([`Session::guarded`]; continuations through `map_guarded`), each
-//! under a name that is also a fault point ([`FAULT_POINTS`]). A session that goes away while in a map leaves its seat held in
-//! the room for the resume grace period, unless the player left on purpose;
-//! a later session presenting the resume token takes the seat back.
+//! (1011) and keeps the player's seat for a resume. Every handler,
+//! continuation and timer runs behind that one panic boundary
+//! ([`Session::guarded`]; continuations through `map_guarded`), each under a
+//! name that is also a fault point ([`FAULT_POINTS`]). A session that goes
+//! away while in a map leaves its seat held in the room for the resume
+//! grace period, unless the player left on purpose; a later session
+//! presenting the resume token takes the seat back.
 //!
 //! Closing: the close frame is queued after everything pending, and the
 //! session keeps reading (and ignoring) the client's frames until the

@@ -685,3 +685,147 @@ async fn a_task_given_up_turns_healthz_degraded() {
     let (_alice, joined) = Client::joined(shard.ws_addr, "alice", "test").await;
     assert_eq!(joined.entities.len(), 1);
 }
+
+// ---- Stalls on every room thread at once ----
+
+/// The value of the metric line that starts with `series` (name and
+/// labels), if there is one.
+async fn metric(shard: &server::ShardHandle, series: &str) -> Option<f64> {
+    let metrics = http_get(&format!("http://{}/metrics", shard.http_addr)).await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Read until `pick` accepts a message; any error frame or close fails.
+async fn expect_clean<T>(
+    client: &mut Client,
+    what: &str,
+    mut pick: impl FnMut(&ServerMsg) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.next_event(left).await {
+            Some(Event::Msg(ServerMsg::Error(e))) => panic!("error while waiting for {what}: {e:?}"),
+            Some(Event::Msg(msg)) => {
+                if let Some(found) = pick(&msg) {
+                    return found;
+                }
+            }
+            Some(Event::Closed(code)) => panic!("closed ({code:?}) while waiting for {what}"),
+            None => panic!("timed out waiting for {what}"),
+        }
+    }
+}
+
+/// A restart notice, then the player's own move `seq` applied: its room
+/// runs again and still has its seat.
+async fn moved_again(client: &mut Client, me: u32, seq: u32, what: &str) {
+    expect_clean(client, &format!("{what}: restart notice"), |m| match m {
+        ServerMsg::Notice(n) if n.code == NoticeCode::RoomRestarted.as_u16() => Some(()),
+        _ => None,
+    })
+    .await;
+    client.walk(seq, 0.5, 0.0).await;
+    expect_clean(client, &format!("{what}: own move {seq}"), |m| match m {
+        ServerMsg::Update(u) => u.moved.iter().find(|m| m.id == me && m.seq == seq).copied(),
+        _ => None,
+    })
+    .await;
+}
+
+/// Issue 8, item 5: one room stalled on each of the two room threads at
+/// once blocks every room thread. The watchdog must not bounce rooms
+/// between blocked threads until their restart limit fails them: it starts
+/// an extra Arbiter, every room (the fallback map's included) moves there
+/// and ticks on while both threads sleep, nobody gets an error, and when
+/// the threads wake the extra Arbiter is retired and the rooms go back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_on_every_room_thread_fails_no_room_and_the_fallback_keeps_ticking() {
+    // Long, so that "while both threads sleep" leaves the watchdog (1 s)
+    // ample room on a busy machine.
+    const STALL_MS: u64 = 12_000;
+    let mut config = fault_config();
+    config.maps = (0..6)
+        .map(|i| MapConfig {
+            name: format!("cascade{i}"),
+            spawn_radius: 0.0,
+            ..MapConfig::default()
+        })
+        .collect();
+    config.supervision.fallback_map = "cascade5".into();
+    assert_eq!(config.supervision.max_extra_arbiters, 2, "the default");
+    let shard = start(config);
+    // Rooms start on the two room threads in turn: cascade0, 2 and 4 on
+    // one, cascade1, 3 and 5 (the fallback) on the other.
+    let mut players = Vec::new();
+    for i in 0..6 {
+        let (client, joined) =
+            Client::joined(shard.ws_addr, &format!("c{i}"), &format!("cascade{i}")).await;
+        players.push((client, joined.you));
+    }
+    let stall = format!(r#"{{"map":"cascade0","kind":"stall","ms":{STALL_MS}}}"#);
+    assert_eq!(fault(&shard, "room", &stall).await.0, 200);
+    let stalled = Instant::now();
+    let stall = stall.replace("cascade0", "cascade1");
+    assert_eq!(fault(&shard, "room", &stall).await.0, 200);
+
+    // Every room is restarted once (the two stalled ones, and their thread
+    // mates moved off the blocked threads) and plays on.
+    let runs: Vec<_> = players
+        .into_iter()
+        .enumerate()
+        .map(|(i, (mut client, me))| {
+            tokio::spawn(async move {
+                moved_again(&mut client, me, 1, &format!("cascade{i} during the stall")).await;
+                (client, me)
+            })
+        })
+        .collect();
+    let mut players = Vec::new();
+    for run in runs {
+        players.push(run.await.expect("every room plays on during the stall"));
+    }
+    // A newcomer gets into the fallback map meanwhile.
+    let (mut newcomer, nj) = Client::joined(shard.ws_addr, "newcomer", "cascade5").await;
+    assert_eq!(nj.map.name, "cascade5");
+    newcomer.walk(1, 0.0, 0.5).await;
+    expect_clean(&mut newcomer, "newcomer's move", |m| match m {
+        ServerMsg::Update(u) => u.moved.iter().find(|m| m.id == nj.you && m.seq == 1).copied(),
+        _ => None,
+    })
+    .await;
+    // All of that happened while both room threads still slept: on an
+    // extra Arbiter (a generous bound, not a performance figure).
+    assert!(
+        stalled.elapsed() < Duration::from_millis(STALL_MS),
+        "the rooms only came back after the stall ({:?}); nothing ran meanwhile",
+        stalled.elapsed()
+    );
+    assert!(metric(&shard, "tessera_room_arbiters_started_total").await >= Some(1.0));
+
+    // The threads wake: the extra Arbiter is retired and the rooms are
+    // handed back, each a restart notice and a full resync, no error.
+    let deadline = Instant::now() + Duration::from_millis(STALL_MS) + Duration::from_secs(20);
+    while metric(&shard, "tessera_room_arbiters_retired_total").await < Some(1.0) {
+        assert!(Instant::now() < deadline, "the extra Arbiter was never retired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (i, (client, me)) in players.iter_mut().enumerate() {
+        moved_again(client, *me, 2, &format!("cascade{i} after the handover")).await;
+    }
+    for i in 0..6 {
+        assert_eq!(
+            metric(&shard, &format!("tessera_room_failures_total{{map=\"cascade{i}\"}}")).await,
+            None,
+            "cascade{i} failed"
+        );
+    }
+    // Only the two stalled rooms are blamed (counted towards their
+    // restart limit); their thread mates were displaced.
+    for (map, reason) in [("cascade0", "stall"), ("cascade1", "stall"), ("cascade5", "displaced")] {
+        let series = format!("tessera_room_restarts_total{{map=\"{map}\",reason=\"{reason}\"}}");
+        assert_eq!(metric(&shard, &series).await, Some(1.0), "{series}");
+    }
+}

@@ -186,8 +186,11 @@ pub struct RoomSupervisor {
     /// The room threads: the shard's, then extras (ids only grow).
     arbiters: Mutex<Vec<RoomArbiter>>,
     next_arbiter_id: AtomicUsize,
-    /// When the watchdog last sent its probes (ms since origin); 0 before
-    /// its first round.
+    /// When the watchdog's last round sent its probes, and the round
+    /// before (ms since origin; 0: none yet). Liveness is judged against
+    /// the round before, whose probes have had a full interval to run, so
+    /// a watchdog that runs late makes no Arbiter look stuck.
+    last_round_ms: AtomicU64,
     probed_ms: AtomicU64,
     next_arbiter: AtomicUsize,
     next_incarnation: AtomicU64,
@@ -229,6 +232,7 @@ impl RoomSupervisor {
                     .collect(),
             ),
             next_arbiter_id: AtomicUsize::new(base),
+            last_round_ms: AtomicU64::new(0),
             probed_ms: AtomicU64::new(0),
             next_arbiter: AtomicUsize::new(0),
             next_incarnation: AtomicU64::new(1),
@@ -367,8 +371,10 @@ impl RoomSupervisor {
         Entry { addr, slot }
     }
 
-    /// Whether `a` ran a probe after `since_ms` and lately: proven alive.
-    /// Before the watchdog's first round every Arbiter counts as live.
+    /// Whether `a` ran a probe after `since_ms` and lately (one sent by the
+    /// round before the last, or at most a live window before that): proven
+    /// alive. Before the watchdog's second round every Arbiter counts as
+    /// live.
     fn live(&self, a: &RoomArbiter, since_ms: u64) -> bool {
         let beat = a.beat.load(Ordering::Acquire);
         let probed = self.probed_ms.load(Ordering::Acquire);
@@ -550,9 +556,9 @@ impl RoomSupervisor {
                 beat.store(origin.elapsed().as_millis() as u64, Ordering::Release);
             });
         }
-        self.probed_ms
-            .store(self.now_ms().max(1), Ordering::Release);
-        let now = self.now_ms();
+        let now = self.now_ms().max(1);
+        let previous = self.last_round_ms.swap(now, Ordering::AcqRel);
+        self.probed_ms.store(previous, Ordering::Release);
         let limit = self.settings.stall_timeout.as_millis() as u64;
         let stalled: Vec<(String, u64, u64, bool)> = self
             .rooms
