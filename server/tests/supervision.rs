@@ -707,7 +707,9 @@ async fn expect_clean<T>(
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match client.next_event(left).await {
-            Some(Event::Msg(ServerMsg::Error(e))) => panic!("error while waiting for {what}: {e:?}"),
+            Some(Event::Msg(ServerMsg::Error(e))) => {
+                panic!("error while waiting for {what}: {e:?}")
+            }
             Some(Event::Msg(msg)) => {
                 if let Some(found) = pick(&msg) {
                     return found;
@@ -792,7 +794,11 @@ async fn a_stall_on_every_room_thread_fails_no_room_and_the_fallback_keeps_ticki
     assert_eq!(nj.map.name, "cascade5");
     newcomer.walk(1, 0.0, 0.5).await;
     expect_clean(&mut newcomer, "newcomer's move", |m| match m {
-        ServerMsg::Update(u) => u.moved.iter().find(|m| m.id == nj.you && m.seq == 1).copied(),
+        ServerMsg::Update(u) => u
+            .moved
+            .iter()
+            .find(|m| m.id == nj.you && m.seq == 1)
+            .copied(),
         _ => None,
     })
     .await;
@@ -809,7 +815,10 @@ async fn a_stall_on_every_room_thread_fails_no_room_and_the_fallback_keeps_ticki
     // handed back, each a restart notice and a full resync, no error.
     let deadline = Instant::now() + Duration::from_millis(STALL_MS) + Duration::from_secs(20);
     while metric(&shard, "tessera_room_arbiters_retired_total").await < Some(1.0) {
-        assert!(Instant::now() < deadline, "the extra Arbiter was never retired");
+        assert!(
+            Instant::now() < deadline,
+            "the extra Arbiter was never retired"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for (i, (client, me)) in players.iter_mut().enumerate() {
@@ -817,15 +826,211 @@ async fn a_stall_on_every_room_thread_fails_no_room_and_the_fallback_keeps_ticki
     }
     for i in 0..6 {
         assert_eq!(
-            metric(&shard, &format!("tessera_room_failures_total{{map=\"cascade{i}\"}}")).await,
+            metric(
+                &shard,
+                &format!("tessera_room_failures_total{{map=\"cascade{i}\"}}")
+            )
+            .await,
             None,
             "cascade{i} failed"
         );
     }
     // Only the two stalled rooms are blamed (counted towards their
     // restart limit); their thread mates were displaced.
-    for (map, reason) in [("cascade0", "stall"), ("cascade1", "stall"), ("cascade5", "displaced")] {
+    for (map, reason) in [
+        ("cascade0", "stall"),
+        ("cascade1", "stall"),
+        ("cascade5", "displaced"),
+    ] {
         let series = format!("tessera_room_restarts_total{{map=\"{map}\",reason=\"{reason}\"}}");
         assert_eq!(metric(&shard, &series).await, Some(1.0), "{series}");
     }
+}
+
+// ---- One panic boundary around every handler and continuation ----
+
+/// Arm a panic at `at` in `player`'s session (`None`: the next session to
+/// get there).
+async fn arm_session(shard: &server::ShardHandle, at: &str, player: Option<&str>) {
+    let body = match player {
+        Some(p) => format!(r#"{{"player":"{p}","kind":"panic","at":"{at}"}}"#),
+        None => format!(r#"{{"kind":"panic","at":"{at}"}}"#),
+    };
+    let (status, body) = fault(shard, "session", &body).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&format!(r#""armed":"{at}""#)), "{body}");
+}
+
+/// Arm a panic at `at` in `map`'s room.
+async fn arm_room(shard: &server::ShardHandle, at: &str, map: &str) {
+    let body = format!(r#"{{"map":"{map}","kind":"panic","at":"{at}"}}"#);
+    let (status, body) = fault(shard, "room", &body).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// The connection ends with 1011, and the panic was caught at `at`.
+async fn crashed_at(shard: &server::ShardHandle, client: &mut Client, at: &str) {
+    assert_eq!(
+        client.expect_close().await,
+        Some(CloseCode::InternalError.as_u16()),
+        "{at}"
+    );
+    let series = format!("tessera_session_panics_total{{at=\"{at}\"}}");
+    assert!(metric(shard, &series).await >= Some(1.0), "{series}");
+}
+
+/// Resume with `token`: back in `map` on the same entity.
+async fn resumes_seat(shard: &server::ShardHandle, token: String, map: &str, entity: u32) {
+    let mut again = Client::connect(shard.ws_addr).await;
+    again.send_resume(token).await;
+    let joined = again
+        .expect("joined after the resume", |m| match m {
+            ServerMsg::Joined(j) => Some(j.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!((joined.map.name.as_str(), joined.you), (map, entity));
+}
+
+/// The bystander's session and room are untouched.
+async fn still_fine(bob: &mut Client, t: u64) {
+    bob.send(ClientMsg::Ping(Ping { t })).await;
+    expect_clean(bob, "bystander's pong", |m| {
+        matches!(m, ServerMsg::Pong(p) if p.t == t).then_some(())
+    })
+    .await;
+}
+
+/// Issue 8, item 6: a panic in any session handler, continuation or timer
+/// closes that connection only (1011), and the seat is kept for a resume.
+#[tokio::test]
+async fn a_panic_in_any_session_handler_or_continuation_closes_only_that_connection() {
+    let mut config = fault_config();
+    config.server.handshake_timeout_ms = 1_000;
+    // One panic fails a room: the room_event case needs a failed room.
+    config.supervision.max_restarts = 0;
+    let shard = start(config);
+    let (mut bob, _) = Client::joined(shard.ws_addr, "bob", "test").await;
+
+    // handshake_timeout (every session passes it; bob's passed already).
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    arm_session(&shard, "handshake_timeout", None).await;
+    let mut silent = Client::connect(shard.ws_addr).await;
+    crashed_at(&shard, &mut silent, "handshake_timeout").await;
+    still_fine(&mut bob, 1).await;
+
+    // frame: a client frame.
+    let (mut alice, aw) = Client::welcomed(shard.ws_addr, "alice").await;
+    let aj = alice.join("test").await;
+    arm_session(&shard, "frame", Some(&aw.player_id)).await;
+    alice.send(ClientMsg::Ping(Ping { t: 1 })).await;
+    crashed_at(&shard, &mut alice, "frame").await;
+    resumes_seat(&shard, aw.resume_token, "test", aj.you).await;
+    still_fine(&mut bob, 2).await;
+
+    // welcome: the profile load that follows hello.
+    arm_session(&shard, "welcome", None).await;
+    let mut carol = Client::connect(shard.ws_addr).await;
+    carol
+        .send(ClientMsg::Hello(Hello {
+            version: protocol::PROTOCOL_VERSION,
+            token: None,
+            resume: None,
+            name: Some("carol".into()),
+        }))
+        .await;
+    crashed_at(&shard, &mut carol, "welcome").await;
+    let (_carol, _) = Client::welcomed(shard.ws_addr, "carol").await;
+    still_fine(&mut bob, 3).await;
+
+    // starter: the starter purse granted at a first login.
+    // (For dave alone: other sessions' purses may still be on their way.)
+    arm_session(&shard, "starter", Some("dave")).await;
+    let mut dave = Client::connect(shard.ws_addr).await;
+    dave.hello_with(Some(common::token(SECRET, "dave")), "dave")
+        .await;
+    crashed_at(&shard, &mut dave, "starter").await;
+    still_fine(&mut bob, 4).await;
+
+    // join_reply: the room's answer to a join.
+    let (mut erin, ew) = Client::welcomed(shard.ws_addr, "erin").await;
+    arm_session(&shard, "join_reply", Some(&ew.player_id)).await;
+    erin.send(ClientMsg::Join(Join { map: "test".into() }))
+        .await;
+    let ej = erin
+        .expect("joined before the crash", |m| match m {
+            ServerMsg::Joined(j) => Some(j.clone()),
+            _ => None,
+        })
+        .await;
+    crashed_at(&shard, &mut erin, "join_reply").await;
+    resumes_seat(&shard, ew.resume_token, "test", ej.you).await;
+    still_fine(&mut bob, 5).await;
+
+    // give_reply and inventory: a give's answer to the giver, and the
+    // receiver's inventory notice.
+    let (mut frank, fw) = Client::welcomed(shard.ws_addr, "frank").await;
+    frank.expect_currency(100).await;
+    let fj = frank.join("test").await;
+    let (mut gina, gw) = Client::welcomed(shard.ws_addr, "gina").await;
+    gina.expect_currency(100).await;
+    let gj = gina.join("test").await;
+    arm_session(&shard, "give_reply", Some(&fw.player_id)).await;
+    frank.give(1, gj.you, 10).await;
+    crashed_at(&shard, &mut frank, "give_reply").await;
+    resumes_seat(&shard, fw.resume_token, "test", fj.you).await;
+    arm_session(&shard, "inventory", Some(&gw.player_id)).await;
+    let (mut hank, _) = Client::welcomed(shard.ws_addr, "hank").await;
+    hank.expect_currency(100).await;
+    hank.join("test").await;
+    hank.give(1, gj.you, 5).await;
+    hank.expect_done(1).await;
+    crashed_at(&shard, &mut gina, "inventory").await;
+    resumes_seat(&shard, gw.resume_token, "test", gj.you).await;
+    still_fine(&mut bob, 6).await;
+
+    // announcement: an announcement delivered through the dispatcher.
+    let (mut ivy, iw) = Client::welcomed(shard.ws_addr, "ivy").await;
+    arm_session(&shard, "announcement", Some(&iw.player_id)).await;
+    let url = format!("http://{}/admin/announce", shard.http_addr);
+    assert_eq!(
+        http_post(&url, Some(ADMIN), r#"{"text":"hello all"}"#)
+            .await
+            .0,
+        200
+    );
+    crashed_at(&shard, &mut ivy, "announcement").await;
+    expect_clean(&mut bob, "the announcement", |m| {
+        matches!(m, ServerMsg::Announce(a) if a.text == "hello all").then_some(())
+    })
+    .await;
+
+    // housekeeping: the session's timer.
+    let (mut kate, kw) = Client::welcomed(shard.ws_addr, "kate").await;
+    arm_session(&shard, "housekeeping", Some(&kw.player_id)).await;
+    crashed_at(&shard, &mut kate, "housekeeping").await;
+    still_fine(&mut bob, 7).await;
+
+    // room_event: the notice that a room failed (one panic fails "third").
+    let (mut jack, jw) = Client::welcomed(shard.ws_addr, "jack").await;
+    jack.join("third").await;
+    arm_session(&shard, "room_event", Some(&jw.player_id)).await;
+    panic_room(&shard, "third").await;
+    crashed_at(&shard, &mut jack, "room_event").await;
+    still_fine(&mut bob, 8).await;
+
+    // shutdown: the shard's request to close; this session ends with 1011
+    // instead of 1001, the others as usual.
+    let (mut lena, lw) = Client::welcomed(shard.ws_addr, "lena").await;
+    arm_session(&shard, "shutdown", Some(&lw.player_id)).await;
+    let stopping = tokio::task::spawn_blocking(move || drop(shard));
+    assert_eq!(
+        lena.expect_close().await,
+        Some(CloseCode::InternalError.as_u16())
+    );
+    assert_eq!(
+        bob.expect_close().await,
+        Some(CloseCode::GoingAway.as_u16())
+    );
+    stopping.await.unwrap();
 }
