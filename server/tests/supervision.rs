@@ -812,7 +812,10 @@ async fn a_stall_on_every_room_thread_fails_no_room_and_the_fallback_keeps_ticki
     assert!(metric(&shard, "tessera_room_arbiters_started_total").await >= Some(1.0));
 
     // The threads wake: the extra Arbiter is retired and the rooms are
-    // handed back, each a restart notice and a full resync, no error.
+    // handed back, each a restart notice and a full resync, no error. One
+    // handover panics (behind the room's boundary): that room is restarted
+    // on a woken thread all the same.
+    arm_room(&shard, "handover", "cascade2").await;
     let deadline = Instant::now() + Duration::from_millis(STALL_MS) + Duration::from_secs(20);
     while metric(&shard, "tessera_room_arbiters_retired_total").await < Some(1.0) {
         assert!(
@@ -835,6 +838,8 @@ async fn a_stall_on_every_room_thread_fails_no_room_and_the_fallback_keeps_ticki
             "cascade{i} failed"
         );
     }
+    let series = r#"tessera_room_poison_messages_dropped_total{map="cascade2",message="handover"}"#;
+    assert_eq!(metric(&shard, series).await, Some(1.0), "{series}");
     // Only the two stalled rooms are blamed (counted towards their
     // restart limit); their thread mates were displaced.
     for (map, reason) in [
@@ -1033,4 +1038,107 @@ async fn a_panic_in_any_session_handler_or_continuation_closes_only_that_connect
         Some(CloseCode::GoingAway.as_u16())
     );
     stopping.await.unwrap();
+}
+
+/// The room crashed at `at` (the message was dropped and counted there),
+/// and `watcher`, a member, got the resync of its next incarnation.
+async fn room_crashed_at(shard: &server::ShardHandle, watcher: &mut Client, map: &str, at: &str) {
+    expect_resync(watcher).await;
+    let series =
+        format!("tessera_room_poison_messages_dropped_total{{map=\"{map}\",message=\"{at}\"}}");
+    assert!(metric(shard, &series).await >= Some(1.0), "{series}");
+}
+
+/// Issue 8, item 6, for rooms: a panic in any room handler or
+/// continuation restarts that room from its snapshot and nothing else.
+#[tokio::test]
+async fn a_panic_in_any_room_handler_or_continuation_restarts_only_that_room() {
+    let mut config = fault_config();
+    config.supervision.max_restarts = 1_000;
+    let shard = start(config);
+    let (mut alice, aj) = Client::joined(shard.ws_addr, "alice", "test").await;
+    let (mut bob, bj) = Client::joined(shard.ws_addr, "bob", "test").await;
+    let (mut other, _) = Client::joined(shard.ws_addr, "bystander", "other").await;
+    bob.drain(Duration::from_millis(100)).await;
+
+    // tick: the room's own timer.
+    arm_room(&shard, "tick", "test").await;
+    room_crashed_at(&shard, &mut alice, "test", "tick").await;
+
+    // chat, broadcast, who_is (a give asks it who the target is), pick_up.
+    arm_room(&shard, "chat", "test").await;
+    alice.chat("hello").await;
+    room_crashed_at(&shard, &mut alice, "test", "chat").await;
+    arm_room(&shard, "broadcast", "test").await;
+    let url = format!("http://{}/admin/announce", shard.http_addr);
+    let (status, _) = http_post(&url, Some(ADMIN), r#"{"text":"to test","map":"test"}"#).await;
+    assert_eq!(status, 200);
+    room_crashed_at(&shard, &mut alice, "test", "broadcast").await;
+    arm_room(&shard, "who_is", "test").await;
+    alice.give(1, bj.you, 1).await;
+    room_crashed_at(&shard, &mut alice, "test", "who_is").await;
+    arm_room(&shard, "pick_up", "test").await;
+    alice
+        .send(ClientMsg::PickUp(PickUp { req: 2, item: 1 }))
+        .await;
+    room_crashed_at(&shard, &mut alice, "test", "pick_up").await;
+
+    // join (the joiner's session tries once more and gets in), leave,
+    // disconnected.
+    arm_room(&shard, "join", "test").await;
+    let (mut carol, cj) = Client::joined(shard.ws_addr, "carol", "test").await;
+    assert_eq!(cj.map.name, "test");
+    room_crashed_at(&shard, &mut alice, "test", "join").await;
+    arm_room(&shard, "leave", "test").await;
+    carol.send(ClientMsg::Leave(Leave {})).await;
+    room_crashed_at(&shard, &mut alice, "test", "leave").await;
+    arm_room(&shard, "disconnected", "test").await;
+    let (dave, _) = Client::joined(shard.ws_addr, "dave", "test").await;
+    drop(dave);
+    room_crashed_at(&shard, &mut alice, "test", "disconnected").await;
+
+    // The start of an incarnation: laying out the ground and the resync
+    // of a restored one (each panics the next incarnation once more).
+    for at in ["ground_start", "restore"] {
+        arm_room(&shard, at, "test").await;
+        panic_room(&shard, "test").await;
+        room_crashed_at(&shard, &mut alice, "test", at).await;
+    }
+
+    // ground_loaded: the store's answer with a new room's ground.
+    arm_room(&shard, "ground_loaded", "third").await;
+    let (mut erin, _) = Client::joined(shard.ws_addr, "erin", "third").await;
+    room_crashed_at(&shard, &mut erin, "third", "ground_loaded").await;
+
+    // Through all of it alice kept her seat and bob's room plays on, and
+    // the room next door never noticed.
+    alice.walk(1, 1.0, 0.0).await;
+    bob.expect("alice moves", |m| match m {
+        ServerMsg::Update(u) => u
+            .moved
+            .iter()
+            .find(|m| m.id == aj.you && m.seq == 1)
+            .copied(),
+        _ => None,
+    })
+    .await;
+    let seen = other.drain(Duration::from_millis(200)).await;
+    assert!(
+        seen.iter()
+            .all(|m| !matches!(m, ServerMsg::Notice(_) | ServerMsg::Error(_))),
+        "{seen:?}"
+    );
+
+    // Unknown points are refused with the list.
+    let (status, body) = fault(
+        &shard,
+        "room",
+        r#"{"map":"test","kind":"panic","at":"nowhere"}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("pickup_credited"), "{body}");
+    let (status, body) = fault(&shard, "session", r#"{"kind":"panic","at":"nowhere"}"#).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("join_reply"), "{body}");
 }
