@@ -1056,7 +1056,11 @@ async fn a_panic_in_any_room_handler_or_continuation_restarts_only_that_room() {
     let mut config = fault_config();
     config.supervision.max_restarts = 1_000;
     let shard = start(config);
-    let (mut alice, aj) = Client::joined(shard.ws_addr, "alice", "test").await;
+    // Alice's profile is loaded (her purse came): her give and pick_up
+    // reach the room.
+    let (mut alice, _) = Client::welcomed(shard.ws_addr, "alice").await;
+    alice.expect_currency(100).await;
+    let aj = alice.join("test").await;
     let (mut bob, bj) = Client::joined(shard.ws_addr, "bob", "test").await;
     let (mut other, _) = Client::joined(shard.ws_addr, "bystander", "other").await;
     bob.drain(Duration::from_millis(100)).await;
