@@ -893,6 +893,20 @@ mod tests {
     }
 
     #[test]
+    fn extra_room_arbiters_are_bounded() {
+        let mut config = Config::default();
+        assert_eq!(config.supervision.max_extra_arbiters, 2);
+        config.supervision.max_extra_arbiters = 0;
+        config.validate().unwrap();
+        config.supervision.max_extra_arbiters = MAX_EXTRA_ARBITERS + 1;
+        let message = config.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("supervision.max_extra_arbiters must be at most 64"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn task_backoff_bounds_are_checked() {
         let mut config = Config::default();
         config.supervision.child_backoff_min_ms = 5_000;

@@ -912,9 +912,17 @@ impl Actor for Session {
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         metrics::gauge!(m::SESSIONS_ACTIVE).decrement(1.0);
-        self.release_seat();
-        if let Some(sub) = self.announcements.take() {
-            self.shared.dispatcher.announcements.unsubscribe(sub);
+        // The end of the line: a panic here is logged and counted, and the
+        // socket is closed all the same.
+        let ended = catch(|| {
+            self.release_seat();
+            if let Some(sub) = self.announcements.take() {
+                self.shared.dispatcher.announcements.unsubscribe(sub);
+            }
+        });
+        if let Err(text) = ended {
+            metrics::counter!(m::SESSION_PANICS, "at" => "stopped").increment(1);
+            tracing::error!(session = self.id, panic = %text, "session panicked while stopping");
         }
         self.shared.sessions.lock().remove(&self.id);
         self.out.close(CloseCode::Normal, "session ended");

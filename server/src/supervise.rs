@@ -985,6 +985,45 @@ mod tests {
         }
     }
 
+    const POINTS: &[&str] = &["join", "tick"];
+
+    #[test]
+    fn fault_points_arm_once_for_their_target_and_never_when_off() {
+        let off = FaultPoints::new(false);
+        assert_eq!(
+            off.arm(FaultActor::Room, POINTS, "join", None),
+            Err(ArmError::Disabled)
+        );
+        off.trip(FaultActor::Room, "join", Some("a"));
+
+        let faults = FaultPoints::new(true);
+        let err = faults
+            .arm(FaultActor::Room, POINTS, "nowhere", None)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"no fault point "nowhere" (points: join, tick)"#
+        );
+        faults
+            .arm(FaultActor::Room, POINTS, "join", Some("a".into()))
+            .unwrap();
+        // Another point, another actor kind, another target: untouched.
+        faults.trip(FaultActor::Room, "tick", Some("a"));
+        faults.trip(FaultActor::Session, "join", Some("a"));
+        faults.trip(FaultActor::Room, "join", Some("b"));
+        faults.trip(FaultActor::Room, "join", None);
+        let hit = catch(|| faults.trip(FaultActor::Room, "join", Some("a"))).unwrap_err();
+        assert_eq!(hit, "injected fault at Room join");
+        // Once only.
+        faults.trip(FaultActor::Room, "join", Some("a"));
+        // No target: the first to pass.
+        faults
+            .arm(FaultActor::Session, POINTS, "tick", None)
+            .unwrap();
+        assert!(catch(|| faults.trip(FaultActor::Session, "tick", None)).is_err());
+        faults.trip(FaultActor::Session, "tick", Some("x"));
+    }
+
     #[test]
     fn panic_text_reads_both_payload_kinds() {
         let payload = std::panic::catch_unwind(|| panic!("boom {}", 7)).unwrap_err();
