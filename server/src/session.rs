@@ -16,7 +16,7 @@
 //! Sessions are not restarted: a panic in one closes only its connection
 //! (1011) and keeps the player's seat for a resume. Every handler,
 //! continuation and timer runs behind that one panic boundary
-//! ([`Session::guarded`]; continuations through `map_guarded`), each under a
+//! (`Session::guarded`; continuations through `map_guarded`), each under a
 //! name that is also a fault point ([`FAULT_POINTS`]). A session that goes
 //! away while in a map leaves its seat held in the room for the resume
 //! grace period, unless the player left on purpose; a later session

@@ -8,7 +8,10 @@
 //! ├─ thread "tessera-system" (actix System)
 //! │  ├─ RoomSupervisor          one_for_one per map; MaxR supervision.max_restarts
 //! │  │  │                       in MaxT supervision.restart_window_ms
-//! │  │  └─ Room × M             restarted from its snapshot (panic or stall)
+//! │  │  └─ Room × M             restarted from its snapshot (panic or stall),
+//! │  │                          on room Arbiters, or on extra ones (at most
+//! │  │                          supervision.max_extra_arbiters) while every
+//! │  │                          room thread is blocked
 //! │  ├─ task Supervisor         this module; per child: backoff, MaxR
 //! │  │  │                       supervision.child_max_restarts in MaxT
 //! │  │  │                       supervision.child_restart_window_ms
@@ -58,6 +61,10 @@
 //!
 //! Fault injection (`POST /admin/faults/task?name=`) makes a running child
 //! panic at its next poll, inside its own boundary, like a real panic would.
+//!
+//! Actors have boundaries of their own ([`catch`]): every handler and
+//! continuation of a room or session runs behind one, under a name that is
+//! also a [`FaultPoints`] point a drill can arm.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
