@@ -1145,4 +1145,17 @@ async fn a_panic_in_any_room_handler_or_continuation_restarts_only_that_room() {
     let (status, body) = fault(&shard, "session", r#"{"kind":"panic","at":"nowhere"}"#).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("join_reply"), "{body}");
+    for (path, body, want) in [
+        ("room", r#"{"map":"test","kind":"stall","at":"tick"}"#, 400),
+        (
+            "room",
+            r#"{"map":"nowhere","kind":"panic","at":"tick"}"#,
+            404,
+        ),
+        ("session", r#"{"kind":"drop","at":"frame"}"#, 400),
+        ("session", r#"{"kind":"panic"}"#, 400),
+    ] {
+        let (status, answer) = fault(&shard, path, body).await;
+        assert_eq!(status, want, "{body}: {answer}");
+    }
 }

@@ -127,6 +127,9 @@ struct RoomArbiter {
     handle: ArbiterHandle,
     /// When it last ran a watchdog probe (ms since origin).
     beat: Arc<AtomicU64>,
+    /// A probe is queued and has not run yet: a stuck thread gets no more
+    /// (its queue does not grow while it is stuck).
+    probing: Arc<AtomicBool>,
     /// Set for an Arbiter the supervisor started because no room thread
     /// was live.
     extra: Option<Extra>,
@@ -227,6 +230,7 @@ impl RoomSupervisor {
                         id,
                         handle,
                         beat: Arc::new(AtomicU64::new(0)),
+                        probing: Arc::default(),
                         extra: None,
                     })
                     .collect(),
@@ -427,6 +431,7 @@ impl RoomSupervisor {
                 handle: handle.clone(),
                 // Fresh: alive now.
                 beat: Arc::new(AtomicU64::new(self.now_ms())),
+                probing: Arc::default(),
                 extra: Some(Extra {
                     arbiter,
                     stands_in_for: stuck,
@@ -551,9 +556,13 @@ impl RoomSupervisor {
     pub fn watchdog(self: &Arc<Self>) {
         let origin = self.origin;
         for arbiter in self.arbiters.lock().iter() {
-            let beat = arbiter.beat.clone();
+            if arbiter.probing.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            let (beat, probing) = (arbiter.beat.clone(), arbiter.probing.clone());
             arbiter.handle.spawn(async move {
                 beat.store(origin.elapsed().as_millis() as u64, Ordering::Release);
+                probing.store(false, Ordering::Release);
             });
         }
         let now = self.now_ms().max(1);
