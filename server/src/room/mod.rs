@@ -22,11 +22,11 @@
 //!
 //! Let it crash: every handler, the tick, every continuation of a spawned
 //! future or timer, and the `stopped` hook run behind a panic boundary
-//! ([`Room::guarded`], through [`crate::supervise::catch`]). A panic drops
-//! the message that caused it (counted),
-//! stops this incarnation and hands its last snapshot to the
-//! [`RoomSupervisor`], which starts a new incarnation that re-attaches the
-//! members and sends each a full resync and a notice. The snapshot is taken
+//! ([`Room::guarded`], through [`crate::supervise::catch`]), each under a
+//! name that is also a fault point ([`FAULT_POINTS`]). A panic drops the
+//! message that caused it (counted), stops this incarnation and hands its
+//! last snapshot to the [`RoomSupervisor`], which starts a new incarnation
+//! that re-attaches the members and sends each a full resync and a notice. The snapshot is taken
 //! at every membership change and every [`SNAPSHOT_EVERY_TICKS`] ticks when
 //! anyone moved, into a slot the supervisor holds, so a room stuck in a
 //! handler can be restarted from it too.
