@@ -1159,3 +1159,85 @@ async fn a_panic_in_any_room_handler_or_continuation_restarts_only_that_room() {
         assert_eq!(status, want, "{body}: {answer}");
     }
 }
+
+/// The issue's own drill: the two room threads stalled one after the other,
+/// 2 s apart. The rooms first moved off the first thread must not be sent
+/// back to it (still asleep) when the second stalls: they go to an extra
+/// Arbiter with the rest, nothing fails, and all come back when the
+/// threads wake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staggered_stalls_of_both_room_threads_fail_no_room() {
+    const FIRST_MS: u64 = 14_000;
+    const SECOND_MS: u64 = 12_000;
+    let mut config = fault_config();
+    config.maps = (0..6)
+        .map(|i| MapConfig {
+            name: format!("stagger{i}"),
+            spawn_radius: 0.0,
+            ..MapConfig::default()
+        })
+        .collect();
+    config.supervision.fallback_map = "stagger5".into();
+    let shard = start(config);
+    // stagger0, 2 and 4 on one room thread; 1, 3 and 5 on the other.
+    let mut players = Vec::new();
+    for i in 0..6 {
+        let (client, joined) =
+            Client::joined(shard.ws_addr, &format!("s{i}"), &format!("stagger{i}")).await;
+        players.push((client, joined.you));
+    }
+    let stall = |map: &str, ms: u64| format!(r#"{{"map":"{map}","kind":"stall","ms":{ms}}}"#);
+    assert_eq!(
+        fault(&shard, "room", &stall("stagger0", FIRST_MS)).await.0,
+        200
+    );
+    // The first thread's rooms move to the second thread.
+    for i in [0, 2, 4] {
+        let (client, me) = &mut players[i];
+        moved_again(client, *me, 1, &format!("stagger{i} after the first stall")).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        fault(&shard, "room", &stall("stagger1", SECOND_MS)).await.0,
+        200
+    );
+    let second = Instant::now();
+    // Now both threads sleep: every room moves (once more) and plays on.
+    let runs: Vec<_> = players
+        .into_iter()
+        .enumerate()
+        .map(|(i, (mut client, me))| {
+            tokio::spawn(async move {
+                let what = format!("stagger{i} after the second stall");
+                moved_again(&mut client, me, 2, &what).await;
+                (client, me)
+            })
+        })
+        .collect();
+    let mut players = Vec::new();
+    for run in runs {
+        players.push(
+            run.await
+                .expect("every room plays on while both threads sleep"),
+        );
+    }
+    assert!(
+        second.elapsed() < Duration::from_millis(SECOND_MS),
+        "the rooms only came back after the stalls ({:?})",
+        second.elapsed()
+    );
+    // The threads wake: handed back, still no error.
+    for (i, (client, me)) in players.iter_mut().enumerate() {
+        moved_again(
+            client,
+            *me,
+            3,
+            &format!("stagger{i} after the threads woke"),
+        )
+        .await;
+    }
+    for i in 0..6 {
+        let series = format!("tessera_room_failures_total{{map=\"stagger{i}\"}}");
+        assert_eq!(metric(&shard, &series).await, None, "{series}");
+    }
+}
