@@ -211,6 +211,9 @@ impl Default for EconomyConfig {
 /// good as given up, without saying so.
 const MAX_CHILD_BACKOFF_MS: u64 = 3_600_000;
 
+/// Extra room threads are a stop-gap while others are stuck, not a pool.
+const MAX_EXTRA_ARBITERS: usize = 64;
+
 /// Let it crash: how rooms and long-lived tasks are restarted and players
 /// kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -227,6 +230,11 @@ pub struct SupervisionConfig {
     pub stall_timeout_ms: u64,
     /// How often the watchdog looks.
     pub watchdog_interval_ms: u64,
+    /// Room Arbiters (threads) the watchdog may start, at most at a time,
+    /// when every room thread is blocked; each is retired once a stuck
+    /// thread answers again. 0: never (a stalled room then waits for a
+    /// live thread).
+    pub max_extra_arbiters: usize,
     /// A disconnected player keeps its seat this long, for a resume.
     pub resume_grace_ms: u64,
     /// Long-lived tasks (gateway, HTTP, sampler, watchdog, persister): the
@@ -252,6 +260,7 @@ impl Default for SupervisionConfig {
             fallback_map: "lobby".into(),
             stall_timeout_ms: 1_000,
             watchdog_interval_ms: 100,
+            max_extra_arbiters: 2,
             resume_grace_ms: 30_000,
             child_backoff_min_ms: 100,
             child_backoff_max_ms: 10_000,
@@ -590,6 +599,11 @@ impl Config {
                 "supervision.child_backoff_max_ms must be at most {MAX_CHILD_BACKOFF_MS} (one hour)"
             ));
         }
+        if sv.max_extra_arbiters > MAX_EXTRA_ARBITERS {
+            errors.push(format!(
+                "supervision.max_extra_arbiters must be at most {MAX_EXTRA_ARBITERS}"
+            ));
+        }
         if sv.watchdog_interval_ms >= sv.stall_timeout_ms {
             errors.push("supervision.watchdog_interval_ms must be below stall_timeout_ms".into());
         }
@@ -876,6 +890,20 @@ mod tests {
         ] {
             assert!(message.contains(field), "{field} missing in {message}");
         }
+    }
+
+    #[test]
+    fn extra_room_arbiters_are_bounded() {
+        let mut config = Config::default();
+        assert_eq!(config.supervision.max_extra_arbiters, 2);
+        config.supervision.max_extra_arbiters = 0;
+        config.validate().unwrap();
+        config.supervision.max_extra_arbiters = MAX_EXTRA_ARBITERS + 1;
+        let message = config.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("supervision.max_extra_arbiters must be at most 64"),
+            "{message}"
+        );
     }
 
     #[test]

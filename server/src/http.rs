@@ -7,8 +7,8 @@
 //! | `GET /healthz` | `200 {"status":"ok","sessions":N,"rooms":N,"tasks":{...}}`; `status` is `degraded` once a supervised task was given up |
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /admin/announce` | `{"text": "...", "map": "optional"}`, bearer `admin.token` |
-//! | `POST /admin/faults/room` | `{"map": "...", "kind": "panic" or "stall", "ms": N}`; needs `admin.fault_injection` |
-//! | `POST /admin/faults/session` | `{"player": "...", "kind": "panic" or "drop"}`; needs `admin.fault_injection` |
+//! | `POST /admin/faults/room` | `{"map": "...", "kind": "panic" or "stall", "ms": N}`; with `"at": "<point>"` a panic is armed at that point of the map's room instead; needs `admin.fault_injection` |
+//! | `POST /admin/faults/session` | `{"player": "...", "kind": "panic" or "drop"}`; with `"at": "<point>"` a panic is armed at that point of the player's session (of the next session to get there without `player`); needs `admin.fault_injection` |
 //! | `POST /admin/faults/task?name=<child>` | the supervised task panics at its next poll; 403 without `admin.fault_injection` |
 
 use std::net::SocketAddr;
@@ -27,6 +27,7 @@ use crate::dispatcher::MapBroadcast;
 use crate::room::{announce_frame, Fault, FaultKind, MAX_INJECTED_STALL};
 use crate::session::Kill;
 use crate::shard::Shared;
+use crate::supervise::{ArmError, FaultActor};
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
 const DEMO_JS: &str = include_str!("../web/demo.js");
@@ -224,6 +225,9 @@ struct RoomFaultRequest {
     kind: RoomFaultKind,
     #[serde(default)]
     ms: Option<u64>,
+    /// Arm a panic at this point instead of panicking now.
+    #[serde(default)]
+    at: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -235,8 +239,27 @@ enum SessionFaultKind {
 
 #[derive(Deserialize)]
 struct SessionFaultRequest {
-    player: String,
+    #[serde(default)]
+    player: Option<String>,
     kind: SessionFaultKind,
+    /// Arm a panic at this point instead of panicking now.
+    #[serde(default)]
+    at: Option<String>,
+}
+
+/// Arm a fault point: 200 with what was armed, or 400 naming the points.
+fn arm(
+    shared: &Shared,
+    actor: FaultActor,
+    known: &'static [&'static str],
+    at: &str,
+    target: Option<String>,
+) -> Response {
+    match shared.faults.arm(actor, known, at, target.clone()) {
+        Ok(()) => Json(serde_json::json!({ "armed": at, "target": target })).into_response(),
+        Err(e @ ArmError::UnknownPoint { .. }) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e @ ArmError::Disabled) => error(StatusCode::NOT_FOUND, &e.to_string()),
+    }
 }
 
 /// Fault injection needs the admin token and `admin.fault_injection`.
@@ -268,6 +291,27 @@ async fn room_fault(
     let Ok(Json(request)) = body else {
         return error(StatusCode::BAD_REQUEST, FAULT_BODY);
     };
+    if let Some(at) = &request.at {
+        if !matches!(request.kind, RoomFaultKind::Panic) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "\"at\" arms a panic: kind must be \"panic\"",
+            );
+        }
+        if !state.shared.rooms.has_map(&request.map) {
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!("no map named {:?}", request.map),
+            );
+        }
+        return arm(
+            &state.shared,
+            FaultActor::Room,
+            crate::room::FAULT_POINTS,
+            at,
+            Some(request.map),
+        );
+    }
     let Some(room) = state.shared.rooms.current(&request.map) else {
         return error(
             StatusCode::NOT_FOUND,
@@ -341,21 +385,37 @@ async fn session_fault(
     if let Some(response) = refuse_faults(&state.shared, &headers) {
         return response;
     }
+    const BODY: &str = "body must be JSON {\"player\": string, \"kind\": \"panic\"|\"drop\", \"at\": optional point}";
     let Ok(Json(request)) = body else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "body must be JSON {\"player\": string, \"kind\": \"panic\"|\"drop\"}",
+        return error(StatusCode::BAD_REQUEST, BODY);
+    };
+    if let Some(at) = &request.at {
+        if !matches!(request.kind, SessionFaultKind::Panic) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "\"at\" arms a panic: kind must be \"panic\"",
+            );
+        }
+        return arm(
+            &state.shared,
+            FaultActor::Session,
+            crate::session::FAULT_POINTS,
+            at,
+            request.player,
         );
+    }
+    let Some(player) = request.player else {
+        return error(StatusCode::BAD_REQUEST, BODY);
     };
     let session = state
         .shared
         .seats
-        .latest_session(&request.player)
+        .latest_session(&player)
         .and_then(|id| state.shared.sessions.lock().get(&id).cloned());
     let Some(session) = session else {
         return error(
             StatusCode::NOT_FOUND,
-            &format!("player {:?} has no session", request.player),
+            &format!("player {player:?} has no session"),
         );
     };
     session.do_send(match request.kind {

@@ -27,6 +27,11 @@ pub const ROOM_FAILURES: &str = "tessera_room_failures_total";
 pub const ROOM_POISON_DROPPED: &str = "tessera_room_poison_messages_dropped_total";
 pub const ROOM_RESTORE_SECONDS: &str = "tessera_room_restore_seconds";
 pub const ROOM_STALLS: &str = "tessera_room_stalls_total";
+/// Extra room Arbiters, started when no room thread was live and retired
+/// when a stuck one answered again; the gauge is how many run now.
+pub const ROOM_ARBITERS_STARTED: &str = "tessera_room_arbiters_started_total";
+pub const ROOM_ARBITERS_RETIRED: &str = "tessera_room_arbiters_retired_total";
+pub const ROOM_ARBITERS_EXTRA: &str = "tessera_room_arbiters_extra";
 /// Pick-ups by `result`: done, item_gone, out_of_reach, failed (item put
 /// back), retry (credit not confirmed, retried).
 pub const PICKUPS: &str = "tessera_pickups_total";

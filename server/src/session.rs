@@ -14,12 +14,16 @@
 //! too many strikes close the socket (1008).
 //!
 //! Sessions are not restarted: a panic in one closes only its connection
-//! (1011). A session whose connection drops (no close frame), or that the
-//! server closes, leaves its seat held in the room for the resume grace
-//! period; a client that closes on purpose (a close frame) or sent `leave`
-//! leaves at once. The player's next session, by resume token or by a fresh
-//! login, takes the held seat back; one still open is replaced (2005, close
-//! 4006), so a player has one session and one entity.
+//! (1011) and keeps the player's seat for a resume. Every handler,
+//! continuation and timer runs behind that one panic boundary
+//! (`Session::guarded`; continuations through `map_guarded`), each under a
+//! name that is also a fault point ([`FAULT_POINTS`]). A session whose
+//! connection drops (no close frame), or that the server closes, leaves its
+//! seat held in the room for the resume grace period; a client that closes
+//! on purpose (a close frame) or sent `leave` leaves at once. The player's
+//! next session, by resume token or by a fresh login, takes the held seat
+//! back; one still open is replaced (2005, close 4006), so a player has one
+//! session and one entity.
 //!
 //! Closing: the close frame is queued after everything pending, the writer
 //! half-closes the socket after it, and the session keeps reading (and
@@ -29,7 +33,6 @@
 //! over the limit leaves its payload unread), the session drains the raw
 //! socket instead.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,6 +57,7 @@ use crate::room::{PickUp as RoomPickUp, WhoIs};
 use crate::seats::{ResumeError, Seat, Takeover};
 use crate::shard::Shared;
 use crate::store::{Adjust, Bundle, DurableError, DurableOp, PlayerProfile, Rejection, Trade};
+use crate::supervise::{catch, FaultActor};
 
 pub type SessionId = u64;
 
@@ -63,6 +67,25 @@ const SESSION_MAILBOX: usize = 64;
 
 /// How long a closing session waits for the client's close frame.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// The names of the session's panic boundaries: every handler,
+/// continuation and timer, each a fault point (`POST /admin/faults/session`
+/// with `at`).
+pub const FAULT_POINTS: &[&str] = &[
+    "frame",
+    "welcome",
+    "starter",
+    "join_reply",
+    "give_reply",
+    "announcement",
+    "room_event",
+    "inventory",
+    "replaced",
+    "shutdown",
+    "kill",
+    "handshake_timeout",
+    "housekeeping",
+];
 
 /// The progress counter that says the starter purse was granted.
 const STARTER_MARK: &str = "starter_purse";
@@ -170,6 +193,8 @@ pub struct Session {
     profile_loaded: bool,
     /// The connection's socket, drained after a close (see the module docs).
     socket: Option<Socket>,
+    /// A handler panicked: the connection is closing and nothing else runs.
+    crashed: bool,
     /// Held until the actor is dropped, so shutdown can wait for it.
     _done: mpsc::Sender<()>,
 }
@@ -234,6 +259,7 @@ impl Session {
             inputs: Arc::default(),
             profile_loaded: false,
             socket,
+            crashed: false,
             _done: done,
         }
     }
@@ -410,9 +436,12 @@ impl Session {
             .shared
             .persister
             .load_profile(&identity.player_id, &identity.name);
-        ctx.spawn(load.into_actor(self).map(move |loaded, session, ctx| {
-            session.welcome(identity, sid, now, seat, loaded, ctx);
-        }));
+        ctx.spawn(
+            load.into_actor(self)
+                .map_guarded("welcome", move |loaded, session, ctx| {
+                    session.welcome(identity, sid, now, seat, loaded, ctx);
+                }),
+        );
     }
 
     fn welcome(
@@ -496,18 +525,21 @@ impl Session {
         });
         let player = identity.player_id.clone();
         let applied = self.shared.persister.durable(op);
-        ctx.spawn(applied.into_actor(self).map(move |result, session, _| {
-            let inventory = match result {
-                Ok(ack) => ack.inventory(&player).map(to_wire).unwrap_or(before),
-                // The next login tries again: the marker was not
-                // written.
-                Err(err) => {
-                    tracing::warn!(player = %player, error = %err, "starter purse not granted");
-                    before
-                }
-            };
-            session.send(&ServerMsg::Inventory(inventory));
-        }));
+        ctx.spawn(applied.into_actor(self).map_guarded(
+            "starter",
+            move |result, session, _| {
+                let inventory = match result {
+                    Ok(ack) => ack.inventory(&player).map(to_wire).unwrap_or(before),
+                    // The next login tries again: the marker was not
+                    // written.
+                    Err(err) => {
+                        tracing::warn!(player = %player, error = %err, "starter purse not granted");
+                        before
+                    }
+                };
+                session.send(&ServerMsg::Inventory(inventory));
+            },
+        ));
         true
     }
 
@@ -580,7 +612,7 @@ impl Session {
         let timeout = ms(self.shared.config.rooms.call_timeout_ms);
         let call = room.send(request);
         let reply = async move { tokio::time::timeout(timeout, call).await };
-        ctx.spawn(reply.into_actor(self).map(move |reply, session, ctx| {
+        ctx.spawn(reply.into_actor(self).map_guarded("join_reply", move |reply, session, ctx| {
             let still_joining = matches!(&session.state, State::InRoom { map: current } if *current == map)
                 && session.out.is_member(epoch);
             if !still_joining {
@@ -812,9 +844,9 @@ impl Session {
         };
         let req = give.req;
         ctx.spawn(
-            apply
-                .into_actor(self)
-                .map(move |result, session, _| match result {
+            apply.into_actor(self).map_guarded(
+                "give_reply",
+                move |result, session, _| match result {
                     Ok((inventory, target, theirs)) => {
                         session.send(&ServerMsg::Done(Done { req, inventory }));
                         if let Some(inventory) = theirs {
@@ -825,7 +857,8 @@ impl Session {
                         let (code, text) = err.describe();
                         session.send_error_to(Some(req), code, format!("give {req}: {text}"));
                     }
-                }),
+                },
+            ),
         );
     }
 
@@ -939,22 +972,36 @@ impl Actor for Session {
         metrics::gauge!(m::SESSIONS_ACTIVE).increment(1.0);
         let config = &self.shared.config.server;
         ctx.run_later(ms(config.handshake_timeout_ms), |session, ctx| {
-            if matches!(session.state, State::AwaitingHello) {
-                session.close(CloseCode::HandshakeTimeout, "no hello in time", ctx);
-            }
+            session.guarded(ctx, "handshake_timeout", |session, ctx| {
+                if matches!(session.state, State::AwaitingHello) {
+                    session.close(CloseCode::HandshakeTimeout, "no hello in time", ctx);
+                }
+            });
         });
         let every = ms(config.idle_timeout_ms / 4)
             .min(ms(config.heartbeat_interval_ms / 2))
             .clamp(Duration::from_millis(50), Duration::from_secs(1));
-        ctx.run_interval(every, |session, ctx| session.housekeeping(ctx));
+        ctx.run_interval(every, |session, ctx| {
+            session.guarded(ctx, "housekeeping", |session, ctx| {
+                session.housekeeping(ctx)
+            });
+        });
         self.shared.sessions.lock().insert(self.id, ctx.address());
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         metrics::gauge!(m::SESSIONS_ACTIVE).decrement(1.0);
-        self.release_seat();
-        if let Some(sub) = self.announcements.take() {
-            self.shared.dispatcher.announcements.unsubscribe(sub);
+        // The end of the line: a panic here is logged and counted, and the
+        // socket is closed all the same.
+        let ended = catch(|| {
+            self.release_seat();
+            if let Some(sub) = self.announcements.take() {
+                self.shared.dispatcher.announcements.unsubscribe(sub);
+            }
+        });
+        if let Err(text) = ended {
+            metrics::counter!(m::SESSION_PANICS, "at" => "stopped").increment(1);
+            tracing::error!(session = self.id, panic = %text, "session panicked while stopping");
         }
         self.shared.sessions.lock().remove(&self.id);
         self.out.close(CloseCode::Normal, "session ended");
@@ -972,7 +1019,28 @@ impl StreamHandler<Result<Message, WsError>> for Session {
             }
             return;
         }
-        let handled = std::panic::catch_unwind(AssertUnwindSafe(|| match item {
+        self.guarded(ctx, "frame", |session, ctx| session.on_item(item, ctx));
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        let closing = matches!(self.state, State::Closing) && ctx.state() == ActorState::Running;
+        match self.socket.clone() {
+            // The stream gave up before the client's close (it ends after
+            // any error, e.g. a frame over the limit, whose payload is still
+            // unread): read and drop the rest of the input raw until the
+            // client's end of stream, within the linger set by `close`.
+            Some(socket) if closing => {
+                let drain = async move { socket.drain().await };
+                ctx.spawn(drain.into_actor(self).map(|(), _, ctx| ctx.stop()));
+            }
+            _ => ctx.stop(),
+        }
+    }
+}
+
+impl Session {
+    fn on_item(&mut self, item: Result<Message, WsError>, ctx: &mut Context<Self>) {
+        match item {
             Ok(Message::Binary(bytes)) => self.on_frame(&bytes, ctx),
             Ok(Message::Text(_)) => {
                 metrics::counter!(m::CLIENT_MESSAGES, "kind" => "text").increment(1);
@@ -1000,43 +1068,65 @@ impl StreamHandler<Result<Message, WsError>> for Session {
                 self.release_seat();
                 ctx.stop();
             }
-        }));
-        if handled.is_err() {
-            self.crashed(ctx);
         }
     }
 
-    fn finished(&mut self, ctx: &mut Context<Self>) {
-        let closing = matches!(self.state, State::Closing) && ctx.state() == ActorState::Running;
-        match self.socket.clone() {
-            // The stream gave up before the client's close (it ends after
-            // any error, e.g. a frame over the limit, whose payload is still
-            // unread): read and drop the rest of the input raw until the
-            // client's end of stream, within the linger set by `close`.
-            Some(socket) if closing => {
-                let drain = async move { socket.drain().await };
-                ctx.spawn(drain.into_actor(self).map(|(), _, ctx| ctx.stop()));
+    /// Run `f` behind the session's panic boundary. A panic closes this
+    /// connection (1011) and keeps the seat for a resume; nothing else
+    /// notices. `None` then, and for everything after a crash.
+    fn guarded<R>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        what: &'static str,
+        f: impl FnOnce(&mut Self, &mut Context<Self>) -> R,
+    ) -> Option<R> {
+        if self.crashed {
+            return None;
+        }
+        let result = catch(|| {
+            let player = self.identity.as_ref().map(|i| i.player_id.as_str());
+            self.shared.faults.trip(FaultActor::Session, what, player);
+            f(self, ctx)
+        });
+        match result {
+            Ok(result) => Some(result),
+            Err(text) => {
+                self.crashed = true;
+                metrics::counter!(m::SESSION_PANICS, "at" => what).increment(1);
+                tracing::error!(session = self.id, at = what, panic = %text, "session crashed; closing its connection");
+                // The state may be half-updated; closing reads only where
+                // the player sits, to keep that seat for a resume.
+                self.close(CloseCode::InternalError, "internal error", ctx);
+                None
             }
-            _ => ctx.stop(),
         }
     }
 }
 
-impl Session {
-    /// A handler panicked: this connection ends (1011); the seat is kept
-    /// for a resume. Nothing else notices.
-    fn crashed(&mut self, ctx: &mut Context<Self>) {
-        metrics::counter!(m::SESSION_PANICS).increment(1);
-        tracing::error!(session = self.id, "session crashed; closing its connection");
-        self.close(CloseCode::InternalError, "internal error", ctx);
+/// Continuations of a session's spawned futures, behind its panic
+/// boundary: `.map_guarded(what, f)` is `.map(f)` run through
+/// [`Session::guarded`] under `what`.
+trait MapGuarded: ActorFuture<Session> + Sized {
+    fn map_guarded(
+        self,
+        what: &'static str,
+        f: impl FnOnce(Self::Output, &mut Session, &mut Context<Session>),
+    ) -> impl ActorFuture<Session, Output = ()> {
+        self.map(move |value, session, ctx| {
+            session.guarded(ctx, what, move |session, ctx| f(value, session, ctx));
+        })
     }
 }
+
+impl<F: ActorFuture<Session>> MapGuarded for F {}
 
 impl Handler<Published<Announcement>> for Session {
     type Result = ();
 
-    fn handle(&mut self, msg: Published<Announcement>, _: &mut Context<Self>) {
-        let _ = self.out.push_reliable(msg.msg.0.clone());
+    fn handle(&mut self, msg: Published<Announcement>, ctx: &mut Context<Self>) {
+        self.guarded(ctx, "announcement", |session, _| {
+            let _ = session.out.push_reliable(msg.msg.0.clone());
+        });
     }
 }
 
@@ -1044,17 +1134,19 @@ impl Handler<RoomEvent> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: RoomEvent, ctx: &mut Context<Self>) {
-        match msg {
-            RoomEvent::Failed { map } => self.on_room_failed(map, ctx),
-        }
+        self.guarded(ctx, "room_event", |session, ctx| match msg {
+            RoomEvent::Failed { map } => session.on_room_failed(map, ctx),
+        });
     }
 }
 
 impl Handler<InventoryChanged> for Session {
     type Result = ();
 
-    fn handle(&mut self, msg: InventoryChanged, _: &mut Context<Self>) {
-        self.send(&ServerMsg::Inventory(msg.0));
+    fn handle(&mut self, msg: InventoryChanged, ctx: &mut Context<Self>) {
+        self.guarded(ctx, "inventory", |session, _| {
+            session.send(&ServerMsg::Inventory(msg.0))
+        });
     }
 }
 
@@ -1062,16 +1154,18 @@ impl Handler<Replaced> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Replaced, ctx: &mut Context<Self>) {
-        if !msg.seat_taken {
-            // The newer session does not take this entity over: it goes.
-            self.leave_room(false);
-        }
-        self.refuse(
-            ErrorCode::SessionReplaced,
-            "the player signed in again elsewhere; this session ends",
-            CloseCode::Replaced,
-            ctx,
-        );
+        self.guarded(ctx, "replaced", |session, ctx| {
+            if !msg.seat_taken {
+                // The newer session does not take this entity over: it goes.
+                session.leave_room(false);
+            }
+            session.refuse(
+                ErrorCode::SessionReplaced,
+                "the player signed in again elsewhere; this session ends",
+                CloseCode::Replaced,
+                ctx,
+            );
+        });
     }
 }
 
@@ -1079,7 +1173,9 @@ impl Handler<Shutdown> for Session {
     type Result = ();
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
-        self.close(CloseCode::GoingAway, "server shutting down", ctx);
+        self.guarded(ctx, "shutdown", |session, ctx| {
+            session.close(CloseCode::GoingAway, "server shutting down", ctx)
+        });
     }
 }
 
@@ -1088,19 +1184,14 @@ impl Handler<Kill> for Session {
 
     fn handle(&mut self, kill: Kill, ctx: &mut Context<Self>) {
         tracing::warn!(session = self.id, ?kill, "injecting fault");
-        match kill {
-            Kill::Panic => {
-                let result = std::panic::catch_unwind(|| panic!("injected session fault"));
-                if result.is_err() {
-                    self.crashed(ctx);
-                }
-            }
+        self.guarded(ctx, "kill", |session, ctx| match kill {
+            Kill::Panic => panic!("injected session fault"),
             Kill::Drop => {
                 // Like a cable pulled: no close frame, the seat is kept.
-                self.release_seat();
-                self.out.abort();
+                session.release_seat();
+                session.out.abort();
                 ctx.stop();
             }
-        }
+        });
     }
 }

@@ -8,6 +8,9 @@
 //! │                  HTTP server, the sampler and the room watchdog
 //! ├─ session Arbiter × N: Sessions and their writer tasks
 //! ├─ room Arbiter × M: Rooms (under the RoomSupervisor)
+//! ├─ extra room Arbiter × 0..supervision.max_extra_arbiters: started by the
+//! │                  watchdog while every room thread is blocked, retired
+//! │                  when one answers again (see [`crate::room::supervisor`])
 //! └─ shared state: Config, Auth, RoomSupervisor, Dispatcher, session
 //!    table, seats, the task registry
 //! ```
@@ -45,7 +48,7 @@ use crate::room::{announce_frame, RoomSupervisor};
 use crate::seats::Seats;
 use crate::session::{Session, SessionId, Shutdown};
 use crate::store::{Persister, PersisterHandle};
-use crate::supervise::{self, Child, Restart, Supervisor, Tasks};
+use crate::supervise::{self, Child, FaultPoints, Restart, Supervisor, Tasks};
 
 /// What every session and room of the shard shares.
 pub struct Shared {
@@ -60,6 +63,9 @@ pub struct Shared {
     /// The supervised tasks, the persister's flusher included: their
     /// state for `/healthz`, and fault injection by name.
     pub tasks: Tasks,
+    /// Fault points armed through the admin API (never without
+    /// `admin.fault_injection`).
+    pub faults: FaultPoints,
 }
 
 impl Shared {
@@ -218,13 +224,17 @@ async fn run(
         .collect();
     let handles: Vec<ArbiterHandle> = workers.iter().map(|a| a.handle()).collect();
     let dispatcher = Arc::new(Dispatcher::default());
-    let rooms = Arc::new(RoomSupervisor::new(
-        config.map_defs(),
-        room_arbiters.iter().map(|a| a.handle()).collect(),
-        dispatcher.clone(),
-        persister.handle(),
-        Settings::from_config(&config),
-    ));
+    let faults = FaultPoints::new(config.admin.fault_injection);
+    let rooms = Arc::new(
+        RoomSupervisor::new(
+            config.map_defs(),
+            room_arbiters.iter().map(|a| a.handle()).collect(),
+            dispatcher.clone(),
+            persister.handle(),
+            Settings::from_config(&config),
+        )
+        .with_faults(faults.clone()),
+    );
     let shared = Arc::new(Shared {
         auth: Auth::new(&config.auth),
         limits: welcome_limits(&config),
@@ -234,6 +244,7 @@ async fn run(
         seats: Seats::new(Duration::from_secs(config.auth.resume_ttl_s)),
         persister: persister.handle(),
         tasks,
+        faults,
         config,
     });
 
@@ -312,7 +323,8 @@ async fn run(
     let _ = http_task.await;
     let _ = sampler.await;
     let _ = watchdog.await;
-    for arbiter in workers.into_iter().chain(room_arbiters) {
+    let extras = shared.rooms.take_extra_arbiters();
+    for arbiter in workers.into_iter().chain(room_arbiters).chain(extras) {
         arbiter.stop();
         let _ = arbiter.join();
     }

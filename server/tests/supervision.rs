@@ -685,3 +685,569 @@ async fn a_task_given_up_turns_healthz_degraded() {
     let (_alice, joined) = Client::joined(shard.ws_addr, "alice", "test").await;
     assert_eq!(joined.entities.len(), 1);
 }
+
+// ---- Stalls on every room thread at once ----
+
+/// The value of the metric line that starts with `series` (name and
+/// labels), if there is one.
+async fn metric(shard: &server::ShardHandle, series: &str) -> Option<f64> {
+    let metrics = http_get(&format!("http://{}/metrics", shard.http_addr)).await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Read until `pick` accepts a message; any error frame or close fails.
+async fn expect_clean<T>(
+    client: &mut Client,
+    what: &str,
+    mut pick: impl FnMut(&ServerMsg) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.next_event(left).await {
+            Some(Event::Msg(ServerMsg::Error(e))) => {
+                panic!("error while waiting for {what}: {e:?}")
+            }
+            Some(Event::Msg(msg)) => {
+                if let Some(found) = pick(&msg) {
+                    return found;
+                }
+            }
+            Some(Event::Closed(code)) => panic!("closed ({code:?}) while waiting for {what}"),
+            None => panic!("timed out waiting for {what}"),
+        }
+    }
+}
+
+/// A restart notice, then the player's own move `seq` applied: its room
+/// runs again and still has its seat.
+async fn moved_again(client: &mut Client, me: u32, seq: u32, what: &str) {
+    expect_clean(client, &format!("{what}: restart notice"), |m| match m {
+        ServerMsg::Notice(n) if n.code == NoticeCode::RoomRestarted.as_u16() => Some(()),
+        _ => None,
+    })
+    .await;
+    client.walk(seq, 0.5, 0.0).await;
+    expect_clean(client, &format!("{what}: own move {seq}"), |m| match m {
+        ServerMsg::Update(u) => u.moved.iter().find(|m| m.id == me && m.seq == seq).copied(),
+        _ => None,
+    })
+    .await;
+}
+
+/// Issue 8, item 5: one room stalled on each of the two room threads at
+/// once blocks every room thread. The watchdog must not bounce rooms
+/// between blocked threads until their restart limit fails them: it starts
+/// an extra Arbiter, every room (the fallback map's included) moves there
+/// and ticks on while both threads sleep, nobody gets an error, and when
+/// the threads wake the extra Arbiter is retired and the rooms go back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_on_every_room_thread_fails_no_room_and_the_fallback_keeps_ticking() {
+    // Long, so that "while both threads sleep" leaves the watchdog (1 s)
+    // ample room on a busy machine.
+    const STALL_MS: u64 = 12_000;
+    let mut config = fault_config();
+    config.maps = (0..6)
+        .map(|i| MapConfig {
+            name: format!("cascade{i}"),
+            spawn_radius: 0.0,
+            ..MapConfig::default()
+        })
+        .collect();
+    config.supervision.fallback_map = "cascade5".into();
+    assert_eq!(config.supervision.max_extra_arbiters, 2, "the default");
+    let shard = start(config);
+    // Rooms start on the two room threads in turn: cascade0, 2 and 4 on
+    // one, cascade1, 3 and 5 (the fallback) on the other.
+    let mut players = Vec::new();
+    for i in 0..6 {
+        let (client, joined) =
+            Client::joined(shard.ws_addr, &format!("c{i}"), &format!("cascade{i}")).await;
+        players.push((client, joined.you));
+    }
+    let stall = format!(r#"{{"map":"cascade0","kind":"stall","ms":{STALL_MS}}}"#);
+    assert_eq!(fault(&shard, "room", &stall).await.0, 200);
+    let stalled = Instant::now();
+    let stall = stall.replace("cascade0", "cascade1");
+    assert_eq!(fault(&shard, "room", &stall).await.0, 200);
+
+    // Every room is restarted once (the two stalled ones, and their thread
+    // mates moved off the blocked threads) and plays on.
+    let runs: Vec<_> = players
+        .into_iter()
+        .enumerate()
+        .map(|(i, (mut client, me))| {
+            tokio::spawn(async move {
+                moved_again(&mut client, me, 1, &format!("cascade{i} during the stall")).await;
+                (client, me)
+            })
+        })
+        .collect();
+    let mut players = Vec::new();
+    for run in runs {
+        players.push(run.await.expect("every room plays on during the stall"));
+    }
+    // A newcomer gets into the fallback map meanwhile.
+    let (mut newcomer, nj) = Client::joined(shard.ws_addr, "newcomer", "cascade5").await;
+    assert_eq!(nj.map.name, "cascade5");
+    newcomer.walk(1, 0.0, 0.5).await;
+    expect_clean(&mut newcomer, "newcomer's move", |m| match m {
+        ServerMsg::Update(u) => u
+            .moved
+            .iter()
+            .find(|m| m.id == nj.you && m.seq == 1)
+            .copied(),
+        _ => None,
+    })
+    .await;
+    // All of that happened while both room threads still slept: on an
+    // extra Arbiter (a generous bound, not a performance figure).
+    assert!(
+        stalled.elapsed() < Duration::from_millis(STALL_MS),
+        "the rooms only came back after the stall ({:?}); nothing ran meanwhile",
+        stalled.elapsed()
+    );
+    assert!(metric(&shard, "tessera_room_arbiters_started_total").await >= Some(1.0));
+
+    // The threads wake: the extra Arbiter is retired and the rooms are
+    // handed back, each a restart notice and a full resync, no error. One
+    // handover panics (behind the room's boundary): that room is restarted
+    // on a woken thread all the same.
+    arm_room(&shard, "handover", "cascade2").await;
+    let deadline = Instant::now() + Duration::from_millis(STALL_MS) + Duration::from_secs(20);
+    while metric(&shard, "tessera_room_arbiters_retired_total").await < Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the extra Arbiter was never retired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (i, (client, me)) in players.iter_mut().enumerate() {
+        moved_again(client, *me, 2, &format!("cascade{i} after the handover")).await;
+    }
+    for i in 0..6 {
+        assert_eq!(
+            metric(
+                &shard,
+                &format!("tessera_room_failures_total{{map=\"cascade{i}\"}}")
+            )
+            .await,
+            None,
+            "cascade{i} failed"
+        );
+    }
+    let series = r#"tessera_room_poison_messages_dropped_total{map="cascade2",message="handover"}"#;
+    assert_eq!(metric(&shard, series).await, Some(1.0), "{series}");
+    // Only the two stalled rooms are blamed (counted towards their
+    // restart limit); their thread mates were displaced.
+    for (map, reason) in [
+        ("cascade0", "stall"),
+        ("cascade1", "stall"),
+        ("cascade5", "displaced"),
+    ] {
+        let series = format!("tessera_room_restarts_total{{map=\"{map}\",reason=\"{reason}\"}}");
+        assert_eq!(metric(&shard, &series).await, Some(1.0), "{series}");
+    }
+}
+
+// ---- One panic boundary around every handler and continuation ----
+
+/// Arm a panic at `at` in `player`'s session (`None`: the next session to
+/// get there).
+async fn arm_session(shard: &server::ShardHandle, at: &str, player: Option<&str>) {
+    let body = match player {
+        Some(p) => format!(r#"{{"player":"{p}","kind":"panic","at":"{at}"}}"#),
+        None => format!(r#"{{"kind":"panic","at":"{at}"}}"#),
+    };
+    let (status, body) = fault(shard, "session", &body).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&format!(r#""armed":"{at}""#)), "{body}");
+}
+
+/// Arm a panic at `at` in `map`'s room.
+async fn arm_room(shard: &server::ShardHandle, at: &str, map: &str) {
+    let body = format!(r#"{{"map":"{map}","kind":"panic","at":"{at}"}}"#);
+    let (status, body) = fault(shard, "room", &body).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// The connection ends with 1011, and the panic was caught at `at`.
+async fn crashed_at(shard: &server::ShardHandle, client: &mut Client, at: &str) {
+    assert_eq!(
+        client.expect_close().await,
+        Some(CloseCode::InternalError.as_u16()),
+        "{at}"
+    );
+    let series = format!("tessera_session_panics_total{{at=\"{at}\"}}");
+    assert!(metric(shard, &series).await >= Some(1.0), "{series}");
+}
+
+/// Resume with `token`: back in `map` on the same entity.
+async fn resumes_seat(shard: &server::ShardHandle, token: String, map: &str, entity: u32) {
+    let mut again = Client::connect(shard.ws_addr).await;
+    again.send_resume(token).await;
+    let joined = again
+        .expect("joined after the resume", |m| match m {
+            ServerMsg::Joined(j) => Some(j.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!((joined.map.name.as_str(), joined.you), (map, entity));
+}
+
+/// The bystander's session and room are untouched.
+async fn still_fine(bob: &mut Client, t: u64) {
+    bob.send(ClientMsg::Ping(Ping { t })).await;
+    expect_clean(bob, "bystander's pong", |m| {
+        matches!(m, ServerMsg::Pong(p) if p.t == t).then_some(())
+    })
+    .await;
+}
+
+/// Issue 8, item 6: a panic in any session handler, continuation or timer
+/// closes that connection only (1011), and the seat is kept for a resume.
+#[tokio::test]
+async fn a_panic_in_any_session_handler_or_continuation_closes_only_that_connection() {
+    let mut config = fault_config();
+    config.server.handshake_timeout_ms = 1_000;
+    // One panic fails a room: the room_event case needs a failed room.
+    config.supervision.max_restarts = 0;
+    let shard = start(config);
+    let (mut bob, _) = Client::joined(shard.ws_addr, "bob", "test").await;
+
+    // handshake_timeout (every session passes it; bob's passed already).
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    arm_session(&shard, "handshake_timeout", None).await;
+    let mut silent = Client::connect(shard.ws_addr).await;
+    crashed_at(&shard, &mut silent, "handshake_timeout").await;
+    still_fine(&mut bob, 1).await;
+
+    // frame: a client frame.
+    let (mut alice, aw) = Client::welcomed(shard.ws_addr, "alice").await;
+    let aj = alice.join("test").await;
+    arm_session(&shard, "frame", Some(&aw.player_id)).await;
+    alice.send(ClientMsg::Ping(Ping { t: 1 })).await;
+    crashed_at(&shard, &mut alice, "frame").await;
+    resumes_seat(&shard, aw.resume_token, "test", aj.you).await;
+    still_fine(&mut bob, 2).await;
+
+    // welcome: the profile load that follows hello.
+    arm_session(&shard, "welcome", None).await;
+    let mut carol = Client::connect(shard.ws_addr).await;
+    carol
+        .send(ClientMsg::Hello(Hello {
+            version: protocol::PROTOCOL_VERSION,
+            token: None,
+            resume: None,
+            name: Some("carol".into()),
+        }))
+        .await;
+    crashed_at(&shard, &mut carol, "welcome").await;
+    let (_carol, _) = Client::welcomed(shard.ws_addr, "carol").await;
+    still_fine(&mut bob, 3).await;
+
+    // starter: the starter purse granted at a first login.
+    // (For dave alone: other sessions' purses may still be on their way.)
+    arm_session(&shard, "starter", Some("dave")).await;
+    let mut dave = Client::connect(shard.ws_addr).await;
+    dave.hello_with(Some(common::token(SECRET, "dave")), "dave")
+        .await;
+    crashed_at(&shard, &mut dave, "starter").await;
+    still_fine(&mut bob, 4).await;
+
+    // join_reply: the room's answer to a join.
+    let (mut erin, ew) = Client::welcomed(shard.ws_addr, "erin").await;
+    arm_session(&shard, "join_reply", Some(&ew.player_id)).await;
+    erin.send(ClientMsg::Join(Join { map: "test".into() }))
+        .await;
+    let ej = erin
+        .expect("joined before the crash", |m| match m {
+            ServerMsg::Joined(j) => Some(j.clone()),
+            _ => None,
+        })
+        .await;
+    crashed_at(&shard, &mut erin, "join_reply").await;
+    resumes_seat(&shard, ew.resume_token, "test", ej.you).await;
+    still_fine(&mut bob, 5).await;
+
+    // give_reply and inventory: a give's answer to the giver, and the
+    // receiver's inventory notice.
+    let (mut frank, fw) = Client::welcomed(shard.ws_addr, "frank").await;
+    frank.expect_currency(100).await;
+    let fj = frank.join("test").await;
+    let (mut gina, gw) = Client::welcomed(shard.ws_addr, "gina").await;
+    gina.expect_currency(100).await;
+    let gj = gina.join("test").await;
+    arm_session(&shard, "give_reply", Some(&fw.player_id)).await;
+    frank.give(1, gj.you, 10).await;
+    crashed_at(&shard, &mut frank, "give_reply").await;
+    resumes_seat(&shard, fw.resume_token, "test", fj.you).await;
+    arm_session(&shard, "inventory", Some(&gw.player_id)).await;
+    let (mut hank, _) = Client::welcomed(shard.ws_addr, "hank").await;
+    hank.expect_currency(100).await;
+    hank.join("test").await;
+    hank.give(1, gj.you, 5).await;
+    hank.expect_done(1).await;
+    crashed_at(&shard, &mut gina, "inventory").await;
+    resumes_seat(&shard, gw.resume_token, "test", gj.you).await;
+    still_fine(&mut bob, 6).await;
+
+    // announcement: an announcement delivered through the dispatcher.
+    let (mut ivy, iw) = Client::welcomed(shard.ws_addr, "ivy").await;
+    arm_session(&shard, "announcement", Some(&iw.player_id)).await;
+    let url = format!("http://{}/admin/announce", shard.http_addr);
+    assert_eq!(
+        http_post(&url, Some(ADMIN), r#"{"text":"hello all"}"#)
+            .await
+            .0,
+        200
+    );
+    crashed_at(&shard, &mut ivy, "announcement").await;
+    expect_clean(&mut bob, "the announcement", |m| {
+        matches!(m, ServerMsg::Announce(a) if a.text == "hello all").then_some(())
+    })
+    .await;
+
+    // housekeeping: the session's timer.
+    let (mut kate, kw) = Client::welcomed(shard.ws_addr, "kate").await;
+    arm_session(&shard, "housekeeping", Some(&kw.player_id)).await;
+    crashed_at(&shard, &mut kate, "housekeeping").await;
+    still_fine(&mut bob, 7).await;
+
+    // room_event: the notice that a room failed (one panic fails "third").
+    let (mut jack, jw) = Client::welcomed(shard.ws_addr, "jack").await;
+    jack.join("third").await;
+    arm_session(&shard, "room_event", Some(&jw.player_id)).await;
+    panic_room(&shard, "third").await;
+    crashed_at(&shard, &mut jack, "room_event").await;
+    still_fine(&mut bob, 8).await;
+
+    // replaced: a second login of the same player reaches the open session.
+    let liam = common::token(SECRET, "p-liam");
+    let mut first = Client::connect(shard.ws_addr).await;
+    first.hello_with(Some(liam.clone()), "liam").await;
+    arm_session(&shard, "replaced", Some("p-liam")).await;
+    let mut second = Client::connect(shard.ws_addr).await;
+    second.hello_with(Some(liam), "liam").await;
+    crashed_at(&shard, &mut first, "replaced").await;
+    still_fine(&mut bob, 9).await;
+
+    // shutdown: the shard's request to close; this session ends with 1011
+    // instead of 1001, the others as usual.
+    let (mut lena, lw) = Client::welcomed(shard.ws_addr, "lena").await;
+    arm_session(&shard, "shutdown", Some(&lw.player_id)).await;
+    let stopping = tokio::task::spawn_blocking(move || drop(shard));
+    assert_eq!(
+        lena.expect_close().await,
+        Some(CloseCode::InternalError.as_u16())
+    );
+    assert_eq!(
+        bob.expect_close().await,
+        Some(CloseCode::GoingAway.as_u16())
+    );
+    stopping.await.unwrap();
+}
+
+/// The room crashed at `at` (the message was dropped and counted there),
+/// and `watcher`, a member, got the resync of its next incarnation.
+async fn room_crashed_at(shard: &server::ShardHandle, watcher: &mut Client, map: &str, at: &str) {
+    expect_resync(watcher).await;
+    let series =
+        format!("tessera_room_poison_messages_dropped_total{{map=\"{map}\",message=\"{at}\"}}");
+    assert!(metric(shard, &series).await >= Some(1.0), "{series}");
+}
+
+/// Issue 8, item 6, for rooms: a panic in any room handler or
+/// continuation restarts that room from its snapshot and nothing else.
+#[tokio::test]
+async fn a_panic_in_any_room_handler_or_continuation_restarts_only_that_room() {
+    let mut config = fault_config();
+    config.supervision.max_restarts = 1_000;
+    let shard = start(config);
+    // Alice's profile is loaded (her purse came): her give and pick_up
+    // reach the room.
+    let (mut alice, _) = Client::welcomed(shard.ws_addr, "alice").await;
+    alice.expect_currency(100).await;
+    let aj = alice.join("test").await;
+    let (mut bob, bj) = Client::joined(shard.ws_addr, "bob", "test").await;
+    let (mut other, _) = Client::joined(shard.ws_addr, "bystander", "other").await;
+    bob.drain(Duration::from_millis(100)).await;
+
+    // tick: the room's own timer.
+    arm_room(&shard, "tick", "test").await;
+    room_crashed_at(&shard, &mut alice, "test", "tick").await;
+
+    // chat, broadcast, who_is (a give asks it who the target is), pick_up.
+    arm_room(&shard, "chat", "test").await;
+    alice.chat("hello").await;
+    room_crashed_at(&shard, &mut alice, "test", "chat").await;
+    arm_room(&shard, "broadcast", "test").await;
+    let url = format!("http://{}/admin/announce", shard.http_addr);
+    let (status, _) = http_post(&url, Some(ADMIN), r#"{"text":"to test","map":"test"}"#).await;
+    assert_eq!(status, 200);
+    room_crashed_at(&shard, &mut alice, "test", "broadcast").await;
+    arm_room(&shard, "who_is", "test").await;
+    alice.give(1, bj.you, 1).await;
+    room_crashed_at(&shard, &mut alice, "test", "who_is").await;
+    arm_room(&shard, "pick_up", "test").await;
+    alice
+        .send(ClientMsg::PickUp(PickUp { req: 2, item: 1 }))
+        .await;
+    room_crashed_at(&shard, &mut alice, "test", "pick_up").await;
+
+    // join (the joiner's session tries once more and gets in), leave,
+    // disconnected.
+    arm_room(&shard, "join", "test").await;
+    let (mut carol, cj) = Client::joined(shard.ws_addr, "carol", "test").await;
+    assert_eq!(cj.map.name, "test");
+    room_crashed_at(&shard, &mut alice, "test", "join").await;
+    arm_room(&shard, "leave", "test").await;
+    carol.send(ClientMsg::Leave(Leave {})).await;
+    room_crashed_at(&shard, &mut alice, "test", "leave").await;
+    arm_room(&shard, "disconnected", "test").await;
+    let (dave, _) = Client::joined(shard.ws_addr, "dave", "test").await;
+    drop(dave);
+    room_crashed_at(&shard, &mut alice, "test", "disconnected").await;
+
+    // The start of an incarnation: laying out the ground and the resync
+    // of a restored one (each panics the next incarnation once more).
+    for at in ["ground_start", "restore"] {
+        arm_room(&shard, at, "test").await;
+        panic_room(&shard, "test").await;
+        room_crashed_at(&shard, &mut alice, "test", at).await;
+    }
+
+    // ground_loaded: the store's answer with a new room's ground.
+    arm_room(&shard, "ground_loaded", "third").await;
+    let (mut erin, _) = Client::joined(shard.ws_addr, "erin", "third").await;
+    room_crashed_at(&shard, &mut erin, "third", "ground_loaded").await;
+
+    // Through all of it alice kept her seat and bob's room plays on, and
+    // the room next door never noticed.
+    alice.walk(1, 1.0, 0.0).await;
+    bob.expect("alice moves", |m| match m {
+        ServerMsg::Update(u) => u
+            .moved
+            .iter()
+            .find(|m| m.id == aj.you && m.seq == 1)
+            .copied(),
+        _ => None,
+    })
+    .await;
+    let seen = other.drain(Duration::from_millis(200)).await;
+    assert!(
+        seen.iter()
+            .all(|m| !matches!(m, ServerMsg::Notice(_) | ServerMsg::Error(_))),
+        "{seen:?}"
+    );
+
+    // Unknown points are refused with the list.
+    let (status, body) = fault(
+        &shard,
+        "room",
+        r#"{"map":"test","kind":"panic","at":"nowhere"}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("pickup_credited"), "{body}");
+    let (status, body) = fault(&shard, "session", r#"{"kind":"panic","at":"nowhere"}"#).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("join_reply"), "{body}");
+    for (path, body, want) in [
+        ("room", r#"{"map":"test","kind":"stall","at":"tick"}"#, 400),
+        (
+            "room",
+            r#"{"map":"nowhere","kind":"panic","at":"tick"}"#,
+            404,
+        ),
+        ("session", r#"{"kind":"drop","at":"frame"}"#, 400),
+        ("session", r#"{"kind":"panic"}"#, 400),
+    ] {
+        let (status, answer) = fault(&shard, path, body).await;
+        assert_eq!(status, want, "{body}: {answer}");
+    }
+}
+
+/// The issue's own drill: the two room threads stalled one after the other,
+/// 2 s apart. The rooms first moved off the first thread must not be sent
+/// back to it (still asleep) when the second stalls: they go to an extra
+/// Arbiter with the rest, nothing fails, and all come back when the
+/// threads wake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staggered_stalls_of_both_room_threads_fail_no_room() {
+    const FIRST_MS: u64 = 14_000;
+    const SECOND_MS: u64 = 12_000;
+    let mut config = fault_config();
+    config.maps = (0..6)
+        .map(|i| MapConfig {
+            name: format!("stagger{i}"),
+            spawn_radius: 0.0,
+            ..MapConfig::default()
+        })
+        .collect();
+    config.supervision.fallback_map = "stagger5".into();
+    let shard = start(config);
+    // stagger0, 2 and 4 on one room thread; 1, 3 and 5 on the other.
+    let mut players = Vec::new();
+    for i in 0..6 {
+        let (client, joined) =
+            Client::joined(shard.ws_addr, &format!("s{i}"), &format!("stagger{i}")).await;
+        players.push((client, joined.you));
+    }
+    let stall = |map: &str, ms: u64| format!(r#"{{"map":"{map}","kind":"stall","ms":{ms}}}"#);
+    assert_eq!(
+        fault(&shard, "room", &stall("stagger0", FIRST_MS)).await.0,
+        200
+    );
+    // The first thread's rooms move to the second thread.
+    for i in [0, 2, 4] {
+        let (client, me) = &mut players[i];
+        moved_again(client, *me, 1, &format!("stagger{i} after the first stall")).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        fault(&shard, "room", &stall("stagger1", SECOND_MS)).await.0,
+        200
+    );
+    let second = Instant::now();
+    // Now both threads sleep: every room moves (once more) and plays on.
+    let runs: Vec<_> = players
+        .into_iter()
+        .enumerate()
+        .map(|(i, (mut client, me))| {
+            tokio::spawn(async move {
+                let what = format!("stagger{i} after the second stall");
+                moved_again(&mut client, me, 2, &what).await;
+                (client, me)
+            })
+        })
+        .collect();
+    let mut players = Vec::new();
+    for run in runs {
+        players.push(
+            run.await
+                .expect("every room plays on while both threads sleep"),
+        );
+    }
+    assert!(
+        second.elapsed() < Duration::from_millis(SECOND_MS),
+        "the rooms only came back after the stalls ({:?})",
+        second.elapsed()
+    );
+    // The threads wake: handed back, still no error.
+    for (i, (client, me)) in players.iter_mut().enumerate() {
+        moved_again(
+            client,
+            *me,
+            3,
+            &format!("stagger{i} after the threads woke"),
+        )
+        .await;
+    }
+    for i in 0..6 {
+        let series = format!("tessera_room_failures_total{{map=\"stagger{i}\"}}");
+        assert_eq!(metric(&shard, &series).await, None, "{series}");
+    }
+}

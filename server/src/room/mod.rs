@@ -20,11 +20,13 @@
 //! [`ground`]; the room's document (items, pick-ups in flight) is loaded
 //! when the room starts and written on every change.
 //!
-//! Let it crash: every handler and the tick run behind a panic boundary
-//! ([`Room::guarded`]). A panic drops the message that caused it (counted),
-//! stops this incarnation and hands its last snapshot to the
-//! [`RoomSupervisor`], which starts a new incarnation that re-attaches the
-//! members and sends each a full resync and a notice. The snapshot is taken
+//! Let it crash: every handler, the tick, every continuation of a spawned
+//! future or timer, and the `stopped` hook run behind a panic boundary
+//! ([`Room::guarded`], through [`crate::supervise::catch`]), each under a
+//! name that is also a fault point ([`FAULT_POINTS`]). A panic drops the
+//! message that caused it (counted), stops this incarnation and hands its
+//! last snapshot to the [`RoomSupervisor`], which starts a new incarnation
+//! that re-attaches the members and sends each a full resync and a notice. The snapshot is taken
 //! at every membership change and every [`SNAPSHOT_EVERY_TICKS`] ticks when
 //! anyone moved, into a slot the supervisor holds, so a room stuck in a
 //! handler can be restarted from it too.
@@ -34,7 +36,6 @@ pub mod ground;
 pub mod supervisor;
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,6 +53,7 @@ use crate::metrics as m;
 use crate::outbound::Outbound;
 use crate::session::SessionId;
 use crate::store::{PlayerState, Stats};
+use crate::supervise::{catch, FaultActor};
 use grid::{Cell, Grid};
 
 /// Maps keyed by ids the server hands out (entities, sessions, grid cells),
@@ -195,6 +197,36 @@ pub enum FaultKind {
 #[derive(Message)]
 #[rtype(result = "bool")]
 pub struct Fault(pub FaultKind);
+
+/// The names of the room's panic boundaries: every handler and
+/// continuation, each a fault point (`POST /admin/faults/room` with `at`).
+pub const FAULT_POINTS: &[&str] = &[
+    "join",
+    "leave",
+    "disconnected",
+    "chat",
+    "broadcast",
+    "pick_up",
+    "who_is",
+    "fault",
+    "handover",
+    "tick",
+    "ground_start",
+    "restore",
+    "ground_loaded",
+    "ground_load",
+    "ground_secured",
+    "ground_secure",
+    "pickup_taken",
+    "pickup_credited",
+    "pickup_retry",
+];
+
+/// The supervisor moves the room off a retiring extra Arbiter: it takes a
+/// snapshot, stops, and a new incarnation goes on from it elsewhere.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Handover;
 
 /// The part of a member that survives a restart.
 #[derive(Clone)]
@@ -469,10 +501,19 @@ impl Room {
             ctx.stop();
             return None;
         }
-        match std::panic::catch_unwind(AssertUnwindSafe(|| f(self, ctx))) {
+        // Busy while inside: a room late on its tick with this set is stuck
+        // itself, not waiting for a thread another room blocks.
+        self.slot.busy.store(true, Ordering::Release);
+        let result = catch(|| {
+            self.supervisor
+                .faults()
+                .trip(FaultActor::Room, what, Some(&self.map.name));
+            f(self, ctx)
+        });
+        self.slot.busy.store(false, Ordering::Release);
+        match result {
             Ok(result) => Some(result),
-            Err(payload) => {
-                let text = panic_text(payload.as_ref());
+            Err(text) => {
                 self.crashed = true;
                 metrics::counter!(m::ROOM_POISON_DROPPED, "map" => self.map.name.clone(), "message" => what)
                     .increment(1);
@@ -944,14 +985,6 @@ fn encode_frame(msg: &ServerMsg) -> Bytes {
     Bytes::from(encode_server(msg))
 }
 
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".into())
-}
-
 impl Actor for Room {
     type Context = Context<Self>;
 
@@ -993,10 +1026,18 @@ impl Actor for Room {
         metrics::gauge!(m::ROOMS_ACTIVE).decrement(1.0);
         if !self.crashed {
             // A crashed incarnation's state may be half-updated; its
-            // successor saves from the snapshot.
-            self.save_moved();
-            self.save_ground();
-            self.supervisor.persister().request_flush();
+            // successor saves from the snapshot. Nothing is left to restart
+            // here: a panic while saving is logged and counted.
+            let saved = catch(|| {
+                self.save_moved();
+                self.save_ground();
+                self.supervisor.persister().request_flush();
+            });
+            if let Err(text) = saved {
+                metrics::counter!(m::ROOM_POISON_DROPPED, "map" => self.map.name.clone(), "message" => "stopped")
+                    .increment(1);
+                tracing::error!(map = %self.map.name, incarnation = self.slot.incarnation, panic = %text, "room panicked while stopping");
+            }
         }
         if let Some(sub) = self.broadcast_sub.take() {
             self.supervisor
@@ -1114,6 +1155,23 @@ impl Handler<Fault> for Room {
     }
 }
 
+impl Handler<Handover> for Room {
+    type Result = ();
+
+    fn handle(&mut self, _: Handover, ctx: &mut Context<Self>) {
+        self.guarded(ctx, "handover", |room, ctx| {
+            room.snapshot();
+            // Handed over, not crashed, but nothing may run after this:
+            // the successor owns the state (and saves it) from here on.
+            room.crashed = true;
+            ctx.stop();
+            let (map, incarnation) = (room.map.name.clone(), room.slot.incarnation);
+            room.supervisor
+                .restart(&map, incarnation, RestartReason::Handover, Instant::now());
+        });
+    }
+}
+
 /// Encode an announcement once, for the dispatcher.
 pub fn announce_frame(text: &str) -> Bytes {
     encode_frame(&ServerMsg::Announce(Announce {
@@ -1136,13 +1194,5 @@ mod tests {
         assert_eq!(d.entered, vec![4]);
         let d = diff_views(&[4, 8], &[], |_| true);
         assert_eq!(d.left, vec![4, 8]);
-    }
-
-    #[test]
-    fn panic_payloads_become_text() {
-        let payload = std::panic::catch_unwind(|| panic!("boom {}", 7)).unwrap_err();
-        assert_eq!(panic_text(payload.as_ref()), "boom 7");
-        let payload = std::panic::catch_unwind(|| panic!("plain")).unwrap_err();
-        assert_eq!(panic_text(payload.as_ref()), "plain");
     }
 }

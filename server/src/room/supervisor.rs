@@ -2,19 +2,43 @@
 //!
 //! ```text
 //! RoomSupervisor (one_for_one, MaxR restarts in MaxT per map)
-//! ├─ map "lobby"  → Room incarnation 7  on room Arbiter 0   slot: heartbeat, snapshot
+//! ├─ map "lobby"  → Room incarnation 7  on room Arbiter 0   slot: heartbeat, busy, snapshot
 //! ├─ map "arena"  → Room incarnation 3  on room Arbiter 1
-//! └─ watchdog (system Arbiter, every watchdog_interval): arbiter heartbeats,
-//!    rooms whose tick is late by stall_timeout → restarted elsewhere
+//! ├─ map "keep"   → Room incarnation 9  on extra Arbiter 2 (stands in for 0 and 1)
+//! └─ watchdog (system Arbiter, every watchdog_interval): Arbiter probes,
+//!    rooms whose tick is late by stall_timeout → restarted on a live Arbiter,
+//!    extra Arbiters started when none is live and retired when the stuck
+//!    ones answer again
 //! ```
 //!
-//! One room per map, started on first join on a healthy room Arbiter. A
+//! One room per map, started on first join on a live room Arbiter. A
 //! crashed incarnation (a panic, or a stall seen by the watchdog) is replaced
 //! by a new one built from the snapshot in its slot; the old one is marked
 //! retired so that, should it ever wake up, it stops without a word. Past
 //! `max_restarts` within `restart_window` the map's room is failed instead:
 //! its members are told (they move to the fallback map) and the next join
 //! starts it afresh.
+//!
+//! # Stalls
+//!
+//! A room stuck in a handler blocks its whole Arbiter (thread), so every room
+//! on it stops ticking. The watchdog tells the culprit (the room that is
+//! inside a handler, see [`RoomSlot::busy`]) from its thread mates: the
+//! culprit's restart counts towards its restart intensity, a thread mate's
+//! move ([`RestartReason::Displaced`]) does not, so a stall elsewhere never
+//! fails a map (the fallback map included).
+//!
+//! A room is only placed on an Arbiter that has *proven alive since the stall
+//! began*: it ran a watchdog probe after the stalled room's last heartbeat,
+//! and within the last few watchdog rounds. When no Arbiter qualifies (every
+//! room thread is blocked), the supervisor starts an extra Arbiter, at most
+//! `supervision.max_extra_arbiters` at a time (counted in
+//! `tessera_room_arbiters_started_total`). An extra stands in for the
+//! Arbiters that were stuck when it started; once one of them answers a
+//! probe again, the extra is retired: its rooms are handed back (each
+//! snapshots itself and a new incarnation starts on a live base Arbiter,
+//! [`RestartReason::Handover`], not counted either) and, when empty, its
+//! thread is stopped (`tessera_room_arbiters_retired_total`).
 //!
 //! Sessions never keep a room's address: casts go through
 //! [`RoomSupervisor::send`], which uses the supervisor's one sender per room
@@ -30,16 +54,24 @@ use actix::dev::ToEnvelope;
 use actix::prelude::*;
 use parking_lot::Mutex;
 
-use super::{Restored, Room, RoomEvent, RoomSnapshot};
+use super::{Handover, Restored, Room, RoomEvent, RoomSnapshot};
 use crate::config::{ms, Config, MapDef};
 use crate::dispatcher::Dispatcher;
 use crate::metrics as m;
 use crate::store::PersisterHandle;
+use crate::supervise::FaultPoints;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestartReason {
+    /// A handler panicked. Counts towards the restart intensity.
     Panic,
+    /// The room was stuck in a handler past the stall timeout. Counts.
     Stall,
+    /// A thread mate of a stalled room: late only because its thread was
+    /// blocked by another room. Does not count.
+    Displaced,
+    /// Moved off a retiring extra Arbiter. Does not count.
+    Handover,
 }
 
 impl RestartReason {
@@ -47,6 +79,16 @@ impl RestartReason {
         match self {
             RestartReason::Panic => "panic",
             RestartReason::Stall => "stall",
+            RestartReason::Displaced => "displaced",
+            RestartReason::Handover => "handover",
+        }
+    }
+
+    /// Whether the room itself is to blame.
+    fn counts(self) -> bool {
+        match self {
+            RestartReason::Panic | RestartReason::Stall => true,
+            RestartReason::Displaced | RestartReason::Handover => false,
         }
     }
 }
@@ -54,10 +96,14 @@ impl RestartReason {
 /// What the supervisor and one room incarnation share.
 pub struct RoomSlot {
     pub incarnation: u64,
-    /// Index of the room Arbiter it runs on.
+    /// Id of the room Arbiter it runs on.
     pub arbiter: usize,
     /// Milliseconds since the supervisor's origin, at the last tick.
     heartbeat_ms: AtomicU64,
+    /// Set while the room runs a handler (behind its panic boundary): a room
+    /// late with this set is stuck itself; one late without it waits for a
+    /// thread that another room blocks.
+    pub busy: AtomicBool,
     /// Set when this incarnation was replaced; it stops at its next message.
     pub retired: AtomicBool,
     pub snapshot: Mutex<Arc<RoomSnapshot>>,
@@ -75,6 +121,30 @@ struct Entry {
     slot: Arc<RoomSlot>,
 }
 
+/// One room thread.
+struct RoomArbiter {
+    id: usize,
+    handle: ArbiterHandle,
+    /// When it last ran a watchdog probe (ms since origin).
+    beat: Arc<AtomicU64>,
+    /// A probe is queued and has not run yet: a stuck thread gets no more
+    /// (its queue does not grow while it is stuck).
+    probing: Arc<AtomicBool>,
+    /// Set for an Arbiter the supervisor started because no room thread
+    /// was live.
+    extra: Option<Extra>,
+}
+
+struct Extra {
+    /// Owned here: stopped when retired, or at shutdown.
+    arbiter: Arbiter,
+    /// The Arbiters that were stuck when it started; it is retired once
+    /// one of them answers again.
+    stands_in_for: Vec<usize>,
+    /// No room is placed on it any more; its rooms are handed back.
+    retiring: bool,
+}
+
 /// The supervisor's knobs, from [`Config`].
 pub struct Settings {
     pub idle_stop: Duration,
@@ -83,6 +153,8 @@ pub struct Settings {
     pub restart_window: Duration,
     pub fallback_map: Option<String>,
     pub stall_timeout: Duration,
+    pub watchdog_interval: Duration,
+    pub max_extra_arbiters: usize,
     pub resume_grace: Duration,
 }
 
@@ -96,20 +168,38 @@ impl Settings {
             restart_window: ms(sv.restart_window_ms),
             fallback_map: (!sv.fallback_map.is_empty()).then(|| sv.fallback_map.clone()),
             stall_timeout: ms(sv.stall_timeout_ms),
+            watchdog_interval: ms(sv.watchdog_interval_ms),
+            max_extra_arbiters: sv.max_extra_arbiters,
             resume_grace: ms(sv.resume_grace_ms),
         }
+    }
+
+    /// An Arbiter that ran no probe for this long is not live: a few
+    /// watchdog rounds (a busy thread may answer one late), and never more
+    /// than the stall timeout.
+    fn live_window_ms(&self) -> u64 {
+        (3 * self.watchdog_interval)
+            .min(self.stall_timeout)
+            .as_millis() as u64
     }
 }
 
 pub struct RoomSupervisor {
     maps: HashMap<String, Arc<MapDef>>,
-    arbiters: Vec<ArbiterHandle>,
-    /// Per room Arbiter: when it last ran a watchdog probe (ms since origin).
-    arbiter_beats: Vec<Arc<AtomicU64>>,
+    /// The room threads: the shard's, then extras (ids only grow).
+    arbiters: Mutex<Vec<RoomArbiter>>,
+    next_arbiter_id: AtomicUsize,
+    /// When the watchdog's last round sent its probes, and the round
+    /// before (ms since origin; 0: none yet). Liveness is judged against
+    /// the round before, whose probes have had a full interval to run, so
+    /// a watchdog that runs late makes no Arbiter look stuck.
+    last_round_ms: AtomicU64,
+    probed_ms: AtomicU64,
     next_arbiter: AtomicUsize,
     next_incarnation: AtomicU64,
     dispatcher: Arc<Dispatcher>,
     persister: PersisterHandle,
+    faults: FaultPoints,
     rooms: Mutex<HashMap<String, Entry>>,
     /// Recent restarts per map, for the restart intensity.
     history: Mutex<HashMap<String, VecDeque<Instant>>>,
@@ -126,25 +216,48 @@ impl RoomSupervisor {
         settings: Settings,
     ) -> RoomSupervisor {
         assert!(!arbiters.is_empty(), "rooms need at least one Arbiter");
+        let base = arbiters.len();
         RoomSupervisor {
             maps: maps
                 .into_iter()
                 .map(|m| (m.name.clone(), Arc::new(m)))
                 .collect(),
-            arbiter_beats: arbiters
-                .iter()
-                .map(|_| Arc::new(AtomicU64::new(0)))
-                .collect(),
-            arbiters,
+            arbiters: Mutex::new(
+                arbiters
+                    .into_iter()
+                    .enumerate()
+                    .map(|(id, handle)| RoomArbiter {
+                        id,
+                        handle,
+                        beat: Arc::new(AtomicU64::new(0)),
+                        probing: Arc::default(),
+                        extra: None,
+                    })
+                    .collect(),
+            ),
+            next_arbiter_id: AtomicUsize::new(base),
+            last_round_ms: AtomicU64::new(0),
+            probed_ms: AtomicU64::new(0),
             next_arbiter: AtomicUsize::new(0),
             next_incarnation: AtomicU64::new(1),
             dispatcher,
             persister,
+            faults: FaultPoints::default(),
             rooms: Mutex::new(HashMap::new()),
             history: Mutex::new(HashMap::new()),
             settings,
             origin: Instant::now(),
         }
+    }
+
+    /// Arm fault points in rooms through `faults` (the shard's registry).
+    pub fn with_faults(mut self, faults: FaultPoints) -> RoomSupervisor {
+        self.faults = faults;
+        self
+    }
+
+    pub fn faults(&self) -> &FaultPoints {
+        &self.faults
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -186,6 +299,15 @@ impl RoomSupervisor {
         self.rooms.lock().len()
     }
 
+    /// Extra room Arbiters running now (retiring ones included).
+    pub fn extra_arbiters(&self) -> usize {
+        self.arbiters
+            .lock()
+            .iter()
+            .filter(|a| a.extra.is_some())
+            .count()
+    }
+
     /// The room of `map`, started if it is not running; `None` for a map
     /// that does not exist. For calls (`send(..).await`); casts go through
     /// [`RoomSupervisor::send`].
@@ -195,7 +317,7 @@ impl RoomSupervisor {
         if let Some(entry) = rooms.get(map).filter(|e| e.addr.connected()) {
             return Some(entry.addr.clone());
         }
-        let entry = self.start_incarnation(def, None, None);
+        let entry = self.start_incarnation(def, None, 0, None);
         let addr = entry.addr.clone();
         rooms.insert(map.to_string(), entry);
         Some(addr)
@@ -221,17 +343,21 @@ impl RoomSupervisor {
         self.rooms.lock().get(map).map(|e| e.addr.clone())
     }
 
+    /// Start an incarnation on an Arbiter live since `since_ms`, other than
+    /// `avoid` when there is a choice.
     fn start_incarnation(
         self: &Arc<Self>,
         def: Arc<MapDef>,
         restored: Option<Restored>,
+        since_ms: u64,
         avoid: Option<usize>,
     ) -> Entry {
-        let arbiter = self.pick_arbiter(avoid);
+        let (arbiter, handle) = self.place(since_ms, avoid);
         let slot = Arc::new(RoomSlot {
             incarnation: self.next_incarnation.fetch_add(1, Ordering::Relaxed),
             arbiter,
             heartbeat_ms: AtomicU64::new(self.now_ms()),
+            busy: AtomicBool::new(false),
             retired: AtomicBool::new(false),
             snapshot: Mutex::new(
                 restored
@@ -242,34 +368,97 @@ impl RoomSupervisor {
         let supervisor = self.clone();
         let room_slot = slot.clone();
         let capacity = self.settings.mailbox_capacity;
-        let addr = Room::start_in_arbiter(&self.arbiters[arbiter], move |ctx| {
+        let addr = Room::start_in_arbiter(&handle, move |ctx| {
             ctx.set_mailbox_capacity(capacity);
             Room::new(def, supervisor, room_slot, restored)
         });
         Entry { addr, slot }
     }
 
-    /// A room Arbiter that answered the watchdog lately, other than `avoid`,
-    /// in turn; any other one if none answered; `avoid` itself if it is the
-    /// only one.
-    fn pick_arbiter(&self, avoid: Option<usize>) -> usize {
-        let n = self.arbiters.len();
-        let now = self.now_ms();
-        let stale = self.settings.stall_timeout.as_millis() as u64;
+    /// Whether `a` ran a probe after `since_ms` and lately (one sent by the
+    /// round before the last, or at most a live window before that): proven
+    /// alive. Before the watchdog's second round every Arbiter counts as
+    /// live.
+    fn live(&self, a: &RoomArbiter, since_ms: u64) -> bool {
+        let beat = a.beat.load(Ordering::Acquire);
+        let probed = self.probed_ms.load(Ordering::Acquire);
+        if probed == 0 {
+            return true;
+        }
+        beat >= since_ms && beat + self.settings.live_window_ms() >= probed
+    }
+
+    /// Where a new incarnation goes: a live Arbiter (not retiring), other
+    /// than `avoid`, in turn; else `avoid` if it is live; else a new extra
+    /// Arbiter if the bound allows; else the Arbiter that answered last.
+    fn place(&self, since_ms: u64, avoid: Option<usize>) -> (usize, ArbiterHandle) {
+        let mut arbiters = self.arbiters.lock();
         let start = self.next_arbiter.fetch_add(1, Ordering::Relaxed);
-        let healthy =
-            |i: usize| now.saturating_sub(self.arbiter_beats[i].load(Ordering::Acquire)) < stale;
-        let candidates = (0..n).map(|k| (start + k) % n);
-        candidates
-            .clone()
-            .find(|&i| Some(i) != avoid && healthy(i))
-            .or_else(|| candidates.clone().find(|&i| Some(i) != avoid))
-            .unwrap_or(start % n)
+        let open: Vec<usize> = (0..arbiters.len())
+            .map(|k| (start + k) % arbiters.len())
+            .filter(|&i| !arbiters[i].extra.as_ref().is_some_and(|e| e.retiring))
+            .collect();
+        let live = |i: &usize| self.live(&arbiters[*i], since_ms);
+        let chosen = open
+            .iter()
+            .copied()
+            .filter(live)
+            .find(|&i| Some(arbiters[i].id) != avoid)
+            .or_else(|| open.iter().copied().find(live));
+        if let Some(i) = chosen {
+            return (arbiters[i].id, arbiters[i].handle.clone());
+        }
+        let extras = arbiters.iter().filter(|a| a.extra.is_some()).count();
+        if extras < self.settings.max_extra_arbiters {
+            let stuck: Vec<usize> = arbiters
+                .iter()
+                .filter(|a| a.extra.is_none() && !self.live(a, 0))
+                .map(|a| a.id)
+                .collect();
+            let id = self.next_arbiter_id.fetch_add(1, Ordering::Relaxed);
+            let arbiter = Arbiter::new();
+            let handle = arbiter.handle();
+            metrics::counter!(m::ROOM_ARBITERS_STARTED).increment(1);
+            metrics::gauge!(m::ROOM_ARBITERS_EXTRA).increment(1.0);
+            tracing::warn!(
+                arbiter = id,
+                stands_in_for = ?stuck,
+                extras = extras + 1,
+                "no live room thread; started an extra room Arbiter"
+            );
+            arbiters.push(RoomArbiter {
+                id,
+                handle: handle.clone(),
+                // Fresh: alive now.
+                beat: Arc::new(AtomicU64::new(self.now_ms())),
+                probing: Arc::default(),
+                extra: Some(Extra {
+                    arbiter,
+                    stands_in_for: stuck,
+                    retiring: false,
+                }),
+            });
+            return (id, handle);
+        }
+        // Bound reached and nothing live: the Arbiter heard from last is
+        // the best bet; the watchdog moves the room again if it stays stuck.
+        let i = open
+            .iter()
+            .copied()
+            .max_by_key(|&i| arbiters[i].beat.load(Ordering::Acquire))
+            .unwrap_or(start % arbiters.len());
+        tracing::warn!(
+            arbiter = arbiters[i].id,
+            max_extra_arbiters = self.settings.max_extra_arbiters,
+            "no live room thread and no extra Arbiter allowed; placing on the last one heard from"
+        );
+        (arbiters[i].id, arbiters[i].handle.clone())
     }
 
     /// Incarnation `incarnation` of `map` crashed at `at`: restart it from
-    /// its snapshot, or fail it past the restart intensity. A crash reported
-    /// for an incarnation already replaced is ignored.
+    /// its snapshot, or fail it past the restart intensity (panics and
+    /// stalls only). A crash reported for an incarnation already replaced
+    /// is ignored.
     pub fn restart(
         self: &Arc<Self>,
         map: &str,
@@ -287,7 +476,15 @@ impl RoomSupervisor {
         entry.slot.retired.store(true, Ordering::Release);
         let snapshot = entry.slot.snapshot.lock().clone();
         let old_arbiter = entry.slot.arbiter;
-        let crashes = {
+        // A room late on its tick is placed where a probe ran after that
+        // tick: after the stall began.
+        let since_ms = match reason {
+            RestartReason::Stall | RestartReason::Displaced => {
+                entry.slot.heartbeat_ms.load(Ordering::Acquire)
+            }
+            RestartReason::Panic | RestartReason::Handover => 0,
+        };
+        let crashes = if reason.counts() {
             let mut history = self.history.lock();
             let recent = history.entry(map.to_string()).or_default();
             while recent
@@ -298,6 +495,8 @@ impl RoomSupervisor {
             }
             recent.push_back(at);
             recent.len()
+        } else {
+            0
         };
         if crashes > self.settings.max_restarts {
             rooms.remove(map);
@@ -330,12 +529,12 @@ impl RoomSupervisor {
             tick = snapshot.tick,
             "restarting room from its snapshot"
         );
-        let avoid = (reason == RestartReason::Stall).then_some(old_arbiter);
+        let avoid = (reason != RestartReason::Panic).then_some(old_arbiter);
         let restored = Restored {
             snapshot,
             crashed_at: at,
         };
-        let entry = self.start_incarnation(def, Some(restored), avoid);
+        let entry = self.start_incarnation(def, Some(restored), since_ms, avoid);
         rooms.insert(map.to_string(), entry);
     }
 
@@ -351,31 +550,116 @@ impl RoomSupervisor {
         }
     }
 
-    /// One watchdog round: probe every room Arbiter, and restart rooms
-    /// whose tick is late by the stall timeout on another Arbiter.
+    /// One watchdog round: probe every room Arbiter, restart rooms whose
+    /// tick is late by the stall timeout on a live Arbiter, and retire the
+    /// extra Arbiters no longer needed.
     pub fn watchdog(self: &Arc<Self>) {
         let origin = self.origin;
-        for (arbiter, beat) in self.arbiters.iter().zip(&self.arbiter_beats) {
-            let beat = beat.clone();
-            arbiter.spawn(async move {
+        for arbiter in self.arbiters.lock().iter() {
+            if arbiter.probing.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            let (beat, probing) = (arbiter.beat.clone(), arbiter.probing.clone());
+            arbiter.handle.spawn(async move {
                 beat.store(origin.elapsed().as_millis() as u64, Ordering::Release);
+                probing.store(false, Ordering::Release);
             });
         }
-        let now = self.now_ms();
+        let now = self.now_ms().max(1);
+        let previous = self.last_round_ms.swap(now, Ordering::AcqRel);
+        self.probed_ms.store(previous, Ordering::Release);
         let limit = self.settings.stall_timeout.as_millis() as u64;
-        let stalled: Vec<(String, u64, u64)> = self
+        let stalled: Vec<(String, u64, u64, bool)> = self
             .rooms
             .lock()
             .iter()
             .filter_map(|(map, e)| {
                 let late = now.saturating_sub(e.slot.heartbeat_ms.load(Ordering::Acquire));
-                (late >= limit).then(|| (map.clone(), e.slot.incarnation, late))
+                let busy = e.slot.busy.load(Ordering::Acquire);
+                (late >= limit).then(|| (map.clone(), e.slot.incarnation, late, busy))
             })
             .collect();
-        for (map, incarnation, late_ms) in stalled {
-            metrics::counter!(m::ROOM_STALLS, "map" => map.clone()).increment(1);
-            tracing::warn!(map = %map, incarnation, late_ms, "room stalled; restarting it elsewhere");
-            self.restart(&map, incarnation, RestartReason::Stall, Instant::now());
+        for (map, incarnation, late_ms, busy) in stalled {
+            let reason = if busy {
+                metrics::counter!(m::ROOM_STALLS, "map" => map.clone()).increment(1);
+                tracing::warn!(map = %map, incarnation, late_ms, "room stalled in a handler; restarting it on a live thread");
+                RestartReason::Stall
+            } else {
+                tracing::warn!(map = %map, incarnation, late_ms, "room's thread blocked by another room; moving it to a live thread");
+                RestartReason::Displaced
+            };
+            self.restart(&map, incarnation, reason, Instant::now());
         }
+        self.retire_extras();
+    }
+
+    /// Extras whose stuck Arbiter answers again retire: their rooms are
+    /// asked to hand over, and an empty retiring extra is stopped. (Locks
+    /// are taken one at a time: `restart` takes rooms, then arbiters.)
+    fn retire_extras(&self) {
+        let retiring: Vec<usize> = {
+            let mut arbiters = self.arbiters.lock();
+            let live_base: Vec<usize> = arbiters
+                .iter()
+                .filter(|a| a.extra.is_none() && self.live(a, 0))
+                .map(|a| a.id)
+                .collect();
+            for a in arbiters.iter_mut() {
+                let Some(extra) = a.extra.as_mut() else {
+                    continue;
+                };
+                if !extra.retiring && extra.stands_in_for.iter().any(|i| live_base.contains(i)) {
+                    extra.retiring = true;
+                    tracing::info!(
+                        arbiter = a.id,
+                        "a stuck room thread answers again; retiring the extra room Arbiter"
+                    );
+                }
+            }
+            arbiters
+                .iter()
+                .filter(|a| a.extra.as_ref().is_some_and(|e| e.retiring))
+                .map(|a| a.id)
+                .collect()
+        };
+        if retiring.is_empty() {
+            return;
+        }
+        let hosted: Vec<(usize, Addr<Room>)> = self
+            .rooms
+            .lock()
+            .values()
+            .filter(|e| retiring.contains(&e.slot.arbiter))
+            .map(|e| (e.slot.arbiter, e.addr.clone()))
+            .collect();
+        for (_, addr) in &hosted {
+            // A full mailbox is asked again next round.
+            let _ = addr.try_send(Handover);
+        }
+        self.arbiters.lock().retain(|a| {
+            let empty = a.extra.as_ref().is_some_and(|e| e.retiring)
+                && !hosted.iter().any(|(id, _)| *id == a.id);
+            if let (true, Some(extra)) = (empty, &a.extra) {
+                extra.arbiter.stop();
+                metrics::counter!(m::ROOM_ARBITERS_RETIRED).increment(1);
+                metrics::gauge!(m::ROOM_ARBITERS_EXTRA).decrement(1.0);
+                tracing::info!(arbiter = a.id, "extra room Arbiter retired");
+            }
+            !empty
+        });
+    }
+
+    /// The extra Arbiters, taken out for shutdown (stop and join them).
+    pub fn take_extra_arbiters(&self) -> Vec<Arbiter> {
+        let mut arbiters = self.arbiters.lock();
+        let mut taken = Vec::new();
+        arbiters.retain_mut(|a| match a.extra.take() {
+            Some(extra) => {
+                taken.push(extra.arbiter);
+                false
+            }
+            None => true,
+        });
+        taken
     }
 }
