@@ -556,6 +556,14 @@ impl Store for EmbeddedStore {
         })
     }
 
+    fn load_op(&self, id: String) -> StoreFuture<'_, Option<OpRecord>> {
+        self.run(move |db| {
+            let txn = db.read()?;
+            let ops = txn.open_table(OPS_T).map_err(backend)?;
+            read_op(&ops, &id)
+        })
+    }
+
     fn recover_trades(&self, _older_than: Duration) -> StoreFuture<'_, usize> {
         // Trades and ops commit in one transaction: none is ever left
         // half-done.

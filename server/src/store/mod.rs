@@ -225,6 +225,9 @@ pub trait Store: Send + Sync + 'static {
 
     fn load_trade(&self, id: String) -> StoreFuture<'_, Option<TradeRecord>>;
 
+    /// A row of the op ledger: whether (and how) op `id` was applied.
+    fn load_op(&self, id: String) -> StoreFuture<'_, Option<OpRecord>>;
+
     /// Finish or roll back trades (and ops) left half-done for longer than
     /// `older_than`. Returns how many were settled.
     fn recover_trades(&self, older_than: Duration) -> StoreFuture<'_, usize>;

@@ -1079,6 +1079,10 @@ impl Store for MongoStore {
         async move { self.load_trade_record(&id).await }.boxed()
     }
 
+    fn load_op(&self, id: String) -> StoreFuture<'_, Option<OpRecord>> {
+        async move { self.load_op_record(&id).await }.boxed()
+    }
+
     fn recover_trades(&self, older_than: Duration) -> StoreFuture<'_, usize> {
         async move { self.recover(older_than).await }.boxed()
     }
@@ -1088,11 +1092,19 @@ impl Store for MongoStore {
             // The TTL index does the same within a minute or so; this makes
             // the retention exact and works where TTL monitors do not run.
             let cutoff = unix_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
-            let cutoff = DateTime::from_millis(cutoff);
+            // Finished rows by when they finished, as the embedded store
+            // does; rows in progress stay whatever their age.
+            let finished = [
+                to_bson(&TradeState::Done),
+                to_bson(&TradeState::Cancelled),
+            ];
             let mut pruned = 0;
             for ledger in [self.trades(), self.ops()] {
                 let r = ledger
-                    .delete_many(doc! { "finished_at": { "$lt": cutoff } })
+                    .delete_many(doc! {
+                        "state": { "$in": finished.to_vec() },
+                        "updated_ms": { "$lt": cutoff },
+                    })
                     .await
                     .map_err(classify)?;
                 pruned += r.deleted_count as usize;

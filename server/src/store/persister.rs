@@ -1372,6 +1372,9 @@ mod tests {
         fn prune_ledger(&self, retention: Duration) -> StoreFuture<'_, usize> {
             self.inner.prune_ledger(retention)
         }
+        fn load_op(&self, id: String) -> StoreFuture<'_, Option<crate::store::OpRecord>> {
+            self.inner.load_op(id)
+        }
         fn put_raw(&self, collection: &'static str, doc: Document) -> StoreFuture<'_, ()> {
             self.inner.put_raw(collection, doc)
         }
