@@ -262,3 +262,45 @@ async fn a_give_retried_in_a_resumed_session_is_not_applied_twice() {
     assert_eq!(alice.expect_done(8).await.inventory.currency, 90);
     bob.expect_currency(110).await;
 }
+
+/// A clean start logs "store ready", not "store is answering again" (that
+/// line means the store was failing and came back).
+#[tokio::test]
+async fn a_clean_start_does_not_log_a_store_recovery() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera-server"))
+        .args(["--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .env("TESSERA_STORE__EMBEDDED__DIR", data.path())
+        .env("TESSERA_AUTH__SECRET", SECRET)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the server binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let first = BufReader::new(stdout).lines().next().unwrap().unwrap();
+    let addr: std::net::SocketAddr = first
+        .strip_prefix("ws listening on ")
+        .expect("the first line is the ws address")
+        .parse()
+        .unwrap();
+    // Something that needs the store: a login with a profile and a purse.
+    let (_alice, _, _) = player(addr, "alice", "lobby").await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(log.contains("store ready"), "no \"store ready\" in:\n{log}");
+    assert!(
+        !log.contains("store is answering again"),
+        "a clean start logged a recovery:\n{log}"
+    );
+}
