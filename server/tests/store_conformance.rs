@@ -988,41 +988,61 @@ mod exactness {
 
     /// A flush that times out while the store is frozen (SIGSTOP for
     /// SecantusDB, a hang for the embedded store) and lands only after a
-    /// newer state was written never replaces it.
+    /// newer state was written never replaces it. Each round freezes the
+    /// store with one batch in flight, queues a newer state, lets the
+    /// persister's retry go out on another pooled connection while still
+    /// frozen, then thaws: the server runs both, in either order, and the
+    /// persister sees the newer one acknowledged. Several rounds, so the
+    /// late-old-batch order comes up.
     pub async fn a_late_batch_never_replaces_newer_state(mut fx: Fixture) {
-        let config = StoreConfig {
+        let mut config = StoreConfig {
             flush_interval_ms: 600_000,
-            flush_timeout_ms: 500,
+            flush_timeout_ms: 2_000,
+            retry_min_ms: 100,
+            retry_max_ms: 200,
             ..fx.config()
         };
+        // Idle connections ready, so a retry needs no handshake with the
+        // frozen server.
+        config.mongodb.min_pool_size = 4;
         let p = fx.persister(config).await;
         p.load_profile("hal", "Hal").await.unwrap();
-        p.player_state("hal", state("arena", 1.0));
-        p.flush().await.unwrap();
-        // Frozen mid-flush: the batch with 417.4 is sent and times out.
-        fx.outage_begin();
-        p.player_state("hal", state("arena", 417.4));
-        assert!(p.flush().await.is_err(), "flushed while frozen");
-        // A newer state arrives; the store thaws and takes the late batch
-        // and the newer one, in whatever order.
-        p.player_state("hal", state("arena", 477.4));
-        fx.outage_end();
         let fresh = fx.fresh().await;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let _ = p.flush().await;
-            if p.dirty_keys() == 0 {
-                break;
+        for round in 0..6 {
+            let base = round as f32 * 1_000.0;
+            p.player_state("hal", state("arena", base + 1.0));
+            p.flush().await.unwrap();
+            let warm: Vec<_> = (0..4).map(|_| p.load_room("arena")).collect();
+            for r in futures_util::future::join_all(warm).await {
+                r.unwrap();
             }
-            assert!(Instant::now() < deadline, "never flushed after the thaw");
+            fx.outage_begin();
+            p.player_state("hal", state("arena", base + 417.4));
+            // Sent, and no answer within the flush timeout.
+            assert!(p.flush().await.is_err(), "flushed while frozen");
+            p.player_state("hal", state("arena", base + 477.4));
+            // The retry (after a 50-200 ms backoff) goes out while frozen.
+            let retry = tokio::spawn(p.flush());
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            fx.outage_end();
+            let _ = retry.await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while p.dirty_keys() > 0 || !p.healthy() {
+                assert!(Instant::now() < deadline, "never flushed after the thaw");
+                let _ = p.flush().await;
+            }
+            // Give a batch still in the thawed server time to land.
+            for _ in 0..5 {
+                fresh.ping().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let hal = fresh.load_player("hal".into()).await.unwrap().unwrap();
+            assert_eq!(
+                hal.state.x,
+                base + 477.4,
+                "round {round}: an older write replaced a newer one"
+            );
         }
-        // Give a batch still buffered in the thawed server time to land.
-        for _ in 0..10 {
-            p.store().unwrap().ping().await.unwrap();
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let hal = fresh.load_player("hal".into()).await.unwrap().unwrap();
-        assert_eq!(hal.state.x, 477.4, "an older write replaced a newer one");
         p.shutdown(Duration::from_secs(5)).await;
     }
 
