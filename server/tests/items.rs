@@ -370,7 +370,9 @@ async fn a_rebuilt_room_document_never_replays_an_old_pickup() {
     let shard = start_on(config(), data.path());
     let mut alice = Player::join(shard.ws_addr, "alice").await;
     alice
-        .pump("the old id spawned again", |p| p.ground.contains_key(&picked.id))
+        .pump("the old id spawned again", |p| {
+            p.ground.contains_key(&picked.id)
+        })
         .await;
     let again = alice.ground[&picked.id].clone();
     alice.walk_to(again.x, again.y).await;

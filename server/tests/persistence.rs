@@ -165,7 +165,12 @@ async fn sigkill_right_after_a_durable_ack_keeps_it_and_recent_positions() {
 
 /// Log in again (the starter purse was granted before): expect the stored
 /// `currency`, join `map`.
-async fn back(addr: std::net::SocketAddr, name: &str, currency: i64, map: &str) -> (Client, Joined) {
+async fn back(
+    addr: std::net::SocketAddr,
+    name: &str,
+    currency: i64,
+    map: &str,
+) -> (Client, Joined) {
     let mut client = Client::connect(addr).await;
     client.hello_with(Some(token(name)), name).await;
     client.expect_currency(currency).await;

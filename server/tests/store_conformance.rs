@@ -152,8 +152,8 @@ fn now_ms() -> i64 {
 }
 
 mod cases {
-    use super::*;
     pub use super::exactness::*;
+    use super::*;
 
     /// Every document type goes in and comes back the same.
     pub async fn round_trips(mut fx: Fixture) {
@@ -1113,14 +1113,30 @@ mod exactness {
             assert!(Instant::now() < deadline, "the expired op was never pruned");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(fresh.load_trade("old-trade".into()).await.unwrap().is_none());
-        assert!(fresh.load_trade("old-cancelled".into()).await.unwrap().is_none());
+        assert!(fresh
+            .load_trade("old-trade".into())
+            .await
+            .unwrap()
+            .is_none());
+        assert!(fresh
+            .load_trade("old-cancelled".into())
+            .await
+            .unwrap()
+            .is_none());
         // In progress: kept, whatever its age (recovery settles it).
         // (Mongo's recovery finishes it meanwhile, which makes it young.)
-        assert!(fresh.load_trade("old-applied".into()).await.unwrap().is_some());
+        assert!(fresh
+            .load_trade("old-applied".into())
+            .await
+            .unwrap()
+            .is_some());
         // Young: kept, and still recognised as replays.
         assert!(fresh.load_op("young-op".into()).await.unwrap().is_some());
-        assert!(fresh.load_trade("young-trade".into()).await.unwrap().is_some());
+        assert!(fresh
+            .load_trade("young-trade".into())
+            .await
+            .unwrap()
+            .is_some());
         let replay = p.durable(adjust("young-op", "ivy", 10)).await.unwrap();
         assert!(replay.replayed);
         p.shutdown(Duration::from_secs(5)).await;

@@ -247,8 +247,13 @@ impl Room {
             .collect();
         match restored {
             Some(g) if g.loaded => {
-                self.ground
-                    .install(g.rev, g.next_item, &g.epoch, g.items.clone(), g.pending.clone());
+                self.ground.install(
+                    g.rev,
+                    g.next_item,
+                    &g.epoch,
+                    g.items.clone(),
+                    g.pending.clone(),
+                );
                 self.ground_snapshot = Arc::new(self.ground.snapshot());
                 if self.ground.has_pending() {
                     for p in self.ground.pending.values_mut() {

@@ -30,8 +30,8 @@ use redb::{
 };
 
 use super::model::{
-    self, apply_adjust, credit, debit, decode_op, rev_i64, decode_player, decode_room, decode_trade,
-    to_bson, to_document, Adjust, DurableAck, DurableOp, OpRecord, OpState, PlayerProfile,
+    self, apply_adjust, credit, debit, decode_op, decode_player, decode_room, decode_trade,
+    rev_i64, to_bson, to_document, Adjust, DurableAck, DurableOp, OpRecord, OpState, PlayerProfile,
     Rejection, RoomState, Trade, TradeRecord, TradeState, Volatile, VolatileKey, OPS, PLAYERS,
     ROOMS, TRADES,
 };

@@ -385,9 +385,8 @@ impl StoreConfig {
                 "store.ledger_retention_ms must be at least {MIN_LEDGER_RETENTION_MS} (one hour)"
             ));
         } else if self.ledger_retention_ms <= self.trade_recovery_age_ms {
-            errors.push(
-                "store.ledger_retention_ms must be above store.trade_recovery_age_ms".into(),
-            );
+            errors
+                .push("store.ledger_retention_ms must be above store.trade_recovery_age_ms".into());
         }
         if self.flush_batch_max > 100_000 {
             errors.push("store.flush_batch_max must be at most 100000".into());

@@ -590,7 +590,11 @@ impl MongoStore {
             // A row still pending is settled above once old enough; a
             // missing one (pruned, or lost to a race with recovery) leaves
             // the id on the player, where it still prevents a re-apply.
-            if let Some(OpRecord { state: OpState::Done, .. }) = self.load_op_record(&id).await? {
+            if let Some(OpRecord {
+                state: OpState::Done,
+                ..
+            }) = self.load_op_record(&id).await?
+            {
                 self.clear_pending_op(&id, &player).await?;
                 settled += 1;
             }
@@ -1091,13 +1095,11 @@ impl Store for MongoStore {
         async move {
             // The TTL index does the same within a minute or so; this makes
             // the retention exact and works where TTL monitors do not run.
-            let cutoff = unix_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+            let cutoff =
+                unix_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
             // Finished rows by when they finished, as the embedded store
             // does; rows in progress stay whatever their age.
-            let finished = [
-                to_bson(&TradeState::Done),
-                to_bson(&TradeState::Cancelled),
-            ];
+            let finished = [to_bson(&TradeState::Done), to_bson(&TradeState::Cancelled)];
             let mut pruned = 0;
             for ledger in [self.trades(), self.ops()] {
                 let r = ledger

@@ -22,8 +22,8 @@ use server::store::embedded::EmbeddedStore;
 use server::store::model::DurableOp;
 use server::store::mongo::MongoStore;
 use server::store::{
-    Backend, BatchReport, DurableAck, OpError, OpRecord, Persister, PlayerProfile, RoomState, Store,
-    StoreConfig, StoreError, StoreFuture, TradeRecord, Volatile, VolatileKey,
+    Backend, BatchReport, DurableAck, OpError, OpRecord, Persister, PlayerProfile, RoomState,
+    Store, StoreConfig, StoreError, StoreFuture, TradeRecord, Volatile, VolatileKey,
 };
 use tempfile::TempDir;
 use tokio::sync::watch;
