@@ -49,6 +49,21 @@
 //! caller is told "done" after step 4, or after step 3 when step 4 fails
 //! (recovery completes it).
 //!
+//! # Exactly once, and never backwards
+//!
+//! - Every durable op is idempotent by an id the store remembers in a
+//!   ledger (`trades`, `ops`) for `store.ledger_retention_ms`; a replay is
+//!   recognised only for the same content (else `TradeIdReused` /
+//!   `OpIdReused`). An adjustment on Mongo is two-step like a trade: insert
+//!   the `ops` row `pending`, apply it with the id pushed to the player's
+//!   `pending_ops` (the filter `pending_ops: {$ne: id}` makes this happen
+//!   once), mark the row `done`, pull the id; recovery settles rows left
+//!   `pending` (done if the player holds the id, deleted if not).
+//! - Op ids are minted unique across restarts and shards ([`ids`]).
+//! - Every volatile write is conditional on a revision (`state_rev` for a
+//!   player's state, `rev` for a room document): an older or equal one is
+//!   skipped, so a batch that timed out and lands late changes nothing.
+//!
 //! # What "acknowledged" means
 //!
 //! A volatile write is never acknowledged to anyone: it is the latest

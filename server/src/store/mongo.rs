@@ -294,7 +294,6 @@ impl MongoStore {
         collection: &str,
         keys: Vec<VolatileKey>,
         statements: Vec<Document>,
-        stale_ok: bool,
         report: &mut BatchReport,
     ) -> Result<(), StoreError> {
         if statements.is_empty() {
@@ -329,8 +328,10 @@ impl MongoStore {
                     Some(Bson::Int64(c)) => *c,
                     _ => 0,
                 };
-                if stale_ok && code == 11000 {
-                    // A newer revision of this document is stored.
+                if code == 11000 {
+                    // Every statement is an upsert filtered on its
+                    // revision: a duplicate `_id` means a newer revision of
+                    // this document is stored (stale, skipped).
                     metrics::counter!(metric::STALE_SKIPPED).increment(1);
                     continue;
                 }
@@ -981,9 +982,9 @@ impl Store for MongoStore {
                 }
             }
             let mut report = BatchReport::default();
-            self.bulk_upsert(PLAYERS, player_keys, players, true, &mut report)
+            self.bulk_upsert(PLAYERS, player_keys, players, &mut report)
                 .await?;
-            self.bulk_upsert(ROOMS, room_keys, rooms, true, &mut report)
+            self.bulk_upsert(ROOMS, room_keys, rooms, &mut report)
                 .await?;
             Ok(report)
         }
