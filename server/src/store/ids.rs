@@ -38,10 +38,21 @@ pub fn op_scope_of(session_id: &str) -> &str {
 /// `resumed_from` (its id, from a verified resume token) if any.
 pub fn session_id(n: u64, resumed_from: Option<&str>) -> String {
     let own = format!("s-{}-{n:x}", process_nonce());
-    match resumed_from {
-        Some(claimed) => format!("{}/{own}", op_scope_of(claimed)),
+    match resumed_from.map(op_scope_of).filter(|s| is_minted_scope(s)) {
+        Some(scope) => format!("{scope}/{own}"),
+        // A token from before scopes had nonces (`s-<n>`) names a scope
+        // that other processes reused: start a fresh one.
         None => own,
     }
+}
+
+/// Whether `scope` is `s-<nonce>-<hex>`, as [`session_id`] mints them.
+fn is_minted_scope(scope: &str) -> bool {
+    let Some((nonce, n)) = scope.strip_prefix("s-").and_then(|r| r.split_once('-')) else {
+        return false;
+    };
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    nonce.len() == 28 && hex(nonce) && hex(n)
 }
 
 #[cfg(test)]
@@ -63,5 +74,9 @@ mod tests {
         let again = session_id(3, Some(&resumed));
         assert_eq!(op_scope_of(&again), first);
         assert_eq!(again.matches('/').count(), 1);
+        // Ids from before nonces do not lend their (reused) scope.
+        let legacy = session_id(4, Some("s-1"));
+        assert_eq!(op_scope_of(&legacy), legacy);
+        assert!(!legacy.contains("s-1/"));
     }
 }
