@@ -57,8 +57,10 @@
 //!   `OpIdReused`). An adjustment on Mongo is two-step like a trade: insert
 //!   the `ops` row `pending`, apply it with the id pushed to the player's
 //!   `pending_ops` (the filter `pending_ops: {$ne: id}` makes this happen
-//!   once), mark the row `done`, pull the id; recovery settles rows left
-//!   `pending` (done if the player holds the id, deleted if not).
+//!   once), mark the row `done`. Recovery settles rows left `pending`
+//!   (done if the player holds the id, deleted if not) and pulls ids whose
+//!   row has been done for `store.trade_recovery_age_ms`: until then a late
+//!   copy of the update (sent, timed out, run later) still meets the id.
 //! - Op ids are minted unique across restarts and shards ([`ids`]).
 //! - Every volatile write is conditional on a revision (`state_rev` for a
 //!   player's state, `rev` for a room document): an older or equal one is

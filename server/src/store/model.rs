@@ -70,8 +70,9 @@ pub struct PlayerProfile {
     /// applied. Still honoured as "applied", never written any more.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_ops: Vec<String>,
-    /// Adjustments applied to this document whose ledger row is not marked
-    /// done yet (Mongo's two-step ops; always empty in the embedded store).
+    /// Adjustments recently applied to this document (Mongo's two-step
+    /// ops, kept until their ledger row has been done for the recovery
+    /// age; always empty in the embedded store).
     #[serde(default)]
     pub pending_ops: Vec<String>,
     /// Trades that have debited this player and not yet finished (Mongo's

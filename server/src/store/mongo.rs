@@ -12,7 +12,9 @@
 //!   (`findAndModify`). An adjustment goes through the op ledger (`ops`):
 //!   insert the row `pending`, apply it to the player while pushing its id
 //!   to `pending_ops` (the filter `pending_ops: {$ne: id}` makes that step
-//!   happen once), mark the row `done`, pull the id. Trades use the
+//!   happen once), mark the row `done`; recovery pulls the id once the
+//!   row has been done for `store.trade_recovery_age_ms` (a late copy of
+//!   the update still finds it there). Trades use the
 //!   two-phase ledger described in [`super`] (no transactions, so no
 //!   replica set needed). Finished rows of both ledgers expire after
 //!   `store.ledger_retention_ms` (a TTL index, and [`Store::prune_ledger`]).
@@ -410,9 +412,6 @@ impl MongoStore {
                     let p = self.read_player(&op.player).await?.ok_or_else(|| {
                         OpError::Rejected(Rejection::NoSuchPlayer(op.player.clone()))
                     })?;
-                    if p.pending_ops.contains(&op.op_id) {
-                        self.clear_pending_op(&op.op_id, &op.player).await?;
-                    }
                     return Ok(Self::ack(vec![(p.id, p.inventory)], true));
                 }
                 // Pending: an earlier attempt stopped half-way; the steps
@@ -435,7 +434,7 @@ impl MongoStore {
         };
         // Applied (the player holds the id in `pending_ops`): the rest is
         // bookkeeping that recovery finishes should it fail now.
-        if let Err(e) = self.finish_op(&op.op_id, &op.player).await {
+        if let Err(e) = self.finish_op(&op.op_id).await {
             tracing::warn!(op = %op.op_id, error = %e, "op applied; its ledger row is left to recovery");
         }
         Ok(Self::ack(vec![(op.player.clone(), inventory)], replayed))
@@ -499,8 +498,13 @@ impl MongoStore {
         ))))
     }
 
-    /// Mark an applied op's row done, then take its id off the player.
-    async fn finish_op(&self, op_id: &str, player: &str) -> Result<(), StoreError> {
+    /// Mark an applied op's row done. The id stays on the player for now:
+    /// an earlier attempt's update may still be on its way to the server
+    /// (sent, then timed out), and only the id on the player keeps it from
+    /// applying again. Recovery takes it off once the row has been done for
+    /// `store.trade_recovery_age_ms`, the age past which an attempt is
+    /// taken for dead (as for trades).
+    async fn finish_op(&self, op_id: &str) -> Result<(), StoreError> {
         self.ops()
             .update_one(
                 doc! { "_id": op_id, "state": to_bson(&OpState::Pending) },
@@ -511,12 +515,12 @@ impl MongoStore {
                 } },
             )
             .await
-            .map_err(classify)?;
-        self.clear_pending_op(op_id, player).await
+            .map(drop)
+            .map_err(classify)
     }
 
-    /// Only once the row says done: until then the id on the player is
-    /// what keeps the op from being applied twice.
+    /// Only once the row has been done for the recovery age: until then
+    /// the id on the player is what keeps the op from being applied twice.
     async fn clear_pending_op(&self, op_id: &str, player: &str) -> Result<(), StoreError> {
         self.players()
             .update_one(
@@ -560,7 +564,7 @@ impl MongoStore {
                 .map_err(classify)?
                 .is_some();
             if applied {
-                self.finish_op(&r.id, &r.player).await?;
+                self.finish_op(&r.id).await?;
             } else {
                 self.ops()
                     .delete_one(doc! { "_id": &r.id, "state": to_bson(&OpState::Pending) })
@@ -593,11 +597,14 @@ impl MongoStore {
             // the id on the player, where it still prevents a re-apply.
             if let Some(OpRecord {
                 state: OpState::Done,
+                updated_ms,
                 ..
             }) = self.load_op_record(&id).await?
             {
-                self.clear_pending_op(&id, &player).await?;
-                settled += 1;
+                // Housekeeping, not a settled op: not counted.
+                if updated_ms < cutoff {
+                    self.clear_pending_op(&id, &player).await?;
+                }
             }
         }
         Ok(settled)
