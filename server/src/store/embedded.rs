@@ -417,27 +417,41 @@ fn finished_ms(collection: &'static str, id: &str, bytes: &[u8]) -> Option<i64> 
     }
 }
 
+/// Find the expired rows in a read transaction (which never blocks the
+/// writer, so durable ops go on during the scan), then delete them in one
+/// short write transaction, checking each again.
 fn prune(db: &Db, retention: Duration) -> Result<usize, StoreError> {
     let cutoff = unix_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
-    let txn = db.write()?;
-    let mut pruned = 0;
-    for (collection, table) in [(TRADES, TRADES_T), (OPS, OPS_T)] {
-        let mut t = txn.open_table(table).map_err(backend)?;
-        let mut expired = Vec::new();
-        for entry in t.iter().map_err(backend)? {
-            let (key, value) = entry.map_err(backend)?;
-            if finished_ms(collection, key.value(), value.value()).is_some_and(|ms| ms < cutoff) {
-                expired.push(key.value().to_string());
+    let expired = |collection, bytes: &[u8], id: &str| {
+        finished_ms(collection, id, bytes).is_some_and(|ms| ms < cutoff)
+    };
+    let mut candidates = Vec::new();
+    {
+        let txn = db.read()?;
+        for (collection, table) in [(TRADES, TRADES_T), (OPS, OPS_T)] {
+            let t = txn.open_table(table).map_err(backend)?;
+            for entry in t.iter().map_err(backend)? {
+                let (key, value) = entry.map_err(backend)?;
+                if expired(collection, value.value(), key.value()) {
+                    candidates.push((collection, table, key.value().to_string()));
+                }
             }
         }
-        for id in &expired {
+    }
+    if candidates.is_empty() {
+        return Ok(0);
+    }
+    let txn = db.write()?;
+    let mut pruned = 0;
+    for (collection, table, id) in &candidates {
+        let mut t = txn.open_table(*table).map_err(backend)?;
+        let still = get(&t, id)?.is_some_and(|bytes| expired(collection, &bytes, id));
+        if still {
             t.remove(id.as_str()).map_err(backend)?;
+            pruned += 1;
         }
-        pruned += expired.len();
     }
-    if pruned > 0 {
-        txn.commit().map_err(backend)?;
-    }
+    txn.commit().map_err(backend)?;
     Ok(pruned)
 }
 
