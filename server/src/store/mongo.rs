@@ -364,13 +364,18 @@ impl MongoStore {
             return Ok(None);
         };
         let old_v = raw.get("v").cloned();
+        let old_rev = raw.get("state_rev").cloned();
         let (profile, migrated) = decode_player(raw).map_err(bad)?;
         if migrated {
+            // Only over the document as read: neither migrated meanwhile
+            // nor given a newer state (which this write would undo).
             let mut filter = doc! { "_id": id };
-            match old_v {
-                Some(v) => filter.insert("v", v),
-                None => filter.insert("v", doc! { "$exists": false }),
-            };
+            for (field, old) in [("v", old_v), ("state_rev", old_rev)] {
+                match old {
+                    Some(value) => filter.insert(field, value),
+                    None => filter.insert(field, doc! { "$exists": false }),
+                };
+            }
             self.players()
                 .replace_one(filter, to_document(&profile))
                 .await
