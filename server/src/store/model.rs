@@ -239,6 +239,14 @@ pub enum VolatileKey {
 }
 
 impl Volatile {
+    /// The revision the store orders writes of this key by.
+    pub fn rev(&self) -> u64 {
+        match self {
+            Volatile::Player { rev, .. } => *rev,
+            Volatile::Room(room) => room.rev,
+        }
+    }
+
     pub fn key(&self) -> VolatileKey {
         match self {
             Volatile::Player { id, .. } => VolatileKey::Player(id.clone()),

@@ -416,7 +416,13 @@ impl PersisterHandle {
         let key = doc.key();
         let shard = &self.inner.shards[self.inner.shard_of(&key)];
         match shard.lock().entry(key) {
-            Entry::Occupied(mut e) => e.get_mut().doc = doc,
+            // Latest by revision, as the store decides, not by arrival: two
+            // threads may hand over states in the other order.
+            Entry::Occupied(mut e) => {
+                if doc.rev() >= e.get().doc.rev() {
+                    e.get_mut().doc = doc;
+                }
+            }
             Entry::Vacant(e) => {
                 e.insert(Pending {
                     doc,
@@ -1510,6 +1516,30 @@ mod tests {
         let report = p.shutdown(Duration::from_secs(2)).await;
         assert_eq!((report.flushed, report.left_dirty), (1, 0), "{report:?}");
         assert_eq!(stored_x(&handle, "alice").await, Some(6.0));
+    }
+
+    #[tokio::test]
+    async fn the_dirty_map_keeps_the_newest_revision_whatever_the_arrival_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Persister::start(quick_config(dir.path(), 60_000)).unwrap();
+        assert!(p.wait_ready(Duration::from_secs(5)).await);
+        let state = |x: f32, rev: u64| Volatile::Player {
+            id: "ann".into(),
+            state: at(x),
+            rev,
+        };
+        p.volatile(state(2.0, 20));
+        p.volatile(state(1.0, 10));
+        let loaded = p.load_profile("ann", "Ann").await.unwrap();
+        assert_eq!((loaded.state.x, loaded.state_rev), (2.0, 20));
+        p.flush().await.unwrap();
+        assert_eq!(stored_x(&p, "ann").await, Some(2.0));
+        // Revisions the persister issues go on from the highest it saw.
+        p.player_state("ann", at(3.0));
+        p.flush().await.unwrap();
+        assert_eq!(stored_x(&p, "ann").await, Some(3.0));
+        let report = p.shutdown(Duration::from_secs(2)).await;
+        assert!(!report.deadline_hit, "{report:?}");
     }
 
     #[test]
