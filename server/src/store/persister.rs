@@ -46,7 +46,7 @@
 //! # Revisions
 //!
 //! Every volatile document carries a revision: a room's `rev` (the room
-//! bumps it), a player's state one from [`RevClock`], issued when the state
+//! bumps it), a player's state one from a hybrid logical clock (`RevClock`), issued when the state
 //! is handed over. The dirty map keeps the highest revision of a key, and
 //! the store writes a document only over an older revision; so a batch
 //! that timed out (the store frozen) and is applied later can never undo a
