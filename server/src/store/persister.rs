@@ -46,8 +46,9 @@
 //! # Revisions
 //!
 //! Every volatile document carries a revision: a room's `rev` (the room
-//! bumps it), a player's state one from a hybrid logical clock (`RevClock`), issued when the state
-//! is handed over. The dirty map keeps the highest revision of a key, and
+//! bumps it), a player's state one from a hybrid logical clock
+//! (`RevClock`), issued when the state is handed over. The dirty map keeps
+//! the highest revision of a key, and
 //! the store writes a document only over an older revision; so a batch
 //! that timed out (the store frozen) and is applied later can never undo a
 //! newer write, and a failed flush needs no knowledge of whether it landed.
