@@ -56,7 +56,7 @@ use crate::room::{ChatIn, Disconnected, Inputs, JoinError, JoinRoom, LeaveRoom, 
 use crate::room::{PickUp as RoomPickUp, WhoIs};
 use crate::seats::{ResumeError, Seat, Takeover};
 use crate::shard::Shared;
-use crate::store::{Adjust, Bundle, DurableError, DurableOp, PlayerProfile, Rejection, Trade};
+use crate::store::{ids, Adjust, Bundle, DurableError, DurableOp, PlayerProfile, Rejection, Trade};
 use crate::supervise::{catch, FaultActor};
 
 pub type SessionId = u64;
@@ -195,6 +195,10 @@ pub struct Session {
     socket: Option<Socket>,
     /// A handler panicked: the connection is closing and nothing else runs.
     crashed: bool,
+    /// This session's id, unique across restarts and shards; a resumed
+    /// session's carries the op scope of the one it resumes (see
+    /// [`crate::store::ids`]).
+    sid: String,
     /// Held until the actor is dropped, so shutdown can wait for it.
     _done: mpsc::Sender<()>,
 }
@@ -260,12 +264,20 @@ impl Session {
             profile_loaded: false,
             socket,
             crashed: false,
+            sid: ids::session_id(id, None),
             _done: done,
         }
     }
 
     fn sid(&self) -> String {
-        format!("s-{:x}", self.id)
+        self.sid.clone()
+    }
+
+    /// The op id of this session's request `req`: the same for a retry in
+    /// this session or in one resumed from it, new after a fresh login or
+    /// a restart (so the ledger never takes a new request for a replay).
+    fn op_id(&self, req: u32) -> String {
+        format!("{}:{req}", ids::op_scope_of(&self.sid))
     }
 
     fn send(&self, msg: &ServerMsg) {
@@ -390,6 +402,9 @@ impl Session {
                 return;
             }
         };
+        if let Some(claimed) = &resumed {
+            self.sid = ids::session_id(self.id, Some(claimed));
+        }
         let sid = self.sid();
         let takeover = match resumed {
             Some(claimed) => {
@@ -811,7 +826,7 @@ impl Session {
             return;
         };
         let me = identity.player_id.clone();
-        let trade_id = format!("{}:{}", self.sid(), give.req);
+        let trade_id = self.op_id(give.req);
         let persister = self.shared.persister.clone();
         let timeout = ms(self.shared.config.rooms.call_timeout_ms);
         let who = room.send(WhoIs { entity: give.to });

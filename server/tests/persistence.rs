@@ -162,3 +162,150 @@ async fn sigkill_right_after_a_durable_ack_keeps_it_and_recent_positions() {
         "saved x {x}, last seen {last_x}"
     );
 }
+
+/// Log in again (the starter purse was granted before): expect the stored
+/// `currency`, join `map`.
+async fn back(
+    addr: std::net::SocketAddr,
+    name: &str,
+    currency: i64,
+    map: &str,
+) -> (Client, Joined) {
+    let mut client = Client::connect(addr).await;
+    client.hello_with(Some(token(name)), name).await;
+    client.expect_currency(currency).await;
+    let joined = client.join(map).await;
+    (client, joined)
+}
+
+/// Op ids are unique across restarts: the trade ledger outlives the
+/// process, the session numbers do not. A give acknowledged before a
+/// restart, then a give with the same req and amount by a new login after
+/// it: both applied (the second is not mistaken for a replay of the first).
+#[tokio::test]
+async fn a_give_after_a_restart_reusing_a_req_is_applied() {
+    let data = tempfile::tempdir().unwrap();
+    let (child, addr) = spawn_server(data.path());
+    let (mut alice, _, _) = player(addr, "alice", "lobby").await;
+    let (mut bob, _, b) = player(addr, "bob", "lobby").await;
+    alice.give(1, b.you, 1).await;
+    assert_eq!(alice.expect_done(1).await.inventory.currency, 99);
+    bob.expect_currency(101).await;
+    drop((alice, bob));
+    child.kill_hard();
+
+    let (child, addr) = spawn_server(data.path());
+    let (mut alice, _) = back(addr, "alice", 99, "lobby").await;
+    let (mut bob, b) = back(addr, "bob", 101, "lobby").await;
+    alice.give(1, b.you, 1).await;
+    assert_eq!(
+        alice.expect_done(1).await.inventory.currency,
+        98,
+        "the acknowledged give was taken for a replay"
+    );
+    bob.expect_currency(102).await;
+    // A third process sees both gives.
+    drop((alice, bob));
+    child.kill_hard();
+    let (_child, addr) = spawn_server(data.path());
+    back(addr, "bob", 102, "lobby").await;
+}
+
+/// A session resumed from another keeps its op scope: a give retried with
+/// the same req after a reconnect (here across a restart, e.g. after an
+/// in-doubt answer) is answered `done` and not applied twice, while new
+/// reqs are applied.
+#[tokio::test]
+async fn a_give_retried_in_a_resumed_session_is_not_applied_twice() {
+    let data = tempfile::tempdir().unwrap();
+    let (child, addr) = spawn_server(data.path());
+    let (mut alice, welcome, _) = player(addr, "alice", "lobby").await;
+    let (mut bob, _, b) = player(addr, "bob", "lobby").await;
+    alice.give(7, b.you, 5).await;
+    assert_eq!(alice.expect_done(7).await.inventory.currency, 95);
+    bob.expect_currency(105).await;
+
+    // A resume in the same process.
+    drop(alice);
+    let mut alice = Client::connect(addr).await;
+    alice.send_resume(welcome.resume_token.clone()).await;
+    let resumed = alice
+        .expect("welcome", |m| match m {
+            ServerMsg::Welcome(w) => Some(w.clone()),
+            _ => None,
+        })
+        .await;
+    assert_ne!(resumed.session_id, welcome.session_id);
+    alice.expect_currency(95).await;
+    alice.join("lobby").await;
+    alice.give(7, b.you, 5).await;
+    assert_eq!(
+        alice.expect_done(7).await.inventory.currency,
+        95,
+        "a retried req was applied twice after a resume"
+    );
+    drop((alice, bob));
+    child.kill_hard();
+
+    // And across a restart: the resumed session's token still names the
+    // first session's scope.
+    let (_child, addr) = spawn_server(data.path());
+    let mut alice = Client::connect(addr).await;
+    alice.send_resume(resumed.resume_token.clone()).await;
+    alice
+        .expect("welcome", |m| match m {
+            ServerMsg::Welcome(w) => Some(w.clone()),
+            _ => None,
+        })
+        .await;
+    alice.expect_currency(95).await;
+    alice.join("lobby").await;
+    let (mut bob, b) = back(addr, "bob", 105, "lobby").await;
+    alice.give(7, b.you, 5).await;
+    assert_eq!(alice.expect_done(7).await.inventory.currency, 95);
+    alice.give(8, b.you, 5).await;
+    assert_eq!(alice.expect_done(8).await.inventory.currency, 90);
+    bob.expect_currency(110).await;
+}
+
+/// A clean start logs "store ready", not "store is answering again" (that
+/// line means the store was failing and came back).
+#[tokio::test]
+async fn a_clean_start_does_not_log_a_store_recovery() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera-server"))
+        .args(["--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .env("TESSERA_STORE__EMBEDDED__DIR", data.path())
+        .env("TESSERA_AUTH__SECRET", SECRET)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the server binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let first = BufReader::new(stdout).lines().next().unwrap().unwrap();
+    let addr: std::net::SocketAddr = first
+        .strip_prefix("ws listening on ")
+        .expect("the first line is the ws address")
+        .parse()
+        .unwrap();
+    // Something that needs the store: a login with a profile and a purse.
+    let (_alice, _, _) = player(addr, "alice", "lobby").await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(log.contains("store ready"), "no \"store ready\" in:\n{log}");
+    assert!(
+        !log.contains("store is answering again"),
+        "a clean start logged a recovery:\n{log}"
+    );
+}

@@ -12,10 +12,12 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::doc;
-use server::store::model::{PLAYERS, PLAYER_SCHEMA, ROOMS, ROOM_SCHEMA};
+use std::sync::Arc;
+
+use server::store::model::{OPS, PLAYERS, PLAYER_SCHEMA, ROOMS, ROOM_SCHEMA, TRADES};
 use server::store::{
-    Adjust, Bundle, DurableError, DurableOp, GroundItem, PendingPickup, PlayerState, Rejection,
-    RoomState, Stats, Trade, TradeState,
+    Adjust, Bundle, DurableError, DurableOp, GroundItem, OpState, PendingPickup, PlayerState,
+    Rejection, RoomState, Stats, Store, Trade, TradeState, Volatile,
 };
 use store_support::{init_tracing, Fixture, Kind};
 
@@ -70,6 +72,10 @@ conformance!(
     rooms_round_trip_with_items_and_pending,
     stale_room_writes_are_skipped,
     old_rooms_migrate_and_bad_ones_read_as_none,
+    idempotency_is_exact,
+    stale_player_writes_are_skipped,
+    a_late_batch_never_replaces_newer_state,
+    the_ledgers_are_pruned_after_the_retention,
 );
 
 fn state(map: &str, x: f32) -> PlayerState {
@@ -125,7 +131,28 @@ fn items(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
 
+/// Whether op `id` was applied to `player`, as the store says: its ledger
+/// row is done, or (Mongo, between its steps) the player holds the id.
+async fn op_applied(store: &Arc<dyn Store>, player: &str, id: &str) -> bool {
+    let p = store.load_player(player.into()).await.unwrap().unwrap();
+    if p.pending_ops.iter().any(|o| o == id) {
+        return true;
+    }
+    matches!(
+        store.load_op(id.into()).await.unwrap(),
+        Some(r) if r.state == OpState::Done
+    )
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 mod cases {
+    pub use super::exactness::*;
     use super::*;
 
     /// Every document type goes in and comes back the same.
@@ -183,7 +210,15 @@ mod cases {
             items(&[("potion", 3), ("sword", 1)])
         );
         assert_eq!(stored.progress, items(&[("quest-intro", 2)]));
-        assert_eq!(stored.recent_ops, vec!["grant-1".to_string()]);
+        let grant = fresh.load_op("grant-1".into()).await.unwrap().unwrap();
+        assert_eq!(
+            (grant.state, grant.player.as_str(), grant.currency),
+            (OpState::Done, "ada", 250)
+        );
+        assert!(
+            stored.recent_ops.is_empty(),
+            "the old window is not written"
+        );
         assert_eq!(
             fresh.load_room("arena".into()).await.unwrap(),
             Some(room.clone())
@@ -417,16 +452,6 @@ mod cases {
         }
         let stored = fresh.load_player("cara".into()).await.unwrap().unwrap();
         assert_eq!(stored.inventory.currency, 120);
-        // The ids kept for idempotency are bounded.
-        for i in 0..50 {
-            p.durable(adjust(&format!("s{i}"), "cara", 1))
-                .await
-                .unwrap();
-        }
-        let stored = fresh.load_player("cara".into()).await.unwrap().unwrap();
-        assert_eq!(stored.inventory.currency, 170);
-        assert_eq!(stored.recent_ops.len(), server::store::model::RECENT_OPS);
-        assert_eq!(stored.recent_ops.last().map(String::as_str), Some("s49"));
         assert_eq!(p.stats().volatile_written, 0);
         p.shutdown(Duration::from_secs(5)).await;
     }
@@ -661,13 +686,15 @@ mod cases {
 
         let fresh = fx.fresh().await;
         let dora = fresh.load_player("dora".into()).await.unwrap().unwrap();
-        let doubtful_applied = in_doubt
-            .iter()
-            .filter(|id| dora.recent_ops.contains(id))
-            .count() as i64;
+        let mut doubtful_applied = 0;
+        for id in &in_doubt {
+            if op_applied(&fresh, "dora", id).await {
+                doubtful_applied += 1;
+            }
+        }
         for id in &unsent {
             assert!(
-                !dora.recent_ops.contains(id),
+                !op_applied(&fresh, "dora", id).await,
                 "{id} failed as unavailable but was applied"
             );
         }
@@ -845,6 +872,276 @@ mod cases {
         assert!(report.deadline_hit, "{report:?}");
         assert_eq!(report.left_dirty, 1);
         assert!(took < Duration::from_secs(4), "shutdown took {took:?}");
+    }
+}
+
+mod exactness {
+    use super::*;
+    use server::store::StoreConfig;
+
+    /// An op re-driven after 100 other durable changes of its player is
+    /// credited once (no window of recent ids); the same id for a different
+    /// op is refused; a refused op is not remembered (it may succeed later).
+    pub async fn idempotency_is_exact(mut fx: Fixture) {
+        let p = fx.persister(fx.config()).await;
+        p.load_profile("finn", "Finn").await.unwrap();
+        let pickup = |id: &str| {
+            DurableOp::Adjust(Adjust {
+                op_id: id.into(),
+                player: "finn".into(),
+                items: items(&[("gem", 1)]),
+                ..Adjust::default()
+            })
+        };
+        let first = p.durable(pickup("pickup:arena:e1:1")).await.unwrap();
+        assert!(!first.replayed);
+        for i in 0..100 {
+            p.durable(adjust(&format!("other-{i}"), "finn", 1))
+                .await
+                .unwrap();
+        }
+        let again = p.durable(pickup("pickup:arena:e1:1")).await.unwrap();
+        assert!(again.replayed, "a re-driven op was applied again");
+        let fresh = fx.fresh().await;
+        let finn = fresh.load_player("finn".into()).await.unwrap().unwrap();
+        assert_eq!(finn.inventory.items, items(&[("gem", 1)]));
+        assert_eq!(finn.inventory.currency, 100);
+        assert!(op_applied(&fresh, "finn", "pickup:arena:e1:1").await);
+
+        // The same id for another operation: refused, nothing changed.
+        match p.durable(adjust("other-7", "finn", 5)).await {
+            Err(DurableError::Rejected(Rejection::OpIdReused(id))) => assert_eq!(id, "other-7"),
+            other => panic!("expected OpIdReused, got {other:?}"),
+        }
+        // A refused op leaves no trace: once affordable, it applies.
+        assert!(matches!(
+            p.durable(adjust("spend-200", "finn", -200)).await,
+            Err(DurableError::Rejected(Rejection::Insufficient { .. }))
+        ));
+        assert!(!op_applied(&fresh, "finn", "spend-200").await);
+        p.durable(adjust("top-up", "finn", 100)).await.unwrap();
+        let spent = p.durable(adjust("spend-200", "finn", -200)).await.unwrap();
+        assert!(!spent.replayed);
+        assert_eq!(spent.inventory("finn").unwrap().currency, 0);
+        let finn = fresh.load_player("finn".into()).await.unwrap().unwrap();
+        assert_eq!(finn.inventory.currency, 0);
+
+        // Ids applied before the ledger (the old window on the document)
+        // still count as applied.
+        let store = p.store().unwrap();
+        let mut legacy = mongodb::bson::to_document(&finn).unwrap();
+        legacy.insert("recent_ops", vec!["old-grant"]);
+        store.put_raw(PLAYERS, legacy).await.unwrap();
+        let old = p.durable(adjust("old-grant", "finn", 50)).await.unwrap();
+        assert!(old.replayed);
+        assert_eq!(old.inventory("finn").unwrap().currency, 0);
+        p.shutdown(Duration::from_secs(5)).await;
+    }
+
+    /// An older revision of a player's state never replaces a newer one,
+    /// whatever order the writes reach the store in; an equal one is
+    /// stale too.
+    pub async fn stale_player_writes_are_skipped(mut fx: Fixture) {
+        let p = fx.persister(fx.config()).await;
+        let store = p.store().unwrap();
+        let write = |x: f32, rev: u64| {
+            let store = store.clone();
+            async move {
+                store
+                    .write_volatile(vec![Volatile::Player {
+                        id: "gil".into(),
+                        state: state("arena", x),
+                        rev,
+                    }])
+                    .await
+                    .unwrap()
+            }
+        };
+        write(2.0, 20).await;
+        write(1.0, 10).await;
+        write(1.5, 20).await;
+        let fresh = fx.fresh().await;
+        let gil = fresh.load_player("gil".into()).await.unwrap().unwrap();
+        assert_eq!((gil.state.x, gil.state_rev), (2.0, 20));
+        write(3.0, 30).await;
+        let gil = fresh.load_player("gil".into()).await.unwrap().unwrap();
+        assert_eq!((gil.state.x, gil.state_rev), (3.0, 30));
+        // A volatile write never touches durable fields, stale or not.
+        p.durable(adjust("gil-pay", "gil", 9)).await.unwrap();
+        write(0.5, 5).await;
+        write(4.0, 40).await;
+        let gil = fresh.load_player("gil".into()).await.unwrap().unwrap();
+        assert_eq!((gil.state.x, gil.inventory.currency), (4.0, 9));
+
+        // A stored revision ahead of this process's clock (another shard,
+        // a clock that stepped back): once the profile is loaded, the
+        // persister's next states are newer still.
+        let ahead = (now_ms() as u64 + 86_400_000) * 1_000;
+        write(5.0, ahead).await;
+        let loaded = p.load_profile("gil", "Gil").await.unwrap();
+        assert_eq!(loaded.state_rev, ahead);
+        p.player_state("gil", state("arena", 6.0));
+        p.flush().await.unwrap();
+        let gil = fresh.load_player("gil".into()).await.unwrap().unwrap();
+        assert_eq!(gil.state.x, 6.0);
+        assert!(gil.state_rev > ahead);
+        p.shutdown(Duration::from_secs(5)).await;
+    }
+
+    /// A flush that times out while the store is frozen (SIGSTOP for
+    /// SecantusDB, a hang for the embedded store) and lands only after a
+    /// newer state was written never replaces it. Each round freezes the
+    /// store with one batch in flight, queues a newer state, lets the
+    /// persister's retry go out on another pooled connection while still
+    /// frozen, then thaws: the server runs both, in either order, and the
+    /// persister sees the newer one acknowledged. Several rounds, so the
+    /// late-old-batch order comes up.
+    pub async fn a_late_batch_never_replaces_newer_state(mut fx: Fixture) {
+        let mut config = StoreConfig {
+            flush_interval_ms: 600_000,
+            flush_timeout_ms: 2_000,
+            retry_min_ms: 100,
+            retry_max_ms: 200,
+            ..fx.config()
+        };
+        // Idle connections ready, so a retry needs no handshake with the
+        // frozen server.
+        config.mongodb.min_pool_size = 4;
+        let p = fx.persister(config).await;
+        p.load_profile("hal", "Hal").await.unwrap();
+        let fresh = fx.fresh().await;
+        for round in 0..6 {
+            let base = round as f32 * 1_000.0;
+            p.player_state("hal", state("arena", base + 1.0));
+            p.flush().await.unwrap();
+            let warm: Vec<_> = (0..4).map(|_| p.load_room("arena")).collect();
+            for r in futures_util::future::join_all(warm).await {
+                r.unwrap();
+            }
+            fx.outage_begin();
+            p.player_state("hal", state("arena", base + 417.4));
+            // Sent, and no answer within the flush timeout.
+            assert!(p.flush().await.is_err(), "flushed while frozen");
+            p.player_state("hal", state("arena", base + 477.4));
+            // The retry (after a 50-200 ms backoff) goes out while frozen.
+            let retry = tokio::spawn(p.flush());
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            fx.outage_end();
+            let _ = retry.await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while p.dirty_keys() > 0 || !p.healthy() {
+                assert!(Instant::now() < deadline, "never flushed after the thaw");
+                let _ = p.flush().await;
+            }
+            // Give a batch still in the thawed server time to land.
+            for _ in 0..5 {
+                fresh.ping().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let hal = fresh.load_player("hal".into()).await.unwrap().unwrap();
+            assert_eq!(
+                hal.state.x,
+                base + 477.4,
+                "round {round}: an older write replaced a newer one"
+            );
+        }
+        p.shutdown(Duration::from_secs(5)).await;
+    }
+
+    /// Finished ledger rows (trades and ops) older than the retention are
+    /// pruned, at the persister's start and then every minute; young ones
+    /// and rows in progress stay.
+    pub async fn the_ledgers_are_pruned_after_the_retention(mut fx: Fixture) {
+        let p = fx.persister(fx.config()).await;
+        p.load_profile("ivy", "Ivy").await.unwrap();
+        p.load_profile("jon", "Jon").await.unwrap();
+        p.durable(adjust("young-op", "ivy", 10)).await.unwrap();
+        p.durable(DurableOp::Trade(Trade {
+            id: "young-trade".into(),
+            a: "ivy".into(),
+            b: "jon".into(),
+            a_gives: Bundle {
+                currency: 1,
+                items: BTreeMap::new(),
+            },
+            b_gives: Bundle::default(),
+        }))
+        .await
+        .unwrap();
+        let store = p.store().unwrap();
+        let day = 86_400_000_i64;
+        let old = now_ms() - 3 * day;
+        for (collection, id, state) in [
+            (OPS, "old-op", "done"),
+            (OPS, "old-pending-op", "pending"),
+            (TRADES, "old-trade", "done"),
+            (TRADES, "old-cancelled", "cancelled"),
+            (TRADES, "old-applied", "applied"),
+        ] {
+            let mut d = doc! {
+                "_id": id, "v": 1, "state": state, "created_ms": old, "updated_ms": old,
+            };
+            if collection == OPS {
+                d.extend(doc! { "player": "ivy", "currency": 1_i64, "items": {}, "progress": {} });
+            } else {
+                d.extend(doc! {
+                    "a": "ivy", "b": "jon", "reason": "",
+                    "a_gives": { "currency": 1_i64, "items": {} },
+                    "b_gives": { "currency": 0_i64, "items": {} },
+                });
+            }
+            store.put_raw(collection, d).await.unwrap();
+        }
+        // A retention longer than their age keeps everything.
+        assert_eq!(
+            store
+                .prune_ledger(Duration::from_millis(4 * day as u64))
+                .await
+                .unwrap(),
+            0
+        );
+        drop(store);
+        p.shutdown(Duration::from_secs(5)).await;
+
+        // Two days: the persister prunes at start.
+        let config = StoreConfig {
+            ledger_retention_ms: 2 * day as u64,
+            ..fx.config()
+        };
+        let p = fx.persister(config).await;
+        let fresh = fx.fresh().await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while fresh.load_op("old-op".into()).await.unwrap().is_some() {
+            assert!(Instant::now() < deadline, "the expired op was never pruned");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(fresh
+            .load_trade("old-trade".into())
+            .await
+            .unwrap()
+            .is_none());
+        assert!(fresh
+            .load_trade("old-cancelled".into())
+            .await
+            .unwrap()
+            .is_none());
+        // In progress: kept, whatever its age (recovery settles it).
+        // (Mongo's recovery finishes it meanwhile, which makes it young.)
+        assert!(fresh
+            .load_trade("old-applied".into())
+            .await
+            .unwrap()
+            .is_some());
+        // Young: kept, and still recognised as replays.
+        assert!(fresh.load_op("young-op".into()).await.unwrap().is_some());
+        assert!(fresh
+            .load_trade("young-trade".into())
+            .await
+            .unwrap()
+            .is_some());
+        let replay = p.durable(adjust("young-op", "ivy", 10)).await.unwrap();
+        assert!(replay.replayed);
+        p.shutdown(Duration::from_secs(5)).await;
     }
 }
 
@@ -1040,6 +1337,84 @@ mod mongodb_only {
                 store.recover_trades(Duration::from_secs(30)).await.unwrap(),
                 0
             );
+        });
+    }
+
+    /// Half-done adjustments (a shard died between the steps) are
+    /// settled: one applied (the player holds its id) is marked done, one
+    /// never applied is forgotten so that a retry applies it, a young one
+    /// is left alone; an id stays on the player until its row has been done
+    /// for the recovery age.
+    #[test]
+    fn op_recovery_settles_half_done_ops() {
+        run(Kind::Mongo, |fx| async move {
+            let config = fx.config();
+            let store = MongoStore::connect(&config.mongodb).await.unwrap();
+            store.prepare().await.unwrap();
+            store
+                .load_or_create_player("p".into(), "p".into())
+                .await
+                .unwrap();
+            let db = store.client().database(&config.mongodb.database);
+            let players = db.collection::<mongodb::bson::Document>(PLAYERS);
+            let ops = db.collection::<mongodb::bson::Document>(OPS);
+            let op_doc = |id: &str, state: &str, at: i64| {
+                doc! {
+                    "_id": id, "v": 1, "state": state, "player": "p",
+                    "currency": 10_i64, "items": {}, "progress": {},
+                    "created_ms": at, "updated_ms": at,
+                }
+            };
+            // Died after applying, before marking the row done.
+            ops.insert_one(op_doc("applied", "pending", 0))
+                .await
+                .unwrap();
+            players
+                .update_one(
+                    doc! { "_id": "p" },
+                    doc! { "$inc": { "inventory.currency": 10_i64 }, "$push": { "pending_ops": "applied" } },
+                )
+                .await
+                .unwrap();
+            // Died before applying.
+            ops.insert_one(op_doc("unapplied", "pending", 0))
+                .await
+                .unwrap();
+            // Young: another shard may be applying it right now.
+            ops.insert_one(op_doc("young", "pending", server_now_ms()))
+                .await
+                .unwrap();
+            // Done long ago, its id still on the player.
+            ops.insert_one(op_doc("old-done", "done", 0)).await.unwrap();
+            players
+                .update_one(
+                    doc! { "_id": "p" },
+                    doc! { "$push": { "pending_ops": "old-done" } },
+                )
+                .await
+                .unwrap();
+
+            let settled = store.recover_trades(Duration::from_secs(30)).await.unwrap();
+            assert_eq!(settled, 2);
+            let state = |id: &str| {
+                let store = &store;
+                let id = id.to_string();
+                async move { store.load_op(id).await.unwrap().map(|r| r.state) }
+            };
+            assert_eq!(state("applied").await, Some(OpState::Done));
+            assert_eq!(state("unapplied").await, None);
+            assert_eq!(state("young").await, Some(OpState::Pending));
+            let p = store.load_player("p".into()).await.unwrap().unwrap();
+            assert_eq!(p.inventory.currency, 10);
+            // Just done: its id stays for now; the old one is gone.
+            assert_eq!(p.pending_ops, vec!["applied".to_string()]);
+
+            // Retries: the applied one is a replay, the other applies now.
+            let again = store.apply(adjust("applied", "p", 10)).await.unwrap();
+            assert!(again.replayed);
+            let now = store.apply(adjust("unapplied", "p", 10)).await.unwrap();
+            assert!(!now.replayed);
+            assert_eq!(now.inventory("p").unwrap().currency, 20);
         });
     }
 

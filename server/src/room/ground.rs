@@ -7,7 +7,7 @@
 //!              ▼
 //!          durable_room(doc)  (write-through) ──fails──▶ item back, 5003
 //!              ▼ ok
-//!          durable(Adjust "pickup:<map>:<id>")  (idempotent)
+//!          durable(Adjust "pickup:<map>:<epoch>:<id>")  (idempotent)
 //!              ├─ ok ─────────▶ pending dropped (write-behind), done + inventory
 //!              ├─ refused ────▶ item back, error
 //!              └─ in doubt ───▶ stays pending, retried with the same op id; 5004
@@ -17,7 +17,10 @@
 //! player is credited, and the credit is idempotent by its op id, so a crash
 //! between the two writes is finished by re-driving the pending entry (at
 //! load, or at a supervisor restart, after writing the restored document
-//! through again) rather than by guessing. An item is put
+//! through again) rather than by guessing. The op id names the room
+//! document's epoch, a nonce drawn when the document is created or rebuilt
+//! (item ids start again at 1 then), so it never meets the id of another
+//! pick-up in the op ledger. An item is put
 //! back only when no credit can have been applied: the first attempt failed
 //! without being sent, or the store refused it.
 //!
@@ -39,6 +42,7 @@ use rand::Rng;
 use super::{encode_frame, Room};
 use crate::metrics as m;
 use crate::session::SessionId;
+use crate::store::ids::fresh_nonce;
 use crate::store::{Adjust, DurableError, DurableOp, GroundItem, PendingPickup, RoomState};
 
 /// Backoff of store retries (loading the document, an in-doubt credit).
@@ -62,6 +66,7 @@ pub struct GroundSnapshot {
     pub loaded: bool,
     pub rev: u64,
     pub next_item: u64,
+    pub epoch: String,
     pub items: Vec<GroundItem>,
     pub pending: Vec<PendingPickup>,
 }
@@ -87,6 +92,8 @@ pub(super) struct Ground {
     loaded: bool,
     rev: u64,
     next_item: u64,
+    /// The room document's epoch (see [`RoomState::epoch`]).
+    epoch: String,
     items: BTreeMap<u64, GroundItem>,
     pending: BTreeMap<u64, Pickup>,
     /// When each spawner of the map is due next.
@@ -100,6 +107,7 @@ impl Ground {
             loaded: false,
             rev: 0,
             next_item: 1,
+            epoch: String::new(),
             items: BTreeMap::new(),
             pending: BTreeMap::new(),
             spawn_due: Vec::new(),
@@ -112,6 +120,7 @@ impl Ground {
             loaded: self.loaded,
             rev: self.rev,
             next_item: self.next_item,
+            epoch: self.epoch.clone(),
             items: self.items.values().cloned().collect(),
             pending: self.pending.values().map(Pickup::stored).collect(),
         }
@@ -121,11 +130,20 @@ impl Ground {
         &mut self,
         rev: u64,
         next_item: u64,
+        epoch: &str,
         items: Vec<GroundItem>,
         pending: Vec<PendingPickup>,
     ) {
         self.loaded = true;
         self.rev = rev;
+        // A new document (none stored, or a bad one read as none), or one
+        // from before epochs: a new epoch, written with the next change
+        // and before any op id names it.
+        self.epoch = if epoch.is_empty() {
+            fresh_nonce()
+        } else {
+            epoch.to_string()
+        };
         self.items = items.into_iter().map(|i| (i.id, i)).collect();
         self.pending = pending
             .into_iter()
@@ -196,6 +214,7 @@ impl Room {
         RoomState {
             rev: g.rev,
             next_item: g.next_item,
+            epoch: g.epoch.clone(),
             items: g.items.values().cloned().collect(),
             pending: g.pending.values().map(Pickup::stored).collect(),
             ..RoomState::new(&self.map.name)
@@ -228,8 +247,13 @@ impl Room {
             .collect();
         match restored {
             Some(g) if g.loaded => {
-                self.ground
-                    .install(g.rev, g.next_item, g.items.clone(), g.pending.clone());
+                self.ground.install(
+                    g.rev,
+                    g.next_item,
+                    &g.epoch,
+                    g.items.clone(),
+                    g.pending.clone(),
+                );
                 self.ground_snapshot = Arc::new(self.ground.snapshot());
                 if self.ground.has_pending() {
                     for p in self.ground.pending.values_mut() {
@@ -273,7 +297,7 @@ impl Room {
         };
         let doc = doc.unwrap_or_else(|| RoomState::new(&self.map.name));
         self.ground
-            .install(doc.rev, doc.next_item, doc.items, doc.pending);
+            .install(doc.rev, doc.next_item, &doc.epoch, doc.items, doc.pending);
         self.ground_snapshot = Arc::new(self.ground.snapshot());
         self.snapshot();
         tracing::info!(
@@ -454,7 +478,7 @@ impl Room {
         self.ground.pending.insert(
             id,
             Pickup {
-                op_id: format!("pickup:{}:{id}", self.map.name),
+                op_id: format!("pickup:{}:{}:{id}", self.map.name, self.ground.epoch),
                 player,
                 item,
                 waiter: Some((msg.session, req)),
@@ -669,6 +693,7 @@ mod tests {
         g.install(
             4,
             2,
+            "",
             vec![item(3)],
             vec![PendingPickup {
                 op_id: "pickup:m:9".into(),
@@ -681,5 +706,14 @@ mod tests {
         let snap = g.snapshot();
         assert!(snap.loaded);
         assert_eq!((snap.rev, snap.items.len(), snap.pending.len()), (4, 1, 1));
+        // A document without an epoch (new, rebuilt or old) gets a fresh
+        // one; a stored one is kept.
+        assert!(!snap.epoch.is_empty());
+        let mut rebuilt = Ground::new();
+        rebuilt.install(0, 1, "", Vec::new(), Vec::new());
+        assert_ne!(rebuilt.epoch, snap.epoch);
+        let mut reloaded = Ground::new();
+        reloaded.install(5, 10, &snap.epoch, Vec::new(), Vec::new());
+        assert_eq!(reloaded.epoch, snap.epoch);
     }
 }

@@ -6,8 +6,11 @@
 //! migration path. redb is synchronous: every call runs on tokio's blocking
 //! pool. Each durable op is one write transaction committed with
 //! `Durability::Immediate` (fsync), so a trade is atomic without a ledger
-//! protocol; the ledger still records each trade id for idempotent retries.
-//! A volatile batch is one transaction too (one fsync per flush).
+//! protocol; the ledgers still record each trade id and each op id for
+//! idempotent retries (pruned by [`Store::prune_ledger`] after
+//! `store.ledger_retention_ms`, as Mongo's TTL index does). A volatile batch
+//! is one transaction too (one fsync per flush); each document in it is
+//! compared with the stored revision inside that transaction.
 //!
 //! The file is opened in redb's `SingleWriter` mode: this process writes,
 //! and other handles ([`EmbeddedStore::open_read_only`], e.g. a tool or the
@@ -27,15 +30,17 @@ use redb::{
 };
 
 use super::model::{
-    self, apply_adjust, credit, debit, decode_player, decode_room, decode_trade, to_bson,
-    to_document, Adjust, DurableAck, DurableOp, PlayerProfile, Rejection, RoomState, Trade,
-    TradeRecord, TradeState, Volatile, VolatileKey, PLAYERS, ROOMS, TRADES,
+    self, apply_adjust, credit, debit, decode_op, decode_player, decode_room, decode_trade,
+    rev_i64, to_bson, to_document, Adjust, DurableAck, DurableOp, OpRecord, OpState, PlayerProfile,
+    Rejection, RoomState, Trade, TradeRecord, TradeState, Volatile, VolatileKey, OPS, PLAYERS,
+    ROOMS, TRADES,
 };
-use super::{report_bad, unix_ms, BatchReport, OpError, Store, StoreError, StoreFuture};
+use super::{metric, report_bad, unix_ms, BatchReport, OpError, Store, StoreError, StoreFuture};
 
 const PLAYERS_T: TableDefinition<&str, &[u8]> = TableDefinition::new(PLAYERS);
 const ROOMS_T: TableDefinition<&str, &[u8]> = TableDefinition::new(ROOMS);
 const TRADES_T: TableDefinition<&str, &[u8]> = TableDefinition::new(TRADES);
+const OPS_T: TableDefinition<&str, &[u8]> = TableDefinition::new(OPS);
 
 /// The file inside `store.embedded.dir`.
 pub const FILE_NAME: &str = "tessera.redb";
@@ -136,7 +141,7 @@ impl EmbeddedStore {
             .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
         // Create the tables, so that readers never meet a missing one.
         let txn = db.begin_write().map_err(backend)?;
-        for table in [PLAYERS_T, ROOMS_T, TRADES_T] {
+        for table in [PLAYERS_T, ROOMS_T, TRADES_T, OPS_T] {
             txn.open_table(table).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
@@ -191,9 +196,10 @@ fn write_batch(db: &Db, batch: Vec<Volatile>) -> Result<BatchReport, StoreError>
         let mut rooms = txn.open_table(ROOMS_T).map_err(backend)?;
         for doc in batch {
             match doc {
-                Volatile::Player { id, state } => {
-                    // Like Mongo's `$set: {state}`: only the state changes,
-                    // whatever else the document holds.
+                Volatile::Player { id, state, rev } => {
+                    // Like Mongo's `$set: {state, state_rev}` under a
+                    // revision filter: only the state changes, whatever
+                    // else the document holds, and only to a newer one.
                     let mut stored = match get(&players, &id)? {
                         Some(bytes) => match parse(PLAYERS, &id, &bytes) {
                             Ok(doc) => doc,
@@ -212,11 +218,18 @@ fn write_batch(db: &Db, batch: Vec<Volatile>) -> Result<BatchReport, StoreError>
                             d
                         }
                     };
-                    stored.insert("state", to_bson(&state));
-                    put(&mut players, &id, &stored)?;
+                    if rev_of(&stored, "state_rev").is_some_and(|have| have >= rev) {
+                        metrics::counter!(metric::STALE_SKIPPED).increment(1);
+                    } else {
+                        stored.insert("state", to_bson(&state));
+                        stored.insert("state_rev", Bson::Int64(rev_i64(rev)));
+                        put(&mut players, &id, &stored)?;
+                    }
                 }
                 Volatile::Room(room) => {
-                    put_room_if_newer(&mut rooms, &room)?;
+                    if !put_room_if_newer(&mut rooms, &room)? {
+                        metrics::counter!(metric::STALE_SKIPPED).increment(1);
+                    }
                 }
             }
             report.written += 1;
@@ -235,11 +248,17 @@ fn stored_rev(table: &Table<&str, &[u8]>, map: &str) -> Result<Option<u64>, Stor
     let Ok(doc) = parse(ROOMS, map, &bytes) else {
         return Ok(None);
     };
-    Ok(match doc.get("rev") {
+    Ok(rev_of(&doc, "rev"))
+}
+
+/// A revision field of a stored document; none when missing or not a
+/// number (such a document is overwritten, as Mongo's `$not: {$gte}` does).
+fn rev_of(doc: &Document, field: &str) -> Option<u64> {
+    match doc.get(field) {
         Some(Bson::Int64(n)) => u64::try_from(*n).ok(),
         Some(Bson::Int32(n)) => u64::try_from(*n).ok(),
         _ => None,
-    })
+    }
 }
 
 /// Write `room` unless the stored document's `rev` is as new or newer; the
@@ -265,15 +284,44 @@ fn write_room(db: &Db, room: RoomState) -> Result<bool, StoreError> {
     Ok(written)
 }
 
+fn read_op(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> Result<Option<OpRecord>, StoreError> {
+    let Some(bytes) = get(table, id)? else {
+        return Ok(None);
+    };
+    parse(OPS, id, &bytes)
+        .and_then(decode_op)
+        .map(Some)
+        .map_err(|e| {
+            report_bad(&e);
+            StoreError::BadDocument(e)
+        })
+}
+
+/// An adjustment and its ledger row, in one transaction: applied exactly
+/// once for as long as the row is kept.
 fn adjust(db: &Db, op: Adjust) -> Result<DurableAck, OpError> {
     let txn = db.write()?;
     let ack = {
         let mut players = txn.open_table(PLAYERS_T).map_err(backend)?;
+        let mut ops = txn.open_table(OPS_T).map_err(backend)?;
+        let seen = read_op(&ops, &op.op_id)?;
+        if let Some(record) = &seen {
+            if !record.matches(&op) {
+                return Err(OpError::Rejected(Rejection::OpIdReused(op.op_id)));
+            }
+        }
         let (mut p, _) = read_player(&players, &op.player)?
             .ok_or_else(|| OpError::Rejected(Rejection::NoSuchPlayer(op.player.clone())))?;
-        let applied = apply_adjust(&mut p, &op).map_err(OpError::Rejected)?;
+        // The legacy window of recent ids, from before the ledger.
+        let applied = seen.is_none() && !p.recent_ops.contains(&op.op_id);
         if applied {
+            apply_adjust(&mut p, &op).map_err(OpError::Rejected)?;
             put(&mut players, &p.id, &to_document(&p))?;
+            let record = OpRecord::new(&op, OpState::Done, unix_ms());
+            put(&mut ops, &op.op_id, &to_document(&record))?;
         }
         DurableAck {
             inventories: vec![(p.id.clone(), p.inventory.clone())],
@@ -352,6 +400,59 @@ fn trade(db: &Db, t: Trade) -> Result<DurableAck, OpError> {
     // A refusal is recorded too, so that a retry gets the same answer.
     txn.commit().map_err(backend)?;
     outcome
+}
+
+/// When a ledger row finished (`updated_ms` of a done or cancelled trade,
+/// of a done op); none while it is in progress or unreadable.
+fn finished_ms(collection: &'static str, id: &str, bytes: &[u8]) -> Option<i64> {
+    let doc = parse(collection, id, bytes).ok()?;
+    let finished = matches!(doc.get_str("state"), Ok("done" | "cancelled"));
+    if !finished {
+        return None;
+    }
+    match doc.get("updated_ms") {
+        Some(Bson::Int64(ms)) => Some(*ms),
+        Some(Bson::Int32(ms)) => Some(i64::from(*ms)),
+        _ => None,
+    }
+}
+
+/// Find the expired rows in a read transaction (which never blocks the
+/// writer, so durable ops go on during the scan), then delete them in one
+/// short write transaction, checking each again.
+fn prune(db: &Db, retention: Duration) -> Result<usize, StoreError> {
+    let cutoff = unix_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+    let expired = |collection, bytes: &[u8], id: &str| {
+        finished_ms(collection, id, bytes).is_some_and(|ms| ms < cutoff)
+    };
+    let mut candidates = Vec::new();
+    {
+        let txn = db.read()?;
+        for (collection, table) in [(TRADES, TRADES_T), (OPS, OPS_T)] {
+            let t = txn.open_table(table).map_err(backend)?;
+            for entry in t.iter().map_err(backend)? {
+                let (key, value) = entry.map_err(backend)?;
+                if expired(collection, value.value(), key.value()) {
+                    candidates.push((collection, table, key.value().to_string()));
+                }
+            }
+        }
+    }
+    if candidates.is_empty() {
+        return Ok(0);
+    }
+    let txn = db.write()?;
+    let mut pruned = 0;
+    for (collection, table, id) in &candidates {
+        let mut t = txn.open_table(*table).map_err(backend)?;
+        let still = get(&t, id)?.is_some_and(|bytes| expired(collection, &bytes, id));
+        if still {
+            t.remove(id.as_str()).map_err(backend)?;
+            pruned += 1;
+        }
+    }
+    txn.commit().map_err(backend)?;
+    Ok(pruned)
 }
 
 fn load_or_create(db: &Db, id: String, name: String) -> Result<PlayerProfile, StoreError> {
@@ -469,9 +570,22 @@ impl Store for EmbeddedStore {
         })
     }
 
+    fn load_op(&self, id: String) -> StoreFuture<'_, Option<OpRecord>> {
+        self.run(move |db| {
+            let txn = db.read()?;
+            let ops = txn.open_table(OPS_T).map_err(backend)?;
+            read_op(&ops, &id)
+        })
+    }
+
     fn recover_trades(&self, _older_than: Duration) -> StoreFuture<'_, usize> {
-        // Trades commit in one transaction: none is ever left half-done.
+        // Trades and ops commit in one transaction: none is ever left
+        // half-done.
         async { Ok(0) }.boxed()
+    }
+
+    fn prune_ledger(&self, retention: Duration) -> StoreFuture<'_, usize> {
+        self.run(move |db| prune(db, retention))
     }
 
     fn put_raw(&self, collection: &'static str, doc: Document) -> StoreFuture<'_, ()> {
@@ -480,6 +594,7 @@ impl Store for EmbeddedStore {
                 PLAYERS => PLAYERS_T,
                 ROOMS => ROOMS_T,
                 TRADES => TRADES_T,
+                OPS => OPS_T,
                 other => return Err(StoreError::Backend(format!("no collection {other:?}"))),
             };
             let id = match doc.get("_id") {

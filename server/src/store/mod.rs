@@ -49,6 +49,23 @@
 //! caller is told "done" after step 4, or after step 3 when step 4 fails
 //! (recovery completes it).
 //!
+//! # Exactly once, and never backwards
+//!
+//! - Every durable op is idempotent by an id the store remembers in a
+//!   ledger (`trades`, `ops`) for `store.ledger_retention_ms`; a replay is
+//!   recognised only for the same content (else `TradeIdReused` /
+//!   `OpIdReused`). An adjustment on Mongo is two-step like a trade: insert
+//!   the `ops` row `pending`, apply it with the id pushed to the player's
+//!   `pending_ops` (the filter `pending_ops: {$ne: id}` makes this happen
+//!   once), mark the row `done`. Recovery settles rows left `pending`
+//!   (done if the player holds the id, deleted if not) and pulls ids whose
+//!   row has been done for `store.trade_recovery_age_ms`: until then a late
+//!   copy of the update (sent, timed out, run later) still meets the id.
+//! - Op ids are minted unique across restarts and shards ([`ids`]).
+//! - Every volatile write is conditional on a revision (`state_rev` for a
+//!   player's state, `rev` for a room document): an older or equal one is
+//!   skipped, so a batch that timed out and lands late changes nothing.
+//!
 //! # What "acknowledged" means
 //!
 //! A volatile write is never acknowledged to anyone: it is the latest
@@ -61,6 +78,7 @@
 //! is in doubt and is safe to retry with the same id.
 
 pub mod embedded;
+pub mod ids;
 pub mod model;
 pub mod mongo;
 pub mod persister;
@@ -74,9 +92,9 @@ use mongodb::bson::Document;
 use serde::{Deserialize, Serialize};
 
 pub use model::{
-    Adjust, Bundle, DecodeError, DurableAck, DurableOp, GroundItem, Inventory, PendingPickup,
-    PlayerProfile, PlayerState, Rejection, RoomState, Stats, Trade, TradeRecord, TradeState,
-    Volatile, VolatileKey,
+    Adjust, Bundle, DecodeError, DurableAck, DurableOp, GroundItem, Inventory, OpRecord, OpState,
+    PendingPickup, PlayerProfile, PlayerState, Rejection, RoomState, Stats, Trade, TradeRecord,
+    TradeState, Volatile, VolatileKey,
 };
 pub use persister::{
     DurableError, FlushError, Persister, PersisterHandle, PersisterStats, ShutdownReport,
@@ -109,6 +127,10 @@ pub mod metric {
     pub const BAD_DOCUMENTS: &str = "tessera_store_bad_documents_total";
     /// Trades finished or rolled back by recovery.
     pub const TRADES_RECOVERED: &str = "tessera_store_trades_recovered_total";
+    /// Volatile documents skipped because the store holds a newer revision.
+    pub const STALE_SKIPPED: &str = "tessera_store_stale_skipped_total";
+    /// Finished ledger rows (trades and ops) pruned after the retention.
+    pub const LEDGER_PRUNED: &str = "tessera_store_ledger_pruned_total";
 }
 
 /// What went wrong talking to a store.
@@ -190,8 +212,10 @@ pub trait Store: Send + Sync + 'static {
     /// Upsert a batch of volatile documents (player `state` fields, whole
     /// room documents). Idempotent: a batch may be written again after a
     /// failure. One bad document does not fail the batch; it is reported in
-    /// [`BatchReport::rejected`]. A room document whose `rev` is not above
-    /// the stored one is skipped (stale), which is not an error.
+    /// [`BatchReport::rejected`]. Every write is conditional: a room
+    /// document whose `rev`, or a player state whose `rev`, is not above
+    /// the stored one is skipped (stale), which is not an error. So a batch
+    /// that timed out and lands late can never replace newer state.
     fn write_volatile(&self, batch: Vec<Volatile>) -> StoreFuture<'_, BatchReport>;
 
     /// Write a room document through, if its `rev` is above the stored one;
@@ -218,9 +242,16 @@ pub trait Store: Send + Sync + 'static {
 
     fn load_trade(&self, id: String) -> StoreFuture<'_, Option<TradeRecord>>;
 
-    /// Finish or roll back trades left half-done for longer than
+    /// A row of the op ledger: whether (and how) op `id` was applied.
+    fn load_op(&self, id: String) -> StoreFuture<'_, Option<OpRecord>>;
+
+    /// Finish or roll back trades (and ops) left half-done for longer than
     /// `older_than`. Returns how many were settled.
     fn recover_trades(&self, older_than: Duration) -> StoreFuture<'_, usize>;
+
+    /// Delete ledger rows (trades and ops) finished more than `retention`
+    /// ago; rows still in progress are kept. Returns how many went.
+    fn prune_ledger(&self, retention: Duration) -> StoreFuture<'_, usize>;
 
     /// Write a document exactly as given, bypassing the model: for imports,
     /// tools and tests (old schema versions, damaged documents).
@@ -263,7 +294,17 @@ pub struct StoreConfig {
     pub shutdown_flush_deadline_ms: u64,
     /// Half-done trades (Mongo) older than this are settled by recovery.
     pub trade_recovery_age_ms: u64,
+    /// Finished rows of the trade and op ledgers are kept this long, then
+    /// pruned (same on both backends). An op retried or re-driven later
+    /// than this would be applied again, so it must exceed the longest
+    /// time a client may retry or a room may stay unloaded with a pick-up
+    /// pending.
+    pub ledger_retention_ms: u64,
 }
+
+/// At least an hour of ledger: a shorter one would forget ops that are
+/// still being retried.
+pub const MIN_LEDGER_RETENTION_MS: u64 = 3_600_000;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -308,6 +349,7 @@ impl Default for StoreConfig {
             retry_max_ms: 10_000,
             shutdown_flush_deadline_ms: 5_000,
             trade_recovery_age_ms: 60_000,
+            ledger_retention_ms: 7 * 24 * 3_600_000,
         }
     }
 }
@@ -355,6 +397,14 @@ impl StoreConfig {
         if self.retry_min_ms > self.retry_max_ms {
             errors.push("store.retry_min_ms must not exceed store.retry_max_ms".into());
         }
+        if self.ledger_retention_ms < MIN_LEDGER_RETENTION_MS {
+            errors.push(format!(
+                "store.ledger_retention_ms must be at least {MIN_LEDGER_RETENTION_MS} (one hour)"
+            ));
+        } else if self.ledger_retention_ms <= self.trade_recovery_age_ms {
+            errors
+                .push("store.ledger_retention_ms must be above store.trade_recovery_age_ms".into());
+        }
         if self.flush_batch_max > 100_000 {
             errors.push("store.flush_batch_max must be at most 100000".into());
         }
@@ -378,6 +428,10 @@ impl StoreConfig {
 
     pub fn shutdown_flush_deadline(&self) -> Duration {
         Duration::from_millis(self.shutdown_flush_deadline_ms)
+    }
+
+    pub fn ledger_retention(&self) -> Duration {
+        Duration::from_millis(self.ledger_retention_ms)
     }
 }
 
@@ -440,7 +494,11 @@ pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
                 .map_err(|e| StoreError::Backend(format!("opening the embedded store: {e}")))??;
             Ok(Arc::new(store))
         }
-        Backend::Mongodb => Ok(Arc::new(mongo::MongoStore::connect(&config.mongodb).await?)),
+        Backend::Mongodb => Ok(Arc::new(
+            mongo::MongoStore::connect(&config.mongodb)
+                .await?
+                .with_ledger_retention(config.ledger_retention()),
+        )),
     }
 }
 
@@ -492,6 +550,7 @@ mod tests {
             flush_interval_ms: 0,
             retry_min_ms: 500,
             retry_max_ms: 100,
+            ledger_retention_ms: 1_000,
             mongodb: MongoConfig {
                 uri: "http://x".into(),
                 database: "a.b".into(),
@@ -507,6 +566,7 @@ mod tests {
         for field in [
             "store.flush_interval_ms",
             "store.retry_min_ms",
+            "store.ledger_retention_ms",
             "store.mongodb.uri",
             "store.mongodb.database",
             "store.mongodb.server_selection_timeout_ms",

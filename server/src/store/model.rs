@@ -5,9 +5,13 @@
 //!
 //! | collection | `_id` | written by |
 //! |---|---|---|
-//! | `players` | player id | `state`: volatile writes; `inventory`, `progress`, `recent_ops`, `pending_trades`: durable ops only |
+//! | `players` | player id | `state` + `state_rev`: volatile writes, each written only if its `state_rev` is newer than the stored one; `inventory`, `progress`, `pending_ops`, `pending_trades`: durable ops only |
 //! | `rooms` | map name | whole documents, volatile (write-behind) or write-through, each written only if its `rev` is newer than the stored one |
 //! | `trades` | trade id | the trade ledger (durable) |
+//! | `ops` | op id | the op ledger: every applied [`Adjust`], so a re-driven one is recognised however many ops came after it |
+//!
+//! Both ledgers keep a finished row for `store.ledger_retention_ms` (7 days
+//! by default), then prune it: an op must not be re-driven later than that.
 //!
 //! A player document is split by write class on purpose: a volatile flush
 //! sets `state` and nothing else, so a late position update can never undo
@@ -35,13 +39,13 @@ pub const ROOM_SCHEMA: i32 = 2;
 /// Current schema of `trades` documents.
 pub const TRADE_SCHEMA: i32 = 1;
 
-/// How many applied op ids a player document remembers, so that a retried
-/// [`Adjust`] is recognised and not applied twice.
-pub const RECENT_OPS: usize = 64;
+/// Current schema of `ops` documents.
+pub const OP_SCHEMA: i32 = 1;
 
 pub const PLAYERS: &str = "players";
 pub const ROOMS: &str = "rooms";
 pub const TRADES: &str = "trades";
+pub const OPS: &str = "ops";
 
 /// A player's profile: identity, volatile state and durable state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,14 +57,24 @@ pub struct PlayerProfile {
     pub name: String,
     /// Volatile: where the player is and how they are. Written behind.
     pub state: PlayerState,
+    /// The revision of `state`: a volatile write with a revision not above
+    /// it is skipped (stale), so a late write never replaces a newer one.
+    #[serde(default)]
+    pub state_rev: u64,
     /// Durable: written through.
     pub inventory: Inventory,
     /// Durable: quest steps, levels, unlocks; any named counter.
     #[serde(default)]
     pub progress: BTreeMap<String, i64>,
-    /// Ids of the last [`RECENT_OPS`] adjustments applied, oldest first.
-    #[serde(default)]
+    /// Legacy (before the op ledger): ids of the last 64 adjustments
+    /// applied. Still honoured as "applied", never written any more.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_ops: Vec<String>,
+    /// Adjustments recently applied to this document (Mongo's two-step
+    /// ops, kept until their ledger row has been done for the recovery
+    /// age; always empty in the embedded store).
+    #[serde(default)]
+    pub pending_ops: Vec<String>,
     /// Trades that have debited this player and not yet finished (Mongo's
     /// two-phase trades; always empty in the embedded store).
     #[serde(default)]
@@ -75,9 +89,11 @@ impl PlayerProfile {
             v: PLAYER_SCHEMA,
             name: name.to_string(),
             state: PlayerState::default(),
+            state_rev: 0,
             inventory: Inventory::default(),
             progress: BTreeMap::new(),
             recent_ops: Vec::new(),
+            pending_ops: Vec::new(),
             pending_trades: Vec::new(),
         }
     }
@@ -147,6 +163,12 @@ pub struct RoomState {
     /// The id the next item will get: ids are never reused within a map.
     #[serde(default = "first_item")]
     pub next_item: u64,
+    /// A nonce drawn when the document was created (or rebuilt after it was
+    /// lost), part of every pick-up op id: item ids start again at 1 in a
+    /// rebuilt document, and must not meet their namesakes in the op
+    /// ledger. Empty in documents from before it (their op ids have none).
+    #[serde(default)]
+    pub epoch: String,
     #[serde(default)]
     pub items: Vec<GroundItem>,
     /// Items taken off the ground whose credit to the picker is not
@@ -166,6 +188,7 @@ impl RoomState {
             v: ROOM_SCHEMA,
             rev: 0,
             next_item: first_item(),
+            epoch: String::new(),
             items: Vec::new(),
             pending: Vec::new(),
         }
@@ -188,7 +211,8 @@ pub struct GroundItem {
 /// with `op_id`, is not confirmed yet.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PendingPickup {
-    /// `pickup:<map>:<item id>`.
+    /// `pickup:<map>:<room epoch>:<item id>` (`pickup:<map>:<item id>` in
+    /// documents from before epochs).
     pub op_id: String,
     pub player: String,
     pub item: GroundItem,
@@ -197,7 +221,13 @@ pub struct PendingPickup {
 /// A volatile write: the latest state of one key.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Volatile {
-    Player { id: String, state: PlayerState },
+    /// `rev` orders the writes of one player's state (see
+    /// [`PlayerProfile::state_rev`]); the persister assigns it.
+    Player {
+        id: String,
+        state: PlayerState,
+        rev: u64,
+    },
     Room(RoomState),
 }
 
@@ -209,6 +239,14 @@ pub enum VolatileKey {
 }
 
 impl Volatile {
+    /// The revision the store orders writes of this key by.
+    pub fn rev(&self) -> u64 {
+        match self {
+            Volatile::Player { rev, .. } => *rev,
+            Volatile::Room(room) => room.rev,
+        }
+    }
+
     pub fn key(&self) -> VolatileKey {
         match self {
             Volatile::Player { id, .. } => VolatileKey::Player(id.clone()),
@@ -237,8 +275,10 @@ pub enum DurableOp {
 
 /// Change one player's durable state: add `currency` and `items` (negative
 /// takes away; refused if anything would go below 0) and set `progress`
-/// counters. Idempotent by `op_id`: a retried op with the same id is applied
-/// once (the store remembers the last [`RECENT_OPS`] ids per player).
+/// counters. Idempotent by `op_id`: the op ledger remembers every applied
+/// id (for `store.ledger_retention_ms`), so a retried op is applied once
+/// however many ops came between; an id reused for a different op is
+/// refused ([`Rejection::OpIdReused`]).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Adjust {
     pub op_id: String,
@@ -296,6 +336,8 @@ pub enum Rejection {
     Insufficient { player: String, what: String },
     #[error("trade id {0:?} was already used for a different trade")]
     TradeIdReused(String),
+    #[error("op id {0:?} was already used for a different operation")]
+    OpIdReused(String),
     /// A retried trade that had been refused the first time.
     #[error("trade was cancelled: {0}")]
     TradeCancelled(String),
@@ -355,6 +397,59 @@ impl TradeRecord {
             && self.b == trade.b
             && self.a_gives == trade.a_gives
             && self.b_gives == trade.b_gives
+    }
+}
+
+/// Where an op stands in the op ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpState {
+    /// Being applied (Mongo only): the player document holds the id in
+    /// `pending_ops` once it is applied; recovery settles the row.
+    Pending,
+    /// Applied to the player.
+    Done,
+}
+
+/// One row of the op ledger: an [`Adjust`] and where it stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpRecord {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub v: i32,
+    pub state: OpState,
+    pub player: String,
+    pub currency: i64,
+    #[serde(default)]
+    pub items: BTreeMap<String, i64>,
+    #[serde(default)]
+    pub progress: BTreeMap<String, i64>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+impl OpRecord {
+    pub fn new(op: &Adjust, state: OpState, now_ms: i64) -> OpRecord {
+        OpRecord {
+            id: op.op_id.clone(),
+            v: OP_SCHEMA,
+            state,
+            player: op.player.clone(),
+            currency: op.currency,
+            items: op.items.clone(),
+            progress: op.progress.clone(),
+            created_ms: now_ms,
+            updated_ms: now_ms,
+        }
+    }
+
+    /// Whether this record is for `op` (the same logical request): a replay
+    /// is recognised only then.
+    pub fn matches(&self, op: &Adjust) -> bool {
+        self.player == op.player
+            && self.currency == op.currency
+            && self.items == op.items
+            && self.progress == op.progress
     }
 }
 
@@ -453,6 +548,10 @@ pub fn decode_room(doc: Document) -> Result<(RoomState, bool), DecodeError> {
 
 pub fn decode_trade(doc: Document) -> Result<TradeRecord, DecodeError> {
     decode(TRADES, doc, TRADE_SCHEMA, migrate_trade).map(|(t, _)| t)
+}
+
+pub fn decode_op(doc: Document) -> Result<OpRecord, DecodeError> {
+    decode(OPS, doc, OP_SCHEMA, migrate_op).map(|(t, _)| t)
 }
 
 /// The migration hook for `players`: upgrade `doc` from `from` to
@@ -585,6 +684,11 @@ pub fn migrate_trade(_doc: &mut Document, from: i32) -> Result<(), String> {
     Err(format!("no migration from v{from}"))
 }
 
+/// The migration hook for `ops` (only v1 exists so far).
+pub fn migrate_op(_doc: &mut Document, from: i32) -> Result<(), String> {
+    Err(format!("no migration from v{from}"))
+}
+
 /// The fields a volatile player write creates when the profile does not
 /// exist yet, so that the document is always a whole profile.
 pub fn player_defaults(id: &str) -> Document {
@@ -592,7 +696,14 @@ pub fn player_defaults(id: &str) -> Document {
         .expect("a default profile is plain data and serializes to BSON");
     d.remove("_id");
     d.remove("state");
+    d.remove("state_rev");
     d
+}
+
+/// Revisions are stored as BSON's i64 (a revision past `i64::MAX` is
+/// clamped; at one per microsecond that is 290,000 years away).
+pub fn rev_i64(rev: u64) -> i64 {
+    i64::try_from(rev).unwrap_or(i64::MAX)
 }
 
 pub fn to_document<T: Serialize>(value: &T) -> Document {
@@ -680,12 +791,9 @@ impl DurableOp {
 }
 
 /// Apply an adjustment to a profile in memory, as the store does: checks
-/// that nothing goes below zero and records the op id. `Ok(false)` means the
-/// op id was seen before and nothing changed.
-pub fn apply_adjust(p: &mut PlayerProfile, op: &Adjust) -> Result<bool, Rejection> {
-    if p.recent_ops.iter().any(|id| id == &op.op_id) {
-        return Ok(false);
-    }
+/// that nothing goes below zero. Whether the op was applied before is the
+/// ledger's business (see [`OpRecord`]), not this function's.
+pub fn apply_adjust(p: &mut PlayerProfile, op: &Adjust) -> Result<(), Rejection> {
     let mut inv = p.inventory.clone();
     inv.currency = inv
         .currency
@@ -710,10 +818,7 @@ pub fn apply_adjust(p: &mut PlayerProfile, op: &Adjust) -> Result<bool, Rejectio
     for (k, v) in &op.progress {
         p.progress.insert(k.clone(), *v);
     }
-    p.recent_ops.push(op.op_id.clone());
-    let excess = p.recent_ops.len().saturating_sub(RECENT_OPS);
-    p.recent_ops.drain(..excess);
-    Ok(true)
+    Ok(())
 }
 
 /// Take `bundle` out of `p`'s inventory, refusing if it does not hold it.
@@ -818,7 +923,7 @@ mod tests {
     }
 
     #[test]
-    fn adjust_refuses_to_go_negative_and_is_idempotent() {
+    fn adjust_refuses_to_go_negative() {
         let mut p = PlayerProfile::new("p", "");
         let op = |id: &str, c: i64| Adjust {
             op_id: id.into(),
@@ -826,15 +931,14 @@ mod tests {
             currency: c,
             ..Adjust::default()
         };
-        assert_eq!(apply_adjust(&mut p, &op("a", 10)), Ok(true));
-        assert_eq!(apply_adjust(&mut p, &op("a", 10)), Ok(false));
+        assert_eq!(apply_adjust(&mut p, &op("a", 10)), Ok(()));
         assert!(apply_adjust(&mut p, &op("b", -11)).is_err());
         assert_eq!(p.inventory.currency, 10);
-        for i in 0..100 {
-            apply_adjust(&mut p, &op(&format!("n{i}"), 1)).unwrap();
-        }
-        assert_eq!(p.recent_ops.len(), RECENT_OPS);
-        assert_eq!(p.recent_ops.last().unwrap(), "n99");
+        let record = OpRecord::new(&op("a", 10), OpState::Done, 0);
+        assert!(record.matches(&op("a", 10)));
+        assert!(!record.matches(&op("a", 11)));
+        let (back, _) = decode(OPS, to_document(&record), OP_SCHEMA, migrate_op).unwrap();
+        assert_eq!(record, back);
     }
 
     #[test]

@@ -3,12 +3,21 @@
 //! - Volatile batches go out as one `update` command per collection with
 //!   many statements (`ordered: false`, upserts): a bulk upsert that every
 //!   server version speaks (the client-level `bulkWrite` needs 8.0).
-//!   Player statements `$set` only `state` (and `$setOnInsert` a whole
-//!   default profile), so they never touch durable fields; room statements
-//!   replace the document if its `rev` is newer (see `room_filter`).
+//!   Player statements `$set` only `state` and `state_rev` (and
+//!   `$setOnInsert` a whole default profile), so they never touch durable
+//!   fields; every statement is conditional on its revision being newer
+//!   than the stored one (see `player_filter`, `room_filter`), so a batch
+//!   that timed out and is applied late changes nothing.
 //! - Durable ops are conditional single-document updates
-//!   (`findAndModify`), idempotent by op id; trades use the two-phase ledger
-//!   described in [`super`] (no transactions, so no replica set needed).
+//!   (`findAndModify`). An adjustment goes through the op ledger (`ops`):
+//!   insert the row `pending`, apply it to the player while pushing its id
+//!   to `pending_ops` (the filter `pending_ops: {$ne: id}` makes that step
+//!   happen once), mark the row `done`; recovery pulls the id once the
+//!   row has been done for `store.trade_recovery_age_ms` (a late copy of
+//!   the update still finds it there). Trades use the
+//!   two-phase ledger described in [`super`] (no transactions, so no
+//!   replica set needed). Finished rows of both ledgers expire after
+//!   `store.ledger_retention_ms` (a TTL index, and [`Store::prune_ledger`]).
 //! - Every write uses `store.mongodb.write_concern` and `journal`.
 //! - Errors that mean "the store did not answer" (I/O, server selection,
 //!   pool cleared, not primary, shutting down, write concern) are
@@ -28,18 +37,18 @@ use mongodb::options::{
 use mongodb::{Client, Collection, Database, IndexModel};
 
 use super::model::{
-    self, credit, decode_inventory, decode_player, decode_room, decode_trade, player_defaults,
-    to_bson, to_document, Adjust, Bundle, DurableAck, DurableOp, Inventory, PlayerProfile,
-    Rejection, RoomState, Trade, TradeRecord, TradeState, Volatile, VolatileKey, PLAYERS,
-    PLAYER_SCHEMA, RECENT_OPS, ROOMS, TRADES,
+    self, credit, decode_inventory, decode_op, decode_player, decode_room, decode_trade,
+    player_defaults, rev_i64, to_bson, to_document, Adjust, Bundle, DurableAck, DurableOp,
+    Inventory, OpRecord, OpState, PlayerProfile, Rejection, RoomState, Trade, TradeRecord,
+    TradeState, Volatile, VolatileKey, OPS, PLAYERS, PLAYER_SCHEMA, ROOMS, TRADES,
 };
 use super::{
     metric, report_bad, unix_ms, BatchReport, MongoConfig, OpError, Store, StoreError, StoreFuture,
 };
 
-/// Finished trades stay in the ledger this long (for idempotent retries and
-/// audits), then a TTL index removes them.
-const FINISHED_TRADE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Server error codes of an index that exists with other options (the TTL
+/// index, after `store.ledger_retention_ms` changed).
+const INDEX_CONFLICT_CODES: &[i32] = &[85, 86];
 
 /// How often a conditional update that lost a race is tried again.
 const MAX_ATTEMPTS: usize = 4;
@@ -64,6 +73,8 @@ pub struct MongoStore {
     client: Client,
     db: Database,
     write_concern: Document,
+    /// How long finished ledger rows are kept (the TTL index).
+    ledger_retention: Duration,
 }
 
 fn classify(e: MongoError) -> StoreError {
@@ -104,7 +115,13 @@ fn bad(e: model::DecodeError) -> StoreError {
 /// skipped". `$not: {$gte}` also matches a document without a numeric
 /// `rev` (damaged, or older than revs), which is overwritten.
 fn room_filter(room: &RoomState) -> Document {
-    doc! { "_id": &room.map, "rev": { "$not": { "$gte": room.rev as i64 } } }
+    doc! { "_id": &room.map, "rev": { "$not": { "$gte": rev_i64(room.rev) } } }
+}
+
+/// The filter of a player state write, the same way as [`room_filter`]:
+/// the document unless its `state_rev` is already at least `rev`.
+fn player_filter(id: &str, rev: u64) -> Document {
+    doc! { "_id": id, "state_rev": { "$not": { "$gte": rev_i64(rev) } } }
 }
 
 /// Filter conditions "holds at least this much", for debits.
@@ -167,7 +184,16 @@ impl MongoStore {
             client,
             db,
             write_concern: doc! { "w": w_bson, "j": config.journal },
+            ledger_retention: Duration::from_millis(
+                super::StoreConfig::default().ledger_retention_ms,
+            ),
         })
+    }
+
+    /// Keep finished ledger rows for `retention` (`store.ledger_retention_ms`).
+    pub fn with_ledger_retention(mut self, retention: Duration) -> MongoStore {
+        self.ledger_retention = retention;
+        self
     }
 
     pub fn client(&self) -> &Client {
@@ -197,6 +223,47 @@ impl MongoStore {
         self.db.collection(TRADES)
     }
 
+    fn ops(&self) -> Collection<Document> {
+        self.db.collection(OPS)
+    }
+
+    /// The TTL index on `finished_at` of a ledger, expiring after the
+    /// configured retention; an existing one with another expiry is changed
+    /// in place (`collMod`).
+    async fn ensure_ttl(&self, collection: &str) -> Result<(), StoreError> {
+        let ttl = IndexModel::builder()
+            .keys(doc! { "finished_at": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name("finished_ttl".to_string())
+                    .expire_after(self.ledger_retention)
+                    .build(),
+            )
+            .build();
+        let created = self
+            .db
+            .collection::<Document>(collection)
+            .create_index(ttl)
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.kind.as_ref(), ErrorKind::Command(c) if INDEX_CONFLICT_CODES.contains(&c.code)) => {
+                self.db
+                    .run_command(doc! {
+                        "collMod": collection,
+                        "index": {
+                            "name": "finished_ttl",
+                            "expireAfterSeconds": self.ledger_retention.as_secs() as i64,
+                        },
+                    })
+                    .await
+                    .map(drop)
+                    .map_err(classify)
+            }
+            Err(e) => Err(classify(e)),
+        }
+    }
+
     async fn create_indexes(&self) -> Result<(), StoreError> {
         let index = |keys: Document, name: &str| {
             IndexModel::builder()
@@ -208,26 +275,18 @@ impl MongoStore {
             .create_indexes([
                 index(doc! { "name": 1 }, "name"),
                 index(doc! { "pending_trades": 1 }, "pending_trades"),
+                index(doc! { "pending_ops": 1 }, "pending_ops"),
             ])
             .await
             .map_err(classify)?;
-        let ttl = IndexModel::builder()
-            .keys(doc! { "finished_at": 1 })
-            .options(
-                IndexOptions::builder()
-                    .name("finished_ttl".to_string())
-                    .expire_after(FINISHED_TRADE_TTL)
-                    .build(),
-            )
-            .build();
-        self.trades()
-            .create_indexes([
-                index(doc! { "state": 1, "updated_ms": 1 }, "state_updated"),
-                ttl,
-            ])
-            .await
-            .map_err(classify)?;
-        Ok(())
+        for ledger in [self.trades(), self.ops()] {
+            ledger
+                .create_indexes([index(doc! { "state": 1, "updated_ms": 1 }, "state_updated")])
+                .await
+                .map_err(classify)?;
+        }
+        self.ensure_ttl(TRADES).await?;
+        self.ensure_ttl(OPS).await
     }
 
     /// One `update` command with many statements; per-statement errors are
@@ -237,7 +296,6 @@ impl MongoStore {
         collection: &str,
         keys: Vec<VolatileKey>,
         statements: Vec<Document>,
-        stale_ok: bool,
         report: &mut BatchReport,
     ) -> Result<(), StoreError> {
         if statements.is_empty() {
@@ -272,8 +330,11 @@ impl MongoStore {
                     Some(Bson::Int64(c)) => *c,
                     _ => 0,
                 };
-                if stale_ok && code == 11000 {
-                    // A room document newer than this one is stored.
+                if code == 11000 {
+                    // Every statement is an upsert filtered on its
+                    // revision: a duplicate `_id` means a newer revision of
+                    // this document is stored (stale, skipped).
+                    metrics::counter!(metric::STALE_SKIPPED).increment(1);
                     continue;
                 }
                 if let Some(key) = keys.get(index) {
@@ -303,13 +364,18 @@ impl MongoStore {
             return Ok(None);
         };
         let old_v = raw.get("v").cloned();
+        let old_rev = raw.get("state_rev").cloned();
         let (profile, migrated) = decode_player(raw).map_err(bad)?;
         if migrated {
+            // Only over the document as read: neither migrated meanwhile
+            // nor given a newer state (which this write would undo).
             let mut filter = doc! { "_id": id };
-            match old_v {
-                Some(v) => filter.insert("v", v),
-                None => filter.insert("v", doc! { "$exists": false }),
-            };
+            for (field, old) in [("v", old_v), ("state_rev", old_rev)] {
+                match old {
+                    Some(value) => filter.insert(field, value),
+                    None => filter.insert(field, doc! { "$exists": false }),
+                };
+            }
             self.players()
                 .replace_one(filter, to_document(&profile))
                 .await
@@ -326,11 +392,67 @@ impl MongoStore {
         }
     }
 
+    async fn load_op_record(&self, id: &str) -> Result<Option<OpRecord>, StoreError> {
+        match self.find_raw(OPS, id).await? {
+            Some(doc) => decode_op(doc).map(Some).map_err(bad),
+            None => Ok(None),
+        }
+    }
+
+    /// An adjustment through the op ledger (see the module doc): exactly
+    /// once for as long as its row is kept, without transactions.
     async fn adjust(&self, op: Adjust) -> Result<DurableAck, OpError> {
+        let record = OpRecord::new(&op, OpState::Pending, unix_ms());
+        match self.ops().insert_one(to_document(&record)).await {
+            Ok(_) => {}
+            Err(e) if is_duplicate_key(&e) => {
+                let existing = self
+                    .load_op_record(&op.op_id)
+                    .await?
+                    .ok_or_else(|| StoreError::Backend(format!("op {} vanished", op.op_id)))?;
+                if !existing.matches(&op) {
+                    return Err(OpError::Rejected(Rejection::OpIdReused(op.op_id)));
+                }
+                if existing.state == OpState::Done {
+                    let p = self.read_player(&op.player).await?.ok_or_else(|| {
+                        OpError::Rejected(Rejection::NoSuchPlayer(op.player.clone()))
+                    })?;
+                    return Ok(Self::ack(vec![(p.id, p.inventory)], true));
+                }
+                // Pending: an earlier attempt stopped half-way; the steps
+                // below are conditional, carry on.
+            }
+            Err(e) => return Err(OpError::Store(classify(e))),
+        }
+        let (inventory, replayed) = match self.apply_to_player(&op).await {
+            Ok(applied) => applied,
+            Err(OpError::Rejected(why)) => {
+                // Nothing was applied: forget the row, so that the same op
+                // may succeed later (a refusal is not remembered).
+                self.ops()
+                    .delete_one(doc! { "_id": &op.op_id, "state": to_bson(&OpState::Pending) })
+                    .await
+                    .map_err(classify)?;
+                return Err(OpError::Rejected(why));
+            }
+            Err(e) => return Err(e),
+        };
+        // Applied (the player holds the id in `pending_ops`): the rest is
+        // bookkeeping that recovery finishes should it fail now.
+        if let Err(e) = self.finish_op(&op.op_id).await {
+            tracing::warn!(op = %op.op_id, error = %e, "op applied; its ledger row is left to recovery");
+        }
+        Ok(Self::ack(vec![(op.player.clone(), inventory)], replayed))
+    }
+
+    /// Apply `op` to its player unless the player already holds its id
+    /// (applied by an earlier attempt: `replayed`).
+    async fn apply_to_player(&self, op: &Adjust) -> Result<(Inventory, bool), OpError> {
         for _ in 0..MAX_ATTEMPTS {
             let mut filter = doc! {
                 "_id": &op.player,
                 "v": PLAYER_SCHEMA,
+                "pending_ops": { "$ne": &op.op_id },
                 "recent_ops": { "$ne": &op.op_id },
             };
             holds(
@@ -347,9 +469,7 @@ impl MongoStore {
                     inc.insert(format!("inventory.items.{item}"), *d);
                 }
             }
-            let mut update = doc! {
-                "$push": { "recent_ops": { "$each": [&op.op_id], "$slice": -(RECENT_OPS as i32) } },
-            };
+            let mut update = doc! { "$push": { "pending_ops": &op.op_id } };
             if !inc.is_empty() {
                 update.insert("$inc", inc);
             }
@@ -363,18 +483,17 @@ impl MongoStore {
             }
             let updated = self.update_player(filter, update).await?;
             if let Some(doc) = updated {
-                let inventory = decode_inventory(doc).map_err(bad)?;
-                return Ok(Self::ack(vec![(op.player.clone(), inventory)], false));
+                return Ok((decode_inventory(doc).map_err(bad)?, false));
             }
             // No match: find out why from the document itself.
             let mut p = self
                 .read_player(&op.player)
                 .await?
                 .ok_or_else(|| OpError::Rejected(Rejection::NoSuchPlayer(op.player.clone())))?;
-            if p.recent_ops.contains(&op.op_id) {
-                return Ok(Self::ack(vec![(p.id, p.inventory)], true));
+            if p.pending_ops.contains(&op.op_id) || p.recent_ops.contains(&op.op_id) {
+                return Ok((p.inventory, true));
             }
-            model::apply_adjust(&mut p, &op).map_err(OpError::Rejected)?;
+            model::apply_adjust(&mut p, op).map_err(OpError::Rejected)?;
             // It would apply now: it was migrated or raced with another
             // writer. Try again.
         }
@@ -382,6 +501,118 @@ impl MongoStore {
             "adjust {} on {}: the document kept changing",
             op.op_id, op.player
         ))))
+    }
+
+    /// Mark an applied op's row done. The id stays on the player for now:
+    /// an earlier attempt's update may still be on its way to the server
+    /// (sent, then timed out), and only the id on the player keeps it from
+    /// applying again. Recovery takes it off once the row has been done for
+    /// `store.trade_recovery_age_ms`, the age past which an attempt is
+    /// taken for dead (as for trades).
+    async fn finish_op(&self, op_id: &str) -> Result<(), StoreError> {
+        self.ops()
+            .update_one(
+                doc! { "_id": op_id, "state": to_bson(&OpState::Pending) },
+                doc! { "$set": {
+                    "state": to_bson(&OpState::Done),
+                    "updated_ms": unix_ms(),
+                    "finished_at": DateTime::now(),
+                } },
+            )
+            .await
+            .map(drop)
+            .map_err(classify)
+    }
+
+    /// Only once the row has been done for the recovery age: until then
+    /// the id on the player is what keeps the op from being applied twice.
+    async fn clear_pending_op(&self, op_id: &str, player: &str) -> Result<(), StoreError> {
+        self.players()
+            .update_one(
+                doc! { "_id": player, "pending_ops": op_id },
+                doc! { "$pull": { "pending_ops": op_id } },
+            )
+            .await
+            .map(drop)
+            .map_err(classify)
+    }
+
+    /// Settle op rows left pending for longer than `older_than`: done if
+    /// the player holds the id (applied), deleted if not (never applied, so
+    /// a retry applies it); and ids left on players whose row is done.
+    async fn recover_ops(&self, older_than: Duration) -> Result<usize, StoreError> {
+        let cutoff = unix_ms() - older_than.as_millis() as i64;
+        let mut settled = 0;
+        let mut cursor = self
+            .ops()
+            .find(doc! {
+                "state": to_bson(&OpState::Pending),
+                "updated_ms": { "$lt": cutoff },
+            })
+            .limit(1_000)
+            .await
+            .map_err(classify)?;
+        let mut stuck = Vec::new();
+        while cursor.advance().await.map_err(classify)? {
+            let doc: Document = cursor.deserialize_current().map_err(classify)?;
+            match decode_op(doc) {
+                Ok(r) => stuck.push(r),
+                Err(e) => report_bad(&e),
+            }
+        }
+        for r in stuck {
+            let applied = self
+                .players()
+                .find_one(doc! { "_id": &r.player, "pending_ops": &r.id })
+                .projection(doc! { "_id": 1 })
+                .await
+                .map_err(classify)?
+                .is_some();
+            if applied {
+                self.finish_op(&r.id).await?;
+            } else {
+                self.ops()
+                    .delete_one(doc! { "_id": &r.id, "state": to_bson(&OpState::Pending) })
+                    .await
+                    .map_err(classify)?;
+            }
+            tracing::info!(op = %r.id, applied, "settled a half-done op");
+            settled += 1;
+        }
+        let mut cursor = self
+            .players()
+            .find(doc! { "pending_ops.0": { "$exists": true } })
+            .projection(doc! { "pending_ops": 1 })
+            .limit(1_000)
+            .await
+            .map_err(classify)?;
+        let mut marks = Vec::new();
+        while cursor.advance().await.map_err(classify)? {
+            let doc: Document = cursor.deserialize_current().map_err(classify)?;
+            let player = doc.get_str("_id").unwrap_or_default().to_string();
+            for id in doc.get_array("pending_ops").into_iter().flatten() {
+                if let Bson::String(id) = id {
+                    marks.push((player.clone(), id.clone()));
+                }
+            }
+        }
+        for (player, id) in marks {
+            // A row still pending is settled above once old enough; a
+            // missing one (pruned, or lost to a race with recovery) leaves
+            // the id on the player, where it still prevents a re-apply.
+            if let Some(OpRecord {
+                state: OpState::Done,
+                updated_ms,
+                ..
+            }) = self.load_op_record(&id).await?
+            {
+                // Housekeeping, not a settled op: not counted.
+                if updated_ms < cutoff {
+                    self.clear_pending_op(&id, &player).await?;
+                }
+            }
+        }
+        Ok(settled)
     }
 
     /// Phase 2 of a trade: take what `player` gives, mark the trade pending
@@ -611,7 +842,7 @@ impl MongoStore {
 
     async fn recover(&self, older_than: Duration) -> Result<usize, StoreError> {
         let cutoff = unix_ms() - older_than.as_millis() as i64;
-        let mut settled = 0;
+        let mut settled = self.recover_ops(older_than).await?;
         let mut cursor = self
             .trades()
             .find(doc! {
@@ -741,11 +972,11 @@ impl Store for MongoStore {
             let (mut room_keys, mut rooms) = (Vec::new(), Vec::new());
             for v in batch {
                 match v {
-                    Volatile::Player { id, state } => {
+                    Volatile::Player { id, state, rev } => {
                         players.push(doc! {
-                            "q": { "_id": &id },
+                            "q": player_filter(&id, rev),
                             "u": {
-                                "$set": { "state": to_bson(&state) },
+                                "$set": { "state": to_bson(&state), "state_rev": rev_i64(rev) },
                                 "$setOnInsert": player_defaults(&id),
                             },
                             "upsert": true,
@@ -763,9 +994,9 @@ impl Store for MongoStore {
                 }
             }
             let mut report = BatchReport::default();
-            self.bulk_upsert(PLAYERS, player_keys, players, false, &mut report)
+            self.bulk_upsert(PLAYERS, player_keys, players, &mut report)
                 .await?;
-            self.bulk_upsert(ROOMS, room_keys, rooms, true, &mut report)
+            self.bulk_upsert(ROOMS, room_keys, rooms, &mut report)
                 .await?;
             Ok(report)
         }
@@ -865,8 +1096,37 @@ impl Store for MongoStore {
         async move { self.load_trade_record(&id).await }.boxed()
     }
 
+    fn load_op(&self, id: String) -> StoreFuture<'_, Option<OpRecord>> {
+        async move { self.load_op_record(&id).await }.boxed()
+    }
+
     fn recover_trades(&self, older_than: Duration) -> StoreFuture<'_, usize> {
         async move { self.recover(older_than).await }.boxed()
+    }
+
+    fn prune_ledger(&self, retention: Duration) -> StoreFuture<'_, usize> {
+        async move {
+            // The TTL index does the same within a minute or so; this makes
+            // the retention exact and works where TTL monitors do not run.
+            let cutoff =
+                unix_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+            // Finished rows by when they finished, as the embedded store
+            // does; rows in progress stay whatever their age.
+            let finished = [to_bson(&TradeState::Done), to_bson(&TradeState::Cancelled)];
+            let mut pruned = 0;
+            for ledger in [self.trades(), self.ops()] {
+                let r = ledger
+                    .delete_many(doc! {
+                        "state": { "$in": finished.to_vec() },
+                        "updated_ms": { "$lt": cutoff },
+                    })
+                    .await
+                    .map_err(classify)?;
+                pruned += r.deleted_count as usize;
+            }
+            Ok(pruned)
+        }
+        .boxed()
     }
 
     fn put_raw(&self, collection: &'static str, doc: Document) -> StoreFuture<'_, ()> {

@@ -43,6 +43,16 @@
 //!   runtime: an actix actor awaits it with `ctx.spawn(fut.into_actor(self))`
 //!   and never blocks its Arbiter.
 //!
+//! # Revisions
+//!
+//! Every volatile document carries a revision: a room's `rev` (the room
+//! bumps it), a player's state one from a hybrid logical clock
+//! (`RevClock`), issued when the state is handed over. The dirty map keeps
+//! the highest revision of a key, and
+//! the store writes a document only over an older revision; so a batch
+//! that timed out (the store frozen) and is applied later can never undo a
+//! newer write, and a failed flush needs no knowledge of whether it landed.
+//!
 //! # Health
 //!
 //! The health flag goes down when a flush or a durable op finds the store
@@ -76,7 +86,8 @@ use crate::supervise::{self, Child, Restart, Supervisor, Tasks};
 /// contend.
 const SHARDS: usize = 16;
 
-/// How often half-done trades are looked for (see [`Store::recover_trades`]).
+/// How often half-done trades are looked for (see [`Store::recover_trades`])
+/// and expired ledger rows pruned (see [`Store::prune_ledger`]).
 const RECOVERY_EVERY: Duration = Duration::from_secs(60);
 
 /// Index creation and trade recovery may take longer than one op.
@@ -202,6 +213,41 @@ struct Inner {
     durable_slots: Arc<Semaphore>,
     closed: AtomicBool,
     counters: Counters,
+    /// Issues the revisions of player states (see [`RevClock`]).
+    clock: RevClock,
+    /// The health flag went down since the store was first reached, so
+    /// its coming back is news worth a log line.
+    was_down: AtomicBool,
+}
+
+/// A hybrid logical clock for the revisions of volatile player states:
+/// each revision is above every one this process issued or saw in a loaded
+/// profile, and at least the wall clock in microseconds. So a state taken
+/// later always carries a higher revision than one taken earlier, in this
+/// process or (clocks roughly in step, or the profile loaded first, as every
+/// session does) in an earlier one or another shard; and a stored state is
+/// replaced only by a newer one.
+#[derive(Default)]
+struct RevClock {
+    last: AtomicU64,
+}
+
+impl RevClock {
+    fn next(&self) -> u64 {
+        let wall = super::unix_ms().max(0) as u64 * 1_000;
+        let prev = self
+            .last
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+                Some(wall.max(last + 1))
+            })
+            .unwrap_or_else(|last| last);
+        wall.max(prev + 1)
+    }
+
+    /// A revision read from the store: issue only later ones from now on.
+    fn observe(&self, rev: u64) {
+        self.last.fetch_max(rev, Ordering::AcqRel);
+    }
 }
 
 /// The cloneable handle rooms and sessions hold. Every method returns at
@@ -291,6 +337,8 @@ impl Persister {
             last_error: Mutex::new("not connected yet".into()),
             closed: AtomicBool::new(false),
             counters: Counters::default(),
+            clock: RevClock::default(),
+            was_down: AtomicBool::new(false),
         });
         let (stop_tx, stop_rx) = watch::channel(None);
         let (report_tx, report_rx) = oneshot::channel();
@@ -378,7 +426,13 @@ impl PersisterHandle {
         let key = doc.key();
         let shard = &self.inner.shards[self.inner.shard_of(&key)];
         match shard.lock().entry(key) {
-            Entry::Occupied(mut e) => e.get_mut().doc = doc,
+            // Latest by revision, as the store decides, not by arrival: two
+            // threads may hand over states in the other order.
+            Entry::Occupied(mut e) => {
+                if doc.rev() >= e.get().doc.rev() {
+                    e.get_mut().doc = doc;
+                }
+            }
             Entry::Vacant(e) => {
                 e.insert(Pending {
                     doc,
@@ -392,11 +446,14 @@ impl PersisterHandle {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// [`PersisterHandle::volatile`] for a player's state.
+    /// [`PersisterHandle::volatile`] for a player's state, under a new
+    /// revision: it replaces any state handed over before it, and the
+    /// store never lets an earlier one overwrite it.
     pub fn player_state(&self, id: &str, state: PlayerState) {
         self.volatile(Volatile::Player {
             id: id.to_string(),
             state,
+            rev: self.inner.clock.next(),
         });
     }
 
@@ -488,8 +545,10 @@ impl PersisterHandle {
                         .map_err(OpError::Store)
                 })
                 .await?;
-            if let Some(Volatile::Player { state, .. }) = inner.pending(&key) {
+            inner.clock.observe(profile.state_rev);
+            if let Some(Volatile::Player { state, rev, .. }) = inner.pending(&key) {
                 profile.state = state;
+                profile.state_rev = rev;
             }
             Ok(profile)
         }
@@ -677,8 +736,13 @@ impl Inner {
         if was != healthy {
             let backend = self.store.get().map_or("store", |s| s.backend());
             if healthy {
-                tracing::info!(backend, "store is answering again");
+                // The first "healthy" is the store being reached at start
+                // (logged as "store ready"), not a recovery.
+                if self.was_down.swap(false, Ordering::AcqRel) {
+                    tracing::info!(backend, "store is answering again");
+                }
             } else {
+                self.was_down.store(true, Ordering::Release);
                 tracing::warn!(
                     backend,
                     error = error.unwrap_or(""),
@@ -985,6 +1049,16 @@ async fn recover_trades(inner: &Inner, store: &Arc<dyn Store>) {
         Ok(Ok(n)) => tracing::info!(trades = n, "settled half-done trades"),
         Ok(Err(e)) => tracing::warn!(error = %e, "trade recovery failed; trying again later"),
         Err(_) => tracing::warn!("trade recovery timed out; trying again later"),
+    }
+    let retention = inner.config.ledger_retention();
+    match tokio::time::timeout(PREPARE_TIMEOUT, store.prune_ledger(retention)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => {
+            metrics::counter!(metric::LEDGER_PRUNED).increment(n as u64);
+            tracing::info!(rows = n, "pruned expired ledger rows");
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "ledger pruning failed; trying again later"),
+        Err(_) => tracing::warn!("ledger pruning timed out; trying again later"),
     }
 }
 
@@ -1311,6 +1385,12 @@ mod tests {
         fn recover_trades(&self, older_than: Duration) -> StoreFuture<'_, usize> {
             self.inner.recover_trades(older_than)
         }
+        fn prune_ledger(&self, retention: Duration) -> StoreFuture<'_, usize> {
+            self.inner.prune_ledger(retention)
+        }
+        fn load_op(&self, id: String) -> StoreFuture<'_, Option<crate::store::OpRecord>> {
+            self.inner.load_op(id)
+        }
         fn put_raw(&self, collection: &'static str, doc: Document) -> StoreFuture<'_, ()> {
             self.inner.put_raw(collection, doc)
         }
@@ -1446,6 +1526,30 @@ mod tests {
         let report = p.shutdown(Duration::from_secs(2)).await;
         assert_eq!((report.flushed, report.left_dirty), (1, 0), "{report:?}");
         assert_eq!(stored_x(&handle, "alice").await, Some(6.0));
+    }
+
+    #[tokio::test]
+    async fn the_dirty_map_keeps_the_newest_revision_whatever_the_arrival_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Persister::start(quick_config(dir.path(), 60_000)).unwrap();
+        assert!(p.wait_ready(Duration::from_secs(5)).await);
+        let state = |x: f32, rev: u64| Volatile::Player {
+            id: "ann".into(),
+            state: at(x),
+            rev,
+        };
+        p.volatile(state(2.0, 20));
+        p.volatile(state(1.0, 10));
+        let loaded = p.load_profile("ann", "Ann").await.unwrap();
+        assert_eq!((loaded.state.x, loaded.state_rev), (2.0, 20));
+        p.flush().await.unwrap();
+        assert_eq!(stored_x(&p, "ann").await, Some(2.0));
+        // Revisions the persister issues go on from the highest it saw.
+        p.player_state("ann", at(3.0));
+        p.flush().await.unwrap();
+        assert_eq!(stored_x(&p, "ann").await, Some(3.0));
+        let report = p.shutdown(Duration::from_secs(2)).await;
+        assert!(!report.deadline_hit, "{report:?}");
     }
 
     #[test]

@@ -22,8 +22,8 @@ use server::store::embedded::EmbeddedStore;
 use server::store::model::DurableOp;
 use server::store::mongo::MongoStore;
 use server::store::{
-    Backend, BatchReport, DurableAck, OpError, Persister, PlayerProfile, RoomState, Store,
-    StoreConfig, StoreError, StoreFuture, TradeRecord, Volatile, VolatileKey,
+    Backend, BatchReport, DurableAck, OpError, OpRecord, Persister, PlayerProfile, RoomState,
+    Store, StoreConfig, StoreError, StoreFuture, TradeRecord, Volatile, VolatileKey,
 };
 use tempfile::TempDir;
 use tokio::sync::watch;
@@ -559,6 +559,22 @@ impl Store for FaultStore {
         async move {
             self.gate().await?;
             self.inner.recover_trades(older_than).await
+        }
+        .boxed()
+    }
+
+    fn prune_ledger(&self, retention: Duration) -> StoreFuture<'_, usize> {
+        async move {
+            self.gate().await?;
+            self.inner.prune_ledger(retention).await
+        }
+        .boxed()
+    }
+
+    fn load_op(&self, id: String) -> StoreFuture<'_, Option<OpRecord>> {
+        async move {
+            self.gate().await?;
+            self.inner.load_op(id).await
         }
         .boxed()
     }
