@@ -7,7 +7,7 @@
 //! A variable naming no field is an error, so a typo does not go unnoticed.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -43,6 +43,7 @@ pub struct Config {
     pub store: crate::store::StoreConfig,
     pub economy: EconomyConfig,
     pub admin: AdminConfig,
+    pub tls: TlsConfig,
     pub log: LogConfig,
 }
 
@@ -78,6 +79,20 @@ pub struct ServerConfig {
     pub write_timeout_ms: u64,
     /// On SIGTERM/SIGINT, sessions get this long to close before exit.
     pub shutdown_grace_ms: u64,
+    /// Open game connections from one IP address at most; more are
+    /// answered with error 5002 and close 1013. 0: no per-IP cap.
+    pub per_ip_max_connections: usize,
+    /// New game connections (TCP accepts, refused ones included) one IP
+    /// address may open per second, on average; a token bucket of
+    /// `per_ip_handshake_burst`. Over it: error 5002 and close 1013. 0: no
+    /// per-IP rate. Fractions are allowed (0.5 = one every two seconds).
+    pub per_ip_handshakes_per_sec: f64,
+    pub per_ip_handshake_burst: u32,
+    /// Addresses the per-IP limits do not apply to. Loopback by default:
+    /// a reverse proxy or the loadbot on the same host speaks for many
+    /// clients from one address. Empty it when clients connect over
+    /// loopback directly and should be capped.
+    pub per_ip_exempt: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -274,6 +289,98 @@ pub struct AdminConfig {
     pub fault_injection: bool,
 }
 
+/// Optional TLS (rustls) on the listeners, for deployments with no
+/// terminating proxy in front: `wss://` on the game listener, `https://` on
+/// the HTTP one. PEM files; every path empty (the default) means plain TCP.
+/// `cert_path`/`key_path` serve both listeners; the `ws_`/`http_` pairs
+/// override them for one listener.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM, leaf first) for both listeners.
+    pub cert_path: String,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) for `cert_path`.
+    pub key_path: String,
+    /// Game listener only; overrides `cert_path`/`key_path` there.
+    pub ws_cert_path: String,
+    pub ws_key_path: String,
+    /// HTTP listener only; overrides `cert_path`/`key_path` there.
+    pub http_cert_path: String,
+    pub http_key_path: String,
+}
+
+/// One listener's certificate and key paths, with their field names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert_field: &'static str,
+    pub cert_path: String,
+    pub key_field: &'static str,
+    pub key_path: String,
+}
+
+impl TlsConfig {
+    /// The files for the game listener, `None` for plain TCP.
+    pub fn ws_files(&self) -> Option<TlsFiles> {
+        self.files("tls.ws_cert_path", "tls.ws_key_path", &self.ws_cert_path, &self.ws_key_path)
+    }
+
+    /// The files for the HTTP listener, `None` for plain TCP.
+    pub fn http_files(&self) -> Option<TlsFiles> {
+        self.files(
+            "tls.http_cert_path",
+            "tls.http_key_path",
+            &self.http_cert_path,
+            &self.http_key_path,
+        )
+    }
+
+    fn files(
+        &self,
+        cert_field: &'static str,
+        key_field: &'static str,
+        cert: &str,
+        key: &str,
+    ) -> Option<TlsFiles> {
+        if !cert.is_empty() || !key.is_empty() {
+            return Some(TlsFiles {
+                cert_field,
+                cert_path: cert.to_string(),
+                key_field,
+                key_path: key.to_string(),
+            });
+        }
+        (!self.cert_path.is_empty() || !self.key_path.is_empty()).then(|| TlsFiles {
+            cert_field: "tls.cert_path",
+            cert_path: self.cert_path.clone(),
+            key_field: "tls.key_path",
+            key_path: self.key_path.clone(),
+        })
+    }
+
+    fn validate(&self, errors: &mut Vec<String>) {
+        let pairs = [
+            ("tls.cert_path", &self.cert_path, "tls.key_path", &self.key_path),
+            ("tls.ws_cert_path", &self.ws_cert_path, "tls.ws_key_path", &self.ws_key_path),
+            (
+                "tls.http_cert_path",
+                &self.http_cert_path,
+                "tls.http_key_path",
+                &self.http_key_path,
+            ),
+        ];
+        for (cert_field, cert, key_field, key) in pairs {
+            if cert.is_empty() != key.is_empty() {
+                let (set, unset) = if cert.is_empty() {
+                    (key_field, cert_field)
+                } else {
+                    (cert_field, key_field)
+                };
+                errors.push(format!("{unset} must be set when {set} is"));
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -306,6 +413,10 @@ impl Default for ServerConfig {
             outbound_budget_bytes: 256 * 1024,
             write_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
+            per_ip_max_connections: 64,
+            per_ip_handshakes_per_sec: 10.0,
+            per_ip_handshake_burst: 20,
+            per_ip_exempt: vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)],
         }
     }
 }
@@ -565,6 +676,16 @@ impl Config {
         if s.max_frame_bytes < 256 {
             errors.push("server.max_frame_bytes must be at least 256".into());
         }
+        if !(s.per_ip_handshakes_per_sec.is_finite() && s.per_ip_handshakes_per_sec >= 0.0) {
+            errors.push("server.per_ip_handshakes_per_sec must be 0 (off) or a positive number".into());
+        }
+        if s.per_ip_handshakes_per_sec > 0.0 && s.per_ip_handshake_burst == 0 {
+            errors.push(
+                "server.per_ip_handshake_burst must be greater than 0 when per_ip_handshakes_per_sec is set"
+                    .into(),
+            );
+        }
+        self.tls.validate(&mut errors);
         if s.outbound_budget_bytes < 4 * 1024 {
             errors.push("server.outbound_budget_bytes must be at least 4096".into());
         }
@@ -641,6 +762,17 @@ impl Config {
     pub fn to_toml(&self) -> String {
         // Config is plain data; serializing it to TOML cannot fail.
         toml::to_string_pretty(self).expect("config serializes to TOML")
+    }
+
+    /// The configuration as the shard runs it: with no `maps` configured,
+    /// the built-in ones it serves. What `--print-config` shows; reading
+    /// it back gives the same shard.
+    pub fn in_force(&self) -> Config {
+        let mut config = self.clone();
+        if config.maps.is_empty() {
+            config.maps = builtin_maps();
+        }
+        config
     }
 }
 

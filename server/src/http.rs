@@ -9,10 +9,21 @@
 //! | `POST /admin/announce` | `{"text": "...", "map": "optional"}`, bearer `admin.token` |
 //! | `POST /admin/faults/room` | `{"map": "...", "kind": "panic" or "stall", "ms": N}`; needs `admin.fault_injection` |
 //! | `POST /admin/faults/session` | `{"player": "...", "kind": "panic" or "drop"}`; needs `admin.fault_injection` |
-//! | `POST /admin/faults/task?name=<child>` | the supervised task panics at its next poll; 403 without `admin.fault_injection` |
+//! | `POST /admin/faults/task?name=<child>` | the supervised task panics at its next poll; needs `admin.fault_injection` |
+//!
+//! Statuses, one rule for every admin call: 404 when the admin API is off
+//! (no `admin.token`: there is nothing to authenticate against) or the
+//! named thing (map, room, player, task) does not exist; 401 for a missing
+//! or wrong token; 403 for a valid token asking for something this shard's
+//! configuration does not allow (fault injection while
+//! `admin.fault_injection` is off); 400 for a bad body or query.
+//!
+//! With `[tls]` configured for it, the listener speaks HTTPS only; each
+//! connection's TLS handshake runs in its own task, on first read.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -22,27 +33,40 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use crate::dispatcher::MapBroadcast;
 use crate::room::{announce_frame, Fault, FaultKind, MAX_INJECTED_STALL};
 use crate::session::Kill;
 use crate::shard::Shared;
+use crate::tls::Conn;
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
 const DEMO_JS: &str = include_str!("../web/demo.js");
 const TESSERA_JS: &str = include_str!("../../protocol/js/tessera.js");
 
-/// The HTTP listener, shared so that a restarted server keeps its port.
-struct SharedListener(Arc<TcpListener>);
+/// The HTTP listener, shared so that a restarted server keeps its port,
+/// with its TLS acceptor when configured.
+struct SharedListener {
+    tcp: Arc<TcpListener>,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+}
 
 impl axum::serve::Listener for SharedListener {
-    type Io = tokio::net::TcpStream;
+    type Io = Conn;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
-            match self.0.accept().await {
-                Ok(pair) => return pair,
+            match self.tcp.accept().await {
+                Ok((tcp, peer)) => {
+                    let conn = match &self.tls {
+                        None => Conn::Plain(tcp),
+                        Some(tls) => Conn::lazy_tls(tls, tcp, self.handshake_timeout),
+                    };
+                    return (conn, peer);
+                }
                 Err(err) => {
                     // Out of file descriptors and the like: back off, do
                     // not spin.
@@ -54,7 +78,7 @@ impl axum::serve::Listener for SharedListener {
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.0.local_addr()
+        self.tcp.local_addr()
     }
 }
 
@@ -70,6 +94,11 @@ pub async fn serve(
     ws_addr: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
+    let listener = SharedListener {
+        tcp: listener,
+        tls: shared.tls.http.clone(),
+        handshake_timeout: crate::config::ms(shared.config.server.handshake_timeout_ms),
+    };
     let state = AppState {
         shared,
         ws_port: ws_addr.port(),
@@ -89,7 +118,7 @@ pub async fn serve(
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    if let Err(err) = axum::serve(SharedListener(listener), app)
+    if let Err(err) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
     {
@@ -239,14 +268,16 @@ struct SessionFaultRequest {
     kind: SessionFaultKind,
 }
 
-/// Fault injection needs the admin token and `admin.fault_injection`.
+/// Fault injection needs the admin token and `admin.fault_injection`: a
+/// valid token asking while it is off is forbidden (403), not "not found",
+/// which these routes keep for an unknown map, player or task.
 fn refuse_faults(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
     if let Some(response) = refuse_unauthorized(shared, headers) {
         return Some(response);
     }
     (!shared.config.admin.fault_injection).then(|| {
         error(
-            StatusCode::NOT_FOUND,
+            StatusCode::FORBIDDEN,
             "fault injection is off: set admin.fault_injection",
         )
     })
@@ -311,14 +342,8 @@ async fn task_fault(
     headers: HeaderMap,
     query: Result<Query<TaskFaultQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Some(response) = refuse_unauthorized(&state.shared, &headers) {
+    if let Some(response) = refuse_faults(&state.shared, &headers) {
         return response;
-    }
-    if !state.shared.config.admin.fault_injection {
-        return error(
-            StatusCode::FORBIDDEN,
-            "fault injection is off: set admin.fault_injection",
-        );
     }
     let Ok(Query(TaskFaultQuery { name: Some(name) })) = query else {
         return error(

@@ -60,6 +60,8 @@ pub struct Shared {
     /// The supervised tasks, the persister's flusher included: their
     /// state for `/healthz`, and fault injection by name.
     pub tasks: Tasks,
+    /// TLS on the listeners, when `[tls]` configures it.
+    pub tls: crate::tls::Tls,
 }
 
 impl Shared {
@@ -128,6 +130,7 @@ fn welcome_limits(config: &Config) -> protocol::Limits {
 /// Start a shard with `config` (validated here) on a thread of its own.
 pub fn start(config: Config) -> anyhow::Result<ShardHandle> {
     config.validate()?;
+    let tls = crate::tls::Tls::from_config(&config.tls)?;
     crate::metrics::prometheus();
     // The store first: an embedded store that cannot be opened is fatal; a
     // MongoDB that is not reachable yet is retried in the background.
@@ -147,7 +150,7 @@ pub fn start(config: Config) -> anyhow::Result<ShardHandle> {
         .name("tessera-system".into())
         .spawn(move || {
             let system = System::new();
-            system.block_on(run(config, persister, tasks, ready_tx, stop_rx));
+            system.block_on(run(config, tls, persister, tasks, ready_tx, stop_rx));
         })
         .context("spawning the shard thread")?;
     let (ws_addr, http_addr) = ready_rx
@@ -168,6 +171,7 @@ type Ready = std::sync::mpsc::Sender<anyhow::Result<(SocketAddr, SocketAddr)>>;
 
 async fn run(
     config: Config,
+    tls: crate::tls::Tls,
     persister: Persister,
     tasks: Tasks,
     ready: Ready,
@@ -234,6 +238,7 @@ async fn run(
         seats: Seats::new(Duration::from_secs(config.auth.resume_ttl_s)),
         persister: persister.handle(),
         tasks,
+        tls,
         config,
     });
 
