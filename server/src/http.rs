@@ -25,6 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -165,11 +166,72 @@ async fn metrics() -> Response {
         .into_response()
 }
 
-#[derive(Deserialize)]
-struct AnnounceRequest {
-    text: String,
+/// `POST /admin/announce`'s body.
+#[derive(Debug, Deserialize)]
+pub struct AnnounceRequest {
+    pub text: String,
     #[serde(default)]
-    map: Option<String>,
+    pub map: Option<String>,
+}
+
+const ANNOUNCE_BODY: &str = "body must be JSON {\"text\": string, \"map\": optional string}";
+
+/// Decode and check an announce body as the handler does: `text` of 1 to
+/// `4 * chat_max_chars` characters. (The fuzz targets drive these parsers
+/// with arbitrary bytes; they never panic.)
+pub fn parse_announce(body: &[u8], chat_max_chars: u32) -> Result<AnnounceRequest, String> {
+    let Json(request) =
+        Json::<AnnounceRequest>::from_bytes(body).map_err(|_| ANNOUNCE_BODY.to_string())?;
+    let max = chat_max_chars as usize * 4;
+    if request.text.is_empty() || request.text.chars().count() > max {
+        return Err(format!("text must be 1 to {max} characters"));
+    }
+    Ok(request)
+}
+
+/// A `POST /admin/faults/room` body, checked: a stall of at most
+/// [`MAX_INJECTED_STALL`].
+pub fn parse_room_fault(body: &[u8]) -> Result<RoomFaultRequest, String> {
+    let Json(request) =
+        Json::<RoomFaultRequest>::from_bytes(body).map_err(|_| FAULT_BODY.to_string())?;
+    if let (RoomFaultKind::Stall, Some(ms)) = (&request.kind, request.ms) {
+        if ms > MAX_INJECTED_STALL.as_millis() as u64 {
+            return Err(format!(
+                "ms must be at most {}",
+                MAX_INJECTED_STALL.as_millis()
+            ));
+        }
+    }
+    Ok(request)
+}
+
+const SESSION_FAULT_BODY: &str =
+    "body must be JSON {\"player\": string, \"kind\": \"panic\"|\"drop\"}";
+
+/// A `POST /admin/faults/session` body.
+pub fn parse_session_fault(body: &[u8]) -> Result<SessionFaultRequest, String> {
+    Json::<SessionFaultRequest>::from_bytes(body)
+        .map(|Json(request)| request)
+        .map_err(|_| SESSION_FAULT_BODY.to_string())
+}
+
+/// The body of a request that must carry JSON, as axum's `Json` extractor
+/// requires: a JSON content type.
+fn json_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<&'a [u8], String> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|mime| {
+            let mime = mime.trim().to_ascii_lowercase();
+            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+        })
+        .unwrap_or(false);
+    if json {
+        Ok(body)
+    } else {
+        Err("content-type must be application/json".into())
+    }
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -201,27 +263,16 @@ fn refuse_unauthorized(shared: &Shared, headers: &HeaderMap) -> Option<Response>
     (!ok).then(|| error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"))
 }
 
-async fn announce(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Json<AnnounceRequest>, axum::extract::rejection::JsonRejection>,
-) -> Response {
+async fn announce(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(response) = refuse_unauthorized(&state.shared, &headers) {
         return response;
     }
-    let Ok(Json(request)) = body else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "body must be JSON {\"text\": string, \"map\": optional string}",
-        );
+    let request = match json_body(&headers, &body).and_then(|body| {
+        parse_announce(body, state.shared.config.limits.chat_max_chars)
+    }) {
+        Ok(request) => request,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
-    let max = state.shared.config.limits.chat_max_chars as usize * 4;
-    if request.text.is_empty() || request.text.chars().count() > max {
-        return error(
-            StatusCode::BAD_REQUEST,
-            &format!("text must be 1 to {max} characters"),
-        );
-    }
     let report = match &request.map {
         Some(map) if !state.shared.rooms.has_map(map) => {
             return error(StatusCode::NOT_FOUND, &format!("no map named {map:?}"));
@@ -240,32 +291,34 @@ async fn announce(
     .into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum RoomFaultKind {
+pub enum RoomFaultKind {
     Panic,
     Stall,
 }
 
-#[derive(Deserialize)]
-struct RoomFaultRequest {
-    map: String,
-    kind: RoomFaultKind,
+/// `POST /admin/faults/room`'s body.
+#[derive(Debug, Deserialize)]
+pub struct RoomFaultRequest {
+    pub map: String,
+    pub kind: RoomFaultKind,
     #[serde(default)]
-    ms: Option<u64>,
+    pub ms: Option<u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum SessionFaultKind {
+pub enum SessionFaultKind {
     Panic,
     Drop,
 }
 
-#[derive(Deserialize)]
-struct SessionFaultRequest {
-    player: String,
-    kind: SessionFaultKind,
+/// `POST /admin/faults/session`'s body.
+#[derive(Debug, Deserialize)]
+pub struct SessionFaultRequest {
+    pub player: String,
+    pub kind: SessionFaultKind,
 }
 
 /// Fault injection needs the admin token and `admin.fault_injection`: a
@@ -288,16 +341,13 @@ const FAULT_BODY: &str =
 
 /// Panic or stall a room. A panic answers once the room crashed (so the
 /// caller can count restarts); a stall answers at once.
-async fn room_fault(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Json<RoomFaultRequest>, axum::extract::rejection::JsonRejection>,
-) -> Response {
+async fn room_fault(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(response) = refuse_faults(&state.shared, &headers) {
         return response;
     }
-    let Ok(Json(request)) = body else {
-        return error(StatusCode::BAD_REQUEST, FAULT_BODY);
+    let request = match json_body(&headers, &body).and_then(parse_room_fault) {
+        Ok(request) => request,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
     let Some(room) = state.shared.rooms.current(&request.map) else {
         return error(
@@ -317,12 +367,6 @@ async fn room_fault(
         }
         RoomFaultKind::Stall => {
             let ms = request.ms.unwrap_or(3_000);
-            if ms > MAX_INJECTED_STALL.as_millis() as u64 {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("ms must be at most {}", MAX_INJECTED_STALL.as_millis()),
-                );
-            }
             let stall = FaultKind::Stall(std::time::Duration::from_millis(ms));
             room.do_send(Fault(stall));
             Json(serde_json::json!({ "stalling_ms": ms })).into_response()
@@ -361,16 +405,14 @@ async fn task_fault(
 async fn session_fault(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Json<SessionFaultRequest>, axum::extract::rejection::JsonRejection>,
+    body: Bytes,
 ) -> Response {
     if let Some(response) = refuse_faults(&state.shared, &headers) {
         return response;
     }
-    let Ok(Json(request)) = body else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "body must be JSON {\"player\": string, \"kind\": \"panic\"|\"drop\"}",
-        );
+    let request = match json_body(&headers, &body).and_then(parse_session_fault) {
+        Ok(request) => request,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
     let session = state
         .shared
