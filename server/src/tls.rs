@@ -48,8 +48,15 @@ impl Tls {
         };
         // The WebSocket upgrade is an HTTP/1.1 request; so is every route
         // of the HTTP listener (axum is served as HTTP/1 only).
-        let ws = load(config.ws_files(), &[b"http/1.1"]);
-        let http = load(config.http_files(), &[b"http/1.1"]);
+        let (ws_files, http_files) = (config.ws_files(), config.http_files());
+        let same = ws_files == http_files;
+        let ws = load(ws_files, &[b"http/1.1"]);
+        // One pair for both listeners is read (and reported) once.
+        let http = if same {
+            ws.clone()
+        } else {
+            load(http_files, &[b"http/1.1"])
+        };
         if errors.is_empty() {
             Ok(Tls { ws, http })
         } else {
