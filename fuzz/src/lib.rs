@@ -87,19 +87,69 @@ impl Target {
     pub fn dictionary(self) -> &'static [&'static [u8]] {
         match self {
             Target::ClientDecoder | Target::HelloToken => &[
-                b"\xa5hello", b"\xa4join", b"\xa5leave", b"\xa4move", b"\xa4chat", b"\xa4ping",
-                b"\xa4give", b"\xa7pick_up", b"\xa7version", b"\xa5major", b"\xa5minor",
-                b"\xa5token", b"\xa6resume", b"\xa4name", b"\xa3map", b"\xa3seq", b"\xa2dx",
-                b"\xa2dy", b"\xa4text", b"\xa1t", b"\x81", b"\x82", b"\x83", b"\xc0", b"\xc2",
-                b"\xc3", b"\xca\x7f\xc0\x00\x00", b"\xcb\x7f\xf8\0\0\0\0\0\0", b"\xcc\xff",
-                b"\xcd\xff\xff", b"\xce\xff\xff\xff\xff", b"\xd9\x20", b"\xdc\xff\xff",
-                b"\xde\xff\xff", b"\xdf\xff\xff\xff\xff", b"\xc4\x10", b"\xd4\x01\x01", b".",
+                b"\xa5hello",
+                b"\xa4join",
+                b"\xa5leave",
+                b"\xa4move",
+                b"\xa4chat",
+                b"\xa4ping",
+                b"\xa4give",
+                b"\xa7pick_up",
+                b"\xa7version",
+                b"\xa5major",
+                b"\xa5minor",
+                b"\xa5token",
+                b"\xa6resume",
+                b"\xa4name",
+                b"\xa3map",
+                b"\xa3seq",
+                b"\xa2dx",
+                b"\xa2dy",
+                b"\xa4text",
+                b"\xa1t",
+                b"\x81",
+                b"\x82",
+                b"\x83",
+                b"\xc0",
+                b"\xc2",
+                b"\xc3",
+                b"\xca\x7f\xc0\x00\x00",
+                b"\xcb\x7f\xf8\0\0\0\0\0\0",
+                b"\xcc\xff",
+                b"\xcd\xff\xff",
+                b"\xce\xff\xff\xff\xff",
+                b"\xd9\x20",
+                b"\xdc\xff\xff",
+                b"\xde\xff\xff",
+                b"\xdf\xff\xff\xff\xff",
+                b"\xc4\x10",
+                b"\xd4\x01\x01",
+                b".",
                 b"eyJzdWIiOiJwIiwibmFtZSI6InAiLCJleHAiOjF9",
             ],
             Target::AdminJson => &[
-                b"{", b"}", b"[", b"]", b"\"", b":", b",", b"\"text\"", b"\"map\"", b"\"kind\"",
-                b"\"ms\"", b"\"player\"", b"\"panic\"", b"\"stall\"", b"\"drop\"", b"null",
-                b"true", b"-1", b"18446744073709551616", b"1e400", b"\\u0000", b"\\ud800",
+                b"{",
+                b"}",
+                b"[",
+                b"]",
+                b"\"",
+                b":",
+                b",",
+                b"\"text\"",
+                b"\"map\"",
+                b"\"kind\"",
+                b"\"ms\"",
+                b"\"player\"",
+                b"\"panic\"",
+                b"\"stall\"",
+                b"\"drop\"",
+                b"null",
+                b"true",
+                b"-1",
+                b"18446744073709551616",
+                b"1e400",
+                b"\\u0000",
+                b"\\ud800",
                 b"30001",
             ],
         }
@@ -264,7 +314,7 @@ impl Rng {
         Rng(seed.max(1))
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -273,7 +323,7 @@ impl Rng {
 
     /// A number below `n` (`n` > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.next_u64() % n as u64) as usize
     }
 }
 
@@ -372,11 +422,12 @@ impl Fuzzer {
             }
             1 if !data.is_empty() => {
                 let i = rng.below(data.len());
-                data[i] = [0x00, 0x01, 0x7f, 0x80, 0xc0, 0xc1, 0xff, rng.next() as u8][rng.below(8)];
+                data[i] =
+                    [0x00, 0x01, 0x7f, 0x80, 0xc0, 0xc1, 0xff, rng.next_u64() as u8][rng.below(8)];
             }
             2 => {
                 let i = rng.below(data.len() + 1);
-                data.insert(i, rng.next() as u8);
+                data.insert(i, rng.next_u64() as u8);
             }
             3 if !data.is_empty() => {
                 let i = rng.below(data.len());

@@ -19,7 +19,10 @@ use clap::Parser;
 use tessera_fuzz::{check, Crash, Fuzzer, Target};
 
 #[derive(Parser)]
-#[command(name = "tessera-fuzz", about = "Mutation fuzzing of Tessera's untrusted inputs")]
+#[command(
+    name = "tessera-fuzz",
+    about = "Mutation fuzzing of Tessera's untrusted inputs"
+)]
 struct Cli {
     /// client_decoder, hello_token, admin_json, or all.
     target: String,

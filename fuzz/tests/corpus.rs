@@ -70,6 +70,10 @@ fn a_short_session_of_each_target_finds_nothing() {
                 );
             }
         }
-        assert!(fuzzer.outcomes() > 3, "{}: the mutator explores", target.name());
+        assert!(
+            fuzzer.outcomes() > 3,
+            "{}: the mutator explores",
+            target.name()
+        );
     }
 }

@@ -321,7 +321,12 @@ pub struct TlsFiles {
 impl TlsConfig {
     /// The files for the game listener, `None` for plain TCP.
     pub fn ws_files(&self) -> Option<TlsFiles> {
-        self.files("tls.ws_cert_path", "tls.ws_key_path", &self.ws_cert_path, &self.ws_key_path)
+        self.files(
+            "tls.ws_cert_path",
+            "tls.ws_key_path",
+            &self.ws_cert_path,
+            &self.ws_key_path,
+        )
     }
 
     /// The files for the HTTP listener, `None` for plain TCP.
@@ -359,8 +364,18 @@ impl TlsConfig {
 
     fn validate(&self, errors: &mut Vec<String>) {
         let pairs = [
-            ("tls.cert_path", &self.cert_path, "tls.key_path", &self.key_path),
-            ("tls.ws_cert_path", &self.ws_cert_path, "tls.ws_key_path", &self.ws_key_path),
+            (
+                "tls.cert_path",
+                &self.cert_path,
+                "tls.key_path",
+                &self.key_path,
+            ),
+            (
+                "tls.ws_cert_path",
+                &self.ws_cert_path,
+                "tls.ws_key_path",
+                &self.ws_key_path,
+            ),
             (
                 "tls.http_cert_path",
                 &self.http_cert_path,
@@ -416,7 +431,10 @@ impl Default for ServerConfig {
             per_ip_max_connections: 64,
             per_ip_handshakes_per_sec: 10.0,
             per_ip_handshake_burst: 20,
-            per_ip_exempt: vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)],
+            per_ip_exempt: vec![
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ],
         }
     }
 }
@@ -677,7 +695,9 @@ impl Config {
             errors.push("server.max_frame_bytes must be at least 256".into());
         }
         if !(s.per_ip_handshakes_per_sec.is_finite() && s.per_ip_handshakes_per_sec >= 0.0) {
-            errors.push("server.per_ip_handshakes_per_sec must be 0 (off) or a positive number".into());
+            errors.push(
+                "server.per_ip_handshakes_per_sec must be 0 (off) or a positive number".into(),
+            );
         }
         if s.per_ip_handshakes_per_sec > 0.0 && s.per_ip_handshake_burst == 0 {
             errors.push(

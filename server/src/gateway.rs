@@ -142,7 +142,11 @@ impl PerIp {
             max_connections: config.per_ip_max_connections,
             rate: config.per_ip_handshakes_per_sec,
             burst: f64::from(config.per_ip_handshake_burst),
-            exempt: config.per_ip_exempt.iter().map(|ip| ip.to_canonical()).collect(),
+            exempt: config
+                .per_ip_exempt
+                .iter()
+                .map(|ip| ip.to_canonical())
+                .collect(),
             table: Mutex::new(IpTable {
                 entries: HashMap::new(),
                 last_sweep: Instant::now(),
@@ -162,9 +166,9 @@ impl PerIp {
         if now.duration_since(table.last_sweep) >= SWEEP_EVERY {
             table.last_sweep = now;
             let (rate, burst) = (self.rate, self.burst);
-            table.entries.retain(|_, e| {
-                e.open > 0 || (rate > 0.0 && refill(e, rate, burst, now) < burst)
-            });
+            table
+                .entries
+                .retain(|_, e| e.open > 0 || (rate > 0.0 && refill(e, rate, burst, now) < burst));
         }
         let entry = table.entries.entry(ip).or_insert(IpEntry {
             open: 0,
@@ -386,7 +390,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let text = refusal.text();
-    let error = encode_server(&ServerMsg::Error(ErrorMsg::new(ErrorCode::ServerBusy, text)));
+    let error = encode_server(&ServerMsg::Error(ErrorMsg::new(
+        ErrorCode::ServerBusy,
+        text,
+    )));
     let close = CloseFrame {
         code: WsCloseCode::from(CloseCode::TryAgainLater.as_u16()),
         reason: text.into(),

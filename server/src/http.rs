@@ -224,7 +224,8 @@ fn json_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<&'a [u8], String
         .and_then(|v| v.split(';').next())
         .map(|mime| {
             let mime = mime.trim().to_ascii_lowercase();
-            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
         })
         .unwrap_or(false);
     if json {
@@ -267,9 +268,9 @@ async fn announce(State(state): State<AppState>, headers: HeaderMap, body: Bytes
     if let Some(response) = refuse_unauthorized(&state.shared, &headers) {
         return response;
     }
-    let request = match json_body(&headers, &body).and_then(|body| {
-        parse_announce(body, state.shared.config.limits.chat_max_chars)
-    }) {
+    let request = match json_body(&headers, &body)
+        .and_then(|body| parse_announce(body, state.shared.config.limits.chat_max_chars))
+    {
         Ok(request) => request,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
@@ -402,11 +403,7 @@ async fn task_fault(
 }
 
 /// Make a player's session panic, or drop its connection without a close.
-async fn session_fault(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn session_fault(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(response) = refuse_faults(&state.shared, &headers) {
         return response;
     }

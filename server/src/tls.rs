@@ -74,7 +74,9 @@ fn acceptor(files: &TlsFiles, alpn: &[&[u8]]) -> Result<TlsAcceptor, String> {
     } = files;
     let certs = CertificateDer::pem_file_iter(cert_path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{cert_field} {cert_path:?}: not a readable PEM certificate chain: {e}"))?;
+        .map_err(|e| {
+            format!("{cert_field} {cert_path:?}: not a readable PEM certificate chain: {e}")
+        })?;
     if certs.is_empty() {
         return Err(format!(
             "{cert_field} {cert_path:?}: no CERTIFICATE block in the file"
@@ -121,7 +123,11 @@ impl Conn {
     }
 
     /// Complete the TLS handshake now, within `timeout`.
-    pub async fn tls(acceptor: &TlsAcceptor, tcp: TcpStream, timeout: Duration) -> io::Result<Conn> {
+    pub async fn tls(
+        acceptor: &TlsAcceptor,
+        tcp: TcpStream,
+        timeout: Duration,
+    ) -> io::Result<Conn> {
         match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
             Ok(Ok(stream)) => Ok(Conn::Tls(Box::new(stream))),
             Ok(Err(err)) => Err(err),

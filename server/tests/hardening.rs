@@ -93,11 +93,12 @@ async fn over_the_cap_a_client_gets_5002_then_1013_and_no_reset() {
     expect_refusal(&mut ws).await;
     // Our close completes the handshake; then the server ends the stream.
     let _ = ws.close(None).await;
-    let end = tokio::time::timeout(WAIT, async {
-        while let Some(Ok(_)) = ws.next().await {}
-    })
-    .await;
-    assert!(end.is_ok(), "the server ended the connection after our close");
+    let end =
+        tokio::time::timeout(WAIT, async { while let Some(Ok(_)) = ws.next().await {} }).await;
+    assert!(
+        end.is_ok(),
+        "the server ended the connection after our close"
+    );
     let metrics = metrics_text(&shard).await;
     assert!(
         metrics.contains("tessera_connections_refused_total{reason=\"max_connections\"}"),
@@ -196,7 +197,10 @@ fn per_ip_limits_are_validated() {
     config.server.per_ip_handshakes_per_sec = 5.0;
     config.server.per_ip_handshake_burst = 0;
     let message = config.validate().unwrap_err().to_string();
-    assert!(message.contains("server.per_ip_handshake_burst"), "{message}");
+    assert!(
+        message.contains("server.per_ip_handshake_burst"),
+        "{message}"
+    );
 }
 
 // ---- TLS ----
@@ -216,11 +220,7 @@ impl Pki {
         ])
         .unwrap();
         std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
-        std::fs::write(
-            dir.path().join("key.pem"),
-            cert.signing_key.serialize_pem(),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
         Pki {
             cert_der: cert.cert.der().clone(),
             dir,
@@ -300,8 +300,7 @@ async fn tls_serves_wss_and_https_with_the_configured_certificate() {
 
     // Plain text to a TLS listener gets no game session.
     let tcp = TcpStream::connect(shard.ws_addr).await.unwrap();
-    let plain =
-        tokio_tungstenite::client_async(format!("ws://{}/", shard.ws_addr), tcp).await;
+    let plain = tokio_tungstenite::client_async(format!("ws://{}/", shard.ws_addr), tcp).await;
     assert!(plain.is_err(), "a plain upgrade on the TLS port must fail");
 }
 
@@ -406,4 +405,56 @@ fn print_config_lists_the_maps_in_force_and_reads_back() {
     let back = Config::load(Some(&path), Vec::new()).unwrap();
     back.validate().unwrap();
     assert_eq!(back.map_defs(), Config::default().map_defs());
+}
+
+// ---- docs ----
+
+fn repo_file(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn the_readme_documents_every_server_admin_and_tls_field() {
+    let readme = repo_file("README.md");
+    let config = toml::Value::try_from(Config::default()).unwrap();
+    for section in ["server", "admin", "tls"] {
+        let table = config[section].as_table().unwrap();
+        for key in table.keys() {
+            let full = format!("`{section}.{key}`");
+            let in_a_row = readme.lines().any(|line| {
+                line.starts_with(&format!("| `{section}."))
+                    && (line.contains(&full) || line.contains(&format!("`{key}`")))
+            });
+            assert!(
+                in_a_row,
+                "{section}.{key} is not in the README's configuration table"
+            );
+        }
+    }
+    let token_row = readme
+        .lines()
+        .find(|l| l.starts_with("| `admin.token`"))
+        .expect("admin.token row");
+    assert!(token_row.contains("16 bytes"), "{token_row}");
+}
+
+#[test]
+fn the_repo_carries_its_license_and_links_nothing_outside_it() {
+    let license = repo_file("LICENSE");
+    assert!(
+        license.contains("Apache License"),
+        "LICENSE is the Apache text"
+    );
+    assert!(license.contains("Version 2.0, January 2004"));
+    assert!(license.contains("END OF TERMS AND CONDITIONS"));
+    for doc in ["README.md", "protocol/PROTOCOL.md", "CHANGELOG.md"] {
+        let text = repo_file(doc);
+        assert!(
+            !text.contains("../shared"),
+            "{doc} links outside the repository"
+        );
+    }
 }

@@ -60,9 +60,13 @@ async fn frames_refused_by_a_closed_client_are_not_counted() {
     .unwrap();
     let mut alice = Client { ws };
     alice.hello("alice").await;
-    alice.send(ClientMsg::Join(Join { map: "test".into() })).await;
     alice
-        .expect("joined", |m| matches!(m, ServerMsg::Joined(_)).then_some(()))
+        .send(ClientMsg::Join(Join { map: "test".into() }))
+        .await;
+    alice
+        .expect("joined", |m| {
+            matches!(m, ServerMsg::Joined(_)).then_some(())
+        })
         .await;
 
     let url = format!("http://{}/admin/announce", shard.http_addr);
