@@ -422,8 +422,16 @@ impl Fuzzer {
             }
             1 if !data.is_empty() => {
                 let i = rng.below(data.len());
-                data[i] =
-                    [0x00, 0x01, 0x7f, 0x80, 0xc0, 0xc1, 0xff, rng.next_u64() as u8][rng.below(8)];
+                data[i] = [
+                    0x00,
+                    0x01,
+                    0x7f,
+                    0x80,
+                    0xc0,
+                    0xc1,
+                    0xff,
+                    rng.next_u64() as u8,
+                ][rng.below(8)];
             }
             2 => {
                 let i = rng.below(data.len() + 1);

@@ -79,8 +79,8 @@ pub struct ServerConfig {
     pub write_timeout_ms: u64,
     /// On SIGTERM/SIGINT, sessions get this long to close before exit.
     pub shutdown_grace_ms: u64,
-    /// Open game connections from one IP address at most; more are
-    /// answered with error 5002 and close 1013. 0: no per-IP cap.
+    /// Open game connections from one IP address (an IPv6 /64) at most;
+    /// more are answered with error 5002 and close 1013. 0: no per-IP cap.
     pub per_ip_max_connections: usize,
     /// New game connections (TCP accepts, refused ones included) one IP
     /// address may open per second, on average; a token bucket of

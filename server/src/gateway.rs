@@ -162,6 +162,7 @@ impl PerIp {
         if self.exempt.contains(&ip) || (self.max_connections == 0 && self.rate == 0.0) {
             return Ok(IpSlot { owner: None });
         }
+        let ip = limit_key(ip);
         let mut table = self.table.lock();
         if now.duration_since(table.last_sweep) >= SWEEP_EVERY {
             table.last_sweep = now;
@@ -190,9 +191,21 @@ impl PerIp {
         })
     }
 
-    /// Addresses tracked now (for tests and the sampler).
+    /// Addresses tracked now.
     pub fn tracked(&self) -> usize {
         self.table.lock().entries.len()
+    }
+}
+
+/// The address a limit is counted against: IPv4 as it is, IPv6 by its /64
+/// (one subscriber's network: a host picks any address in it at will).
+fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
     }
 }
 
@@ -414,4 +427,94 @@ where
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn per_ip(max_connections: usize, rate: f64, burst: u32) -> Arc<PerIp> {
+        PerIp::new(&ServerConfig {
+            per_ip_max_connections: max_connections,
+            per_ip_handshakes_per_sec: rate,
+            per_ip_handshake_burst: burst,
+            per_ip_exempt: vec!["10.0.0.9".parse().unwrap()],
+            ..ServerConfig::default()
+        })
+    }
+
+    #[test]
+    fn open_connections_are_capped_per_address_and_released_on_drop() {
+        let limits = per_ip(2, 0.0, 0);
+        let now = Instant::now();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let first = limits.admit(a, now).unwrap();
+        let _second = limits.admit(a, now).unwrap();
+        assert_eq!(limits.admit(a, now).err(), Some(Refusal::PerIpConnections));
+        // Another address has its own count; an exempt one has none.
+        assert!(limits.admit("10.0.0.2".parse().unwrap(), now).is_ok());
+        let exempt: Vec<IpSlot> = (0..5)
+            .map(|_| limits.admit("10.0.0.9".parse().unwrap(), now).unwrap())
+            .collect();
+        assert_eq!(exempt.len(), 5);
+        drop(first);
+        assert!(limits.admit(a, now).is_ok());
+    }
+
+    #[test]
+    fn handshakes_are_a_token_bucket_per_address() {
+        let limits = per_ip(0, 2.0, 3);
+        let start = Instant::now();
+        let a: IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..3 {
+            drop(limits.admit(a, start).unwrap());
+        }
+        assert_eq!(limits.admit(a, start).err(), Some(Refusal::PerIpRate));
+        // Half a second later one token (2 per second) is back.
+        let later = start + Duration::from_millis(500);
+        assert!(limits.admit(a, later).is_ok());
+        assert_eq!(limits.admit(a, later).err(), Some(Refusal::PerIpRate));
+    }
+
+    #[test]
+    fn ipv6_addresses_count_per_64_and_mapped_ipv4_as_ipv4() {
+        let limits = per_ip(1, 0.0, 0);
+        let now = Instant::now();
+        let _one = limits
+            .admit("2001:db8:1:2::1".parse().unwrap(), now)
+            .unwrap();
+        assert_eq!(
+            limits
+                .admit("2001:db8:1:2:ffff::9".parse().unwrap(), now)
+                .err(),
+            Some(Refusal::PerIpConnections)
+        );
+        assert!(limits
+            .admit("2001:db8:1:3::1".parse().unwrap(), now)
+            .is_ok());
+        let _v4 = limits.admit("198.51.100.1".parse().unwrap(), now).unwrap();
+        assert_eq!(
+            limits
+                .admit("::ffff:198.51.100.1".parse().unwrap(), now)
+                .err(),
+            Some(Refusal::PerIpConnections)
+        );
+    }
+
+    #[test]
+    fn idle_addresses_are_swept() {
+        let limits = per_ip(4, 10.0, 2);
+        let start = Instant::now();
+        for i in 0..100u8 {
+            drop(limits.admit(IpAddr::from([10, 1, 0, i]), start).unwrap());
+        }
+        let held = limits.admit("10.2.0.1".parse().unwrap(), start).unwrap();
+        assert_eq!(limits.tracked(), 101);
+        // Two seconds on, every bucket is full again: only the address
+        // with an open connection (and the one just admitted) stays.
+        let later = start + Duration::from_secs(2);
+        let _next = limits.admit("10.3.0.1".parse().unwrap(), later).unwrap();
+        assert_eq!(limits.tracked(), 2);
+        drop(held);
+    }
 }
