@@ -129,3 +129,17 @@ fn an_unreachable_shard_is_a_clear_error() {
         "{out:?}"
     );
 }
+
+/// The CLI reads the shard's own variables, so one shell environment
+/// serves both (the shard refuses `TESSERA_*` names it does not know).
+#[test]
+fn the_cli_reads_the_shards_own_variables() {
+    let shard = start_shard();
+    let announce = Command::new(OPS)
+        .env("TESSERA_SERVER__HTTP_ADDR", &shard.http)
+        .env("TESSERA_ADMIN__TOKEN", ADMIN_TOKEN)
+        .args(["announce", "from the environment"])
+        .output()
+        .unwrap();
+    assert!(announce.status.success(), "{announce:?}");
+}
