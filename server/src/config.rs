@@ -7,7 +7,7 @@
 //! A variable naming no field is an error, so a typo does not go unnoticed.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -88,11 +88,12 @@ pub struct ServerConfig {
     /// per-IP rate. Fractions are allowed (0.5 = one every two seconds).
     pub per_ip_handshakes_per_sec: f64,
     pub per_ip_handshake_burst: u32,
-    /// Addresses the per-IP limits do not apply to. Loopback by default:
-    /// a reverse proxy or the loadbot on the same host speaks for many
-    /// clients from one address. Empty it when clients connect over
-    /// loopback directly and should be capped.
-    pub per_ip_exempt: Vec<IpAddr>,
+    /// Addresses or networks (`10.0.0.0/8`, `fd00::/8`, `192.0.2.7`) the
+    /// per-IP limits do not apply to. Loopback by default: a reverse proxy
+    /// or the loadbot on the same host speaks for many clients from one
+    /// address. Empty it when clients connect over loopback directly and
+    /// should be capped.
+    pub per_ip_exempt: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -289,6 +290,63 @@ pub struct AdminConfig {
     pub fault_injection: bool,
 }
 
+/// An address or a network in CIDR notation (`server.per_ip_exempt`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// `ADDR` or `ADDR/PREFIX`; the address's bits past the prefix are
+    /// ignored.
+    pub fn parse(text: &str) -> Result<IpNet, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| "not an IP address or network (ADDR or ADDR/PREFIX)".to_string())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("the prefix must be 0 to {max}"))?,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+
+    /// Whether `ip` lies in the network (an IPv4-mapped IPv6 address as
+    /// its IPv4 one).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        /// The top `prefix` bits of a `width`-bit address.
+        fn top(bits: u128, width: u32, prefix: u8) -> u128 {
+            let keep = u32::from(prefix).min(width);
+            if keep == 0 {
+                0
+            } else {
+                bits >> (width - keep)
+            }
+        }
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                top(u32::from(net).into(), 32, self.prefix)
+                    == top(u32::from(ip).into(), 32, self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                top(net.into(), 128, self.prefix) == top(ip.into(), 128, self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Optional TLS (rustls) on the listeners, for deployments with no
 /// terminating proxy in front: `wss://` on the game listener, `https://` on
 /// the HTTP one. PEM files; every path empty (the default) means plain TCP.
@@ -431,10 +489,7 @@ impl Default for ServerConfig {
             per_ip_max_connections: 64,
             per_ip_handshakes_per_sec: 10.0,
             per_ip_handshake_burst: 20,
-            per_ip_exempt: vec![
-                IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(Ipv6Addr::LOCALHOST),
-            ],
+            per_ip_exempt: vec!["127.0.0.0/8".into(), "::1/128".into()],
         }
     }
 }
@@ -704,6 +759,11 @@ impl Config {
                 "server.per_ip_handshake_burst must be greater than 0 when per_ip_handshakes_per_sec is set"
                     .into(),
             );
+        }
+        for (i, net) in s.per_ip_exempt.iter().enumerate() {
+            if let Err(message) = IpNet::parse(net) {
+                errors.push(format!("server.per_ip_exempt[{i}] {net:?}: {message}"));
+            }
         }
         self.tls.validate(&mut errors);
         if s.outbound_budget_bytes < 4 * 1024 {
@@ -1079,6 +1139,28 @@ mod tests {
             .map_defs()
             .iter()
             .all(|m| !m.items.is_empty()));
+    }
+
+    #[test]
+    fn exempt_networks_parse_match_and_name_bad_entries() {
+        let net = IpNet::parse("10.0.0.0/8").unwrap();
+        assert!(net.contains("10.200.1.2".parse().unwrap()));
+        assert!(net.contains("::ffff:10.0.0.1".parse().unwrap()));
+        assert!(!net.contains("11.0.0.1".parse().unwrap()));
+        assert!(!net.contains("fd00::1".parse().unwrap()));
+        let one = IpNet::parse("192.0.2.7").unwrap();
+        assert!(one.contains("192.0.2.7".parse().unwrap()));
+        assert!(!one.contains("192.0.2.8".parse().unwrap()));
+        let v6 = IpNet::parse("fd00::/8").unwrap();
+        assert!(v6.contains("fd12:3456::1".parse().unwrap()));
+        assert!(IpNet::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        let mut config = Config::default();
+        config.server.per_ip_exempt = vec!["10.0.0.0/33".into(), "nope".into()];
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("server.per_ip_exempt[0]"), "{message}");
+        assert!(message.contains("server.per_ip_exempt[1]"), "{message}");
     }
 
     #[test]

@@ -32,7 +32,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::config::{ms, ServerConfig};
+use crate::config::{ms, IpNet, ServerConfig};
 use crate::metrics as m;
 use crate::outbound::{run_writer, Outbound};
 use crate::session::{Session, CLOSE_LINGER};
@@ -102,7 +102,7 @@ pub struct PerIp {
     max_connections: usize,
     rate: f64,
     burst: f64,
-    exempt: Vec<IpAddr>,
+    exempt: Vec<IpNet>,
     table: Mutex<IpTable>,
 }
 
@@ -142,10 +142,12 @@ impl PerIp {
             max_connections: config.per_ip_max_connections,
             rate: config.per_ip_handshakes_per_sec,
             burst: f64::from(config.per_ip_handshake_burst),
+            // Validated at start; an entry that does not parse exempts
+            // nothing.
             exempt: config
                 .per_ip_exempt
                 .iter()
-                .map(|ip| ip.to_canonical())
+                .filter_map(|net| IpNet::parse(net).ok())
                 .collect(),
             table: Mutex::new(IpTable {
                 entries: HashMap::new(),
@@ -159,7 +161,9 @@ impl PerIp {
     /// token, so hammering does not pay.
     pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<IpSlot, Refusal> {
         let ip = ip.to_canonical();
-        if self.exempt.contains(&ip) || (self.max_connections == 0 && self.rate == 0.0) {
+        if self.exempt.iter().any(|net| net.contains(ip))
+            || (self.max_connections == 0 && self.rate == 0.0)
+        {
             return Ok(IpSlot { owner: None });
         }
         let ip = limit_key(ip);
@@ -438,7 +442,7 @@ mod tests {
             per_ip_max_connections: max_connections,
             per_ip_handshakes_per_sec: rate,
             per_ip_handshake_burst: burst,
-            per_ip_exempt: vec!["10.0.0.9".parse().unwrap()],
+            per_ip_exempt: vec!["10.0.0.9".into()],
             ..ServerConfig::default()
         })
     }
