@@ -69,7 +69,7 @@ impl Shard {
     /// Announce `text` to every player, or to the players of `map`.
     pub fn announce(&self, text: &str, map: Option<&str>) -> anyhow::Result<serde_json::Value> {
         let Some(token) = &self.token else {
-            bail!("admin calls need the shard's admin token (--token or TESSERA_ADMIN_TOKEN)");
+            bail!("admin calls need the shard's admin token (--token or TESSERA_ADMIN__TOKEN)");
         };
         let url = format!("{}/admin/announce", self.base);
         let body = serde_json::json!({ "text": text, "map": map }).to_string();

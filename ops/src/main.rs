@@ -14,7 +14,7 @@ struct Cli {
     /// The shard's HTTP address (server.http_addr), HOST:PORT or a URL.
     #[arg(
         long,
-        env = "TESSERA_HTTP",
+        env = "TESSERA_SERVER__HTTP_ADDR",
         default_value = "127.0.0.1:7380",
         global = true
     )]
@@ -22,7 +22,7 @@ struct Cli {
     /// The shard's admin token (admin.token), for admin calls.
     #[arg(
         long,
-        env = "TESSERA_ADMIN_TOKEN",
+        env = "TESSERA_ADMIN__TOKEN",
         global = true,
         hide_env_values = true
     )]

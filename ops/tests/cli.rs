@@ -2,7 +2,7 @@
 //! on loopback port 0).
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 const OPS: &str = env!("CARGO_BIN_EXE_tessera-ops");
@@ -21,18 +21,26 @@ impl Drop for Shard {
     }
 }
 
+/// The server binary: cargo puts it next to `tessera-ops` in the same
+/// target directory, wherever `CARGO_TARGET_DIR` places that. (No variable
+/// can point elsewhere: the server refuses `TESSERA_*` variables that are
+/// not configuration.) `cargo build --workspace --bins` builds both.
 fn server_bin() -> PathBuf {
-    std::env::var_os("TESSERA_SERVER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/tessera-server")
-        })
+    Path::new(OPS).with_file_name(format!("tessera-server{}", std::env::consts::EXE_SUFFIX))
 }
 
 fn start_shard() -> Shard {
     let bin = server_bin();
     let data = tempfile::tempdir().expect("temp dir");
-    let mut child = Command::new(&bin)
+    let mut command = Command::new(&bin);
+    // The server reads every TESSERA_* variable as configuration and
+    // refuses unknown ones: pass on only the ones set here.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TESSERA_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command
         .env("TESSERA_STORE__EMBEDDED__DIR", data.path())
         .args(["--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .env("TESSERA_ADMIN__TOKEN", ADMIN_TOKEN)
@@ -41,7 +49,7 @@ fn start_shard() -> Shard {
         .spawn()
         .unwrap_or_else(|e| {
             panic!(
-                "{}: {e} (build it with cargo build -p server)",
+                "{}: {e} (build it with cargo build --workspace --bins)",
                 bin.display()
             )
         });
@@ -120,4 +128,18 @@ fn an_unreachable_shard_is_a_clear_error() {
         String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:1"),
         "{out:?}"
     );
+}
+
+/// The CLI reads the shard's own variables, so one shell environment
+/// serves both (the shard refuses `TESSERA_*` names it does not know).
+#[test]
+fn the_cli_reads_the_shards_own_variables() {
+    let shard = start_shard();
+    let announce = Command::new(OPS)
+        .env("TESSERA_SERVER__HTTP_ADDR", &shard.http)
+        .env("TESSERA_ADMIN__TOKEN", ADMIN_TOKEN)
+        .args(["announce", "from the environment"])
+        .output()
+        .unwrap();
+    assert!(announce.status.success(), "{announce:?}");
 }

@@ -7,7 +7,7 @@
 //! A variable naming no field is an error, so a typo does not go unnoticed.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -43,6 +43,7 @@ pub struct Config {
     pub store: crate::store::StoreConfig,
     pub economy: EconomyConfig,
     pub admin: AdminConfig,
+    pub tls: TlsConfig,
     pub log: LogConfig,
 }
 
@@ -78,6 +79,21 @@ pub struct ServerConfig {
     pub write_timeout_ms: u64,
     /// On SIGTERM/SIGINT, sessions get this long to close before exit.
     pub shutdown_grace_ms: u64,
+    /// Open game connections from one IP address (an IPv6 /64) at most;
+    /// more are answered with error 5002 and close 1013. 0: no per-IP cap.
+    pub per_ip_max_connections: usize,
+    /// New game connections (TCP accepts, refused ones included) one IP
+    /// address may open per second, on average; a token bucket of
+    /// `per_ip_handshake_burst`. Over it: error 5002 and close 1013. 0: no
+    /// per-IP rate. Fractions are allowed (0.5 = one every two seconds).
+    pub per_ip_handshakes_per_sec: f64,
+    pub per_ip_handshake_burst: u32,
+    /// Addresses or networks (`10.0.0.0/8`, `fd00::/8`, `192.0.2.7`) the
+    /// per-IP limits do not apply to. Loopback by default: a reverse proxy
+    /// or the loadbot on the same host speaks for many clients from one
+    /// address. Empty it when clients connect over loopback directly and
+    /// should be capped.
+    pub per_ip_exempt: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -283,6 +299,170 @@ pub struct AdminConfig {
     pub fault_injection: bool,
 }
 
+/// An address or a network in CIDR notation (`server.per_ip_exempt`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// `ADDR` or `ADDR/PREFIX`; the address's bits past the prefix are
+    /// ignored.
+    pub fn parse(text: &str) -> Result<IpNet, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| "not an IP address or network (ADDR or ADDR/PREFIX)".to_string())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("the prefix must be 0 to {max}"))?,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+
+    /// Whether `ip` lies in the network (an IPv4-mapped IPv6 address as
+    /// its IPv4 one).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        /// The top `prefix` bits of a `width`-bit address.
+        fn top(bits: u128, width: u32, prefix: u8) -> u128 {
+            let keep = u32::from(prefix).min(width);
+            if keep == 0 {
+                0
+            } else {
+                bits >> (width - keep)
+            }
+        }
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                top(u32::from(net).into(), 32, self.prefix)
+                    == top(u32::from(ip).into(), 32, self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                top(net.into(), 128, self.prefix) == top(ip.into(), 128, self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Optional TLS (rustls) on the listeners, for deployments with no
+/// terminating proxy in front: `wss://` on the game listener, `https://` on
+/// the HTTP one. PEM files; every path empty (the default) means plain TCP.
+/// `cert_path`/`key_path` serve both listeners; the `ws_`/`http_` pairs
+/// override them for one listener.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM, leaf first) for both listeners.
+    pub cert_path: String,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) for `cert_path`.
+    pub key_path: String,
+    /// Game listener only; overrides `cert_path`/`key_path` there.
+    pub ws_cert_path: String,
+    pub ws_key_path: String,
+    /// HTTP listener only; overrides `cert_path`/`key_path` there.
+    pub http_cert_path: String,
+    pub http_key_path: String,
+}
+
+/// One listener's certificate and key paths, with their field names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert_field: &'static str,
+    pub cert_path: String,
+    pub key_field: &'static str,
+    pub key_path: String,
+}
+
+impl TlsConfig {
+    /// The files for the game listener, `None` for plain TCP.
+    pub fn ws_files(&self) -> Option<TlsFiles> {
+        self.files(
+            "tls.ws_cert_path",
+            "tls.ws_key_path",
+            &self.ws_cert_path,
+            &self.ws_key_path,
+        )
+    }
+
+    /// The files for the HTTP listener, `None` for plain TCP.
+    pub fn http_files(&self) -> Option<TlsFiles> {
+        self.files(
+            "tls.http_cert_path",
+            "tls.http_key_path",
+            &self.http_cert_path,
+            &self.http_key_path,
+        )
+    }
+
+    fn files(
+        &self,
+        cert_field: &'static str,
+        key_field: &'static str,
+        cert: &str,
+        key: &str,
+    ) -> Option<TlsFiles> {
+        if !cert.is_empty() || !key.is_empty() {
+            return Some(TlsFiles {
+                cert_field,
+                cert_path: cert.to_string(),
+                key_field,
+                key_path: key.to_string(),
+            });
+        }
+        (!self.cert_path.is_empty() || !self.key_path.is_empty()).then(|| TlsFiles {
+            cert_field: "tls.cert_path",
+            cert_path: self.cert_path.clone(),
+            key_field: "tls.key_path",
+            key_path: self.key_path.clone(),
+        })
+    }
+
+    fn validate(&self, errors: &mut Vec<String>) {
+        let pairs = [
+            (
+                "tls.cert_path",
+                &self.cert_path,
+                "tls.key_path",
+                &self.key_path,
+            ),
+            (
+                "tls.ws_cert_path",
+                &self.ws_cert_path,
+                "tls.ws_key_path",
+                &self.ws_key_path,
+            ),
+            (
+                "tls.http_cert_path",
+                &self.http_cert_path,
+                "tls.http_key_path",
+                &self.http_key_path,
+            ),
+        ];
+        for (cert_field, cert, key_field, key) in pairs {
+            if cert.is_empty() != key.is_empty() {
+                let (set, unset) = if cert.is_empty() {
+                    (key_field, cert_field)
+                } else {
+                    (cert_field, key_field)
+                };
+                errors.push(format!("{unset} must be set when {set} is"));
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -315,6 +495,10 @@ impl Default for ServerConfig {
             outbound_budget_bytes: 256 * 1024,
             write_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
+            per_ip_max_connections: 64,
+            per_ip_handshakes_per_sec: 10.0,
+            per_ip_handshake_burst: 20,
+            per_ip_exempt: vec!["127.0.0.0/8".into(), "::1/128".into()],
         }
     }
 }
@@ -574,6 +758,23 @@ impl Config {
         if s.max_frame_bytes < 256 {
             errors.push("server.max_frame_bytes must be at least 256".into());
         }
+        if !(s.per_ip_handshakes_per_sec.is_finite() && s.per_ip_handshakes_per_sec >= 0.0) {
+            errors.push(
+                "server.per_ip_handshakes_per_sec must be 0 (off) or a positive number".into(),
+            );
+        }
+        if s.per_ip_handshakes_per_sec > 0.0 && s.per_ip_handshake_burst == 0 {
+            errors.push(
+                "server.per_ip_handshake_burst must be greater than 0 when per_ip_handshakes_per_sec is set"
+                    .into(),
+            );
+        }
+        for (i, net) in s.per_ip_exempt.iter().enumerate() {
+            if let Err(message) = IpNet::parse(net) {
+                errors.push(format!("server.per_ip_exempt[{i}] {net:?}: {message}"));
+            }
+        }
+        self.tls.validate(&mut errors);
         if s.outbound_budget_bytes < 4 * 1024 {
             errors.push("server.outbound_budget_bytes must be at least 4096".into());
         }
@@ -655,6 +856,17 @@ impl Config {
     pub fn to_toml(&self) -> String {
         // Config is plain data; serializing it to TOML cannot fail.
         toml::to_string_pretty(self).expect("config serializes to TOML")
+    }
+
+    /// The configuration as the shard runs it: with no `maps` configured,
+    /// the built-in ones it serves. What `--print-config` shows; reading
+    /// it back gives the same shard.
+    pub fn in_force(&self) -> Config {
+        let mut config = self.clone();
+        if config.maps.is_empty() {
+            config.maps = builtin_maps();
+        }
+        config
     }
 }
 
@@ -955,6 +1167,28 @@ mod tests {
             .map_defs()
             .iter()
             .all(|m| !m.items.is_empty()));
+    }
+
+    #[test]
+    fn exempt_networks_parse_match_and_name_bad_entries() {
+        let net = IpNet::parse("10.0.0.0/8").unwrap();
+        assert!(net.contains("10.200.1.2".parse().unwrap()));
+        assert!(net.contains("::ffff:10.0.0.1".parse().unwrap()));
+        assert!(!net.contains("11.0.0.1".parse().unwrap()));
+        assert!(!net.contains("fd00::1".parse().unwrap()));
+        let one = IpNet::parse("192.0.2.7").unwrap();
+        assert!(one.contains("192.0.2.7".parse().unwrap()));
+        assert!(!one.contains("192.0.2.8".parse().unwrap()));
+        let v6 = IpNet::parse("fd00::/8").unwrap();
+        assert!(v6.contains("fd12:3456::1".parse().unwrap()));
+        assert!(IpNet::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        let mut config = Config::default();
+        config.server.per_ip_exempt = vec!["10.0.0.0/33".into(), "nope".into()];
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("server.per_ip_exempt[0]"), "{message}");
+        assert!(message.contains("server.per_ip_exempt[1]"), "{message}");
     }
 
     #[test]

@@ -1,33 +1,51 @@
-//! The accept loop: TCP accept, connection cap, WebSocket upgrade, and one
-//! [`Session`] per socket on the next worker Arbiter.
+//! The accept loop: TCP accept, per-IP limits and the connection cap, TLS
+//! (when configured), WebSocket upgrade, and one [`Session`] per socket on
+//! the next worker Arbiter.
 //!
 //! The accept loop runs on the system Arbiter; each accepted socket moves to
 //! a worker Arbiter (as a std socket, so it registers with that Arbiter's
 //! reactor) where the upgrade, the session actor and its writer task live.
+//!
+//! A socket over a limit (`server.per_ip_handshakes_per_sec`,
+//! `server.per_ip_max_connections`, `server.max_connections`) is still
+//! upgraded, so that it can be told: error 5002 `server_busy`, close 1013,
+//! then a bounded read for the client's close (PROTOCOL.md lifecycle rule
+//! 7). At most [`MAX_REFUSING`] refusals run at once; past that a socket is
+//! dropped unanswered. Every refusal is counted by reason.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures_util::{SinkExt, StreamExt};
-use protocol::CloseCode;
+use parking_lot::Mutex;
+use protocol::msg::ErrorMsg;
+use protocol::{encode_server, CloseCode, ErrorCode, ServerMsg};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
-use crate::config::{ms, ServerConfig};
+use crate::config::{ms, IpNet, ServerConfig};
 use crate::metrics as m;
-use crate::outbound::{run_writer, Conn, Outbound};
-use crate::session::Session;
+use crate::outbound::{self, run_writer, Outbound, Socket};
+use crate::session::{Session, CLOSE_LINGER};
 use crate::shard::Shared;
+use crate::tls::Conn;
 
-/// Sockets over the connection cap that may be in the middle of being told
-/// so (upgrade, then close 1013) at once; past that they are dropped.
+/// Sockets refused (over a cap) that may be in the middle of being told so
+/// (upgrade, error 5002, close 1013, linger) at once; past that they are
+/// dropped without a word.
 const MAX_REFUSING: usize = 64;
+
+/// How long the refusal's error and close frames may take to write.
+const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 
 pub fn ws_config(config: &ServerConfig) -> WebSocketConfig {
     let mut ws = WebSocketConfig::default();
@@ -37,6 +55,170 @@ pub fn ws_config(config: &ServerConfig) -> WebSocketConfig {
     ws.max_frame_size = Some(config.max_frame_bytes);
     ws.max_message_size = Some(config.max_frame_bytes);
     ws
+}
+
+/// Why a connection is turned away; the `reason` label of
+/// `tessera_connections_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `server.max_connections` reached.
+    MaxConnections,
+    /// `server.per_ip_max_connections` reached for the peer's address.
+    PerIpConnections,
+    /// `server.per_ip_handshakes_per_sec` exceeded by the peer's address.
+    PerIpRate,
+}
+
+impl Refusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::MaxConnections => "max_connections",
+            Refusal::PerIpConnections => "per_ip_connections",
+            Refusal::PerIpRate => "per_ip_rate",
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Refusal::MaxConnections => "server at its connection cap",
+            Refusal::PerIpConnections => "too many connections from your address",
+            Refusal::PerIpRate => "too many new connections from your address",
+        }
+    }
+}
+
+/// What one accepted socket may do: a connection's permits, or a refusal
+/// (with the permit that bounds refusals in progress).
+enum Admission {
+    Admitted(OwnedSemaphorePermit, IpSlot),
+    Refused(Refusal, OwnedSemaphorePermit),
+}
+
+/// Per-IP bookkeeping: open connections and a handshake token bucket per
+/// address. An entry goes once its address has nothing open and a full
+/// bucket, so the table holds only addresses active within the last
+/// `burst / rate` seconds.
+pub struct PerIp {
+    max_connections: usize,
+    rate: f64,
+    burst: f64,
+    exempt: Vec<IpNet>,
+    table: Mutex<IpTable>,
+}
+
+struct IpTable {
+    entries: HashMap<IpAddr, IpEntry>,
+    last_sweep: Instant,
+}
+
+struct IpEntry {
+    open: usize,
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// One open connection counted against its address; released on drop.
+pub struct IpSlot {
+    owner: Option<(Arc<PerIp>, IpAddr)>,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Some((per_ip, ip)) = self.owner.take() {
+            let mut table = per_ip.table.lock();
+            if let Some(entry) = table.entries.get_mut(&ip) {
+                entry.open = entry.open.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// How often the per-IP table is swept of idle addresses, at most.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+impl PerIp {
+    pub fn new(config: &ServerConfig) -> Arc<PerIp> {
+        Arc::new(PerIp {
+            max_connections: config.per_ip_max_connections,
+            rate: config.per_ip_handshakes_per_sec,
+            burst: f64::from(config.per_ip_handshake_burst),
+            // Validated at start; an entry that does not parse exempts
+            // nothing.
+            exempt: config
+                .per_ip_exempt
+                .iter()
+                .filter_map(|net| IpNet::parse(net).ok())
+                .collect(),
+            table: Mutex::new(IpTable {
+                entries: HashMap::new(),
+                last_sweep: Instant::now(),
+            }),
+        })
+    }
+
+    /// Count a new connection from `ip`: a slot to hold while it is open,
+    /// or why it is refused. A refused attempt still spends a handshake
+    /// token, so hammering does not pay.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<IpSlot, Refusal> {
+        let ip = ip.to_canonical();
+        if self.exempt.iter().any(|net| net.contains(ip))
+            || (self.max_connections == 0 && self.rate == 0.0)
+        {
+            return Ok(IpSlot { owner: None });
+        }
+        let ip = limit_key(ip);
+        let mut table = self.table.lock();
+        if now.duration_since(table.last_sweep) >= SWEEP_EVERY {
+            table.last_sweep = now;
+            let (rate, burst) = (self.rate, self.burst);
+            table
+                .entries
+                .retain(|_, e| e.open > 0 || (rate > 0.0 && refill(e, rate, burst, now) < burst));
+        }
+        let entry = table.entries.entry(ip).or_insert(IpEntry {
+            open: 0,
+            tokens: self.burst,
+            refilled: now,
+        });
+        if self.rate > 0.0 {
+            if refill(entry, self.rate, self.burst, now) < 1.0 {
+                return Err(Refusal::PerIpRate);
+            }
+            entry.tokens -= 1.0;
+        }
+        if self.max_connections > 0 && entry.open >= self.max_connections {
+            return Err(Refusal::PerIpConnections);
+        }
+        entry.open += 1;
+        Ok(IpSlot {
+            owner: Some((self.clone(), ip)),
+        })
+    }
+
+    /// Addresses tracked now.
+    pub fn tracked(&self) -> usize {
+        self.table.lock().entries.len()
+    }
+}
+
+/// The address a limit is counted against: IPv4 as it is, IPv6 by its /64
+/// (one subscriber's network: a host picks any address in it at will).
+fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+    }
+}
+
+/// Top `entry`'s bucket up to `now`; returns its tokens.
+fn refill(entry: &mut IpEntry, rate: f64, burst: f64, now: Instant) -> f64 {
+    let elapsed = now.duration_since(entry.refilled).as_secs_f64();
+    entry.tokens = (entry.tokens + elapsed * rate).min(burst);
+    entry.refilled = now;
+    entry.tokens
 }
 
 /// The accept loop's state. Everything that must survive a restart of the
@@ -49,8 +231,9 @@ pub struct Gateway {
     done: mpsc::Sender<()>,
     /// One permit per open connection (`server.max_connections`).
     permits: Arc<Semaphore>,
-    /// Sockets over the cap being told so.
+    /// Sockets over a cap being told so.
     refusing: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
     next_worker: Arc<AtomicUsize>,
     /// Session ids are unique for the shard's life, across restarts.
     next_session: Arc<AtomicU64>,
@@ -63,11 +246,34 @@ impl Gateway {
         Gateway {
             permits: Arc::new(Semaphore::new(shared.config.server.max_connections)),
             refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
+            per_ip: PerIp::new(&shared.config.server),
             next_worker: Arc::new(AtomicUsize::new(0)),
             next_session: Arc::new(AtomicU64::new(1)),
             shared,
             workers,
             done,
+        }
+    }
+
+    /// The per-IP rule first (it is the cheaper answer to a flood from one
+    /// address), then the shard's cap.
+    fn admit(&self, peer: SocketAddr) -> Option<Admission> {
+        let refusal = match self.per_ip.admit(peer.ip(), Instant::now()) {
+            Ok(slot) => match self.permits.clone().try_acquire_owned() {
+                Ok(permit) => return Some(Admission::Admitted(permit, slot)),
+                Err(_) => Refusal::MaxConnections,
+            },
+            Err(refusal) => refusal,
+        };
+        metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => refusal.label()).increment(1);
+        match self.refusing.clone().try_acquire_owned() {
+            Ok(refusing) => Some(Admission::Refused(refusal, refusing)),
+            Err(_) => {
+                // Too many refusals in flight already: this one is dropped
+                // unanswered rather than queued.
+                metrics::counter!(m::CONNECTIONS_REFUSED_UNANSWERED).increment(1);
+                None
+            }
         }
     }
 
@@ -89,15 +295,8 @@ impl Gateway {
                 }
             };
             metrics::counter!(m::CONNECTIONS_ACCEPTED).increment(1);
-            let permit = match self.permits.clone().try_acquire_owned() {
-                Ok(permit) => Ok(permit),
-                Err(_) => match self.refusing.clone().try_acquire_owned() {
-                    Ok(refusal) => Err(refusal),
-                    Err(_) => {
-                        metrics::counter!(m::CONNECTIONS_REFUSED).increment(1);
-                        continue;
-                    }
-                },
+            let Some(admission) = self.admit(peer) else {
+                continue;
             };
             let _ = tcp.set_nodelay(true);
             let std_tcp = match tcp.into_std() {
@@ -114,7 +313,7 @@ impl Gateway {
             let id = self.next_session.fetch_add(1, Ordering::Relaxed);
             worker.spawn(async move {
                 match TcpStream::from_std(std_tcp) {
-                    Ok(tcp) => serve(tcp, peer, id, permit, shared, done).await,
+                    Ok(tcp) => serve(tcp, peer, id, admission, shared, done).await,
                     Err(err) => tracing::warn!(error = %err, "socket handover failed"),
                 }
             });
@@ -123,51 +322,69 @@ impl Gateway {
     }
 }
 
-/// Upgrade one socket and start its session, or tell it the server is full.
+/// TLS (when configured) and the WebSocket upgrade, within the handshake
+/// timeout.
+async fn upgrade(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Option<(WebSocketStream<Conn>, Socket)> {
+    let config = &shared.config.server;
+    let timeout = ms(config.handshake_timeout_ms);
+    let started = tokio::time::Instant::now();
+    // The close path keeps a handle to the TCP stream (see `outbound`).
+    let tcp = outbound::Conn::new(tcp);
+    let socket = tcp.socket();
+    let conn = match &shared.tls.ws {
+        None => Conn::Plain(tcp),
+        Some(acceptor) => match Conn::tls(acceptor, tcp, timeout).await {
+            Ok(conn) => conn,
+            Err(err) => {
+                tracing::debug!(%peer, error = %err, "tls handshake failed");
+                return None;
+            }
+        },
+    };
+    // Boxed: the upgrade future is large and would otherwise live inside
+    // this task for the connection's whole life.
+    let upgrade = Box::pin(tokio_tungstenite::accept_async_with_config(
+        conn,
+        Some(ws_config(config)),
+    ));
+    match tokio::time::timeout_at(started + timeout, upgrade).await {
+        Ok(Ok(ws)) => Some((ws, socket)),
+        Ok(Err(err)) => {
+            tracing::debug!(%peer, error = %err, "websocket upgrade failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "websocket upgrade timed out");
+            None
+        }
+    }
+}
+
+/// Upgrade one socket and start its session, or tell it why not.
 async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     id: u64,
-    permit: Result<OwnedSemaphorePermit, OwnedSemaphorePermit>,
+    admission: Admission,
     shared: Arc<Shared>,
     done: mpsc::Sender<()>,
 ) {
+    let Some((ws, socket)) = upgrade(tcp, peer, &shared).await else {
+        return;
+    };
+    let (permit, ip_slot) = match admission {
+        Admission::Admitted(permit, slot) => (permit, slot),
+        Admission::Refused(refusal, _refusing) => {
+            tracing::debug!(%peer, reason = refusal.label(), "connection refused");
+            refuse(ws, refusal).await;
+            return;
+        }
+    };
     let config = &shared.config.server;
-    // The close path keeps a handle to the socket (see `outbound`).
-    let tcp = Conn::new(tcp);
-    let socket = tcp.socket();
-    // Boxed: the upgrade future is large and would otherwise live inside
-    // this task for the connection's whole life.
-    let upgrade = Box::pin(tokio_tungstenite::accept_async_with_config(
-        tcp,
-        Some(ws_config(config)),
-    ));
-    let ws = match tokio::time::timeout(ms(config.handshake_timeout_ms), upgrade).await {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(err)) => {
-            tracing::debug!(%peer, error = %err, "websocket upgrade failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "websocket upgrade timed out");
-            return;
-        }
-    };
-    let permit = match permit {
-        Ok(permit) => permit,
-        Err(_refusal) => {
-            metrics::counter!(m::CONNECTIONS_REFUSED).increment(1);
-            let mut ws = ws;
-            let frame = CloseFrame {
-                code: WsCloseCode::from(CloseCode::TryAgainLater.as_u16()),
-                reason: "server at its connection cap".into(),
-            };
-            let _ =
-                tokio::time::timeout(Duration::from_secs(1), ws.send(Message::Close(Some(frame))))
-                    .await;
-            return;
-        }
-    };
     let (sink, stream) = ws.split();
     let out = Outbound::for_socket(config.outbound_budget_bytes, socket);
     let writer = run_writer(out.clone(), sink, ms(config.write_timeout_ms));
@@ -175,6 +392,7 @@ async fn serve(
     actix::spawn(async move {
         writer.await;
         drop(permit);
+        drop(ip_slot);
         drop(writer_done);
     });
     tracing::debug!(%peer, session = id, "connected");
@@ -182,4 +400,128 @@ async fn serve(
         ctx.add_stream(stream);
         Session::new(id, shared, out, done)
     });
+}
+
+/// Error 5002, then close 1013, then (PROTOCOL.md lifecycle rule 7) read
+/// and ignore the client's frames until its close or [`CLOSE_LINGER`], so
+/// that unread input does not turn the close into a TCP reset.
+async fn refuse<S>(mut ws: WebSocketStream<S>, refusal: Refusal)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let text = refusal.text();
+    let error = encode_server(&ServerMsg::Error(ErrorMsg::new(
+        ErrorCode::ServerBusy,
+        text,
+    )));
+    let close = CloseFrame {
+        code: WsCloseCode::from(CloseCode::TryAgainLater.as_u16()),
+        reason: text.into(),
+    };
+    let sent = tokio::time::timeout(REFUSAL_WRITE, async {
+        ws.feed(Message::Binary(error.into())).await?;
+        ws.send(Message::Close(Some(close))).await
+    })
+    .await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(message)) = ws.next().await {
+            if message.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn per_ip(max_connections: usize, rate: f64, burst: u32) -> Arc<PerIp> {
+        PerIp::new(&ServerConfig {
+            per_ip_max_connections: max_connections,
+            per_ip_handshakes_per_sec: rate,
+            per_ip_handshake_burst: burst,
+            per_ip_exempt: vec!["10.0.0.9".into()],
+            ..ServerConfig::default()
+        })
+    }
+
+    #[test]
+    fn open_connections_are_capped_per_address_and_released_on_drop() {
+        let limits = per_ip(2, 0.0, 0);
+        let now = Instant::now();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let first = limits.admit(a, now).unwrap();
+        let _second = limits.admit(a, now).unwrap();
+        assert_eq!(limits.admit(a, now).err(), Some(Refusal::PerIpConnections));
+        // Another address has its own count; an exempt one has none.
+        assert!(limits.admit("10.0.0.2".parse().unwrap(), now).is_ok());
+        let exempt: Vec<IpSlot> = (0..5)
+            .map(|_| limits.admit("10.0.0.9".parse().unwrap(), now).unwrap())
+            .collect();
+        assert_eq!(exempt.len(), 5);
+        drop(first);
+        assert!(limits.admit(a, now).is_ok());
+    }
+
+    #[test]
+    fn handshakes_are_a_token_bucket_per_address() {
+        let limits = per_ip(0, 2.0, 3);
+        let start = Instant::now();
+        let a: IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..3 {
+            drop(limits.admit(a, start).unwrap());
+        }
+        assert_eq!(limits.admit(a, start).err(), Some(Refusal::PerIpRate));
+        // Half a second later one token (2 per second) is back.
+        let later = start + Duration::from_millis(500);
+        assert!(limits.admit(a, later).is_ok());
+        assert_eq!(limits.admit(a, later).err(), Some(Refusal::PerIpRate));
+    }
+
+    #[test]
+    fn ipv6_addresses_count_per_64_and_mapped_ipv4_as_ipv4() {
+        let limits = per_ip(1, 0.0, 0);
+        let now = Instant::now();
+        let _one = limits
+            .admit("2001:db8:1:2::1".parse().unwrap(), now)
+            .unwrap();
+        assert_eq!(
+            limits
+                .admit("2001:db8:1:2:ffff::9".parse().unwrap(), now)
+                .err(),
+            Some(Refusal::PerIpConnections)
+        );
+        assert!(limits
+            .admit("2001:db8:1:3::1".parse().unwrap(), now)
+            .is_ok());
+        let _v4 = limits.admit("198.51.100.1".parse().unwrap(), now).unwrap();
+        assert_eq!(
+            limits
+                .admit("::ffff:198.51.100.1".parse().unwrap(), now)
+                .err(),
+            Some(Refusal::PerIpConnections)
+        );
+    }
+
+    #[test]
+    fn idle_addresses_are_swept() {
+        let limits = per_ip(4, 10.0, 2);
+        let start = Instant::now();
+        for i in 0..100u8 {
+            drop(limits.admit(IpAddr::from([10, 1, 0, i]), start).unwrap());
+        }
+        let held = limits.admit("10.2.0.1".parse().unwrap(), start).unwrap();
+        assert_eq!(limits.tracked(), 101);
+        // Two seconds on, every bucket is full again: only the address
+        // with an open connection (and the one just admitted) stays.
+        let later = start + Duration::from_secs(2);
+        let _next = limits.admit("10.3.0.1".parse().unwrap(), later).unwrap();
+        assert_eq!(limits.tracked(), 2);
+        drop(held);
+    }
 }

@@ -9,11 +9,23 @@
 //! | `POST /admin/announce` | `{"text": "...", "map": "optional"}`, bearer `admin.token` |
 //! | `POST /admin/faults/room` | `{"map": "...", "kind": "panic" or "stall", "ms": N}`; with `"at": "<point>"` a panic is armed at that point of the map's room instead; needs `admin.fault_injection` |
 //! | `POST /admin/faults/session` | `{"player": "...", "kind": "panic" or "drop"}`; with `"at": "<point>"` a panic is armed at that point of the player's session (of the next session to get there without `player`); needs `admin.fault_injection` |
-//! | `POST /admin/faults/task?name=<child>` | the supervised task panics at its next poll; 403 without `admin.fault_injection` |
+//! | `POST /admin/faults/task?name=<child>` | the supervised task panics at its next poll; needs `admin.fault_injection` |
+//!
+//! Statuses, one rule for every admin call: 404 when the admin API is off
+//! (no `admin.token`: there is nothing to authenticate against) or the
+//! named thing (map, room, player, task) does not exist; 401 for a missing
+//! or wrong token; 403 for a valid token asking for something this shard's
+//! configuration does not allow (fault injection while
+//! `admin.fault_injection` is off); 400 for a bad body or query.
+//!
+//! With `[tls]` configured for it, the listener speaks HTTPS only; each
+//! connection's TLS handshake runs in its own task, on first read.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -22,28 +34,41 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use crate::dispatcher::MapBroadcast;
 use crate::room::{announce_frame, Fault, FaultKind, MAX_INJECTED_STALL};
 use crate::session::Kill;
 use crate::shard::Shared;
 use crate::supervise::{ArmError, FaultActor};
+use crate::tls::Conn;
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
 const DEMO_JS: &str = include_str!("../web/demo.js");
 const TESSERA_JS: &str = include_str!("../../protocol/js/tessera.js");
 
-/// The HTTP listener, shared so that a restarted server keeps its port.
-struct SharedListener(Arc<TcpListener>);
+/// The HTTP listener, shared so that a restarted server keeps its port,
+/// with its TLS acceptor when configured.
+struct SharedListener {
+    tcp: Arc<TcpListener>,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+}
 
 impl axum::serve::Listener for SharedListener {
-    type Io = tokio::net::TcpStream;
+    type Io = Conn;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
-            match self.0.accept().await {
-                Ok(pair) => return pair,
+            match self.tcp.accept().await {
+                Ok((tcp, peer)) => {
+                    let conn = match &self.tls {
+                        None => Conn::plain(tcp),
+                        Some(tls) => Conn::lazy_tls(tls, tcp, self.handshake_timeout),
+                    };
+                    return (conn, peer);
+                }
                 Err(err) => {
                     // Out of file descriptors and the like: back off, do
                     // not spin.
@@ -55,7 +80,7 @@ impl axum::serve::Listener for SharedListener {
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.0.local_addr()
+        self.tcp.local_addr()
     }
 }
 
@@ -71,6 +96,11 @@ pub async fn serve(
     ws_addr: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
+    let listener = SharedListener {
+        tcp: listener,
+        tls: shared.tls.http.clone(),
+        handshake_timeout: crate::config::ms(shared.config.server.handshake_timeout_ms),
+    };
     let state = AppState {
         shared,
         ws_port: ws_addr.port(),
@@ -90,7 +120,7 @@ pub async fn serve(
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    if let Err(err) = axum::serve(SharedListener(listener), app)
+    if let Err(err) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
     {
@@ -137,11 +167,73 @@ async fn metrics() -> Response {
         .into_response()
 }
 
-#[derive(Deserialize)]
-struct AnnounceRequest {
-    text: String,
+/// `POST /admin/announce`'s body.
+#[derive(Debug, Deserialize)]
+pub struct AnnounceRequest {
+    pub text: String,
     #[serde(default)]
-    map: Option<String>,
+    pub map: Option<String>,
+}
+
+const ANNOUNCE_BODY: &str = "body must be JSON {\"text\": string, \"map\": optional string}";
+
+/// Decode and check an announce body as the handler does: `text` of 1 to
+/// `4 * chat_max_chars` characters. (The fuzz targets drive these parsers
+/// with arbitrary bytes; they never panic.)
+pub fn parse_announce(body: &[u8], chat_max_chars: u32) -> Result<AnnounceRequest, String> {
+    let Json(request) =
+        Json::<AnnounceRequest>::from_bytes(body).map_err(|_| ANNOUNCE_BODY.to_string())?;
+    let max = chat_max_chars as usize * 4;
+    if request.text.is_empty() || request.text.chars().count() > max {
+        return Err(format!("text must be 1 to {max} characters"));
+    }
+    Ok(request)
+}
+
+/// A `POST /admin/faults/room` body, checked: a stall of at most
+/// [`MAX_INJECTED_STALL`].
+pub fn parse_room_fault(body: &[u8]) -> Result<RoomFaultRequest, String> {
+    let Json(request) =
+        Json::<RoomFaultRequest>::from_bytes(body).map_err(|_| FAULT_BODY.to_string())?;
+    if let (RoomFaultKind::Stall, Some(ms)) = (&request.kind, request.ms) {
+        if ms > MAX_INJECTED_STALL.as_millis() as u64 {
+            return Err(format!(
+                "ms must be at most {}",
+                MAX_INJECTED_STALL.as_millis()
+            ));
+        }
+    }
+    Ok(request)
+}
+
+const SESSION_FAULT_BODY: &str =
+    "body must be JSON {\"player\": string, \"kind\": \"panic\"|\"drop\", \"at\": optional point}";
+
+/// A `POST /admin/faults/session` body.
+pub fn parse_session_fault(body: &[u8]) -> Result<SessionFaultRequest, String> {
+    Json::<SessionFaultRequest>::from_bytes(body)
+        .map(|Json(request)| request)
+        .map_err(|_| SESSION_FAULT_BODY.to_string())
+}
+
+/// The body of a request that must carry JSON, as axum's `Json` extractor
+/// requires: a JSON content type.
+fn json_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<&'a [u8], String> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|mime| {
+            let mime = mime.trim().to_ascii_lowercase();
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+        })
+        .unwrap_or(false);
+    if json {
+        Ok(body)
+    } else {
+        Err("content-type must be application/json".into())
+    }
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -173,27 +265,16 @@ fn refuse_unauthorized(shared: &Shared, headers: &HeaderMap) -> Option<Response>
     (!ok).then(|| error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"))
 }
 
-async fn announce(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Json<AnnounceRequest>, axum::extract::rejection::JsonRejection>,
-) -> Response {
+async fn announce(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(response) = refuse_unauthorized(&state.shared, &headers) {
         return response;
     }
-    let Ok(Json(request)) = body else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "body must be JSON {\"text\": string, \"map\": optional string}",
-        );
+    let request = match json_body(&headers, &body)
+        .and_then(|body| parse_announce(body, state.shared.config.limits.chat_max_chars))
+    {
+        Ok(request) => request,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
-    let max = state.shared.config.limits.chat_max_chars as usize * 4;
-    if request.text.is_empty() || request.text.chars().count() > max {
-        return error(
-            StatusCode::BAD_REQUEST,
-            &format!("text must be 1 to {max} characters"),
-        );
-    }
     let report = match &request.map {
         Some(map) if !state.shared.rooms.has_map(map) => {
             return error(StatusCode::NOT_FOUND, &format!("no map named {map:?}"));
@@ -212,39 +293,42 @@ async fn announce(
     .into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum RoomFaultKind {
+pub enum RoomFaultKind {
     Panic,
     Stall,
 }
 
-#[derive(Deserialize)]
-struct RoomFaultRequest {
-    map: String,
-    kind: RoomFaultKind,
+/// `POST /admin/faults/room`'s body.
+#[derive(Debug, Deserialize)]
+pub struct RoomFaultRequest {
+    pub map: String,
+    pub kind: RoomFaultKind,
     #[serde(default)]
-    ms: Option<u64>,
+    pub ms: Option<u64>,
     /// Arm a panic at this point instead of panicking now.
     #[serde(default)]
-    at: Option<String>,
+    pub at: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum SessionFaultKind {
+pub enum SessionFaultKind {
     Panic,
     Drop,
 }
 
-#[derive(Deserialize)]
-struct SessionFaultRequest {
+/// `POST /admin/faults/session`'s body.
+#[derive(Debug, Deserialize)]
+pub struct SessionFaultRequest {
+    /// Required unless `at` arms a point for the next session to get there.
     #[serde(default)]
-    player: Option<String>,
-    kind: SessionFaultKind,
+    pub player: Option<String>,
+    pub kind: SessionFaultKind,
     /// Arm a panic at this point instead of panicking now.
     #[serde(default)]
-    at: Option<String>,
+    pub at: Option<String>,
 }
 
 /// Arm a fault point: 200 with what was armed, or 400 naming the points.
@@ -258,45 +342,44 @@ fn arm(
     match shared.faults.arm(actor, known, at, target.clone()) {
         Ok(()) => Json(serde_json::json!({ "armed": at, "target": target })).into_response(),
         Err(e @ ArmError::UnknownPoint { .. }) => error(StatusCode::BAD_REQUEST, &e.to_string()),
-        Err(e @ ArmError::Disabled) => error(StatusCode::NOT_FOUND, &e.to_string()),
+        // Checked before by `refuse_faults`: the same rule, 403.
+        Err(e @ ArmError::Disabled) => error(StatusCode::FORBIDDEN, &e.to_string()),
     }
 }
 
-/// Fault injection needs the admin token and `admin.fault_injection`.
+const AT_NEEDS_PANIC: &str = "\"at\" arms a panic: kind must be \"panic\"";
+
+/// Fault injection needs the admin token and `admin.fault_injection`: a
+/// valid token asking while it is off is forbidden (403), not "not found",
+/// which these routes keep for an unknown map, player or task.
 fn refuse_faults(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
     if let Some(response) = refuse_unauthorized(shared, headers) {
         return Some(response);
     }
     (!shared.config.admin.fault_injection).then(|| {
         error(
-            StatusCode::NOT_FOUND,
+            StatusCode::FORBIDDEN,
             "fault injection is off: set admin.fault_injection",
         )
     })
 }
 
 const FAULT_BODY: &str =
-    "body must be JSON {\"map\": string, \"kind\": \"panic\"|\"stall\", \"ms\": optional number}";
+    "body must be JSON {\"map\": string, \"kind\": \"panic\"|\"stall\", \"ms\": optional number, \"at\": optional point}";
 
 /// Panic or stall a room. A panic answers once the room crashed (so the
 /// caller can count restarts); a stall answers at once.
-async fn room_fault(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Json<RoomFaultRequest>, axum::extract::rejection::JsonRejection>,
-) -> Response {
+async fn room_fault(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(response) = refuse_faults(&state.shared, &headers) {
         return response;
     }
-    let Ok(Json(request)) = body else {
-        return error(StatusCode::BAD_REQUEST, FAULT_BODY);
+    let request = match json_body(&headers, &body).and_then(parse_room_fault) {
+        Ok(request) => request,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
     if let Some(at) = &request.at {
         if !matches!(request.kind, RoomFaultKind::Panic) {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "\"at\" arms a panic: kind must be \"panic\"",
-            );
+            return error(StatusCode::BAD_REQUEST, AT_NEEDS_PANIC);
         }
         if !state.shared.rooms.has_map(&request.map) {
             return error(
@@ -330,12 +413,6 @@ async fn room_fault(
         }
         RoomFaultKind::Stall => {
             let ms = request.ms.unwrap_or(3_000);
-            if ms > MAX_INJECTED_STALL.as_millis() as u64 {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("ms must be at most {}", MAX_INJECTED_STALL.as_millis()),
-                );
-            }
             let stall = FaultKind::Stall(std::time::Duration::from_millis(ms));
             room.do_send(Fault(stall));
             Json(serde_json::json!({ "stalling_ms": ms })).into_response()
@@ -355,14 +432,8 @@ async fn task_fault(
     headers: HeaderMap,
     query: Result<Query<TaskFaultQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Some(response) = refuse_unauthorized(&state.shared, &headers) {
+    if let Some(response) = refuse_faults(&state.shared, &headers) {
         return response;
-    }
-    if !state.shared.config.admin.fault_injection {
-        return error(
-            StatusCode::FORBIDDEN,
-            "fault injection is off: set admin.fault_injection",
-        );
     }
     let Ok(Query(TaskFaultQuery { name: Some(name) })) = query else {
         return error(
@@ -377,24 +448,17 @@ async fn task_fault(
 }
 
 /// Make a player's session panic, or drop its connection without a close.
-async fn session_fault(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Json<SessionFaultRequest>, axum::extract::rejection::JsonRejection>,
-) -> Response {
+async fn session_fault(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(response) = refuse_faults(&state.shared, &headers) {
         return response;
     }
-    const BODY: &str = "body must be JSON {\"player\": string, \"kind\": \"panic\"|\"drop\", \"at\": optional point}";
-    let Ok(Json(request)) = body else {
-        return error(StatusCode::BAD_REQUEST, BODY);
+    let request = match json_body(&headers, &body).and_then(parse_session_fault) {
+        Ok(request) => request,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
     if let Some(at) = &request.at {
         if !matches!(request.kind, SessionFaultKind::Panic) {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "\"at\" arms a panic: kind must be \"panic\"",
-            );
+            return error(StatusCode::BAD_REQUEST, AT_NEEDS_PANIC);
         }
         return arm(
             &state.shared,
@@ -405,7 +469,7 @@ async fn session_fault(
         );
     }
     let Some(player) = request.player else {
-        return error(StatusCode::BAD_REQUEST, BODY);
+        return error(StatusCode::BAD_REQUEST, SESSION_FAULT_BODY);
     };
     let session = state
         .shared

@@ -4,8 +4,9 @@
 //! # Layout
 //!
 //! - [`shard`]: starts the actix System, listeners and workers; shutdown.
-//! - [`gateway`]: accept loop, connection cap, WebSocket upgrade; one
-//!   session per socket on the next worker Arbiter.
+//! - [`gateway`]: accept loop, per-IP limits, connection cap, WebSocket
+//!   upgrade; one session per socket on the next worker Arbiter.
+//! - [`tls`]: optional TLS (rustls) on the game and HTTP listeners.
 //! - [`session`]: the per-connection actor: decode, state check, rate
 //!   limit, route to the room.
 //! - [`outbound`]: a session's bounded outbound queue and its writer task.
@@ -46,6 +47,7 @@ pub mod session;
 pub mod shard;
 pub mod store;
 pub mod supervise;
+pub mod tls;
 
 pub use config::Config;
 pub use shard::{start, ShardHandle};

@@ -33,7 +33,8 @@ struct Cli {
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
     /// Print the configuration in force (file, environment and flags
-    /// applied) as TOML, and exit.
+    /// applied, the built-in maps listed when none are configured) as TOML,
+    /// and exit.
     #[arg(long)]
     print_config: bool,
     #[command(subcommand)]
@@ -158,7 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     config.validate()?;
     if cli.print_config {
-        print!("{}", config.to_toml());
+        print!("{}", config.in_force().to_toml());
         return Ok(());
     }
     init_tracing(&config);

@@ -9,7 +9,12 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub const CONNECTIONS_ACCEPTED: &str = "tessera_connections_accepted_total";
+/// Connections turned away, by `reason`: max_connections,
+/// per_ip_connections, per_ip_rate (each answered with error 5002 and
+/// close 1013).
 pub const CONNECTIONS_REFUSED: &str = "tessera_connections_refused_total";
+/// Refusals dropped without an answer: too many were being answered.
+pub const CONNECTIONS_REFUSED_UNANSWERED: &str = "tessera_connections_refused_unanswered_total";
 pub const SESSIONS_ACTIVE: &str = "tessera_sessions_active";
 pub const SESSIONS_CLOSED: &str = "tessera_sessions_closed_total";
 pub const CLIENT_MESSAGES: &str = "tessera_client_messages_total";

@@ -66,6 +66,8 @@ pub struct Shared {
     /// Fault points armed through the admin API (never without
     /// `admin.fault_injection`).
     pub faults: FaultPoints,
+    /// TLS on the listeners, when `[tls]` configures it.
+    pub tls: crate::tls::Tls,
 }
 
 impl Shared {
@@ -134,6 +136,7 @@ fn welcome_limits(config: &Config) -> protocol::Limits {
 /// Start a shard with `config` (validated here) on a thread of its own.
 pub fn start(config: Config) -> anyhow::Result<ShardHandle> {
     config.validate()?;
+    let tls = crate::tls::Tls::from_config(&config.tls)?;
     crate::metrics::prometheus();
     // The store first: an embedded store that cannot be opened is fatal; a
     // MongoDB that is not reachable yet is retried in the background.
@@ -153,7 +156,7 @@ pub fn start(config: Config) -> anyhow::Result<ShardHandle> {
         .name("tessera-system".into())
         .spawn(move || {
             let system = System::new();
-            system.block_on(run(config, persister, tasks, ready_tx, stop_rx));
+            system.block_on(run(config, tls, persister, tasks, ready_tx, stop_rx));
         })
         .context("spawning the shard thread")?;
     let (ws_addr, http_addr) = ready_rx
@@ -174,6 +177,7 @@ type Ready = std::sync::mpsc::Sender<anyhow::Result<(SocketAddr, SocketAddr)>>;
 
 async fn run(
     config: Config,
+    tls: crate::tls::Tls,
     persister: Persister,
     tasks: Tasks,
     ready: Ready,
@@ -245,6 +249,7 @@ async fn run(
         persister: persister.handle(),
         tasks,
         faults,
+        tls,
         config,
     });
 

@@ -186,6 +186,7 @@ async fn connections_over_the_cap_are_closed_with_try_again_later() {
     let (_a, _) = Client::welcomed(shard.ws_addr, "a").await;
     let (_b, _) = Client::welcomed(shard.ws_addr, "b").await;
     let mut c = Client::connect(shard.ws_addr).await;
+    c.expect_error(protocol::ErrorCode::ServerBusy).await;
     assert_eq!(
         c.expect_close().await,
         Some(CloseCode::TryAgainLater.as_u16())

@@ -366,7 +366,7 @@ async fn fault_injection_is_off_unless_configured() {
     let shard = start(config);
     let (_alice, _) = Client::joined(shard.ws_addr, "alice", "test").await;
     let (status, body) = fault(&shard, "room", r#"{"map":"test","kind":"panic"}"#).await;
-    assert_eq!(status, 404, "{body}");
+    assert_eq!(status, 403, "{body}");
     assert!(body.contains("fault_injection"), "{body}");
 }
 

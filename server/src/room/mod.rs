@@ -690,10 +690,10 @@ impl Room {
             std::mem::swap(&mut me.visible, &mut previous);
             let me = &self.members[&id];
             if resync {
-                me.state
-                    .out
-                    .push_state(me.state.epoch, self.full_update(&me.visible));
-                sent += 1;
+                // Counted only when queued: a closing session or one over
+                // its budget refuses the frame.
+                let full = self.full_update(&me.visible);
+                sent += u64::from(me.state.out.push_state(me.state.epoch, full));
                 continue;
             }
             let diff = diff_views(&previous, &me.visible, |e| self.members[&e].changed);
@@ -724,8 +724,7 @@ impl Room {
                     frame
                 }
             };
-            me.state.out.push_state(me.state.epoch, frame);
-            sent += 1;
+            sent += u64::from(me.state.out.push_state(me.state.epoch, frame));
         }
         if self.dirty {
             for member in self.members.values_mut() {

@@ -45,6 +45,9 @@ before(async () => {
   workDir = mkdtempSync(join(tmpdir(), 'tessera-e2e-'));
   server = spawn(serverBin, ['--ws-addr', '127.0.0.1:0', '--http-addr', '127.0.0.1:0'], {
     cwd: workDir,
+    // The server reads TESSERA_* as configuration and refuses unknown
+    // names (TESSERA_SERVER_BIN among them): pass none on.
+    env: Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('TESSERA_'))),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const addrs = await listeningAddrs(server, 15_000);
