@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::bot::Shared;
 use crate::config::{Auth, Config};
-use crate::stats::{log_buckets, round3, Bucket, HistSummary, Latency, CLIENT_KINDS, SERVER_KINDS};
+use crate::stats::{
+    log_buckets, round3, Bucket, Counters, HistSummary, Latency, CLIENT_KINDS, SERVER_KINDS,
+};
 
 /// Version of the JSON layout; bumped when a field changes meaning or goes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -21,16 +23,9 @@ pub struct Sample {
     pub t_s: f64,
     pub bots_connected: i64,
     pub bots_in_room: i64,
-    pub connects_ok: u64,
-    pub connect_failures: u64,
-    pub joins_ok: u64,
-    pub join_failures: u64,
-    pub msgs_sent: u64,
-    pub msgs_received: u64,
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
-    pub error_frames: u64,
-    pub disconnects: u64,
+    /// What the counters gained in this second (flat in the JSON).
+    #[serde(flatten)]
+    pub counts: Counters,
     pub rtt_samples: u64,
     pub rtt_p50_ms: f64,
     pub rtt_p99_ms: f64,
@@ -180,6 +175,7 @@ impl Summary {
         let cfg = &shared.cfg;
         let s = &shared.stats;
         let c = s.counters();
+        let connect_attempts = s.connect_attempts.load(Relaxed);
         let by_kind = |names: &[&str], counts: &[std::sync::atomic::AtomicU64]| {
             names
                 .iter()
@@ -212,7 +208,7 @@ impl Summary {
             + c.disconnects
             + c.error_frames
                 .saturating_sub(s.error_frames_in_failures.load(Relaxed));
-        let attempts = c.connect_attempts + c.msgs_sent;
+        let attempts = connect_attempts + c.msgs_sent;
         let error_rate = if attempts == 0 {
             0.0
         } else {
@@ -229,7 +225,7 @@ impl Summary {
             bots_joined: s.bots_joined.load(Relaxed),
             bots_connected_at_end: facts.bots_connected_at_end,
             bots_in_room_at_end: facts.bots_in_room_at_end,
-            connect_attempts: c.connect_attempts,
+            connect_attempts,
             connects_ok: c.connects_ok,
             connect_failures: c.connect_failures,
             connect_failures_by_reason: s.connect_failures_by_reason(),
@@ -349,8 +345,11 @@ pub(crate) mod tests {
                 t_s: t as f64,
                 bots_connected: 10,
                 bots_in_room: 10,
-                msgs_sent: 80 + t,
-                msgs_received: 180 + t,
+                counts: Counters {
+                    msgs_sent: 80 + t,
+                    msgs_received: 180 + t,
+                    ..Counters::default()
+                },
                 rtt_samples: 10,
                 rtt_p50_ms: 1.0 + t as f64 / 10.0,
                 rtt_p99_ms: 4.0 + t as f64,
