@@ -316,6 +316,48 @@ pub(crate) mod tests {
     use super::*;
     use crate::stats::Stats;
 
+    /// The timeline's JSON keys, in order, as they were before `Sample`
+    /// flattened `Counters`: consumers of the report see no change.
+    #[test]
+    fn a_sample_serialises_flat_in_the_documented_order() {
+        let expected = [
+            "t_s",
+            "bots_connected",
+            "bots_in_room",
+            "connects_ok",
+            "connect_failures",
+            "joins_ok",
+            "join_failures",
+            "msgs_sent",
+            "msgs_received",
+            "bytes_sent",
+            "bytes_received",
+            "error_frames",
+            "disconnects",
+            "rtt_samples",
+            "rtt_p50_ms",
+            "rtt_p99_ms",
+            "rtt_max_ms",
+            "move_visible_p50_ms",
+            "move_visible_p99_ms",
+            "loadbot_cpu_pct",
+        ];
+        let text = serde_json::to_string(&Sample::default()).expect("serialisable");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(
+            v.as_object().map(|o| o.len()),
+            Some(expected.len()),
+            "{text}"
+        );
+        let positions: Vec<usize> = expected
+            .iter()
+            .map(|k| text.find(&format!("\"{k}\":")).expect("key present"))
+            .collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
+        let back: Sample = serde_json::from_str(&text).expect("round trip");
+        assert_eq!(back, Sample::default());
+    }
+
     /// A summary as a small run would produce, for the report tests.
     pub(crate) fn sample_summary() -> Summary {
         let cfg = Config::new("ws://127.0.0.1:9").expect("defaults are valid");

@@ -121,3 +121,56 @@ impl Bot {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resume_counts_whether_the_player_came_back_the_same() {
+        let stats = Stats::new();
+        let mut resume = Resume::default();
+        resume.welcomed(&stats, "p1");
+        assert_eq!(stats.resumed_same_player.load(Relaxed), 0, "not a resume");
+        assert!(!resume.resuming());
+
+        resume.keep("token-1".into(), "p1".into());
+        assert!(resume.resuming());
+        assert_eq!(resume.token(), Some("token-1"));
+        resume.welcomed(&stats, "p1");
+        resume.welcomed(&stats, "p2");
+        assert_eq!(stats.resumed_same_player.load(Relaxed), 1);
+        assert_eq!(stats.resumed_new_player.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn only_a_refused_token_is_forgotten() {
+        let mut resume = Resume::default();
+        resume.keep("token".into(), "p1".into());
+        for reason in [
+            "timeout",
+            "refused",
+            "close_4006",
+            "error_2001",
+            "error_2005",
+        ] {
+            resume.connect_failed(reason);
+            assert!(resume.resuming(), "{reason} keeps the token");
+        }
+        for reason in ["error_2002", "error_2003", "error_2004"] {
+            resume.keep("token".into(), "p1".into());
+            resume.connect_failed(reason);
+            assert!(!resume.resuming(), "{reason} forgets the token");
+        }
+    }
+
+    #[test]
+    fn a_drop_is_unfinished_until_the_bot_is_back_in_a_map() {
+        let mut resume = Resume::default();
+        assert!(!resume.unfinished());
+        resume.dropped();
+        assert!(resume.unfinished());
+        resume.back_in_map();
+        assert!(!resume.unfinished());
+    }
+}
