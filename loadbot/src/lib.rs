@@ -7,7 +7,10 @@
 //! - [`swarm`]: a run: resolve the target once, start bots over the ramp,
 //!   sample every second, stop them, build the [`Summary`].
 //! - [`bot`]: one bot task: connect, hello, join, then the scenario loop;
-//!   every frame the server sends is counted and measured there.
+//!   every frame the server sends is counted and measured there. One file
+//!   per concern: `connect` (handshake and join), `play` (the scenario
+//!   loop), `resume` (churn: drop and resume, hop), `measure` (latencies),
+//!   `socket` (frames in and out).
 //! - [`fastpath`]: a lean `update` decoder that keeps only the bot's own
 //!   entity (hot rooms send hundreds per tick).
 //! - [`scenario`]: the I/O-free parts of behaviour: rooms and maps, send

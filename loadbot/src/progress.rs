@@ -73,8 +73,8 @@ pub fn line(s: &Sample, bots: u32, errors_total: u64) -> String {
         s.bots_in_room,
         bots,
         s.bots_connected,
-        si(s.msgs_sent),
-        si(s.msgs_received),
+        si(s.counts.msgs_sent),
+        si(s.counts.msgs_received),
         s.rtt_p50_ms,
         s.rtt_p99_ms,
         s.rtt_max_ms,
@@ -95,6 +95,7 @@ pub fn si(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::Counters;
 
     #[test]
     fn si_units() {
@@ -109,7 +110,10 @@ mod tests {
             t_s: 3.0,
             bots_in_room: 40,
             bots_connected: 41,
-            msgs_sent: 400,
+            counts: Counters {
+                msgs_sent: 400,
+                ..Counters::default()
+            },
             rtt_p99_ms: 2.5,
             ..Sample::default()
         };

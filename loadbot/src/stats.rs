@@ -304,7 +304,6 @@ impl Stats {
     pub fn counters(&self) -> Counters {
         let sum = |a: &[AtomicU64]| a.iter().map(|n| n.load(Relaxed)).sum();
         Counters {
-            connect_attempts: self.connect_attempts.load(Relaxed),
             connects_ok: self.connects_ok.load(Relaxed),
             connect_failures: self.connect_failures.load(Relaxed),
             joins_ok: self.joins_ok.load(Relaxed),
@@ -339,10 +338,11 @@ impl Stats {
     }
 }
 
-/// Monotonic counters at one instant; the sampler diffs two of them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// The traffic counters: their totals at one instant ([`Stats::counters`]),
+/// or what happened between two instants ([`Counters::since`]), which is
+/// what each second of the timeline carries (flattened into its `Sample`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Counters {
-    pub connect_attempts: u64,
     pub connects_ok: u64,
     pub connect_failures: u64,
     pub joins_ok: u64,
@@ -358,7 +358,6 @@ pub struct Counters {
 impl Counters {
     pub fn since(&self, earlier: &Counters) -> Counters {
         Counters {
-            connect_attempts: self.connect_attempts - earlier.connect_attempts,
             connects_ok: self.connects_ok - earlier.connects_ok,
             connect_failures: self.connect_failures - earlier.connect_failures,
             joins_ok: self.joins_ok - earlier.joins_ok,

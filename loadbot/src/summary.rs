@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::bot::Shared;
 use crate::config::{Auth, Config};
-use crate::stats::{log_buckets, round3, Bucket, HistSummary, Latency, CLIENT_KINDS, SERVER_KINDS};
+use crate::stats::{
+    log_buckets, round3, Bucket, Counters, HistSummary, Latency, CLIENT_KINDS, SERVER_KINDS,
+};
 
 /// Version of the JSON layout; bumped when a field changes meaning or goes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -21,16 +23,9 @@ pub struct Sample {
     pub t_s: f64,
     pub bots_connected: i64,
     pub bots_in_room: i64,
-    pub connects_ok: u64,
-    pub connect_failures: u64,
-    pub joins_ok: u64,
-    pub join_failures: u64,
-    pub msgs_sent: u64,
-    pub msgs_received: u64,
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
-    pub error_frames: u64,
-    pub disconnects: u64,
+    /// What the counters gained in this second (flat in the JSON).
+    #[serde(flatten)]
+    pub counts: Counters,
     pub rtt_samples: u64,
     pub rtt_p50_ms: f64,
     pub rtt_p99_ms: f64,
@@ -180,6 +175,7 @@ impl Summary {
         let cfg = &shared.cfg;
         let s = &shared.stats;
         let c = s.counters();
+        let connect_attempts = s.connect_attempts.load(Relaxed);
         let by_kind = |names: &[&str], counts: &[std::sync::atomic::AtomicU64]| {
             names
                 .iter()
@@ -212,7 +208,7 @@ impl Summary {
             + c.disconnects
             + c.error_frames
                 .saturating_sub(s.error_frames_in_failures.load(Relaxed));
-        let attempts = c.connect_attempts + c.msgs_sent;
+        let attempts = connect_attempts + c.msgs_sent;
         let error_rate = if attempts == 0 {
             0.0
         } else {
@@ -229,7 +225,7 @@ impl Summary {
             bots_joined: s.bots_joined.load(Relaxed),
             bots_connected_at_end: facts.bots_connected_at_end,
             bots_in_room_at_end: facts.bots_in_room_at_end,
-            connect_attempts: c.connect_attempts,
+            connect_attempts,
             connects_ok: c.connects_ok,
             connect_failures: c.connect_failures,
             connect_failures_by_reason: s.connect_failures_by_reason(),
@@ -320,6 +316,48 @@ pub(crate) mod tests {
     use super::*;
     use crate::stats::Stats;
 
+    /// The timeline's JSON keys, in order, as they were before `Sample`
+    /// flattened `Counters`: consumers of the report see no change.
+    #[test]
+    fn a_sample_serialises_flat_in_the_documented_order() {
+        let expected = [
+            "t_s",
+            "bots_connected",
+            "bots_in_room",
+            "connects_ok",
+            "connect_failures",
+            "joins_ok",
+            "join_failures",
+            "msgs_sent",
+            "msgs_received",
+            "bytes_sent",
+            "bytes_received",
+            "error_frames",
+            "disconnects",
+            "rtt_samples",
+            "rtt_p50_ms",
+            "rtt_p99_ms",
+            "rtt_max_ms",
+            "move_visible_p50_ms",
+            "move_visible_p99_ms",
+            "loadbot_cpu_pct",
+        ];
+        let text = serde_json::to_string(&Sample::default()).expect("serialisable");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(
+            v.as_object().map(|o| o.len()),
+            Some(expected.len()),
+            "{text}"
+        );
+        let positions: Vec<usize> = expected
+            .iter()
+            .map(|k| text.find(&format!("\"{k}\":")).expect("key present"))
+            .collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
+        let back: Sample = serde_json::from_str(&text).expect("round trip");
+        assert_eq!(back, Sample::default());
+    }
+
     /// A summary as a small run would produce, for the report tests.
     pub(crate) fn sample_summary() -> Summary {
         let cfg = Config::new("ws://127.0.0.1:9").expect("defaults are valid");
@@ -349,8 +387,11 @@ pub(crate) mod tests {
                 t_s: t as f64,
                 bots_connected: 10,
                 bots_in_room: 10,
-                msgs_sent: 80 + t,
-                msgs_received: 180 + t,
+                counts: Counters {
+                    msgs_sent: 80 + t,
+                    msgs_received: 180 + t,
+                    ..Counters::default()
+                },
                 rtt_samples: 10,
                 rtt_p50_ms: 1.0 + t as f64 / 10.0,
                 rtt_p99_ms: 4.0 + t as f64,

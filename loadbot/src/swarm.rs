@@ -148,7 +148,7 @@ async fn spawn_bots(shared: Arc<Shared>, stop: watch::Receiver<bool>) -> JoinSet
 fn sample(shared: &Shared, last: &mut Counters, cpu_s: f64) -> Sample {
     let stats = &shared.stats;
     let now = stats.counters();
-    let d = now.since(last);
+    let counts = now.since(last);
     *last = now;
     let window = stats.take_window();
     let rtt = window[Latency::Rtt.index()];
@@ -157,16 +157,7 @@ fn sample(shared: &Shared, last: &mut Counters, cpu_s: f64) -> Sample {
         t_s: (shared.t0.elapsed().as_secs_f64() * 10.0).round() / 10.0,
         bots_connected: stats.bots_connected.load(Relaxed),
         bots_in_room: stats.bots_in_room.load(Relaxed),
-        connects_ok: d.connects_ok,
-        connect_failures: d.connect_failures,
-        joins_ok: d.joins_ok,
-        join_failures: d.join_failures,
-        msgs_sent: d.msgs_sent,
-        msgs_received: d.msgs_received,
-        bytes_sent: d.bytes_sent,
-        bytes_received: d.bytes_received,
-        error_frames: d.error_frames,
-        disconnects: d.disconnects,
+        counts,
         rtt_samples: rtt.count,
         rtt_p50_ms: rtt.p50,
         rtt_p99_ms: rtt.p99,

@@ -27,15 +27,20 @@ fn tmp(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{name}", std::process::id()))
 }
 
-/// Waits (bounded) until the server has counted every message the bots
-/// sent; returns the server's last counts.
-async fn server_counts_match(shard: &Shard, summary: &Summary) -> BTreeMap<String, u64> {
-    let sent: BTreeMap<String, u64> = summary
+/// The kinds of message the bots sent at least once, with their counts.
+fn sent_by_kind(summary: &Summary) -> BTreeMap<String, u64> {
+    summary
         .msgs_sent_by_kind
         .iter()
         .filter(|(_, n)| **n > 0)
         .map(|(k, n)| (k.clone(), *n))
-        .collect();
+        .collect()
+}
+
+/// Waits (bounded) until the server has counted every message the bots
+/// sent; returns the server's last counts.
+async fn server_counts_match(shard: &Shard, summary: &Summary) -> BTreeMap<String, u64> {
+    let sent = sent_by_kind(summary);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let counted = shard.client_messages();
@@ -76,12 +81,7 @@ async fn move_swarm_joins_measures_and_matches_the_server_counts() {
     assert_clean(&summary, &shard);
 
     let counted = server_counts_match(&shard, &summary).await;
-    let sent: BTreeMap<String, u64> = summary
-        .msgs_sent_by_kind
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(k, n)| (k.clone(), *n))
-        .collect();
+    let sent = sent_by_kind(&summary);
     assert_eq!(counted, sent, "server counts vs loadbot msgs_sent_by_kind");
     assert_eq!(sent.values().sum::<u64>(), summary.msgs_sent);
     assert_eq!(sent["hello"], 50);

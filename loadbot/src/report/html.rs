@@ -182,8 +182,8 @@ svg {{ display: block; margin: 0.5em 0 1.5em; border: 1px solid #eee; }}
         "seconds since start",
         "messages/s",
         &[
-            series("sent", "#36c", |x| x.msgs_sent as f64),
-            series("received", "#a3c", |x| x.msgs_received as f64),
+            series("sent", "#36c", |x| x.counts.msgs_sent as f64),
+            series("received", "#a3c", |x| x.counts.msgs_received as f64),
         ],
     ));
     out.push_str(&line_chart(
@@ -194,7 +194,7 @@ svg {{ display: block; margin: 0.5em 0 1.5em; border: 1px solid #eee; }}
             series("connected", "#36c", |x| x.bots_connected as f64),
             series("in a room", "#2a7", |x| x.bots_in_room as f64),
             series("errors/s", "#c22", |x| {
-                (x.error_frames + x.connect_failures + x.disconnects) as f64
+                (x.counts.error_frames + x.counts.connect_failures + x.counts.disconnects) as f64
             }),
         ],
     ));

@@ -1,0 +1,198 @@
+//! The way into a map: TCP connect, WebSocket handshake, `hello` ->
+//! `welcome`, then `join` -> `joined` (or, after a resume, the held seat
+//! coming back by itself; see `resume`).
+//!
+//! Only what the scenario needs is kept from the welcome (the map list
+//! once per run; the resume token for churn), and the first welcome warns
+//! once per run about settings the server will refuse or stretch.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use protocol::msg::{Hello, Join, Joined, Welcome};
+use protocol::{ClientMsg, ServerMsg, PROTOCOL_VERSION};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+
+use super::measure::{own_seq, Room};
+use super::resume::SEAT_WAIT;
+use super::socket::{close_key, send, Failure, Incoming, Ws};
+use super::{stopped, Bot, End};
+use crate::config::{Auth, Scenario};
+use crate::{scenario, token};
+
+impl Bot {
+    /// TCP, WebSocket handshake, hello; Ok once the welcome is in.
+    pub(super) async fn connect(&self) -> Result<(Ws, Welcome), Failure> {
+        let tcp = TcpStream::connect(self.shared.addr)
+            .await
+            .map_err(|e| Failure::io(&e))?;
+        // Latency is the measurement: no Nagle delay on small frames.
+        tcp.set_nodelay(true).map_err(|e| Failure::io(&e))?;
+        let (mut ws, _response) = tokio_tungstenite::client_async_with_config(
+            self.shared.cfg.target.url.as_str(),
+            tcp,
+            Some(self.shared.ws_config),
+        )
+        .await
+        .map_err(|e| Failure::ws(&e))?;
+
+        let hello = self.hello();
+        send(&mut ws, self.stats(), &hello)
+            .await
+            .map_err(|e| Failure::ws(&e))?;
+        // Bounded by the caller's timeout.
+        loop {
+            match self.read(&mut ws, None).await {
+                Incoming::Msg(ServerMsg::Welcome(welcome)) => return Ok((ws, welcome)),
+                Incoming::Msg(ServerMsg::Error(e)) => {
+                    self.stats().error_frame(e.code);
+                    self.stats().error_frames_in_failures.fetch_add(1, Relaxed);
+                    return Err(Failure(format!("error_{}", e.code)));
+                }
+                Incoming::Msg(_) | Incoming::Update(_) | Incoming::Skip => {}
+                Incoming::Closed(code) => return Err(Failure(close_key("close", code))),
+                Incoming::Broken(why) => return Err(Failure(why.to_string())),
+            }
+        }
+    }
+
+    fn hello(&self) -> ClientMsg {
+        let cfg = &self.shared.cfg;
+        let player = format!("{}{}", cfg.name_prefix, self.index);
+        let (token, name) = match &cfg.auth {
+            Auth::Guest => (None, Some(player)),
+            Auth::Token(token) => (Some(token.clone()), None),
+            Auth::Mint { secret, ttl } => (
+                Some(token::mint(
+                    secret.as_bytes(),
+                    &player,
+                    &player,
+                    token::expiry_in(*ttl),
+                )),
+                None,
+            ),
+        };
+        ClientMsg::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            token,
+            resume: self.resume.token().map(str::to_string),
+            name,
+        })
+    }
+
+    pub(super) fn on_welcome(&mut self, welcome: Welcome) {
+        let shared = &self.shared;
+        self.resume.welcomed(&shared.stats, &welcome.player_id);
+        if f64::from(welcome.limits.move_per_sec) < shared.cfg.move_hz
+            && shared.cfg.scenario.moves()
+            && !shared.warned_rate.swap(true, Relaxed)
+        {
+            tracing::warn!(
+                move_hz = shared.cfg.move_hz,
+                server_move_per_sec = welcome.limits.move_per_sec,
+                "--move-hz is above the server's move rate limit: expect error 1004"
+            );
+        }
+        let maps = shared.maps.get_or_init(|| welcome.maps.clone());
+        if shared.cfg.maps.is_empty()
+            && (shared.cfg.rooms as usize) > maps.len()
+            && !shared.warned_rooms.swap(true, Relaxed)
+        {
+            tracing::warn!(
+                rooms = shared.cfg.rooms,
+                maps = maps.len(),
+                "more rooms than maps: rooms share maps (room i is maps[i % maps])"
+            );
+        }
+        if shared.cfg.scenario == Scenario::Churn {
+            self.resume.keep(welcome.resume_token, welcome.player_id);
+        }
+    }
+
+    /// Join the bot's room and play until the session ends.
+    pub(super) async fn joined_session(&mut self, ws: &mut Ws, resuming: bool) -> End {
+        if resuming {
+            // A seat held since the drop comes back by itself (see
+            // `resume`). Waited for here, not in an `async fn` of its own:
+            // nesting one more future costs every bot about 100 bytes.
+            let since = Instant::now();
+            let mut stop = self.stop.clone();
+            let wait = timeout(SEAT_WAIT, self.await_joined(ws));
+            let seat = tokio::select! {
+                r = wait => r,
+                _ = stopped(&mut stop) => return End::Stop,
+            };
+            match seat {
+                Ok(Ok(joined)) => {
+                    self.stats().seats_restored.fetch_add(1, Relaxed);
+                    return self.enter(ws, since, joined).await;
+                }
+                Ok(Err(end)) => return end,
+                // No seat (its grace period was over): join as usual.
+                Err(_) => {}
+            }
+        }
+        let Some(map) = scenario::map_of(self.room, self.shared.maps()).map(str::to_string) else {
+            self.stats().join_failed("no_maps");
+            return End::Failed;
+        };
+        let sent = Instant::now();
+        if let Err(e) = send(ws, self.stats(), &ClientMsg::Join(Join { map })).await {
+            self.stats().join_failed(&Failure::ws(&e).0);
+            return End::Failed;
+        }
+        let mut stop = self.stop.clone();
+        let wait = timeout(self.shared.cfg.connect_timeout, self.await_joined(ws));
+        let joined = tokio::select! {
+            r = wait => r,
+            _ = stopped(&mut stop) => return End::Stop,
+        };
+        let joined = match joined {
+            Ok(Ok(joined)) => joined,
+            Ok(Err(end)) => return end,
+            Err(_) => {
+                self.stats().join_failed("timeout");
+                return End::Failed;
+            }
+        };
+        self.enter(ws, sent, joined).await
+    }
+
+    /// In a map at last: play there. `since` is when the join was sent.
+    async fn enter(&mut self, ws: &mut Ws, since: Instant, joined: Joined) -> End {
+        self.failures = 0;
+        self.resume.back_in_map();
+        self.on_joined(since);
+        let room = Room::from_joined(&joined);
+        self.seq = self.seq.max(own_seq(&joined));
+        drop(joined);
+        self.play(ws, room).await
+    }
+
+    /// Waits for `joined`; Err when the join failed or the socket ended.
+    pub(super) async fn await_joined(&self, ws: &mut Ws) -> Result<Joined, End> {
+        loop {
+            match self.read(ws, None).await {
+                Incoming::Msg(ServerMsg::Joined(joined)) => return Ok(joined),
+                Incoming::Msg(ServerMsg::Error(e)) => {
+                    self.stats().error_frame(e.code);
+                    self.stats().error_frames_in_failures.fetch_add(1, Relaxed);
+                    self.stats().join_failed(&format!("error_{}", e.code));
+                    return Err(End::Failed);
+                }
+                // A resumed session may see its old room's traffic first.
+                Incoming::Msg(_) | Incoming::Update(_) | Incoming::Skip => {}
+                Incoming::Closed(code) => {
+                    self.stats().join_failed(&close_key("close", code));
+                    self.stats().disconnected(&close_key("", code));
+                    return Err(End::Lost);
+                }
+                Incoming::Broken(why) => {
+                    self.stats().join_failed(why);
+                    self.stats().disconnected(why);
+                    return Err(End::Lost);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! One bot: a tokio task that connects, says hello, joins its map and plays
+//! its scenario until the run ends.
+//!
+//! ```text
+//! run_bot ── loop (until stop) ──────────────────────────────────────────────┐
+//!   session:  TCP connect -> WebSocket handshake -> hello -> welcome         │
+//!             -> join -> joined -> play loop                                  │
+//!   play:     select! { stop | frame from server | move tick | ping tick |    │
+//!                       chat tick | churn timer }                             │
+//!   ends as:  Stop (close 1000, drain) | Churn (drop, reconnect with resume)  │
+//!             | Failed / Lost (back off, reconnect)  ──────────────────────────┘
+//! ```
+//!
+//! # Layout
+//!
+//! - this file: [`Shared`], [`run_bot`] and the session loop above (how a
+//!   session ends decides what comes next).
+//! - `connect`: TCP, WebSocket handshake, `hello` -> `welcome`, `join` ->
+//!   `joined`.
+//! - `play`: the play loop, one `select!` over the scenario's clocks and the
+//!   server's frames.
+//! - `resume`: the churn scenario: drop and resume (the held seat coming
+//!   back), or hop to another map.
+//! - `measure`: the bot's view of its room and what it measures there (join,
+//!   round trip, update interval and jitter, move to visible).
+//! - `socket`: frames in and out, close, failure keys.
+//!
+//! Memory per bot is kept small on purpose (10,000 bots per process): a 4 KiB
+//! read buffer, no write buffering, the connect future boxed so its state is
+//! freed once connected, nothing from the welcome kept unless the scenario
+//! needs it (churn keeps the resume token), and a fixed ring of 16 pending
+//! moves. The socket is polled in every state, so tungstenite answers the
+//! server's WebSocket pings.
+//!
+//! Nothing the server sends is trusted: frames that do not decode, ids and
+//! times that make no sense are counted and skipped, never unwrapped.
+
+mod connect;
+mod measure;
+mod play;
+mod resume;
+mod socket;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::watch;
+use tokio::time::{timeout, Instant};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::config::Config;
+use crate::scenario::{self, Rng};
+use crate::stats::{Latency, Stats};
+use resume::Resume;
+use socket::{close, Failure, MAX_SERVER_FRAME};
+
+/// What every bot shares: the configuration, the stats, the resolved address.
+pub struct Shared {
+    pub cfg: Config,
+    pub stats: Stats,
+    pub addr: SocketAddr,
+    /// Start of the run: the origin of ping times and of the send clocks.
+    pub t0: Instant,
+    /// The maps of the first welcome (used when `--maps` is not given).
+    pub maps: OnceLock<Vec<String>>,
+    ws_config: WebSocketConfig,
+    warned_rooms: AtomicBool,
+    warned_rate: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(cfg: Config, addr: SocketAddr) -> Shared {
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(cfg.read_buffer)
+            // Every message is flushed on its own: no write buffer to keep.
+            .write_buffer_size(0)
+            .max_write_buffer_size(1 << 20)
+            .max_message_size(Some(MAX_SERVER_FRAME))
+            .max_frame_size(Some(MAX_SERVER_FRAME));
+        Shared {
+            cfg,
+            stats: Stats::new(),
+            addr,
+            t0: Instant::now(),
+            maps: OnceLock::new(),
+            ws_config,
+            warned_rooms: AtomicBool::new(false),
+            warned_rate: AtomicBool::new(false),
+        }
+    }
+
+    /// Microseconds since the start of the run.
+    pub fn now_us(&self) -> u64 {
+        self.t0.elapsed().as_micros() as u64
+    }
+
+    fn maps(&self) -> &[String] {
+        if self.cfg.maps.is_empty() {
+            self.maps.get().map(Vec::as_slice).unwrap_or_default()
+        } else {
+            &self.cfg.maps
+        }
+    }
+}
+
+/// How a session ended, and so what the bot does next.
+enum End {
+    /// The run is over.
+    Stop,
+    /// A churn drop: reconnect at once, with the resume token.
+    Churn,
+    /// Connect or join failed: back off, then try again.
+    Failed,
+    /// The server closed or the socket broke after joining: back off, retry.
+    Lost,
+}
+
+/// Runs bot `index` until `stop` turns true (or its sender is gone).
+pub async fn run_bot(index: u32, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let mut bot = Bot {
+        index,
+        rng: Rng::new(shared.cfg.seed, index),
+        room: scenario::room_of(index, shared.cfg.rooms),
+        seq: 0,
+        resume: Resume::default(),
+        ever_joined: false,
+        sessions: 0,
+        failures: 0,
+        stop,
+        shared,
+    };
+    bot.run().await;
+}
+
+/// One bot's state across its sessions; each concern's methods live in the
+/// submodule named for it.
+struct Bot {
+    index: u32,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    rng: Rng,
+    /// The room slot the bot stands in or heads for.
+    room: u32,
+    /// Last move seq sent; kept across sessions because the server ignores
+    /// a seq that is not above the last one it applied to the player.
+    seq: u32,
+    /// Churn only: what the next session needs to resume.
+    resume: Resume,
+    ever_joined: bool,
+    sessions: u32,
+    /// Consecutive failures, for the back-off.
+    failures: u32,
+}
+
+impl Bot {
+    fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stop.borrow() || self.stop.has_changed().is_err()
+    }
+
+    async fn run(&mut self) {
+        // Bounded: every pass is a session or a back-off, and both end at stop.
+        while !self.stopping() {
+            if self.sessions > 0 {
+                self.stats().reconnects.fetch_add(1, Relaxed);
+            }
+            self.sessions += 1;
+            match self.session().await {
+                End::Stop => break,
+                End::Churn => {
+                    self.failures = 0;
+                    self.resume.dropped();
+                }
+                End::Failed | End::Lost => {
+                    self.failures = self.failures.saturating_add(1);
+                    let delay = scenario::backoff(&mut self.rng, self.failures - 1);
+                    let mut stop = self.stop.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stopped(&mut stop) => break,
+                    }
+                }
+            }
+        }
+        if self.resume.unfinished() {
+            self.stats().resumes_unfinished.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// One connection, from TCP connect to the end of the play loop.
+    async fn session(&mut self) -> End {
+        let stats = &self.shared.stats;
+        stats.connect_attempts.fetch_add(1, Relaxed);
+        let resuming = self.resume.resuming();
+        let started = Instant::now();
+        let mut stop = self.stop.clone();
+        // Boxed: the handshake's state is large and only needed until welcome.
+        let connect = Box::pin(timeout(self.shared.cfg.connect_timeout, self.connect()));
+        let result = tokio::select! {
+            r = connect => r,
+            _ = stopped(&mut stop) => return End::Stop,
+        };
+        let (mut ws, welcome) = match result {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(Failure(reason))) => {
+                self.resume.connect_failed(&reason);
+                self.stats().connect_failed(&reason);
+                return End::Failed;
+            }
+            Err(_) => {
+                self.stats().connect_failed("timeout");
+                return End::Failed;
+            }
+        };
+        let stats = &self.shared.stats;
+        stats.connects_ok.fetch_add(1, Relaxed);
+        stats.bots_connected.fetch_add(1, Relaxed);
+        stats.record(Latency::Connect, started.elapsed().as_micros() as u64);
+        self.on_welcome(welcome);
+
+        let end = self.joined_session(&mut ws, resuming).await;
+        self.shared.stats.bots_connected.fetch_sub(1, Relaxed);
+        match end {
+            // A join that failed on a live socket: say goodbye before the
+            // retry, as a client would.
+            End::Stop | End::Failed => close(&mut ws).await,
+            End::Churn => {
+                // A dropped socket, as when a phone loses its network: no
+                // close frame.
+                self.stats().churn_drops.fetch_add(1, Relaxed);
+            }
+            // The server closed or the socket broke: nothing to say.
+            End::Lost => {}
+        }
+        end
+    }
+}
+
+/// Resolves once the run is over: `stop` turned true or its sender is gone.
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send; drop it here.
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 10,000 bots per process: a bot's task state must stay small. (The
+    /// steady state is the play loop; the connect state is boxed.)
+    #[test]
+    fn a_bot_future_stays_small() {
+        let cfg = Config::new("ws://127.0.0.1:9").expect("defaults are valid");
+        let addr = "127.0.0.1:9".parse().expect("an address");
+        let shared = Arc::new(Shared::new(cfg, addr));
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let bot = run_bot(0, shared, stop_rx);
+        let size = std::mem::size_of_val(&bot);
+        assert!(size <= 4096, "run_bot's future is {size} bytes");
+    }
+}
