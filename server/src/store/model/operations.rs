@@ -10,7 +10,7 @@ use super::{Inventory, PlayerProfile};
 
 /// A durable write. The caller is answered only once the store has
 /// acknowledged it (or with an error, and then nothing changed, except for
-/// [`super::DurableError::InDoubt`]).
+/// [`crate::store::DurableError::InDoubt`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum DurableOp {
     Adjust(Adjust),
@@ -163,7 +163,7 @@ impl DurableOp {
 
 /// Apply an adjustment to a profile in memory, as the store does: checks
 /// that nothing goes below zero. Whether the op was applied before is the
-/// ledger's business (see [`OpRecord`]), not this function's.
+/// ledger's business (see [`OpRecord`](super::OpRecord)), not this function's.
 pub fn apply_adjust(p: &mut PlayerProfile, op: &Adjust) -> Result<(), Rejection> {
     let mut inv = p.inventory.clone();
     inv.currency = inv
