@@ -264,6 +264,30 @@ impl MongoStore {
         Ok(Some(profile))
     }
 
+    /// `(player, id)` for every id in the array `field` (`pending_ops`,
+    /// `pending_trades`) of up to 1,000 players that have one: the marks
+    /// recovery settles.
+    async fn marked_players(&self, field: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let mut cursor = self
+            .players()
+            .find(doc! { format!("{field}.0"): { "$exists": true } })
+            .projection(doc! { field: 1 })
+            .limit(1_000)
+            .await
+            .map_err(classify)?;
+        let mut marks = Vec::new();
+        while cursor.advance().await.map_err(classify)? {
+            let doc: Document = cursor.deserialize_current().map_err(classify)?;
+            let player = doc.get_str("_id").unwrap_or_default().to_string();
+            for id in doc.get_array(field).into_iter().flatten() {
+                if let Bson::String(id) = id {
+                    marks.push((player.clone(), id.clone()));
+                }
+            }
+        }
+        Ok(marks)
+    }
+
     fn ack(inventories: Vec<(String, Inventory)>, replayed: bool) -> DurableAck {
         DurableAck {
             inventories,

@@ -202,23 +202,7 @@ impl MongoStore {
             tracing::info!(op = %r.id, applied, "settled a half-done op");
             settled += 1;
         }
-        let mut cursor = self
-            .players()
-            .find(doc! { "pending_ops.0": { "$exists": true } })
-            .projection(doc! { "pending_ops": 1 })
-            .limit(1_000)
-            .await
-            .map_err(classify)?;
-        let mut marks = Vec::new();
-        while cursor.advance().await.map_err(classify)? {
-            let doc: Document = cursor.deserialize_current().map_err(classify)?;
-            let player = doc.get_str("_id").unwrap_or_default().to_string();
-            for id in doc.get_array("pending_ops").into_iter().flatten() {
-                if let Bson::String(id) = id {
-                    marks.push((player.clone(), id.clone()));
-                }
-            }
-        }
+        let marks = self.marked_players("pending_ops").await?;
         for (player, id) in marks {
             // A row still pending is settled above once old enough; a
             // missing one (pruned, or lost to a race with recovery) leaves

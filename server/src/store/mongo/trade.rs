@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::bson::{doc, DateTime, Document};
 
 use super::{bad, classify, holds, is_duplicate_key, MongoStore, MAX_ATTEMPTS};
 use crate::store::model::{
@@ -290,23 +290,7 @@ impl MongoStore {
         }
         // Players still marked with a trade the ledger has finished (an
         // attempt that lost a race with recovery): settle their side.
-        let mut cursor = self
-            .players()
-            .find(doc! { "pending_trades.0": { "$exists": true } })
-            .projection(doc! { "pending_trades": 1 })
-            .limit(1_000)
-            .await
-            .map_err(classify)?;
-        let mut marks = Vec::new();
-        while cursor.advance().await.map_err(classify)? {
-            let doc: Document = cursor.deserialize_current().map_err(classify)?;
-            let player = doc.get_str("_id").unwrap_or_default().to_string();
-            for tid in doc.get_array("pending_trades").into_iter().flatten() {
-                if let Bson::String(tid) = tid {
-                    marks.push((player.clone(), tid.clone()));
-                }
-            }
-        }
+        let marks = self.marked_players("pending_trades").await?;
         for (player, tid) in marks {
             let Some(r) = self.load_trade_record(&tid).await? else {
                 continue;

@@ -288,14 +288,7 @@ impl PersisterHandle {
                 Ok(_) => "ok",
                 Err(e) => e.label(),
             };
-            let counter = if result.is_ok() {
-                &inner.counters.durable_ok
-            } else {
-                &inner.counters.durable_failed
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!(metric::DURABLE_OPS, "result" => label).increment(1);
-            metrics::histogram!(metric::DURABLE_SECONDS).record(started.elapsed().as_secs_f64());
+            inner.count_durable(result.is_ok(), label, started);
             result
         }
     }
@@ -354,14 +347,7 @@ impl PersisterHandle {
                 Ok(false) => "stale",
                 Err(e) => e.label(),
             };
-            let counter = if result.is_ok() {
-                &inner.counters.durable_ok
-            } else {
-                &inner.counters.durable_failed
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!(metric::DURABLE_OPS, "result" => label).increment(1);
-            metrics::histogram!(metric::DURABLE_SECONDS).record(started.elapsed().as_secs_f64());
+            inner.count_durable(result.is_ok(), label, started);
             if result.is_ok() {
                 inner.drop_room_older_than(&key, rev);
             }
@@ -447,6 +433,19 @@ impl PersisterHandle {
 }
 
 impl Inner {
+    /// Count a finished durable call (the counters, and the metrics by
+    /// `result` label).
+    fn count_durable(&self, ok: bool, label: &'static str, started: Instant) {
+        let counter = if ok {
+            &self.counters.durable_ok
+        } else {
+            &self.counters.durable_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(metric::DURABLE_OPS, "result" => label).increment(1);
+        metrics::histogram!(metric::DURABLE_SECONDS).record(started.elapsed().as_secs_f64());
+    }
+
     /// Run one store call on the store runtime, under the durable rules:
     /// fail fast when shut down, down or overloaded; time out; let the
     /// [`Breaker`] judge the answer.
