@@ -12,13 +12,17 @@
 //!                                                        └─ MongoStore (official driver)
 //! ```
 //!
-//! - [`model`]: the documents, their schema versions and migrations, and
-//!   the durable operations.
+//! - [`model`]: the documents (`documents.rs`), their schema versions and
+//!   migrations (`migrations.rs`), and the durable operations
+//!   (`operations.rs`).
 //! - [`persister`]: the write-behind queue, write-through calls, retries,
 //!   health, metrics and shutdown flush. This is what rooms and sessions
-//!   hold (a [`PersisterHandle`]).
-//! - [`embedded`]: redb under `store.embedded.dir`, the zero-setup default.
-//! - [`mongo`]: MongoDB through the `mongodb` crate, for production.
+//!   hold (a [`PersisterHandle`], in `handle.rs`); the flusher loop is in
+//!   `flusher.rs`, the health flag (a circuit breaker) in `breaker.rs`.
+//! - [`embedded`]: redb under `store.embedded.dir`, the zero-setup default
+//!   (durable ops in `ledger.rs`).
+//! - [`mongo`]: MongoDB through the `mongodb` crate, for production (the
+//!   two-phase trade below in `trade.rs`, adjustments in `ops.rs`).
 //!
 //! Both backends pass one conformance suite (`server/tests/store_conformance.rs`).
 //!
