@@ -21,6 +21,9 @@
 #   LOADBOT_THREADS  loadbot worker threads (default 1)
 #   SERVER_WORKERS   server worker threads (default 0 = one per core)
 #   DURATION_SCALE   multiply every duration and ramp (e.g. 0.25 for a smoke run)
+#   SERVER_BIN       the shard binary (default target/release/tessera-server),
+#                    e.g. an older build to compare against, side by side
+#   LOADBOT_BIN      the loadbot binary (default target/release/loadbot)
 #
 # Traffic goes to 127.0.0.1 only. Every run is bounded in time (`timeout`),
 # and the shard is stopped on exit, error or Ctrl-C.
@@ -34,8 +37,8 @@ OUT=${BENCH_OUT:-$ROOT/target/bench/$(date +%Y%m%d-%H%M%S)}
 LOADBOT_THREADS=${LOADBOT_THREADS:-1}
 SERVER_WORKERS=${SERVER_WORKERS:-0}
 SCALE=${DURATION_SCALE:-1}
-SERVER_BIN=$ROOT/target/release/tessera-server
-LOADBOT_BIN=$ROOT/target/release/loadbot
+SERVER_BIN=${SERVER_BIN:-$ROOT/target/release/tessera-server}
+LOADBOT_BIN=${LOADBOT_BIN:-$ROOT/target/release/loadbot}
 ALL=(idle move hot churn growth overload)
 
 usage() {
