@@ -116,7 +116,10 @@ pub async fn serve(
     let app = Router::new()
         .route("/", get(|| async { Html(INDEX_HTML) }))
         .route("/demo.js", get(|| async { javascript(DEMO_JS) }))
-        .route("/tessera.js", get(|| async { javascript(protocol::JS_CLIENT) }))
+        .route(
+            "/tessera.js",
+            get(|| async { javascript(protocol::JS_CLIENT) }),
+        )
         .route("/client-config.json", get(client_config))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
