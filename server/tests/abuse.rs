@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{start, test_config, Client};
+use common::{own_move, start, test_config, Client};
 use futures_util::{SinkExt, StreamExt};
 use protocol::msg::*;
 use protocol::{ClientMsg, CloseCode, ErrorCode, ServerMsg, Version, PROTOCOL_VERSION};
@@ -208,15 +208,7 @@ async fn a_misbehaving_client_does_not_disturb_a_room() {
     );
     // ...and the good one keeps playing.
     good.walk(1, 1.0, 0.0).await;
-    good.expect("own move", |m| match m {
-        ServerMsg::Update(u) => u
-            .moved
-            .iter()
-            .find(|m| m.id == g.you && m.seq == 1)
-            .copied(),
-        _ => None,
-    })
-    .await;
+    good.expect("own move", own_move(g.you, 1)).await;
 }
 
 #[tokio::test]
@@ -253,10 +245,7 @@ async fn extreme_but_well_formed_values_are_handled() {
     // 200 characters of 4-byte UTF-8 is within the limit.
     alice.chat(&"🦀".repeat(200)).await;
     let chat = alice
-        .expect("chat", |m| match m {
-            ServerMsg::Chat(c) => Some(c.text.clone()),
-            _ => None,
-        })
+        .expect("chat", msg!(ServerMsg::Chat(c) => c.text.clone()))
         .await;
     assert_eq!(chat.chars().count(), 200);
     alice.chat("bell\u{7}").await;

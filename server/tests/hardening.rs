@@ -71,10 +71,6 @@ fn hello(name: &str) -> Message {
     )
 }
 
-async fn metrics_text(shard: &TestShard) -> String {
-    http_get(&format!("http://{}/metrics", shard.http_addr)).await
-}
-
 #[tokio::test]
 async fn over_the_cap_a_client_gets_5002_then_1013_and_no_reset() {
     let mut config = test_config();
@@ -99,7 +95,7 @@ async fn over_the_cap_a_client_gets_5002_then_1013_and_no_reset() {
         end.is_ok(),
         "the server ended the connection after our close"
     );
-    let metrics = metrics_text(&shard).await;
+    let metrics = common::metrics(&shard).await;
     assert!(
         metrics.contains("tessera_connections_refused_total{reason=\"max_connections\"}"),
         "{metrics}"
@@ -137,7 +133,7 @@ async fn per_ip_connection_cap_refuses_then_admits_after_a_close() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let metrics = metrics_text(&shard).await;
+    let metrics = common::metrics(&shard).await;
     assert!(
         metrics.contains("tessera_connections_refused_total{reason=\"per_ip_connections\"}"),
         "{metrics}"
@@ -161,7 +157,7 @@ async fn per_ip_handshake_rate_refuses_past_the_burst() {
     drop(open);
     let mut d = raw_connect(shard.ws_addr).await;
     expect_refusal(&mut d).await;
-    let metrics = metrics_text(&shard).await;
+    let metrics = common::metrics(&shard).await;
     assert!(
         metrics.contains("tessera_connections_refused_total{reason=\"per_ip_rate\"}"),
         "{metrics}"
