@@ -213,15 +213,16 @@ mod tests {
             json(&SessionFaultReply::Armed(armed)),
             r#"{"armed":"tick","target":null}"#
         );
-        assert_eq!(json(&SessionFaultReply::Sent { ok: true }), r#"{"ok":true}"#);
+        assert_eq!(
+            json(&SessionFaultReply::Sent { ok: true }),
+            r#"{"ok":true}"#
+        );
         let task = TaskFaultReply {
             task: "gateway".into(),
             state: TaskState::Up,
         };
         assert_eq!(json(&task), r#"{"task":"gateway","state":"up"}"#);
-        let error = ErrorReply {
-            error: "no".into(),
-        };
+        let error = ErrorReply { error: "no".into() };
         assert_eq!(json(&error), r#"{"error":"no"}"#);
     }
 
