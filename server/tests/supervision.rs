@@ -438,7 +438,7 @@ async fn health(shard: &server::ShardHandle) -> serde_json::Value {
 async fn until_metric(shard: &server::ShardHandle, line: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let metrics = common::metrics(&shard).await;
+        let metrics = common::metrics(shard).await;
         if metrics.lines().any(|l| l == line) {
             return;
         }
@@ -629,7 +629,7 @@ async fn a_task_given_up_turns_healthz_degraded() {
 /// The value of the metric line that starts with `series` (name and
 /// labels), if there is one.
 async fn metric(shard: &server::ShardHandle, series: &str) -> Option<f64> {
-    let metrics = common::metrics(&shard).await;
+    let metrics = common::metrics(shard).await;
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())

@@ -15,7 +15,7 @@ use tokio_tungstenite::MaybeTlsStream;
 const ADMIN: &str = "update-frames-admin-token";
 
 async fn metric(shard: &TestShard, line_prefix: &str) -> Option<f64> {
-    let text = common::metrics(&shard).await;
+    let text = common::metrics(shard).await;
     text.lines()
         .find(|l| l.starts_with(line_prefix))
         .and_then(|l| l.rsplit(' ').next())
