@@ -19,8 +19,9 @@
 //! `admin.fault_injection` is off); 400 for a bad body or query.
 //!
 //! Every body, request and reply, is a type of [`protocol::admin`], which
-//! `tessera-ops` reads too. The admin calls live in [`admin`], behind one
-//! extractor ([`admin::Admin`]) that checks the token and decodes the body.
+//! `tessera-ops` reads too. The admin calls live in `http/admin.rs`,
+//! behind one extractor (`Admin<T>`) that checks the token and decodes the
+//! body.
 //!
 //! With `[tls]` configured for it, the listener speaks HTTPS only; each
 //! connection's TLS handshake runs in its own task, on first read.
