@@ -37,11 +37,7 @@ fn hello(token: Option<String>, resume: Option<String>) -> ClientMsg {
 async fn refused(addr: std::net::SocketAddr, msg: ClientMsg, code: ErrorCode) {
     let mut client = Client::connect(addr).await;
     client.send(msg).await;
-    client.expect_error(code).await;
-    assert_eq!(
-        client.expect_close().await,
-        Some(CloseCode::AuthFailed.as_u16())
-    );
+    client.expect_refusal(code, CloseCode::AuthFailed).await;
 }
 
 #[tokio::test]

@@ -191,11 +191,7 @@ async fn resuming_restores_the_seat_and_reused_forged_or_expired_tokens_are_refu
         async move {
             let mut client = Client::connect(addr).await;
             client.send_resume(resume).await;
-            client.expect_error(code).await;
-            assert_eq!(
-                client.expect_close().await,
-                Some(CloseCode::AuthFailed.as_u16())
-            );
+            client.expect_refusal(code, CloseCode::AuthFailed).await;
         }
     };
     // Reused: the first token was spent on the resume above.
@@ -228,8 +224,7 @@ async fn a_session_panic_closes_only_that_connection_and_the_player_can_resume()
         Some(CloseCode::InternalError.as_u16())
     );
     bob.send(ClientMsg::Ping(Ping { t: 1 })).await;
-    bob.expect("pong", |m| matches!(m, ServerMsg::Pong(_)).then_some(()))
-        .await;
+    bob.expect("pong", msg!(ServerMsg::Pong)).await;
 
     let mut again = Client::connect(shard.ws_addr).await;
     again.send_resume(welcome.resume_token).await;
@@ -407,9 +402,7 @@ async fn play(
     }
     client.send(ClientMsg::Ping(Ping { t: 7 })).await;
     client
-        .expect("pong after the storm", |m| {
-            matches!(m, ServerMsg::Pong(_)).then_some(())
-        })
+        .expect("pong after the storm", msg!(ServerMsg::Pong))
         .await;
     seq += 1;
     client.walk(seq, 0.0, 1.0).await;
@@ -543,9 +536,7 @@ async fn a_panicking_gateway_keeps_its_connections_and_its_port() {
     // Alice's connection never noticed.
     alice.send(ClientMsg::Ping(Ping { t: 7 })).await;
     alice
-        .expect("pong", |m| {
-            matches!(m, ServerMsg::Pong(p) if p.t == 7).then_some(())
-        })
+        .expect("pong", msg!(ServerMsg::Pong(p) if p.t == 7))
         .await;
     // A newcomer gets in on the same port, and meets her.
     let (_bob, b) = Client::joined(shard.ws_addr, "bob", "test").await;
@@ -829,9 +820,11 @@ async fn resumes_seat(shard: &server::ShardHandle, token: String, map: &str, ent
 /// The bystander's session and room are untouched.
 async fn still_fine(bob: &mut Client, t: u64) {
     bob.send(ClientMsg::Ping(Ping { t })).await;
-    expect_clean(bob, "bystander's pong", |m| {
-        matches!(m, ServerMsg::Pong(p) if p.t == t).then_some(())
-    })
+    expect_clean(
+        bob,
+        "bystander's pong",
+        msg!(ServerMsg::Pong(p) if p.t == t),
+    )
     .await;
 }
 
@@ -931,9 +924,11 @@ async fn a_panic_in_any_session_handler_or_continuation_closes_only_that_connect
         200
     );
     crashed_at(&shard, &mut ivy, "announcement").await;
-    expect_clean(&mut bob, "the announcement", |m| {
-        matches!(m, ServerMsg::Announce(a) if a.text == "hello all").then_some(())
-    })
+    expect_clean(
+        &mut bob,
+        "the announcement",
+        msg!(ServerMsg::Announce(a) if a.text == "hello all"),
+    )
     .await;
 
     // housekeeping: the session's timer.

@@ -63,11 +63,7 @@ async fn frames_refused_by_a_closed_client_are_not_counted() {
     alice
         .send(ClientMsg::Join(Join { map: "test".into() }))
         .await;
-    alice
-        .expect("joined", |m| {
-            matches!(m, ServerMsg::Joined(_)).then_some(())
-        })
-        .await;
+    alice.expect("joined", msg!(ServerMsg::Joined)).await;
 
     let url = format!("http://{}/admin/announce", shard.http_addr);
     let text = "x".repeat(780);

@@ -225,6 +225,18 @@ impl Client {
         .await
     }
 
+    /// Wait for error `code`, then for the server to close with `close`:
+    /// how the server refuses a connection.
+    pub async fn expect_refusal(
+        &mut self,
+        code: protocol::ErrorCode,
+        close: protocol::CloseCode,
+    ) -> ErrorMsg {
+        let error = self.expect_error(code).await;
+        assert_eq!(self.expect_close().await, Some(close.as_u16()));
+        error
+    }
+
     /// Read until the socket closes; returns the close code.
     pub async fn expect_close(&mut self) -> Option<u16> {
         loop {
