@@ -7,13 +7,17 @@
 //!   call has a timeout and turns HTTP errors into readable messages.
 //! - [`metrics`]: picking samples out of Prometheus text.
 //!
-//! `ops` never links the server: it meets it at the HTTP API only. The ops
+//! `ops` never links the server: it meets it at the HTTP API only, whose
+//! bodies are the typed documents of [`protocol::admin`] (the same types
+//! the server answers with). The ops
 //! dashboard, local-cluster runner and deploy manifests arrive with their
 //! own issues.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use protocol::admin::{AnnounceReply, AnnounceRequest, ErrorReply, Health};
+use serde::de::DeserializeOwned;
 
 pub mod metrics;
 
@@ -42,23 +46,45 @@ impl Shard {
 
     fn get(&self, path: &str) -> anyhow::Result<String> {
         let url = format!("{}{path}", self.base);
-        let mut response = self
+        let response = self
             .agent
             .get(&url)
             .call()
             .with_context(|| format!("GET {url}"))?;
-        let status = response.status();
-        let body = response.body_mut().read_to_string()?;
-        if !status.is_success() {
-            bail!("GET {url}: {status}: {body}");
-        }
-        Ok(body)
+        read_body("GET", &url, response)
+    }
+
+    /// GET a JSON document.
+    fn get_json<R: DeserializeOwned>(&self, path: &str) -> anyhow::Result<R> {
+        let body = self.get(path)?;
+        serde_json::from_str(&body).with_context(|| format!("{path}: unexpected reply {body}"))
+    }
+
+    /// POST a JSON body to an admin route, with the token.
+    fn admin<R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> anyhow::Result<R> {
+        let Some(token) = &self.token else {
+            bail!("admin calls need the shard's admin token (--token or TESSERA_ADMIN__TOKEN)");
+        };
+        let url = format!("{}{path}", self.base);
+        let body = serde_json::to_string(body).context("admin request body")?;
+        let response = self
+            .agent
+            .post(&url)
+            .header("authorization", &format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .send(body.as_str())
+            .with_context(|| format!("POST {url}"))?;
+        let reply = read_body("POST", &url, response)?;
+        serde_json::from_str(&reply).with_context(|| format!("{path}: unexpected reply {reply}"))
     }
 
     /// The shard's health document.
-    pub fn health(&self) -> anyhow::Result<serde_json::Value> {
-        let body = self.get("/healthz")?;
-        serde_json::from_str(&body).context("healthz is not JSON")
+    pub fn health(&self) -> anyhow::Result<Health> {
+        self.get_json("/healthz")
     }
 
     /// The shard's Prometheus metrics, as text.
@@ -67,24 +93,27 @@ impl Shard {
     }
 
     /// Announce `text` to every player, or to the players of `map`.
-    pub fn announce(&self, text: &str, map: Option<&str>) -> anyhow::Result<serde_json::Value> {
-        let Some(token) = &self.token else {
-            bail!("admin calls need the shard's admin token (--token or TESSERA_ADMIN__TOKEN)");
+    pub fn announce(&self, text: &str, map: Option<&str>) -> anyhow::Result<AnnounceReply> {
+        let request = AnnounceRequest {
+            text: text.to_string(),
+            map: map.map(str::to_string),
         };
-        let url = format!("{}/admin/announce", self.base);
-        let body = serde_json::json!({ "text": text, "map": map }).to_string();
-        let mut response = self
-            .agent
-            .post(&url)
-            .header("authorization", &format!("Bearer {token}"))
-            .header("content-type", "application/json")
-            .send(body.as_str())
-            .with_context(|| format!("POST {url}"))?;
-        let status = response.status();
-        let reply = response.body_mut().read_to_string()?;
-        if !status.is_success() {
-            bail!("POST {url}: {status}: {reply}");
-        }
-        serde_json::from_str(&reply).context("announce reply is not JSON")
+        self.admin("/admin/announce", &request)
     }
+}
+
+/// A reply's body, or an error naming the call, the status and the shard's
+/// message (its `{"error": ...}` when it sent one).
+fn read_body(
+    method: &str,
+    url: &str,
+    mut response: ureq::http::Response<ureq::Body>,
+) -> anyhow::Result<String> {
+    let status = response.status();
+    let body = response.body_mut().read_to_string()?;
+    if !status.is_success() {
+        let message = serde_json::from_str::<ErrorReply>(&body).map_or(body, |e| e.error);
+        bail!("{method} {url}: {status}: {message}");
+    }
+    Ok(body)
 }

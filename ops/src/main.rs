@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
         Command::Health => {
             let health = shard.health()?;
             println!("{}", serde_json::to_string_pretty(&health)?);
-            if health["status"] != "ok" {
+            if health.status != protocol::admin::HealthStatus::Ok {
                 std::process::exit(1);
             }
         }
@@ -76,7 +76,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Announce { text, map } => {
             let reply = shard.announce(&text, map.as_deref())?;
-            println!("{reply}");
+            println!("{}", serde_json::to_string(&reply)?);
         }
     }
     Ok(())

@@ -143,3 +143,28 @@ fn the_cli_reads_the_shards_own_variables() {
         .unwrap();
     assert!(announce.status.success(), "{announce:?}");
 }
+
+/// A refusal shows the shard's own `error` message, not its raw JSON, and
+/// `health` prints the typed document.
+#[test]
+fn a_refusal_shows_the_shards_message() {
+    let shard = start_shard();
+    let wrong = ops(&shard, &["--token", "not-the-token", "announce", "x"]);
+    assert!(!wrong.status.success());
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(stderr.contains("missing or wrong bearer token"), "{stderr}");
+    assert!(!stderr.contains("{\"error\""), "{stderr}");
+
+    let empty = ops(&shard, &["--token", ADMIN_TOKEN, "announce", ""]);
+    assert!(!empty.status.success());
+    let stderr = String::from_utf8_lossy(&empty.stderr);
+    assert!(
+        stderr.contains("400") && stderr.contains("text must be 1 to"),
+        "{stderr}"
+    );
+
+    let health = ops(&shard, &["health"]);
+    let doc: serde_json::Value = serde_json::from_slice(&health.stdout).unwrap();
+    assert_eq!(doc["rooms"], 0);
+    assert!(doc["tasks"]["gateway"].is_string(), "{doc}");
+}

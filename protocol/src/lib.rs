@@ -11,6 +11,10 @@
 //!   accepting it.
 //! - [`codes`]: stable numeric error codes and WebSocket close codes.
 //! - [`limits`]: the limits a server announces in its welcome.
+//! - [`admin`]: the JSON bodies of the shard's HTTP API (`/healthz`,
+//!   `/admin/*`), shared by the server and `tessera-ops`; not game frames.
+//! - [`JS_CLIENT`]: `js/tessera.js`, the browser client, as text for a
+//!   server to serve.
 //!
 //! A frame travels: client encodes a [`ClientMsg`] with [`codec::encode_client`]
 //! -> one binary WebSocket frame -> the server decodes it with
@@ -23,6 +27,7 @@
 //! `PROTOCOL.md` beside this crate is the human-readable contract and
 //! `js/tessera.js` the browser client that speaks it.
 
+pub mod admin;
 pub mod assemble;
 pub mod codec;
 pub mod codes;
@@ -35,3 +40,8 @@ pub use codes::{CloseCode, ErrorCode, NoticeCode};
 pub use limits::Limits;
 pub use msg::{ClientMsg, ServerMsg};
 pub use version::{Version, PROTOCOL_VERSION};
+
+/// The browser client module (`js/tessera.js`), for a server to serve as
+/// `text/javascript`: it speaks this crate's wire format, so it ships with
+/// it.
+pub const JS_CLIENT: &str = include_str!("../js/tessera.js");

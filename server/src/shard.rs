@@ -118,21 +118,6 @@ impl Drop for ShardHandle {
     }
 }
 
-fn welcome_limits(config: &Config) -> protocol::Limits {
-    let l = &config.limits;
-    protocol::Limits {
-        max_frame_bytes: config.server.max_frame_bytes as u32,
-        move_per_sec: l.move_per_sec,
-        move_burst: l.move_burst,
-        chat_per_sec: l.chat_per_sec,
-        chat_burst: l.chat_burst,
-        control_per_sec: l.control_per_sec,
-        control_burst: l.control_burst,
-        chat_max_chars: l.chat_max_chars,
-        idle_timeout_ms: config.server.idle_timeout_ms.min(u64::from(u32::MAX)) as u32,
-    }
-}
-
 /// Start a shard with `config` (validated here) on a thread of its own.
 pub fn start(config: Config) -> anyhow::Result<ShardHandle> {
     config.validate()?;
@@ -241,7 +226,7 @@ async fn run(
     );
     let shared = Arc::new(Shared {
         auth: Auth::new(&config.auth),
-        limits: welcome_limits(&config),
+        limits: config.welcome_limits(),
         rooms,
         dispatcher,
         sessions: Mutex::new(HashMap::new()),

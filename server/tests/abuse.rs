@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{start, test_config, Client};
+use common::{own_move, start, test_config, Client};
 use futures_util::{SinkExt, StreamExt};
 use protocol::msg::*;
 use protocol::{ClientMsg, CloseCode, ErrorCode, ServerMsg, Version, PROTOCOL_VERSION};
@@ -50,10 +50,8 @@ async fn an_oversize_frame_closes_the_socket() {
     );
     // Bob is unaffected.
     bob.send(ClientMsg::Ping(Ping { t: 5 })).await;
-    bob.expect("pong", |m| {
-        matches!(m, ServerMsg::Pong(p) if p.t == 5).then_some(())
-    })
-    .await;
+    bob.expect("pong", msg!(ServerMsg::Pong(p) if p.t == 5))
+        .await;
 }
 
 #[tokio::test]
@@ -136,11 +134,9 @@ async fn a_wrong_major_version_gets_an_error_and_a_close() {
             name: None,
         }))
         .await;
-    client.expect_error(ErrorCode::VersionMismatch).await;
-    assert_eq!(
-        client.expect_close().await,
-        Some(CloseCode::VersionMismatch.as_u16())
-    );
+    client
+        .expect_refusal(ErrorCode::VersionMismatch, CloseCode::VersionMismatch)
+        .await;
 }
 
 #[tokio::test]
@@ -171,9 +167,7 @@ async fn an_active_client_is_not_dropped_as_idle() {
     let (mut alice, _) = Client::welcomed(shard.ws_addr, "alice").await;
     for t in 0..8 {
         alice.send(ClientMsg::Ping(Ping { t })).await;
-        alice
-            .expect("pong", |m| matches!(m, ServerMsg::Pong(_)).then_some(()))
-            .await;
+        alice.expect("pong", msg!(ServerMsg::Pong)).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -186,11 +180,8 @@ async fn connections_over_the_cap_are_closed_with_try_again_later() {
     let (_a, _) = Client::welcomed(shard.ws_addr, "a").await;
     let (_b, _) = Client::welcomed(shard.ws_addr, "b").await;
     let mut c = Client::connect(shard.ws_addr).await;
-    c.expect_error(protocol::ErrorCode::ServerBusy).await;
-    assert_eq!(
-        c.expect_close().await,
-        Some(CloseCode::TryAgainLater.as_u16())
-    );
+    c.expect_refusal(protocol::ErrorCode::ServerBusy, CloseCode::TryAgainLater)
+        .await;
 }
 
 #[tokio::test]
@@ -208,15 +199,7 @@ async fn a_misbehaving_client_does_not_disturb_a_room() {
     );
     // ...and the good one keeps playing.
     good.walk(1, 1.0, 0.0).await;
-    good.expect("own move", |m| match m {
-        ServerMsg::Update(u) => u
-            .moved
-            .iter()
-            .find(|m| m.id == g.you && m.seq == 1)
-            .copied(),
-        _ => None,
-    })
-    .await;
+    good.expect("own move", own_move(g.you, 1)).await;
 }
 
 #[tokio::test]
@@ -253,10 +236,7 @@ async fn extreme_but_well_formed_values_are_handled() {
     // 200 characters of 4-byte UTF-8 is within the limit.
     alice.chat(&"🦀".repeat(200)).await;
     let chat = alice
-        .expect("chat", |m| match m {
-            ServerMsg::Chat(c) => Some(c.text.clone()),
-            _ => None,
-        })
+        .expect("chat", msg!(ServerMsg::Chat(c) => c.text.clone()))
         .await;
     assert_eq!(chat.chars().count(), 200);
     alice.chat("bell\u{7}").await;
@@ -270,9 +250,7 @@ async fn extreme_but_well_formed_values_are_handled() {
     alice.expect_error(ErrorCode::UnknownMap).await;
     alice.send(ClientMsg::Ping(Ping { t: u64::MAX })).await;
     alice
-        .expect("pong", |m| {
-            matches!(m, ServerMsg::Pong(p) if p.t == u64::MAX).then_some(())
-        })
+        .expect("pong", msg!(ServerMsg::Pong(p) if p.t == u64::MAX))
         .await;
 }
 

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{http_get as get, http_post, start, test_config, Client, View};
+use common::{http_get as get, http_post, own_move, start, test_config, Client, View};
 use protocol::msg::*;
 use protocol::{ClientMsg, ErrorCode, ServerMsg};
 
@@ -23,10 +23,10 @@ async fn a_move_is_seen_by_the_other_player_within_a_few_ticks() {
         .any(|e| e.id == a_joined.you && e.name == "alice"));
     // Alice learns of bob through an update.
     alice
-        .expect("bob entering", |m| match m {
-            ServerMsg::Update(u) if u.entered.iter().any(|e| e.id == b_joined.you) => Some(()),
-            _ => None,
-        })
+        .expect(
+            "bob entering",
+            msg!(ServerMsg::Update(u) if u.entered.iter().any(|e| e.id == b_joined.you)),
+        )
         .await;
 
     let start_x = b_joined
@@ -53,14 +53,7 @@ async fn a_move_is_seen_by_the_other_player_within_a_few_ticks() {
     assert!(moved.y > 500.0 && moved.x == start_x, "{moved:?}");
     // Alice sees her own input applied too.
     alice
-        .expect("own move acked", |m| match m {
-            ServerMsg::Update(u) => u
-                .moved
-                .iter()
-                .find(|m| m.id == a_joined.you && m.seq == 1)
-                .copied(),
-            _ => None,
-        })
+        .expect("own move acked", own_move(a_joined.you, 1))
         .await;
 }
 
@@ -108,10 +101,10 @@ async fn a_player_outside_the_view_radius_is_not_seen() {
     let (mut bob, _) = Client::joined(shard.ws_addr, "bob", "test").await;
     // Alice walks right, past bob's 100-unit radius.
     alice.walk(1, 1.0, 0.0).await;
-    bob.expect("alice leaving view", |m| match m {
-        ServerMsg::Update(u) if u.left.contains(&a.you) => Some(()),
-        _ => None,
-    })
+    bob.expect(
+        "alice leaving view",
+        msg!(ServerMsg::Update(u) if u.left.contains(&a.you)),
+    )
     .await;
     // She keeps walking; bob hears nothing more of her.
     let later = bob.drain(Duration::from_millis(400)).await;
@@ -126,10 +119,10 @@ async fn a_player_outside_the_view_radius_is_not_seen() {
     }
     // Coming back into range, she enters bob's view again.
     alice.walk(2, -1.0, 0.0).await;
-    bob.expect("alice re-entering", |m| match m {
-        ServerMsg::Update(u) if u.entered.iter().any(|e| e.id == a.you) => Some(()),
-        _ => None,
-    })
+    bob.expect(
+        "alice re-entering",
+        msg!(ServerMsg::Update(u) if u.entered.iter().any(|e| e.id == a.you)),
+    )
     .await;
 }
 
@@ -144,26 +137,20 @@ async fn leaving_and_disconnecting_remove_the_entity_for_others() {
     let mut seen = View::default();
     while seen.entities.len() < 2 {
         let u = alice
-            .expect("bob and carol entering", |m| match m {
-                ServerMsg::Update(u) => Some(u.clone()),
-                _ => None,
-            })
+            .expect("bob and carol entering", msg!(ServerMsg::Update))
             .await;
         seen.apply(&u);
     }
     assert!(seen.entities.contains_key(&b.you) && seen.entities.contains_key(&c.you));
 
     bob.send(ClientMsg::Leave(Leave {})).await;
-    bob.expect("left", |m| match m {
-        ServerMsg::Left(l) if l.map == "test" => Some(()),
-        _ => None,
-    })
-    .await;
+    bob.expect("left", msg!(ServerMsg::Left(l) if l.map == "test"))
+        .await;
     alice
-        .expect("bob gone", |m| match m {
-            ServerMsg::Update(u) if u.left.contains(&b.you) => Some(()),
-            _ => None,
-        })
+        .expect(
+            "bob gone",
+            msg!(ServerMsg::Update(u) if u.left.contains(&b.you)),
+        )
         .await;
 
     // A dropped connection keeps its seat for the resume grace period
@@ -171,10 +158,10 @@ async fn leaving_and_disconnecting_remove_the_entity_for_others() {
     drop(carol);
     let dropped = std::time::Instant::now();
     alice
-        .expect("carol gone", |m| match m {
-            ServerMsg::Update(u) if u.left.contains(&c.you) => Some(()),
-            _ => None,
-        })
+        .expect(
+            "carol gone",
+            msg!(ServerMsg::Update(u) if u.left.contains(&c.you)),
+        )
         .await;
     assert!(
         dropped.elapsed() >= Duration::from_millis(250),
@@ -196,12 +183,7 @@ async fn chat_reaches_members_of_that_room_only() {
 
     alice.chat("hello room").await;
     for client in [&mut alice, &mut bob] {
-        let chat = client
-            .expect("chat", |m| match m {
-                ServerMsg::Chat(c) => Some(c.clone()),
-                _ => None,
-            })
-            .await;
+        let chat = client.expect("chat", msg!(ServerMsg::Chat)).await;
         assert_eq!(chat.text, "hello room");
         assert_eq!(chat.from, a.you);
         assert_eq!(chat.name, "alice");
@@ -239,17 +221,9 @@ async fn joining_another_map_leaves_the_first_and_unknown_maps_are_refused() {
         }))
         .await;
     alice
-        .expect("left test", |m| match m {
-            ServerMsg::Left(l) if l.map == "test" => Some(()),
-            _ => None,
-        })
+        .expect("left test", msg!(ServerMsg::Left(l) if l.map == "test"))
         .await;
-    let joined = alice
-        .expect("joined other", |m| match m {
-            ServerMsg::Joined(j) => Some(j.clone()),
-            _ => None,
-        })
-        .await;
+    let joined = alice.expect("joined other", msg!(ServerMsg::Joined)).await;
     assert_eq!(joined.map.name, "other");
 }
 
@@ -258,12 +232,7 @@ async fn ping_is_answered_with_the_same_value() {
     let shard = start(test_config());
     let (mut alice, _) = Client::welcomed(shard.ws_addr, "alice").await;
     alice.send(ClientMsg::Ping(Ping { t: 987_654_321 })).await;
-    let pong = alice
-        .expect("pong", |m| match m {
-            ServerMsg::Pong(p) => Some(p.clone()),
-            _ => None,
-        })
-        .await;
+    let pong = alice.expect("pong", msg!(ServerMsg::Pong)).await;
     assert_eq!(pong.t, 987_654_321);
     assert!(pong.server_ms > 1_600_000_000_000);
 }
@@ -278,12 +247,7 @@ async fn players_with_the_same_view_get_identical_update_bytes() {
     alice.drain(Duration::from_millis(200)).await;
     bob.drain(Duration::from_millis(200)).await;
     carol.walk(1, 1.0, 0.0).await;
-    let pick = |m: &ServerMsg| match m {
-        ServerMsg::Update(u) if u.moved.iter().any(|m| m.id == c.you && m.seq == 1) => {
-            Some(u.clone())
-        }
-        _ => None,
-    };
+    let pick = msg!(ServerMsg::Update(u) if u.moved.iter().any(|m| m.id == c.you && m.seq == 1));
     let a = alice.expect("carol moves (alice)", pick).await;
     let b = bob.expect("carol moves (bob)", pick).await;
     assert_eq!(a.tick, b.tick);
@@ -315,10 +279,7 @@ async fn admin_announcements_reach_every_session_and_map_broadcasts_their_map() 
     assert_eq!(status, 200);
     for client in [&mut alice, &mut bob] {
         let text = client
-            .expect("announce", |m| match m {
-                ServerMsg::Announce(a) => Some(a.text.clone()),
-                _ => None,
-            })
+            .expect("announce", msg!(ServerMsg::Announce(a) => a.text.clone()))
             .await;
         assert_eq!(text, "maintenance at 5");
     }
@@ -330,10 +291,10 @@ async fn admin_announcements_reach_every_session_and_map_broadcasts_their_map() 
     .await;
     assert_eq!(status, 200);
     let text = alice
-        .expect("map broadcast", |m| match m {
-            ServerMsg::Announce(a) => Some(a.text.clone()),
-            _ => None,
-        })
+        .expect(
+            "map broadcast",
+            msg!(ServerMsg::Announce(a) => a.text.clone()),
+        )
         .await;
     assert_eq!(text, "boss spawned");
     let got = bob.drain(Duration::from_millis(300)).await;
@@ -370,10 +331,7 @@ async fn an_empty_room_stops_after_its_idle_period_and_comes_back_on_demand() {
 /// Updates `observer` gets until `entity` leaves its view.
 async fn until_left(observer: &mut Client, entity: EntityId, what: &str) {
     observer
-        .expect(what, |m| match m {
-            ServerMsg::Update(u) if u.left.contains(&entity) => Some(()),
-            _ => None,
-        })
+        .expect(what, msg!(ServerMsg::Update(u) if u.left.contains(&entity)))
         .await;
 }
 
@@ -422,10 +380,10 @@ async fn joining_the_map_you_stand_in_answers_joined_for_the_same_entity() {
     let (mut alice, a) = Client::joined(shard.ws_addr, "alice", "test").await;
     let (mut bob, b) = Client::joined(shard.ws_addr, "bob", "test").await;
     alice
-        .expect("bob entering", |m| match m {
-            ServerMsg::Update(u) if u.entered.iter().any(|e| e.id == b.you) => Some(()),
-            _ => None,
-        })
+        .expect(
+            "bob entering",
+            msg!(ServerMsg::Update(u) if u.entered.iter().any(|e| e.id == b.you)),
+        )
         .await;
     alice
         .send(ClientMsg::Join(Join { map: "test".into() }))
@@ -434,10 +392,7 @@ async fn joining_the_map_you_stand_in_answers_joined_for_the_same_entity() {
     let again = alice
         .expect("joined again", |m| {
             got.push(m.clone());
-            match m {
-                ServerMsg::Joined(j) => Some(j.clone()),
-                _ => None,
-            }
+            msg!(ServerMsg::Joined)(m)
         })
         .await;
     assert_eq!(again.you, a.you, "the same entity");
@@ -455,12 +410,7 @@ async fn joining_the_map_you_stand_in_answers_joined_for_the_same_entity() {
     );
     // The others never saw alice go, and she plays on.
     alice.walk(1, 1.0, 0.0).await;
-    let seen = bob
-        .expect("alice moving", |m| match m {
-            ServerMsg::Update(u) => Some(u.clone()),
-            _ => None,
-        })
-        .await;
+    let seen = bob.expect("alice moving", msg!(ServerMsg::Update)).await;
     assert!(!seen.left.contains(&a.you), "{seen:?}");
 }
 
@@ -474,10 +424,7 @@ async fn a_first_login_sends_one_inventory_holding_the_starter_purse() {
     let got = alice.drain(Duration::from_millis(1_500)).await;
     let inventories: Vec<_> = got
         .iter()
-        .filter_map(|m| match m {
-            ServerMsg::Inventory(i) => Some(i.currency),
-            _ => None,
-        })
+        .filter_map(msg!(ServerMsg::Inventory(i) => i.currency))
         .collect();
     assert_eq!(inventories, vec![starter], "{got:?}");
 }
@@ -501,10 +448,10 @@ async fn errors_answering_a_give_or_pick_up_echo_its_req() {
         }))
         .await;
     let err = alice
-        .expect("pick_up error", |m| match m {
-            ServerMsg::Error(e) if e.req == Some(43) => Some(e.clone()),
-            _ => None,
-        })
+        .expect(
+            "pick_up error",
+            msg!(ServerMsg::Error(e) if e.req == Some(43)),
+        )
         .await;
     assert!(
         [ErrorCode::ItemGone, ErrorCode::RoomUnavailable]

@@ -71,10 +71,6 @@ fn hello(name: &str) -> Message {
     )
 }
 
-async fn metrics_text(shard: &TestShard) -> String {
-    http_get(&format!("http://{}/metrics", shard.http_addr)).await
-}
-
 #[tokio::test]
 async fn over_the_cap_a_client_gets_5002_then_1013_and_no_reset() {
     let mut config = test_config();
@@ -99,7 +95,7 @@ async fn over_the_cap_a_client_gets_5002_then_1013_and_no_reset() {
         end.is_ok(),
         "the server ended the connection after our close"
     );
-    let metrics = metrics_text(&shard).await;
+    let metrics = common::metrics(&shard).await;
     assert!(
         metrics.contains("tessera_connections_refused_total{reason=\"max_connections\"}"),
         "{metrics}"
@@ -137,7 +133,7 @@ async fn per_ip_connection_cap_refuses_then_admits_after_a_close() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let metrics = metrics_text(&shard).await;
+    let metrics = common::metrics(&shard).await;
     assert!(
         metrics.contains("tessera_connections_refused_total{reason=\"per_ip_connections\"}"),
         "{metrics}"
@@ -161,7 +157,7 @@ async fn per_ip_handshake_rate_refuses_past_the_burst() {
     drop(open);
     let mut d = raw_connect(shard.ws_addr).await;
     expect_refusal(&mut d).await;
-    let metrics = metrics_text(&shard).await;
+    let metrics = common::metrics(&shard).await;
     assert!(
         metrics.contains("tessera_connections_refused_total{reason=\"per_ip_rate\"}"),
         "{metrics}"
@@ -457,4 +453,71 @@ fn the_repo_carries_its_license_and_links_nothing_outside_it() {
             "{doc} links outside the repository"
         );
     }
+}
+
+/// Every admin refusal and reply reads as its `protocol::admin` type, and
+/// the checks run in the one order the extractor gives them: admin off
+/// (404), then the token (401), then the body (400), then the call.
+#[tokio::test]
+async fn admin_replies_and_refusals_are_the_typed_documents() {
+    use protocol::admin::{AnnounceReply, ErrorReply, Health, HealthStatus, TaskFaultReply};
+    fn read<T: serde::de::DeserializeOwned>(text: &str) -> T {
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+
+    // No token configured: the admin API is off, whatever is sent.
+    let off = start(test_config());
+    let url = format!("http://{}/admin/announce", off.http_addr);
+    let (status, text) = http_post(&url, Some(ADMIN), "not json").await;
+    assert_eq!(status, 404, "{text}");
+    assert!(read::<ErrorReply>(&text).error.contains("admin.token"));
+
+    let mut config = test_config();
+    config.admin.token = ADMIN.into();
+    config.admin.fault_injection = true;
+    let shard = start(config);
+    let url = format!("http://{}/admin/announce", shard.http_addr);
+    // The token is checked before the body.
+    let (status, text) = http_post(&url, Some("wrong-token-wrong-token"), "not json").await;
+    assert_eq!(status, 401, "{text}");
+    assert_eq!(
+        read::<ErrorReply>(&text).error,
+        "missing or wrong bearer token"
+    );
+    let (status, text) = http_post(&url, Some(ADMIN), "not json").await;
+    assert_eq!(status, 400, "{text}");
+    assert!(read::<ErrorReply>(&text)
+        .error
+        .starts_with("body must be JSON"));
+    let (status, text) = http_post(&url, Some(ADMIN), r#"{"text":""}"#).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(read::<ErrorReply>(&text)
+        .error
+        .starts_with("text must be 1 to"));
+    let (status, text) = http_post(&url, Some(ADMIN), r#"{"text":"hi"}"#).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        read::<AnnounceReply>(&text),
+        AnnounceReply {
+            delivered: 0,
+            dropped: 0
+        }
+    );
+
+    // A query, not a body: the same extractor.
+    let task = format!("http://{}/admin/faults/task", shard.http_addr);
+    let (status, text) = http_post(&task, Some(ADMIN), "").await;
+    assert_eq!(status, 400, "{text}");
+    assert!(read::<ErrorReply>(&text).error.contains("name the task"));
+    let (status, text) = http_post(&format!("{task}?name=nothing"), Some(ADMIN), "").await;
+    assert_eq!(status, 404, "{text}");
+    read::<ErrorReply>(&text);
+    let (status, text) = http_post(&format!("{task}?name=sampler"), Some(ADMIN), "").await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(read::<TaskFaultReply>(&text).task, "sampler");
+
+    let health = http_get(&format!("http://{}/healthz", shard.http_addr)).await;
+    let health: Health = read(&health);
+    assert_eq!(health.status, HealthStatus::Ok);
+    assert!(health.tasks.contains_key("gateway"), "{health:?}");
 }

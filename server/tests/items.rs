@@ -493,15 +493,7 @@ async fn a_pick_up_during_a_mongodb_outage_changes_nothing() {
         .await
         .unwrap();
     let mut config = config();
-    let store = &mut config.store;
-    store.backend = server::store::Backend::Mongodb;
-    store.mongodb.uri = mongo.uri();
-    store.mongodb.database = "items".into();
-    store.mongodb.server_selection_timeout_ms = 700;
-    store.mongodb.connect_timeout_ms = 700;
-    store.durable_timeout_ms = 1_500;
-    store.retry_min_ms = 50;
-    store.retry_max_ms = 500;
+    common::use_mongo(&mut config, mongo.uri(), "items");
     let shard = start(config);
 
     // The persister connects in the background: log in until the profile

@@ -37,11 +37,7 @@ fn hello(token: Option<String>, resume: Option<String>) -> ClientMsg {
 async fn refused(addr: std::net::SocketAddr, msg: ClientMsg, code: ErrorCode) {
     let mut client = Client::connect(addr).await;
     client.send(msg).await;
-    client.expect_error(code).await;
-    assert_eq!(
-        client.expect_close().await,
-        Some(CloseCode::AuthFailed.as_u16())
-    );
+    client.expect_refusal(code, CloseCode::AuthFailed).await;
 }
 
 #[tokio::test]
@@ -78,12 +74,7 @@ async fn production_mode_accepts_only_valid_unexpired_tokens() {
     let good = mint_with_key(SECRET.as_bytes(), &claims(unix_now() + 60));
     let mut client = Client::connect(shard.ws_addr).await;
     client.send(hello(Some(good), None)).await;
-    let welcome = client
-        .expect("welcome", |m| match m {
-            ServerMsg::Welcome(w) => Some(w.clone()),
-            _ => None,
-        })
-        .await;
+    let welcome = client.expect("welcome", msg!(ServerMsg::Welcome)).await;
     assert_eq!(welcome.player_id, "player-7");
     assert_eq!(welcome.name, "Seven");
 }
@@ -101,12 +92,7 @@ async fn the_token_subcommand_mints_tokens_the_shard_accepts() {
     let shard = start(production());
     let mut client = Client::connect(shard.ws_addr).await;
     client.send(hello(Some(token), None)).await;
-    let welcome = client
-        .expect("welcome", |m| match m {
-            ServerMsg::Welcome(w) => Some(w.clone()),
-            _ => None,
-        })
-        .await;
+    let welcome = client.expect("welcome", msg!(ServerMsg::Welcome)).await;
     assert_eq!(welcome.player_id, "p-42");
     assert_eq!(welcome.name, "Ada");
 }
@@ -120,12 +106,7 @@ async fn a_resume_token_brings_back_the_same_player_and_forgeries_are_refused() 
     again
         .send(hello(None, Some(welcome.resume_token.clone())))
         .await;
-    let back = again
-        .expect("welcome", |m| match m {
-            ServerMsg::Welcome(w) => Some(w.clone()),
-            _ => None,
-        })
-        .await;
+    let back = again.expect("welcome", msg!(ServerMsg::Welcome)).await;
     assert_eq!(back.player_id, welcome.player_id);
     assert_eq!(back.name, "alice");
     assert_ne!(back.session_id, welcome.session_id);
@@ -184,27 +165,12 @@ fn the_token_subcommand_takes_human_durations_and_plain_seconds() {
 }
 
 async fn welcome_of(client: &mut Client) -> Welcome {
-    client
-        .expect("welcome", |m| match m {
-            ServerMsg::Welcome(w) => Some(w.clone()),
-            _ => None,
-        })
-        .await
+    client.expect("welcome", msg!(ServerMsg::Welcome)).await
 }
 
 async fn joined_and_notice(client: &mut Client) -> Joined {
-    let joined = client
-        .expect("joined", |m| match m {
-            ServerMsg::Joined(j) => Some(j.clone()),
-            _ => None,
-        })
-        .await;
-    client
-        .expect("seat notice", |m| match m {
-            ServerMsg::Notice(n) if n.code == NoticeCode::SeatRestored.as_u16() => Some(()),
-            _ => None,
-        })
-        .await;
+    let joined = client.expect("joined", msg!(ServerMsg::Joined)).await;
+    client.expect_notice(NoticeCode::SeatRestored).await;
     joined
 }
 
@@ -225,12 +191,7 @@ async fn a_new_login_takes_the_seat_over_and_replaces_an_open_session() {
     let a = first.join("test").await;
     let mut view = View::from_joined(&b);
     while !view.entities.contains_key(&a.you) {
-        let u = bob
-            .expect("ada entering", |m| match m {
-                ServerMsg::Update(u) => Some(u.clone()),
-                _ => None,
-            })
-            .await;
+        let u = bob.expect("ada entering", msg!(ServerMsg::Update)).await;
         view.apply(&u);
     }
 
@@ -259,12 +220,7 @@ async fn a_new_login_takes_the_seat_over_and_replaces_an_open_session() {
     // Bob never saw ada leave or a second ada come, and sees her move.
     third.walk(7, 1.0, 0.0).await;
     loop {
-        let u = bob
-            .expect("ada moving", |m| match m {
-                ServerMsg::Update(u) => Some(u.clone()),
-                _ => None,
-            })
-            .await;
+        let u = bob.expect("ada moving", msg!(ServerMsg::Update)).await;
         assert!(!u.left.contains(&a.you), "{u:?}");
         assert!(u.entered.iter().all(|e| e.name != "p-ada"), "{u:?}");
         view.apply(&u);
@@ -287,10 +243,10 @@ async fn a_resume_after_the_grace_is_a_welcome_only() {
     let (mut alice, welcome) = Client::welcomed(shard.ws_addr, "alice").await;
     let a = alice.join("test").await;
     drop(alice);
-    bob.expect("alice's seat expires", |m| match m {
-        ServerMsg::Update(u) if u.left.contains(&a.you) => Some(()),
-        _ => None,
-    })
+    bob.expect(
+        "alice's seat expires",
+        msg!(ServerMsg::Update(u) if u.left.contains(&a.you)),
+    )
     .await;
 
     let mut again = Client::connect(shard.ws_addr).await;
@@ -369,10 +325,7 @@ async fn sigterm_announces_closes_sessions_with_1001_and_exits_0() {
         .unwrap();
     assert!(status.success());
     let text = alice
-        .expect("announce", |m| match m {
-            ServerMsg::Announce(a) => Some(a.text.clone()),
-            _ => None,
-        })
+        .expect("announce", msg!(ServerMsg::Announce(a) => a.text.clone()))
         .await;
     assert!(text.contains("shutting down"), "{text}");
     assert_eq!(

@@ -78,12 +78,7 @@ async fn a_returning_player_gets_back_its_map_position_and_inventory() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         alice.walk(2, 0.0, 0.0).await;
         while view.entities[&a.you].2 != 2 {
-            let u = alice
-                .expect("update", |m| match m {
-                    ServerMsg::Update(u) => Some(u.clone()),
-                    _ => None,
-                })
-                .await;
+            let u = alice.expect("update", msg!(ServerMsg::Update)).await;
             view.apply(&u);
         }
         let (x, y, _) = view.entities[&a.you];
@@ -96,12 +91,7 @@ async fn a_returning_player_gets_back_its_map_position_and_inventory() {
     let mut alice = Client::connect(shard.ws_addr).await;
     let welcome = alice.hello_with(Some(token("alice")), "alice").await;
     assert_eq!(welcome.last_map.as_deref(), Some("test"));
-    let inventory = alice
-        .expect("inventory", |m| match m {
-            ServerMsg::Inventory(i) => Some(i.clone()),
-            _ => None,
-        })
-        .await;
+    let inventory = alice.expect("inventory", msg!(ServerMsg::Inventory)).await;
     assert_eq!(inventory.currency, 90, "the starter purse is granted once");
     let joined = alice.join("test").await;
     let me = joined.entities.iter().find(|e| e.id == joined.you).unwrap();
@@ -229,12 +219,7 @@ async fn a_give_retried_in_a_resumed_session_is_not_applied_twice() {
     drop(alice);
     let mut alice = Client::connect(addr).await;
     alice.send_resume(welcome.resume_token.clone()).await;
-    let resumed = alice
-        .expect("welcome", |m| match m {
-            ServerMsg::Welcome(w) => Some(w.clone()),
-            _ => None,
-        })
-        .await;
+    let resumed = alice.expect("welcome", msg!(ServerMsg::Welcome)).await;
     assert_ne!(resumed.session_id, welcome.session_id);
     alice.expect_currency(95).await;
     alice.join("lobby").await;
@@ -252,12 +237,7 @@ async fn a_give_retried_in_a_resumed_session_is_not_applied_twice() {
     let (_child, addr) = spawn_server(data.path());
     let mut alice = Client::connect(addr).await;
     alice.send_resume(resumed.resume_token.clone()).await;
-    alice
-        .expect("welcome", |m| match m {
-            ServerMsg::Welcome(w) => Some(w.clone()),
-            _ => None,
-        })
-        .await;
+    alice.expect("welcome", msg!(ServerMsg::Welcome)).await;
     alice.expect_currency(95).await;
     alice.join("lobby").await;
     let (mut bob, b) = back(addr, "bob", 105, "lobby").await;

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use common::{start, test_config, Client, Event, View};
 use protocol::msg::*;
 use protocol::{ErrorCode, ServerMsg};
-use server::store::Backend;
 use store_support::Secantus;
 
 const SECRET: &str = "outage-test-secret-0123456";
@@ -23,15 +22,7 @@ fn token(player: &str) -> String {
 fn config(mongo: &Secantus) -> server::Config {
     let mut config = test_config();
     config.auth.secret = SECRET.into();
-    let store = &mut config.store;
-    store.backend = Backend::Mongodb;
-    store.mongodb.uri = mongo.uri();
-    store.mongodb.database = "outage".into();
-    store.mongodb.server_selection_timeout_ms = 700;
-    store.mongodb.connect_timeout_ms = 700;
-    store.durable_timeout_ms = 1_500;
-    store.retry_min_ms = 50;
-    store.retry_max_ms = 500;
+    common::use_mongo(&mut config, mongo.uri(), "outage");
     config
 }
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{http_get, http_post, start, test_config, Client, Event, View};
+use common::{http_get, http_post, own_move, start, test_config, Client, Event, View};
 use protocol::msg::*;
 use protocol::{ClientMsg, CloseCode, ErrorCode, NoticeCode, ServerMsg};
 use server::auth::{mint_with_key, unix_now, Claims};
@@ -46,17 +46,9 @@ async fn panic_room(shard: &server::ShardHandle, map: &str) {
 /// Wait for a full update and then the restart notice; returns the update.
 async fn expect_resync(client: &mut Client) -> Update {
     let full = client
-        .expect("full resync", |m| match m {
-            ServerMsg::Update(u) if u.full => Some(u.clone()),
-            _ => None,
-        })
+        .expect("full resync", msg!(ServerMsg::Update(u) if u.full))
         .await;
-    client
-        .expect("restart notice", |m| match m {
-            ServerMsg::Notice(n) if n.code == NoticeCode::RoomRestarted.as_u16() => Some(()),
-            _ => None,
-        })
-        .await;
+    client.expect_notice(NoticeCode::RoomRestarted).await;
     full
 }
 
@@ -68,12 +60,7 @@ async fn walk_and_stop(client: &mut Client, joined: &Joined, seq: u32, dx: f32, 
     tokio::time::sleep(Duration::from_millis(ms)).await;
     client.walk(seq + 1, 0.0, 0.0).await;
     loop {
-        let update = client
-            .expect("update", |m| match m {
-                ServerMsg::Update(u) => Some(u.clone()),
-                _ => None,
-            })
-            .await;
+        let update = client.expect("update", msg!(ServerMsg::Update)).await;
         view.apply(&update);
         if view.entities[&joined.you].2 == seq + 1 {
             return view;
@@ -111,16 +98,9 @@ async fn a_panicking_room_restarts_from_its_snapshot_and_keeps_its_players() {
     }
     // Same seats, still playing: bob sees alice walk again.
     alice.walk(aseq + 1, -1.0, 0.0).await;
-    bob.expect("alice moves after the restart", |m| match m {
-        ServerMsg::Update(u) => u
-            .moved
-            .iter()
-            .find(|m| m.id == a.you && m.seq == aseq + 1)
-            .copied(),
-        _ => None,
-    })
-    .await;
-    let metrics = http_get(&format!("http://{}/metrics", shard.http_addr)).await;
+    bob.expect("alice moves after the restart", own_move(a.you, aseq + 1))
+        .await;
+    let metrics = common::metrics(&shard).await;
     assert!(
         metrics.contains("tessera_room_poison_messages_dropped_total"),
         "poison drop counted"
@@ -143,16 +123,16 @@ async fn a_room_past_its_restart_limit_fails_and_its_players_move_to_the_fallbac
     panic_room(&shard, "test").await;
     alice.expect_error(ErrorCode::RoomFailed).await;
     alice
-        .expect("left the failed map", |m| match m {
-            ServerMsg::Left(l) if l.map == "test" => Some(()),
-            _ => None,
-        })
+        .expect(
+            "left the failed map",
+            msg!(ServerMsg::Left(l) if l.map == "test"),
+        )
         .await;
     let fallback = alice
-        .expect("joined the fallback", |m| match m {
-            ServerMsg::Joined(j) => Some(j.map.name.clone()),
-            _ => None,
-        })
+        .expect(
+            "joined the fallback",
+            msg!(ServerMsg::Joined(j) => j.map.name.clone()),
+        )
         .await;
     assert_eq!(fallback, "other");
 
@@ -194,51 +174,24 @@ async fn resuming_restores_the_seat_and_reused_forged_or_expired_tokens_are_refu
 
     let mut again = Client::connect(shard.ws_addr).await;
     again.send_resume(welcome.resume_token.clone()).await;
-    let back = again
-        .expect("welcome", |m| match m {
-            ServerMsg::Welcome(w) => Some(w.clone()),
-            _ => None,
-        })
-        .await;
+    let back = again.expect("welcome", msg!(ServerMsg::Welcome)).await;
     assert_eq!(back.player_id, welcome.player_id);
-    let joined = again
-        .expect("joined", |m| match m {
-            ServerMsg::Joined(j) => Some(j.clone()),
-            _ => None,
-        })
-        .await;
+    let joined = again.expect("joined", msg!(ServerMsg::Joined)).await;
     assert_eq!(joined.map.name, "test");
     assert_eq!(joined.you, a.you, "same entity");
     let me = joined.entities.iter().find(|e| e.id == a.you).unwrap();
     assert_eq!((me.x, me.y), (ax, ay), "same position");
-    again
-        .expect("seat notice", |m| match m {
-            ServerMsg::Notice(n) if n.code == NoticeCode::SeatRestored.as_u16() => Some(()),
-            _ => None,
-        })
-        .await;
+    again.expect_notice(NoticeCode::SeatRestored).await;
     // The seat plays on.
     again.walk(10, 0.0, 1.0).await;
-    bob.expect("alice moves again", |m| match m {
-        ServerMsg::Update(u) => u
-            .moved
-            .iter()
-            .find(|m| m.id == a.you && m.seq == 10)
-            .copied(),
-        _ => None,
-    })
-    .await;
+    bob.expect("alice moves again", own_move(a.you, 10)).await;
 
     let refused = |resume: String, code: ErrorCode| {
         let addr = shard.ws_addr;
         async move {
             let mut client = Client::connect(addr).await;
             client.send_resume(resume).await;
-            client.expect_error(code).await;
-            assert_eq!(
-                client.expect_close().await,
-                Some(CloseCode::AuthFailed.as_u16())
-            );
+            client.expect_refusal(code, CloseCode::AuthFailed).await;
         }
     };
     // Reused: the first token was spent on the resume above.
@@ -271,17 +224,11 @@ async fn a_session_panic_closes_only_that_connection_and_the_player_can_resume()
         Some(CloseCode::InternalError.as_u16())
     );
     bob.send(ClientMsg::Ping(Ping { t: 1 })).await;
-    bob.expect("pong", |m| matches!(m, ServerMsg::Pong(_)).then_some(()))
-        .await;
+    bob.expect("pong", msg!(ServerMsg::Pong)).await;
 
     let mut again = Client::connect(shard.ws_addr).await;
     again.send_resume(welcome.resume_token).await;
-    let joined = again
-        .expect("joined", |m| match m {
-            ServerMsg::Joined(j) => Some(j.clone()),
-            _ => None,
-        })
-        .await;
+    let joined = again.expect("joined", msg!(ServerMsg::Joined)).await;
     assert_eq!(joined.you, a.you);
 }
 
@@ -335,15 +282,8 @@ async fn a_stalled_room_is_moved_with_its_thread_mates_and_other_threads_never_n
     // The moved room plays on, and the old incarnation, when it wakes, is
     // silent.
     a.walk(5, 1.0, 0.0).await;
-    a.expect("own move after the move", |m| match m {
-        ServerMsg::Update(u) => u
-            .moved
-            .iter()
-            .find(|m| m.id == aj.you && m.seq == 5)
-            .copied(),
-        _ => None,
-    })
-    .await;
+    a.expect("own move after the move", own_move(aj.you, 5))
+        .await;
     tokio::time::sleep(Duration::from_millis(2_600).saturating_sub(stalled.elapsed())).await;
     let after = a.drain(Duration::from_millis(300)).await;
     assert!(
@@ -352,7 +292,7 @@ async fn a_stalled_room_is_moved_with_its_thread_mates_and_other_threads_never_n
             .any(|m| matches!(m, ServerMsg::Joined(_) | ServerMsg::Notice(_))),
         "{after:?}"
     );
-    let metrics = http_get(&format!("http://{}/metrics", shard.http_addr)).await;
+    let metrics = common::metrics(&shard).await;
     assert!(
         metrics.contains("tessera_room_stalls_total{map=\"test\"}"),
         "stall counted"
@@ -416,7 +356,7 @@ async fn a_thousand_panics_across_fifty_rooms_lose_no_session() {
     }
     // Each restart resyncs both players of its room.
     assert_eq!(notices, PANICS * 2);
-    let metrics = http_get(&format!("http://{}/metrics", shard.http_addr)).await;
+    let metrics = common::metrics(&shard).await;
     let restarts: f64 = metrics
         .lines()
         .filter(|l| l.starts_with("tessera_room_restarts_total{") && l.contains("map=\"swarm"))
@@ -462,21 +402,12 @@ async fn play(
     }
     client.send(ClientMsg::Ping(Ping { t: 7 })).await;
     client
-        .expect("pong after the storm", |m| {
-            matches!(m, ServerMsg::Pong(_)).then_some(())
-        })
+        .expect("pong after the storm", msg!(ServerMsg::Pong))
         .await;
     seq += 1;
     client.walk(seq, 0.0, 1.0).await;
     client
-        .expect("own move after the storm", |m| match m {
-            ServerMsg::Update(u) => u
-                .moved
-                .iter()
-                .find(|m| m.id == joined.you && m.seq == seq)
-                .copied(),
-            _ => None,
-        })
+        .expect("own move after the storm", own_move(joined.you, seq))
         .await;
     notices
 }
@@ -500,7 +431,7 @@ async fn health(shard: &server::ShardHandle) -> serde_json::Value {
 async fn until_metric(shard: &server::ShardHandle, line: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let metrics = http_get(&format!("http://{}/metrics", shard.http_addr)).await;
+        let metrics = common::metrics(shard).await;
         if metrics.lines().any(|l| l == line) {
             return;
         }
@@ -605,14 +536,12 @@ async fn a_panicking_gateway_keeps_its_connections_and_its_port() {
     // Alice's connection never noticed.
     alice.send(ClientMsg::Ping(Ping { t: 7 })).await;
     alice
-        .expect("pong", |m| {
-            matches!(m, ServerMsg::Pong(p) if p.t == 7).then_some(())
-        })
+        .expect("pong", msg!(ServerMsg::Pong(p) if p.t == 7))
         .await;
     // A newcomer gets in on the same port, and meets her.
     let (_bob, b) = Client::joined(shard.ws_addr, "bob", "test").await;
     assert!(b.entities.iter().any(|e| e.id == a.you), "{:?}", b.entities);
-    let panics = http_get(&format!("http://{}/metrics", shard.http_addr)).await;
+    let panics = common::metrics(&shard).await;
     assert!(
         panics.contains(r#"tessera_child_panics_total{child="gateway"}"#),
         "panic counted"
@@ -691,7 +620,7 @@ async fn a_task_given_up_turns_healthz_degraded() {
 /// The value of the metric line that starts with `series` (name and
 /// labels), if there is one.
 async fn metric(shard: &server::ShardHandle, series: &str) -> Option<f64> {
-    let metrics = http_get(&format!("http://{}/metrics", shard.http_addr)).await;
+    let metrics = common::metrics(shard).await;
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
@@ -724,16 +653,18 @@ async fn expect_clean<T>(
 /// A restart notice, then the player's own move `seq` applied: its room
 /// runs again and still has its seat.
 async fn moved_again(client: &mut Client, me: u32, seq: u32, what: &str) {
-    expect_clean(client, &format!("{what}: restart notice"), |m| match m {
-        ServerMsg::Notice(n) if n.code == NoticeCode::RoomRestarted.as_u16() => Some(()),
-        _ => None,
-    })
+    expect_clean(
+        client,
+        &format!("{what}: restart notice"),
+        msg!(ServerMsg::Notice(n) if n.code == NoticeCode::RoomRestarted.as_u16()),
+    )
     .await;
     client.walk(seq, 0.5, 0.0).await;
-    expect_clean(client, &format!("{what}: own move {seq}"), |m| match m {
-        ServerMsg::Update(u) => u.moved.iter().find(|m| m.id == me && m.seq == seq).copied(),
-        _ => None,
-    })
+    expect_clean(
+        client,
+        &format!("{what}: own move {seq}"),
+        own_move(me, seq),
+    )
     .await;
 }
 
@@ -793,15 +724,7 @@ async fn a_stall_on_every_room_thread_fails_no_room_and_the_fallback_keeps_ticki
     let (mut newcomer, nj) = Client::joined(shard.ws_addr, "newcomer", "cascade5").await;
     assert_eq!(nj.map.name, "cascade5");
     newcomer.walk(1, 0.0, 0.5).await;
-    expect_clean(&mut newcomer, "newcomer's move", |m| match m {
-        ServerMsg::Update(u) => u
-            .moved
-            .iter()
-            .find(|m| m.id == nj.you && m.seq == 1)
-            .copied(),
-        _ => None,
-    })
-    .await;
+    expect_clean(&mut newcomer, "newcomer's move", own_move(nj.you, 1)).await;
     // All of that happened while both room threads still slept: on an
     // extra Arbiter (a generous bound, not a performance figure).
     assert!(
@@ -889,10 +812,7 @@ async fn resumes_seat(shard: &server::ShardHandle, token: String, map: &str, ent
     let mut again = Client::connect(shard.ws_addr).await;
     again.send_resume(token).await;
     let joined = again
-        .expect("joined after the resume", |m| match m {
-            ServerMsg::Joined(j) => Some(j.clone()),
-            _ => None,
-        })
+        .expect("joined after the resume", msg!(ServerMsg::Joined))
         .await;
     assert_eq!((joined.map.name.as_str(), joined.you), (map, entity));
 }
@@ -900,9 +820,11 @@ async fn resumes_seat(shard: &server::ShardHandle, token: String, map: &str, ent
 /// The bystander's session and room are untouched.
 async fn still_fine(bob: &mut Client, t: u64) {
     bob.send(ClientMsg::Ping(Ping { t })).await;
-    expect_clean(bob, "bystander's pong", |m| {
-        matches!(m, ServerMsg::Pong(p) if p.t == t).then_some(())
-    })
+    expect_clean(
+        bob,
+        "bystander's pong",
+        msg!(ServerMsg::Pong(p) if p.t == t),
+    )
     .await;
 }
 
@@ -963,10 +885,7 @@ async fn a_panic_in_any_session_handler_or_continuation_closes_only_that_connect
     erin.send(ClientMsg::Join(Join { map: "test".into() }))
         .await;
     let ej = erin
-        .expect("joined before the crash", |m| match m {
-            ServerMsg::Joined(j) => Some(j.clone()),
-            _ => None,
-        })
+        .expect("joined before the crash", msg!(ServerMsg::Joined))
         .await;
     crashed_at(&shard, &mut erin, "join_reply").await;
     resumes_seat(&shard, ew.resume_token, "test", ej.you).await;
@@ -1005,9 +924,11 @@ async fn a_panic_in_any_session_handler_or_continuation_closes_only_that_connect
         200
     );
     crashed_at(&shard, &mut ivy, "announcement").await;
-    expect_clean(&mut bob, "the announcement", |m| {
-        matches!(m, ServerMsg::Announce(a) if a.text == "hello all").then_some(())
-    })
+    expect_clean(
+        &mut bob,
+        "the announcement",
+        msg!(ServerMsg::Announce(a) if a.text == "hello all"),
+    )
     .await;
 
     // housekeeping: the session's timer.
@@ -1127,15 +1048,7 @@ async fn a_panic_in_any_room_handler_or_continuation_restarts_only_that_room() {
     // Through all of it alice kept her seat and bob's room plays on, and
     // the room next door never noticed.
     alice.walk(1, 1.0, 0.0).await;
-    bob.expect("alice moves", |m| match m {
-        ServerMsg::Update(u) => u
-            .moved
-            .iter()
-            .find(|m| m.id == aj.you && m.seq == 1)
-            .copied(),
-        _ => None,
-    })
-    .await;
+    bob.expect("alice moves", own_move(aj.you, 1)).await;
     let seen = other.drain(Duration::from_millis(200)).await;
     assert!(
         seen.iter()

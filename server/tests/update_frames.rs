@@ -15,7 +15,7 @@ use tokio_tungstenite::MaybeTlsStream;
 const ADMIN: &str = "update-frames-admin-token";
 
 async fn metric(shard: &TestShard, line_prefix: &str) -> Option<f64> {
-    let text = http_get(&format!("http://{}/metrics", shard.http_addr)).await;
+    let text = common::metrics(shard).await;
     text.lines()
         .find(|l| l.starts_with(line_prefix))
         .and_then(|l| l.rsplit(' ').next())
@@ -63,11 +63,7 @@ async fn frames_refused_by_a_closed_client_are_not_counted() {
     alice
         .send(ClientMsg::Join(Join { map: "test".into() }))
         .await;
-    alice
-        .expect("joined", |m| {
-            matches!(m, ServerMsg::Joined(_)).then_some(())
-        })
-        .await;
+    alice.expect("joined", msg!(ServerMsg::Joined)).await;
 
     let url = format!("http://{}/admin/announce", shard.http_addr);
     let text = "x".repeat(780);

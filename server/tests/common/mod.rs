@@ -18,6 +18,56 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const WAIT: Duration = Duration::from_secs(5);
 
+/// A picker for [`Client::expect`] (or any `&ServerMsg` filter): the
+/// message's payload if it is that variant, cloned; with a guard, only a
+/// payload the guard accepts; with `=> expr`, that expression of it.
+///
+/// ```ignore
+/// client.expect("joined", msg!(ServerMsg::Joined)).await;
+/// client.expect("left", msg!(ServerMsg::Left(l) if l.map == "test")).await;
+/// client.expect("announce", msg!(ServerMsg::Announce(a) => a.text.clone())).await;
+/// ```
+#[macro_export]
+macro_rules! msg {
+    ($enum:ident :: $variant:ident) => {
+        |m: &$enum| match m {
+            $enum::$variant(x) => Some(x.clone()),
+            _ => None,
+        }
+    };
+    ($enum:ident :: $variant:ident ($x:ident) if $guard:expr => $out:expr) => {
+        |m: &$enum| match m {
+            $enum::$variant($x) if $guard => Some($out),
+            _ => None,
+        }
+    };
+    ($enum:ident :: $variant:ident ($x:ident) if $guard:expr) => {
+        |m: &$enum| match m {
+            $enum::$variant($x) if $guard => Some($x.clone()),
+            _ => None,
+        }
+    };
+    ($enum:ident :: $variant:ident ($x:ident) => $out:expr) => {
+        |m: &$enum| match m {
+            $enum::$variant($x) => Some($out),
+            _ => None,
+        }
+    };
+}
+
+/// A picker for [`Client::expect`]: `entity`'s move `seq`, once an update
+/// shows it applied.
+pub fn own_move(entity: EntityId, seq: u32) -> impl FnMut(&ServerMsg) -> Option<Moved> {
+    move |m| match m {
+        ServerMsg::Update(u) => u
+            .moved
+            .iter()
+            .find(|m| m.id == entity && m.seq == seq)
+            .copied(),
+        _ => None,
+    }
+}
+
 /// A config for tests: loopback port 0, one worker, and a `test` map where
 /// players spawn on one spot, see 100 units and walk 1000 units a second.
 pub fn test_config() -> Config {
@@ -160,11 +210,31 @@ impl Client {
     }
 
     pub async fn expect_error(&mut self, code: protocol::ErrorCode) -> ErrorMsg {
-        self.expect(&format!("error {code:?}"), |m| match m {
-            ServerMsg::Error(e) if e.code == code.as_u16() => Some(e.clone()),
-            _ => None,
-        })
+        self.expect(
+            &format!("error {code:?}"),
+            msg!(ServerMsg::Error(e) if e.code == code.as_u16()),
+        )
         .await
+    }
+
+    pub async fn expect_notice(&mut self, code: protocol::NoticeCode) -> Notice {
+        self.expect(
+            &format!("notice {code:?}"),
+            msg!(ServerMsg::Notice(n) if n.code == code.as_u16()),
+        )
+        .await
+    }
+
+    /// Wait for error `code`, then for the server to close with `close`:
+    /// how the server refuses a connection.
+    pub async fn expect_refusal(
+        &mut self,
+        code: protocol::ErrorCode,
+        close: protocol::CloseCode,
+    ) -> ErrorMsg {
+        let error = self.expect_error(code).await;
+        assert_eq!(self.expect_close().await, Some(close.as_u16()));
+        error
     }
 
     /// Read until the socket closes; returns the close code.
@@ -215,20 +285,12 @@ impl Client {
             name: Some(name.into()),
         }))
         .await;
-        self.expect("welcome", |m| match m {
-            ServerMsg::Welcome(w) => Some(w.clone()),
-            _ => None,
-        })
-        .await
+        self.expect("welcome", msg!(ServerMsg::Welcome)).await
     }
 
     pub async fn join(&mut self, map: &str) -> Joined {
         self.send(ClientMsg::Join(Join { map: map.into() })).await;
-        self.expect("joined", |m| match m {
-            ServerMsg::Joined(j) => Some(j.clone()),
-            _ => None,
-        })
-        .await
+        self.expect("joined", msg!(ServerMsg::Joined)).await
     }
 
     pub async fn walk(&mut self, seq: u32, dx: f32, dy: f32) {
@@ -237,10 +299,10 @@ impl Client {
 
     /// Wait for an `inventory` frame with `currency`.
     pub async fn expect_currency(&mut self, currency: i64) -> Inventory {
-        self.expect(&format!("inventory with {currency}"), |m| match m {
-            ServerMsg::Inventory(i) if i.currency == currency => Some(i.clone()),
-            _ => None,
-        })
+        self.expect(
+            &format!("inventory with {currency}"),
+            msg!(ServerMsg::Inventory(i) if i.currency == currency),
+        )
         .await
     }
 
@@ -255,10 +317,10 @@ impl Client {
     }
 
     pub async fn expect_done(&mut self, req: u32) -> Done {
-        self.expect(&format!("done {req}"), |m| match m {
-            ServerMsg::Done(d) if d.req == req => Some(d.clone()),
-            _ => None,
-        })
+        self.expect(
+            &format!("done {req}"),
+            msg!(ServerMsg::Done(d) if d.req == req),
+        )
         .await
     }
 
@@ -340,6 +402,25 @@ pub async fn http_post(url: &str, bearer: Option<&str>, body: &str) -> (u16, Str
 
 pub async fn http_get(url: &str) -> String {
     http("GET", url, None, "").await.1
+}
+
+/// The shard's `/metrics` text.
+pub async fn metrics(shard: &ShardHandle) -> String {
+    http_get(&format!("http://{}/metrics", shard.http_addr)).await
+}
+
+/// Point `config` at a MongoDB (SecantusDB) at `uri`, with timeouts short
+/// enough for an outage test to see the store go down and come back.
+pub fn use_mongo(config: &mut Config, uri: String, database: &str) {
+    let store = &mut config.store;
+    store.backend = server::config::Backend::Mongodb;
+    store.mongodb.uri = uri;
+    store.mongodb.database = database.into();
+    store.mongodb.server_selection_timeout_ms = 700;
+    store.mongodb.connect_timeout_ms = 700;
+    store.durable_timeout_ms = 1_500;
+    store.retry_min_ms = 50;
+    store.retry_max_ms = 500;
 }
 
 /// A session token for `player` signed with `secret`, valid for 10 minutes.

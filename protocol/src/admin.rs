@@ -1,0 +1,269 @@
+//! The shard's HTTP API (`/healthz`, `/client-config.json`, `/admin/*`):
+//! every request and reply body as a serde type, shared by the server that
+//! answers them and `tessera-ops` that calls them, so the two cannot drift.
+//!
+//! These are JSON documents over HTTP, not MessagePack frames: they are no
+//! part of the game protocol and its version. Field names and shapes are
+//! the API (the README documents them); a `None` is written as `null`,
+//! as the shard always has.
+//!
+//! | route | request | reply |
+//! |---|---|---|
+//! | `GET /healthz` | | [`Health`] |
+//! | `GET /client-config.json` | | [`ClientConfig`] |
+//! | `POST /admin/announce` | [`AnnounceRequest`] | [`AnnounceReply`] |
+//! | `POST /admin/faults/room` | [`RoomFaultRequest`] | [`RoomFaultReply`] |
+//! | `POST /admin/faults/session` | [`SessionFaultRequest`] | [`SessionFaultReply`] |
+//! | `POST /admin/faults/task?name=` | [`TaskFaultQuery`] | [`TaskFaultReply`] |
+//!
+//! Any refusal (4xx, 5xx) carries an [`ErrorReply`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: HealthStatus,
+    /// Sessions connected.
+    pub sessions: usize,
+    /// Rooms running.
+    pub rooms: usize,
+    /// Every supervised task by name.
+    pub tasks: BTreeMap<String, TaskState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    Ok,
+    /// A supervised task was given up: the shard is not whole.
+    Degraded,
+}
+
+/// Where a supervised task stands (the server's `ChildState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Running.
+    Up,
+    /// Ended; waiting out its backoff before the next start.
+    Restarting,
+    /// Ended and not restarted.
+    Stopped,
+    /// A temporary task that panicked: by its type it stays down.
+    Crashed,
+    /// Given up: restarted too often within the window.
+    Failed,
+}
+
+/// `GET /client-config.json`: where the demo page connects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientConfig {
+    pub ws_port: u16,
+}
+
+/// `POST /admin/announce`'s body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnounceRequest {
+    /// 1 to `4 * limits.chat_max_chars` characters.
+    pub text: String,
+    /// Only this map's players; every player when `None`.
+    #[serde(default)]
+    pub map: Option<String>,
+}
+
+/// `POST /admin/announce`'s reply: sessions reached and skipped (full
+/// queues).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnounceReply {
+    pub delivered: usize,
+    pub dropped: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomFaultKind {
+    Panic,
+    Stall,
+}
+
+/// `POST /admin/faults/room`'s body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomFaultRequest {
+    pub map: String,
+    pub kind: RoomFaultKind,
+    /// How long a stall lasts.
+    #[serde(default)]
+    pub ms: Option<u64>,
+    /// Arm a panic at this point instead of panicking now.
+    #[serde(default)]
+    pub at: Option<String>,
+}
+
+/// `POST /admin/faults/room`'s reply, one shape per kind of request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RoomFaultReply {
+    /// A panic now: whether the room crashed (false: it was already gone).
+    Crashed { crashed: bool },
+    /// A stall, begun.
+    Stalling { stalling_ms: u64 },
+    /// A panic armed at a point (`at`).
+    Armed(Armed),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionFaultKind {
+    Panic,
+    Drop,
+}
+
+/// `POST /admin/faults/session`'s body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionFaultRequest {
+    /// Required unless `at` arms a point for the next session to get there.
+    #[serde(default)]
+    pub player: Option<String>,
+    pub kind: SessionFaultKind,
+    /// Arm a panic at this point instead of panicking now.
+    #[serde(default)]
+    pub at: Option<String>,
+}
+
+/// `POST /admin/faults/session`'s reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SessionFaultReply {
+    /// The fault was sent to the player's session.
+    Sent { ok: bool },
+    /// A panic armed at a point (`at`).
+    Armed(Armed),
+}
+
+/// A fault point armed: the point, and the map or player it waits for
+/// (`None`: the next one to get there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Armed {
+    pub armed: String,
+    pub target: Option<String>,
+}
+
+/// `POST /admin/faults/task`'s query string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFaultQuery {
+    pub name: Option<String>,
+}
+
+/// `POST /admin/faults/task`'s reply: the task and the state it was in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFaultReply {
+    pub task: String,
+    pub state: TaskState,
+}
+
+/// The body of every refusal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json<T: Serialize>(value: &T) -> String {
+        serde_json::to_string(value).expect("admin types serialize")
+    }
+
+    /// The documents as the shard has always written them.
+    #[test]
+    fn replies_keep_their_json_shapes() {
+        let health = Health {
+            status: HealthStatus::Degraded,
+            sessions: 2,
+            rooms: 1,
+            tasks: [("gateway".to_string(), TaskState::Failed)].into(),
+        };
+        assert_eq!(
+            json(&health),
+            r#"{"status":"degraded","sessions":2,"rooms":1,"tasks":{"gateway":"failed"}}"#
+        );
+        assert_eq!(json(&ClientConfig { ws_port: 7350 }), r#"{"ws_port":7350}"#);
+        let announce = AnnounceReply {
+            delivered: 3,
+            dropped: 1,
+        };
+        assert_eq!(json(&announce), r#"{"delivered":3,"dropped":1}"#);
+        assert_eq!(
+            json(&RoomFaultReply::Crashed { crashed: true }),
+            r#"{"crashed":true}"#
+        );
+        assert_eq!(
+            json(&RoomFaultReply::Stalling { stalling_ms: 3000 }),
+            r#"{"stalling_ms":3000}"#
+        );
+        let armed = Armed {
+            armed: "tick".into(),
+            target: None,
+        };
+        assert_eq!(
+            json(&SessionFaultReply::Armed(armed)),
+            r#"{"armed":"tick","target":null}"#
+        );
+        assert_eq!(
+            json(&SessionFaultReply::Sent { ok: true }),
+            r#"{"ok":true}"#
+        );
+        let task = TaskFaultReply {
+            task: "gateway".into(),
+            state: TaskState::Up,
+        };
+        assert_eq!(json(&task), r#"{"task":"gateway","state":"up"}"#);
+        let error = ErrorReply { error: "no".into() };
+        assert_eq!(json(&error), r#"{"error":"no"}"#);
+    }
+
+    /// Untagged replies read back as the variant that was written.
+    #[test]
+    fn replies_round_trip() {
+        for reply in [
+            RoomFaultReply::Crashed { crashed: false },
+            RoomFaultReply::Stalling { stalling_ms: 10 },
+            RoomFaultReply::Armed(Armed {
+                armed: "tick".into(),
+                target: Some("lobby".into()),
+            }),
+        ] {
+            let back: RoomFaultReply = serde_json::from_str(&json(&reply)).unwrap();
+            assert_eq!(back, reply);
+        }
+        let health: Health = serde_json::from_str(
+            r#"{"status":"ok","sessions":0,"rooms":3,"tasks":{"gateway":"up","persister":"restarting"}}"#,
+        )
+        .unwrap();
+        assert_eq!(health.status, HealthStatus::Ok);
+        assert_eq!(health.tasks["persister"], TaskState::Restarting);
+    }
+
+    /// Optional request fields may be left out or `null`; unknown kinds are
+    /// refused.
+    #[test]
+    fn requests_take_optional_fields_out_or_null() {
+        let a: AnnounceRequest = serde_json::from_str(r#"{"text":"hi"}"#).unwrap();
+        let b: AnnounceRequest = serde_json::from_str(r#"{"text":"hi","map":null}"#).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.map, None);
+        let room: RoomFaultRequest =
+            serde_json::from_str(r#"{"map":"lobby","kind":"stall","ms":5}"#).unwrap();
+        assert_eq!(room.kind, RoomFaultKind::Stall);
+        assert_eq!(room.ms, Some(5));
+        assert!(serde_json::from_str::<SessionFaultRequest>(r#"{"kind":"explode"}"#).is_err());
+        let session: SessionFaultRequest =
+            serde_json::from_str(r#"{"kind":"panic","at":"hello"}"#).unwrap();
+        assert_eq!(session.player, None);
+        assert_eq!(session.at.as_deref(), Some("hello"));
+    }
+}

@@ -1,0 +1,214 @@
+//! The configuration as a whole: defaults, files, environment, validation.
+
+use super::supervision::MAX_EXTRA_ARBITERS;
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn defaults_are_valid_and_round_trip_through_toml() {
+    let config = Config::default();
+    config.validate().unwrap();
+    let back: Config = toml::from_str(&config.to_toml()).unwrap();
+    assert_eq!(back, config);
+    assert_eq!(config.map_defs().len(), 3);
+}
+
+#[test]
+fn environment_overrides_fields_and_names_bad_ones() {
+    let config = Config::load(
+        None,
+        env(&[
+            ("TESSERA_LIMITS__CHAT_MAX_CHARS", "100"),
+            ("TESSERA_SERVER__WS_ADDR", "0.0.0.0:9000"),
+            ("TESSERA_AUTH__MODE", "production"),
+            ("PATH", "/bin"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.limits.chat_max_chars, 100);
+    assert_eq!(config.server.ws_addr.port(), 9000);
+    assert_eq!(config.auth.mode, AuthMode::Production);
+
+    let err = Config::load(None, env(&[("TESSERA_LIMITS__CHAT_MAX", "1")])).unwrap_err();
+    assert!(
+        err.to_string().contains("TESSERA_LIMITS__CHAT_MAX"),
+        "{err}"
+    );
+    let err = Config::load(None, env(&[("TESSERA_LIMITS__CHAT_MAX_CHARS", "lots")])).unwrap_err();
+    assert!(err.to_string().contains("not an integer"), "{err}");
+}
+
+#[test]
+fn validation_names_each_bad_field() {
+    let mut config = Config::default();
+    config.limits.move_per_sec = 0;
+    config.auth.mode = AuthMode::Production;
+    config.rooms.pickup_radius = f32::NAN;
+    config.maps.push(MapConfig {
+        name: "bad name".into(),
+        spawn: [5_000.0, 0.0],
+        ..MapConfig::default()
+    });
+    config.supervision.child_backoff_min_ms = 0;
+    config.supervision.child_restart_window_ms = 0;
+    config.maps.push(MapConfig {
+        name: "ok".into(),
+        ..MapConfig::default()
+    });
+    config.maps.push(MapConfig {
+        name: "spawners".into(),
+        items: vec![
+            SpawnerConfig {
+                kind: "gem".into(),
+                every_ms: 0,
+                ..SpawnerConfig::default()
+            },
+            SpawnerConfig {
+                kind: "gem".into(),
+                count: 0,
+                max_on_ground: 0,
+                ..SpawnerConfig::default()
+            },
+            SpawnerConfig {
+                kind: "a.b".into(),
+                ..SpawnerConfig::default()
+            },
+        ],
+        ..MapConfig::default()
+    });
+    let message = config.validate().unwrap_err().to_string();
+    for field in [
+        "supervision.child_backoff_min_ms",
+        "supervision.child_restart_window_ms",
+        "limits.move_per_sec",
+        "auth.secret",
+        "rooms.pickup_radius",
+        "maps[0].name",
+        "maps[0].spawn",
+        "maps[2].items[0].every_ms",
+        "maps[2].items[1].kind",
+        "maps[2].items[1].count",
+        "maps[2].items[1].max_on_ground",
+        "maps[2].items[2].kind",
+    ] {
+        assert!(message.contains(field), "{field} missing in {message}");
+    }
+}
+
+#[test]
+fn extra_room_arbiters_are_bounded() {
+    let mut config = Config::default();
+    assert_eq!(config.supervision.max_extra_arbiters, 2);
+    config.supervision.max_extra_arbiters = 0;
+    config.validate().unwrap();
+    config.supervision.max_extra_arbiters = MAX_EXTRA_ARBITERS + 1;
+    let message = config.validate().unwrap_err().to_string();
+    assert!(
+        message.contains("supervision.max_extra_arbiters must be at most 64"),
+        "{message}"
+    );
+}
+
+#[test]
+fn task_backoff_bounds_are_checked() {
+    let mut config = Config::default();
+    config.supervision.child_backoff_min_ms = 5_000;
+    config.supervision.child_backoff_max_ms = 1_000;
+    let message = config.validate().unwrap_err().to_string();
+    assert!(
+        message.contains("supervision.child_backoff_max_ms must be at least"),
+        "{message}"
+    );
+    config.supervision.child_backoff_max_ms = u64::MAX;
+    let message = config.validate().unwrap_err().to_string();
+    assert!(
+        message.contains("supervision.child_backoff_max_ms must be at most"),
+        "{message}"
+    );
+    let env = env(&[("TESSERA_SUPERVISION__CHILD_MAX_RESTARTS", "0")]);
+    let config = Config::load(None, env).unwrap();
+    assert_eq!(config.supervision.child_max_restarts, 0);
+    config.validate().unwrap();
+}
+
+#[test]
+fn spawners_read_from_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tessera.toml");
+    std::fs::write(
+        &path,
+        "[rooms]\npickup_radius = 20.0\n\n[[maps]]\nname = \"lobby\"\nitems = [{ kind = \"gem\", count = 2, max_on_ground = 3, every_ms = 100 }]\n",
+    )
+    .unwrap();
+    let config = Config::load(Some(&path), Vec::new()).unwrap();
+    config.validate().unwrap();
+    let def = &config.map_defs()[0];
+    assert_eq!(def.pickup_radius, 20.0);
+    assert_eq!(
+        def.items,
+        vec![SpawnerConfig {
+            kind: "gem".into(),
+            count: 2,
+            max_on_ground: 3,
+            every_ms: 100,
+        }]
+    );
+    // Every built-in map has a spawner.
+    assert!(Config::default()
+        .map_defs()
+        .iter()
+        .all(|m| !m.items.is_empty()));
+}
+
+#[test]
+fn exempt_networks_parse_match_and_name_bad_entries() {
+    let net = IpNet::parse("10.0.0.0/8").unwrap();
+    assert!(net.contains("10.200.1.2".parse().unwrap()));
+    assert!(net.contains("::ffff:10.0.0.1".parse().unwrap()));
+    assert!(!net.contains("11.0.0.1".parse().unwrap()));
+    assert!(!net.contains("fd00::1".parse().unwrap()));
+    let one = IpNet::parse("192.0.2.7").unwrap();
+    assert!(one.contains("192.0.2.7".parse().unwrap()));
+    assert!(!one.contains("192.0.2.8".parse().unwrap()));
+    let v6 = IpNet::parse("fd00::/8").unwrap();
+    assert!(v6.contains("fd12:3456::1".parse().unwrap()));
+    assert!(IpNet::parse("0.0.0.0/0")
+        .unwrap()
+        .contains("8.8.8.8".parse().unwrap()));
+    let mut config = Config::default();
+    config.server.per_ip_exempt = vec!["10.0.0.0/33".into(), "nope".into()];
+    let message = config.validate().unwrap_err().to_string();
+    assert!(message.contains("server.per_ip_exempt[0]"), "{message}");
+    assert!(message.contains("server.per_ip_exempt[1]"), "{message}");
+}
+
+#[test]
+fn unknown_fields_in_a_file_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tessera.toml");
+    std::fs::write(&path, "[server]\nws_adr = \"127.0.0.1:1\"\n").unwrap();
+    let err = Config::load(Some(&path), Vec::new()).unwrap_err();
+    assert!(err.to_string().contains("ws_adr"), "{err}");
+}
+
+#[test]
+fn welcome_limits_carry_the_configured_values() {
+    let mut config = Config::default();
+    config.limits.chat_max_chars = 77;
+    config.limits.move_burst = 9;
+    config.server.max_frame_bytes = 2_048;
+    config.server.idle_timeout_ms = u64::MAX;
+    let limits = config.welcome_limits();
+    assert_eq!(limits.chat_max_chars, 77);
+    assert_eq!(limits.move_burst, 9);
+    assert_eq!(limits.move_per_sec, config.limits.move_per_sec);
+    assert_eq!(limits.max_frame_bytes, 2_048);
+    // Wider than the wire's u32: capped, not wrapped.
+    assert_eq!(limits.idle_timeout_ms, u32::MAX);
+}
