@@ -115,12 +115,7 @@ fn init_tracing(config: &Config) {
 fn log_panics() {
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
-        let message = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+        let message = server::supervise::panic_text(info.payload());
         let location = info
             .location()
             .map(|l| format!("{}:{}", l.file(), l.line()))
