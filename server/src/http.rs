@@ -36,16 +36,45 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::dispatcher::MapBroadcast;
-use crate::room::{announce_frame, Fault, FaultKind, MAX_INJECTED_STALL};
-use crate::session::Kill;
-use crate::shard::Shared;
-use crate::supervise::{ArmError, FaultActor};
+use crate::config::Config;
+use crate::dispatcher::{announce_frame, MapBroadcast};
+use crate::dispatcher::{Announcement, Dispatcher, PublishReport};
+use crate::room::RoomSupervisor;
+use crate::room::{Fault, FaultKind, MAX_INJECTED_STALL};
+use crate::session::{Kill, Sessions};
+use crate::supervise::{ArmError, FaultActor, FaultPoints, Tasks};
 use crate::tls::Conn;
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
 const DEMO_JS: &str = include_str!("../web/demo.js");
 const TESSERA_JS: &str = include_str!("../../protocol/js/tessera.js");
+
+/// What the HTTP server needs from the shard, passed in by it.
+pub struct Deps {
+    pub config: Config,
+    pub rooms: Arc<RoomSupervisor>,
+    pub dispatcher: Arc<Dispatcher>,
+    /// Who is connected: `/healthz` counts sessions, the session fault
+    /// finds a player's.
+    pub presence: Arc<Sessions>,
+    /// The supervised tasks: their state for `/healthz`, and fault
+    /// injection by name.
+    pub tasks: Tasks,
+    /// Fault points armed through the admin API (never without
+    /// `admin.fault_injection`).
+    pub faults: FaultPoints,
+    /// TLS on the HTTP listener, when `[tls]` configures it.
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl Deps {
+    /// Publish an announcement to every connected session.
+    pub fn announce(&self, text: &str) -> PublishReport {
+        self.dispatcher
+            .announcements
+            .publish(Announcement(announce_frame(text)))
+    }
+}
 
 /// The HTTP listener, shared so that a restarted server keeps its port,
 /// with its TLS acceptor when configured.
@@ -86,19 +115,19 @@ impl axum::serve::Listener for SharedListener {
 
 #[derive(Clone)]
 struct AppState {
-    shared: Arc<Shared>,
+    shared: Arc<Deps>,
     ws_port: u16,
 }
 
 pub async fn serve(
     listener: Arc<TcpListener>,
-    shared: Arc<Shared>,
+    shared: Arc<Deps>,
     ws_addr: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
     let listener = SharedListener {
         tcp: listener,
-        tls: shared.tls.http.clone(),
+        tls: shared.tls.clone(),
         handshake_timeout: crate::config::ms(shared.config.server.handshake_timeout_ms),
     };
     let state = AppState {
@@ -141,7 +170,7 @@ async fn client_config(State(state): State<AppState>) -> Json<serde_json::Value>
 }
 
 async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let sessions = state.shared.sessions.lock().len();
+    let sessions = state.shared.presence.session_count();
     let tasks = &state.shared.tasks;
     // A task given up no longer runs: the shard is not whole, and its
     // process manager should know (OTP escalates to the parent).
@@ -242,7 +271,7 @@ fn error(status: StatusCode, message: &str) -> Response {
 
 /// `None` when the request carries the admin token, else the response to
 /// send.
-fn refuse_unauthorized(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+fn refuse_unauthorized(shared: &Deps, headers: &HeaderMap) -> Option<Response> {
     let expected = &shared.config.admin.token;
     if expected.is_empty() {
         return Some(error(
@@ -333,7 +362,7 @@ pub struct SessionFaultRequest {
 
 /// Arm a fault point: 200 with what was armed, or 400 naming the points.
 fn arm(
-    shared: &Shared,
+    shared: &Deps,
     actor: FaultActor,
     known: &'static [&'static str],
     at: &str,
@@ -352,7 +381,7 @@ const AT_NEEDS_PANIC: &str = "\"at\" arms a panic: kind must be \"panic\"";
 /// Fault injection needs the admin token and `admin.fault_injection`: a
 /// valid token asking while it is off is forbidden (403), not "not found",
 /// which these routes keep for an unknown map, player or task.
-fn refuse_faults(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+fn refuse_faults(shared: &Deps, headers: &HeaderMap) -> Option<Response> {
     if let Some(response) = refuse_unauthorized(shared, headers) {
         return Some(response);
     }
@@ -471,11 +500,7 @@ async fn session_fault(State(state): State<AppState>, headers: HeaderMap, body: 
     let Some(player) = request.player else {
         return error(StatusCode::BAD_REQUEST, SESSION_FAULT_BODY);
     };
-    let session = state
-        .shared
-        .seats
-        .latest_session(&player)
-        .and_then(|id| state.shared.sessions.lock().get(&id).cloned());
+    let session = state.shared.presence.player_session(&player);
     let Some(session) = session else {
         return error(
             StatusCode::NOT_FOUND,

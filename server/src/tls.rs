@@ -132,11 +132,7 @@ impl Conn {
     }
 
     /// Complete the TLS handshake now, within `timeout`.
-    pub async fn tls(
-        acceptor: &TlsAcceptor,
-        tcp: Tcp,
-        timeout: Duration,
-    ) -> io::Result<Conn> {
+    pub async fn tls(acceptor: &TlsAcceptor, tcp: Tcp, timeout: Duration) -> io::Result<Conn> {
         match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
             Ok(Ok(stream)) => Ok(Conn::Tls(Box::new(stream))),
             Ok(Err(err)) => Err(err),

@@ -40,10 +40,11 @@ use protocol::{ErrorCode, ServerMsg};
 use rand::Rng;
 
 use super::{encode_frame, Room};
+use crate::ids::SessionId;
 use crate::metrics as m;
-use crate::session::SessionId;
 use crate::store::ids::fresh_nonce;
 use crate::store::{Adjust, DurableError, DurableOp, GroundItem, PendingPickup, RoomState};
+use crate::wire;
 
 /// Backoff of store retries (loading the document, an in-doubt credit).
 const RETRY_MIN: Duration = Duration::from_millis(250);
@@ -169,7 +170,7 @@ impl Ground {
 
     /// The ground items, for `joined`.
     pub(super) fn wire_items(&self) -> Vec<protocol::msg::GroundItem> {
-        self.items.values().map(to_wire).collect()
+        self.items.values().map(wire::ground_item).collect()
     }
 
     pub(super) fn has_pending(&self) -> bool {
@@ -184,16 +185,6 @@ impl Pickup {
             player: self.player.clone(),
             item: self.item.clone(),
         }
-    }
-}
-
-fn to_wire(item: &GroundItem) -> protocol::msg::GroundItem {
-    protocol::msg::GroundItem {
-        id: item.id,
-        kind: item.kind.clone(),
-        count: item.count,
-        x: item.x,
-        y: item.y,
     }
 }
 
@@ -390,7 +381,7 @@ impl Room {
                 y: rng.random_range(0.0..=self.map.height),
             };
             self.ground.next_item += 1;
-            added.push(to_wire(&item));
+            added.push(wire::ground_item(&item));
             self.ground.items.insert(item.id, item);
         }
         if added.is_empty() {
@@ -558,7 +549,7 @@ impl Room {
                 self.supervisor.persister().room_state(doc);
                 let inventory = ack
                     .inventory(&p.player)
-                    .map(crate::session::to_wire)
+                    .map(wire::inventory)
                     .unwrap_or_default();
                 self.tell_picker(&p, inventory);
             }
@@ -623,7 +614,7 @@ impl Room {
             return;
         };
         metrics::counter!(m::PICKUPS, "result" => "failed").increment(1);
-        let wire = to_wire(&p.item);
+        let wire = wire::ground_item(&p.item);
         self.ground.items.insert(id, p.item);
         let doc = self.ground_changed();
         self.supervisor.persister().room_state(doc);

@@ -42,16 +42,16 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
-use protocol::msg::{Announce, Chat, Entity, EntityId, Joined, MapInfo, Moved, Notice, Update};
+use protocol::msg::{Chat, Entity, EntityId, Joined, MapInfo, Moved, Notice, Update};
 use protocol::{assemble, encode_server, NoticeCode, ServerMsg};
 use rand::Rng;
 
 use crate::auth::Identity;
 use crate::config::MapDef;
 use crate::dispatcher::{MapBroadcast, Published, SubscriptionId};
+use crate::ids::SessionId;
 use crate::metrics as m;
 use crate::outbound::Outbound;
-use crate::session::SessionId;
 use crate::store::{PlayerState, Stats};
 use crate::supervise::{catch, FaultActor};
 use grid::{Cell, Grid};
@@ -1169,13 +1169,6 @@ impl Handler<Handover> for Room {
                 .restart(&map, incarnation, RestartReason::Handover, Instant::now());
         });
     }
-}
-
-/// Encode an announcement once, for the dispatcher.
-pub fn announce_frame(text: &str) -> Bytes {
-    encode_frame(&ServerMsg::Announce(Announce {
-        text: text.to_string(),
-    }))
 }
 
 #[cfg(test)]

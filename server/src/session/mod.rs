@@ -46,20 +46,42 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::auth::{unix_now, Identity};
-use crate::config::ms;
-use crate::dispatcher::{Announcement, Published, SubscriptionId};
+use crate::auth::{unix_now, Auth, Identity};
+use crate::config::{ms, Config};
+use crate::dispatcher::{Announcement, Dispatcher, Published, SubscriptionId};
 use crate::metrics as m;
 use crate::outbound::{Outbound, Socket};
+use crate::presence::{Presence, ResumeError, Seat, Takeover};
 use crate::ratelimit::{Bucket, Strikes};
 use crate::room::{ChatIn, Disconnected, Inputs, JoinError, JoinRoom, LeaveRoom, RoomEvent};
-use crate::room::{PickUp as RoomPickUp, WhoIs};
-use crate::seats::{ResumeError, Seat, Takeover};
-use crate::shard::Shared;
-use crate::store::{ids, Adjust, Bundle, DurableError, DurableOp, PlayerProfile, Rejection, Trade};
-use crate::supervise::{catch, FaultActor};
+use crate::room::{PickUp as RoomPickUp, RoomSupervisor, WhoIs};
+use crate::store::{
+    ids, Adjust, Bundle, DurableError, DurableOp, PersisterHandle, PlayerProfile, Rejection, Trade,
+};
+use crate::supervise::{catch, FaultActor, FaultPoints};
+use crate::wire;
 
-pub type SessionId = u64;
+use crate::ids::RoomId;
+pub use crate::ids::SessionId;
+
+/// The presence table as sessions fill it: each connected session is
+/// reached through its actor's address.
+pub type Sessions = Presence<Addr<Session>>;
+
+/// What a session needs from the shard, passed in (not looked up): the
+/// gateway hands one `Arc<Deps>` to every session it starts.
+pub struct Deps {
+    pub config: Config,
+    pub auth: Auth,
+    /// The limits the welcome announces (from `config`, computed once).
+    pub limits: protocol::Limits,
+    pub rooms: Arc<RoomSupervisor>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub presence: Arc<Sessions>,
+    pub persister: PersisterHandle,
+    /// Fault points armed through the admin API.
+    pub faults: FaultPoints,
+}
 
 /// Messages a session may queue from the server side (announcements, room
 /// events, shutdown). Client input never goes through this mailbox.
@@ -89,13 +111,6 @@ pub const FAULT_POINTS: &[&str] = &[
 
 /// The progress counter that says the starter purse was granted.
 const STARTER_MARK: &str = "starter_purse";
-
-pub(crate) fn to_wire(inventory: &crate::store::Inventory) -> Inventory {
-    Inventory {
-        currency: inventory.currency,
-        items: inventory.items.clone(),
-    }
-}
 
 /// Why a `give` was not done.
 enum GiveError {
@@ -174,7 +189,7 @@ impl Class {
 
 pub struct Session {
     id: SessionId,
-    shared: Arc<Shared>,
+    deps: Arc<Deps>,
     out: Arc<Outbound>,
     state: State,
     identity: Option<Arc<Identity>>,
@@ -235,12 +250,12 @@ pub enum Kill {
 impl Session {
     pub fn new(
         id: SessionId,
-        shared: Arc<Shared>,
+        deps: Arc<Deps>,
         out: Arc<Outbound>,
         done: mpsc::Sender<()>,
     ) -> Session {
         let now = Instant::now();
-        let l = &shared.config.limits;
+        let l = &deps.config.limits;
         let buckets = [
             Bucket::new(l.move_per_sec, l.move_burst, now),
             Bucket::new(l.chat_per_sec, l.chat_burst, now),
@@ -250,7 +265,7 @@ impl Session {
         let socket = out.socket();
         Session {
             id,
-            shared,
+            deps,
             out,
             state: State::AwaitingHello,
             identity: None,
@@ -334,7 +349,7 @@ impl Session {
     }
 
     fn on_frame(&mut self, bytes: &[u8], ctx: &mut Context<Self>) {
-        let msg = match protocol::decode_client(bytes, self.shared.config.server.max_frame_bytes) {
+        let msg = match protocol::decode_client(bytes, self.deps.config.server.max_frame_bytes) {
             Ok(msg) => msg,
             Err(err) => {
                 metrics::counter!(m::CLIENT_MESSAGES, "kind" => "malformed").increment(1);
@@ -395,7 +410,7 @@ impl Session {
             return;
         }
         let now = unix_now();
-        let (identity, resumed) = match self.shared.auth.authenticate(&hello, now) {
+        let (identity, resumed) = match self.deps.auth.authenticate(&hello, now) {
             Ok(pair) => pair,
             Err(err) => {
                 self.refuse(err.code(), &err.to_string(), CloseCode::AuthFailed, ctx);
@@ -409,8 +424,8 @@ impl Session {
         let takeover = match resumed {
             Some(claimed) => {
                 match self
-                    .shared
-                    .seats
+                    .deps
+                    .presence
                     .resume(&identity.player_id, &claimed, &sid, self.id)
                 {
                     Ok(takeover) => takeover,
@@ -426,13 +441,13 @@ impl Session {
                 }
             }
             None => self
-                .shared
-                .seats
+                .deps
+                .presence
                 .welcomed(&identity.player_id, &sid, self.id),
         };
         let Takeover { previous, seat } = takeover;
         if let Some(previous) = previous.filter(|p| *p != self.id) {
-            let session = self.shared.sessions.lock().get(&previous).cloned();
+            let session = self.deps.presence.session(previous);
             if let Some(session) = session {
                 // do_send: one message per login, and logins are bounded
                 // by the connection cap and the control rate.
@@ -448,7 +463,7 @@ impl Session {
         self.state = State::Loading;
         let identity = Arc::new(identity);
         let load = self
-            .shared
+            .deps
             .persister
             .load_profile(&identity.player_id, &identity.name);
         ctx.spawn(
@@ -481,16 +496,16 @@ impl Session {
         let last_map = profile
             .as_ref()
             .map(|p| p.state.map.clone())
-            .filter(|m| self.shared.rooms.has_map(m));
+            .filter(|m| self.deps.rooms.has_map(m));
         let welcome = Welcome {
             version: PROTOCOL_VERSION,
             player_id: identity.player_id.clone(),
             name: identity.name.clone(),
-            resume_token: self.shared.auth.resume_token(&identity, &sid, now),
+            resume_token: self.deps.auth.resume_token(&identity, &sid, now),
             session_id: sid,
-            tick_hz: self.shared.config.rooms.tick_hz,
-            limits: self.shared.limits.clone(),
-            maps: self.shared.rooms.map_names(),
+            tick_hz: self.deps.config.rooms.tick_hz,
+            limits: self.deps.limits.clone(),
+            maps: self.deps.rooms.map_names(),
             last_map: last_map.clone(),
         };
         self.send(&ServerMsg::Welcome(welcome));
@@ -498,7 +513,7 @@ impl Session {
         self.identity = Some(identity.clone());
         self.state = State::Lobby;
         let recipient = ctx.address().recipient();
-        self.announcements = Some(self.shared.dispatcher.announcements.subscribe(recipient));
+        self.announcements = Some(self.deps.dispatcher.announcements.subscribe(recipient));
         if let Some(profile) = profile {
             self.profile_loaded = true;
             if let Some(map) = last_map {
@@ -507,13 +522,20 @@ impl Session {
             // One inventory, the real one: after the starter purse when
             // this login grants it.
             if !self.grant_starter(&identity, &profile, ctx) {
-                self.send(&ServerMsg::Inventory(to_wire(&profile.inventory)));
+                self.send(&ServerMsg::Inventory(wire::inventory(&profile.inventory)));
             }
         }
         if let Some(seat) = seat {
             // The held seat or nothing: a seat whose grace ran out leaves
             // the player in no map, as PROTOCOL.md says.
-            self.join_room(seat.map, identity, Some(seat.session), true, 1, ctx);
+            self.join_room(
+                seat.room.map().clone(),
+                identity,
+                Some(seat.session),
+                true,
+                1,
+                ctx,
+            );
         }
     }
 
@@ -526,11 +548,11 @@ impl Session {
         profile: &PlayerProfile,
         ctx: &mut Context<Self>,
     ) -> bool {
-        let amount = self.shared.config.economy.starter_currency;
+        let amount = self.deps.config.economy.starter_currency;
         if amount == 0 || profile.progress.contains_key(STARTER_MARK) {
             return false;
         }
-        let before = to_wire(&profile.inventory);
+        let before = wire::inventory(&profile.inventory);
         let op = DurableOp::Adjust(Adjust {
             op_id: format!("starter:{}", identity.player_id),
             player: identity.player_id.clone(),
@@ -539,12 +561,12 @@ impl Session {
             progress: [(STARTER_MARK.to_string(), 1)].into(),
         });
         let player = identity.player_id.clone();
-        let applied = self.shared.persister.durable(op);
+        let applied = self.deps.persister.durable(op);
         ctx.spawn(applied.into_actor(self).map_guarded(
             "starter",
             move |result, session, _| {
                 let inventory = match result {
-                    Ok(ack) => ack.inventory(&player).map(to_wire).unwrap_or(before),
+                    Ok(ack) => ack.inventory(&player).map(wire::inventory).unwrap_or(before),
                     // The next login tries again: the marker was not
                     // written.
                     Err(err) => {
@@ -563,7 +585,7 @@ impl Session {
             self.send_error(ErrorCode::IllegalState, "say hello first");
             return;
         };
-        if !self.shared.rooms.has_map(&join.map) {
+        if !self.deps.rooms.has_map(&join.map) {
             self.send_error(
                 ErrorCode::UnknownMap,
                 format!("no map named {:?}", join.map),
@@ -596,14 +618,16 @@ impl Session {
         retries: u8,
         ctx: &mut Context<Self>,
     ) {
-        let Some(room) = self.shared.rooms.room(&map) else {
+        let Some(room) = self.deps.rooms.room(&map) else {
             self.send_error(ErrorCode::UnknownMap, format!("no map named {map:?}"));
             return;
         };
         self.state = State::InRoom { map: map.clone() };
-        self.shared
-            .seats
-            .seated(&identity.player_id, self.id, Some(map.clone()));
+        self.deps.presence.seated(
+            &identity.player_id,
+            self.id,
+            Some(RoomId::first(map.clone())),
+        );
         let epoch = self.out.begin_room();
         let spawn_at = match self.saved_position.take() {
             Some((saved, x, y)) if saved == map => Some((x, y)),
@@ -624,7 +648,7 @@ impl Session {
             seat_only,
             spawn_at,
         };
-        let timeout = ms(self.shared.config.rooms.call_timeout_ms);
+        let timeout = ms(self.deps.config.rooms.call_timeout_ms);
         let call = room.send(request);
         let reply = async move { tokio::time::timeout(timeout, call).await };
         ctx.spawn(reply.into_actor(self).map_guarded("join_reply", move |reply, session, ctx| {
@@ -659,9 +683,11 @@ impl Session {
     fn abandon_join(&mut self, map: &str) {
         self.state = State::Lobby;
         self.out.end_room();
-        let _ = self.shared.rooms.send(map, LeaveRoom { session: self.id });
+        let _ = self.deps.rooms.send(map, LeaveRoom { session: self.id });
         if let Some(identity) = &self.identity {
-            self.shared.seats.seated(&identity.player_id, self.id, None);
+            self.deps
+                .presence
+                .seated(&identity.player_id, self.id, None);
         }
     }
 
@@ -678,9 +704,11 @@ impl Session {
             // Membership changes are rate-limited by the control class, so
             // this cannot flood the room; a full mailbox is a lost leave that
             // the seat's grace period cleans up.
-            let _ = self.shared.rooms.send(&map, LeaveRoom { session: self.id });
+            let _ = self.deps.rooms.send(&map, LeaveRoom { session: self.id });
             if let Some(identity) = &self.identity {
-                self.shared.seats.seated(&identity.player_id, self.id, None);
+                self.deps
+                    .presence
+                    .seated(&identity.player_id, self.id, None);
             }
         }
     }
@@ -689,7 +717,7 @@ impl Session {
     fn release_seat(&mut self) {
         if let State::InRoom { map } = std::mem::replace(&mut self.state, State::Lobby) {
             let _ = self
-                .shared
+                .deps
                 .rooms
                 .send(&map, Disconnected { session: self.id });
         }
@@ -732,7 +760,7 @@ impl Session {
             return;
         };
         let chars = chat.text.chars().count();
-        let max = self.shared.config.limits.chat_max_chars as usize;
+        let max = self.deps.config.limits.chat_max_chars as usize;
         if chars == 0 || chars > max || chat.text.chars().any(|c| c.is_control()) {
             self.send_error(
                 ErrorCode::InvalidInput,
@@ -740,7 +768,7 @@ impl Session {
             );
             return;
         }
-        let sent = self.shared.rooms.send(
+        let sent = self.deps.rooms.send(
             map,
             ChatIn {
                 session: self.id,
@@ -799,7 +827,7 @@ impl Session {
             self.send_error_to(req, ErrorCode::IllegalState, "join a map before giving");
             return;
         };
-        let max_kinds = self.shared.config.economy.max_give_kinds;
+        let max_kinds = self.deps.config.economy.max_give_kinds;
         let valid = give.currency >= 0
             && give.items.values().all(|n| *n >= 0)
             && (give.currency > 0 || give.items.values().any(|n| *n > 0))
@@ -821,14 +849,14 @@ impl Session {
             );
             return;
         }
-        let Some(room) = self.shared.rooms.current(map) else {
+        let Some(room) = self.deps.rooms.current(map) else {
             self.send_error_to(req, ErrorCode::RoomUnavailable, "room is not running");
             return;
         };
         let me = identity.player_id.clone();
         let trade_id = self.op_id(give.req);
-        let persister = self.shared.persister.clone();
-        let timeout = ms(self.shared.config.rooms.call_timeout_ms);
+        let persister = self.deps.persister.clone();
+        let timeout = ms(self.deps.config.rooms.call_timeout_ms);
         let who = room.send(WhoIs { entity: give.to });
         let apply = async move {
             let target = match tokio::time::timeout(timeout, who).await {
@@ -853,8 +881,8 @@ impl Session {
                 .durable(DurableOp::Trade(trade))
                 .await
                 .map_err(GiveError::Store)?;
-            let mine = ack.inventory(&me).map(to_wire).unwrap_or_default();
-            let theirs = ack.inventory(&target).map(to_wire);
+            let mine = ack.inventory(&me).map(wire::inventory).unwrap_or_default();
+            let theirs = ack.inventory(&target).map(wire::inventory);
             Ok((mine, target, theirs))
         };
         let req = give.req;
@@ -897,7 +925,7 @@ impl Session {
             );
             return;
         }
-        let sent = self.shared.rooms.send(
+        let sent = self.deps.rooms.send(
             map,
             RoomPickUp {
                 session: self.id,
@@ -910,11 +938,7 @@ impl Session {
 
     /// Tell `player`'s session (on this shard) its inventory changed.
     fn notify_inventory(&self, player: &str, inventory: Inventory) {
-        let session = self
-            .shared
-            .seats
-            .latest_session(player)
-            .and_then(|id| self.shared.sessions.lock().get(&id).cloned());
+        let session = self.deps.presence.player_session(player);
         if let Some(session) = session {
             // A full mailbox loses only this notice; the next login or
             // action shows the right inventory.
@@ -939,7 +963,7 @@ impl Session {
             map: failed.to_string(),
         }));
         let fallback = self
-            .shared
+            .deps
             .rooms
             .fallback_map()
             .filter(|f| **f != *failed)
@@ -950,7 +974,9 @@ impl Session {
             }
             _ => {
                 if let Some(identity) = &self.identity {
-                    self.shared.seats.seated(&identity.player_id, self.id, None);
+                    self.deps
+                        .presence
+                        .seated(&identity.player_id, self.id, None);
                 }
             }
         }
@@ -967,7 +993,7 @@ impl Session {
             self.close(CloseCode::InternalError, "write failed", ctx);
             return;
         }
-        let config = &self.shared.config.server;
+        let config = &self.deps.config.server;
         if self.last_seen.elapsed() >= ms(config.idle_timeout_ms) {
             self.close(CloseCode::IdleTimeout, "idle timeout", ctx);
             return;
@@ -985,7 +1011,7 @@ impl Actor for Session {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(SESSION_MAILBOX);
         metrics::gauge!(m::SESSIONS_ACTIVE).increment(1.0);
-        let config = &self.shared.config.server;
+        let config = &self.deps.config.server;
         ctx.run_later(ms(config.handshake_timeout_ms), |session, ctx| {
             session.guarded(ctx, "handshake_timeout", |session, ctx| {
                 if matches!(session.state, State::AwaitingHello) {
@@ -1001,7 +1027,7 @@ impl Actor for Session {
                 session.housekeeping(ctx)
             });
         });
-        self.shared.sessions.lock().insert(self.id, ctx.address());
+        self.deps.presence.connected(self.id, ctx.address());
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -1011,14 +1037,14 @@ impl Actor for Session {
         let ended = catch(|| {
             self.release_seat();
             if let Some(sub) = self.announcements.take() {
-                self.shared.dispatcher.announcements.unsubscribe(sub);
+                self.deps.dispatcher.announcements.unsubscribe(sub);
             }
         });
         if let Err(text) = ended {
             metrics::counter!(m::SESSION_PANICS, "at" => "stopped").increment(1);
             tracing::error!(session = self.id, panic = %text, "session panicked while stopping");
         }
-        self.shared.sessions.lock().remove(&self.id);
+        self.deps.presence.disconnected(self.id);
         self.out.close(CloseCode::Normal, "session ended");
     }
 }
@@ -1100,7 +1126,7 @@ impl Session {
         }
         let result = catch(|| {
             let player = self.identity.as_ref().map(|i| i.player_id.as_str());
-            self.shared.faults.trip(FaultActor::Session, what, player);
+            self.deps.faults.trip(FaultActor::Session, what, player);
             f(self, ctx)
         });
         match result {
