@@ -71,7 +71,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use rand::Rng;
 use tokio::sync::{oneshot, watch, Notify, Semaphore};
 
 use super::embedded::EmbeddedStore;
@@ -80,7 +79,7 @@ use super::model::{
     VolatileKey,
 };
 use super::{metric, Backend, OpError, Store, StoreConfig, StoreError};
-use crate::supervise::{self, Child, Restart, Supervisor, Tasks};
+use crate::supervise::{self, Backoff, Child, Restart, Supervisor, Tasks};
 
 /// Lock shards of the dirty map, so that rooms on different Arbiters rarely
 /// contend.
@@ -816,33 +815,13 @@ impl Inner {
     }
 }
 
-/// Exponential backoff with jitter: each delay is drawn from the upper half
-/// of a range that doubles from min to max.
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    fn new(config: &StoreConfig) -> Backoff {
-        let min = Duration::from_millis(config.retry_min_ms);
-        Backoff {
-            min,
-            max: Duration::from_millis(config.retry_max_ms),
-            next: min,
-        }
-    }
-
-    fn delay(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(self.max);
-        base.mul_f64(rand::rng().random_range(0.5..=1.0))
-    }
-
-    fn reset(&mut self) {
-        self.next = self.min;
-    }
+/// The backoff between store retries (connecting, flushing): from
+/// `retry_min_ms` doubling up to `retry_max_ms`, with jitter.
+fn retry_backoff(config: &StoreConfig) -> Backoff {
+    Backoff::new(
+        Duration::from_millis(config.retry_min_ms),
+        Duration::from_millis(config.retry_max_ms),
+    )
 }
 
 /// The task name of the flusher, in `/healthz` and fault injection.
@@ -946,7 +925,7 @@ async fn flusher(
     let period = inner.config.flush_interval();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut backoff = Backoff::new(&inner.config);
+    let mut backoff = retry_backoff(&inner.config);
     let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
         let retrying = retry_at.is_some();
@@ -994,7 +973,7 @@ async fn connect(
     mut store: Option<Arc<dyn Store>>,
     halt_rx: &mut watch::Receiver<bool>,
 ) -> Option<Arc<dyn Store>> {
-    let mut backoff = Backoff::new(&inner.config);
+    let mut backoff = retry_backoff(&inner.config);
     loop {
         let attempt = async {
             let s = match &store {
@@ -1268,7 +1247,7 @@ async fn final_flush(
     let all = inner.config.durable_max_in_flight as u32;
     let _ = tokio::time::timeout_at(deadline.into(), inner.durable_slots.acquire_many(all)).await;
     let mut flushed = 0;
-    let mut backoff = Backoff::new(&inner.config);
+    let mut backoff = retry_backoff(&inner.config);
     loop {
         match flush_once(inner, store, Some(deadline)).await {
             Ok(n) => {
@@ -1559,7 +1538,7 @@ mod tests {
             retry_max_ms: 1_000,
             ..StoreConfig::default()
         };
-        let mut b = Backoff::new(&config);
+        let mut b = retry_backoff(&config);
         let delays: Vec<Duration> = (0..8).map(|_| b.delay()).collect();
         assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
         assert!(delays[3] >= Duration::from_millis(400) && delays[3] <= Duration::from_millis(800));

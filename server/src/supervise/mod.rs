@@ -65,10 +65,25 @@
 //! Actors have boundaries of their own ([`catch`]): every handler and
 //! continuation of a room or session runs behind one, under a name that is
 //! also a [`FaultPoints`] point a drill can arm.
+//!
+//! # One of each
+//!
+//! Every supervisor in the shard (this one, the room supervisor, the
+//! persister's retry loops, the room's ground) uses the same three parts:
+//! [`Backoff`] (exponential with jitter, min/max/reset), [`Intensity`]
+//! (MaxR restarts in MaxT) and the panic boundary ([`catch`] for closures,
+//! [`catch_future`] for futures, [`panic_text`] for a payload).
 
-use std::collections::{BTreeMap, VecDeque};
+mod backoff;
+mod intensity;
+mod panic;
+
+pub use backoff::Backoff;
+pub use intensity::{Intensity, TooManyRestarts};
+pub use panic::{catch, catch_future, panic_text};
+
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,7 +91,6 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use parking_lot::Mutex;
-use rand::Rng;
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
@@ -377,7 +391,7 @@ async fn run_child(
 ) -> Outcome {
     let name = child.name.clone();
     let mut backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
-    let mut recent: VecDeque<Instant> = VecDeque::new();
+    let mut intensity = Intensity::new(settings.max_restarts, settings.restart_window);
     let outcome = |state: ChildState| {
         set_state(&cell, &name, state);
         Outcome {
@@ -417,24 +431,16 @@ async fn run_child(
         if started.elapsed() >= settings.backoff_reset {
             backoff.reset();
         }
-        let now = Instant::now();
-        while recent
-            .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) > settings.restart_window)
-        {
-            recent.pop_front();
-        }
-        if recent.len() >= settings.max_restarts {
+        if let Err(too_many) = intensity.record(Instant::now()) {
             metrics::counter!(m::CHILD_FAILURES, "child" => name.clone()).increment(1);
             tracing::error!(
                 child = %name,
-                restarts = recent.len(),
-                window_ms = settings.restart_window.as_millis() as u64,
+                restarts = too_many.max_restarts,
+                window_ms = too_many.window.as_millis() as u64,
                 "task given up: too many restarts"
             );
             return outcome(ChildState::Failed);
         }
-        recent.push_back(now);
         let delay = backoff.delay();
         set_state(&cell, &name, ChildState::Restarting);
         tracing::warn!(
@@ -469,7 +475,7 @@ async fn run_once(
     };
     // The incarnation is dropped after a panic and never polled again, so
     // no broken invariant inside it can be observed.
-    let mut run = std::pin::pin!(AssertUnwindSafe(guarded).catch_unwind());
+    let mut run = std::pin::pin!(catch_future(guarded));
     let ended = tokio::select! {
         ended = &mut run => Some(ended),
         _ = stopped(stop_rx) => None,
@@ -490,16 +496,8 @@ async fn run_once(
     };
     match ended {
         Ok(()) => Exit::Returned,
-        Err(payload) => Exit::Panicked(panic_text(payload.as_ref())),
+        Err(message) => Exit::Panicked(message),
     }
-}
-
-/// The panic boundary every actor handler and continuation runs behind
-/// (rooms: `Room::guarded`, sessions: `Session::guarded`): `f`'s result, or
-/// the panic's message. What the actor does after a panic (restart from a
-/// snapshot, close the connection) is its own.
-pub fn catch<R>(f: impl FnOnce() -> R) -> Result<R, String> {
-    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| panic_text(payload.as_ref()))
 }
 
 /// Which kind of actor a fault point is in.
@@ -598,45 +596,6 @@ impl FaultPoints {
             self.inner.armed.fetch_sub(1, Ordering::Release);
             panic!("injected fault at {:?} {}", armed.actor, armed.point);
         }
-    }
-}
-
-/// A panic payload as text.
-pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".into())
-}
-
-/// Exponential backoff with jitter: each delay is drawn from the upper half
-/// of a range that doubles from min to max, so delays never shrink until
-/// the max is reached.
-#[derive(Debug)]
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff {
-            min,
-            max: max.max(min),
-            next: min,
-        }
-    }
-
-    fn delay(&mut self) -> Duration {
-        let base = self.next;
-        self.next = self.next.saturating_mul(2).min(self.max);
-        base.mul_f64(rand::rng().random_range(0.5..=1.0))
-    }
-
-    fn reset(&mut self) {
-        self.next = self.min;
     }
 }
 
@@ -878,29 +837,6 @@ mod tests {
         assert!(pause(4) < Duration::from_millis(120), "{:?}", pause(4));
     }
 
-    #[test]
-    fn backoff_doubles_in_its_upper_half_up_to_the_max() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1_000));
-        let delays: Vec<Duration> = (0..8).map(|_| b.delay()).collect();
-        let ms = Duration::from_millis;
-        // Bases 100, 200, 400, 800, then the 1000 cap: the first four
-        // delays never shrink.
-        assert!(delays[0] >= ms(50) && delays[0] <= ms(100));
-        assert!(delays[3] >= ms(400) && delays[3] <= ms(800));
-        assert!(delays.iter().all(|d| *d <= ms(1_000)));
-        assert!(
-            delays.windows(2).take(3).all(|w| w[0] <= w[1]),
-            "{delays:?}"
-        );
-        b.reset();
-        assert!(b.delay() <= ms(100));
-        // A huge max neither overflows nor panics.
-        let mut b = Backoff::new(ms(1), Duration::MAX);
-        for _ in 0..200 {
-            b.delay();
-        }
-    }
-
     #[tokio::test]
     async fn shutdown_stops_running_and_waiting_children_without_restarts() {
         let tasks = Tasks::default();
@@ -1029,13 +965,5 @@ mod tests {
             .unwrap();
         assert!(catch(|| faults.trip(FaultActor::Session, "tick", None)).is_err());
         faults.trip(FaultActor::Session, "tick", Some("x"));
-    }
-
-    #[test]
-    fn panic_text_reads_both_payload_kinds() {
-        let payload = std::panic::catch_unwind(|| panic!("boom {}", 7)).unwrap_err();
-        assert_eq!(panic_text(payload.as_ref()), "boom 7");
-        let payload = std::panic::catch_unwind(|| panic!("plain")).unwrap_err();
-        assert_eq!(panic_text(payload.as_ref()), "plain");
     }
 }
