@@ -44,6 +44,7 @@ use crate::ids::SessionId;
 use crate::metrics as m;
 use crate::store::ids::fresh_nonce;
 use crate::store::{Adjust, DurableError, DurableOp, GroundItem, PendingPickup, RoomState};
+use crate::supervise::Backoff;
 use crate::wire;
 
 /// Backoff of store retries (loading the document, an in-doubt credit).
@@ -188,10 +189,11 @@ impl Pickup {
     }
 }
 
+/// The wait before retry number `failures + 1`: the shared
+/// [`Backoff`]'s ceiling, without jitter (the ground counts its failures
+/// itself, per pick-up and per load).
 fn backoff(failures: u32) -> Duration {
-    RETRY_MIN
-        .saturating_mul(1 << failures.min(8))
-        .min(RETRY_MAX)
+    Backoff::new(RETRY_MIN, RETRY_MAX).ceiling(failures)
 }
 
 fn items_frame(added: Vec<protocol::msg::GroundItem>, removed: Vec<u64>) -> Bytes {

@@ -45,7 +45,7 @@
 //! (so the mailbox bound holds: actix gives every sender clone a slot of its
 //! own) and always reaches the current incarnation.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,7 +59,7 @@ use crate::config::{ms, Config, MapDef};
 use crate::dispatcher::Dispatcher;
 use crate::metrics as m;
 use crate::store::PersisterHandle;
-use crate::supervise::FaultPoints;
+use crate::supervise::{FaultPoints, Intensity, TooManyRestarts};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestartReason {
@@ -202,7 +202,7 @@ pub struct RoomSupervisor {
     faults: FaultPoints,
     rooms: Mutex<HashMap<String, Entry>>,
     /// Recent restarts per map, for the restart intensity.
-    history: Mutex<HashMap<String, VecDeque<Instant>>>,
+    history: Mutex<HashMap<String, Intensity>>,
     settings: Settings,
     origin: Instant,
 }
@@ -484,21 +484,20 @@ impl RoomSupervisor {
             }
             RestartReason::Panic | RestartReason::Handover => 0,
         };
-        let crashes = if reason.counts() {
-            let mut history = self.history.lock();
-            let recent = history.entry(map.to_string()).or_default();
-            while recent
-                .front()
-                .is_some_and(|t| at.saturating_duration_since(*t) > self.settings.restart_window)
-            {
-                recent.pop_front();
-            }
-            recent.push_back(at);
-            recent.len()
+        let intensity = if reason.counts() {
+            let (max, window) = (self.settings.max_restarts, self.settings.restart_window);
+            self.history
+                .lock()
+                .entry(map.to_string())
+                .or_insert_with(|| Intensity::new(max, window))
+                .record(at)
         } else {
-            0
+            Ok(0)
         };
-        if crashes > self.settings.max_restarts {
+        if let Err(TooManyRestarts {
+            restarts: crashes, ..
+        }) = intensity
+        {
             rooms.remove(map);
             drop(rooms);
             self.history.lock().remove(map);
