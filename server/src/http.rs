@@ -7,7 +7,7 @@
 //! | `GET /healthz` | `200 {"status":"ok","sessions":N,"rooms":N,"tasks":{...}}`; `status` is `degraded` once a supervised task was given up |
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /admin/announce` | `{"text": "...", "map": "optional"}`, bearer `admin.token` |
-//! | `POST /admin/faults/room` | `{"map": "...", "kind": "panic" or "stall", "ms": N}`; with `"at": "<point>"` a panic is armed at that point of the map's room instead; needs `admin.fault_injection` |
+//! | `POST /admin/faults/room` | `{"map": "...", "kind": "panic" or "stall", "ms": N}`; `map` names a room: `lobby` is the map's first instance, `lobby#2` its second; with `"at": "<point>"` a panic is armed at that point of that room instead; needs `admin.fault_injection` |
 //! | `POST /admin/faults/session` | `{"player": "...", "kind": "panic" or "drop"}`; with `"at": "<point>"` a panic is armed at that point of the player's session (of the next session to get there without `player`); needs `admin.fault_injection` |
 //! | `POST /admin/faults/task?name=<child>` | the supervised task panics at its next poll; needs `admin.fault_injection` |
 //!
@@ -39,6 +39,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::Config;
 use crate::dispatcher::{announce_frame, MapBroadcast};
 use crate::dispatcher::{Announcement, Dispatcher, PublishReport};
+use crate::ids::RoomId;
 use crate::room::RoomSupervisor;
 use crate::room::{Fault, FaultKind, MAX_INJECTED_STALL};
 use crate::session::{Kill, Sessions};
@@ -410,7 +411,8 @@ async fn room_fault(State(state): State<AppState>, headers: HeaderMap, body: Byt
         if !matches!(request.kind, RoomFaultKind::Panic) {
             return error(StatusCode::BAD_REQUEST, AT_NEEDS_PANIC);
         }
-        if !state.shared.rooms.has_map(&request.map) {
+        let map = request.map.split('#').next().unwrap_or_default();
+        if request.map.parse::<RoomId>().is_err() || !state.shared.rooms.has_map(map) {
             return error(
                 StatusCode::NOT_FOUND,
                 &format!("no map named {:?}", request.map),
@@ -424,7 +426,14 @@ async fn room_fault(State(state): State<AppState>, headers: HeaderMap, body: Byt
             Some(request.map),
         );
     }
-    let Some(room) = state.shared.rooms.current(&request.map) else {
+    // `map` names a room: the map for its first instance, `map#n` for
+    // another (see `crate::ids::RoomId`).
+    let room = request
+        .map
+        .parse::<RoomId>()
+        .ok()
+        .and_then(|id| state.shared.rooms.current(&id));
+    let Some(room) = room else {
         return error(
             StatusCode::NOT_FOUND,
             &format!("no room of {:?} is running", request.map),

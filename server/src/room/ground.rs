@@ -210,7 +210,7 @@ impl Room {
             epoch: g.epoch.clone(),
             items: g.items.values().cloned().collect(),
             pending: g.pending.values().map(Pickup::stored).collect(),
-            ..RoomState::new(&self.map.name)
+            ..RoomState::new(&self.label)
         }
     }
 
@@ -260,7 +260,7 @@ impl Room {
     }
 
     fn load_ground(&mut self, ctx: &mut Context<Self>) {
-        let load = self.supervisor.persister().load_room(&self.map.name);
+        let load = self.supervisor.persister().load_room(&self.label);
         ctx.spawn(load.into_actor(self).map(|loaded, room, ctx| {
             room.guarded(ctx, "ground_loaded", |room, ctx| {
                 room.ground_loaded(loaded, ctx)
@@ -281,20 +281,20 @@ impl Room {
             Err(e) => {
                 let delay = backoff(self.ground.load_failures);
                 self.ground.load_failures += 1;
-                tracing::warn!(map = %self.map.name, error = %e, retry_in_ms = delay.as_millis() as u64, "ground items not loaded; retrying");
+                tracing::warn!(room = %self.id, error = %e, retry_in_ms = delay.as_millis() as u64, "ground items not loaded; retrying");
                 ctx.run_later(delay, |room, ctx| {
                     room.guarded(ctx, "ground_load", |room, ctx| room.load_ground(ctx));
                 });
                 return;
             }
         };
-        let doc = doc.unwrap_or_else(|| RoomState::new(&self.map.name));
+        let doc = doc.unwrap_or_else(|| RoomState::new(&self.label));
         self.ground
             .install(doc.rev, doc.next_item, &doc.epoch, doc.items, doc.pending);
         self.ground_snapshot = Arc::new(self.ground.snapshot());
         self.snapshot();
         tracing::info!(
-            map = %self.map.name,
+            room = %self.id,
             items = self.ground.items.len(),
             pending = self.ground.pending.len(),
             rev = self.ground.rev,
@@ -319,7 +319,7 @@ impl Room {
                 Err(e) => {
                     let delay = backoff(room.ground.load_failures);
                     room.ground.load_failures += 1;
-                    tracing::warn!(map = %room.map.name, error = %e, retry_in_ms = delay.as_millis() as u64, "restored ground not stored; retrying before re-driving pick-ups");
+                    tracing::warn!(room = %room.id, error = %e, retry_in_ms = delay.as_millis() as u64, "restored ground not stored; retrying before re-driving pick-ups");
                     ctx.run_later(delay, |room, ctx| {
                         room.guarded(ctx, "ground_secure", |room, ctx| {
                             room.secure_then_redrive(ctx)
@@ -335,7 +335,7 @@ impl Room {
     fn redrive_pending(&mut self, ctx: &mut Context<Self>) {
         let ids: Vec<u64> = self.ground.pending.keys().copied().collect();
         if !ids.is_empty() {
-            tracing::info!(map = %self.map.name, pending = ids.len(), "re-driving pick-ups in flight");
+            tracing::info!(room = %self.id, pending = ids.len(), "re-driving pick-ups in flight");
         }
         for id in ids {
             if let Some(p) = self.ground.pending.get_mut(&id) {
@@ -471,7 +471,7 @@ impl Room {
         self.ground.pending.insert(
             id,
             Pickup {
-                op_id: format!("pickup:{}:{}:{id}", self.map.name, self.ground.epoch),
+                op_id: format!("pickup:{}:{}:{id}", self.label, self.ground.epoch),
                 player,
                 item,
                 waiter: Some((msg.session, req)),
@@ -500,7 +500,7 @@ impl Room {
         match written {
             Ok(_) => self.credit(id, ctx),
             Err(e) => {
-                tracing::warn!(map = %self.map.name, item = id, error = %e, "pick-up not stored; item back on the ground");
+                tracing::warn!(room = %self.id, item = id, error = %e, "pick-up not stored; item back on the ground");
                 self.put_back(
                     id,
                     ErrorCode::StoreUnavailable,
@@ -562,7 +562,7 @@ impl Room {
             Err(e @ (DurableError::Rejected(_) | DurableError::Invalid(_))) => {
                 // Refused: this credit never applied, and (same op id) no
                 // earlier one did either.
-                tracing::warn!(map = %self.map.name, item = id, error = %e, "pick-up credit refused; item back on the ground");
+                tracing::warn!(room = %self.id, item = id, error = %e, "pick-up credit refused; item back on the ground");
                 self.put_back(
                     id,
                     ErrorCode::StoreUnavailable,
@@ -591,7 +591,7 @@ impl Room {
         let delay = backoff(p.failures);
         p.failures += 1;
         let waiter = p.waiter.take();
-        tracing::warn!(map = %self.map.name, item = id, error = %error, retry_in_ms = delay.as_millis() as u64, "pick-up credit not confirmed; retrying with the same op id");
+        tracing::warn!(room = %self.id, item = id, error = %error, retry_in_ms = delay.as_millis() as u64, "pick-up credit not confirmed; retrying with the same op id");
         metrics::counter!(m::PICKUPS, "result" => "retry").increment(1);
         if let Some((session, req)) = waiter {
             self.answer_error(

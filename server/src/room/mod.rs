@@ -1,11 +1,11 @@
-//! Map rooms: the authoritative state of one map, advanced on a fixed tick,
-//! and their supervisor.
+//! Rooms: the authoritative state of one instance of a map (a [`RoomId`]),
+//! advanced on a fixed tick, and their supervisor.
 //!
 //! ```text
-//! Session ──JoinRoom (call, timeout)──▶ Room ──joined──────────▶ Outbound
-//!         ──moves: Inputs (shared)───▶      ──update per tick──▶ Outbound × members
-//!         ──ChatIn (try_send)────────▶
-//!         ──LeaveRoom / Disconnected─▶      ──chat────────────▶ Outbound × members
+//! Session ─RoomRef::call_join (timeout)─▶ Room ──joined──────────▶ Outbound
+//!         ──moves: Inputs (shared)──────▶      ──update per tick──▶ Outbound × members
+//!         ─RoomRef::cast_chat───────────▶
+//!         ─RoomRef::cast_leave / _disconnected─▶ ──chat──────────▶ Outbound × members
 //! Dispatcher ──Published<MapBroadcast>─▶
 //! RoomSupervisor ──(restart from snapshot, watchdog)──▶ Room incarnations
 //! ```
@@ -33,6 +33,7 @@
 
 pub mod grid;
 pub mod ground;
+mod room_ref;
 pub mod supervisor;
 
 use std::collections::HashMap;
@@ -49,7 +50,7 @@ use rand::Rng;
 use crate::auth::Identity;
 use crate::config::MapDef;
 use crate::dispatcher::{MapBroadcast, Published, SubscriptionId};
-use crate::ids::SessionId;
+use crate::ids::{RoomId, SessionId};
 use crate::metrics as m;
 use crate::outbound::Outbound;
 use crate::store::{PlayerState, Stats};
@@ -62,6 +63,7 @@ use grid::{Cell, Grid};
 pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use ground::Ground;
 pub use ground::{GroundSnapshot, PickUp};
+pub use room_ref::{CallError, CastError, RoomRef};
 pub use supervisor::{RestartReason, RoomSlot, RoomSupervisor};
 
 /// Pending inputs kept per member between ticks; older ones are dropped.
@@ -77,7 +79,7 @@ pub const MAX_INJECTED_STALL: Duration = Duration::from_secs(30);
 pub enum RoomEvent {
     /// The room failed past its restart limit; the member is no longer in
     /// it.
-    Failed { map: Arc<str> },
+    Failed { room: RoomId },
 }
 
 /// A member's move intents, written by its session and drained by the room
@@ -97,7 +99,8 @@ impl Inputs {
         let mut queue = self.queue.lock();
         if queue.len() >= MAX_PENDING_INPUTS {
             queue.remove(0);
-            metrics::counter!(m::ROOM_INPUTS_DROPPED).increment(1);
+            metrics::counter!(m::ROOM_INPUTS_DROPPED, "reason" => m::DROPPED_INPUT_QUEUE_FULL)
+                .increment(1);
         }
         queue.push((seq, dx, dy));
     }
@@ -358,6 +361,11 @@ pub struct Restored {
 }
 
 pub struct Room {
+    /// Which room this is: the map and the instance.
+    id: RoomId,
+    /// `id` as text: the key of the room's store document, its metric
+    /// label and fault target (the bare map name for the first instance).
+    label: Arc<str>,
     map: Arc<MapDef>,
     info: MapInfo,
     supervisor: Arc<RoomSupervisor>,
@@ -391,6 +399,7 @@ pub struct Room {
 
 impl Room {
     pub fn new(
+        id: RoomId,
         map: Arc<MapDef>,
         supervisor: Arc<RoomSupervisor>,
         slot: Arc<RoomSlot>,
@@ -405,6 +414,8 @@ impl Room {
             speed: map.speed,
         };
         let mut room = Room {
+            label: Arc::from(id.to_string()),
+            id,
             grid: Grid::new(map.view_radius),
             map,
             info,
@@ -466,6 +477,7 @@ impl Room {
         if !self.members.is_empty() {
             self.empty_since = None;
         }
+        self.count_members();
     }
 
     fn snapshot(&mut self) {
@@ -507,7 +519,7 @@ impl Room {
         let result = catch(|| {
             self.supervisor
                 .faults()
-                .trip(FaultActor::Room, what, Some(&self.map.name));
+                .trip(FaultActor::Room, what, Some(&self.label));
             f(self, ctx)
         });
         self.slot.busy.store(false, Ordering::Release);
@@ -515,17 +527,17 @@ impl Room {
             Ok(result) => Some(result),
             Err(text) => {
                 self.crashed = true;
-                metrics::counter!(m::ROOM_POISON_DROPPED, "map" => self.map.name.clone(), "message" => what)
+                metrics::counter!(m::ROOM_POISON_DROPPED, m::room_labels(&self.id, &[("message", what)]))
                     .increment(1);
                 tracing::error!(
-                    map = %self.map.name,
+                    room = %self.id,
                     incarnation = self.slot.incarnation,
                     message = what,
                     panic = %text,
                     "room crashed; message dropped"
                 );
                 self.supervisor.restart(
-                    &self.map.name,
+                    &self.id,
                     self.slot.incarnation,
                     RestartReason::Panic,
                     Instant::now(),
@@ -555,6 +567,7 @@ impl Room {
         let id = self.sessions.remove(&session)?;
         let member = self.members.remove(&id)?;
         self.grid.remove(id, member.cell);
+        self.count_members();
         self.dirty = true;
         self.save(&member);
         self.supervisor.persister().request_flush();
@@ -562,6 +575,14 @@ impl Room {
             self.empty_since = Some(Instant::now());
         }
         Some(member)
+    }
+
+    /// Tell the supervisor how many members (held seats included) the room
+    /// has, for placing `instances = "auto"` joins.
+    fn count_members(&self) {
+        self.slot
+            .members
+            .store(self.members.len(), Ordering::Release);
     }
 
     fn member_of(&mut self, session: SessionId) -> Option<&mut Member> {
@@ -743,10 +764,9 @@ impl Room {
         if self.members.is_empty() {
             let idle_for = self.empty_since.map_or(Duration::ZERO, |t| t.elapsed());
             // A pick-up still being credited keeps the room up.
-            if idle_for >= self.supervisor.idle_stop() && !self.ground.has_pending() {
-                tracing::info!(map = %self.map.name, "room idle; stopping");
-                self.supervisor
-                    .forget(&self.map.name, self.slot.incarnation);
+            if idle_for >= Duration::from_millis(self.map.idle_stop_ms) && !self.ground.has_pending() {
+                tracing::info!(room = %self.id, "room idle; stopping");
+                self.supervisor.forget(&self.id, self.slot.incarnation);
                 ctx.stop();
             }
             return;
@@ -901,11 +921,12 @@ impl Room {
         };
         self.members.insert(id, member);
         self.sessions.insert(msg.session, id);
+        self.count_members();
         self.empty_since = None;
         self.dirty = true;
         self.send_joined(id, None);
         self.snapshot();
-        tracing::debug!(map = %self.map.name, entity = id, session = msg.session, "joined");
+        tracing::debug!(room = %self.id, entity = id, session = msg.session, "joined");
         Ok(JoinOk {
             entity: id,
             resumed: false,
@@ -924,6 +945,7 @@ impl Room {
             tick: self.tick,
             entities: view.iter().map(|e| self.members[e].entity(*e)).collect(),
             items: self.ground.wire_items(),
+            instance: self.id.instance(),
         };
         let frame = encode_frame(&ServerMsg::Joined(joined));
         let me = self
@@ -1005,7 +1027,7 @@ impl Actor for Room {
                 let took = restored.crashed_at.elapsed();
                 metrics::histogram!(m::ROOM_RESTORE_SECONDS).record(took.as_secs_f64());
                 tracing::info!(
-                    map = %self.map.name,
+                    room = %self.id,
                     incarnation = self.slot.incarnation,
                     members = self.members.len(),
                     restore_ms = took.as_secs_f64() * 1e3,
@@ -1013,7 +1035,7 @@ impl Actor for Room {
                 );
             }
         } else {
-            tracing::info!(map = %self.map.name, tick_hz = self.map.tick_hz, "room started");
+            tracing::info!(room = %self.id, tick_hz = self.map.tick_hz, "room started");
         }
         self.next_tick = Instant::now();
         if !self.crashed {
@@ -1033,9 +1055,9 @@ impl Actor for Room {
                 self.supervisor.persister().request_flush();
             });
             if let Err(text) = saved {
-                metrics::counter!(m::ROOM_POISON_DROPPED, "map" => self.map.name.clone(), "message" => "stopped")
+                metrics::counter!(m::ROOM_POISON_DROPPED, m::room_labels(&self.id, &[("message", "stopped")]))
                     .increment(1);
-                tracing::error!(map = %self.map.name, incarnation = self.slot.incarnation, panic = %text, "room panicked while stopping");
+                tracing::error!(room = %self.id, incarnation = self.slot.incarnation, panic = %text, "room panicked while stopping");
             }
         }
         if let Some(sub) = self.broadcast_sub.take() {
@@ -1144,7 +1166,7 @@ impl Handler<Fault> for Room {
     type Result = bool;
 
     fn handle(&mut self, msg: Fault, ctx: &mut Context<Self>) -> bool {
-        tracing::warn!(map = %self.map.name, fault = ?msg.0, "injecting fault");
+        tracing::warn!(room = %self.id, fault = ?msg.0, "injecting fault");
         self.guarded(ctx, "fault", |_, _| match msg.0 {
             FaultKind::Panic => panic!("injected fault"),
             // Blocks this room's thread on purpose: what the watchdog is for.
@@ -1164,9 +1186,9 @@ impl Handler<Handover> for Room {
             // the successor owns the state (and saves it) from here on.
             room.crashed = true;
             ctx.stop();
-            let (map, incarnation) = (room.map.name.clone(), room.slot.incarnation);
+            let (id, incarnation) = (room.id.clone(), room.slot.incarnation);
             room.supervisor
-                .restart(&map, incarnation, RestartReason::Handover, Instant::now());
+                .restart(&id, incarnation, RestartReason::Handover, Instant::now());
         });
     }
 }

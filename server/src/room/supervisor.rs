@@ -1,21 +1,25 @@
 //! The room supervisor: where sessions find rooms, and what restarts them.
 //!
 //! ```text
-//! RoomSupervisor (one_for_one, MaxR restarts in MaxT per map)
-//! ├─ map "lobby"  → Room incarnation 7  on room Arbiter 0   slot: heartbeat, busy, snapshot
-//! ├─ map "arena"  → Room incarnation 3  on room Arbiter 1
-//! ├─ map "keep"   → Room incarnation 9  on extra Arbiter 2 (stands in for 0 and 1)
+//! RoomSupervisor (one_for_one, MaxR restarts in MaxT per room)
+//! ├─ room "lobby"   → Room incarnation 7  on room Arbiter 0   slot: heartbeat, busy, snapshot, members
+//! ├─ room "lobby#2" → Room incarnation 8  on room Arbiter 1   (a second instance of lobby)
+//! ├─ room "arena"   → Room incarnation 3  on room Arbiter 1
+//! ├─ room "keep"    → Room incarnation 9  on extra Arbiter 2 (stands in for 0 and 1)
 //! └─ watchdog (system Arbiter, every watchdog_interval): Arbiter probes,
 //!    rooms whose tick is late by stall_timeout → restarted on a live Arbiter,
 //!    extra Arbiters started when none is live and retired when the stuck
 //!    ones answer again
 //! ```
 //!
-//! One room per map, started on first join on a live room Arbiter. A
+//! Rooms are keyed by [`RoomId`] (a map and an instance). A map runs as one
+//! room (`instances = "one"`), or as many as its players need
+//! (`instances = "auto"`, see [`RoomSupervisor::room_for_join`]); each room is
+//! started on first join on a live room Arbiter. A
 //! crashed incarnation (a panic, or a stall seen by the watchdog) is replaced
 //! by a new one built from the snapshot in its slot; the old one is marked
 //! retired so that, should it ever wake up, it stops without a word. Past
-//! `max_restarts` within `restart_window` the map's room is failed instead:
+//! `max_restarts` within `restart_window` the room is failed instead:
 //! its members are told (they move to the fallback map) and the next join
 //! starts it afresh.
 //!
@@ -40,10 +44,10 @@
 //! [`RestartReason::Handover`], not counted either) and, when empty, its
 //! thread is stopped (`tessera_room_arbiters_retired_total`).
 //!
-//! Sessions never keep a room's address: casts go through
-//! [`RoomSupervisor::send`], which uses the supervisor's one sender per room
-//! (so the mailbox bound holds: actix gives every sender clone a slot of its
-//! own) and always reaches the current incarnation.
+//! Sessions never see a room's address: they hold a [`RoomRef`], whose
+//! casts go through the supervisor's one sender per room (so the mailbox
+//! bound holds: actix gives every sender clone a slot of its own) and
+//! always reach the current incarnation.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -54,9 +58,10 @@ use actix::dev::ToEnvelope;
 use actix::prelude::*;
 use parking_lot::Mutex;
 
-use super::{Handover, Restored, Room, RoomEvent, RoomSnapshot};
-use crate::config::{ms, Config, MapDef};
+use super::{Handover, Restored, Room, RoomEvent, RoomRef, RoomSnapshot};
+use crate::config::{ms, Config, Instances, MapDef};
 use crate::dispatcher::Dispatcher;
+use crate::ids::RoomId;
 use crate::metrics as m;
 use crate::store::PersisterHandle;
 use crate::supervise::{FaultPoints, Intensity, TooManyRestarts};
@@ -107,6 +112,9 @@ pub struct RoomSlot {
     /// Set when this incarnation was replaced; it stops at its next message.
     pub retired: AtomicBool,
     pub snapshot: Mutex<Arc<RoomSnapshot>>,
+    /// Members (held seats included), kept by the room: where an
+    /// `instances = "auto"` join finds an instance with room.
+    pub members: AtomicUsize,
 }
 
 impl RoomSlot {
@@ -200,9 +208,9 @@ pub struct RoomSupervisor {
     dispatcher: Arc<Dispatcher>,
     persister: PersisterHandle,
     faults: FaultPoints,
-    rooms: Mutex<HashMap<String, Entry>>,
-    /// Recent restarts per map, for the restart intensity.
-    history: Mutex<HashMap<String, Intensity>>,
+    rooms: Mutex<HashMap<RoomId, Entry>>,
+    /// Recent restarts per room, for the restart intensity.
+    history: Mutex<HashMap<RoomId, Intensity>>,
     settings: Settings,
     origin: Instant,
 }
@@ -308,45 +316,85 @@ impl RoomSupervisor {
             .count()
     }
 
-    /// The room of `map`, started if it is not running; `None` for a map
-    /// that does not exist. For calls (`send(..).await`); casts go through
-    /// [`RoomSupervisor::send`].
-    pub fn room(self: &Arc<Self>, map: &str) -> Option<Addr<Room>> {
-        let def = self.maps.get(map)?.clone();
+    /// The room a join of `map` goes to; `None` for a map that does not
+    /// exist. With `instances = "one"` that is the map's first instance.
+    /// With `"auto"`, the lowest-numbered running instance below
+    /// `max_players`, else the lowest-numbered one not running (which the
+    /// join starts). Two joins racing for the last place may both be sent
+    /// to one instance; the room refuses the second ([`super::JoinError::Full`])
+    /// and the session asks again.
+    pub fn room_for_join(self: &Arc<Self>, map: &str) -> Option<RoomRef> {
+        let def = self.maps.get(map)?;
+        let id = match def.instances {
+            Instances::One => RoomId::first(map),
+            Instances::Auto => {
+                let rooms = self.rooms.lock();
+                (1..)
+                    .map(|n| RoomId::new(map, n))
+                    .find(|id| match rooms.get(id) {
+                        Some(e) => e.slot.members.load(Ordering::Acquire) < def.max_players,
+                        None => true,
+                    })
+                    .expect("some instance number is free")
+            }
+        };
+        Some(RoomRef::local(id, self.clone()))
+    }
+
+    /// The handle of room `id`, whether it runs or not (a join starts it);
+    /// `None` for a map that does not exist.
+    pub fn room_ref(self: &Arc<Self>, id: &RoomId) -> Option<RoomRef> {
+        self.maps
+            .contains_key(id.map().as_ref())
+            .then(|| RoomRef::local(id.clone(), self.clone()))
+    }
+
+    /// The address of room `id`, started if it is not running; `None` for
+    /// a map that does not exist. For calls, through [`RoomRef`] only.
+    pub(super) fn start(self: &Arc<Self>, id: &RoomId) -> Option<Addr<Room>> {
+        let def = self.maps.get(id.map().as_ref())?.clone();
         let mut rooms = self.rooms.lock();
-        if let Some(entry) = rooms.get(map).filter(|e| e.addr.connected()) {
+        if let Some(entry) = rooms.get(id).filter(|e| e.addr.connected()) {
             return Some(entry.addr.clone());
         }
-        let entry = self.start_incarnation(def, None, 0, None);
+        let entry = self.start_incarnation(id.clone(), def, None, 0, None);
         let addr = entry.addr.clone();
-        rooms.insert(map.to_string(), entry);
+        rooms.insert(id.clone(), entry);
         Some(addr)
     }
 
-    /// Cast `msg` to the current room of `map`, without waiting. A full
-    /// mailbox refuses it; no running room is `Closed`.
-    pub fn send<M>(&self, map: &str, msg: M) -> Result<(), SendError<M>>
+    /// Room ids running now, sorted.
+    pub fn running_rooms(&self) -> Vec<RoomId> {
+        let mut ids: Vec<RoomId> = self.rooms.lock().keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Cast `msg` to the current incarnation of room `id`, without
+    /// waiting. A full mailbox refuses it; no running room is `Closed`.
+    pub(super) fn send<M>(&self, id: &RoomId, msg: M) -> Result<(), SendError<M>>
     where
         M: Message + Send + 'static,
         M::Result: Send,
         Room: Handler<M>,
         <Room as Actor>::Context: ToEnvelope<Room, M>,
     {
-        match self.rooms.lock().get(map) {
+        match self.rooms.lock().get(id) {
             Some(entry) => entry.addr.try_send(msg),
             None => Err(SendError::Closed(msg)),
         }
     }
 
-    /// The current address of `map`'s room, if it runs (fault injection).
-    pub fn current(&self, map: &str) -> Option<Addr<Room>> {
-        self.rooms.lock().get(map).map(|e| e.addr.clone())
+    /// The current address of room `id`, if it runs (fault injection).
+    pub fn current(&self, id: &RoomId) -> Option<Addr<Room>> {
+        self.rooms.lock().get(id).map(|e| e.addr.clone())
     }
 
     /// Start an incarnation on an Arbiter live since `since_ms`, other than
     /// `avoid` when there is a choice.
     fn start_incarnation(
         self: &Arc<Self>,
+        id: RoomId,
         def: Arc<MapDef>,
         restored: Option<Restored>,
         since_ms: u64,
@@ -364,13 +412,14 @@ impl RoomSupervisor {
                     .as_ref()
                     .map_or_else(Default::default, |r| r.snapshot.clone()),
             ),
+            members: AtomicUsize::new(0),
         });
         let supervisor = self.clone();
         let room_slot = slot.clone();
         let capacity = self.settings.mailbox_capacity;
         let addr = Room::start_in_arbiter(&handle, move |ctx| {
             ctx.set_mailbox_capacity(capacity);
-            Room::new(def, supervisor, room_slot, restored)
+            Room::new(id, def, supervisor, room_slot, restored)
         });
         Entry { addr, slot }
     }
@@ -455,22 +504,23 @@ impl RoomSupervisor {
         (arbiters[i].id, arbiters[i].handle.clone())
     }
 
-    /// Incarnation `incarnation` of `map` crashed at `at`: restart it from
-    /// its snapshot, or fail it past the restart intensity (panics and
+    /// Incarnation `incarnation` of room `id` crashed at `at`: restart it
+    /// from its snapshot, or fail it past the restart intensity (panics and
     /// stalls only). A crash reported for an incarnation already replaced
     /// is ignored.
     pub fn restart(
         self: &Arc<Self>,
-        map: &str,
+        id: &RoomId,
         incarnation: u64,
         reason: RestartReason,
         at: Instant,
     ) {
-        let Some(def) = self.maps.get(map).cloned() else {
+        let Some(def) = self.maps.get(id.map().as_ref()).cloned() else {
             return;
         };
+        let room = id.to_string();
         let mut rooms = self.rooms.lock();
-        let Some(entry) = rooms.get(map).filter(|e| e.slot.incarnation == incarnation) else {
+        let Some(entry) = rooms.get(id).filter(|e| e.slot.incarnation == incarnation) else {
             return;
         };
         entry.slot.retired.store(true, Ordering::Release);
@@ -488,7 +538,7 @@ impl RoomSupervisor {
             let (max, window) = (self.settings.max_restarts, self.settings.restart_window);
             self.history
                 .lock()
-                .entry(map.to_string())
+                .entry(id.clone())
                 .or_insert_with(|| Intensity::new(max, window))
                 .record(at)
         } else {
@@ -498,30 +548,29 @@ impl RoomSupervisor {
             restarts: crashes, ..
         }) = intensity
         {
-            rooms.remove(map);
+            rooms.remove(id);
             drop(rooms);
-            self.history.lock().remove(map);
-            metrics::counter!(m::ROOM_FAILURES, "map" => map.to_string()).increment(1);
+            self.history.lock().remove(id);
+            metrics::counter!(m::ROOM_FAILURES, m::room_labels(id, &[])).increment(1);
             tracing::error!(
-                map,
+                room,
                 incarnation,
                 crashes,
                 window_ms = self.settings.restart_window.as_millis() as u64,
                 members = snapshot.members.len(),
                 "room failed: too many restarts; members moved to the fallback map"
             );
-            let map: Arc<str> = Arc::from(map);
             for (_, member) in &snapshot.members {
                 member
                     .events
-                    .do_send(RoomEvent::Failed { map: map.clone() });
+                    .do_send(RoomEvent::Failed { room: id.clone() });
             }
             return;
         }
-        metrics::counter!(m::ROOM_RESTARTS, "map" => map.to_string(), "reason" => reason.name())
+        metrics::counter!(m::ROOM_RESTARTS, m::room_labels(id, &[("reason", reason.name())]))
             .increment(1);
         tracing::warn!(
-            map,
+            room,
             incarnation,
             reason = reason.name(),
             members = snapshot.members.len(),
@@ -533,19 +582,19 @@ impl RoomSupervisor {
             snapshot,
             crashed_at: at,
         };
-        let entry = self.start_incarnation(def, Some(restored), since_ms, avoid);
-        rooms.insert(map.to_string(), entry);
+        let entry = self.start_incarnation(id.clone(), def, Some(restored), since_ms, avoid);
+        rooms.insert(id.clone(), entry);
     }
 
-    /// Drop `map`'s room from the registry if `incarnation` is still the
+    /// Drop room `id` from the registry if `incarnation` is still the
     /// current one (it stopped, idle).
-    pub fn forget(&self, map: &str, incarnation: u64) {
+    pub fn forget(&self, id: &RoomId, incarnation: u64) {
         let mut rooms = self.rooms.lock();
         if rooms
-            .get(map)
+            .get(id)
             .is_some_and(|e| e.slot.incarnation == incarnation)
         {
-            rooms.remove(map);
+            rooms.remove(id);
         }
     }
 
@@ -568,26 +617,26 @@ impl RoomSupervisor {
         let previous = self.last_round_ms.swap(now, Ordering::AcqRel);
         self.probed_ms.store(previous, Ordering::Release);
         let limit = self.settings.stall_timeout.as_millis() as u64;
-        let stalled: Vec<(String, u64, u64, bool)> = self
+        let stalled: Vec<(RoomId, u64, u64, bool)> = self
             .rooms
             .lock()
             .iter()
-            .filter_map(|(map, e)| {
+            .filter_map(|(id, e)| {
                 let late = now.saturating_sub(e.slot.heartbeat_ms.load(Ordering::Acquire));
                 let busy = e.slot.busy.load(Ordering::Acquire);
-                (late >= limit).then(|| (map.clone(), e.slot.incarnation, late, busy))
+                (late >= limit).then(|| (id.clone(), e.slot.incarnation, late, busy))
             })
             .collect();
-        for (map, incarnation, late_ms, busy) in stalled {
+        for (id, incarnation, late_ms, busy) in stalled {
             let reason = if busy {
-                metrics::counter!(m::ROOM_STALLS, "map" => map.clone()).increment(1);
-                tracing::warn!(map = %map, incarnation, late_ms, "room stalled in a handler; restarting it on a live thread");
+                metrics::counter!(m::ROOM_STALLS, m::room_labels(&id, &[])).increment(1);
+                tracing::warn!(room = %id, incarnation, late_ms, "room stalled in a handler; restarting it on a live thread");
                 RestartReason::Stall
             } else {
-                tracing::warn!(map = %map, incarnation, late_ms, "room's thread blocked by another room; moving it to a live thread");
+                tracing::warn!(room = %id, incarnation, late_ms, "room's thread blocked by another room; moving it to a live thread");
                 RestartReason::Displaced
             };
-            self.restart(&map, incarnation, reason, Instant::now());
+            self.restart(&id, incarnation, reason, Instant::now());
         }
         self.retire_extras();
     }

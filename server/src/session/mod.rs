@@ -53,8 +53,8 @@ use crate::metrics as m;
 use crate::outbound::{Outbound, Socket};
 use crate::presence::{Presence, ResumeError, Seat, Takeover};
 use crate::ratelimit::{Bucket, Strikes};
-use crate::room::{ChatIn, Disconnected, Inputs, JoinError, JoinRoom, LeaveRoom, RoomEvent};
-use crate::room::{PickUp as RoomPickUp, RoomSupervisor, WhoIs};
+use crate::room::{CallError, CastError, Inputs, JoinError, JoinRoom, RoomEvent, RoomRef};
+use crate::room::RoomSupervisor;
 use crate::store::{
     ids, Adjust, Bundle, DurableError, DurableOp, PersisterHandle, PlayerProfile, Rejection, Trade,
 };
@@ -115,6 +115,8 @@ const STARTER_MARK: &str = "starter_purse";
 /// Why a `give` was not done.
 enum GiveError {
     NoTarget,
+    /// The room is not running (answered like a cast to it).
+    RoomGone,
     RoomBusy,
     Store(DurableError),
 }
@@ -130,6 +132,7 @@ impl GiveError {
                 ErrorCode::RoomUnavailable,
                 "the room did not answer; nothing changed".into(),
             ),
+            GiveError::RoomGone => (ErrorCode::RoomUnavailable, "room is not running".into()),
             GiveError::Store(DurableError::Rejected(Rejection::Insufficient { what, .. })) => (
                 ErrorCode::Insufficient,
                 format!("not enough {what}; nothing changed"),
@@ -157,8 +160,9 @@ enum State {
     /// Hello accepted; the player's profile is loading from the store.
     Loading,
     Lobby,
+    /// Joined (or joining) a room: the only way to it is this handle.
     InRoom {
-        map: Arc<str>,
+        room: RoomRef,
     },
     /// The close frame is queued; input is ignored until the client closes.
     Closing,
@@ -528,8 +532,11 @@ impl Session {
         if let Some(seat) = seat {
             // The held seat or nothing: a seat whose grace ran out leaves
             // the player in no map, as PROTOCOL.md says.
+            let Some(room) = self.deps.rooms.room_ref(&seat.room) else {
+                return;
+            };
             self.join_room(
-                seat.room.map().clone(),
+                room,
                 identity,
                 Some(seat.session),
                 true,
@@ -592,42 +599,43 @@ impl Session {
             );
             return;
         }
-        if let State::InRoom { map } = &self.state {
-            if **map == *join.map {
+        if let State::InRoom { room } = &self.state {
+            if **room.id().map() == *join.map {
                 // Joining the map it stands in: `joined` again for the same
-                // entity, with a fresh view.
-                let map = map.clone();
-                self.join_room(map, identity, Some(self.id), false, 1, ctx);
+                // entity (in the same instance), with a fresh view.
+                let room = room.clone();
+                self.join_room(room, identity, Some(self.id), false, 1, ctx);
                 return;
             }
             self.leave_room(true);
         }
-        self.join_room(Arc::from(join.map), identity, None, false, 1, ctx);
+        let Some(room) = self.deps.rooms.room_for_join(&join.map) else {
+            self.send_error(ErrorCode::UnknownMap, format!("no map named {:?}", join.map));
+            return;
+        };
+        self.join_room(room, identity, None, false, 1, ctx);
     }
 
-    /// Ask the room of `map` to take this player (or give back the seat of
-    /// session `resume`; with `seat_only`, that seat or nothing). State
-    /// moves to `InRoom` at once so inputs sent right after `joined` route;
-    /// a failed join moves it back.
+    /// Ask `room` to take this player (or give back the seat of session
+    /// `resume`; with `seat_only`, that seat or nothing). State moves to
+    /// `InRoom` at once so inputs sent right after `joined` route; a failed
+    /// join moves it back. A room found full when the map runs several
+    /// instances (another join took the last place first) is retried in
+    /// the instance the supervisor names next.
     fn join_room(
         &mut self,
-        map: Arc<str>,
+        room: RoomRef,
         identity: Arc<Identity>,
         resume: Option<SessionId>,
         seat_only: bool,
         retries: u8,
         ctx: &mut Context<Self>,
     ) {
-        let Some(room) = self.deps.rooms.room(&map) else {
-            self.send_error(ErrorCode::UnknownMap, format!("no map named {map:?}"));
-            return;
-        };
-        self.state = State::InRoom { map: map.clone() };
-        self.deps.presence.seated(
-            &identity.player_id,
-            self.id,
-            Some(RoomId::first(map.clone())),
-        );
+        self.state = State::InRoom { room: room.clone() };
+        self.deps
+            .presence
+            .seated(&identity.player_id, self.id, Some(room.id().clone()));
+        let map = room.id().map().clone();
         let epoch = self.out.begin_room();
         let spawn_at = match self.saved_position.take() {
             Some((saved, x, y)) if saved == map => Some((x, y)),
@@ -649,41 +657,50 @@ impl Session {
             spawn_at,
         };
         let timeout = ms(self.deps.config.rooms.call_timeout_ms);
-        let call = room.send(request);
-        let reply = async move { tokio::time::timeout(timeout, call).await };
+        let reply = {
+            let room = room.clone();
+            async move { room.call_join(request, timeout).await }
+        };
         ctx.spawn(reply.into_actor(self).map_guarded("join_reply", move |reply, session, ctx| {
-            let still_joining = matches!(&session.state, State::InRoom { map: current } if *current == map)
+            let still_joining = matches!(&session.state, State::InRoom { room: current } if current.id() == room.id())
                 && session.out.is_member(epoch);
             if !still_joining {
                 return;
             }
             match reply {
-                Ok(Ok(Ok(_))) => {}
-                Ok(Ok(Err(JoinError::Full))) => {
-                    session.abandon_join(&map);
-                    session.send_error(ErrorCode::RoomFull, format!("{map} is full"));
+                Ok(Ok(_)) => {}
+                Ok(Err(JoinError::Full)) => {
+                    let next = (!seat_only && retries > 0)
+                        .then(|| session.deps.rooms.room_for_join(&map))
+                        .flatten()
+                        .filter(|next| next.id() != room.id());
+                    session.abandon_join(&room);
+                    match next {
+                        Some(next) => session.join_room(next, identity, None, false, retries - 1, ctx),
+                        None => session.send_error(ErrorCode::RoomFull, format!("{map} is full")),
+                    }
                 }
                 // The seat's grace ran out: the player stands in no map,
                 // and `welcome.last_map` says where to go back to.
-                Ok(Ok(Err(JoinError::SeatGone))) => session.abandon_join(&map),
-                Ok(Err(MailboxError::Closed)) | Ok(Ok(Err(JoinError::Crashed))) if retries > 0 => {
+                Ok(Err(JoinError::SeatGone)) => session.abandon_join(&room),
+                Err(CallError::Closed) | Ok(Err(JoinError::Crashed)) if retries > 0 => {
                     // The room stopped or crashed between lookup and join;
                     // the supervisor has a fresh incarnation by now.
                     session.out.end_room();
-                    session.join_room(map, identity, resume, seat_only, retries - 1, ctx);
+                    session.join_room(room, identity, resume, seat_only, retries - 1, ctx);
                 }
-                Ok(Err(_)) | Ok(Ok(Err(JoinError::Crashed))) | Err(_) => {
-                    session.abandon_join(&map);
+                Err(_) | Ok(Err(JoinError::Crashed)) => {
+                    session.abandon_join(&room);
                     session.send_error(ErrorCode::RoomUnavailable, format!("{map} did not answer"));
                 }
             }
         }));
     }
 
-    fn abandon_join(&mut self, map: &str) {
+    fn abandon_join(&mut self, room: &RoomRef) {
         self.state = State::Lobby;
         self.out.end_room();
-        let _ = self.deps.rooms.send(map, LeaveRoom { session: self.id });
+        let _ = room.cast_leave(self.id);
         if let Some(identity) = &self.identity {
             self.deps
                 .presence
@@ -694,17 +711,17 @@ impl Session {
     /// Leave the current room on purpose. With `notify` the player is told
     /// `left`; nothing the room sends after this point reaches it.
     fn leave_room(&mut self, notify: bool) {
-        if let State::InRoom { map } = std::mem::replace(&mut self.state, State::Lobby) {
+        if let State::InRoom { room } = std::mem::replace(&mut self.state, State::Lobby) {
             self.out.end_room();
             if notify {
                 self.send(&ServerMsg::Left(Left {
-                    map: map.to_string(),
+                    map: room.id().map().to_string(),
                 }));
             }
             // Membership changes are rate-limited by the control class, so
             // this cannot flood the room; a full mailbox is a lost leave that
             // the seat's grace period cleans up.
-            let _ = self.deps.rooms.send(&map, LeaveRoom { session: self.id });
+            let _ = room.cast_leave(self.id);
             if let Some(identity) = &self.identity {
                 self.deps
                     .presence
@@ -715,11 +732,8 @@ impl Session {
 
     /// The connection is going: keep the seat for a resume.
     fn release_seat(&mut self) {
-        if let State::InRoom { map } = std::mem::replace(&mut self.state, State::Lobby) {
-            let _ = self
-                .deps
-                .rooms
-                .send(&map, Disconnected { session: self.id });
+        if let State::InRoom { room } = std::mem::replace(&mut self.state, State::Lobby) {
+            let _ = room.cast_disconnected(self.id);
         }
     }
 
@@ -755,7 +769,7 @@ impl Session {
     }
 
     fn on_chat(&mut self, chat: ChatSend) {
-        let State::InRoom { map } = &self.state else {
+        let State::InRoom { room } = &self.state else {
             self.send_error(ErrorCode::IllegalState, "join a map before chatting");
             return;
         };
@@ -768,13 +782,7 @@ impl Session {
             );
             return;
         }
-        let sent = self.deps.rooms.send(
-            map,
-            ChatIn {
-                session: self.id,
-                text: chat.text,
-            },
-        );
+        let sent = room.cast_chat(self.id, chat.text);
         self.after_room_cast(sent, None);
     }
 
@@ -782,18 +790,19 @@ impl Session {
     /// one sender per room, so a room's mailbox holds at most its capacity
     /// plus one; past that, messages are dropped, counted and the client is
     /// told.
-    fn after_room_cast<M>(&mut self, sent: Result<(), SendError<M>>, req: Option<u32>) {
+    fn after_room_cast(&mut self, sent: Result<(), CastError>, req: Option<u32>) {
         match sent {
             Ok(()) => {}
-            Err(SendError::Full(_)) => {
-                metrics::counter!(m::ROOM_INPUTS_DROPPED).increment(1);
+            Err(CastError::Full) => {
+                metrics::counter!(m::ROOM_INPUTS_DROPPED, "reason" => m::DROPPED_ROOM_BUSY)
+                    .increment(1);
                 self.send_error_to(
                     req,
                     ErrorCode::RoomUnavailable,
                     "room is busy; message dropped",
                 );
             }
-            Err(SendError::Closed(_)) => {
+            Err(CastError::Closed) => {
                 // The room failed or stopped; its failure notice moves us.
                 self.send_error_to(
                     req,
@@ -823,7 +832,7 @@ impl Session {
     /// `done` only once the store acknowledged it.
     fn on_give(&mut self, give: Give, ctx: &mut Context<Self>) {
         let req = Some(give.req);
-        let (State::InRoom { map }, Some(identity)) = (&self.state, &self.identity) else {
+        let (State::InRoom { room }, Some(identity)) = (&self.state, &self.identity) else {
             self.send_error_to(req, ErrorCode::IllegalState, "join a map before giving");
             return;
         };
@@ -849,20 +858,17 @@ impl Session {
             );
             return;
         }
-        let Some(room) = self.deps.rooms.current(map) else {
-            self.send_error_to(req, ErrorCode::RoomUnavailable, "room is not running");
-            return;
-        };
+        let room = room.clone();
         let me = identity.player_id.clone();
         let trade_id = self.op_id(give.req);
         let persister = self.deps.persister.clone();
         let timeout = ms(self.deps.config.rooms.call_timeout_ms);
-        let who = room.send(WhoIs { entity: give.to });
         let apply = async move {
-            let target = match tokio::time::timeout(timeout, who).await {
-                Ok(Ok(Some(player))) => player,
-                Ok(Ok(None)) => return Err(GiveError::NoTarget),
-                _ => return Err(GiveError::RoomBusy),
+            let target = match room.call_who_is(give.to, timeout).await {
+                Ok(Some(player)) => player,
+                Ok(None) => return Err(GiveError::NoTarget),
+                Err(CallError::Closed) => return Err(GiveError::RoomGone),
+                Err(CallError::Timeout) => return Err(GiveError::RoomBusy),
             };
             if target == me {
                 return Err(GiveError::NoTarget);
@@ -896,6 +902,9 @@ impl Session {
                             session.notify_inventory(&target, inventory);
                         }
                     }
+                    Err(GiveError::RoomGone) => {
+                        session.send_error_to(Some(req), ErrorCode::RoomUnavailable, "room is not running");
+                    }
                     Err(err) => {
                         let (code, text) = err.describe();
                         session.send_error_to(Some(req), code, format!("give {req}: {text}"));
@@ -910,7 +919,7 @@ impl Session {
     /// [`crate::room::ground`].
     fn on_pick_up(&mut self, pick: PickUp) {
         let req = Some(pick.req);
-        let State::InRoom { map } = &self.state else {
+        let State::InRoom { room } = &self.state else {
             self.send_error_to(req, ErrorCode::IllegalState, "join a map before picking up");
             return;
         };
@@ -925,14 +934,7 @@ impl Session {
             );
             return;
         }
-        let sent = self.deps.rooms.send(
-            map,
-            RoomPickUp {
-                session: self.id,
-                req: pick.req,
-                item: pick.item,
-            },
-        );
+        let sent = room.cast_pick_up(self.id, pick.req, pick.item);
         self.after_room_cast(sent, req);
     }
 
@@ -946,11 +948,11 @@ impl Session {
         }
     }
 
-    fn on_room_failed(&mut self, failed: Arc<str>, ctx: &mut Context<Self>) {
-        let State::InRoom { map } = &self.state else {
+    fn on_room_failed(&mut self, failed: RoomId, ctx: &mut Context<Self>) {
+        let State::InRoom { room } = &self.state else {
             return;
         };
-        if *map != failed {
+        if *room.id() != failed {
             return;
         }
         self.state = State::Lobby;
@@ -960,14 +962,14 @@ impl Session {
             format!("{failed} failed; moving you to the fallback map"),
         );
         self.send(&ServerMsg::Left(Left {
-            map: failed.to_string(),
+            map: failed.map().to_string(),
         }));
         let fallback = self
             .deps
             .rooms
             .fallback_map()
-            .filter(|f| **f != *failed)
-            .map(Arc::from);
+            .filter(|f| **f != **failed.map())
+            .and_then(|f| self.deps.rooms.room_for_join(f));
         match (fallback, self.identity.clone()) {
             (Some(fallback), Some(identity)) => {
                 self.join_room(fallback, identity, None, false, 1, ctx)
@@ -1176,7 +1178,7 @@ impl Handler<RoomEvent> for Session {
 
     fn handle(&mut self, msg: RoomEvent, ctx: &mut Context<Self>) {
         self.guarded(ctx, "room_event", |session, ctx| match msg {
-            RoomEvent::Failed { map } => session.on_room_failed(map, ctx),
+            RoomEvent::Failed { room } => session.on_room_failed(room, ctx),
         });
     }
 }
