@@ -527,8 +527,11 @@ impl Room {
             Ok(result) => Some(result),
             Err(text) => {
                 self.crashed = true;
-                metrics::counter!(m::ROOM_POISON_DROPPED, m::room_labels(&self.id, &[("message", what)]))
-                    .increment(1);
+                metrics::counter!(
+                    m::ROOM_POISON_DROPPED,
+                    m::room_labels(&self.id, &[("message", what)])
+                )
+                .increment(1);
                 tracing::error!(
                     room = %self.id,
                     incarnation = self.slot.incarnation,
@@ -764,7 +767,9 @@ impl Room {
         if self.members.is_empty() {
             let idle_for = self.empty_since.map_or(Duration::ZERO, |t| t.elapsed());
             // A pick-up still being credited keeps the room up.
-            if idle_for >= Duration::from_millis(self.map.idle_stop_ms) && !self.ground.has_pending() {
+            if idle_for >= Duration::from_millis(self.map.idle_stop_ms)
+                && !self.ground.has_pending()
+            {
                 tracing::info!(room = %self.id, "room idle; stopping");
                 self.supervisor.forget(&self.id, self.slot.incarnation);
                 ctx.stop();
@@ -1055,8 +1060,11 @@ impl Actor for Room {
                 self.supervisor.persister().request_flush();
             });
             if let Err(text) = saved {
-                metrics::counter!(m::ROOM_POISON_DROPPED, m::room_labels(&self.id, &[("message", "stopped")]))
-                    .increment(1);
+                metrics::counter!(
+                    m::ROOM_POISON_DROPPED,
+                    m::room_labels(&self.id, &[("message", "stopped")])
+                )
+                .increment(1);
                 tracing::error!(room = %self.id, incarnation = self.slot.incarnation, panic = %text, "room panicked while stopping");
             }
         }

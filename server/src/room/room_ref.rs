@@ -137,7 +137,9 @@ impl RoomRef {
 
 impl std::fmt::Debug for RoomRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("RoomRef").field(&self.id.to_string()).finish()
+        f.debug_tuple("RoomRef")
+            .field(&self.id.to_string())
+            .finish()
     }
 }
 

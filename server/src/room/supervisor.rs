@@ -350,8 +350,9 @@ impl RoomSupervisor {
     }
 
     /// The address of room `id`, started if it is not running; `None` for
-    /// a map that does not exist. For calls, through [`RoomRef`] only.
-    pub(super) fn start(self: &Arc<Self>, id: &RoomId) -> Option<Addr<Room>> {
+    /// a map that does not exist. Sessions call rooms through [`RoomRef`]
+    /// only; this is for it, fault injection and tests.
+    pub fn start(self: &Arc<Self>, id: &RoomId) -> Option<Addr<Room>> {
         let def = self.maps.get(id.map().as_ref())?.clone();
         let mut rooms = self.rooms.lock();
         if let Some(entry) = rooms.get(id).filter(|e| e.addr.connected()) {
@@ -567,8 +568,11 @@ impl RoomSupervisor {
             }
             return;
         }
-        metrics::counter!(m::ROOM_RESTARTS, m::room_labels(id, &[("reason", reason.name())]))
-            .increment(1);
+        metrics::counter!(
+            m::ROOM_RESTARTS,
+            m::room_labels(id, &[("reason", reason.name())])
+        )
+        .increment(1);
         tracing::warn!(
             room,
             incarnation,

@@ -53,8 +53,8 @@ use crate::metrics as m;
 use crate::outbound::{Outbound, Socket};
 use crate::presence::{Presence, ResumeError, Seat, Takeover};
 use crate::ratelimit::{Bucket, Strikes};
-use crate::room::{CallError, CastError, Inputs, JoinError, JoinRoom, RoomEvent, RoomRef};
 use crate::room::RoomSupervisor;
+use crate::room::{CallError, CastError, Inputs, JoinError, JoinRoom, RoomEvent, RoomRef};
 use crate::store::{
     ids, Adjust, Bundle, DurableError, DurableOp, PersisterHandle, PlayerProfile, Rejection, Trade,
 };
@@ -535,14 +535,7 @@ impl Session {
             let Some(room) = self.deps.rooms.room_ref(&seat.room) else {
                 return;
             };
-            self.join_room(
-                room,
-                identity,
-                Some(seat.session),
-                true,
-                1,
-                ctx,
-            );
+            self.join_room(room, identity, Some(seat.session), true, 1, ctx);
         }
     }
 
@@ -610,7 +603,10 @@ impl Session {
             self.leave_room(true);
         }
         let Some(room) = self.deps.rooms.room_for_join(&join.map) else {
-            self.send_error(ErrorCode::UnknownMap, format!("no map named {:?}", join.map));
+            self.send_error(
+                ErrorCode::UnknownMap,
+                format!("no map named {:?}", join.map),
+            );
             return;
         };
         self.join_room(room, identity, None, false, 1, ctx);
@@ -903,7 +899,11 @@ impl Session {
                         }
                     }
                     Err(GiveError::RoomGone) => {
-                        session.send_error_to(Some(req), ErrorCode::RoomUnavailable, "room is not running");
+                        session.send_error_to(
+                            Some(req),
+                            ErrorCode::RoomUnavailable,
+                            "room is not running",
+                        );
                     }
                     Err(err) => {
                         let (code, text) = err.describe();
