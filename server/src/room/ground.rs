@@ -39,7 +39,8 @@ use protocol::msg::{Done, ErrorMsg, Items};
 use protocol::{ErrorCode, ServerMsg};
 use rand::Rng;
 
-use super::{encode_frame, Room};
+use super::view::encode_frame;
+use super::Room;
 use crate::ids::SessionId;
 use crate::metrics as m;
 use crate::store::ids::fresh_nonce;
