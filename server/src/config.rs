@@ -148,8 +148,10 @@ pub struct RoomsConfig {
     pub max_players: usize,
     /// An empty room stops after this long.
     pub idle_stop_ms: u64,
-    /// Messages queued to one room at most; a move into a full room is
-    /// dropped and counted.
+    /// Messages queued to one room at most (joins, leaves, chat,
+    /// pick-ups); a chat or pick-up into a full room is refused and
+    /// counted. Moves do not use the mailbox: they go through each
+    /// member's shared input queue.
     pub mailbox_capacity: usize,
     /// How long a session waits for a room to answer a join.
     pub call_timeout_ms: u64,

@@ -115,3 +115,32 @@ async fn a_map_with_one_instance_still_refuses_a_join_past_max_players() {
     .await;
     cal.expect_error(ErrorCode::RoomFull).await;
 }
+
+#[test]
+fn maps_choose_their_instances_and_idle_stop_in_the_config_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("tessera.toml");
+    let write = |text: &str| std::fs::write(&path, text).expect("config written");
+    write(
+        "[rooms]\nidle_stop_ms = 9000\n\n[supervision]\nfallback_map = \"hall\"\n\n\
+         [[maps]]\nname = \"crowd\"\ninstances = \"auto\"\nidle_stop_ms = 500\n\n\
+         [[maps]]\nname = \"hall\"\n",
+    );
+    let config = server::Config::load(Some(&path), Vec::new()).expect("a valid config");
+    config.validate().expect("valid");
+    let defs = config.map_defs();
+    assert_eq!(
+        (defs[0].instances, defs[0].idle_stop_ms),
+        (Instances::Auto, 500)
+    );
+    assert_eq!(
+        (defs[1].instances, defs[1].idle_stop_ms),
+        (Instances::One, 9000)
+    );
+    write("[[maps]]\nname = \"crowd\"\ninstances = \"many\"\n");
+    assert!(server::Config::load(Some(&path), Vec::new()).is_err());
+    write("[supervision]\nfallback_map = \"\"\n\n[[maps]]\nname = \"crowd\"\nidle_stop_ms = 0\n");
+    let zero = server::Config::load(Some(&path), Vec::new()).expect("it parses");
+    let error = zero.validate().expect_err("idle_stop_ms = 0 is refused");
+    assert!(format!("{error:?}").contains("idle_stop_ms"), "{error:?}");
+}

@@ -17,13 +17,7 @@ use crate::wire;
 impl Room {
     /// Answer request `req` of the member of `session` with an error, if
     /// the member is still here.
-    pub(super) fn answer_error(
-        &self,
-        session: SessionId,
-        req: u32,
-        code: ErrorCode,
-        text: String,
-    ) {
+    pub(super) fn answer_error(&self, session: SessionId, req: u32, code: ErrorCode, text: String) {
         let Some(member) = self
             .sessions
             .get(&session)
