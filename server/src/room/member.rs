@@ -5,28 +5,20 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix::prelude::*;
 use protocol::msg::{Entity, EntityId, Joined, Moved, Notice};
 use protocol::{assemble, NoticeCode, ServerMsg};
 
 use super::grid::Cell;
-use super::messages::{Inputs, JoinError, JoinOk, JoinRoom, RoomEvent};
+use super::messages::{JoinError, JoinOk, JoinRoom, MemberLink};
 use super::view::encode_frame;
 use super::Room;
-use crate::auth::Identity;
 use crate::ids::SessionId;
-use crate::outbound::Outbound;
 use crate::store::{PlayerState, Stats};
 
 /// The part of a member that survives a restart.
 #[derive(Clone)]
 pub struct MemberState {
-    pub session: SessionId,
-    pub identity: Arc<Identity>,
-    pub out: Arc<Outbound>,
-    pub inputs: Arc<Inputs>,
-    pub epoch: u64,
-    pub events: Recipient<RoomEvent>,
+    pub link: MemberLink,
     pub x: f32,
     pub y: f32,
     pub dir: (f32, f32),
@@ -142,7 +134,7 @@ impl Room {
     /// Hand a member's position to the persister (write-behind, coalesced).
     pub(super) fn save(&self, member: &Member) {
         self.supervisor.persister().player_state(
-            &member.state.identity.player_id,
+            &member.state.link.identity.player_id,
             member.saved_state(&self.map.name),
         );
     }
@@ -170,7 +162,7 @@ impl Room {
                     .disconnected_at
                     .is_some_and(|t| t.elapsed() >= grace)
             })
-            .map(|m| m.state.session)
+            .map(|m| m.state.link.session)
             .collect();
         for session in expired {
             self.remove(session);
@@ -185,21 +177,24 @@ impl Room {
             .and_then(|old| self.sessions.get(&old).copied().map(|id| (old, id)));
         if let Some((old, id)) = seat {
             self.sessions.remove(&old);
-            self.sessions.insert(msg.session, id);
+            self.sessions.insert(msg.link.session, id);
             let member = self
                 .members
                 .get_mut(&id)
                 .expect("sessions and members hold the same entities");
-            member.state.session = msg.session;
-            member.state.out = msg.out;
-            member.state.inputs = msg.inputs;
-            member.state.epoch = msg.epoch;
-            member.state.events = msg.events;
+            // The seat's entity and identity stay; the session's ends are
+            // the new one's.
+            let link = &mut member.state.link;
+            link.session = msg.link.session;
+            link.out = msg.link.out;
+            link.inputs = msg.link.inputs;
+            link.epoch = msg.link.epoch;
+            link.events = msg.link.events;
             member.state.disconnected_at = None;
             member.state.dir = (0.0, 0.0);
             // A session joining the map it stands in gets `joined` again,
             // with no notice: nothing was restored.
-            let notice = (old != msg.session).then_some(NoticeCode::SeatRestored);
+            let notice = (old != msg.link.session).then_some(NoticeCode::SeatRestored);
             self.send_joined(id, notice);
             self.snapshot();
             return Ok(JoinOk {
@@ -210,7 +205,8 @@ impl Room {
         if msg.seat_only {
             return Err(JoinError::SeatGone);
         }
-        self.remove(msg.session);
+        let session = msg.link.session;
+        self.remove(session);
         if self.members.len() >= self.map.max_players {
             return Err(JoinError::Full);
         }
@@ -224,14 +220,9 @@ impl Room {
         };
         let cell = self.grid.insert(id, x, y);
         let member = Member {
-            name: Arc::from(msg.identity.name.as_str()),
+            name: Arc::from(msg.link.identity.name.as_str()),
             state: MemberState {
-                session: msg.session,
-                identity: msg.identity,
-                out: msg.out,
-                inputs: msg.inputs,
-                epoch: msg.epoch,
-                events: msg.events,
+                link: msg.link,
                 x,
                 y,
                 dir: (0.0, 0.0),
@@ -246,13 +237,13 @@ impl Room {
             wire: Encoded::default(),
         };
         self.members.insert(id, member);
-        self.sessions.insert(msg.session, id);
+        self.sessions.insert(session, id);
         self.count_members();
         self.empty_since = None;
         self.dirty = true;
         self.send_joined(id, None);
         self.snapshot();
-        tracing::debug!(room = %self.id, entity = id, session = msg.session, "joined");
+        tracing::debug!(room = %self.id, entity = id, session, "joined");
         Ok(JoinOk {
             entity: id,
             resumed: false,
@@ -279,11 +270,19 @@ impl Room {
             .get_mut(&id)
             .expect("send_joined is called for a present member");
         me.visible = view;
-        let _ = me.state.out.push_room_reliable(me.state.epoch, frame);
+        let _ = me
+            .state
+            .link
+            .out
+            .push_room_reliable(me.state.link.epoch, frame);
         if let Some(code) = notice {
             let text = format!("back in {}", self.map.name);
             let frame = encode_frame(&ServerMsg::Notice(Notice::new(code, text)));
-            let _ = me.state.out.push_room_reliable(me.state.epoch, frame);
+            let _ = me
+                .state
+                .link
+                .out
+                .push_room_reliable(me.state.link.epoch, frame);
         }
     }
 }

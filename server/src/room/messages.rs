@@ -64,18 +64,27 @@ impl Inputs {
     }
 }
 
-/// Join the room. The room itself sends `joined` through `out`, ahead of any
-/// update. With `resume`, the seat of that earlier session is taken over if
-/// it is still held.
-pub struct JoinRoom {
+/// How a room reaches a member's session, and the session its member:
+/// carried by a join and kept by the member (so it survives a restart).
+#[derive(Clone)]
+pub struct MemberLink {
     pub session: SessionId,
     pub identity: Arc<Identity>,
+    /// Where the room writes the member's frames.
     pub out: Arc<Outbound>,
     /// Where the session puts this member's moves.
     pub inputs: Arc<Inputs>,
     /// The membership epoch from [`Outbound::begin_room`].
     pub epoch: u64,
+    /// What the room tells the session outside `out`.
     pub events: Recipient<RoomEvent>,
+}
+
+/// Join the room. The room itself sends `joined` through `link.out`, ahead
+/// of any update. With `resume`, the seat of that earlier session is taken
+/// over if it is still held.
+pub struct JoinRoom {
+    pub link: MemberLink,
     pub resume: Option<SessionId>,
     /// With `resume`: take that seat over or nothing. A seat no longer
     /// held is refused ([`JoinError::SeatGone`]) instead of placing a new

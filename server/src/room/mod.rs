@@ -83,7 +83,7 @@ pub use ground::{GroundSnapshot, PickUp};
 pub use member::MemberState;
 pub use messages::{
     ChatIn, Disconnected, Fault, FaultKind, Handover, Inputs, JoinError, JoinOk, JoinRoom,
-    LeaveRoom, RoomEvent, WhoIs, FAULT_POINTS, MAX_INJECTED_STALL,
+    LeaveRoom, MemberLink, RoomEvent, WhoIs, FAULT_POINTS, MAX_INJECTED_STALL,
 };
 pub use room_ref::{CallError, CastError, RoomRef};
 pub use snapshot::{Restored, RoomSnapshot};
@@ -255,7 +255,7 @@ impl Room {
         let (w, h) = (self.map.width, self.map.height);
         for (&id, member) in self.members.iter_mut() {
             if member.connected() {
-                member.state.inputs.drain_into(&mut member.pending);
+                member.state.link.inputs.drain_into(&mut member.pending);
             }
             let s = &mut member.state;
             if !member.pending.is_empty() {
@@ -347,8 +347,9 @@ impl Room {
             // when its actor stops.
             let _ = member
                 .state
+                .link
                 .out
-                .push_room_reliable(member.state.epoch, frame.clone());
+                .push_room_reliable(member.state.link.epoch, frame.clone());
         }
     }
 
@@ -369,8 +370,8 @@ impl Room {
             self.grid
                 .query(me.state.x, me.state.y, self.map.view_radius, &mut view);
             let frame = self.full_update(&view);
-            let out = me.state.out.clone();
-            let epoch = me.state.epoch;
+            let out = me.state.link.out.clone();
+            let epoch = me.state.link.epoch;
             // Reliable: a resync must not be shed like an ordinary update.
             let _ = out.push_room_reliable(epoch, frame);
             let _ = out.push_room_reliable(epoch, notice.clone());
@@ -480,10 +481,10 @@ impl Handler<Disconnected> for Room {
             member.state.disconnected_at = Some(Instant::now());
             member.state.dir = (0.0, 0.0);
             member.pending.clear();
-            member.state.inputs.clear();
+            member.state.link.inputs.clear();
             member.unsaved = false;
             let saved = member.saved_state(&map.name);
-            let player = member.state.identity.player_id.clone();
+            let player = member.state.link.identity.player_id.clone();
             room.supervisor.persister().player_state(&player, saved);
             room.supervisor.persister().request_flush();
             room.snapshot();
@@ -534,7 +535,7 @@ impl Handler<WhoIs> for Room {
         self.guarded(ctx, "who_is", |room, _| {
             room.members
                 .get(&msg.entity)
-                .map(|m| m.state.identity.player_id.clone())
+                .map(|m| m.state.link.identity.player_id.clone())
         })
         .flatten()
     }

@@ -42,19 +42,19 @@ impl Room {
         self.tick = snapshot.tick;
         self.next_entity = snapshot.next_entity;
         for (id, state) in &snapshot.members {
-            if !state.out.is_member(state.epoch) {
+            if !state.link.out.is_member(state.link.epoch) {
                 continue;
             }
             let mut state = state.clone();
-            if state.out.is_closing() && state.disconnected_at.is_none() {
+            if state.link.out.is_closing() && state.disconnected_at.is_none() {
                 state.disconnected_at = Some(Instant::now());
             }
             let cell = self.grid.insert(*id, state.x, state.y);
-            self.sessions.insert(state.session, *id);
+            self.sessions.insert(state.link.session, *id);
             self.members.insert(
                 *id,
                 Member {
-                    name: Arc::from(state.identity.name.as_str()),
+                    name: Arc::from(state.link.identity.name.as_str()),
                     state,
                     cell,
                     pending: Vec::new(),

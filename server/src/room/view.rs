@@ -133,7 +133,7 @@ impl Room {
             if !me.connected() {
                 continue;
             }
-            let resync = me.state.out.take_resync();
+            let resync = me.state.link.out.take_resync();
             if !self.dirty && !resync {
                 continue;
             }
@@ -150,7 +150,7 @@ impl Room {
                 // Counted only when queued: a closing session or one over
                 // its budget refuses the frame.
                 let full = self.full_update(&me.visible);
-                sent += u64::from(me.state.out.push_state(me.state.epoch, full));
+                sent += u64::from(me.state.link.out.push_state(me.state.link.epoch, full));
                 continue;
             }
             let diff = diff_views(&previous, &me.visible, |e| self.members[&e].changed);
@@ -171,7 +171,7 @@ impl Room {
                     frame
                 }
             };
-            sent += u64::from(me.state.out.push_state(me.state.epoch, frame));
+            sent += u64::from(me.state.link.out.push_state(me.state.link.epoch, frame));
         }
         if self.dirty {
             for member in self.members.values_mut() {

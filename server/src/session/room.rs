@@ -12,7 +12,7 @@ use crate::auth::Identity;
 use crate::config::ms;
 use crate::ids::{RoomId, SessionId};
 use crate::metrics as m;
-use crate::room::{CallError, CastError, JoinError, JoinRoom, RoomRef};
+use crate::room::{CallError, CastError, JoinError, JoinRoom, MemberLink, RoomRef};
 
 impl Session {
     pub(super) fn on_join(&mut self, join: Join, ctx: &mut Context<Self>) {
@@ -77,12 +77,14 @@ impl Session {
         };
         self.inputs = Arc::default();
         let request = JoinRoom {
-            session: self.id,
-            identity: identity.clone(),
-            out: self.out.clone(),
-            inputs: self.inputs.clone(),
-            epoch,
-            events: ctx.address().recipient(),
+            link: MemberLink {
+                session: self.id,
+                identity: identity.clone(),
+                out: self.out.clone(),
+                inputs: self.inputs.clone(),
+                epoch,
+                events: ctx.address().recipient(),
+            },
             resume,
             seat_only,
             spawn_at,

@@ -29,8 +29,9 @@ impl Room {
         let frame = encode_frame(&ServerMsg::Error(ErrorMsg::answering(req, code, text)));
         let _ = member
             .state
+            .link
             .out
-            .push_room_reliable(member.state.epoch, frame);
+            .push_room_reliable(member.state.link.epoch, frame);
     }
 
     pub(in crate::room) fn pick_up(&mut self, msg: PickUp, ctx: &mut Context<Self>) {
@@ -48,7 +49,7 @@ impl Room {
             return;
         }
         let member = &self.members[&entity];
-        let player = member.state.identity.player_id.clone();
+        let player = member.state.link.identity.player_id.clone();
         let (mx, my) = (member.state.x, member.state.y);
         if let Some(p) = self.ground.pending.get_mut(&msg.item) {
             if p.player == player {
@@ -263,13 +264,13 @@ impl Room {
             None => self
                 .members
                 .values()
-                .find(|m| m.state.identity.player_id == p.player),
+                .find(|m| m.state.link.identity.player_id == p.player),
         };
         let Some(member) = member else {
             return;
         };
-        let out = &member.state.out;
-        let epoch = member.state.epoch;
+        let out = &member.state.link.out;
+        let epoch = member.state.link.epoch;
         if let Some((_, req)) = p.waiter {
             let done = encode_frame(&ServerMsg::Done(Done {
                 req,

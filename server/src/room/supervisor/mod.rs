@@ -462,6 +462,7 @@ impl RoomSupervisor {
             );
             for (_, member) in &snapshot.members {
                 member
+                    .link
                     .events
                     .do_send(RoomEvent::Failed { room: id.clone() });
             }
