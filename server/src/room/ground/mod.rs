@@ -24,6 +24,13 @@
 //! back only when no credit can have been applied: the first attempt failed
 //! without being sent, or the store refused it.
 //!
+//! [`Ground`] holds the items and pending pick-ups and decides, without
+//! I/O: [`Ground::take`] checks a pick-up and moves the item to pending,
+//! returning a [`Take`] that says what follows; [`Ground::spawn`] returns
+//! the items its spawners add. The room carries the decisions out
+//! (answers, broadcasts, store calls; the steps after the take are in
+//! `pickup.rs`).
+//!
 //! Every store call is a future spawned on the room's context whose result
 //! comes back behind the panic boundary (`Room::guarded`); the room never
 //! waits for the store. Until the room's document is loaded, spawners wait
@@ -41,6 +48,7 @@ use rand::Rng;
 
 use super::view::encode_frame;
 use super::Room;
+use crate::config::SpawnerConfig;
 use crate::ids::SessionId;
 use crate::store::ids::fresh_nonce;
 use crate::store::{DurableError, GroundItem, PendingPickup, RoomState};
@@ -178,6 +186,117 @@ impl Ground {
 
     pub(super) fn has_pending(&self) -> bool {
         !self.pending.is_empty()
+    }
+}
+
+/// Who asks for a pick-up, from where, and who waits for the answer.
+pub(super) struct Picker {
+    pub(super) player: String,
+    pub(super) at: (f32, f32),
+    /// Session and request number.
+    pub(super) waiter: (SessionId, u32),
+}
+
+/// What [`Ground::take`] decided; the room carries it out (answers,
+/// broadcasts, store calls).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Take {
+    /// The room's document is not loaded yet (3004).
+    Loading,
+    /// The picker asks again for an item it is being credited for (after
+    /// 5004): it now waits for that credit's outcome; `credit` when no
+    /// attempt is under way, so the room starts one.
+    AskedAgain { credit: bool },
+    /// No such item on the ground (3008).
+    Gone,
+    /// The item lies farther than the pick-up radius (3009).
+    OutOfReach { distance: f32 },
+    /// Off the ground and pending, in flight: write the document, then
+    /// credit.
+    Taken,
+}
+
+impl Ground {
+    /// Step 1 of a pick-up of item `id`: check it and, when it can be
+    /// picked, move it from the ground to the pending pick-ups under an op
+    /// id naming the room `room` and the document's epoch.
+    pub(super) fn take(&mut self, id: u64, picker: Picker, radius: f32, room: &str) -> Take {
+        if !self.loaded {
+            return Take::Loading;
+        }
+        if let Some(p) = self.pending.get_mut(&id) {
+            if p.player == picker.player {
+                p.waiter = Some(picker.waiter);
+                return Take::AskedAgain {
+                    credit: !p.in_flight,
+                };
+            }
+        }
+        let Some(item) = self.items.get(&id) else {
+            return Take::Gone;
+        };
+        let (mx, my) = picker.at;
+        let distance = (item.x - mx).hypot(item.y - my);
+        if distance > radius {
+            return Take::OutOfReach { distance };
+        }
+        let Some(item) = self.items.remove(&id) else {
+            return Take::Gone;
+        };
+        self.pending.insert(
+            id,
+            Pickup {
+                op_id: format!("pickup:{room}:{}:{id}", self.epoch),
+                player: picker.player,
+                item,
+                waiter: Some(picker.waiter),
+                in_flight: true,
+                maybe_applied: false,
+                failures: 0,
+            },
+        );
+        Take::Taken
+    }
+
+    /// Spawn what `spawners` have due at `now` (each at most one stack,
+    /// while fewer than its `max_on_ground` lie on the map), at random
+    /// spots of a `width` × `height` map. Returns the items added.
+    pub(super) fn spawn(
+        &mut self,
+        spawners: &[SpawnerConfig],
+        (width, height): (f32, f32),
+        now: Instant,
+    ) -> Vec<GroundItem> {
+        let mut added = Vec::new();
+        if !self.loaded {
+            return added;
+        }
+        for (i, spawner) in spawners.iter().enumerate() {
+            if now < self.spawn_due[i] {
+                continue;
+            }
+            self.spawn_due[i] = now + Duration::from_millis(spawner.every_ms);
+            let lying = self
+                .items
+                .values()
+                .filter(|it| it.kind == spawner.kind)
+                .count();
+            if lying >= spawner.max_on_ground as usize {
+                continue;
+            }
+            let mut rng = rand::rng();
+            let item = GroundItem {
+                id: self.next_item,
+                kind: spawner.kind.clone(),
+                count: spawner.count,
+                x: rng.random_range(0.0..=width),
+                y: rng.random_range(0.0..=height),
+            };
+            self.next_item += 1;
+            added.push(item.clone());
+            self.items.insert(item.id, item);
+        }
+        added
     }
 }
 
@@ -357,37 +476,16 @@ impl Room {
 
     /// Run due spawners (at most one item each per tick).
     pub(super) fn spawn_items(&mut self) {
-        if !self.ground.loaded || self.map.items.is_empty() {
+        if self.map.items.is_empty() {
             return;
         }
-        let now = Instant::now();
-        let mut added = Vec::new();
-        for (i, spawner) in self.map.items.iter().enumerate() {
-            if now < self.ground.spawn_due[i] {
-                continue;
-            }
-            self.ground.spawn_due[i] = now + Duration::from_millis(spawner.every_ms);
-            let lying = self
-                .ground
-                .items
-                .values()
-                .filter(|it| it.kind == spawner.kind)
-                .count();
-            if lying >= spawner.max_on_ground as usize {
-                continue;
-            }
-            let mut rng = rand::rng();
-            let item = GroundItem {
-                id: self.ground.next_item,
-                kind: spawner.kind.clone(),
-                count: spawner.count,
-                x: rng.random_range(0.0..=self.map.width),
-                y: rng.random_range(0.0..=self.map.height),
-            };
-            self.ground.next_item += 1;
-            added.push(wire::ground_item(&item));
-            self.ground.items.insert(item.id, item);
-        }
+        let size = (self.map.width, self.map.height);
+        let added: Vec<_> = self
+            .ground
+            .spawn(&self.map.items, size, Instant::now())
+            .iter()
+            .map(wire::ground_item)
+            .collect();
         if added.is_empty() {
             return;
         }
@@ -413,6 +511,84 @@ mod tests {
         assert_eq!(backoff(0), RETRY_MIN);
         assert_eq!(backoff(1), RETRY_MIN * 2);
         assert_eq!(backoff(30), RETRY_MAX);
+    }
+
+    fn gem(id: u64, x: f32) -> GroundItem {
+        GroundItem {
+            id,
+            kind: "gem".into(),
+            count: 1,
+            x,
+            y: 0.0,
+        }
+    }
+
+    fn picker(player: &str, x: f32) -> Picker {
+        Picker {
+            player: player.into(),
+            at: (x, 0.0),
+            waiter: (7, 1),
+        }
+    }
+
+    #[test]
+    fn take_checks_loading_presence_and_reach_then_holds_the_item_pending() {
+        let mut g = Ground::new();
+        assert_eq!(g.take(1, picker("p", 0.0), 10.0, "hall"), Take::Loading);
+        g.install(1, 1, "ep", vec![gem(1, 0.0), gem(2, 50.0)], Vec::new());
+        assert_eq!(g.take(9, picker("p", 0.0), 10.0, "hall"), Take::Gone);
+        assert_eq!(
+            g.take(2, picker("p", 0.0), 10.0, "hall"),
+            Take::OutOfReach { distance: 50.0 }
+        );
+        assert_eq!(g.take(1, picker("p", 3.0), 10.0, "hall#2"), Take::Taken);
+        assert!(!g.items.contains_key(&1));
+        let pending = &g.pending[&1];
+        assert_eq!(pending.op_id, "pickup:hall#2:ep:1");
+        assert!(pending.in_flight && !pending.maybe_applied);
+        // Someone else finds it gone; the picker asking again waits for the
+        // credit under way (no second one is started).
+        assert_eq!(g.take(1, picker("q", 0.0), 10.0, "hall"), Take::Gone);
+        assert_eq!(
+            g.take(1, picker("p", 0.0), 10.0, "hall"),
+            Take::AskedAgain { credit: false }
+        );
+        g.pending.get_mut(&1).unwrap().in_flight = false;
+        assert_eq!(
+            g.take(1, picker("p", 0.0), 10.0, "hall"),
+            Take::AskedAgain { credit: true }
+        );
+    }
+
+    #[test]
+    fn spawners_add_a_stack_when_due_and_below_their_cap() {
+        let spawner = SpawnerConfig {
+            kind: "gem".into(),
+            count: 3,
+            max_on_ground: 2,
+            every_ms: 1_000,
+        };
+        let mut g = Ground::new();
+        let start = Instant::now();
+        g.spawn_due = vec![start];
+        // Not loaded: nothing spawns.
+        assert!(g
+            .spawn(std::slice::from_ref(&spawner), (10.0, 20.0), start)
+            .is_empty());
+        g.install(0, 5, "ep", Vec::new(), Vec::new());
+        let first = g.spawn(std::slice::from_ref(&spawner), (10.0, 20.0), start);
+        assert_eq!(first.len(), 1);
+        let item = &first[0];
+        assert_eq!((item.id, item.kind.as_str(), item.count), (5, "gem", 3));
+        assert!((0.0..=10.0).contains(&item.x) && (0.0..=20.0).contains(&item.y));
+        // Not due again before every_ms; then one more, then the cap holds.
+        let spawners = std::slice::from_ref(&spawner);
+        assert!(g.spawn(spawners, (10.0, 20.0), start).is_empty());
+        let later = start + Duration::from_millis(1_000);
+        assert_eq!(g.spawn(spawners, (10.0, 20.0), later).len(), 1);
+        let much_later = later + Duration::from_millis(1_000);
+        assert!(g.spawn(spawners, (10.0, 20.0), much_later).is_empty());
+        assert_eq!(g.items.len(), 2);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use actix::prelude::*;
 use protocol::msg::{Done, ErrorMsg};
 use protocol::{ErrorCode, ServerMsg};
 
-use super::{backoff, encode_frame, items_frame, PickUp, Pickup};
+use super::{backoff, encode_frame, items_frame, PickUp, Picker, Pickup, Take};
 use crate::ids::SessionId;
 use crate::metrics as m;
 use crate::room::Room;
@@ -39,69 +39,56 @@ impl Room {
             return;
         };
         let req = msg.req;
-        if !self.ground.loaded {
-            self.answer_error(
+        let member = &self.members[&entity];
+        let picker = Picker {
+            player: member.state.link.identity.player_id.clone(),
+            at: (member.state.x, member.state.y),
+            waiter: (msg.session, req),
+        };
+        let id = msg.item;
+        match self
+            .ground
+            .take(id, picker, self.map.pickup_radius, &self.label)
+        {
+            Take::Loading => self.answer_error(
                 msg.session,
                 req,
                 ErrorCode::RoomUnavailable,
                 format!("pick_up {req}: ground items loading; try again"),
-            );
-            return;
-        }
-        let member = &self.members[&entity];
-        let player = member.state.link.identity.player_id.clone();
-        let (mx, my) = (member.state.x, member.state.y);
-        if let Some(p) = self.ground.pending.get_mut(&msg.item) {
-            if p.player == player {
-                // The picker asks again (after 5004): answer this request
-                // with the outcome of the same credit.
-                p.waiter = Some((msg.session, req));
-                if !p.in_flight {
-                    self.credit(msg.item, ctx);
+            ),
+            Take::AskedAgain { credit } => {
+                if credit {
+                    self.credit(id, ctx);
                 }
-                return;
             }
+            Take::Gone => {
+                metrics::counter!(m::PICKUPS, "result" => "item_gone").increment(1);
+                self.answer_error(
+                    msg.session,
+                    req,
+                    ErrorCode::ItemGone,
+                    format!("pick_up {req}: no item {id} on the ground"),
+                );
+            }
+            Take::OutOfReach { distance } => {
+                metrics::counter!(m::PICKUPS, "result" => "out_of_reach").increment(1);
+                self.answer_error(
+                    msg.session,
+                    req,
+                    ErrorCode::OutOfReach,
+                    format!(
+                        "pick_up {req}: item {id} is {distance:.0} away, farther than {}",
+                        self.map.pickup_radius
+                    ),
+                );
+            }
+            Take::Taken => self.item_taken(id, ctx),
         }
-        let Some(item) = self.ground.items.get(&msg.item) else {
-            metrics::counter!(m::PICKUPS, "result" => "item_gone").increment(1);
-            self.answer_error(
-                msg.session,
-                req,
-                ErrorCode::ItemGone,
-                format!("pick_up {req}: no item {} on the ground", msg.item),
-            );
-            return;
-        };
-        let distance = (item.x - mx).hypot(item.y - my);
-        if distance > self.map.pickup_radius {
-            metrics::counter!(m::PICKUPS, "result" => "out_of_reach").increment(1);
-            self.answer_error(
-                msg.session,
-                req,
-                ErrorCode::OutOfReach,
-                format!(
-                    "pick_up {req}: item {} is {distance:.0} away, farther than {}",
-                    msg.item, self.map.pickup_radius
-                ),
-            );
-            return;
-        }
-        let Some(item) = self.ground.items.remove(&msg.item) else {
-            return;
-        };
-        let id = item.id;
-        self.ground.pending.insert(
-            id,
-            Pickup {
-                op_id: format!("pickup:{}:{}:{id}", self.label, self.ground.epoch),
-                player,
-                item,
-                waiter: Some((msg.session, req)),
-                in_flight: true,
-                maybe_applied: false,
-                failures: 0,
-            },
-        );
+    }
+
+    /// Step 1 done (the item is pending): tell everyone it went, and write
+    /// the room document through.
+    fn item_taken(&mut self, id: u64, ctx: &mut Context<Self>) {
         let doc = self.ground_changed();
         self.to_all_members(items_frame(Vec::new(), vec![id]));
         let write = self.supervisor.persister().durable_room(doc);
