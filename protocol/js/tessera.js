@@ -1,4 +1,4 @@
-// Tessera browser client: the wire protocol of protocol/PROTOCOL.md (v1.3).
+// Tessera browser client: the wire protocol of protocol/PROTOCOL.md (v1.4).
 //
 // Layout
 // - MessagePack: `encode` / `decode`, a small codec for exactly what the
