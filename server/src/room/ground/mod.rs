@@ -24,9 +24,9 @@
 //! back only when no credit can have been applied: the first attempt failed
 //! without being sent, or the store refused it.
 //!
-//! [`Ground`] holds the items and pending pick-ups and decides, without
-//! I/O: [`Ground::take`] checks a pick-up and moves the item to pending,
-//! returning a [`Take`] that says what follows; [`Ground::spawn`] returns
+//! `Ground` holds the items and pending pick-ups and decides, without
+//! I/O: `Ground::take` checks a pick-up and moves the item to pending,
+//! returning a `Take` that says what follows; `Ground::spawn` returns
 //! the items its spawners add. The room carries the decisions out
 //! (answers, broadcasts, store calls; the steps after the take are in
 //! `pickup.rs`).
