@@ -101,6 +101,32 @@ async fn a_full_instance_spills_into_a_second_both_tick_and_the_empty_one_stops(
 }
 
 #[tokio::test]
+async fn a_join_goes_to_a_running_instance_with_room_before_starting_another() {
+    let shard = start(config());
+    let (mut ann, _) = Client::joined(shard.ws_addr, "ann", "crowd").await;
+    let (mut ben, _) = Client::joined(shard.ws_addr, "ben", "crowd").await;
+    let (_cal, c) = Client::joined(shard.ws_addr, "cal", "crowd").await;
+    assert_eq!(c.instance, 2);
+    // The first instance empties and stops; the second runs with cal.
+    ann.send(ClientMsg::Leave(Leave {})).await;
+    ben.send(ClientMsg::Leave(Leave {})).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while rooms_running(&shard).await != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the empty instance never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Dee joins cal rather than starting the first instance again.
+    let (_dee, d) = Client::joined(shard.ws_addr, "dee", "crowd").await;
+    assert_eq!(d.instance, 2);
+    let seen: Vec<EntityId> = d.entities.iter().map(|e| e.id).collect();
+    assert!(seen.contains(&c.you), "{seen:?}");
+    assert_eq!(rooms_running(&shard).await, 1);
+}
+
+#[tokio::test]
 async fn a_map_with_one_instance_still_refuses_a_join_past_max_players() {
     let mut config = config();
     config.maps[2].instances = Instances::One;

@@ -298,23 +298,32 @@ impl RoomSupervisor {
     /// The room a join of `map` goes to; `None` for a map that does not
     /// exist. With `instances = "one"` that is the map's first instance.
     /// With `"auto"`, the lowest-numbered running instance below
-    /// `max_players`, else the lowest-numbered one not running (which the
-    /// join starts). Two joins racing for the last place may both be sent
-    /// to one instance; the room refuses the second ([`super::JoinError::Full`])
-    /// and the session asks again.
+    /// `max_players` (members include held seats), else the
+    /// lowest-numbered one not running (which the join starts). Two joins
+    /// racing for the last place may both be sent to one instance; the
+    /// room refuses the second ([`super::JoinError::Full`]) and the
+    /// session asks again.
     pub fn room_for_join(self: &Arc<Self>, map: &str) -> Option<RoomRef> {
         let def = self.maps.get(map)?;
         let id = match def.instances {
             Instances::One => RoomId::first(map),
             Instances::Auto => {
                 let rooms = self.rooms.lock();
-                (1..)
-                    .map(|n| RoomId::new(map, n))
-                    .find(|id| match rooms.get(id) {
-                        Some(e) => e.slot.members.load(Ordering::Acquire) < def.max_players,
-                        None => true,
-                    })
-                    .expect("some instance number is free")
+                let mut running: Vec<(&RoomId, &Entry)> =
+                    rooms.iter().filter(|(id, _)| **id.map() == *map).collect();
+                running.sort_by_key(|(id, _)| id.instance());
+                // A running instance with room keeps players together;
+                // else the lowest instance number not running.
+                let with_room = running
+                    .iter()
+                    .find(|(_, e)| e.slot.members.load(Ordering::Acquire) < def.max_players)
+                    .map(|(id, _)| (*id).clone());
+                with_room.unwrap_or_else(|| {
+                    (1..)
+                        .map(|n| RoomId::new(map, n))
+                        .find(|id| !rooms.contains_key(id))
+                        .expect("an instance number is free: the rooms are finitely many")
+                })
             }
         };
         Some(RoomRef::local(id, self.clone()))
