@@ -99,6 +99,7 @@ async fn session(tcp: TcpStream) -> anyhow::Result<()> {
                     seq: 0,
                 }],
                 items: vec![],
+                instance: protocol::msg::FIRST_INSTANCE,
             }),
             ClientMsg::Leave(_) => ServerMsg::Left(Left { map: "m001".into() }),
             ClientMsg::Move(m) => {

@@ -1,4 +1,4 @@
-// Tessera browser client: the wire protocol of protocol/PROTOCOL.md (v1.3).
+// Tessera browser client: the wire protocol of protocol/PROTOCOL.md (v1.4).
 //
 // Layout
 // - MessagePack: `encode` / `decode`, a small codec for exactly what the
@@ -15,7 +15,7 @@
 // No dependencies and no I/O besides the WebSocket the caller asks for, so
 // the same file runs in browsers and in node (tests pass a fake socket).
 
-export const PROTOCOL_VERSION = Object.freeze({ major: 1, minor: 3 });
+export const PROTOCOL_VERSION = Object.freeze({ major: 1, minor: 4 });
 
 // ---------------------------------------------------------------------------
 // MessagePack
@@ -491,6 +491,8 @@ export class View {
     this.map = joined.map;
     this.you = joined.you;
     this.tick = joined.tick;
+    // Since 1.4; a server before it runs one instance per map.
+    this.instance = Number.isInteger(joined.instance) ? joined.instance : 1;
     for (const e of joined.entities ?? []) this.enter(e);
     this.applyItems({ added: joined.items });
   }

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 /// `inventory`, `welcome.last_map` and error codes 2004, 3005-3007, 5003,
 /// 5004. 1.2 added ground items (`joined.items`, `items`), `pick_up` and
 /// error codes 3008, 3009. 1.3 added `error.req`, error code 2005 and close
-/// code 4006 (a newer login replaced the session).
-pub const PROTOCOL_VERSION: Version = Version { major: 1, minor: 3 };
+/// code 4006 (a newer login replaced the session). 1.4 added
+/// `joined.instance` (which instance of a map the player stands in).
+pub const PROTOCOL_VERSION: Version = Version { major: 1, minor: 4 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Version {

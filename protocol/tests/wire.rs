@@ -119,6 +119,7 @@ fn server_samples() -> Vec<(&'static str, ServerMsg)> {
                     seq: 0,
                 }],
                 items: vec![],
+                instance: FIRST_INSTANCE,
             }),
         ),
         (
@@ -148,6 +149,32 @@ fn server_samples() -> Vec<(&'static str, ServerMsg)> {
                     x: 250.0,
                     y: 100.0,
                 }],
+                instance: FIRST_INSTANCE,
+            }),
+        ),
+        (
+            // Since 1.4: a second instance of the map says which.
+            "server_joined_instance",
+            ServerMsg::Joined(Joined {
+                map: MapInfo {
+                    name: "lobby".into(),
+                    width: 1000.0,
+                    height: 1000.0,
+                    tick_hz: 20,
+                    view_radius: 400.0,
+                    speed: 200.0,
+                },
+                you: 1,
+                tick: 7,
+                entities: vec![Entity {
+                    id: 1,
+                    name: "ada".into(),
+                    x: 500.0,
+                    y: 500.0,
+                    seq: 0,
+                }],
+                items: vec![],
+                instance: 2,
             }),
         ),
         (

@@ -158,6 +158,15 @@ pub struct Announcement(pub Bytes);
 #[derive(Clone)]
 pub struct MapBroadcast(pub Bytes);
 
+/// Encode an announcement once, for [`Announcement`] or [`MapBroadcast`].
+pub fn announce_frame(text: &str) -> Bytes {
+    Bytes::from(protocol::encode_server(&protocol::ServerMsg::Announce(
+        protocol::msg::Announce {
+            text: text.to_string(),
+        },
+    )))
+}
+
 pub struct Dispatcher {
     pub announcements: Topic<Announcement>,
     maps: Mutex<HashMap<String, Arc<Topic<MapBroadcast>>>>,

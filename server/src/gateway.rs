@@ -35,9 +35,9 @@ use tokio_tungstenite::WebSocketStream;
 use crate::config::{ms, IpNet, ServerConfig};
 use crate::metrics as m;
 use crate::outbound::{self, run_writer, Outbound, Socket};
-use crate::session::{Session, CLOSE_LINGER};
-use crate::shard::Shared;
+use crate::session::{self, Session, CLOSE_LINGER};
 use crate::tls::Conn;
+use tokio_rustls::TlsAcceptor;
 
 /// Sockets refused (over a cap) that may be in the middle of being told so
 /// (upgrade, error 5002, close 1013, linger) at once; past that they are
@@ -226,7 +226,10 @@ fn refill(entry: &mut IpEntry, rate: f64, burst: f64, now: Instant) -> f64 {
 /// the supervisor can start a fresh loop from a clone.
 #[derive(Clone)]
 pub struct Gateway {
-    shared: Arc<Shared>,
+    /// What every session it starts is given.
+    sessions: Arc<session::Deps>,
+    /// TLS on the game listener, when `[tls]` configures it.
+    tls: Option<TlsAcceptor>,
     workers: Vec<ArbiterHandle>,
     done: mpsc::Sender<()>,
     /// One permit per open connection (`server.max_connections`).
@@ -242,14 +245,20 @@ pub struct Gateway {
 impl Gateway {
     /// `done` is cloned into every session and writer, so that shutdown
     /// can wait for them all.
-    pub fn new(shared: Arc<Shared>, workers: Vec<ArbiterHandle>, done: mpsc::Sender<()>) -> Self {
+    pub fn new(
+        sessions: Arc<session::Deps>,
+        tls: Option<TlsAcceptor>,
+        workers: Vec<ArbiterHandle>,
+        done: mpsc::Sender<()>,
+    ) -> Self {
         Gateway {
-            permits: Arc::new(Semaphore::new(shared.config.server.max_connections)),
+            permits: Arc::new(Semaphore::new(sessions.config.server.max_connections)),
             refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
-            per_ip: PerIp::new(&shared.config.server),
+            per_ip: PerIp::new(&sessions.config.server),
             next_worker: Arc::new(AtomicUsize::new(0)),
             next_session: Arc::new(AtomicU64::new(1)),
-            shared,
+            sessions,
+            tls,
             workers,
             done,
         }
@@ -308,12 +317,12 @@ impl Gateway {
             };
             let worker = &self.workers
                 [self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len()];
-            let shared = self.shared.clone();
+            let (deps, tls) = (self.sessions.clone(), self.tls.clone());
             let done = self.done.clone();
             let id = self.next_session.fetch_add(1, Ordering::Relaxed);
             worker.spawn(async move {
                 match TcpStream::from_std(std_tcp) {
-                    Ok(tcp) => serve(tcp, peer, id, admission, shared, done).await,
+                    Ok(tcp) => serve(tcp, peer, id, admission, deps, tls, done).await,
                     Err(err) => tracing::warn!(error = %err, "socket handover failed"),
                 }
             });
@@ -327,15 +336,15 @@ impl Gateway {
 async fn upgrade(
     tcp: TcpStream,
     peer: SocketAddr,
-    shared: &Shared,
+    config: &ServerConfig,
+    tls: Option<&TlsAcceptor>,
 ) -> Option<(WebSocketStream<Conn>, Socket)> {
-    let config = &shared.config.server;
     let timeout = ms(config.handshake_timeout_ms);
     let started = tokio::time::Instant::now();
     // The close path keeps a handle to the TCP stream (see `outbound`).
     let tcp = outbound::Conn::new(tcp);
     let socket = tcp.socket();
-    let conn = match &shared.tls.ws {
+    let conn = match tls {
         None => Conn::Plain(tcp),
         Some(acceptor) => match Conn::tls(acceptor, tcp, timeout).await {
             Ok(conn) => conn,
@@ -370,10 +379,11 @@ async fn serve(
     peer: SocketAddr,
     id: u64,
     admission: Admission,
-    shared: Arc<Shared>,
+    deps: Arc<session::Deps>,
+    tls: Option<TlsAcceptor>,
     done: mpsc::Sender<()>,
 ) {
-    let Some((ws, socket)) = upgrade(tcp, peer, &shared).await else {
+    let Some((ws, socket)) = upgrade(tcp, peer, &deps.config.server, tls.as_ref()).await else {
         return;
     };
     let (permit, ip_slot) = match admission {
@@ -384,7 +394,7 @@ async fn serve(
             return;
         }
     };
-    let config = &shared.config.server;
+    let config = &deps.config.server;
     let (sink, stream) = ws.split();
     let out = Outbound::for_socket(config.outbound_budget_bytes, socket);
     let writer = run_writer(out.clone(), sink, ms(config.write_timeout_ms));
@@ -398,7 +408,7 @@ async fn serve(
     tracing::debug!(%peer, session = id, "connected");
     Session::create(move |ctx| {
         ctx.add_stream(stream);
-        Session::new(id, shared, out, done)
+        Session::new(id, deps, out, done)
     });
 }
 

@@ -8,13 +8,19 @@
 //!   upgrade; one session per socket on the next worker Arbiter.
 //! - [`tls`]: optional TLS (rustls) on the game and HTTP listeners.
 //! - [`session`]: the per-connection actor: decode, state check, rate
-//!   limit, route to the room.
+//!   limit, route to the room through its [`room::RoomRef`]; one file per
+//!   message family.
 //! - [`outbound`]: a session's bounded outbound queue and its writer task.
-//! - [`room`]: the per-map actor (tick, movement, interest management,
-//!   panic boundary, snapshots), its spatial [`room::grid`], its ground
-//!   items and durable pick-ups ([`room::ground`]) and the
-//!   [`room::supervisor`] that finds, restarts and watches rooms.
-//! - [`seats`]: each player's latest session and seat, for resume tokens.
+//! - [`room`]: the room actor, one per instance of a map (tick, movement,
+//!   interest management, panic boundary, snapshots), its messages, members,
+//!   views and snapshots, its spatial [`room::grid`], its ground items and
+//!   durable pick-ups ([`room::ground`]), the [`room::RoomRef`] sessions
+//!   hold, and the [`room::supervisor`] that places, restarts and watches
+//!   rooms.
+//! - [`presence`]: who is connected, with which session, seated in which
+//!   room (resume tokens and takeovers are checked against it).
+//! - [`ids`]: `SessionId` and `RoomId` (a map name plus an instance).
+//! - [`wire`]: conversions from the store's types to the protocol's.
 //! - [`dispatcher`]: typed topics for announcements and map broadcasts.
 //! - [`auth`]: signed tokens, resume tokens, dev-mode guests.
 //! - [`ratelimit`]: token buckets and abuse strikes.
@@ -28,26 +34,32 @@
 //!   backends, and the persister (write-behind and write-through).
 //!
 //! A move, end to end: socket -> `Session` (size, decode, rate limit, state)
-//! -> `Room` mailbox (`try_send`) -> applied at the next tick -> each
-//! member's view diffed against the last -> one encoded frame per distinct
-//! diff, shared as `Bytes` -> each member's `Outbound` -> writer task ->
-//! socket.
+//! -> the member's shared input queue ([`room::Inputs`], no actor message)
+//! -> applied at the room's next tick -> each member's view diffed against
+//! the last -> one encoded frame per distinct diff, shared as `Bytes` ->
+//! each member's `Outbound` -> writer task -> socket. Chat, joins, leaves
+//! and pick-ups go to the room's mailbox through the session's `RoomRef`.
+//!
+//! Modules depend on the ones below them only; `tests/modules.rs` fails on
+//! any import cycle.
 
 pub mod auth;
 pub mod config;
 pub mod dispatcher;
 pub mod gateway;
 pub mod http;
+pub mod ids;
 pub mod metrics;
 pub mod outbound;
+pub mod presence;
 pub mod ratelimit;
 pub mod room;
-pub mod seats;
 pub mod session;
 pub mod shard;
 pub mod store;
 pub mod supervise;
 pub mod tls;
+pub mod wire;
 
 pub use config::Config;
 pub use shard::{start, ShardHandle};

@@ -6,7 +6,10 @@
 
 use std::sync::OnceLock;
 
+use metrics::Label;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::ids::RoomId;
 
 pub const CONNECTIONS_ACCEPTED: &str = "tessera_connections_accepted_total";
 /// Connections turned away, by `reason`: max_connections,
@@ -26,7 +29,12 @@ pub const ROOMS_ACTIVE: &str = "tessera_rooms_active";
 pub const ROOM_TICKS: &str = "tessera_room_ticks_total";
 pub const ROOM_TICKS_SKIPPED: &str = "tessera_room_ticks_skipped_total";
 pub const ROOM_TICK_SECONDS: &str = "tessera_room_tick_seconds";
+/// Labelled `reason`: [`DROPPED_INPUT_QUEUE_FULL`] (a move pushed out of
+/// a member's input queue by newer ones) or [`DROPPED_ROOM_BUSY`] (a chat
+/// or pick-up cast refused by the room's full mailbox).
 pub const ROOM_INPUTS_DROPPED: &str = "tessera_room_inputs_dropped_total";
+pub const DROPPED_INPUT_QUEUE_FULL: &str = "input_queue_full";
+pub const DROPPED_ROOM_BUSY: &str = "room_busy";
 pub const ROOM_RESTARTS: &str = "tessera_room_restarts_total";
 pub const ROOM_FAILURES: &str = "tessera_room_failures_total";
 pub const ROOM_POISON_DROPPED: &str = "tessera_room_poison_messages_dropped_total";
@@ -53,6 +61,19 @@ pub const CHILD_RESTARTS: &str = "tessera_child_restarts_total";
 pub const CHILD_PANICS: &str = "tessera_child_panics_total";
 pub const CHILD_FAILURES: &str = "tessera_child_failures_total";
 pub const CHILD_UP: &str = "tessera_child_up";
+
+/// The labels of a per-room series: `map`, then `extra`, then `room` for
+/// an instance other than the map's first (`room="lobby#2"`). The first
+/// instance's series keep the labels they had before maps could run as
+/// several instances, so existing dashboards and alerts read on.
+pub fn room_labels(id: &RoomId, extra: &[(&'static str, &'static str)]) -> Vec<Label> {
+    let mut labels = vec![Label::new("map", id.map().to_string())];
+    labels.extend(extra.iter().map(|(k, v)| Label::new(*k, *v)));
+    if !id.is_first() {
+        labels.push(Label::new("room", id.to_string()));
+    }
+    labels
+}
 
 /// The process's Prometheus handle, installing the recorder on first use.
 pub fn prometheus() -> &'static PrometheusHandle {

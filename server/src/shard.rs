@@ -11,13 +11,15 @@
 //! ├─ extra room Arbiter × 0..supervision.max_extra_arbiters: started by the
 //! │                  watchdog while every room thread is blocked, retired
 //! │                  when one answers again (see [`crate::room::supervisor`])
-//! └─ shared state: Config, Auth, RoomSupervisor, Dispatcher, session
-//!    table, seats, the task registry
+//! └─ shared state, handed to each part as the narrow handle it needs
+//!    ([`session::Deps`] to the gateway and its sessions, [`crate::http::Deps`] to
+//!    the HTTP server): Config, Auth, RoomSupervisor, Dispatcher, the
+//!    presence table, the task registry
 //! ```
 //!
 //! The long-lived tasks are children of a [`Supervisor`] (the whole tree is
 //! drawn in [`crate::supervise`]): a panic in one is caught, logged and
-//! counted, and the task is started again from [`Shared`] and its listener
+//! counted, and the task is started again from its handle and its listener
 //! after a backoff.
 //!
 //! [`start`] binds both listeners (so a port-0 address is known when it
@@ -28,56 +30,26 @@
 //! persister within `store.shutdown_flush_deadline_ms`, and stops the
 //! system. The binary and the tests drive the same function.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use anyhow::Context as _;
-use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::auth::Auth;
 use crate::config::{ms, Config};
-use crate::dispatcher::{Announcement, Dispatcher};
+use crate::dispatcher::Dispatcher;
 use crate::gateway::Gateway;
+
+use crate::presence::Presence;
 use crate::room::supervisor::Settings;
-use crate::room::{announce_frame, RoomSupervisor};
-use crate::seats::Seats;
-use crate::session::{Session, SessionId, Shutdown};
-use crate::store::{Persister, PersisterHandle};
+use crate::room::RoomSupervisor;
+use crate::session::{self, Session, Shutdown};
+use crate::store::Persister;
 use crate::supervise::{self, Child, FaultPoints, Restart, Supervisor, Tasks};
-
-/// What every session and room of the shard shares.
-pub struct Shared {
-    pub config: Config,
-    pub auth: Auth,
-    pub limits: protocol::Limits,
-    pub rooms: Arc<RoomSupervisor>,
-    pub dispatcher: Arc<Dispatcher>,
-    pub sessions: Mutex<HashMap<SessionId, Addr<Session>>>,
-    pub seats: Seats,
-    pub persister: PersisterHandle,
-    /// The supervised tasks, the persister's flusher included: their
-    /// state for `/healthz`, and fault injection by name.
-    pub tasks: Tasks,
-    /// Fault points armed through the admin API (never without
-    /// `admin.fault_injection`).
-    pub faults: FaultPoints,
-    /// TLS on the listeners, when `[tls]` configures it.
-    pub tls: crate::tls::Tls,
-}
-
-impl Shared {
-    /// Publish an announcement to every connected session.
-    pub fn announce(&self, text: &str) -> crate::dispatcher::PublishReport {
-        self.dispatcher
-            .announcements
-            .publish(Announcement(announce_frame(text)))
-    }
-}
 
 pub struct ShardHandle {
     pub ws_addr: SocketAddr,
@@ -224,17 +196,24 @@ async fn run(
         )
         .with_faults(faults.clone()),
     );
-    let shared = Arc::new(Shared {
+    let presence = Arc::new(Presence::new(Duration::from_secs(config.auth.resume_ttl_s)));
+    let web = Arc::new(crate::http::Deps {
+        config: config.clone(),
+        rooms: rooms.clone(),
+        dispatcher: dispatcher.clone(),
+        presence: presence.clone(),
+        tasks,
+        faults: faults.clone(),
+        tls: tls.http.clone(),
+    });
+    let shared = Arc::new(session::Deps {
         auth: Auth::new(&config.auth),
         limits: config.welcome_limits(),
         rooms,
         dispatcher,
-        sessions: Mutex::new(HashMap::new()),
-        seats: Seats::new(Duration::from_secs(config.auth.resume_ttl_s)),
+        presence,
         persister: persister.handle(),
-        tasks,
         faults,
-        tls,
         config,
     });
 
@@ -243,14 +222,14 @@ async fn run(
     // its supervision ends at shutdown.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let supervisor = Supervisor::new(
-        &shared.tasks,
+        &web.tasks,
         supervise::Settings {
             shutdown: ms(shared.config.server.shutdown_grace_ms),
             ..supervise::Settings::from_config(&shared.config.supervision)
         },
         stop_rx.clone(),
     );
-    let gateway = Gateway::new(shared.clone(), handles, done_tx);
+    let gateway = Gateway::new(shared.clone(), tls.ws.clone(), handles, done_tx);
     let gateway_task =
         actix::spawn(
             supervisor.supervise(Child::new("gateway", Restart::Permanent, {
@@ -260,9 +239,9 @@ async fn run(
         );
     let http_task = actix::spawn(
         supervisor.supervise(Child::new("http", Restart::Permanent, {
-            let (shared, stop_rx) = (shared.clone(), stop_rx.clone());
+            let (web, stop_rx) = (web.clone(), stop_rx.clone());
             let ws_addr = addrs.0;
-            move || crate::http::serve(http.clone(), shared.clone(), ws_addr, stop_rx.clone())
+            move || crate::http::serve(http.clone(), web.clone(), ws_addr, stop_rx.clone())
         })),
     );
     let sampler = actix::spawn(
@@ -293,9 +272,9 @@ async fn run(
     let _ = stop_rx.wait_for(|stop| *stop).await;
     tracing::info!("shutting down: no new connections");
     let _ = gateway_task.await;
-    let report = shared.announce("server shutting down");
+    let report = web.announce("server shutting down");
     tracing::info!(delivered = report.delivered, "shutdown announced");
-    let sessions: Vec<Addr<Session>> = shared.sessions.lock().values().cloned().collect();
+    let sessions: Vec<Addr<Session>> = shared.presence.sessions();
     for session in &sessions {
         // Mailboxes ignore their capacity for do_send; shutdown must reach
         // every session.
@@ -330,14 +309,14 @@ async fn run(
 }
 
 /// Once a second: the dispatcher's queue depths, and expired seats.
-async fn sample(shared: Arc<Shared>, mut stop_rx: watch::Receiver<bool>) {
+async fn sample(shared: Arc<session::Deps>, mut stop_rx: watch::Receiver<bool>) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = stop_rx.wait_for(|s| *s) => break,
             _ = every.tick() => {
                 shared.dispatcher.sample();
-                shared.seats.prune();
+                shared.presence.prune();
             }
         }
     }

@@ -98,6 +98,15 @@ const EXPECTED = {
       items: [{ id: 12, kind: 'gem', count: 1, x: 250, y: 100 }],
     },
   },
+  server_joined_instance: {
+    joined: {
+      map: { name: 'lobby', width: 1000, height: 1000, tick_hz: 20, view_radius: 400, speed: 200 },
+      you: 1,
+      tick: 7,
+      entities: [{ id: 1, name: 'ada', x: 500, y: 500, seq: 0 }],
+      instance: 2,
+    },
+  },
   server_items: { items: { added: [{ id: 13, kind: 'gem', count: 2, x: 10, y: 20 }], removed: [12] } },
 };
 
@@ -346,6 +355,14 @@ test('the view follows joined, update and full resync', () => {
   view.applyUpdate(decodeMessage(golden.server_update_full).body);
   assert.equal(view.entities.size, 0);
   assert.equal(view.tick, 9);
+});
+
+test('the view says which instance it shows, the first when joined has none', () => {
+  const view = new View();
+  view.applyJoined(decodeMessage(golden.server_joined_instance).body);
+  assert.equal(view.instance, 2);
+  view.applyJoined(decodeMessage(golden.server_joined).body);
+  assert.equal(view.instance, 1);
 });
 
 test('the view keeps ground items from joined and items', () => {

@@ -23,7 +23,9 @@ pub use handshake::{Hello, Welcome};
 pub use inventory::{Done, Give, Inventory};
 pub use items::{GroundItem, ItemId, Items, PickUp};
 pub use ping::{Ping, Pong};
-pub use room::{Entity, EntityId, Join, Joined, Leave, Left, MapInfo, Move, Moved, Update};
+pub use room::{
+    Entity, EntityId, Join, Joined, Leave, Left, MapInfo, Move, Moved, Update, FIRST_INSTANCE,
+};
 
 use serde::{Deserialize, Serialize};
 

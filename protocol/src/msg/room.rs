@@ -105,6 +105,22 @@ pub struct Joined {
     /// The items lying on the map (since 1.2; absent when none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub items: Vec<GroundItem>,
+    /// Which instance of the map the player stands in (since 1.4): 1, the
+    /// map's first room, is absent on the wire; a map run as several
+    /// instances (`instances = "auto"`) numbers the others from 2.
+    #[serde(default = "first_instance", skip_serializing_if = "is_first_instance")]
+    pub instance: u32,
+}
+
+/// The instance a `joined` without one (from a server before 1.4) means.
+pub const FIRST_INSTANCE: u32 = 1;
+
+fn first_instance() -> u32 {
+    FIRST_INSTANCE
+}
+
+fn is_first_instance(instance: &u32) -> bool {
+    *instance == FIRST_INSTANCE
 }
 
 /// Sent when the player is no longer in a map: after `leave`, or when the

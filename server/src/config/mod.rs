@@ -44,7 +44,9 @@ pub use listeners::{IpNet, ServerConfig, TlsConfig, TlsFiles};
 pub use log::{LogConfig, LogFormat};
 pub use store::{Backend, EmbeddedConfig, MongoConfig, StoreConfig, MIN_LEDGER_RETENTION_MS};
 pub use supervision::SupervisionConfig;
-pub use world::{builtin_maps, EconomyConfig, MapConfig, MapDef, RoomsConfig, SpawnerConfig};
+pub use world::{
+    builtin_maps, EconomyConfig, Instances, MapConfig, MapDef, RoomsConfig, SpawnerConfig,
+};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {

@@ -65,6 +65,25 @@ pub struct MapConfig {
     pub max_players: Option<usize>,
     /// Item spawners: what appears lying on this map, and how often.
     pub items: Vec<SpawnerConfig>,
+    /// `"one"` (the default): one room runs the map, and a join past
+    /// `max_players` is refused. `"auto"`: a join of the map goes to an
+    /// instance with room, starting one when all are full (see
+    /// [`crate::ids::RoomId`]).
+    pub instances: Instances,
+    /// How long an empty room of this map runs before it stops (extra
+    /// instances included); `rooms.idle_stop_ms` when absent.
+    pub idle_stop_ms: Option<u64>,
+}
+
+/// How many rooms a map runs as (`maps[].instances`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Instances {
+    /// One room; joins past `max_players` are refused.
+    #[default]
+    One,
+    /// As many rooms as the players need, each up to `max_players`.
+    Auto,
 }
 
 impl Default for MapConfig {
@@ -80,6 +99,8 @@ impl Default for MapConfig {
             view_radius: None,
             max_players: None,
             items: Vec::new(),
+            instances: Instances::One,
+            idle_stop_ms: None,
         }
     }
 }
@@ -192,6 +213,9 @@ pub struct MapDef {
     pub items: Vec<SpawnerConfig>,
     /// `rooms.pickup_radius`.
     pub pickup_radius: f32,
+    pub instances: Instances,
+    /// How long an empty room of this map runs before it stops.
+    pub idle_stop_ms: u64,
 }
 
 impl Config {
@@ -215,6 +239,8 @@ impl Config {
                 speed: m.speed,
                 items: m.items,
                 pickup_radius: self.rooms.pickup_radius,
+                instances: m.instances,
+                idle_stop_ms: m.idle_stop_ms.unwrap_or(self.rooms.idle_stop_ms),
             })
             .collect()
     }
@@ -259,6 +285,9 @@ pub(super) fn validate_map(at: &str, m: &MapConfig, errors: &mut Vec<String>) {
     }
     if m.max_players == Some(0) {
         errors.push(format!("{at}.max_players must be greater than 0"));
+    }
+    if m.idle_stop_ms == Some(0) {
+        errors.push(format!("{at}.idle_stop_ms must be greater than 0"));
     }
     let mut kinds = BTreeSet::new();
     for (j, sp) in m.items.iter().enumerate() {

@@ -23,10 +23,12 @@ use protocol::admin::{
 
 use super::{task_state, AppState};
 use crate::config::Config;
-use crate::dispatcher::MapBroadcast;
-use crate::room::{announce_frame, Fault, FaultKind, MAX_INJECTED_STALL};
+use crate::dispatcher::{announce_frame, MapBroadcast};
+use crate::ids::RoomId;
+use crate::room::{Fault, FaultKind, MAX_INJECTED_STALL};
 use crate::session::Kill;
-use crate::shard::Shared;
+
+use super::Deps;
 use crate::supervise::{ArmError, FaultActor};
 
 /// How long a room panic waits for the room to answer that it crashed.
@@ -107,7 +109,7 @@ impl<T: AdminRequest> FromRequest<AppState> for Admin<T> {
 }
 
 /// `Ok` when the request carries the admin token.
-fn refuse_unauthorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Refusal> {
+fn refuse_unauthorized(shared: &Deps, headers: &HeaderMap) -> Result<(), Refusal> {
     let expected = &shared.config.admin.token;
     if expected.is_empty() {
         // Nothing to authenticate against.
@@ -268,7 +270,7 @@ pub(super) async fn announce(
 
 /// Arm a fault point: what was armed, or 400 naming the points.
 fn arm(
-    shared: &Shared,
+    shared: &Deps,
     actor: FaultActor,
     known: &'static [&'static str],
     at: &str,
@@ -296,7 +298,8 @@ pub(super) async fn room_fault(
         if request.kind != RoomFaultKind::Panic {
             return Err(Refusal::bad_request(AT_NEEDS_PANIC));
         }
-        if !shared.rooms.has_map(&request.map) {
+        let map = request.map.split('#').next().unwrap_or_default();
+        if request.map.parse::<RoomId>().is_err() || !shared.rooms.has_map(map) {
             return Err(Refusal::not_found(format!(
                 "no map named {:?}",
                 request.map
@@ -311,7 +314,14 @@ pub(super) async fn room_fault(
         )?;
         return Ok(Json(RoomFaultReply::Armed(armed)));
     }
-    let Some(room) = shared.rooms.current(&request.map) else {
+    // `map` names a room: the map for its first instance, `map#n` for
+    // another (see `crate::ids::RoomId`).
+    let room = request
+        .map
+        .parse::<RoomId>()
+        .ok()
+        .and_then(|id| shared.rooms.current(&id));
+    let Some(room) = room else {
         return Err(Refusal::not_found(format!(
             "no room of {:?} is running",
             request.map
@@ -375,10 +385,7 @@ pub(super) async fn session_fault(
     let Some(player) = request.player else {
         return Err(Refusal::bad_request(SESSION_FAULT_BODY));
     };
-    let session = shared
-        .seats
-        .latest_session(&player)
-        .and_then(|id| shared.sessions.lock().get(&id).cloned());
+    let session = shared.presence.player_session(&player);
     let Some(session) = session else {
         return Err(Refusal::not_found(format!(
             "player {player:?} has no session"

@@ -7,7 +7,7 @@
 //! | `GET /healthz` | `200 {"status":"ok","sessions":N,"rooms":N,"tasks":{...}}`; `status` is `degraded` once a supervised task was given up |
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /admin/announce` | `{"text": "...", "map": "optional"}`, bearer `admin.token` |
-//! | `POST /admin/faults/room` | `{"map": "...", "kind": "panic" or "stall", "ms": N}`; with `"at": "<point>"` a panic is armed at that point of the map's room instead; needs `admin.fault_injection` |
+//! | `POST /admin/faults/room` | `{"map": "...", "kind": "panic" or "stall", "ms": N}`; `map` names a room: `lobby` is the map's first instance, `lobby#2` its second; with `"at": "<point>"` a panic is armed at that point of that room instead; needs `admin.fault_injection` |
 //! | `POST /admin/faults/session` | `{"player": "...", "kind": "panic" or "drop"}`; with `"at": "<point>"` a panic is armed at that point of the player's session (of the next session to get there without `player`); needs `admin.fault_injection` |
 //! | `POST /admin/faults/task?name=<child>` | the supervised task panics at its next poll; needs `admin.fault_injection` |
 //!
@@ -40,8 +40,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::shard::Shared;
-use crate::supervise::ChildState;
+use crate::config::Config;
+use crate::dispatcher::{announce_frame, Announcement, Dispatcher, PublishReport};
+use crate::room::RoomSupervisor;
+use crate::session::Sessions;
+use crate::supervise::{ChildState, FaultPoints, Tasks};
 use crate::tls::Conn;
 
 mod admin;
@@ -52,6 +55,33 @@ pub use admin::{parse_announce, parse_room_fault, parse_session_fault};
 pub use protocol::admin::{
     AnnounceRequest, RoomFaultKind, RoomFaultRequest, SessionFaultKind, SessionFaultRequest,
 };
+
+/// What the HTTP server needs from the shard, passed in by it.
+pub struct Deps {
+    pub config: Config,
+    pub rooms: Arc<RoomSupervisor>,
+    pub dispatcher: Arc<Dispatcher>,
+    /// Who is connected: `/healthz` counts sessions, the session fault
+    /// finds a player's.
+    pub presence: Arc<Sessions>,
+    /// The supervised tasks: their state for `/healthz`, and fault
+    /// injection by name.
+    pub tasks: Tasks,
+    /// Fault points armed through the admin API (never without
+    /// `admin.fault_injection`).
+    pub faults: FaultPoints,
+    /// TLS on the HTTP listener, when `[tls]` configures it.
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl Deps {
+    /// Publish an announcement to every connected session.
+    pub fn announce(&self, text: &str) -> PublishReport {
+        self.dispatcher
+            .announcements
+            .publish(Announcement(announce_frame(text)))
+    }
+}
 
 const INDEX_HTML: &str = include_str!("../../web/index.html");
 const DEMO_JS: &str = include_str!("../../web/demo.js");
@@ -95,19 +125,19 @@ impl axum::serve::Listener for SharedListener {
 
 #[derive(Clone)]
 struct AppState {
-    shared: Arc<Shared>,
+    shared: Arc<Deps>,
     ws_port: u16,
 }
 
 pub async fn serve(
     listener: Arc<TcpListener>,
-    shared: Arc<Shared>,
+    shared: Arc<Deps>,
     ws_addr: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
     let listener = SharedListener {
         tcp: listener,
-        tls: shared.tls.http.clone(),
+        tls: shared.tls.clone(),
         handshake_timeout: crate::config::ms(shared.config.server.handshake_timeout_ms),
     };
     let state = AppState {
@@ -155,7 +185,7 @@ async fn client_config(State(state): State<AppState>) -> Json<ClientConfig> {
 }
 
 async fn healthz(State(state): State<AppState>) -> Json<Health> {
-    let sessions = state.shared.sessions.lock().len();
+    let sessions = state.shared.presence.session_count();
     let tasks = &state.shared.tasks;
     // A task given up no longer runs: the shard is not whole, and its
     // process manager should know (OTP escalates to the parent).

@@ -24,6 +24,13 @@
 //! back only when no credit can have been applied: the first attempt failed
 //! without being sent, or the store refused it.
 //!
+//! `Ground` holds the items and pending pick-ups and decides, without
+//! I/O: `Ground::take` checks a pick-up and moves the item to pending,
+//! returning a `Take` that says what follows; `Ground::spawn` returns
+//! the items its spawners add. The room carries the decisions out
+//! (answers, broadcasts, store calls; the steps after the take are in
+//! `pickup.rs`).
+//!
 //! Every store call is a future spawned on the room's context whose result
 //! comes back behind the panic boundary (`Room::guarded`); the room never
 //! waits for the store. Until the room's document is loaded, spawners wait
@@ -35,15 +42,20 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
-use protocol::msg::{Done, ErrorMsg, Items};
-use protocol::{ErrorCode, ServerMsg};
+use protocol::msg::Items;
+use protocol::ServerMsg;
 use rand::Rng;
 
-use super::{encode_frame, Room};
-use crate::metrics as m;
-use crate::session::SessionId;
+use super::view::encode_frame;
+use super::Room;
+use crate::config::SpawnerConfig;
+use crate::ids::SessionId;
 use crate::store::ids::fresh_nonce;
-use crate::store::{Adjust, DurableError, DurableOp, GroundItem, PendingPickup, RoomState};
+use crate::store::{DurableError, GroundItem, PendingPickup, RoomState};
+use crate::supervise::Backoff;
+use crate::wire;
+
+mod pickup;
 
 /// Backoff of store retries (loading the document, an in-doubt credit).
 const RETRY_MIN: Duration = Duration::from_millis(250);
@@ -169,11 +181,122 @@ impl Ground {
 
     /// The ground items, for `joined`.
     pub(super) fn wire_items(&self) -> Vec<protocol::msg::GroundItem> {
-        self.items.values().map(to_wire).collect()
+        self.items.values().map(wire::ground_item).collect()
     }
 
     pub(super) fn has_pending(&self) -> bool {
         !self.pending.is_empty()
+    }
+}
+
+/// Who asks for a pick-up, from where, and who waits for the answer.
+pub(super) struct Picker {
+    pub(super) player: String,
+    pub(super) at: (f32, f32),
+    /// Session and request number.
+    pub(super) waiter: (SessionId, u32),
+}
+
+/// What [`Ground::take`] decided; the room carries it out (answers,
+/// broadcasts, store calls).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Take {
+    /// The room's document is not loaded yet (3004).
+    Loading,
+    /// The picker asks again for an item it is being credited for (after
+    /// 5004): it now waits for that credit's outcome; `credit` when no
+    /// attempt is under way, so the room starts one.
+    AskedAgain { credit: bool },
+    /// No such item on the ground (3008).
+    Gone,
+    /// The item lies farther than the pick-up radius (3009).
+    OutOfReach { distance: f32 },
+    /// Off the ground and pending, in flight: write the document, then
+    /// credit.
+    Taken,
+}
+
+impl Ground {
+    /// Step 1 of a pick-up of item `id`: check it and, when it can be
+    /// picked, move it from the ground to the pending pick-ups under an op
+    /// id naming the room `room` and the document's epoch.
+    pub(super) fn take(&mut self, id: u64, picker: Picker, radius: f32, room: &str) -> Take {
+        if !self.loaded {
+            return Take::Loading;
+        }
+        if let Some(p) = self.pending.get_mut(&id) {
+            if p.player == picker.player {
+                p.waiter = Some(picker.waiter);
+                return Take::AskedAgain {
+                    credit: !p.in_flight,
+                };
+            }
+        }
+        let Some(item) = self.items.get(&id) else {
+            return Take::Gone;
+        };
+        let (mx, my) = picker.at;
+        let distance = (item.x - mx).hypot(item.y - my);
+        if distance > radius {
+            return Take::OutOfReach { distance };
+        }
+        let Some(item) = self.items.remove(&id) else {
+            return Take::Gone;
+        };
+        self.pending.insert(
+            id,
+            Pickup {
+                op_id: format!("pickup:{room}:{}:{id}", self.epoch),
+                player: picker.player,
+                item,
+                waiter: Some(picker.waiter),
+                in_flight: true,
+                maybe_applied: false,
+                failures: 0,
+            },
+        );
+        Take::Taken
+    }
+
+    /// Spawn what `spawners` have due at `now` (each at most one stack,
+    /// while fewer than its `max_on_ground` lie on the map), at random
+    /// spots of a `width` × `height` map. Returns the items added.
+    pub(super) fn spawn(
+        &mut self,
+        spawners: &[SpawnerConfig],
+        (width, height): (f32, f32),
+        now: Instant,
+    ) -> Vec<GroundItem> {
+        let mut added = Vec::new();
+        if !self.loaded {
+            return added;
+        }
+        for (i, spawner) in spawners.iter().enumerate() {
+            if now < self.spawn_due[i] {
+                continue;
+            }
+            self.spawn_due[i] = now + Duration::from_millis(spawner.every_ms);
+            let lying = self
+                .items
+                .values()
+                .filter(|it| it.kind == spawner.kind)
+                .count();
+            if lying >= spawner.max_on_ground as usize {
+                continue;
+            }
+            let mut rng = rand::rng();
+            let item = GroundItem {
+                id: self.next_item,
+                kind: spawner.kind.clone(),
+                count: spawner.count,
+                x: rng.random_range(0.0..=width),
+                y: rng.random_range(0.0..=height),
+            };
+            self.next_item += 1;
+            added.push(item.clone());
+            self.items.insert(item.id, item);
+        }
+        added
     }
 }
 
@@ -187,20 +310,11 @@ impl Pickup {
     }
 }
 
-fn to_wire(item: &GroundItem) -> protocol::msg::GroundItem {
-    protocol::msg::GroundItem {
-        id: item.id,
-        kind: item.kind.clone(),
-        count: item.count,
-        x: item.x,
-        y: item.y,
-    }
-}
-
+/// The wait before retry number `failures + 1`: the shared
+/// [`Backoff`]'s ceiling, without jitter (the ground counts its failures
+/// itself, per pick-up and per load).
 fn backoff(failures: u32) -> Duration {
-    RETRY_MIN
-        .saturating_mul(1 << failures.min(8))
-        .min(RETRY_MAX)
+    Backoff::new(RETRY_MIN, RETRY_MAX).ceiling(failures)
 }
 
 fn items_frame(added: Vec<protocol::msg::GroundItem>, removed: Vec<u64>) -> Bytes {
@@ -217,7 +331,7 @@ impl Room {
             epoch: g.epoch.clone(),
             items: g.items.values().cloned().collect(),
             pending: g.pending.values().map(Pickup::stored).collect(),
-            ..RoomState::new(&self.map.name)
+            ..RoomState::new(&self.label)
         }
     }
 
@@ -267,7 +381,7 @@ impl Room {
     }
 
     fn load_ground(&mut self, ctx: &mut Context<Self>) {
-        let load = self.supervisor.persister().load_room(&self.map.name);
+        let load = self.supervisor.persister().load_room(&self.label);
         ctx.spawn(load.into_actor(self).map(|loaded, room, ctx| {
             room.guarded(ctx, "ground_loaded", |room, ctx| {
                 room.ground_loaded(loaded, ctx)
@@ -288,20 +402,20 @@ impl Room {
             Err(e) => {
                 let delay = backoff(self.ground.load_failures);
                 self.ground.load_failures += 1;
-                tracing::warn!(map = %self.map.name, error = %e, retry_in_ms = delay.as_millis() as u64, "ground items not loaded; retrying");
+                tracing::warn!(room = %self.id, error = %e, retry_in_ms = delay.as_millis() as u64, "ground items not loaded; retrying");
                 ctx.run_later(delay, |room, ctx| {
                     room.guarded(ctx, "ground_load", |room, ctx| room.load_ground(ctx));
                 });
                 return;
             }
         };
-        let doc = doc.unwrap_or_else(|| RoomState::new(&self.map.name));
+        let doc = doc.unwrap_or_else(|| RoomState::new(&self.label));
         self.ground
             .install(doc.rev, doc.next_item, &doc.epoch, doc.items, doc.pending);
         self.ground_snapshot = Arc::new(self.ground.snapshot());
         self.snapshot();
         tracing::info!(
-            map = %self.map.name,
+            room = %self.id,
             items = self.ground.items.len(),
             pending = self.ground.pending.len(),
             rev = self.ground.rev,
@@ -326,7 +440,7 @@ impl Room {
                 Err(e) => {
                     let delay = backoff(room.ground.load_failures);
                     room.ground.load_failures += 1;
-                    tracing::warn!(map = %room.map.name, error = %e, retry_in_ms = delay.as_millis() as u64, "restored ground not stored; retrying before re-driving pick-ups");
+                    tracing::warn!(room = %room.id, error = %e, retry_in_ms = delay.as_millis() as u64, "restored ground not stored; retrying before re-driving pick-ups");
                     ctx.run_later(delay, |room, ctx| {
                         room.guarded(ctx, "ground_secure", |room, ctx| {
                             room.secure_then_redrive(ctx)
@@ -342,7 +456,7 @@ impl Room {
     fn redrive_pending(&mut self, ctx: &mut Context<Self>) {
         let ids: Vec<u64> = self.ground.pending.keys().copied().collect();
         if !ids.is_empty() {
-            tracing::info!(map = %self.map.name, pending = ids.len(), "re-driving pick-ups in flight");
+            tracing::info!(room = %self.id, pending = ids.len(), "re-driving pick-ups in flight");
         }
         for id in ids {
             if let Some(p) = self.ground.pending.get_mut(&id) {
@@ -362,303 +476,22 @@ impl Room {
 
     /// Run due spawners (at most one item each per tick).
     pub(super) fn spawn_items(&mut self) {
-        if !self.ground.loaded || self.map.items.is_empty() {
+        if self.map.items.is_empty() {
             return;
         }
-        let now = Instant::now();
-        let mut added = Vec::new();
-        for (i, spawner) in self.map.items.iter().enumerate() {
-            if now < self.ground.spawn_due[i] {
-                continue;
-            }
-            self.ground.spawn_due[i] = now + Duration::from_millis(spawner.every_ms);
-            let lying = self
-                .ground
-                .items
-                .values()
-                .filter(|it| it.kind == spawner.kind)
-                .count();
-            if lying >= spawner.max_on_ground as usize {
-                continue;
-            }
-            let mut rng = rand::rng();
-            let item = GroundItem {
-                id: self.ground.next_item,
-                kind: spawner.kind.clone(),
-                count: spawner.count,
-                x: rng.random_range(0.0..=self.map.width),
-                y: rng.random_range(0.0..=self.map.height),
-            };
-            self.ground.next_item += 1;
-            added.push(to_wire(&item));
-            self.ground.items.insert(item.id, item);
-        }
+        let size = (self.map.width, self.map.height);
+        let added: Vec<_> = self
+            .ground
+            .spawn(&self.map.items, size, Instant::now())
+            .iter()
+            .map(wire::ground_item)
+            .collect();
         if added.is_empty() {
             return;
         }
         let doc = self.ground_changed();
         self.supervisor.persister().room_state(doc);
         self.to_all_members(items_frame(added, Vec::new()));
-    }
-
-    /// Answer request `req` of the member of `session` with an error, if
-    /// the member is still here.
-    fn answer_error(&self, session: SessionId, req: u32, code: ErrorCode, text: String) {
-        let Some(member) = self
-            .sessions
-            .get(&session)
-            .and_then(|id| self.members.get(id))
-        else {
-            return;
-        };
-        metrics::counter!(m::CLIENT_ERRORS, "code" => code.name()).increment(1);
-        let frame = encode_frame(&ServerMsg::Error(ErrorMsg::answering(req, code, text)));
-        let _ = member
-            .state
-            .out
-            .push_room_reliable(member.state.epoch, frame);
-    }
-
-    pub(super) fn pick_up(&mut self, msg: PickUp, ctx: &mut Context<Self>) {
-        let Some(&entity) = self.sessions.get(&msg.session) else {
-            return;
-        };
-        let req = msg.req;
-        if !self.ground.loaded {
-            self.answer_error(
-                msg.session,
-                req,
-                ErrorCode::RoomUnavailable,
-                format!("pick_up {req}: ground items loading; try again"),
-            );
-            return;
-        }
-        let member = &self.members[&entity];
-        let player = member.state.identity.player_id.clone();
-        let (mx, my) = (member.state.x, member.state.y);
-        if let Some(p) = self.ground.pending.get_mut(&msg.item) {
-            if p.player == player {
-                // The picker asks again (after 5004): answer this request
-                // with the outcome of the same credit.
-                p.waiter = Some((msg.session, req));
-                if !p.in_flight {
-                    self.credit(msg.item, ctx);
-                }
-                return;
-            }
-        }
-        let Some(item) = self.ground.items.get(&msg.item) else {
-            metrics::counter!(m::PICKUPS, "result" => "item_gone").increment(1);
-            self.answer_error(
-                msg.session,
-                req,
-                ErrorCode::ItemGone,
-                format!("pick_up {req}: no item {} on the ground", msg.item),
-            );
-            return;
-        };
-        let distance = (item.x - mx).hypot(item.y - my);
-        if distance > self.map.pickup_radius {
-            metrics::counter!(m::PICKUPS, "result" => "out_of_reach").increment(1);
-            self.answer_error(
-                msg.session,
-                req,
-                ErrorCode::OutOfReach,
-                format!(
-                    "pick_up {req}: item {} is {distance:.0} away, farther than {}",
-                    msg.item, self.map.pickup_radius
-                ),
-            );
-            return;
-        }
-        let Some(item) = self.ground.items.remove(&msg.item) else {
-            return;
-        };
-        let id = item.id;
-        self.ground.pending.insert(
-            id,
-            Pickup {
-                op_id: format!("pickup:{}:{}:{id}", self.map.name, self.ground.epoch),
-                player,
-                item,
-                waiter: Some((msg.session, req)),
-                in_flight: true,
-                maybe_applied: false,
-                failures: 0,
-            },
-        );
-        let doc = self.ground_changed();
-        self.to_all_members(items_frame(Vec::new(), vec![id]));
-        let write = self.supervisor.persister().durable_room(doc);
-        ctx.spawn(write.into_actor(self).map(move |written, room, ctx| {
-            room.guarded(ctx, "pickup_taken", |room, ctx| {
-                room.taken(id, written, ctx)
-            });
-        }));
-    }
-
-    /// Step 2 done: the store has the item off the ground (or a newer
-    /// document, which has it too), or not.
-    fn taken(&mut self, id: u64, written: Result<bool, DurableError>, ctx: &mut Context<Self>) {
-        let Some(p) = self.ground.pending.get_mut(&id) else {
-            return;
-        };
-        p.in_flight = false;
-        match written {
-            Ok(_) => self.credit(id, ctx),
-            Err(e) => {
-                tracing::warn!(map = %self.map.name, item = id, error = %e, "pick-up not stored; item back on the ground");
-                self.put_back(
-                    id,
-                    ErrorCode::StoreUnavailable,
-                    format!("{e}; the item is back"),
-                );
-            }
-        }
-    }
-
-    /// Step 3: credit the picker, idempotently.
-    fn credit(&mut self, id: u64, ctx: &mut Context<Self>) {
-        let Some(p) = self.ground.pending.get_mut(&id) else {
-            return;
-        };
-        p.in_flight = true;
-        let op = DurableOp::Adjust(Adjust {
-            op_id: p.op_id.clone(),
-            player: p.player.clone(),
-            currency: 0,
-            items: [(p.item.kind.clone(), p.item.count)].into(),
-            progress: Default::default(),
-        });
-        let applied = self.supervisor.persister().durable(op);
-        ctx.spawn(applied.into_actor(self).map(move |result, room, ctx| {
-            room.guarded(ctx, "pickup_credited", |room, ctx| {
-                room.credited(id, result, ctx)
-            });
-        }));
-    }
-
-    fn credited(
-        &mut self,
-        id: u64,
-        result: Result<crate::store::DurableAck, DurableError>,
-        ctx: &mut Context<Self>,
-    ) {
-        let Some(p) = self.ground.pending.get_mut(&id) else {
-            return;
-        };
-        p.in_flight = false;
-        match result {
-            Ok(ack) => {
-                let Some(p) = self.ground.pending.remove(&id) else {
-                    return;
-                };
-                metrics::counter!(m::PICKUPS, "result" => "done").increment(1);
-                let doc = self.ground_changed();
-                self.supervisor.persister().room_state(doc);
-                let inventory = ack
-                    .inventory(&p.player)
-                    .map(crate::session::to_wire)
-                    .unwrap_or_default();
-                self.tell_picker(&p, inventory);
-            }
-            Err(DurableError::InDoubt(e)) => {
-                p.maybe_applied = true;
-                self.retry_later(id, e, ctx);
-            }
-            Err(e @ (DurableError::Rejected(_) | DurableError::Invalid(_))) => {
-                // Refused: this credit never applied, and (same op id) no
-                // earlier one did either.
-                tracing::warn!(map = %self.map.name, item = id, error = %e, "pick-up credit refused; item back on the ground");
-                self.put_back(
-                    id,
-                    ErrorCode::StoreUnavailable,
-                    format!("{e}; the item is back"),
-                );
-            }
-            Err(e) if !p.maybe_applied => {
-                // Not sent, and no earlier attempt was: nothing changed.
-                self.put_back(
-                    id,
-                    ErrorCode::StoreUnavailable,
-                    format!("{e}; the item is back"),
-                );
-            }
-            // An earlier attempt may have landed: keep it reserved, retry.
-            Err(e) => self.retry_later(id, e.to_string(), ctx),
-        }
-    }
-
-    /// Keep the item reserved for its picker and credit again later; the
-    /// waiting request, if any, is answered 5004 (in doubt) now.
-    fn retry_later(&mut self, id: u64, error: String, ctx: &mut Context<Self>) {
-        let Some(p) = self.ground.pending.get_mut(&id) else {
-            return;
-        };
-        let delay = backoff(p.failures);
-        p.failures += 1;
-        let waiter = p.waiter.take();
-        tracing::warn!(map = %self.map.name, item = id, error = %error, retry_in_ms = delay.as_millis() as u64, "pick-up credit not confirmed; retrying with the same op id");
-        metrics::counter!(m::PICKUPS, "result" => "retry").increment(1);
-        if let Some((session, req)) = waiter {
-            self.answer_error(
-                session,
-                req,
-                ErrorCode::InDoubt,
-                format!("pick_up {req}: not confirmed by the store ({error}); the item stays yours and is retried"),
-            );
-        }
-        ctx.run_later(delay, move |room, ctx| {
-            room.guarded(ctx, "pickup_retry", |room, ctx| {
-                if room.ground.pending.get(&id).is_some_and(|p| !p.in_flight) {
-                    room.credit(id, ctx);
-                }
-            });
-        });
-    }
-
-    /// Undo step 2: the item lies on the ground again.
-    fn put_back(&mut self, id: u64, code: ErrorCode, text: String) {
-        let Some(p) = self.ground.pending.remove(&id) else {
-            return;
-        };
-        metrics::counter!(m::PICKUPS, "result" => "failed").increment(1);
-        let wire = to_wire(&p.item);
-        self.ground.items.insert(id, p.item);
-        let doc = self.ground_changed();
-        self.supervisor.persister().room_state(doc);
-        self.to_all_members(items_frame(vec![wire], Vec::new()));
-        if let Some((session, req)) = p.waiter {
-            self.answer_error(session, req, code, format!("pick_up {req}: {text}"));
-        }
-    }
-
-    /// `done` and the new inventory to whoever waits; without a waiter, the
-    /// picker's member (if here) gets the inventory alone.
-    fn tell_picker(&self, p: &Pickup, inventory: protocol::msg::Inventory) {
-        let member = match p.waiter {
-            Some((session, _)) => self
-                .sessions
-                .get(&session)
-                .and_then(|e| self.members.get(e)),
-            None => self
-                .members
-                .values()
-                .find(|m| m.state.identity.player_id == p.player),
-        };
-        let Some(member) = member else {
-            return;
-        };
-        let out = &member.state.out;
-        let epoch = member.state.epoch;
-        if let Some((_, req)) = p.waiter {
-            let done = encode_frame(&ServerMsg::Done(Done {
-                req,
-                inventory: inventory.clone(),
-            }));
-            let _ = out.push_room_reliable(epoch, done);
-        }
-        let _ = out.push_room_reliable(epoch, encode_frame(&ServerMsg::Inventory(inventory)));
     }
 
     /// Hand the room document to the persister (room stop).
@@ -678,6 +511,84 @@ mod tests {
         assert_eq!(backoff(0), RETRY_MIN);
         assert_eq!(backoff(1), RETRY_MIN * 2);
         assert_eq!(backoff(30), RETRY_MAX);
+    }
+
+    fn gem(id: u64, x: f32) -> GroundItem {
+        GroundItem {
+            id,
+            kind: "gem".into(),
+            count: 1,
+            x,
+            y: 0.0,
+        }
+    }
+
+    fn picker(player: &str, x: f32) -> Picker {
+        Picker {
+            player: player.into(),
+            at: (x, 0.0),
+            waiter: (7, 1),
+        }
+    }
+
+    #[test]
+    fn take_checks_loading_presence_and_reach_then_holds_the_item_pending() {
+        let mut g = Ground::new();
+        assert_eq!(g.take(1, picker("p", 0.0), 10.0, "hall"), Take::Loading);
+        g.install(1, 1, "ep", vec![gem(1, 0.0), gem(2, 50.0)], Vec::new());
+        assert_eq!(g.take(9, picker("p", 0.0), 10.0, "hall"), Take::Gone);
+        assert_eq!(
+            g.take(2, picker("p", 0.0), 10.0, "hall"),
+            Take::OutOfReach { distance: 50.0 }
+        );
+        assert_eq!(g.take(1, picker("p", 3.0), 10.0, "hall#2"), Take::Taken);
+        assert!(!g.items.contains_key(&1));
+        let pending = &g.pending[&1];
+        assert_eq!(pending.op_id, "pickup:hall#2:ep:1");
+        assert!(pending.in_flight && !pending.maybe_applied);
+        // Someone else finds it gone; the picker asking again waits for the
+        // credit under way (no second one is started).
+        assert_eq!(g.take(1, picker("q", 0.0), 10.0, "hall"), Take::Gone);
+        assert_eq!(
+            g.take(1, picker("p", 0.0), 10.0, "hall"),
+            Take::AskedAgain { credit: false }
+        );
+        g.pending.get_mut(&1).unwrap().in_flight = false;
+        assert_eq!(
+            g.take(1, picker("p", 0.0), 10.0, "hall"),
+            Take::AskedAgain { credit: true }
+        );
+    }
+
+    #[test]
+    fn spawners_add_a_stack_when_due_and_below_their_cap() {
+        let spawner = SpawnerConfig {
+            kind: "gem".into(),
+            count: 3,
+            max_on_ground: 2,
+            every_ms: 1_000,
+        };
+        let mut g = Ground::new();
+        let start = Instant::now();
+        g.spawn_due = vec![start];
+        // Not loaded: nothing spawns.
+        assert!(g
+            .spawn(std::slice::from_ref(&spawner), (10.0, 20.0), start)
+            .is_empty());
+        g.install(0, 5, "ep", Vec::new(), Vec::new());
+        let first = g.spawn(std::slice::from_ref(&spawner), (10.0, 20.0), start);
+        assert_eq!(first.len(), 1);
+        let item = &first[0];
+        assert_eq!((item.id, item.kind.as_str(), item.count), (5, "gem", 3));
+        assert!((0.0..=10.0).contains(&item.x) && (0.0..=20.0).contains(&item.y));
+        // Not due again before every_ms; then one more, then the cap holds.
+        let spawners = std::slice::from_ref(&spawner);
+        assert!(g.spawn(spawners, (10.0, 20.0), start).is_empty());
+        let later = start + Duration::from_millis(1_000);
+        assert_eq!(g.spawn(spawners, (10.0, 20.0), later).len(), 1);
+        let much_later = later + Duration::from_millis(1_000);
+        assert!(g.spawn(spawners, (10.0, 20.0), much_later).is_empty());
+        assert_eq!(g.items.len(), 2);
     }
 
     #[test]

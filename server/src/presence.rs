@@ -1,27 +1,36 @@
-//! Who each player's latest session is, and which map it sits in: what a
-//! resume token is checked against, and what a new login takes over.
+//! The presence table: who is connected, with which session, seated where.
+//! One table, behind a small API, for what the session, the shard's
+//! shutdown and the admin API need to know about players and sessions (a
+//! cluster's directory will mirror it).
 //!
-//! One player, one session, one entity: a new session of a player, by
-//! resume or by a fresh login, becomes the player's latest and is handed
-//! the [`Takeover`]: the session it replaces (closed with 4006 if still
-//! open) and the seat that session held, which the new one takes over.
+//! It holds two things, under one lock each:
+//!
+//! - **Connected sessions**: every live session by [`SessionId`], with a
+//!   handle `H` to reach it (the session actor's address; generic so this
+//!   module does not depend on the session). A session registers when it
+//!   starts and deregisters when it stops.
+//! - **Players**: each player's latest session and seat, for resume tokens.
+//!   One player, one session, one entity: a new session of a player, by
+//!   resume or by a fresh login, becomes the player's latest and is handed
+//!   the [`Takeover`]: the session it replaces (closed with 4006 if still
+//!   open) and the seat that session held, which the new one takes over.
 //!
 //! A resume token names the session it was issued to (`sid`). It is good
 //! once: resuming makes the new session the player's latest, so the old
 //! token no longer matches and is refused as reused. The seat itself (the
-//! entity standing in the map) lives in the room, which keeps a disconnected
-//! member for the grace period; this table only says where to look.
+//! entity standing in the room) lives in the room, which keeps a
+//! disconnected member for the grace period; this table only says where to
+//! look.
 //!
-//! Entries expire with the last resume token issued for them, so the table
-//! holds at most the players seen within `auth.resume_ttl_s`.
+//! Player entries expire with the last resume token issued for them, so the
+//! table holds at most the players seen within `auth.resume_ttl_s`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::session::SessionId;
+use crate::ids::{RoomId, SessionId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResumeError {
@@ -41,7 +50,7 @@ pub struct Takeover {
 /// Where a resumed player sat.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seat {
-    pub map: Arc<str>,
+    pub room: RoomId,
     /// The session that held the seat.
     pub session: SessionId,
 }
@@ -58,17 +67,52 @@ struct Entry {
     expires: Instant,
 }
 
-pub struct Seats {
+pub struct Presence<H> {
+    sessions: Mutex<HashMap<SessionId, H>>,
     players: Mutex<HashMap<String, Entry>>,
     ttl: Duration,
 }
 
-impl Seats {
-    pub fn new(ttl: Duration) -> Seats {
-        Seats {
+impl<H: Clone> Presence<H> {
+    /// Player entries live `ttl` after their last resume token was issued.
+    pub fn new(ttl: Duration) -> Presence<H> {
+        Presence {
+            sessions: Mutex::new(HashMap::new()),
             players: Mutex::new(HashMap::new()),
             ttl,
         }
+    }
+
+    /// Session `id` started and is reached through `handle`.
+    pub fn connected(&self, id: SessionId, handle: H) {
+        self.sessions.lock().insert(id, handle);
+    }
+
+    /// Session `id` stopped. Its player's entry stays: the seat is held
+    /// for a resume.
+    pub fn disconnected(&self, id: SessionId) {
+        self.sessions.lock().remove(&id);
+    }
+
+    /// The handle of a connected session.
+    pub fn session(&self, id: SessionId) -> Option<H> {
+        self.sessions.lock().get(&id).cloned()
+    }
+
+    /// Every connected session (for shutdown).
+    pub fn sessions(&self) -> Vec<H> {
+        self.sessions.lock().values().cloned().collect()
+    }
+
+    /// How many sessions are connected.
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
+    /// The player's latest session, if it is connected.
+    pub fn player_session(&self, player: &str) -> Option<H> {
+        let id = self.latest_session(player)?;
+        self.session(id)
     }
 
     /// A new session of `player` (not a resume) logged in: it becomes the
@@ -124,13 +168,13 @@ impl Seats {
         Ok(Takeover { previous, seat })
     }
 
-    /// Session `session` of `player` now sits in `map` (or in none): its
+    /// Session `session` of `player` now sits in `room` (or in none): its
     /// join (or leave) is on its way to the room, ahead of any later
     /// session's resume.
-    pub fn seated(&self, player: &str, session: SessionId, map: Option<Arc<str>>) {
+    pub fn seated(&self, player: &str, session: SessionId, room: Option<RoomId>) {
         if let Some(entry) = self.players.lock().get_mut(player) {
             if entry.session == session {
-                entry.seat = map.map(|map| Seat { map, session });
+                entry.seat = room.map(|room| Seat { room, session });
             }
         }
     }
@@ -140,18 +184,15 @@ impl Seats {
         self.players.lock().get(player).map(|e| e.session)
     }
 
-    /// Drop entries whose resume tokens have all expired.
+    /// Drop player entries whose resume tokens have all expired.
     pub fn prune(&self) {
         let now = Instant::now();
         self.players.lock().retain(|_, e| e.expires > now);
     }
 
-    pub fn len(&self) -> usize {
+    /// How many players have an entry.
+    pub fn player_count(&self) -> usize {
         self.players.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -159,24 +200,26 @@ impl Seats {
 mod tests {
     use super::*;
 
+    type Seats = Presence<()>;
+
     #[test]
     fn a_resume_token_works_once_and_carries_the_seat() {
         let seats = Seats::new(Duration::from_secs(60));
         seats.welcomed("p", "s-1", 1);
-        seats.seated("p", 1, Some(Arc::from("lobby")));
+        seats.seated("p", 1, Some(RoomId::first("lobby")));
         let takeover = seats.resume("p", "s-1", "s-2", 2).unwrap();
         assert_eq!(takeover.previous, Some(1));
         assert_eq!(
             takeover.seat.unwrap(),
             Seat {
-                map: Arc::from("lobby"),
+                room: RoomId::first("lobby"),
                 session: 1
             }
         );
         assert_eq!(seats.resume("p", "s-1", "s-3", 3), Err(ResumeError::Reused));
         // The new session's own token works, and the seat moved with it
         // once its join went out.
-        seats.seated("p", 2, Some(Arc::from("lobby")));
+        seats.seated("p", 2, Some(RoomId::first("lobby")));
         let seat = seats.resume("p", "s-2", "s-4", 4).unwrap().seat.unwrap();
         assert_eq!(seat.session, 2);
     }
@@ -188,7 +231,7 @@ mod tests {
             seats.resume("q", "s-9", "s-10", 10),
             Ok(Takeover::default())
         );
-        seats.seated("q", 99, Some(Arc::from("arena")));
+        seats.seated("q", 99, Some(RoomId::first("arena")));
         let takeover = seats.resume("q", "s-10", "s-11", 11).unwrap();
         assert_eq!(takeover.seat, None);
     }
@@ -197,7 +240,7 @@ mod tests {
     fn a_session_that_dropped_before_reaching_the_room_passes_the_seat_on() {
         let seats = Seats::new(Duration::from_secs(60));
         seats.welcomed("p", "s-1", 1);
-        seats.seated("p", 1, Some(Arc::from("lobby")));
+        seats.seated("p", 1, Some(RoomId::first("lobby")));
         // Session 2 resumes and drops while loading, before its join.
         let seat = seats.resume("p", "s-1", "s-2", 2).unwrap().seat.unwrap();
         assert_eq!(seat.session, 1);
@@ -206,12 +249,12 @@ mod tests {
         assert_eq!(
             seat,
             Seat {
-                map: Arc::from("lobby"),
+                room: RoomId::first("lobby"),
                 session: 1
             }
         );
         // Once session 3 joins, the seat is its.
-        seats.seated("p", 3, Some(Arc::from("lobby")));
+        seats.seated("p", 3, Some(RoomId::first("lobby")));
         assert_eq!(
             seats
                 .resume("p", "s-3", "s-4", 4)
@@ -227,13 +270,13 @@ mod tests {
     fn a_fresh_login_takes_over_the_seat_and_voids_older_resume_tokens() {
         let seats = Seats::new(Duration::from_secs(60));
         assert_eq!(seats.welcomed("p", "s-1", 1), Takeover::default());
-        seats.seated("p", 1, Some(Arc::from("lobby")));
+        seats.seated("p", 1, Some(RoomId::first("lobby")));
         let takeover = seats.welcomed("p", "s-2", 2);
         assert_eq!(takeover.previous, Some(1));
         assert_eq!(
             takeover.seat,
             Some(Seat {
-                map: Arc::from("lobby"),
+                room: RoomId::first("lobby"),
                 session: 1
             })
         );
@@ -249,6 +292,28 @@ mod tests {
         let seats = Seats::new(Duration::ZERO);
         seats.welcomed("p", "s-1", 1);
         seats.prune();
-        assert!(seats.is_empty());
+        assert_eq!(seats.player_count(), 0);
+    }
+}
+
+#[cfg(test)]
+mod session_tests {
+    use super::*;
+
+    #[test]
+    fn connected_sessions_are_found_by_id_and_by_their_player() {
+        let presence = Presence::<&str>::new(Duration::from_secs(60));
+        presence.connected(1, "one");
+        presence.connected(2, "two");
+        assert_eq!(presence.session_count(), 2);
+        assert_eq!(presence.player_session("p"), None);
+        presence.welcomed("p", "s-2", 2);
+        assert_eq!(presence.player_session("p"), Some("two"));
+        presence.disconnected(2);
+        assert_eq!(presence.session(2), None);
+        assert_eq!(presence.player_session("p"), None);
+        // The player's entry outlives the session, for a resume.
+        assert_eq!(presence.latest_session("p"), Some(2));
+        assert_eq!(presence.sessions(), vec!["one"]);
     }
 }

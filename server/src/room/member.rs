@@ -1,0 +1,288 @@
+//! A room's members: their state (what survives a restart), their
+//! pre-encoded update entries, and joining, leaving and saving them.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use protocol::msg::{Entity, EntityId, Joined, Moved, Notice};
+use protocol::{assemble, NoticeCode, ServerMsg};
+
+use super::grid::Cell;
+use super::messages::{JoinError, JoinOk, JoinRoom, MemberLink};
+use super::view::encode_frame;
+use super::Room;
+use crate::ids::SessionId;
+use crate::store::{PlayerState, Stats};
+
+/// The part of a member that survives a restart.
+#[derive(Clone)]
+pub struct MemberState {
+    pub link: MemberLink,
+    pub x: f32,
+    pub y: f32,
+    pub dir: (f32, f32),
+    /// Last input applied.
+    pub seq: u32,
+    /// When the connection went away; the seat is held until the grace
+    /// period runs out.
+    pub disconnected_at: Option<Instant>,
+}
+
+pub(super) struct Member {
+    pub(super) state: MemberState,
+    pub(super) name: Arc<str>,
+    pub(super) cell: Cell,
+    pub(super) pending: Vec<(u32, f32, f32)>,
+    /// Moved or had an input applied this tick.
+    pub(super) changed: bool,
+    /// Moved since its position was last handed to the persister.
+    pub(super) unsaved: bool,
+    /// What this member saw at the end of the last tick, ascending ids.
+    pub(super) visible: Vec<EntityId>,
+    /// Its entries of `update.moved` and `update.entered` as of its last
+    /// change, encoded once for every member that sees it.
+    pub(super) wire: Encoded,
+}
+
+/// A member's pre-encoded update entries (see [`protocol::assemble`]).
+#[derive(Default)]
+pub(super) struct Encoded {
+    pub(super) moved: Vec<u8>,
+    pub(super) entity: Vec<u8>,
+}
+
+impl Member {
+    pub(super) fn entity(&self, id: EntityId) -> Entity {
+        Entity {
+            id,
+            name: self.name.to_string(),
+            x: self.state.x,
+            y: self.state.y,
+            seq: self.state.seq,
+        }
+    }
+
+    pub(super) fn moved(&self, id: EntityId) -> Moved {
+        Moved {
+            id,
+            x: self.state.x,
+            y: self.state.y,
+            seq: self.state.seq,
+        }
+    }
+
+    pub(super) fn connected(&self) -> bool {
+        self.state.disconnected_at.is_none()
+    }
+
+    /// Re-encode its update entries after a change (or when never encoded).
+    pub(super) fn encode(&mut self, id: EntityId) {
+        let (moved, entity) = (self.moved(id), self.entity(id));
+        let wire = &mut self.wire;
+        wire.moved.clear();
+        assemble::encode_moved(&moved, &mut wire.moved);
+        wire.entity.clear();
+        assemble::encode_entity(&entity, &mut wire.entity);
+    }
+
+    /// The volatile state the persister keeps for this player.
+    pub(super) fn saved_state(&self, map: &str) -> PlayerState {
+        let (dx, dy) = self.state.dir;
+        PlayerState {
+            map: map.to_string(),
+            x: self.state.x,
+            y: self.state.y,
+            facing: if dx == 0.0 && dy == 0.0 {
+                0.0
+            } else {
+                dy.atan2(dx)
+            },
+            stats: Stats::default(),
+        }
+    }
+}
+
+impl Room {
+    pub(super) fn remove(&mut self, session: SessionId) -> Option<Member> {
+        let id = self.sessions.remove(&session)?;
+        let member = self.members.remove(&id)?;
+        self.grid.remove(id, member.cell);
+        self.count_members();
+        self.dirty = true;
+        self.save(&member);
+        self.supervisor.persister().request_flush();
+        if self.members.is_empty() {
+            self.empty_since = Some(Instant::now());
+        }
+        Some(member)
+    }
+
+    /// Tell the supervisor how many members (held seats included) the room
+    /// has, for placing `instances = "auto"` joins.
+    pub(super) fn count_members(&self) {
+        self.slot
+            .members
+            .store(self.members.len(), Ordering::Release);
+    }
+
+    pub(super) fn member_of(&mut self, session: SessionId) -> Option<&mut Member> {
+        let id = self.sessions.get(&session)?;
+        self.members.get_mut(id)
+    }
+
+    /// Hand a member's position to the persister (write-behind, coalesced).
+    pub(super) fn save(&self, member: &Member) {
+        self.supervisor.persister().player_state(
+            &member.state.link.identity.player_id,
+            member.saved_state(&self.map.name),
+        );
+    }
+
+    /// Hand every member that moved since its last save to the persister.
+    pub(super) fn save_moved(&mut self) {
+        for member in self.members.values() {
+            if member.unsaved {
+                self.save(member);
+            }
+        }
+        for member in self.members.values_mut() {
+            member.unsaved = false;
+        }
+    }
+
+    /// Drop seats whose grace period ran out.
+    pub(super) fn expire_seats(&mut self) {
+        let grace = self.supervisor.resume_grace();
+        let expired: Vec<SessionId> = self
+            .members
+            .values()
+            .filter(|m| {
+                m.state
+                    .disconnected_at
+                    .is_some_and(|t| t.elapsed() >= grace)
+            })
+            .map(|m| m.state.link.session)
+            .collect();
+        for session in expired {
+            self.remove(session);
+        }
+    }
+
+    pub(super) fn join(&mut self, msg: JoinRoom) -> Result<JoinOk, JoinError> {
+        // A held seat of the resumed session, or of this session (joining
+        // again), is taken over rather than duplicated.
+        let seat = msg
+            .resume
+            .and_then(|old| self.sessions.get(&old).copied().map(|id| (old, id)));
+        if let Some((old, id)) = seat {
+            self.sessions.remove(&old);
+            self.sessions.insert(msg.link.session, id);
+            let member = self
+                .members
+                .get_mut(&id)
+                .expect("sessions and members hold the same entities");
+            // The seat's entity and identity stay; the session's ends are
+            // the new one's.
+            let link = &mut member.state.link;
+            link.session = msg.link.session;
+            link.out = msg.link.out;
+            link.inputs = msg.link.inputs;
+            link.epoch = msg.link.epoch;
+            link.events = msg.link.events;
+            member.state.disconnected_at = None;
+            member.state.dir = (0.0, 0.0);
+            // A session joining the map it stands in gets `joined` again,
+            // with no notice: nothing was restored.
+            let notice = (old != msg.link.session).then_some(NoticeCode::SeatRestored);
+            self.send_joined(id, notice);
+            self.snapshot();
+            return Ok(JoinOk {
+                entity: id,
+                resumed: true,
+            });
+        }
+        if msg.seat_only {
+            return Err(JoinError::SeatGone);
+        }
+        let session = msg.link.session;
+        self.remove(session);
+        if self.members.len() >= self.map.max_players {
+            return Err(JoinError::Full);
+        }
+        let id = self.next_entity;
+        self.next_entity = self.next_entity.wrapping_add(1).max(1);
+        let (x, y) = match msg.spawn_at {
+            Some((x, y)) if x.is_finite() && y.is_finite() => {
+                (x.clamp(0.0, self.map.width), y.clamp(0.0, self.map.height))
+            }
+            _ => self.spawn_point(),
+        };
+        let cell = self.grid.insert(id, x, y);
+        let member = Member {
+            name: Arc::from(msg.link.identity.name.as_str()),
+            state: MemberState {
+                link: msg.link,
+                x,
+                y,
+                dir: (0.0, 0.0),
+                seq: 0,
+                disconnected_at: None,
+            },
+            cell,
+            pending: Vec::new(),
+            changed: false,
+            unsaved: true,
+            visible: Vec::new(),
+            wire: Encoded::default(),
+        };
+        self.members.insert(id, member);
+        self.sessions.insert(session, id);
+        self.count_members();
+        self.empty_since = None;
+        self.dirty = true;
+        self.send_joined(id, None);
+        self.snapshot();
+        tracing::debug!(room = %self.id, entity = id, session, "joined");
+        Ok(JoinOk {
+            entity: id,
+            resumed: false,
+        })
+    }
+
+    /// Send `joined` (everything in view) to member `id`, and a notice.
+    pub(super) fn send_joined(&mut self, id: EntityId, notice: Option<NoticeCode>) {
+        let mut view = Vec::new();
+        let me = &self.members[&id];
+        self.grid
+            .query(me.state.x, me.state.y, self.map.view_radius, &mut view);
+        let joined = Joined {
+            map: self.info.clone(),
+            you: id,
+            tick: self.tick,
+            entities: view.iter().map(|e| self.members[e].entity(*e)).collect(),
+            items: self.ground.wire_items(),
+            instance: self.id.instance(),
+        };
+        let frame = encode_frame(&ServerMsg::Joined(joined));
+        let me = self
+            .members
+            .get_mut(&id)
+            .expect("send_joined is called for a present member");
+        me.visible = view;
+        let _ = me
+            .state
+            .link
+            .out
+            .push_room_reliable(me.state.link.epoch, frame);
+        if let Some(code) = notice {
+            let text = format!("back in {}", self.map.name);
+            let frame = encode_frame(&ServerMsg::Notice(Notice::new(code, text)));
+            let _ = me
+                .state
+                .link
+                .out
+                .push_room_reliable(me.state.link.epoch, frame);
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! What sessions, the admin API and the supervisor send a room, and what
+//! a room tells a session outside the outbound queue. Moves are not
+//! messages: they go through the member's shared [`Inputs`] queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use protocol::msg::EntityId;
+
+use crate::auth::Identity;
+use crate::ids::{RoomId, SessionId};
+use crate::metrics as m;
+use crate::outbound::Outbound;
+
+/// Pending inputs kept per member between ticks; older ones are dropped.
+/// The session's rate limit keeps a well-behaved client far below it.
+const MAX_PENDING_INPUTS: usize = 32;
+
+/// The longest stall a fault may inject.
+pub const MAX_INJECTED_STALL: Duration = Duration::from_secs(30);
+
+/// What a room tells a member's session outside the outbound queue.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub enum RoomEvent {
+    /// The room failed past its restart limit; the member is no longer in
+    /// it.
+    Failed { room: RoomId },
+}
+
+/// A member's move intents, written by its session and drained by the room
+/// at its next tick. Moves are the bulk of client traffic (10 Hz and more
+/// per player); through a shared queue they cost the room no message, no
+/// mailbox slot and no wake-up, only a short lock per tick.
+#[derive(Default)]
+pub struct Inputs {
+    queue: parking_lot::Mutex<Vec<(u32, f32, f32)>>,
+}
+
+impl Inputs {
+    /// Queue a validated intent. Past [`MAX_PENDING_INPUTS`] unapplied
+    /// intents the oldest is dropped (and counted): a room that fell behind
+    /// applies the latest ones.
+    pub fn push(&self, seq: u32, dx: f32, dy: f32) {
+        let mut queue = self.queue.lock();
+        if queue.len() >= MAX_PENDING_INPUTS {
+            queue.remove(0);
+            metrics::counter!(m::ROOM_INPUTS_DROPPED, "reason" => m::DROPPED_INPUT_QUEUE_FULL)
+                .increment(1);
+        }
+        queue.push((seq, dx, dy));
+    }
+
+    pub(super) fn clear(&self) {
+        self.queue.lock().clear();
+    }
+
+    pub(super) fn drain_into(&self, pending: &mut Vec<(u32, f32, f32)>) {
+        let mut queue = self.queue.lock();
+        if !queue.is_empty() {
+            pending.append(&mut queue);
+        }
+    }
+}
+
+/// How a room reaches a member's session, and the session its member:
+/// carried by a join and kept by the member (so it survives a restart).
+#[derive(Clone)]
+pub struct MemberLink {
+    pub session: SessionId,
+    pub identity: Arc<Identity>,
+    /// Where the room writes the member's frames.
+    pub out: Arc<Outbound>,
+    /// Where the session puts this member's moves.
+    pub inputs: Arc<Inputs>,
+    /// The membership epoch from [`Outbound::begin_room`].
+    pub epoch: u64,
+    /// What the room tells the session outside `out`.
+    pub events: Recipient<RoomEvent>,
+}
+
+/// Join the room. The room itself sends `joined` through `link.out`, ahead
+/// of any update. With `resume`, the seat of that earlier session is taken
+/// over if it is still held.
+pub struct JoinRoom {
+    pub link: MemberLink,
+    pub resume: Option<SessionId>,
+    /// With `resume`: take that seat over or nothing. A seat no longer
+    /// held is refused ([`JoinError::SeatGone`]) instead of placing a new
+    /// entity.
+    pub seat_only: bool,
+    /// Where the player's profile says it stood in this map.
+    pub spawn_at: Option<(f32, f32)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinOk {
+    pub entity: EntityId,
+    /// The member took over a held seat.
+    pub resumed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinError {
+    Full,
+    /// The room crashed handling the join.
+    Crashed,
+    /// A `seat_only` join found no held seat (its grace ran out).
+    SeatGone,
+}
+
+impl Message for JoinRoom {
+    type Result = Result<JoinOk, JoinError>;
+}
+
+/// The player left on purpose: its entity goes at once. The session has
+/// already ended the membership on its outbound queue.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LeaveRoom {
+    pub session: SessionId,
+}
+
+/// The player's connection went away: its entity stays, standing still, for
+/// the resume grace period.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disconnected {
+    pub session: SessionId,
+}
+
+/// A validated chat line.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ChatIn {
+    pub session: SessionId,
+    pub text: String,
+}
+
+/// The player id of the member with entity `entity`, if there is one.
+#[derive(Message)]
+#[rtype(result = "Option<String>")]
+pub struct WhoIs {
+    pub entity: EntityId,
+}
+
+/// Fault injection, for tests and drills (admin API only).
+#[derive(Debug, Clone, Copy)]
+pub enum FaultKind {
+    Panic,
+    Stall(Duration),
+}
+
+/// Replies whether the room crashed applying it.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Fault(pub FaultKind);
+
+/// The names of the room's panic boundaries: every handler and
+/// continuation, each a fault point (`POST /admin/faults/room` with `at`).
+pub const FAULT_POINTS: &[&str] = &[
+    "join",
+    "leave",
+    "disconnected",
+    "chat",
+    "broadcast",
+    "pick_up",
+    "who_is",
+    "fault",
+    "handover",
+    "tick",
+    "ground_start",
+    "restore",
+    "ground_loaded",
+    "ground_load",
+    "ground_secured",
+    "ground_secure",
+    "pickup_taken",
+    "pickup_credited",
+    "pickup_retry",
+];
+
+/// The supervisor moves the room off a retiring extra Arbiter: it takes a
+/// snapshot, stops, and a new incarnation goes on from it elsewhere.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Handover;

@@ -1,0 +1,156 @@
+//! [`RoomRef`]: the one handle a session talks to its room through.
+//!
+//! Method names say what kind of message it is (as ractor names them):
+//! `cast_*` is fire and forget, refused at once when the room's mailbox is
+//! full or the room is not running; `call_*` waits for a reply, always
+//! within a timeout. The only implementation today is local (the room is an
+//! actor on this shard, reached through the [`RoomSupervisor`]'s one sender
+//! per room, so a restarted incarnation is reached too); a remote one (the
+//! room on another shard) is added as another variant of [`Target`],
+//! without touching the session.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::dev::ToEnvelope;
+use actix::prelude::*;
+
+use super::supervisor::RoomSupervisor;
+use super::{ChatIn, Disconnected, JoinError, JoinOk, JoinRoom, LeaveRoom, PickUp, Room, WhoIs};
+use crate::ids::{RoomId, SessionId};
+
+/// Why a cast was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CastError {
+    /// The room's mailbox is full: the message is dropped.
+    #[error("the room is busy")]
+    Full,
+    /// The room is not running (it stopped, or failed).
+    #[error("the room is not running")]
+    Closed,
+}
+
+/// Why a call got no reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// No reply within the timeout (the room may still apply the message).
+    #[error("the room did not answer in time")]
+    Timeout,
+    /// The room stopped before it answered, or its map does not exist.
+    #[error("the room is gone")]
+    Closed,
+}
+
+/// A room, by id, wherever it runs.
+#[derive(Clone)]
+pub struct RoomRef {
+    id: RoomId,
+    target: Target,
+}
+
+/// Where a room runs.
+#[derive(Clone)]
+enum Target {
+    /// On this shard, under its room supervisor.
+    Local(Arc<RoomSupervisor>),
+}
+
+impl RoomRef {
+    pub(super) fn local(id: RoomId, supervisor: Arc<RoomSupervisor>) -> RoomRef {
+        RoomRef {
+            id,
+            target: Target::Local(supervisor),
+        }
+    }
+
+    pub fn id(&self) -> &RoomId {
+        &self.id
+    }
+
+    /// The player left on purpose (see [`LeaveRoom`]).
+    pub fn cast_leave(&self, session: SessionId) -> Result<(), CastError> {
+        self.cast(LeaveRoom { session })
+    }
+
+    /// The player's connection went away; its seat is held (see
+    /// [`Disconnected`]).
+    pub fn cast_disconnected(&self, session: SessionId) -> Result<(), CastError> {
+        self.cast(Disconnected { session })
+    }
+
+    /// A validated chat line.
+    pub fn cast_chat(&self, session: SessionId, text: String) -> Result<(), CastError> {
+        self.cast(ChatIn { session, text })
+    }
+
+    /// A validated `pick_up`; the room answers the client itself.
+    pub fn cast_pick_up(&self, session: SessionId, req: u32, item: u64) -> Result<(), CastError> {
+        self.cast(PickUp { session, req, item })
+    }
+
+    /// Join the room (starting it if it is not running) and wait at most
+    /// `timeout` for its answer.
+    pub async fn call_join(
+        &self,
+        join: JoinRoom,
+        timeout: Duration,
+    ) -> Result<Result<JoinOk, JoinError>, CallError> {
+        match &self.target {
+            Target::Local(supervisor) => {
+                let addr = supervisor.start(&self.id).ok_or(CallError::Closed)?;
+                call(addr.send(join), timeout).await
+            }
+        }
+    }
+
+    /// The player id of the member with entity `entity`, within `timeout`.
+    /// A room that is not running is [`CallError::Closed`] (it is not
+    /// started for this).
+    pub async fn call_who_is(
+        &self,
+        entity: protocol::msg::EntityId,
+        timeout: Duration,
+    ) -> Result<Option<String>, CallError> {
+        match &self.target {
+            Target::Local(supervisor) => {
+                let addr = supervisor.current(&self.id).ok_or(CallError::Closed)?;
+                call(addr.send(WhoIs { entity }), timeout).await
+            }
+        }
+    }
+
+    fn cast<M>(&self, msg: M) -> Result<(), CastError>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        Room: Handler<M>,
+        <Room as Actor>::Context: ToEnvelope<Room, M>,
+    {
+        match &self.target {
+            Target::Local(supervisor) => supervisor.send(&self.id, msg).map_err(|e| match e {
+                SendError::Full(_) => CastError::Full,
+                SendError::Closed(_) => CastError::Closed,
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for RoomRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RoomRef")
+            .field(&self.id.to_string())
+            .finish()
+    }
+}
+
+/// A request whose reply is awaited at most `timeout`.
+async fn call<R>(
+    request: impl std::future::Future<Output = Result<R, MailboxError>>,
+    timeout: Duration,
+) -> Result<R, CallError> {
+    match tokio::time::timeout(timeout, request).await {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(MailboxError::Closed)) => Err(CallError::Closed),
+        Ok(Err(MailboxError::Timeout)) | Err(_) => Err(CallError::Timeout),
+    }
+}

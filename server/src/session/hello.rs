@@ -1,0 +1,204 @@
+//! `hello`: authentication, resume or takeover, the profile load, the
+//! welcome and the starter purse.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use protocol::msg::{Hello, Welcome};
+use protocol::{CloseCode, ErrorCode, ServerMsg, PROTOCOL_VERSION};
+
+use super::{MapGuarded, Replaced, Session, State};
+use crate::auth::{unix_now, Identity};
+use crate::presence::{ResumeError, Seat, Takeover};
+use crate::store::{ids, Adjust, DurableError, DurableOp, PlayerProfile};
+use crate::wire;
+
+/// The progress counter that says the starter purse was granted.
+const STARTER_MARK: &str = "starter_purse";
+
+impl Session {
+    pub(super) fn on_hello(&mut self, hello: Hello, ctx: &mut Context<Self>) {
+        if !matches!(self.state, State::AwaitingHello) {
+            self.send_error(ErrorCode::IllegalState, "hello was already received");
+            return;
+        }
+        if !PROTOCOL_VERSION.accepts(hello.version) {
+            let text = format!(
+                "protocol {} is not supported; this server speaks {}",
+                hello.version, PROTOCOL_VERSION
+            );
+            self.refuse(
+                ErrorCode::VersionMismatch,
+                &text,
+                CloseCode::VersionMismatch,
+                ctx,
+            );
+            return;
+        }
+        let now = unix_now();
+        let (identity, resumed) = match self.deps.auth.authenticate(&hello, now) {
+            Ok(pair) => pair,
+            Err(err) => {
+                self.refuse(err.code(), &err.to_string(), CloseCode::AuthFailed, ctx);
+                return;
+            }
+        };
+        if let Some(claimed) = &resumed {
+            self.sid = ids::session_id(self.id, Some(claimed));
+        }
+        let sid = self.sid();
+        let takeover = match resumed {
+            Some(claimed) => {
+                match self
+                    .deps
+                    .presence
+                    .resume(&identity.player_id, &claimed, &sid, self.id)
+                {
+                    Ok(takeover) => takeover,
+                    Err(ResumeError::Reused) => {
+                        self.refuse(
+                            ErrorCode::ResumeRejected,
+                            "resume token already used",
+                            CloseCode::AuthFailed,
+                            ctx,
+                        );
+                        return;
+                    }
+                }
+            }
+            None => self
+                .deps
+                .presence
+                .welcomed(&identity.player_id, &sid, self.id),
+        };
+        let Takeover { previous, seat } = takeover;
+        if let Some(previous) = previous.filter(|p| *p != self.id) {
+            let session = self.deps.presence.session(previous);
+            if let Some(session) = session {
+                // do_send: one message per login, and logins are bounded
+                // by the connection cap and the control rate.
+                session.do_send(Replaced {
+                    seat_taken: seat.as_ref().is_some_and(|s| s.session == previous),
+                });
+            }
+        }
+        // Read the profile before the welcome, so it can carry the last map
+        // and be followed by the inventory. The store answers within its
+        // durable timeout, or at once while it is down; then the player
+        // plays without a profile (no durable actions) rather than waiting.
+        self.state = State::Loading;
+        let identity = Arc::new(identity);
+        let load = self
+            .deps
+            .persister
+            .load_profile(&identity.player_id, &identity.name);
+        ctx.spawn(
+            load.into_actor(self)
+                .map_guarded("welcome", move |loaded, session, ctx| {
+                    session.welcome(identity, sid, now, seat, loaded, ctx);
+                }),
+        );
+    }
+
+    pub(super) fn welcome(
+        &mut self,
+        identity: Arc<Identity>,
+        sid: String,
+        now: u64,
+        seat: Option<Seat>,
+        loaded: Result<PlayerProfile, DurableError>,
+        ctx: &mut Context<Self>,
+    ) {
+        if !matches!(self.state, State::Loading) {
+            return;
+        }
+        let profile = match loaded {
+            Ok(profile) => Some(profile),
+            Err(err) => {
+                tracing::warn!(session = self.id, player = %identity.player_id, error = %err, "profile not loaded; playing without durable state");
+                None
+            }
+        };
+        let last_map = profile
+            .as_ref()
+            .map(|p| p.state.map.clone())
+            .filter(|m| self.deps.rooms.has_map(m));
+        let welcome = Welcome {
+            version: PROTOCOL_VERSION,
+            player_id: identity.player_id.clone(),
+            name: identity.name.clone(),
+            resume_token: self.deps.auth.resume_token(&identity, &sid, now),
+            session_id: sid,
+            tick_hz: self.deps.config.rooms.tick_hz,
+            limits: self.deps.limits.clone(),
+            maps: self.deps.rooms.map_names(),
+            last_map: last_map.clone(),
+        };
+        self.send(&ServerMsg::Welcome(welcome));
+        tracing::debug!(session = self.id, player = %identity.player_id, resumed = seat.is_some(), "welcomed");
+        self.identity = Some(identity.clone());
+        self.state = State::Lobby;
+        let recipient = ctx.address().recipient();
+        self.announcements = Some(self.deps.dispatcher.announcements.subscribe(recipient));
+        if let Some(profile) = profile {
+            self.profile_loaded = true;
+            if let Some(map) = last_map {
+                self.saved_position = Some((Arc::from(map), profile.state.x, profile.state.y));
+            }
+            // One inventory, the real one: after the starter purse when
+            // this login grants it.
+            if !self.grant_starter(&identity, &profile, ctx) {
+                self.send(&ServerMsg::Inventory(wire::inventory(&profile.inventory)));
+            }
+        }
+        if let Some(seat) = seat {
+            // The held seat or nothing: a seat whose grace ran out leaves
+            // the player in no map, as PROTOCOL.md says.
+            let Some(room) = self.deps.rooms.room_ref(&seat.room) else {
+                return;
+            };
+            self.join_room(room, identity, Some(seat.session), true, 1, ctx);
+        }
+    }
+
+    /// A player's first login brings a starter purse: one idempotent
+    /// adjustment (fixed op id, remembered by a progress marker). Returns
+    /// whether it was started; then it sends the inventory when it is done.
+    pub(super) fn grant_starter(
+        &mut self,
+        identity: &Identity,
+        profile: &PlayerProfile,
+        ctx: &mut Context<Self>,
+    ) -> bool {
+        let amount = self.deps.config.economy.starter_currency;
+        if amount == 0 || profile.progress.contains_key(STARTER_MARK) {
+            return false;
+        }
+        let before = wire::inventory(&profile.inventory);
+        let op = DurableOp::Adjust(Adjust {
+            op_id: format!("starter:{}", identity.player_id),
+            player: identity.player_id.clone(),
+            currency: amount,
+            items: Default::default(),
+            progress: [(STARTER_MARK.to_string(), 1)].into(),
+        });
+        let player = identity.player_id.clone();
+        let applied = self.deps.persister.durable(op);
+        ctx.spawn(applied.into_actor(self).map_guarded(
+            "starter",
+            move |result, session, _| {
+                let inventory = match result {
+                    Ok(ack) => ack.inventory(&player).map(wire::inventory).unwrap_or(before),
+                    // The next login tries again: the marker was not
+                    // written.
+                    Err(err) => {
+                        tracing::warn!(player = %player, error = %err, "starter purse not granted");
+                        before
+                    }
+                };
+                session.send(&ServerMsg::Inventory(inventory));
+            },
+        ));
+        true
+    }
+}
