@@ -57,6 +57,30 @@ use super::{metric, report_bad, unix_ms, BatchReport, OpError, Store, StoreError
 /// How often a conditional update that lost a race is tried again.
 const MAX_ATTEMPTS: usize = 4;
 
+/// Ledger rows left unfinished: at most 1,000 documents of `collection`
+/// matching `filter`, decoded; a row that does not decode is reported and
+/// skipped (recovery goes on with the others).
+async fn stuck_rows<R>(
+    collection: Collection<Document>,
+    filter: Document,
+    decode: impl Fn(Document) -> Result<R, model::DecodeError>,
+) -> Result<Vec<R>, StoreError> {
+    let mut cursor = collection
+        .find(filter)
+        .limit(1_000)
+        .await
+        .map_err(classify)?;
+    let mut stuck = Vec::new();
+    while cursor.advance().await.map_err(classify)? {
+        let doc: Document = cursor.deserialize_current().map_err(classify)?;
+        match decode(doc) {
+            Ok(r) => stuck.push(r),
+            Err(e) => report_bad(&e),
+        }
+    }
+    Ok(stuck)
+}
+
 /// Server error codes that mean "not now" rather than "not this".
 const TRANSIENT_CODES: &[i32] = &[
     6,     // HostUnreachable

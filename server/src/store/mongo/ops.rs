@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use mongodb::bson::{doc, Bson, DateTime, Document};
 
-use super::{bad, classify, holds, is_duplicate_key, MongoStore, MAX_ATTEMPTS};
+use super::{bad, classify, holds, is_duplicate_key, stuck_rows, MongoStore, MAX_ATTEMPTS};
 use crate::store::model::{
     self, decode_inventory, decode_op, to_bson, to_document, Adjust, DurableAck, Inventory,
     OpRecord, OpState, Rejection, OPS, PLAYER_SCHEMA,
 };
-use crate::store::{report_bad, unix_ms, OpError, StoreError};
+use crate::store::{unix_ms, OpError, StoreError};
 
 impl MongoStore {
     pub(super) async fn load_op_record(&self, id: &str) -> Result<Option<OpRecord>, StoreError> {
@@ -166,24 +166,11 @@ impl MongoStore {
     pub(super) async fn recover_ops(&self, older_than: Duration) -> Result<usize, StoreError> {
         let cutoff = unix_ms() - older_than.as_millis() as i64;
         let mut settled = 0;
-        let mut cursor = self
-            .ops()
-            .find(doc! {
-                "state": to_bson(&OpState::Pending),
-                "updated_ms": { "$lt": cutoff },
-            })
-            .limit(1_000)
-            .await
-            .map_err(classify)?;
-        let mut stuck = Vec::new();
-        while cursor.advance().await.map_err(classify)? {
-            let doc: Document = cursor.deserialize_current().map_err(classify)?;
-            match decode_op(doc) {
-                Ok(r) => stuck.push(r),
-                Err(e) => report_bad(&e),
-            }
-        }
-        for r in stuck {
+        let filter = doc! {
+            "state": to_bson(&OpState::Pending),
+            "updated_ms": { "$lt": cutoff },
+        };
+        for r in stuck_rows(self.ops(), filter, decode_op).await? {
             let applied = self
                 .players()
                 .find_one(doc! { "_id": &r.player, "pending_ops": &r.id })

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mongodb::bson::{doc, DateTime, Document};
 
-use super::{bad, classify, holds, is_duplicate_key, MongoStore, MAX_ATTEMPTS};
+use super::{bad, classify, holds, is_duplicate_key, stuck_rows, MongoStore, MAX_ATTEMPTS};
 use crate::store::model::{
     self, credit, decode_inventory, decode_trade, to_bson, to_document, Bundle, DurableAck,
     Inventory, Rejection, Trade, TradeRecord, TradeState, PLAYER_SCHEMA, TRADES,
@@ -260,24 +260,11 @@ impl MongoStore {
     pub(super) async fn recover(&self, older_than: Duration) -> Result<usize, StoreError> {
         let cutoff = unix_ms() - older_than.as_millis() as i64;
         let mut settled = self.recover_ops(older_than).await?;
-        let mut cursor = self
-            .trades()
-            .find(doc! {
-                "state": { "$in": [to_bson(&TradeState::Pending), to_bson(&TradeState::Applied)] },
-                "updated_ms": { "$lt": cutoff },
-            })
-            .limit(1_000)
-            .await
-            .map_err(classify)?;
-        let mut stuck = Vec::new();
-        while cursor.advance().await.map_err(classify)? {
-            let doc: Document = cursor.deserialize_current().map_err(classify)?;
-            match decode_trade(doc) {
-                Ok(r) => stuck.push(r),
-                Err(e) => report_bad(&e),
-            }
-        }
-        for r in stuck {
+        let filter = doc! {
+            "state": { "$in": [to_bson(&TradeState::Pending), to_bson(&TradeState::Applied)] },
+            "updated_ms": { "$lt": cutoff },
+        };
+        for r in stuck_rows(self.trades(), filter, decode_trade).await? {
             match r.state {
                 TradeState::Pending => self.cancel(&r, "interrupted before commit").await?,
                 TradeState::Applied => {
