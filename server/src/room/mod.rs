@@ -46,6 +46,7 @@
 
 pub mod grid;
 pub mod ground;
+mod effects;
 mod member;
 mod messages;
 mod room_ref;

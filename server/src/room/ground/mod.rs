@@ -26,10 +26,12 @@
 //!
 //! `Ground` holds the items and pending pick-ups and decides, without
 //! I/O: `Ground::take` checks a pick-up and moves the item to pending,
-//! returning a `Take` that says what follows; `Ground::spawn` returns
-//! the items its spawners add. The room carries the decisions out
-//! (answers, broadcasts, store calls; the steps after the take are in
-//! `pickup.rs`).
+//! returning a `Take`; the pick-up's steps (`pickup.rs`: `pick_up`,
+//! `on_taken`, `credit`, `on_credited`, `on_retry`, `redrive`) mutate only
+//! the ground and return the [`Effect`]s that follow; `Ground::spawn`
+//! returns the items its spawners add. The room carries the effects out
+//! (answers, broadcasts, timers, store calls: `room/effects.rs`) and feeds
+//! each store result to the next step.
 //!
 //! Every store call is a future spawned on the room's context whose result
 //! comes back behind the panic boundary (`Room::guarded`); the room never
@@ -56,6 +58,8 @@ use crate::supervise::Backoff;
 use crate::wire;
 
 mod pickup;
+
+pub(super) use pickup::{Effect, Write};
 
 /// Backoff of store retries (loading the document, an in-doubt credit).
 const RETRY_MIN: Duration = Duration::from_millis(250);
@@ -187,6 +191,11 @@ impl Ground {
     pub(super) fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
+
+    /// Item `id` is off the ground, its pick-up not finished.
+    pub(super) fn is_pending(&self, id: u64) -> bool {
+        self.pending.contains_key(&id)
+    }
 }
 
 /// Who asks for a pick-up, from where, and who waits for the answer.
@@ -317,7 +326,7 @@ fn backoff(failures: u32) -> Duration {
     Backoff::new(RETRY_MIN, RETRY_MAX).ceiling(failures)
 }
 
-fn items_frame(added: Vec<protocol::msg::GroundItem>, removed: Vec<u64>) -> Bytes {
+pub(super) fn items_frame(added: Vec<protocol::msg::GroundItem>, removed: Vec<u64>) -> Bytes {
     encode_frame(&ServerMsg::Items(Items { added, removed }))
 }
 
@@ -340,6 +349,12 @@ impl Room {
     /// Returns the document to write.
     fn ground_changed(&mut self) -> RoomState {
         self.ground.rev += 1;
+        self.ground_published()
+    }
+
+    /// The ground changed and its revision was bumped (by a ground
+    /// transition): into the snapshot, and the document to write.
+    pub(super) fn ground_published(&mut self) -> RoomState {
         self.ground_snapshot = Arc::new(self.ground.snapshot());
         self.snapshot();
         self.room_document()
@@ -454,16 +469,11 @@ impl Room {
     /// Credit again every pick-up that was in flight when the last
     /// incarnation ended: the same op id, so it lands at most once.
     fn redrive_pending(&mut self, ctx: &mut Context<Self>) {
-        let ids: Vec<u64> = self.ground.pending.keys().copied().collect();
-        if !ids.is_empty() {
-            tracing::info!(room = %self.id, pending = ids.len(), "re-driving pick-ups in flight");
+        if self.ground.has_pending() {
+            tracing::info!(room = %self.id, pending = self.ground.pending.len(), "re-driving pick-ups in flight");
         }
-        for id in ids {
-            if let Some(p) = self.ground.pending.get_mut(&id) {
-                p.maybe_applied = true;
-            }
-            self.credit(id, ctx);
-        }
+        let effects = self.ground.redrive();
+        self.apply(effects, ctx);
     }
 
     /// After a restart, members see the whole ground again (anything they
