@@ -8,7 +8,7 @@ use actix::prelude::*;
 use protocol::msg::{Done, ErrorMsg};
 use protocol::{ErrorCode, ServerMsg};
 
-use super::ground::{items_frame, Effect, Picker, PickUp, Write};
+use super::ground::{items_frame, Effect, PickUp, Picker, Write};
 use super::view::encode_frame;
 use super::Room;
 use crate::ids::SessionId;
@@ -26,9 +26,9 @@ impl Room {
             at: (member.state.x, member.state.y),
             waiter: (msg.session, msg.req),
         };
-        let effects =
-            self.ground
-                .pick_up(msg.item, picker, self.map.pickup_radius, &self.label);
+        let effects = self
+            .ground
+            .pick_up(msg.item, picker, self.map.pickup_radius, &self.label);
         self.apply(effects, ctx);
     }
 

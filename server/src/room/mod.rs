@@ -26,6 +26,8 @@
 //! - `member.rs`: members, joining, leaving, saving positions.
 //! - `view.rs`: view diffs and their frames (pure functions), publishing.
 //! - `snapshot.rs`: [`RoomSnapshot`], taken and loaded for restarts.
+//! - `effects.rs`: carries out what the ground decides (answers,
+//!   broadcasts, timers, store calls behind the panic boundary).
 //! - [`grid`]: the spatial index; [`ground`]: items lying on the map;
 //!   [`supervisor`]: where rooms are found, restarted and watched.
 //!
@@ -44,9 +46,9 @@
 //! anyone moved, into a slot the supervisor holds, so a room stuck in a
 //! handler can be restarted from it too.
 
+mod effects;
 pub mod grid;
 pub mod ground;
-mod effects;
 mod member;
 mod messages;
 mod room_ref;

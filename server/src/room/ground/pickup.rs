@@ -285,3 +285,182 @@ impl Ground {
         effects
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{GroundItem, Inventory, Rejection};
+
+    const WAITER: (SessionId, u32) = (7, 1);
+
+    /// A loaded ground with a gem (id 1) at the origin, taken by "p": the
+    /// write-through is asked for and everyone hears the gem went.
+    fn taken() -> Ground {
+        let mut g = Ground::new();
+        let gem = GroundItem {
+            id: 1,
+            kind: "gem".into(),
+            count: 2,
+            x: 0.0,
+            y: 0.0,
+        };
+        g.install(3, 2, "ep", vec![gem], Vec::new());
+        let picker = Picker {
+            player: "p".into(),
+            at: (1.0, 0.0),
+            waiter: WAITER,
+        };
+        let effects = g.pick_up(1, picker, 10.0, "hall");
+        assert!(matches!(
+            effects.as_slice(),
+            [
+                Effect::Store(Write::Through { taken: 1 }),
+                Effect::Items { added, removed },
+            ] if added.is_empty() && removed == &[1]
+        ));
+        assert_eq!(g.rev, 4);
+        assert!(g.is_pending(1) && g.items.is_empty());
+        g
+    }
+
+    /// The op id of the one credit in `effects`.
+    fn credit_op_id(effects: &[Effect]) -> String {
+        let [Effect::Credit {
+            item: 1,
+            op: DurableOp::Adjust(adjust),
+        }] = effects
+        else {
+            panic!("expected one credit of item 1, got {effects:?}");
+        };
+        assert_eq!(adjust.player, "p");
+        assert_eq!(adjust.items, [("gem".to_string(), 2)].into());
+        adjust.op_id.clone()
+    }
+
+    #[test]
+    fn taken_then_credited_removes_the_item_and_answers_done() {
+        let mut g = taken();
+        let credit = g.on_taken(1, Ok(true));
+        assert_eq!(credit_op_id(&credit), "pickup:hall:ep:1");
+        let ack = DurableAck {
+            inventories: vec![(
+                "p".into(),
+                Inventory {
+                    currency: 5,
+                    items: [("gem".to_string(), 2)].into(),
+                },
+            )],
+            replayed: false,
+        };
+        let done = g.on_credited(1, Ok(ack));
+        let [Effect::Store(Write::Behind), Effect::Done {
+            waiter,
+            player,
+            inventory,
+        }] = done.as_slice()
+        else {
+            panic!("expected the document stored and done, got {done:?}");
+        };
+        assert_eq!((*waiter, player.as_str()), (Some(WAITER), "p"));
+        assert_eq!(inventory.currency, 5);
+        assert_eq!(inventory.items.get("gem"), Some(&2));
+        assert!(!g.is_pending(1) && g.items.is_empty());
+        assert_eq!(g.rev, 5);
+        let snap = g.snapshot();
+        assert!(snap.items.is_empty() && snap.pending.is_empty());
+        // A late result for a finished pick-up changes nothing.
+        assert!(g
+            .on_credited(1, Err(DurableError::InDoubt("late".into())))
+            .is_empty());
+    }
+
+    #[test]
+    fn a_credit_in_doubt_is_retried_with_the_same_op_id_and_never_put_back() {
+        let mut g = taken();
+        let first = credit_op_id(&g.on_taken(1, Ok(true)));
+        let doubt = g.on_credited(1, Err(DurableError::InDoubt("timeout".into())));
+        let [Effect::Error {
+            session: 7,
+            req: 1,
+            code: ErrorCode::InDoubt,
+            ..
+        }, Effect::Retry { item: 1, delay, .. }] = doubt.as_slice()
+        else {
+            panic!("expected 5004 and a retry, got {doubt:?}");
+        };
+        assert_eq!(*delay, backoff(0));
+        assert!(g.is_pending(1) && g.items.is_empty());
+        // The retry credits again under the same op id; a second timer
+        // while that credit is under way starts nothing.
+        assert_eq!(credit_op_id(&g.on_retry(1)), first);
+        assert!(g.on_retry(1).is_empty());
+        // Now even "not sent" keeps it reserved (an earlier attempt may
+        // have landed), with a longer wait and no second answer.
+        let again = g.on_credited(1, Err(DurableError::Unavailable("down".into())));
+        let [Effect::Retry { item: 1, delay, .. }] = again.as_slice() else {
+            panic!("expected a retry alone, got {again:?}");
+        };
+        assert_eq!(*delay, backoff(1));
+        assert_eq!(credit_op_id(&g.on_retry(1)), first);
+        assert!(g.is_pending(1) && g.items.is_empty());
+    }
+
+    /// The effects of putting gem 1 back with the waiter answered 5003.
+    fn assert_put_back(g: &Ground, effects: &[Effect]) {
+        let [Effect::Store(Write::Behind), Effect::Items { added, removed }, Effect::Error {
+            session: 7,
+            req: 1,
+            code: ErrorCode::StoreUnavailable,
+            text,
+        }] = effects
+        else {
+            panic!("expected the item put back, got {effects:?}");
+        };
+        assert!(removed.is_empty());
+        assert_eq!(added.iter().map(|i| i.id).collect::<Vec<_>>(), [1]);
+        assert!(text.starts_with("pick_up 1: ") && text.ends_with("; the item is back"));
+        assert!(!g.is_pending(1) && g.items.contains_key(&1));
+    }
+
+    #[test]
+    fn a_refusal_puts_the_item_back() {
+        let mut g = taken();
+        credit_op_id(&g.on_taken(1, Ok(true)));
+        let refused = Rejection::NoSuchPlayer("p".into());
+        let effects = g.on_credited(1, Err(DurableError::Rejected(refused)));
+        assert_put_back(&g, &effects);
+        assert_eq!(g.rev, 5);
+    }
+
+    #[test]
+    fn a_failed_write_through_or_an_unsent_first_credit_puts_the_item_back() {
+        let mut g = taken();
+        let effects = g.on_taken(1, Err(DurableError::Unavailable("down".into())));
+        assert_put_back(&g, &effects);
+
+        let mut g = taken();
+        credit_op_id(&g.on_taken(1, Ok(true)));
+        let effects = g.on_credited(1, Err(DurableError::Unavailable("down".into())));
+        assert_put_back(&g, &effects);
+    }
+
+    #[test]
+    fn a_redrive_credits_every_pending_pick_up_as_maybe_applied() {
+        let mut g = taken();
+        let op_id = credit_op_id(&g.redrive());
+        assert_eq!(op_id, "pickup:hall:ep:1");
+        // Maybe applied: "not sent" now retries instead of putting back.
+        let effects = g.on_credited(1, Err(DurableError::Unavailable("down".into())));
+        assert!(matches!(
+            effects.as_slice(),
+            [
+                Effect::Error {
+                    code: ErrorCode::InDoubt,
+                    ..
+                },
+                Effect::Retry { item: 1, .. }
+            ]
+        ));
+        assert!(g.is_pending(1));
+    }
+}
