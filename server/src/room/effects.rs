@@ -4,6 +4,9 @@
 //! the fault point of its step (`pickup_taken`, `pickup_credited`,
 //! `pickup_retry`), and is fed to the next ground transition.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use actix::prelude::*;
 use protocol::msg::{Done, ErrorMsg};
 use protocol::{ErrorCode, ServerMsg};
@@ -13,9 +16,53 @@ use super::view::encode_frame;
 use super::Room;
 use crate::ids::SessionId;
 use crate::metrics as m;
-use crate::store::DurableError;
+use crate::store::{DurableError, RoomState};
 
 impl Room {
+    /// Start the ground: from a restart's snapshot, or by loading the
+    /// room's document from the store.
+    pub(super) fn start_ground(
+        &mut self,
+        restored: Option<&super::GroundSnapshot>,
+        ctx: &mut Context<Self>,
+    ) {
+        let effects = self.ground.start(&self.map.items, Instant::now(), restored);
+        self.apply(effects, ctx);
+    }
+
+    /// After a restart, members see the whole ground again (anything they
+    /// missed while the room was down).
+    pub(super) fn resync_ground(&mut self, ctx: &mut Context<Self>) {
+        let effects = self.ground.resync();
+        self.apply(effects, ctx);
+    }
+
+    /// Run due spawners (at most one item each per tick).
+    pub(super) fn spawn_items(&mut self, ctx: &mut Context<Self>) {
+        let size = (self.map.width, self.map.height);
+        let effects = self
+            .ground
+            .spawn_items(&self.map.items, size, Instant::now());
+        self.apply(effects, ctx);
+    }
+
+    /// Hand the room document to the persister (room stop).
+    pub(super) fn save_ground(&self) {
+        if let Some(doc) = self.ground.document_at_stop(&self.label) {
+            self.supervisor.persister().room_state(doc);
+        }
+    }
+
+    /// The ground changed and its revision was bumped (by a ground
+    /// transition): into the snapshot before anyone hears of it (so a
+    /// restart never forgets what members were told). Returns the
+    /// document to write.
+    fn ground_published(&mut self) -> RoomState {
+        self.ground_snapshot = Arc::new(self.ground.snapshot());
+        self.snapshot();
+        self.ground.document(&self.label)
+    }
+
     pub(super) fn pick_up(&mut self, msg: PickUp, ctx: &mut Context<Self>) {
         let Some(&entity) = self.sessions.get(&msg.session) else {
             return;
@@ -40,6 +87,15 @@ impl Room {
                     let doc = self.ground_published();
                     match write {
                         Write::Behind => self.supervisor.persister().room_state(doc),
+                        Write::Secure => {
+                            let write = self.supervisor.persister().durable_room(doc);
+                            ctx.spawn(write.into_actor(self).map(|written, room, ctx| {
+                                room.guarded(ctx, "ground_secured", |room, ctx| {
+                                    let next = room.ground.on_secured(written);
+                                    room.apply(next, ctx);
+                                });
+                            }));
+                        }
                         Write::Through { taken } => {
                             let write = self.supervisor.persister().durable_room(doc);
                             ctx.spawn(write.into_actor(self).map(move |written, room, ctx| {
@@ -83,6 +139,47 @@ impl Room {
                             room.apply(next, ctx);
                         });
                     });
+                }
+                Effect::Load => {
+                    let load = self.supervisor.persister().load_room(&self.label);
+                    ctx.spawn(load.into_actor(self).map(|loaded, room, ctx| {
+                        room.guarded(ctx, "ground_loaded", |room, ctx| {
+                            let next = room.ground.on_loaded(loaded, &room.label);
+                            room.apply(next, ctx);
+                        });
+                    }));
+                }
+                Effect::LoadLater { delay, error } => {
+                    tracing::warn!(room = %self.id, error = %error, retry_in_ms = delay.as_millis() as u64, "ground items not loaded; retrying");
+                    ctx.run_later(delay, |room, ctx| {
+                        room.guarded(ctx, "ground_load", |room, ctx| {
+                            room.apply(vec![Effect::Load], ctx)
+                        });
+                    });
+                }
+                Effect::Loaded {
+                    items,
+                    pending,
+                    rev,
+                } => {
+                    self.ground_snapshot = Arc::new(self.ground.snapshot());
+                    self.snapshot();
+                    tracing::info!(room = %self.id, items, pending, rev, "ground items loaded");
+                }
+                Effect::Restored => {
+                    self.ground_snapshot = Arc::new(self.ground.snapshot());
+                }
+                Effect::SecureLater { delay, error } => {
+                    tracing::warn!(room = %self.id, error = %error, retry_in_ms = delay.as_millis() as u64, "restored ground not stored; retrying before re-driving pick-ups");
+                    ctx.run_later(delay, |room, ctx| {
+                        room.guarded(ctx, "ground_secure", |room, ctx| {
+                            let next = room.ground.secure();
+                            room.apply(next, ctx);
+                        });
+                    });
+                }
+                Effect::Redrive { pending } => {
+                    tracing::info!(room = %self.id, pending, "re-driving pick-ups in flight");
                 }
                 Effect::Error {
                     session,

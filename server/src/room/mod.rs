@@ -307,7 +307,7 @@ impl Room {
         self.tick += 1;
         self.expire_seats();
         self.simulate();
-        self.spawn_items();
+        self.spawn_items(ctx);
         self.moved_since_snapshot |= self.dirty;
         self.publish_views();
         if self.moved_since_snapshot && self.tick % SNAPSHOT_EVERY_TICKS == 0 {
@@ -398,9 +398,9 @@ impl Actor for Room {
             room.start_ground(restored_ground.as_deref(), ctx)
         });
         if let Some(restored) = self.restored.take() {
-            let done = self.guarded(ctx, "restore", |room, _| {
+            let done = self.guarded(ctx, "restore", |room, ctx| {
                 room.resync_all();
-                room.resync_ground();
+                room.resync_ground(ctx);
             });
             if done.is_some() {
                 let took = restored.crashed_at.elapsed();

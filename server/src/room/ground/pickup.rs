@@ -51,6 +51,27 @@ pub(in crate::room) enum Effect {
         player: String,
         inventory: protocol::msg::Inventory,
     },
+    /// Load the room's document (feed the result to
+    /// [`Ground::on_loaded`]).
+    Load,
+    /// The document was not read: [`Effect::Load`] again after `delay`.
+    LoadLater { delay: Duration, error: String },
+    /// The document was read and installed (what it holds, for the log):
+    /// into the snapshot.
+    Loaded {
+        items: usize,
+        pending: usize,
+        rev: u64,
+    },
+    /// A restart's snapshot was installed: the ground's part of the
+    /// snapshot is refreshed.
+    Restored,
+    /// The restored document was not written through: [`Ground::secure`]
+    /// again after `delay`.
+    SecureLater { delay: Duration, error: String },
+    /// `pending` pick-ups in flight when the last incarnation ended are
+    /// credited again (for the log; the credits follow).
+    Redrive { pending: usize },
 }
 
 /// How the room document is stored after a change.
@@ -60,6 +81,9 @@ pub(in crate::room) enum Write {
     Through { taken: u64 },
     /// Write-behind (the persister's room state).
     Behind,
+    /// Write-through of a restored ground: the result goes to
+    /// [`Ground::on_secured`].
+    Secure,
 }
 
 impl Ground {
@@ -248,6 +272,9 @@ impl Ground {
     pub(in crate::room) fn redrive(&mut self) -> Vec<Effect> {
         let ids: Vec<u64> = self.pending.keys().copied().collect();
         let mut effects = Vec::new();
+        if !ids.is_empty() {
+            effects.push(Effect::Redrive { pending: ids.len() });
+        }
         for id in ids {
             if let Some(p) = self.pending.get_mut(&id) {
                 p.maybe_applied = true;
@@ -447,7 +474,11 @@ mod tests {
     #[test]
     fn a_redrive_credits_every_pending_pick_up_as_maybe_applied() {
         let mut g = taken();
-        let op_id = credit_op_id(&g.redrive());
+        let effects = g.redrive();
+        let [Effect::Redrive { pending: 1 }, credit @ ..] = effects.as_slice() else {
+            panic!("expected the redrive announced, got {effects:?}");
+        };
+        let op_id = credit_op_id(credit);
         assert_eq!(op_id, "pickup:hall:ep:1");
         // Maybe applied: "not sent" now retries instead of putting back.
         let effects = g.on_credited(1, Err(DurableError::Unavailable("down".into())));
