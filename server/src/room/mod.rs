@@ -26,6 +26,8 @@
 //! - `member.rs`: members, joining, leaving, saving positions.
 //! - `view.rs`: view diffs and their frames (pure functions), publishing.
 //! - `snapshot.rs`: [`RoomSnapshot`], taken and loaded for restarts.
+//! - `effects.rs`: carries out what the ground decides (answers,
+//!   broadcasts, timers, store calls behind the panic boundary).
 //! - [`grid`]: the spatial index; [`ground`]: items lying on the map;
 //!   [`supervisor`]: where rooms are found, restarted and watched.
 //!
@@ -44,6 +46,7 @@
 //! anyone moved, into a slot the supervisor holds, so a room stuck in a
 //! handler can be restarted from it too.
 
+mod effects;
 pub mod grid;
 pub mod ground;
 mod member;
@@ -304,7 +307,7 @@ impl Room {
         self.tick += 1;
         self.expire_seats();
         self.simulate();
-        self.spawn_items();
+        self.spawn_items(ctx);
         self.moved_since_snapshot |= self.dirty;
         self.publish_views();
         if self.moved_since_snapshot && self.tick % SNAPSHOT_EVERY_TICKS == 0 {
@@ -395,9 +398,9 @@ impl Actor for Room {
             room.start_ground(restored_ground.as_deref(), ctx)
         });
         if let Some(restored) = self.restored.take() {
-            let done = self.guarded(ctx, "restore", |room, _| {
+            let done = self.guarded(ctx, "restore", |room, ctx| {
                 room.resync_all();
-                room.resync_ground();
+                room.resync_ground(ctx);
             });
             if done.is_some() {
                 let took = restored.crashed_at.elapsed();

@@ -26,10 +26,14 @@
 //!
 //! `Ground` holds the items and pending pick-ups and decides, without
 //! I/O: `Ground::take` checks a pick-up and moves the item to pending,
-//! returning a `Take` that says what follows; `Ground::spawn` returns
-//! the items its spawners add. The room carries the decisions out
-//! (answers, broadcasts, store calls; the steps after the take are in
-//! `pickup.rs`).
+//! returning a `Take`; the pick-up's steps (`pickup.rs`: `pick_up`,
+//! `on_taken`, `credit`, `on_credited`, `on_retry`, `redrive`) mutate only
+//! the ground and return the [`Effect`]s that follow; so do starting,
+//! loading, securing a restored ground, spawning and resyncing
+//! (`load.rs`), while `Ground::spawn` returns the items its spawners add.
+//! The ground is no `impl Room`: the room carries the effects out
+//! (answers, broadcasts, timers, store calls: `room/effects.rs`) and feeds
+//! each store result to the next step.
 //!
 //! Every store call is a future spawned on the room's context whose result
 //! comes back behind the panic boundary (`Room::guarded`); the room never
@@ -37,7 +41,6 @@
 //! and pick-ups are answered 3004.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -47,15 +50,17 @@ use protocol::ServerMsg;
 use rand::Rng;
 
 use super::view::encode_frame;
-use super::Room;
 use crate::config::SpawnerConfig;
 use crate::ids::SessionId;
 use crate::store::ids::fresh_nonce;
-use crate::store::{DurableError, GroundItem, PendingPickup, RoomState};
+use crate::store::{GroundItem, PendingPickup};
 use crate::supervise::Backoff;
 use crate::wire;
 
+mod load;
 mod pickup;
+
+pub(super) use pickup::{Effect, Write};
 
 /// Backoff of store retries (loading the document, an in-doubt credit).
 const RETRY_MIN: Duration = Duration::from_millis(250);
@@ -187,6 +192,11 @@ impl Ground {
     pub(super) fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
+
+    /// Item `id` is off the ground, its pick-up not finished.
+    pub(super) fn is_pending(&self, id: u64) -> bool {
+        self.pending.contains_key(&id)
+    }
 }
 
 /// Who asks for a pick-up, from where, and who waits for the answer.
@@ -317,189 +327,8 @@ fn backoff(failures: u32) -> Duration {
     Backoff::new(RETRY_MIN, RETRY_MAX).ceiling(failures)
 }
 
-fn items_frame(added: Vec<protocol::msg::GroundItem>, removed: Vec<u64>) -> Bytes {
+pub(super) fn items_frame(added: Vec<protocol::msg::GroundItem>, removed: Vec<u64>) -> Bytes {
     encode_frame(&ServerMsg::Items(Items { added, removed }))
-}
-
-impl Room {
-    /// The room document as it stands now.
-    fn room_document(&self) -> RoomState {
-        let g = &self.ground;
-        RoomState {
-            rev: g.rev,
-            next_item: g.next_item,
-            epoch: g.epoch.clone(),
-            items: g.items.values().cloned().collect(),
-            pending: g.pending.values().map(Pickup::stored).collect(),
-            ..RoomState::new(&self.label)
-        }
-    }
-
-    /// The ground changed: a new revision, in the snapshot before anyone
-    /// hears of it (so a restart never forgets what members were told).
-    /// Returns the document to write.
-    fn ground_changed(&mut self) -> RoomState {
-        self.ground.rev += 1;
-        self.ground_snapshot = Arc::new(self.ground.snapshot());
-        self.snapshot();
-        self.room_document()
-    }
-
-    /// Start the ground: from a restart's snapshot, or by loading the
-    /// room's document from the store.
-    pub(super) fn start_ground(
-        &mut self,
-        restored: Option<&GroundSnapshot>,
-        ctx: &mut Context<Self>,
-    ) {
-        let now = Instant::now();
-        self.ground.spawn_due = self
-            .map
-            .items
-            .iter()
-            .map(|s| now + Duration::from_millis(s.every_ms))
-            .collect();
-        match restored {
-            Some(g) if g.loaded => {
-                self.ground.install(
-                    g.rev,
-                    g.next_item,
-                    &g.epoch,
-                    g.items.clone(),
-                    g.pending.clone(),
-                );
-                self.ground_snapshot = Arc::new(self.ground.snapshot());
-                if self.ground.has_pending() {
-                    for p in self.ground.pending.values_mut() {
-                        p.in_flight = true;
-                    }
-                    self.secure_then_redrive(ctx);
-                }
-            }
-            _ => self.load_ground(ctx),
-        }
-    }
-
-    fn load_ground(&mut self, ctx: &mut Context<Self>) {
-        let load = self.supervisor.persister().load_room(&self.label);
-        ctx.spawn(load.into_actor(self).map(|loaded, room, ctx| {
-            room.guarded(ctx, "ground_loaded", |room, ctx| {
-                room.ground_loaded(loaded, ctx)
-            });
-        }));
-    }
-
-    fn ground_loaded(
-        &mut self,
-        loaded: Result<Option<RoomState>, DurableError>,
-        ctx: &mut Context<Self>,
-    ) {
-        if self.ground.loaded {
-            return;
-        }
-        let doc = match loaded {
-            Ok(doc) => doc,
-            Err(e) => {
-                let delay = backoff(self.ground.load_failures);
-                self.ground.load_failures += 1;
-                tracing::warn!(room = %self.id, error = %e, retry_in_ms = delay.as_millis() as u64, "ground items not loaded; retrying");
-                ctx.run_later(delay, |room, ctx| {
-                    room.guarded(ctx, "ground_load", |room, ctx| room.load_ground(ctx));
-                });
-                return;
-            }
-        };
-        let doc = doc.unwrap_or_else(|| RoomState::new(&self.label));
-        self.ground
-            .install(doc.rev, doc.next_item, &doc.epoch, doc.items, doc.pending);
-        self.ground_snapshot = Arc::new(self.ground.snapshot());
-        self.snapshot();
-        tracing::info!(
-            room = %self.id,
-            items = self.ground.items.len(),
-            pending = self.ground.pending.len(),
-            rev = self.ground.rev,
-            "ground items loaded"
-        );
-        if !self.ground.items.is_empty() {
-            self.to_all_members(items_frame(self.ground.wire_items(), Vec::new()));
-        }
-        self.redrive_pending(ctx);
-    }
-
-    /// A restart from a snapshot: the crashed incarnation may have died
-    /// before its write-through of a pick-up landed, so the document is
-    /// written through again before any credit is re-driven (never credited
-    /// while the store still has the item on the ground).
-    fn secure_then_redrive(&mut self, ctx: &mut Context<Self>) {
-        let doc = self.ground_changed();
-        let write = self.supervisor.persister().durable_room(doc);
-        ctx.spawn(write.into_actor(self).map(|written, room, ctx| {
-            room.guarded(ctx, "ground_secured", |room, ctx| match written {
-                Ok(_) => room.redrive_pending(ctx),
-                Err(e) => {
-                    let delay = backoff(room.ground.load_failures);
-                    room.ground.load_failures += 1;
-                    tracing::warn!(room = %room.id, error = %e, retry_in_ms = delay.as_millis() as u64, "restored ground not stored; retrying before re-driving pick-ups");
-                    ctx.run_later(delay, |room, ctx| {
-                        room.guarded(ctx, "ground_secure", |room, ctx| {
-                            room.secure_then_redrive(ctx)
-                        });
-                    });
-                }
-            });
-        }));
-    }
-
-    /// Credit again every pick-up that was in flight when the last
-    /// incarnation ended: the same op id, so it lands at most once.
-    fn redrive_pending(&mut self, ctx: &mut Context<Self>) {
-        let ids: Vec<u64> = self.ground.pending.keys().copied().collect();
-        if !ids.is_empty() {
-            tracing::info!(room = %self.id, pending = ids.len(), "re-driving pick-ups in flight");
-        }
-        for id in ids {
-            if let Some(p) = self.ground.pending.get_mut(&id) {
-                p.maybe_applied = true;
-            }
-            self.credit(id, ctx);
-        }
-    }
-
-    /// After a restart, members see the whole ground again (anything they
-    /// missed while the room was down).
-    pub(super) fn resync_ground(&self) {
-        if !self.ground.items.is_empty() {
-            self.to_all_members(items_frame(self.ground.wire_items(), Vec::new()));
-        }
-    }
-
-    /// Run due spawners (at most one item each per tick).
-    pub(super) fn spawn_items(&mut self) {
-        if self.map.items.is_empty() {
-            return;
-        }
-        let size = (self.map.width, self.map.height);
-        let added: Vec<_> = self
-            .ground
-            .spawn(&self.map.items, size, Instant::now())
-            .iter()
-            .map(wire::ground_item)
-            .collect();
-        if added.is_empty() {
-            return;
-        }
-        let doc = self.ground_changed();
-        self.supervisor.persister().room_state(doc);
-        self.to_all_members(items_frame(added, Vec::new()));
-    }
-
-    /// Hand the room document to the persister (room stop).
-    pub(super) fn save_ground(&self) {
-        if self.ground.loaded {
-            self.supervisor.persister().room_state(self.room_document());
-        }
-    }
 }
 
 #[cfg(test)]
