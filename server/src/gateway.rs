@@ -10,7 +10,7 @@
 //! `server.per_ip_max_connections`, `server.max_connections`) is still
 //! upgraded, so that it can be told: error 5002 `server_busy`, close 1013,
 //! then a bounded read for the client's close (PROTOCOL.md lifecycle rule
-//! 7). At most [`MAX_REFUSING`] refusals run at once; past that a socket is
+//! 7). At most `server.max_refusing` refusals run at once; past that a socket is
 //! dropped unanswered. Every refusal is counted by reason.
 
 use std::collections::HashMap;
@@ -35,14 +35,9 @@ use tokio_tungstenite::WebSocketStream;
 use crate::config::{ms, IpNet, ServerConfig};
 use crate::metrics as m;
 use crate::outbound::{self, run_writer, Outbound, Socket};
-use crate::session::{self, Session, CLOSE_LINGER};
+use crate::session::{self, Session};
 use crate::tls::Conn;
 use tokio_rustls::TlsAcceptor;
-
-/// Sockets refused (over a cap) that may be in the middle of being told so
-/// (upgrade, error 5002, close 1013, linger) at once; past that they are
-/// dropped without a word.
-const MAX_REFUSING: usize = 64;
 
 /// How long the refusal's error and close frames may take to write.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
@@ -253,7 +248,7 @@ impl Gateway {
     ) -> Self {
         Gateway {
             permits: Arc::new(Semaphore::new(sessions.config.server.max_connections)),
-            refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
+            refusing: Arc::new(Semaphore::new(sessions.config.server.max_refusing)),
             per_ip: PerIp::new(&sessions.config.server),
             next_worker: Arc::new(AtomicUsize::new(0)),
             next_session: Arc::new(AtomicU64::new(1)),
@@ -390,7 +385,7 @@ async fn serve(
         Admission::Admitted(permit, slot) => (permit, slot),
         Admission::Refused(refusal, _refusing) => {
             tracing::debug!(%peer, reason = refusal.label(), "connection refused");
-            refuse(ws, refusal).await;
+            refuse(ws, refusal, ms(deps.config.server.close_linger_ms)).await;
             return;
         }
     };
@@ -413,9 +408,10 @@ async fn serve(
 }
 
 /// Error 5002, then close 1013, then (PROTOCOL.md lifecycle rule 7) read
-/// and ignore the client's frames until its close or [`CLOSE_LINGER`], so
+/// and ignore the client's frames until its close or `linger`
+/// (`server.close_linger_ms`), so
 /// that unread input does not turn the close into a TCP reset.
-async fn refuse<S>(mut ws: WebSocketStream<S>, refusal: Refusal)
+async fn refuse<S>(mut ws: WebSocketStream<S>, refusal: Refusal, linger: Duration)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -436,7 +432,7 @@ where
     if !matches!(sent, Ok(Ok(()))) {
         return;
     }
-    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+    let _ = tokio::time::timeout(linger, async {
         while let Some(Ok(message)) = ws.next().await {
             if message.is_close() {
                 break;

@@ -18,6 +18,13 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// WebSocket upgrade plus `hello` must complete within this.
     pub handshake_timeout_ms: u64,
+    /// After a close the server starts, how long it keeps reading (and
+    /// discarding) for the client's close before it drops the TCP
+    /// connection (PROTOCOL.md lifecycle rule 7).
+    pub close_linger_ms: u64,
+    /// Refusals (error 5002, close 1013, linger) running at once; past
+    /// this a refused socket is dropped unanswered (and counted).
+    pub max_refusing: usize,
     /// A session that receives nothing for this long is closed (4004).
     pub idle_timeout_ms: u64,
     /// The server sends a WebSocket ping this often.
@@ -62,6 +69,8 @@ impl Default for ServerConfig {
             workers: 0,
             max_connections: 20_000,
             handshake_timeout_ms: 5_000,
+            close_linger_ms: 2_000,
+            max_refusing: 64,
             idle_timeout_ms: 30_000,
             heartbeat_interval_ms: 10_000,
             max_frame_bytes: 4 * 1024,

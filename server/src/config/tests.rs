@@ -212,3 +212,20 @@ fn welcome_limits_carry_the_configured_values() {
     // Wider than the wire's u32: capped, not wrapped.
     assert_eq!(limits.idle_timeout_ms, u32::MAX);
 }
+
+#[test]
+fn close_linger_and_refusal_bounds_are_validated_by_name() {
+    let mut config = Config::default();
+    config.server.close_linger_ms = 0;
+    config.server.max_refusing = 0;
+    let err = config.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("server.close_linger_ms must be greater than 0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("server.max_refusing must be greater than 0"),
+        "{err}"
+    );
+    assert!(Config::default().validate().is_ok());
+}

@@ -19,6 +19,8 @@ impl Config {
         let s = &self.server;
         positive("server.max_connections", s.max_connections as u64);
         positive("server.handshake_timeout_ms", s.handshake_timeout_ms);
+        positive("server.close_linger_ms", s.close_linger_ms);
+        positive("server.max_refusing", s.max_refusing as u64);
         positive("server.idle_timeout_ms", s.idle_timeout_ms);
         positive("server.heartbeat_interval_ms", s.heartbeat_interval_ms);
         positive("server.max_frame_bytes", s.max_frame_bytes as u64);

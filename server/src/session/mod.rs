@@ -27,7 +27,8 @@
 //!
 //! Closing: the close frame is queued after everything pending, the writer
 //! half-closes the socket after it, and the session keeps reading (and
-//! ignoring) the client's frames until the client's close or [`CLOSE_LINGER`],
+//! ignoring) the client's frames until the client's close or
+//! `server.close_linger_ms`,
 //! so that unread input does not make the kernel reset the connection and
 //! throw away what was queued. When the WebSocket stream gave up (a frame
 //! over the limit leaves its payload unread), the session drains the raw
@@ -95,9 +96,6 @@ pub struct Deps {
 /// Messages a session may queue from the server side (announcements, room
 /// events, shutdown). Client input never goes through this mailbox.
 const SESSION_MAILBOX: usize = 64;
-
-/// How long a closing session waits for the client's close frame.
-pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// The names of the session's panic boundaries: every handler,
 /// continuation and timer, each a fault point (`POST /admin/faults/session`
@@ -279,7 +277,8 @@ impl Session {
         self.release_seat();
         self.state = State::Closing;
         self.out.close(code, reason);
-        ctx.run_later(CLOSE_LINGER, |_, ctx| ctx.stop());
+        let linger = crate::config::ms(self.deps.config.server.close_linger_ms);
+        ctx.run_later(linger, |_, ctx| ctx.stop());
     }
 
     fn strike(&mut self, ctx: &mut Context<Self>) {
