@@ -218,6 +218,7 @@ fn close_linger_and_refusal_bounds_are_validated_by_name() {
     let mut config = Config::default();
     config.server.close_linger_ms = 0;
     config.server.max_refusing = 0;
+    config.rooms.input_queue = 0;
     let err = config.validate().unwrap_err().to_string();
     assert!(
         err.contains("server.close_linger_ms must be greater than 0"),
@@ -225,6 +226,10 @@ fn close_linger_and_refusal_bounds_are_validated_by_name() {
     );
     assert!(
         err.contains("server.max_refusing must be greater than 0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("rooms.input_queue must be greater than 0"),
         "{err}"
     );
     assert!(Config::default().validate().is_ok());

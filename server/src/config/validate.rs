@@ -44,6 +44,7 @@ impl Config {
         positive("rooms.tick_hz", r.tick_hz.into());
         positive("rooms.max_players", r.max_players as u64);
         positive("rooms.mailbox_capacity", r.mailbox_capacity as u64);
+        positive("rooms.input_queue", r.input_queue as u64);
         positive("rooms.call_timeout_ms", r.call_timeout_ms);
         positive("rooms.idle_stop_ms", r.idle_stop_ms);
         let sv = &self.supervision;

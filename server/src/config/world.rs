@@ -27,6 +27,10 @@ pub struct RoomsConfig {
     /// and answered with an error. Moves do not use it: they go into each
     /// member's input queue, which the room drains at its tick.
     pub mailbox_capacity: usize,
+    /// A member's moves queued between two ticks at most; past it the
+    /// oldest is dropped (and counted), so a room that fell behind applies
+    /// the latest ones.
+    pub input_queue: usize,
     /// How long a session waits for a room to answer a join.
     pub call_timeout_ms: u64,
     /// How close (in map units) a player's entity must stand to a ground
@@ -43,6 +47,7 @@ impl Default for RoomsConfig {
             max_players: 1_000,
             idle_stop_ms: 30_000,
             mailbox_capacity: 4_096,
+            input_queue: 32,
             call_timeout_ms: 2_000,
             pickup_radius: 48.0,
         }

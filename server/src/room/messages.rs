@@ -13,10 +13,6 @@ use crate::ids::{RoomId, SessionId};
 use crate::metrics as m;
 use crate::outbound::Outbound;
 
-/// Pending inputs kept per member between ticks; older ones are dropped.
-/// The session's rate limit keeps a well-behaved client far below it.
-const MAX_PENDING_INPUTS: usize = 32;
-
 /// The longest stall a fault may inject.
 pub const MAX_INJECTED_STALL: Duration = Duration::from_secs(30);
 
@@ -33,18 +29,29 @@ pub enum RoomEvent {
 /// at its next tick. Moves are the bulk of client traffic (10 Hz and more
 /// per player); through a shared queue they cost the room no message, no
 /// mailbox slot and no wake-up, only a short lock per tick.
-#[derive(Default)]
 pub struct Inputs {
     queue: parking_lot::Mutex<Vec<(u32, f32, f32)>>,
+    /// Pending inputs kept between ticks (`rooms.input_queue`); older ones
+    /// are dropped. The session's rate limit keeps a well-behaved client
+    /// far below it.
+    cap: usize,
 }
 
 impl Inputs {
-    /// Queue a validated intent. Past [`MAX_PENDING_INPUTS`] unapplied
+    /// An empty queue keeping at most `cap` (at least 1) unapplied intents.
+    pub fn new(cap: usize) -> Inputs {
+        Inputs {
+            queue: parking_lot::Mutex::new(Vec::new()),
+            cap: cap.max(1),
+        }
+    }
+
+    /// Queue a validated intent. Past `cap` unapplied
     /// intents the oldest is dropped (and counted): a room that fell behind
     /// applies the latest ones.
     pub fn push(&self, seq: u32, dx: f32, dy: f32) {
         let mut queue = self.queue.lock();
-        if queue.len() >= MAX_PENDING_INPUTS {
+        if queue.len() >= self.cap {
             queue.remove(0);
             metrics::counter!(m::ROOM_INPUTS_DROPPED, "reason" => m::DROPPED_INPUT_QUEUE_FULL)
                 .increment(1);
@@ -186,3 +193,29 @@ pub const FAULT_POINTS: &[&str] = &[
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Handover;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_input_queue_drops_the_oldest_and_keeps_its_configured_cap() {
+        let inputs = Inputs::new(3);
+        for seq in 1..=5 {
+            inputs.push(seq, 1.0, 0.0);
+        }
+        let mut pending = Vec::new();
+        inputs.drain_into(&mut pending);
+        let seqs: Vec<u32> = pending.iter().map(|(seq, _, _)| *seq).collect();
+        assert_eq!(seqs, [3, 4, 5], "the latest intents are kept");
+        inputs.drain_into(&mut pending);
+        assert_eq!(pending.len(), 3, "drained once");
+        // A cap of 0 still keeps the latest intent.
+        let one = Inputs::new(0);
+        one.push(1, 0.0, 1.0);
+        one.push(2, 0.0, 1.0);
+        let mut last = Vec::new();
+        one.drain_into(&mut last);
+        assert_eq!(last, [(2, 0.0, 1.0)]);
+    }
+}

@@ -197,6 +197,7 @@ impl Session {
         done: mpsc::Sender<()>,
     ) -> Session {
         let now = Instant::now();
+        let inputs = Arc::new(Inputs::new(deps.config.rooms.input_queue));
         let l = &deps.config.limits;
         let buckets = [
             Bucket::new(l.move_per_sec, l.move_burst, now),
@@ -217,7 +218,7 @@ impl Session {
             strikes,
             announcements: None,
             saved_position: None,
-            inputs: Arc::default(),
+            inputs,
             profile_loaded: false,
             socket,
             crashed: false,

@@ -12,7 +12,7 @@ use crate::auth::Identity;
 use crate::config::ms;
 use crate::ids::{RoomId, SessionId};
 use crate::metrics as m;
-use crate::room::{CallError, CastError, JoinError, JoinRoom, MemberLink, RoomRef};
+use crate::room::{CallError, CastError, Inputs, JoinError, JoinRoom, MemberLink, RoomRef};
 
 impl Session {
     pub(super) fn on_join(&mut self, join: Join, ctx: &mut Context<Self>) {
@@ -75,7 +75,7 @@ impl Session {
                 None
             }
         };
-        self.inputs = Arc::default();
+        self.inputs = Arc::new(Inputs::new(self.deps.config.rooms.input_queue));
         let request = JoinRoom {
             link: MemberLink {
                 session: self.id,
