@@ -25,6 +25,23 @@ pub fn encode_entity(entity: &Entity, out: &mut Vec<u8>) {
     rmp_serde::encode::write_named(out, entity).expect("an Entity always encodes");
 }
 
+/// [`Entity`] by reference: what a server encodes its members from, so
+/// that encoding an entry does not clone the name.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct EntityRef<'a> {
+    pub id: EntityId,
+    pub name: &'a str,
+    pub x: f32,
+    pub y: f32,
+    pub seq: u32,
+}
+
+/// Append `entity` as one element of `update.entered`: the same bytes as
+/// [`encode_entity`] of the owned [`Entity`] (a test holds it to that).
+pub fn encode_entity_ref(entity: &EntityRef<'_>, out: &mut Vec<u8>) {
+    rmp_serde::encode::write_named(out, entity).expect("an EntityRef always encodes");
+}
+
 /// Append a whole `update` frame to `out`. `entered` and `moved` yield the
 /// elements' bytes, as [`encode_entity`] and [`encode_moved`] wrote them.
 pub fn write_update<'a, E, M>(
@@ -87,6 +104,30 @@ mod tests {
     use super::*;
     use crate::msg::room::Update;
     use crate::{encode_server, ServerMsg};
+
+    #[test]
+    fn an_entity_by_reference_encodes_like_the_owned_one() {
+        let owned = Entity {
+            id: 7,
+            name: "Ada".into(),
+            x: 1.5,
+            y: -2.0,
+            seq: 9,
+        };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        encode_entity(&owned, &mut a);
+        encode_entity_ref(
+            &EntityRef {
+                id: owned.id,
+                name: &owned.name,
+                x: owned.x,
+                y: owned.y,
+                seq: owned.seq,
+            },
+            &mut b,
+        );
+        assert_eq!(a, b);
+    }
 
     fn assembled(update: &Update) -> Vec<u8> {
         let entered: Vec<Vec<u8>> = update

@@ -78,12 +78,19 @@ impl Member {
 
     /// Re-encode its update entries after a change (or when never encoded).
     pub(super) fn encode(&mut self, id: EntityId) {
-        let (moved, entity) = (self.moved(id), self.entity(id));
+        let moved = self.moved(id);
+        let entity = assemble::EntityRef {
+            id,
+            name: &self.name,
+            x: self.state.x,
+            y: self.state.y,
+            seq: self.state.seq,
+        };
         let wire = &mut self.wire;
         wire.moved.clear();
         assemble::encode_moved(&moved, &mut wire.moved);
         wire.entity.clear();
-        assemble::encode_entity(&entity, &mut wire.entity);
+        assemble::encode_entity_ref(&entity, &mut wire.entity);
     }
 
     /// The volatile state the persister keeps for this player.

@@ -125,8 +125,7 @@ pub struct Room {
     /// Something changed since the last snapshot.
     moved_since_snapshot: bool,
     /// Scratch buffers reused every tick.
-    scratch_ids: Vec<EntityId>,
-    scratch_view: Vec<EntityId>,
+    view_scratch: view::ViewScratch,
     /// Items on the map and pick-ups in flight (see [`ground`]).
     ground: Ground,
     /// The ground as of its last change, for snapshots.
@@ -168,8 +167,7 @@ impl Room {
             crashed: false,
             dirty: true,
             moved_since_snapshot: false,
-            scratch_ids: Vec::new(),
-            scratch_view: Vec::new(),
+            view_scratch: view::ViewScratch::default(),
             ground: Ground::new(),
             ground_snapshot: Arc::default(),
         };

@@ -7,12 +7,15 @@ use bytes::Bytes;
 use protocol::msg::{Entity, EntityId, Update};
 use protocol::{assemble, encode_server, ServerMsg};
 
+use std::hash::BuildHasher;
+
 use super::{FastMap, Room};
 use crate::metrics as m;
 
-/// The changes one member sees in a tick; members with equal keys get the
-/// same bytes.
-#[derive(PartialEq, Eq, Hash)]
+/// The changes one member sees in a tick; members with equal diffs get the
+/// same bytes. Reused from member to member and tick to tick, so a tick
+/// allocates no diff.
+#[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct ViewDiff {
     entered: Vec<EntityId>,
     moved: Vec<EntityId>,
@@ -21,42 +24,150 @@ pub(super) struct ViewDiff {
 
 /// Entered: in `now`, not in `before`. Left: the reverse. Moved: in both and
 /// `changed`. Both inputs are in ascending order.
+#[cfg(test)]
 pub(super) fn diff_views(
     before: &[EntityId],
     now: &[EntityId],
     changed: impl Fn(EntityId) -> bool,
 ) -> ViewDiff {
-    let mut diff = ViewDiff {
-        entered: Vec::new(),
-        moved: Vec::new(),
-        left: Vec::new(),
-    };
-    let (mut i, mut j) = (0, 0);
-    while i < before.len() || j < now.len() {
-        match (before.get(i), now.get(j)) {
-            (Some(&b), Some(&n)) if b == n => {
-                if changed(n) {
-                    diff.moved.push(n);
+    let mut diff = ViewDiff::default();
+    diff.compute(before, now, changed);
+    diff
+}
+
+impl ViewDiff {
+    /// This diff becomes the one from `before` to `now` (see
+    /// [`diff_views`]), in the vectors it already has.
+    pub(super) fn compute(
+        &mut self,
+        before: &[EntityId],
+        now: &[EntityId],
+        changed: impl Fn(EntityId) -> bool,
+    ) {
+        self.entered.clear();
+        self.moved.clear();
+        self.left.clear();
+        let (mut i, mut j) = (0, 0);
+        while i < before.len() || j < now.len() {
+            match (before.get(i), now.get(j)) {
+                (Some(&b), Some(&n)) if b == n => {
+                    if changed(n) {
+                        self.moved.push(n);
+                    }
+                    i += 1;
+                    j += 1;
                 }
-                i += 1;
-                j += 1;
+                (Some(&b), Some(&n)) if b < n => {
+                    self.left.push(b);
+                    i += 1;
+                }
+                (_, Some(&n)) => {
+                    self.entered.push(n);
+                    j += 1;
+                }
+                (Some(&b), None) => {
+                    self.left.push(b);
+                    i += 1;
+                }
+                (None, None) => break,
             }
-            (Some(&b), Some(&n)) if b < n => {
-                diff.left.push(b);
-                i += 1;
-            }
-            (_, Some(&n)) => {
-                diff.entered.push(n);
-                j += 1;
-            }
-            (Some(&b), None) => {
-                diff.left.push(b);
-                i += 1;
-            }
-            (None, None) => break,
         }
     }
-    diff
+
+    fn parts(&self) -> (&[EntityId], &[EntityId], &[EntityId]) {
+        (&self.entered, &self.moved, &self.left)
+    }
+}
+
+/// The frames of one tick, one per distinct diff: members whose views
+/// changed the same way (everyone, when the view spans the map) share one
+/// frame. The distinct diffs are kept back to back in one vector, so
+/// looking a diff up or adding one allocates nothing once warm.
+#[derive(Default)]
+pub(super) struct TickFrames {
+    /// Hash of a diff -> the first distinct diff with that hash.
+    index: FastMap<u64, u32>,
+    distinct: Vec<Distinct>,
+    /// The entity ids of every distinct diff: entered, moved, left.
+    ids: Vec<EntityId>,
+    /// Where frames are written before they are copied out exactly sized.
+    buf: Vec<u8>,
+}
+
+struct Distinct {
+    start: u32,
+    lens: [u32; 3],
+    /// The next distinct diff with the same hash, or `u32::MAX`.
+    next: u32,
+    frame: Bytes,
+}
+
+impl TickFrames {
+    /// Forget the last tick's diffs (their frames are released).
+    pub(super) fn clear(&mut self) {
+        self.index.clear();
+        self.distinct.clear();
+        self.ids.clear();
+    }
+
+    /// How many distinct frames this tick encoded.
+    pub(super) fn len(&self) -> usize {
+        self.distinct.len()
+    }
+
+    /// The frame of `diff`, encoded with `encode` the first time this tick
+    /// that diff is seen.
+    pub(super) fn frame(
+        &mut self,
+        diff: &ViewDiff,
+        encode: impl FnOnce(&ViewDiff, &mut Vec<u8>),
+    ) -> Bytes {
+        let hash = self.index.hasher().hash_one(diff.parts());
+        let mut at = self.index.get(&hash).copied().unwrap_or(u32::MAX);
+        let mut last = u32::MAX;
+        while at != u32::MAX {
+            let d = &self.distinct[at as usize];
+            if self.equals(d, diff) {
+                return d.frame.clone();
+            }
+            last = at;
+            at = d.next;
+        }
+        self.buf.clear();
+        encode(diff, &mut self.buf);
+        let frame = Bytes::copy_from_slice(&self.buf);
+        let index = u32::try_from(self.distinct.len()).expect("fewer than 2^32 frames a tick");
+        let start = u32::try_from(self.ids.len()).expect("fewer than 2^32 ids a tick");
+        let (entered, moved, left) = diff.parts();
+        self.ids.extend_from_slice(entered);
+        self.ids.extend_from_slice(moved);
+        self.ids.extend_from_slice(left);
+        self.distinct.push(Distinct {
+            start,
+            lens: [entered.len(), moved.len(), left.len()].map(|n| n as u32),
+            next: u32::MAX,
+            frame: frame.clone(),
+        });
+        if last == u32::MAX {
+            self.index.insert(hash, index);
+        } else {
+            self.distinct[last as usize].next = index;
+        }
+        frame
+    }
+
+    fn equals(&self, d: &Distinct, diff: &ViewDiff) -> bool {
+        let mut at = d.start as usize;
+        let (entered, moved, left) = diff.parts();
+        for (len, part) in d.lens.iter().zip([entered, moved, left]) {
+            let len = *len as usize;
+            if self.ids[at..at + len] != *part {
+                return false;
+            }
+            at += len;
+        }
+        true
+    }
 }
 
 impl ViewDiff {
@@ -75,24 +186,34 @@ pub(super) fn encode_frame(msg: &ServerMsg) -> Bytes {
 /// pre-encoded entries (`entity(id)` for `entered`, `moved(id)` for
 /// `moved`; see [`protocol::assemble`]): no entity is encoded again per
 /// member that sees it.
+#[cfg(test)]
 pub(super) fn encode_diff<'a>(
     tick: u64,
     diff: &ViewDiff,
     entity: impl Fn(EntityId) -> &'a [u8],
     moved: impl Fn(EntityId) -> &'a [u8],
 ) -> Bytes {
-    let mut bytes = Vec::with_capacity(
-        16 + 24 * diff.moved.len() + 40 * diff.entered.len() + 5 * diff.left.len(),
-    );
+    let mut bytes = Vec::new();
+    write_diff(&mut bytes, tick, diff, entity, moved);
+    Bytes::from(bytes)
+}
+
+/// [`encode_diff`] into `out`.
+pub(super) fn write_diff<'a>(
+    out: &mut Vec<u8>,
+    tick: u64,
+    diff: &ViewDiff,
+    entity: impl Fn(EntityId) -> &'a [u8],
+    moved: impl Fn(EntityId) -> &'a [u8],
+) {
     assemble::write_update(
-        &mut bytes,
+        out,
         tick,
         diff.entered.iter().map(|e| entity(*e)),
         diff.moved.iter().map(|e| moved(*e)),
         &diff.left,
         false,
     );
-    Bytes::from(bytes)
 }
 
 /// A full `update` (a resync after a restart or a dropped frame): every
@@ -115,7 +236,6 @@ impl Room {
 
     /// Send every connected member what changed in its view this tick.
     pub(super) fn publish_views(&mut self) {
-        let mut frames: FastMap<ViewDiff, Bytes> = FastMap::default();
         let mut sent = 0u64;
         if self.dirty {
             for (&id, member) in self.members.iter_mut() {
@@ -124,11 +244,20 @@ impl Room {
                 }
             }
         }
-        let mut ids = std::mem::take(&mut self.scratch_ids);
-        let mut previous = std::mem::take(&mut self.scratch_view);
+        let mut scratch = std::mem::take(&mut self.view_scratch);
+        let ViewScratch {
+            ids,
+            previous,
+            diff,
+            frames,
+            neighbourhoods,
+        } = &mut scratch;
+        frames.clear();
+        // Positions changed since the last tick (or nothing is sent).
+        neighbourhoods.clear();
         ids.clear();
         ids.extend(self.members.keys().copied());
-        for &id in &ids {
+        for &id in ids.iter() {
             let me = &self.members[&id];
             if !me.connected() {
                 continue;
@@ -140,11 +269,12 @@ impl Room {
             // The new view goes straight into the member; the old one comes
             // back in `previous`, so no view is allocated per tick.
             let (x, y) = (me.state.x, me.state.y);
-            self.grid.query(x, y, self.map.view_radius, &mut previous);
+            self.grid
+                .query_cached(x, y, self.map.view_radius, neighbourhoods, previous);
             let Some(me) = self.members.get_mut(&id) else {
                 continue;
             };
-            std::mem::swap(&mut me.visible, &mut previous);
+            std::mem::swap(&mut me.visible, previous);
             let me = &self.members[&id];
             if resync {
                 // Counted only when queued: a closing session or one over
@@ -153,24 +283,21 @@ impl Room {
                 sent += u64::from(me.state.link.out.push_state(me.state.link.epoch, full));
                 continue;
             }
-            let diff = diff_views(&previous, &me.visible, |e| self.members[&e].changed);
+            let members = &self.members;
+            diff.compute(previous, &me.visible, |e| members[&e].changed);
             if diff.is_empty() {
                 continue;
             }
-            let frame = match frames.get(&diff) {
-                Some(frame) => frame.clone(),
-                None => {
-                    let members = &self.members;
-                    let frame = encode_diff(
-                        self.tick,
-                        &diff,
-                        |e| members[&e].wire.entity.as_slice(),
-                        |e| members[&e].wire.moved.as_slice(),
-                    );
-                    frames.insert(diff, frame.clone());
-                    frame
-                }
-            };
+            let tick = self.tick;
+            let frame = frames.frame(diff, |diff, out| {
+                write_diff(
+                    out,
+                    tick,
+                    diff,
+                    |e| members[&e].wire.entity.as_slice(),
+                    |e| members[&e].wire.moved.as_slice(),
+                )
+            });
             sent += u64::from(me.state.link.out.push_state(me.state.link.epoch, frame));
         }
         if self.dirty {
@@ -179,11 +306,23 @@ impl Room {
             }
         }
         self.dirty = false;
-        self.scratch_ids = ids;
-        self.scratch_view = previous;
-        metrics::counter!(m::UPDATE_ENCODES).increment(frames.len() as u64);
+        let encodes = frames.len() as u64;
+        // The frames go with the members' queues; the table keeps none.
+        frames.clear();
+        self.view_scratch = scratch;
+        metrics::counter!(m::UPDATE_ENCODES).increment(encodes);
         metrics::counter!(m::UPDATE_FRAMES).increment(sent);
     }
+}
+
+/// What [`Room::publish_views`] reuses from tick to tick.
+#[derive(Default)]
+pub(super) struct ViewScratch {
+    ids: Vec<EntityId>,
+    previous: Vec<EntityId>,
+    diff: ViewDiff,
+    frames: TickFrames,
+    neighbourhoods: super::grid::Neighbourhoods,
 }
 
 #[cfg(test)]
@@ -262,6 +401,36 @@ mod tests {
             |e| entries[&e].0.as_slice(),
         );
         assert_eq!(frame, frame_again);
+    }
+
+    #[test]
+    fn equal_diffs_share_one_frame_and_distinct_ones_get_their_own() {
+        let mut frames = TickFrames::default();
+        let mut encodes = 0;
+        let mut frame_of = |frames: &mut TickFrames, diff: &ViewDiff| {
+            frames.frame(diff, |d, out| {
+                encodes += 1;
+                out.extend_from_slice(format!("{d:?}").as_bytes());
+            })
+        };
+        let a = diff_views(&[1, 2], &[2, 3], |_| true);
+        let b = diff_views(&[1, 2], &[2, 4], |_| true);
+        // Same ids, but in another part: must not be taken for `a`.
+        let c = diff_views(&[2, 3], &[1, 2], |_| true);
+        let fa = frame_of(&mut frames, &a);
+        let fb = frame_of(&mut frames, &b);
+        let fa2 = frame_of(&mut frames, &diff_views(&[1, 2], &[2, 3], |_| true));
+        let fc = frame_of(&mut frames, &c);
+        assert_eq!(fa.as_ptr(), fa2.as_ptr(), "one frame for equal diffs");
+        assert_ne!(fa, fb);
+        assert_ne!(fa, fc);
+        assert_eq!(frames.len(), 3);
+        frames.clear();
+        assert_eq!(frames.len(), 0);
+        let fa3 = frame_of(&mut frames, &a);
+        assert_eq!(fa3, fa, "a new tick encodes again, to the same bytes");
+        drop(frame_of);
+        assert_eq!(encodes, 4);
     }
 
     #[test]
