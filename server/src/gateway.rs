@@ -34,7 +34,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::config::{ms, IpNet, ServerConfig};
 use crate::metrics as m;
-use crate::outbound::{self, run_writer, Outbound, Socket};
+use crate::outbound::{self, Connection, Outbound, Socket, Writer};
 use crate::session::{self, Session};
 use crate::tls::Conn;
 use tokio_rustls::TlsAcceptor;
@@ -238,7 +238,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// `done` is cloned into every session and writer, so that shutdown
+    /// `done` is cloned into every session, so that shutdown
     /// can wait for them all.
     pub fn new(
         sessions: Arc<session::Deps>,
@@ -390,19 +390,13 @@ async fn serve(
         }
     };
     let config = &deps.config.server;
-    let (sink, stream) = ws.split();
     let out = Outbound::for_socket(config.outbound_budget_bytes, socket);
-    let writer = run_writer(out.clone(), sink, ms(config.write_timeout_ms));
-    let writer_done = done.clone();
-    actix::spawn(async move {
-        writer.await;
-        drop(permit);
-        drop(ip_slot);
-        drop(writer_done);
-    });
+    let writer = Writer::new(out.clone(), ms(config.write_timeout_ms));
+    // The admission slots are held for as long as the connection lives.
+    let connection = Connection::new(ws, writer, (permit, ip_slot));
     tracing::debug!(%peer, session = id, "connected");
     Session::create(move |ctx| {
-        ctx.add_stream(stream);
+        ctx.add_stream(connection);
         Session::new(id, deps, out, done)
     });
 }

@@ -1,9 +1,13 @@
-//! A session's outbound queue and the task that writes it to the socket.
+//! A session's outbound queue, and the [`Connection`] that owns its socket.
 //!
 //! Rooms and the session push already-encoded frames ([`Bytes`], shared
-//! between recipients) into an [`Outbound`]; one writer task per connection
-//! drains everything ready, `feed`s it to the socket and flushes once, so the
-//! cost follows flushes, not messages.
+//! between recipients) into an [`Outbound`]. The socket has one owner, the
+//! session's [`Connection`]: a stream of the client's messages that, each
+//! time it is polled, first drains everything ready in the queue into the
+//! WebSocket and flushes once (the cost follows flushes, not messages), then
+//! reads. So one task (the session actor's) reads and writes its socket:
+//! there is no split into halves behind a lock and no second task to wake
+//! per batch.
 //!
 //! The queue has a byte budget. State frames (`update`) are latest-wins: one
 //! that does not fit is dropped, counted, and the session is flagged for a
@@ -25,6 +29,7 @@
 //! close frame is not lost (PROTOCOL.md, lifecycle rule 7).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,12 +37,13 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{Sink, SinkExt};
+use futures_util::task::AtomicWaker;
+use futures_util::{Sink, Stream};
 use parking_lot::Mutex;
 use protocol::CloseCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -75,7 +81,8 @@ pub enum PushError {
 
 pub struct Outbound {
     queue: Mutex<Queue>,
-    wake: Notify,
+    /// The connection's task, woken when something is queued.
+    wake: AtomicWaker,
     budget: usize,
     /// The connection's socket, for the writer's half-close; taken when the
     /// writer ends, so that rooms holding this queue (a held seat) do not
@@ -93,7 +100,7 @@ impl Outbound {
                 close: None,
                 room_epoch: 0,
             }),
-            wake: Notify::new(),
+            wake: AtomicWaker::new(),
             budget,
             socket: Mutex::new(None),
         })
@@ -146,7 +153,7 @@ impl Outbound {
         q.bytes += frame.len();
         q.frames.push_back(Frame::State(frame));
         drop(q);
-        self.wake.notify_one();
+        self.wake.wake();
         true
     }
 
@@ -178,13 +185,13 @@ impl Outbound {
             drop(q);
             metrics::counter!(m::OUTBOUND_DROPPED, "class" => "reliable").increment(1);
             metrics::counter!(m::SESSIONS_CLOSED, "code" => "4005").increment(1);
-            self.wake.notify_one();
+            self.wake.wake();
             return Err(PushError::Overflow);
         }
         q.bytes += frame.len();
         q.frames.push_back(Frame::Reliable(frame));
         drop(q);
-        self.wake.notify_one();
+        self.wake.wake();
         Ok(())
     }
 
@@ -193,7 +200,7 @@ impl Outbound {
         if q.close.is_none() {
             q.frames.push_back(Frame::Ping);
             drop(q);
-            self.wake.notify_one();
+            self.wake.wake();
         }
     }
 
@@ -205,7 +212,7 @@ impl Outbound {
             q.close = Some((Some(code), reason.to_string()));
             drop(q);
             metrics::counter!(m::SESSIONS_CLOSED, "code" => code.as_u16().to_string()).increment(1);
-            self.wake.notify_one();
+            self.wake.wake();
         }
     }
 
@@ -218,7 +225,7 @@ impl Outbound {
             q.bytes = 0;
             q.close = Some((None, String::new()));
             drop(q);
-            self.wake.notify_one();
+            self.wake.wake();
         }
     }
 
@@ -242,81 +249,281 @@ impl Outbound {
         self.queue.lock().bytes
     }
 
-    /// Everything ready now, or the close once the queue is empty; waits when
-    /// there is nothing.
-    async fn next_batch(&self, batch: &mut Vec<Frame>) -> Option<(Option<CloseCode>, String)> {
-        loop {
-            {
-                let mut q = self.queue.lock();
-                if !q.frames.is_empty() {
-                    batch.extend(q.frames.drain(..));
-                    q.bytes = 0;
-                    return None;
-                }
-                if let Some(close) = &q.close {
-                    return Some(close.clone());
-                }
-            }
-            self.wake.notified().await;
+    /// Everything ready now, or the close once the queue is empty;
+    /// `Pending` (and a wake-up when something is queued) when there is
+    /// nothing.
+    fn poll_batch(
+        &self,
+        cx: &mut Context<'_>,
+        batch: &mut Vec<Frame>,
+    ) -> Poll<Option<(Option<CloseCode>, String)>> {
+        // Registered before looking, so a push in between is not missed.
+        self.wake.register(cx.waker());
+        let mut q = self.queue.lock();
+        if !q.frames.is_empty() {
+            batch.extend(q.frames.drain(..));
+            q.bytes = 0;
+            return Poll::Ready(None);
+        }
+        match &q.close {
+            Some(close) => Poll::Ready(Some(close.clone())),
+            None => Poll::Pending,
         }
     }
 }
 
-/// Drain `out` into `sink` until the session closes or the socket fails.
-/// Each write must complete within `write_timeout`, so a client that stops
-/// reading cannot hold the task forever.
+/// Where a [`Writer`] is.
+enum Stage {
+    /// Waiting for frames.
+    Idle,
+    /// Writing `batch` from `next`, then one flush.
+    Writing { next: usize },
+    /// The close frame (taken when sent), then the close handshake's flush.
+    Closing { frame: Option<Message> },
+    /// Closed, aborted or failed: nothing more is written.
+    Done,
+}
+
+/// Drains an [`Outbound`] into a WebSocket sink, driven by polls (see
+/// [`Connection`]). Each batch must be written within `write_timeout`, so
+/// a client that stops reading cannot hold its connection forever.
+pub struct Writer {
+    out: Arc<Outbound>,
+    batch: Vec<Frame>,
+    stage: Stage,
+    write_timeout: Duration,
+    /// When the current batch or close must be written by.
+    deadline: Instant,
+    /// The timer, armed only when a write had to wait (most batches go out
+    /// at once and never touch it); made the first time, so an idle
+    /// connection has none.
+    timer: Option<Pin<Box<Sleep>>>,
+    timer_armed: bool,
+    frames_sent: metrics::Counter,
+    flushes: metrics::Counter,
+}
+
+impl Writer {
+    pub fn new(out: Arc<Outbound>, write_timeout: Duration) -> Writer {
+        Writer {
+            out,
+            batch: Vec::new(),
+            stage: Stage::Idle,
+            write_timeout,
+            deadline: Instant::now(),
+            timer: None,
+            timer_armed: false,
+            // Handles looked up once, not per batch.
+            frames_sent: metrics::counter!(m::FRAMES_SENT),
+            flushes: metrics::counter!(m::FLUSHES),
+        }
+    }
+
+    /// Nothing more will be written.
+    pub fn is_done(&self) -> bool {
+        matches!(self.stage, Stage::Done)
+    }
+
+    /// Write what is queued; `Ready` once the writer is done (after the
+    /// close frame, an abort, or a failed or late write).
+    pub fn poll_write<S>(&mut self, mut sink: Pin<&mut S>, cx: &mut Context<'_>) -> Poll<()>
+    where
+        S: Sink<Message, Error = WsError>,
+    {
+        loop {
+            match &mut self.stage {
+                Stage::Done => return Poll::Ready(()),
+                Stage::Idle => match ready!(self.out.poll_batch(cx, &mut self.batch)) {
+                    None => {
+                        self.start_deadline();
+                        self.stage = Stage::Writing { next: 0 };
+                    }
+                    Some((Some(code), reason)) => {
+                        let frame = CloseFrame {
+                            code: WsCloseCode::from(code.as_u16()),
+                            reason: reason.into(),
+                        };
+                        self.start_deadline();
+                        self.stage = Stage::Closing {
+                            frame: Some(Message::Close(Some(frame))),
+                        };
+                    }
+                    // Aborted: the socket just goes when the connection is
+                    // dropped.
+                    Some((None, _)) => self.finish(false),
+                },
+                Stage::Writing { next } => {
+                    while *next < self.batch.len() {
+                        match sink.as_mut().poll_ready(cx) {
+                            Poll::Ready(Ok(())) => {}
+                            Poll::Ready(Err(_)) => return self.fail(),
+                            Poll::Pending => return self.wait(cx),
+                        }
+                        // Moved out; the placeholder costs nothing.
+                        let message = match std::mem::replace(&mut self.batch[*next], Frame::Ping) {
+                            Frame::State(b) | Frame::Reliable(b) => Message::Binary(b),
+                            Frame::Ping => Message::Ping(Bytes::new()),
+                        };
+                        *next += 1;
+                        if sink.as_mut().start_send(message).is_err() {
+                            return self.fail();
+                        }
+                    }
+                    match sink.as_mut().poll_flush(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(_)) => return self.fail(),
+                        Poll::Pending => return self.wait(cx),
+                    }
+                    self.frames_sent.increment(self.batch.len() as u64);
+                    self.flushes.increment(1);
+                    self.batch.clear();
+                    self.timer_armed = false;
+                    self.stage = Stage::Idle;
+                }
+                Stage::Closing { frame } => {
+                    if frame.is_some() {
+                        match sink.as_mut().poll_ready(cx) {
+                            Poll::Ready(Ok(())) => {}
+                            Poll::Ready(Err(_)) => return self.close_done(),
+                            Poll::Pending => return self.wait(cx),
+                        }
+                        let frame = frame.take().expect("checked above");
+                        if sink.as_mut().start_send(frame).is_err() {
+                            return self.close_done();
+                        }
+                    }
+                    match sink.as_mut().poll_close(cx) {
+                        Poll::Ready(_) => return self.close_done(),
+                        Poll::Pending => return self.wait(cx),
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_deadline(&mut self) {
+        self.deadline = Instant::now() + self.write_timeout;
+        self.timer_armed = false;
+    }
+
+    /// The socket is not ready: wait for it, or give up at the deadline.
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = self.deadline;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.timer_armed {
+            timer.as_mut().reset(deadline);
+            self.timer_armed = true;
+        }
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        match self.stage {
+            // A close that cannot be written in time ends all the same.
+            Stage::Closing { .. } => self.close_done(),
+            _ => self.fail(),
+        }
+    }
+
+    /// The close frame went (or could not): nothing follows it, so send
+    /// FIN now; the client sees the end right after it and closes its side,
+    /// while the session goes on reading until then.
+    fn close_done(&mut self) -> Poll<()> {
+        self.finish(true);
+        Poll::Ready(())
+    }
+
+    fn fail(&mut self) -> Poll<()> {
+        self.batch.clear();
+        self.out.close(CloseCode::InternalError, "write failed");
+        self.finish(false);
+        Poll::Ready(())
+    }
+
+    fn finish(&mut self, shutdown: bool) {
+        // Rooms holding the queue (a held seat) must not keep the
+        // connection open.
+        if let Some(socket) = self.out.socket.lock().take() {
+            if shutdown {
+                socket.shutdown_write();
+            }
+        }
+        self.stage = Stage::Done;
+    }
+}
+
+/// Drain `out` into `sink` until the session closes or the socket fails
+/// (a [`Writer`] on a task of its own; the gateway drives its writers from
+/// the [`Connection`] instead).
 pub async fn run_writer<S>(out: Arc<Outbound>, mut sink: S, write_timeout: Duration)
 where
     S: Sink<Message, Error = WsError> + Unpin,
 {
-    let mut batch = Vec::new();
-    // Handles looked up once, not per batch.
-    let frames_sent = metrics::counter!(m::FRAMES_SENT);
-    let flushes = metrics::counter!(m::FLUSHES);
-    loop {
-        let close = out.next_batch(&mut batch).await;
-        if let Some((code, reason)) = close {
-            if let Some(code) = code {
-                let frame = CloseFrame {
-                    code: WsCloseCode::from(code.as_u16()),
-                    reason: reason.into(),
-                };
-                let message = Message::Close(Some(frame));
-                let _ = tokio::time::timeout(write_timeout, sink.send(message)).await;
-                let _ = tokio::time::timeout(write_timeout, sink.close()).await;
-                // Nothing follows the close frame: send FIN now, so the
-                // client sees the end right after it and closes its side,
-                // while the session goes on reading until then.
-                if let Some(socket) = out.socket.lock().take() {
-                    socket.shutdown_write();
-                }
-            }
-            // Aborted: the socket just goes when both halves are dropped.
-            out.socket.lock().take();
-            return;
+    let mut writer = Writer::new(out, write_timeout);
+    std::future::poll_fn(|cx| writer.poll_write(Pin::new(&mut sink), cx)).await
+}
+
+/// A client connection: the WebSocket and its [`Writer`], one owner. As a
+/// [`Stream`] it yields the client's messages; every poll first writes what
+/// is queued. After the client's side ends, it keeps writing (the close
+/// frame, say) and ends once the writer is done too. `H` is held for the
+/// connection's life (its admission slots).
+pub struct Connection<W, H> {
+    ws: W,
+    writer: Writer,
+    read_done: bool,
+    _held: H,
+}
+
+impl<W, H> Connection<W, H> {
+    pub fn new(ws: W, writer: Writer, held: H) -> Connection<W, H> {
+        Connection {
+            ws,
+            writer,
+            read_done: false,
+            _held: held,
         }
-        let frames = batch.len() as u64;
-        // One deadline for the whole batch: a client that cannot take it in
-        // `write_timeout` is too slow either way, and one timer per batch
-        // is cheaper than one per frame.
-        let write = async {
-            for frame in batch.drain(..) {
-                let message = match frame {
-                    Frame::State(b) | Frame::Reliable(b) => Message::Binary(b),
-                    Frame::Ping => Message::Ping(Bytes::new()),
-                };
-                sink.feed(message).await?;
+    }
+}
+
+impl<W, H> Stream for Connection<W, H>
+where
+    W: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    H: Unpin,
+{
+    type Item = Result<Message, WsError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let written = this.writer.poll_write(Pin::new(&mut this.ws), cx);
+        if !this.read_done {
+            match Pin::new(&mut this.ws).poll_next(cx) {
+                Poll::Ready(Some(Ok(message))) => return Poll::Ready(Some(Ok(message))),
+                Poll::Ready(Some(Err(err))) => {
+                    // The WebSocket ends after an error; the writer may
+                    // still have the close frame to send.
+                    this.read_done = true;
+                    return Poll::Ready(Some(Err(err)));
+                }
+                Poll::Ready(None) => this.read_done = true,
+                Poll::Pending => return Poll::Pending,
             }
-            sink.flush().await
-        };
-        let ok = matches!(tokio::time::timeout(write_timeout, write).await, Ok(Ok(())));
-        frames_sent.increment(frames);
-        flushes.increment(1);
-        if !ok {
-            batch.clear();
-            out.close(CloseCode::InternalError, "write failed");
-            out.socket.lock().take();
-            return;
+        }
+        if written.is_ready() {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl<W, H> Drop for Connection<W, H> {
+    fn drop(&mut self) {
+        if !self.writer.is_done() {
+            // The session ended first (fault injection, shutdown): the
+            // socket goes with this connection.
+            self.writer.finish(false);
         }
     }
 }
@@ -422,6 +629,10 @@ impl Socket {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::WebSocketStream;
+
     use super::*;
 
     #[test]
@@ -471,5 +682,91 @@ mod tests {
         assert_eq!(got[0], Message::Binary(Bytes::from_static(b"a")));
         assert_eq!(got[1], Message::Binary(Bytes::from_static(b"b")));
         assert!(matches!(&got[2], Message::Close(Some(f)) if u16::from(f.code) == 1001));
+    }
+
+    /// A server-side connection and the client's end of it, in memory.
+    async fn pair(
+        out: &Arc<Outbound>,
+    ) -> (
+        Connection<WebSocketStream<tokio::io::DuplexStream>, ()>,
+        WebSocketStream<tokio::io::DuplexStream>,
+    ) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let server = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
+        let client = WebSocketStream::from_raw_socket(b, Role::Client, None).await;
+        let writer = Writer::new(out.clone(), Duration::from_secs(5));
+        (Connection::new(server, writer, ()), client)
+    }
+
+    #[tokio::test]
+    async fn one_connection_reads_and_writes_its_socket() {
+        let out = Outbound::new(1024);
+        let (mut conn, mut client) = pair(&out).await;
+        // Queued frames go out when the connection is polled for input.
+        out.push_reliable(Bytes::from_static(b"hello")).unwrap();
+        client
+            .send(Message::Binary(Bytes::from_static(b"move")))
+            .await
+            .unwrap();
+        let got = conn.next().await.unwrap().unwrap();
+        assert_eq!(got, Message::Binary(Bytes::from_static(b"move")));
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::Binary(Bytes::from_static(b"hello"))
+        );
+        // A push from elsewhere wakes the connection's task by itself.
+        let reader = tokio::spawn(async move {
+            let next = conn.next().await;
+            (conn, next)
+        });
+        out.push_reliable(Bytes::from_static(b"later")).unwrap();
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::Binary(Bytes::from_static(b"later"))
+        );
+        // The client says goodbye: the server sees it, and answers it once
+        // the session closes; then the connection ends.
+        client.close(None).await.unwrap();
+        let (mut conn, next) = reader.await.unwrap();
+        assert!(matches!(next, Some(Ok(Message::Close(_)))));
+        out.close(CloseCode::Normal, "goodbye");
+        let client_side = tokio::spawn(async move {
+            let reply = client.next().await;
+            let end = client.next().await;
+            (reply, end)
+        });
+        let end = tokio::time::timeout(Duration::from_secs(5), conn.next()).await;
+        assert!(
+            matches!(end, Ok(None)),
+            "ends once written and read: {end:?}"
+        );
+        drop(conn);
+        let (reply, end) = client_side.await.unwrap();
+        assert!(
+            matches!(reply, Some(Ok(Message::Close(_)))),
+            "the reply to the client's close: {reply:?}"
+        );
+        assert!(end.is_none(), "the close handshake completed");
+    }
+
+    #[tokio::test]
+    async fn after_a_read_error_the_close_frame_is_still_written() {
+        let out = Outbound::new(1024);
+        let (mut conn, mut client) = pair(&out).await;
+        // An unmasked frame from a client: a protocol error.
+        let mut raw = client.into_inner();
+        tokio::io::AsyncWriteExt::write_all(&mut raw, &[0x82, 0x01, 0x41])
+            .await
+            .unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(2), conn.next()).await;
+        assert!(matches!(first, Ok(Some(Err(_)))), "{first:?}");
+        out.close(CloseCode::PolicyViolation, "bad frame");
+        let end = tokio::time::timeout(Duration::from_secs(2), conn.next()).await;
+        assert!(matches!(end, Ok(None)), "{end:?}");
+        client = WebSocketStream::from_raw_socket(raw, Role::Client, None).await;
+        match client.next().await {
+            Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1008),
+            other => panic!("expected the close frame, got {other:?}"),
+        }
     }
 }

@@ -159,8 +159,10 @@ impl Session {
             Ok(Message::Close(_)) => {
                 // A close frame is a goodbye, not a dropped connection: the
                 // entity leaves at once instead of standing for the grace.
+                // The session ends once its reply is written (the
+                // connection then ends).
                 self.leave_room(false);
-                ctx.stop();
+                self.close(CloseCode::Normal, "goodbye", ctx);
             }
             Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
                 let text = format!("frame of {size} bytes is over the limit of {max_size}");
