@@ -429,7 +429,6 @@ mod tests {
         assert_eq!(frames.len(), 0);
         let fa3 = frame_of(&mut frames, &a);
         assert_eq!(fa3, fa, "a new tick encodes again, to the same bytes");
-        drop(frame_of);
         assert_eq!(encodes, 4);
     }
 
