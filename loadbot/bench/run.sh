@@ -24,6 +24,14 @@
 #   SERVER_BIN       the shard binary (default target/release/tessera-server),
 #                    e.g. an older build to compare against, side by side
 #   LOADBOT_BIN      the loadbot binary (default target/release/loadbot)
+#   SERVER_CPUS      CPUs the shard is pinned to (taskset list; default 0
+#                    when the machine has 2 or more, so the shard and the
+#                    loadbot do not take each other's time); "" = unpinned
+#   LOADBOT_CPUS     CPUs the loadbot is pinned to (default 1, likewise)
+#   FLOOR_DIR        a folder with a reference server's run.sh (a bare
+#                    tokio-tungstenite server doing the same job; see
+#                    BENCHMARKS.md): move and hot then also run it, with the
+#                    same shape and pinning, and print its row beside ours
 #
 # Traffic goes to 127.0.0.1 only. Every run is bounded in time (`timeout`),
 # and the shard is stopped on exit, error or Ctrl-C.
@@ -40,6 +48,18 @@ SCALE=${DURATION_SCALE:-1}
 SERVER_BIN=${SERVER_BIN:-$ROOT/target/release/tessera-server}
 LOADBOT_BIN=${LOADBOT_BIN:-$ROOT/target/release/loadbot}
 ALL=(idle move hot churn growth overload)
+# Two or more CPUs: the shard on one, the loadbot on another, as the side by
+# side with the floor is measured.
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+    SERVER_CPUS=${SERVER_CPUS-0}
+    LOADBOT_CPUS=${LOADBOT_CPUS-1}
+else
+    SERVER_CPUS=${SERVER_CPUS-}
+    LOADBOT_CPUS=${LOADBOT_CPUS-}
+fi
+pin() { if [ -n "$1" ]; then echo taskset -c "$1"; fi; }
+read -r -a SERVER_PIN <<< "$(pin "$SERVER_CPUS")"
+read -r -a LOADBOT_PIN <<< "$(pin "$LOADBOT_CPUS")"
 
 usage() {
     sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -66,6 +86,7 @@ NOFILE=$(ulimit -n)
 read -r PORT_LO PORT_HI < /proc/sys/net/ipv4/ip_local_port_range
 echo "open files limit $NOFILE, ephemeral ports $PORT_LO-$PORT_HI ($((PORT_HI - PORT_LO + 1)))"
 echo "load average now: $(cut -d' ' -f1-3 /proc/loadavg) (other work skews every figure; see the last column)"
+echo "shard pinned to CPUs: ${SERVER_CPUS:-none}, loadbot to: ${LOADBOT_CPUS:-none}"
 if [ "$NOFILE" != unlimited ] && [ "$NOFILE" -lt 10100 ]; then
     echo "warning: ulimit -n is $NOFILE; the 10,000-bot scenarios will run out of descriptors" >&2
 fi
@@ -113,7 +134,7 @@ trap 'stop_server; exit 130' INT TERM
 # Starts a shard; sets SERVER_PID and WS_ADDR.
 start_server() {
     local name=$1
-    RUST_LOG=warn "$SERVER_BIN" --config "$CONFIG" --workers "$SERVER_WORKERS" \
+    RUST_LOG=warn ${SERVER_PIN[@]+"${SERVER_PIN[@]}"} "$SERVER_BIN" --config "$CONFIG" --workers "$SERVER_WORKERS" \
         --ws-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
         > "$OUT/$name.server.out" 2> "$OUT/$name.server.log" &
     SERVER_PID=$!
@@ -225,7 +246,7 @@ print(int(dur("--duration", 60) + dur("--ramp", 10) + 60))
 EOF
 )
     timeout --signal=INT --kill-after=30 "$limit" \
-        "$LOADBOT_BIN" --url "ws://$WS_ADDR" --threads "$LOADBOT_THREADS" \
+        ${LOADBOT_PIN[@]+"${LOADBOT_PIN[@]}"} "$LOADBOT_BIN" --url "ws://$WS_ADDR" --threads "$LOADBOT_THREADS" \
         --progress lines --progress-every 10s \
         --json "$OUT/$name.json" --html "$OUT/$name.html" "$@" \
         > "$OUT/$name.loadbot.txt" 2> "$OUT/$name.loadbot.log" || status=$?
@@ -314,14 +335,44 @@ EOF
     tail -n "+1" "$NOTES" | grep "^- $name:" || true
 }
 
+# floor_case NAME ROOMS PER_ROOM SECONDS: the reference server in tick mode
+# (20 Hz ticks, 10 Hz moves), same pinning, its row beside ours.
+floor_case() {
+    [ -n "${FLOOR_DIR:-}" ] || return 0
+    if [ ! -x "$FLOOR_DIR/run.sh" ]; then
+        echo "FLOOR_DIR=$FLOOR_DIR has no run.sh; no floor row" >&2
+        return 0
+    fi
+    echo "--- $1: the floor, ${2}x${3}, ${4}s"
+    local line
+    line=$(SERVER_CPUS=${SERVER_CPUS:-0} CLIENT_CPUS=${LOADBOT_CPUS:-1} \
+        timeout 600 "$FLOOR_DIR/run.sh" "$2" "$3" "$4" tick 2> "$OUT/$1.floor.log" | grep '^{' | tail -n1) || true
+    if [ -z "$line" ]; then
+        echo "the floor run failed; see $OUT/$1.floor.log" >&2
+        return 0
+    fi
+    python3 - "$1" "$line" >> "$RESULTS" <<'EOF'
+import json, sys
+name, j = sys.argv[1], json.loads(sys.argv[2])
+print(f"| {name} (floor, same run) | {j['clients']} | {j['R']} | {j['joined']} | {j['join_failed']} "
+      f"| {j['moves_sent_per_s']:.0f} | {j['frames_received_per_s']:.0f} "
+      f"| {j['rtt_p50_ms']:.2f} | {j['rtt_p99_ms']:.2f} | {j['rtt_max_ms']:.1f} "
+      f"| {j.get('move_lat_p99_ms', float('nan')):.1f} | - | - "
+      f"| {j['server_cpu_s_per_s']:.2f} | - | {j['client_cpu_s_per_s']:.2f} | {j.get('client_rss_peak_mb', 0):.0f} | - |")
+EOF
+    tail -n 1 "$RESULTS"
+}
+
 for scenario in "${SCENARIOS[@]}"; do
     case "$scenario" in
         idle) run_case idle --scenario idle --bots 10000 --rooms 100 \
                 --ramp "$(secs 40)" --duration "$(secs 30)" --ping-interval 5s ;;
         move) run_case move --scenario move --bots 2000 --rooms 20 --move-hz 10 \
-                --ramp "$(secs 10)" --duration "$(secs 60)" ;;
+                --ramp "$(secs 10)" --duration "$(secs 60)"
+              floor_case move 20 100 "$(secs 60 | tr -d s)" ;;
         hot) run_case hot --scenario move --bots 500 --rooms 1 --move-hz 10 \
-                --ramp "$(secs 10)" --duration "$(secs 30)" ;;
+                --ramp "$(secs 10)" --duration "$(secs 30)"
+              floor_case hot 1 500 "$(secs 30 | tr -d s)" ;;
         churn) run_case churn --scenario churn --bots 2000 --rooms 20 --move-hz 10 \
                 --churn-interval 5s --ramp "$(secs 10)" --duration "$(secs 60)" ;;
         growth) run_case growth --scenario move --bots 6000 --rooms 60 --move-hz 10 \

@@ -32,6 +32,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -83,6 +84,9 @@ pub struct Outbound {
     queue: Mutex<Queue>,
     /// The connection's task, woken when something is queued.
     wake: AtomicWaker,
+    /// `Queue::resync`, readable without the lock: a room asks every
+    /// member each tick, and almost always the answer is no.
+    resync_due: AtomicBool,
     budget: usize,
     /// The connection's socket, for the writer's half-close; taken when the
     /// writer ends, so that rooms holding this queue (a held seat) do not
@@ -101,6 +105,7 @@ impl Outbound {
                 room_epoch: 0,
             }),
             wake: AtomicWaker::new(),
+            resync_due: AtomicBool::new(false),
             budget,
             socket: Mutex::new(None),
         })
@@ -146,6 +151,7 @@ impl Outbound {
         }
         if q.bytes + frame.len() > self.budget {
             q.resync = true;
+            self.resync_due.store(true, Ordering::Relaxed);
             drop(q);
             metrics::counter!(m::OUTBOUND_DROPPED, "class" => "state").increment(1);
             return false;
@@ -236,9 +242,15 @@ impl Outbound {
     /// Whether state updates were dropped and the queue has room again, in
     /// which case the flag is cleared and the caller owes a full update.
     pub fn take_resync(&self) -> bool {
+        // Set under the lock by the tick that dropped a frame, read by the
+        // room's own later tick: no ordering beyond the lock is needed.
+        if !self.resync_due.load(Ordering::Relaxed) {
+            return false;
+        }
         let mut q = self.queue.lock();
         if q.resync && q.bytes <= self.budget / 2 {
             q.resync = false;
+            self.resync_due.store(false, Ordering::Relaxed);
             true
         } else {
             false

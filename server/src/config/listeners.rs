@@ -74,7 +74,7 @@ impl Default for ServerConfig {
             idle_timeout_ms: 30_000,
             heartbeat_interval_ms: 10_000,
             max_frame_bytes: 4 * 1024,
-            read_buffer_bytes: 4 * 1024,
+            read_buffer_bytes: 512,
             write_buffer_bytes: 16 * 1024,
             outbound_budget_bytes: 256 * 1024,
             write_timeout_ms: 10_000,
