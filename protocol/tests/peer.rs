@@ -193,7 +193,9 @@ fn owner_samples() -> Vec<(&'static str, OwnerMsg)> {
             "peer_room_reliable",
             OwnerMsg::Reliable(Reliable {
                 session: 17,
-                frame: Bytes::from_static(&[0x81, 0xa4, b'p', b'o', b'n', b'g', 0x81, 0xa1, b't', 1]),
+                frame: Bytes::from_static(&[
+                    0x81, 0xa4, b'p', b'o', b'n', b'g', 0x81, 0xa1, b't', 1,
+                ]),
             }),
         ),
         (
@@ -220,8 +222,8 @@ fn check_golden(name: &str, frame: &[u8]) -> Vec<u8> {
     if std::env::var_os("TESSERA_BLESS").is_some() {
         std::fs::write(&path, format!("{hex}\n")).unwrap();
     }
-    let golden = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let golden =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert_eq!(
         hex,
         golden.trim(),
@@ -257,10 +259,9 @@ fn room_frames_match_golden_vectors_and_round_trip() {
 
 #[test]
 fn peer_md_shows_every_golden_vector() {
-    let doc = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("PEER.md"),
-    )
-    .unwrap();
+    let doc =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("PEER.md"))
+            .unwrap();
     let squashed: String = doc.split_whitespace().collect();
     let names = control_samples()
         .into_iter()

@@ -3,6 +3,9 @@
 //!
 //! # Layout
 //!
+//! - [`cluster`]: one world over many shards: [`cluster::tunnel`], the
+//!   authenticated QUIC peer hub between shards (not started by the shard
+//!   yet).
 //! - [`shard`]: starts the actix System, listeners and workers; shutdown.
 //! - [`gateway`]: accept loop, per-IP limits, connection cap, WebSocket
 //!   upgrade; one session per socket on the next worker Arbiter.
@@ -44,6 +47,7 @@
 //! any import cycle.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod dispatcher;
 pub mod gateway;

@@ -205,6 +205,8 @@ async fn run(
         tasks,
         faults: faults.clone(),
         tls: tls.http.clone(),
+        // The cluster wires its hub in here; a shard alone has none.
+        peers: None,
     });
     let shared = Arc::new(session::Deps {
         auth: Auth::new(&config.auth),

@@ -142,10 +142,12 @@ pub enum RefuseCode {
     Timeout = 9,
     /// Too many streams open to this peer.
     TooManyStreams = 10,
+    /// The protocol's listener has too many streams waiting to be taken.
+    Busy = 11,
 }
 
 impl RefuseCode {
-    pub const ALL: [RefuseCode; 10] = [
+    pub const ALL: [RefuseCode; 11] = [
         RefuseCode::Version,
         RefuseCode::Cluster,
         RefuseCode::BadProof,
@@ -156,6 +158,7 @@ impl RefuseCode {
         RefuseCode::ShuttingDown,
         RefuseCode::Timeout,
         RefuseCode::TooManyStreams,
+        RefuseCode::Busy,
     ];
 
     pub fn as_u16(self) -> u16 {
@@ -179,6 +182,7 @@ impl RefuseCode {
             RefuseCode::ShuttingDown => "shutting_down",
             RefuseCode::Timeout => "timeout",
             RefuseCode::TooManyStreams => "too_many_streams",
+            RefuseCode::Busy => "busy",
         }
     }
 }
@@ -280,11 +284,46 @@ mod tests {
         let proof = Proof {
             mac: Bytes32(proof_mac(b"secret", Role::Dialer, &d, &l, b"conn-1")),
         };
-        assert!(verify_proof(b"secret", Role::Dialer, &d, &l, b"conn-1", &proof));
-        assert!(!verify_proof(b"secret", Role::Listener, &d, &l, b"conn-1", &proof));
-        assert!(!verify_proof(b"other", Role::Dialer, &d, &l, b"conn-1", &proof));
-        assert!(!verify_proof(b"secret", Role::Dialer, &d, &l, b"conn-2", &proof));
-        assert!(!verify_proof(b"secret", Role::Dialer, &l, &d, b"conn-1", &proof));
+        assert!(verify_proof(
+            b"secret",
+            Role::Dialer,
+            &d,
+            &l,
+            b"conn-1",
+            &proof
+        ));
+        assert!(!verify_proof(
+            b"secret",
+            Role::Listener,
+            &d,
+            &l,
+            b"conn-1",
+            &proof
+        ));
+        assert!(!verify_proof(
+            b"other",
+            Role::Dialer,
+            &d,
+            &l,
+            b"conn-1",
+            &proof
+        ));
+        assert!(!verify_proof(
+            b"secret",
+            Role::Dialer,
+            &d,
+            &l,
+            b"conn-2",
+            &proof
+        ));
+        assert!(!verify_proof(
+            b"secret",
+            Role::Dialer,
+            &l,
+            &d,
+            b"conn-1",
+            &proof
+        ));
     }
 
     #[test]

@@ -177,12 +177,18 @@ mod tests {
         let header = 5000u32.to_be_bytes();
         assert_eq!(
             frame_len(header, 4096),
-            Err(FrameError::TooLarge { len: 5000, max: 4096 })
+            Err(FrameError::TooLarge {
+                len: 5000,
+                max: 4096
+            })
         );
         // Only the header is there: the length alone decides.
         assert_eq!(
             split_frame(&header, 4096),
-            Err(FrameError::TooLarge { len: 5000, max: 4096 })
+            Err(FrameError::TooLarge {
+                len: 5000,
+                max: 4096
+            })
         );
         assert_eq!(frame_len([0; 4], 4096), Err(FrameError::Empty));
         assert!(frame_header(5000, 4096).is_err());

@@ -185,8 +185,16 @@ impl Tick {
                     len: self.entries.len(),
                 })
         };
-        let entered = view.entered.iter().map(entry).collect::<Result<Vec<_>, _>>()?;
-        let moved = view.moved.iter().map(entry).collect::<Result<Vec<_>, _>>()?;
+        let entered = view
+            .entered
+            .iter()
+            .map(entry)
+            .collect::<Result<Vec<_>, _>>()?;
+        let moved = view
+            .moved
+            .iter()
+            .map(entry)
+            .collect::<Result<Vec<_>, _>>()?;
         write_update(
             out,
             self.tick,

@@ -16,7 +16,7 @@ use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use protocol::admin::{
-    AnnounceReply, AnnounceRequest, Armed, ErrorReply, RoomFaultKind, RoomFaultReply,
+    AnnounceReply, AnnounceRequest, Armed, ErrorReply, Peers, RoomFaultKind, RoomFaultReply,
     RoomFaultRequest, SessionFaultKind, SessionFaultReply, SessionFaultRequest, TaskFaultQuery,
     TaskFaultReply,
 };
@@ -245,6 +245,29 @@ impl AdminRequest for TaskName {
             _ => Err("name the task: /admin/faults/task?name=<task>".into()),
         }
     }
+}
+
+/// `GET /admin/peers` takes nothing but the token.
+pub(super) struct PeersQuery;
+
+impl AdminRequest for PeersQuery {
+    const FAULT: bool = false;
+
+    fn decode(_: &Uri, _: &HeaderMap, _: &[u8], _: &Config) -> Result<Self, String> {
+        Ok(PeersQuery)
+    }
+}
+
+/// The peer tunnels' registries; a shard outside a cluster answers the
+/// empty document that says so.
+pub(super) async fn peers(
+    State(state): State<AppState>,
+    Admin(PeersQuery): Admin<PeersQuery>,
+) -> Answer<Peers> {
+    Ok(Json(match &state.shared.peers {
+        Some(hub) => hub.snapshot(),
+        None => Peers::standalone(),
+    }))
 }
 
 pub(super) async fn announce(

@@ -10,6 +10,7 @@
 //! | `POST /admin/faults/room` | `{"map": "...", "kind": "panic" or "stall", "ms": N}`; `map` names a room: `lobby` is the map's first instance, `lobby#2` its second; with `"at": "<point>"` a panic is armed at that point of that room instead; needs `admin.fault_injection` |
 //! | `POST /admin/faults/session` | `{"player": "...", "kind": "panic" or "drop"}`; with `"at": "<point>"` a panic is armed at that point of the player's session (of the next session to get there without `player`); needs `admin.fault_injection` |
 //! | `POST /admin/faults/task?name=<child>` | the supervised task panics at its next poll; needs `admin.fault_injection` |
+//! | `GET /admin/peers` | the peer tunnels: listeners, peers (state, RTT, bytes), open streams, refusals; `{"cluster": false, ...}` on a shard outside a cluster; bearer `admin.token` |
 //!
 //! Statuses, one rule for every admin call: 404 when the admin API is off
 //! (no `admin.token`: there is nothing to authenticate against) or the
@@ -40,6 +41,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::cluster::tunnel::PeerHub;
 use crate::config::Config;
 use crate::dispatcher::{announce_frame, Announcement, Dispatcher, PublishReport};
 use crate::room::RoomSupervisor;
@@ -72,6 +74,9 @@ pub struct Deps {
     pub faults: FaultPoints,
     /// TLS on the HTTP listener, when `[tls]` configures it.
     pub tls: Option<TlsAcceptor>,
+    /// The peer hub in cluster mode (`/admin/peers`); `None` for a shard
+    /// that runs alone.
+    pub peers: Option<PeerHub>,
 }
 
 impl Deps {
@@ -158,6 +163,7 @@ pub async fn serve(
         .route("/admin/faults/room", post(admin::room_fault))
         .route("/admin/faults/session", post(admin::session_fault))
         .route("/admin/faults/task", post(admin::task_fault))
+        .route("/admin/peers", get(admin::peers))
         .with_state(state);
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
