@@ -6,6 +6,7 @@
 //! - [`Shard`]: one shard's HTTP address and optional admin token; every
 //!   call has a timeout and turns HTTP errors into readable messages.
 //! - [`metrics`]: picking samples out of Prometheus text.
+//! - [`peers`]: the peer tunnels' registries (`GET /admin/peers`) as text.
 //!
 //! `ops` never links the server: it meets it at the HTTP API only, whose
 //! bodies are the typed documents of [`protocol::admin`] (the same types
@@ -16,10 +17,11 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use protocol::admin::{AnnounceReply, AnnounceRequest, ErrorReply, Health};
+use protocol::admin::{AnnounceReply, AnnounceRequest, ErrorReply, Health, Peers};
 use serde::de::DeserializeOwned;
 
 pub mod metrics;
+pub mod peers;
 
 /// One shard's HTTP API.
 pub struct Shard {
@@ -66,9 +68,7 @@ impl Shard {
         path: &str,
         body: &impl serde::Serialize,
     ) -> anyhow::Result<R> {
-        let Some(token) = &self.token else {
-            bail!("admin calls need the shard's admin token (--token or TESSERA_ADMIN__TOKEN)");
-        };
+        let token = self.require_token()?;
         let url = format!("{}{path}", self.base);
         let body = serde_json::to_string(body).context("admin request body")?;
         let response = self
@@ -80,6 +80,34 @@ impl Shard {
             .with_context(|| format!("POST {url}"))?;
         let reply = read_body("POST", &url, response)?;
         serde_json::from_str(&reply).with_context(|| format!("{path}: unexpected reply {reply}"))
+    }
+
+    /// GET an admin document, with the token.
+    fn admin_get<R: DeserializeOwned>(&self, path: &str) -> anyhow::Result<R> {
+        let token = self.require_token()?;
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .agent
+            .get(&url)
+            .header("authorization", &format!("Bearer {token}"))
+            .call()
+            .with_context(|| format!("GET {url}"))?;
+        let reply = read_body("GET", &url, response)?;
+        serde_json::from_str(&reply).with_context(|| format!("{path}: unexpected reply {reply}"))
+    }
+
+    fn require_token(&self) -> anyhow::Result<&str> {
+        match &self.token {
+            Some(token) => Ok(token),
+            None => {
+                bail!("admin calls need the shard's admin token (--token or TESSERA_ADMIN__TOKEN)")
+            }
+        }
+    }
+
+    /// The shard's peer tunnels: listeners, peers, streams, refusals.
+    pub fn peers(&self) -> anyhow::Result<Peers> {
+        self.admin_get("/admin/peers")
     }
 
     /// The shard's health document.

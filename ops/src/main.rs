@@ -52,6 +52,13 @@ enum Command {
         #[arg(long)]
         map: Option<String>,
     },
+    /// Show the shard's peer tunnels: the protocols it serves, its peers
+    /// (state, RTT, traffic), its open streams and the latest refusals.
+    Peers {
+        /// Print the JSON document instead of the tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -77,6 +84,14 @@ fn main() -> anyhow::Result<()> {
         Command::Announce { text, map } => {
             let reply = shard.announce(&text, map.as_deref())?;
             println!("{}", serde_json::to_string(&reply)?);
+        }
+        Command::Peers { json } => {
+            let peers = shard.peers()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&peers)?);
+            } else {
+                print!("{}", ops::peers::render(&peers));
+            }
         }
     }
     Ok(())
