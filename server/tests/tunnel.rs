@@ -216,14 +216,6 @@ async fn simultaneous_dials_leave_one_connection_dialled_by_the_lower_id() {
             "round {round}: the lower id's dial wins"
         );
         assert!(!sb.peers[0].dialled, "round {round}: b uses a's connection");
-        // Exactly one connection each way is counted.
-        assert_eq!(
-            server::metrics::prometheus()
-                .render()
-                .lines()
-                .any(|l| l.starts_with("tessera_peers_connected")),
-            true
-        );
         cluster.close().await;
     }
 }

@@ -60,12 +60,22 @@ pub(super) async fn read_msg<T: PeerMessage>(
     recv: &mut RecvStream,
     max_frame: u32,
 ) -> Result<T, ReadFailure> {
+    read_sized(recv, max_frame).await.map(|(msg, _)| msg)
+}
+
+/// Read one whole frame of type `T`, and its size with the prefix.
+pub(super) async fn read_sized<T: PeerMessage>(
+    recv: &mut RecvStream,
+    max_frame: u32,
+) -> Result<(T, usize), ReadFailure> {
     let mut header = [0u8; LEN_PREFIX];
     recv.read_exact(&mut header).await.map_err(read_failure)?;
+    // The length is checked before anything is allocated for it.
     let len = frame_len(header, max_frame).map_err(|e| ReadFailure::Bad(e.to_string()))?;
     let mut payload = vec![0u8; len];
     recv.read_exact(&mut payload).await.map_err(read_failure)?;
-    decode_payload(&payload, max_frame).map_err(|e| ReadFailure::Bad(e.to_string()))
+    let msg = decode_payload(&payload, max_frame).map_err(|e| ReadFailure::Bad(e.to_string()))?;
+    Ok((msg, LEN_PREFIX + len))
 }
 
 fn read_failure(err: ReadExactError) -> ReadFailure {

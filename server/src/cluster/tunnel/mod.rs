@@ -53,7 +53,7 @@ use parking_lot::{Mutex, RwLock};
 use protocol::admin::{Peers, RefusalInfo, RefusedBy};
 use protocol::peer::{RefuseCode, ResetCode};
 use quinn::{Endpoint, VarInt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 pub use settings::{TunnelError, TunnelSettings, MIN_SECRET_BYTES};
@@ -174,6 +174,8 @@ pub(crate) struct Inner {
     /// its connection is still the peer's.
     next_generation: AtomicU64,
     refusals: Mutex<VecDeque<Refusal>>,
+    /// Permits for incoming handshakes in flight (`max_handshakes`).
+    handshakes: Arc<Semaphore>,
     stats: Arc<HubStats>,
     tasks: TaskSet,
     stop: watch::Sender<bool>,
@@ -254,6 +256,7 @@ impl PeerHub {
             addr: settings.listen,
             reason: e.to_string(),
         })?;
+        let max_handshakes = settings.max_handshakes;
         let inner = Arc::new(Inner {
             settings,
             endpoint,
@@ -266,6 +269,7 @@ impl PeerHub {
             next_stream: AtomicU64::new(1),
             next_generation: AtomicU64::new(1),
             refusals: Mutex::new(VecDeque::new()),
+            handshakes: Arc::new(Semaphore::new(max_handshakes)),
             stats: Arc::new(HubStats::default()),
             tasks: TaskSet(Mutex::new(JoinSet::new())),
             stop: watch::channel(false).0,

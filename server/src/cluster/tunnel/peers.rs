@@ -13,9 +13,9 @@ use protocol::peer::{
     Accept, Control, Heartbeat, Open, Refuse, RefuseCode, StreamHead, MAX_PROTOCOL_NAME,
 };
 use quinn::{Connection, Incoming, RecvStream, SendStream, VarInt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
-use super::handshake::{self, read_msg, write_msg, ControlStream, Failed, ReadFailure};
+use super::handshake::{self, read_msg, read_sized, write_msg, ControlStream, Failed, ReadFailure};
 use super::stream::{PeerStream, PeerTotals, StreamEntry, StreamParts};
 use super::{Inner, TunnelError};
 use crate::metrics as m;
@@ -107,9 +107,9 @@ fn admit(inner: &Arc<Inner>, peer: &str, conn: &Connection, dialled: bool) -> Re
             b"replaced by the connection dialled by the lower shard id",
         );
     }
-    slot.address = Some(conn.remote_address())
-        .filter(|_| dialled)
-        .or(slot.address);
+    // A peer dials from its listening socket: either way this is where
+    // its tunnel listens.
+    slot.address = Some(conn.remote_address());
     slot.live = Some(Live {
         conn: conn.clone(),
         dialled,
@@ -131,11 +131,22 @@ pub(super) async fn accept_loop(inner: Arc<Inner>) {
             _ = stop.wait_for(|s| *s) => return,
         };
         let Some(incoming) = incoming else { return };
-        inner.tasks.spawn(accept_one(inner.clone(), incoming));
+        // Handshakes in flight are bounded: past `max_handshakes` a new
+        // connection is refused before any TLS work is done for it.
+        match inner.handshakes.clone().try_acquire_owned() {
+            Ok(permit) => inner
+                .tasks
+                .spawn(accept_one(inner.clone(), incoming, permit)),
+            Err(_) => {
+                let addr = incoming.remote_address();
+                tracing::warn!(%addr, "too many peer handshakes at once: refused");
+                incoming.refuse();
+            }
+        }
     }
 }
 
-async fn accept_one(inner: Arc<Inner>, incoming: Incoming) {
+async fn accept_one(inner: Arc<Inner>, incoming: Incoming, permit: OwnedSemaphorePermit) {
     let address = incoming.remote_address();
     let timeout = inner.settings.handshake_timeout;
     let conn = match tokio::time::timeout(timeout, incoming).await {
@@ -155,6 +166,7 @@ async fn accept_one(inner: Arc<Inner>, incoming: Incoming) {
             return;
         }
     };
+    drop(permit);
     let peer = control.peer.shard_id.clone();
     let Ok(generation) = admit(&inner, &peer, &conn, false) else {
         let reason = "a connection between these shards already exists (the lower id's dial wins)";
@@ -173,6 +185,8 @@ async fn accept_one(inner: Arc<Inner>, incoming: Incoming) {
     if let Err(failed) =
         handshake::send_listener_proof(&inner.settings, &mut control, &ours, &keying).await
     {
+        // The connection is going or gone: its task below sees it closed
+        // and frees the slot it was admitted to.
         handshake_failed(&inner, address, failed);
     }
     run_connection(inner, peer, conn, generation, control).await;
@@ -235,12 +249,21 @@ async fn connector(inner: Arc<Inner>, peer: String) {
         }
         let addr = inner.resolver.resolve(&peer).await;
         let Some(addr) = addr else {
+            // Gone from the cluster: forget it (unless it dialled us
+            // meanwhile); whoever waits in `open` is told it is unknown.
             tracing::info!(%peer, "peer not in the directory: not dialling it");
             let mut peers = inner.peers.lock();
-            if let Some(slot) = peers.get_mut(&peer) {
-                slot.dialing = false;
+            match peers.get_mut(&peer) {
+                Some(slot) if slot.live.is_none() => {
+                    peers.remove(&peer);
+                }
+                Some(slot) => {
+                    slot.connector = false;
+                    slot.dialing = false;
+                }
+                None => {}
             }
-            break;
+            return;
         };
         if let Some(slot) = inner.peers.lock().get_mut(&peer) {
             slot.address = Some(addr);
@@ -441,8 +464,11 @@ async fn control_reader(
 ) {
     let max = inner.settings.max_frame;
     loop {
-        let msg = match read_msg::<Control>(&mut recv, max).await {
-            Ok(msg) => msg,
+        let msg = match read_sized::<Control>(&mut recv, max).await {
+            Ok((msg, size)) => {
+                totals.count_in(&peer, size);
+                msg
+            }
             Err(ReadFailure::Bad(text)) => {
                 tracing::warn!(%peer, error = %text, "bad frame on the control stream");
                 conn.close(
@@ -453,8 +479,6 @@ async fn control_reader(
             }
             Err(_) => return,
         };
-        // Heartbeats are small and fixed; the count is of whole frames.
-        totals.count_in(&peer, protocol::peer::encode_payload(&msg).len() + 4);
         match msg {
             Control::Ping(hb) => {
                 // A full queue means pongs are already going out late.
@@ -571,7 +595,10 @@ pub(super) async fn open(
     let dial_timeout = inner.settings.dial_timeout;
     let conn = match tokio::time::timeout(dial_timeout, rx.wait_for(|c| c.is_some())).await {
         Ok(Ok(conn)) => conn.clone().expect("wait_for returned a Some"),
-        Ok(Err(_)) => return Err(TunnelError::ShutDown),
+        // The slot was dropped: the hub stopped, or the peer left the
+        // directory.
+        Ok(Err(_)) if inner.stopping() => return Err(TunnelError::ShutDown),
+        Ok(Err(_)) => return Err(TunnelError::UnknownShard(peer.to_string())),
         Err(_) => {
             let known = inner.resolver.resolve(peer).await.is_some();
             return Err(if known {
@@ -589,20 +616,24 @@ pub(super) async fn open(
         reason: e,
     };
     let max = inner.settings.max_frame;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| io(e.to_string()))?;
+    let head_timeout = inner.settings.handshake_timeout;
+    let timed_out = || TunnelError::Timeout {
+        peer: peer.to_string(),
+        ms: head_timeout.as_millis() as u64,
+    };
+    // Waits while the peer's limit of open streams (`max_streams`) is
+    // reached.
+    let (mut send, mut recv) = tokio::time::timeout(head_timeout, conn.open_bi())
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|e| io(e.to_string()))?;
     let open = StreamHead::Open(Open {
         protocol: protocol.to_string(),
     });
     write_msg(&mut send, &open, max).await.map_err(io)?;
-    let head = tokio::time::timeout(
-        inner.settings.handshake_timeout,
-        read_msg::<StreamHead>(&mut recv, max),
-    )
-    .await
-    .map_err(|_| TunnelError::Timeout {
-        peer: peer.to_string(),
-        ms: inner.settings.handshake_timeout.as_millis() as u64,
-    })?;
+    let head = tokio::time::timeout(head_timeout, read_msg::<StreamHead>(&mut recv, max))
+        .await
+        .map_err(|_| timed_out())?;
     match head {
         Ok(StreamHead::Accept(_)) => {}
         Ok(StreamHead::Refuse(r)) => {

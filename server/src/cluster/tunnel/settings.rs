@@ -57,6 +57,9 @@ pub struct TunnelSettings {
     pub reconnect_max: Duration,
     /// Refusals kept for the admin view. Default 32.
     pub refusal_log: usize,
+    /// Incoming connections in their handshake at once; more are refused
+    /// before any TLS work. Default 64.
+    pub max_handshakes: usize,
 }
 
 impl Default for TunnelSettings {
@@ -79,6 +82,7 @@ impl Default for TunnelSettings {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             refusal_log: 32,
+            max_handshakes: 64,
         }
     }
 }
@@ -131,6 +135,9 @@ impl TunnelSettings {
         }
         if self.accept_queue == 0 {
             return bad("accept_queue", "must be at least 1".into());
+        }
+        if self.max_handshakes == 0 {
+            return bad("max_handshakes", "must be at least 1".into());
         }
         let durations = [
             ("idle_timeout", self.idle_timeout),
