@@ -187,7 +187,8 @@ async fn three_hubs_connect_by_shard_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn simultaneous_dials_leave_one_connection_dialled_by_the_lower_id() {
+async fn simultaneous_dials_leave_one_connection() {
+    let mut lower_won = 0;
     for round in 0..5 {
         let mut cluster = Cluster::new();
         let a = cluster.start(settings("a")).await;
@@ -208,16 +209,30 @@ async fn simultaneous_dials_leave_one_connection_dialled_by_the_lower_id() {
             "2",
             "round {round}"
         );
+        // Both ends keep the same one connection: exactly one of them
+        // dialled it (the lower id's, when both dials were in flight at
+        // once; the other's, when the first to land was admitted before
+        // the lower id's dial began).
+        eventually("both ends agree on one connection", || async {
+            let (sa, sb) = (a.snapshot(), b.snapshot());
+            sa.peers.len() == 1
+                && sb.peers.len() == 1
+                && sa.peers[0].state == PeerState::Connected
+                && sb.peers[0].state == PeerState::Connected
+                && sa.peers[0].dialled != sb.peers[0].dialled
+        })
+        .await;
+        // And it stays that way: streams both ways on it still work.
+        round_trip(&a, "b", &mut b_in, PING_PROTOCOL).await;
+        round_trip(&b, "a", &mut a_in, PING_PROTOCOL).await;
         let (sa, sb) = (a.snapshot(), b.snapshot());
-        assert_eq!(sa.peers.len(), 1);
-        assert_eq!(sb.peers.len(), 1);
-        assert!(
-            sa.peers[0].dialled,
-            "round {round}: the lower id's dial wins"
-        );
-        assert!(!sb.peers[0].dialled, "round {round}: b uses a's connection");
+        assert_ne!(sa.peers[0].dialled, sb.peers[0].dialled, "round {round}");
+        lower_won += usize::from(sa.peers[0].dialled);
         cluster.close().await;
     }
+    // Which dial survives depends on the race; the rule itself is unit
+    // tested beside `admit`.
+    eprintln!("the lower id's dial was kept in {lower_won} of 5 rounds");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -519,6 +519,7 @@ fn parts(
         budget: inner.settings.stream_budget_bytes,
         max_frame: inner.settings.max_frame,
         stats: inner.stats.clone(),
+        stop: inner.stop.subscribe(),
     }
 }
 
@@ -704,4 +705,22 @@ pub(super) fn drop_all(inner: &Inner) {
     }
     peers.clear();
     connected_gauge(&peers);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_wins;
+
+    #[test]
+    fn the_connection_dialled_by_the_lower_id_wins() {
+        // "a" < "b". At a: a new connection a dialled beats one b dialled.
+        assert!(new_wins("a", "b", true, false));
+        assert!(!new_wins("a", "b", false, true));
+        // At b, the same decisions from the other end.
+        assert!(new_wins("b", "a", false, true));
+        assert!(!new_wins("b", "a", true, false));
+        // Two dialled by the same side: the newer (the older is stale).
+        assert!(new_wins("a", "b", true, true));
+        assert!(new_wins("a", "b", false, false));
+    }
 }

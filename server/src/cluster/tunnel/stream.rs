@@ -27,7 +27,7 @@ use protocol::admin::{StreamDirection, StreamInfo};
 use protocol::peer::{decode_payload, frame_header, frame_len, PeerMessage, ResetCode, LEN_PREFIX};
 use quinn::{ReadError, ReadExactError, RecvStream, SendStream, VarInt, WriteError};
 use thiserror::Error;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use super::HubStats;
 use crate::metrics as m;
@@ -378,7 +378,11 @@ enum Next {
 /// The writer task: one frame at a time from the queue to the stream, so
 /// a blocked write (the peer reads slowly: QUIC flow control) leaves every
 /// later frame in the queue, where the budget and latest-wins apply.
-async fn write_loop(shared: Arc<SendShared>, mut send: SendStream) {
+async fn write_loop(
+    shared: Arc<SendShared>,
+    mut send: SendStream,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let next = {
             let mut q = shared.queue.lock();
@@ -396,7 +400,17 @@ async fn write_loop(shared: Arc<SendShared>, mut send: SendStream) {
             }
         };
         match next {
-            Next::Wait => shared.wake.notified().await,
+            Next::Wait => {
+                tokio::select! {
+                    _ = shared.wake.notified() => {}
+                    // The hub shuts down while the stream idles: do not
+                    // keep shutdown waiting for its owner to drop it.
+                    _ = stop.wait_for(|s| *s) => {
+                        let _ = send.reset(VarInt::from_u32(ResetCode::ShuttingDown.as_u32()));
+                        return;
+                    }
+                }
+            }
             Next::Finish => {
                 let _ = send.finish();
                 return;
@@ -513,6 +527,8 @@ pub(super) struct StreamParts {
     pub budget: usize,
     pub max_frame: u32,
     pub stats: Arc<HubStats>,
+    /// The hub's shutdown signal.
+    pub stop: watch::Receiver<bool>,
 }
 
 impl PeerStream {
@@ -550,6 +566,6 @@ impl PeerStream {
                 max_frame: parts.max_frame,
             },
         };
-        (stream, write_loop(shared, send))
+        (stream, write_loop(shared, send, parts.stop))
     }
 }
