@@ -35,6 +35,7 @@
 //! side, the newer (the older one is from before a restart). Both ends
 //! apply the same rule, so they keep the same connection.
 
+mod connection;
 mod handshake;
 mod peers;
 pub mod settings;
@@ -304,7 +305,7 @@ impl PeerHub {
     /// Open a stream to `peer` for `protocol`, dialling the peer first if
     /// there is no connection yet (reused afterwards).
     pub async fn open(&self, peer: &str, protocol: &str) -> Result<PeerStream, TunnelError> {
-        peers::open(&self.inner, peer, protocol).await
+        connection::open(&self.inner, peer, protocol).await
     }
 
     /// The listener, stream and peer registries and the refusal log, as
