@@ -11,7 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use protocol::admin::{PeerState, Peers, RefusedBy, StreamDirection};
 use protocol::peer::{
-    encode_frame, Bytes32, Control, PeerHello, RefuseCode, ResetCode, PEER_VERSION, PING_PROTOCOL,
+    encode_frame, proof_mac, verify_proof, Accept, Bytes32, Control, Open, PeerHello, Proof,
+    RefuseCode, ResetCode, Role, StreamHead, EXPORTER_LABEL, PEER_VERSION, PING_PROTOCOL,
     ROOM_PROTOCOL,
 };
 use protocol::Version;
@@ -391,6 +392,124 @@ async fn a_peer_of_another_major_version_is_refused_with_the_version_reason() {
     assert!(refusals.iter().any(|r| r.name == "version"
         && r.by == RefusedBy::Us
         && r.peer.as_deref() == Some("future")));
+    cluster.close().await;
+}
+
+/// A dialer's handshake done by hand from PEER.md: hello, read hello,
+/// proof over the nonces, ids and `exporter`, read and check the proof.
+/// `Err` is the refusal's code and reason.
+async fn raw_handshake(
+    conn: &quinn::Connection,
+    exporter: [u8; 32],
+) -> Result<(quinn::SendStream, quinn::RecvStream), (u16, String)> {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let ours = PeerHello {
+        cluster: "tessera".into(),
+        shard_id: "raw".into(),
+        version: PEER_VERSION,
+        nonce: Bytes32([5; 32]),
+    };
+    let frame = encode_frame(&Control::Hello(ours.clone()), 1 << 20).unwrap();
+    send.write_all(&frame).await.unwrap();
+    let Some(Control::Hello(theirs)) = read_control(&mut recv).await else {
+        panic!("the hub answers hello with hello");
+    };
+    let mac = proof_mac(SECRET, Role::Dialer, &ours, &theirs, &exporter);
+    let frame = encode_frame(&Control::Proof(Proof { mac: Bytes32(mac) }), 1 << 20).unwrap();
+    send.write_all(&frame).await.unwrap();
+    match read_control(&mut recv).await {
+        Some(Control::Proof(proof)) => {
+            assert!(
+                verify_proof(SECRET, Role::Listener, &ours, &theirs, &exporter, &proof),
+                "the hub's proof checks out"
+            );
+            Ok((send, recv))
+        }
+        Some(Control::Refuse(r)) => Err((r.code, r.reason)),
+        other => match conn.closed().await {
+            quinn::ConnectionError::ApplicationClosed(close) => Err((
+                close.error_code.into_inner() as u16,
+                String::from_utf8_lossy(&close.reason).into_owned(),
+            )),
+            closed => panic!("no proof, no refusal: {other:?} {closed:?}"),
+        },
+    }
+}
+
+fn exporter(conn: &quinn::Connection) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    conn.export_keying_material(&mut out, EXPORTER_LABEL, b"")
+        .unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_built_from_the_spec_is_admitted_and_a_proof_from_another_connection_is_not() {
+    let mut cluster = Cluster::new();
+    let a = cluster.start(settings("a")).await;
+    let mut a_in = a.listen(PING_PROTOCOL);
+
+    let first = raw::connect(a.local_addr()).await;
+    let first_exporter = exporter(&first);
+    let _control = raw_handshake(&first, first_exporter)
+        .await
+        .expect("admitted");
+    eventually("a lists the raw peer as connected", || async {
+        peer_state(&a.snapshot(), "raw") == Some(PeerState::Connected)
+    })
+    .await;
+    // A stream opened by hand is accepted and delivered to the listener.
+    let (mut send, mut recv) = first.open_bi().await.unwrap();
+    let open = StreamHead::Open(Open {
+        protocol: PING_PROTOCOL.into(),
+    });
+    send.write_all(&encode_frame(&open, 1 << 20).unwrap())
+        .await
+        .unwrap();
+    let mut header = [0u8; 4];
+    recv.read_exact(&mut header).await.unwrap();
+    let mut payload = vec![0u8; u32::from_be_bytes(header) as usize];
+    recv.read_exact(&mut payload).await.unwrap();
+    let head: StreamHead = protocol::peer::decode_payload(&payload, 1 << 20).unwrap();
+    assert_eq!(head, StreamHead::Accept(Accept {}));
+    assert_eq!(accepted(&mut a_in).await.peer, "raw");
+
+    // The same secret, but the proof made with the first connection's
+    // keying material: worthless on this one.
+    let second = raw::connect(a.local_addr()).await;
+    let (code, reason) = raw_handshake(&second, first_exporter)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(code, RefuseCode::BadProof.as_u16(), "{reason}");
+    assert!(a
+        .snapshot()
+        .refusals
+        .iter()
+        .any(|r| r.name == "bad_proof" && r.peer.as_deref() == Some("raw")));
+    cluster.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_frame_in_the_handshake_is_refused_as_malformed() {
+    let mut cluster = Cluster::new();
+    let a = cluster.start(settings("a")).await;
+    let conn = raw::connect(a.local_addr()).await;
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    // 4 GiB announced; the hub must not wait for (or allocate) them.
+    send.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    let closed = tokio::time::timeout(DEADLINE, conn.closed()).await.unwrap();
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(
+                close.error_code.into_inner(),
+                u64::from(RefuseCode::Malformed.as_u16())
+            );
+            let reason = String::from_utf8_lossy(&close.reason);
+            assert!(reason.contains("over the limit"), "{reason}");
+        }
+        other => panic!("expected a malformed refusal, got {other:?}"),
+    }
     cluster.close().await;
 }
 

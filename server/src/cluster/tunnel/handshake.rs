@@ -189,8 +189,15 @@ fn check_hello(settings: &TunnelSettings, theirs: &PeerHello) -> Option<(RefuseC
     None
 }
 
-/// What a peer's failure to say the next expected thing means.
-fn unexpected(peer: Option<String>, failure: ReadFailure) -> Failed {
+/// What a peer's failure to say the next expected thing means. A frame
+/// that is not one (too large, undecodable) is refused `malformed`.
+async fn unexpected(
+    conn: &Connection,
+    send: &mut SendStream,
+    peer: Option<String>,
+    failure: ReadFailure,
+    max: u32,
+) -> Failed {
     match failure {
         ReadFailure::Closed(Some((code, reason)), _) if code != 0 => Failed::Refused {
             by_us: false,
@@ -201,7 +208,16 @@ fn unexpected(peer: Option<String>, failure: ReadFailure) -> Failed {
         ReadFailure::Closed(_, text) => Failed::Io(text),
         ReadFailure::Finished => Failed::Io("peer ended the control stream".into()),
         ReadFailure::Reset(code) => Failed::Io(format!("control stream reset ({code})")),
-        ReadFailure::Bad(text) => Failed::Io(format!("bad frame from the peer: {text}")),
+        ReadFailure::Bad(text) => {
+            let reason = format!("bad frame in the handshake: {text}");
+            refuse(conn, Some(send), RefuseCode::Malformed, &reason, max).await;
+            Failed::Refused {
+                by_us: true,
+                peer,
+                code: RefuseCode::Malformed.as_u16(),
+                reason,
+            }
+        }
     }
 }
 
@@ -226,7 +242,7 @@ pub(super) async fn dial(
         Ok(Control::Hello(h)) => h,
         Ok(Control::Refuse(r)) => return Err(refused_by_them(peer, r)),
         Ok(other) => return Err(misbehaved(conn, &mut send, peer, &other, max).await),
-        Err(f) => return Err(unexpected(peer, f)),
+        Err(f) => return Err(unexpected(conn, &mut send, peer, f, max).await),
     };
     let problem = check_hello(settings, &theirs).or_else(|| {
         (theirs.shard_id != expected).then(|| {
@@ -254,7 +270,7 @@ pub(super) async fn dial(
         Ok(Control::Proof(p)) => p,
         Ok(Control::Refuse(r)) => return Err(refused_by_them(peer, r)),
         Ok(other) => return Err(misbehaved(conn, &mut send, peer, &other, max).await),
-        Err(f) => return Err(unexpected(peer, f)),
+        Err(f) => return Err(unexpected(conn, &mut send, peer, f, max).await),
     };
     if !verify_proof(
         &settings.secret,
@@ -295,7 +311,7 @@ pub(super) async fn accept(
     let theirs = match read_msg::<Control>(&mut recv, max).await {
         Ok(Control::Hello(h)) => h,
         Ok(other) => return Err(misbehaved(conn, &mut send, None, &other, max).await),
-        Err(f) => return Err(unexpected(None, f)),
+        Err(f) => return Err(unexpected(conn, &mut send, None, f, max).await),
     };
     let peer = Some(theirs.shard_id.clone());
     if let Some((code, reason)) = check_hello(settings, &theirs) {
@@ -315,7 +331,7 @@ pub(super) async fn accept(
         Ok(Control::Proof(p)) => p,
         Ok(Control::Refuse(r)) => return Err(refused_by_them(peer, r)),
         Ok(other) => return Err(misbehaved(conn, &mut send, peer, &other, max).await),
-        Err(f) => return Err(unexpected(peer, f)),
+        Err(f) => return Err(unexpected(conn, &mut send, peer, f, max).await),
     };
     let keying = exporter(conn)?;
     if !verify_proof(
