@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //!
-//! - [`Target`]: the three targets, each a plain `fn(&[u8]) -> Outcome`
+//! - [`Target`]: the four targets, each a plain `fn(&[u8]) -> Outcome`
 //!   that drives the real server code and asserts its invariants (a
 //!   failed assertion or any panic is a finding):
 //!   - `client_decoder`: a client frame through `protocol::decode_client`
@@ -17,6 +17,9 @@
 //!   - `admin_json`: the admin API's body parsers
 //!     (`server::http::parse_announce`, `parse_room_fault`,
 //!     `parse_session_fault`), the functions the handlers call.
+//!   - `peer_frame` ([`peer`]): bytes from a peer shard, through the
+//!     tunnel's framing and every peer decoder; what decodes must
+//!     round-trip, a decoded `tick` must lay out its views.
 //! - [`Fuzzer`]: mutations (bit flips, byte sets, inserts, deletes,
 //!   duplicates, splices, dictionary tokens) of a corpus; an input whose
 //!   [`Outcome`] was not seen before joins the corpus. That outcome signal
@@ -37,6 +40,8 @@ use protocol::msg::Hello;
 use protocol::{decode_client, decode_server, encode_client, ClientMsg, PROTOCOL_VERSION};
 use server::auth::Auth;
 use server::config::{AuthConfig, AuthMode};
+pub mod peer;
+
 use server::http::{parse_announce, parse_room_fault, parse_session_fault, RoomFaultKind};
 
 /// The default `server.max_frame_bytes`: what the gateway lets through.
@@ -56,16 +61,23 @@ pub enum Target {
     ClientDecoder,
     HelloToken,
     AdminJson,
+    PeerFrame,
 }
 
 impl Target {
-    pub const ALL: [Target; 3] = [Target::ClientDecoder, Target::HelloToken, Target::AdminJson];
+    pub const ALL: [Target; 4] = [
+        Target::ClientDecoder,
+        Target::HelloToken,
+        Target::AdminJson,
+        Target::PeerFrame,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Target::ClientDecoder => "client_decoder",
             Target::HelloToken => "hello_token",
             Target::AdminJson => "admin_json",
+            Target::PeerFrame => "peer_frame",
         }
     }
 
@@ -79,6 +91,7 @@ impl Target {
             Target::ClientDecoder => client_decoder(data),
             Target::HelloToken => hello_token(data),
             Target::AdminJson => admin_json(data),
+            Target::PeerFrame => peer::peer_frame(data),
         }
     }
 
@@ -126,6 +139,34 @@ impl Target {
                 b"\xd4\x01\x01",
                 b".",
                 b"eyJzdWIiOiJwIiwibmFtZSI6InAiLCJleHAiOjF9",
+            ],
+            Target::PeerFrame => &[
+                b"\x00\x00\x00\x10",
+                b"\xff\xff\xff\xff",
+                b"\x00\x00\x10\x01",
+                b"\xa5hello",
+                b"\xa5proof",
+                b"\xa6refuse",
+                b"\xa4ping",
+                b"\xa4pong",
+                b"\xa4open",
+                b"\xa6accept",
+                b"\xa4tick",
+                b"\xa5views",
+                b"\xa7entries",
+                b"\xa7entered",
+                b"\xa5moved",
+                b"\xa8sessions",
+                b"\xa6inputs",
+                b"\xa5batch",
+                b"\xa8reliable",
+                b"\xa5nonce",
+                b"\xc4\x20",
+                b"\xc4\x1f",
+                b"\x91\xce\xff\xff\xff\xff",
+                b"\x81",
+                b"\x84",
+                b"\xc0",
             ],
             Target::AdminJson => &[
                 b"{",

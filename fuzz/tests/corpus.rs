@@ -49,6 +49,11 @@ fn the_seeds_reach_the_deep_paths() {
     assert!(ok(Target::HelloToken, "claims.json").contains("ok;"));
     assert!(ok(Target::HelloToken, "resume_claims.json").contains("resume;"));
     assert!(ok(Target::HelloToken, "expired_claims.json").contains("AuthExpired"));
+    // A tick decodes as an owner message and lays out both its views; two
+    // frames in a row are both followed; an oversized length stops there.
+    assert_eq!(ok(Target::PeerFrame, "peer_room_tick.bin"), "---o++");
+    assert_eq!(ok(Target::PeerFrame, "two_frames.bin"), "c--- c---");
+    assert!(ok(Target::PeerFrame, "oversized.bin").starts_with("frame:TooLarge"));
     assert_eq!(
         ok(Target::AdminJson, "room_stall.json"),
         "announce:err room:ok session:err"
