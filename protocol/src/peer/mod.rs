@@ -29,8 +29,8 @@ pub use handshake::{
     Role, EXPORTER_LABEL,
 };
 pub use room::{
-    Closed, EdgeMsg, Input, Inputs, JoinRefused, Member, OwnerMsg, Reliable, RemoteChat,
-    RemoteJoin, RemoteJoined, SessionId, Tick, TickError, View,
+    Closed, EdgeMsg, EntryKind, Input, Inputs, JoinRefused, Member, OwnerMsg, Reliable, RemoteChat,
+    RemoteJoin, RemoteJoined, SessionId, Tick, TickBuilder, TickError, View,
 };
 pub use stream::{Accept, Open, ResetCode, StreamHead};
 

@@ -11,6 +11,8 @@
 //! owner would have sent a local member, see [`crate::assemble`]) and
 //! pushes it to the recipients' outbound queues.
 
+use std::collections::HashMap;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -207,6 +209,102 @@ impl Tick {
     }
 }
 
+/// Which of an entity's two encodings an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    /// An `Entity` (for `update.entered`).
+    Entered,
+    /// A `Moved` (for `update.moved`).
+    Moved,
+}
+
+/// Builds one edge's [`Tick`] at the owner: each entity's entry goes in
+/// once however many of the edge's members see it, and members whose
+/// views are equal share one [`View`] listing them all.
+#[derive(Debug)]
+pub struct TickBuilder {
+    tick: Tick,
+    entries: HashMap<(EntityId, EntryKind), u32>,
+    views: HashMap<ViewKey, usize>,
+}
+
+/// What makes two views the same view.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ViewKey {
+    entered: Vec<u32>,
+    moved: Vec<u32>,
+    left: Vec<EntityId>,
+    full: bool,
+}
+
+impl TickBuilder {
+    pub fn new(room: impl Into<String>, tick: u64) -> TickBuilder {
+        TickBuilder {
+            tick: Tick {
+                room: room.into(),
+                tick,
+                entries: Vec::new(),
+                views: Vec::new(),
+            },
+            entries: HashMap::new(),
+            views: HashMap::new(),
+        }
+    }
+
+    /// The index of `id`'s entry of `kind`; `bytes` (the entry as the room
+    /// encoded it this tick, see [`crate::assemble`]) is asked for only
+    /// the first time.
+    pub fn entry(&mut self, id: EntityId, kind: EntryKind, bytes: impl FnOnce() -> Bytes) -> u32 {
+        let entries = &mut self.tick.entries;
+        *self.entries.entry((id, kind)).or_insert_with(|| {
+            // A tick holds far fewer than 2^32 entries (each is a frame's
+            // worth of an entity, and a frame is bounded).
+            let index = u32::try_from(entries.len()).expect("entries fit in u32");
+            entries.push(bytes());
+            index
+        })
+    }
+
+    /// `session` sees this view: added to the recipients of an equal view
+    /// already in the tick, or as a new one.
+    pub fn view(
+        &mut self,
+        session: SessionId,
+        entered: Vec<u32>,
+        moved: Vec<u32>,
+        left: Vec<EntityId>,
+        full: bool,
+    ) {
+        let key = ViewKey {
+            entered,
+            moved,
+            left,
+            full,
+        };
+        if let Some(&i) = self.views.get(&key) {
+            self.tick.views[i].sessions.push(session);
+            return;
+        }
+        self.tick.views.push(View {
+            sessions: vec![session],
+            entered: key.entered.clone(),
+            moved: key.moved.clone(),
+            left: key.left.clone(),
+            full,
+        });
+        self.views.insert(key, self.tick.views.len() - 1);
+    }
+
+    /// Nothing to send: no view.
+    pub fn is_empty(&self) -> bool {
+        self.tick.views.is_empty()
+    }
+
+    pub fn finish(self) -> Tick {
+        self.tick
+    }
+}
+
 /// What a room's owner says to an edge.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -224,6 +322,34 @@ mod tests {
     use crate::assemble::{encode_entity, encode_moved};
     use crate::msg::{Entity, Moved, Update};
     use crate::{encode_server, ServerMsg};
+
+    #[test]
+    fn a_builder_encodes_each_entry_once_and_shares_equal_views() {
+        let mut asked = 0;
+        let mut b = TickBuilder::new("lobby", 3);
+        let mut entry = |b: &mut TickBuilder, id, kind| {
+            b.entry(id, kind, || {
+                asked += 1;
+                Bytes::from(vec![id as u8])
+            })
+        };
+        // Three members see entity 1 move; one also sees entity 2 enter.
+        let m1 = entry(&mut b, 1, EntryKind::Moved);
+        let m1_again = entry(&mut b, 1, EntryKind::Moved);
+        let e2 = entry(&mut b, 2, EntryKind::Entered);
+        let e1 = entry(&mut b, 1, EntryKind::Entered);
+        assert_eq!((m1, m1_again, e2, e1), (0, 0, 1, 2));
+        assert_eq!(asked, 3, "entity 1's move was encoded once");
+        assert!(b.is_empty());
+        b.view(10, vec![], vec![m1], vec![], false);
+        b.view(11, vec![e2], vec![m1], vec![], false);
+        b.view(12, vec![], vec![m1], vec![], false);
+        b.view(13, vec![], vec![m1], vec![], true);
+        let tick = b.finish();
+        assert_eq!(tick.entries.len(), 3);
+        let sessions: Vec<_> = tick.views.iter().map(|v| v.sessions.clone()).collect();
+        assert_eq!(sessions, vec![vec![10, 12], vec![11], vec![13]]);
+    }
 
     #[test]
     fn a_view_assembles_the_update_a_local_member_gets() {
