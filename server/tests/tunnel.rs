@@ -676,6 +676,33 @@ async fn state_frames_coalesce_latest_wins_under_a_slow_reader() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_frames_that_do_not_fit_are_dropped_and_counted_never_queued() {
+    let mut cluster = Cluster::new();
+    let a = cluster.start(tight("a")).await;
+    let b = cluster.start(tight("b")).await;
+    let _b_in = b.listen(ROOM_PROTOCOL);
+    let out = a.open("b", ROOM_PROTOCOL).await.unwrap();
+    // Distinct keys: nothing to coalesce, so past the window and the
+    // budget new ones are dropped.
+    let mut dropped = 0;
+    for key in 0..200u64 {
+        match out.tx.send_state(key, Bytes::from(vec![0u8; 400])).unwrap() {
+            StatePush::Dropped => dropped += 1,
+            StatePush::Queued => {}
+            StatePush::Replaced => panic!("no key repeats"),
+        }
+        let (_, bytes) = out.tx.queued();
+        assert!(bytes <= 4096, "the queue stays within its budget: {bytes}");
+    }
+    assert!(dropped > 100, "most did not fit: {dropped}");
+    let snapshot = a.snapshot();
+    assert_eq!(snapshot.state_dropped, dropped, "every drop counted");
+    // Dropping state never resets the stream.
+    assert!(snapshot.stream_resets.is_empty());
+    cluster.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reliable_frames_over_the_budget_reset_the_stream_with_the_reason() {
     let mut cluster = Cluster::new();
     let a = cluster.start(tight("a")).await;
