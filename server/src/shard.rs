@@ -40,15 +40,19 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::auth::Auth;
+use crate::bans::Bans;
 use crate::config::{ms, Config};
 use crate::dispatcher::Dispatcher;
+use crate::events::{Events, NewEvent};
 use crate::gateway::Gateway;
+use crate::http::Life;
+use protocol::admin::{EventKind, ShardState};
 
 use crate::presence::Presence;
 use crate::room::supervisor::Settings;
 use crate::room::RoomSupervisor;
 use crate::session::{self, Session, Shutdown};
-use crate::store::Persister;
+use crate::store::{Persister, PersisterHandle};
 use crate::supervise::{self, Child, FaultPoints, Restart, Supervisor, Tasks};
 
 pub struct ShardHandle {
@@ -186,6 +190,10 @@ async fn run(
     let handles: Vec<ArbiterHandle> = workers.iter().map(|a| a.handle()).collect();
     let dispatcher = Arc::new(Dispatcher::default());
     let faults = FaultPoints::new(config.admin.fault_injection);
+    // The shard's id in the admin API and its events: its HTTP address,
+    // until the cluster gives shards names.
+    let shard_id = addrs.1.to_string();
+    let events = Events::new(&shard_id, config.admin.events_capacity);
     let rooms = Arc::new(
         RoomSupervisor::new(
             config.map_defs(),
@@ -194,18 +202,27 @@ async fn run(
             persister.handle(),
             Settings::from_config(&config),
         )
-        .with_faults(faults.clone()),
+        .with_faults(faults.clone())
+        .with_events(events.clone()),
     );
     let presence = Arc::new(Presence::new(Duration::from_secs(config.auth.resume_ttl_s)));
-    let web = Arc::new(crate::http::Deps {
-        config: config.clone(),
-        rooms: rooms.clone(),
-        dispatcher: dispatcher.clone(),
-        presence: presence.clone(),
+    let bans = Arc::new(Bans::default());
+    load_bans(&persister.handle(), &bans).await;
+    let life = Arc::new(Life::default());
+    let web = Arc::new(crate::http::Deps::new(
+        config.clone(),
+        rooms.clone(),
+        dispatcher.clone(),
+        presence.clone(),
         tasks,
-        faults: faults.clone(),
-        tls: tls.http.clone(),
-    });
+        faults.clone(),
+        tls.http.clone(),
+        shard_id,
+        life.clone(),
+        events.clone(),
+        bans.clone(),
+        persister.handle(),
+    ));
     let shared = Arc::new(session::Deps {
         auth: Auth::new(&config.auth),
         limits: config.welcome_limits(),
@@ -214,6 +231,7 @@ async fn run(
         presence,
         persister: persister.handle(),
         faults,
+        bans,
         config,
     });
 
@@ -267,9 +285,21 @@ async fn run(
         room_arbiters = room_arbiters.len(),
         "shard started"
     );
+    life.set(ShardState::Ready);
+    events.record(NewEvent::plain(
+        EventKind::ShardStarted,
+        addrs.1.to_string(),
+        format!("version {}", env!("CARGO_PKG_VERSION")),
+    ));
     let _ = ready.send(Ok(addrs));
 
     let _ = stop_rx.wait_for(|stop| *stop).await;
+    life.set(ShardState::Stopping);
+    events.record(NewEvent::plain(
+        EventKind::ShardStopping,
+        addrs.1.to_string(),
+        "shutting down",
+    ));
     tracing::info!("shutting down: no new connections");
     let _ = gateway_task.await;
     let report = web.announce("server shutting down");
@@ -308,17 +338,37 @@ async fn run(
     tracing::info!("shard stopped");
 }
 
-/// Once a second: the dispatcher's queue depths, and expired seats.
+/// Once a second: the dispatcher's queue depths and rates, expired seats,
+/// and the stored bans until they could be read once.
 async fn sample(shared: Arc<session::Deps>, mut stop_rx: watch::Receiver<bool>) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = stop_rx.wait_for(|s| *s) => break,
             _ = every.tick() => {
-                shared.dispatcher.sample();
+                shared.dispatcher.sample(1.0);
                 shared.presence.prune();
             }
         }
+        // Outside the select: its branches hold the stop signal's guard.
+        if !shared.bans.loaded() {
+            load_bans(&shared.persister, &shared.bans).await;
+        }
+    }
+}
+
+/// Read the stored bans into the table in force; a store that does not
+/// answer yet is tried again by the sampler.
+async fn load_bans(persister: &PersisterHandle, bans: &Bans) {
+    match persister
+        .admin_call(|store| async move { store.load_bans().await })
+        .await
+    {
+        Ok(list) => {
+            tracing::info!(bans = list.len(), "bans loaded");
+            bans.load(list);
+        }
+        Err(err) => tracing::warn!(error = %err, "bans not loaded yet; retrying"),
     }
 }
 

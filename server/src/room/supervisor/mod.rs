@@ -58,13 +58,15 @@ use actix::dev::ToEnvelope;
 use actix::prelude::*;
 use parking_lot::Mutex;
 
-use super::{Restored, Room, RoomEvent, RoomRef, RoomSnapshot};
+use super::{Handover, Restored, Room, RoomEvent, RoomRef, RoomSnapshot};
 use crate::config::{ms, Config, Instances, MapDef};
 use crate::dispatcher::Dispatcher;
+use crate::events::{Events, NewEvent};
 use crate::ids::RoomId;
 use crate::metrics as m;
 use crate::store::PersisterHandle;
 use crate::supervise::{FaultPoints, Intensity, TooManyRestarts};
+use protocol::admin::EventKind;
 
 mod arbiters;
 use arbiters::RoomArbiter;
@@ -80,6 +82,9 @@ pub enum RestartReason {
     Displaced,
     /// Moved off a retiring extra Arbiter. Does not count.
     Handover,
+    /// An operator asked (`POST /admin/rooms/{room}/restart`). Does not
+    /// count.
+    Operator,
 }
 
 impl RestartReason {
@@ -89,6 +94,7 @@ impl RestartReason {
             RestartReason::Stall => "stall",
             RestartReason::Displaced => "displaced",
             RestartReason::Handover => "handover",
+            RestartReason::Operator => "operator",
         }
     }
 
@@ -96,7 +102,7 @@ impl RestartReason {
     fn counts(self) -> bool {
         match self {
             RestartReason::Panic | RestartReason::Stall => true,
-            RestartReason::Displaced | RestartReason::Handover => false,
+            RestartReason::Displaced | RestartReason::Handover | RestartReason::Operator => false,
         }
     }
 }
@@ -118,6 +124,13 @@ pub struct RoomSlot {
     /// Members (held seats included), kept by the room: where an
     /// `instances = "auto"` join finds an instance with room.
     pub members: AtomicUsize,
+    /// How long the last tick took, microseconds (the admin API's view).
+    pub tick_us: AtomicU64,
+    /// Ms since the supervisor's origin at the last snapshot (0: none).
+    pub snapshot_ms: AtomicU64,
+    /// Ms since the supervisor's origin when the room last handed state
+    /// to the persister (0: never).
+    pub saved_ms: AtomicU64,
 }
 
 impl RoomSlot {
@@ -125,6 +138,25 @@ impl RoomSlot {
         self.heartbeat_ms
             .store(supervisor.now_ms(), Ordering::Release);
     }
+
+    /// Stamp `field` (one of this slot's `_ms` fields) with now; never 0,
+    /// which means "not yet".
+    pub fn mark(&self, field: &AtomicU64, supervisor: &RoomSupervisor) {
+        field.store(supervisor.now_ms().max(1), Ordering::Relaxed);
+    }
+}
+
+/// A running room as the admin API sees it.
+pub struct RoomView {
+    pub id: RoomId,
+    pub members: usize,
+    pub tick_us: u64,
+    pub restarts: u64,
+    pub snapshot_age_ms: Option<u64>,
+    pub saved_age_ms: Option<u64>,
+    pub snapshot: Arc<RoomSnapshot>,
+    pub width: f32,
+    pub height: f32,
 }
 
 struct Entry {
@@ -190,6 +222,11 @@ pub struct RoomSupervisor {
     rooms: Mutex<HashMap<RoomId, Entry>>,
     /// Recent restarts per room, for the restart intensity.
     history: Mutex<HashMap<RoomId, Intensity>>,
+    /// Restarts per room since start (every reason), for the admin API.
+    restarts: Mutex<HashMap<RoomId, u64>>,
+    restarts_total: AtomicU64,
+    /// Where restarts and failures are told (the admin API's events).
+    events: Option<Events>,
     settings: Settings,
     origin: Instant,
 }
@@ -232,12 +269,68 @@ impl RoomSupervisor {
             faults: FaultPoints::default(),
             rooms: Mutex::new(HashMap::new()),
             history: Mutex::new(HashMap::new()),
+            restarts: Mutex::new(HashMap::new()),
+            restarts_total: AtomicU64::new(0),
+            events: None,
             settings,
             origin: Instant::now(),
         }
     }
 
     /// Arm fault points in rooms through `faults` (the shard's registry).
+    /// Tell restarts and failures to `events`.
+    pub fn with_events(mut self, events: Events) -> RoomSupervisor {
+        self.events = Some(events);
+        self
+    }
+
+    /// Restarts since start, every room and reason.
+    pub fn restarts_total(&self) -> u64 {
+        self.restarts_total.load(Ordering::Relaxed)
+    }
+
+    /// Every running room as the admin API shows it, sorted by id.
+    pub fn views(&self) -> Vec<RoomView> {
+        let now = self.now_ms();
+        let age = |at: u64| (at != 0).then(|| now.saturating_sub(at));
+        let restarts = self.restarts.lock().clone();
+        let mut views: Vec<RoomView> = self
+            .rooms
+            .lock()
+            .iter()
+            .map(|(id, e)| {
+                let def = self.maps.get(id.map().as_ref());
+                RoomView {
+                    id: id.clone(),
+                    members: e.slot.members.load(Ordering::Acquire),
+                    tick_us: e.slot.tick_us.load(Ordering::Relaxed),
+                    restarts: restarts.get(id).copied().unwrap_or(0),
+                    snapshot_age_ms: age(e.slot.snapshot_ms.load(Ordering::Relaxed)),
+                    saved_age_ms: age(e.slot.saved_ms.load(Ordering::Relaxed)),
+                    snapshot: e.slot.snapshot.lock().clone(),
+                    width: def.map_or(0.0, |d| d.width),
+                    height: def.map_or(0.0, |d| d.height),
+                }
+            })
+            .collect();
+        views.sort_by(|a, b| a.id.cmp(&b.id));
+        views
+    }
+
+    /// Restart room `id` for an operator, as after a crash but not counted
+    /// against its restart intensity: the room takes a snapshot, stops,
+    /// and a new incarnation goes on from it (members get a full update
+    /// and notice 6001). `false`: no such room runs, or its mailbox is full.
+    pub fn restart_for_operator(&self, id: &RoomId) -> bool {
+        self.send(id, Handover(RestartReason::Operator)).is_ok()
+    }
+
+    fn record_event(&self, kind: EventKind, id: &RoomId, detail: String) {
+        if let Some(events) = &self.events {
+            events.record(NewEvent::plain(kind, id.to_string(), detail));
+        }
+    }
+
     pub fn with_faults(mut self, faults: FaultPoints) -> RoomSupervisor {
         self.faults = faults;
         self
@@ -402,6 +495,9 @@ impl RoomSupervisor {
                     .map_or_else(Default::default, |r| r.snapshot.clone()),
             ),
             members: AtomicUsize::new(0),
+            tick_us: AtomicU64::new(0),
+            snapshot_ms: AtomicU64::new(0),
+            saved_ms: AtomicU64::new(0),
         });
         let supervisor = self.clone();
         let room_slot = slot.clone();
@@ -441,7 +537,7 @@ impl RoomSupervisor {
             RestartReason::Stall | RestartReason::Displaced => {
                 entry.slot.heartbeat_ms.load(Ordering::Acquire)
             }
-            RestartReason::Panic | RestartReason::Handover => 0,
+            RestartReason::Panic | RestartReason::Handover | RestartReason::Operator => 0,
         };
         let intensity = if reason.counts() {
             let (max, window) = (self.settings.max_restarts, self.settings.restart_window);
@@ -461,6 +557,11 @@ impl RoomSupervisor {
             drop(rooms);
             self.history.lock().remove(id);
             metrics::counter!(m::ROOM_FAILURES, m::room_labels(id, &[])).increment(1);
+            self.record_event(
+                EventKind::RoomFailed,
+                id,
+                format!("{crashes} restarts within the window; members moved to the fallback map"),
+            );
             tracing::error!(
                 room,
                 incarnation,
@@ -482,6 +583,17 @@ impl RoomSupervisor {
             m::room_labels(id, &[("reason", reason.name())])
         )
         .increment(1);
+        *self.restarts.lock().entry(id.clone()).or_default() += 1;
+        self.restarts_total.fetch_add(1, Ordering::Relaxed);
+        self.record_event(
+            EventKind::RoomRestarted,
+            id,
+            format!(
+                "reason {}, {} members",
+                reason.name(),
+                snapshot.members.len()
+            ),
+        );
         tracing::warn!(
             room,
             incarnation,
