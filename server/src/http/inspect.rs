@@ -121,7 +121,8 @@ fn scrape(text: &str, name: &str, label: Option<&str>) -> f64 {
             matches.then(|| value.parse::<f64>().ok()).flatten()
         })
         .filter(|v| v.is_finite())
-        .sum()
+        // fold, not sum: an empty f64 sum is -0.0.
+        .fold(0.0, |a, b| a + b)
 }
 
 pub(super) async fn whoami(Admin(View, caller): Admin<View>) -> Json<WhoAmI> {
