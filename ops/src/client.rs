@@ -259,7 +259,10 @@ mod tests {
     #[test]
     fn addresses_become_urls() {
         let t = Duration::from_secs(1);
-        assert_eq!(Shard::new("127.0.0.1:7380", None, t).url(), "http://127.0.0.1:7380");
+        assert_eq!(
+            Shard::new("127.0.0.1:7380", None, t).url(),
+            "http://127.0.0.1:7380"
+        );
         assert_eq!(Shard::new("http://h:1/", None, t).url(), "http://h:1");
     }
 }

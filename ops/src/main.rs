@@ -217,7 +217,11 @@ fn main() -> anyhow::Result<()> {
             let mut failed = false;
             for url in std::iter::once(cli.http.clone()).chain(shards) {
                 let s = shard.with_token(cli.token.clone());
-                let s = if url == cli.http { s } else { Shard::new(&url, cli.token.clone(), timeout) };
+                let s = if url == cli.http {
+                    s
+                } else {
+                    Shard::new(&url, cli.token.clone(), timeout)
+                };
                 match s.info() {
                     Ok(i) => println!(
                         "{:<24} {:<9} v{} up {:>6}s sessions {:>5} rooms {:>4} in {:>8.1}/s out {:>8.1}/s p99 {:>6.2} ms restarts {}",

@@ -55,10 +55,8 @@ type ShardRead = (
 /// Every shard's state, rooms and topics. `Err` when no shard accepted the
 /// token and one refused it (the page asks for another).
 pub async fn overview(shards: &[Shard], cluster: bool, now_ms: u64) -> Result<Overview, CallError> {
-    let reads: Vec<CallResult<ShardRead>> = on_each(shards, |s| {
-        Ok((s.info(), s.rooms(), s.dispatcher()))
-    })
-    .await;
+    let reads: Vec<CallResult<ShardRead>> =
+        on_each(shards, |s| Ok((s.info(), s.rooms(), s.dispatcher()))).await;
     let mut statuses = Vec::new();
     let mut rooms = Vec::new();
     let mut refusal = None;
@@ -101,7 +99,11 @@ pub async fn overview(shards: &[Shard], cluster: bool, now_ms: u64) -> Result<Ov
                 }
                 // A shard that answers but refuses is alive: only an
                 // unreachable one is dead.
-                let state = if e.status.is_some() { "refused" } else { "dead" };
+                let state = if e.status.is_some() {
+                    "refused"
+                } else {
+                    "dead"
+                };
                 statuses.push(ShardStatus {
                     url,
                     state: state.to_string(),

@@ -132,7 +132,10 @@ pub fn router(settings: Settings) -> Router {
     let console = Console(Arc::new(settings));
     Router::new()
         .route("/", get(|| async { Html(INDEX_HTML) }))
-        .route("/app.js", get(|| async { asset("text/javascript", APP_JS) }))
+        .route(
+            "/app.js",
+            get(|| async { asset("text/javascript", APP_JS) }),
+        )
         .route("/style.css", get(|| async { asset("text/css", STYLE_CSS) }))
         .route("/api/whoami", get(whoami))
         .route("/api/overview", get(overview))
@@ -178,7 +181,10 @@ fn asset(kind: &'static str, body: &'static str) -> Response {
 }
 
 /// The token's name and role, from the first shard that answers.
-async fn whoami(State(c): State<Console>, headers: HeaderMap) -> ApiResult<protocol::admin::WhoAmI> {
+async fn whoami(
+    State(c): State<Console>,
+    headers: HeaderMap,
+) -> ApiResult<protocol::admin::WhoAmI> {
     let shards = c.shards(&token(&headers)?);
     let mut last = CallError {
         status: None,
@@ -349,7 +355,9 @@ async fn restart(
     Json(a): Json<RoomAction>,
 ) -> ApiResult<protocol::admin::ActionReply> {
     let shard = c.shard(&a.shard, &token(&headers)?)?;
-    Ok(Json(gather::blocking(move || shard.restart_room(&a.room)).await?))
+    Ok(Json(
+        gather::blocking(move || shard.restart_room(&a.room)).await?,
+    ))
 }
 
 fn cluster_only(c: &Console) -> Result<(), ApiError> {
@@ -374,7 +382,9 @@ async fn migrate(
     let shard = c.shard(&a.shard, &token(&headers)?)?;
     let path = format!("/admin/rooms/{}/migrate", crate::client::escape(&a.room));
     let body = serde_json::json!({ "to": a.to });
-    Ok(Json(gather::blocking(move || shard.post_raw(&path, &body)).await?))
+    Ok(Json(
+        gather::blocking(move || shard.post_raw(&path, &body)).await?,
+    ))
 }
 
 #[derive(Deserialize)]

@@ -48,7 +48,11 @@ mod tests {
 
     #[test]
     fn the_static_list_normalises_and_dedups() {
-        let s = StaticShards::new(["127.0.0.1:1".into(), "http://127.0.0.1:1/".into(), "h:2".into()]);
+        let s = StaticShards::new([
+            "127.0.0.1:1".into(),
+            "http://127.0.0.1:1/".into(),
+            "h:2".into(),
+        ]);
         assert_eq!(s.shards(), ["http://127.0.0.1:1", "http://h:2"]);
         assert!(!s.cluster());
     }
