@@ -99,6 +99,7 @@ pub fn start(config: Config) -> anyhow::Result<ShardHandle> {
     config.validate()?;
     let tls = crate::tls::Tls::from_config(&config.tls)?;
     crate::metrics::prometheus();
+    crate::metrics::register_zeroes();
     // The store first: an embedded store that cannot be opened is fatal; a
     // MongoDB that is not reachable yet is retried in the background.
     let tasks = Tasks::default();
