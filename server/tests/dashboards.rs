@@ -15,9 +15,10 @@ use common::*;
 const CLUSTER_ONLY: &[&str] = &["tessera_leases_lost_total"];
 
 fn ops_file(path: &str) -> (PathBuf, String) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../ops").join(path);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../ops")
+        .join(path);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     (path, text)
 }
 
@@ -64,7 +65,9 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exported() {
     assert!(!panels.is_empty());
     let mut exprs = String::new();
     for panel in panels {
-        let targets = panel["targets"].as_array().expect("every panel has targets");
+        let targets = panel["targets"]
+            .as_array()
+            .expect("every panel has targets");
         assert!(!targets.is_empty(), "{}", panel["title"]);
         for t in targets {
             exprs.push_str(t["expr"].as_str().expect("a target has an expr"));
