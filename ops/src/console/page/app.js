@@ -240,7 +240,9 @@ async function refreshInspector() {
       const title = svg("title", {});
       title.textContent = `${m.name} (${m.player}) ${num(m.x, 1)}, ${num(m.y, 1)}`;
       dot.append(title);
-      const label = svg("text", { x: (cx + 7).toFixed(1), y: (cy + 3).toFixed(1), "font-size": 10 });
+      // Labels near the right edge go on the dot's left, inside the map.
+      const right = cx > 340;
+      const label = svg("text", { x: (right ? cx - 7 : cx + 7).toFixed(1), y: (cy + 3).toFixed(1), "font-size": 10, "text-anchor": right ? "end" : "start" });
       label.textContent = m.name;
       kids.push(dot, label);
     }
