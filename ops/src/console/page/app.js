@@ -176,14 +176,19 @@ function renderShards(view) {
 function chart(id, key) {
   const node = $("#" + id);
   const series = [...state.history.entries()];
-  const now = Date.now();
-  const from = now - HISTORY * 1000;
+  // The window grows with the data up to HISTORY seconds, so the first
+  // minutes fill the chart instead of a sliver at its right edge.
+  const now = state.overview ? state.overview.at_ms : Date.now();
+  let oldest = now;
+  for (const [, h] of series) if (h.length) oldest = Math.min(oldest, h[0].t);
+  const span = Math.max(10_000, Math.min(HISTORY * 1000, now - oldest));
+  const from = now - span;
   let max = 1;
   for (const [, h] of series) for (const p of h) max = Math.max(max, p[key] || 0);
   const kids = [svg("text", { x: 2, y: 10, "font-size": 9, fill: "#56607a" })];
   kids[0].textContent = num(max, max < 10 ? 2 : 0);
   series.forEach(([, h], n) => {
-    const pts = h.filter((p) => p.t >= from).map((p) => `${(((p.t - from) / (HISTORY * 1000)) * 300).toFixed(1)},${(98 - ((p[key] || 0) / max) * 86).toFixed(1)}`);
+    const pts = h.filter((p) => p.t >= from).map((p) => `${(((p.t - from) / span) * 300).toFixed(1)},${(98 - ((p[key] || 0) / max) * 86).toFixed(1)}`);
     if (pts.length) kids.push(svg("polyline", { points: pts.join(" "), fill: "none", stroke: PALETTE[n % PALETTE.length], "stroke-width": 1.5 }));
   });
   node.replaceChildren(...kids);
