@@ -48,6 +48,11 @@
 //! casts go through the supervisor's one sender per room (so the mailbox
 //! bound holds: actix gives every sender clone a slot of its own) and
 //! always reach the current incarnation.
+//!
+//! An operator can restart a room too (`admin.rs`: [`RestartReason::Operator`],
+//! not counted); restarts and failures are recorded as events for the
+//! admin API, which reads each room's view from its slot (members, last
+//! tick time, snapshot and save ages) without messaging the room.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -58,17 +63,19 @@ use actix::dev::ToEnvelope;
 use actix::prelude::*;
 use parking_lot::Mutex;
 
-use super::{Handover, Restored, Room, RoomEvent, RoomRef, RoomSnapshot};
+use super::{Restored, Room, RoomEvent, RoomRef, RoomSnapshot};
 use crate::config::{ms, Config, Instances, MapDef};
 use crate::dispatcher::Dispatcher;
-use crate::events::{Events, NewEvent};
+use crate::events::Events;
 use crate::ids::RoomId;
 use crate::metrics as m;
 use crate::store::PersisterHandle;
 use crate::supervise::{FaultPoints, Intensity, TooManyRestarts};
 use protocol::admin::EventKind;
 
+mod admin;
 mod arbiters;
+pub use admin::RoomView;
 use arbiters::RoomArbiter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,19 +151,6 @@ impl RoomSlot {
     pub fn mark(&self, field: &AtomicU64, supervisor: &RoomSupervisor) {
         field.store(supervisor.now_ms().max(1), Ordering::Relaxed);
     }
-}
-
-/// A running room as the admin API sees it.
-pub struct RoomView {
-    pub id: RoomId,
-    pub members: usize,
-    pub tick_us: u64,
-    pub restarts: u64,
-    pub snapshot_age_ms: Option<u64>,
-    pub saved_age_ms: Option<u64>,
-    pub snapshot: Arc<RoomSnapshot>,
-    pub width: f32,
-    pub height: f32,
 }
 
 struct Entry {
@@ -282,53 +276,6 @@ impl RoomSupervisor {
     pub fn with_events(mut self, events: Events) -> RoomSupervisor {
         self.events = Some(events);
         self
-    }
-
-    /// Restarts since start, every room and reason.
-    pub fn restarts_total(&self) -> u64 {
-        self.restarts_total.load(Ordering::Relaxed)
-    }
-
-    /// Every running room as the admin API shows it, sorted by id.
-    pub fn views(&self) -> Vec<RoomView> {
-        let now = self.now_ms();
-        let age = |at: u64| (at != 0).then(|| now.saturating_sub(at));
-        let restarts = self.restarts.lock().clone();
-        let mut views: Vec<RoomView> = self
-            .rooms
-            .lock()
-            .iter()
-            .map(|(id, e)| {
-                let def = self.maps.get(id.map().as_ref());
-                RoomView {
-                    id: id.clone(),
-                    members: e.slot.members.load(Ordering::Acquire),
-                    tick_us: e.slot.tick_us.load(Ordering::Relaxed),
-                    restarts: restarts.get(id).copied().unwrap_or(0),
-                    snapshot_age_ms: age(e.slot.snapshot_ms.load(Ordering::Relaxed)),
-                    saved_age_ms: age(e.slot.saved_ms.load(Ordering::Relaxed)),
-                    snapshot: e.slot.snapshot.lock().clone(),
-                    width: def.map_or(0.0, |d| d.width),
-                    height: def.map_or(0.0, |d| d.height),
-                }
-            })
-            .collect();
-        views.sort_by(|a, b| a.id.cmp(&b.id));
-        views
-    }
-
-    /// Restart room `id` for an operator, as after a crash but not counted
-    /// against its restart intensity: the room takes a snapshot, stops,
-    /// and a new incarnation goes on from it (members get a full update
-    /// and notice 6001). `false`: no such room runs, or its mailbox is full.
-    pub fn restart_for_operator(&self, id: &RoomId) -> bool {
-        self.send(id, Handover(RestartReason::Operator)).is_ok()
-    }
-
-    fn record_event(&self, kind: EventKind, id: &RoomId, detail: String) {
-        if let Some(events) = &self.events {
-            events.record(NewEvent::plain(kind, id.to_string(), detail));
-        }
     }
 
     pub fn with_faults(mut self, faults: FaultPoints) -> RoomSupervisor {
