@@ -256,13 +256,26 @@ async fn run(
                 move || gateway.clone().run(listener.clone(), stop_rx.clone())
             })),
         );
-    let http_task = actix::spawn(
-        supervisor.supervise(Child::new("http", Restart::Permanent, {
-            let (web, stop_rx) = (web.clone(), stop_rx.clone());
-            let ws_addr = addrs.0;
-            move || crate::http::serve(http.clone(), web.clone(), ws_addr, stop_rx.clone())
-        })),
+    // The HTTP server has a stop signal of its own, sent once the sessions
+    // are closed: while they close, `/healthz/ready` answers 503 (the load
+    // balancer sends no one new) and `/metrics` still answers.
+    let (http_stop_tx, http_stop_rx) = watch::channel(false);
+    let http_supervisor = Supervisor::new(
+        &web.tasks,
+        supervise::Settings {
+            shutdown: ms(shared.config.server.shutdown_grace_ms),
+            ..supervise::Settings::from_config(&shared.config.supervision)
+        },
+        http_stop_rx.clone(),
     );
+    let http_task =
+        actix::spawn(
+            http_supervisor.supervise(Child::new("http", Restart::Permanent, {
+                let (web, stop_rx) = (web.clone(), http_stop_rx.clone());
+                let ws_addr = addrs.0;
+                move || crate::http::serve(http.clone(), web.clone(), ws_addr, stop_rx.clone())
+            })),
+        );
     let sampler = actix::spawn(
         supervisor.supervise(Child::new("sampler", Restart::Permanent, {
             let (shared, stop_rx) = (shared.clone(), stop_rx.clone());
@@ -320,6 +333,7 @@ async fn run(
             "sessions still open after the grace period"
         ),
     }
+    let _ = http_stop_tx.send(true);
     let _ = http_task.await;
     let _ = sampler.await;
     let _ = watchdog.await;

@@ -372,3 +372,30 @@ async fn a_room_restart_resyncs_its_members_and_shows_in_events() {
     let (status, _) = post(&shard, "/admin/rooms/atlantis/restart", OPERATOR, "").await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn readiness_turns_503_while_the_shard_closes_its_sessions() {
+    let shard = start(config());
+    let url = format!("http://{}/healthz/ready", shard.http_addr);
+    let (status, body) = http("GET", &url, None, "").await;
+    assert_eq!(status, 200, "{body}");
+    // A client that never answers the close keeps its session lingering
+    // (server.close_linger_ms), so shutdown waits for it with HTTP up.
+    let (alice, _) = Client::welcomed(shard.ws_addr, "alice").await;
+    let common::TestShard { shard, data } = shard;
+    let stopping = std::thread::spawn(move || shard.shutdown());
+    let status = eventually("readiness says 503", || {
+        let url = url.clone();
+        async move {
+            let (status, _) = http("GET", &url, None, "").await;
+            (status == 503).then_some(status)
+        }
+    })
+    .await;
+    assert_eq!(status, 503);
+    drop(alice);
+    tokio::task::spawn_blocking(move || stopping.join().unwrap())
+        .await
+        .unwrap();
+    drop(data);
+}

@@ -167,6 +167,7 @@ function renderShards(view) {
       el("td", { class: "num sessions" }, num(i.sessions)), el("td", { class: "num" }, num(i.rooms)),
       el("td", { class: "num msgs-in" }, num(i.msgs_in_per_s, 1)), el("td", { class: "num msgs-out" }, num(i.msgs_out_per_s, 1)),
       el("td", { class: "num" }, num(i.tick_p99_ms, 2)), el("td", { class: "num" }, num(i.restarts)),
+      el("td", { class: "num queue-depth" }, s.info ? s.topics.reduce((n, t) => n + t.depth, 0) : "-"),
       el("td", { class: "num" }, num(i.dispatch_dropped)), el("td", {}, i.store_healthy === undefined ? "-" : i.store_healthy ? "up" : "DOWN"),
       el("td", { class: "cluster-only op-only" },
         el("button", { class: "drain", onclick: () => confirm(`Drain ${s.url}?`) && act("drain", "POST", "/api/shards/drain", { shard: s.url }) }, "Drain")));
