@@ -22,23 +22,46 @@ use crate::session::Remove;
 const KICK_BODY: &str = "body must be empty or JSON {\"reason\": optional string}";
 const BAN_BODY: &str = "body must be JSON {\"reason\": string, \"duration_s\": optional number}";
 
+/// A kick's body, checked: empty, or a reason of at most `max_chars`
+/// characters. (The fuzz target drives it with arbitrary bytes.)
+pub fn parse_kick(body: &[u8], max_chars: usize) -> Result<KickRequest, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(KickRequest::default());
+    }
+    let request: KickRequest = decode_json(body, KICK_BODY)?;
+    if request
+        .reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > max_chars)
+    {
+        return Err(format!("reason must be at most {max_chars} characters"));
+    }
+    Ok(request)
+}
+
+/// A ban's body, checked: a reason of 1 to `max_chars` characters (not
+/// only blanks), a duration of at least a second when given.
+pub fn parse_ban(body: &[u8], max_chars: usize) -> Result<BanRequest, String> {
+    let request: BanRequest = decode_json(body, BAN_BODY)?;
+    let chars = request.reason.trim().chars().count();
+    if chars == 0 || request.reason.chars().count() > max_chars {
+        return Err(format!("reason must be 1 to {max_chars} characters"));
+    }
+    if request.duration_s == Some(0) {
+        return Err("duration_s must be at least 1 (leave it out for a ban without end)".into());
+    }
+    Ok(request)
+}
+
 impl AdminRequest for KickRequest {
     const FAULT: bool = false;
 
     fn decode(_: &Uri, headers: &HeaderMap, body: &[u8], config: &Config) -> Result<Self, String> {
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Ok(KickRequest::default());
-        }
-        let request: KickRequest = decode_json(json_body(headers, body)?, KICK_BODY)?;
         let max = config.admin.ban_reason_max_chars;
-        if request
-            .reason
-            .as_ref()
-            .is_some_and(|r| r.chars().count() > max)
-        {
-            return Err(format!("reason must be at most {max} characters"));
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return parse_kick(body, max);
         }
-        Ok(request)
+        parse_kick(json_body(headers, body)?, max)
     }
 }
 
@@ -46,18 +69,7 @@ impl AdminRequest for BanRequest {
     const FAULT: bool = false;
 
     fn decode(_: &Uri, headers: &HeaderMap, body: &[u8], config: &Config) -> Result<Self, String> {
-        let request: BanRequest = decode_json(json_body(headers, body)?, BAN_BODY)?;
-        let max = config.admin.ban_reason_max_chars;
-        let chars = request.reason.trim().chars().count();
-        if chars == 0 || request.reason.chars().count() > max {
-            return Err(format!("reason must be 1 to {max} characters"));
-        }
-        if request.duration_s == Some(0) {
-            return Err(
-                "duration_s must be at least 1 (leave it out for a ban without end)".into(),
-            );
-        }
-        Ok(request)
+        parse_ban(json_body(headers, body)?, config.admin.ban_reason_max_chars)
     }
 }
 

@@ -73,6 +73,7 @@ mod actions;
 mod admin;
 mod inspect;
 
+pub use actions::{parse_ban, parse_kick};
 pub use admin::{parse_announce, parse_room_fault, parse_session_fault};
 /// The admin bodies, where they were before [`protocol::admin`] (the fuzz
 /// targets name them here).
