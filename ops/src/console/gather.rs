@@ -117,6 +117,12 @@ pub async fn overview(shards: &[Shard], cluster: bool, now_ms: u64) -> Result<Ov
     if let (false, Some(refusal)) = (any_ok, refusal) {
         return Err(refusal);
     }
+    // Migrate and drain are offered when the source is a cluster or a
+    // shard says it runs in one.
+    let cluster = cluster
+        || statuses
+            .iter()
+            .any(|s| s.info.as_ref().is_some_and(|i| i.cluster));
     Ok(Overview {
         at_ms: now_ms,
         cluster,

@@ -360,13 +360,20 @@ async fn restart(
     ))
 }
 
-fn cluster_only(c: &Console) -> Result<(), ApiError> {
+/// Migrate and drain exist only in a cluster: the source says so, or the
+/// shard itself reports cluster mode (409 otherwise).
+async fn cluster_only(c: &Console, shard: &Shard) -> Result<(), ApiError> {
     if c.0.source.cluster() {
+        return Ok(());
+    }
+    let probe = shard.clone();
+    let info = gather::blocking(move || probe.info()).await?;
+    if info.cluster {
         Ok(())
     } else {
         Err(ApiError(
             StatusCode::CONFLICT,
-            "migrate and drain need a cluster (console --redis)".into(),
+            "migrate and drain need a cluster: this shard does not run in one".into(),
         ))
     }
 }
@@ -378,8 +385,8 @@ async fn migrate(
     headers: HeaderMap,
     Json(a): Json<RoomAction>,
 ) -> ApiResult<serde_json::Value> {
-    cluster_only(&c)?;
     let shard = c.shard(&a.shard, &token(&headers)?)?;
+    cluster_only(&c, &shard).await?;
     let path = format!("/admin/rooms/{}/migrate", crate::client::escape(&a.room));
     let body = serde_json::json!({ "to": a.to });
     Ok(Json(
@@ -398,8 +405,8 @@ async fn drain(
     headers: HeaderMap,
     Json(a): Json<ShardAction>,
 ) -> ApiResult<serde_json::Value> {
-    cluster_only(&c)?;
     let shard = c.shard(&a.shard, &token(&headers)?)?;
+    cluster_only(&c, &shard).await?;
     let body = serde_json::Value::Null;
     Ok(Json(
         gather::blocking(move || shard.post_raw("/admin/drain", &body)).await?,
