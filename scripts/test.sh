@@ -3,8 +3,8 @@
 # integration tests over real sockets, the store conformance suite against
 # the embedded store and SecantusDB, the loadbot's swarm tests, the fuzz
 # corpus and a short fuzzing run) and the
-# browser tests (the JS protocol client in node, the demo page in headless
-# Debian chromium). Safe to run again; it installs only what is missing.
+# browser tests (the JS protocol client in node, the demo page and the ops
+# console in headless Debian chromium), and promtool on the alert rules. Safe to run again; it installs only what is missing.
 #
 #   scripts/test.sh
 set -euo pipefail
@@ -17,6 +17,13 @@ fi
 
 # The store tests start SecantusDB (a MongoDB-wire server) from a venv.
 scripts/secantus.sh >/dev/null
+# promtool checks ops/prometheus/alerts.yml (server/tests/dashboards.rs);
+# the test says why it skips when promtool cannot be installed.
+if promtool=$(scripts/promtool.sh); then
+  export PROMTOOL="$promtool"
+else
+  echo "test.sh: no promtool; the alerts' promtool check will be skipped" >&2
+fi
 # The loadbot, ops and browser tests start the real server binary.
 cargo build --workspace --bins
 cargo test --workspace

@@ -16,7 +16,8 @@
 //!     reached too.
 //!   - `admin_json`: the admin API's body parsers
 //!     (`server::http::parse_announce`, `parse_room_fault`,
-//!     `parse_session_fault`), the functions the handlers call.
+//!     `parse_session_fault`, `parse_kick`, `parse_ban`), the functions
+//!     the handlers call.
 //!   - `peer_frame` ([`peer`]): bytes from a peer shard, through the
 //!     tunnel's framing and every peer decoder; what decodes must
 //!     round-trip, a decoded `tick` must lay out its views.
@@ -42,7 +43,9 @@ use server::auth::Auth;
 use server::config::{AuthConfig, AuthMode};
 pub mod peer;
 
-use server::http::{parse_announce, parse_room_fault, parse_session_fault, RoomFaultKind};
+use server::http::{
+    parse_announce, parse_ban, parse_kick, parse_room_fault, parse_session_fault, RoomFaultKind,
+};
 
 /// The default `server.max_frame_bytes`: what the gateway lets through.
 pub const MAX_FRAME: usize = 4 * 1024;
@@ -343,8 +346,34 @@ pub fn admin_json(data: &[u8]) -> Outcome {
     } else {
         "err"
     };
-    format!("announce:{announce} room:{room} session:{session}")
+    let kick = match parse_kick(data, REASON_MAX_CHARS) {
+        Ok(request) => {
+            let chars = request.reason.map_or(0, |r| r.chars().count());
+            assert!(
+                chars <= REASON_MAX_CHARS,
+                "a kick reason of {chars} characters was accepted"
+            );
+            "ok"
+        }
+        Err(_) => "err",
+    };
+    let ban = match parse_ban(data, REASON_MAX_CHARS) {
+        Ok(request) => {
+            let chars = request.reason.chars().count();
+            assert!(
+                (1..=REASON_MAX_CHARS).contains(&chars) && !request.reason.trim().is_empty(),
+                "a ban reason of {chars} characters was accepted"
+            );
+            assert_ne!(request.duration_s, Some(0), "a ban of 0 s was accepted");
+            "ok"
+        }
+        Err(_) => "err",
+    };
+    format!("announce:{announce} room:{room} session:{session} kick:{kick} ban:{ban}")
 }
+
+/// The default `admin.ban_reason_max_chars`.
+const REASON_MAX_CHARS: usize = 200;
 
 /// A small, fast, deterministic random source (xorshift64*).
 #[derive(Debug, Clone)]

@@ -16,10 +16,26 @@
 //! | `POST /admin/faults/session` | [`SessionFaultRequest`] | [`SessionFaultReply`] |
 //! | `POST /admin/faults/task?name=` | [`TaskFaultQuery`] | [`TaskFaultReply`] |
 //! | `GET /admin/peers` | | [`Peers`] |
+//! | `GET /healthz/ready` | | [`Health`] (200 ready, 503 not) |
+//! | `GET /admin/whoami` | | [`WhoAmI`] |
+//! | `GET /admin/shard` | | [`ShardInfo`] |
+//! | `GET /admin/rooms` | | [`RoomsReply`] |
+//! | `GET /admin/rooms/{room}` | | [`RoomDetail`] |
+//! | `POST /admin/rooms/{room}/restart` | | [`ActionReply`] |
+//! | `GET /admin/players?q=` | [`PlayersQuery`] | [`PlayersReply`] |
+//! | `POST /admin/players/{player}/kick` | [`KickRequest`] | [`ActionReply`] |
+//! | `POST /admin/players/{player}/ban` | [`BanRequest`] | [`ActionReply`] |
+//! | `POST /admin/players/{player}/unban` | | [`ActionReply`] |
+//! | `GET /admin/dispatcher` | | [`DispatcherReply`] |
+//! | `GET /admin/events?since=` | [`EventsQuery`] | [`EventsReply`] |
 //!
 //! Any refusal (4xx, 5xx) carries an [`ErrorReply`].
 
 use std::collections::BTreeMap;
+
+mod views;
+
+pub use views::*;
 
 use serde::{Deserialize, Serialize};
 

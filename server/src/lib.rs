@@ -25,10 +25,14 @@
 //! - [`ids`]: `SessionId` and `RoomId` (a map name plus an instance).
 //! - [`wire`]: conversions from the store's types to the protocol's.
 //! - [`dispatcher`]: typed topics for announcements and map broadcasts.
+//! - [`events`]: the shard's recent events (a bounded ring, plus sinks):
+//!   room restarts and failures, admin actions.
+//! - [`bans`]: the bans in force, checked at `hello`.
 //! - [`auth`]: signed tokens, resume tokens, dev-mode guests.
 //! - [`ratelimit`]: token buckets and abuse strikes.
 //! - [`config`]: the one configuration struct, its loading and validation.
-//! - [`http`]: demo page, `/healthz`, `/metrics`, admin calls.
+//! - [`http`]: demo page, `/healthz`, `/healthz/ready`, `/metrics`, the
+//!   admin API (roles, read views, actions, audit).
 //! - [`metrics`]: metric names and the Prometheus recorder.
 //! - [`supervise`]: the task supervisor that restarts the gateway, HTTP
 //!   server, sampler, watchdog and persister flusher; the whole supervision
@@ -47,9 +51,11 @@
 //! any import cycle.
 
 pub mod auth;
+pub mod bans;
 pub mod cluster;
 pub mod config;
 pub mod dispatcher;
+pub mod events;
 pub mod gateway;
 pub mod http;
 pub mod ids;

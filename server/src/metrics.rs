@@ -75,6 +75,17 @@ pub fn room_labels(id: &RoomId, extra: &[(&'static str, &'static str)]) -> Vec<L
     labels
 }
 
+/// Create the drop counters at 0, so dashboards and alerts that watch them
+/// (`ops/grafana`, `ops/prometheus`) see a series before the first drop.
+pub fn register_zeroes() {
+    for reason in [DROPPED_INPUT_QUEUE_FULL, DROPPED_ROOM_BUSY] {
+        metrics::counter!(ROOM_INPUTS_DROPPED, "reason" => reason).increment(0);
+    }
+    for class in ["state", "reliable"] {
+        metrics::counter!(OUTBOUND_DROPPED, "class" => class).increment(0);
+    }
+}
+
 /// The process's Prometheus handle, installing the recorder on first use.
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -40,15 +40,19 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::auth::Auth;
+use crate::bans::Bans;
 use crate::config::{ms, Config};
 use crate::dispatcher::Dispatcher;
+use crate::events::{Events, NewEvent};
 use crate::gateway::Gateway;
+use crate::http::Life;
+use protocol::admin::{EventKind, ShardState};
 
 use crate::presence::Presence;
 use crate::room::supervisor::Settings;
 use crate::room::RoomSupervisor;
 use crate::session::{self, Session, Shutdown};
-use crate::store::Persister;
+use crate::store::{Persister, PersisterHandle};
 use crate::supervise::{self, Child, FaultPoints, Restart, Supervisor, Tasks};
 
 pub struct ShardHandle {
@@ -95,6 +99,7 @@ pub fn start(config: Config) -> anyhow::Result<ShardHandle> {
     config.validate()?;
     let tls = crate::tls::Tls::from_config(&config.tls)?;
     crate::metrics::prometheus();
+    crate::metrics::register_zeroes();
     // The store first: an embedded store that cannot be opened is fatal; a
     // MongoDB that is not reachable yet is retried in the background.
     let tasks = Tasks::default();
@@ -186,6 +191,10 @@ async fn run(
     let handles: Vec<ArbiterHandle> = workers.iter().map(|a| a.handle()).collect();
     let dispatcher = Arc::new(Dispatcher::default());
     let faults = FaultPoints::new(config.admin.fault_injection);
+    // The shard's id in the admin API and its events: its HTTP address,
+    // until the cluster gives shards names.
+    let shard_id = addrs.1.to_string();
+    let events = Events::new(&shard_id, config.admin.events_capacity);
     let rooms = Arc::new(
         RoomSupervisor::new(
             config.map_defs(),
@@ -194,20 +203,27 @@ async fn run(
             persister.handle(),
             Settings::from_config(&config),
         )
-        .with_faults(faults.clone()),
+        .with_faults(faults.clone())
+        .with_events(events.clone()),
     );
     let presence = Arc::new(Presence::new(Duration::from_secs(config.auth.resume_ttl_s)));
-    let web = Arc::new(crate::http::Deps {
-        config: config.clone(),
-        rooms: rooms.clone(),
-        dispatcher: dispatcher.clone(),
-        presence: presence.clone(),
+    let bans = Arc::new(Bans::default());
+    load_bans(&persister.handle(), &bans).await;
+    let life = Arc::new(Life::default());
+    let web = Arc::new(crate::http::Deps::new(
+        config.clone(),
+        rooms.clone(),
+        dispatcher.clone(),
+        presence.clone(),
         tasks,
-        faults: faults.clone(),
-        tls: tls.http.clone(),
-        // The cluster wires its hub in here; a shard alone has none.
-        peers: None,
-    });
+        faults.clone(),
+        tls.http.clone(),
+        shard_id,
+        life.clone(),
+        events.clone(),
+        bans.clone(),
+        persister.handle(),
+    ));
     let shared = Arc::new(session::Deps {
         auth: Auth::new(&config.auth),
         limits: config.welcome_limits(),
@@ -216,6 +232,7 @@ async fn run(
         presence,
         persister: persister.handle(),
         faults,
+        bans,
         config,
     });
 
@@ -239,13 +256,26 @@ async fn run(
                 move || gateway.clone().run(listener.clone(), stop_rx.clone())
             })),
         );
-    let http_task = actix::spawn(
-        supervisor.supervise(Child::new("http", Restart::Permanent, {
-            let (web, stop_rx) = (web.clone(), stop_rx.clone());
-            let ws_addr = addrs.0;
-            move || crate::http::serve(http.clone(), web.clone(), ws_addr, stop_rx.clone())
-        })),
+    // The HTTP server has a stop signal of its own, sent once the sessions
+    // are closed: while they close, `/healthz/ready` answers 503 (the load
+    // balancer sends no one new) and `/metrics` still answers.
+    let (http_stop_tx, http_stop_rx) = watch::channel(false);
+    let http_supervisor = Supervisor::new(
+        &web.tasks,
+        supervise::Settings {
+            shutdown: ms(shared.config.server.shutdown_grace_ms),
+            ..supervise::Settings::from_config(&shared.config.supervision)
+        },
+        http_stop_rx.clone(),
     );
+    let http_task =
+        actix::spawn(
+            http_supervisor.supervise(Child::new("http", Restart::Permanent, {
+                let (web, stop_rx) = (web.clone(), http_stop_rx.clone());
+                let ws_addr = addrs.0;
+                move || crate::http::serve(http.clone(), web.clone(), ws_addr, stop_rx.clone())
+            })),
+        );
     let sampler = actix::spawn(
         supervisor.supervise(Child::new("sampler", Restart::Permanent, {
             let (shared, stop_rx) = (shared.clone(), stop_rx.clone());
@@ -269,9 +299,21 @@ async fn run(
         room_arbiters = room_arbiters.len(),
         "shard started"
     );
+    life.set(ShardState::Ready);
+    events.record(NewEvent::plain(
+        EventKind::ShardStarted,
+        addrs.1.to_string(),
+        format!("version {}", env!("CARGO_PKG_VERSION")),
+    ));
     let _ = ready.send(Ok(addrs));
 
     let _ = stop_rx.wait_for(|stop| *stop).await;
+    life.set(ShardState::Stopping);
+    events.record(NewEvent::plain(
+        EventKind::ShardStopping,
+        addrs.1.to_string(),
+        "shutting down",
+    ));
     tracing::info!("shutting down: no new connections");
     let _ = gateway_task.await;
     let report = web.announce("server shutting down");
@@ -291,6 +333,7 @@ async fn run(
             "sessions still open after the grace period"
         ),
     }
+    let _ = http_stop_tx.send(true);
     let _ = http_task.await;
     let _ = sampler.await;
     let _ = watchdog.await;
@@ -310,17 +353,37 @@ async fn run(
     tracing::info!("shard stopped");
 }
 
-/// Once a second: the dispatcher's queue depths, and expired seats.
+/// Once a second: the dispatcher's queue depths and rates, expired seats,
+/// and the stored bans until they could be read once.
 async fn sample(shared: Arc<session::Deps>, mut stop_rx: watch::Receiver<bool>) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = stop_rx.wait_for(|s| *s) => break,
             _ = every.tick() => {
-                shared.dispatcher.sample();
+                shared.dispatcher.sample(1.0);
                 shared.presence.prune();
             }
         }
+        // Outside the select: its branches hold the stop signal's guard.
+        if !shared.bans.loaded() {
+            load_bans(&shared.persister, &shared.bans).await;
+        }
+    }
+}
+
+/// Read the stored bans into the table in force; a store that does not
+/// answer yet is tried again by the sampler.
+async fn load_bans(persister: &PersisterHandle, bans: &Bans) {
+    match persister
+        .admin_call(|store| async move { store.load_bans().await })
+        .await
+    {
+        Ok(list) => {
+            tracing::info!(bans = list.len(), "bans loaded");
+            bans.load(list);
+        }
+        Err(err) => tracing::warn!(error = %err, "bans not loaded yet; retrying"),
     }
 }
 

@@ -76,6 +76,7 @@ conformance!(
     stale_player_writes_are_skipped,
     a_late_batch_never_replaces_newer_state,
     the_ledgers_are_pruned_after_the_retention,
+    bans_and_the_audit_trail,
 );
 
 fn state(map: &str, x: f32) -> PlayerState {
@@ -152,6 +153,7 @@ fn now_ms() -> i64 {
 }
 
 mod cases {
+    pub use super::admin_docs::*;
     pub use super::exactness::*;
     use super::*;
 
@@ -1423,5 +1425,99 @@ mod mongodb_only {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as i64
+    }
+}
+
+mod admin_docs {
+    use super::*;
+    use protocol::admin::{Ban, Event, EventKind};
+
+    fn audit_row(shard: &str, seq: u64, at_ms: u64, action: &str) -> Event {
+        Event {
+            seq,
+            at_ms,
+            shard: shard.into(),
+            kind: EventKind::AdminAction,
+            subject: "ada".into(),
+            detail: "kicked".into(),
+            actor: Some("alice".into()),
+            action: Some(action.into()),
+            result: Some("ok".into()),
+        }
+    }
+
+    /// Bans go in, are replaced, come out and are lifted; audit rows are
+    /// appended once per event (a retried append writes one row) and read
+    /// back newest-last, through a fresh handle.
+    pub async fn bans_and_the_audit_trail(mut fx: Fixture) {
+        let p = fx.persister(fx.config()).await;
+        let h = p.handle();
+        let forever = Ban {
+            player: "ada".into(),
+            reason: "griefing".into(),
+            by: "alice".into(),
+            at_ms: 1_700_000_000_000,
+            until_ms: None,
+        };
+        let timed = Ban {
+            player: "bob".into(),
+            reason: "spam".into(),
+            by: "alice".into(),
+            at_ms: 1_700_000_000_000,
+            until_ms: Some(1_700_000_600_000),
+        };
+        for ban in [forever.clone(), timed.clone()] {
+            h.admin_call(move |s| async move { s.put_ban(ban).await })
+                .await
+                .unwrap();
+        }
+        // Replacing a ban keeps one document per player.
+        let longer = Ban {
+            until_ms: Some(1_800_000_000_000),
+            ..timed.clone()
+        };
+        let put = longer.clone();
+        h.admin_call(move |s| async move { s.put_ban(put).await })
+            .await
+            .unwrap();
+        let rows = [
+            audit_row("s1", 1, 1_000, "kick"),
+            audit_row("s1", 2, 2_000, "ban"),
+            audit_row("s2", 1, 1_500, "unban"),
+        ];
+        for row in rows.iter().cloned().chain([rows[1].clone()]) {
+            h.admin_call(move |s| async move { s.append_audit(row).await })
+                .await
+                .unwrap();
+        }
+
+        let fresh = fx.fresh().await;
+        let mut bans = fresh.load_bans().await.unwrap();
+        bans.sort_by(|a, b| a.player.cmp(&b.player));
+        assert_eq!(bans, vec![forever.clone(), longer]);
+        let audit = fresh.load_audit(10).await.unwrap();
+        assert_eq!(
+            audit,
+            vec![rows[0].clone(), rows[2].clone(), rows[1].clone()],
+            "one row per event, oldest first"
+        );
+        assert_eq!(
+            fresh.load_audit(1).await.unwrap(),
+            vec![rows[1].clone()],
+            "the newest when limited"
+        );
+
+        let lifted = h
+            .admin_call(|s| async move { s.delete_ban("bob".into()).await })
+            .await
+            .unwrap();
+        assert!(lifted);
+        let again = h
+            .admin_call(|s| async move { s.delete_ban("bob".into()).await })
+            .await
+            .unwrap();
+        assert!(!again, "nothing left to lift");
+        let fresh = fx.fresh().await;
+        assert_eq!(fresh.load_bans().await.unwrap(), vec![forever]);
     }
 }

@@ -39,7 +39,7 @@ mod world;
 #[cfg(test)]
 mod tests;
 
-pub use access::{AdminConfig, AuthConfig, AuthMode, LimitsConfig};
+pub use access::{AdminConfig, AdminToken, AuthConfig, AuthMode, LimitsConfig, ADMIN_TOKEN_NAME};
 pub use listeners::{IpNet, ServerConfig, TlsConfig, TlsFiles};
 pub use log::{LogConfig, LogFormat};
 pub use store::{Backend, EmbeddedConfig, MongoConfig, StoreConfig, MIN_LEDGER_RETENTION_MS};

@@ -85,6 +85,7 @@ impl Room {
             match effect {
                 Effect::Store(write) => {
                     let doc = self.ground_published();
+                    self.slot.mark(&self.slot.saved_ms, &self.supervisor);
                     match write {
                         Write::Behind => self.supervisor.persister().room_state(doc),
                         Write::Secure => {

@@ -95,6 +95,7 @@ pub use crate::config::{
 };
 use futures_util::future::BoxFuture;
 use mongodb::bson::Document;
+use protocol::admin::{Ban, Event};
 
 pub use model::{
     Adjust, Bundle, DecodeError, DurableAck, DurableOp, GroundItem, Inventory, OpRecord, OpState,
@@ -261,6 +262,23 @@ pub trait Store: Send + Sync + 'static {
     /// Write a document exactly as given, bypassing the model: for imports,
     /// tools and tests (old schema versions, damaged documents).
     fn put_raw(&self, collection: &'static str, doc: Document) -> StoreFuture<'_, ()>;
+
+    /// Put (or replace) a player's ban (`bans`).
+    fn put_ban(&self, ban: Ban) -> StoreFuture<'_, ()>;
+
+    /// Lift a player's ban; whether there was one.
+    fn delete_ban(&self, player: String) -> StoreFuture<'_, bool>;
+
+    /// Every readable ban (expired ones too: the reader judges); bad
+    /// documents are reported and skipped.
+    fn load_bans(&self) -> StoreFuture<'_, Vec<Ban>>;
+
+    /// Append an admin action to the audit trail (`audit`). Idempotent by
+    /// the event's shard and sequence number.
+    fn append_audit(&self, event: Event) -> StoreFuture<'_, ()>;
+
+    /// The newest `limit` audit rows, oldest first.
+    fn load_audit(&self, limit: usize) -> StoreFuture<'_, Vec<Event>>;
 }
 
 /// Open the configured backend. The embedded store opens (or fails, e.g.

@@ -590,4 +590,44 @@ impl Store for FaultStore {
         }
         .boxed()
     }
+
+    fn put_ban(&self, ban: protocol::admin::Ban) -> StoreFuture<'_, ()> {
+        async move {
+            self.gate().await?;
+            self.inner.put_ban(ban).await
+        }
+        .boxed()
+    }
+
+    fn delete_ban(&self, player: String) -> StoreFuture<'_, bool> {
+        async move {
+            self.gate().await?;
+            self.inner.delete_ban(player).await
+        }
+        .boxed()
+    }
+
+    fn load_bans(&self) -> StoreFuture<'_, Vec<protocol::admin::Ban>> {
+        async move {
+            self.gate().await?;
+            self.inner.load_bans().await
+        }
+        .boxed()
+    }
+
+    fn append_audit(&self, event: protocol::admin::Event) -> StoreFuture<'_, ()> {
+        async move {
+            self.gate().await?;
+            self.inner.append_audit(event).await
+        }
+        .boxed()
+    }
+
+    fn load_audit(&self, limit: usize) -> StoreFuture<'_, Vec<protocol::admin::Event>> {
+        async move {
+            self.gate().await?;
+            self.inner.load_audit(limit).await
+        }
+        .boxed()
+    }
 }

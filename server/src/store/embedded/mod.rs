@@ -19,8 +19,9 @@
 //!
 //! Layout: this file opens the database and implements [`Store`];
 //! `ledger.rs` holds the durable ops (adjustments, trades) and the ledger
-//! pruning.
+//! pruning; `admin.rs` bans and the audit trail.
 
+mod admin;
 mod ledger;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use mongodb::bson::{Bson, Document};
+use protocol::admin::{Ban, Event};
 use redb::{
     ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
     Table, TableDefinition, WriteTransaction,
@@ -147,7 +149,14 @@ impl EmbeddedStore {
             .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
         // Create the tables, so that readers never meet a missing one.
         let txn = db.begin_write().map_err(backend)?;
-        for table in [PLAYERS_T, ROOMS_T, TRADES_T, OPS_T] {
+        for table in [
+            PLAYERS_T,
+            ROOMS_T,
+            TRADES_T,
+            OPS_T,
+            admin::BANS_T,
+            admin::AUDIT_T,
+        ] {
             txn.open_table(table).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
@@ -430,6 +439,8 @@ impl Store for EmbeddedStore {
                 ROOMS => ROOMS_T,
                 TRADES => TRADES_T,
                 OPS => OPS_T,
+                model::BANS => admin::BANS_T,
+                model::AUDIT => admin::AUDIT_T,
                 other => return Err(StoreError::Backend(format!("no collection {other:?}"))),
             };
             let id = match doc.get("_id") {
@@ -443,5 +454,25 @@ impl Store for EmbeddedStore {
             }
             txn.commit().map_err(backend)
         })
+    }
+
+    fn put_ban(&self, ban: Ban) -> StoreFuture<'_, ()> {
+        self.run(move |db| admin::put_ban(db, ban))
+    }
+
+    fn delete_ban(&self, player: String) -> StoreFuture<'_, bool> {
+        self.run(move |db| admin::delete_ban(db, player))
+    }
+
+    fn load_bans(&self) -> StoreFuture<'_, Vec<Ban>> {
+        self.run(admin::load_bans)
+    }
+
+    fn append_audit(&self, event: Event) -> StoreFuture<'_, ()> {
+        self.run(move |db| admin::append_audit(db, event))
+    }
+
+    fn load_audit(&self, limit: usize) -> StoreFuture<'_, Vec<Event>> {
+        self.run(move |db| admin::load_audit(db, limit))
     }
 }

@@ -33,6 +33,7 @@
 //! - `ops.rs`: adjustments through the op ledger, and their recovery.
 //! - `trade.rs`: the two-phase trade over the trade ledger, and its
 //!   recovery.
+//! - `admin.rs`: bans and the audit trail.
 
 use std::time::Duration;
 
@@ -42,7 +43,9 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
 use mongodb::options::ReturnDocument;
 use mongodb::{Client, Collection, Database};
+use protocol::admin::{Ban, Event};
 
+mod admin;
 mod connect;
 mod ops;
 mod trade;
@@ -522,5 +525,25 @@ impl Store for MongoStore {
                 .map_err(classify)
         }
         .boxed()
+    }
+
+    fn put_ban(&self, ban: Ban) -> StoreFuture<'_, ()> {
+        self.put_ban_doc(ban).boxed()
+    }
+
+    fn delete_ban(&self, player: String) -> StoreFuture<'_, bool> {
+        self.delete_ban_doc(player).boxed()
+    }
+
+    fn load_bans(&self) -> StoreFuture<'_, Vec<Ban>> {
+        self.load_ban_docs().boxed()
+    }
+
+    fn append_audit(&self, event: Event) -> StoreFuture<'_, ()> {
+        self.append_audit_doc(event).boxed()
+    }
+
+    fn load_audit(&self, limit: usize) -> StoreFuture<'_, Vec<Event>> {
+        self.load_audit_docs(limit).boxed()
     }
 }

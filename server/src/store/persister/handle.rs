@@ -383,6 +383,26 @@ impl PersisterHandle {
         }
     }
 
+    /// An operator's store call (bans, the audit trail), run on the store
+    /// runtime under the durable rules: timeout, health, fail fast while
+    /// the store is down.
+    pub fn admin_call<T, F, Fut>(
+        &self,
+        f: F,
+    ) -> impl Future<Output = Result<T, DurableError>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<dyn Store>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        async move {
+            inner
+                .call(move |store| async move { f(store).await.map_err(OpError::Store) })
+                .await
+        }
+    }
+
     /// Whether the store answers (durable ops are attempted).
     pub fn healthy(&self) -> bool {
         self.inner.health.healthy()
