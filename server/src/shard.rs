@@ -11,6 +11,9 @@
 //! ├─ extra room Arbiter × 0..supervision.max_extra_arbiters: started by the
 //! │                  watchdog while every room thread is blocked, retired
 //! │                  when one answers again (see [`crate::room::supervisor`])
+//! ├─ in cluster mode: the "directory" task (its own supervisor and stop
+//! │                  signal, so it renews leases until the rooms' state is
+//! │                  flushed; then the shard leaves the cluster)
 //! └─ shared state, handed to each part as the narrow handle it needs
 //!    ([`session::Deps`] to the gateway and its sessions, [`crate::http::Deps`] to
 //!    the HTTP server): Config, Auth, RoomSupervisor, Dispatcher, the
@@ -40,6 +43,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::auth::Auth;
+use crate::cluster::{
+    run_agent, Directory, DirectorySettings, LoadSource, ShardId, ShardLoad, ShardRecord,
+    ShardState,
+};
 use crate::config::{ms, Config};
 use crate::dispatcher::Dispatcher;
 use crate::gateway::Gateway;
@@ -54,6 +61,8 @@ use crate::supervise::{self, Child, FaultPoints, Restart, Supervisor, Tasks};
 pub struct ShardHandle {
     pub ws_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// In cluster mode: this shard's id and its directory handle.
+    pub cluster: Option<Directory>,
     stop_tx: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -116,12 +125,17 @@ pub fn start(config: Config) -> anyhow::Result<ShardHandle> {
             system.block_on(run(config, tls, persister, tasks, ready_tx, stop_rx));
         })
         .context("spawning the shard thread")?;
-    let (ws_addr, http_addr) = ready_rx
+    let Bound {
+        ws: ws_addr,
+        http: http_addr,
+        cluster,
+    } = ready_rx
         .recv()
         .context("the shard stopped while starting")??;
     Ok(ShardHandle {
         ws_addr,
         http_addr,
+        cluster,
         stop_tx,
         thread: Some(thread),
     })
@@ -130,7 +144,14 @@ pub fn start(config: Config) -> anyhow::Result<ShardHandle> {
 /// How long start waits for the embedded store to be ready.
 const EMBEDDED_READY_WAIT: Duration = Duration::from_secs(5);
 
-type Ready = std::sync::mpsc::Sender<anyhow::Result<(SocketAddr, SocketAddr)>>;
+/// What `start` learns once the shard is up.
+struct Bound {
+    ws: SocketAddr,
+    http: SocketAddr,
+    cluster: Option<Directory>,
+}
+
+type Ready = std::sync::mpsc::Sender<anyhow::Result<Bound>>;
 
 async fn run(
     config: Config,
@@ -177,6 +198,20 @@ async fn run(
         }
     };
 
+    // In cluster mode, the directory handle (connecting lazily: a Redis
+    // that is down now is retried by its task, not fatal).
+    let directory = if config.cluster.enabled() {
+        match join_cluster(&config, addrs) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        }
+    } else {
+        None
+    };
+
     // Sessions and rooms live on separate Arbiters, so a room stuck in a
     // handler stalls only rooms, which the watchdog moves away.
     let workers: Vec<Arbiter> = (0..config.workers()).map(|_| Arbiter::new()).collect();
@@ -205,6 +240,7 @@ async fn run(
         tasks,
         faults: faults.clone(),
         tls: tls.http.clone(),
+        directory: directory.clone(),
     });
     let shared = Arc::new(session::Deps {
         auth: Auth::new(&config.auth),
@@ -214,6 +250,7 @@ async fn run(
         presence,
         persister: persister.handle(),
         faults,
+        directory: directory.clone(),
         config,
     });
 
@@ -260,6 +297,45 @@ async fn run(
                 move || watch_rooms(rooms.clone(), every, stop_rx.clone())
             })),
         );
+    // The directory task has a stop signal of its own: it keeps renewing
+    // the leases until the rooms have stopped and their state is flushed,
+    // so no other shard takes a room this one is still writing.
+    let (cluster_stop_tx, cluster_stop_rx) = watch::channel(false);
+    let cluster_task = directory.as_ref().map(|dir| {
+        let supervisor = Supervisor::new(
+            &web.tasks,
+            supervise::Settings::from_config(&shared.config.supervision),
+            cluster_stop_rx.clone(),
+        );
+        let record = ShardRecord {
+            ws_addr: advertised(&shared.config, addrs.0),
+            http_addr: advertised(&shared.config, addrs.1),
+            peer_addr: advertised(&shared.config, shared.config.cluster.peer_addr),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: crate::cluster::directory::unix_ms(),
+        };
+        let load: LoadSource = {
+            let shared = shared.clone();
+            Arc::new(move || ShardLoad {
+                sessions: shared.presence.session_count() as u64,
+                rooms: shared.rooms.running() as u64,
+                cpu: 0.0,
+            })
+        };
+        let (dir, stop_rx) = (dir.clone(), cluster_stop_rx.clone());
+        actix::spawn(
+            supervisor.supervise(Child::new("directory", Restart::Permanent, move || {
+                run_agent(dir.clone(), record.clone(), load.clone(), stop_rx.clone())
+            })),
+        )
+    });
+    if let Some(dir) = &directory {
+        // Listening: placeable from now on (remembered, and written by the
+        // next heartbeat if Redis does not answer now).
+        if let Err(e) = dir.set_state(ShardState::Ready).await {
+            tracing::warn!(error = %e, "cluster: marking the shard ready; the heartbeat will");
+        }
+    }
     tracing::info!(
         ws = %addrs.0,
         http = %addrs.1,
@@ -267,10 +343,18 @@ async fn run(
         room_arbiters = room_arbiters.len(),
         "shard started"
     );
-    let _ = ready.send(Ok(addrs));
+    let _ = ready.send(Ok(Bound {
+        ws: addrs.0,
+        http: addrs.1,
+        cluster: directory.clone(),
+    }));
 
     let _ = stop_rx.wait_for(|stop| *stop).await;
     tracing::info!("shutting down: no new connections");
+    if let Some(dir) = &directory {
+        // No new rooms placed here from now on.
+        let _ = dir.set_state(ShardState::Draining).await;
+    }
     let _ = gateway_task.await;
     let report = web.announce("server shutting down");
     tracing::info!(delivered = report.delivered, "shutdown announced");
@@ -305,7 +389,35 @@ async fn run(
     } else {
         tracing::info!(?report, "store flushed");
     }
+    if let Some(dir) = &directory {
+        let _ = cluster_stop_tx.send(true);
+        if let Some(task) = cluster_task {
+            let _ = task.await;
+        }
+        crate::cluster::leave(dir, ms(shared.config.cluster.redis_wait_ms)).await;
+    }
     tracing::info!("shard stopped");
+}
+
+/// The directory handle of this shard, named by `cluster.shard_id` or by
+/// the host and the ports bound.
+fn join_cluster(
+    config: &Config,
+    (ws, http): (SocketAddr, SocketAddr),
+) -> anyhow::Result<Directory> {
+    let id = config.shard_id_bound(ws.port(), http.port());
+    let id = ShardId::new(&id).map_err(|e| anyhow::anyhow!("cluster.shard_id: {e}"))?;
+    Directory::new(DirectorySettings::from_config(config), id).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// `addr` as other shards should dial it: with `cluster.advertise_host`
+/// in place of the bound IP when set.
+fn advertised(config: &Config, addr: SocketAddr) -> String {
+    if config.cluster.advertise_host.is_empty() {
+        addr.to_string()
+    } else {
+        format!("{}:{}", config.cluster.advertise_host, addr.port())
+    }
 }
 
 /// Once a second: the dispatcher's queue depths, and expired seats.

@@ -72,6 +72,8 @@ pub struct Deps {
     pub faults: FaultPoints,
     /// TLS on the HTTP listener, when `[tls]` configures it.
     pub tls: Option<TlsAcceptor>,
+    /// The cluster directory, in cluster mode.
+    pub directory: Option<crate::cluster::Directory>,
 }
 
 impl Deps {

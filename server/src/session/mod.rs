@@ -91,6 +91,9 @@ pub struct Deps {
     pub persister: PersisterHandle,
     /// Fault points armed through the admin API.
     pub faults: FaultPoints,
+    /// The cluster directory, in cluster mode (not used by sessions yet:
+    /// placement on join and remote rooms plug in here).
+    pub directory: Option<crate::cluster::Directory>,
 }
 
 /// Messages a session may queue from the server side (announcements, room
