@@ -25,6 +25,7 @@ impl Ground {
             .collect();
         match restored {
             Some(g) if g.loaded => {
+                self.owner_epoch = g.owner_epoch;
                 self.install(
                     g.rev,
                     g.next_item,
@@ -67,6 +68,7 @@ impl Ground {
             }
         };
         let doc = doc.unwrap_or_else(|| RoomState::new(label));
+        self.owner_epoch = doc.owner_epoch;
         self.install(doc.rev, doc.next_item, &doc.epoch, doc.items, doc.pending);
         let mut effects = vec![Effect::Loaded {
             items: self.items.len(),
@@ -153,6 +155,7 @@ impl Ground {
             rev: self.rev,
             next_item: self.next_item,
             epoch: self.epoch.clone(),
+            owner_epoch: self.owner_epoch,
             items: self.items.values().cloned().collect(),
             pending: self.pending.values().map(|p| p.stored()).collect(),
             ..RoomState::new(label)
