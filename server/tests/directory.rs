@@ -40,6 +40,17 @@ fn shard(redis: &RedisServer, prefix: &str, id: &str) -> Directory {
     Directory::new(settings(redis, prefix), ShardId::new(id).unwrap()).unwrap()
 }
 
+/// A shard whose leases outlive any pause of a loaded test machine, for
+/// checks that must not race a lease's expiry.
+fn patient_shard(redis: &RedisServer, prefix: &str, id: &str) -> Directory {
+    let settings = DirectorySettings {
+        lease: Duration::from_secs(60),
+        shard_ttl: Duration::from_secs(60),
+        ..settings(redis, prefix)
+    };
+    Directory::new(settings, ShardId::new(id).unwrap()).unwrap()
+}
+
 fn record(id: &str) -> ShardRecord {
     ShardRecord {
         ws_addr: format!("127.0.0.1:1{id}"),
@@ -101,7 +112,10 @@ fn agent(dir: &Directory, id: &str) -> watch::Sender<bool> {
 #[tokio::test]
 async fn two_shards_contend_for_a_lease_and_exactly_one_wins() {
     let redis = RedisServer::start();
-    let (a, b) = (shard(&redis, "t1", "a"), shard(&redis, "t1", "b"));
+    let (a, b) = (
+        patient_shard(&redis, "t1", "a"),
+        patient_shard(&redis, "t1", "b"),
+    );
     let r = room("lobby");
     for round in 0..20 {
         let r = RoomId::new(format!("m{round}"), 1);
@@ -127,11 +141,15 @@ async fn two_shards_contend_for_a_lease_and_exactly_one_wins() {
 #[tokio::test]
 async fn the_epoch_rises_on_every_owner_change_and_non_owners_cannot_renew_or_release() {
     let redis = RedisServer::start();
-    let (a, b) = (shard(&redis, "t2", "a"), shard(&redis, "t2", "b"));
+    let a = shard(&redis, "t2", "a");
+    let (pa, pb) = (
+        patient_shard(&redis, "t2", "a"),
+        patient_shard(&redis, "t2", "b"),
+    );
     let r = room("arena");
     let mut last = 0;
     for i in 0..6 {
-        let (owner, other) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let (owner, other) = if i % 2 == 0 { (&pa, &pb) } else { (&pb, &pa) };
         let lease = owner.acquire_room(&r, 0).await.unwrap();
         assert!(lease.epoch > last, "epoch {} after {last}", lease.epoch);
         last = lease.epoch;
@@ -154,7 +172,7 @@ async fn the_epoch_rises_on_every_owner_change_and_non_owners_cannot_renew_or_re
         a.owner(&r).await.unwrap().is_none()
     })
     .await;
-    let new = b.acquire_room(&r, 0).await.unwrap();
+    let new = pb.acquire_room(&r, 0).await.unwrap();
     assert_eq!(new.epoch, old.epoch + 1);
     let report = a.renew_all().await.unwrap();
     assert_eq!(report.lost, vec![(r.clone(), old.epoch)]);
@@ -164,11 +182,11 @@ async fn the_epoch_rises_on_every_owner_change_and_non_owners_cannot_renew_or_re
         Err(DirectoryError::NotOwner { .. })
     ));
     assert_eq!(
-        b.owner(&r).await.unwrap(),
-        Some((b.shard().clone(), new.epoch))
+        pb.owner(&r).await.unwrap(),
+        Some((pb.shard().clone(), new.epoch))
     );
     // b's own renewal keeps it.
-    let report = b.renew_all().await.unwrap();
+    let report = pb.renew_all().await.unwrap();
     assert_eq!(report.renewed, vec![r.clone()]);
 }
 
@@ -237,7 +255,7 @@ async fn placement_picks_only_alive_ready_shards() {
     let redis = RedisServer::start();
     let dirs: Vec<Directory> = ["a", "b", "c"]
         .iter()
-        .map(|id| shard(&redis, "t4", id))
+        .map(|id| patient_shard(&redis, "t4", id))
         .collect();
     let rooms: Vec<RoomId> = (1..=60).map(|i| RoomId::new("plains", i)).collect();
     // Registered but starting: nobody to place on.
@@ -282,7 +300,10 @@ async fn placement_picks_only_alive_ready_shards() {
 #[tokio::test]
 async fn a_player_claim_returns_the_previous_holder() {
     let redis = RedisServer::start();
-    let (a, b) = (shard(&redis, "t5", "a"), shard(&redis, "t5", "b"));
+    let (a, b) = (
+        patient_shard(&redis, "t5", "a"),
+        patient_shard(&redis, "t5", "b"),
+    );
     assert_eq!(a.claim_player("p1", "s1").await.unwrap(), None);
     assert!(a.update_player("p1", "s1", "lobby", "tok1").await.unwrap());
     let prev = b.claim_player("p1", "s2").await.unwrap().unwrap();
@@ -444,10 +465,14 @@ fn a_shard_started_in_cluster_mode_prints_its_id_and_registers() {
             })
         })
         .await;
-        let events = dir.events_tail(10).await.unwrap();
-        assert!(events
-            .iter()
-            .any(|e| e.kind == EventKind::ShardUp && e.subject == "bin-1"));
+        eventually("shard_up is in the events stream", || async {
+            dir.events_tail(10)
+                .await
+                .unwrap_or_default()
+                .iter()
+                .any(|e| e.kind == EventKind::ShardUp && e.subject == "bin-1")
+        })
+        .await;
         // SIGTERM: it leaves the cluster (dead at once, shard_down).
         let _ = Command::new("kill")
             .args(["-TERM", &child.0.id().to_string()])
@@ -460,10 +485,47 @@ fn a_shard_started_in_cluster_mode_prints_its_id_and_registers() {
                 .any(|s| s.id.as_str() == "bin-1" && !s.alive)
         })
         .await;
-        let events = dir.events_tail(10).await.unwrap();
-        assert!(events
-            .iter()
-            .any(|e| e.kind == EventKind::ShardDown && e.subject == "bin-1"));
+        eventually("shard_down is in the events stream", || async {
+            dir.events_tail(10)
+                .await
+                .unwrap_or_default()
+                .iter()
+                .any(|e| e.kind == EventKind::ShardDown && e.subject == "bin-1")
+        })
+        .await;
     });
     let _ = child.0.wait();
+}
+
+#[tokio::test]
+async fn the_task_reports_a_lease_another_shard_took_as_lost() {
+    let redis = RedisServer::start();
+    let a = shard(&redis, "t9", "a");
+    let mut notices = a.notices();
+    let stop_a = agent(&a, "a");
+    let r = room("plains");
+    let lease = a.acquire_room(&r, 0).await.unwrap();
+    // As after an outage in which Redis lost the lease and shard b took
+    // the room at a later epoch before a could re-assert it.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("t9:room:plains")
+        .arg(format!("b:{}", lease.epoch + 1))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    notice(
+        &mut notices,
+        |n| matches!(n, LeaseNotice::Lost { room, epoch } if *room == r && *epoch == lease.epoch),
+    )
+    .await;
+    assert!(a.held().is_empty());
+    assert!(a.rooms_of(a.shard()).await.unwrap().is_empty());
+    // b's lease is left alone.
+    assert_eq!(
+        a.owner(&r).await.unwrap(),
+        Some((ShardId::new("b").unwrap(), lease.epoch + 1))
+    );
+    stop_a.send(true).unwrap();
 }

@@ -87,10 +87,18 @@ impl Directory {
         })
     }
 
-    /// Give `room` up: its lease is deleted if it is still ours. Forgotten
-    /// locally either way. `NotOwner` if another shard held it.
+    /// Give `room` up: its lease is deleted if it is still ours, and this
+    /// shard stops renewing it at once (so when Redis does not answer, the
+    /// lease still ends, at its expiry). `NotOwner` if this shard did not
+    /// hold it, or another shard did by then.
     pub async fn release_room(&self, room: &RoomId) -> Result<()> {
-        let Some(epoch) = self.inner.held.lock().get(room).map(|h| h.epoch) else {
+        let epoch = {
+            let mut held = self.inner.held.lock();
+            let epoch = held.remove(room).map(|h| h.epoch);
+            self.held_changed(&held);
+            epoch
+        };
+        let Some(epoch) = epoch else {
             return Err(DirectoryError::NotOwner {
                 room: room.clone(),
                 shard: self.shard().clone(),
@@ -103,9 +111,6 @@ impl Directory {
         let mut script = RELEASE.prepare_invoke();
         script.key(lease_key).key(set).arg(mine).arg(name);
         let released: i64 = self.run("release_room", &script).await?;
-        let mut held = self.inner.held.lock();
-        held.remove(room);
-        self.held_changed(&held);
         if released == 1 {
             Ok(())
         } else {
