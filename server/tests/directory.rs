@@ -2,6 +2,7 @@
 //! epochs, shards alive and dead, placement, players, the events stream,
 //! and a Redis that goes away and comes back empty.
 
+mod common;
 mod redis_support;
 
 use std::collections::BTreeSet;
@@ -528,4 +529,46 @@ async fn the_task_reports_a_lease_another_shard_took_as_lost() {
         Some((ShardId::new("b").unwrap(), lease.epoch + 1))
     );
     stop_a.send(true).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_starts_while_redis_is_down_and_registers_when_it_returns() {
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let mut config = common::test_config();
+    config.cluster.redis = redis.url();
+    config.cluster.secret = "s".repeat(32);
+    config.cluster.key_prefix = "t10".into();
+    config.cluster.shard_id = "down-at-start".into();
+    let shard = tokio::task::spawn_blocking(move || common::start(config))
+        .await
+        .unwrap();
+    let dir = shard
+        .cluster
+        .clone()
+        .expect("cluster mode gives a directory");
+    assert_eq!(dir.shard().as_str(), "down-at-start");
+    // Playing does not need Redis.
+    let (mut client, _) = common::Client::joined(shard.ws_addr, "ann", "test").await;
+    client.chat("hello").await;
+    redis.restart();
+    let observer = shard_of(&redis, "t10");
+    eventually("the shard registered once Redis came", || async {
+        observer.shards().await.unwrap_or_default().iter().any(|s| {
+            s.id.as_str() == "down-at-start"
+                    && s.alive
+                    && s.state == ShardState::Ready
+                    // The heartbeat reports the player and its room.
+                    && s.load.sessions >= 1
+                    && s.load.rooms >= 1
+        })
+    })
+    .await;
+    tokio::task::spawn_blocking(move || drop(shard))
+        .await
+        .unwrap();
+}
+
+fn shard_of(redis: &RedisServer, prefix: &str) -> Directory {
+    shard(redis, prefix, "observer")
 }

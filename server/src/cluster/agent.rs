@@ -80,6 +80,10 @@ async fn renew_round(dir: &Directory, margin: Duration, health: &mut Health) {
         tracing::warn!(%room, epoch, "room lease not renewed before its deadline");
         dir.notify(LeaseNotice::Expiring { room, epoch });
     }
+    if dir.held().is_empty() {
+        // Nothing to renew, nothing learnt about Redis.
+        return;
+    }
     match dir.renew_all().await {
         Ok(report) => {
             health.observe("renew", None);

@@ -227,6 +227,21 @@ mod tests {
     }
 
     #[test]
+    fn the_owner_epoch_of_the_loaded_document_is_kept_through_writes_and_restarts() {
+        let mut g = Ground::new();
+        let doc = RoomState {
+            owner_epoch: 7,
+            ..RoomState::new("hall")
+        };
+        g.on_loaded(Ok(Some(doc)), "hall");
+        assert_eq!(g.document("hall").owner_epoch, 7);
+        let mut restarted = Ground::new();
+        restarted.start(&[], Instant::now(), Some(&g.snapshot()));
+        assert_eq!(restarted.owner_epoch(), 7);
+        assert_eq!(restarted.document("hall").owner_epoch, 7);
+    }
+
+    #[test]
     fn a_restored_ground_with_pick_ups_is_written_through_before_they_are_redriven() {
         let mut source = Ground::new();
         source.install(
