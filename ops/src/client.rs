@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use protocol::admin::{
     ActionReply, AnnounceReply, AnnounceRequest, BanRequest, DispatcherReply, ErrorReply,
-    EventsReply, Health, KickRequest, Peers, PlayersReply, RoomDetail, RoomsReply, ShardInfo, WhoAmI,
+    EventsReply, Health, KickRequest, Peers, PlayersReply, RoomDetail, RoomsReply, ShardInfo,
+    WhoAmI,
 };
 use serde::de::DeserializeOwned;
 

@@ -69,10 +69,14 @@ pub enum ErrorCode {
     /// may not have been applied. Retry with the same `req`; it is never
     /// applied twice.
     InDoubt = 5004,
+    /// Cluster mode: the cluster directory (Redis) did not answer within
+    /// the server's wait; the action (placing a room, a login that must
+    /// check where the player is) was not done. Retry after a moment.
+    DirectoryUnavailable = 5005,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::Malformed,
         ErrorCode::TextFrame,
         ErrorCode::IllegalState,
@@ -99,6 +103,7 @@ impl ErrorCode {
         ErrorCode::ServerBusy,
         ErrorCode::StoreUnavailable,
         ErrorCode::InDoubt,
+        ErrorCode::DirectoryUnavailable,
     ];
 
     pub fn as_u16(self) -> u16 {
@@ -140,6 +145,7 @@ impl ErrorCode {
             ErrorCode::ServerBusy => "server_busy",
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::InDoubt => "in_doubt",
+            ErrorCode::DirectoryUnavailable => "directory_unavailable",
         }
     }
 }

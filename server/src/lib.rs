@@ -37,6 +37,9 @@
 //! - [`supervise`]: the task supervisor that restarts the gateway, HTTP
 //!   server, sampler, watchdog and persister flusher; the whole supervision
 //!   tree is drawn there.
+//! - [`cluster`]: cluster mode: the directory in Redis (shards, room
+//!   leases with fencing epochs, players, events) and the shard's task that
+//!   heartbeats and renews its leases. Off unless `cluster.redis` is set.
 //! - [`store`]: persistence: the Store trait, its redb and MongoDB
 //!   backends, and the persister (write-behind and write-through).
 //!

@@ -123,6 +123,7 @@ impl Config {
             ));
         }
         self.store.validate(&mut errors);
+        self.cluster.validate(&mut errors);
         if self.economy.starter_currency < 0 {
             errors.push("economy.starter_currency must be 0 or more".into());
         }

@@ -117,6 +117,8 @@ pub struct Deps {
     /// The peer hub in cluster mode (`/admin/peers`); `None` for a shard
     /// that runs alone.
     pub peers: Option<PeerHub>,
+    /// The cluster directory, in cluster mode.
+    pub directory: Option<crate::cluster::Directory>,
 }
 
 impl Deps {
@@ -152,12 +154,19 @@ impl Deps {
             persister,
             rates: inspect::Rates::default(),
             peers: None,
+            directory: None,
         }
     }
 
+    /// The cluster directory (cluster mode).
+    pub fn with_directory(mut self, directory: Option<crate::cluster::Directory>) -> Deps {
+        self.directory = directory;
+        self
+    }
+
     /// The cluster's peer hub, shown by `GET /admin/peers`.
-    pub fn with_peers(mut self, hub: PeerHub) -> Deps {
-        self.peers = Some(hub);
+    pub fn with_peers(mut self, hub: Option<PeerHub>) -> Deps {
+        self.peers = hub;
         self
     }
 }

@@ -196,6 +196,7 @@ impl Session {
             currency: amount,
             items: Default::default(),
             progress: [(STARTER_MARK.to_string(), 1)].into(),
+            fence: None,
         });
         let player = identity.player_id.clone();
         let applied = self.deps.persister.durable(op);

@@ -94,6 +94,9 @@ pub struct Deps {
     pub faults: FaultPoints,
     /// Bans in force, checked at `hello`.
     pub bans: Arc<Bans>,
+    /// The cluster directory, in cluster mode (not used by sessions yet:
+    /// placement on join and remote rooms plug in here).
+    pub directory: Option<crate::cluster::Directory>,
 }
 
 /// Messages a session may queue from the server side (announcements, room

@@ -507,6 +507,14 @@ impl Store for FaultStore {
         .boxed()
     }
 
+    fn claim_room(&self, room: String, epoch: u64) -> StoreFuture<'_, u64> {
+        async move {
+            self.gate().await?;
+            self.inner.claim_room(room, epoch).await
+        }
+        .boxed()
+    }
+
     fn apply(&self, op: DurableOp) -> BoxFuture<'_, Result<DurableAck, OpError>> {
         async move {
             self.gate().await?;

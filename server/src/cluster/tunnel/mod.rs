@@ -302,6 +302,15 @@ impl PeerHub {
         rx
     }
 
+    /// Make sure a connection to `peer` exists or is being made (dialled
+    /// through the resolver, redialled with backoff), without opening a
+    /// stream: the cluster keeps its shards connected this way.
+    pub fn connect(&self, peer: &str) {
+        if peer != self.shard_id() {
+            let _ = peers::ensure_connector(&self.inner, peer);
+        }
+    }
+
     /// Open a stream to `peer` for `protocol`, dialling the peer first if
     /// there is no connection yet (reused afterwards).
     pub async fn open(&self, peer: &str, protocol: &str) -> Result<PeerStream, TunnelError> {

@@ -55,6 +55,9 @@ impl Store for PanickyStore {
     fn write_room(&self, room: RoomState) -> StoreFuture<'_, bool> {
         self.inner.write_room(room)
     }
+    fn claim_room(&self, room: String, epoch: u64) -> StoreFuture<'_, u64> {
+        self.inner.claim_room(room, epoch)
+    }
     fn load_room(&self, map: String) -> StoreFuture<'_, Option<RoomState>> {
         self.inner.load_room(map)
     }
