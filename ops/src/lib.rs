@@ -9,7 +9,10 @@
 //!   console share it.
 //! - [`console`]: `tessera-ops console`: the web page (embedded, no CDN,
 //!   no npm), its JSON and server-sent-events API, the [`console::ShardSource`]
-//!   seam (a static `--shard` list now).
+//!   seam (a static `--shard` list, or the directory).
+//! - [`directory`]: a cluster's directory in Redis, read-only (the shards
+//!   registered, alive or dead): `shards ls --redis` and the console's
+//!   `--redis` source.
 //! - [`metrics`]: picking samples out of Prometheus text.
 //! - [`peers`]: the peer tunnels' registries (`GET /admin/peers`) as text.
 //!
@@ -24,6 +27,7 @@
 
 pub mod client;
 pub mod console;
+pub mod directory;
 pub mod metrics;
 pub mod peers;
 

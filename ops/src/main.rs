@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use ops::console::{self, StaticShards};
+use ops::console::{self, ShardSource, StaticShards};
+use ops::directory::{DirectorySource, ShardDirectory};
 use ops::Shard;
 use protocol::admin::BanRequest;
 
@@ -94,8 +95,14 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7390")]
         listen: SocketAddr,
         /// A shard's HTTP address; repeat for each shard.
-        #[arg(long = "shard", required = true)]
+        #[arg(
+            long = "shard",
+            required_unless_present = "redis",
+            conflicts_with = "redis"
+        )]
         shards: Vec<String>,
+        #[command(flatten)]
+        directory: DirectoryArgs,
         /// Milliseconds between live refreshes.
         #[arg(long, default_value_t = 1000)]
         refresh_ms: u64,
@@ -143,8 +150,32 @@ enum ShardsCommand {
     /// One line per shard: state, version, uptime, sessions, rooms, rates.
     Ls {
         /// More shards (HOST:PORT or URLs) beside --http.
+        #[arg(conflicts_with = "redis")]
         shards: Vec<String>,
+        #[command(flatten)]
+        directory: DirectoryArgs,
     },
+}
+
+/// A cluster's directory, instead of a list of shards.
+#[derive(clap::Args)]
+struct DirectoryArgs {
+    /// The cluster's Redis (the shards' `cluster.redis`): list the shards
+    /// registered in its directory, dead ones as dead.
+    #[arg(long)]
+    redis: Option<String>,
+    /// The shards' `cluster.key_prefix`.
+    #[arg(long, default_value = "tessera", requires = "redis")]
+    key_prefix: String,
+}
+
+impl DirectoryArgs {
+    fn open(&self, timeout: Duration) -> anyhow::Result<Option<ShardDirectory>> {
+        self.redis
+            .as_deref()
+            .map(|url| ShardDirectory::new(url, &self.key_prefix, timeout))
+            .transpose()
+    }
 }
 
 #[derive(Subcommand)]
@@ -227,8 +258,24 @@ fn main() -> anyhow::Result<()> {
             PlayersCommand::Unban { player } => print_json(&shard.unban(&player)?)?,
         },
         Command::Shards {
-            command: ShardsCommand::Ls { shards },
+            command: ShardsCommand::Ls { shards, directory },
         } => {
+            if let Some(directory) = directory.open(timeout)? {
+                for s in directory.shards()? {
+                    println!(
+                        "{:<24} {:<9} v{} ws {} http {} peer {} sessions {:>5} rooms {:>4}",
+                        s.id,
+                        s.shown_state(),
+                        s.version,
+                        s.ws,
+                        s.http,
+                        s.peer,
+                        s.sessions,
+                        s.rooms
+                    );
+                }
+                return Ok(());
+            }
             let mut failed = false;
             for url in std::iter::once(cli.http.clone()).chain(shards) {
                 let s = shard.with_token(cli.token.clone());
@@ -272,8 +319,17 @@ fn main() -> anyhow::Result<()> {
         Command::Console {
             listen,
             shards,
+            directory,
             refresh_ms,
-        } => run_console(listen, shards, timeout, refresh_ms)?,
+        } => {
+            // The directory is read at every refresh: shards that join or
+            // leave the cluster come and go on the page.
+            let source: Arc<dyn ShardSource> = match directory.open(timeout)? {
+                Some(directory) => Arc::new(DirectorySource(directory)),
+                None => Arc::new(StaticShards::new(shards)),
+            };
+            run_console(listen, source, timeout, refresh_ms)?
+        }
     }
     Ok(())
 }
@@ -284,7 +340,7 @@ fn age(ms: Option<u64>) -> String {
 
 fn run_console(
     listen: SocketAddr,
-    shards: Vec<String>,
+    source: Arc<dyn ShardSource>,
     timeout: Duration,
     refresh_ms: u64,
 ) -> anyhow::Result<()> {
@@ -299,7 +355,7 @@ fn run_console(
             .with_context(|| format!("cannot listen on {listen}"))?;
         println!("console listening on {}", listener.local_addr()?);
         let settings = console::Settings {
-            source: Arc::new(StaticShards::new(shards)),
+            source,
             timeout,
             refresh: Duration::from_millis(refresh_ms.max(100)),
         };

@@ -1,6 +1,6 @@
 //! Where the console finds its shards. [`ShardSource`] is the seam: the
-//! static list of `--shard` flags is its one implementation here; a
-//! cluster's directory (`--redis`) is another.
+//! static list of `--shard` flags is here; a cluster's directory
+//! (`--redis`) is `crate::directory::DirectorySource`.
 
 /// The shards to show, asked again at every refresh (so a source can
 /// follow shards that come and go).
