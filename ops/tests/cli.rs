@@ -132,7 +132,7 @@ fn peers_on_a_shard_alone_says_it_is_not_in_a_cluster() {
     let no_token = ops(&shard, &["peers"]);
     assert!(!no_token.status.success());
     assert!(
-        String::from_utf8_lossy(&no_token.stderr).contains("admin token"),
+        String::from_utf8_lossy(&no_token.stderr).contains("admin calls need a token"),
         "{no_token:?}"
     );
 }

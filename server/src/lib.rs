@@ -3,9 +3,12 @@
 //!
 //! # Layout
 //!
-//! - [`cluster`]: one world over many shards: [`cluster::tunnel`], the
-//!   authenticated QUIC peer hub between shards (not started by the shard
-//!   yet).
+//! - [`cluster`]: one world over many shards (cluster mode, on when
+//!   `cluster.redis` is set): the directory in Redis and the task that
+//!   keeps this shard's entries alive, [`cluster::tunnel`], the
+//!   authenticated QUIC peer hub between shards, and
+//!   [`cluster::peering`], which starts the hub from `[cluster]` and keeps
+//!   it connected to the shards in the directory.
 //! - [`shard`]: starts the actix System, listeners and workers; shutdown.
 //! - [`gateway`]: accept loop, per-IP limits, connection cap, WebSocket
 //!   upgrade; one session per socket on the next worker Arbiter.

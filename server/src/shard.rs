@@ -13,7 +13,12 @@
 //! │                  when one answers again (see [`crate::room::supervisor`])
 //! ├─ in cluster mode: the "directory" task (its own supervisor and stop
 //! │                  signal, so it renews leases until the rooms' state is
-//! │                  flushed; then the shard leaves the cluster)
+//! │                  flushed; then the shard leaves the cluster), and the
+//! │                  "peers" task under the same supervisor, which keeps
+//! │                  the peer hub (started before the listeners are
+//! │                  announced; its own tasks run inside it) dialled to the
+//! │                  shards in the directory; the hub closes after the
+//! │                  flush
 //! └─ shared state, handed to each part as the narrow handle it needs
 //!    ([`session::Deps`] to the gateway and its sessions, [`crate::http::Deps`] to
 //!    the HTTP server): Config, Auth, RoomSupervisor, Dispatcher, the

@@ -64,7 +64,8 @@ use crate::metrics as m;
 use peers::PeerSlot;
 use stream::StreamEntry;
 
-/// Where a shard's tunnel listens. The directory implements it; tests
+/// Where a shard's tunnel listens. The directory implements it
+/// ([`super::peering::DirectoryResolver`]); tests
 /// use [`StaticResolver`].
 pub trait Resolver: Send + Sync + 'static {
     /// The address of `shard_id`'s tunnel, or `None` when the shard is not
