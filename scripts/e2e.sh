@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Browser tests: the JS protocol client (node) and the demo page end to end
-# (Debian chromium driven by playwright-core against the real server).
+# Browser tests: the JS protocol client (node), the demo page and the ops
+# console end to end (Debian chromium driven by playwright-core against the
+# real server, console and loadbot binaries).
 #
 # Installs what is missing (chromium, node, the e2e npm packages) and runs
 # the tests in protocol/js/test/ and server/tests/e2e/ with node --test.
-# It does not build the server: build it first (cargo build -p server), or
-# point TESSERA_SERVER_BIN at a binary. CHROMIUM overrides /usr/bin/chromium.
+# It does not build the binaries: build them first (cargo build --workspace
+# --bins), or point TESSERA_SERVER_BIN, OPS_BIN and LOADBOT_BIN at them. CHROMIUM overrides /usr/bin/chromium.
 # Safe to run again: each step is skipped when its result is already there.
 set -euo pipefail
 
@@ -45,11 +46,13 @@ if [ "$want" != "$have" ]; then
   npm ci --prefix "$e2e_dir" --no-audit --no-fund
 fi
 
-server_bin="${TESSERA_SERVER_BIN:-target/debug/tessera-server}"
-if [ ! -x "$server_bin" ]; then
-  echo "e2e: no server binary at $server_bin: build it first (cargo build -p server --bin tessera-server)" >&2
-  exit 1
-fi
+for bin in "${TESSERA_SERVER_BIN:-target/debug/tessera-server}" \
+  "${OPS_BIN:-target/debug/tessera-ops}" "${LOADBOT_BIN:-target/debug/loadbot}"; do
+  if [ ! -x "$bin" ]; then
+    echo "e2e: no binary at $bin: build them first (cargo build --workspace --bins)" >&2
+    exit 1
+  fi
+done
 
 # Files, not directories: node 21+ reads a directory argument as a literal
 # glob and fails with MODULE_NOT_FOUND, where node 20 searched it.

@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //!
-//! - [`Target`]: the three targets, each a plain `fn(&[u8]) -> Outcome`
+//! - [`Target`]: the four targets, each a plain `fn(&[u8]) -> Outcome`
 //!   that drives the real server code and asserts its invariants (a
 //!   failed assertion or any panic is a finding):
 //!   - `client_decoder`: a client frame through `protocol::decode_client`
@@ -16,7 +16,11 @@
 //!     reached too.
 //!   - `admin_json`: the admin API's body parsers
 //!     (`server::http::parse_announce`, `parse_room_fault`,
-//!     `parse_session_fault`), the functions the handlers call.
+//!     `parse_session_fault`, `parse_kick`, `parse_ban`), the functions
+//!     the handlers call.
+//!   - `peer_frame` ([`peer`]): bytes from a peer shard, through the
+//!     tunnel's framing and every peer decoder; what decodes must
+//!     round-trip, a decoded `tick` must lay out its views.
 //! - [`Fuzzer`]: mutations (bit flips, byte sets, inserts, deletes,
 //!   duplicates, splices, dictionary tokens) of a corpus; an input whose
 //!   [`Outcome`] was not seen before joins the corpus. That outcome signal
@@ -37,7 +41,11 @@ use protocol::msg::Hello;
 use protocol::{decode_client, decode_server, encode_client, ClientMsg, PROTOCOL_VERSION};
 use server::auth::Auth;
 use server::config::{AuthConfig, AuthMode};
-use server::http::{parse_announce, parse_room_fault, parse_session_fault, RoomFaultKind};
+pub mod peer;
+
+use server::http::{
+    parse_announce, parse_ban, parse_kick, parse_room_fault, parse_session_fault, RoomFaultKind,
+};
 
 /// The default `server.max_frame_bytes`: what the gateway lets through.
 pub const MAX_FRAME: usize = 4 * 1024;
@@ -56,16 +64,23 @@ pub enum Target {
     ClientDecoder,
     HelloToken,
     AdminJson,
+    PeerFrame,
 }
 
 impl Target {
-    pub const ALL: [Target; 3] = [Target::ClientDecoder, Target::HelloToken, Target::AdminJson];
+    pub const ALL: [Target; 4] = [
+        Target::ClientDecoder,
+        Target::HelloToken,
+        Target::AdminJson,
+        Target::PeerFrame,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Target::ClientDecoder => "client_decoder",
             Target::HelloToken => "hello_token",
             Target::AdminJson => "admin_json",
+            Target::PeerFrame => "peer_frame",
         }
     }
 
@@ -79,6 +94,7 @@ impl Target {
             Target::ClientDecoder => client_decoder(data),
             Target::HelloToken => hello_token(data),
             Target::AdminJson => admin_json(data),
+            Target::PeerFrame => peer::peer_frame(data),
         }
     }
 
@@ -126,6 +142,34 @@ impl Target {
                 b"\xd4\x01\x01",
                 b".",
                 b"eyJzdWIiOiJwIiwibmFtZSI6InAiLCJleHAiOjF9",
+            ],
+            Target::PeerFrame => &[
+                b"\x00\x00\x00\x10",
+                b"\xff\xff\xff\xff",
+                b"\x00\x00\x10\x01",
+                b"\xa5hello",
+                b"\xa5proof",
+                b"\xa6refuse",
+                b"\xa4ping",
+                b"\xa4pong",
+                b"\xa4open",
+                b"\xa6accept",
+                b"\xa4tick",
+                b"\xa5views",
+                b"\xa7entries",
+                b"\xa7entered",
+                b"\xa5moved",
+                b"\xa8sessions",
+                b"\xa6inputs",
+                b"\xa5batch",
+                b"\xa8reliable",
+                b"\xa5nonce",
+                b"\xc4\x20",
+                b"\xc4\x1f",
+                b"\x91\xce\xff\xff\xff\xff",
+                b"\x81",
+                b"\x84",
+                b"\xc0",
             ],
             Target::AdminJson => &[
                 b"{",
@@ -302,8 +346,34 @@ pub fn admin_json(data: &[u8]) -> Outcome {
     } else {
         "err"
     };
-    format!("announce:{announce} room:{room} session:{session}")
+    let kick = match parse_kick(data, REASON_MAX_CHARS) {
+        Ok(request) => {
+            let chars = request.reason.map_or(0, |r| r.chars().count());
+            assert!(
+                chars <= REASON_MAX_CHARS,
+                "a kick reason of {chars} characters was accepted"
+            );
+            "ok"
+        }
+        Err(_) => "err",
+    };
+    let ban = match parse_ban(data, REASON_MAX_CHARS) {
+        Ok(request) => {
+            let chars = request.reason.chars().count();
+            assert!(
+                (1..=REASON_MAX_CHARS).contains(&chars) && !request.reason.trim().is_empty(),
+                "a ban reason of {chars} characters was accepted"
+            );
+            assert_ne!(request.duration_s, Some(0), "a ban of 0 s was accepted");
+            "ok"
+        }
+        Err(_) => "err",
+    };
+    format!("announce:{announce} room:{room} session:{session} kick:{kick} ban:{ban}")
 }
+
+/// The default `admin.ban_reason_max_chars`.
+const REASON_MAX_CHARS: usize = 200;
 
 /// A small, fast, deterministic random source (xorshift64*).
 #[derive(Debug, Clone)]

@@ -24,7 +24,7 @@ use tessera_fuzz::{check, Crash, Fuzzer, Target};
     about = "Mutation fuzzing of Tessera's untrusted inputs"
 )]
 struct Cli {
-    /// client_decoder, hello_token, admin_json, or all.
+    /// client_decoder, hello_token, admin_json, peer_frame, or all.
     target: String,
     /// Seconds per target.
     #[arg(long, default_value_t = 10)]
@@ -136,7 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     } else {
         vec![Target::from_name(&cli.target).with_context(|| {
             format!(
-                "unknown target {:?}: client_decoder, hello_token, admin_json or all",
+                "unknown target {:?}: client_decoder, hello_token, admin_json, peer_frame or all",
                 cli.target
             )
         })?]

@@ -49,10 +49,17 @@ fn the_seeds_reach_the_deep_paths() {
     assert!(ok(Target::HelloToken, "claims.json").contains("ok;"));
     assert!(ok(Target::HelloToken, "resume_claims.json").contains("resume;"));
     assert!(ok(Target::HelloToken, "expired_claims.json").contains("AuthExpired"));
+    // A tick decodes as an owner message and lays out both its views; two
+    // frames in a row are both followed; an oversized length stops there.
+    assert_eq!(ok(Target::PeerFrame, "peer_room_tick.bin"), "---o++");
+    assert_eq!(ok(Target::PeerFrame, "two_frames.bin"), "c--- c---");
+    assert!(ok(Target::PeerFrame, "oversized.bin").starts_with("frame:TooLarge"));
+    // A kick body ignores fields it does not know, like every admin body.
     assert_eq!(
         ok(Target::AdminJson, "room_stall.json"),
-        "announce:err room:ok session:err"
+        "announce:err room:ok session:err kick:ok ban:err"
     );
+    assert!(ok(Target::AdminJson, "ban.json").ends_with("kick:ok ban:ok"));
 }
 
 #[test]

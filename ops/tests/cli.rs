@@ -117,6 +117,26 @@ fn health_metrics_and_announce_work_against_a_real_shard() {
     );
 }
 
+/// A shard outside a cluster answers `peers` with the document saying so.
+#[test]
+fn peers_on_a_shard_alone_says_it_is_not_in_a_cluster() {
+    let shard = start_shard();
+    let text = ops(&shard, &["--token", ADMIN_TOKEN, "peers"]);
+    assert!(text.status.success(), "{text:?}");
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(stdout.contains("not in cluster mode"), "{stdout}");
+    let json = ops(&shard, &["--token", ADMIN_TOKEN, "peers", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(doc["cluster"], false);
+    assert_eq!(doc["peers"], serde_json::json!([]));
+    let no_token = ops(&shard, &["peers"]);
+    assert!(!no_token.status.success());
+    assert!(
+        String::from_utf8_lossy(&no_token.stderr).contains("admin calls need a token"),
+        "{no_token:?}"
+    );
+}
+
 #[test]
 fn an_unreachable_shard_is_a_clear_error() {
     let out = Command::new(OPS)

@@ -15,10 +15,27 @@
 //! | `POST /admin/faults/room` | [`RoomFaultRequest`] | [`RoomFaultReply`] |
 //! | `POST /admin/faults/session` | [`SessionFaultRequest`] | [`SessionFaultReply`] |
 //! | `POST /admin/faults/task?name=` | [`TaskFaultQuery`] | [`TaskFaultReply`] |
+//! | `GET /admin/peers` | | [`Peers`] |
+//! | `GET /healthz/ready` | | [`Health`] (200 ready, 503 not) |
+//! | `GET /admin/whoami` | | [`WhoAmI`] |
+//! | `GET /admin/shard` | | [`ShardInfo`] |
+//! | `GET /admin/rooms` | | [`RoomsReply`] |
+//! | `GET /admin/rooms/{room}` | | [`RoomDetail`] |
+//! | `POST /admin/rooms/{room}/restart` | | [`ActionReply`] |
+//! | `GET /admin/players?q=` | [`PlayersQuery`] | [`PlayersReply`] |
+//! | `POST /admin/players/{player}/kick` | [`KickRequest`] | [`ActionReply`] |
+//! | `POST /admin/players/{player}/ban` | [`BanRequest`] | [`ActionReply`] |
+//! | `POST /admin/players/{player}/unban` | | [`ActionReply`] |
+//! | `GET /admin/dispatcher` | | [`DispatcherReply`] |
+//! | `GET /admin/events?since=` | [`EventsQuery`] | [`EventsReply`] |
 //!
 //! Any refusal (4xx, 5xx) carries an [`ErrorReply`].
 
 use std::collections::BTreeMap;
+
+mod views;
+
+pub use views::*;
 
 use serde::{Deserialize, Serialize};
 
@@ -162,6 +179,136 @@ pub struct TaskFaultQuery {
 pub struct TaskFaultReply {
     pub task: String,
     pub state: TaskState,
+}
+
+/// `GET /admin/peers`: this shard's peer tunnels, like `ipfs p2p ls` and
+/// `ipfs p2p stream ls` together.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Peers {
+    /// False when this shard runs alone (no cluster): every list is empty
+    /// and `note` says so.
+    pub cluster: bool,
+    #[serde(default)]
+    pub shard_id: Option<String>,
+    /// The tunnel listener's bound address.
+    #[serde(default)]
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub note: Option<String>,
+    /// The listener registry: the protocols this shard serves.
+    pub listeners: Vec<String>,
+    /// The peer table, by shard id.
+    pub peers: Vec<PeerInfo>,
+    /// The stream registry: every open stream.
+    pub streams: Vec<StreamInfo>,
+    /// The latest refusals, newest last (a bounded log).
+    pub refusals: Vec<RefusalInfo>,
+    /// Streams reset, by reason (`overflow`, ...), since start.
+    pub stream_resets: BTreeMap<String, u64>,
+    /// State frames replaced in a queue by a newer one for the same key,
+    /// and dropped for want of budget, since start.
+    pub state_coalesced: u64,
+    pub state_dropped: u64,
+}
+
+impl Peers {
+    /// The document of a shard that is not in cluster mode.
+    pub fn standalone() -> Peers {
+        Peers {
+            cluster: false,
+            shard_id: None,
+            listen: None,
+            note: Some("not in cluster mode: this shard has no peers".into()),
+            listeners: Vec::new(),
+            peers: Vec::new(),
+            streams: Vec::new(),
+            refusals: Vec::new(),
+            stream_resets: BTreeMap::new(),
+            state_coalesced: 0,
+            state_dropped: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerState {
+    /// Dialling (or waiting for the connection the peer dials).
+    Connecting,
+    /// Authenticated and up.
+    Connected,
+    /// The connection was lost or refused; dialling again after a backoff.
+    Reconnecting,
+}
+
+/// One row of the peer table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub shard_id: String,
+    #[serde(default)]
+    pub address: Option<String>,
+    pub state: PeerState,
+    /// Whether this shard dialled the live connection.
+    pub dialled: bool,
+    /// The last heartbeat's round trip, in milliseconds.
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub streams: usize,
+    /// Milliseconds in the current state.
+    pub state_age_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamDirection {
+    /// This shard opened it.
+    Outbound,
+    /// The peer opened it.
+    Inbound,
+}
+
+/// One row of the stream registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamInfo {
+    pub id: u64,
+    pub peer: String,
+    pub protocol: String,
+    pub direction: StreamDirection,
+    pub age_ms: u64,
+    /// Payload bytes and frames each way (length prefixes not counted).
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    /// Frames and bytes waiting in the outgoing queue.
+    pub queued_frames: usize,
+    pub queued_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusedBy {
+    /// This shard turned the peer away.
+    Us,
+    /// The peer turned this shard away.
+    Them,
+}
+
+/// A connection refused, either way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusalInfo {
+    /// The shard id the peer claimed or was dialled as, when known.
+    #[serde(default)]
+    pub peer: Option<String>,
+    pub address: String,
+    pub by: RefusedBy,
+    /// The refusal code's number and name (PEER.md lists them).
+    pub code: u16,
+    pub name: String,
+    pub reason: String,
+    pub age_ms: u64,
 }
 
 /// The body of every refusal.

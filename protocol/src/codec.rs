@@ -73,14 +73,14 @@ fn classify_serde_message(msg: String) -> DecodeError {
     }
 }
 
-fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+pub(crate) fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     // Encoding our own message types into a Vec cannot fail: every type is a
     // plain struct or enum of strings, numbers and sequences, and writing to
     // a Vec never errors.
     rmp_serde::to_vec_named(msg).expect("protocol messages always encode")
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8], max_len: usize) -> Result<T, DecodeError> {
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], max_len: usize) -> Result<T, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }

@@ -35,6 +35,8 @@ pub enum ErrorCode {
     /// A newer login of the same player took this session's place (since
     /// 1.3): one player, one session, one entity. Close 4006 follows.
     SessionReplaced = 2005,
+    Kicked = 2006,
+    Banned = 2007,
     /// No map of that name exists.
     UnknownMap = 3001,
     /// A field is out of range: a non-finite direction, a chat text that is
@@ -67,10 +69,14 @@ pub enum ErrorCode {
     /// may not have been applied. Retry with the same `req`; it is never
     /// applied twice.
     InDoubt = 5004,
+    /// Cluster mode: the cluster directory (Redis) did not answer within
+    /// the server's wait; the action (placing a room, a login that must
+    /// check where the player is) was not done. Retry after a moment.
+    DirectoryUnavailable = 5005,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::Malformed,
         ErrorCode::TextFrame,
         ErrorCode::IllegalState,
@@ -82,6 +88,8 @@ impl ErrorCode {
         ErrorCode::AuthExpired,
         ErrorCode::ResumeRejected,
         ErrorCode::SessionReplaced,
+        ErrorCode::Kicked,
+        ErrorCode::Banned,
         ErrorCode::UnknownMap,
         ErrorCode::InvalidInput,
         ErrorCode::RoomFull,
@@ -95,6 +103,7 @@ impl ErrorCode {
         ErrorCode::ServerBusy,
         ErrorCode::StoreUnavailable,
         ErrorCode::InDoubt,
+        ErrorCode::DirectoryUnavailable,
     ];
 
     pub fn as_u16(self) -> u16 {
@@ -121,6 +130,8 @@ impl ErrorCode {
             ErrorCode::AuthExpired => "auth_expired",
             ErrorCode::ResumeRejected => "resume_rejected",
             ErrorCode::SessionReplaced => "session_replaced",
+            ErrorCode::Kicked => "kicked",
+            ErrorCode::Banned => "banned",
             ErrorCode::UnknownMap => "unknown_map",
             ErrorCode::InvalidInput => "invalid_input",
             ErrorCode::RoomFull => "room_full",
@@ -134,6 +145,7 @@ impl ErrorCode {
             ErrorCode::ServerBusy => "server_busy",
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::InDoubt => "in_doubt",
+            ErrorCode::DirectoryUnavailable => "directory_unavailable",
         }
     }
 }
@@ -192,6 +204,9 @@ pub enum CloseCode {
     SlowConsumer = 4005,
     /// A newer login of the same player replaced this session (since 1.3).
     Replaced = 4006,
+    /// An operator removed the player: kicked (error 2006) or banned
+    /// (error 2007).
+    Removed = 4007,
 }
 
 impl CloseCode {
@@ -213,6 +228,7 @@ impl CloseCode {
             CloseCode::IdleTimeout,
             CloseCode::SlowConsumer,
             CloseCode::Replaced,
+            CloseCode::Removed,
         ]
         .into_iter()
         .find(|c| c.as_u16() == code)

@@ -11,6 +11,9 @@
 //!   accepting it.
 //! - [`codes`]: stable numeric error codes and WebSocket close codes.
 //! - [`limits`]: the limits a server announces in its welcome.
+//! - [`peer`]: the tunnel between two shards of a cluster (framing,
+//!   handshake and proof, stream heads, room stream messages); `PEER.md`
+//!   is its contract. Not a client protocol.
 //! - [`admin`]: the JSON bodies of the shard's HTTP API (`/healthz`,
 //!   `/admin/*`), shared by the server and `tessera-ops`; not game frames.
 //! - [`JS_CLIENT`]: `js/tessera.js`, the browser client, as text for a
@@ -33,6 +36,7 @@ pub mod codec;
 pub mod codes;
 pub mod limits;
 pub mod msg;
+pub mod peer;
 pub mod version;
 
 pub use codec::{decode_client, decode_server, encode_client, encode_server, DecodeError};

@@ -63,6 +63,23 @@ pub struct Topic<M: Clone + Send + 'static> {
     depth: Arc<AtomicI64>,
     dropped_since_warn: AtomicU64,
     last_warn: Mutex<Option<Instant>>,
+    /// Totals since start, and the publish rate at the last sample (f64
+    /// bits), for the admin API's topic view.
+    published: AtomicU64,
+    dropped: AtomicU64,
+    published_at_sample: AtomicU64,
+    rate_bits: AtomicU64,
+}
+
+/// One topic as the admin API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicStats {
+    pub name: String,
+    pub subscribers: usize,
+    pub depth: i64,
+    pub published: u64,
+    pub published_per_s: f64,
+    pub dropped: u64,
 }
 
 impl<M: Clone + Send + 'static> Topic<M> {
@@ -74,6 +91,32 @@ impl<M: Clone + Send + 'static> Topic<M> {
             depth: Arc::new(AtomicI64::new(0)),
             dropped_since_warn: AtomicU64::new(0),
             last_warn: Mutex::new(None),
+            published: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            published_at_sample: AtomicU64::new(0),
+            rate_bits: AtomicU64::new(0),
+        }
+    }
+
+    /// Take the publish rate since the last sample, `every` ago, and export
+    /// the depth gauge.
+    fn sample(&self, every: f64) {
+        let now = self.published.load(Ordering::Relaxed);
+        let before = self.published_at_sample.swap(now, Ordering::Relaxed);
+        let rate = now.saturating_sub(before) as f64 / every.max(f64::EPSILON);
+        self.rate_bits.store(rate.to_bits(), Ordering::Relaxed);
+        metrics::gauge!(m::DISPATCH_QUEUE_DEPTH, "topic" => self.name.clone())
+            .set(self.depth() as f64);
+    }
+
+    pub fn stats(&self) -> TopicStats {
+        TopicStats {
+            name: self.name.clone(),
+            subscribers: self.subscriber_count(),
+            depth: self.depth(),
+            published: self.published.load(Ordering::Relaxed),
+            published_per_s: f64::from_bits(self.rate_bits.load(Ordering::Relaxed)),
+            dropped: self.dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -126,10 +169,15 @@ impl<M: Clone + Send + 'static> Topic<M> {
             }
         });
         let labels = [("topic", self.name.clone())];
+        self.published.fetch_add(1, Ordering::Relaxed);
+        self.dropped
+            .fetch_add(report.dropped as u64, Ordering::Relaxed);
         metrics::counter!(m::DISPATCH_PUBLISHED, &labels).increment(1);
         metrics::counter!(m::DISPATCH_DELIVERED, &labels).increment(report.delivered as u64);
+        // Always touched, so the series exists (at 0) for dashboards and
+        // alerts before the first drop.
+        metrics::counter!(m::DISPATCH_DROPPED, &labels).increment(report.dropped as u64);
         if report.dropped > 0 {
-            metrics::counter!(m::DISPATCH_DROPPED, &labels).increment(report.dropped as u64);
             self.warn_dropped(report.dropped as u64);
         }
         report
@@ -191,14 +239,22 @@ impl Dispatcher {
             .clone()
     }
 
-    /// Export each topic's depth as a gauge.
-    pub fn sample(&self) {
-        metrics::gauge!(m::DISPATCH_QUEUE_DEPTH, "topic" => self.announcements.name.clone())
-            .set(self.announcements.depth() as f64);
+    /// Export each topic's depth as a gauge and take its publish rate;
+    /// called once a second (`every_s`).
+    pub fn sample(&self, every_s: f64) {
+        self.announcements.sample(every_s);
         for topic in self.maps.lock().values() {
-            metrics::gauge!(m::DISPATCH_QUEUE_DEPTH, "topic" => topic.name.clone())
-                .set(topic.depth() as f64);
+            topic.sample(every_s);
         }
+    }
+
+    /// Every topic, announcements first, then the maps' by name.
+    pub fn stats(&self) -> Vec<TopicStats> {
+        let mut maps: Vec<TopicStats> = self.maps.lock().values().map(|t| t.stats()).collect();
+        maps.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut all = vec![self.announcements.stats()];
+        all.extend(maps);
+        all
     }
 }
 

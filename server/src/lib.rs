@@ -3,6 +3,12 @@
 //!
 //! # Layout
 //!
+//! - [`cluster`]: one world over many shards (cluster mode, on when
+//!   `cluster.redis` is set): the directory in Redis and the task that
+//!   keeps this shard's entries alive, [`cluster::tunnel`], the
+//!   authenticated QUIC peer hub between shards, and
+//!   [`cluster::peering`], which starts the hub from `[cluster]` and keeps
+//!   it connected to the shards in the directory.
 //! - [`shard`]: starts the actix System, listeners and workers; shutdown.
 //! - [`gateway`]: accept loop, per-IP limits, connection cap, WebSocket
 //!   upgrade; one session per socket on the next worker Arbiter.
@@ -22,14 +28,21 @@
 //! - [`ids`]: `SessionId` and `RoomId` (a map name plus an instance).
 //! - [`wire`]: conversions from the store's types to the protocol's.
 //! - [`dispatcher`]: typed topics for announcements and map broadcasts.
+//! - [`events`]: the shard's recent events (a bounded ring, plus sinks):
+//!   room restarts and failures, admin actions.
+//! - [`bans`]: the bans in force, checked at `hello`.
 //! - [`auth`]: signed tokens, resume tokens, dev-mode guests.
 //! - [`ratelimit`]: token buckets and abuse strikes.
 //! - [`config`]: the one configuration struct, its loading and validation.
-//! - [`http`]: demo page, `/healthz`, `/metrics`, admin calls.
+//! - [`http`]: demo page, `/healthz`, `/healthz/ready`, `/metrics`, the
+//!   admin API (roles, read views, actions, audit).
 //! - [`metrics`]: metric names and the Prometheus recorder.
 //! - [`supervise`]: the task supervisor that restarts the gateway, HTTP
 //!   server, sampler, watchdog and persister flusher; the whole supervision
 //!   tree is drawn there.
+//! - [`cluster`]: cluster mode: the directory in Redis (shards, room
+//!   leases with fencing epochs, players, events) and the shard's task that
+//!   heartbeats and renews its leases. Off unless `cluster.redis` is set.
 //! - [`store`]: persistence: the Store trait, its redb and MongoDB
 //!   backends, and the persister (write-behind and write-through).
 //!
@@ -44,8 +57,11 @@
 //! any import cycle.
 
 pub mod auth;
+pub mod bans;
+pub mod cluster;
 pub mod config;
 pub mod dispatcher;
+pub mod events;
 pub mod gateway;
 pub mod http;
 pub mod ids;

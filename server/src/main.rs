@@ -29,6 +29,18 @@ struct Cli {
     /// dev: guests allowed; production: signed tokens only (auth.mode).
     #[arg(long, value_enum)]
     mode: Option<AuthMode>,
+    /// Join a cluster whose directory is this Redis (cluster.redis),
+    /// `redis://HOST:PORT/DB`.
+    #[arg(long)]
+    cluster_redis: Option<String>,
+    /// This shard's id in the cluster (cluster.shard_id); default: derived
+    /// from the host name and the ports.
+    #[arg(long)]
+    shard_id: Option<String>,
+    /// The peer tunnel listener (cluster.peer_addr); port 0 picks a free
+    /// port.
+    #[arg(long)]
+    peer_addr: Option<SocketAddr>,
     /// Log format (log.format).
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -90,6 +102,15 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     }
     if let Some(mode) = cli.mode {
         config.auth.mode = mode;
+    }
+    if let Some(redis) = &cli.cluster_redis {
+        config.cluster.redis = redis.clone();
+    }
+    if let Some(id) = &cli.shard_id {
+        config.cluster.shard_id = id.clone();
+    }
+    if let Some(addr) = cli.peer_addr {
+        config.cluster.peer_addr = addr;
     }
     if let Some(format) = cli.log_format {
         config.log.format = format;
@@ -169,6 +190,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let _ = writeln!(out, "ws listening on {}", shard.ws_addr);
         let _ = writeln!(out, "http listening on {}", shard.http_addr);
         let _ = writeln!(out, "demo page: http://{}/", shard.http_addr);
+        if let Some(peer) = shard.peer_addr {
+            let _ = writeln!(out, "peer listening on {peer}");
+        }
+        if let Some(dir) = &shard.cluster {
+            let _ = writeln!(out, "shard id {}", dir.shard());
+        }
         let _ = out.flush();
     }
 

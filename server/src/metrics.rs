@@ -75,6 +75,17 @@ pub fn room_labels(id: &RoomId, extra: &[(&'static str, &'static str)]) -> Vec<L
     labels
 }
 
+/// Create the drop counters at 0, so dashboards and alerts that watch them
+/// (`ops/grafana`, `ops/prometheus`) see a series before the first drop.
+pub fn register_zeroes() {
+    for reason in [DROPPED_INPUT_QUEUE_FULL, DROPPED_ROOM_BUSY] {
+        metrics::counter!(ROOM_INPUTS_DROPPED, "reason" => reason).increment(0);
+    }
+    for class in ["state", "reliable"] {
+        metrics::counter!(OUTBOUND_DROPPED, "class" => class).increment(0);
+    }
+}
+
 /// The process's Prometheus handle, installing the recorder on first use.
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -87,3 +98,17 @@ pub fn prometheus() -> &'static PrometheusHandle {
         handle
     })
 }
+
+/// Peer tunnels (`cluster::tunnel`): connected peers now; bytes by `peer`
+/// and `dir` (in, out; frames with their length prefixes); the last
+/// heartbeat round trip by `peer`; connections refused by `reason` (a
+/// refusal code's name) and `by` (us: this shard refused; them: the peer
+/// did); streams reset by `reason` (overflow, ...); state frames replaced
+/// by newer ones of the same key, and dropped for want of budget.
+pub const PEERS_CONNECTED: &str = "tessera_peers_connected";
+pub const PEER_BYTES: &str = "tessera_peer_bytes_total";
+pub const PEER_RTT: &str = "tessera_peer_rtt_seconds";
+pub const PEER_REFUSED: &str = "tessera_peer_refused_total";
+pub const PEER_STREAM_RESETS: &str = "tessera_peer_stream_resets_total";
+pub const PEER_STATE_COALESCED: &str = "tessera_peer_state_coalesced_total";
+pub const PEER_STATE_DROPPED: &str = "tessera_peer_state_dropped_total";

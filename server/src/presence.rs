@@ -65,6 +65,22 @@ struct Entry {
     /// seat under the session that really holds it.
     seat: Option<Seat>,
     expires: Instant,
+    /// The player's display name (for the admin API's search).
+    name: String,
+    /// When the latest session signed in.
+    since: Instant,
+}
+
+/// A player as the admin API's search sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlayerSeen {
+    pub player: String,
+    pub name: String,
+    pub room: Option<RoomId>,
+    /// When its latest session signed in.
+    pub since: Instant,
+    /// Its latest session is connected (else it holds a resume seat).
+    pub connected: bool,
 }
 
 pub struct Presence<H> {
@@ -124,6 +140,10 @@ impl<H: Clone> Presence<H> {
             Some(entry) => (Some(entry.session), entry.seat.clone()),
             None => (None, None),
         };
+        let name = players
+            .get(player)
+            .map(|e| e.name.clone())
+            .unwrap_or_default();
         players.insert(
             player.to_string(),
             Entry {
@@ -134,6 +154,8 @@ impl<H: Clone> Presence<H> {
                 // resume).
                 seat: seat.clone(),
                 expires: Instant::now() + self.ttl,
+                name,
+                since: Instant::now(),
             },
         );
         Takeover { previous, seat }
@@ -156,6 +178,10 @@ impl<H: Clone> Presence<H> {
             Some(entry) => (Some(entry.session), entry.seat.clone()),
             None => (None, None),
         };
+        let name = players
+            .get(player)
+            .map(|e| e.name.clone())
+            .unwrap_or_default();
         players.insert(
             player.to_string(),
             Entry {
@@ -163,6 +189,8 @@ impl<H: Clone> Presence<H> {
                 session: new_session,
                 seat: seat.clone(),
                 expires: Instant::now() + self.ttl,
+                name,
+                since: Instant::now(),
             },
         );
         Ok(Takeover { previous, seat })
@@ -188,6 +216,56 @@ impl<H: Clone> Presence<H> {
     pub fn prune(&self) {
         let now = Instant::now();
         self.players.lock().retain(|_, e| e.expires > now);
+    }
+
+    /// Record the display name of `player` (once welcomed).
+    pub fn named(&self, player: &str, name: &str) {
+        if let Some(entry) = self.players.lock().get_mut(player) {
+            name.clone_into(&mut entry.name);
+        }
+    }
+
+    /// When the player's latest session signed in.
+    pub fn since(&self, player: &str) -> Option<Instant> {
+        self.players.lock().get(player).map(|e| e.since)
+    }
+
+    /// Players whose id or name contains `q` (case-insensitive; every
+    /// player for an empty `q`), sorted by id, at most `limit`; and
+    /// whether more matched.
+    pub fn search(&self, q: &str, limit: usize) -> (Vec<PlayerSeen>, bool) {
+        let q = q.to_lowercase();
+        let mut found: Vec<PlayerSeen> = {
+            let players = self.players.lock();
+            players
+                .iter()
+                .filter(|(id, e)| {
+                    q.is_empty()
+                        || id.to_lowercase().contains(&q)
+                        || e.name.to_lowercase().contains(&q)
+                })
+                .map(|(id, e)| PlayerSeen {
+                    player: id.clone(),
+                    name: e.name.clone(),
+                    room: e.seat.as_ref().map(|s| s.room.clone()),
+                    since: e.since,
+                    connected: false,
+                })
+                .collect()
+        };
+        {
+            let sessions = self.sessions.lock();
+            let players = self.players.lock();
+            for seen in &mut found {
+                seen.connected = players
+                    .get(&seen.player)
+                    .is_some_and(|e| sessions.contains_key(&e.session));
+            }
+        }
+        found.sort_by(|a, b| a.player.cmp(&b.player));
+        let truncated = found.len() > limit;
+        found.truncate(limit);
+        (found, truncated)
     }
 
     /// How many players have an entry.

@@ -11,6 +11,14 @@
 //! ├─ extra room Arbiter × 0..supervision.max_extra_arbiters: started by the
 //! │                  watchdog while every room thread is blocked, retired
 //! │                  when one answers again (see [`crate::room::supervisor`])
+//! ├─ in cluster mode: the "directory" task (its own supervisor and stop
+//! │                  signal, so it renews leases until the rooms' state is
+//! │                  flushed; then the shard leaves the cluster), and the
+//! │                  "peers" task under the same supervisor, which keeps
+//! │                  the peer hub (started before the listeners are
+//! │                  announced; its own tasks run inside it) dialled to the
+//! │                  shards in the directory; the hub closes after the
+//! │                  flush
 //! └─ shared state, handed to each part as the narrow handle it needs
 //!    ([`session::Deps`] to the gateway and its sessions, [`crate::http::Deps`] to
 //!    the HTTP server): Config, Auth, RoomSupervisor, Dispatcher, the
@@ -40,20 +48,33 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::auth::Auth;
+use crate::bans::Bans;
+use crate::cluster::tunnel::PeerHub;
+use crate::cluster::{
+    run_agent, Directory, DirectorySettings, LoadSource, ShardId, ShardLoad, ShardRecord,
+    ShardState as DirState,
+};
 use crate::config::{ms, Config};
 use crate::dispatcher::Dispatcher;
+use crate::events::{Events, NewEvent};
 use crate::gateway::Gateway;
+use crate::http::Life;
+use protocol::admin::{EventKind, ShardState};
 
 use crate::presence::Presence;
 use crate::room::supervisor::Settings;
 use crate::room::RoomSupervisor;
 use crate::session::{self, Session, Shutdown};
-use crate::store::Persister;
+use crate::store::{Persister, PersisterHandle};
 use crate::supervise::{self, Child, FaultPoints, Restart, Supervisor, Tasks};
 
 pub struct ShardHandle {
     pub ws_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// In cluster mode: this shard's id and its directory handle.
+    pub cluster: Option<Directory>,
+    /// In cluster mode: the peer tunnel's bound (UDP) address.
+    pub peer_addr: Option<SocketAddr>,
     stop_tx: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -95,6 +116,7 @@ pub fn start(config: Config) -> anyhow::Result<ShardHandle> {
     config.validate()?;
     let tls = crate::tls::Tls::from_config(&config.tls)?;
     crate::metrics::prometheus();
+    crate::metrics::register_zeroes();
     // The store first: an embedded store that cannot be opened is fatal; a
     // MongoDB that is not reachable yet is retried in the background.
     let tasks = Tasks::default();
@@ -116,12 +138,19 @@ pub fn start(config: Config) -> anyhow::Result<ShardHandle> {
             system.block_on(run(config, tls, persister, tasks, ready_tx, stop_rx));
         })
         .context("spawning the shard thread")?;
-    let (ws_addr, http_addr) = ready_rx
+    let Bound {
+        ws: ws_addr,
+        http: http_addr,
+        peer: peer_addr,
+        cluster,
+    } = ready_rx
         .recv()
         .context("the shard stopped while starting")??;
     Ok(ShardHandle {
         ws_addr,
         http_addr,
+        cluster,
+        peer_addr,
         stop_tx,
         thread: Some(thread),
     })
@@ -130,7 +159,15 @@ pub fn start(config: Config) -> anyhow::Result<ShardHandle> {
 /// How long start waits for the embedded store to be ready.
 const EMBEDDED_READY_WAIT: Duration = Duration::from_secs(5);
 
-type Ready = std::sync::mpsc::Sender<anyhow::Result<(SocketAddr, SocketAddr)>>;
+/// What `start` learns once the shard is up.
+struct Bound {
+    ws: SocketAddr,
+    http: SocketAddr,
+    peer: Option<SocketAddr>,
+    cluster: Option<Directory>,
+}
+
+type Ready = std::sync::mpsc::Sender<anyhow::Result<Bound>>;
 
 async fn run(
     config: Config,
@@ -177,6 +214,36 @@ async fn run(
         }
     };
 
+    // In cluster mode, the directory handle (connecting lazily: a Redis
+    // that is down now is retried by its task, not fatal).
+    let directory = if config.cluster.enabled() {
+        match join_cluster(&config, addrs) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    // In cluster mode, the peer tunnel: bound now (so a port 0 is known
+    // for the shard record), dialling shards through the directory.
+    let hub = match &directory {
+        Some(dir) => {
+            let settings = crate::cluster::peering::tunnel_settings(&config, dir.shard().as_str());
+            let resolver = crate::cluster::peering::DirectoryResolver(dir.clone());
+            match PeerHub::start(settings, resolver).await {
+                Ok(hub) => Some(hub),
+                Err(e) => {
+                    let _ = ready.send(Err(anyhow::anyhow!("cluster.peer_addr: {e}")));
+                    return;
+                }
+            }
+        }
+        None => None,
+    };
+
     // Sessions and rooms live on separate Arbiters, so a room stuck in a
     // handler stalls only rooms, which the watchdog moves away.
     let workers: Vec<Arbiter> = (0..config.workers()).map(|_| Arbiter::new()).collect();
@@ -186,6 +253,13 @@ async fn run(
     let handles: Vec<ArbiterHandle> = workers.iter().map(|a| a.handle()).collect();
     let dispatcher = Arc::new(Dispatcher::default());
     let faults = FaultPoints::new(config.admin.fault_injection);
+    // The shard's id in the admin API and its events: the cluster's name
+    // for it, or its HTTP address outside a cluster.
+    let shard_id = match &directory {
+        Some(dir) => dir.shard().to_string(),
+        None => addrs.1.to_string(),
+    };
+    let events = Events::new(&shard_id, config.admin.events_capacity);
     let rooms = Arc::new(
         RoomSupervisor::new(
             config.map_defs(),
@@ -194,18 +268,31 @@ async fn run(
             persister.handle(),
             Settings::from_config(&config),
         )
-        .with_faults(faults.clone()),
+        .with_faults(faults.clone())
+        .with_events(events.clone()),
     );
     let presence = Arc::new(Presence::new(Duration::from_secs(config.auth.resume_ttl_s)));
-    let web = Arc::new(crate::http::Deps {
-        config: config.clone(),
-        rooms: rooms.clone(),
-        dispatcher: dispatcher.clone(),
-        presence: presence.clone(),
-        tasks,
-        faults: faults.clone(),
-        tls: tls.http.clone(),
-    });
+    let bans = Arc::new(Bans::default());
+    load_bans(&persister.handle(), &bans).await;
+    let life = Arc::new(Life::default());
+    let web = Arc::new(
+        crate::http::Deps::new(
+            config.clone(),
+            rooms.clone(),
+            dispatcher.clone(),
+            presence.clone(),
+            tasks,
+            faults.clone(),
+            tls.http.clone(),
+            shard_id,
+            life.clone(),
+            events.clone(),
+            bans.clone(),
+            persister.handle(),
+        )
+        .with_directory(directory.clone())
+        .with_peers(hub.clone()),
+    );
     let shared = Arc::new(session::Deps {
         auth: Auth::new(&config.auth),
         limits: config.welcome_limits(),
@@ -214,6 +301,8 @@ async fn run(
         presence,
         persister: persister.handle(),
         faults,
+        bans,
+        directory: directory.clone(),
         config,
     });
 
@@ -237,13 +326,26 @@ async fn run(
                 move || gateway.clone().run(listener.clone(), stop_rx.clone())
             })),
         );
-    let http_task = actix::spawn(
-        supervisor.supervise(Child::new("http", Restart::Permanent, {
-            let (web, stop_rx) = (web.clone(), stop_rx.clone());
-            let ws_addr = addrs.0;
-            move || crate::http::serve(http.clone(), web.clone(), ws_addr, stop_rx.clone())
-        })),
+    // The HTTP server has a stop signal of its own, sent once the sessions
+    // are closed: while they close, `/healthz/ready` answers 503 (the load
+    // balancer sends no one new) and `/metrics` still answers.
+    let (http_stop_tx, http_stop_rx) = watch::channel(false);
+    let http_supervisor = Supervisor::new(
+        &web.tasks,
+        supervise::Settings {
+            shutdown: ms(shared.config.server.shutdown_grace_ms),
+            ..supervise::Settings::from_config(&shared.config.supervision)
+        },
+        http_stop_rx.clone(),
     );
+    let http_task =
+        actix::spawn(
+            http_supervisor.supervise(Child::new("http", Restart::Permanent, {
+                let (web, stop_rx) = (web.clone(), http_stop_rx.clone());
+                let ws_addr = addrs.0;
+                move || crate::http::serve(http.clone(), web.clone(), ws_addr, stop_rx.clone())
+            })),
+        );
     let sampler = actix::spawn(
         supervisor.supervise(Child::new("sampler", Restart::Permanent, {
             let (shared, stop_rx) = (shared.clone(), stop_rx.clone());
@@ -260,6 +362,69 @@ async fn run(
                 move || watch_rooms(rooms.clone(), every, stop_rx.clone())
             })),
         );
+    // The directory task has a stop signal of its own: it keeps renewing
+    // the leases until the rooms have stopped and their state is flushed,
+    // so no other shard takes a room this one is still writing.
+    let (cluster_stop_tx, cluster_stop_rx) = watch::channel(false);
+    let cluster_tasks = directory.as_ref().map(|dir| {
+        let supervisor = Supervisor::new(
+            &web.tasks,
+            supervise::Settings::from_config(&shared.config.supervision),
+            cluster_stop_rx.clone(),
+        );
+        let record = ShardRecord {
+            ws_addr: advertised(&shared.config, addrs.0),
+            http_addr: advertised(&shared.config, addrs.1),
+            peer_addr: hub
+                .as_ref()
+                .map(|hub| advertised(&shared.config, hub.local_addr()))
+                .unwrap_or_default(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: crate::cluster::directory::unix_ms(),
+        };
+        let load: LoadSource = {
+            let shared = shared.clone();
+            Arc::new(move || ShardLoad {
+                sessions: shared.presence.session_count() as u64,
+                rooms: shared.rooms.running() as u64,
+                cpu: 0.0,
+            })
+        };
+        let mut tasks = vec![actix::spawn(supervisor.supervise(Child::new(
+            "directory",
+            Restart::Permanent,
+            {
+                let (dir, stop_rx) = (dir.clone(), cluster_stop_rx.clone());
+                move || run_agent(dir.clone(), record.clone(), load.clone(), stop_rx.clone())
+            },
+        )))];
+        // The tunnel's own tasks run inside the hub; this child keeps it
+        // connected to the shards the directory lists.
+        if let Some(hub) = &hub {
+            let (hub, dir, stop_rx) = (hub.clone(), dir.clone(), cluster_stop_rx.clone());
+            let every = ms(shared.config.cluster.heartbeat_ms);
+            tasks.push(actix::spawn(supervisor.supervise(Child::new(
+                "peers",
+                Restart::Permanent,
+                move || {
+                    crate::cluster::peering::keep_peers(
+                        hub.clone(),
+                        dir.clone(),
+                        every,
+                        stop_rx.clone(),
+                    )
+                },
+            ))));
+        }
+        tasks
+    });
+    if let Some(dir) = &directory {
+        // Listening: placeable from now on (remembered, and written by the
+        // next heartbeat if Redis does not answer now).
+        if let Err(e) = dir.set_state(DirState::Ready).await {
+            tracing::warn!(error = %e, "cluster: marking the shard ready; the heartbeat will");
+        }
+    }
     tracing::info!(
         ws = %addrs.0,
         http = %addrs.1,
@@ -267,10 +432,31 @@ async fn run(
         room_arbiters = room_arbiters.len(),
         "shard started"
     );
-    let _ = ready.send(Ok(addrs));
+    life.set(ShardState::Ready);
+    events.record(NewEvent::plain(
+        EventKind::ShardStarted,
+        addrs.1.to_string(),
+        format!("version {}", env!("CARGO_PKG_VERSION")),
+    ));
+    let _ = ready.send(Ok(Bound {
+        ws: addrs.0,
+        http: addrs.1,
+        peer: hub.as_ref().map(PeerHub::local_addr),
+        cluster: directory.clone(),
+    }));
 
     let _ = stop_rx.wait_for(|stop| *stop).await;
+    life.set(ShardState::Stopping);
+    events.record(NewEvent::plain(
+        EventKind::ShardStopping,
+        addrs.1.to_string(),
+        "shutting down",
+    ));
     tracing::info!("shutting down: no new connections");
+    if let Some(dir) = &directory {
+        // No new rooms placed here from now on.
+        let _ = dir.set_state(DirState::Draining).await;
+    }
     let _ = gateway_task.await;
     let report = web.announce("server shutting down");
     tracing::info!(delivered = report.delivered, "shutdown announced");
@@ -289,6 +475,7 @@ async fn run(
             "sessions still open after the grace period"
         ),
     }
+    let _ = http_stop_tx.send(true);
     let _ = http_task.await;
     let _ = sampler.await;
     let _ = watchdog.await;
@@ -305,20 +492,73 @@ async fn run(
     } else {
         tracing::info!(?report, "store flushed");
     }
+    if let Some(dir) = &directory {
+        let _ = cluster_stop_tx.send(true);
+        for task in cluster_tasks.into_iter().flatten() {
+            let _ = task.await;
+        }
+        // After the rooms' state is flushed: peers see `shutting_down`.
+        if let Some(hub) = &hub {
+            hub.shutdown(ms(shared.config.server.shutdown_grace_ms))
+                .await;
+        }
+        crate::cluster::leave(dir, ms(shared.config.cluster.redis_wait_ms)).await;
+    }
     tracing::info!("shard stopped");
 }
 
-/// Once a second: the dispatcher's queue depths, and expired seats.
+/// The directory handle of this shard, named by `cluster.shard_id` or by
+/// the host and the ports bound.
+fn join_cluster(
+    config: &Config,
+    (ws, http): (SocketAddr, SocketAddr),
+) -> anyhow::Result<Directory> {
+    let id = config.shard_id_bound(ws.port(), http.port());
+    let id = ShardId::new(&id).map_err(|e| anyhow::anyhow!("cluster.shard_id: {e}"))?;
+    Directory::new(DirectorySettings::from_config(config), id).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// `addr` as other shards should dial it: with `cluster.advertise_host`
+/// in place of the bound IP when set.
+fn advertised(config: &Config, addr: SocketAddr) -> String {
+    if config.cluster.advertise_host.is_empty() {
+        addr.to_string()
+    } else {
+        format!("{}:{}", config.cluster.advertise_host, addr.port())
+    }
+}
+
+/// Once a second: the dispatcher's queue depths and rates, expired seats,
+/// and the stored bans until they could be read once.
 async fn sample(shared: Arc<session::Deps>, mut stop_rx: watch::Receiver<bool>) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = stop_rx.wait_for(|s| *s) => break,
             _ = every.tick() => {
-                shared.dispatcher.sample();
+                shared.dispatcher.sample(1.0);
                 shared.presence.prune();
             }
         }
+        // Outside the select: its branches hold the stop signal's guard.
+        if !shared.bans.loaded() {
+            load_bans(&shared.persister, &shared.bans).await;
+        }
+    }
+}
+
+/// Read the stored bans into the table in force; a store that does not
+/// answer yet is tried again by the sampler.
+async fn load_bans(persister: &PersisterHandle, bans: &Bans) {
+    match persister
+        .admin_call(|store| async move { store.load_bans().await })
+        .await
+    {
+        Ok(list) => {
+            tracing::info!(bans = list.len(), "bans loaded");
+            bans.load(list);
+        }
+        Err(err) => tracing::warn!(error = %err, "bans not loaded yet; retrying"),
     }
 }
 

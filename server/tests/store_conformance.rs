@@ -17,7 +17,7 @@ use std::sync::Arc;
 use server::store::model::{OPS, PLAYERS, PLAYER_SCHEMA, ROOMS, ROOM_SCHEMA, TRADES};
 use server::store::{
     Adjust, Bundle, DurableError, DurableOp, GroundItem, OpState, PendingPickup, PlayerState,
-    Rejection, RoomState, Stats, Store, Trade, TradeState, Volatile,
+    Rejection, RoomFence, RoomState, Stats, Store, Trade, TradeState, Volatile,
 };
 use store_support::{init_tracing, Fixture, Kind};
 
@@ -76,6 +76,8 @@ conformance!(
     stale_player_writes_are_skipped,
     a_late_batch_never_replaces_newer_state,
     the_ledgers_are_pruned_after_the_retention,
+    bans_and_the_audit_trail,
+    the_owner_epoch_fences_room_writes_and_pickups,
 );
 
 fn state(map: &str, x: f32) -> PlayerState {
@@ -152,6 +154,7 @@ fn now_ms() -> i64 {
 }
 
 mod cases {
+    pub use super::admin_docs::*;
     pub use super::exactness::*;
     use super::*;
 
@@ -173,6 +176,7 @@ mod cases {
                 currency: 250,
                 items: items(&[("sword", 1), ("potion", 3)]),
                 progress: items(&[("quest-intro", 2)]),
+                fence: None,
             }))
             .await
             .unwrap();
@@ -805,6 +809,89 @@ mod cases {
         p.shutdown(Duration::from_secs(5)).await;
     }
 
+    /// The epoch fence: once a shard claimed a room at epoch E, writes of
+    /// the room document and pick-up credits from an older epoch are
+    /// refused (never retried); newer ones pass whatever their revision;
+    /// a claim never lowers the stored epoch.
+    pub async fn the_owner_epoch_fences_room_writes_and_pickups(mut fx: Fixture) {
+        let config = server::store::StoreConfig {
+            flush_interval_ms: 600_000,
+            ..fx.config()
+        };
+        let p = fx.persister(config).await;
+        let fresh = fx.fresh().await;
+        let at = |owner_epoch: u64, rev: u64, ground: &[u64]| RoomState {
+            owner_epoch,
+            ..room_at("grove", rev, ground)
+        };
+        fn fenced<T>(r: Result<T, DurableError>) -> bool {
+            matches!(r, Err(DurableError::Rejected(Rejection::Fenced(_))))
+        }
+        // A single shard's document (epoch 0), then a shard claims it at 2.
+        assert_eq!(p.durable_room(at(0, 1, &[1, 2])).await, Ok(true));
+        assert_eq!(p.claim_room("grove", 2).await, Ok(0));
+        let claimed = fresh.load_room("grove".into()).await.unwrap().unwrap();
+        assert_eq!((claimed.owner_epoch, claimed.rev), (2, 1));
+        assert_eq!(claimed.items.len(), 2, "a claim keeps the document");
+
+        // Older owners are refused, through or behind, whatever their rev.
+        assert!(fenced(p.durable_room(at(1, 10, &[])).await));
+        assert!(fenced(p.durable_room(at(0, 11, &[])).await));
+        p.room_state(at(1, 12, &[]));
+        p.flush().await.unwrap();
+        assert_eq!(
+            fresh.load_room("grove".into()).await.unwrap(),
+            Some(claimed)
+        );
+        assert!(p.stats().rejected >= 1, "a fenced write-behind is dropped");
+
+        // The owner writes by revision; a newer owner wins outright.
+        assert_eq!(p.durable_room(at(2, 2, &[1])).await, Ok(true));
+        assert_eq!(p.durable_room(at(2, 2, &[])).await, Ok(false));
+        assert_eq!(p.durable_room(at(3, 1, &[7])).await, Ok(true));
+        let now = fresh.load_room("grove".into()).await.unwrap().unwrap();
+        assert_eq!((now.owner_epoch, now.rev, now.items.len()), (3, 1, 1));
+
+        // A claim never goes down; the same epoch again is fine.
+        assert!(fenced(p.claim_room("grove", 2).await));
+        assert_eq!(p.claim_room("grove", 3).await, Ok(3));
+        assert_eq!(p.claim_room("grove", 5).await, Ok(3));
+        // A room never stored: its claim makes an empty document.
+        assert_eq!(p.claim_room("meadow", 4).await, Ok(0));
+        let meadow = fresh.load_room("meadow".into()).await.unwrap().unwrap();
+        assert_eq!((meadow.owner_epoch, meadow.rev), (4, 0));
+        assert!(meadow.items.is_empty() && meadow.pending.is_empty());
+        assert!(
+            meadow.epoch.is_empty(),
+            "the pick-up nonce is drawn at load"
+        );
+
+        // Pick-up credits carry the room's epoch: an older one is refused
+        // and nothing is applied; the owner's goes through.
+        p.load_profile("ada", "Ada").await.unwrap();
+        let credit = |op_id: &str, owner_epoch: u64| {
+            DurableOp::Adjust(Adjust {
+                op_id: op_id.into(),
+                player: "ada".into(),
+                items: items(&[("gem", 1)]),
+                fence: Some(RoomFence {
+                    room: "grove".into(),
+                    owner_epoch,
+                }),
+                ..Adjust::default()
+            })
+        };
+        assert!(fenced(p.durable(credit("pickup:grove:x:1", 3)).await));
+        assert!(!op_applied(&fresh, "ada", "pickup:grove:x:1").await);
+        let ack = p.durable(credit("pickup:grove:x:1", 5)).await.unwrap();
+        assert_eq!(ack.inventory("ada").unwrap().items.get("gem"), Some(&1));
+        // A re-drive by a later owner is the same op: a replay.
+        let again = p.durable(credit("pickup:grove:x:1", 6)).await.unwrap();
+        assert!(again.replayed);
+        assert!(p.healthy(), "fencing is not an outage");
+        p.shutdown(Duration::from_secs(5)).await;
+    }
+
     /// A version 1 room document is migrated; a bad one is reported with its
     /// id and loads as none, so its room starts empty instead of failing,
     /// and the room's next write replaces it.
@@ -1423,5 +1510,99 @@ mod mongodb_only {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as i64
+    }
+}
+
+mod admin_docs {
+    use super::*;
+    use protocol::admin::{Ban, Event, EventKind};
+
+    fn audit_row(shard: &str, seq: u64, at_ms: u64, action: &str) -> Event {
+        Event {
+            seq,
+            at_ms,
+            shard: shard.into(),
+            kind: EventKind::AdminAction,
+            subject: "ada".into(),
+            detail: "kicked".into(),
+            actor: Some("alice".into()),
+            action: Some(action.into()),
+            result: Some("ok".into()),
+        }
+    }
+
+    /// Bans go in, are replaced, come out and are lifted; audit rows are
+    /// appended once per event (a retried append writes one row) and read
+    /// back newest-last, through a fresh handle.
+    pub async fn bans_and_the_audit_trail(mut fx: Fixture) {
+        let p = fx.persister(fx.config()).await;
+        let h = p.handle();
+        let forever = Ban {
+            player: "ada".into(),
+            reason: "griefing".into(),
+            by: "alice".into(),
+            at_ms: 1_700_000_000_000,
+            until_ms: None,
+        };
+        let timed = Ban {
+            player: "bob".into(),
+            reason: "spam".into(),
+            by: "alice".into(),
+            at_ms: 1_700_000_000_000,
+            until_ms: Some(1_700_000_600_000),
+        };
+        for ban in [forever.clone(), timed.clone()] {
+            h.admin_call(move |s| async move { s.put_ban(ban).await })
+                .await
+                .unwrap();
+        }
+        // Replacing a ban keeps one document per player.
+        let longer = Ban {
+            until_ms: Some(1_800_000_000_000),
+            ..timed.clone()
+        };
+        let put = longer.clone();
+        h.admin_call(move |s| async move { s.put_ban(put).await })
+            .await
+            .unwrap();
+        let rows = [
+            audit_row("s1", 1, 1_000, "kick"),
+            audit_row("s1", 2, 2_000, "ban"),
+            audit_row("s2", 1, 1_500, "unban"),
+        ];
+        for row in rows.iter().cloned().chain([rows[1].clone()]) {
+            h.admin_call(move |s| async move { s.append_audit(row).await })
+                .await
+                .unwrap();
+        }
+
+        let fresh = fx.fresh().await;
+        let mut bans = fresh.load_bans().await.unwrap();
+        bans.sort_by(|a, b| a.player.cmp(&b.player));
+        assert_eq!(bans, vec![forever.clone(), longer]);
+        let audit = fresh.load_audit(10).await.unwrap();
+        assert_eq!(
+            audit,
+            vec![rows[0].clone(), rows[2].clone(), rows[1].clone()],
+            "one row per event, oldest first"
+        );
+        assert_eq!(
+            fresh.load_audit(1).await.unwrap(),
+            vec![rows[1].clone()],
+            "the newest when limited"
+        );
+
+        let lifted = h
+            .admin_call(|s| async move { s.delete_ban("bob".into()).await })
+            .await
+            .unwrap();
+        assert!(lifted);
+        let again = h
+            .admin_call(|s| async move { s.delete_ban("bob".into()).await })
+            .await
+            .unwrap();
+        assert!(!again, "nothing left to lift");
+        let fresh = fx.fresh().await;
+        assert_eq!(fresh.load_bans().await.unwrap(), vec![forever]);
     }
 }

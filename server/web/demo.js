@@ -143,6 +143,12 @@ client.on('close', ({ code, reason }) => {
     logLine('system', `disconnected (${code} ${reason}): signed in elsewhere; reload to play here`);
     return;
   }
+  if (code === 4007) {
+    // An operator kicked or banned the player (the error before the close
+    // says which and why): coming straight back would defeat it.
+    logLine('system', `disconnected (${code} ${reason}): removed by an operator; reload to come back`);
+    return;
+  }
   // A resume token a restarted server does not know gets 4003: start fresh.
   if (code === 4003) resumeToken = undefined;
   logLine('system', `disconnected (${code}${reason ? ` ${reason}` : ''}); reconnecting`);

@@ -20,6 +20,7 @@
 //! - `supervision`: `[supervision]`.
 //! - `store`: `[store]`, read by the store (which imports it from here).
 //! - `log`: `[log]`.
+//! - `cluster`: `[cluster]` ([`ClusterConfig`], [`Config::shard_id`]).
 //! - `validate`: [`Config::validate`], every section at once.
 
 use std::path::Path;
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 mod access;
+mod cluster;
 mod listeners;
 mod log;
 mod store;
@@ -39,7 +41,8 @@ mod world;
 #[cfg(test)]
 mod tests;
 
-pub use access::{AdminConfig, AuthConfig, AuthMode, LimitsConfig};
+pub use access::{AdminConfig, AdminToken, AuthConfig, AuthMode, LimitsConfig, ADMIN_TOKEN_NAME};
+pub use cluster::{check_shard_id, derive_shard_id, host_name, ClusterConfig, MIN_CLUSTER_SECRET};
 pub use listeners::{IpNet, ServerConfig, TlsConfig, TlsFiles};
 pub use log::{LogConfig, LogFormat};
 pub use store::{Backend, EmbeddedConfig, MongoConfig, StoreConfig, MIN_LEDGER_RETENTION_MS};
@@ -79,6 +82,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub tls: TlsConfig,
     pub log: LogConfig,
+    /// Cluster mode (off unless `cluster.redis` is set).
+    pub cluster: ClusterConfig,
 }
 
 impl Config {

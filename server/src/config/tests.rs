@@ -234,3 +234,80 @@ fn close_linger_and_refusal_bounds_are_validated_by_name() {
     );
     assert!(Config::default().validate().is_ok());
 }
+
+#[test]
+fn admin_tokens_carry_roles_and_bad_ones_are_named_by_field() {
+    use protocol::admin::Role;
+    let token = |token: &str, role, name: &str| AdminToken {
+        token: token.into(),
+        role,
+        name: name.into(),
+    };
+    let mut config = Config::default();
+    config.admin.token = "the-legacy-admin-token".into();
+    config.admin.tokens = vec![
+        token("a-viewer-token-0123456", Role::Viewer, "vera"),
+        token("an-operator-token-0123", Role::Operator, "otto"),
+    ];
+    config.validate().unwrap();
+    assert!(config.admin.enabled());
+    let admin = &config.admin;
+    assert_eq!(
+        admin.role_of("a-viewer-token-0123456"),
+        Some(("vera", Role::Viewer))
+    );
+    assert_eq!(
+        admin.role_of("an-operator-token-0123"),
+        Some(("otto", Role::Operator))
+    );
+    assert_eq!(
+        admin.role_of("the-legacy-admin-token"),
+        Some((ADMIN_TOKEN_NAME, Role::Operator))
+    );
+    assert_eq!(
+        admin.role_of("a-viewer-token-012345"),
+        None,
+        "a prefix is no match"
+    );
+    assert_eq!(admin.role_of(""), None);
+
+    // The list alone turns the admin API on; the token is not needed.
+    let only_list = AdminConfig {
+        tokens: vec![token("an-operator-token-0123", Role::Operator, "otto")],
+        fault_injection: true,
+        ..AdminConfig::default()
+    };
+    assert!(only_list.enabled());
+
+    config.admin.tokens = vec![
+        token("short", Role::Viewer, " "),
+        token("the-legacy-admin-token", Role::Viewer, "dup"),
+    ];
+    config.admin.events_capacity = 0;
+    config.admin.search_limit = 0;
+    config.admin.ban_reason_max_chars = 0;
+    let err = config.validate().unwrap_err().to_string();
+    for needle in [
+        "admin.tokens[0].token must be at least 16 bytes",
+        "admin.tokens[0].name must not be empty",
+        "admin.tokens[1].token is used twice",
+        "admin.events_capacity",
+        "admin.search_limit",
+        "admin.ban_reason_max_chars",
+    ] {
+        assert!(err.contains(needle), "{needle:?} in {err}");
+    }
+
+    // A file with an unknown role is refused, naming it.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.toml");
+    std::fs::write(
+        &file,
+        "[[admin.tokens]]\ntoken = \"a-viewer-token-0123456\"\nrole = \"root\"\nname = \"x\"\n",
+    )
+    .unwrap();
+    let err = Config::load(Some(&file), Vec::new())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("root") && err.contains("viewer"), "{err}");
+}

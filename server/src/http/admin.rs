@@ -5,8 +5,14 @@
 //!
 //! Statuses, one rule for every call (see the module above for the routes):
 //! 404 when the admin API is off or the named thing does not exist, 401 for
-//! a missing or wrong token, 403 for fault injection while it is off, 400
+//! a missing or wrong token, 403 for a viewer's token on an action (every
+//! `POST` needs an operator) and for fault injection while it is off, 400
 //! for a bad body or query; every refusal is `{"error": "..."}`.
+//!
+//! Roles: `admin.token` is an operator named "admin"; `admin.tokens` adds
+//! tokens with a role (`viewer` or `operator`) and a name, which the audit
+//! trail records for every action. Each request type names the role it
+//! needs ([`AdminRequest::ROLE`]), so a route cannot forget to ask.
 
 use std::time::Duration;
 
@@ -16,7 +22,7 @@ use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use protocol::admin::{
-    AnnounceReply, AnnounceRequest, Armed, ErrorReply, RoomFaultKind, RoomFaultReply,
+    AnnounceReply, AnnounceRequest, Armed, ErrorReply, Peers, Role, RoomFaultKind, RoomFaultReply,
     RoomFaultRequest, SessionFaultKind, SessionFaultReply, SessionFaultRequest, TaskFaultQuery,
     TaskFaultReply,
 };
@@ -38,18 +44,18 @@ const ROOM_PANIC_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_STALL_MS: u64 = 3_000;
 
 /// A refusal: a status and the message of its `{"error": ...}` body.
-pub(super) struct Refusal(StatusCode, String);
+pub(super) struct Refusal(pub(super) StatusCode, pub(super) String);
 
 impl Refusal {
-    fn new(status: StatusCode, message: impl Into<String>) -> Refusal {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> Refusal {
         Refusal(status, message.into())
     }
 
-    fn bad_request(message: impl Into<String>) -> Refusal {
+    pub(super) fn bad_request(message: impl Into<String>) -> Refusal {
         Refusal::new(StatusCode::BAD_REQUEST, message)
     }
 
-    fn not_found(message: impl Into<String>) -> Refusal {
+    pub(super) fn not_found(message: impl Into<String>) -> Refusal {
         Refusal::new(StatusCode::NOT_FOUND, message)
     }
 }
@@ -61,7 +67,7 @@ impl IntoResponse for Refusal {
 }
 
 /// An admin handler's answer: its reply document, or a refusal.
-type Answer<T> = Result<Json<T>, Refusal>;
+pub(super) type Answer<T> = Result<Json<T>, Refusal>;
 
 /// A request an admin route takes, decoded and checked.
 pub(super) trait AdminRequest: Sized {
@@ -69,15 +75,26 @@ pub(super) trait AdminRequest: Sized {
     /// as the token (403 without).
     const FAULT: bool;
 
+    /// The role the route needs: `Viewer` to read, `Operator` to act.
+    const ROLE: Role = Role::Operator;
+
     /// Decode the request from its query string and body; `Err` is the
     /// 400's message.
     fn decode(uri: &Uri, headers: &HeaderMap, body: &[u8], config: &Config)
         -> Result<Self, String>;
 }
 
-/// The one extractor of every admin handler: `T` decoded, after the token
-/// (and, for a fault, `admin.fault_injection`) was checked.
-pub(super) struct Admin<T>(pub T);
+/// Who called: the token's configured name and role.
+#[derive(Debug, Clone)]
+pub(super) struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+/// The one extractor of every admin handler: `T` decoded, after the token,
+/// its role (and, for a fault, `admin.fault_injection`) were checked; with
+/// the caller, for the audit trail.
+pub(super) struct Admin<T>(pub T, pub Caller);
 
 impl<T: AdminRequest> FromRequest<AppState> for Admin<T> {
     type Rejection = Response;
@@ -91,7 +108,17 @@ impl<T: AdminRequest> FromRequest<AppState> for Admin<T> {
             .await
             .map_err(IntoResponse::into_response)?;
         let shared = &state.shared;
-        refuse_unauthorized(shared, &headers).map_err(IntoResponse::into_response)?;
+        let caller = authenticate(shared, &headers).map_err(IntoResponse::into_response)?;
+        if T::ROLE == Role::Operator && caller.role != Role::Operator {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "token {:?} has the viewer role; this call needs an operator",
+                    caller.name
+                ),
+            )
+            .into_response());
+        }
         if T::FAULT && !shared.config.admin.fault_injection {
             // A valid token asking for what this shard does not allow:
             // forbidden, not "not found", which these routes keep for an
@@ -103,45 +130,39 @@ impl<T: AdminRequest> FromRequest<AppState> for Admin<T> {
             .into_response());
         }
         T::decode(&uri, &headers, &body, &shared.config)
-            .map(Admin)
+            .map(|request| Admin(request, caller))
             .map_err(|message| Refusal::bad_request(message).into_response())
     }
 }
 
-/// `Ok` when the request carries the admin token.
-fn refuse_unauthorized(shared: &Deps, headers: &HeaderMap) -> Result<(), Refusal> {
-    let expected = &shared.config.admin.token;
-    if expected.is_empty() {
+/// The caller of a request whose bearer token is configured.
+fn authenticate(shared: &Deps, headers: &HeaderMap) -> Result<Caller, Refusal> {
+    let admin = &shared.config.admin;
+    if !admin.enabled() {
         // Nothing to authenticate against.
         return Err(Refusal::not_found(
-            "admin endpoints are off: set admin.token",
+            "admin endpoints are off: set admin.token or admin.tokens",
         ));
     }
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let ok = given.is_some_and(|g| {
-        // Compare in constant time; lengths are not secret.
-        g.len() == expected.len()
-            && g.bytes()
-                .zip(expected.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(Refusal::new(
+    match given.and_then(|g| admin.role_of(g)) {
+        Some((name, role)) => Ok(Caller {
+            name: name.to_string(),
+            role,
+        }),
+        None => Err(Refusal::new(
             StatusCode::UNAUTHORIZED,
             "missing or wrong bearer token",
-        ))
+        )),
     }
 }
 
 /// The body of a request that must carry JSON, as axum's `Json` extractor
 /// requires: a JSON content type.
-fn json_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<&'a [u8], String> {
+pub(super) fn json_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<&'a [u8], String> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -161,7 +182,10 @@ fn json_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<&'a [u8], String
 
 /// Decode a JSON body as `T`, or the route's own message saying what it
 /// takes.
-fn decode_json<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, String> {
+pub(super) fn decode_json<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    shape: &str,
+) -> Result<T, String> {
     Json::<T>::from_bytes(body)
         .map(|Json(request)| request)
         .map_err(|_| shape.to_string())
@@ -247,9 +271,33 @@ impl AdminRequest for TaskName {
     }
 }
 
+/// `GET /admin/peers` takes nothing but the token.
+pub(super) struct PeersQuery;
+
+impl AdminRequest for PeersQuery {
+    const FAULT: bool = false;
+    const ROLE: Role = Role::Viewer;
+
+    fn decode(_: &Uri, _: &HeaderMap, _: &[u8], _: &Config) -> Result<Self, String> {
+        Ok(PeersQuery)
+    }
+}
+
+/// The peer tunnels' registries; a shard outside a cluster answers the
+/// empty document that says so.
+pub(super) async fn peers(
+    State(state): State<AppState>,
+    Admin(PeersQuery, _): Admin<PeersQuery>,
+) -> Answer<Peers> {
+    Ok(Json(match &state.shared.peers {
+        Some(hub) => hub.snapshot(),
+        None => Peers::standalone(),
+    }))
+}
+
 pub(super) async fn announce(
     State(state): State<AppState>,
-    Admin(request): Admin<AnnounceRequest>,
+    Admin(request, caller): Admin<AnnounceRequest>,
 ) -> Answer<AnnounceReply> {
     let shared = &state.shared;
     let report = match &request.map {
@@ -262,6 +310,12 @@ pub(super) async fn announce(
             .publish(MapBroadcast(announce_frame(&request.text))),
         None => shared.announce(&request.text),
     };
+    let subject = request.map.as_deref().unwrap_or("every map");
+    let done = format!(
+        "{:?}: delivered {}, dropped {}",
+        request.text, report.delivered, report.dropped
+    );
+    super::actions::audit(shared, &caller, "announce", subject, &Ok(done)).await;
     Ok(Json(AnnounceReply {
         delivered: report.delivered,
         dropped: report.dropped,
@@ -291,7 +345,7 @@ fn arm(
 /// caller can count restarts); a stall answers at once.
 pub(super) async fn room_fault(
     State(state): State<AppState>,
-    Admin(request): Admin<RoomFaultRequest>,
+    Admin(request, _): Admin<RoomFaultRequest>,
 ) -> Answer<RoomFaultReply> {
     let shared = &state.shared;
     if let Some(at) = &request.at {
@@ -352,7 +406,7 @@ pub(super) async fn room_fault(
 /// may be this very server).
 pub(super) async fn task_fault(
     State(state): State<AppState>,
-    Admin(TaskName(name)): Admin<TaskName>,
+    Admin(TaskName(name), _): Admin<TaskName>,
 ) -> Answer<TaskFaultReply> {
     match state.shared.tasks.inject_panic(&name) {
         Ok(was) => Ok(Json(TaskFaultReply {
@@ -366,7 +420,7 @@ pub(super) async fn task_fault(
 /// Make a player's session panic, or drop its connection without a close.
 pub(super) async fn session_fault(
     State(state): State<AppState>,
-    Admin(request): Admin<SessionFaultRequest>,
+    Admin(request, _): Admin<SessionFaultRequest>,
 ) -> Answer<SessionFaultReply> {
     let shared = &state.shared;
     if let Some(at) = &request.at {

@@ -5,50 +5,77 @@
 //! | `GET /` , `/demo.js`, `/tessera.js` | the demo client, embedded in the binary |
 //! | `GET /client-config.json` | `{"ws_port": N}`: where the demo connects |
 //! | `GET /healthz` | `200 {"status":"ok","sessions":N,"rooms":N,"tasks":{...}}`; `status` is `degraded` once a supervised task was given up |
+//! | `GET /healthz/ready` | 200 with the `/healthz` document while the shard accepts players; 503 while it starts or shuts down (a load balancer's readiness probe) |
 //! | `GET /metrics` | Prometheus text |
-//! | `POST /admin/announce` | `{"text": "...", "map": "optional"}`, bearer `admin.token` |
+//! | `POST /admin/announce` | `{"text": "...", "map": "optional"}` (operator) |
+//! | `GET /admin/whoami` | the caller's token name and role (viewer) |
+//! | `GET /admin/shard` | id, version, uptime, state, sessions, rooms, messages in and out per second, tick p99, restarts (viewer) |
+//! | `GET /admin/rooms` | every running room (viewer) |
+//! | `GET /admin/rooms/{room}` | the room inspector: members, positions, session ages (viewer); `lobby%232` for `lobby#2` |
+//! | `POST /admin/rooms/{room}/restart` | restart the room from its snapshot (operator) |
+//! | `GET /admin/players?q=` | players by id or name (viewer) |
+//! | `POST /admin/players/{player}/kick` | `{"reason": "optional"}` or no body (operator) |
+//! | `POST /admin/players/{player}/ban` | `{"reason": "...", "duration_s": optional}` (operator) |
+//! | `POST /admin/players/{player}/unban` | (operator) |
+//! | `GET /admin/dispatcher` | each topic: subscribers, depth, publish rate, drops (viewer) |
+//! | `GET /admin/events?since=` | recent events after sequence `since` (viewer) |
 //! | `POST /admin/faults/room` | `{"map": "...", "kind": "panic" or "stall", "ms": N}`; `map` names a room: `lobby` is the map's first instance, `lobby#2` its second; with `"at": "<point>"` a panic is armed at that point of that room instead; needs `admin.fault_injection` |
 //! | `POST /admin/faults/session` | `{"player": "...", "kind": "panic" or "drop"}`; with `"at": "<point>"` a panic is armed at that point of the player's session (of the next session to get there without `player`); needs `admin.fault_injection` |
 //! | `POST /admin/faults/task?name=<child>` | the supervised task panics at its next poll; needs `admin.fault_injection` |
+//! | `GET /admin/peers` | the peer tunnels: listeners, peers (state, RTT, bytes), open streams, refusals; `{"cluster": false, ...}` on a shard outside a cluster; viewer |
 //!
 //! Statuses, one rule for every admin call: 404 when the admin API is off
-//! (no `admin.token`: there is nothing to authenticate against) or the
-//! named thing (map, room, player, task) does not exist; 401 for a missing
-//! or wrong token; 403 for a valid token asking for something this shard's
-//! configuration does not allow (fault injection while
-//! `admin.fault_injection` is off); 400 for a bad body or query.
+//! (no `admin.token` nor `admin.tokens`: there is nothing to authenticate
+//! against) or the named thing (map, room, player, task) does not exist;
+//! 401 for a missing or wrong token; 403 for a valid token asking for
+//! something its role or this shard's configuration does not allow (an
+//! action with a viewer's token, fault injection while
+//! `admin.fault_injection` is off); 400 for a bad body or query; 503 when
+//! the store did not take a ban or unban.
+//!
+//! Every action is audited (`http/actions.rs`): the events ring and the
+//! store's `audit` collection get who, what, when and the result.
 //!
 //! Every body, request and reply, is a type of [`protocol::admin`], which
 //! `tessera-ops` reads too. The admin calls live in `http/admin.rs`,
-//! behind one extractor (`Admin<T>`) that checks the token and decodes the
-//! body.
+//! behind one extractor (`Admin<T>`) that checks the token and its role
+//! and decodes the body; the read views in `http/inspect.rs`, the actions
+//! in `http/actions.rs`.
 //!
 //! With `[tls]` configured for it, the listener speaks HTTPS only; each
 //! connection's TLS handshake runs in its own task, on first read.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use protocol::admin::{ClientConfig, Health, HealthStatus, TaskState};
+use protocol::admin::{ClientConfig, Health, HealthStatus, ShardState, TaskState};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::bans::Bans;
+use crate::cluster::tunnel::PeerHub;
 use crate::config::Config;
 use crate::dispatcher::{announce_frame, Announcement, Dispatcher, PublishReport};
+use crate::events::Events;
 use crate::room::RoomSupervisor;
 use crate::session::Sessions;
+use crate::store::PersisterHandle;
 use crate::supervise::{ChildState, FaultPoints, Tasks};
 use crate::tls::Conn;
 
+mod actions;
 mod admin;
+mod inspect;
 
+pub use actions::{parse_ban, parse_kick};
 pub use admin::{parse_announce, parse_room_fault, parse_session_fault};
 /// The admin bodies, where they were before [`protocol::admin`] (the fuzz
 /// targets name them here).
@@ -72,6 +99,102 @@ pub struct Deps {
     pub faults: FaultPoints,
     /// TLS on the HTTP listener, when `[tls]` configures it.
     pub tls: Option<TlsAcceptor>,
+    /// This shard's id in the admin API (its HTTP address until the
+    /// cluster names shards).
+    pub shard_id: String,
+    /// When the shard started (uptime).
+    pub started: Instant,
+    /// Starting, ready, stopping: `/healthz/ready` and `/admin/shard`.
+    pub life: Arc<Life>,
+    /// Recent events, and where admin actions are recorded.
+    pub events: Events,
+    /// Bans in force (the admin API changes them; sessions check them).
+    pub bans: Arc<Bans>,
+    /// The store, for bans and the audit trail.
+    pub persister: PersisterHandle,
+    /// Messages per second for `/admin/shard`.
+    rates: inspect::Rates,
+    /// The peer hub in cluster mode (`/admin/peers`); `None` for a shard
+    /// that runs alone.
+    pub peers: Option<PeerHub>,
+    /// The cluster directory, in cluster mode.
+    pub directory: Option<crate::cluster::Directory>,
+}
+
+impl Deps {
+    /// What the HTTP server needs, from the shard's parts.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Config,
+        rooms: Arc<RoomSupervisor>,
+        dispatcher: Arc<Dispatcher>,
+        presence: Arc<Sessions>,
+        tasks: Tasks,
+        faults: FaultPoints,
+        tls: Option<TlsAcceptor>,
+        shard_id: String,
+        life: Arc<Life>,
+        events: Events,
+        bans: Arc<Bans>,
+        persister: PersisterHandle,
+    ) -> Deps {
+        Deps {
+            config,
+            rooms,
+            dispatcher,
+            presence,
+            tasks,
+            faults,
+            tls,
+            shard_id,
+            started: Instant::now(),
+            life,
+            events,
+            bans,
+            persister,
+            rates: inspect::Rates::default(),
+            peers: None,
+            directory: None,
+        }
+    }
+
+    /// The cluster directory (cluster mode).
+    pub fn with_directory(mut self, directory: Option<crate::cluster::Directory>) -> Deps {
+        self.directory = directory;
+        self
+    }
+
+    /// The cluster's peer hub, shown by `GET /admin/peers`.
+    pub fn with_peers(mut self, hub: Option<PeerHub>) -> Deps {
+        self.peers = hub;
+        self
+    }
+}
+
+/// Where the shard is in its life, shared by the shard (which moves it on)
+/// and the HTTP server (which reports it).
+#[derive(Default)]
+pub struct Life(AtomicU8);
+
+impl Life {
+    pub fn set(&self, state: ShardState) {
+        let n = match state {
+            ShardState::Starting => 0,
+            ShardState::Ready => 1,
+            ShardState::Draining => 2,
+            ShardState::Stopping => 3,
+        };
+        self.0.store(n, Ordering::Release);
+    }
+
+    pub fn state(&self) -> ShardState {
+        match self.0.load(Ordering::Acquire) {
+            0 => ShardState::Starting,
+            1 => ShardState::Ready,
+            2 => ShardState::Draining,
+            _ => ShardState::Stopping,
+        }
+    }
 }
 
 impl Deps {
@@ -153,11 +276,24 @@ pub async fn serve(
         )
         .route("/client-config.json", get(client_config))
         .route("/healthz", get(healthz))
+        .route("/healthz/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/admin/announce", post(admin::announce))
+        .route("/admin/whoami", get(inspect::whoami))
+        .route("/admin/shard", get(inspect::shard))
+        .route("/admin/rooms", get(inspect::rooms))
+        .route("/admin/rooms/{room}", get(inspect::room))
+        .route("/admin/rooms/{room}/restart", post(actions::restart_room))
+        .route("/admin/players", get(inspect::players))
+        .route("/admin/players/{player}/kick", post(actions::kick))
+        .route("/admin/players/{player}/ban", post(actions::ban))
+        .route("/admin/players/{player}/unban", post(actions::unban))
+        .route("/admin/dispatcher", get(inspect::dispatcher))
+        .route("/admin/events", get(inspect::events))
         .route("/admin/faults/room", post(admin::room_fault))
         .route("/admin/faults/session", post(admin::session_fault))
         .route("/admin/faults/task", post(admin::task_fault))
+        .route("/admin/peers", get(admin::peers))
         .with_state(state);
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
@@ -182,6 +318,18 @@ async fn client_config(State(state): State<AppState>) -> Json<ClientConfig> {
     Json(ClientConfig {
         ws_port: state.ws_port,
     })
+}
+
+/// Readiness: 200 while the shard accepts players, 503 (same body) while
+/// it starts or shuts down, so a load balancer sends players elsewhere.
+async fn ready(State(state): State<AppState>) -> Response {
+    let health = healthz(State(state.clone())).await;
+    let status = if state.shared.life.state() == ShardState::Ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, health).into_response()
 }
 
 async fn healthz(State(state): State<AppState>) -> Json<Health> {

@@ -16,7 +16,7 @@ use super::view::encode_frame;
 use super::Room;
 use crate::ids::SessionId;
 use crate::metrics as m;
-use crate::store::{DurableError, RoomState};
+use crate::store::{DurableError, DurableOp, RoomFence, RoomState};
 
 impl Room {
     /// Start the ground: from a restart's snapshot, or by loading the
@@ -85,6 +85,7 @@ impl Room {
             match effect {
                 Effect::Store(write) => {
                     let doc = self.ground_published();
+                    self.slot.mark(&self.slot.saved_ms, &self.supervisor);
                     match write {
                         Write::Behind => self.supervisor.persister().room_state(doc),
                         Write::Secure => {
@@ -115,7 +116,14 @@ impl Room {
                 Effect::Items { added, removed } => {
                     self.to_all_members(items_frame(added, removed))
                 }
-                Effect::Credit { item, op } => {
+                Effect::Credit { item, mut op } => {
+                    // The credit is refused if the room has a newer owner.
+                    if let DurableOp::Adjust(adjust) = &mut op {
+                        adjust.fence = Some(RoomFence {
+                            room: self.label.to_string(),
+                            owner_epoch: self.ground.owner_epoch(),
+                        });
+                    }
                     let applied = self.supervisor.persister().durable(op);
                     ctx.spawn(applied.into_actor(self).map(move |result, room, ctx| {
                         room.guarded(ctx, "pickup_credited", |room, ctx| {

@@ -140,6 +140,7 @@ impl Room {
 
     /// Hand a member's position to the persister (write-behind, coalesced).
     pub(super) fn save(&self, member: &Member) {
+        self.slot.mark(&self.slot.saved_ms, &self.supervisor);
         self.supervisor.persister().player_state(
             &member.state.link.identity.player_id,
             member.saved_state(&self.map.name),

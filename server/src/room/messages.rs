@@ -192,7 +192,7 @@ pub const FAULT_POINTS: &[&str] = &[
 /// snapshot, stops, and a new incarnation goes on from it elsewhere.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Handover;
+pub struct Handover(pub super::RestartReason);
 
 #[cfg(test)]
 mod tests {

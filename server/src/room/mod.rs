@@ -90,7 +90,7 @@ pub use messages::{
 };
 pub use room_ref::{CallError, CastError, RoomRef};
 pub use snapshot::{Restored, RoomSnapshot};
-pub use supervisor::{RestartReason, RoomSlot, RoomSupervisor};
+pub use supervisor::{RestartReason, RoomSlot, RoomSupervisor, RoomView};
 
 /// Positions are handed to the persister (which coalesces them) at most
 /// this often per member, and on leave, disconnect and room stop.
@@ -315,7 +315,11 @@ impl Room {
             self.save_moved();
         }
         metrics::counter!(m::ROOM_TICKS).increment(1);
-        metrics::histogram!(m::ROOM_TICK_SECONDS).record(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        metrics::histogram!(m::ROOM_TICK_SECONDS).record(took.as_secs_f64());
+        self.slot
+            .tick_us
+            .store(took.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Arm the next tick at a fixed rate. A room that fell behind (an
@@ -559,7 +563,7 @@ impl Handler<Fault> for Room {
 impl Handler<Handover> for Room {
     type Result = ();
 
-    fn handle(&mut self, _: Handover, ctx: &mut Context<Self>) {
+    fn handle(&mut self, Handover(reason): Handover, ctx: &mut Context<Self>) {
         self.guarded(ctx, "handover", |room, ctx| {
             room.snapshot();
             // Handed over, not crashed, but nothing may run after this:
@@ -568,7 +572,7 @@ impl Handler<Handover> for Room {
             ctx.stop();
             let (id, incarnation) = (room.id.clone(), room.slot.incarnation);
             room.supervisor
-                .restart(&id, incarnation, RestartReason::Handover, Instant::now());
+                .restart(&id, incarnation, reason, Instant::now());
         });
     }
 }

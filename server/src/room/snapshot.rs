@@ -84,5 +84,6 @@ impl Room {
             ground: self.ground_snapshot.clone(),
         };
         *self.slot.snapshot.lock() = Arc::new(snapshot);
+        self.slot.mark(&self.slot.snapshot_ms, &self.supervisor);
     }
 }

@@ -43,6 +43,18 @@ impl Session {
                 return;
             }
         };
+        if let Some(ban) = self
+            .deps
+            .bans
+            .in_force(&identity.player_id, crate::bans::now_ms())
+        {
+            let until = ban.until_ms.map_or("for good".to_string(), |ms| {
+                format!("until {} (unix ms)", ms)
+            });
+            let text = format!("banned {until}: {}", ban.reason);
+            self.refuse(ErrorCode::Banned, &text, CloseCode::Removed, ctx);
+            return;
+        }
         if let Some(claimed) = &resumed {
             self.sid = ids::session_id(self.id, Some(claimed));
         }
@@ -71,6 +83,9 @@ impl Session {
                 .presence
                 .welcomed(&identity.player_id, &sid, self.id),
         };
+        self.deps
+            .presence
+            .named(&identity.player_id, &identity.name);
         let Takeover { previous, seat } = takeover;
         if let Some(previous) = previous.filter(|p| *p != self.id) {
             let session = self.deps.presence.session(previous);
@@ -181,6 +196,7 @@ impl Session {
             currency: amount,
             items: Default::default(),
             progress: [(STARTER_MARK.to_string(), 1)].into(),
+            fence: None,
         });
         let player = identity.player_id.clone();
         let applied = self.deps.persister.durable(op);

@@ -56,6 +56,7 @@ use protocol::{encode_server, CloseCode, ErrorCode, ServerMsg};
 use tokio::sync::mpsc;
 
 use crate::auth::{Auth, Identity};
+use crate::bans::Bans;
 use crate::config::{ms, Config};
 use crate::dispatcher::{Announcement, Dispatcher, Published, SubscriptionId};
 use crate::metrics as m;
@@ -91,6 +92,11 @@ pub struct Deps {
     pub persister: PersisterHandle,
     /// Fault points armed through the admin API.
     pub faults: FaultPoints,
+    /// Bans in force, checked at `hello`.
+    pub bans: Arc<Bans>,
+    /// The cluster directory, in cluster mode (not used by sessions yet:
+    /// placement on join and remote rooms plug in here).
+    pub directory: Option<crate::cluster::Directory>,
 }
 
 /// Messages a session may queue from the server side (announcements, room
@@ -112,6 +118,7 @@ pub const FAULT_POINTS: &[&str] = &[
     "replaced",
     "shutdown",
     "kill",
+    "remove",
     "handshake_timeout",
     "housekeeping",
 ];
@@ -178,6 +185,15 @@ pub struct Replaced {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Shutdown;
+
+/// An operator removes the player (admin API): error 2006 (kicked) or
+/// 2007 (banned) with `text`, the player leaves its map, close 4007.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct Remove {
+    pub code: ErrorCode,
+    pub text: String,
+}
 
 /// Fault injection (admin API only): end a session as if it crashed.
 #[derive(Message, Debug, Clone, Copy)]
@@ -442,6 +458,19 @@ impl Handler<Shutdown> for Session {
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
         self.guarded(ctx, "shutdown", |session, ctx| {
             session.close(CloseCode::GoingAway, "server shutting down", ctx)
+        });
+    }
+}
+
+impl Handler<Remove> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Remove, ctx: &mut Context<Self>) {
+        self.guarded(ctx, "remove", |session, ctx| {
+            // Removed, not disconnected: the entity goes now rather than
+            // waiting for a resume that should not come.
+            session.leave_room(false);
+            session.refuse(msg.code, &msg.text, CloseCode::Removed, ctx);
         });
     }
 }

@@ -95,11 +95,12 @@ pub use crate::config::{
 };
 use futures_util::future::BoxFuture;
 use mongodb::bson::Document;
+use protocol::admin::{Ban, Event};
 
 pub use model::{
-    Adjust, Bundle, DecodeError, DurableAck, DurableOp, GroundItem, Inventory, OpRecord, OpState,
-    PendingPickup, PlayerProfile, PlayerState, Rejection, RoomState, Stats, Trade, TradeRecord,
-    TradeState, Volatile, VolatileKey,
+    Adjust, Bundle, DecodeError, DurableAck, DurableOp, Fenced, GroundItem, Inventory, OpRecord,
+    OpState, PendingPickup, PlayerProfile, PlayerState, Rejection, RoomFence, RoomState, Stats,
+    Trade, TradeRecord, TradeState, Volatile, VolatileKey,
 };
 pub use persister::{
     DurableError, FlushError, Persister, PersisterHandle, PersisterStats, ShutdownReport,
@@ -136,6 +137,9 @@ pub mod metric {
     pub const STALE_SKIPPED: &str = "tessera_store_stale_skipped_total";
     /// Finished ledger rows (trades and ops) pruned after the retention.
     pub const LEDGER_PRUNED: &str = "tessera_store_ledger_pruned_total";
+    /// Room documents written behind that the store refused because the
+    /// room has a newer owner (epoch fence); dropped, never retried.
+    pub const FENCED: &str = "tessera_store_fenced_total";
 }
 
 /// What went wrong talking to a store.
@@ -158,6 +162,10 @@ pub enum StoreError {
     Backend(String),
     #[error("invalid store configuration: {0}")]
     Config(String),
+    /// The write comes from an older owner of the room than the stored
+    /// document's (epoch fence). Nothing changed; never retried.
+    #[error("{0}")]
+    Fenced(Fenced),
 }
 
 impl StoreError {
@@ -226,7 +234,21 @@ pub trait Store: Send + Sync + 'static {
     /// Write a room document through, if its `rev` is above the stored one;
     /// return once the store acknowledged it. `Ok(false)`: the stored
     /// document is as new or newer (stale write, skipped).
+    ///
+    /// The epoch fence comes first: a document whose `owner_epoch` is
+    /// below the stored one is refused with [`StoreError::Fenced`]; one
+    /// above it is written whatever the revisions (a new owner); an equal
+    /// one is compared by `rev`. The same holds for room documents in
+    /// [`Store::write_volatile`], where a fenced one is reported in
+    /// [`BatchReport::rejected`] and counted in `tessera_store_fenced_total`.
     fn write_room(&self, room: RoomState) -> StoreFuture<'_, bool>;
+
+    /// A shard took room `room` at owner epoch `epoch`: raise the stored
+    /// document's `owner_epoch` to it (creating a document that holds only
+    /// that when there is none), so every write of an older owner is
+    /// refused from now on. Never lowers it: a stored epoch above `epoch`
+    /// is [`StoreError::Fenced`]. Returns the stored epoch before.
+    fn claim_room(&self, room: String, epoch: u64) -> StoreFuture<'_, u64>;
 
     /// Apply a durable op; return once the store acknowledged it.
     fn apply(&self, op: DurableOp) -> BoxFuture<'_, Result<DurableAck, OpError>>;
@@ -261,6 +283,23 @@ pub trait Store: Send + Sync + 'static {
     /// Write a document exactly as given, bypassing the model: for imports,
     /// tools and tests (old schema versions, damaged documents).
     fn put_raw(&self, collection: &'static str, doc: Document) -> StoreFuture<'_, ()>;
+
+    /// Put (or replace) a player's ban (`bans`).
+    fn put_ban(&self, ban: Ban) -> StoreFuture<'_, ()>;
+
+    /// Lift a player's ban; whether there was one.
+    fn delete_ban(&self, player: String) -> StoreFuture<'_, bool>;
+
+    /// Every readable ban (expired ones too: the reader judges); bad
+    /// documents are reported and skipped.
+    fn load_bans(&self) -> StoreFuture<'_, Vec<Ban>>;
+
+    /// Append an admin action to the audit trail (`audit`). Idempotent by
+    /// the event's shard and sequence number.
+    fn append_audit(&self, event: Event) -> StoreFuture<'_, ()>;
+
+    /// The newest `limit` audit rows, oldest first.
+    fn load_audit(&self, limit: usize) -> StoreFuture<'_, Vec<Event>>;
 }
 
 /// Open the configured backend. The embedded store opens (or fails, e.g.

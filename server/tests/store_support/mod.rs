@@ -507,6 +507,14 @@ impl Store for FaultStore {
         .boxed()
     }
 
+    fn claim_room(&self, room: String, epoch: u64) -> StoreFuture<'_, u64> {
+        async move {
+            self.gate().await?;
+            self.inner.claim_room(room, epoch).await
+        }
+        .boxed()
+    }
+
     fn apply(&self, op: DurableOp) -> BoxFuture<'_, Result<DurableAck, OpError>> {
         async move {
             self.gate().await?;
@@ -587,6 +595,46 @@ impl Store for FaultStore {
         async move {
             self.gate().await?;
             self.inner.put_raw(collection, doc).await
+        }
+        .boxed()
+    }
+
+    fn put_ban(&self, ban: protocol::admin::Ban) -> StoreFuture<'_, ()> {
+        async move {
+            self.gate().await?;
+            self.inner.put_ban(ban).await
+        }
+        .boxed()
+    }
+
+    fn delete_ban(&self, player: String) -> StoreFuture<'_, bool> {
+        async move {
+            self.gate().await?;
+            self.inner.delete_ban(player).await
+        }
+        .boxed()
+    }
+
+    fn load_bans(&self) -> StoreFuture<'_, Vec<protocol::admin::Ban>> {
+        async move {
+            self.gate().await?;
+            self.inner.load_bans().await
+        }
+        .boxed()
+    }
+
+    fn append_audit(&self, event: protocol::admin::Event) -> StoreFuture<'_, ()> {
+        async move {
+            self.gate().await?;
+            self.inner.append_audit(event).await
+        }
+        .boxed()
+    }
+
+    fn load_audit(&self, limit: usize) -> StoreFuture<'_, Vec<protocol::admin::Event>> {
+        async move {
+            self.gate().await?;
+            self.inner.load_audit(limit).await
         }
         .boxed()
     }

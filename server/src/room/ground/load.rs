@@ -25,6 +25,7 @@ impl Ground {
             .collect();
         match restored {
             Some(g) if g.loaded => {
+                self.owner_epoch = g.owner_epoch;
                 self.install(
                     g.rev,
                     g.next_item,
@@ -67,6 +68,7 @@ impl Ground {
             }
         };
         let doc = doc.unwrap_or_else(|| RoomState::new(label));
+        self.owner_epoch = doc.owner_epoch;
         self.install(doc.rev, doc.next_item, &doc.epoch, doc.items, doc.pending);
         let mut effects = vec![Effect::Loaded {
             items: self.items.len(),
@@ -153,6 +155,7 @@ impl Ground {
             rev: self.rev,
             next_item: self.next_item,
             epoch: self.epoch.clone(),
+            owner_epoch: self.owner_epoch,
             items: self.items.values().cloned().collect(),
             pending: self.pending.values().map(|p| p.stored()).collect(),
             ..RoomState::new(label)
@@ -221,6 +224,21 @@ mod tests {
         // A late second answer changes nothing.
         assert!(g.on_loaded(Ok(None), "hall").is_empty());
         assert_eq!(g.document("hall").rev, 7);
+    }
+
+    #[test]
+    fn the_owner_epoch_of_the_loaded_document_is_kept_through_writes_and_restarts() {
+        let mut g = Ground::new();
+        let doc = RoomState {
+            owner_epoch: 7,
+            ..RoomState::new("hall")
+        };
+        g.on_loaded(Ok(Some(doc)), "hall");
+        assert_eq!(g.document("hall").owner_epoch, 7);
+        let mut restarted = Ground::new();
+        restarted.start(&[], Instant::now(), Some(&g.snapshot()));
+        assert_eq!(restarted.owner_epoch(), 7);
+        assert_eq!(restarted.document("hall").owner_epoch, 7);
     }
 
     #[test]

@@ -84,6 +84,7 @@ pub struct GroundSnapshot {
     pub rev: u64,
     pub next_item: u64,
     pub epoch: String,
+    pub owner_epoch: u64,
     pub items: Vec<GroundItem>,
     pub pending: Vec<PendingPickup>,
 }
@@ -111,6 +112,11 @@ pub(super) struct Ground {
     next_item: u64,
     /// The room document's epoch (see [`RoomState::epoch`]).
     epoch: String,
+    /// The owner epoch the room writes under (see
+    /// [`RoomState::owner_epoch`]): the loaded document's for now (a
+    /// single shard owns every room); the cluster's room wiring sets it
+    /// from the room's lease.
+    owner_epoch: u64,
     items: BTreeMap<u64, GroundItem>,
     pending: BTreeMap<u64, Pickup>,
     /// When each spawner of the map is due next.
@@ -125,6 +131,7 @@ impl Ground {
             rev: 0,
             next_item: 1,
             epoch: String::new(),
+            owner_epoch: 0,
             items: BTreeMap::new(),
             pending: BTreeMap::new(),
             spawn_due: Vec::new(),
@@ -138,9 +145,15 @@ impl Ground {
             rev: self.rev,
             next_item: self.next_item,
             epoch: self.epoch.clone(),
+            owner_epoch: self.owner_epoch,
             items: self.items.values().cloned().collect(),
             pending: self.pending.values().map(Pickup::stored).collect(),
         }
+    }
+
+    /// The owner epoch every write of this room carries.
+    pub(super) fn owner_epoch(&self) -> u64 {
+        self.owner_epoch
     }
 
     fn install(

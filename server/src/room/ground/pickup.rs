@@ -174,6 +174,8 @@ impl Ground {
             currency: 0,
             items: [(p.item.kind.clone(), p.item.count)].into(),
             progress: Default::default(),
+            // Stamped by the room, which knows its owner epoch.
+            fence: None,
         });
         vec![Effect::Credit { item: id, op }]
     }

@@ -203,7 +203,7 @@ impl RoomSupervisor {
             .collect();
         for (_, addr) in &hosted {
             // A full mailbox is asked again next round.
-            let _ = addr.try_send(Handover);
+            let _ = addr.try_send(Handover(super::RestartReason::Handover));
         }
         self.arbiters.lock().retain(|a| {
             let empty = a.extra.as_ref().is_some_and(|e| e.retiring)

@@ -48,6 +48,11 @@
 //! casts go through the supervisor's one sender per room (so the mailbox
 //! bound holds: actix gives every sender clone a slot of its own) and
 //! always reach the current incarnation.
+//!
+//! An operator can restart a room too (`admin.rs`: [`RestartReason::Operator`],
+//! not counted); restarts and failures are recorded as events for the
+//! admin API, which reads each room's view from its slot (members, last
+//! tick time, snapshot and save ages) without messaging the room.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -61,12 +66,16 @@ use parking_lot::Mutex;
 use super::{Restored, Room, RoomEvent, RoomRef, RoomSnapshot};
 use crate::config::{ms, Config, Instances, MapDef};
 use crate::dispatcher::Dispatcher;
+use crate::events::Events;
 use crate::ids::RoomId;
 use crate::metrics as m;
 use crate::store::PersisterHandle;
 use crate::supervise::{FaultPoints, Intensity, TooManyRestarts};
+use protocol::admin::EventKind;
 
+mod admin;
 mod arbiters;
+pub use admin::RoomView;
 use arbiters::RoomArbiter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +89,9 @@ pub enum RestartReason {
     Displaced,
     /// Moved off a retiring extra Arbiter. Does not count.
     Handover,
+    /// An operator asked (`POST /admin/rooms/{room}/restart`). Does not
+    /// count.
+    Operator,
 }
 
 impl RestartReason {
@@ -89,6 +101,7 @@ impl RestartReason {
             RestartReason::Stall => "stall",
             RestartReason::Displaced => "displaced",
             RestartReason::Handover => "handover",
+            RestartReason::Operator => "operator",
         }
     }
 
@@ -96,7 +109,7 @@ impl RestartReason {
     fn counts(self) -> bool {
         match self {
             RestartReason::Panic | RestartReason::Stall => true,
-            RestartReason::Displaced | RestartReason::Handover => false,
+            RestartReason::Displaced | RestartReason::Handover | RestartReason::Operator => false,
         }
     }
 }
@@ -118,12 +131,25 @@ pub struct RoomSlot {
     /// Members (held seats included), kept by the room: where an
     /// `instances = "auto"` join finds an instance with room.
     pub members: AtomicUsize,
+    /// How long the last tick took, microseconds (the admin API's view).
+    pub tick_us: AtomicU64,
+    /// Ms since the supervisor's origin at the last snapshot (0: none).
+    pub snapshot_ms: AtomicU64,
+    /// Ms since the supervisor's origin when the room last handed state
+    /// to the persister (0: never).
+    pub saved_ms: AtomicU64,
 }
 
 impl RoomSlot {
     pub fn beat(&self, supervisor: &RoomSupervisor) {
         self.heartbeat_ms
             .store(supervisor.now_ms(), Ordering::Release);
+    }
+
+    /// Stamp `field` (one of this slot's `_ms` fields) with now; never 0,
+    /// which means "not yet".
+    pub fn mark(&self, field: &AtomicU64, supervisor: &RoomSupervisor) {
+        field.store(supervisor.now_ms().max(1), Ordering::Relaxed);
     }
 }
 
@@ -190,6 +216,11 @@ pub struct RoomSupervisor {
     rooms: Mutex<HashMap<RoomId, Entry>>,
     /// Recent restarts per room, for the restart intensity.
     history: Mutex<HashMap<RoomId, Intensity>>,
+    /// Restarts per room since start (every reason), for the admin API.
+    restarts: Mutex<HashMap<RoomId, u64>>,
+    restarts_total: AtomicU64,
+    /// Where restarts and failures are told (the admin API's events).
+    events: Option<Events>,
     settings: Settings,
     origin: Instant,
 }
@@ -232,12 +263,21 @@ impl RoomSupervisor {
             faults: FaultPoints::default(),
             rooms: Mutex::new(HashMap::new()),
             history: Mutex::new(HashMap::new()),
+            restarts: Mutex::new(HashMap::new()),
+            restarts_total: AtomicU64::new(0),
+            events: None,
             settings,
             origin: Instant::now(),
         }
     }
 
     /// Arm fault points in rooms through `faults` (the shard's registry).
+    /// Tell restarts and failures to `events`.
+    pub fn with_events(mut self, events: Events) -> RoomSupervisor {
+        self.events = Some(events);
+        self
+    }
+
     pub fn with_faults(mut self, faults: FaultPoints) -> RoomSupervisor {
         self.faults = faults;
         self
@@ -402,6 +442,9 @@ impl RoomSupervisor {
                     .map_or_else(Default::default, |r| r.snapshot.clone()),
             ),
             members: AtomicUsize::new(0),
+            tick_us: AtomicU64::new(0),
+            snapshot_ms: AtomicU64::new(0),
+            saved_ms: AtomicU64::new(0),
         });
         let supervisor = self.clone();
         let room_slot = slot.clone();
@@ -441,7 +484,7 @@ impl RoomSupervisor {
             RestartReason::Stall | RestartReason::Displaced => {
                 entry.slot.heartbeat_ms.load(Ordering::Acquire)
             }
-            RestartReason::Panic | RestartReason::Handover => 0,
+            RestartReason::Panic | RestartReason::Handover | RestartReason::Operator => 0,
         };
         let intensity = if reason.counts() {
             let (max, window) = (self.settings.max_restarts, self.settings.restart_window);
@@ -461,6 +504,11 @@ impl RoomSupervisor {
             drop(rooms);
             self.history.lock().remove(id);
             metrics::counter!(m::ROOM_FAILURES, m::room_labels(id, &[])).increment(1);
+            self.record_event(
+                EventKind::RoomFailed,
+                id,
+                format!("{crashes} restarts within the window; members moved to the fallback map"),
+            );
             tracing::error!(
                 room,
                 incarnation,
@@ -482,6 +530,17 @@ impl RoomSupervisor {
             m::room_labels(id, &[("reason", reason.name())])
         )
         .increment(1);
+        *self.restarts.lock().entry(id.clone()).or_default() += 1;
+        self.restarts_total.fetch_add(1, Ordering::Relaxed);
+        self.record_event(
+            EventKind::RoomRestarted,
+            id,
+            format!(
+                "reason {}, {} members",
+                reason.name(),
+                snapshot.members.len()
+            ),
+        );
         tracing::warn!(
             room,
             incarnation,

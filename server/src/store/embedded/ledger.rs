@@ -8,7 +8,7 @@ use std::time::Duration;
 use mongodb::bson::Bson;
 use redb::ReadableTable;
 
-use super::{backend, get, parse, put, read_player, Db, OPS_T, PLAYERS_T, TRADES_T};
+use super::{backend, get, parse, put, read_player, Db, OPS_T, PLAYERS_T, ROOMS_T, TRADES_T};
 use crate::store::model::{
     apply_adjust, credit, debit, decode_op, decode_trade, to_document, Adjust, DurableAck,
     OpRecord, OpState, Rejection, Trade, TradeRecord, TradeState, OPS, TRADES,
@@ -38,6 +38,9 @@ pub(super) fn adjust(db: &Db, op: Adjust) -> Result<DurableAck, OpError> {
     let ack = {
         let mut players = txn.open_table(PLAYERS_T).map_err(backend)?;
         let mut ops = txn.open_table(OPS_T).map_err(backend)?;
+        let rooms = txn.open_table(ROOMS_T).map_err(backend)?;
+        super::fence::check(&rooms, op.fence.as_ref())
+            .map_err(|f| OpError::Rejected(Rejection::Fenced(f)))?;
         let seen = read_op(&ops, &op.op_id)?;
         if let Some(record) = &seen {
             if !record.matches(&op) {

@@ -19,8 +19,10 @@
 //!
 //! Layout: this file opens the database and implements [`Store`];
 //! `ledger.rs` holds the durable ops (adjustments, trades) and the ledger
-//! pruning.
+//! pruning; `admin.rs` bans and the audit trail; `fence.rs` the owner-epoch fence.
 
+mod admin;
+mod fence;
 mod ledger;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +32,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use mongodb::bson::{Bson, Document};
+use protocol::admin::{Ban, Event};
 use redb::{
     ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
     Table, TableDefinition, WriteTransaction,
@@ -41,6 +44,7 @@ use super::model::{
     PLAYERS, ROOMS, TRADES,
 };
 use super::{metric, report_bad, BatchReport, OpError, Store, StoreError, StoreFuture};
+use fence::{claim, put_room_checked, RoomWrite};
 use ledger::{adjust, prune, read_op, trade};
 
 const PLAYERS_T: TableDefinition<&str, &[u8]> = TableDefinition::new(PLAYERS);
@@ -147,7 +151,14 @@ impl EmbeddedStore {
             .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
         // Create the tables, so that readers never meet a missing one.
         let txn = db.begin_write().map_err(backend)?;
-        for table in [PLAYERS_T, ROOMS_T, TRADES_T, OPS_T] {
+        for table in [
+            PLAYERS_T,
+            ROOMS_T,
+            TRADES_T,
+            OPS_T,
+            admin::BANS_T,
+            admin::AUDIT_T,
+        ] {
             txn.open_table(table).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
@@ -232,29 +243,24 @@ fn write_batch(db: &Db, batch: Vec<Volatile>) -> Result<BatchReport, StoreError>
                         put(&mut players, &id, &stored)?;
                     }
                 }
-                Volatile::Room(room) => {
-                    if !put_room_if_newer(&mut rooms, &room)? {
-                        metrics::counter!(metric::STALE_SKIPPED).increment(1);
+                Volatile::Room(room) => match put_room_checked(&mut rooms, &room)? {
+                    RoomWrite::Written => {}
+                    RoomWrite::Stale => metrics::counter!(metric::STALE_SKIPPED).increment(1),
+                    RoomWrite::Fenced(f) => {
+                        metrics::counter!(metric::FENCED).increment(1);
+                        tracing::warn!(room = %f.room, stored = f.stored, ours = f.ours, "room write fenced: the room has a newer owner");
+                        report
+                            .rejected
+                            .push((VolatileKey::Room(room.map), f.to_string()));
+                        continue;
                     }
-                }
+                },
             }
             report.written += 1;
         }
     }
     txn.commit().map_err(backend)?;
     Ok(report)
-}
-
-/// The `rev` of a stored room document, if it has a readable one. A
-/// document without one (damaged, or from before revs) is overwritten.
-fn stored_rev(table: &Table<&str, &[u8]>, map: &str) -> Result<Option<u64>, StoreError> {
-    let Some(bytes) = get(table, map)? else {
-        return Ok(None);
-    };
-    let Ok(doc) = parse(ROOMS, map, &bytes) else {
-        return Ok(None);
-    };
-    Ok(rev_of(&doc, "rev"))
 }
 
 /// A revision field of a stored document; none when missing or not a
@@ -267,27 +273,20 @@ fn rev_of(doc: &Document, field: &str) -> Option<u64> {
     }
 }
 
-/// Write `room` unless the stored document's `rev` is as new or newer; the
-/// compare runs inside the caller's write transaction. Returns whether it
-/// was written.
-fn put_room_if_newer(table: &mut Table<&str, &[u8]>, room: &RoomState) -> Result<bool, StoreError> {
-    if stored_rev(table, &room.map)?.is_some_and(|stored| stored >= room.rev) {
-        return Ok(false);
-    }
-    put(table, &room.map, &to_document(room))?;
-    Ok(true)
-}
-
 fn write_room(db: &Db, room: RoomState) -> Result<bool, StoreError> {
     let txn = db.write()?;
-    let written = {
+    let outcome = {
         let mut rooms = txn.open_table(ROOMS_T).map_err(backend)?;
-        put_room_if_newer(&mut rooms, &room)?
+        put_room_checked(&mut rooms, &room)?
     };
-    if written {
-        txn.commit().map_err(backend)?;
+    match outcome {
+        RoomWrite::Written => {
+            txn.commit().map_err(backend)?;
+            Ok(true)
+        }
+        RoomWrite::Stale => Ok(false),
+        RoomWrite::Fenced(f) => Err(StoreError::Fenced(f)),
     }
-    Ok(written)
 }
 
 fn load_or_create(db: &Db, id: String, name: String) -> Result<PlayerProfile, StoreError> {
@@ -334,6 +333,10 @@ impl Store for EmbeddedStore {
 
     fn write_room(&self, room: RoomState) -> StoreFuture<'_, bool> {
         self.run(move |db| write_room(db, room))
+    }
+
+    fn claim_room(&self, room: String, epoch: u64) -> StoreFuture<'_, u64> {
+        self.run(move |db| claim(db, room, epoch))
     }
 
     fn apply(&self, op: DurableOp) -> BoxFuture<'_, Result<DurableAck, OpError>> {
@@ -430,6 +433,8 @@ impl Store for EmbeddedStore {
                 ROOMS => ROOMS_T,
                 TRADES => TRADES_T,
                 OPS => OPS_T,
+                model::BANS => admin::BANS_T,
+                model::AUDIT => admin::AUDIT_T,
                 other => return Err(StoreError::Backend(format!("no collection {other:?}"))),
             };
             let id = match doc.get("_id") {
@@ -443,5 +448,25 @@ impl Store for EmbeddedStore {
             }
             txn.commit().map_err(backend)
         })
+    }
+
+    fn put_ban(&self, ban: Ban) -> StoreFuture<'_, ()> {
+        self.run(move |db| admin::put_ban(db, ban))
+    }
+
+    fn delete_ban(&self, player: String) -> StoreFuture<'_, bool> {
+        self.run(move |db| admin::delete_ban(db, player))
+    }
+
+    fn load_bans(&self) -> StoreFuture<'_, Vec<Ban>> {
+        self.run(admin::load_bans)
+    }
+
+    fn append_audit(&self, event: Event) -> StoreFuture<'_, ()> {
+        self.run(move |db| admin::append_audit(db, event))
+    }
+
+    fn load_audit(&self, limit: usize) -> StoreFuture<'_, Vec<Event>> {
+        self.run(move |db| admin::load_audit(db, limit))
     }
 }

@@ -133,6 +133,13 @@ pub struct RoomState {
     /// ledger. Empty in documents from before it (their op ids have none).
     #[serde(default)]
     pub epoch: String,
+    /// The fencing epoch of the shard that owns the room (its directory
+    /// lease's epoch); 0: a single shard, unfenced. The store refuses a
+    /// write of this document, and a durable op the room causes, whose
+    /// owner epoch is older than the stored one: two shards can never
+    /// both write a room. (Not [`RoomState::epoch`], the pick-up nonce.)
+    #[serde(default)]
+    pub owner_epoch: u64,
     #[serde(default)]
     pub items: Vec<GroundItem>,
     /// Items taken off the ground whose credit to the picker is not
@@ -153,6 +160,7 @@ impl RoomState {
             rev: 0,
             next_item: first_item(),
             epoch: String::new(),
+            owner_epoch: 0,
             items: Vec::new(),
             pending: Vec::new(),
         }

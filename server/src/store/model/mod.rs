@@ -9,6 +9,8 @@
 //! | `rooms` | map name | whole documents, volatile (write-behind) or write-through, each written only if its `rev` is newer than the stored one |
 //! | `trades` | trade id | the trade ledger (durable) |
 //! | `ops` | op id | the op ledger: every applied [`Adjust`], so a re-driven one is recognised however many ops came after it |
+//! | `bans` | player id | the admin API's ban and unban (see `admin.rs`) |
+//! | `audit` | time, shard, sequence | every admin action: who, what, when, result |
 //!
 //! Both ledgers keep a finished row for `store.ledger_retention_ms` (7 days
 //! by default), then prune it: an op must not be re-driven later than that.
@@ -32,13 +34,16 @@
 //! - `documents.rs`: the documents and the ledger rows.
 //! - `operations.rs`: durable ops, their checks and how they apply.
 //! - `migrations.rs`: schema versions up to the current one, and decoding.
+//! - `admin.rs`: bans and the audit trail.
 
+mod admin;
 mod documents;
 mod migrations;
 mod operations;
 #[cfg(test)]
 mod tests;
 
+pub use admin::*;
 pub use documents::*;
 pub use migrations::*;
 pub use operations::*;

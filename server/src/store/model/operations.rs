@@ -30,6 +30,29 @@ pub struct Adjust {
     pub currency: i64,
     pub items: BTreeMap<String, i64>,
     pub progress: BTreeMap<String, i64>,
+    /// The room that causes this op (a pick-up) and the owner epoch it
+    /// runs under: refused ([`Rejection::Fenced`]) when the room's stored
+    /// document has a newer owner epoch. Not part of the op's identity: a
+    /// new owner re-driving a pending pick-up replays the same op.
+    pub fence: Option<RoomFence>,
+}
+
+/// Which room a durable op comes from, and at which owner epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomFence {
+    /// The room document's key ([`super::RoomState::map`]).
+    pub room: String,
+    pub owner_epoch: u64,
+}
+
+/// A write refused by the epoch fence: the store holds `stored` for
+/// `room`, the writer had `ours` (older).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("room {room:?} is owned at epoch {stored} now; this write is from epoch {ours}")]
+pub struct Fenced {
+    pub room: String,
+    pub stored: u64,
+    pub ours: u64,
 }
 
 /// What one side of a trade hands over. Amounts are 0 or more.
@@ -85,6 +108,9 @@ pub enum Rejection {
     /// A retried trade that had been refused the first time.
     #[error("trade was cancelled: {0}")]
     TradeCancelled(String),
+    /// The room that caused the op has a newer owner (epoch fence).
+    #[error("fenced: {0}")]
+    Fenced(Fenced),
 }
 
 /// Item kinds and progress keys become Mongo field names, so they are kept

@@ -33,6 +33,7 @@
 //! - `ops.rs`: adjustments through the op ledger, and their recovery.
 //! - `trade.rs`: the two-phase trade over the trade ledger, and its
 //!   recovery.
+//! - `admin.rs`: bans and the audit trail.
 
 use std::time::Duration;
 
@@ -42,8 +43,11 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
 use mongodb::options::ReturnDocument;
 use mongodb::{Client, Collection, Database};
+use protocol::admin::{Ban, Event};
 
+mod admin;
 mod connect;
+mod fence;
 mod ops;
 mod trade;
 
@@ -53,6 +57,7 @@ use super::model::{
     VolatileKey, OPS, PLAYERS, ROOMS, TRADES,
 };
 use super::{metric, report_bad, unix_ms, BatchReport, OpError, Store, StoreError, StoreFuture};
+use fence::room_filter;
 
 /// How often a conditional update that lost a race is tried again.
 const MAX_ATTEMPTS: usize = 4;
@@ -137,16 +142,8 @@ fn bad(e: model::DecodeError) -> StoreError {
     StoreError::BadDocument(e)
 }
 
-/// The filter of a room write: the document, unless its `rev` is already
-/// at least this one. An upsert that matches nothing then tries to insert
-/// and meets the existing `_id`: that duplicate-key error means "stale,
-/// skipped". `$not: {$gte}` also matches a document without a numeric
-/// `rev` (damaged, or older than revs), which is overwritten.
-fn room_filter(room: &RoomState) -> Document {
-    doc! { "_id": &room.map, "rev": { "$not": { "$gte": rev_i64(room.rev) } } }
-}
-
-/// The filter of a player state write, the same way as [`room_filter`]:
+/// The filter of a player state write, the same way as a room's
+/// (`fence.rs`) without the owner epoch:
 /// the document unless its `state_rev` is already at least `rev`.
 fn player_filter(id: &str, rev: u64) -> Document {
     doc! { "_id": id, "state_rev": { "$not": { "$gte": rev_i64(rev) } } }
@@ -200,9 +197,10 @@ impl MongoStore {
         keys: Vec<VolatileKey>,
         statements: Vec<Document>,
         report: &mut BatchReport,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<usize>, StoreError> {
+        let mut newer = Vec::new();
         if statements.is_empty() {
-            return Ok(());
+            return Ok(newer);
         }
         let count = statements.len();
         let reply = self
@@ -236,8 +234,9 @@ impl MongoStore {
                 if code == 11000 {
                     // Every statement is an upsert filtered on its
                     // revision: a duplicate `_id` means a newer revision of
-                    // this document is stored (stale, skipped).
-                    metrics::counter!(metric::STALE_SKIPPED).increment(1);
+                    // this document is stored (stale, skipped; for a room,
+                    // perhaps of a newer owner: the caller looks).
+                    newer.push(index);
                     continue;
                 }
                 if let Some(key) = keys.get(index) {
@@ -249,7 +248,7 @@ impl MongoStore {
             }
         }
         report.written += count - failed;
-        Ok(())
+        Ok(newer)
     }
 
     async fn find_raw(&self, collection: &str, id: &str) -> Result<Option<Document>, StoreError> {
@@ -348,6 +347,7 @@ impl Store for MongoStore {
         async move {
             let (mut player_keys, mut players) = (Vec::new(), Vec::new());
             let (mut room_keys, mut rooms) = (Vec::new(), Vec::new());
+            let mut room_docs = Vec::new();
             for v in batch {
                 match v {
                     Volatile::Player { id, state, rev } => {
@@ -367,15 +367,35 @@ impl Store for MongoStore {
                             "u": to_document(&room),
                             "upsert": true,
                         });
-                        room_keys.push(VolatileKey::Room(room.map));
+                        room_keys.push(VolatileKey::Room(room.map.clone()));
+                        room_docs.push(room);
                     }
                 }
             }
             let mut report = BatchReport::default();
-            self.bulk_upsert(PLAYERS, player_keys, players, &mut report)
+            let stale = self
+                .bulk_upsert(PLAYERS, player_keys, players, &mut report)
                 .await?;
-            self.bulk_upsert(ROOMS, room_keys, rooms, &mut report)
+            metrics::counter!(metric::STALE_SKIPPED).increment(stale.len() as u64);
+            let newer = self
+                .bulk_upsert(ROOMS, room_keys, rooms, &mut report)
                 .await?;
+            for index in newer {
+                let Some(room) = room_docs.get(index) else {
+                    continue;
+                };
+                match self.stale_or_fenced(room).await {
+                    Ok(()) => metrics::counter!(metric::STALE_SKIPPED).increment(1),
+                    Err(f) => {
+                        metrics::counter!(metric::FENCED).increment(1);
+                        tracing::warn!(room = %f.room, stored = f.stored, ours = f.ours, "room write fenced: the room has a newer owner");
+                        report.written = report.written.saturating_sub(1);
+                        report
+                            .rejected
+                            .push((VolatileKey::Room(room.map.clone()), f.to_string()));
+                    }
+                }
+            }
             Ok(report)
         }
         .boxed()
@@ -391,11 +411,18 @@ impl Store for MongoStore {
                 .await;
             match result {
                 Ok(_) => Ok(true),
-                Err(e) if is_duplicate_key(&e) => Ok(false),
+                Err(e) if is_duplicate_key(&e) => match self.stale_or_fenced(&room).await {
+                    Ok(()) => Ok(false),
+                    Err(f) => Err(StoreError::Fenced(f)),
+                },
                 Err(e) => Err(classify(e)),
             }
         }
         .boxed()
+    }
+
+    fn claim_room(&self, room: String, epoch: u64) -> StoreFuture<'_, u64> {
+        async move { self.claim(room, epoch).await }.boxed()
     }
 
     fn apply(&self, op: DurableOp) -> BoxFuture<'_, Result<DurableAck, OpError>> {
@@ -522,5 +549,25 @@ impl Store for MongoStore {
                 .map_err(classify)
         }
         .boxed()
+    }
+
+    fn put_ban(&self, ban: Ban) -> StoreFuture<'_, ()> {
+        self.put_ban_doc(ban).boxed()
+    }
+
+    fn delete_ban(&self, player: String) -> StoreFuture<'_, bool> {
+        self.delete_ban_doc(player).boxed()
+    }
+
+    fn load_bans(&self) -> StoreFuture<'_, Vec<Ban>> {
+        self.load_ban_docs().boxed()
+    }
+
+    fn append_audit(&self, event: Event) -> StoreFuture<'_, ()> {
+        self.append_audit_doc(event).boxed()
+    }
+
+    fn load_audit(&self, limit: usize) -> StoreFuture<'_, Vec<Event>> {
+        self.load_audit_docs(limit).boxed()
     }
 }

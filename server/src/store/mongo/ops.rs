@@ -25,6 +25,12 @@ impl MongoStore {
     /// An adjustment through the op ledger (see the module doc): exactly
     /// once for as long as its row is kept, without transactions.
     pub(super) async fn adjust(&self, op: Adjust) -> Result<DurableAck, OpError> {
+        self.check_fence(op.fence.as_ref())
+            .await
+            .map_err(|e| match e {
+                StoreError::Fenced(f) => OpError::Rejected(Rejection::Fenced(f)),
+                other => OpError::Store(other),
+            })?;
         let record = OpRecord::new(&op, OpState::Pending, unix_ms());
         match self.ops().insert_one(to_document(&record)).await {
             Ok(_) => {}

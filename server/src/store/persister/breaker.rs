@@ -14,7 +14,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use super::DurableError;
-use crate::store::{metric, OpError, StoreError};
+use crate::store::{metric, OpError, Rejection, StoreError};
 
 /// The health flag and the last store error (shown in `/healthz` and in
 /// every fail-fast error).
@@ -105,6 +105,9 @@ impl Breaker {
         match answer {
             Ok(value) => Ok(value),
             Err(OpError::Rejected(why)) => Err(DurableError::Rejected(why)),
+            Err(OpError::Store(StoreError::Fenced(f))) => {
+                Err(DurableError::Rejected(Rejection::Fenced(f)))
+            }
             Err(OpError::InDoubt(e)) => {
                 self.set(false, Some(&e), backend);
                 Err(DurableError::InDoubt(e))
@@ -120,6 +123,7 @@ impl Breaker {
                 }
                 StoreError::BadDocument(d) => Err(DurableError::BadDocument(d)),
                 StoreError::Backend(m) | StoreError::Config(m) => Err(DurableError::Failed(m)),
+                StoreError::Fenced(f) => Err(DurableError::Rejected(Rejection::Fenced(f))),
             },
         }
     }

@@ -40,6 +40,7 @@ impl DurableError {
     pub(super) fn label(&self) -> &'static str {
         match self {
             DurableError::Invalid(_) => "invalid",
+            DurableError::Rejected(Rejection::Fenced(_)) => "fenced",
             DurableError::Rejected(_) => "rejected",
             DurableError::Unavailable(_) => "unavailable",
             DurableError::InDoubt(_) => "in_doubt",

@@ -355,6 +355,35 @@ impl PersisterHandle {
         }
     }
 
+    /// This shard took room `room` at owner epoch `epoch` (its directory
+    /// lease): raise the stored document's owner epoch so that every
+    /// write of an older owner is refused from now on. Never lowers it (a
+    /// newer stored owner: [`DurableError::Rejected`] with
+    /// [`crate::store::Rejection::Fenced`]). Returns the stored epoch
+    /// before, which is also the floor for the next lease on the room.
+    pub fn claim_room(
+        &self,
+        room: &str,
+        epoch: u64,
+    ) -> impl Future<Output = Result<u64, DurableError>> + Send + 'static {
+        let inner = self.inner.clone();
+        let room = room.to_string();
+        async move {
+            let started = Instant::now();
+            let result = inner
+                .call(move |store| async move {
+                    store.claim_room(room, epoch).await.map_err(OpError::Store)
+                })
+                .await;
+            let label = match &result {
+                Ok(_) => "ok",
+                Err(e) => e.label(),
+            };
+            inner.count_durable(result.is_ok(), label, started);
+            result
+        }
+    }
+
     /// A room's saved state: the newer (by `rev`) of the stored document
     /// and one still waiting to be flushed. Same timeout and health rules
     /// as durable ops: while the store is down this fails rather than
@@ -380,6 +409,26 @@ impl PersisterHandle {
                 (Some(s), Some(w)) => Some(if s.rev > w.rev { s } else { w }),
                 (s, w) => w.or(s),
             })
+        }
+    }
+
+    /// An operator's store call (bans, the audit trail), run on the store
+    /// runtime under the durable rules: timeout, health, fail fast while
+    /// the store is down.
+    pub fn admin_call<T, F, Fut>(
+        &self,
+        f: F,
+    ) -> impl Future<Output = Result<T, DurableError>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<dyn Store>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        async move {
+            inner
+                .call(move |store| async move { f(store).await.map_err(OpError::Store) })
+                .await
         }
     }
 

@@ -55,6 +55,9 @@ impl Store for PanickyStore {
     fn write_room(&self, room: RoomState) -> StoreFuture<'_, bool> {
         self.inner.write_room(room)
     }
+    fn claim_room(&self, room: String, epoch: u64) -> StoreFuture<'_, u64> {
+        self.inner.claim_room(room, epoch)
+    }
     fn load_room(&self, map: String) -> StoreFuture<'_, Option<RoomState>> {
         self.inner.load_room(map)
     }
@@ -75,6 +78,26 @@ impl Store for PanickyStore {
     }
     fn put_raw(&self, collection: &'static str, doc: Document) -> StoreFuture<'_, ()> {
         self.inner.put_raw(collection, doc)
+    }
+
+    fn put_ban(&self, ban: protocol::admin::Ban) -> StoreFuture<'_, ()> {
+        self.inner.put_ban(ban)
+    }
+
+    fn delete_ban(&self, player: String) -> StoreFuture<'_, bool> {
+        self.inner.delete_ban(player)
+    }
+
+    fn load_bans(&self) -> StoreFuture<'_, Vec<protocol::admin::Ban>> {
+        self.inner.load_bans()
+    }
+
+    fn append_audit(&self, event: protocol::admin::Event) -> StoreFuture<'_, ()> {
+        self.inner.append_audit(event)
+    }
+
+    fn load_audit(&self, limit: usize) -> StoreFuture<'_, Vec<protocol::admin::Event>> {
+        self.inner.load_audit(limit)
     }
 }
 

@@ -1,0 +1,272 @@
+//! Shards in cluster mode: a real `redis-server` (the directory) and real
+//! `tessera-server` binaries on loopback port 0. The shards find each
+//! other in the directory and connect their peer tunnels (the lower shard
+//! id dials every higher one it finds there, no stream needed); a shard
+//! with the wrong secret is refused. The console and `shards ls` find the
+//! shards in the same directory.
+
+#[path = "../../server/tests/redis_support/mod.rs"]
+mod redis_support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ops::Shard;
+use protocol::admin::PeerState;
+use redis_support::RedisServer;
+
+const OPS: &str = env!("CARGO_BIN_EXE_tessera-ops");
+const TOKEN: &str = "cluster-test-admin-token-01";
+const SECRET: &str = "cluster-test-secret-0123456789abcdef";
+const PREFIX: &str = "itest";
+/// Generous: the two cores are shared with other builds and benchmarks.
+const DEADLINE: Duration = Duration::from_secs(40);
+
+fn server_bin() -> PathBuf {
+    Path::new(OPS).with_file_name(format!("tessera-server{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// A shard process, killed when dropped; its addresses from its stdout.
+struct ShardProc {
+    child: Child,
+    http: String,
+    peer: String,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for ShardProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ShardProc {
+    fn client(&self) -> Shard {
+        Shard::new(&self.http, Some(TOKEN.into()), Duration::from_secs(10))
+    }
+}
+
+fn start_shard(redis: &RedisServer, id: &str, secret: &str) -> ShardProc {
+    let data = tempfile::tempdir().unwrap();
+    let mut command = Command::new(server_bin());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TESSERA_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .env("TESSERA_STORE__EMBEDDED__DIR", data.path().join("data"))
+        .env("TESSERA_ADMIN__TOKEN", TOKEN)
+        .env("TESSERA_CLUSTER__REDIS", redis.url())
+        .env("TESSERA_CLUSTER__SECRET", secret)
+        .env("TESSERA_CLUSTER__SHARD_ID", id)
+        .env("TESSERA_CLUSTER__KEY_PREFIX", PREFIX)
+        .env("TESSERA_CLUSTER__PEER_ADDR", "127.0.0.1:0")
+        .env("TESSERA_CLUSTER__REDIS_TIMEOUT_MS", "800")
+        .env("RUST_LOG", "warn")
+        .args(["--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("{command:?}: {e} (cargo build --workspace --bins)"));
+    let (mut http, mut peer) = (None, None);
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.take(10) {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("http listening on ") {
+            http = Some(rest.trim().to_string());
+        }
+        if let Some(rest) = line.strip_prefix("peer listening on ") {
+            peer = Some(rest.trim().to_string());
+        }
+        if http.is_some() && peer.is_some() {
+            break;
+        }
+    }
+    ShardProc {
+        child,
+        http: http.expect("an 'http listening on' line"),
+        peer: peer.expect("a 'peer listening on' line in cluster mode"),
+        _data: data,
+    }
+}
+
+/// Poll `check` until it returns `Some`, or panic with `what`.
+fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn connected(shard: &ShardProc, peer: &str) -> bool {
+    shard.client().peers().is_ok_and(|p| {
+        p.peers
+            .iter()
+            .any(|i| i.shard_id == peer && i.state == PeerState::Connected)
+    })
+}
+
+#[test]
+fn shards_connect_through_the_directory_and_a_wrong_secret_is_refused() {
+    let redis = RedisServer::start();
+    let a = start_shard(&redis, "shard-a", SECRET);
+    let b = start_shard(&redis, "shard-b", SECRET);
+    assert!(a.peer.starts_with("127.0.0.1:") && !a.peer.ends_with(":0"));
+
+    // shard-a dials shard-b (the lower id dials), found in the directory.
+    wait_for("shard-a to show shard-b connected", || {
+        connected(&a, "shard-b").then_some(())
+    });
+    wait_for("shard-b to show shard-a connected", || {
+        connected(&b, "shard-a").then_some(())
+    });
+    let doc = a.client().peers().unwrap();
+    assert!(doc.cluster);
+    assert_eq!(doc.shard_id.as_deref(), Some("shard-a"));
+    assert_eq!(doc.listen.as_deref(), Some(a.peer.as_str()));
+    let b_seen = doc.peers.iter().find(|p| p.shard_id == "shard-b").unwrap();
+    assert_eq!(b_seen.address.as_deref(), Some(b.peer.as_str()));
+    assert!(b_seen.dialled, "shard-a dialled shard-b");
+
+    // A third shard with another secret: in the directory, but refused.
+    let wrong = "another-secret-0123456789abcdefghijkl";
+    let c = start_shard(&redis, "shard-c", wrong);
+    let refusal = wait_for("shard-a to record refusing shard-c", || {
+        let doc = a.client().peers().ok()?;
+        doc.refusals
+            .into_iter()
+            .find(|r| r.peer.as_deref() == Some("shard-c") || r.address == c.peer)
+    });
+    assert!(!refusal.reason.is_empty());
+    let doc = a.client().peers().unwrap();
+    assert!(
+        !doc.peers
+            .iter()
+            .any(|p| p.shard_id == "shard-c" && p.state == PeerState::Connected),
+        "shard-c must not be connected: {:?}",
+        doc.peers
+    );
+    // The pair with the right secret is unaffected.
+    assert!(connected(&a, "shard-b"));
+}
+
+/// `tessera-ops` with `args`, its stdout (and whether it succeeded).
+fn ops(args: &[&str]) -> (bool, String) {
+    let out = Command::new(OPS)
+        .args(args)
+        .env_remove("TESSERA_SERVER__HTTP_ADDR")
+        .env_remove("TESSERA_ADMIN__TOKEN")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn overview(console: &str) -> serde_json::Value {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let body = agent
+        .get(&format!("http://{console}/api/overview"))
+        .header("authorization", &format!("Bearer {TOKEN}"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    serde_json::from_str(&body).unwrap()
+}
+
+fn state_of(overview: &serde_json::Value, http: &str) -> Option<String> {
+    overview["shards"]
+        .as_array()?
+        .iter()
+        .find(|s| s["url"] == format!("http://{http}"))
+        .map(|s| s["state"].as_str().unwrap_or_default().to_string())
+}
+
+#[test]
+fn the_console_and_shards_ls_find_the_shards_in_the_directory() {
+    let redis = RedisServer::start();
+    let a = start_shard(&redis, "dir-a", SECRET);
+    let mut b = Some(start_shard(&redis, "dir-b", SECRET));
+    let b_http = b.as_ref().unwrap().http.clone();
+
+    let url = redis.url();
+    let ls = || ops(&["shards", "ls", "--redis", &url, "--key-prefix", PREFIX]);
+    let line = |text: &str, id: &str| text.lines().find(|l| l.starts_with(id)).map(str::to_string);
+    let text = wait_for("shards ls to list both shards ready", || {
+        let (ok, text) = ls();
+        let both = [("dir-a", &a.http), ("dir-b", &b_http)]
+            .iter()
+            .all(|(id, http)| {
+                line(&text, id).is_some_and(|l| l.contains(" ready ") && l.contains(http.as_str()))
+            });
+        (ok && both).then_some(text)
+    });
+    assert!(line(&text, "dir-a").unwrap().contains(&a.peer), "{text}");
+
+    // The console, with the directory as its source.
+    let mut command = Command::new(OPS);
+    command
+        .args(["console", "--listen", "127.0.0.1:0", "--redis", &url])
+        .args(["--key-prefix", PREFIX, "--refresh-ms", "200"])
+        .stdout(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let console = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("console listening on ").map(str::to_string))
+        .expect("a 'console listening on' line");
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _console = Kill(child);
+
+    wait_for("the console to show both shards ready", || {
+        let o = overview(&console);
+        (state_of(&o, &a.http)? == "ready" && state_of(&o, &b_http)? == "ready").then_some(())
+    });
+
+    // A shard killed stays in the directory: dead in both views.
+    drop(b.take());
+    wait_for("the console to show the killed shard dead", || {
+        let o = overview(&console);
+        (state_of(&o, &b_http)? == "dead" && state_of(&o, &a.http)? == "ready").then_some(())
+    });
+    wait_for("shards ls to show the killed shard dead", || {
+        let (_, text) = ls();
+        line(&text, "dir-b")
+            .is_some_and(|l| l.contains(" dead "))
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_directory_that_does_not_answer_is_an_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let (ok, _) = ops(&["--timeout", "2", "shards", "ls", "--redis", &url]);
+    assert!(!ok, "shards ls must fail when Redis does not answer");
+    let (ok, _) = ops(&["shards", "ls", "--redis", "http://nope"]);
+    assert!(!ok, "a bad --redis URL is refused");
+}

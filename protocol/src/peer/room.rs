@@ -1,0 +1,404 @@
+//! The `/tessera/room/1` stream: one per (edge shard, room), opened by the
+//! edge (the shard holding the players' sockets) to the room's owner.
+//!
+//! The edge keeps each remote member's session, input queue and outbound
+//! queue; the owner runs the room. Inputs go up in one batch per tick;
+//! each tick the owner sends one [`Tick`] per edge with every entry it
+//! needs encoded **once** and one [`View`] per distinct view of that
+//! edge's members, listing its recipients, so an entity's update crosses
+//! the tunnel once per shard, not once per player. The edge lays out each
+//! view's `update` frame with [`Tick::write_update`] (the same bytes the
+//! owner would have sent a local member, see [`crate::assemble`]) and
+//! pushes it to the recipients' outbound queues.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::assemble::write_update;
+use crate::msg::EntityId;
+
+/// A session on the edge shard (its `SessionId`).
+pub type SessionId = u64;
+
+/// A member's movement intent, as a compact array `[session, seq, dx, dy]`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(
+    from = "(SessionId, u32, f32, f32)",
+    into = "(SessionId, u32, f32, f32)"
+)]
+pub struct Input {
+    pub session: SessionId,
+    pub seq: u32,
+    pub dx: f32,
+    pub dy: f32,
+}
+
+impl From<(SessionId, u32, f32, f32)> for Input {
+    fn from((session, seq, dx, dy): (SessionId, u32, f32, f32)) -> Input {
+        Input {
+            session,
+            seq,
+            dx,
+            dy,
+        }
+    }
+}
+
+impl From<Input> for (SessionId, u32, f32, f32) {
+    fn from(i: Input) -> Self {
+        (i.session, i.seq, i.dx, i.dy)
+    }
+}
+
+/// Seat a player of the edge in the room.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteJoin {
+    pub session: SessionId,
+    pub player: String,
+    pub name: String,
+    /// The room (`lobby`, `lobby#2`).
+    pub room: String,
+    /// A resumed seat (the player had one and comes back to it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resume: bool,
+}
+
+/// A member named by its edge session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub session: SessionId,
+}
+
+/// The inputs the edge's members sent since the last batch, one batch per
+/// tick of the room at most.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Inputs {
+    pub batch: Vec<Input>,
+}
+
+/// A chat line a member sent to the room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteChat {
+    pub session: SessionId,
+    pub text: String,
+}
+
+/// What an edge says to a room's owner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EdgeMsg {
+    Join(RemoteJoin),
+    /// The member left the room (a `leave`).
+    Leave(Member),
+    /// The member's socket dropped: its seat is kept for the resume grace.
+    Disconnected(Member),
+    Inputs(Inputs),
+    Chat(RemoteChat),
+}
+
+/// The member is seated; its frames (`joined` first) follow as
+/// [`Reliable`] and [`Tick`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteJoined {
+    pub session: SessionId,
+    pub you: EntityId,
+}
+
+/// The join was refused with a client error code (`protocol::ErrorCode`),
+/// which the edge answers its client with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRefused {
+    pub session: SessionId,
+    pub code: u16,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// A frame for one member, to be sent in order with its other reliable
+/// frames (`joined`, `left`, chat, errors, notices, `items`): a whole
+/// encoded `ServerMsg`, passed through as is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reliable {
+    pub session: SessionId,
+    pub frame: Bytes,
+}
+
+/// The room stream ends: the room stopped, failed or moved away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Closed {
+    /// A client error code the edge tells its members (e.g. 3005, room
+    /// failed), or 0 for an orderly stop.
+    pub code: u16,
+    pub reason: String,
+}
+
+/// What one distinct view of a tick shows, and who sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct View {
+    /// The edge's members that get this view's frame.
+    pub sessions: Vec<SessionId>,
+    /// Indices into [`Tick::entries`]: each an encoded `Entity`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entered: Vec<u32>,
+    /// Indices into [`Tick::entries`]: each an encoded `Moved`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moved: Vec<u32>,
+    /// Entity ids gone from view.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left: Vec<EntityId>,
+    /// The update replaces the whole view (`update.full`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full: bool,
+}
+
+/// One tick of a room for one edge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tick {
+    pub room: String,
+    pub tick: u64,
+    /// Each entry any view of this edge needs, encoded once
+    /// ([`crate::assemble::encode_entity`] or
+    /// [`crate::assemble::encode_moved`]).
+    pub entries: Vec<Bytes>,
+    pub views: Vec<View>,
+}
+
+/// A view that names an entry the tick does not carry.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("view names entry {index}, the tick has {len}")]
+pub struct TickError {
+    pub index: u32,
+    pub len: usize,
+}
+
+impl Tick {
+    /// Append `view`'s `update` frame to `out`: byte for byte the frame
+    /// the owner would send a local member with that view.
+    pub fn write_update(&self, view: &View, out: &mut Vec<u8>) -> Result<(), TickError> {
+        let entry = |&index: &u32| {
+            self.entries
+                .get(index as usize)
+                .map(|b| b.as_ref())
+                .ok_or(TickError {
+                    index,
+                    len: self.entries.len(),
+                })
+        };
+        let entered = view
+            .entered
+            .iter()
+            .map(entry)
+            .collect::<Result<Vec<_>, _>>()?;
+        let moved = view
+            .moved
+            .iter()
+            .map(entry)
+            .collect::<Result<Vec<_>, _>>()?;
+        write_update(
+            out,
+            self.tick,
+            entered.into_iter(),
+            moved.into_iter(),
+            &view.left,
+            view.full,
+        );
+        Ok(())
+    }
+}
+
+/// Which of an entity's two encodings an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    /// An `Entity` (for `update.entered`).
+    Entered,
+    /// A `Moved` (for `update.moved`).
+    Moved,
+}
+
+/// Builds one edge's [`Tick`] at the owner: each entity's entry goes in
+/// once however many of the edge's members see it, and members whose
+/// views are equal share one [`View`] listing them all.
+#[derive(Debug)]
+pub struct TickBuilder {
+    tick: Tick,
+    entries: HashMap<(EntityId, EntryKind), u32>,
+    views: HashMap<ViewKey, usize>,
+}
+
+/// What makes two views the same view.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ViewKey {
+    entered: Vec<u32>,
+    moved: Vec<u32>,
+    left: Vec<EntityId>,
+    full: bool,
+}
+
+impl TickBuilder {
+    pub fn new(room: impl Into<String>, tick: u64) -> TickBuilder {
+        TickBuilder {
+            tick: Tick {
+                room: room.into(),
+                tick,
+                entries: Vec::new(),
+                views: Vec::new(),
+            },
+            entries: HashMap::new(),
+            views: HashMap::new(),
+        }
+    }
+
+    /// The index of `id`'s entry of `kind`; `bytes` (the entry as the room
+    /// encoded it this tick, see [`crate::assemble`]) is asked for only
+    /// the first time.
+    pub fn entry(&mut self, id: EntityId, kind: EntryKind, bytes: impl FnOnce() -> Bytes) -> u32 {
+        let entries = &mut self.tick.entries;
+        *self.entries.entry((id, kind)).or_insert_with(|| {
+            // A tick holds far fewer than 2^32 entries (each is a frame's
+            // worth of an entity, and a frame is bounded).
+            let index = u32::try_from(entries.len()).expect("entries fit in u32");
+            entries.push(bytes());
+            index
+        })
+    }
+
+    /// `session` sees this view: added to the recipients of an equal view
+    /// already in the tick, or as a new one.
+    pub fn view(
+        &mut self,
+        session: SessionId,
+        entered: Vec<u32>,
+        moved: Vec<u32>,
+        left: Vec<EntityId>,
+        full: bool,
+    ) {
+        let key = ViewKey {
+            entered,
+            moved,
+            left,
+            full,
+        };
+        if let Some(&i) = self.views.get(&key) {
+            self.tick.views[i].sessions.push(session);
+            return;
+        }
+        self.tick.views.push(View {
+            sessions: vec![session],
+            entered: key.entered.clone(),
+            moved: key.moved.clone(),
+            left: key.left.clone(),
+            full,
+        });
+        self.views.insert(key, self.tick.views.len() - 1);
+    }
+
+    /// Nothing to send: no view.
+    pub fn is_empty(&self) -> bool {
+        self.tick.views.is_empty()
+    }
+
+    pub fn finish(self) -> Tick {
+        self.tick
+    }
+}
+
+/// What a room's owner says to an edge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnerMsg {
+    Joined(RemoteJoined),
+    JoinRefused(JoinRefused),
+    Tick(Tick),
+    Reliable(Reliable),
+    Closed(Closed),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::assemble::{encode_entity, encode_moved};
+    use crate::msg::{Entity, Moved, Update};
+    use crate::{encode_server, ServerMsg};
+
+    #[test]
+    fn a_builder_encodes_each_entry_once_and_shares_equal_views() {
+        let mut asked = 0;
+        let mut b = TickBuilder::new("lobby", 3);
+        let mut entry = |b: &mut TickBuilder, id, kind| {
+            b.entry(id, kind, || {
+                asked += 1;
+                Bytes::from(vec![id as u8])
+            })
+        };
+        // Three members see entity 1 move; one also sees entity 2 enter.
+        let m1 = entry(&mut b, 1, EntryKind::Moved);
+        let m1_again = entry(&mut b, 1, EntryKind::Moved);
+        let e2 = entry(&mut b, 2, EntryKind::Entered);
+        let e1 = entry(&mut b, 1, EntryKind::Entered);
+        assert_eq!((m1, m1_again, e2, e1), (0, 0, 1, 2));
+        assert_eq!(asked, 3, "entity 1's move was encoded once");
+        assert!(b.is_empty());
+        b.view(10, vec![], vec![m1], vec![], false);
+        b.view(11, vec![e2], vec![m1], vec![], false);
+        b.view(12, vec![], vec![m1], vec![], false);
+        b.view(13, vec![], vec![m1], vec![], true);
+        let tick = b.finish();
+        assert_eq!(tick.entries.len(), 3);
+        let sessions: Vec<_> = tick.views.iter().map(|v| v.sessions.clone()).collect();
+        assert_eq!(sessions, vec![vec![10, 12], vec![11], vec![13]]);
+    }
+
+    #[test]
+    fn a_view_assembles_the_update_a_local_member_gets() {
+        let ada = Entity {
+            id: 1,
+            name: "ada".into(),
+            x: 1.0,
+            y: 2.0,
+            seq: 3,
+        };
+        let bob = Moved {
+            id: 2,
+            x: 5.0,
+            y: 6.0,
+            seq: 7,
+        };
+        let (mut e, mut m) = (Vec::new(), Vec::new());
+        encode_entity(&ada, &mut e);
+        encode_moved(&bob, &mut m);
+        let tick = Tick {
+            room: "lobby".into(),
+            tick: 9,
+            entries: vec![Bytes::from(e), Bytes::from(m)],
+            views: vec![],
+        };
+        let view = View {
+            sessions: vec![4, 5],
+            entered: vec![0],
+            moved: vec![1],
+            left: vec![8],
+            full: false,
+        };
+        let mut out = Vec::new();
+        tick.write_update(&view, &mut out).unwrap();
+        let expected = encode_server(&ServerMsg::Update(Update {
+            tick: 9,
+            entered: vec![ada],
+            moved: vec![bob],
+            left: vec![8],
+            full: false,
+        }));
+        assert_eq!(out, expected);
+        let bad = View {
+            moved: vec![2],
+            ..View::default()
+        };
+        assert_eq!(
+            tick.write_update(&bad, &mut Vec::new()),
+            Err(TickError { index: 2, len: 2 })
+        );
+    }
+}

@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# A local cluster on loopback: Debian's redis-server (the directory) on a
+# free port and N shards in cluster mode, each with its own embedded store
+# (or one MongoDB for all with --mongo URL). Everything it starts is
+# recorded in target/cluster/ (pid files, logs, each shard's stdout), and
+# `down` stops exactly that.
+#
+#   scripts/cluster.sh up N [--mongo URL]   # 1 <= N <= 16
+#   scripts/cluster.sh down
+#
+# Rooms are not reachable across shards yet: each shard serves its own
+# players; the shards register in the directory and connect their peer
+# tunnels to each other.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+state=target/cluster
+max_shards=16
+start_wait_s=30
+stop_wait_s=15
+
+usage() {
+  sed -n '7,8p' "$0" | sed 's/^# *//' >&2
+  exit 2
+}
+
+# A TCP port on 127.0.0.1 nothing listens on now.
+free_port() {
+  local port
+  for _ in $(seq 1 50); do
+    port=$((20000 + RANDOM % 40000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "$port"
+      return 0
+    fi
+  done
+  echo "cluster.sh: no free port found" >&2
+  return 1
+}
+
+hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# Wait until $1 (a file) has a line starting with $2; print the rest.
+wait_line() {
+  local file=$1 prefix=$2 pid=$3 i
+  for i in $(seq 1 $((start_wait_s * 10))); do
+    if [ -f "$file" ]; then
+      local line
+      line=$(grep -m1 "^$prefix" "$file" || true)
+      if [ -n "$line" ]; then
+        echo "${line#"$prefix"}"
+        return 0
+      fi
+    fi
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+up() {
+  local n=${1:-}
+  shift || true
+  local mongo=""
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --mongo) mongo=${2:?--mongo needs a URL}; shift 2 ;;
+      *) usage ;;
+    esac
+  done
+  [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le $max_shards ] || {
+    echo "cluster.sh: N must be 1-$max_shards" >&2
+    exit 2
+  }
+  for pidfile in "$state"/*.pid; do
+    if alive "$pidfile"; then
+      echo "cluster.sh: a cluster is already up ($pidfile); run scripts/cluster.sh down" >&2
+      exit 1
+    fi
+  done
+  command -v redis-server >/dev/null || {
+    echo "cluster.sh: redis-server is missing (apt-get install redis-server, or scripts/test.sh)" >&2
+    exit 1
+  }
+  mkdir -p "$state"
+  rm -f "$state"/*.pid
+
+  if [ ! -x target/debug/tessera-server ] || [ ! -x target/debug/tessera-ops ]; then
+    cargo build -p server --bin tessera-server -p ops --bin tessera-ops
+  fi
+
+  local port
+  port=$(free_port)
+  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+    --daemonize no --protected-mode yes --dir "$state" \
+    >"$state/redis.log" 2>&1 &
+  echo $! >"$state/redis.pid"
+  local redis_url="redis://127.0.0.1:$port/0"
+  for i in $(seq 1 $((start_wait_s * 10))); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    alive "$state/redis.pid" || { echo "cluster.sh: redis-server did not start ($state/redis.log)" >&2; exit 1; }
+    sleep 0.1
+  done
+
+  local secret token prefix=tessera
+  secret=$(hex 24)
+  token=$(hex 16)
+  echo "$token" >"$state/admin-token"
+  chmod 600 "$state/admin-token"
+
+  echo "redis     $redis_url"
+  local i
+  for i in $(seq 1 "$n"); do
+    local id="shard-$i" dir="$state/shard-$i"
+    mkdir -p "$dir"
+    (
+      # Only this cluster's settings: none inherited from the caller.
+      for v in $(env | grep -o '^TESSERA_[A-Za-z0-9_]*' || true); do unset "$v"; done
+      export TESSERA_CLUSTER__REDIS="$redis_url"
+      export TESSERA_CLUSTER__SECRET="$secret"
+      export TESSERA_CLUSTER__SHARD_ID="$id"
+      export TESSERA_CLUSTER__KEY_PREFIX="$prefix"
+      export TESSERA_CLUSTER__PEER_ADDR=127.0.0.1:0
+      export TESSERA_ADMIN__TOKEN="$token"
+      if [ -n "$mongo" ]; then
+        export TESSERA_STORE__BACKEND=mongodb
+        export TESSERA_STORE__MONGODB__URI="$mongo"
+      else
+        export TESSERA_STORE__EMBEDDED__DIR="$dir/data"
+      fi
+      exec target/debug/tessera-server --ws-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
+        >"$dir/stdout" 2>"$dir/log"
+    ) &
+    echo $! >"$state/$id.pid"
+  done
+  for i in $(seq 1 "$n"); do
+    local id="shard-$i" dir="$state/shard-$i" pid ws http peer
+    pid=$(cat "$state/$id.pid")
+    if ! peer=$(wait_line "$dir/stdout" "peer listening on " "$pid"); then
+      echo "cluster.sh: $id did not start (see $dir/log); stopping everything" >&2
+      down
+      exit 1
+    fi
+    ws=$(wait_line "$dir/stdout" "ws listening on " "$pid")
+    http=$(wait_line "$dir/stdout" "http listening on " "$pid")
+    echo "$id   ws $ws   http $http   peer $peer"
+  done
+  echo
+  echo "admin token: $token (also in $state/admin-token)"
+  echo "console:     target/debug/tessera-ops console --listen 127.0.0.1:7390 --redis $redis_url --key-prefix $prefix"
+  echo "shards:      target/debug/tessera-ops shards ls --redis $redis_url --key-prefix $prefix"
+  echo "stop:        scripts/cluster.sh down"
+}
+
+# TERM, then KILL after the wait; the pid file goes either way.
+stop_pid() {
+  local pidfile=$1 pid i
+  pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 $((stop_wait_s * 10))); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$pidfile"
+}
+
+down() {
+  local pidfile stopped=0 waits=()
+  # Shards first, in parallel (each leaves the directory on the way out),
+  # Redis last.
+  for pidfile in "$state"/shard-*.pid; do
+    [ -f "$pidfile" ] || continue
+    stop_pid "$pidfile" &
+    waits+=($!)
+    stopped=$((stopped + 1))
+  done
+  for pid in "${waits[@]}"; do wait "$pid" || true; done
+  if [ -f "$state/redis.pid" ]; then
+    stop_pid "$state/redis.pid"
+    stopped=$((stopped + 1))
+  fi
+  echo "cluster.sh: stopped $stopped process(es)"
+}
+
+case ${1:-} in
+  up) shift; up "$@" ;;
+  down) down ;;
+  *) usage ;;
+esac

@@ -1,0 +1,141 @@
+//! The Lua scripts behind the room leases: each runs atomically in Redis,
+//! so check-and-set needs no lock and no transaction retries.
+//!
+//! A lease's value is `shard:epoch`. The epoch counter (`epoch:{room}`)
+//! only rises: acquire sets it to `max(counter, floor) + 1`, where the
+//! floor is the owner epoch the store last saw for the room, so even a
+//! Redis that lost its data never hands out an epoch at or below one the
+//! store has already been fenced with.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// KEYS: lease, epoch counter, the shard's room set.
+/// ARGV: shard, floor, lease ms, room id.
+/// Returns `{1, epoch}` when taken (or already ours: renewed),
+/// `{0, "shard:epoch"}` when another shard holds it.
+pub(super) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local sep = string.find(cur, ':', 1, true)
+  if sep and string.sub(cur, 1, sep - 1) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+    redis.call('SADD', KEYS[3], ARGV[4])
+    return {1, string.sub(cur, sep + 1)}
+  end
+  return {0, cur}
+end
+local epoch = tonumber(redis.call('GET', KEYS[2]) or '0')
+local floor = tonumber(ARGV[2])
+if epoch < floor then epoch = floor end
+epoch = epoch + 1
+redis.call('SET', KEYS[2], string.format('%d', epoch))
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. string.format('%d', epoch), 'NX', 'PX', ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[4])
+return {1, string.format('%d', epoch)}
+"#,
+    )
+});
+
+/// One batch for every lease a shard holds.
+/// KEYS: per room, its lease then its epoch counter, then last the
+/// shard's room set. ARGV: lease ms, shard, then per room its id and
+/// epoch. Returns per room: 1 renewed, 2 re-asserted (the lease was gone
+/// and nobody took the room since: the counter is not past our epoch),
+/// 0 lost.
+pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local n = (#KEYS - 1) / 2
+local set = KEYS[#KEYS]
+local out = {}
+for i = 1, n do
+  local lease = KEYS[2 * i - 1]
+  local counter = KEYS[2 * i]
+  local room = ARGV[1 + 2 * i]
+  local epoch = tonumber(ARGV[2 + 2 * i])
+  local mine = ARGV[2] .. ':' .. string.format('%d', epoch)
+  local cur = redis.call('GET', lease)
+  if cur == mine then
+    redis.call('PEXPIRE', lease, ARGV[1])
+    out[i] = 1
+  elseif not cur and tonumber(redis.call('GET', counter) or '0') <= epoch then
+    redis.call('SET', counter, string.format('%d', epoch))
+    redis.call('SET', lease, mine, 'PX', ARGV[1])
+    redis.call('SADD', set, room)
+    out[i] = 2
+  else
+    redis.call('SREM', set, room)
+    out[i] = 0
+  end
+end
+return out
+"#,
+    )
+});
+
+/// KEYS: lease, the shard's room set. ARGV: `shard:epoch`, room id.
+/// Deletes the lease only if it is still ours; returns 1 if it was.
+pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+redis.call('SREM', KEYS[2], ARGV[2])
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"#,
+    )
+});
+
+/// KEYS: the player's entry. ARGV: shard, session, room, resume, now ms,
+/// ttl ms. Replaces the entry and returns the previous holder as
+/// `{shard, session, room}` (empty strings when there was none).
+pub(super) static CLAIM_PLAYER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local prev = redis.call('HMGET', KEYS[1], 'shard', 'session', 'room')
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'shard', ARGV[1], 'session', ARGV[2], 'room', ARGV[3],
+  'resume', ARGV[4], 'updated_at', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return {prev[1] or '', prev[2] or '', prev[3] or ''}
+"#,
+    )
+});
+
+/// KEYS: the player's entry. ARGV: shard, session, then field/value pairs
+/// to set, then (last) ttl ms. Only the current holder's session may
+/// update (or refresh) it; returns 1 if it did.
+pub(super) static UPDATE_PLAYER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local cur = redis.call('HMGET', KEYS[1], 'shard', 'session')
+if cur[1] ~= ARGV[1] or cur[2] ~= ARGV[2] then return 0 end
+for i = 3, #ARGV - 1, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[#ARGV])
+return 1
+"#,
+    )
+});
+
+/// KEYS: the player's entry. ARGV: shard, session. Deletes it only if
+/// that session still holds it.
+pub(super) static RELEASE_PLAYER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local cur = redis.call('HMGET', KEYS[1], 'shard', 'session')
+if cur[1] == ARGV[1] and cur[2] == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"#,
+    )
+});

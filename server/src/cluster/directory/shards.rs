@@ -1,0 +1,135 @@
+//! Shards: a hash per shard plus an alive key that heartbeats renew.
+
+use std::collections::HashMap;
+
+use super::ShardState;
+use super::{unix_ms, Directory, EventKind, Result, ShardId, ShardInfo, ShardLoad, ShardRecord};
+
+impl Directory {
+    /// Register this shard (state `starting`, no load yet) and tell the
+    /// events stream. The record is kept and re-asserted by every
+    /// heartbeat, so a Redis that lost its data learns it again.
+    pub async fn register(&self, record: ShardRecord) -> Result<()> {
+        *self.inner.record.lock() = Some(record.clone());
+        self.heartbeat(ShardLoad::default()).await?;
+        self.emit(EventKind::ShardUp, self.shard().as_str(), &record.version)
+            .await
+    }
+
+    /// Write this shard's whole record with `load`, and renew its alive
+    /// key. What the heartbeat does every `cluster.heartbeat_ms`.
+    pub async fn heartbeat(&self, load: ShardLoad) -> Result<()> {
+        let Some(record) = self.inner.record.lock().clone() else {
+            return Ok(());
+        };
+        let state = *self.inner.state.lock();
+        let id = self.shard().to_string();
+        let hash = self.key(&["shard", &id]);
+        let alive = self.key(&["alive", &id]);
+        let all = self.key(&["shards"]);
+        let ttl = self.settings().shard_ttl.as_millis() as u64;
+        let fields: Vec<(&str, String)> = vec![
+            ("id", id.clone()),
+            ("ws", record.ws_addr),
+            ("http", record.http_addr),
+            ("peer", record.peer_addr),
+            ("version", record.version),
+            ("state", state.name().to_string()),
+            ("sessions", load.sessions.to_string()),
+            ("rooms", load.rooms.to_string()),
+            ("cpu", format!("{:.3}", load.cpu)),
+            ("started_at", record.started_at.to_string()),
+            ("updated_at", unix_ms().to_string()),
+        ];
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
+            .arg(&hash)
+            .arg(fields)
+            .ignore()
+            .cmd("SET")
+            .arg(&alive)
+            .arg(unix_ms())
+            .arg("PX")
+            .arg(ttl)
+            .ignore()
+            .cmd("SADD")
+            .arg(&all)
+            .arg(&id)
+            .ignore();
+        self.run("heartbeat", &pipe).await
+    }
+
+    /// Report this shard's load now (the heartbeat reports it anyway).
+    pub async fn set_load(&self, load: ShardLoad) -> Result<()> {
+        self.heartbeat(load).await
+    }
+
+    /// Change this shard's state (`ready` once listening, `draining` at
+    /// shutdown). Remembered for every later heartbeat.
+    pub async fn set_state(&self, state: ShardState) -> Result<()> {
+        *self.inner.state.lock() = state;
+        let key = self.key(&["shard", self.shard().as_str()]);
+        self.run::<()>(
+            "set_state",
+            redis::cmd("HSET").arg(key).arg("state").arg(state.name()),
+        )
+        .await?;
+        if state == ShardState::Draining {
+            self.emit(EventKind::ShardDraining, self.shard().as_str(), "")
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// This shard's state as it last set it.
+    pub fn state(&self) -> ShardState {
+        *self.inner.state.lock()
+    }
+
+    /// Leave the cluster: delete the alive key (the shard is dead at once,
+    /// not after its TTL) and tell the events stream. The record stays,
+    /// marked dead, for the console.
+    pub async fn deregister(&self) -> Result<()> {
+        let alive = self.key(&["alive", self.shard().as_str()]);
+        self.run::<()>("deregister", redis::cmd("DEL").arg(alive))
+            .await?;
+        self.emit(EventKind::ShardDown, self.shard().as_str(), "shutdown")
+            .await
+    }
+
+    /// Every shard id registered.
+    pub async fn shard_ids(&self) -> Result<Vec<ShardId>> {
+        let key = self.key(&["shards"]);
+        let ids: Vec<String> = self
+            .run("shard_ids", redis::cmd("SMEMBERS").arg(key))
+            .await?;
+        let mut ids: Vec<ShardId> = ids.iter().filter_map(|i| ShardId::new(i).ok()).collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Every known shard, alive or dead (`alive` says which), by id.
+    pub async fn shards(&self) -> Result<Vec<ShardInfo>> {
+        let ids = self.shard_ids().await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HGETALL").arg(self.key(&["shard", id.as_str()]));
+            pipe.cmd("EXISTS").arg(self.key(&["alive", id.as_str()]));
+        }
+        let answers: Vec<redis::Value> = self.run("shards", &pipe).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, pair) in ids.into_iter().zip(answers.chunks(2)) {
+            let [hash, alive] = pair else { continue };
+            let hash: HashMap<String, String> = redis::from_redis_value(hash).unwrap_or_default();
+            if hash.is_empty() {
+                continue;
+            }
+            let alive: bool = redis::from_redis_value(alive).unwrap_or(false);
+            out.push(ShardInfo::from_hash(id, &hash, alive));
+        }
+        Ok(out)
+    }
+}

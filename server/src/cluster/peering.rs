@@ -1,0 +1,145 @@
+//! Cluster mode's peer tunnel: the [`PeerHub`] a shard starts when
+//! `cluster.redis` is set, configured from `[cluster]`, finding other
+//! shards through the directory, and kept connected to them by the
+//! supervised task "peers".
+//!
+//! ```text
+//! [cluster] ──tunnel_settings()──▶ TunnelSettings ──▶ PeerHub::start(.., DirectoryResolver)
+//!                                                          │ bound address
+//!                                                          ▼
+//!                      shard record "peer" field (other shards dial it)
+//! task "peers", every cluster.heartbeat_ms:
+//!     live shards in the directory, ids above ours ──▶ hub.connect(id)
+//! ```
+//!
+//! Only the lower id of a pair dials: the tunnel keeps the connection the
+//! lower id dialled when both dial at once, so dialling from one side only
+//! avoids making (and then dropping) a second connection per pair. A peer
+//! refused (wrong secret, another cluster) is redialled with the hub's
+//! backoff; the refusals show in `GET /admin/peers` on both sides.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::directory::Directory;
+use super::tunnel::{PeerHub, Resolver, TunnelSettings};
+use crate::config::Config;
+
+/// The hub's settings from `[cluster]`: the shard id the directory uses,
+/// the cluster secret, `cluster.peer_addr` to listen on and
+/// `cluster.key_prefix` as the cluster's name (peers of another prefix are
+/// refused). Every other limit keeps the tunnel's default.
+pub fn tunnel_settings(config: &Config, shard_id: &str) -> TunnelSettings {
+    TunnelSettings {
+        shard_id: shard_id.to_string(),
+        secret: config.cluster.secret.as_bytes().to_vec(),
+        listen: config.cluster.peer_addr,
+        cluster: config.cluster.key_prefix.clone(),
+        ..TunnelSettings::default()
+    }
+}
+
+/// Shard id -> the `peer` address of its record in the directory, while
+/// the shard is alive there. A host name (`cluster.advertise_host`) is
+/// looked up; a shard the directory does not know, or knows dead, is not
+/// dialled (the hub forgets it until asked again).
+pub struct DirectoryResolver(pub Directory);
+
+impl Resolver for DirectoryResolver {
+    fn resolve<'a>(
+        &'a self,
+        shard_id: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Option<SocketAddr>> + Send + 'a>> {
+        Box::pin(async move {
+            let shards = match self.0.shards().await {
+                Ok(shards) => shards,
+                Err(e) => {
+                    tracing::debug!(peer = shard_id, error = %e, "resolving a peer: directory unavailable");
+                    return None;
+                }
+            };
+            let info = shards
+                .into_iter()
+                .find(|s| s.id.as_str() == shard_id && s.alive)?;
+            lookup(&info.record.peer_addr).await
+        })
+    }
+}
+
+/// `HOST:PORT` to its first address.
+async fn lookup(addr: &str) -> Option<SocketAddr> {
+    if addr.is_empty() {
+        return None;
+    }
+    if let Ok(addr) = addr.parse() {
+        return Some(addr);
+    }
+    tokio::net::lookup_host(addr).await.ok()?.next()
+}
+
+/// The task "peers" (a permanent child of the cluster's supervisor): every
+/// `every`, make sure the hub has (or is making) a connection to each live
+/// shard whose id is above this one's. Redis being down skips a round.
+pub async fn keep_peers(
+    hub: PeerHub,
+    dir: Directory,
+    every: Duration,
+    mut stop_rx: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // The select only waits: its branches hold the stop signal's guard,
+        // which must not live across the directory call.
+        let stop = tokio::select! {
+            _ = stop_rx.wait_for(|s| *s) => true,
+            _ = tick.tick() => false,
+        };
+        if stop {
+            break;
+        }
+        let Ok(shards) = dir.shards().await else {
+            continue;
+        };
+        for shard in shards {
+            let id = shard.id.as_str();
+            if shard.alive && id > hub.shard_id() && !shard.record.peer_addr.is_empty() {
+                hub.connect(id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_section_maps_onto_the_tunnel() {
+        let mut config = Config::default();
+        config.cluster.secret = "s".repeat(40);
+        config.cluster.key_prefix = "blue".into();
+        config.cluster.peer_addr = "127.0.0.1:0".parse().unwrap();
+        let settings = tunnel_settings(&config, "shard-a");
+        assert_eq!(settings.shard_id, "shard-a");
+        assert_eq!(settings.secret, "s".repeat(40).into_bytes());
+        assert_eq!(settings.cluster, "blue");
+        assert_eq!(settings.listen, config.cluster.peer_addr);
+        assert_eq!(settings.max_frame, TunnelSettings::default().max_frame);
+        assert!(settings.validate().is_ok());
+    }
+
+    #[tokio::test]
+    async fn addresses_and_host_names_resolve() {
+        assert_eq!(
+            lookup("127.0.0.1:9").await,
+            Some("127.0.0.1:9".parse().unwrap())
+        );
+        assert_eq!(lookup("localhost:9").await.map(|a| a.port()), Some(9));
+        assert_eq!(lookup("").await, None);
+    }
+}

@@ -1,0 +1,263 @@
+//! What a hub is started with, and what can go wrong.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use protocol::peer::{RefuseCode, DEFAULT_MAX_FRAME};
+use thiserror::Error;
+
+/// The shortest cluster secret accepted: 32 bytes, an HMAC-SHA256 key's
+/// full strength.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// A hub's settings. The shard maps its `[cluster]` configuration onto
+/// this; every limit is here, none is a constant in the code.
+#[derive(Clone)]
+pub struct TunnelSettings {
+    /// This shard's id in the cluster (unique; compared as strings to
+    /// decide which of two simultaneous dials wins: the lower id's).
+    pub shard_id: String,
+    /// The cluster secret, at least [`MIN_SECRET_BYTES`]. Peers prove they
+    /// hold it; it never crosses the wire.
+    pub secret: Vec<u8>,
+    /// The UDP address the tunnel listens on (port 0: any free port; see
+    /// [`super::PeerHub::local_addr`]). Default `127.0.0.1:0`.
+    pub listen: SocketAddr,
+    /// The cluster's name (its key prefix): peers of another cluster are
+    /// refused. Default `tessera`.
+    pub cluster: String,
+    /// The largest frame accepted or sent, in bytes. Default 1 MiB.
+    pub max_frame: u32,
+    /// Bytes an outgoing stream may queue before state frames are dropped
+    /// and a reliable frame resets the stream. Default 1 MiB.
+    pub stream_budget_bytes: usize,
+    /// The QUIC receive window of one stream (how much a peer may send
+    /// before this side reads), in bytes. Default 1 MiB.
+    pub stream_window: u32,
+    /// Streams a peer may have open to this shard at once. Default 256.
+    pub max_streams: u32,
+    /// Incoming streams waiting for a listener to take them, per
+    /// protocol; past it an open is refused `busy`. Default 64.
+    pub accept_queue: usize,
+    /// A connection without any packet for this long is closed. Default
+    /// 10 s.
+    pub idle_timeout: Duration,
+    /// QUIC keep-alive: a packet at least this often. Default 2 s.
+    pub keep_alive: Duration,
+    /// Heartbeats (RTT) on the control stream. Default 1 s.
+    pub ping_interval: Duration,
+    /// The handshake, and a stream's `open` → `accept`, must finish
+    /// within this. Default 5 s.
+    pub handshake_timeout: Duration,
+    /// How long `open` waits for a connection to the peer. Default 5 s.
+    pub dial_timeout: Duration,
+    /// Redial backoff: the first delay and the ceiling (with jitter).
+    /// Defaults 100 ms and 5 s.
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// Refusals kept for the admin view. Default 32.
+    pub refusal_log: usize,
+    /// Incoming connections in their handshake at once; more are refused
+    /// before any TLS work. Default 64.
+    pub max_handshakes: usize,
+}
+
+impl Default for TunnelSettings {
+    fn default() -> Self {
+        TunnelSettings {
+            shard_id: String::new(),
+            secret: Vec::new(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            cluster: "tessera".into(),
+            max_frame: DEFAULT_MAX_FRAME,
+            stream_budget_bytes: 1024 * 1024,
+            stream_window: 1024 * 1024,
+            max_streams: 256,
+            accept_queue: 64,
+            idle_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(2),
+            ping_interval: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(5),
+            dial_timeout: Duration::from_secs(5),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+            refusal_log: 32,
+            max_handshakes: 64,
+        }
+    }
+}
+
+impl std::fmt::Debug for TunnelSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.debug_struct("TunnelSettings")
+            .field("shard_id", &self.shard_id)
+            .field("listen", &self.listen)
+            .field("cluster", &self.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TunnelSettings {
+    /// Every field checked; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), TunnelError> {
+        let bad =
+            |field: &'static str, reason: String| Err(TunnelError::Settings { field, reason });
+        if self.shard_id.is_empty() || self.shard_id.len() > 128 {
+            return bad("shard_id", "must be 1 to 128 bytes".into());
+        }
+        if self.secret.len() < MIN_SECRET_BYTES {
+            return bad(
+                "secret",
+                format!(
+                    "must be at least {MIN_SECRET_BYTES} bytes, is {}",
+                    self.secret.len()
+                ),
+            );
+        }
+        if self.cluster.is_empty() {
+            return bad("cluster", "must not be empty".into());
+        }
+        if self.max_frame < 1024 {
+            return bad("max_frame", "must be at least 1024 bytes".into());
+        }
+        if self.stream_budget_bytes < self.max_frame as usize {
+            return bad(
+                "stream_budget_bytes",
+                "must be at least max_frame (one frame must fit)".into(),
+            );
+        }
+        if self.stream_window < 1024 {
+            return bad("stream_window", "must be at least 1024 bytes".into());
+        }
+        if self.max_streams == 0 {
+            return bad("max_streams", "must be at least 1".into());
+        }
+        if self.accept_queue == 0 {
+            return bad("accept_queue", "must be at least 1".into());
+        }
+        if self.max_handshakes == 0 {
+            return bad("max_handshakes", "must be at least 1".into());
+        }
+        let durations = [
+            ("idle_timeout", self.idle_timeout),
+            ("keep_alive", self.keep_alive),
+            ("ping_interval", self.ping_interval),
+            ("handshake_timeout", self.handshake_timeout),
+            ("dial_timeout", self.dial_timeout),
+            ("reconnect_min", self.reconnect_min),
+            ("reconnect_max", self.reconnect_max),
+        ];
+        for (field, d) in durations {
+            if d.is_zero() {
+                return bad(field, "must be above zero".into());
+            }
+        }
+        if self.keep_alive >= self.idle_timeout {
+            return bad(
+                "keep_alive",
+                "must be shorter than idle_timeout, or live connections time out".into(),
+            );
+        }
+        if self.reconnect_max < self.reconnect_min {
+            return bad("reconnect_max", "must be at least reconnect_min".into());
+        }
+        Ok(())
+    }
+}
+
+/// What the hub's calls fail with. "The peer refused" and "the peer
+/// misbehaved" are apart from "the network failed".
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum TunnelError {
+    #[error("tunnel setting `{field}`: {reason}")]
+    Settings { field: &'static str, reason: String },
+    #[error("tunnel listener on {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+    #[error("shard {0} is not in the directory")]
+    UnknownShard(String),
+    #[error("a shard does not open streams to itself")]
+    SelfDial,
+    #[error("refused by {peer}: {} ({reason})", code_name(*.code))]
+    Refused {
+        peer: String,
+        code: u16,
+        reason: String,
+    },
+    #[error("peer {peer} broke the protocol: {reason}")]
+    Misbehaved { peer: String, reason: String },
+    #[error("no connection to {peer} within {ms} ms")]
+    Timeout { peer: String, ms: u64 },
+    #[error("connection to {peer} failed: {reason}")]
+    Io { peer: String, reason: String },
+    #[error("the hub is shut down")]
+    ShutDown,
+}
+
+fn code_name(code: u16) -> &'static str {
+    RefuseCode::from_u16(code).map_or("unknown code", RefuseCode::name)
+}
+
+impl TunnelError {
+    /// The refusal's code, when this is one.
+    pub fn refused(&self) -> Option<RefuseCode> {
+        match self {
+            TunnelError::Refused { code, .. } => RefuseCode::from_u16(*code),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> TunnelSettings {
+        TunnelSettings {
+            shard_id: "a".into(),
+            secret: vec![7; 32],
+            ..TunnelSettings::default()
+        }
+    }
+
+    #[test]
+    fn the_defaults_with_an_id_and_a_secret_are_valid() {
+        assert_eq!(good().validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_bad_field_is_named() {
+        let field = |s: TunnelSettings| match s.validate() {
+            Err(TunnelError::Settings { field, .. }) => field,
+            other => panic!("expected a settings error, got {other:?}"),
+        };
+        assert_eq!(
+            field(TunnelSettings {
+                secret: vec![1; 31],
+                ..good()
+            }),
+            "secret"
+        );
+        assert_eq!(
+            field(TunnelSettings {
+                shard_id: String::new(),
+                ..good()
+            }),
+            "shard_id"
+        );
+        assert_eq!(
+            field(TunnelSettings {
+                stream_budget_bytes: 10,
+                ..good()
+            }),
+            "stream_budget_bytes"
+        );
+        assert_eq!(
+            field(TunnelSettings {
+                keep_alive: Duration::from_secs(20),
+                ..good()
+            }),
+            "keep_alive"
+        );
+    }
+}

@@ -1,0 +1,343 @@
+//! `[cluster]`: one world over many shards. Cluster mode is on iff
+//! `cluster.redis` is set; with it empty the shard runs alone, exactly as
+//! without this section (no Redis, no peers).
+//!
+//! # Lease timings: detection time against false failover
+//!
+//! A room's owner renews its lease every `renew_ms`; the lease lives
+//! `lease_ms`. A dead owner's rooms are free after at most `lease_ms`, so
+//! that is the failover time. A shorter lease fails over faster, but a
+//! stall of the owner (a GC-like pause, a slow Redis, a saturated core)
+//! longer than `lease_ms - renew_ms` loses the lease to another shard even
+//! though the owner was alive. `renew_ms < lease_ms / 2` guarantees at
+//! least two renewals per lease, so one lost round trip never costs a
+//! lease. The owner stops a room it could not renew before the lease's
+//! deadline minus one renewal period (the margin), so it has stopped
+//! writing before anyone else may take the room; the store's epoch fence
+//! catches whatever is still in flight. The defaults (3 s lease, 1 s
+//! renewal) fail over within about 3 s and tolerate a 2 s stall.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::Config;
+
+/// The shortest cluster secret accepted: 32 bytes (256 bits).
+pub const MIN_CLUSTER_SECRET: usize = 32;
+
+/// Longest shard id; ids appear in Redis keys, lease values and logs.
+pub const MAX_SHARD_ID: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://HOST:PORT/DB` of the directory. Empty: no cluster.
+    pub redis: String,
+    /// This shard's id, unique in the cluster. Empty: derived from the
+    /// host name and the ws/http ports (see [`Config::shard_id`]).
+    pub shard_id: String,
+    /// The peer tunnel listener (port 0 picks a free port).
+    pub peer_addr: SocketAddr,
+    /// The host other shards dial to reach this one. Empty: the IP the
+    /// listeners are bound to.
+    pub advertise_host: String,
+    /// Shared by every shard of the cluster; peers prove they hold it.
+    /// At least 32 bytes; required in cluster mode. Best set through
+    /// `TESSERA_CLUSTER__SECRET` rather than a file.
+    pub secret: String,
+    /// Every Redis key starts with `{key_prefix}:`, so several clusters
+    /// can share one Redis.
+    pub key_prefix: String,
+    /// A room lease's time to live: how long a dead owner holds its rooms.
+    pub lease_ms: u64,
+    /// How often an owner renews all its leases (one batch); below
+    /// `lease_ms / 2`.
+    pub renew_ms: u64,
+    /// A shard's alive key lives this long; past it the shard is dead.
+    pub shard_ttl_ms: u64,
+    /// How often a shard renews its alive key and reports its load; below
+    /// `shard_ttl_ms / 2`.
+    pub heartbeat_ms: u64,
+    /// One Redis operation is given up after this.
+    pub redis_timeout_ms: u64,
+    /// An operation that needs Redis (placing a room, a login checking
+    /// presence) waits this long for it to come back before failing.
+    pub redis_wait_ms: u64,
+    /// The events stream is trimmed to about this many entries.
+    pub events_max_len: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis: String::new(),
+            shard_id: String::new(),
+            peer_addr: SocketAddr::from(([127, 0, 0, 1], 7352)),
+            advertise_host: String::new(),
+            secret: String::new(),
+            key_prefix: "tessera".into(),
+            lease_ms: 3_000,
+            renew_ms: 1_000,
+            shard_ttl_ms: 3_000,
+            heartbeat_ms: 1_000,
+            redis_timeout_ms: 500,
+            redis_wait_ms: 2_000,
+            events_max_len: 10_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether this shard is part of a cluster.
+    pub fn enabled(&self) -> bool {
+        !self.redis.is_empty()
+    }
+
+    pub(super) fn validate(&self, errors: &mut Vec<String>) {
+        if !self.enabled() {
+            return;
+        }
+        if let Err(message) = check_redis_url(&self.redis) {
+            errors.push(format!("cluster.redis {:?}: {message}", self.redis));
+        }
+        if self.secret.len() < MIN_CLUSTER_SECRET {
+            errors.push(format!(
+                "cluster.secret must be at least {MIN_CLUSTER_SECRET} bytes in cluster mode \
+                 (set TESSERA_CLUSTER__SECRET)"
+            ));
+        }
+        if !self.shard_id.is_empty() {
+            if let Err(message) = check_shard_id(&self.shard_id) {
+                errors.push(format!("cluster.shard_id {:?}: {message}", self.shard_id));
+            }
+        }
+        if self.key_prefix.is_empty()
+            || self.key_prefix.len() > MAX_SHARD_ID
+            || !self.key_prefix.bytes().all(id_byte)
+        {
+            errors.push(format!(
+                "cluster.key_prefix must be 1-{MAX_SHARD_ID} characters of a-z, A-Z, 0-9, _, - or ."
+            ));
+        }
+        if self.advertise_host.contains(['/', ' ']) {
+            errors.push("cluster.advertise_host must be a host name or IP".into());
+        }
+        for (name, value) in [
+            ("cluster.lease_ms", self.lease_ms),
+            ("cluster.renew_ms", self.renew_ms),
+            ("cluster.shard_ttl_ms", self.shard_ttl_ms),
+            ("cluster.heartbeat_ms", self.heartbeat_ms),
+            ("cluster.redis_timeout_ms", self.redis_timeout_ms),
+            ("cluster.redis_wait_ms", self.redis_wait_ms),
+            ("cluster.events_max_len", self.events_max_len),
+        ] {
+            if value == 0 {
+                errors.push(format!("{name} must be greater than 0"));
+            }
+        }
+        if self.renew_ms.saturating_mul(2) >= self.lease_ms {
+            errors.push("cluster.renew_ms must be below lease_ms / 2".into());
+        }
+        if self.heartbeat_ms.saturating_mul(2) >= self.shard_ttl_ms {
+            errors.push("cluster.heartbeat_ms must be below shard_ttl_ms / 2".into());
+        }
+        if self.redis_timeout_ms >= self.renew_ms {
+            errors.push(
+                "cluster.redis_timeout_ms must be below renew_ms (a renewal must end before the next)"
+                    .into(),
+            );
+        }
+    }
+}
+
+fn id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')
+}
+
+/// A shard id: 1-64 characters of a safe alphabet (no `:`, which separates
+/// the shard from the epoch in a lease).
+pub fn check_shard_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_SHARD_ID || !id.bytes().all(id_byte) {
+        return Err(format!(
+            "must be 1-{MAX_SHARD_ID} characters of a-z, A-Z, 0-9, _, - or ."
+        ));
+    }
+    Ok(())
+}
+
+fn check_redis_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("redis://")
+        .ok_or("must start with redis://")?;
+    let host_port = rest.split('/').next().unwrap_or_default();
+    let host_port = host_port.rsplit('@').next().unwrap_or_default();
+    if host_port.is_empty() {
+        return Err("names no host".into());
+    }
+    if let Some(db) = rest.split_once('/').map(|(_, db)| db) {
+        if !db.is_empty() && db.parse::<u32>().is_err() {
+            return Err("the database after / must be a number".into());
+        }
+    }
+    Ok(())
+}
+
+/// A shard id from the host name and the two ports: the same on every
+/// restart of the same shard on the same host with the same ports.
+pub fn derive_shard_id(host: &str, ws_port: u16, http_port: u16) -> String {
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii() && id_byte(c as u8) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(MAX_SHARD_ID - 12)
+        .collect();
+    let host = if host.is_empty() {
+        "shard".into()
+    } else {
+        host
+    };
+    format!("{host}-{ws_port}-{http_port}")
+}
+
+/// The machine's host name, or `localhost` when it cannot be read.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+impl Config {
+    /// This shard's id: `cluster.shard_id`, or one derived from the host
+    /// name and the configured ws/http ports. With a port 0 configured the
+    /// shard derives it from the ports it bound instead
+    /// ([`Config::shard_id_bound`]), which change on every start: set
+    /// `cluster.shard_id` for a stable id then.
+    pub fn shard_id(&self) -> String {
+        self.shard_id_bound(self.server.ws_addr.port(), self.server.http_addr.port())
+    }
+
+    /// The shard id given the ports actually bound.
+    pub fn shard_id_bound(&self, ws_port: u16, http_port: u16) -> String {
+        if self.cluster.shard_id.is_empty() {
+            derive_shard_id(&host_name(), ws_port, http_port)
+        } else {
+            self.cluster.shard_id.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster() -> Config {
+        let mut config = Config::default();
+        config.cluster.redis = "redis://127.0.0.1:6379/0".into();
+        config.cluster.secret = "s".repeat(32);
+        config
+    }
+
+    fn errors(config: &Config) -> String {
+        config
+            .validate()
+            .map(|_| String::new())
+            .unwrap_or_else(|e| e.to_string())
+    }
+
+    #[test]
+    fn off_by_default_and_valid() {
+        let config = Config::default();
+        assert!(!config.cluster.enabled());
+        config.validate().unwrap();
+        cluster().validate().unwrap();
+    }
+
+    #[test]
+    fn the_secret_is_required_in_cluster_mode() {
+        let mut config = cluster();
+        config.cluster.secret = "short".into();
+        assert!(
+            errors(&config).contains("cluster.secret"),
+            "{}",
+            errors(&config)
+        );
+        config.cluster.secret.clear();
+        assert!(errors(&config).contains("cluster.secret"));
+        // Outside cluster mode nobody needs it.
+        config.cluster.redis.clear();
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_secret_comes_from_the_environment() {
+        let config = Config::load(
+            None,
+            [
+                (
+                    "TESSERA_CLUSTER__REDIS".to_string(),
+                    "redis://10.0.0.1:6380/2".to_string(),
+                ),
+                ("TESSERA_CLUSTER__SECRET".to_string(), "x".repeat(40)),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.cluster.secret.len(), 40);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn validation_names_each_bad_field() {
+        let mut config = cluster();
+        config.cluster.redis = "http://x".into();
+        config.cluster.shard_id = "a:b".into();
+        config.cluster.key_prefix = String::new();
+        config.cluster.lease_ms = 1_000;
+        config.cluster.renew_ms = 600;
+        config.cluster.redis_timeout_ms = 700;
+        config.cluster.heartbeat_ms = 0;
+        config.cluster.events_max_len = 0;
+        let text = errors(&config);
+        for field in [
+            "cluster.redis",
+            "cluster.shard_id",
+            "cluster.key_prefix",
+            "cluster.renew_ms must be below lease_ms / 2",
+            "cluster.heartbeat_ms must be greater than 0",
+            "cluster.events_max_len",
+            "cluster.redis_timeout_ms must be below renew_ms",
+        ] {
+            assert!(text.contains(field), "{field} missing from {text}");
+        }
+        let mut config = cluster();
+        config.cluster.redis = "redis://h:1/db".into();
+        assert!(errors(&config).contains("database"));
+    }
+
+    #[test]
+    fn the_derived_shard_id_is_stable_and_safe() {
+        assert_eq!(
+            derive_shard_id("box.example", 7350, 7351),
+            "box.example-7350-7351"
+        );
+        assert_eq!(derive_shard_id("bad host:x", 1, 2), "bad-host-x-1-2");
+        assert_eq!(derive_shard_id("", 1, 2), "shard-1-2");
+        check_shard_id(&derive_shard_id(&"h".repeat(200), 65535, 65535)).unwrap();
+        let config = cluster();
+        assert_eq!(config.shard_id(), config.shard_id());
+        let mut named = cluster();
+        named.cluster.shard_id = "eu-1".into();
+        assert_eq!(named.shard_id(), "eu-1");
+        assert_eq!(named.shard_id_bound(1, 2), "eu-1");
+    }
+}
