@@ -210,13 +210,7 @@ async fn unexpected(
         ReadFailure::Reset(code) => Failed::Io(format!("control stream reset ({code})")),
         ReadFailure::Bad(text) => {
             let reason = format!("bad frame in the handshake: {text}");
-            refuse(conn, Some(send), RefuseCode::Malformed, &reason, max).await;
-            Failed::Refused {
-                by_us: true,
-                peer,
-                code: RefuseCode::Malformed.as_u16(),
-                reason,
-            }
+            refuse_peer(conn, send, peer, RefuseCode::Malformed, reason, max).await
         }
     }
 }
@@ -253,13 +247,7 @@ pub(super) async fn dial(
         })
     });
     if let Some((code, reason)) = problem {
-        refuse(conn, Some(&mut send), code, &reason, max).await;
-        return Err(Failed::Refused {
-            by_us: true,
-            peer,
-            code: code.as_u16(),
-            reason,
-        });
+        return Err(refuse_peer(conn, &mut send, peer, code, reason, max).await);
     }
     let keying = exporter(conn)?;
     let mac = proof_mac(&settings.secret, Role::Dialer, &ours, &theirs, &keying);
@@ -281,13 +269,15 @@ pub(super) async fn dial(
         &proof,
     ) {
         let reason = "the listener's proof does not match: it does not hold the cluster secret";
-        refuse(conn, Some(&mut send), RefuseCode::BadProof, reason, max).await;
-        return Err(Failed::Refused {
-            by_us: true,
+        return Err(refuse_peer(
+            conn,
+            &mut send,
             peer,
-            code: RefuseCode::BadProof.as_u16(),
-            reason: reason.into(),
-        });
+            RefuseCode::BadProof,
+            reason.into(),
+            max,
+        )
+        .await);
     }
     Ok(ControlStream {
         send,
@@ -315,13 +305,7 @@ pub(super) async fn accept(
     };
     let peer = Some(theirs.shard_id.clone());
     if let Some((code, reason)) = check_hello(settings, &theirs) {
-        refuse(conn, Some(&mut send), code, &reason, max).await;
-        return Err(Failed::Refused {
-            by_us: true,
-            peer,
-            code: code.as_u16(),
-            reason,
-        });
+        return Err(refuse_peer(conn, &mut send, peer, code, reason, max).await);
     }
     let ours = our_hello(settings);
     write_msg(&mut send, &Control::Hello(ours.clone()), max)
@@ -343,13 +327,15 @@ pub(super) async fn accept(
         &proof,
     ) {
         let reason = "the dialer's proof does not match: it does not hold the cluster secret";
-        refuse(conn, Some(&mut send), RefuseCode::BadProof, reason, max).await;
-        return Err(Failed::Refused {
-            by_us: true,
+        return Err(refuse_peer(
+            conn,
+            &mut send,
             peer,
-            code: RefuseCode::BadProof.as_u16(),
-            reason: reason.into(),
-        });
+            RefuseCode::BadProof,
+            reason.into(),
+            max,
+        )
+        .await);
     }
     Ok((
         ControlStream {
@@ -386,6 +372,24 @@ pub(super) async fn send_listener_proof(
     .map_err(Failed::Io)
 }
 
+/// Refuse the peer (see [`refuse`]) and return the error that says so.
+async fn refuse_peer(
+    conn: &Connection,
+    send: &mut SendStream,
+    peer: Option<String>,
+    code: RefuseCode,
+    reason: String,
+    max: u32,
+) -> Failed {
+    refuse(conn, Some(send), code, &reason, max).await;
+    Failed::Refused {
+        by_us: true,
+        peer,
+        code: code.as_u16(),
+        reason,
+    }
+}
+
 fn refused_by_them(peer: Option<String>, r: Refuse) -> Failed {
     Failed::Refused {
         by_us: false,
@@ -403,13 +407,7 @@ async fn misbehaved(
     max: u32,
 ) -> Failed {
     let reason = format!("unexpected {} in the handshake", control_name(got));
-    refuse(conn, Some(send), RefuseCode::Malformed, &reason, max).await;
-    Failed::Refused {
-        by_us: true,
-        peer,
-        code: RefuseCode::Malformed.as_u16(),
-        reason,
-    }
+    refuse_peer(conn, send, peer, RefuseCode::Malformed, reason, max).await
 }
 
 fn control_name(msg: &Control) -> &'static str {
