@@ -11,6 +11,10 @@ use server::auth::{mint_with_key, Claims};
 use server::config::{AuthMode, LogFormat};
 use server::Config;
 
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "tessera-server", version, about = "Tessera game-server shard")]
 struct Cli {
