@@ -135,30 +135,9 @@ impl<H: Clone> Presence<H> {
     /// latest (older resume tokens stop working) and takes over whatever
     /// seat the player still holds.
     pub fn welcomed(&self, player: &str, sid: &str, session: SessionId) -> Takeover {
-        let mut players = self.players.lock();
-        let (previous, seat) = match players.get(player) {
-            Some(entry) => (Some(entry.session), entry.seat.clone()),
-            None => (None, None),
-        };
-        let name = players
-            .get(player)
-            .map(|e| e.name.clone())
-            .unwrap_or_default();
-        players.insert(
-            player.to_string(),
-            Entry {
-                latest_sid: sid.to_string(),
-                session,
-                // Until the new session's join reaches the room, the seat
-                // stays recorded under the session that holds it (as for a
-                // resume).
-                seat: seat.clone(),
-                expires: Instant::now() + self.ttl,
-                name,
-                since: Instant::now(),
-            },
-        );
-        Takeover { previous, seat }
+        // Until the new session's join reaches the room, the seat stays
+        // recorded under the session that holds it (as for a resume).
+        self.become_latest(&mut self.players.lock(), player, sid, session)
     }
 
     /// Session `new_session` (id `new_sid`) presents a resume token for
@@ -173,27 +152,42 @@ impl<H: Clone> Presence<H> {
         new_session: SessionId,
     ) -> Result<Takeover, ResumeError> {
         let mut players = self.players.lock();
-        let (previous, seat) = match players.get(player) {
-            Some(entry) if entry.latest_sid != claimed_sid => return Err(ResumeError::Reused),
-            Some(entry) => (Some(entry.session), entry.seat.clone()),
-            None => (None, None),
-        };
-        let name = players
+        if players
             .get(player)
-            .map(|e| e.name.clone())
-            .unwrap_or_default();
+            .is_some_and(|entry| entry.latest_sid != claimed_sid)
+        {
+            return Err(ResumeError::Reused);
+        }
+        Ok(self.become_latest(&mut players, player, new_sid, new_session))
+    }
+
+    /// `session` (id `sid`) becomes the player's latest: older resume tokens
+    /// stop working, and it takes over the player's name and the seat still
+    /// recorded (under the session that holds it).
+    fn become_latest(
+        &self,
+        players: &mut HashMap<String, Entry>,
+        player: &str,
+        sid: &str,
+        session: SessionId,
+    ) -> Takeover {
+        let old = players.get(player);
+        let previous = old.map(|e| e.session);
+        let seat = old.and_then(|e| e.seat.clone());
+        let name = old.map(|e| e.name.clone()).unwrap_or_default();
+        let now = Instant::now();
         players.insert(
             player.to_string(),
             Entry {
-                latest_sid: new_sid.to_string(),
-                session: new_session,
+                latest_sid: sid.to_string(),
+                session,
                 seat: seat.clone(),
-                expires: Instant::now() + self.ttl,
+                expires: now + self.ttl,
                 name,
-                since: Instant::now(),
+                since: now,
             },
         );
-        Ok(Takeover { previous, seat })
+        Takeover { previous, seat }
     }
 
     /// Session `session` of `player` now sits in `room` (or in none): its
