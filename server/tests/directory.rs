@@ -36,6 +36,7 @@ fn settings(redis: &RedisServer, prefix: &str) -> DirectorySettings {
         wait: Duration::from_millis(2_000),
         events_max_len: 10,
         player_ttl: Duration::from_secs(60),
+        dead_shard_keep: Duration::from_secs(3600),
     }
 }
 
@@ -253,6 +254,92 @@ async fn a_killed_shard_goes_dead_and_room_sets_follow_the_leases() {
     assert_eq!(report.lost.len(), 1);
     assert!(a.rooms_of(a.shard()).await.unwrap().is_empty());
     stop_b.send(true).unwrap();
+}
+
+/// A shard killed without leaving is reported dead once, whoever looks,
+/// and its record is removed after the keep; one that left is not
+/// reported again; one that comes back registers afresh.
+#[tokio::test]
+async fn a_dead_shard_is_reported_once_and_its_record_removed_after_the_keep() {
+    let redis = RedisServer::start();
+    // a and d die fast; b and c (the lookers) stay alive without
+    // heartbeats for the whole test.
+    let with_ttl = |id: &str, ttl: Duration| {
+        let settings = DirectorySettings {
+            shard_ttl: ttl,
+            dead_shard_keep: Duration::from_secs(3),
+            ..settings(&redis, "t9")
+        };
+        Directory::new(settings, ShardId::new(id).unwrap()).unwrap()
+    };
+    let (short, long) = (Duration::from_millis(600), Duration::from_secs(120));
+    let (a, b) = (with_ttl("a", short), with_ttl("b", long));
+    let (c, d) = (with_ttl("c", long), with_ttl("d", short));
+    for (dir, id) in [(&a, "a"), (&b, "b"), (&c, "c"), (&d, "d")] {
+        dir.register(record(id)).await.unwrap();
+    }
+    // d leaves in order; a never heartbeats again ("killed").
+    d.deregister().await.unwrap();
+    eventually("a's alive key expired", || async {
+        b.shards()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .any(|s| s.id.as_str() == "a" && !s.alive)
+    })
+    .await;
+    // b and c both look.
+    let (by_b, by_c) = (
+        b.reap_dead_shards().await.unwrap(),
+        c.reap_dead_shards().await.unwrap(),
+    );
+    let mut down: Vec<String> = by_b
+        .down
+        .iter()
+        .chain(&by_c.down)
+        .map(|s| s.to_string())
+        .collect();
+    down.sort();
+    assert_eq!(
+        down,
+        vec!["a"],
+        "a reported once, d (which left) not at all"
+    );
+    let reports = b
+        .events_tail(50)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == EventKind::ShardDown)
+        .map(|e| (e.subject, e.detail))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        reports,
+        vec![
+            ("d".to_string(), "shutdown".to_string()),
+            ("a".to_string(), "no heartbeat".to_string())
+        ]
+    );
+
+    // Past the keep, a's and d's records go; b's and c's stay.
+    eventually("dead records removed", || async {
+        let _ = b.reap_dead_shards().await;
+        let ids: Vec<String> = b
+            .shard_ids()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        ids == vec!["b", "c"]
+    })
+    .await;
+
+    // a comes back: it is registered and alive again, and a later death
+    // would be reported anew.
+    a.register(record("a")).await.unwrap();
+    let back = b.shards().await.unwrap();
+    assert!(back.iter().any(|s| s.id.as_str() == "a" && s.alive));
 }
 
 #[tokio::test]

@@ -4,6 +4,9 @@
 //! ```text
 //! every cluster.heartbeat_ms: register (until it succeeds), then the whole
 //!                              record with the load, alive key PX shard_ttl_ms
+//! every cluster.shard_ttl_ms:  other shards' alive keys: a dead one is reported
+//!                              once (`shard_down`), removed after
+//!                              dead_shard_keep_ms
 //! every cluster.renew_ms:      leases past deadline - renew_ms → LeaseNotice::Expiring
 //!                              one RENEW script for every held lease:
 //!                                renewed · re-asserted (→ Reasserted if it had
@@ -41,6 +44,8 @@ pub async fn run_agent(
     let settings = dir.settings().clone();
     let mut heartbeat = tokio::time::interval(settings.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reap = tokio::time::interval(settings.shard_ttl);
+    reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renew = tokio::time::interval(settings.renew);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut cpu = CpuMeter::new();
@@ -62,6 +67,20 @@ pub async fn run_agent(
             }
             _ = renew.tick() => {
                 renew_round(&dir, settings.renew, &mut health).await;
+            }
+            _ = reap.tick(), if registered => {
+                match dir.reap_dead_shards().await {
+                    Ok(reaped) => {
+                        for id in &reaped.down {
+                            tracing::warn!(shard = %id, "shard found dead: no heartbeat");
+                        }
+                        for id in &reaped.removed {
+                            tracing::info!(shard = %id, "dead shard's record removed");
+                        }
+                        health.observe("reap", None);
+                    }
+                    Err(e) => health.observe("reap", Some(e)),
+                }
             }
         }
     }

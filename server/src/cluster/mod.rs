@@ -40,7 +40,7 @@ pub mod tunnel;
 pub use agent::{leave, run_agent, LoadSource};
 pub use directory::{
     Directory, DirectoryError, DirectorySettings, Event, EventKind, Lease, LeaseNotice,
-    PlayerEntry, PreviousHolder, RenewReport, ShardId, ShardInfo, ShardLoad, ShardRecord,
+    PlayerEntry, PreviousHolder, Reaped, RenewReport, ShardId, ShardInfo, ShardLoad, ShardRecord,
     ShardState,
 };
 

@@ -66,6 +66,9 @@ pub struct ClusterConfig {
     pub redis_wait_ms: u64,
     /// The events stream is trimmed to about this many entries.
     pub events_max_len: u64,
+    /// A dead shard's record stays in the directory (for the console) this
+    /// long after its last heartbeat, then any live shard removes it.
+    pub dead_shard_keep_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -84,6 +87,7 @@ impl Default for ClusterConfig {
             redis_timeout_ms: 500,
             redis_wait_ms: 2_000,
             events_max_len: 10_000,
+            dead_shard_keep_ms: 3_600_000,
         }
     }
 }
@@ -131,6 +135,7 @@ impl ClusterConfig {
             ("cluster.redis_timeout_ms", self.redis_timeout_ms),
             ("cluster.redis_wait_ms", self.redis_wait_ms),
             ("cluster.events_max_len", self.events_max_len),
+            ("cluster.dead_shard_keep_ms", self.dead_shard_keep_ms),
         ] {
             if value == 0 {
                 errors.push(format!("{name} must be greater than 0"));

@@ -45,6 +45,7 @@ use crate::ids::RoomId;
 
 pub use players::PreviousHolder;
 pub use rooms::{rendezvous, RenewReport};
+pub use shards::Reaped;
 pub use types::{
     Event, EventKind, Lease, LeaseNotice, PlayerEntry, ShardId, ShardInfo, ShardLoad, ShardRecord,
     ShardState,
@@ -122,6 +123,9 @@ pub struct DirectorySettings {
     /// than a resume token and the seat's grace, so a resume anywhere
     /// still finds where the player was.
     pub player_ttl: Duration,
+    /// A dead shard's record is removed this long after its last
+    /// heartbeat (`cluster.dead_shard_keep_ms`).
+    pub dead_shard_keep: Duration,
 }
 
 impl DirectorySettings {
@@ -139,6 +143,7 @@ impl DirectorySettings {
             events_max_len: c.events_max_len,
             player_ttl: Duration::from_secs(config.auth.resume_ttl_s)
                 + ms(config.supervision.resume_grace_ms),
+            dead_shard_keep: ms(c.dead_shard_keep_ms),
         }
     }
 }

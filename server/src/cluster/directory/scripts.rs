@@ -139,3 +139,27 @@ return 0
 "#,
     )
 });
+
+/// Look at one shard that may be dead.
+/// KEYS: its alive key, its record, the set of shards.
+/// ARGV: its id, now (unix ms), how long a dead record is kept (ms).
+/// Returns 0 (alive, or its death was reported already), 1 (newly found
+/// dead: the caller reports it; the record is marked `down` so no other
+/// shard reports it again) or 2 (dead for longer than the keep: its record
+/// was removed).
+pub(super) static REAP_SHARD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local updated = tonumber(redis.call('HGET', KEYS[2], 'updated_at') or '0') or 0
+if updated + tonumber(ARGV[3]) < tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[2])
+  redis.call('SREM', KEYS[3], ARGV[1])
+  return 2
+end
+if redis.call('HEXISTS', KEYS[2], 'down') == 1 then return 0 end
+redis.call('HSET', KEYS[2], 'down', ARGV[2])
+return 1
+"#,
+    )
+});

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use super::scripts::REAP_SHARD;
 use super::ShardState;
 use super::{unix_ms, Directory, EventKind, Result, ShardId, ShardInfo, ShardLoad, ShardRecord};
 
@@ -46,6 +47,10 @@ impl Directory {
             .arg(&hash)
             .arg(fields)
             .ignore()
+            .cmd("HDEL")
+            .arg(&hash)
+            .arg("down")
+            .ignore()
             .cmd("SET")
             .arg(&alive)
             .arg(unix_ms())
@@ -88,13 +93,58 @@ impl Directory {
 
     /// Leave the cluster: delete the alive key (the shard is dead at once,
     /// not after its TTL) and tell the events stream. The record stays,
-    /// marked dead, for the console.
+    /// marked dead (and `down`, so no other shard reports the death
+    /// again), for the console until [`Directory::reap_dead_shards`]
+    /// removes it.
     pub async fn deregister(&self) -> Result<()> {
-        let alive = self.key(&["alive", self.shard().as_str()]);
-        self.run::<()>("deregister", redis::cmd("DEL").arg(alive))
-            .await?;
+        let id = self.shard().as_str();
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL")
+            .arg(self.key(&["alive", id]))
+            .ignore()
+            .cmd("HSET")
+            .arg(self.key(&["shard", id]))
+            .arg("down")
+            .arg(unix_ms())
+            .ignore();
+        self.run::<()>("deregister", &pipe).await?;
         self.emit(EventKind::ShardDown, self.shard().as_str(), "shutdown")
             .await
+    }
+
+    /// Look at every other shard's alive key: a shard that died without
+    /// leaving (killed, or cut off from Redis) is reported once in the
+    /// events stream (`shard_down`, "no heartbeat"), by whichever shard
+    /// sees it first; a record dead for longer than
+    /// `cluster.dead_shard_keep_ms` is removed, so the directory does not
+    /// grow with every shard that ever ran. A shard that comes back
+    /// re-registers with its next heartbeat.
+    pub async fn reap_dead_shards(&self) -> Result<Reaped> {
+        let mut reaped = Reaped::default();
+        let keep = self.settings().dead_shard_keep.as_millis() as u64;
+        for id in self.shard_ids().await? {
+            if id == *self.shard() {
+                continue;
+            }
+            let mut script = REAP_SHARD.prepare_invoke();
+            script
+                .key(self.key(&["alive", id.as_str()]))
+                .key(self.key(&["shard", id.as_str()]))
+                .key(self.key(&["shards"]))
+                .arg(id.as_str())
+                .arg(unix_ms())
+                .arg(keep);
+            match self.run::<i64>("reap_shard", &script).await? {
+                1 => {
+                    self.emit(EventKind::ShardDown, id.as_str(), "no heartbeat")
+                        .await?;
+                    reaped.down.push(id);
+                }
+                2 => reaped.removed.push(id),
+                _ => {}
+            }
+        }
+        Ok(reaped)
     }
 
     /// Every shard id registered.
@@ -132,4 +182,14 @@ impl Directory {
         }
         Ok(out)
     }
+}
+
+/// What one [`Directory::reap_dead_shards`] round found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reaped {
+    /// Shards newly found dead (reported in the events stream by this
+    /// shard).
+    pub down: Vec<ShardId>,
+    /// Records removed: dead for longer than the keep.
+    pub removed: Vec<ShardId>,
 }
