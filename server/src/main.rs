@@ -50,9 +50,13 @@ struct Cli {
     log_format: Option<LogFormat>,
     /// Print the configuration in force (file, environment and flags
     /// applied, the built-in maps listed when none are configured) as TOML,
-    /// and exit.
+    /// and exit. Secrets (auth and cluster secrets, admin tokens, URL
+    /// passwords) are printed as `<redacted>` unless `--show-secrets`.
     #[arg(long)]
     print_config: bool,
+    /// With `--print-config`: print the secrets too.
+    #[arg(long, requires = "print_config")]
+    show_secrets: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -179,7 +183,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     config.validate()?;
     if cli.print_config {
-        print!("{}", config.in_force().to_toml());
+        let config = config.in_force();
+        let config = if cli.show_secrets {
+            config
+        } else {
+            config.redacted()
+        };
+        print!("{}", config.to_toml());
         return Ok(());
     }
     init_tracing(&config);

@@ -149,6 +149,50 @@ impl Config {
         }
         config
     }
+
+    /// This configuration with every secret replaced by [`REDACTED`]: the
+    /// auth and cluster secrets, admin tokens, and the password in the
+    /// MongoDB and Redis URLs. What `--print-config` prints unless
+    /// `--show-secrets` is given, so a config printed into a log or a
+    /// ticket gives nothing away (put the secrets back to read it in).
+    pub fn redacted(&self) -> Config {
+        let mut config = self.clone();
+        let hide = |s: &mut String| {
+            if !s.is_empty() {
+                *s = REDACTED.to_string();
+            }
+        };
+        hide(&mut config.auth.secret);
+        hide(&mut config.cluster.secret);
+        hide(&mut config.admin.token);
+        for token in &mut config.admin.tokens {
+            hide(&mut token.token);
+        }
+        config.store.mongodb.uri = redact_url_password(&config.store.mongodb.uri);
+        config.cluster.redis = redact_url_password(&config.cluster.redis);
+        config
+    }
+}
+
+/// What a secret is printed as by [`Config::redacted`].
+pub const REDACTED: &str = "<redacted>";
+
+/// `url` with the password of its user info (`scheme://user:PASSWORD@host`)
+/// replaced by [`REDACTED`]; anything else unchanged.
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    // The user info ends at the last '@' before the first '/' (a password
+    // may itself hold '@' only percent-encoded, but be lenient).
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:{REDACTED}{}", &rest[at..]),
+        None => url.to_string(),
+    }
 }
 
 fn or_cores(n: usize) -> usize {

@@ -311,3 +311,41 @@ fn admin_tokens_carry_roles_and_bad_ones_are_named_by_field() {
         .to_string();
     assert!(err.contains("root") && err.contains("viewer"), "{err}");
 }
+
+#[test]
+fn redacted_hides_every_secret_and_url_password_and_nothing_else() {
+    let mut config = Config::default();
+    config.auth.secret = "s".repeat(32);
+    config.cluster.secret = "c".repeat(32);
+    config.cluster.redis = "redis://ops:hunter2@10.0.0.5:6379/0".into();
+    config.store.mongodb.uri = "mongodb://app:p%40ss@db1,db2/?replicaSet=rs".into();
+    config.admin.token = "a".repeat(16);
+    config.admin.tokens.push(AdminToken {
+        token: "v".repeat(16),
+        role: protocol::admin::Role::Viewer,
+        name: "vera".into(),
+    });
+    let shown = config.redacted();
+    let text = shown.to_toml();
+    for secret in ["sss", "ccc", "hunter2", "p%40ss", "aaa", "vvv"] {
+        assert!(!text.contains(secret), "{secret} printed: {text}");
+    }
+    assert_eq!(
+        shown.cluster.redis,
+        "redis://ops:<redacted>@10.0.0.5:6379/0"
+    );
+    assert_eq!(
+        shown.store.mongodb.uri,
+        "mongodb://app:<redacted>@db1,db2/?replicaSet=rs"
+    );
+    assert_eq!(shown.admin.tokens[0].name, "vera");
+    // Unset secrets stay unset, URLs without a password unchanged.
+    let plain = Config::default().redacted();
+    assert_eq!(plain, Config::default());
+    let mut no_password = Config::default();
+    no_password.cluster.redis = "redis://127.0.0.1:6379/0".into();
+    assert_eq!(
+        no_password.redacted().cluster.redis,
+        "redis://127.0.0.1:6379/0"
+    );
+}
