@@ -32,15 +32,15 @@ use crate::config::Config;
 /// The hub's settings from `[cluster]`: the shard id the directory uses,
 /// the cluster secret, `cluster.peer_addr` to listen on and
 /// `cluster.key_prefix` as the cluster's name (peers of another prefix are
-/// refused). Every other limit keeps the tunnel's default.
+/// refused), and the limits of `[cluster.tunnel]`.
 pub fn tunnel_settings(config: &Config, shard_id: &str) -> TunnelSettings {
-    TunnelSettings {
+    config.cluster.tunnel.apply(TunnelSettings {
         shard_id: shard_id.to_string(),
         secret: config.cluster.secret.as_bytes().to_vec(),
         listen: config.cluster.peer_addr,
         cluster: config.cluster.key_prefix.clone(),
         ..TunnelSettings::default()
-    }
+    })
 }
 
 /// Shard id -> the `peer` address of its record in the directory, while

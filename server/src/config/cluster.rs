@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use super::tunnel::TunnelConfig;
 use super::Config;
 
 /// The shortest cluster secret accepted: 32 bytes (256 bits).
@@ -69,6 +70,8 @@ pub struct ClusterConfig {
     /// A dead shard's record stays in the directory (for the console) this
     /// long after its last heartbeat, then any live shard removes it.
     pub dead_shard_keep_ms: u64,
+    /// `[cluster.tunnel]`: the peer tunnels' limits.
+    pub tunnel: TunnelConfig,
 }
 
 impl Default for ClusterConfig {
@@ -88,6 +91,7 @@ impl Default for ClusterConfig {
             redis_wait_ms: 2_000,
             events_max_len: 10_000,
             dead_shard_keep_ms: 3_600_000,
+            tunnel: TunnelConfig::default(),
         }
     }
 }
@@ -147,6 +151,7 @@ impl ClusterConfig {
         if self.heartbeat_ms.saturating_mul(2) >= self.shard_ttl_ms {
             errors.push("cluster.heartbeat_ms must be below shard_ttl_ms / 2".into());
         }
+        self.tunnel.validate(errors);
         if self.redis_timeout_ms >= self.renew_ms {
             errors.push(
                 "cluster.redis_timeout_ms must be below renew_ms (a renewal must end before the next)"

@@ -35,6 +35,7 @@ mod listeners;
 mod log;
 mod store;
 mod supervision;
+mod tunnel;
 mod validate;
 mod world;
 
@@ -47,6 +48,7 @@ pub use listeners::{IpNet, ServerConfig, TlsConfig, TlsFiles};
 pub use log::{LogConfig, LogFormat};
 pub use store::{Backend, EmbeddedConfig, MongoConfig, StoreConfig, MIN_LEDGER_RETENTION_MS};
 pub use supervision::SupervisionConfig;
+pub use tunnel::TunnelConfig;
 pub use world::{
     builtin_maps, EconomyConfig, Instances, MapConfig, MapDef, RoomsConfig, SpawnerConfig,
 };

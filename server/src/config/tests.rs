@@ -349,3 +349,24 @@ fn redacted_hides_every_secret_and_url_password_and_nothing_else() {
         "redis://127.0.0.1:6379/0"
     );
 }
+
+#[test]
+fn tunnel_limits_are_read_applied_and_checked_by_the_tunnels_rules() {
+    let mut config = Config::default();
+    config.cluster.tunnel.max_streams = 9;
+    config.cluster.tunnel.ping_interval_ms = 250;
+    let applied = crate::cluster::peering::tunnel_settings(&config, "a");
+    assert_eq!(applied.max_streams, 9);
+    assert_eq!(applied.ping_interval, std::time::Duration::from_millis(250));
+    assert_eq!(applied.shard_id, "a");
+    // In cluster mode, a bad limit is refused with its field named.
+    config.cluster.redis = "redis://127.0.0.1:6379/0".into();
+    config.cluster.secret = "s".repeat(32);
+    config.cluster.tunnel.keep_alive_ms = 20_000;
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("cluster.tunnel.keep_alive_ms"), "{err}");
+    config.cluster.tunnel.keep_alive_ms = 2_000;
+    config.cluster.tunnel.max_frame = 10;
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("cluster.tunnel.max_frame"), "{err}");
+}
