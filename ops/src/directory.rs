@@ -187,6 +187,81 @@ impl ShardDirectory {
     }
 }
 
+/// An event of the directory's stream (`{prefix}:events`): shard up and
+/// down, rooms placed, moved, failed over, released, admin actions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ClusterEvent {
+    /// The stream entry id.
+    pub id: String,
+    pub at_ms: u64,
+    pub shard: String,
+    /// `shard_up`, `room_placed`, ... as the server names them.
+    pub kind: String,
+    pub subject: String,
+    pub detail: String,
+}
+
+impl ShardDirectory {
+    /// The last `count` events of the directory's stream, oldest first.
+    pub fn events_tail(&self, count: usize) -> anyhow::Result<Vec<ClusterEvent>> {
+        let mut con = self.connection()?;
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(format!("{}:events", self.prefix))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(count)
+            .query(&mut con)
+            .context("reading the events stream")?;
+        let mut events: Vec<ClusterEvent> = reply
+            .ids
+            .into_iter()
+            .map(|entry| {
+                let field = |k: &str| -> String {
+                    entry
+                        .map
+                        .get(k)
+                        .and_then(|v| redis::from_redis_value::<String>(v).ok())
+                        .unwrap_or_default()
+                };
+                ClusterEvent {
+                    at_ms: field("time").parse().unwrap_or(0),
+                    shard: field("shard"),
+                    kind: field("kind"),
+                    subject: field("subject"),
+                    detail: field("detail"),
+                    id: entry.id,
+                }
+            })
+            .collect();
+        events.reverse();
+        Ok(events)
+    }
+}
+
+/// `shards ls --redis`'s line for one shard: id, state, version,
+/// addresses, load, then its leases: how many, the stalest one's age since
+/// renewal and the closest expiry (`-` without leases).
+pub fn shard_line(s: &DirectoryShard, leases: &[RoomLease], lease_ms: u64) -> String {
+    let held: Vec<&RoomLease> = leases.iter().filter(|l| l.shard == s.id).collect();
+    let ttl_min = held.iter().filter_map(|l| l.ttl_ms).min();
+    let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
+    format!(
+        "{:<24} {:<9} v{} ws {} http {} peer {} sessions {:>5} rooms {:>4} leases {:>4} oldest {:>8} expires in {:>8}\n",
+        s.id,
+        s.shown_state(),
+        s.version,
+        s.ws,
+        s.http,
+        s.peer,
+        s.sessions,
+        s.rooms,
+        held.len(),
+        ms(ttl_min.map(|t| lease_ms.saturating_sub(t))),
+        ms(ttl_min)
+    )
+}
+
 /// A room's lease as the directory holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RoomLease {
@@ -271,11 +346,23 @@ fn record(id: String, h: &HashMap<String, String>, alive: bool) -> DirectoryShar
 /// answer as dead). Read again at every refresh, so shards that join or
 /// leave appear and disappear; a directory that does not answer shows no
 /// shards for that refresh (and is logged).
-pub struct DirectorySource(pub ShardDirectory);
+pub struct DirectorySource {
+    pub directory: ShardDirectory,
+    /// The shards' `cluster.lease_ms`: lease ages are `lease_ms - PTTL`.
+    pub lease_ms: u64,
+}
+
+/// The directory at one moment: its shard records and every lease.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub shards: Vec<DirectoryShard>,
+    pub leases: Vec<RoomLease>,
+    pub lease_ms: u64,
+}
 
 impl ShardSource for DirectorySource {
     fn shards(&self) -> Vec<String> {
-        match self.0.shards() {
+        match self.directory.shards() {
             Ok(shards) => shards
                 .into_iter()
                 .filter(|s| !s.http.is_empty())
@@ -286,6 +373,29 @@ impl ShardSource for DirectorySource {
                 Vec::new()
             }
         }
+    }
+
+    fn cluster(&self) -> bool {
+        true
+    }
+
+    fn events(&self, count: usize) -> Option<Result<Vec<ClusterEvent>, String>> {
+        Some(
+            self.directory
+                .events_tail(count)
+                .map_err(|e| format!("{e:#}")),
+        )
+    }
+
+    fn directory(&self) -> Option<Result<Snapshot, String>> {
+        let read = || -> anyhow::Result<Snapshot> {
+            Ok(Snapshot {
+                shards: self.directory.shards()?,
+                leases: self.directory.leases()?,
+                lease_ms: self.lease_ms,
+            })
+        };
+        Some(read().map_err(|e| format!("{e:#}")))
     }
 }
 

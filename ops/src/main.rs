@@ -167,6 +167,10 @@ struct DirectoryArgs {
     /// The shards' `cluster.key_prefix`.
     #[arg(long, default_value = "tessera", requires = "redis")]
     key_prefix: String,
+    /// The shards' `cluster.lease_ms`: a lease's age (since its last
+    /// renewal) is this minus its remaining time to live.
+    #[arg(long, default_value_t = 3000, requires = "redis", value_parser = clap::value_parser!(u64).range(1..))]
+    lease_ms: u64,
 }
 
 impl DirectoryArgs {
@@ -260,19 +264,11 @@ fn main() -> anyhow::Result<()> {
         Command::Shards {
             command: ShardsCommand::Ls { shards, directory },
         } => {
+            let lease_ms = directory.lease_ms;
             if let Some(directory) = directory.open(timeout)? {
+                let leases = directory.leases()?;
                 for s in directory.shards()? {
-                    println!(
-                        "{:<24} {:<9} v{} ws {} http {} peer {} sessions {:>5} rooms {:>4}",
-                        s.id,
-                        s.shown_state(),
-                        s.version,
-                        s.ws,
-                        s.http,
-                        s.peer,
-                        s.sessions,
-                        s.rooms
-                    );
+                    print!("{}", ops::directory::shard_line(&s, &leases, lease_ms));
                 }
                 return Ok(());
             }
@@ -324,8 +320,12 @@ fn main() -> anyhow::Result<()> {
         } => {
             // The directory is read at every refresh: shards that join or
             // leave the cluster come and go on the page.
+            let lease_ms = directory.lease_ms;
             let source: Arc<dyn ShardSource> = match directory.open(timeout)? {
-                Some(directory) => Arc::new(DirectorySource(directory)),
+                Some(directory) => Arc::new(DirectorySource {
+                    directory,
+                    lease_ms,
+                }),
                 None => Arc::new(StaticShards::new(shards)),
             };
             run_console(listen, source, timeout, refresh_ms)?
