@@ -362,13 +362,19 @@ fn the_console_shows_the_tunnel_matrix_and_the_leases() {
     let b_row = wait_for("mx-b's lease in the console", || {
         row(&overview(&console), "mx-b").filter(|r| r["leases"] == 1)
     });
-    assert!(b_row["lease_ttl_min_ms"].as_u64().is_some_and(|t| t <= 60_000));
+    assert!(b_row["lease_ttl_min_ms"]
+        .as_u64()
+        .is_some_and(|t| t <= 60_000));
     assert_eq!(row(&overview(&console), "mx-a").unwrap()["leases"], 0);
     let (ok, text) = ops(&["shards", "ls", "--redis", &url, "--key-prefix", PREFIX]);
     assert!(ok, "{text}");
     let b_line = text.lines().find(|l| l.starts_with("mx-b")).unwrap();
     assert!(b_line.contains("leases    1"), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("mx-a") && l.contains("leases    0")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("mx-a") && l.contains("leases    0")),
+        "{text}"
+    );
 
     // The directory's event stream reaches the events API (shard_up at
     // least: each shard announced itself).
@@ -396,4 +402,84 @@ fn get_json(console: &str, path: &str) -> serde_json::Value {
         .read_to_string()
         .unwrap();
     serde_json::from_str(&body).unwrap()
+}
+
+/// Named in `ops/grafana/tessera-cluster.json` but exported only once a
+/// shard holds (or loses) a room lease, which rooms do not take before
+/// remote rooms land.
+const NEED_LEASES: &[&str] = &["tessera_leases_held", "tessera_leases_lost_total"];
+
+/// Every `tessera_*` name in `text` (a metric, or a longer one's prefix).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("tessera_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        let before_ok = at == 0 || !rest.as_bytes()[at - 1].is_ascii_alphanumeric();
+        if before_ok && end > "tessera_".len() {
+            names.insert(tail[..end].to_string());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+fn exported(metrics: &str, name: &str) -> bool {
+    metrics.lines().filter(|l| !l.starts_with('#')).any(|l| {
+        l.strip_prefix(name).is_some_and(|rest| {
+            rest.starts_with('{')
+                || rest.starts_with(' ')
+                || rest.starts_with("_sum")
+                || rest.starts_with("_count")
+        })
+    })
+}
+
+#[test]
+fn the_cluster_dashboard_names_only_metrics_a_cluster_shard_exports() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("grafana/tessera-cluster.json");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut exprs = String::new();
+    for panel in doc["panels"].as_array().unwrap() {
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{}", panel["title"]);
+        for t in targets {
+            exprs.push_str(t["expr"].as_str().unwrap());
+            exprs.push('\n');
+        }
+    }
+    let names = metric_names(&exprs);
+    assert!(names.len() >= 8, "{names:?}");
+
+    // Some life: a connected pair, a refused peer (wrong secret), and the
+    // directory gone for a while (errors).
+    let mut redis = RedisServer::start();
+    let a = start_shard(&redis, "gf-a", SECRET);
+    let _b = start_shard(&redis, "gf-b", SECRET);
+    let _c = start_shard(&redis, "gf-c", "another-secret-0123456789abcdefghijkl");
+    wait_for("gf-a connected to gf-b", || {
+        connected(&a, "gf-b").then_some(())
+    });
+    redis.stop();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let text = a.client().metrics().unwrap_or_default();
+        let missing: Vec<&String> = names
+            .iter()
+            .filter(|n| !NEED_LEASES.contains(&n.as_str()) && !exported(&text, n))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "named in ops/grafana/tessera-cluster.json but not exported in cluster mode: {missing:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    redis.restart();
 }
