@@ -22,7 +22,7 @@ const TOKEN: &str = "cluster-test-admin-token-01";
 const SECRET: &str = "cluster-test-secret-0123456789abcdef";
 const PREFIX: &str = "itest";
 /// Generous: the two cores are shared with other builds and benchmarks.
-const DEADLINE: Duration = Duration::from_secs(40);
+const DEADLINE: Duration = Duration::from_secs(60);
 
 fn server_bin() -> PathBuf {
     Path::new(OPS).with_file_name(format!("tessera-server{}", std::env::consts::EXE_SUFFIX))
