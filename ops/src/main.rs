@@ -106,6 +106,10 @@ enum Command {
         /// Milliseconds between live refreshes.
         #[arg(long, default_value_t = 1000)]
         refresh_ms: u64,
+        /// With --redis: the newest events of the directory's stream the
+        /// events page shows (1-10000).
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        cluster_events: u64,
     },
 }
 
@@ -317,6 +321,7 @@ fn main() -> anyhow::Result<()> {
             shards,
             directory,
             refresh_ms,
+            cluster_events,
         } => {
             // The directory is read at every refresh: shards that join or
             // leave the cluster come and go on the page.
@@ -328,7 +333,7 @@ fn main() -> anyhow::Result<()> {
                 }),
                 None => Arc::new(StaticShards::new(shards)),
             };
-            run_console(listen, source, timeout, refresh_ms)?
+            run_console(listen, source, timeout, refresh_ms, cluster_events as usize)?
         }
     }
     Ok(())
@@ -343,6 +348,7 @@ fn run_console(
     source: Arc<dyn ShardSource>,
     timeout: Duration,
     refresh_ms: u64,
+    cluster_events: usize,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -358,6 +364,7 @@ fn run_console(
             source,
             timeout,
             refresh: Duration::from_millis(refresh_ms.max(100)),
+            cluster_events,
         };
         let stop = async {
             let _ = tokio::signal::ctrl_c().await;

@@ -54,9 +54,6 @@ pub use source::{ShardSource, StaticShards};
 
 use crate::client::{CallError, Shard};
 
-/// Events read from the directory's stream per events request.
-const CLUSTER_EVENTS: usize = 500;
-
 const INDEX_HTML: &str = include_str!("page/index.html");
 const APP_JS: &str = include_str!("page/app.js");
 const STYLE_CSS: &str = include_str!("page/style.css");
@@ -68,6 +65,9 @@ pub struct Settings {
     pub timeout: Duration,
     /// How often the stream sends a fresh overview.
     pub refresh: Duration,
+    /// Events read from the directory's stream per events request
+    /// (`--cluster-events`; the newest that many).
+    pub cluster_events: usize,
 }
 
 #[derive(Clone)]
@@ -315,7 +315,8 @@ async fn events(State(c): State<Console>, headers: HeaderMap) -> ApiResult<Event
     let shards = c.shards(&token(&headers)?);
     let mut view = gather::events(&shards).await?;
     let source = Arc::clone(&c.0.source);
-    match gather::blocking(move || Ok(source.events(CLUSTER_EVENTS))).await {
+    let count = c.0.cluster_events;
+    match gather::blocking(move || Ok(source.events(count))).await {
         Ok(Some(Ok(events))) => view.cluster_events = events,
         Ok(Some(Err(e))) => view.errors.push(format!("directory: {e}")),
         Ok(None) | Err(_) => {}
