@@ -71,9 +71,23 @@ pub enum ProgressMode {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "loadbot", version, about, long_about = None)]
 pub struct Args {
-    /// The shard's game address, `ws://HOST:PORT` (all traffic goes here only).
+    /// A shard's game address, `ws://HOST:PORT`. Repeat for several shards:
+    /// the bots are spread over them and the report gives figures per URL.
+    /// All traffic goes to these addresses only.
+    #[arg(long, required = true)]
+    pub url: Vec<String>,
+    /// Share (0.0-1.0) of each room's bots that connect to a shard other
+    /// than the room's owner (needs --redis and at least two --url).
+    #[arg(long, default_value_t = 0.0)]
+    pub remote_share: f64,
+    /// The cluster's Redis (the shards' `cluster.redis`), read-only: which
+    /// shard owns each room. With it, bots go to their room's owner (or,
+    /// for --remote-share, elsewhere) instead of round robin. Needs --maps.
     #[arg(long)]
-    pub url: String,
+    pub redis: Option<String>,
+    /// The shards' `cluster.key_prefix`.
+    #[arg(long, default_value = "tessera", requires = "redis")]
+    pub cluster_prefix: String,
     /// Number of bots.
     #[arg(long, default_value_t = 100)]
     pub bots: u32,
@@ -174,7 +188,7 @@ impl Target {
         let rest = match url.strip_prefix("ws://") {
             Some(rest) => rest,
             None if url.starts_with("wss://") => {
-                bail!("wss:// is not supported: the loadbot speaks plain ws:// to one shard")
+                bail!("wss:// is not supported: the loadbot speaks plain ws:// to its shards")
             }
             None => bail!("--url must start with ws://, got {url:?}"),
         };
@@ -199,10 +213,22 @@ impl Target {
     }
 }
 
+/// The cluster's directory, read to find each room's owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryArgs {
+    pub redis: String,
+    pub prefix: String,
+}
+
 /// The validated configuration of one run.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub target: Target,
+    /// The shards, in `--url` order (at least one).
+    pub targets: Vec<Target>,
+    /// See `--remote-share`; 0 unless a directory is given.
+    pub remote_share: f64,
+    /// `--redis` and `--cluster-prefix`.
+    pub directory: Option<DirectoryArgs>,
     pub bots: u32,
     pub rooms: u32,
     /// Empty: use the maps of the first welcome.
@@ -231,7 +257,16 @@ pub struct Config {
 impl Config {
     /// A configuration with the flags' defaults, for tests and embedders.
     pub fn new(url: &str) -> anyhow::Result<Config> {
-        Args::try_parse_from(["loadbot", "--url", url])
+        Config::with_urls(&[url])
+    }
+
+    /// The flags' defaults with several shards (`--url` once per entry).
+    pub fn with_urls(urls: &[&str]) -> anyhow::Result<Config> {
+        let mut argv = vec!["loadbot"];
+        for url in urls {
+            argv.extend(["--url", url]);
+        }
+        Args::try_parse_from(argv)
             .context("default flags")?
             .into_config()
             .map(|mut cfg| {
@@ -248,6 +283,44 @@ impl Config {
     /// Checks ranges. Called by [`Args::into_config`]; call it again after
     /// changing fields by hand.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if self.targets.is_empty() {
+            bail!("--url is required");
+        }
+        if self.targets.len() > usize::from(u16::MAX) {
+            bail!("at most {} --url values", u16::MAX);
+        }
+        for (i, t) in self.targets.iter().enumerate() {
+            if self.targets[..i].iter().any(|o| o.authority == t.authority) {
+                bail!(
+                    "--url {:?} is given twice (same address {})",
+                    t.url,
+                    t.authority
+                );
+            }
+        }
+        if !(0.0..=1.0).contains(&self.remote_share) {
+            bail!(
+                "--remote-share must be a number in [0, 1], got {}",
+                self.remote_share
+            );
+        }
+        if self.remote_share > 0.0 && self.directory.is_none() {
+            bail!("--remote-share needs --redis: a room's owner is read from the directory");
+        }
+        if self.remote_share > 0.0 && self.targets.len() < 2 {
+            bail!("--remote-share needs at least two --url: remote bots go to another shard");
+        }
+        if let Some(dir) = &self.directory {
+            if dir.prefix.is_empty() {
+                bail!("--cluster-prefix must not be empty");
+            }
+            if self.maps.is_empty() {
+                bail!(
+                    "--redis needs --maps: the rooms' owners are looked up before the first \
+                     bot connects"
+                );
+            }
+        }
         if self.bots == 0 || self.bots > MAX_BOTS {
             bail!("--bots must be 1..={MAX_BOTS}, got {}", self.bots);
         }
@@ -307,7 +380,15 @@ impl Config {
 
 impl Args {
     pub fn into_config(self) -> anyhow::Result<Config> {
-        let target = Target::parse(&self.url)?;
+        let targets = self
+            .url
+            .iter()
+            .map(|u| Target::parse(u))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let directory = self.redis.map(|redis| DirectoryArgs {
+            redis,
+            prefix: self.cluster_prefix,
+        });
         let auth = match (self.token, self.secret) {
             (Some(token), _) => Auth::Token(token),
             (None, Some(secret)) => Auth::Mint {
@@ -319,7 +400,9 @@ impl Args {
             (None, None) => Auth::Guest,
         };
         let cfg = Config {
-            target,
+            targets,
+            remote_share: self.remote_share,
+            directory,
             bots: self.bots,
             rooms: self.rooms,
             maps: self.maps,
@@ -445,6 +528,43 @@ mod tests {
             }
             other => panic!("expected minting, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn several_urls_and_the_cluster_flags_parse() {
+        let args = Args::try_parse_from([
+            "loadbot",
+            "--url",
+            "ws://127.0.0.1:1",
+            "--url",
+            "ws://127.0.0.1:2",
+            "--redis",
+            "redis://127.0.0.1:6379/0",
+            "--maps",
+            "lobby",
+            "--remote-share",
+            "0.25",
+        ])
+        .expect("parses");
+        let cfg = args.into_config().expect("valid");
+        assert_eq!(cfg.targets.len(), 2);
+        assert_eq!(cfg.targets[1].authority, "127.0.0.1:2");
+        assert_eq!(cfg.remote_share, 0.25);
+        let dir = cfg.directory.expect("a directory");
+        assert_eq!(dir.prefix, "tessera", "the server's default key prefix");
+        // One URL stays exactly as before: no directory, no share.
+        let one = Config::new("ws://127.0.0.1:1").expect("valid");
+        assert_eq!((one.targets.len(), one.remote_share), (1, 0.0));
+        assert!(one.directory.is_none());
+    }
+
+    #[test]
+    fn a_nan_share_or_a_prefix_without_redis_is_refused() {
+        let mut cfg = Config::with_urls(&["ws://127.0.0.1:1", "ws://127.0.0.1:2"]).expect("valid");
+        cfg.remote_share = f64::NAN;
+        assert!(cfg.validate().is_err());
+        let err = Args::try_parse_from(["loadbot", "--url", "ws://h:1", "--cluster-prefix", "x"]);
+        assert!(err.is_err(), "--cluster-prefix requires --redis");
     }
 
     #[test]

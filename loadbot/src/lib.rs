@@ -15,7 +15,11 @@
 //!   entity (hot rooms send hundreds per tick).
 //! - [`scenario`]: the I/O-free parts of behaviour: rooms and maps, send
 //!   clocks and phases, the random walk, churn and back-off decisions.
+//! - [`placement`]: which `--url` each bot uses: round robin, or (with
+//!   `--redis`) its room's owner, and `--remote-share` of them elsewhere.
 //! - [`stats`]: shared counters and HdrHistograms (run-long and per second).
+//! - [`per_shard`]: the figures per `--url` (connects, RTT, move to
+//!   visible, updates, drops, errors).
 //! - [`summary`]: the result of a run (also the `--json` document) and the
 //!   threshold check behind the exit status.
 //! - [`report`]: the stdout table, the JSON file and the HTML page with
@@ -26,7 +30,7 @@
 //!
 //! A bot's message travels: scenario clock ticks in [`bot`] -> a
 //! [`protocol::ClientMsg`] encoded by `protocol::encode_client` -> one binary
-//! WebSocket frame to the `--url` -> the server's answers decoded by
+//! WebSocket frame to the bot's `--url` -> the server's answers decoded by
 //! `protocol::decode_server` in the same bot task -> counters and histograms
 //! in [`stats`] -> sampled each second by [`swarm`] -> [`summary`] ->
 //! [`report`].
@@ -37,6 +41,8 @@
 pub mod bot;
 pub mod config;
 pub mod fastpath;
+pub mod per_shard;
+pub mod placement;
 pub mod progress;
 pub mod report;
 pub mod scenario;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bot::Shared;
 use crate::config::{Auth, Config};
+use crate::per_shard::ShardSummary;
 use crate::stats::{
     log_buckets, round3, Bucket, Counters, HistSummary, Latency, CLIENT_KINDS, SERVER_KINDS,
 };
@@ -39,7 +40,21 @@ pub struct Sample {
 /// The run's settings, echoed so a report stands on its own.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigEcho {
+    /// The first `--url` (the only one in a single-shard run).
     pub url: String,
+    /// Every `--url`, in order.
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// `single`, `round_robin` (several URLs, no directory) or `owners`
+    /// (`--redis`: each room's owner, `--remote-share` elsewhere).
+    #[serde(default)]
+    pub placement: String,
+    #[serde(default)]
+    pub remote_share: f64,
+    /// How each room slot's owner was found (`lease` or `rendezvous`), in
+    /// room order; empty without `--redis`.
+    #[serde(default)]
+    pub owners_from: Vec<crate::placement::OwnerSource>,
     pub scenario: String,
     pub bots: u32,
     pub rooms: u32,
@@ -56,9 +71,22 @@ pub struct ConfigEcho {
 }
 
 impl ConfigEcho {
-    fn of(cfg: &Config, maps: &[String]) -> ConfigEcho {
+    fn of(cfg: &Config, maps: &[String], shared: &Shared) -> ConfigEcho {
         ConfigEcho {
-            url: cfg.target.url.clone(),
+            url: cfg
+                .targets
+                .first()
+                .map(|t| t.url.clone())
+                .unwrap_or_default(),
+            urls: cfg.targets.iter().map(|t| t.url.clone()).collect(),
+            placement: match (&shared.placement.owners, cfg.targets.len()) {
+                (Some(_), _) => "owners",
+                (None, 1) => "single",
+                (None, _) => "round_robin",
+            }
+            .to_string(),
+            remote_share: cfg.remote_share,
+            owners_from: shared.placement.owner_source.clone(),
             scenario: cfg.scenario.name().to_string(),
             bots: cfg.bots,
             rooms: cfg.rooms,
@@ -156,6 +184,9 @@ pub struct Summary {
 
     pub timeline: Vec<Sample>,
     pub thresholds: Thresholds,
+    /// The figures per `--url`, in `--url` order (one entry for one URL).
+    #[serde(default)]
+    pub shards: Vec<ShardSummary>,
 }
 
 /// What the swarm hands over besides the shared stats.
@@ -217,7 +248,7 @@ impl Summary {
         let mut summary = Summary {
             schema_version: SCHEMA_VERSION,
             loadbot_version: env!("CARGO_PKG_VERSION").to_string(),
-            config: ConfigEcho::of(cfg, maps),
+            config: ConfigEcho::of(cfg, maps, shared),
             started_unix_ms: facts.started_unix_ms,
             elapsed_s: round3(facts.elapsed_s),
             interrupted: facts.interrupted,
@@ -274,6 +305,11 @@ impl Summary {
             loadbot_peak_rss_kib: facts.rss_kib.1,
             timeline: facts.timeline,
             thresholds: Thresholds::default(),
+            shards: shared
+                .shards
+                .iter()
+                .map(|s| s.summary(facts.elapsed_s))
+                .collect(),
         };
         summary.thresholds = summary.check(cfg.max_p99_ms, cfg.max_error_rate);
         summary

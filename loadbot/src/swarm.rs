@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! run_until(cfg, shutdown)
+//!   ├─ resolve every --url once; place the bots (placement: round robin,
+//!   │                       or room owners from --redis)
 //!   ├─ spawner task: bot i starts at t0 + ramp * i / N   (JoinSet of bots)
 //!   ├─ sampler (this task): every 1 s -> Sample, progress; until the end,
 //!   │                       `shutdown` resolving, or every bot gone
@@ -40,17 +42,29 @@ pub async fn run(cfg: Config) -> anyhow::Result<Summary> {
 /// binary), whichever is first; the summary says whether it was interrupted.
 pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<Summary> {
     cfg.validate()?;
-    let addr = resolve(&cfg.target.authority).await?;
+    let mut addrs = Vec::with_capacity(cfg.targets.len());
+    for target in &cfg.targets {
+        addrs.push(resolve(&target.authority).await?);
+    }
+    let placement = crate::placement::place(&cfg).await?;
     let started_unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default();
     let cpu_at_start = sys::cpu_seconds();
-    let shared = Arc::new(Shared::new(cfg, addr));
+    let shared = Arc::new(Shared::placed(cfg, addrs, placement));
     let cfg = &shared.cfg;
+    for (shard, addr) in shared.shards.iter().zip(&shared.addrs) {
+        tracing::info!(
+            url = %shard.url, %addr, bots = shard.bots, remote_bots = shard.remote_bots,
+            "shard URL"
+        );
+    }
     tracing::info!(
-        url = %cfg.target.url, %addr, bots = cfg.bots, rooms = cfg.rooms,
-        scenario = cfg.scenario.name(), "starting swarm"
+        bots = cfg.bots,
+        rooms = cfg.rooms,
+        scenario = cfg.scenario.name(),
+        "starting swarm"
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let spawner = tokio::spawn(spawn_bots(Arc::clone(&shared), stop_rx));

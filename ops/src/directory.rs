@@ -9,7 +9,14 @@
 //! `{prefix}:shards` of ids, a hash `{prefix}:shard:{id}` per shard (`ws`,
 //! `http`, `peer`, `version`, `state`, `sessions`, `rooms`, `updated_at`)
 //! and the key `{prefix}:alive:{id}`, which expires when the shard misses
-//! its heartbeats (dead to the cluster).
+//! its heartbeats (dead to the cluster). Room leases are the string
+//! `{prefix}:room:{room}` = `shard:epoch` (PX `cluster.lease_ms`, renewed
+//! every `cluster.renew_ms`) and the set `{prefix}:rooms:{id}` of the
+//! rooms shard `id` took a lease on.
+//!
+//! The loadbot links this module too (its `--redis`: which shard owns each
+//! room), so the directory's layout is read in one place outside the
+//! server.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -71,12 +78,7 @@ impl ShardDirectory {
 
     /// Every registered shard, alive or dead, by id.
     pub fn shards(&self) -> anyhow::Result<Vec<DirectoryShard>> {
-        let mut con = self
-            .client
-            .get_connection_with_timeout(self.timeout)
-            .context("connecting to the directory's Redis")?;
-        con.set_read_timeout(Some(self.timeout))?;
-        con.set_write_timeout(Some(self.timeout))?;
+        let mut con = self.connection()?;
         let mut ids: Vec<String> = redis::cmd("SMEMBERS")
             .arg(format!("{}:shards", self.prefix))
             .query(&mut con)
@@ -106,6 +108,220 @@ impl ShardDirectory {
         }
         Ok(out)
     }
+
+    fn connection(&self) -> anyhow::Result<redis::Connection> {
+        let con = self
+            .client
+            .get_connection_with_timeout(self.timeout)
+            .context("connecting to the directory's Redis")?;
+        con.set_read_timeout(Some(self.timeout))?;
+        con.set_write_timeout(Some(self.timeout))?;
+        Ok(con)
+    }
+
+    /// The lease of each room in `rooms` (a room id as the server prints
+    /// it: `lobby`, `lobby#2`), `None` where nobody holds one.
+    pub fn leases_of(&self, rooms: &[String]) -> anyhow::Result<Vec<Option<RoomLease>>> {
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.read_leases(&mut self.connection()?, rooms)
+    }
+
+    fn read_leases(
+        &self,
+        con: &mut redis::Connection,
+        rooms: &[String],
+    ) -> anyhow::Result<Vec<Option<RoomLease>>> {
+        let mut pipe = redis::pipe();
+        for room in rooms {
+            let key = format!("{}:room:{room}", self.prefix);
+            pipe.cmd("GET").arg(&key);
+            pipe.cmd("PTTL").arg(&key);
+        }
+        let answers: Vec<redis::Value> = pipe.query(con).context("reading room leases")?;
+        Ok(rooms
+            .iter()
+            .zip(answers.chunks(2))
+            .map(|(room, pair)| {
+                let [value, ttl] = pair else { return None };
+                let value: Option<String> = redis::from_redis_value(value).ok()?;
+                let ttl: i64 = redis::from_redis_value(ttl).unwrap_or(-2);
+                RoomLease::parse(room, &value?, ttl)
+            })
+            .collect())
+    }
+
+    /// Every lease held now: the rooms in each registered shard's room
+    /// set whose lease is still there, sorted by room. A room in a set
+    /// whose lease expired or went to another shard is not counted twice:
+    /// the lease's value names its holder.
+    pub fn leases(&self) -> anyhow::Result<Vec<RoomLease>> {
+        let mut con = self.connection()?;
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(format!("{}:shards", self.prefix))
+            .query(&mut con)
+            .context("reading the shard set")?;
+        let mut rooms: Vec<String> = Vec::new();
+        if !ids.is_empty() {
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.cmd("SMEMBERS")
+                    .arg(format!("{}:rooms:{id}", self.prefix));
+            }
+            let sets: Vec<Vec<String>> = pipe.query(&mut con).context("reading room sets")?;
+            rooms = sets.into_iter().flatten().collect();
+        }
+        rooms.sort();
+        rooms.dedup();
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out: Vec<RoomLease> = self
+            .read_leases(&mut con, &rooms)?
+            .into_iter()
+            .flatten()
+            .collect();
+        out.sort_by(|a, b| a.room.cmp(&b.room));
+        Ok(out)
+    }
+}
+
+/// An event of the directory's stream (`{prefix}:events`): shard up and
+/// down, rooms placed, moved, failed over, released, admin actions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ClusterEvent {
+    /// The stream entry id.
+    pub id: String,
+    pub at_ms: u64,
+    pub shard: String,
+    /// `shard_up`, `room_placed`, ... as the server names them.
+    pub kind: String,
+    pub subject: String,
+    pub detail: String,
+}
+
+impl ShardDirectory {
+    /// The last `count` events of the directory's stream, oldest first.
+    pub fn events_tail(&self, count: usize) -> anyhow::Result<Vec<ClusterEvent>> {
+        let mut con = self.connection()?;
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(format!("{}:events", self.prefix))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(count)
+            .query(&mut con)
+            .context("reading the events stream")?;
+        let mut events: Vec<ClusterEvent> = reply
+            .ids
+            .into_iter()
+            .map(|entry| {
+                let field = |k: &str| -> String {
+                    entry
+                        .map
+                        .get(k)
+                        .and_then(|v| redis::from_redis_value::<String>(v).ok())
+                        .unwrap_or_default()
+                };
+                ClusterEvent {
+                    at_ms: field("time").parse().unwrap_or(0),
+                    shard: field("shard"),
+                    kind: field("kind"),
+                    subject: field("subject"),
+                    detail: field("detail"),
+                    id: entry.id,
+                }
+            })
+            .collect();
+        events.reverse();
+        Ok(events)
+    }
+}
+
+/// `shards ls --redis`'s line for one shard: id, state, version,
+/// addresses, load, then its leases: how many, the stalest one's age since
+/// renewal and the closest expiry (`-` without leases).
+pub fn shard_line(s: &DirectoryShard, leases: &[RoomLease], lease_ms: u64) -> String {
+    let held: Vec<&RoomLease> = leases.iter().filter(|l| l.shard == s.id).collect();
+    let ttl_min = held.iter().filter_map(|l| l.ttl_ms).min();
+    let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
+    format!(
+        "{:<24} {:<9} v{} ws {} http {} peer {} sessions {:>5} rooms {:>4} leases {:>4} oldest {:>8} expires in {:>8}\n",
+        s.id,
+        s.shown_state(),
+        s.version,
+        s.ws,
+        s.http,
+        s.peer,
+        s.sessions,
+        s.rooms,
+        held.len(),
+        ms(ttl_min.map(|t| lease_ms.saturating_sub(t))),
+        ms(ttl_min)
+    )
+}
+
+/// A room's lease as the directory holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RoomLease {
+    pub room: String,
+    /// The shard holding it.
+    pub shard: String,
+    pub epoch: u64,
+    /// Milliseconds until it expires unless renewed (Redis `PTTL`); `None`
+    /// for a lease without expiry, which the server never writes.
+    pub ttl_ms: Option<u64>,
+}
+
+impl RoomLease {
+    /// `shard:epoch` with its `PTTL`; `None` when the value is not a lease.
+    fn parse(room: &str, value: &str, pttl: i64) -> Option<RoomLease> {
+        let (shard, epoch) = value.rsplit_once(':')?;
+        if shard.is_empty() {
+            return None;
+        }
+        Some(RoomLease {
+            room: room.to_string(),
+            shard: shard.to_string(),
+            epoch: epoch.parse().ok()?,
+            ttl_ms: u64::try_from(pttl).ok(),
+        })
+    }
+
+    /// Milliseconds since the holder last took or renewed the lease, given
+    /// the shards' `cluster.lease_ms` (a renewal resets the expiry to it).
+    pub fn age_ms(&self, lease_ms: u64) -> Option<u64> {
+        self.ttl_ms.map(|ttl| lease_ms.saturating_sub(ttl))
+    }
+}
+
+/// Where a new room goes: the alive, ready shard with the highest
+/// [`rendezvous`] weight (the server's `Directory::place`, which a room's
+/// first join runs). `None` when no shard is ready.
+pub fn placed_on<'a>(room: &str, shards: &'a [DirectoryShard]) -> Option<&'a DirectoryShard> {
+    shards
+        .iter()
+        .filter(|s| s.alive && s.state == "ready")
+        .max_by_key(|s| (rendezvous(room, &s.id), s.id.clone()))
+}
+
+/// The weight of `shard` for `room`: 64-bit FNV-1a over both, finished
+/// with splitmix64's mixer. The same function as the server's
+/// `cluster::directory::rendezvous` (`server/src/cluster/directory/rooms.rs`):
+/// `ops` does not link the server, so it is repeated here, and the test
+/// below pins its values.
+pub fn rendezvous(room: &str, shard: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in room.bytes().chain([0xff]).chain(shard.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 fn record(id: String, h: &HashMap<String, String>, alive: bool) -> DirectoryShard {
@@ -130,11 +346,23 @@ fn record(id: String, h: &HashMap<String, String>, alive: bool) -> DirectoryShar
 /// answer as dead). Read again at every refresh, so shards that join or
 /// leave appear and disappear; a directory that does not answer shows no
 /// shards for that refresh (and is logged).
-pub struct DirectorySource(pub ShardDirectory);
+pub struct DirectorySource {
+    pub directory: ShardDirectory,
+    /// The shards' `cluster.lease_ms`: lease ages are `lease_ms - PTTL`.
+    pub lease_ms: u64,
+}
+
+/// The directory at one moment: its shard records and every lease.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub shards: Vec<DirectoryShard>,
+    pub leases: Vec<RoomLease>,
+    pub lease_ms: u64,
+}
 
 impl ShardSource for DirectorySource {
     fn shards(&self) -> Vec<String> {
-        match self.0.shards() {
+        match self.directory.shards() {
             Ok(shards) => shards
                 .into_iter()
                 .filter(|s| !s.http.is_empty())
@@ -145,6 +373,29 @@ impl ShardSource for DirectorySource {
                 Vec::new()
             }
         }
+    }
+
+    fn cluster(&self) -> bool {
+        true
+    }
+
+    fn events(&self, count: usize) -> Option<Result<Vec<ClusterEvent>, String>> {
+        Some(
+            self.directory
+                .events_tail(count)
+                .map_err(|e| format!("{e:#}")),
+        )
+    }
+
+    fn directory(&self) -> Option<Result<Snapshot, String>> {
+        let read = || -> anyhow::Result<Snapshot> {
+            Ok(Snapshot {
+                shards: self.directory.shards()?,
+                leases: self.directory.leases()?,
+                lease_ms: self.lease_ms,
+            })
+        };
+        Some(read().map_err(|e| format!("{e:#}")))
     }
 }
 
@@ -167,6 +418,71 @@ mod tests {
         assert_eq!(alive.shown_state(), "ready");
         assert_eq!((alive.sessions, alive.rooms), (3, 0));
         assert_eq!(record("a".into(), &h, false).shown_state(), "dead");
+    }
+
+    /// Values of the server's own `rendezvous` (computed from its source in
+    /// `server/src/cluster/directory/rooms.rs`): placement predicted here
+    /// must be the placement the shards make.
+    #[test]
+    fn rendezvous_matches_the_servers_values() {
+        let pinned = [
+            ("lobby", "shard-1", 0x262f_bd38_5e8e_04bc_u64),
+            ("lobby", "shard-2", 0xd6cc_f7e1_c7a3_d719),
+            ("lobby", "shard-3", 0xcf93_6ff3_baef_a311),
+            ("m001", "shard-1", 0xec86_2310_bf7e_8f4d),
+            ("arena#2", "eu-1", 0xd66c_232d_c5fd_16d5),
+            ("", "", 0x4f2d_b50f_1240_40cd),
+        ];
+        for (room, shard, value) in pinned {
+            assert_eq!(rendezvous(room, shard), value, "{room} on {shard}");
+        }
+    }
+
+    fn shard(id: &str, state: &str, alive: bool) -> DirectoryShard {
+        record(
+            id.to_string(),
+            &[("state".to_string(), state.to_string())].into(),
+            alive,
+        )
+    }
+
+    #[test]
+    fn placement_skips_dead_and_draining_shards() {
+        let all = [
+            shard("shard-1", "ready", true),
+            shard("shard-2", "ready", true),
+            shard("shard-3", "ready", true),
+        ];
+        // shard-2 has the highest weight for "lobby" (values above).
+        assert_eq!(
+            placed_on("lobby", &all).map(|s| s.id.as_str()),
+            Some("shard-2")
+        );
+        let drained = [
+            shard("shard-1", "ready", true),
+            shard("shard-2", "draining", true),
+            shard("shard-3", "ready", true),
+        ];
+        assert_eq!(
+            placed_on("lobby", &drained).map(|s| s.id.as_str()),
+            Some("shard-3")
+        );
+        let dead = [shard("shard-2", "ready", false)];
+        assert_eq!(placed_on("lobby", &dead), None);
+    }
+
+    #[test]
+    fn a_lease_value_parses_and_ages() {
+        let lease = RoomLease::parse("lobby", "shard-1:7", 2500).expect("a lease");
+        assert_eq!((lease.shard.as_str(), lease.epoch), ("shard-1", 7));
+        assert_eq!(lease.age_ms(3000), Some(500));
+        assert_eq!(
+            RoomLease::parse("lobby", "shard-1:7", -1).unwrap().ttl_ms,
+            None
+        );
+        assert!(RoomLease::parse("lobby", "nocolon", 10).is_none());
+        assert!(RoomLease::parse("lobby", ":3", 10).is_none());
+        assert!(RoomLease::parse("lobby", "a:b", 10).is_none());
     }
 
     #[test]

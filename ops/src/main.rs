@@ -106,6 +106,10 @@ enum Command {
         /// Milliseconds between live refreshes.
         #[arg(long, default_value_t = 1000)]
         refresh_ms: u64,
+        /// With --redis: the newest events of the directory's stream the
+        /// events page shows (1-10000).
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        cluster_events: u64,
     },
 }
 
@@ -167,6 +171,10 @@ struct DirectoryArgs {
     /// The shards' `cluster.key_prefix`.
     #[arg(long, default_value = "tessera", requires = "redis")]
     key_prefix: String,
+    /// The shards' `cluster.lease_ms`: a lease's age (since its last
+    /// renewal) is this minus its remaining time to live.
+    #[arg(long, default_value_t = 3000, requires = "redis", value_parser = clap::value_parser!(u64).range(1..))]
+    lease_ms: u64,
 }
 
 impl DirectoryArgs {
@@ -260,19 +268,11 @@ fn main() -> anyhow::Result<()> {
         Command::Shards {
             command: ShardsCommand::Ls { shards, directory },
         } => {
+            let lease_ms = directory.lease_ms;
             if let Some(directory) = directory.open(timeout)? {
+                let leases = directory.leases()?;
                 for s in directory.shards()? {
-                    println!(
-                        "{:<24} {:<9} v{} ws {} http {} peer {} sessions {:>5} rooms {:>4}",
-                        s.id,
-                        s.shown_state(),
-                        s.version,
-                        s.ws,
-                        s.http,
-                        s.peer,
-                        s.sessions,
-                        s.rooms
-                    );
+                    print!("{}", ops::directory::shard_line(&s, &leases, lease_ms));
                 }
                 return Ok(());
             }
@@ -321,14 +321,19 @@ fn main() -> anyhow::Result<()> {
             shards,
             directory,
             refresh_ms,
+            cluster_events,
         } => {
             // The directory is read at every refresh: shards that join or
             // leave the cluster come and go on the page.
+            let lease_ms = directory.lease_ms;
             let source: Arc<dyn ShardSource> = match directory.open(timeout)? {
-                Some(directory) => Arc::new(DirectorySource(directory)),
+                Some(directory) => Arc::new(DirectorySource {
+                    directory,
+                    lease_ms,
+                }),
                 None => Arc::new(StaticShards::new(shards)),
             };
-            run_console(listen, source, timeout, refresh_ms)?
+            run_console(listen, source, timeout, refresh_ms, cluster_events as usize)?
         }
     }
     Ok(())
@@ -343,6 +348,7 @@ fn run_console(
     source: Arc<dyn ShardSource>,
     timeout: Duration,
     refresh_ms: u64,
+    cluster_events: usize,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -358,6 +364,7 @@ fn run_console(
             source,
             timeout,
             refresh: Duration::from_millis(refresh_ms.max(100)),
+            cluster_events,
         };
         let stop = async {
             let _ = tokio::signal::ctrl_c().await;

@@ -188,3 +188,53 @@ fn a_refusal_shows_the_shards_message() {
     assert_eq!(doc["rooms"], 0);
     assert!(doc["tasks"]["gateway"].is_string(), "{doc}");
 }
+
+#[test]
+fn bad_cluster_view_flags_are_refused_with_the_flag_named() {
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "console",
+                "--redis",
+                "redis://127.0.0.1:1/0",
+                "--cluster-events",
+                "0",
+            ],
+            "--cluster-events",
+        ),
+        (
+            &[
+                "console",
+                "--redis",
+                "redis://127.0.0.1:1/0",
+                "--cluster-events",
+                "10001",
+            ],
+            "--cluster-events",
+        ),
+        (
+            &[
+                "shards",
+                "ls",
+                "--redis",
+                "redis://127.0.0.1:1/0",
+                "--lease-ms",
+                "0",
+            ],
+            "--lease-ms",
+        ),
+        // The lease length only means something with a directory.
+        (&["shards", "ls", "--lease-ms", "3000"], "--redis"),
+    ];
+    for (args, flag) in cases {
+        let out = Command::new(OPS)
+            .args(args)
+            .env_remove("TESSERA_SERVER__HTTP_ADDR")
+            .env_remove("TESSERA_ADMIN__TOKEN")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
+}

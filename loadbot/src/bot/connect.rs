@@ -23,13 +23,13 @@ use crate::{scenario, token};
 impl Bot {
     /// TCP, WebSocket handshake, hello; Ok once the welcome is in.
     pub(super) async fn connect(&self) -> Result<(Ws, Welcome), Failure> {
-        let tcp = TcpStream::connect(self.shared.addr)
+        let tcp = TcpStream::connect(self.shared.addrs[self.shard])
             .await
             .map_err(|e| Failure::io(&e))?;
         // Latency is the measurement: no Nagle delay on small frames.
         tcp.set_nodelay(true).map_err(|e| Failure::io(&e))?;
         let (mut ws, _response) = tokio_tungstenite::client_async_with_config(
-            self.shared.cfg.target.url.as_str(),
+            self.shared.cfg.targets[self.shard].url.as_str(),
             tcp,
             Some(self.shared.ws_config),
         )
@@ -46,6 +46,7 @@ impl Bot {
                 Incoming::Msg(ServerMsg::Welcome(welcome)) => return Ok((ws, welcome)),
                 Incoming::Msg(ServerMsg::Error(e)) => {
                     self.stats().error_frame(e.code);
+                    self.shard().error_frames.fetch_add(1, Relaxed);
                     self.stats().error_frames_in_failures.fetch_add(1, Relaxed);
                     return Err(Failure(format!("error_{}", e.code)));
                 }
@@ -176,6 +177,7 @@ impl Bot {
                 Incoming::Msg(ServerMsg::Joined(joined)) => return Ok(joined),
                 Incoming::Msg(ServerMsg::Error(e)) => {
                     self.stats().error_frame(e.code);
+                    self.shard().error_frames.fetch_add(1, Relaxed);
                     self.stats().error_frames_in_failures.fetch_add(1, Relaxed);
                     self.stats().join_failed(&format!("error_{}", e.code));
                     return Err(End::Failed);

@@ -142,6 +142,7 @@ impl Bot {
         // One from the future is not ours, so it is not a sample.
         if t <= now {
             self.shared.stats.record(Latency::Rtt, now - t);
+            self.shard().rtt(now - t);
         }
     }
 
@@ -167,6 +168,7 @@ impl Bot {
                 .confirm(own.seq, now, |us| samples.push(Latency::MoveVisible, us));
         }
         self.shared.stats.record_many(samples.as_slice());
+        self.shard().record_many(samples.as_slice());
     }
 
     /// Out of the room: moves still pending there were never seen applied.

@@ -50,16 +50,23 @@ use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::config::Config;
+use crate::per_shard::ShardStats;
+use crate::placement::Placement;
 use crate::scenario::{self, Rng};
 use crate::stats::{Latency, Stats};
 use resume::Resume;
 use socket::{close, Failure, MAX_SERVER_FRAME};
 
-/// What every bot shares: the configuration, the stats, the resolved address.
+/// What every bot shares: the configuration, the stats, the resolved
+/// addresses and which one each bot uses.
 pub struct Shared {
     pub cfg: Config,
+    /// The run's totals.
     pub stats: Stats,
-    pub addr: SocketAddr,
+    /// Per `--url`, in order: its resolved address and its own figures.
+    pub addrs: Vec<SocketAddr>,
+    pub shards: Vec<ShardStats>,
+    pub placement: Placement,
     /// Start of the run: the origin of ping times and of the send clocks.
     pub t0: Instant,
     /// The maps of the first welcome (used when `--maps` is not given).
@@ -70,7 +77,30 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// One shard (the first `--url`) at `addr`, every bot on it.
     pub fn new(cfg: Config, addr: SocketAddr) -> Shared {
+        let placement = Placement::spread(cfg.bots, 1);
+        Shared::placed(cfg, vec![addr], placement)
+    }
+
+    /// Bots on `addrs` (one per `cfg.targets` entry) as `placement` says.
+    pub fn placed(cfg: Config, addrs: Vec<SocketAddr>, placement: Placement) -> Shared {
+        let counts = placement.counts(addrs.len());
+        let mut remote = vec![0u32; addrs.len()];
+        if let Some(owners) = &placement.owners {
+            for (i, &s) in placement.shard_of_bot.iter().enumerate() {
+                let room = scenario::room_of(i as u32, cfg.rooms) as usize;
+                if owners[room] != s as usize {
+                    remote[s as usize] += 1;
+                }
+            }
+        }
+        let shards = cfg
+            .targets
+            .iter()
+            .zip(counts.iter().zip(&remote))
+            .map(|(t, (&bots, &remote))| ShardStats::new(&t.url, bots, remote))
+            .collect();
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(cfg.read_buffer)
             // Every message is flushed on its own: no write buffer to keep.
@@ -81,7 +111,9 @@ impl Shared {
         Shared {
             cfg,
             stats: Stats::new(),
-            addr,
+            addrs,
+            shards,
+            placement,
             t0: Instant::now(),
             maps: OnceLock::new(),
             ws_config,
@@ -120,6 +152,7 @@ enum End {
 pub async fn run_bot(index: u32, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let mut bot = Bot {
         index,
+        shard: shared.placement.shard_of(index),
         rng: Rng::new(shared.cfg.seed, index),
         room: scenario::room_of(index, shared.cfg.rooms),
         seq: 0,
@@ -137,6 +170,9 @@ pub async fn run_bot(index: u32, shared: Arc<Shared>, stop: watch::Receiver<bool
 /// submodule named for it.
 struct Bot {
     index: u32,
+    /// Index of the bot's `--url` (and of its entry in `Shared::shards`):
+    /// every session of the bot goes there, a churn hop included.
+    shard: usize,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
     rng: Rng,
@@ -156,6 +192,11 @@ struct Bot {
 impl Bot {
     fn stats(&self) -> &Stats {
         &self.shared.stats
+    }
+
+    /// The figures of the bot's shard URL.
+    fn shard(&self) -> &ShardStats {
+        &self.shared.shards[self.shard]
     }
 
     fn stopping(&self) -> bool {
@@ -209,21 +250,30 @@ impl Bot {
             Ok(Err(Failure(reason))) => {
                 self.resume.connect_failed(&reason);
                 self.stats().connect_failed(&reason);
+                self.shard().connect_failures.fetch_add(1, Relaxed);
                 return End::Failed;
             }
             Err(_) => {
                 self.stats().connect_failed("timeout");
+                self.shard().connect_failures.fetch_add(1, Relaxed);
                 return End::Failed;
             }
         };
         let stats = &self.shared.stats;
         stats.connects_ok.fetch_add(1, Relaxed);
+        self.shard().connects_ok.fetch_add(1, Relaxed);
         stats.bots_connected.fetch_add(1, Relaxed);
         stats.record(Latency::Connect, started.elapsed().as_micros() as u64);
         self.on_welcome(welcome);
 
         let end = self.joined_session(&mut ws, resuming).await;
         self.shared.stats.bots_connected.fetch_sub(1, Relaxed);
+        match end {
+            // Connect failures returned above: this one is the join's.
+            End::Failed => self.shard().join_failures.fetch_add(1, Relaxed),
+            End::Lost => self.shard().drops.fetch_add(1, Relaxed),
+            End::Stop | End::Churn => 0,
+        };
         match end {
             // A join that failed on a live socket: say goodbye before the
             // retry, as a client would.

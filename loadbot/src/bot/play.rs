@@ -203,6 +203,7 @@ impl Bot {
             }
             ServerMsg::Error(e) => {
                 stats.error_frame(e.code);
+                self.shard().error_frames.fetch_add(1, Relaxed);
                 let join_error = (3001..=3004).contains(&e.code);
                 if join_error && hop_sent.take().is_some() {
                     stats.error_frames_in_failures.fetch_add(1, Relaxed);

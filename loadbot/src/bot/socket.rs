@@ -80,6 +80,7 @@ impl Bot {
                 match you.and_then(|you| fastpath::own_in_update(&data, you)) {
                     Some(Ok(own)) => {
                         stats.received(UPDATE_KIND, data.len());
+                        self.shard_received(UPDATE_KIND, data.len());
                         return Incoming::Update(own);
                     }
                     Some(Err(err)) => {
@@ -93,6 +94,7 @@ impl Bot {
                 match protocol::decode_server(&data, MAX_SERVER_FRAME) {
                     Ok(msg) => {
                         stats.received(server_kind(&msg), data.len());
+                        self.shard_received(server_kind(&msg), data.len());
                         Incoming::Msg(msg)
                     }
                     Err(err) => {
@@ -121,6 +123,15 @@ impl Bot {
             Some(Err(WsError::Protocol(_))) => Incoming::Broken("no_close_frame"),
             Some(Err(_)) => Incoming::Broken("io_error"),
             None => Incoming::Broken("no_close_frame"),
+        }
+    }
+
+    /// A decoded frame of `kind`, `len` bytes, for the bot's shard figures.
+    fn shard_received(&self, kind: usize, len: usize) {
+        let shard = self.shard();
+        shard.bytes_received.fetch_add(len as u64, Relaxed);
+        if kind == UPDATE_KIND {
+            shard.updates_received.fetch_add(1, Relaxed);
         }
     }
 

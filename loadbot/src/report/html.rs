@@ -159,6 +159,9 @@ svg {{ display: block; margin: 0.5em 0 1.5em; border: 1px solid #eee; }}
         latency_row(out, name, h)?;
     }
     writeln!(out, "</table>")?;
+    if s.shards.len() > 1 {
+        shards_table(out, s)?;
+    }
 
     let t = &s.timeline;
     let series = |name, color, f: fn(&crate::summary::Sample) -> f64| Series {
@@ -235,6 +238,41 @@ fn keyed_table(
     writeln!(out, "</table>")
 }
 
+/// The figures per `--url` (several URLs only).
+fn shards_table(out: &mut String, s: &Summary) -> std::fmt::Result {
+    writeln!(
+        out,
+        "<h2>Per shard ({})</h2><table><tr><th>shard</th><th>bots</th><th>remote</th>\
+         <th>connects</th><th>rtt p50</th><th>rtt p99</th><th>move to visible p99</th>\
+         <th>updates</th><th>drops</th><th>errors</th></tr>",
+        esc(&s.config.placement)
+    )?;
+    for sh in &s.shards {
+        let ms = |count: u64, v: f64| {
+            if count == 0 {
+                "-".to_string()
+            } else {
+                format!("{v:.3}")
+            }
+        };
+        writeln!(
+            out,
+            r#"<tr><td class="k">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+            esc(&sh.url),
+            sh.bots,
+            sh.remote_bots,
+            sh.connects_ok,
+            ms(sh.rtt_ms.count, sh.rtt_ms.p50),
+            ms(sh.rtt_ms.count, sh.rtt_ms.p99),
+            ms(sh.move_visible_ms.count, sh.move_visible_ms.p99),
+            sh.updates_received,
+            sh.drops,
+            sh.errors()
+        )?;
+    }
+    writeln!(out, "</table>")
+}
+
 fn latency_row(out: &mut String, name: &str, h: &HistSummary) -> std::fmt::Result {
     write!(out, r#"<tr><td class="k">{name}</td><td>{}</td>"#, h.count)?;
     for v in [h.min, h.mean, h.p50, h.p90, h.p99, h.p999, h.max] {
@@ -269,5 +307,22 @@ mod tests {
         assert!(!page.contains("src="), "nothing to fetch");
         assert!(!page.contains("<evil>"), "escaped");
         assert!(page.contains("RTT per second"));
+        assert!(
+            !page.contains("Per shard"),
+            "one URL: the totals say it all"
+        );
+
+        let mut two = s.clone();
+        let mut other = two.shards[0].clone();
+        other.url = "ws://<b>:2".into();
+        two.shards.push(other);
+        two.config.placement = "round_robin".into();
+        let page = render(&two);
+        assert!(page.contains("Per shard (round_robin)"));
+        assert!(page.contains("ws://&lt;b&gt;:2"), "escaped");
+        assert_eq!(
+            page.matches("<table").count(),
+            page.matches("</table>").count()
+        );
     }
 }

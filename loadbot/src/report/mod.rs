@@ -80,6 +80,7 @@ mod tests {
             );
         }
         check("timeline[].", v["timeline"][0].as_object().expect("object"));
+        check("shards[].", v["shards"][0].as_object().expect("object"));
         check(
             "rtt_histogram[].",
             v["rtt_histogram"][0].as_object().expect("object"),

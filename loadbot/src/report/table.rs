@@ -28,7 +28,11 @@ fn write_table(out: &mut String, s: &Summary) -> std::fmt::Result {
         c.maps.join(", "),
         c.duration_s,
         c.ramp_s,
-        c.url
+        if c.urls.len() > 1 {
+            format!("{} shards ({})", c.urls.len(), c.placement)
+        } else {
+            c.url.clone()
+        }
     )?;
     if s.interrupted {
         writeln!(out, "(interrupted after {:.1}s)", s.elapsed_s)?;
@@ -120,6 +124,10 @@ fn write_table(out: &mut String, s: &Summary) -> std::fmt::Result {
     ] {
         latency_row(out, name, h)?;
     }
+    if s.shards.len() > 1 {
+        writeln!(out)?;
+        write_shards(out, s)?;
+    }
     writeln!(out)?;
     writeln!(
         out,
@@ -137,6 +145,52 @@ fn write_table(out: &mut String, s: &Summary) -> std::fmt::Result {
                 writeln!(out, "thresholds   FAILED: {v}")?;
             }
         }
+    }
+    Ok(())
+}
+
+/// One line per `--url` (several URLs only: one URL's figures are the
+/// totals above).
+fn write_shards(out: &mut String, s: &Summary) -> std::fmt::Result {
+    if s.config.remote_share > 0.0 {
+        writeln!(out, "remote share {}", s.config.remote_share)?;
+    }
+    writeln!(
+        out,
+        "{:<28} {:>6} {:>6} {:>8} {:>9} {:>9} {:>10} {:>10} {:>6} {:>7}",
+        "shard",
+        "bots",
+        "remote",
+        "connects",
+        "rtt p50",
+        "rtt p99",
+        "mv vis p99",
+        "updates",
+        "drops",
+        "errors"
+    )?;
+    for sh in &s.shards {
+        let ms = |h: &HistSummary, v: f64| {
+            if h.count == 0 {
+                "-".to_string()
+            } else {
+                format!("{v:.3}")
+            }
+        };
+        writeln!(
+            out,
+            "{:<28} {:>6} {:>6} {:>8} {:>9} {:>9} {:>10} {:>10} {:>6} {:>7}",
+            sh.url,
+            sh.bots,
+            sh.remote_bots,
+            sh.connects_ok,
+            ms(&sh.rtt_ms, sh.rtt_ms.p50),
+            ms(&sh.rtt_ms, sh.rtt_ms.p99),
+            ms(&sh.move_visible_ms, sh.move_visible_ms.p99),
+            sh.updates_received,
+            sh.drops,
+            sh.errors()
+        )?;
     }
     Ok(())
 }

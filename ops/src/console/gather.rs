@@ -5,9 +5,11 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use protocol::admin::{DispatcherReply, RoomsReply, ShardInfo, ShardState};
+use protocol::admin::{DispatcherReply, Peers, RoomsReply, ShardInfo, ShardState};
 
-use super::model::{ActionOutcome, ClusterRoom, EventsView, Overview, ShardStatus};
+use super::cluster_view::mark_dead;
+use super::model::{ActionOutcome, ClusterRoom, DirectoryView, EventsView, Overview, ShardStatus};
+use super::tunnels::Rates;
 use crate::client::{CallError, CallResult, Shard};
 
 /// Run a blocking shard call off the async threads.
@@ -50,23 +52,45 @@ type ShardRead = (
     CallResult<ShardInfo>,
     CallResult<RoomsReply>,
     CallResult<DispatcherReply>,
+    CallResult<Peers>,
 );
 
-/// Every shard's state, rooms and topics. `Err` when no shard accepted the
-/// token and one refused it (the page asks for another).
-pub async fn overview(shards: &[Shard], cluster: bool, now_ms: u64) -> Result<Overview, CallError> {
-    let reads: Vec<CallResult<ShardRead>> =
-        on_each(shards, |s| Ok((s.info(), s.rooms(), s.dispatcher()))).await;
+/// What an overview is made of besides the shards' own answers.
+pub struct Cluster<'a> {
+    /// The source says the shards run as a cluster.
+    pub cluster: bool,
+    /// The tunnels' last readings, for bytes/s.
+    pub rates: &'a Rates,
+    /// The directory read for this refresh (`--redis` only).
+    pub directory: Option<DirectoryView>,
+}
+
+/// Every shard's state, rooms, topics and tunnels. `Err` when no shard
+/// accepted the token and one refused it (the page asks for another).
+pub async fn overview(
+    shards: &[Shard],
+    ctx: Cluster<'_>,
+    now_ms: u64,
+) -> Result<Overview, CallError> {
+    let cluster = ctx.cluster;
+    let reads: Vec<CallResult<ShardRead>> = on_each(shards, |s| {
+        Ok((s.info(), s.rooms(), s.dispatcher(), s.peers()))
+    })
+    .await;
+    let mut tunnels = Vec::new();
     let mut statuses = Vec::new();
     let mut rooms = Vec::new();
     let mut refusal = None;
     let mut any_ok = false;
     for (shard, read) in shards.iter().zip(reads) {
-        let (info, rooms_reply, topics) = match read {
+        let (info, rooms_reply, topics, peers) = match read {
             Ok(read) => read,
-            Err(e) => (Err(e.clone()), Err(e.clone()), Err(e)),
+            Err(e) => (Err(e.clone()), Err(e.clone()), Err(e.clone()), Err(e)),
         };
         let url = shard.url().to_string();
+        if let Ok(doc) = &peers {
+            tunnels.extend(ctx.rates.links(&url, doc, now_ms));
+        }
         match info {
             Ok(info) => {
                 any_ok = true;
@@ -117,6 +141,9 @@ pub async fn overview(shards: &[Shard], cluster: bool, now_ms: u64) -> Result<Ov
     if let (false, Some(refusal)) = (any_ok, refusal) {
         return Err(refusal);
     }
+    if let Some(view) = &ctx.directory {
+        mark_dead(&mut statuses, view);
+    }
     // Migrate and drain are offered when the source is a cluster or a
     // shard says it runs in one.
     let cluster = cluster
@@ -128,6 +155,8 @@ pub async fn overview(shards: &[Shard], cluster: bool, now_ms: u64) -> Result<Ov
         cluster,
         shards: statuses,
         rooms,
+        tunnels,
+        directory: ctx.directory,
     })
 }
 
@@ -152,7 +181,11 @@ pub async fn events(shards: &[Shard]) -> Result<EventsView, CallError> {
         return Err(refusal);
     }
     events.sort_by(|a, b| (a.at_ms, &a.shard, a.seq).cmp(&(b.at_ms, &b.shard, b.seq)));
-    Ok(EventsView { events, errors })
+    Ok(EventsView {
+        events,
+        errors,
+        cluster_events: Vec::new(),
+    })
 }
 
 /// What an action did on each shard: `Ok` with the outcomes when it

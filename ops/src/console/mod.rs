@@ -40,11 +40,16 @@ use protocol::admin::{AnnounceRequest, BanRequest, ErrorReply, KickRequest, Play
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
+mod cluster_view;
 mod gather;
 pub mod model;
 mod source;
+mod tunnels;
 
-pub use model::{ActionOutcome, ClusterRoom, EventsView, Overview, ShardStatus};
+pub use model::{
+    ActionOutcome, ClusterRoom, DirectoryShardView, DirectoryView, EventsView, Overview,
+    ShardStatus, TunnelLink,
+};
 pub use source::{ShardSource, StaticShards};
 
 use crate::client::{CallError, Shard};
@@ -60,12 +65,36 @@ pub struct Settings {
     pub timeout: Duration,
     /// How often the stream sends a fresh overview.
     pub refresh: Duration,
+    /// Events read from the directory's stream per events request
+    /// (`--cluster-events`; the newest that many).
+    pub cluster_events: usize,
 }
 
 #[derive(Clone)]
-struct Console(Arc<Settings>);
+struct Console(Arc<Settings>, Arc<tunnels::Rates>);
 
 impl Console {
+    /// One overview: every shard's answers, the tunnels and (with a
+    /// directory) the directory's view, read on the blocking pool.
+    async fn overview(&self, shards: &[Shard]) -> Result<Overview, CallError> {
+        let source = Arc::clone(&self.0.source);
+        let now = now_ms();
+        let directory = gather::blocking(move || Ok(source.directory()))
+            .await
+            .ok()
+            .flatten()
+            .map(|read| {
+                let lease_ms = read.as_ref().map_or(0, |s| s.lease_ms);
+                cluster_view::directory_view(read, lease_ms, now)
+            });
+        let ctx = gather::Cluster {
+            cluster: self.0.source.cluster(),
+            rates: &self.1,
+            directory,
+        };
+        gather::overview(shards, ctx, now).await
+    }
+
     fn shards(&self, token: &str) -> Vec<Shard> {
         gather::clients(&self.0.source.shards(), token, self.0.timeout)
     }
@@ -129,7 +158,7 @@ fn now_ms() -> u64 {
 
 /// The console's routes.
 pub fn router(settings: Settings) -> Router {
-    let console = Console(Arc::new(settings));
+    let console = Console(Arc::new(settings), Arc::default());
     Router::new()
         .route("/", get(|| async { Html(INDEX_HTML) }))
         .route(
@@ -201,9 +230,7 @@ async fn whoami(
 
 async fn overview(State(c): State<Console>, headers: HeaderMap) -> ApiResult<Overview> {
     let shards = c.shards(&token(&headers)?);
-    Ok(Json(
-        gather::overview(&shards, c.0.source.cluster(), now_ms()).await?,
-    ))
+    Ok(Json(c.overview(&shards).await?))
 }
 
 /// Server-sent events: an `overview` every refresh interval; an `error`
@@ -218,8 +245,7 @@ async fn stream(State(c): State<Console>, headers: HeaderMap) -> Result<Response
         move |(c, token, wait)| async move {
             tokio::time::sleep(wait?).await;
             let shards = c.shards(&token);
-            let cluster = c.0.source.cluster();
-            let (event, next) = match gather::overview(&shards, cluster, now_ms()).await {
+            let (event, next) = match c.overview(&shards).await {
                 Ok(view) => (
                     SseEvent::default()
                         .event("overview")
@@ -287,7 +313,15 @@ async fn players(
 
 async fn events(State(c): State<Console>, headers: HeaderMap) -> ApiResult<EventsView> {
     let shards = c.shards(&token(&headers)?);
-    Ok(Json(gather::events(&shards).await?))
+    let mut view = gather::events(&shards).await?;
+    let source = Arc::clone(&c.0.source);
+    let count = c.0.cluster_events;
+    match gather::blocking(move || Ok(source.events(count))).await {
+        Ok(Some(Ok(events))) => view.cluster_events = events,
+        Ok(Some(Err(e))) => view.errors.push(format!("directory: {e}")),
+        Ok(None) | Err(_) => {}
+    }
+    Ok(Json(view))
 }
 
 async fn announce(

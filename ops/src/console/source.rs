@@ -13,6 +13,19 @@ pub trait ShardSource: Send + Sync + 'static {
     fn cluster(&self) -> bool {
         false
     }
+
+    /// The directory's records and leases, when the source reads one
+    /// (`--redis`); `Err` says why it could not be read. Called on the
+    /// blocking pool.
+    fn directory(&self) -> Option<Result<crate::directory::Snapshot, String>> {
+        None
+    }
+
+    /// The last `count` events of the directory's stream (`--redis`);
+    /// called on the blocking pool.
+    fn events(&self, _count: usize) -> Option<Result<Vec<crate::directory::ClusterEvent>, String>> {
+        None
+    }
 }
 
 /// A fixed list of shards, from `--shard` flags.

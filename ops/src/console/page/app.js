@@ -148,6 +148,8 @@ function onOverview(view) {
     state.history.set(s.url, h);
   }
   renderShards(view);
+  renderDirectory(view);
+  renderTunnels(view);
   renderCharts();
   renderRooms(view);
   renderTopics(view);
@@ -172,6 +174,41 @@ function renderShards(view) {
       el("td", { class: "cluster-only op-only" },
         el("button", { class: "drain", onclick: () => confirm(`Drain ${s.url}?`) && act("drain", "POST", "/api/shards/drain", { shard: s.url }) }, "Drain")));
   }));
+}
+
+// The directory's shard records and their leases (--redis only).
+function renderDirectory(view) {
+  const d = view.directory;
+  $("#directory").hidden = !d;
+  $("#directory-note").textContent = !d ? "lease figures need the console started with --redis"
+    : d.error ? `the directory could not be read: ${d.error}` : `lease ages assume cluster.lease_ms = ${d.lease_ms} ms`;
+  if (!d) return;
+  $("#directory tbody").replaceChildren(...d.shards.map((s) => el("tr", { "data-id": s.id },
+    el("td", {}, s.id), el("td", { class: "state-" + s.state }, s.state), el("td", {}, s.version || "-"),
+    el("td", {}, s.ws), el("td", {}, s.http), el("td", { class: "num leases" }, s.leases),
+    el("td", { class: "num" }, age(s.lease_age_max_ms)), el("td", { class: "num" }, age(s.lease_ttl_min_ms)),
+    el("td", { class: "num" }, age(s.heartbeat_age_ms)))));
+}
+
+const rate = (v) => (v === null || v === undefined ? "-" : v < 1024 ? `${v.toFixed(0)} B/s` : v < 1048576 ? `${(v / 1024).toFixed(1)} KiB/s` : `${(v / 1048576).toFixed(1)} MiB/s`);
+
+// The tunnel matrix: one row per reporting shard, one column per peer.
+function renderTunnels(view) {
+  const links = view.tunnels || [];
+  const ids = [...new Set(links.flatMap((l) => [l.from, l.to]))].sort();
+  const head = el("tr", {}, el("th", {}, "from \\ to"), ...ids.map((id) => el("th", {}, id)));
+  $("#tunnels thead").replaceChildren(head);
+  const cell = (from, to) => {
+    if (from === to) return el("td", { class: "self" }, "");
+    const l = links.find((x) => x.from === from && x.to === to);
+    if (!l) return el("td", { class: "missing", "data-from": from, "data-to": to }, "-");
+    return el("td", { class: "tunnel state-" + l.state, "data-from": from, "data-to": to, title: `${l.state}; ${l.bytes_out} B out, ${l.bytes_in} B in in all` },
+      el("span", { class: "rtt" }, l.rtt_ms === null || l.rtt_ms === undefined ? "- ms" : `${l.rtt_ms.toFixed(2)} ms`), " ",
+      el("span", { class: "out" }, "out " + rate(l.bytes_out_per_s)), " ",
+      el("span", { class: "in" }, "in " + rate(l.bytes_in_per_s)), " ",
+      el("span", { class: "streams" }, `${l.streams} streams`));
+  };
+  $("#tunnels tbody").replaceChildren(...ids.map((from) => el("tr", { "data-from": from }, el("th", {}, from), ...ids.map((to) => cell(from, to)))));
 }
 
 function chart(id, key) {
@@ -293,22 +330,35 @@ async function refreshEvents() {
   if ($("#tab-events").hidden) return;
   try {
     const reply = await api("GET", "/api/events");
-    lastEvents = reply.events;
+    // The directory's stream (shard up/down, rooms placed, moved, failed
+    // over) beside each shard's own events, in one time order.
+    const cluster = (reply.cluster_events || []).map((e) => ({ ...e, source: "directory" }));
+    lastEvents = reply.events.map((e) => ({ ...e, source: "shard" })).concat(cluster).sort((a, b) => a.at_ms - b.at_ms);
     renderEvents();
   } catch (e) {
     flash("events: " + e.message, true);
   }
 }
 
+// Keeps a select's options the union of what it had and `values`.
+function offer(select, values) {
+  const have = new Set([...select.options].map((o) => o.value));
+  for (const v of values) if (v && !have.has(v)) { select.append(el("option", { value: v }, v)); have.add(v); }
+}
+
 function renderEvents() {
+  offer($("#events-kind"), lastEvents.map((e) => e.kind));
+  offer($("#events-shard"), lastEvents.map((e) => e.shard));
   const text = $("#events-filter").value.toLowerCase();
   const kind = $("#events-kind").value;
+  const shard = $("#events-shard").value;
   const rows = lastEvents
     .filter((e) => !kind || e.kind === kind)
+    .filter((e) => !shard || e.shard === shard)
     .filter((e) => !text || [e.subject, e.detail, e.actor, e.action, e.shard].join(" ").toLowerCase().includes(text))
     .slice(-500)
     .reverse()
-    .map((e) => el("tr", { "data-kind": e.kind },
+    .map((e) => el("tr", { "data-kind": e.kind, "data-source": e.source },
       el("td", {}, new Date(e.at_ms).toLocaleTimeString()), el("td", {}, e.shard), el("td", {}, e.kind),
       el("td", {}, e.subject), el("td", {}, e.actor || ""), el("td", {}, e.action || ""), el("td", {}, e.result || ""), el("td", {}, e.detail)));
   $("#events tbody").replaceChildren(...rows);
@@ -348,6 +398,7 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("#events-filter").addEventListener("input", renderEvents);
   $("#events-kind").addEventListener("change", renderEvents);
+  $("#events-shard").addEventListener("change", renderEvents);
   setInterval(refreshInspector, 1000);
   setInterval(refreshEvents, 2000);
   if (state.token) signIn(state.token);
