@@ -7,11 +7,11 @@
 // ready with their lease counts; a killed shard turns dead in the shard
 // and directory tables and its tunnel stops being "connected"; the events
 // page lists the directory's events and filters them by kind and shard.
-// Screenshots go to ops/tests/e2e/artifacts/ (gitignored).
+// Screenshots go to server/tests/e2e/artifacts/ (gitignored).
 //
 // Env: TESSERA_SERVER_BIN, OPS_BIN, LOADBOT_BIN (default <repo>/target/debug/...),
 //      CHROMIUM (default /usr/bin/chromium), TESSERA_REDIS_SERVER (default redis-server).
-// Run: npm ci --prefix ops/tests/e2e && node --test ops/tests/e2e/cluster.test.mjs
+// Run: bash scripts/e2e.sh (with the other browser tests).
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
