@@ -16,14 +16,22 @@
 //! - [`stream`]: the first frames of every other stream ([`StreamHead`]:
 //!   `open`, `accept`, `refuse`) and the codes a stream is reset with
 //!   ([`ResetCode`]).
+//! - [`admin`]: the `/tessera/admin/1` stream: [`AdminMsg`] (replace a
+//!   player's session, kick, ban, unban on the shard holding the player).
+//! - [`chat`]: the `/tessera/chat/1` stream: [`ChatMsg`] (announcements
+//!   and map broadcasts, crossing each tunnel once).
 //! - [`room`]: the `/tessera/room/1` stream: [`EdgeMsg`] (edge to owner)
 //!   and [`OwnerMsg`] (owner to edge), with [`Tick`], which carries a
 //!   tick's entries encoded once and one [`View`] per distinct view.
 
+pub mod admin;
+pub mod chat;
 pub mod handshake;
 pub mod room;
 pub mod stream;
 
+pub use admin::{AdminMsg, BanPlayer, Kick, Replace, Unban};
+pub use chat::{ChatMsg, MapBroadcast};
 pub use handshake::{
     proof_mac, verify_proof, Bytes32, Control, Heartbeat, PeerHello, Proof, Refuse, RefuseCode,
     Role, EXPORTER_LABEL,
@@ -96,7 +104,7 @@ macro_rules! peer_message {
         impl PeerMessage for $t {}
     )*};
 }
-peer_message!(Control, StreamHead, EdgeMsg, OwnerMsg);
+peer_message!(Control, StreamHead, EdgeMsg, OwnerMsg, AdminMsg, ChatMsg);
 
 /// The payload's length as a frame header, after checking it against
 /// `max_frame` (the sender's own limit: a frame its peer would refuse is
