@@ -324,7 +324,10 @@ fn a_replace_without_the_seat_leaves_the_flag_out_and_a_ban_for_good_its_end() {
     });
     let frame = encode_frame(&replace, MAX).unwrap();
     assert!(!frame.windows(10).any(|w| w == b"seat_taken"));
-    assert_eq!(decode_frame::<AdminMsg>(&frame, MAX).unwrap().unwrap().0, replace);
+    assert_eq!(
+        decode_frame::<AdminMsg>(&frame, MAX).unwrap().unwrap().0,
+        replace
+    );
     let ban = AdminMsg::Ban(BanPlayer {
         player: "p".into(),
         reason: "r".into(),
@@ -334,7 +337,10 @@ fn a_replace_without_the_seat_leaves_the_flag_out_and_a_ban_for_good_its_end() {
     });
     let frame = encode_frame(&ban, MAX).unwrap();
     assert!(!frame.windows(8).any(|w| w == b"until_ms"));
-    assert_eq!(decode_frame::<AdminMsg>(&frame, MAX).unwrap().unwrap().0, ban);
+    assert_eq!(
+        decode_frame::<AdminMsg>(&frame, MAX).unwrap().unwrap().0,
+        ban
+    );
 }
 
 #[test]

@@ -131,6 +131,18 @@ impl<H: Clone> Presence<H> {
         self.session(id)
     }
 
+    /// The player's latest session if it is `sid` and connected: what a
+    /// takeover from another shard of the cluster closes (a session that
+    /// is no longer the latest here was replaced already).
+    pub fn session_of(&self, player: &str, sid: &str) -> Option<H> {
+        let id = {
+            let players = self.players.lock();
+            let entry = players.get(player).filter(|e| e.latest_sid == sid)?;
+            entry.session
+        };
+        self.session(id)
+    }
+
     /// A new session of `player` (not a resume) logged in: it becomes the
     /// latest (older resume tokens stop working) and takes over whatever
     /// seat the player still holds.
@@ -381,7 +393,10 @@ mod session_tests {
         assert_eq!(presence.player_session("p"), None);
         presence.welcomed("p", "s-2", 2);
         assert_eq!(presence.player_session("p"), Some("two"));
+        assert_eq!(presence.session_of("p", "s-2"), Some("two"));
+        assert_eq!(presence.session_of("p", "s-1"), None);
         presence.disconnected(2);
+        assert_eq!(presence.session_of("p", "s-2"), None);
         assert_eq!(presence.session(2), None);
         assert_eq!(presence.player_session("p"), None);
         // The player's entry outlives the session, for a resume.

@@ -43,7 +43,7 @@ use super::metric;
 use crate::config::{ms, Config};
 use crate::ids::RoomId;
 
-pub use players::PreviousHolder;
+pub use players::{Claim, PreviousHolder};
 pub use rooms::{rendezvous, RenewReport};
 pub use types::{
     Event, EventKind, Lease, LeaseNotice, PlayerEntry, ShardId, ShardInfo, ShardLoad, ShardRecord,
