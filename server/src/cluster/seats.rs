@@ -18,7 +18,10 @@
 //! still holding the entry (a newer login elsewhere wins). When Redis
 //! comes back after an outage (possibly empty: it may have restarted
 //! without a disk), every player this shard holds is written again unless
-//! another session holds it now, so the cluster converges.
+//! another session holds it now, so the cluster converges. An outage is
+//! seen by a failed write or by the probe every `cluster.heartbeat_ms`: a
+//! marker key of this shard (`players_marker:{shard}`, set if missing)
+//! that is gone means Redis lost this shard's entries.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -129,8 +132,20 @@ impl Seats {
     pub async fn run(self, mut stop_rx: watch::Receiver<bool>) {
         let mut outage = false;
         let mut pruned = Instant::now();
-        let ttl = self.dir.settings().player_ttl;
+        let mut probed = Instant::now();
+        let settings = self.dir.settings().clone();
+        let (ttl, probe_every) = (settings.player_ttl, settings.heartbeat);
         loop {
+            if probed.elapsed() >= probe_every {
+                probed = Instant::now();
+                match self.dir.players_marker_missing().await {
+                    // Redis came back empty (or the marker expired): the
+                    // entries are written again below.
+                    Ok(missing) => outage |= missing,
+                    Err(e) if e.is_unavailable() => outage = true,
+                    Err(e) => tracing::warn!(error = %e, "directory: players marker"),
+                }
+            }
             if pruned.elapsed() >= PRUNE_EVERY {
                 pruned = Instant::now();
                 self.state
@@ -174,7 +189,7 @@ impl Seats {
             let wait = if failed || outage {
                 RETRY
             } else {
-                Duration::MAX
+                probe_every.saturating_sub(probed.elapsed())
             };
             tokio::select! {
                 _ = stop_rx.wait_for(|s| *s) => {}

@@ -63,6 +63,27 @@ impl Directory {
         .await
     }
 
+    /// Set this shard's players marker if it is missing, and say whether it
+    /// was: a missing marker means Redis lost what it held (it restarted
+    /// without a disk) or the marker outlived its TTL (`player_ttl`), and
+    /// this shard's player entries should be written again.
+    pub async fn players_marker_missing(&self) -> Result<bool> {
+        let key = self.key(&["players_marker", self.shard().as_str()]);
+        let ttl = self.settings().player_ttl.as_millis() as u64;
+        let set: Option<String> = self
+            .run(
+                "players_marker",
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
     /// Write `player`'s entry (held by this shard's `session`, seated in
     /// `room`) if it is absent or still this session's: after Redis came
     /// back, possibly empty. Returns whether it wrote.
