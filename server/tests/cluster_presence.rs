@@ -360,7 +360,11 @@ async fn redis_down_refuses_logins_with_5005_and_disconnects_no_one() {
     again
         .expect_refusal(ErrorCode::DirectoryUnavailable, CloseCode::TryAgainLater)
         .await;
-    // Ten seconds without Redis: the connected player plays on.
+    // A guest is a new player nobody else can hold: it needs no check.
+    let mut guest = Client::connect(b.ws_addr).await;
+    guest.hello("gus").await;
+    guest.join("test").await;
+    // Ten seconds without Redis: the connected players play on.
     let mut seq = 1;
     while down_since.elapsed() < Duration::from_secs(10) {
         ada.walk(seq, 1.0, 0.0).await;
@@ -384,6 +388,7 @@ async fn redis_down_refuses_logins_with_5005_and_disconnects_no_one() {
     })
     .await;
     assert!(answers_ping(&mut ada, 999).await);
+    assert!(answers_ping(&mut guest, 998).await);
     cluster.stop().await;
 }
 

@@ -41,8 +41,14 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Change {
-    /// Session `sid` of the player sits in `room` (empty: none).
-    Seated { sid: String, room: String },
+    /// Session `sid` of the player sits in `room` (empty: none). `fresh`:
+    /// the entry may not exist yet (a guest, whose login did not wait for
+    /// the directory), so it is written if absent.
+    Seated {
+        sid: String,
+        room: String,
+        fresh: bool,
+    },
     /// Session `sid` logged out: the entry goes, if it is still its.
     Gone { sid: String },
 }
@@ -85,8 +91,22 @@ impl Seats {
     /// Session `sid` of `player` holds it and sits in `room` (`None`: in
     /// no map).
     pub fn seated(&self, player: &str, sid: &str, room: Option<&str>) {
+        self.change(player, sid, room, false);
+    }
+
+    /// A guest (a new player id nobody else can hold) logged in without
+    /// waiting for the directory: write its entry when Redis answers.
+    pub fn guest(&self, player: &str, sid: &str) {
+        self.change(player, sid, None, true);
+    }
+
+    fn change(&self, player: &str, sid: &str, room: Option<&str>, fresh: bool) {
         let room = room.unwrap_or_default().to_string();
         let mut state = self.state.lock();
+        // A change not written yet that creates the entry still has to.
+        let fresh = fresh
+            || matches!(state.pending.get(player),
+                Some(Change::Seated { sid: s, fresh: true, .. }) if s == sid);
         let held = Held {
             sid: sid.to_string(),
             room: room.clone(),
@@ -98,6 +118,7 @@ impl Seats {
             Change::Seated {
                 sid: sid.to_string(),
                 room,
+                fresh,
             },
         );
         drop(state);
@@ -162,11 +183,20 @@ impl Seats {
                     continue;
                 }
                 let result = match &change {
-                    Change::Seated { sid, room } => self
+                    Change::Seated {
+                        sid,
+                        room,
+                        fresh: false,
+                    } => self
                         .dir
                         .update_player(&player, sid, room, sid)
                         .await
                         .map(drop),
+                    Change::Seated {
+                        sid,
+                        room,
+                        fresh: true,
+                    } => self.dir.reassert_player(&player, sid, room).await.map(drop),
                     Change::Gone { sid } => self.dir.release_player(&player, sid).await.map(drop),
                 };
                 if let Err(e) = result {

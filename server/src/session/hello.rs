@@ -58,7 +58,14 @@ impl Session {
             self.sid = ids::session_id(self.id, Some(claimed));
         }
         let sid = self.sid();
-        if let Some(cluster) = self.deps.cluster.clone() {
+        let guest = hello.token.is_none() && resumed.is_none();
+        if let (Some(cluster), true) = (&self.deps.cluster, guest) {
+            // A guest is a new player id: nobody else can hold it, so its
+            // login does not wait for the directory (its entry is written
+            // when Redis answers).
+            cluster.seats.guest(&identity.player_id, &sid);
+        }
+        if let (Some(cluster), false) = (self.deps.cluster.clone(), guest) {
             // One player, one session cluster-wide: the directory decides
             // (and checks a resume token against the player's latest
             // session, wherever it was issued), within the wait.
