@@ -340,6 +340,17 @@ mod tests {
     }
 
     #[test]
+    fn the_relay_queue_is_bounded_both_ways() {
+        let mut config = cluster();
+        config.cluster.relay_queue = 0;
+        assert!(errors(&config).contains("cluster.relay_queue must be greater than 0"));
+        config.cluster.relay_queue = MAX_RELAY_QUEUE + 1;
+        assert!(errors(&config).contains("cluster.relay_queue must be at most"));
+        config.cluster.relay_queue = MAX_RELAY_QUEUE;
+        config.validate().unwrap();
+    }
+
+    #[test]
     fn the_derived_shard_id_is_stable_and_safe() {
         assert_eq!(
             derive_shard_id("box.example", 7350, 7351),
