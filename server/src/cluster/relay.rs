@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use protocol::admin::PeerState;
@@ -29,6 +30,9 @@ use tokio::task::JoinSet;
 
 use super::metric;
 use super::tunnel::{PeerHub, PeerStream};
+
+/// At shutdown, how long the workers may take to send what they hold.
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// Where a message goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,8 +110,8 @@ impl Relay {
     }
 
     /// The task "relay": hand each message to its peers' workers until
-    /// `stop_rx` says stop, then let the workers finish what they hold
-    /// (each send is bounded by the tunnel's dial timeout).
+    /// `stop_rx` says stop, then let the workers finish what they hold,
+    /// for at most a second.
     pub async fn run(self, mut stop_rx: watch::Receiver<bool>) {
         let mut queue_rx = self.queue_rx.lock().await;
         let mut workers: HashMap<String, mpsc::Sender<Outgoing>> = HashMap::new();
@@ -145,8 +149,18 @@ impl Relay {
                 }
             }
         }
+        // What the workers hold is sent if the peers answer within the
+        // grace; a worker still dialling an unreachable peer after it is
+        // ended (its messages are lost, as if the peer had been down).
         drop(workers);
-        while tasks.join_next().await.is_some() {}
+        let drained = tokio::time::timeout(STOP_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
     }
 }
 
