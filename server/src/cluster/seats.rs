@@ -262,3 +262,70 @@ impl Seats {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{DirectorySettings, ShardId};
+    use crate::config::Config;
+
+    fn seats() -> Seats {
+        let mut config = Config::default();
+        // Never dialled: these tests look at what is pending only.
+        config.cluster.redis = "redis://127.0.0.1:1/0".into();
+        let settings = DirectorySettings::from_config(&config);
+        let shard = ShardId::new("s").expect("a valid id");
+        Seats::new(Directory::new(settings, shard).expect("a handle"))
+    }
+
+    fn pending(seats: &Seats, player: &str) -> Option<Change> {
+        seats.state.lock().pending.get(player).cloned()
+    }
+
+    #[test]
+    fn only_the_latest_change_per_player_is_pending() {
+        let seats = seats();
+        seats.seated("p", "s-1", Some("lobby"));
+        seats.seated("p", "s-1", None);
+        seats.seated("q", "s-2", Some("arena"));
+        assert_eq!(seats.pending(), 2);
+        assert_eq!(
+            pending(&seats, "p"),
+            Some(Change::Seated {
+                sid: "s-1".into(),
+                room: String::new(),
+                fresh: false
+            })
+        );
+        seats.gone("p", "s-1");
+        assert_eq!(
+            pending(&seats, "p"),
+            Some(Change::Gone { sid: "s-1".into() })
+        );
+        // A logout forgets the player for re-assertion; others stay.
+        let held = &seats.state.lock().held;
+        assert!(!held.contains_key("p"));
+        assert_eq!(held.get("q").map(|h| h.room.as_str()), Some("arena"));
+    }
+
+    #[test]
+    fn a_guest_entry_not_written_yet_is_still_created_by_its_join() {
+        let seats = seats();
+        seats.guest("g", "s-1");
+        seats.seated("g", "s-1", Some("lobby"));
+        assert_eq!(
+            pending(&seats, "g"),
+            Some(Change::Seated {
+                sid: "s-1".into(),
+                room: "lobby".into(),
+                fresh: true
+            })
+        );
+        // Another session's change does not inherit it.
+        seats.seated("g", "s-2", None);
+        assert!(matches!(
+            pending(&seats, "g"),
+            Some(Change::Seated { fresh: false, .. })
+        ));
+    }
+}
