@@ -90,10 +90,13 @@ pub fn apply_admin(deps: &Deps, peer: &str, msg: AdminMsg) {
             received(ADMIN_PROTOCOL, "replace");
             let session = deps.presence.session_of(&replace.player, &replace.session);
             tracing::debug!(peer, player = %replace.player, found = session.is_some(), "replace from a peer");
-            if let Some(session) = session {
-                session.do_send(Replaced {
+            match session {
+                Some(session) => session.do_send(Replaced {
                     seat_taken: replace.seat_taken,
-                });
+                }),
+                // The login may still wait for its own answer from the
+                // directory: it looks here before it goes on.
+                None => deps.presence.replaced_early(&replace.session),
             }
         }
         AdminMsg::Kick(kick) => {

@@ -164,6 +164,17 @@ impl Session {
                 return;
             }
         };
+        if self.deps.presence.was_replaced(&sid) {
+            // A newer login elsewhere replaced this one before its own
+            // answer came back: it ends as a replaced session does.
+            self.refuse(
+                ErrorCode::SessionReplaced,
+                "the player signed in again elsewhere; this session ends",
+                CloseCode::Replaced,
+                ctx,
+            );
+            return;
+        }
         let mut takeover = self
             .deps
             .presence
