@@ -80,6 +80,21 @@ impl Auth {
         }
     }
 
+    /// The shard's `Auth`: [`Auth::new`] over `auth`, except that a dev-mode
+    /// shard of a cluster without `auth.secret` signs with a key derived
+    /// from `cluster.secret` instead of a random one, so that the resume
+    /// tokens of its guests work on every shard of the cluster.
+    pub fn for_shard(config: &crate::config::Config) -> Auth {
+        let mut auth = Auth::new(&config.auth);
+        if config.auth.secret.is_empty() && config.cluster.enabled() {
+            let mut mac = HmacSha256::new_from_slice(config.cluster.secret.as_bytes())
+                .expect("HMAC takes any key length");
+            mac.update(b"tessera dev-mode token key");
+            auth.key = mac.finalize().into_bytes().to_vec();
+        }
+        auth
+    }
+
     /// Who the hello speaks for, at time `now` (Unix seconds), and for a
     /// resume, the session its token was issued to (checked against the
     /// seat table by the caller: a resume token works once).

@@ -300,7 +300,7 @@ async fn run(
         .with_cluster(link.clone()),
     );
     let shared = Arc::new(session::Deps {
-        auth: Auth::new(&config.auth),
+        auth: Auth::for_shard(&config),
         limits: config.welcome_limits(),
         rooms,
         dispatcher,

@@ -141,6 +141,16 @@ impl Seats {
         self.wake.notify_one();
     }
 
+    /// Session `sid` of `player` was replaced by a newer login (here or on
+    /// another shard): it no longer holds the entry, so it is not
+    /// re-asserted after an outage. Nothing is written.
+    pub fn replaced(&self, player: &str, sid: &str) {
+        let mut state = self.state.lock();
+        if state.held.get(player).is_some_and(|h| h.sid == sid) {
+            state.held.remove(player);
+        }
+    }
+
     /// Changes not yet written (for tests and the admin view).
     pub fn pending(&self) -> usize {
         self.state.lock().pending.len()
@@ -187,11 +197,14 @@ impl Seats {
                         sid,
                         room,
                         fresh: false,
-                    } => self
-                        .dir
-                        .update_player(&player, sid, room, sid)
-                        .await
-                        .map(drop),
+                    } => match self.dir.update_player(&player, sid, room, sid).await {
+                        // Another session holds the player now.
+                        Ok(false) => {
+                            self.replaced(&player, sid);
+                            Ok(())
+                        }
+                        other => other.map(drop),
+                    },
                     Change::Seated {
                         sid,
                         room,
@@ -302,6 +315,12 @@ mod tests {
             pending(&seats, "p"),
             Some(Change::Gone { sid: "s-1".into() })
         );
+        // A replaced session is forgotten too, but only its own entry.
+        seats.seated("r", "s-3", None);
+        seats.replaced("r", "s-0");
+        assert!(seats.state.lock().held.contains_key("r"));
+        seats.replaced("r", "s-3");
+        assert!(!seats.state.lock().held.contains_key("r"));
         // A logout forgets the player for re-assertion; others stay.
         let held = &seats.state.lock().held;
         assert!(!held.contains_key("p"));

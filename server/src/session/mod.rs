@@ -469,6 +469,10 @@ impl Handler<Replaced> for Session {
 
     fn handle(&mut self, msg: Replaced, ctx: &mut Context<Self>) {
         self.guarded(ctx, "replaced", |session, ctx| {
+            if let (Some(cluster), Some(identity)) = (&session.deps.cluster, &session.identity) {
+                // The newer session holds the player's entry now.
+                cluster.seats.replaced(&identity.player_id, &session.sid);
+            }
             if !msg.seat_taken {
                 // The newer session does not take this entity over: it goes.
                 session.leave_room(false);
