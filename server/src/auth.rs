@@ -221,6 +221,34 @@ mod tests {
     use super::*;
     use protocol::PROTOCOL_VERSION;
 
+    #[test]
+    fn dev_shards_of_one_cluster_verify_each_others_tokens() {
+        let shard = |cluster_secret: &str| {
+            let mut config = crate::config::Config::default();
+            config.cluster.redis = "redis://127.0.0.1:1/0".into();
+            config.cluster.secret = cluster_secret.into();
+            Auth::for_shard(&config)
+        };
+        let claims = Claims {
+            sub: "g-1".into(),
+            name: "gus".into(),
+            exp: 100,
+            sid: Some("s-1".into()),
+        };
+        let secret = "c".repeat(32);
+        let token = shard(&secret).mint(&claims);
+        assert_eq!(shard(&secret).verify(&token, 50).unwrap(), claims);
+        assert!(shard(&"d".repeat(32)).verify(&token, 50).is_err());
+        // Not the cluster secret itself: a tunnel secret mints no tokens.
+        assert!(Auth {
+            mode: AuthMode::Dev,
+            key: secret.into_bytes(),
+            resume_ttl_s: 60
+        }
+        .verify(&token, 50)
+        .is_err());
+    }
+
     fn auth(mode: AuthMode) -> Auth {
         Auth::new(&AuthConfig {
             mode,
