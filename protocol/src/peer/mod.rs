@@ -57,11 +57,12 @@ pub const PEER_VERSION: Version = Version { major: 1, minor: 0 };
 /// and the shard running the room (the owner): [`room`].
 pub const ROOM_PROTOCOL: &str = "/tessera/room/1";
 /// Chat and dispatcher topics (announcements, map broadcasts), crossing
-/// each tunnel once.
+/// each tunnel once: [`chat`].
 pub const CHAT_PROTOCOL: &str = "/tessera/chat/1";
 /// A live room migration: a snapshot shipped to the new owner.
 pub const MIGRATE_PROTOCOL: &str = "/tessera/migrate/1";
-/// Admin requests forwarded to another shard.
+/// What one shard asks of the shard holding a player (replace its
+/// session, kick, ban, unban): [`admin`].
 pub const ADMIN_PROTOCOL: &str = "/tessera/admin/1";
 /// Echo, for tests and for measuring a stream rather than the connection.
 pub const PING_PROTOCOL: &str = "/tessera/ping/1";
