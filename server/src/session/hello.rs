@@ -1,10 +1,13 @@
 //! `hello`: authentication, resume or takeover, the profile load, the
-//! welcome and the starter purse.
+//! welcome and the starter purse. In cluster mode the resume or takeover
+//! is decided by the directory (one session per player cluster-wide), and
+//! a session on another shard is replaced over the tunnel.
 
 use std::sync::Arc;
 
 use actix::prelude::*;
 use protocol::msg::{Hello, Welcome};
+use protocol::peer::{AdminMsg, Replace};
 use protocol::{CloseCode, ErrorCode, ServerMsg, PROTOCOL_VERSION};
 
 use super::{MapGuarded, Replaced, Session, State};
@@ -13,7 +16,6 @@ use crate::cluster::Claim;
 use crate::presence::{ResumeError, Seat, Takeover};
 use crate::store::{ids, Adjust, DurableError, DurableOp, PlayerProfile};
 use crate::wire;
-use protocol::peer::{AdminMsg, Replace};
 
 /// The progress counter that says the starter purse was granted.
 const STARTER_MARK: &str = "starter_purse";
