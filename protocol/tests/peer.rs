@@ -208,6 +208,58 @@ fn owner_samples() -> Vec<(&'static str, OwnerMsg)> {
     ]
 }
 
+fn admin_samples() -> Vec<(&'static str, AdminMsg)> {
+    vec![
+        (
+            "peer_admin_replace",
+            AdminMsg::Replace(Replace {
+                player: "p-1".into(),
+                session: "s-1".into(),
+                seat_taken: true,
+            }),
+        ),
+        (
+            "peer_admin_kick",
+            AdminMsg::Kick(Kick {
+                player: "p-1".into(),
+                text: "kicked".into(),
+            }),
+        ),
+        (
+            "peer_admin_ban",
+            AdminMsg::Ban(BanPlayer {
+                player: "p-1".into(),
+                reason: "spam".into(),
+                by: "ops".into(),
+                at_ms: 1_000,
+                until_ms: Some(61_000),
+            }),
+        ),
+        (
+            "peer_admin_unban",
+            AdminMsg::Unban(Unban {
+                player: "p-1".into(),
+            }),
+        ),
+    ]
+}
+
+fn chat_samples() -> Vec<(&'static str, ChatMsg)> {
+    vec![
+        (
+            "peer_chat_announce",
+            ChatMsg::Announce(protocol::peer::chat::Announce { text: "hi".into() }),
+        ),
+        (
+            "peer_chat_map_broadcast",
+            ChatMsg::MapBroadcast(MapBroadcast {
+                map: "lobby".into(),
+                text: "hi".into(),
+            }),
+        ),
+    ]
+}
+
 fn golden_path(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden")
@@ -258,6 +310,40 @@ fn room_frames_match_golden_vectors_and_round_trip() {
 }
 
 #[test]
+fn admin_and_chat_frames_match_golden_vectors_and_round_trip() {
+    check_all(admin_samples());
+    check_all(chat_samples());
+}
+
+#[test]
+fn a_replace_without_the_seat_leaves_the_flag_out_and_a_ban_for_good_its_end() {
+    let replace = AdminMsg::Replace(Replace {
+        player: "p".into(),
+        session: "s".into(),
+        seat_taken: false,
+    });
+    let frame = encode_frame(&replace, MAX).unwrap();
+    assert!(!frame.windows(10).any(|w| w == b"seat_taken"));
+    assert_eq!(
+        decode_frame::<AdminMsg>(&frame, MAX).unwrap().unwrap().0,
+        replace
+    );
+    let ban = AdminMsg::Ban(BanPlayer {
+        player: "p".into(),
+        reason: "r".into(),
+        by: "o".into(),
+        at_ms: 1,
+        until_ms: None,
+    });
+    let frame = encode_frame(&ban, MAX).unwrap();
+    assert!(!frame.windows(8).any(|w| w == b"until_ms"));
+    assert_eq!(
+        decode_frame::<AdminMsg>(&frame, MAX).unwrap().unwrap().0,
+        ban
+    );
+}
+
+#[test]
 fn peer_md_shows_every_golden_vector() {
     let doc =
         std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("PEER.md"))
@@ -268,7 +354,9 @@ fn peer_md_shows_every_golden_vector() {
         .map(|(n, _)| n)
         .chain(head_samples().into_iter().map(|(n, _)| n))
         .chain(edge_samples().into_iter().map(|(n, _)| n))
-        .chain(owner_samples().into_iter().map(|(n, _)| n));
+        .chain(owner_samples().into_iter().map(|(n, _)| n))
+        .chain(admin_samples().into_iter().map(|(n, _)| n))
+        .chain(chat_samples().into_iter().map(|(n, _)| n));
     for name in names {
         let hex = std::fs::read_to_string(golden_path(name)).unwrap();
         assert!(

@@ -80,6 +80,21 @@ impl Auth {
         }
     }
 
+    /// The shard's `Auth`: [`Auth::new`] over `auth`, except that a dev-mode
+    /// shard of a cluster without `auth.secret` signs with a key derived
+    /// from `cluster.secret` instead of a random one, so that the resume
+    /// tokens of its guests work on every shard of the cluster.
+    pub fn for_shard(config: &crate::config::Config) -> Auth {
+        let mut auth = Auth::new(&config.auth);
+        if config.auth.secret.is_empty() && config.cluster.enabled() {
+            let mut mac = HmacSha256::new_from_slice(config.cluster.secret.as_bytes())
+                .expect("HMAC takes any key length");
+            mac.update(b"tessera dev-mode token key");
+            auth.key = mac.finalize().into_bytes().to_vec();
+        }
+        auth
+    }
+
     /// Who the hello speaks for, at time `now` (Unix seconds), and for a
     /// resume, the session its token was issued to (checked against the
     /// seat table by the caller: a resume token works once).
@@ -205,6 +220,34 @@ pub fn unix_now() -> u64 {
 mod tests {
     use super::*;
     use protocol::PROTOCOL_VERSION;
+
+    #[test]
+    fn dev_shards_of_one_cluster_verify_each_others_tokens() {
+        let shard = |cluster_secret: &str| {
+            let mut config = crate::config::Config::default();
+            config.cluster.redis = "redis://127.0.0.1:1/0".into();
+            config.cluster.secret = cluster_secret.into();
+            Auth::for_shard(&config)
+        };
+        let claims = Claims {
+            sub: "g-1".into(),
+            name: "gus".into(),
+            exp: 100,
+            sid: Some("s-1".into()),
+        };
+        let secret = "c".repeat(32);
+        let token = shard(&secret).mint(&claims);
+        assert_eq!(shard(&secret).verify(&token, 50).unwrap(), claims);
+        assert!(shard(&"d".repeat(32)).verify(&token, 50).is_err());
+        // Not the cluster secret itself: a tunnel secret mints no tokens.
+        assert!(Auth {
+            mode: AuthMode::Dev,
+            key: secret.into_bytes(),
+            resume_ttl_s: 60
+        }
+        .verify(&token, 50)
+        .is_err());
+    }
 
     fn auth(mode: AuthMode) -> Auth {
         Auth::new(&AuthConfig {

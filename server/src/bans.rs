@@ -2,8 +2,9 @@
 //! `hello` without a store round trip. The store keeps them (`bans`, both
 //! backends); the shard loads them at start and every ban or unban made
 //! through its admin API updates both. A ban made on another shard of the
-//! same store is seen after that shard's next start (the cluster's
-//! directory will carry them live).
+//! same store is seen after that shard's next start; in a cluster, every
+//! ban and unban is also sent to every connected shard over the tunnel
+//! (`/tessera/admin/1`), which puts it in its own table at once.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,6 +61,14 @@ impl Bans {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// What a banned player is told (error 2007): until when and why.
+pub fn ban_text(ban: &Ban) -> String {
+    let until = ban
+        .until_ms
+        .map_or("for good".to_string(), |ms| format!("until {ms} (unix ms)"));
+    format!("banned {until}: {}", ban.reason)
 }
 
 /// Milliseconds since the Unix epoch: what ban times are in.

@@ -8,7 +8,9 @@
 //!   keeps this shard's entries alive, [`cluster::tunnel`], the
 //!   authenticated QUIC peer hub between shards, and
 //!   [`cluster::peering`], which starts the hub from `[cluster]` and keeps
-//!   it connected to the shards in the directory.
+//!   it connected to the shards in the directory; [`cluster::relay`] and
+//!   [`cluster::seats`]: one player per cluster (takeovers, kicks, bans
+//!   and announcements across shards; the player entries).
 //! - [`shard`]: starts the actix System, listeners and workers; shutdown.
 //! - [`gateway`]: accept loop, per-IP limits, connection cap, WebSocket
 //!   upgrade; one session per socket on the next worker Arbiter.
@@ -17,6 +19,10 @@
 //!   limit, route to the room through its [`room::RoomRef`]; one file per
 //!   message family.
 //! - [`outbound`]: a session's bounded outbound queue and its writer task.
+//! - [`peer_inbox`]: cluster mode: what other shards say on the admin and
+//!   chat streams (replace a session, kick, ban, unban, announcements and
+//!   map broadcasts), applied to this shard's sessions, dispatcher and
+//!   bans; the sending side is [`cluster::relay`].
 //! - [`room`]: the room actor, one per instance of a map (tick, movement,
 //!   interest management, panic boundary, snapshots), its messages, members,
 //!   views and snapshots, its spatial [`room::grid`], its ground items and
@@ -67,6 +73,7 @@ pub mod http;
 pub mod ids;
 pub mod metrics;
 pub mod outbound;
+pub mod peer_inbox;
 pub mod presence;
 pub mod ratelimit;
 pub mod room;

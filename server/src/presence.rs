@@ -25,7 +25,7 @@
 //! Player entries expire with the last resume token issued for them, so the
 //! table holds at most the players seen within `auth.resume_ttl_s`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -87,7 +87,16 @@ pub struct Presence<H> {
     sessions: Mutex<HashMap<SessionId, H>>,
     players: Mutex<HashMap<String, Entry>>,
     ttl: Duration,
+    /// Session ids another shard replaced before this shard knew them as
+    /// the latest (a takeover that overtook the login's own reply from
+    /// the directory); the login finds itself here and ends.
+    replaced: Mutex<VecDeque<(String, Instant)>>,
 }
+
+/// How many early takeovers are remembered, and for how long: a login's
+/// directory reply comes within `cluster.redis_wait_ms`.
+const REPLACED_KEPT: usize = 1024;
+const REPLACED_FOR: Duration = Duration::from_secs(60);
 
 impl<H: Clone> Presence<H> {
     /// Player entries live `ttl` after their last resume token was issued.
@@ -96,6 +105,7 @@ impl<H: Clone> Presence<H> {
             sessions: Mutex::new(HashMap::new()),
             players: Mutex::new(HashMap::new()),
             ttl,
+            replaced: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -129,6 +139,38 @@ impl<H: Clone> Presence<H> {
     pub fn player_session(&self, player: &str) -> Option<H> {
         let id = self.latest_session(player)?;
         self.session(id)
+    }
+
+    /// The player's latest session if it is `sid` and connected: what a
+    /// takeover from another shard of the cluster closes (a session that
+    /// is no longer the latest here was replaced already).
+    pub fn session_of(&self, player: &str, sid: &str) -> Option<H> {
+        let id = {
+            let players = self.players.lock();
+            let entry = players.get(player).filter(|e| e.latest_sid == sid)?;
+            entry.session
+        };
+        self.session(id)
+    }
+
+    /// Another shard replaced session `sid`, which is not (yet) the
+    /// player's latest here: remember it for the login still waiting.
+    pub fn replaced_early(&self, sid: &str) {
+        let mut replaced = self.replaced.lock();
+        let now = Instant::now();
+        while replaced
+            .front()
+            .is_some_and(|(_, at)| now.duration_since(*at) > REPLACED_FOR)
+            || replaced.len() >= REPLACED_KEPT
+        {
+            replaced.pop_front();
+        }
+        replaced.push_back((sid.to_string(), now));
+    }
+
+    /// Whether session `sid` was replaced before it became the latest.
+    pub fn was_replaced(&self, sid: &str) -> bool {
+        self.replaced.lock().iter().any(|(s, _)| s == sid)
     }
 
     /// A new session of `player` (not a resume) logged in: it becomes the
@@ -381,7 +423,13 @@ mod session_tests {
         assert_eq!(presence.player_session("p"), None);
         presence.welcomed("p", "s-2", 2);
         assert_eq!(presence.player_session("p"), Some("two"));
+        assert_eq!(presence.session_of("p", "s-2"), Some("two"));
+        assert_eq!(presence.session_of("p", "s-1"), None);
+        assert!(!presence.was_replaced("s-9"));
+        presence.replaced_early("s-9");
+        assert!(presence.was_replaced("s-9"));
         presence.disconnected(2);
+        assert_eq!(presence.session_of("p", "s-2"), None);
         assert_eq!(presence.session(2), None);
         assert_eq!(presence.player_session("p"), None);
         // The player's entry outlives the session, for a resume.

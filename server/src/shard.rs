@@ -51,8 +51,8 @@ use crate::auth::Auth;
 use crate::bans::Bans;
 use crate::cluster::tunnel::PeerHub;
 use crate::cluster::{
-    run_agent, Directory, DirectorySettings, LoadSource, ShardId, ShardLoad, ShardRecord,
-    ShardState as DirState,
+    run_agent, Directory, DirectorySettings, Link, LoadSource, Relay, Seats, ShardId, ShardLoad,
+    ShardRecord, ShardState as DirState,
 };
 use crate::config::{ms, Config};
 use crate::dispatcher::Dispatcher;
@@ -272,6 +272,11 @@ async fn run(
         .with_events(events.clone()),
     );
     let presence = Arc::new(Presence::new(Duration::from_secs(config.auth.resume_ttl_s)));
+    let link = directory.clone().zip(hub.clone()).map(|(dir, hub)| Link {
+        relay: Relay::new(hub, config.cluster.relay_queue as usize),
+        seats: Seats::new(dir.clone()),
+        directory: dir,
+    });
     let bans = Arc::new(Bans::default());
     load_bans(&persister.handle(), &bans).await;
     let life = Arc::new(Life::default());
@@ -291,10 +296,11 @@ async fn run(
             persister.handle(),
         )
         .with_directory(directory.clone())
-        .with_peers(hub.clone()),
+        .with_peers(hub.clone())
+        .with_cluster(link.clone()),
     );
     let shared = Arc::new(session::Deps {
-        auth: Auth::new(&config.auth),
+        auth: Auth::for_shard(&config),
         limits: config.welcome_limits(),
         rooms,
         dispatcher,
@@ -303,6 +309,7 @@ async fn run(
         faults,
         bans,
         directory: directory.clone(),
+        cluster: link.clone(),
         config,
     });
 
@@ -415,6 +422,11 @@ async fn run(
                     )
                 },
             ))));
+        }
+        if let (Some(link), Some(hub)) = (&link, &hub) {
+            for child in crate::peer_inbox::children(link, hub, &shared, &cluster_stop_rx) {
+                tasks.push(actix::spawn(supervisor.supervise(child)));
+            }
         }
         tasks
     });

@@ -16,14 +16,22 @@
 //! - [`stream`]: the first frames of every other stream ([`StreamHead`]:
 //!   `open`, `accept`, `refuse`) and the codes a stream is reset with
 //!   ([`ResetCode`]).
+//! - [`admin`]: the `/tessera/admin/1` stream: [`AdminMsg`] (replace a
+//!   player's session, kick, ban, unban on the shard holding the player).
+//! - [`chat`]: the `/tessera/chat/1` stream: [`ChatMsg`] (announcements
+//!   and map broadcasts, crossing each tunnel once).
 //! - [`room`]: the `/tessera/room/1` stream: [`EdgeMsg`] (edge to owner)
 //!   and [`OwnerMsg`] (owner to edge), with [`Tick`], which carries a
 //!   tick's entries encoded once and one [`View`] per distinct view.
 
+pub mod admin;
+pub mod chat;
 pub mod handshake;
 pub mod room;
 pub mod stream;
 
+pub use admin::{AdminMsg, BanPlayer, Kick, Replace, Unban};
+pub use chat::{ChatMsg, MapBroadcast};
 pub use handshake::{
     proof_mac, verify_proof, Bytes32, Control, Heartbeat, PeerHello, Proof, Refuse, RefuseCode,
     Role, EXPORTER_LABEL,
@@ -49,11 +57,12 @@ pub const PEER_VERSION: Version = Version { major: 1, minor: 0 };
 /// and the shard running the room (the owner): [`room`].
 pub const ROOM_PROTOCOL: &str = "/tessera/room/1";
 /// Chat and dispatcher topics (announcements, map broadcasts), crossing
-/// each tunnel once.
+/// each tunnel once: [`chat`].
 pub const CHAT_PROTOCOL: &str = "/tessera/chat/1";
 /// A live room migration: a snapshot shipped to the new owner.
 pub const MIGRATE_PROTOCOL: &str = "/tessera/migrate/1";
-/// Admin requests forwarded to another shard.
+/// What one shard asks of the shard holding a player (replace its
+/// session, kick, ban, unban): [`admin`].
 pub const ADMIN_PROTOCOL: &str = "/tessera/admin/1";
 /// Echo, for tests and for measuring a stream rather than the connection.
 pub const PING_PROTOCOL: &str = "/tessera/ping/1";
@@ -96,7 +105,7 @@ macro_rules! peer_message {
         impl PeerMessage for $t {}
     )*};
 }
-peer_message!(Control, StreamHead, EdgeMsg, OwnerMsg);
+peer_message!(Control, StreamHead, EdgeMsg, OwnerMsg, AdminMsg, ChatMsg);
 
 /// The payload's length as a frame header, after checking it against
 /// `max_frame` (the sender's own limit: a frame its peer would refuse is

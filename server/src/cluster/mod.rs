@@ -17,6 +17,12 @@
 //!   or were lost; on shutdown it drains, releases and says goodbye.
 //! - [`tunnel`]: the authenticated QUIC connection between each pair of
 //!   shards, its streams by protocol name, registries and heartbeats.
+//! - [`relay`]: [`Relay`], what this shard tells other shards on the
+//!   admin and chat streams (replace a session, kick, ban, unban,
+//!   announcements and map broadcasts), one stream per peer and protocol.
+//! - [`seats`]: [`Seats`], the task that keeps this shard's players'
+//!   directory entries true (room on join and leave, release at logout,
+//!   re-assertion after a Redis outage).
 //! - [`peering`]: cluster mode's tunnel: [`tunnel::TunnelSettings`] from
 //!   `[cluster]`, the supervised task "peers", and the [`tunnel::Resolver`]
 //!   backed by the directory (shard id -> the shard record's peer address).
@@ -35,14 +41,28 @@
 pub mod agent;
 pub mod directory;
 pub mod peering;
+pub mod relay;
+pub mod seats;
 pub mod tunnel;
 
 pub use agent::{leave, run_agent, LoadSource};
 pub use directory::{
-    Directory, DirectoryError, DirectorySettings, Event, EventKind, Lease, LeaseNotice,
+    Claim, Directory, DirectoryError, DirectorySettings, Event, EventKind, Lease, LeaseNotice,
     PlayerEntry, PreviousHolder, Reaped, RenewReport, ShardId, ShardInfo, ShardLoad, ShardRecord,
     ShardState,
 };
+pub use relay::Relay;
+pub use seats::Seats;
+
+/// What cluster mode gives sessions and the admin API: the directory,
+/// the relay to other shards, and the writer of this shard's player
+/// entries.
+#[derive(Clone)]
+pub struct Link {
+    pub directory: Directory,
+    pub relay: Relay,
+    pub seats: Seats,
+}
 
 /// Metric names of the directory.
 pub mod metric {
@@ -55,4 +75,15 @@ pub mod metric {
     pub const LEASES_LOST: &str = "tessera_leases_lost_total";
     /// Duration of one directory operation, by `op`.
     pub const DIRECTORY_OP_SECONDS: &str = "tessera_directory_op_seconds";
+    /// Messages the relay sent to a peer, by `protocol`.
+    pub const RELAY_SENT: &str = "tessera_relay_sent_total";
+    /// Messages the relay could not send, by `protocol` and `reason`
+    /// (`queue_full`, `peer_queue_full`, `unreachable`).
+    pub const RELAY_DROPPED: &str = "tessera_relay_dropped_total";
+    /// Messages received from peers on the admin and chat streams, by
+    /// `protocol` and `msg`.
+    pub const RELAY_RECEIVED: &str = "tessera_relay_received_total";
+    /// Logins refused because the directory did not answer in time
+    /// (error 5005).
+    pub const LOGINS_UNAVAILABLE: &str = "tessera_logins_directory_unavailable_total";
 }

@@ -27,6 +27,10 @@ use super::Config;
 /// The shortest cluster secret accepted: 32 bytes (256 bits).
 pub const MIN_CLUSTER_SECRET: usize = 32;
 
+/// The largest `cluster.relay_queue`: the queue is allocated lazily, but
+/// a bound that large is a typo.
+pub const MAX_RELAY_QUEUE: u64 = 1 << 20;
+
 /// Longest shard id; ids appear in Redis keys, lease values and logs.
 pub const MAX_SHARD_ID: usize = 64;
 
@@ -67,6 +71,10 @@ pub struct ClusterConfig {
     pub redis_wait_ms: u64,
     /// The events stream is trimmed to about this many entries.
     pub events_max_len: u64,
+    /// Messages for other shards (session takeovers, kicks, bans,
+    /// announcements) queued at most, in all and per peer; past it they
+    /// are dropped and counted (`tessera_relay_dropped_total`).
+    pub relay_queue: u64,
     /// A dead shard's record stays in the directory (for the console) this
     /// long after its last heartbeat, then any live shard removes it.
     pub dead_shard_keep_ms: u64,
@@ -90,6 +98,7 @@ impl Default for ClusterConfig {
             redis_timeout_ms: 500,
             redis_wait_ms: 2_000,
             events_max_len: 10_000,
+            relay_queue: 1_024,
             dead_shard_keep_ms: 3_600_000,
             tunnel: TunnelConfig::default(),
         }
@@ -139,11 +148,17 @@ impl ClusterConfig {
             ("cluster.redis_timeout_ms", self.redis_timeout_ms),
             ("cluster.redis_wait_ms", self.redis_wait_ms),
             ("cluster.events_max_len", self.events_max_len),
+            ("cluster.relay_queue", self.relay_queue),
             ("cluster.dead_shard_keep_ms", self.dead_shard_keep_ms),
         ] {
             if value == 0 {
                 errors.push(format!("{name} must be greater than 0"));
             }
+        }
+        if self.relay_queue > MAX_RELAY_QUEUE {
+            errors.push(format!(
+                "cluster.relay_queue must be at most {MAX_RELAY_QUEUE}"
+            ));
         }
         if self.renew_ms.saturating_mul(2) >= self.lease_ms {
             errors.push("cluster.renew_ms must be below lease_ms / 2".into());
@@ -332,6 +347,17 @@ mod tests {
         let mut config = cluster();
         config.cluster.redis = "redis://h:1/db".into();
         assert!(errors(&config).contains("database"));
+    }
+
+    #[test]
+    fn the_relay_queue_is_bounded_both_ways() {
+        let mut config = cluster();
+        config.cluster.relay_queue = 0;
+        assert!(errors(&config).contains("cluster.relay_queue must be greater than 0"));
+        config.cluster.relay_queue = MAX_RELAY_QUEUE + 1;
+        assert!(errors(&config).contains("cluster.relay_queue must be at most"));
+        config.cluster.relay_queue = MAX_RELAY_QUEUE;
+        config.validate().unwrap();
     }
 
     #[test]

@@ -10,6 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::Json;
 use protocol::admin::{ActionReply, Ban, BanRequest, EventKind, KickRequest};
+use protocol::peer::{AdminMsg, BanPlayer, Kick, Unban};
 use protocol::ErrorCode;
 
 use super::admin::{decode_json, json_body, Admin, AdminRequest, Answer, Caller, Refusal};
@@ -146,6 +147,34 @@ fn remove(shared: &Deps, player: &str, code: ErrorCode, text: String) -> bool {
     }
 }
 
+/// Cluster mode: kick a player connected to another shard, found in the
+/// directory; that shard's peer inbox removes it.
+async fn kick_elsewhere(shared: &Deps, player: &str, text: String) -> Result<String, Refusal> {
+    let not_here = || Refusal::not_found(format!("player {player:?} is not connected"));
+    let Some(cluster) = &shared.cluster else {
+        return Err(not_here());
+    };
+    let entry = cluster.directory.player(player).await.map_err(|e| {
+        Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the cluster directory did not answer: {e}"),
+        )
+    })?;
+    match entry {
+        Some(entry) if entry.shard != *cluster.directory.shard() => {
+            cluster.relay.admin(
+                entry.shard.as_str(),
+                &AdminMsg::Kick(Kick {
+                    player: player.to_string(),
+                    text,
+                }),
+            );
+            Ok(format!("kick sent to shard {}", entry.shard))
+        }
+        _ => Err(not_here()),
+    }
+}
+
 pub(super) async fn kick(
     State(state): State<AppState>,
     Path(player): Path<String>,
@@ -156,12 +185,10 @@ pub(super) async fn kick(
         Some(reason) => format!("kicked by an operator: {reason}"),
         None => "kicked by an operator".to_string(),
     };
-    let result = if remove(shared, &player, ErrorCode::Kicked, text) {
+    let result = if remove(shared, &player, ErrorCode::Kicked, text.clone()) {
         Ok("kicked".to_string())
     } else {
-        Err(Refusal::not_found(format!(
-            "player {player:?} is not connected"
-        )))
+        kick_elsewhere(shared, &player, text).await
     };
     audited(shared, &caller, "kick", &player, result).await
 }
@@ -192,8 +219,19 @@ pub(super) async fn ban(
             let until = ban
                 .until_ms
                 .map_or("for good".to_string(), |ms| format!("until {ms} (unix ms)"));
-            let text = format!("banned {until}: {}", ban.reason);
+            let text = crate::bans::ban_text(&ban);
             let was_on = remove(shared, &player, ErrorCode::Banned, text);
+            if let Some(cluster) = &shared.cluster {
+                // Every shard checks it at the next hello, and removes
+                // the player if it is connected there.
+                cluster.relay.admin_all(&AdminMsg::Ban(BanPlayer {
+                    player: ban.player.clone(),
+                    reason: ban.reason.clone(),
+                    by: ban.by.clone(),
+                    at_ms: ban.at_ms,
+                    until_ms: ban.until_ms,
+                }));
+            }
             Ok(if was_on {
                 format!("banned {until}; disconnected")
             } else {
@@ -223,8 +261,15 @@ pub(super) async fn unban(
     let result = match write.await {
         Ok(stored) => {
             let here = shared.bans.remove(&player);
+            if let Some(cluster) = &shared.cluster {
+                cluster.relay.admin_all(&AdminMsg::Unban(Unban {
+                    player: player.clone(),
+                }));
+            }
             if stored || here {
                 Ok("unbanned".to_string())
+            } else if shared.cluster.is_some() {
+                Ok("not banned here; unban sent to the other shards".to_string())
             } else {
                 Err(Refusal::not_found(format!(
                     "player {player:?} is not banned"

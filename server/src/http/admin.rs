@@ -26,6 +26,7 @@ use protocol::admin::{
     RoomFaultRequest, SessionFaultKind, SessionFaultReply, SessionFaultRequest, TaskFaultQuery,
     TaskFaultReply,
 };
+use protocol::peer::ChatMsg;
 
 use super::{task_state, AppState};
 use crate::config::Config;
@@ -310,6 +311,18 @@ pub(super) async fn announce(
             .publish(MapBroadcast(announce_frame(&request.text))),
         None => shared.announce(&request.text),
     };
+    if let Some(cluster) = &shared.cluster {
+        // Once to every other shard, which publishes it to its own
+        // sessions (the reply's counts are this shard's).
+        let text = request.text.clone();
+        cluster.relay.chat_all(&match &request.map {
+            Some(map) => ChatMsg::MapBroadcast(protocol::peer::MapBroadcast {
+                map: map.clone(),
+                text,
+            }),
+            None => ChatMsg::Announce(protocol::peer::chat::Announce { text }),
+        });
+    }
     let subject = request.map.as_deref().unwrap_or("every map");
     let done = format!(
         "{:?}: delivered {}, dropped {}",

@@ -119,6 +119,9 @@ pub struct Deps {
     pub peers: Option<PeerHub>,
     /// The cluster directory, in cluster mode.
     pub directory: Option<crate::cluster::Directory>,
+    /// Cluster mode: kicks, bans and announcements reach the other
+    /// shards through its relay.
+    pub cluster: Option<crate::cluster::Link>,
 }
 
 impl Deps {
@@ -155,12 +158,19 @@ impl Deps {
             rates: inspect::Rates::default(),
             peers: None,
             directory: None,
+            cluster: None,
         }
     }
 
     /// The cluster directory (cluster mode).
     pub fn with_directory(mut self, directory: Option<crate::cluster::Directory>) -> Deps {
         self.directory = directory;
+        self
+    }
+
+    /// Cluster mode's directory, relay and player entries.
+    pub fn with_cluster(mut self, link: Option<crate::cluster::Link>) -> Deps {
+        self.cluster = link;
         self
     }
 

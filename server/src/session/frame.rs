@@ -161,6 +161,7 @@ impl Session {
                 // entity leaves at once instead of standing for the grace.
                 // The session ends once its reply is written (the
                 // connection then ends).
+                self.logged_out = true;
                 self.leave_room(false);
                 self.close(CloseCode::Normal, "goodbye", ctx);
             }

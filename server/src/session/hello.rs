@@ -1,14 +1,18 @@
 //! `hello`: authentication, resume or takeover, the profile load, the
-//! welcome and the starter purse.
+//! welcome and the starter purse. In cluster mode the resume or takeover
+//! is decided by the directory (one session per player cluster-wide), and
+//! a session on another shard is replaced over the tunnel.
 
 use std::sync::Arc;
 
 use actix::prelude::*;
 use protocol::msg::{Hello, Welcome};
+use protocol::peer::{AdminMsg, Replace};
 use protocol::{CloseCode, ErrorCode, ServerMsg, PROTOCOL_VERSION};
 
 use super::{MapGuarded, Replaced, Session, State};
 use crate::auth::{unix_now, Identity};
+use crate::cluster::Claim;
 use crate::presence::{ResumeError, Seat, Takeover};
 use crate::store::{ids, Adjust, DurableError, DurableOp, PlayerProfile};
 use crate::wire;
@@ -48,10 +52,7 @@ impl Session {
             .bans
             .in_force(&identity.player_id, crate::bans::now_ms())
         {
-            let until = ban.until_ms.map_or("for good".to_string(), |ms| {
-                format!("until {} (unix ms)", ms)
-            });
-            let text = format!("banned {until}: {}", ban.reason);
+            let text = crate::bans::ban_text(&ban);
             self.refuse(ErrorCode::Banned, &text, CloseCode::Removed, ctx);
             return;
         }
@@ -59,6 +60,42 @@ impl Session {
             self.sid = ids::session_id(self.id, Some(claimed));
         }
         let sid = self.sid();
+        let guest = hello.token.is_none() && resumed.is_none();
+        if let (Some(cluster), true) = (&self.deps.cluster, guest) {
+            // A guest is a new player id: nobody else can hold it, so its
+            // login does not wait for the directory (its entry is written
+            // when Redis answers).
+            cluster.seats.guest(&identity.player_id, &sid);
+        }
+        if let (Some(cluster), false) = (self.deps.cluster.clone(), guest) {
+            // One player, one session cluster-wide: the directory decides
+            // (and checks a resume token against the player's latest
+            // session, wherever it was issued), within the wait.
+            self.state = State::Loading;
+            let wait = cluster.directory.settings().wait;
+            let claim = {
+                let (player, sid) = (identity.player_id.clone(), sid.clone());
+                async move {
+                    let claim =
+                        cluster
+                            .directory
+                            .claim_player_checked(&player, &sid, resumed.as_deref());
+                    tokio::time::timeout(wait, claim).await
+                }
+            };
+            ctx.spawn(
+                claim
+                    .into_actor(self)
+                    .map_guarded("claim", move |claim, session, ctx| {
+                        let claim = match claim {
+                            Ok(result) => result.map_err(|e| e.to_string()),
+                            Err(_) => Err(format!("no answer within {} ms", wait.as_millis())),
+                        };
+                        session.claimed(identity, sid, now, claim, ctx);
+                    }),
+            );
+            return;
+        }
         let takeover = match resumed {
             Some(claimed) => {
                 match self
@@ -83,6 +120,102 @@ impl Session {
                 .presence
                 .welcomed(&identity.player_id, &sid, self.id),
         };
+        self.admitted(identity, sid, now, takeover, ctx);
+    }
+
+    /// Cluster mode: what the directory said to this login. Redis not
+    /// answering in time refuses the login with 5005 (close 1013, try
+    /// again later); a used resume token with 2004. Otherwise this session
+    /// is the player's, the shard that held it before (if another) is told
+    /// to close its session, and the seat it held (a local one, else the
+    /// room the directory records) is taken over by this session's join.
+    fn claimed(
+        &mut self,
+        identity: Identity,
+        sid: String,
+        now: u64,
+        claim: Result<Claim, String>,
+        ctx: &mut Context<Self>,
+    ) {
+        if !matches!(self.state, State::Loading) {
+            return;
+        }
+        let Some(cluster) = self.deps.cluster.clone() else {
+            return;
+        };
+        let previous = match claim {
+            Ok(Claim::Taken(previous)) => previous,
+            Ok(Claim::Reused) => {
+                self.refuse(
+                    ErrorCode::ResumeRejected,
+                    "resume token already used",
+                    CloseCode::AuthFailed,
+                    ctx,
+                );
+                return;
+            }
+            Err(e) => {
+                metrics::counter!(crate::cluster::metric::LOGINS_UNAVAILABLE).increment(1);
+                tracing::warn!(session = self.id, player = %identity.player_id, error = %e, "login refused: the cluster directory did not answer");
+                self.refuse(
+                    ErrorCode::DirectoryUnavailable,
+                    "the cluster directory is unavailable; try again in a moment",
+                    CloseCode::TryAgainLater,
+                    ctx,
+                );
+                return;
+            }
+        };
+        if self.deps.presence.was_replaced(&sid) {
+            // A newer login elsewhere replaced this one before its own
+            // answer came back: it ends as a replaced session does.
+            self.refuse(
+                ErrorCode::SessionReplaced,
+                "the player signed in again elsewhere; this session ends",
+                CloseCode::Replaced,
+                ctx,
+            );
+            return;
+        }
+        let mut takeover = self
+            .deps
+            .presence
+            .welcomed(&identity.player_id, &sid, self.id);
+        if let Some(previous) = previous {
+            let elsewhere = previous.shard != *cluster.directory.shard();
+            if elsewhere && !previous.session.is_empty() {
+                cluster.relay.admin(
+                    previous.shard.as_str(),
+                    &AdminMsg::Replace(Replace {
+                        player: identity.player_id.clone(),
+                        session: previous.session.clone(),
+                        seat_taken: !previous.room.is_empty(),
+                    }),
+                );
+            }
+            if takeover.seat.is_none() || elsewhere {
+                // The seat is where the directory says: the join resumes
+                // it by player (the room takes over the seat it holds for
+                // this player, whichever session held it).
+                takeover.seat = previous.room.parse().ok().map(|room| Seat {
+                    room,
+                    session: self.id,
+                });
+            }
+        }
+        self.admitted(identity, sid, now, takeover, ctx);
+    }
+
+    /// The login is accepted: replace the player's older session on this
+    /// shard, read the profile, then welcome.
+    fn admitted(
+        &mut self,
+        identity: Identity,
+        sid: String,
+        now: u64,
+        takeover: Takeover,
+        ctx: &mut Context<Self>,
+    ) {
         self.deps
             .presence
             .named(&identity.player_id, &identity.name);

@@ -94,9 +94,13 @@ pub struct Deps {
     pub faults: FaultPoints,
     /// Bans in force, checked at `hello`.
     pub bans: Arc<Bans>,
-    /// The cluster directory, in cluster mode (not used by sessions yet:
-    /// placement on join and remote rooms plug in here).
+    /// The cluster directory, in cluster mode (placement on join and
+    /// remote rooms plug in here).
     pub directory: Option<crate::cluster::Directory>,
+    /// Cluster mode: the directory, the relay to other shards and this
+    /// shard's player entries, for one session per player cluster-wide
+    /// (`hello` claims the player; joins and leaves record its room).
+    pub cluster: Option<crate::cluster::Link>,
 }
 
 /// Messages a session may queue from the server side (announcements, room
@@ -108,6 +112,7 @@ const SESSION_MAILBOX: usize = 64;
 /// with `at`).
 pub const FAULT_POINTS: &[&str] = &[
     "frame",
+    "claim",
     "welcome",
     "starter",
     "join_reply",
@@ -163,6 +168,9 @@ pub struct Session {
     /// session's carries the op scope of the one it resumes (see
     /// [`crate::store::ids`]).
     sid: String,
+    /// The client closed on purpose (a close frame): a logout, so the
+    /// player's directory entry goes with the session (cluster mode).
+    logged_out: bool,
     /// Held until the actor is dropped, so shutdown can wait for it.
     _done: mpsc::Sender<()>,
 }
@@ -239,6 +247,7 @@ impl Session {
             socket,
             crashed: false,
             sid: ids::session_id(id, None),
+            logged_out: false,
             _done: done,
         }
     }
@@ -343,6 +352,7 @@ impl Actor for Session {
             if let Some(sub) = self.announcements.take() {
                 self.deps.dispatcher.announcements.unsubscribe(sub);
             }
+            self.logout();
         });
         if let Err(text) = ended {
             metrics::counter!(m::SESSION_PANICS, "at" => "stopped").increment(1);
@@ -354,6 +364,27 @@ impl Actor for Session {
 }
 
 impl Session {
+    /// Record where the player sits (`None`: in no map): in the presence
+    /// table, and in cluster mode in its directory entry.
+    fn sit(&self, player: &str, room: Option<&crate::ids::RoomId>) {
+        self.deps.presence.seated(player, self.id, room.cloned());
+        if let Some(cluster) = &self.deps.cluster {
+            let room = room.map(ToString::to_string);
+            cluster.seats.seated(player, &self.sid, room.as_deref());
+        }
+    }
+
+    /// A session that ends by the client's close frame (a logout) gives
+    /// the player's directory entry up; one that dropped keeps it for a
+    /// resume on any shard until it expires.
+    fn logout(&self) {
+        if let (true, Some(cluster), Some(identity)) =
+            (self.logged_out, &self.deps.cluster, &self.identity)
+        {
+            cluster.seats.gone(&identity.player_id, &self.sid);
+        }
+    }
+
     /// Run `f` behind the session's panic boundary. A panic closes this
     /// connection (1011) and keeps the seat for a resume; nothing else
     /// notices. `None` then, and for everything after a crash.
@@ -438,6 +469,10 @@ impl Handler<Replaced> for Session {
 
     fn handle(&mut self, msg: Replaced, ctx: &mut Context<Self>) {
         self.guarded(ctx, "replaced", |session, ctx| {
+            if let (Some(cluster), Some(identity)) = (&session.deps.cluster, &session.identity) {
+                // The newer session holds the player's entry now.
+                cluster.seats.replaced(&identity.player_id, &session.sid);
+            }
             if !msg.seat_taken {
                 // The newer session does not take this entity over: it goes.
                 session.leave_room(false);

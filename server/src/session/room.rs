@@ -63,9 +63,7 @@ impl Session {
         ctx: &mut Context<Self>,
     ) {
         self.state = State::InRoom { room: room.clone() };
-        self.deps
-            .presence
-            .seated(&identity.player_id, self.id, Some(room.id().clone()));
+        self.sit(&identity.player_id, Some(room.id()));
         let map = room.id().map().clone();
         let epoch = self.out.begin_room();
         let spawn_at = match self.saved_position.take() {
@@ -135,9 +133,7 @@ impl Session {
         self.out.end_room();
         let _ = room.cast_leave(self.id);
         if let Some(identity) = &self.identity {
-            self.deps
-                .presence
-                .seated(&identity.player_id, self.id, None);
+            self.sit(&identity.player_id, None);
         }
     }
 
@@ -156,9 +152,7 @@ impl Session {
             // the seat's grace period cleans up.
             let _ = room.cast_leave(self.id);
             if let Some(identity) = &self.identity {
-                self.deps
-                    .presence
-                    .seated(&identity.player_id, self.id, None);
+                self.sit(&identity.player_id, None);
             }
         }
     }
@@ -274,9 +268,7 @@ impl Session {
             }
             _ => {
                 if let Some(identity) = &self.identity {
-                    self.deps
-                        .presence
-                        .seated(&identity.player_id, self.id, None);
+                    self.sit(&identity.player_id, None);
                 }
             }
         }

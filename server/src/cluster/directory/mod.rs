@@ -12,6 +12,7 @@
 //! | `epoch:{room}` | integer | the room's last epoch; only rises |
 //! | `rooms:{id}` | set | rooms whose lease shard `id` took |
 //! | `player:{id}` | hash, PX | shard, session, room, resume, updated_at |
+//! | `players_marker:{id}` | string, PX player TTL | set by shard `id`'s player-entry task; gone: Redis lost its entries, re-assert them |
 //! | `events` | stream | shard and room events, trimmed to ~`events_max_len` |
 //!
 //! Every operation has a timeout (`cluster.redis_timeout_ms`) and fails
@@ -43,7 +44,7 @@ use super::metric;
 use crate::config::{ms, Config};
 use crate::ids::RoomId;
 
-pub use players::PreviousHolder;
+pub use players::{Claim, PreviousHolder};
 pub use rooms::{rendezvous, RenewReport};
 pub use shards::Reaped;
 pub use types::{

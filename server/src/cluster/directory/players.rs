@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::scripts::{CLAIM_PLAYER, RELEASE_PLAYER, UPDATE_PLAYER};
+use super::scripts::{CLAIM_CHECKED, CLAIM_PLAYER, REASSERT_PLAYER, RELEASE_PLAYER, UPDATE_PLAYER};
 use super::{unix_ms, Directory, PlayerEntry, Result, ShardId};
 
 /// Who held a player before a claim.
@@ -15,7 +15,91 @@ pub struct PreviousHolder {
     pub room: String,
 }
 
+/// What a checked claim came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This session holds the player now; who held it before, if anyone.
+    Taken(Option<PreviousHolder>),
+    /// A resume whose session is no longer the player's: the token was
+    /// used already, or a newer login came since. Nothing changed.
+    Reused,
+}
+
 impl Directory {
+    /// This shard's `session` takes `player` over, at a login (`resumes`
+    /// `None`) or at a resume of session `resumes` (refused as
+    /// [`Claim::Reused`] unless that session is the player's, or the
+    /// player has no entry). Atomic, so of two resumes with one token
+    /// anywhere in the cluster only one succeeds. The entry keeps the
+    /// room the player sits in. Waits up to `cluster.redis_wait_ms`.
+    pub async fn claim_player_checked(
+        &self,
+        player: &str,
+        session: &str,
+        resumes: Option<&str>,
+    ) -> Result<Claim> {
+        self.waiting(|| async {
+            let mut script = CLAIM_CHECKED.prepare_invoke();
+            script
+                .key(self.key(&["player", player]))
+                .arg(self.shard().to_string())
+                .arg(session.to_string())
+                .arg(resumes.unwrap_or_default().to_string())
+                .arg(unix_ms())
+                .arg(self.settings().player_ttl.as_millis() as u64);
+            let (status, shard, session, room): (String, String, String, String) =
+                self.run("claim_player_checked", &script).await?;
+            if status == "reused" {
+                return Ok(Claim::Reused);
+            }
+            Ok(Claim::Taken(ShardId::new(&shard).ok().map(|shard| {
+                PreviousHolder {
+                    shard,
+                    session,
+                    room,
+                }
+            })))
+        })
+        .await
+    }
+
+    /// Set this shard's players marker if it is missing, and say whether it
+    /// was: a missing marker means Redis lost what it held (it restarted
+    /// without a disk) or the marker outlived its TTL (`player_ttl`), and
+    /// this shard's player entries should be written again.
+    pub async fn players_marker_missing(&self) -> Result<bool> {
+        let key = self.key(&["players_marker", self.shard().as_str()]);
+        let ttl = self.settings().player_ttl.as_millis() as u64;
+        let set: Option<String> = self
+            .run(
+                "players_marker",
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Write `player`'s entry (held by this shard's `session`, seated in
+    /// `room`) if it is absent or still this session's: after Redis came
+    /// back, possibly empty. Returns whether it wrote.
+    pub async fn reassert_player(&self, player: &str, session: &str, room: &str) -> Result<bool> {
+        let mut script = REASSERT_PLAYER.prepare_invoke();
+        script
+            .key(self.key(&["player", player]))
+            .arg(self.shard().to_string())
+            .arg(session.to_string())
+            .arg(room.to_string())
+            .arg(unix_ms())
+            .arg(self.settings().player_ttl.as_millis() as u64);
+        let wrote: i64 = self.run("reassert_player", &script).await?;
+        Ok(wrote == 1)
+    }
+
     /// This shard's `session` takes `player` over (a login or a resume).
     /// Atomic: of two logins anywhere, the later learns the earlier's
     /// shard and session, to tell that shard to drop the old seat. Waits

@@ -163,3 +163,44 @@ return 1
 "#,
     )
 });
+
+/// KEYS: the player's entry. ARGV: shard, session, expected session ('':
+/// a fresh login, no check), updated_at, ttl ms. A resume (expected set)
+/// is refused when another session holds the entry (the token was used
+/// already, or a newer login came since); an absent entry is taken (it
+/// expired, or Redis lost it). The room field is kept: the new session
+/// takes the seat over, and until its join reaches the room the seat is
+/// still where it was. Returns {status, prev shard, prev session, prev
+/// room}, status 'taken' or 'reused'.
+pub(super) static CLAIM_CHECKED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local prev = redis.call('HMGET', KEYS[1], 'shard', 'session', 'room')
+local shard, session, room = prev[1] or '', prev[2] or '', prev[3] or ''
+if ARGV[3] ~= '' and session ~= '' and session ~= ARGV[3] then
+  return {'reused', shard, session, room}
+end
+redis.call('HSET', KEYS[1], 'shard', ARGV[1], 'session', ARGV[2], 'room', room,
+  'resume', ARGV[2], 'updated_at', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return {'taken', shard, session, room}
+"#,
+    )
+});
+
+/// KEYS: the player's entry. ARGV: shard, session, room, updated_at, ttl
+/// ms. Writes the entry if it is absent or this session's (Redis came
+/// back empty, or missed updates while it was down); leaves another
+/// session's alone. Returns 1 if it wrote.
+pub(super) static REASSERT_PLAYER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local cur = redis.call('HMGET', KEYS[1], 'shard', 'session')
+if cur[2] and (cur[1] ~= ARGV[1] or cur[2] ~= ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'shard', ARGV[1], 'session', ARGV[2], 'room', ARGV[3],
+  'resume', ARGV[2], 'updated_at', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+"#,
+    )
+});

@@ -1,0 +1,65 @@
+//! The `/tessera/admin/1` stream: what one shard asks of another about a
+//! player whose socket that shard holds. One stream per pair of shards
+//! and direction, opened by the asking shard; every message is one-way
+//! (fire and forget, reliable and in order), and the receiver never
+//! forwards one further, so nothing loops.
+//!
+//! - [`Replace`]: the player signed in on the sending shard; the
+//!   receiver closes the named session with 2005 / 4006, exactly as a
+//!   local takeover does.
+//! - [`Kick`]: an operator kicked the player through the sender's admin
+//!   API; the receiver removes it (2006 / 4007).
+//! - [`BanPlayer`] / [`Unban`]: a ban made or lifted on the sender; the
+//!   receiver updates its table of bans in force (and removes the player,
+//!   2007 / 4007, if it is connected there).
+
+use serde::{Deserialize, Serialize};
+
+/// Close the player's session `session` (its session id string, as the
+/// cluster directory records it): a newer login elsewhere replaced it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replace {
+    pub player: String,
+    pub session: String,
+    /// The newer session takes this one's seat over (its join resumes
+    /// it), so the seat is held rather than left. Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub seat_taken: bool,
+}
+
+/// An operator kicked the player; `text` is what the client is told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kick {
+    pub player: String,
+    pub text: String,
+}
+
+/// A ban made on the sending shard (already in the store).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanPlayer {
+    pub player: String,
+    pub reason: String,
+    /// Who banned (the admin token's name).
+    pub by: String,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// Unix milliseconds; absent: for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<u64>,
+}
+
+/// A ban lifted on the sending shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unban {
+    pub player: String,
+}
+
+/// What travels on `/tessera/admin/1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminMsg {
+    Replace(Replace),
+    Kick(Kick),
+    Ban(BanPlayer),
+    Unban(Unban),
+}
