@@ -209,6 +209,24 @@ pub struct Peers {
     /// and dropped for want of budget, since start.
     pub state_coalesced: u64,
     pub state_dropped: u64,
+    /// This shard's own SWIM incarnation (`None` before membership runs).
+    #[serde(default)]
+    pub incarnation: Option<u64>,
+    /// SWIM membership: every other shard as this one sees it (alive,
+    /// suspect, dead), by shard id. Suspicion is a hint: the directory's
+    /// leases stay the authority over rooms.
+    #[serde(default)]
+    pub members: Vec<ClusterMember>,
+}
+
+/// One row of the SWIM membership table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMember {
+    pub shard_id: String,
+    pub state: crate::peer::MemberState,
+    pub incarnation: u64,
+    /// Milliseconds since the member entered this state.
+    pub since_ms: u64,
 }
 
 impl Peers {
@@ -226,6 +244,8 @@ impl Peers {
             stream_resets: BTreeMap::new(),
             state_coalesced: 0,
             state_dropped: 0,
+            incarnation: None,
+            members: Vec::new(),
         }
     }
 }

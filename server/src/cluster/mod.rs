@@ -17,6 +17,9 @@
 //!   or were lost; on shutdown it drains, releases and says goodbye.
 //! - [`tunnel`]: the authenticated QUIC connection between each pair of
 //!   shards, its streams by protocol name, registries and heartbeats.
+//! - [`membership`]: SWIM failure detection over the tunnels: direct and
+//!   indirect probes, suspicion, incarnations, piggybacked gossip, and the
+//!   [`membership::MemberEvent`] broadcast failover subscribes to.
 //! - [`peering`]: cluster mode's tunnel: [`tunnel::TunnelSettings`] from
 //!   `[cluster]`, the supervised task "peers", and the [`tunnel::Resolver`]
 //!   backed by the directory (shard id -> the shard record's peer address).
@@ -34,6 +37,7 @@
 
 pub mod agent;
 pub mod directory;
+pub mod membership;
 pub mod peering;
 pub mod tunnel;
 

@@ -255,8 +255,13 @@ pub(super) async fn open(
     }
     let mut rx = ensure_connector(inner, peer);
     let dial_timeout = inner.settings.dial_timeout;
-    let conn = match tokio::time::timeout(dial_timeout, rx.wait_for(|c| c.is_some())).await {
-        Ok(Ok(conn)) => conn.clone().expect("wait_for returned a Some"),
+    // The watch's guard is dropped here, not held across the awaits
+    // below: `open` stays `Send`, so it can run in a spawned task.
+    let waited = tokio::time::timeout(dial_timeout, rx.wait_for(|c| c.is_some()))
+        .await
+        .map(|r| r.map(|conn| conn.clone()));
+    let conn = match waited {
+        Ok(Ok(conn)) => conn.expect("wait_for returned a Some"),
         // The slot was dropped: the hub stopped, or the peer left the
         // directory.
         Ok(Err(_)) if inner.stopping() => return Err(TunnelError::ShutDown),

@@ -369,6 +369,9 @@ impl PeerHub {
             stream_resets,
             state_coalesced: inner.stats.state_coalesced.load(Relaxed),
             state_dropped: inner.stats.state_dropped.load(Relaxed),
+            // Filled in by the membership, which runs above the hub.
+            incarnation: None,
+            members: Vec::new(),
         }
     }
 
