@@ -49,6 +49,10 @@ pub struct Health {
     pub rooms: usize,
     /// Every supervised task by name.
     pub tasks: BTreeMap<String, TaskState>,
+    /// Why `/healthz/ready` says 503, when it does: starting, shutting
+    /// down, or draining (then: reconnect elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -353,6 +357,7 @@ mod tests {
             sessions: 2,
             rooms: 1,
             tasks: [("gateway".to_string(), TaskState::Failed)].into(),
+            message: None,
         };
         assert_eq!(
             json(&health),
