@@ -216,6 +216,12 @@ impl Membership {
         self.inner.table.lock().members(Instant::now())
     }
 
+    /// Membership changes still waiting to be piggybacked (0 once the news
+    /// this shard knows has been spread).
+    pub fn gossip_queued(&self) -> usize {
+        self.inner.table.lock().gossip_queued()
+    }
+
     /// This shard's incarnation now.
     pub fn incarnation(&self) -> u64 {
         self.inner.table.lock().incarnation()

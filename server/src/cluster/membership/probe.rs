@@ -7,7 +7,9 @@
 //! peers opened arrive through the hub's listener; their `ping`s and
 //! `ping_req`s are answered on them. A probe's timeout runs from its
 //! start, so the time the tunnel takes to (re)dial counts against it: a
-//! ping that waited for a dial is not an answer.
+//! ping that waited for a dial is not an answer. As everywhere in the
+//! cluster, only the lower shard id of a pair dials; the higher one opens
+//! its swim stream over the connection once it is up.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -200,7 +202,11 @@ async fn link(inner: &Arc<Inner>, peer: &str) -> Option<StreamSender> {
             tx: watch::channel(None).0,
             opening: false,
         });
-        if slot.tx.borrow().is_none() && !slot.opening {
+        // Only the lower id of a pair dials (see `cluster::peering`): the
+        // higher one opens its stream once the connection is up, and until
+        // then its probes of the lower one go unanswered.
+        let may_open = peer > inner.hub.shard_id() || inner.hub.is_connected(peer);
+        if slot.tx.borrow().is_none() && !slot.opening && may_open {
             slot.opening = true;
             inner.tasks.spawn(open(inner.clone(), peer.to_string()));
         }
@@ -262,7 +268,13 @@ async fn send(inner: &Arc<Inner>, peer: &str, msg: SwimMsg) -> bool {
     let Some(tx) = link(inner, peer).await else {
         return false;
     };
-    tx.send_msg(&msg).is_ok()
+    match tx.send_msg(&msg) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(shard = %inner.hub.shard_id(), %peer, error = %e, "swim: send failed");
+            false
+        }
+    }
 }
 
 /// Wait for an ack of `seq` until `deadline`.
@@ -335,6 +347,7 @@ async fn probe(inner: Arc<Inner>, target: String) {
         return;
     }
     metrics::counter!(metric::PROBES_FAILED).increment(1);
+    tracing::debug!(shard = %inner.hub.shard_id(), %target, sent, seq, "swim: probe failed, directly and indirectly");
     let event = inner.table.lock().suspect(&target, Instant::now());
     if let Some(event) = event {
         publish(&inner, event);

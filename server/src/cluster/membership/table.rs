@@ -71,6 +71,11 @@ struct Row {
     since: Instant,
     /// While suspect: when it turns dead.
     deadline: Option<Instant>,
+    /// Whether any news of it came (from itself or others): a member only
+    /// joined (from the directory) and never heard from is not suspected
+    /// by this shard's probes, which may fail only because the tunnel is
+    /// not up yet; the directory's TTL covers a shard that never came up.
+    heard: bool,
 }
 
 struct Pending {
@@ -124,6 +129,7 @@ impl Table {
                 inc: 0,
                 since: now,
                 deadline: None,
+                heard: false,
             },
         );
         Some(MemberEvent::of(shard, MemberState::Alive, 0))
@@ -166,11 +172,13 @@ impl Table {
                         inc: update.inc,
                         since: now,
                         deadline: None,
+                        heard: true,
                     },
                 );
                 true
             }
             Some(row) if update.overrides(row.state, row.inc) => {
+                row.heard = true;
                 let changed = row.state != update.state;
                 row.inc = update.inc;
                 if changed {
@@ -179,7 +187,10 @@ impl Table {
                 }
                 changed
             }
-            Some(_) => return Applied::Nothing,
+            Some(row) => {
+                row.heard = true;
+                return Applied::Nothing;
+            }
         };
         if let Some(row) = self.rows.get_mut(&update.shard) {
             // A new suspicion (a new state, or a suspicion at a newer
@@ -198,7 +209,7 @@ impl Table {
     /// A probe of `shard` failed here: suspect it at its incarnation.
     pub fn suspect(&mut self, shard: &str, now: Instant) -> Option<MemberEvent> {
         let row = self.rows.get(shard)?;
-        if row.state != MemberState::Alive {
+        if row.state != MemberState::Alive || !row.heard {
             return None;
         }
         let update = Update {
@@ -322,6 +333,16 @@ mod tests {
     }
 
     #[test]
+    fn a_member_never_heard_from_is_not_suspected_by_a_failed_probe() {
+        let (mut t, now) = table();
+        assert_eq!(t.suspect("b", now), None);
+        assert_eq!(t.state("b"), Some((Alive, 0)));
+        // Once it spoke (at any incarnation), a failed probe suspects it.
+        t.apply(&up("b", Alive, 0), now);
+        assert!(t.suspect("b", now).is_some());
+    }
+
+    #[test]
     fn a_higher_incarnation_overrides_any_state() {
         let (mut t, now) = table();
         t.apply(&up("c", Dead, 3), now);
@@ -387,6 +408,7 @@ mod tests {
     fn an_unrefuted_suspect_turns_dead_at_its_deadline() {
         let (mut t, now) = table();
         t.apply(&up("b", Alive, 3), now);
+        t.apply(&up("c", Alive, 0), now);
         assert!(matches!(
             t.suspect("b", now),
             Some(MemberEvent::Suspected { incarnation: 3, .. })

@@ -312,6 +312,15 @@ impl PeerHub {
         }
     }
 
+    /// Whether a live connection to `peer` is up now (no dial is started).
+    pub fn is_connected(&self, peer: &str) -> bool {
+        self.inner
+            .peers
+            .lock()
+            .get(peer)
+            .is_some_and(|slot| slot.live.is_some())
+    }
+
     /// Open a stream to `peer` for `protocol`, dialling the peer first if
     /// there is no connection yet (reused afterwards).
     pub async fn open(&self, peer: &str, protocol: &str) -> Result<PeerStream, TunnelError> {
