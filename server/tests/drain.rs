@@ -192,3 +192,75 @@ async fn a_shard_outside_a_cluster_refuses_to_drain() {
     let ready = format!("http://{}/healthz/ready", shard.http_addr);
     assert_eq!(http("GET", &ready, None, "").await.0, 200);
 }
+
+/// The binary: SIGTERM in cluster mode drains (the client is told to
+/// reconnect, with 4008 rather than 1001) and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_in_cluster_mode_drains_and_exits_zero() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let redis = RedisServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera-server"))
+        .args(["--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(["--cluster-redis", &redis.url(), "--shard-id", "term-1"])
+        .args(["--peer-addr", "127.0.0.1:0"])
+        .env("TESSERA_CLUSTER__SECRET", "s".repeat(32))
+        .env("TESSERA_CLUSTER__KEY_PREFIX", "drain3")
+        .env("TESSERA_STORE__EMBEDDED__DIR", data.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the server binary starts");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let mut child = Kill(child);
+    let first = BufReader::new(stdout)
+        .lines()
+        .next()
+        .expect("the server prints its ws address")
+        .unwrap();
+    let ws: std::net::SocketAddr = first
+        .strip_prefix("ws listening on ")
+        .expect("the first line is the ws address")
+        .parse()
+        .unwrap();
+    let (mut ann, _) = Client::welcomed(ws, "ann").await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    ann.expect_notice(NoticeCode::ShardDraining).await;
+    assert_eq!(ann.expect_close().await, Some(CloseCode::Draining.as_u16()));
+    drop(ann);
+    let exit = tokio::task::spawn_blocking(move || {
+        let give_up = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < give_up,
+                "the drained server did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(exit.code(), Some(0), "{exit:?}");
+    let dir = observer(&redis, "drain3");
+    assert_ne!(
+        shard_state(&dir, "term-1").await.map(|s| s.0),
+        Some(true),
+        "the drained shard left the cluster"
+    );
+}

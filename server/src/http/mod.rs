@@ -336,6 +336,8 @@ pub async fn serve(
         .route("/admin/faults/task", post(admin::task_fault))
         .route("/admin/peers", get(admin::peers))
         .route("/admin/shards/drain", post(actions::drain))
+        // The ops console's name for it (ARCHITECTURE, "Seams").
+        .route("/admin/drain", post(actions::drain))
         .with_state(state);
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
