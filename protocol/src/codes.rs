@@ -177,8 +177,8 @@ impl NoticeCode {
             NoticeCode::SeatRestored,
             NoticeCode::ShardDraining,
         ]
-            .into_iter()
-            .find(|c| c.as_u16() == code)
+        .into_iter()
+        .find(|c| c.as_u16() == code)
     }
 }
 

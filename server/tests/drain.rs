@@ -105,7 +105,10 @@ async fn a_drain_tells_clients_to_reconnect_releases_leases_and_ends_the_shard()
     let own = shard.cluster.clone().expect("cluster mode");
     own.acquire_room(&room, 0).await.expect("the lease is free");
     assert_eq!(
-        dir.owner(&room).await.unwrap().map(|(s, _)| s.as_str().to_string()),
+        dir.owner(&room)
+            .await
+            .unwrap()
+            .map(|(s, _)| s.as_str().to_string()),
         Some("drainee".into())
     );
 
@@ -128,7 +131,10 @@ async fn a_drain_tells_clients_to_reconnect_releases_leases_and_ends_the_shard()
     assert_eq!(status, 503, "{body}");
     let health: Health = serde_json::from_str(&body).unwrap();
     assert!(
-        health.message.as_deref().is_some_and(|m| m.contains("draining")),
+        health
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("draining")),
         "{body}"
     );
     assert_eq!(
@@ -155,13 +161,10 @@ async fn a_drain_tells_clients_to_reconnect_releases_leases_and_ends_the_shard()
 
     // The shard ends by itself: leases released, out of the directory.
     let common::TestShard { shard, data } = shard;
-    tokio::time::timeout(
-        PATIENCE,
-        tokio::task::spawn_blocking(move || shard.join()),
-    )
-    .await
-    .expect("the drained shard ends")
-    .unwrap();
+    tokio::time::timeout(PATIENCE, tokio::task::spawn_blocking(move || shard.join()))
+        .await
+        .expect("the drained shard ends")
+        .unwrap();
     assert_eq!(dir.owner(&room).await.unwrap(), None);
     assert_ne!(
         shard_state(&dir, "drainee").await.map(|s| s.0),

@@ -161,9 +161,8 @@ async fn all_alive(nodes: &[Node]) {
         nodes.iter().all(|n| {
             ids.iter().enumerate().all(|(i, id)| {
                 *id == n.hub.shard_id()
-                    || state_of(n, id).is_some_and(|(s, inc)| {
-                        s == MemberState::Alive && inc >= 1_000 + i as u64
-                    })
+                    || state_of(n, id)
+                        .is_some_and(|(s, inc)| s == MemberState::Alive && inc >= 1_000 + i as u64)
             })
         })
     })
@@ -284,7 +283,10 @@ async fn a_broken_direct_path_is_bridged_by_indirect_probes() {
         probes_failed_and_total().1 >= a_probes_before.1 + 30
     })
     .await;
-    let about = [drain_about(&mut a_events, "c"), drain_about(&mut c_events, "a")];
+    let about = [
+        drain_about(&mut a_events, "c"),
+        drain_about(&mut c_events, "a"),
+    ];
     for events in &about {
         assert!(
             !events

@@ -49,7 +49,10 @@ impl MemberState {
 /// One membership change: `shard` is `state` at incarnation `inc`, as a
 /// compact array `[shard, state, inc]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(from = "(String, MemberState, u64)", into = "(String, MemberState, u64)")]
+#[serde(
+    from = "(String, MemberState, u64)",
+    into = "(String, MemberState, u64)"
+)]
 pub struct Update {
     pub shard: String,
     pub state: MemberState,

@@ -487,7 +487,11 @@ async fn run(
     } else {
         ShardState::Stopping
     });
-    let what = if draining { "draining" } else { "shutting down" };
+    let what = if draining {
+        "draining"
+    } else {
+        "shutting down"
+    };
     events.record(NewEvent::plain(
         EventKind::ShardStopping,
         addrs.1.to_string(),

@@ -41,7 +41,6 @@ impl StopBudget {
     }
 }
 
-
 /// Once a second: the dispatcher's queue depths and rates, expired seats,
 /// and the stored bans until they could be read once.
 pub(super) async fn sample(shared: Arc<session::Deps>, mut stop_rx: watch::Receiver<bool>) {

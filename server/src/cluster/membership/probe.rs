@@ -290,8 +290,10 @@ async fn ping(inner: &Arc<Inner>, target: &str, deadline: TokioInstant) -> bool 
     inner.links.waiting.lock().insert(seq, tx);
     let (inc, gossip) = news(inner);
     let msg = SwimMsg::Ping(Ping { seq, inc, gossip });
-    let ok = matches!(timeout_at(deadline, send(inner, target, msg)).await, Ok(true))
-        && acked(&mut rx, deadline).await;
+    let ok = matches!(
+        timeout_at(deadline, send(inner, target, msg)).await,
+        Ok(true)
+    ) && acked(&mut rx, deadline).await;
     inner.links.waiting.lock().remove(&seq);
     ok
 }
@@ -306,7 +308,10 @@ async fn probe(inner: Arc<Inner>, target: String) {
     inner.links.waiting.lock().insert(seq, tx);
     let (inc, gossip) = news(&inner);
     let ping = SwimMsg::Ping(Ping { seq, inc, gossip });
-    let sent = matches!(timeout_at(direct, send(&inner, &target, ping)).await, Ok(true));
+    let sent = matches!(
+        timeout_at(direct, send(&inner, &target, ping)).await,
+        Ok(true)
+    );
     if sent && acked(&mut rx, direct).await {
         return;
     }

@@ -228,7 +228,9 @@ impl Table {
         let due: Vec<(String, u64)> = self
             .rows
             .iter()
-            .filter(|(_, r)| r.state == MemberState::Suspect && r.deadline.is_some_and(|d| d <= now))
+            .filter(|(_, r)| {
+                r.state == MemberState::Suspect && r.deadline.is_some_and(|d| d <= now)
+            })
             .map(|(id, r)| (id.clone(), r.inc))
             .collect();
         due.into_iter()
