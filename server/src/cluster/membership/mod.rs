@@ -171,6 +171,17 @@ impl Membership {
             retransmit: settings.retransmit,
         };
         let table = Table::new(hub.shard_id(), incarnation, limits);
+        // Present from the start, so a rate over them is 0 rather than
+        // missing until the first suspicion.
+        for name in [
+            metric::PROBES,
+            metric::PROBES_FAILED,
+            metric::SUSPICIONS,
+            metric::REFUTATIONS,
+            metric::DEATHS,
+        ] {
+            metrics::counter!(name).increment(0);
+        }
         Membership {
             inner: Arc::new(Inner {
                 hub,
