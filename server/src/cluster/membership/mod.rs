@@ -55,7 +55,7 @@ mod probe;
 pub mod table;
 
 use std::collections::HashSet;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -142,8 +142,29 @@ struct Faults {
     blocked: Mutex<HashSet<String>>,
 }
 
+/// This shard's own probe counts (the metrics add up every membership of
+/// the process; these are one shard's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProbeStats {
+    /// Probes started.
+    pub probes: u64,
+    /// Probes that got no ack, directly or through others.
+    pub failed: u64,
+    /// Probes answered only after the direct ping's timeout: through
+    /// others (`ping_req`), or by a late direct ack.
+    pub indirect: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    probes: AtomicU64,
+    failed: AtomicU64,
+    indirect: AtomicU64,
+}
+
 pub(crate) struct Inner {
     hub: PeerHub,
+    counters: Counters,
     settings: SwimSettings,
     table: Mutex<Table>,
     events: broadcast::Sender<MemberEvent>,
@@ -185,6 +206,7 @@ impl Membership {
         Membership {
             inner: Arc::new(Inner {
                 hub,
+                counters: Counters::default(),
                 settings,
                 table: Mutex::new(table),
                 events: broadcast::channel(EVENT_BUFFER).0,
@@ -231,6 +253,16 @@ impl Membership {
     /// this shard knows has been spread).
     pub fn gossip_queued(&self) -> usize {
         self.inner.table.lock().gossip_queued()
+    }
+
+    /// This shard's probe counts since it started.
+    pub fn probe_stats(&self) -> ProbeStats {
+        let c = &self.inner.counters;
+        ProbeStats {
+            probes: c.probes.load(Relaxed),
+            failed: c.failed.load(Relaxed),
+            indirect: c.indirect.load(Relaxed),
+        }
     }
 
     /// This shard's incarnation now.
