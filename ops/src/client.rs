@@ -244,6 +244,12 @@ impl Shard {
         )
     }
 
+    /// Drain the shard (cluster mode): it tells its players to reconnect
+    /// elsewhere, stops its rooms, releases its leases and exits.
+    pub fn drain(&self) -> CallResult<ActionReply> {
+        self.act("/admin/shards/drain", &serde_json::Value::Null)
+    }
+
     /// POST to an admin route this crate has no type for yet (the cluster's
     /// migrate and drain), passing the body and the reply through.
     pub fn post_raw(&self, path: &str, body: &serde_json::Value) -> CallResult<serde_json::Value> {

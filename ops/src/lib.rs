@@ -13,6 +13,8 @@
 //! - [`directory`]: a cluster's directory in Redis, read-only (the shards
 //!   registered, alive or dead): `shards ls --redis` and the console's
 //!   `--redis` source.
+//! - [`drain`]: where `shards drain SHARD` sends the drain (by id through
+//!   the directory or `--shard`, or by address).
 //! - [`metrics`]: picking samples out of Prometheus text.
 //! - [`peers`]: the peer tunnels' registries (`GET /admin/peers`) as text.
 //!
@@ -28,7 +30,9 @@
 pub mod client;
 pub mod console;
 pub mod directory;
+pub mod drain;
 pub mod metrics;
 pub mod peers;
 
 pub use client::{CallError, CallResult, Shard};
+pub use drain::drain_target;

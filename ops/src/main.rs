@@ -159,6 +159,21 @@ enum ShardsCommand {
         #[command(flatten)]
         directory: DirectoryArgs,
     },
+    /// Drain a shard (cluster mode): draining in the directory, readiness
+    /// 503, its players told to reconnect elsewhere (notice 6004, close
+    /// 4008), its rooms stopped and saved, its leases released, then it
+    /// exits.
+    Drain {
+        /// The shard: its id in the directory (with --redis), or its HTTP
+        /// address (HOST:PORT or a URL).
+        shard: String,
+        /// The shard's HTTP address, when SHARD is its id and there is no
+        /// --redis to look it up in.
+        #[arg(long = "shard", value_name = "HOST:PORT")]
+        at: Option<String>,
+        #[command(flatten)]
+        directory: DirectoryArgs,
+    },
 }
 
 /// A cluster's directory, instead of a list of shards.
@@ -299,6 +314,28 @@ fn main() -> anyhow::Result<()> {
             if failed {
                 std::process::exit(1);
             }
+        }
+        Command::Shards {
+            command:
+                ShardsCommand::Drain {
+                    shard: target,
+                    at,
+                    directory,
+                },
+        } => {
+            let listed = match directory.open(timeout)? {
+                Some(dir) => Some(
+                    dir.shards()?
+                        .into_iter()
+                        .map(|s| (s.id, s.http, s.alive))
+                        .collect::<Vec<_>>(),
+                ),
+                None => None,
+            };
+            let url = ops::drain_target(&target, at.as_deref(), listed.as_deref())
+                .map_err(anyhow::Error::msg)?;
+            let reply = Shard::new(&url, cli.token.clone(), timeout).drain()?;
+            print_json(&reply)?;
         }
         Command::Events {
             command: EventsCommand::Tail { follow, every },

@@ -50,6 +50,28 @@ pub fn render(doc: &Peers) -> String {
             p.streams
         );
     }
+    if let Some(inc) = doc.incarnation {
+        let _ = writeln!(
+            out,
+            "\nmembers ({}), this shard at incarnation {inc}",
+            doc.members.len()
+        );
+        let _ = writeln!(
+            out,
+            "  {:<16} {:<8} {:>16} {:>9}",
+            "SHARD", "STATE", "INCARNATION", "SINCE s"
+        );
+        for m in &doc.members {
+            let _ = writeln!(
+                out,
+                "  {:<16} {:<8} {:>16} {:>9.1}",
+                m.shard_id,
+                m.state.name(),
+                m.incarnation,
+                m.since_ms as f64 / 1000.0
+            );
+        }
+    }
     let _ = writeln!(out, "\nstreams ({})", doc.streams.len());
     let _ = writeln!(
         out,
@@ -126,7 +148,8 @@ pub fn render(doc: &Peers) -> String {
 
 #[cfg(test)]
 mod tests {
-    use protocol::admin::{PeerInfo, RefusalInfo, StreamInfo};
+    use protocol::admin::{ClusterMember, PeerInfo, RefusalInfo, StreamInfo};
+    use protocol::peer::MemberState;
 
     use super::*;
 
@@ -182,6 +205,13 @@ mod tests {
             stream_resets: [("overflow".to_string(), 2)].into(),
             state_coalesced: 9,
             state_dropped: 1,
+            incarnation: Some(1_700_000_000_000),
+            members: vec![ClusterMember {
+                shard_id: "c".into(),
+                state: MemberState::Suspect,
+                incarnation: 12,
+                since_ms: 1500,
+            }],
         };
         let text = render(&doc);
         for needle in [
@@ -193,6 +223,7 @@ mod tests {
             "refused by us: bad_proof (no secret) 2 s ago",
             "overflow=2",
             "coalesced 9, dropped 1",
+            "members (1), this shard at incarnation 1700000000000",
         ] {
             assert!(text.contains(needle), "{needle:?} in\n{text}");
         }
@@ -201,5 +232,13 @@ mod tests {
             .find(|l| l.trim_start().starts_with("7 "))
             .unwrap();
         assert!(stream_row.contains("out"), "{stream_row}");
+        let member_row = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("c "))
+            .unwrap();
+        assert!(
+            member_row.contains("suspect") && member_row.contains("12"),
+            "{member_row}"
+        );
     }
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use ops::Shard;
 use protocol::admin::PeerState;
+use protocol::peer::MemberState;
 use redis_support::RedisServer;
 
 const OPS: &str = env!("CARGO_BIN_EXE_tessera-ops");
@@ -156,6 +157,20 @@ fn shards_connect_through_the_directory_and_a_wrong_secret_is_refused() {
     );
     // The pair with the right secret is unaffected.
     assert!(connected(&a, "shard-b"));
+    // Both are SWIM members of each other, alive at a real incarnation.
+    wait_for("shard-a to see shard-b alive over swim", || {
+        let doc = a.client().peers().ok()?;
+        doc.incarnation?;
+        doc.members
+            .iter()
+            .any(|m| m.shard_id == "shard-b" && m.state == MemberState::Alive && m.incarnation > 0)
+            .then_some(())
+    });
+    let (ok, text) = ops(&["--http", &a.http, "--token", TOKEN, "peers"]);
+    assert!(
+        ok && text.contains("members (") && text.contains("shard-b"),
+        "{text}"
+    );
 }
 
 /// `tessera-ops` with `args`, its stdout (and whether it succeeded).

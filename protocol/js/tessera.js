@@ -17,6 +17,18 @@
 
 export const PROTOCOL_VERSION = Object.freeze({ major: 1, minor: 4 });
 
+/** Notice 6004 and close 4008: the shard is draining (a rolling deploy). */
+export const NOTICE_SHARD_DRAINING = 6004;
+export const CLOSE_DRAINING = 4008;
+
+/**
+ * Whether a close asks the client to reconnect at once, without backoff,
+ * through the same URL and with its resume token: a draining shard (4008),
+ * whose players another shard takes at once. Every other close that allows
+ * a reconnect (1001 shutdown, 1006 lost, ...) wants a backoff.
+ */
+export const reconnectAtOnce = (code) => code === CLOSE_DRAINING;
+
 // ---------------------------------------------------------------------------
 // MessagePack
 

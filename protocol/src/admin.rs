@@ -49,6 +49,10 @@ pub struct Health {
     pub rooms: usize,
     /// Every supervised task by name.
     pub tasks: BTreeMap<String, TaskState>,
+    /// Why `/healthz/ready` says 503, when it does: starting, shutting
+    /// down, or draining (then: reconnect elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,6 +213,24 @@ pub struct Peers {
     /// and dropped for want of budget, since start.
     pub state_coalesced: u64,
     pub state_dropped: u64,
+    /// This shard's own SWIM incarnation (`None` before membership runs).
+    #[serde(default)]
+    pub incarnation: Option<u64>,
+    /// SWIM membership: every other shard as this one sees it (alive,
+    /// suspect, dead), by shard id. Suspicion is a hint: the directory's
+    /// leases stay the authority over rooms.
+    #[serde(default)]
+    pub members: Vec<ClusterMember>,
+}
+
+/// One row of the SWIM membership table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMember {
+    pub shard_id: String,
+    pub state: crate::peer::MemberState,
+    pub incarnation: u64,
+    /// Milliseconds since the member entered this state.
+    pub since_ms: u64,
 }
 
 impl Peers {
@@ -226,6 +248,8 @@ impl Peers {
             stream_resets: BTreeMap::new(),
             state_coalesced: 0,
             state_dropped: 0,
+            incarnation: None,
+            members: Vec::new(),
         }
     }
 }
@@ -333,6 +357,7 @@ mod tests {
             sessions: 2,
             rooms: 1,
             tasks: [("gateway".to_string(), TaskState::Failed)].into(),
+            message: None,
         };
         assert_eq!(
             json(&health),

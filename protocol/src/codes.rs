@@ -160,6 +160,10 @@ pub enum NoticeCode {
     RoomRestarted = 6001,
     /// A resumed session got its seat back; `joined` came just before.
     SeatRestored = 6002,
+    /// The shard holding this socket is draining (a rolling deploy): the
+    /// socket is closed with 4008 right after; reconnect and resume at
+    /// once, through the same URL (since 1.4).
+    ShardDraining = 6004,
 }
 
 impl NoticeCode {
@@ -168,9 +172,13 @@ impl NoticeCode {
     }
 
     pub fn from_u16(code: u16) -> Option<NoticeCode> {
-        [NoticeCode::RoomRestarted, NoticeCode::SeatRestored]
-            .into_iter()
-            .find(|c| c.as_u16() == code)
+        [
+            NoticeCode::RoomRestarted,
+            NoticeCode::SeatRestored,
+            NoticeCode::ShardDraining,
+        ]
+        .into_iter()
+        .find(|c| c.as_u16() == code)
     }
 }
 
@@ -207,6 +215,9 @@ pub enum CloseCode {
     /// An operator removed the player: kicked (error 2006) or banned
     /// (error 2007).
     Removed = 4007,
+    /// The shard is draining (notice 6004 came just before): reconnect at
+    /// once through the same URL and resume; another shard takes over.
+    Draining = 4008,
 }
 
 impl CloseCode {
@@ -229,6 +240,7 @@ impl CloseCode {
             CloseCode::SlowConsumer,
             CloseCode::Replaced,
             CloseCode::Removed,
+            CloseCode::Draining,
         ]
         .into_iter()
         .find(|c| c.as_u16() == code)
@@ -252,6 +264,8 @@ mod tests {
     #[test]
     fn close_codes_round_trip() {
         assert_eq!(CloseCode::from_u16(4004), Some(CloseCode::IdleTimeout));
+        assert_eq!(CloseCode::from_u16(4008), Some(CloseCode::Draining));
+        assert_eq!(NoticeCode::from_u16(6004), Some(NoticeCode::ShardDraining));
         assert_eq!(CloseCode::from_u16(4999), None);
     }
 }

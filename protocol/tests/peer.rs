@@ -11,6 +11,7 @@ use protocol::msg::{Entity, Moved};
 use protocol::peer::room::{
     Closed, Inputs, JoinRefused, Member, Reliable, RemoteChat, RemoteJoin, RemoteJoined,
 };
+use protocol::peer::swim::{Ack, Ping, PingReq};
 use protocol::peer::*;
 use protocol::Version;
 
@@ -260,6 +261,52 @@ fn chat_samples() -> Vec<(&'static str, ChatMsg)> {
     ]
 }
 
+fn swim_samples() -> Vec<(&'static str, SwimMsg)> {
+    let gossip = vec![
+        Update {
+            shard: "shard-c".into(),
+            state: MemberState::Suspect,
+            inc: 1_700_000_000_000,
+        },
+        Update {
+            shard: "shard-b".into(),
+            state: MemberState::Alive,
+            inc: 1_700_000_000_001,
+        },
+    ];
+    vec![
+        (
+            "peer_swim_ping",
+            SwimMsg::Ping(Ping {
+                seq: 41,
+                inc: 1_700_000_000_000,
+                gossip: gossip.clone(),
+            }),
+        ),
+        (
+            "peer_swim_ping_req",
+            SwimMsg::PingReq(PingReq {
+                seq: 42,
+                inc: 1_700_000_000_000,
+                target: "shard-c".into(),
+                gossip: Vec::new(),
+            }),
+        ),
+        (
+            "peer_swim_ack",
+            SwimMsg::Ack(Ack {
+                seq: 42,
+                inc: 1_700_000_000_002,
+                gossip: vec![Update {
+                    shard: "shard-d".into(),
+                    state: MemberState::Dead,
+                    inc: 7,
+                }],
+            }),
+        ),
+    ]
+}
+
 fn golden_path(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden")
@@ -344,6 +391,11 @@ fn a_replace_without_the_seat_leaves_the_flag_out_and_a_ban_for_good_its_end() {
 }
 
 #[test]
+fn swim_frames_match_golden_vectors_and_round_trip() {
+    check_all(swim_samples());
+}
+
+#[test]
 fn peer_md_shows_every_golden_vector() {
     let doc =
         std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("PEER.md"))
@@ -356,7 +408,8 @@ fn peer_md_shows_every_golden_vector() {
         .chain(edge_samples().into_iter().map(|(n, _)| n))
         .chain(owner_samples().into_iter().map(|(n, _)| n))
         .chain(admin_samples().into_iter().map(|(n, _)| n))
-        .chain(chat_samples().into_iter().map(|(n, _)| n));
+        .chain(chat_samples().into_iter().map(|(n, _)| n))
+        .chain(swim_samples().into_iter().map(|(n, _)| n));
     for name in names {
         let hex = std::fs::read_to_string(golden_path(name)).unwrap();
         assert!(
@@ -442,6 +495,7 @@ proptest! {
         let _ = decode_frame::<OwnerMsg>(&bytes, 4096);
         let _ = decode_payload::<OwnerMsg>(&bytes, 4096);
         let _ = decode_payload::<Control>(&bytes, 4096);
+        let _ = decode_frame::<SwimMsg>(&bytes, 4096);
     }
 
     #[test]

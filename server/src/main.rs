@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -194,6 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     init_tracing(&config);
     log_panics();
+    let config_budget_ms = config.cluster.drain_budget_ms;
     let shard = server::start(config)?;
     // These two lines are a contract: tools and tests read the bound ports
     // from them. A closed stdout (the reader went away) must not stop the
@@ -214,21 +216,55 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 
     let stopper = shard.stopper();
+    let mut stopping = shard.stopping();
+    let budget = Duration::from_millis(config_budget_ms);
     let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the signal runtime")?;
-    signals.block_on(async {
+    // SIGINT stops; SIGTERM drains in cluster mode (players told to
+    // reconnect elsewhere at once) and stops otherwise; a drain asked over
+    // the admin API stops the shard by itself.
+    let drained = signals.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-        }
-        anyhow::Ok(())
+        let drained = tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("SIGINT received");
+                let _ = stopper.send(true);
+                shard.is_draining()
+            }
+            _ = term.recv() => {
+                tracing::info!("SIGTERM received");
+                if shard.drain() {
+                    tracing::info!(budget_ms = budget.as_millis() as u64, "draining");
+                    true
+                } else {
+                    let _ = stopper.send(true);
+                    false
+                }
+            }
+            _ = stopping.wait_for(|s| *s) => shard.is_draining(),
+        };
+        anyhow::Ok(drained)
     })?;
-    let _ = stopper.send(true);
-    shard.join();
-    Ok(())
+    if !drained {
+        shard.join();
+        return Ok(());
+    }
+    // A drain ends within its budget; past it the process exits anyway,
+    // and not with 0, so the orchestrator knows it was cut short.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        shard.join();
+        let _ = done_tx.send(());
+    });
+    match done_rx.recv_timeout(budget) {
+        Ok(()) => {
+            tracing::info!("drained");
+            Ok(())
+        }
+        Err(_) => anyhow::bail!("the drain did not end within cluster.drain_budget_ms"),
+    }
 }
 
 fn main() -> ExitCode {

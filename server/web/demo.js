@@ -9,7 +9,7 @@
 // Tests read `window.tessera` ({client, view, me}) and wait for
 // `document.body.dataset.state === 'joined'`.
 
-import { TesseraClient } from './tessera.js';
+import { TesseraClient, reconnectAtOnce } from './tessera.js';
 
 const params = new URLSearchParams(location.search);
 const playerName = params.get('name') || undefined;
@@ -147,6 +147,13 @@ client.on('close', ({ code, reason }) => {
     // An operator kicked or banned the player (the error before the close
     // says which and why): coming straight back would defeat it.
     logLine('system', `disconnected (${code} ${reason}): removed by an operator; reload to come back`);
+    return;
+  }
+  if (reconnectAtOnce(code)) {
+    // The shard is draining (notice 6004 came first): another shard takes
+    // the seat over at once, through the same URL, with the resume token.
+    logLine('system', `disconnected (${code} ${reason}): shard draining; reconnecting now`);
+    setTimeout(start, 0);
     return;
   }
   // A resume token a restarted server does not know gets 4003: start fresh.

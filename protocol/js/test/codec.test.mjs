@@ -20,6 +20,7 @@ import {
   encodeMessage,
   f32,
   messages,
+  reconnectAtOnce,
 } from '../tessera.js';
 
 const goldenDir = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'tests', 'golden');
@@ -535,4 +536,11 @@ test('a move beyond float32 range keeps its direction instead of going out infin
   assert.equal(move.dy, 0);
   const small = decodeMessage(encodeMessage(messages.move(2, 3, -4))).body;
   assert.deepEqual([small.dx, small.dy], [3, -4]);
+});
+
+test('a draining shard (close 4008) asks for a reconnect at once; other closes do not', () => {
+  assert.equal(reconnectAtOnce(4008), true);
+  for (const code of [1000, 1001, 1006, 1013, 4003, 4006, 4007]) {
+    assert.equal(reconnectAtOnce(code), false, `close ${code}`);
+  }
 });

@@ -23,12 +23,15 @@
 //! - [`room`]: the `/tessera/room/1` stream: [`EdgeMsg`] (edge to owner)
 //!   and [`OwnerMsg`] (owner to edge), with [`Tick`], which carries a
 //!   tick's entries encoded once and one [`View`] per distinct view.
+//! - [`swim`]: the `/tessera/swim/1` stream: [`SwimMsg`] (`ping`,
+//!   `ping_req`, `ack`) with membership changes ([`Update`]) piggybacked.
 
 pub mod admin;
 pub mod chat;
 pub mod handshake;
 pub mod room;
 pub mod stream;
+pub mod swim;
 
 pub use admin::{AdminMsg, BanPlayer, Kick, Replace, Unban};
 pub use chat::{ChatMsg, MapBroadcast};
@@ -41,6 +44,7 @@ pub use room::{
     RemoteJoin, RemoteJoined, SessionId, Tick, TickBuilder, TickError, View,
 };
 pub use stream::{Accept, Open, ResetCode, StreamHead};
+pub use swim::{MemberState, SwimMsg, Update};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -66,6 +70,8 @@ pub const MIGRATE_PROTOCOL: &str = "/tessera/migrate/1";
 pub const ADMIN_PROTOCOL: &str = "/tessera/admin/1";
 /// Echo, for tests and for measuring a stream rather than the connection.
 pub const PING_PROTOCOL: &str = "/tessera/ping/1";
+/// Failure detection and membership between shards: [`swim`].
+pub const SWIM_PROTOCOL: &str = "/tessera/swim/1";
 
 /// The bytes in front of every frame: its length, big-endian.
 pub const LEN_PREFIX: usize = 4;
@@ -105,7 +111,7 @@ macro_rules! peer_message {
         impl PeerMessage for $t {}
     )*};
 }
-peer_message!(Control, StreamHead, EdgeMsg, OwnerMsg, AdminMsg, ChatMsg);
+peer_message!(Control, StreamHead, EdgeMsg, OwnerMsg, AdminMsg, ChatMsg, SwimMsg);
 
 /// The payload's length as a frame header, after checking it against
 /// `max_frame` (the sender's own limit: a frame its peer would refuse is

@@ -23,6 +23,9 @@
 //! - [`seats`]: [`Seats`], the task that keeps this shard's players'
 //!   directory entries true (room on join and leave, release at logout,
 //!   re-assertion after a Redis outage).
+//! - [`membership`]: SWIM failure detection over the tunnels: direct and
+//!   indirect probes, suspicion, incarnations, piggybacked gossip, and the
+//!   [`membership::MemberEvent`] broadcast failover subscribes to.
 //! - [`peering`]: cluster mode's tunnel: [`tunnel::TunnelSettings`] from
 //!   `[cluster]`, the supervised task "peers", and the [`tunnel::Resolver`]
 //!   backed by the directory (shard id -> the shard record's peer address).
@@ -40,6 +43,7 @@
 
 pub mod agent;
 pub mod directory;
+pub mod membership;
 pub mod peering;
 pub mod relay;
 pub mod seats;

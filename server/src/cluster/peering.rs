@@ -12,6 +12,14 @@
 //!     live shards in the directory, ids above ours ──▶ hub.connect(id)
 //! ```
 //!
+//! The same task makes every live shard of the directory a SWIM member
+//! (`cluster::membership`), and forgets members that are dead both to the
+//! membership and to the directory. The task "swim" runs the failure
+//! detector and, when a member dies, reads once what the directory says
+//! of it (its record and the leases it still holds) and logs it: the
+//! leases decide when its rooms may be taken over, the membership only
+//! says when to look.
+//!
 //! Only the lower id of a pair dials: the tunnel keeps the connection the
 //! lower id dialled when both dial at once, so dialling from one side only
 //! avoids making (and then dropping) a second connection per pair. A peer
@@ -26,8 +34,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::directory::Directory;
+use super::membership::{MemberEvent, Membership};
 use super::tunnel::{PeerHub, Resolver, TunnelSettings};
+use super::ShardId;
 use crate::config::Config;
+use crate::supervise::{Child, Outcome, Restart, Supervisor};
 
 /// The hub's settings from `[cluster]`: the shard id the directory uses,
 /// the cluster secret, `cluster.peer_addr` to listen on and
@@ -83,9 +94,11 @@ async fn lookup(addr: &str) -> Option<SocketAddr> {
 
 /// The task "peers" (a permanent child of the cluster's supervisor): every
 /// `every`, make sure the hub has (or is making) a connection to each live
-/// shard whose id is above this one's. Redis being down skips a round.
+/// shard whose id is above this one's, and that every live shard is a
+/// member. Redis being down skips a round.
 pub async fn keep_peers(
     hub: PeerHub,
+    membership: Membership,
     dir: Directory,
     every: Duration,
     mut stop_rx: watch::Receiver<bool>,
@@ -105,13 +118,119 @@ pub async fn keep_peers(
         let Ok(shards) = dir.shards().await else {
             continue;
         };
-        for shard in shards {
+        for shard in &shards {
             let id = shard.id.as_str();
             if shard.alive && id > hub.shard_id() && !shard.record.peer_addr.is_empty() {
                 hub.connect(id);
             }
+            if shard.alive && id != hub.shard_id() && !shard.record.peer_addr.is_empty() {
+                membership.join(id);
+            }
+        }
+        for member in membership.members() {
+            let listed_alive = shards
+                .iter()
+                .any(|s| s.alive && s.id.as_str() == member.shard_id);
+            if member.state == protocol::peer::MemberState::Dead && !listed_alive {
+                membership.forget(&member.shard_id);
+            }
         }
     }
+}
+
+/// The task "swim": the failure detector, and on each death a look at
+/// what the directory says of the dead shard (once, logged).
+pub async fn run_swim(membership: Membership, dir: Directory, stop_rx: watch::Receiver<bool>) {
+    let mut events = membership.subscribe();
+    let mut stop = stop_rx.clone();
+    let report = async {
+        loop {
+            match events.recv().await {
+                Ok(MemberEvent::Dead { shard, incarnation }) => {
+                    report_dead(&dir, &shard, incarnation).await;
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "swim: membership events missed");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    };
+    tokio::select! {
+        _ = membership.run(stop_rx) => {}
+        _ = report => {}
+        _ = stop.wait_for(|s| *s) => {}
+    }
+}
+
+/// Log the directory's view of a shard the membership declared dead: its
+/// record (alive key, state) and the leases it still holds. Failover
+/// (remote rooms) subscribes to the same events and acts on the leases.
+async fn report_dead(dir: &Directory, shard: &str, incarnation: u64) {
+    let Ok(id) = ShardId::new(shard) else {
+        return;
+    };
+    let record = dir.shards().await.map(|all| {
+        all.into_iter()
+            .find(|s| s.id.as_str() == shard)
+            .map(|s| (s.alive, s.state.name()))
+    });
+    let rooms = dir.rooms_of(&id).await;
+    match (record, rooms) {
+        (Ok(record), Ok(rooms)) => tracing::warn!(
+            member = shard,
+            incarnation,
+            directory_alive = record.map(|r| r.0),
+            directory_state = record.map(|r| r.1),
+            leases = rooms.len(),
+            rooms = ?rooms.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "swim: member dead; its leases expire on their own (the directory decides failover)"
+        ),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(member = shard, error = %e, "swim: member dead; the directory did not answer")
+        }
+    }
+}
+
+/// The tunnel's children of the cluster's supervisor: "peers"
+/// ([`keep_peers`], every `every`) and "swim" ([`run_swim`]), spawned on
+/// the current Arbiter.
+pub fn supervise_tunnel(
+    supervisor: &Supervisor,
+    hub: &PeerHub,
+    membership: &Membership,
+    dir: &Directory,
+    every: Duration,
+    stop_rx: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<Outcome>> {
+    let peers = {
+        let (hub, members, dir, stop_rx) = (
+            hub.clone(),
+            membership.clone(),
+            dir.clone(),
+            stop_rx.clone(),
+        );
+        Child::new("peers", Restart::Permanent, move || {
+            keep_peers(
+                hub.clone(),
+                members.clone(),
+                dir.clone(),
+                every,
+                stop_rx.clone(),
+            )
+        })
+    };
+    let swim = {
+        let (members, dir, stop_rx) = (membership.clone(), dir.clone(), stop_rx.clone());
+        Child::new("swim", Restart::Permanent, move || {
+            run_swim(members.clone(), dir.clone(), stop_rx.clone())
+        })
+    };
+    vec![
+        actix::spawn(supervisor.supervise(peers)),
+        actix::spawn(supervisor.supervise(swim)),
+    ]
 }
 
 #[cfg(test)]

@@ -16,6 +16,10 @@
 //! writing before anyone else may take the room; the store's epoch fence
 //! catches whatever is still in flight. The defaults (3 s lease, 1 s
 //! renewal) fail over within about 3 s and tolerate a 2 s stall.
+//!
+//! The `swim_*` settings tune the failure detector that runs beside the
+//! leases (see `cluster::membership` for its trade-off): it makes a dead
+//! shard *looked at* sooner, never taken over sooner than its leases.
 
 use std::net::SocketAddr;
 
@@ -30,6 +34,12 @@ pub const MIN_CLUSTER_SECRET: usize = 32;
 /// The largest `cluster.relay_queue`: the queue is allocated lazily, but
 /// a bound that large is a typo.
 pub const MAX_RELAY_QUEUE: u64 = 1 << 20;
+
+/// The most members one failed probe asks to probe indirectly.
+pub const MAX_SWIM_INDIRECT: usize = 16;
+
+/// The most membership changes one swim message carries.
+pub const MAX_SWIM_PIGGYBACK: usize = 64;
 
 /// Longest shard id; ids appear in Redis keys, lease values and logs.
 pub const MAX_SHARD_ID: usize = 64;
@@ -71,6 +81,24 @@ pub struct ClusterConfig {
     pub redis_wait_ms: u64,
     /// The events stream is trimmed to about this many entries.
     pub events_max_len: u64,
+    /// SWIM: one member is probed per period.
+    pub swim_period_ms: u64,
+    /// SWIM: a direct ping's ack must come within this (dialling
+    /// included); below `swim_period_ms`.
+    pub swim_probe_timeout_ms: u64,
+    /// SWIM: members asked to probe indirectly after a failed direct
+    /// probe (0: no indirect probes).
+    pub swim_indirect: usize,
+    /// SWIM: a suspect that does not refute within this is dead; at least
+    /// 2 × `swim_period_ms`.
+    pub swim_suspect_ms: u64,
+    /// SWIM: membership changes piggybacked on one message at most.
+    pub swim_piggyback: usize,
+    /// SWIM: each change is sent `swim_retransmit × ⌈log10(n + 1)⌉` times.
+    pub swim_retransmit: u32,
+    /// A drain (SIGTERM in cluster mode, `POST /admin/shards/drain`) ends
+    /// with the process exiting within this.
+    pub drain_budget_ms: u64,
     /// Messages for other shards (session takeovers, kicks, bans,
     /// announcements) queued at most, in all and per peer; past it they
     /// are dropped and counted (`tessera_relay_dropped_total`).
@@ -98,6 +126,13 @@ impl Default for ClusterConfig {
             redis_timeout_ms: 500,
             redis_wait_ms: 2_000,
             events_max_len: 10_000,
+            swim_period_ms: 500,
+            swim_probe_timeout_ms: 200,
+            swim_indirect: 3,
+            swim_suspect_ms: 2_000,
+            swim_piggyback: 8,
+            swim_retransmit: 4,
+            drain_budget_ms: 15_000,
             relay_queue: 1_024,
             dead_shard_keep_ms: 3_600_000,
             tunnel: TunnelConfig::default(),
@@ -150,6 +185,12 @@ impl ClusterConfig {
             ("cluster.events_max_len", self.events_max_len),
             ("cluster.relay_queue", self.relay_queue),
             ("cluster.dead_shard_keep_ms", self.dead_shard_keep_ms),
+            ("cluster.swim_period_ms", self.swim_period_ms),
+            ("cluster.swim_probe_timeout_ms", self.swim_probe_timeout_ms),
+            ("cluster.swim_suspect_ms", self.swim_suspect_ms),
+            ("cluster.swim_piggyback", self.swim_piggyback as u64),
+            ("cluster.swim_retransmit", u64::from(self.swim_retransmit)),
+            ("cluster.drain_budget_ms", self.drain_budget_ms),
         ] {
             if value == 0 {
                 errors.push(format!("{name} must be greater than 0"));
@@ -167,6 +208,26 @@ impl ClusterConfig {
             errors.push("cluster.heartbeat_ms must be below shard_ttl_ms / 2".into());
         }
         self.tunnel.validate(errors);
+        if self.swim_probe_timeout_ms >= self.swim_period_ms {
+            errors.push("cluster.swim_probe_timeout_ms must be below swim_period_ms".into());
+        }
+        if self.swim_suspect_ms < self.swim_period_ms.saturating_mul(2) {
+            errors.push(
+                "cluster.swim_suspect_ms must be at least 2 × swim_period_ms (a suspect needs \
+                 time to hear of it and refute)"
+                    .into(),
+            );
+        }
+        if self.swim_indirect > MAX_SWIM_INDIRECT {
+            errors.push(format!(
+                "cluster.swim_indirect must be at most {MAX_SWIM_INDIRECT}"
+            ));
+        }
+        if self.swim_piggyback > MAX_SWIM_PIGGYBACK {
+            errors.push(format!(
+                "cluster.swim_piggyback must be at most {MAX_SWIM_PIGGYBACK}"
+            ));
+        }
         if self.redis_timeout_ms >= self.renew_ms {
             errors.push(
                 "cluster.redis_timeout_ms must be below renew_ms (a renewal must end before the next)"
@@ -341,6 +402,22 @@ mod tests {
             "cluster.heartbeat_ms must be greater than 0",
             "cluster.events_max_len",
             "cluster.redis_timeout_ms must be below renew_ms",
+        ] {
+            assert!(text.contains(field), "{field} missing from {text}");
+        }
+        let mut config = cluster();
+        config.cluster.swim_probe_timeout_ms = 600;
+        config.cluster.swim_suspect_ms = 900;
+        config.cluster.swim_indirect = 100;
+        config.cluster.swim_piggyback = 0;
+        config.cluster.drain_budget_ms = 0;
+        let text = errors(&config);
+        for field in [
+            "cluster.swim_probe_timeout_ms must be below swim_period_ms",
+            "cluster.swim_suspect_ms must be at least 2",
+            "cluster.swim_indirect must be at most",
+            "cluster.swim_piggyback must be greater than 0",
+            "cluster.drain_budget_ms must be greater than 0",
         ] {
             assert!(text.contains(field), "{field} missing from {text}");
         }

@@ -1,4 +1,5 @@
-//! The operators' actions: kick, ban, unban, restart a room (and the
+//! The operators' actions: kick, ban, unban, restart a room, drain the
+//! shard (and the
 //! announce of `admin.rs`), each audited: recorded in the events ring and
 //! appended to the store's `audit` collection with who (the token's
 //! name), what, when and the result, refusals included.
@@ -9,7 +10,7 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::Json;
-use protocol::admin::{ActionReply, Ban, BanRequest, EventKind, KickRequest};
+use protocol::admin::{ActionReply, Ban, BanRequest, EventKind, KickRequest, ShardState};
 use protocol::peer::{AdminMsg, BanPlayer, Kick, Unban};
 use protocol::ErrorCode;
 
@@ -295,4 +296,39 @@ pub(super) async fn restart_room(
         _ => Err(Refusal::not_found(format!("no room {room:?} is running"))),
     };
     audited(shared, &caller, "restart_room", &room, result).await
+}
+
+/// Drain this shard (cluster mode): it answers at once, then stops as at
+/// SIGTERM in cluster mode (see `shard`): draining in the directory,
+/// readiness 503, sessions told to reconnect (notice 6004, close 4008),
+/// rooms stopped and saved, leases released, and the process exits within
+/// `cluster.drain_budget_ms`. Outside a cluster there is nowhere to send
+/// the players: 409.
+pub(super) async fn drain(
+    State(state): State<AppState>,
+    Admin(Act, caller): Admin<Act>,
+) -> Answer<ActionReply> {
+    let shared = &state.shared;
+    let result = if shared.directory.is_none() {
+        Err(Refusal::new(
+            StatusCode::CONFLICT,
+            "not in cluster mode: a shard alone has nowhere to send its players (stop it instead)",
+        ))
+    } else if shared.life.state() == ShardState::Stopping {
+        Err(Refusal::new(
+            StatusCode::CONFLICT,
+            "the shard is shutting down already",
+        ))
+    } else {
+        Ok(format!(
+            "draining within {} ms",
+            shared.config.cluster.drain_budget_ms
+        ))
+    };
+    // Audited before the shard begins to stop.
+    audit(shared, &caller, "drain", &shared.shard_id, &result).await;
+    if result.is_ok() {
+        shared.life.drain();
+    }
+    result.map(|done| Json(reply("drain", &shared.shard_id, done)))
 }

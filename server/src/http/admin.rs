@@ -290,10 +290,13 @@ pub(super) async fn peers(
     State(state): State<AppState>,
     Admin(PeersQuery, _): Admin<PeersQuery>,
 ) -> Answer<Peers> {
-    Ok(Json(match &state.shared.peers {
-        Some(hub) => hub.snapshot(),
-        None => Peers::standalone(),
-    }))
+    Ok(Json(
+        match (&state.shared.membership, &state.shared.peers) {
+            (Some(members), _) => members.snapshot(),
+            (None, Some(hub)) => hub.snapshot(),
+            (None, None) => Peers::standalone(),
+        },
+    ))
 }
 
 pub(super) async fn announce(

@@ -22,7 +22,8 @@
 //! | `POST /admin/faults/room` | `{"map": "...", "kind": "panic" or "stall", "ms": N}`; `map` names a room: `lobby` is the map's first instance, `lobby#2` its second; with `"at": "<point>"` a panic is armed at that point of that room instead; needs `admin.fault_injection` |
 //! | `POST /admin/faults/session` | `{"player": "...", "kind": "panic" or "drop"}`; with `"at": "<point>"` a panic is armed at that point of the player's session (of the next session to get there without `player`); needs `admin.fault_injection` |
 //! | `POST /admin/faults/task?name=<child>` | the supervised task panics at its next poll; needs `admin.fault_injection` |
-//! | `GET /admin/peers` | the peer tunnels: listeners, peers (state, RTT, bytes), open streams, refusals; `{"cluster": false, ...}` on a shard outside a cluster; viewer |
+//! | `GET /admin/peers` | the peer tunnels: listeners, peers (state, RTT, bytes), open streams, refusals, SWIM membership; `{"cluster": false, ...}` on a shard outside a cluster; viewer |
+//! | `POST /admin/shards/drain` | drain this shard (cluster mode; 409 outside one): draining in the directory, readiness 503, sessions closed with notice 6004 and close 4008, rooms stopped and saved, leases released, exit; operator, audited |
 //!
 //! Statuses, one rule for every admin call: 404 when the admin API is off
 //! (no `admin.token` nor `admin.tokens`: there is nothing to authenticate
@@ -46,7 +47,7 @@
 //! connection's TLS handshake runs in its own task, on first read.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,6 +62,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::bans::Bans;
+use crate::cluster::membership::Membership;
 use crate::cluster::tunnel::PeerHub;
 use crate::config::Config;
 use crate::dispatcher::{announce_frame, Announcement, Dispatcher, PublishReport};
@@ -122,6 +124,8 @@ pub struct Deps {
     /// Cluster mode: kicks, bans and announcements reach the other
     /// shards through its relay.
     pub cluster: Option<crate::cluster::Link>,
+    /// SWIM membership in cluster mode (`/admin/peers` shows it).
+    pub membership: Option<Membership>,
 }
 
 impl Deps {
@@ -159,6 +163,7 @@ impl Deps {
             peers: None,
             directory: None,
             cluster: None,
+            membership: None,
         }
     }
 
@@ -174,6 +179,12 @@ impl Deps {
         self
     }
 
+    /// The cluster's membership, shown by `GET /admin/peers`.
+    pub fn with_membership(mut self, membership: Option<Membership>) -> Deps {
+        self.membership = membership;
+        self
+    }
+
     /// The cluster's peer hub, shown by `GET /admin/peers`.
     pub fn with_peers(mut self, hub: Option<PeerHub>) -> Deps {
         self.peers = hub;
@@ -182,11 +193,24 @@ impl Deps {
 }
 
 /// Where the shard is in its life, shared by the shard (which moves it on)
-/// and the HTTP server (which reports it).
-#[derive(Default)]
-pub struct Life(AtomicU8);
+/// and the HTTP server (which reports it), and the way to ask it to drain
+/// (`POST /admin/shards/drain`, SIGTERM in cluster mode).
+pub struct Life {
+    state: AtomicU8,
+    drain_requested: AtomicBool,
+    /// The shard's stop signal: a drain is a shutdown that says so.
+    stop: watch::Sender<bool>,
+}
 
 impl Life {
+    pub fn new(stop: watch::Sender<bool>) -> Life {
+        Life {
+            state: AtomicU8::new(0),
+            drain_requested: AtomicBool::new(false),
+            stop,
+        }
+    }
+
     pub fn set(&self, state: ShardState) {
         let n = match state {
             ShardState::Starting => 0,
@@ -194,16 +218,33 @@ impl Life {
             ShardState::Draining => 2,
             ShardState::Stopping => 3,
         };
-        self.0.store(n, Ordering::Release);
+        self.state.store(n, Ordering::Release);
     }
 
     pub fn state(&self) -> ShardState {
-        match self.0.load(Ordering::Acquire) {
+        match self.state.load(Ordering::Acquire) {
             0 => ShardState::Starting,
             1 => ShardState::Ready,
             2 => ShardState::Draining,
             _ => ShardState::Stopping,
         }
+    }
+
+    /// Ask the shard to drain: stop as at shutdown, but tell clients to
+    /// reconnect elsewhere at once (notice 6004, close 4008). False when
+    /// it is stopping already without draining. Asking twice is one drain.
+    pub fn drain(&self) -> bool {
+        if *self.stop.borrow() && !self.draining() {
+            return false;
+        }
+        self.drain_requested.store(true, Ordering::Release);
+        self.stop.send_replace(true);
+        true
+    }
+
+    /// Whether the shutdown under way (or to come) is a drain.
+    pub fn draining(&self) -> bool {
+        self.drain_requested.load(Ordering::Acquire)
     }
 }
 
@@ -304,6 +345,9 @@ pub async fn serve(
         .route("/admin/faults/session", post(admin::session_fault))
         .route("/admin/faults/task", post(admin::task_fault))
         .route("/admin/peers", get(admin::peers))
+        .route("/admin/shards/drain", post(actions::drain))
+        // The ops console's name for it (ARCHITECTURE, "Seams").
+        .route("/admin/drain", post(actions::drain))
         .with_state(state);
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
@@ -333,13 +377,19 @@ async fn client_config(State(state): State<AppState>) -> Json<ClientConfig> {
 /// Readiness: 200 while the shard accepts players, 503 (same body) while
 /// it starts or shuts down, so a load balancer sends players elsewhere.
 async fn ready(State(state): State<AppState>) -> Response {
-    let health = healthz(State(state.clone())).await;
-    let status = if state.shared.life.state() == ShardState::Ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let Json(mut health) = healthz(State(state.clone())).await;
+    let message = match state.shared.life.state() {
+        ShardState::Ready => None,
+        ShardState::Starting => Some("shard starting"),
+        ShardState::Draining => Some("shard draining: send new players elsewhere"),
+        ShardState::Stopping => Some("shard shutting down"),
     };
-    (status, health).into_response()
+    let status = match message {
+        None => StatusCode::OK,
+        Some(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    health.message = message.map(str::to_string);
+    (status, Json(health)).into_response()
 }
 
 async fn healthz(State(state): State<AppState>) -> Json<Health> {
@@ -362,6 +412,7 @@ async fn healthz(State(state): State<AppState>) -> Json<Health> {
         sessions,
         rooms: state.shared.rooms.running(),
         tasks,
+        message: None,
     })
 }
 

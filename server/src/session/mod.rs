@@ -68,12 +68,14 @@ use crate::room::{Inputs, RoomEvent, RoomRef};
 use crate::store::{ids, PersisterHandle};
 use crate::supervise::{catch, FaultActor, FaultPoints};
 
+mod drain;
 mod economy;
 mod frame;
 mod hello;
 mod room;
 
 pub use crate::ids::SessionId;
+pub use drain::{Drain, DRAIN_TEXT};
 
 /// The presence table as sessions fill it: each connected session is
 /// reached through its actor's address.
@@ -122,6 +124,7 @@ pub const FAULT_POINTS: &[&str] = &[
     "inventory",
     "replaced",
     "shutdown",
+    "drain",
     "kill",
     "remove",
     "handshake_timeout",

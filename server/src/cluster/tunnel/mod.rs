@@ -312,6 +312,15 @@ impl PeerHub {
         }
     }
 
+    /// Whether a live connection to `peer` is up now (no dial is started).
+    pub fn is_connected(&self, peer: &str) -> bool {
+        self.inner
+            .peers
+            .lock()
+            .get(peer)
+            .is_some_and(|slot| slot.live.is_some())
+    }
+
     /// Open a stream to `peer` for `protocol`, dialling the peer first if
     /// there is no connection yet (reused afterwards).
     pub async fn open(&self, peer: &str, protocol: &str) -> Result<PeerStream, TunnelError> {
@@ -369,6 +378,9 @@ impl PeerHub {
             stream_resets,
             state_coalesced: inner.stats.state_coalesced.load(Relaxed),
             state_dropped: inner.stats.state_dropped.load(Relaxed),
+            // Filled in by the membership, which runs above the hub.
+            incarnation: None,
+            members: Vec::new(),
         }
     }
 

@@ -49,6 +49,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::auth::Auth;
 use crate::bans::Bans;
+use crate::cluster::membership::Membership;
 use crate::cluster::tunnel::PeerHub;
 use crate::cluster::{
     run_agent, Directory, DirectorySettings, Link, LoadSource, Relay, Seats, ShardId, ShardLoad,
@@ -65,8 +66,12 @@ use crate::presence::Presence;
 use crate::room::supervisor::Settings;
 use crate::room::RoomSupervisor;
 use crate::session::{self, Session, Shutdown};
-use crate::store::{Persister, PersisterHandle};
+use crate::store::Persister;
 use crate::supervise::{self, Child, FaultPoints, Restart, Supervisor, Tasks};
+
+mod tasks;
+
+use tasks::{load_bans, sample, watch_rooms, StopBudget};
 
 pub struct ShardHandle {
     pub ws_addr: SocketAddr,
@@ -76,6 +81,7 @@ pub struct ShardHandle {
     /// In cluster mode: the peer tunnel's bound (UDP) address.
     pub peer_addr: Option<SocketAddr>,
     stop_tx: watch::Sender<bool>,
+    life: Arc<Life>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -99,6 +105,25 @@ impl ShardHandle {
     /// A handle that can trigger shutdown from elsewhere.
     pub fn stopper(&self) -> watch::Sender<bool> {
         self.stop_tx.clone()
+    }
+
+    /// Drain (cluster mode: what SIGTERM does there): like shutdown, but
+    /// the directory says draining and clients are told to reconnect
+    /// elsewhere at once (notice 6004, close 4008). False outside a
+    /// cluster (nothing done) or when a plain shutdown began already.
+    pub fn drain(&self) -> bool {
+        self.cluster.is_some() && self.life.drain()
+    }
+
+    /// Whether the stop under way (or asked for) is a drain.
+    pub fn is_draining(&self) -> bool {
+        self.cluster.is_some() && self.life.draining()
+    }
+
+    /// Set once the shard begins to stop, whoever asked (a signal, a drain
+    /// over the admin API).
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop_tx.subscribe()
     }
 }
 
@@ -131,11 +156,15 @@ pub fn start(config: Config) -> anyhow::Result<ShardHandle> {
             .map_err(|e| anyhow::anyhow!("store ({:?}): {e}", config.store.backend))?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = watch::channel(false);
+    let life = Arc::new(Life::new(stop_tx.clone()));
+    let shard_life = life.clone();
     let thread = std::thread::Builder::new()
         .name("tessera-system".into())
         .spawn(move || {
             let system = System::new();
-            system.block_on(run(config, tls, persister, tasks, ready_tx, stop_rx));
+            system.block_on(run(
+                config, tls, persister, tasks, ready_tx, stop_rx, shard_life,
+            ));
         })
         .context("spawning the shard thread")?;
     let Bound {
@@ -152,6 +181,7 @@ pub fn start(config: Config) -> anyhow::Result<ShardHandle> {
         cluster,
         peer_addr,
         stop_tx,
+        life,
         thread: Some(thread),
     })
 }
@@ -176,6 +206,7 @@ async fn run(
     tasks: Tasks,
     ready: Ready,
     mut stop_rx: watch::Receiver<bool>,
+    life: Arc<Life>,
 ) {
     // The embedded store is open already and ready within a moment: wait
     // for it, so that a player arriving right after start gets its profile
@@ -243,6 +274,12 @@ async fn run(
         }
         None => None,
     };
+    // SWIM membership over the tunnel, at an incarnation that outranks
+    // this shard's previous lives.
+    let membership = hub.as_ref().map(|hub| {
+        let settings = crate::cluster::membership::SwimSettings::from_config(&config);
+        Membership::new(hub.clone(), settings, crate::cluster::directory::unix_ms())
+    });
 
     // Sessions and rooms live on separate Arbiters, so a room stuck in a
     // handler stalls only rooms, which the watchdog moves away.
@@ -279,7 +316,6 @@ async fn run(
     });
     let bans = Arc::new(Bans::default());
     load_bans(&persister.handle(), &bans).await;
-    let life = Arc::new(Life::default());
     let web = Arc::new(
         crate::http::Deps::new(
             config.clone(),
@@ -297,7 +333,8 @@ async fn run(
         )
         .with_directory(directory.clone())
         .with_peers(hub.clone())
-        .with_cluster(link.clone()),
+        .with_cluster(link.clone())
+        .with_membership(membership.clone()),
     );
     let shared = Arc::new(session::Deps {
         auth: Auth::for_shard(&config),
@@ -405,23 +442,18 @@ async fn run(
                 move || run_agent(dir.clone(), record.clone(), load.clone(), stop_rx.clone())
             },
         )))];
-        // The tunnel's own tasks run inside the hub; this child keeps it
-        // connected to the shards the directory lists.
-        if let Some(hub) = &hub {
-            let (hub, dir, stop_rx) = (hub.clone(), dir.clone(), cluster_stop_rx.clone());
+        // The tunnel's own tasks run inside the hub; "peers" keeps it
+        // connected to the shards the directory lists, "swim" probes them.
+        if let (Some(hub), Some(members)) = (&hub, &membership) {
             let every = ms(shared.config.cluster.heartbeat_ms);
-            tasks.push(actix::spawn(supervisor.supervise(Child::new(
-                "peers",
-                Restart::Permanent,
-                move || {
-                    crate::cluster::peering::keep_peers(
-                        hub.clone(),
-                        dir.clone(),
-                        every,
-                        stop_rx.clone(),
-                    )
-                },
-            ))));
+            tasks.extend(crate::cluster::peering::supervise_tunnel(
+                &supervisor,
+                hub,
+                members,
+                dir,
+                every,
+                &cluster_stop_rx,
+            ));
         }
         if let (Some(link), Some(hub)) = (&link, &hub) {
             for child in crate::peer_inbox::children(link, hub, &shared, &cluster_stop_rx) {
@@ -458,27 +490,46 @@ async fn run(
     }));
 
     let _ = stop_rx.wait_for(|stop| *stop).await;
-    life.set(ShardState::Stopping);
+    // A drain (cluster mode) is a shutdown that sends the players to
+    // other shards at once, within cluster.drain_budget_ms.
+    let draining = life.draining() && directory.is_some();
+    let budget = StopBudget::new(&shared.config, draining);
+    life.set(if draining {
+        ShardState::Draining
+    } else {
+        ShardState::Stopping
+    });
+    let what = if draining {
+        "draining"
+    } else {
+        "shutting down"
+    };
     events.record(NewEvent::plain(
         EventKind::ShardStopping,
         addrs.1.to_string(),
-        "shutting down",
+        what,
     ));
-    tracing::info!("shutting down: no new connections");
+    tracing::info!("{what}: no new connections");
     if let Some(dir) = &directory {
         // No new rooms placed here from now on.
         let _ = dir.set_state(DirState::Draining).await;
     }
     let _ = gateway_task.await;
-    let report = web.announce("server shutting down");
-    tracing::info!(delivered = report.delivered, "shutdown announced");
+    if !draining {
+        let report = web.announce("server shutting down");
+        tracing::info!(delivered = report.delivered, "shutdown announced");
+    }
     let sessions: Vec<Addr<Session>> = shared.presence.sessions();
     for session in &sessions {
         // Mailboxes ignore their capacity for do_send; shutdown must reach
         // every session.
-        session.do_send(Shutdown);
+        if draining {
+            session.do_send(session::Drain);
+        } else {
+            session.do_send(Shutdown);
+        }
     }
-    let grace = ms(shared.config.server.shutdown_grace_ms);
+    let grace = budget.sessions;
     drop(sessions);
     match tokio::time::timeout(grace, done_rx.recv()).await {
         Ok(_) => tracing::info!("all sessions closed"),
@@ -497,8 +548,7 @@ async fn run(
         let _ = arbiter.join();
     }
     // Rooms are gone and have handed over their last state: flush it.
-    let deadline = ms(shared.config.store.shutdown_flush_deadline_ms);
-    let report = persister.shutdown(deadline).await;
+    let report = persister.shutdown(budget.flush).await;
     if report.deadline_hit {
         tracing::error!(?report, "store flush deadline hit at shutdown");
     } else {
@@ -511,10 +561,9 @@ async fn run(
         }
         // After the rooms' state is flushed: peers see `shutting_down`.
         if let Some(hub) = &hub {
-            hub.shutdown(ms(shared.config.server.shutdown_grace_ms))
-                .await;
+            hub.shutdown(budget.tunnel).await;
         }
-        crate::cluster::leave(dir, ms(shared.config.cluster.redis_wait_ms)).await;
+        crate::cluster::leave(dir, budget.leave).await;
     }
     tracing::info!("shard stopped");
 }
@@ -537,55 +586,5 @@ fn advertised(config: &Config, addr: SocketAddr) -> String {
         addr.to_string()
     } else {
         format!("{}:{}", config.cluster.advertise_host, addr.port())
-    }
-}
-
-/// Once a second: the dispatcher's queue depths and rates, expired seats,
-/// and the stored bans until they could be read once.
-async fn sample(shared: Arc<session::Deps>, mut stop_rx: watch::Receiver<bool>) {
-    let mut every = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = stop_rx.wait_for(|s| *s) => break,
-            _ = every.tick() => {
-                shared.dispatcher.sample(1.0);
-                shared.presence.prune();
-            }
-        }
-        // Outside the select: its branches hold the stop signal's guard.
-        if !shared.bans.loaded() {
-            load_bans(&shared.persister, &shared.bans).await;
-        }
-    }
-}
-
-/// Read the stored bans into the table in force; a store that does not
-/// answer yet is tried again by the sampler.
-async fn load_bans(persister: &PersisterHandle, bans: &Bans) {
-    match persister
-        .admin_call(|store| async move { store.load_bans().await })
-        .await
-    {
-        Ok(list) => {
-            tracing::info!(bans = list.len(), "bans loaded");
-            bans.load(list);
-        }
-        Err(err) => tracing::warn!(error = %err, "bans not loaded yet; retrying"),
-    }
-}
-
-/// The room watchdog's rounds (see [`RoomSupervisor::watchdog`]).
-async fn watch_rooms(
-    rooms: Arc<RoomSupervisor>,
-    every: Duration,
-    mut stop_rx: watch::Receiver<bool>,
-) {
-    let mut every = tokio::time::interval(every);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = stop_rx.wait_for(|s| *s) => break,
-            _ = every.tick() => rooms.watchdog(),
-        }
     }
 }
