@@ -139,6 +139,9 @@ pub struct Stats {
     /// Churn drops whose resume the end of the run cut short.
     pub resumes_unfinished: AtomicU64,
     pub churn_drops: AtomicU64,
+    /// Sessions a draining shard closed with 4008, each resumed at once
+    /// (on the next `--url` when there are several).
+    pub moved: AtomicU64,
     pub map_hops: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub bytes_received: AtomicU64,
@@ -198,6 +201,7 @@ impl Stats {
             seats_restored: AtomicU64::new(0),
             resumes_unfinished: AtomicU64::new(0),
             churn_drops: AtomicU64::new(0),
+            moved: AtomicU64::new(0),
             map_hops: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),

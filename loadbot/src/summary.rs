@@ -143,6 +143,9 @@ pub struct Summary {
     pub join_failures_by_reason: BTreeMap<String, u64>,
     pub reconnects: u64,
     pub churn_drops: u64,
+    /// Sessions a draining shard closed with 4008 (each resumed at once).
+    #[serde(default)]
+    pub moved: u64,
     pub map_hops: u64,
     pub resumed_same_player: u64,
     pub resumed_new_player: u64,
@@ -265,6 +268,7 @@ impl Summary {
             join_failures_by_reason: s.join_failures_by_reason(),
             reconnects: s.reconnects.load(Relaxed),
             churn_drops: s.churn_drops.load(Relaxed),
+            moved: s.moved.load(Relaxed),
             map_hops: s.map_hops.load(Relaxed),
             resumed_same_player: s.resumed_same_player.load(Relaxed),
             resumed_new_player: s.resumed_new_player.load(Relaxed),

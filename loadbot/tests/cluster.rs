@@ -279,3 +279,69 @@ fn bad_cluster_flags_are_refused_with_the_flag_named() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("directory"), "{stderr}");
 }
+
+/// A plain HTTP/1.0 POST with the admin token on loopback; the status line.
+fn admin_post(addr: std::net::SocketAddr, path: &str, token: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .expect("connect to the shard");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a read timeout");
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.lines().next().unwrap_or_default().to_string()
+}
+
+/// A shard drained mid-run closes its bots' sessions with 4008: each bot
+/// resumes at once, with its token, on the other shard (the next
+/// `--url`), as the same player; none backs off, none is left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_of_a_draining_shard_resume_at_once_on_the_next_url() {
+    const TOKEN: &str = "loadbot-drain-test-admin-token";
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let cluster = |id: &str| {
+        Shard::start_with(
+            &[],
+            &[
+                ("TESSERA_CLUSTER__REDIS", url.as_str()),
+                ("TESSERA_CLUSTER__SECRET", SECRET),
+                ("TESSERA_CLUSTER__SHARD_ID", id),
+                ("TESSERA_CLUSTER__KEY_PREFIX", PREFIX),
+                ("TESSERA_CLUSTER__PEER_ADDR", "127.0.0.1:0"),
+                ("TESSERA_ADMIN__TOKEN", TOKEN),
+            ],
+        )
+    };
+    let (a, b) = (cluster("drain-a"), cluster("drain-b"));
+    wait_ready(&redis, 2);
+    let mut cfg = Config::with_urls(&[&a.url(), &b.url()]).expect("valid");
+    short_run(&mut cfg, 6, 2);
+    cfg.duration = Duration::from_secs(8);
+    let http = a.http;
+    let drain = std::thread::spawn(move || {
+        // Once every bot played a while (the ramp is 0.3 s).
+        std::thread::sleep(Duration::from_secs(3));
+        admin_post(http, "/admin/shards/drain", TOKEN)
+    });
+    let s = loadbot::run(cfg).await.expect("the run completes");
+    let status = drain.join().expect("the drain request");
+    assert!(status.contains(" 200"), "drain: {status}\n{}", a.log_tail());
+
+    // Bots 0, 2, 4 were on a: each told to move once, each back as itself.
+    assert_eq!(s.moved, 3, "{s:#?}\n{}", a.log_tail());
+    assert_eq!(s.disconnects_by_close_code.get("4008"), Some(&3), "{s:#?}");
+    assert_eq!(s.resumed_same_player, 3, "{s:#?}\n{}", b.log_tail());
+    assert_eq!(s.resumed_new_player, 0, "{s:#?}");
+    assert_eq!(s.resumes_unfinished, 0, "{s:#?}");
+    assert_eq!(s.connect_failures, 0, "{s:#?}");
+    // The three moved bots opened their second session on b.
+    assert_eq!(hellos(&b), 6, "{}", b.log_tail());
+}

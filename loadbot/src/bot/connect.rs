@@ -17,7 +17,7 @@ use super::measure::{own_seq, Room};
 use super::resume::SEAT_WAIT;
 use super::socket::{close_key, send, Failure, Incoming, Ws};
 use super::{stopped, Bot, End};
-use crate::config::{Auth, Scenario};
+use crate::config::Auth;
 use crate::{scenario, token};
 
 impl Bot {
@@ -105,9 +105,10 @@ impl Bot {
                 "more rooms than maps: rooms share maps (room i is maps[i % maps])"
             );
         }
-        if shared.cfg.scenario == Scenario::Churn {
-            self.resume.keep(welcome.resume_token, welcome.player_id);
-        }
+        // Every scenario keeps the token: a bot told to reconnect (a
+        // draining shard) or dropped comes back to its seat, as a client
+        // does.
+        self.resume.keep(welcome.resume_token, welcome.player_id);
     }
 
     /// Join the bot's room and play until the session ends.

@@ -146,6 +146,10 @@ enum End {
     Failed,
     /// The server closed or the socket broke after joining: back off, retry.
     Lost,
+    /// The shard is draining (close 4008): reconnect at once with the
+    /// resume token, to the next `--url` when there are several (the
+    /// draining shard takes no new players).
+    Moved,
 }
 
 /// Runs bot `index` until `stop` turns true (or its sender is gone).
@@ -216,6 +220,12 @@ impl Bot {
                     self.failures = 0;
                     self.resume.dropped();
                 }
+                End::Moved => {
+                    self.failures = 0;
+                    self.resume.dropped();
+                    self.stats().moved.fetch_add(1, Relaxed);
+                    self.shard = (self.shard + 1) % self.shared.shards.len().max(1);
+                }
                 End::Failed | End::Lost => {
                     self.failures = self.failures.saturating_add(1);
                     let delay = scenario::backoff(&mut self.rng, self.failures - 1);
@@ -272,7 +282,7 @@ impl Bot {
             // Connect failures returned above: this one is the join's.
             End::Failed => self.shard().join_failures.fetch_add(1, Relaxed),
             End::Lost => self.shard().drops.fetch_add(1, Relaxed),
-            End::Stop | End::Churn => 0,
+            End::Stop | End::Churn | End::Moved => 0,
         };
         match end {
             // A join that failed on a live socket: say goodbye before the
@@ -284,7 +294,7 @@ impl Bot {
                 self.stats().churn_drops.fetch_add(1, Relaxed);
             }
             // The server closed or the socket broke: nothing to say.
-            End::Lost => {}
+            End::Lost | End::Moved => {}
         }
         end
     }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::msg::{ChatSend, Join, Move, Ping};
-use protocol::{ClientMsg, ServerMsg};
+use protocol::{ClientMsg, CloseCode, ServerMsg};
 use tokio::time::{Instant, Interval, Sleep};
 
 use super::measure::{own_seq, MoveRing, Room};
@@ -85,6 +85,9 @@ impl Bot {
                         Incoming::Skip => continue,
                         Incoming::Closed(code) => {
                             shared.stats.disconnected(&close_key("", code));
+                            if code == Some(CloseCode::Draining.as_u16()) {
+                                break End::Moved;
+                            }
                             break End::Lost;
                         }
                         Incoming::Broken(why) => {

@@ -33,13 +33,14 @@ pub(super) enum ChurnStep {
     Hop(ClientMsg),
 }
 
-/// What a churning bot carries from one session to the next.
+/// What a bot carries from one session to the next (a churn drop, a
+/// drain's 4008, a lost socket).
 #[derive(Default)]
 pub(super) struct Resume {
-    /// Churn only: the resume token and player id of the last welcome.
+    /// The resume token and player id of the last welcome.
     token: Option<Box<str>>,
     player_id: Option<Box<str>>,
-    /// A churn drop whose bot is not back in a map yet.
+    /// A churn drop or drain move whose bot is not back in a map yet.
     pending: bool,
 }
 

@@ -61,9 +61,10 @@ fn write_table(out: &mut String, s: &Summary) -> std::fmt::Result {
     if s.reconnects + s.map_hops > 0 {
         writeln!(
             out,
-            "sessions     reconnects {} | churn drops {} | map hops {} | resumed same player {} | new player {} | seats restored {} | resumes cut short by the end {}",
+            "sessions     reconnects {} | churn drops {} | moved by a drain {} | map hops {} | resumed same player {} | new player {} | seats restored {} | resumes cut short by the end {}",
             s.reconnects,
             s.churn_drops,
+            s.moved,
             s.map_hops,
             s.resumed_same_player,
             s.resumed_new_player,
