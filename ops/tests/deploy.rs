@@ -220,10 +220,18 @@ fn the_compose_file_wires_real_keys_ports_and_services() {
             "shard{n}'s http port"
         );
         assert!(
-            text.contains(&format!("\"shard{n}:{http}\"")),
-            "the console and Prometheus reach shard{n}"
+            text.contains(&format!("TESSERA_CLUSTER__SHARD_ID: \"shard{n}\""))
+                && text.contains(&format!("TESSERA_CLUSTER__ADVERTISE_HOST: \"shard{n}\"")),
+            "shard{n} is named and advertised as its service"
         );
     }
+    // One cluster: the console finds the shards in the shards' directory.
+    let redis = get(&config, "cluster.redis").as_str().unwrap().to_string();
+    assert!(redis.starts_with("redis://redis:"), "{redis}");
+    assert!(
+        text.contains(&format!("\"--redis\", \"{redis}\"")),
+        "the console reads the directory at {redis}"
+    );
     assert!(text.contains(&format!("0.0.0.0:{CONSOLE_PORT}")));
     let prometheus = deploy("prometheus.yml");
     for n in 1..=3 {
@@ -298,8 +306,13 @@ fn the_kubernetes_shards_are_ready_on_a_real_route_and_outlast_their_drain() {
     );
     assert!(
         text.contains(&format!("--http 127.0.0.1:{http}")),
-        "the preStop reaches the shard"
+        "the hand drain in the comments reaches the shard"
     );
+    // Cluster mode: SIGTERM is a drain, bounded by its own budget; the
+    // peer tunnel's port is declared.
+    assert!(!get(&config, "cluster.redis").as_str().unwrap().is_empty());
+    let peer = port_of(&config, "cluster.peer_addr");
+    assert!(text.contains(&format!("containerPort: {peer}, protocol: UDP")));
 
     let grace_s = number_after(&text, "terminationGracePeriodSeconds");
     let pre_stop_s: u64 = text
@@ -309,8 +322,10 @@ fn the_kubernetes_shards_are_ready_on_a_real_route_and_outlast_their_drain() {
         .and_then(|n| n.parse().ok())
         .expect("the preStop waits");
     let budget_ms = pre_stop_s as i64 * 1_000
-        + ms(&config, "server.shutdown_grace_ms")
-        + ms(&config, "store.shutdown_flush_deadline_ms");
+        + ms(&config, "cluster.drain_budget_ms").max(
+            ms(&config, "server.shutdown_grace_ms")
+                + ms(&config, "store.shutdown_flush_deadline_ms"),
+        );
     assert!(
         grace_s as i64 * 1_000 > budget_ms,
         "terminationGracePeriodSeconds {grace_s} s must exceed the drain budget {budget_ms} ms"
