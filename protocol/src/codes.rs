@@ -160,6 +160,11 @@ pub enum NoticeCode {
     RoomRestarted = 6001,
     /// A resumed session got its seat back; `joined` came just before.
     SeatRestored = 6002,
+    /// Cluster mode: the room's owner shard went away and the room runs
+    /// on another shard now (restored from the store and what this shard
+    /// knew); `joined` (the entity id may be new) came just before, a full
+    /// update follows.
+    RoomMoved = 6003,
 }
 
 impl NoticeCode {
@@ -168,8 +173,12 @@ impl NoticeCode {
     }
 
     pub fn from_u16(code: u16) -> Option<NoticeCode> {
-        [NoticeCode::RoomRestarted, NoticeCode::SeatRestored]
-            .into_iter()
+        [
+            NoticeCode::RoomRestarted,
+            NoticeCode::SeatRestored,
+            NoticeCode::RoomMoved,
+        ]
+        .into_iter()
             .find(|c| c.as_u16() == code)
     }
 }

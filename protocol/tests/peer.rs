@@ -93,6 +93,18 @@ fn edge_samples() -> Vec<(&'static str, EdgeMsg)> {
                 name: "ada".into(),
                 room: "lobby#2".into(),
                 resume: false,
+                at: None,
+            }),
+        ),
+        (
+            "peer_room_join_at",
+            EdgeMsg::Join(RemoteJoin {
+                session: 17,
+                player: "g-1".into(),
+                name: "ada".into(),
+                room: "lobby".into(),
+                resume: true,
+                at: Some([12.5, 40.0]),
             }),
         ),
         ("peer_room_leave", EdgeMsg::Leave(Member { session: 17 })),

@@ -64,6 +64,12 @@ pub struct RemoteJoin {
     /// A resumed seat (the player had one and comes back to it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resume: bool,
+    /// Where to place a new entity (`[x, y]`): the player's saved
+    /// position, or, when the edge re-joins its members after the owner
+    /// went away, where the edge last saw them. Absent: the map's spawn.
+    /// Added in 1.0 (optional; older peers ignore it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<[f32; 2]>,
 }
 
 /// A member named by its edge session.
