@@ -179,7 +179,7 @@ impl NoticeCode {
             NoticeCode::RoomMoved,
         ]
         .into_iter()
-            .find(|c| c.as_u16() == code)
+        .find(|c| c.as_u16() == code)
     }
 }
 

@@ -271,6 +271,17 @@ async fn run(
         .with_faults(faults.clone())
         .with_events(events.clone()),
     );
+    // In cluster mode, rooms are leased through the directory and reached
+    // across the tunnel wherever they run.
+    if let (Some(dir), Some(hub)) = (&directory, &hub) {
+        crate::cluster::rooms::RoomCluster::start(
+            dir.clone(),
+            hub.clone(),
+            &rooms,
+            persister.handle(),
+            crate::cluster::rooms::RoomSettings::from_config(&config),
+        );
+    }
     let presence = Arc::new(Presence::new(Duration::from_secs(config.auth.resume_ttl_s)));
     let bans = Arc::new(Bans::default());
     load_bans(&persister.handle(), &bans).await;

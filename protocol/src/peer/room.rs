@@ -215,6 +215,25 @@ impl Tick {
     }
 }
 
+/// The entity id and position an entry (an encoded `Entity` or `Moved`)
+/// carries, or `None` for bytes that are not one. An edge keeps where its
+/// members stand this way, to re-join them there if the owner goes away.
+pub fn entry_position(entry: &[u8]) -> Option<(EntityId, f32, f32)> {
+    // An `Entity` is a map, a `Moved` the array `[id, x, y, seq]`.
+    #[derive(Deserialize)]
+    struct Position {
+        id: EntityId,
+        x: f32,
+        y: f32,
+    }
+    if let Ok((id, x, y, _)) = crate::codec::decode::<(EntityId, f32, f32, u32)>(entry, entry.len())
+    {
+        return Some((id, x, y));
+    }
+    let p: Position = crate::codec::decode(entry, entry.len()).ok()?;
+    Some((p.id, p.x, p.y))
+}
+
 /// Which of an entity's two encodings an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EntryKind {
@@ -398,6 +417,9 @@ mod tests {
             full: false,
         }));
         assert_eq!(out, expected);
+        assert_eq!(entry_position(&tick.entries[0]), Some((1, 1.0, 2.0)));
+        assert_eq!(entry_position(&tick.entries[1]), Some((2, 5.0, 6.0)));
+        assert_eq!(entry_position(b"\xc1"), None);
         let bad = View {
             moved: vec![2],
             ..View::default()

@@ -131,6 +131,12 @@ impl Room {
         self.slot
             .members
             .store(self.members.len(), Ordering::Release);
+        let remote = self
+            .members
+            .values()
+            .filter(|m| m.state.link.remote.is_some())
+            .count();
+        self.slot.remote_members.store(remote, Ordering::Release);
     }
 
     pub(super) fn member_of(&mut self, session: SessionId) -> Option<&mut Member> {
@@ -179,10 +185,20 @@ impl Room {
 
     pub(super) fn join(&mut self, msg: JoinRoom) -> Result<JoinOk, JoinError> {
         // A held seat of the resumed session, or of this session (joining
-        // again), is taken over rather than duplicated.
+        // again), is taken over rather than duplicated. A resume that names
+        // no seat here (the player dropped on another shard: session ids
+        // are per shard) takes over the seat held for the player's id.
+        let player = &msg.link.identity.player_id;
         let seat = msg
             .resume
-            .and_then(|old| self.sessions.get(&old).copied().map(|id| (old, id)));
+            .and_then(|old| self.sessions.get(&old).copied().map(|id| (old, id)))
+            .or_else(|| {
+                msg.resume?;
+                self.members
+                    .iter()
+                    .find(|(_, m)| m.state.link.identity.player_id == *player)
+                    .map(|(id, m)| (m.state.link.session, *id))
+            });
         if let Some((old, id)) = seat {
             self.sessions.remove(&old);
             self.sessions.insert(msg.link.session, id);
@@ -198,6 +214,7 @@ impl Room {
             link.inputs = msg.link.inputs;
             link.epoch = msg.link.epoch;
             link.events = msg.link.events;
+            link.remote = msg.link.remote;
             member.state.disconnected_at = None;
             member.state.dir = (0.0, 0.0);
             // A session joining the map it stands in gets `joined` again,
@@ -278,19 +295,11 @@ impl Room {
             .get_mut(&id)
             .expect("send_joined is called for a present member");
         me.visible = view;
-        let _ = me
-            .state
-            .link
-            .out
-            .push_room_reliable(me.state.link.epoch, frame);
+        me.state.link.push_reliable(frame);
         if let Some(code) = notice {
             let text = format!("back in {}", self.map.name);
             let frame = encode_frame(&ServerMsg::Notice(Notice::new(code, text)));
-            let _ = me
-                .state
-                .link
-                .out
-                .push_room_reliable(me.state.link.epoch, frame);
+            me.state.link.push_reliable(frame);
         }
     }
 }

@@ -51,6 +51,7 @@ pub mod grid;
 pub mod ground;
 mod member;
 mod messages;
+pub mod remote;
 mod room_ref;
 mod snapshot;
 pub mod supervisor;
@@ -350,11 +351,7 @@ impl Room {
         for member in self.members.values().filter(|m| m.connected()) {
             // An overflow closes that member's session; it leaves the room
             // when its actor stops.
-            let _ = member
-                .state
-                .link
-                .out
-                .push_room_reliable(member.state.link.epoch, frame.clone());
+            member.state.link.push_reliable(frame.clone());
         }
     }
 
@@ -375,11 +372,9 @@ impl Room {
             self.grid
                 .query(me.state.x, me.state.y, self.map.view_radius, &mut view);
             let frame = self.full_update(&view);
-            let out = me.state.link.out.clone();
-            let epoch = me.state.link.epoch;
             // Reliable: a resync must not be shed like an ordinary update.
-            let _ = out.push_room_reliable(epoch, frame);
-            let _ = out.push_room_reliable(epoch, notice.clone());
+            me.state.link.push_reliable(frame);
+            me.state.link.push_reliable(notice.clone());
             if let Some(me) = self.members.get_mut(&id) {
                 me.visible = view.clone();
             }
