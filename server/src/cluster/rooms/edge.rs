@@ -233,10 +233,15 @@ impl EdgeLink {
             inner.owner.clone()
         };
         let cluster = self.cluster.upgrade().ok_or(())?;
-        let stream = match cluster.hub().open(owner.as_str(), ROOM_PROTOCOL).await {
-            Ok(stream) => stream,
-            Err(e) => {
+        let open = cluster.hub().open(owner.as_str(), ROOM_PROTOCOL);
+        let stream = match tokio::time::timeout(cluster.settings().call_timeout, open).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
                 tracing::debug!(room = %self.room, %owner, error = %e, "room stream not opened");
+                return Err(());
+            }
+            Err(_) => {
+                tracing::debug!(room = %self.room, %owner, "room stream not opened in time");
                 return Err(());
             }
         };
@@ -430,9 +435,15 @@ impl EdgeLink {
                     self.move_here(&cluster).await;
                     return;
                 }
-                // The old owner's lease has not expired yet.
+                // The old owner still holds the lease: it is going away
+                // (its lease is released or expires) or only the stream
+                // broke. Dialling a shard that is gone can take long, so it
+                // is tried again only in the second half of the budget.
                 Ok(Some(owner)) if owner == old => {
-                    if self.rejoin_on(old).await {
+                    let half = cluster.settings().failover_budget / 2;
+                    if deadline.saturating_duration_since(Instant::now()) < half
+                        && self.rejoin_on(old).await
+                    {
                         return;
                     }
                 }

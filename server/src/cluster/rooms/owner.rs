@@ -218,9 +218,13 @@ async fn seat(
     let addr = rooms
         .start(&id)
         .ok_or((ErrorCode::UnknownMap, format!("no room {id}")))?;
+    // Every remote join takes over a seat the player holds here, whatever
+    // session (on whatever shard) held it: session ids are per shard, so
+    // the player's id is what names the seat, and a player who dropped on
+    // one shard comes back through another.
     let request = JoinRoom {
         link,
-        resume: join.resume.then_some(session),
+        resume: Some(session),
         seat_only: false,
         spawn_at: join
             .at
