@@ -19,6 +19,8 @@ use server::config::Config;
 use server::ids::RoomId;
 use tokio_tungstenite::tungstenite::Message;
 
+const ADMIN: &str = "admin-token-for-cluster-rooms-01";
+
 /// Generous: these tests wait for conditions, never for fixed times.
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -35,6 +37,7 @@ fn config(redis: &RedisServer, prefix: &str, id: &str) -> Config {
     config.cluster.failover_budget_ms = 20_000;
     // One identity across shards: a resume token from one works on all.
     config.auth.secret = "a".repeat(48);
+    config.admin.token = ADMIN.into();
     config.rooms.call_timeout_ms = 5_000;
     config
 }
@@ -187,9 +190,25 @@ async fn players_on_three_shards_see_each_other_move_and_chat_in_one_room() {
         ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
         "one room, one entity each: {ids:?}"
     );
-    // Exactly one shard runs the room; the other two reach it.
+    // Exactly one shard runs the room; the other two reach it. Its admin
+    // view counts the two remote members and names their shards.
     let owner = cluster.owner("test").await;
-    assert!(owner < 3);
+    let url = format!("http://{}/admin/rooms/test", cluster.shard(owner).http_addr);
+    let (status, body) = common::http("GET", &url, Some(ADMIN), "").await;
+    assert_eq!(status, 200, "{body}");
+    let detail: protocol::admin::RoomDetail = serde_json::from_str(&body).unwrap();
+    assert_eq!((detail.room.members, detail.room.members_remote), (3, 2));
+    assert!(detail.room.epoch >= 1, "leased: {}", detail.room.epoch);
+    let mut edges: Vec<_> = detail.members.iter().filter_map(|m| m.edge.clone()).collect();
+    edges.sort();
+    let mut others: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != owner)
+        .map(|(_, s)| s.to_string())
+        .collect();
+    others.sort();
+    assert_eq!(edges, others);
 
     // Each player's move reaches the other two, whichever shard runs it.
     let clients = [&mut ann, &mut bob, &mut cat];
