@@ -131,6 +131,7 @@ fn edge_samples() -> Vec<(&'static str, EdgeMsg)> {
                 ],
             }),
         ),
+        ("peer_room_resync", EdgeMsg::Resync(Member { session: 17 })),
         (
             "peer_room_chat",
             EdgeMsg::Chat(RemoteChat {

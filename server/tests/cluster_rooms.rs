@@ -137,7 +137,11 @@ where
 }
 
 /// The first message `pick` accepts within PATIENCE, skipping others.
-async fn wait_for<T>(client: &mut Client, what: &str, mut pick: impl FnMut(&ServerMsg) -> Option<T>) -> T {
+async fn wait_for<T>(
+    client: &mut Client,
+    what: &str,
+    mut pick: impl FnMut(&ServerMsg) -> Option<T>,
+) -> T {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -176,7 +180,10 @@ async fn raw_update_with(client: &mut Client, entity: EntityId, seq: u32) -> (u6
 
 fn sees(update: &Update, entity: EntityId, seq: u32) -> bool {
     update.moved.iter().any(|m| m.id == entity && m.seq == seq)
-        || update.entered.iter().any(|e| e.id == entity && e.seq == seq)
+        || update
+            .entered
+            .iter()
+            .any(|e| e.id == entity && e.seq == seq)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,7 +206,11 @@ async fn players_on_three_shards_see_each_other_move_and_chat_in_one_room() {
     let detail: protocol::admin::RoomDetail = serde_json::from_str(&body).unwrap();
     assert_eq!((detail.room.members, detail.room.members_remote), (3, 2));
     assert!(detail.room.epoch >= 1, "leased: {}", detail.room.epoch);
-    let mut edges: Vec<_> = detail.members.iter().filter_map(|m| m.edge.clone()).collect();
+    let mut edges: Vec<_> = detail
+        .members
+        .iter()
+        .filter_map(|m| m.edge.clone())
+        .collect();
     edges.sort();
     let mut others: Vec<String> = ["a", "b", "c"]
         .iter()
@@ -273,10 +284,12 @@ async fn a_member_leaving_or_dropping_on_an_edge_leaves_the_room_on_its_owner() 
     let owner = cluster.owner("test").await;
     let edges: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
     let (mut watcher, _) = Client::joined(cluster.shard(owner).ws_addr, "watch", "test").await;
-    let (mut bob, bob_joined) = Client::joined(cluster.shard(edges[0]).ws_addr, "bob", "test").await;
+    let (mut bob, bob_joined) =
+        Client::joined(cluster.shard(edges[0]).ws_addr, "bob", "test").await;
     let (cat, cat_joined) = Client::joined(cluster.shard(edges[1]).ws_addr, "cat", "test").await;
     // bob leaves on purpose: gone from the owner's room at once.
-    bob.send(protocol::ClientMsg::Leave(protocol::msg::Leave {})).await;
+    bob.send(protocol::ClientMsg::Leave(protocol::msg::Leave {}))
+        .await;
     bob.expect("left", msg!(ServerMsg::Left)).await;
     wait_for(&mut watcher, "bob's entity leaves", |m| match m {
         ServerMsg::Update(u) if u.left.contains(&bob_joined.you) => Some(()),
@@ -346,8 +359,10 @@ async fn when_the_owner_shuts_down_the_room_moves_and_members_elsewhere_keep_the
     if edges.contains(&0) {
         starter.walk(1, 0.0, 0.0).await;
     }
-    let (mut ann, ann_joined) = Client::joined(cluster.shard(edges[0]).ws_addr, "ann", "test").await;
-    let (mut bob, bob_joined) = Client::joined(cluster.shard(edges[1]).ws_addr, "bob", "test").await;
+    let (mut ann, ann_joined) =
+        Client::joined(cluster.shard(edges[0]).ws_addr, "ann", "test").await;
+    let (mut bob, bob_joined) =
+        Client::joined(cluster.shard(edges[1]).ws_addr, "bob", "test").await;
     // Both walk the same way (staying in each other's view) and stop;
     // each learns where it stands.
     ann.walk(1, 1.0, 0.0).await;
@@ -440,7 +455,12 @@ async fn a_room_whose_lease_is_lost_stops_on_its_old_owner() {
     // The old owner stops the room at its next renewal: its local member
     // gets the room-failed path (3005, then the fallback map).
     local.expect_error(ErrorCode::RoomFailed).await;
-    local.expect("joined the fallback map", msg!(ServerMsg::Joined(j) if j.map.name == "other")).await;
+    local
+        .expect(
+            "joined the fallback map",
+            msg!(ServerMsg::Joined(j) if j.map.name == "other"),
+        )
+        .await;
     // The remote member's shard was told and looked for the room at the
     // thief, which never answers: past its budget, the same path.
     wait_for(&mut remote, "room failed on the edge", |m| match m {

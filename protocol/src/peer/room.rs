@@ -103,6 +103,10 @@ pub enum EdgeMsg {
     Disconnected(Member),
     Inputs(Inputs),
     Chat(RemoteChat),
+    /// The member's outbound queue dropped update frames (a slow client)
+    /// and has drained: it is owed a full view at the next tick. Added in
+    /// 1.0 (appended).
+    Resync(Member),
 }
 
 /// The member is seated; its frames (`joined` first) follow as

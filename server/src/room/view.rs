@@ -265,7 +265,9 @@ impl Room {
                 continue;
             }
             let resync = match &me.state.link.remote {
-                Some(seat) => edges.is_full(&seat.edge),
+                // The edge asked (a slow client there shed updates), or
+                // its tick was lost on the way.
+                Some(seat) => edges.is_full(&seat.edge) | me.state.link.out.take_resync(),
                 None => me.state.link.out.take_resync(),
             };
             if !self.dirty && !resync {

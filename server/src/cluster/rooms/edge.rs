@@ -5,7 +5,8 @@
 //! - Joins: `join` goes up, the call waits for `joined` / `join_refused`
 //!   (within the session's call timeout).
 //! - Inputs: every member's queue is drained once per tick of the map and
-//!   sent as one `inputs` batch.
+//!   sent as one `inputs` batch; a member whose outbound queue shed
+//!   updates and drained is reported (`resync`) for a full view.
 //! - `tick`: each view's `update` frame is laid out once
 //!   ([`protocol::peer::Tick::write_update`]) and the same bytes pushed to
 //!   each recipient's outbound queue as a state frame, as a local room
@@ -399,6 +400,11 @@ impl EdgeLink {
                 };
                 let mut batch = Vec::new();
                 for (&session, member) in &inner.members {
+                    // A slow client shed updates and has drained: the
+                    // owner sends it a full view.
+                    if member.link.out.take_resync() {
+                        let _ = tx.send_msg(&EdgeMsg::Resync(Member { session }));
+                    }
                     member.link.inputs.drain_into(&mut pending);
                     batch.extend(pending.drain(..).map(|(seq, dx, dy)| Input {
                         session,

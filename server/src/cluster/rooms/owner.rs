@@ -40,6 +40,9 @@ pub(super) async fn serve(cluster: Weak<RoomCluster>, mut streams: mpsc::Receive
 struct Seated {
     session: SessionId,
     inputs: Arc<Inputs>,
+    /// The member's queue at the owner: nobody reads it, but its resync
+    /// flag is how the room learns the member is owed a full view.
+    out: Arc<Outbound>,
 }
 
 /// Tells an edge when its room failed past its restart limit (the
@@ -128,6 +131,11 @@ async fn run_stream(cluster: Arc<RoomCluster>, stream: PeerStream) {
                     }
                 }
             }
+            EdgeMsg::Resync(m) => {
+                if let Some(s) = seated.get(&m.session) {
+                    s.out.request_resync();
+                }
+            }
             EdgeMsg::Chat(chat) => {
                 if let (Some(s), Some(id)) = (seated.get(&chat.session), &room) {
                     // The edge's session validated the line; a full mailbox
@@ -200,6 +208,7 @@ async fn seat(
     // carries the membership epoch the room checks.
     let out = Outbound::new(0);
     let epoch = out.begin_room();
+    let kept = out.clone();
     let link = MemberLink {
         session,
         identity: Arc::new(Identity {
@@ -239,7 +248,14 @@ async fn seat(
                 // views at the next tick.
                 sink.want_full();
             }
-            Ok((ok.entity, Seated { session, inputs }))
+            Ok((
+                ok.entity,
+                Seated {
+                    session,
+                    inputs,
+                    out: kept,
+                },
+            ))
         }
         Ok(Ok(Err(e))) => Err(refusal(e, &id)),
         Ok(Err(_)) | Err(_) => Err((ErrorCode::RoomUnavailable, format!("{id} did not answer"))),
