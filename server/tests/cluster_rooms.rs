@@ -471,3 +471,33 @@ async fn a_room_whose_lease_is_lost_stops_on_its_old_owner() {
     drop(first.drain(Duration::from_millis(10)).await);
     cluster.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_instances_fill_one_after_another_across_shards() {
+    let cluster = Cluster::start("cr7", |c| {
+        c.maps.push(server::config::MapConfig {
+            name: "crowd".into(),
+            spawn_radius: 0.0,
+            max_players: Some(1),
+            instances: server::config::Instances::Auto,
+            ..server::config::MapConfig::default()
+        })
+    })
+    .await;
+    let (mut first, joined) = Client::joined(cluster.shard(0).ws_addr, "first", "crowd").await;
+    assert_eq!(joined.instance, 1);
+    // From another shard, whether it runs instance 1 or reaches it over
+    // the tunnel: instance 1 is full, so the join lands in instance 2.
+    let (mut second, joined) = Client::joined(cluster.shard(1).ws_addr, "second", "crowd").await;
+    assert_eq!(joined.instance, 2);
+    // Each plays in its own instance.
+    first.walk(1, 1.0, 0.0).await;
+    second.walk(1, 1.0, 0.0).await;
+    let me = joined.you;
+    wait_for(&mut second, "its own move", |m| match m {
+        ServerMsg::Update(u) if sees(u, me, 1) => Some(()),
+        _ => None,
+    })
+    .await;
+    cluster.close().await;
+}

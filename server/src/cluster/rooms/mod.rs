@@ -192,6 +192,11 @@ impl RoomCluster {
         if let Some(link) = self.edges.lock().get(room).filter(|l| l.is_live()) {
             return Ok(Located::Remote(link.clone()));
         }
+        // A room running here under a lease this shard holds needs no
+        // lookup: joins go on while Redis is away.
+        if self.runs_here(room) {
+            return Ok(Located::Local);
+        }
         match self.resolve(room).await? {
             None => Ok(Located::Local),
             Some(owner) => Ok(Located::Remote(self.link_to(room, owner))),
@@ -213,13 +218,21 @@ impl RoomCluster {
         }
     }
 
+    /// Room `room` runs here under the lease this shard holds.
+    fn runs_here(&self, room: &RoomId) -> bool {
+        let Some(rooms) = self.rooms() else {
+            return false;
+        };
+        let epoch = rooms.epoch(room);
+        epoch > 0 && self.dir.held_epoch(room) == Some(epoch) && rooms.current(room).is_some()
+    }
+
     /// Take `room`'s lease for this shard (if it is not held here yet)
     /// and raise the store's fence to its epoch. `Some(shard)`: another
     /// shard holds it.
     pub(crate) async fn ensure_local(&self, room: &RoomId) -> Result<Option<ShardId>, JoinError> {
         let rooms = self.rooms().ok_or(JoinError::Crashed)?;
-        let held = self.dir.held_epoch(room);
-        if held.is_some() && held == Some(rooms.epoch(room)) && rooms.current(room).is_some() {
+        if self.runs_here(room) {
             return Ok(None);
         }
         let label = room.to_string();
