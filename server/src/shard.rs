@@ -274,12 +274,12 @@ async fn run(
     // In cluster mode, rooms are leased through the directory and reached
     // across the tunnel wherever they run.
     if let (Some(dir), Some(hub)) = (&directory, &hub) {
-        crate::cluster::rooms::RoomCluster::start(
+        crate::room::cluster::RoomCluster::start(
             dir.clone(),
             hub.clone(),
             &rooms,
             persister.handle(),
-            crate::cluster::rooms::RoomSettings::from_config(&config),
+            crate::room::cluster::RoomSettings::from_config(&config),
         );
     }
     let presence = Arc::new(Presence::new(Duration::from_secs(config.auth.resume_ttl_s)));

@@ -35,7 +35,6 @@
 pub mod agent;
 pub mod directory;
 pub mod peering;
-pub mod rooms;
 pub mod tunnel;
 
 pub use agent::{leave, run_agent, LoadSource};

@@ -30,6 +30,9 @@
 //!   broadcasts, timers, store calls behind the panic boundary).
 //! - [`grid`]: the spatial index; [`ground`]: items lying on the map;
 //!   [`supervisor`]: where rooms are found, restarted and watched.
+//! - [`remote`]: members whose socket is on another shard (their frames
+//!   go to their edge; one `tick` per edge per tick); [`cluster`]: where
+//!   a room runs in cluster mode, and both ends of its tunnel stream.
 //!
 //! Items lying on the map, their spawners and the durable pick-up live in
 //! [`ground`]; the room's document (items, pick-ups in flight) is loaded
@@ -46,6 +49,7 @@
 //! anyone moved, into a slot the supervisor holds, so a room stuck in a
 //! handler can be restarted from it too.
 
+pub mod cluster;
 mod effects;
 pub mod grid;
 pub mod ground;

@@ -7,7 +7,7 @@
 //! reliable frames go to its edge as `reliable`, and each tick every edge
 //! gets **one** `tick` built with [`TickBuilder`] (entries once, equal
 //! views shared), which the edge lays out into the same bytes a local
-//! member gets. The stream's task (`cluster::rooms::owner`) feeds the
+//! member gets. The stream's task (`room::cluster::owner`) feeds the
 //! member's inputs and turns leave / disconnect / chat into the room's
 //! usual messages.
 

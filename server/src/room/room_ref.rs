@@ -21,8 +21,8 @@ use actix::prelude::*;
 
 use super::supervisor::RoomSupervisor;
 use super::{ChatIn, Disconnected, JoinError, JoinOk, JoinRoom, LeaveRoom, PickUp, Room, WhoIs};
-use crate::cluster::rooms::{EdgeLink, Located};
 use crate::ids::{RoomId, SessionId};
+use crate::room::cluster::{EdgeLink, Located};
 
 /// Why a cast was not delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

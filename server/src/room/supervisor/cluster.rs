@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::RoomSupervisor;
-use crate::cluster::rooms::RoomCluster;
 use crate::ids::RoomId;
+use crate::room::cluster::RoomCluster;
 use crate::room::remote::LeaseLost;
 
 impl RoomSupervisor {

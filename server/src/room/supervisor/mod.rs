@@ -225,7 +225,7 @@ pub struct RoomSupervisor {
     /// Where restarts and failures are told (the admin API's events).
     events: Option<Events>,
     /// Cluster mode: where rooms are placed and leased (see `cluster.rs`).
-    cluster: std::sync::OnceLock<Arc<crate::cluster::rooms::RoomCluster>>,
+    cluster: std::sync::OnceLock<Arc<crate::room::cluster::RoomCluster>>,
     /// Cluster mode: the lease epoch of each room this shard runs; every
     /// incarnation writes under it.
     epochs: Mutex<HashMap<RoomId, u64>>,

@@ -40,8 +40,8 @@ use parking_lot::Mutex;
 use protocol::ErrorCode;
 use tokio::sync::broadcast;
 
-use super::directory::{Directory, DirectoryError, LeaseNotice, ShardId};
-use super::tunnel::PeerHub;
+use crate::cluster::directory::{Directory, DirectoryError, LeaseNotice, ShardId};
+use crate::cluster::tunnel::PeerHub;
 use crate::config::{ms, Config};
 use crate::ids::{RoomId, SessionId};
 use crate::room::{JoinError, RoomSupervisor};
