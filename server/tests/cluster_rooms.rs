@@ -501,3 +501,30 @@ async fn auto_instances_fill_one_after_another_across_shards() {
     .await;
     cluster.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_room_stops_and_gives_its_lease_back() {
+    let cluster = Cluster::start("cr8", |c| c.rooms.idle_stop_ms = 300).await;
+    let (mut ann, _) = Client::joined(cluster.shard(1).ws_addr, "ann", "test").await;
+    let room: RoomId = "test".parse().unwrap();
+    let (owner, epoch) = cluster.dir.owner(&room).await.unwrap().expect("leased");
+    ann.send(protocol::ClientMsg::Leave(protocol::msg::Leave {}))
+        .await;
+    ann.expect("left", msg!(ServerMsg::Left)).await;
+    let dir = cluster.dir.clone();
+    eventually("the lease is released", || {
+        let (dir, room) = (dir.clone(), room.clone());
+        async move { matches!(dir.owner(&room).await, Ok(None)) }
+    })
+    .await;
+    // The next join leases it again, at a higher epoch.
+    let (_bob, _) = Client::joined(cluster.shard(2).ws_addr, "bob", "test").await;
+    let (_, again) = cluster
+        .dir
+        .owner(&room)
+        .await
+        .unwrap()
+        .expect("leased again");
+    assert!(again > epoch, "{owner} had {epoch}, now {again}");
+    cluster.close().await;
+}

@@ -249,6 +249,10 @@ impl RoomCluster {
         };
         if rooms.epoch(room) != lease.epoch {
             let epoch = lease.epoch;
+            // Recorded before the store is asked: a release of this room
+            // still on its way (it stopped a moment ago) sees it and lets
+            // the lease be.
+            rooms.set_epoch(room, epoch);
             let claimed = self
                 .persister
                 .admin_call(move |store| async move { store.claim_room(label, epoch).await })
@@ -258,7 +262,6 @@ impl RoomCluster {
                 // carry the epoch and raise the fence when they land.
                 tracing::warn!(%room, epoch, error = %e, "claiming the room in the store");
             }
-            rooms.set_epoch(room, epoch);
             tracing::info!(%room, epoch, "room leased here");
         }
         Ok(None)
@@ -284,10 +287,14 @@ impl RoomCluster {
         }
     }
 
-    /// A room that ran here stopped: give its lease back.
+    /// A room that ran here stopped: give its lease back, unless a join
+    /// leased it again meanwhile (it has an epoch here again).
     pub(crate) fn release(&self, room: &RoomId) {
-        let (dir, room) = (self.dir.clone(), room.clone());
+        let (dir, room, rooms) = (self.dir.clone(), room.clone(), self.rooms.clone());
         actix::spawn(async move {
+            if rooms.upgrade().is_none_or(|r| r.epoch(&room) != 0) {
+                return;
+            }
             match dir.release_room(&room).await {
                 Ok(()) => tracing::debug!(%room, "lease released"),
                 Err(e) => tracing::debug!(%room, error = %e, "lease not released"),
