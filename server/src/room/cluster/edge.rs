@@ -156,16 +156,25 @@ impl EdgeLink {
         }
         match tokio::time::timeout(timeout, reply_rx).await {
             Ok(Ok(reply)) => {
-                if let Err(JoinError::Full) = reply {
-                    if let Some(cluster) = self.cluster.upgrade() {
-                        cluster.hint_full(&self.room);
+                if let Err(e) = reply {
+                    if e == JoinError::Full {
+                        if let Some(cluster) = self.cluster.upgrade() {
+                            cluster.hint_full(&self.room);
+                        }
                     }
+                    // Refused: a link nobody uses any more is closed.
+                    self.end_if_empty();
                 }
                 Ok(reply)
             }
             Ok(Err(_)) => Err(CallError::Closed),
             Err(_) => {
-                self.remove(session);
+                // The owner may still seat it: take the seat back at once
+                // rather than leave it standing there.
+                if self.remove(session).is_some() {
+                    self.send(&EdgeMsg::Leave(Member { session }));
+                }
+                self.end_if_empty();
                 Err(CallError::Timeout)
             }
         }
