@@ -528,3 +528,104 @@ async fn an_empty_room_stops_and_gives_its_lease_back() {
     assert!(again > epoch, "{owner} had {epoch}, now {again}");
     cluster.close().await;
 }
+
+/// A shard id for a third shard that rendezvous hashing prefers over `a`
+/// and `b` for `room`: the room is placed on it.
+fn winning_id(room: &str) -> String {
+    use server::cluster::directory::rendezvous;
+    let best = rendezvous(room, "a").max(rendezvous(room, "b"));
+    (0..1000)
+        .map(|i| format!("p{i}"))
+        .find(|id| rendezvous(room, id) > best)
+        .expect("some id wins")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_owner_is_replaced_and_players_on_other_shards_keep_their_place() {
+    let redis = RedisServer::start();
+    let data = tempfile::tempdir().unwrap();
+    // The owner is a process of its own, SIGKILLed below.
+    let owner_id = winning_id("test");
+    let mut config = config(&redis, "cr9", &owner_id);
+    config.store.embedded.dir = data.path().join("store");
+    let path = data.path().join("tessera.toml");
+    std::fs::write(&path, config.to_toml()).unwrap();
+    let (owner, _) = common::ServerProcess::spawn(&[("TESSERA_CONFIG", path.as_os_str())]);
+    let mut shards = Vec::new();
+    for id in ["a", "b"] {
+        let config = config(&redis, "cr9", id);
+        shards.push(
+            tokio::task::spawn_blocking(move || common::start(config))
+                .await
+                .unwrap(),
+        );
+    }
+    let dir = shards[0].cluster.clone().unwrap();
+    {
+        let dir = dir.clone();
+        eventually("three shards ready", move || {
+            let dir = dir.clone();
+            async move {
+                dir.shards()
+                    .await
+                    .map(|s| s.iter().filter(|s| s.alive && s.placeable()).count() == 3)
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+    }
+    let (mut ann, ann_joined) = Client::joined(shards[0].ws_addr, "ann", "test").await;
+    let (mut bob, bob_joined) = Client::joined(shards[1].ws_addr, "bob", "test").await;
+    let room: RoomId = "test".parse().unwrap();
+    let (held_by, epoch) = dir.owner(&room).await.unwrap().expect("leased");
+    assert_eq!(held_by.as_str(), owner_id, "placed on the process");
+    ann.walk(1, 1.0, 0.0).await;
+    bob.walk(1, 1.0, 0.0).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    ann.walk(2, 0.0, 0.0).await;
+    bob.walk(2, 0.0, 0.0).await;
+    let mut at = Vec::new();
+    for (c, me) in [(&mut ann, ann_joined.you), (&mut bob, bob_joined.you)] {
+        let pos = wait_for(c, "own stop", |m| match m {
+            ServerMsg::Update(u) => u
+                .moved
+                .iter()
+                .find(|mv| mv.id == me && mv.seq == 2)
+                .map(|mv| (mv.x, mv.y)),
+            _ => None,
+        })
+        .await;
+        at.push(pos);
+    }
+    owner.kill_hard();
+    // Its lease expires; the room is placed on a or b, at a higher epoch,
+    // and both players are seated again where they stood.
+    for (i, c) in [&mut ann, &mut bob].into_iter().enumerate() {
+        let joined = wait_for(c, "joined from the new owner", msg!(ServerMsg::Joined)).await;
+        wait_for(c, "notice 6003", |m| match m {
+            ServerMsg::Notice(n) if n.code == NoticeCode::RoomMoved.as_u16() => Some(()),
+            _ => None,
+        })
+        .await;
+        let full = wait_for(c, "a full update", |m| match m {
+            ServerMsg::Update(u) if u.full => Some(u.clone()),
+            _ => None,
+        })
+        .await;
+        let me = full
+            .entered
+            .iter()
+            .find(|e| e.id == joined.you)
+            .expect("its own entity in the full update");
+        let (x, y) = at[i];
+        assert!((me.x - x).abs() < 0.5 && (me.y - y).abs() < 0.5);
+    }
+    let (new_owner, new_epoch) = dir.owner(&room).await.unwrap().expect("leased again");
+    assert!(["a", "b"].contains(&new_owner.as_str()));
+    assert!(new_epoch > epoch);
+    for shard in shards {
+        tokio::task::spawn_blocking(move || drop(shard))
+            .await
+            .unwrap();
+    }
+}
