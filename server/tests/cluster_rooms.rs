@@ -546,10 +546,10 @@ async fn a_killed_owner_is_replaced_and_players_on_other_shards_keep_their_place
     let data = tempfile::tempdir().unwrap();
     // The owner is a process of its own, SIGKILLed below.
     let owner_id = winning_id("test");
-    let mut config = config(&redis, "cr9", &owner_id);
-    config.store.embedded.dir = data.path().join("store");
+    let mut owner_config = config(&redis, "cr9", &owner_id);
+    owner_config.store.embedded.dir = data.path().join("store");
     let path = data.path().join("tessera.toml");
-    std::fs::write(&path, config.to_toml()).unwrap();
+    std::fs::write(&path, owner_config.to_toml()).unwrap();
     let (owner, _) = common::ServerProcess::spawn(&[("TESSERA_CONFIG", path.as_os_str())]);
     let mut shards = Vec::new();
     for id in ["a", "b"] {
