@@ -178,6 +178,23 @@ async fn raw_update_with(client: &mut Client, entity: EntityId, seq: u32) -> (u6
     }
 }
 
+/// Where `entity` stands in `update` once its input `seq` is applied
+/// (moved, or entered with it).
+fn position(update: &Update, entity: EntityId, seq: u32) -> Option<(f32, f32)> {
+    update
+        .moved
+        .iter()
+        .find(|m| m.id == entity && m.seq == seq)
+        .map(|m| (m.x, m.y))
+        .or_else(|| {
+            update
+                .entered
+                .iter()
+                .find(|e| e.id == entity && e.seq == seq)
+                .map(|e| (e.x, e.y))
+        })
+}
+
 fn sees(update: &Update, entity: EntityId, seq: u32) -> bool {
     update.moved.iter().any(|m| m.id == entity && m.seq == seq)
         || update
@@ -287,6 +304,23 @@ async fn a_member_leaving_or_dropping_on_an_edge_leaves_the_room_on_its_owner() 
     let (mut bob, bob_joined) =
         Client::joined(cluster.shard(edges[0]).ws_addr, "bob", "test").await;
     let (cat, cat_joined) = Client::joined(cluster.shard(edges[1]).ws_addr, "cat", "test").await;
+    // The watcher sees both arrive (else a join and a leave between two
+    // of its ticks would show it nothing at all).
+    let mut arrived = Vec::new();
+    while arrived.len() < 2 {
+        let entered = wait_for(&mut watcher, "bob and cat arrive", |m| match m {
+            ServerMsg::Update(u) => Some(u.entered.iter().map(|e| e.id).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .await;
+        arrived.extend(
+            entered
+                .into_iter()
+                .filter(|id| *id == bob_joined.you || *id == cat_joined.you),
+        );
+        arrived.sort();
+        arrived.dedup();
+    }
     // bob leaves on purpose: gone from the owner's room at once.
     bob.send(protocol::ClientMsg::Leave(protocol::msg::Leave {}))
         .await;
@@ -324,11 +358,7 @@ async fn a_player_who_dropped_on_one_shard_takes_its_seat_back_through_another()
     dan.walk(1, 1.0, 0.0).await;
     dan.walk(2, 0.0, 0.0).await;
     let (x, y) = wait_for(&mut first, "dan stops", |m| match m {
-        ServerMsg::Update(u) => u
-            .moved
-            .iter()
-            .find(|mv| mv.id == joined.you && mv.seq == 2)
-            .map(|mv| (mv.x, mv.y)),
+        ServerMsg::Update(u) => position(u, joined.you, 2),
         _ => None,
     })
     .await;
@@ -373,11 +403,7 @@ async fn when_the_owner_shuts_down_the_room_moves_and_members_elsewhere_keep_the
     let mut at = Vec::new();
     for (c, me) in [(&mut ann, ann_joined.you), (&mut bob, bob_joined.you)] {
         let pos = wait_for(c, "own stop", |m| match m {
-            ServerMsg::Update(u) => u
-                .moved
-                .iter()
-                .find(|mv| mv.id == me && mv.seq == 2)
-                .map(|mv| (mv.x, mv.y)),
+            ServerMsg::Update(u) => position(u, me, 2),
             _ => None,
         })
         .await;
@@ -587,11 +613,7 @@ async fn a_killed_owner_is_replaced_and_players_on_other_shards_keep_their_place
     let mut at = Vec::new();
     for (c, me) in [(&mut ann, ann_joined.you), (&mut bob, bob_joined.you)] {
         let pos = wait_for(c, "own stop", |m| match m {
-            ServerMsg::Update(u) => u
-                .moved
-                .iter()
-                .find(|mv| mv.id == me && mv.seq == 2)
-                .map(|mv| (mv.x, mv.y)),
+            ServerMsg::Update(u) => position(u, me, 2),
             _ => None,
         })
         .await;
