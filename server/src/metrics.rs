@@ -58,6 +58,10 @@ pub const REMOTE_TICKS: &str = "tessera_remote_ticks_total";
 /// room's new owner after its old one went away, by `result` (`moved`,
 /// `failed`).
 pub const ROOM_FAILOVERS: &str = "tessera_room_failovers_total";
+/// Members of each room this shard runs (held seats included), by
+/// `where`: `local` (socket on this shard) or `remote` (on another shard,
+/// cluster mode). Per-room labels as the other room series.
+pub const ROOM_MEMBERS: &str = "tessera_room_members";
 /// Cluster mode: views of a remote room's `tick` that named an entry the
 /// tick did not carry (dropped; a bug or a bad peer).
 pub const REMOTE_BAD_VIEWS: &str = "tessera_remote_bad_views_total";

@@ -13,6 +13,7 @@ use super::messages::{JoinError, JoinOk, JoinRoom, MemberLink};
 use super::view::encode_frame;
 use super::Room;
 use crate::ids::SessionId;
+use crate::metrics as m;
 use crate::store::{PlayerState, Stats};
 
 /// The part of a member that survives a restart.
@@ -137,6 +138,14 @@ impl Room {
             .filter(|m| m.state.link.remote.is_some())
             .count();
         self.slot.remote_members.store(remote, Ordering::Release);
+        let local = self.members.len() - remote;
+        for (place, n) in [("local", local), ("remote", remote)] {
+            metrics::gauge!(
+                m::ROOM_MEMBERS,
+                m::room_labels(&self.id, &[("where", place)])
+            )
+            .set(n as f64);
+        }
     }
 
     pub(super) fn member_of(&mut self, session: SessionId) -> Option<&mut Member> {

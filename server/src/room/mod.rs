@@ -425,6 +425,13 @@ impl Actor for Room {
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         metrics::gauge!(m::ROOMS_ACTIVE).decrement(1.0);
+        for place in ["local", "remote"] {
+            metrics::gauge!(
+                m::ROOM_MEMBERS,
+                m::room_labels(&self.id, &[("where", place)])
+            )
+            .set(0.0);
+        }
         if !self.crashed {
             // A crashed incarnation's state may be half-updated; its
             // successor saves from the snapshot. Nothing is left to restart
