@@ -218,6 +218,13 @@ fn owner_samples() -> Vec<(&'static str, OwnerMsg)> {
                 reason: "room failed".into(),
             }),
         ),
+        (
+            "peer_room_fanout",
+            OwnerMsg::Fanout(Fanout {
+                sessions: vec![17, 18],
+                frame: Bytes::from_static(&[0x81, 0xa4, 0x70, 0x6f, 0x6e, 0x67, 0x80]),
+            }),
+        ),
     ]
 }
 

@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 const ADMIN: &str = "admin-token-for-cluster-rooms-01";
 
 /// Generous: these tests wait for conditions, never for fixed times.
-const PATIENCE: Duration = Duration::from_secs(30);
+const PATIENCE: Duration = Duration::from_secs(60);
 
 fn config(redis: &RedisServer, prefix: &str, id: &str) -> Config {
     let mut config = common::test_config();
@@ -32,9 +32,15 @@ fn config(redis: &RedisServer, prefix: &str, id: &str) -> Config {
     config.cluster.shard_id = id.into();
     config.cluster.peer_addr = "127.0.0.1:0".parse().unwrap();
     // Slower than the defaults: the tests share two cores with builds.
-    config.cluster.redis_timeout_ms = 800;
+    config.cluster.lease_ms = 6_000;
+    config.cluster.renew_ms = 2_000;
+    config.cluster.shard_ttl_ms = 6_000;
+    config.cluster.heartbeat_ms = 1_000;
+    config.cluster.redis_timeout_ms = 1_500;
     config.cluster.redis_wait_ms = 5_000;
-    config.cluster.failover_budget_ms = 20_000;
+    config.cluster.failover_budget_ms = 30_000;
+    // Clients here wait through failovers without a word.
+    config.server.idle_timeout_ms = 120_000;
     // One identity across shards: a resume token from one works on all.
     config.auth.secret = "a".repeat(48);
     config.admin.token = ADMIN.into();
@@ -454,7 +460,7 @@ async fn when_the_owner_shuts_down_the_room_moves_and_members_elsewhere_keep_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_whose_lease_is_lost_stops_on_its_old_owner() {
-    let cluster = Cluster::start("cr6", |c| c.cluster.failover_budget_ms = 8_000).await;
+    let cluster = Cluster::start("cr6", |c| c.cluster.failover_budget_ms = 10_000).await;
     let (mut first, _) = Client::joined(cluster.shard(0).ws_addr, "first", "test").await;
     let owner = cluster.owner("test").await;
     let edge = (owner + 1) % 3;

@@ -136,6 +136,16 @@ pub struct Reliable {
     pub frame: Bytes,
 }
 
+/// One reliable frame for several members (chat, announcements, map
+/// broadcasts: the same bytes for everyone), so it crosses the tunnel
+/// once; the edge pushes it to each, in order with their other reliable
+/// frames.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fanout {
+    pub sessions: Vec<SessionId>,
+    pub frame: Bytes,
+}
+
 /// The room stream ends: the room stopped, failed or moved away.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Closed {
@@ -343,6 +353,8 @@ pub enum OwnerMsg {
     Tick(Tick),
     Reliable(Reliable),
     Closed(Closed),
+    /// Added in 1.0 (appended).
+    Fanout(Fanout),
 }
 
 #[cfg(test)]

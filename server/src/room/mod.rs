@@ -351,11 +351,25 @@ impl Room {
         );
     }
 
+    /// The same frame to every connected member: into each local one's
+    /// queue, and once per edge for the remote ones (`fanout`).
     fn to_all_members(&self, frame: Bytes) {
+        let mut edges: Vec<(Arc<remote::EdgeSink>, Vec<u64>)> = Vec::new();
         for member in self.members.values().filter(|m| m.connected()) {
-            // An overflow closes that member's session; it leaves the room
-            // when its actor stops.
-            member.state.link.push_reliable(frame.clone());
+            match &member.state.link.remote {
+                Some(seat) => match edges.iter_mut().find(|(e, _)| e.id == seat.edge.id) {
+                    Some((_, sessions)) => sessions.push(seat.session),
+                    None => edges.push((seat.edge.clone(), vec![seat.session])),
+                },
+                // An overflow closes that member's session; it leaves the
+                // room when its actor stops.
+                None => {
+                    member.state.link.push_reliable(frame.clone());
+                }
+            }
+        }
+        for (edge, sessions) in edges {
+            edge.fanout(sessions, frame.clone());
         }
     }
 

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use protocol::peer::{Closed, OwnerMsg, Reliable, Tick, TickBuilder};
+use protocol::peer::{Closed, Fanout, OwnerMsg, Reliable, Tick, TickBuilder};
 
 use crate::cluster::tunnel::{StatePush, StreamSender};
 
@@ -51,6 +51,14 @@ impl EdgeSink {
     pub fn reliable(&self, session: u64, frame: Bytes) -> bool {
         self.tx
             .send_msg(&OwnerMsg::Reliable(Reliable { session, frame }))
+            .is_ok()
+    }
+
+    /// One reliable frame for several of the edge's members: it crosses
+    /// the tunnel once.
+    pub fn fanout(&self, sessions: Vec<u64>, frame: Bytes) -> bool {
+        self.tx
+            .send_msg(&OwnerMsg::Fanout(Fanout { sessions, frame }))
             .is_ok()
     }
 

@@ -10,7 +10,8 @@
 //! - `tick`: each view's `update` frame is laid out once
 //!   ([`protocol::peer::Tick::write_update`]) and the same bytes pushed to
 //!   each recipient's outbound queue as a state frame, as a local room
-//!   does; `reliable` frames are pushed as the room's reliable frames.
+//!   does; `reliable` frames (and `fanout`, one frame for several
+//!   members: chat, broadcasts) are pushed as the room's reliable frames.
 //! - Failover: when the stream ends without the room failing (the owner
 //!   stopped, died, or lost the lease), the room is looked for again
 //!   (once the old lease expired the directory names a new owner, or the
@@ -356,6 +357,16 @@ impl EdgeLink {
                         .link
                         .out
                         .push_room_reliable(member.link.epoch, r.frame);
+                }
+            }
+            OwnerMsg::Fanout(f) => {
+                for session in &f.sessions {
+                    if let Some(member) = inner.members.get(session) {
+                        let _ = member
+                            .link
+                            .out
+                            .push_room_reliable(member.link.epoch, f.frame.clone());
+                    }
                 }
             }
             OwnerMsg::Tick(tick) => {
