@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{Client, Event, TestShard};
 use futures_util::StreamExt;
-use protocol::msg::{EntityId, Update};
+use protocol::msg::{EntityId, Joined, Update};
 use protocol::{decode_server, ErrorCode, NoticeCode, ServerMsg};
 use redis_support::RedisServer;
 use server::cluster::{Directory, ShardId};
@@ -163,6 +163,23 @@ async fn wait_for<T>(
     }
 }
 
+/// Connect to `addr`, say hello as `name` and join `map`: the join may
+/// go through the directory and a tunnel, so it is given PATIENCE.
+async fn join_as(addr: std::net::SocketAddr, name: &str, map: &str) -> (Client, Joined) {
+    let (mut client, _) = Client::welcomed(addr, name).await;
+    let joined = join(&mut client, map).await;
+    (client, joined)
+}
+
+async fn join(client: &mut Client, map: &str) -> Joined {
+    client
+        .send(protocol::ClientMsg::Join(protocol::msg::Join {
+            map: map.into(),
+        }))
+        .await;
+    wait_for(client, "joined", msg!(ServerMsg::Joined)).await
+}
+
 /// The raw bytes of the first `update` frame that shows `entity`'s move
 /// `seq`, and its tick.
 async fn raw_update_with(client: &mut Client, entity: EntityId, seq: u32) -> (u64, Vec<u8>) {
@@ -212,9 +229,9 @@ fn sees(update: &Update, entity: EntityId, seq: u32) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn players_on_three_shards_see_each_other_move_and_chat_in_one_room() {
     let cluster = Cluster::start("cr1", |_| {}).await;
-    let (mut ann, ann_joined) = Client::joined(cluster.shard(0).ws_addr, "ann", "test").await;
-    let (mut bob, bob_joined) = Client::joined(cluster.shard(1).ws_addr, "bob", "test").await;
-    let (mut cat, cat_joined) = Client::joined(cluster.shard(2).ws_addr, "cat", "test").await;
+    let (mut ann, ann_joined) = join_as(cluster.shard(0).ws_addr, "ann", "test").await;
+    let (mut bob, bob_joined) = join_as(cluster.shard(1).ws_addr, "bob", "test").await;
+    let (mut cat, cat_joined) = join_as(cluster.shard(2).ws_addr, "cat", "test").await;
     let ids = [ann_joined.you, bob_joined.you, cat_joined.you];
     assert!(
         ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
@@ -281,11 +298,11 @@ async fn players_on_three_shards_see_each_other_move_and_chat_in_one_room() {
 async fn a_remote_member_gets_the_same_update_bytes_as_a_local_one() {
     let cluster = Cluster::start("cr2", |_| {}).await;
     // The first join places the room; then a local and a remote watcher.
-    let (mut mover, joined) = Client::joined(cluster.shard(0).ws_addr, "mover", "test").await;
+    let (mut mover, joined) = join_as(cluster.shard(0).ws_addr, "mover", "test").await;
     let owner = cluster.owner("test").await;
     let remote = (owner + 1) % 3;
-    let (mut local, _) = Client::joined(cluster.shard(owner).ws_addr, "local", "test").await;
-    let (mut far, _) = Client::joined(cluster.shard(remote).ws_addr, "far", "test").await;
+    let (mut local, _) = join_as(cluster.shard(owner).ws_addr, "local", "test").await;
+    let (mut far, _) = join_as(cluster.shard(remote).ws_addr, "far", "test").await;
     // Everyone stands on the spawn point and sees everyone: from now on
     // both watchers' views change the same way.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -303,13 +320,12 @@ async fn a_remote_member_gets_the_same_update_bytes_as_a_local_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_leaving_or_dropping_on_an_edge_leaves_the_room_on_its_owner() {
     let cluster = Cluster::start("cr3", |c| c.supervision.resume_grace_ms = 1_000).await;
-    let (mut ann, ann_joined) = Client::joined(cluster.shard(0).ws_addr, "ann", "test").await;
+    let (mut ann, ann_joined) = join_as(cluster.shard(0).ws_addr, "ann", "test").await;
     let owner = cluster.owner("test").await;
     let edges: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
-    let (mut watcher, _) = Client::joined(cluster.shard(owner).ws_addr, "watch", "test").await;
-    let (mut bob, bob_joined) =
-        Client::joined(cluster.shard(edges[0]).ws_addr, "bob", "test").await;
-    let (cat, cat_joined) = Client::joined(cluster.shard(edges[1]).ws_addr, "cat", "test").await;
+    let (mut watcher, _) = join_as(cluster.shard(owner).ws_addr, "watch", "test").await;
+    let (mut bob, bob_joined) = join_as(cluster.shard(edges[0]).ws_addr, "bob", "test").await;
+    let (cat, cat_joined) = join_as(cluster.shard(edges[1]).ws_addr, "cat", "test").await;
     // The watcher sees both arrive (else a join and a leave between two
     // of its ticks would show it nothing at all).
     let mut arrived = Vec::new();
@@ -356,11 +372,11 @@ async fn a_member_leaving_or_dropping_on_an_edge_leaves_the_room_on_its_owner() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_player_who_dropped_on_one_shard_takes_its_seat_back_through_another() {
     let cluster = Cluster::start("cr4", |_| {}).await;
-    let (mut first, _) = Client::joined(cluster.shard(0).ws_addr, "first", "test").await;
+    let (mut first, _) = join_as(cluster.shard(0).ws_addr, "first", "test").await;
     let owner = cluster.owner("test").await;
     let edges: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
     let (mut dan, welcome) = Client::welcomed(cluster.shard(edges[0]).ws_addr, "dan").await;
-    let joined = dan.join("test").await;
+    let joined = join(&mut dan, "test").await;
     dan.walk(1, 1.0, 0.0).await;
     dan.walk(2, 0.0, 0.0).await;
     let (x, y) = wait_for(&mut first, "dan stops", |m| match m {
@@ -374,9 +390,13 @@ async fn a_player_who_dropped_on_one_shard_takes_its_seat_back_through_another()
     again.send_resume(welcome.resume_token.clone()).await;
     let back = again.expect("welcome", msg!(ServerMsg::Welcome)).await;
     assert_eq!(back.player_id, welcome.player_id);
-    let rejoined = again.join("test").await;
+    let rejoined = join(&mut again, "test").await;
     assert_eq!(rejoined.you, joined.you, "the held seat, not a new entity");
-    again.expect_notice(NoticeCode::SeatRestored).await;
+    wait_for(&mut again, "notice 6002", |m| match m {
+        ServerMsg::Notice(n) if n.code == NoticeCode::SeatRestored.as_u16() => Some(()),
+        _ => None,
+    })
+    .await;
     let me = rejoined
         .entities
         .iter()
@@ -389,16 +409,14 @@ async fn a_player_who_dropped_on_one_shard_takes_its_seat_back_through_another()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_owner_shuts_down_the_room_moves_and_members_elsewhere_keep_their_place() {
     let mut cluster = Cluster::start("cr5", |_| {}).await;
-    let (mut starter, _) = Client::joined(cluster.shard(0).ws_addr, "starter", "test").await;
+    let (mut starter, _) = join_as(cluster.shard(0).ws_addr, "starter", "test").await;
     let owner = cluster.owner("test").await;
     let edges: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
     if edges.contains(&0) {
         starter.walk(1, 0.0, 0.0).await;
     }
-    let (mut ann, ann_joined) =
-        Client::joined(cluster.shard(edges[0]).ws_addr, "ann", "test").await;
-    let (mut bob, bob_joined) =
-        Client::joined(cluster.shard(edges[1]).ws_addr, "bob", "test").await;
+    let (mut ann, ann_joined) = join_as(cluster.shard(edges[0]).ws_addr, "ann", "test").await;
+    let (mut bob, bob_joined) = join_as(cluster.shard(edges[1]).ws_addr, "bob", "test").await;
     // Both walk the same way (staying in each other's view) and stop;
     // each learns where it stands.
     ann.walk(1, 1.0, 0.0).await;
@@ -461,11 +479,11 @@ async fn when_the_owner_shuts_down_the_room_moves_and_members_elsewhere_keep_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_whose_lease_is_lost_stops_on_its_old_owner() {
     let cluster = Cluster::start("cr6", |c| c.cluster.failover_budget_ms = 10_000).await;
-    let (mut first, _) = Client::joined(cluster.shard(0).ws_addr, "first", "test").await;
+    let (mut first, _) = join_as(cluster.shard(0).ws_addr, "first", "test").await;
     let owner = cluster.owner("test").await;
     let edge = (owner + 1) % 3;
-    let (mut local, _) = Client::joined(cluster.shard(owner).ws_addr, "local", "test").await;
-    let (mut remote, _) = Client::joined(cluster.shard(edge).ws_addr, "remote", "test").await;
+    let (mut local, _) = join_as(cluster.shard(owner).ws_addr, "local", "test").await;
+    let (mut remote, _) = join_as(cluster.shard(edge).ws_addr, "remote", "test").await;
     // Another shard takes the lease (as after the owner stalled past it):
     // the lease key is dropped and re-taken at a higher epoch.
     let room: RoomId = "test".parse().unwrap();
@@ -486,13 +504,17 @@ async fn a_room_whose_lease_is_lost_stops_on_its_old_owner() {
     assert!(lease.epoch >= 2);
     // The old owner stops the room at its next renewal: its local member
     // gets the room-failed path (3005, then the fallback map).
-    local.expect_error(ErrorCode::RoomFailed).await;
-    local
-        .expect(
-            "joined the fallback map",
-            msg!(ServerMsg::Joined(j) if j.map.name == "other"),
-        )
-        .await;
+    wait_for(&mut local, "room failed on the old owner", |m| match m {
+        ServerMsg::Error(e) if e.code == ErrorCode::RoomFailed.as_u16() => Some(()),
+        _ => None,
+    })
+    .await;
+    wait_for(
+        &mut local,
+        "joined the fallback map",
+        msg!(ServerMsg::Joined(j) if j.map.name == "other"),
+    )
+    .await;
     // The remote member's shard was told and looked for the room at the
     // thief, which never answers: past its budget, the same path.
     wait_for(&mut remote, "room failed on the edge", |m| match m {
@@ -516,11 +538,11 @@ async fn auto_instances_fill_one_after_another_across_shards() {
         })
     })
     .await;
-    let (mut first, joined) = Client::joined(cluster.shard(0).ws_addr, "first", "crowd").await;
+    let (mut first, joined) = join_as(cluster.shard(0).ws_addr, "first", "crowd").await;
     assert_eq!(joined.instance, 1);
     // From another shard, whether it runs instance 1 or reaches it over
     // the tunnel: instance 1 is full, so the join lands in instance 2.
-    let (mut second, joined) = Client::joined(cluster.shard(1).ws_addr, "second", "crowd").await;
+    let (mut second, joined) = join_as(cluster.shard(1).ws_addr, "second", "crowd").await;
     assert_eq!(joined.instance, 2);
     // Each plays in its own instance.
     first.walk(1, 1.0, 0.0).await;
@@ -537,7 +559,7 @@ async fn auto_instances_fill_one_after_another_across_shards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_room_stops_and_gives_its_lease_back() {
     let cluster = Cluster::start("cr8", |c| c.rooms.idle_stop_ms = 300).await;
-    let (mut ann, _) = Client::joined(cluster.shard(1).ws_addr, "ann", "test").await;
+    let (mut ann, _) = join_as(cluster.shard(1).ws_addr, "ann", "test").await;
     let room: RoomId = "test".parse().unwrap();
     let (owner, epoch) = cluster.dir.owner(&room).await.unwrap().expect("leased");
     ann.send(protocol::ClientMsg::Leave(protocol::msg::Leave {}))
@@ -550,7 +572,7 @@ async fn an_empty_room_stops_and_gives_its_lease_back() {
     })
     .await;
     // The next join leases it again, at a higher epoch.
-    let (_bob, _) = Client::joined(cluster.shard(2).ws_addr, "bob", "test").await;
+    let (_bob, _) = join_as(cluster.shard(2).ws_addr, "bob", "test").await;
     let (_, again) = cluster
         .dir
         .owner(&room)
@@ -606,8 +628,8 @@ async fn a_killed_owner_is_replaced_and_players_on_other_shards_keep_their_place
         })
         .await;
     }
-    let (mut ann, ann_joined) = Client::joined(shards[0].ws_addr, "ann", "test").await;
-    let (mut bob, bob_joined) = Client::joined(shards[1].ws_addr, "bob", "test").await;
+    let (mut ann, ann_joined) = join_as(shards[0].ws_addr, "ann", "test").await;
+    let (mut bob, bob_joined) = join_as(shards[1].ws_addr, "bob", "test").await;
     let room: RoomId = "test".parse().unwrap();
     let (held_by, epoch) = dir.owner(&room).await.unwrap().expect("leased");
     assert_eq!(held_by.as_str(), owner_id, "placed on the process");
