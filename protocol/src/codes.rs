@@ -160,6 +160,11 @@ pub enum NoticeCode {
     RoomRestarted = 6001,
     /// A resumed session got its seat back; `joined` came just before.
     SeatRestored = 6002,
+    /// Cluster mode: the room's owner shard went away and the room runs
+    /// on another shard now (restored from the store and what this shard
+    /// knew); `joined` (the entity id may be new) came just before, a full
+    /// update follows.
+    RoomMoved = 6003,
     /// The shard holding this socket is draining (a rolling deploy): the
     /// socket is closed with 4008 right after; reconnect and resume at
     /// once, through the same URL (since 1.4).
@@ -175,6 +180,7 @@ impl NoticeCode {
         [
             NoticeCode::RoomRestarted,
             NoticeCode::SeatRestored,
+            NoticeCode::RoomMoved,
             NoticeCode::ShardDraining,
         ]
         .into_iter()

@@ -94,6 +94,18 @@ fn edge_samples() -> Vec<(&'static str, EdgeMsg)> {
                 name: "ada".into(),
                 room: "lobby#2".into(),
                 resume: false,
+                at: None,
+            }),
+        ),
+        (
+            "peer_room_join_at",
+            EdgeMsg::Join(RemoteJoin {
+                session: 17,
+                player: "g-1".into(),
+                name: "ada".into(),
+                room: "lobby".into(),
+                resume: true,
+                at: Some([12.5, 40.0]),
             }),
         ),
         ("peer_room_leave", EdgeMsg::Leave(Member { session: 17 })),
@@ -120,6 +132,7 @@ fn edge_samples() -> Vec<(&'static str, EdgeMsg)> {
                 ],
             }),
         ),
+        ("peer_room_resync", EdgeMsg::Resync(Member { session: 17 })),
         (
             "peer_room_chat",
             EdgeMsg::Chat(RemoteChat {
@@ -204,6 +217,13 @@ fn owner_samples() -> Vec<(&'static str, OwnerMsg)> {
             OwnerMsg::Closed(Closed {
                 code: 3005,
                 reason: "room failed".into(),
+            }),
+        ),
+        (
+            "peer_room_fanout",
+            OwnerMsg::Fanout(Fanout {
+                sessions: vec![17, 18],
+                frame: Bytes::from_static(&[0x81, 0xa4, 0x70, 0x6f, 0x6e, 0x67, 0x80]),
             }),
         ),
     ]

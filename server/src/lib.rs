@@ -28,7 +28,16 @@
 //!   views and snapshots, its spatial [`room::grid`], its ground items and
 //!   durable pick-ups ([`room::ground`]), the [`room::RoomRef`] sessions
 //!   hold, and the [`room::supervisor`] that places, restarts and watches
-//!   rooms.
+//!   rooms; in cluster mode [`room::cluster`] locates and leases rooms
+//!   through the directory and plays rooms owned by other shards over the
+//!   tunnel ([`room::remote`]: a member whose socket is elsewhere).
+//!
+//! A move through a room owned by another shard: socket -> `Session` ->
+//! its `Inputs` -> this shard's link to the room drains every member's
+//! queue once per tick into one `inputs` batch -> tunnel -> the owner's
+//! input queues -> the room's tick -> one `tick` per edge (entries encoded
+//! once, equal views shared) -> tunnel -> each view laid out once -> the
+//! same bytes pushed to each recipient's `Outbound`.
 //! - [`presence`]: who is connected, with which session, seated in which
 //!   room (resume tokens and takeovers are checked against it).
 //! - [`ids`]: `SessionId` and `RoomId` (a map name plus an instance).

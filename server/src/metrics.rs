@@ -51,6 +51,20 @@ pub const PICKUPS: &str = "tessera_pickups_total";
 pub const SESSION_PANICS: &str = "tessera_session_panics_total";
 pub const UPDATE_ENCODES: &str = "tessera_update_encodes_total";
 pub const UPDATE_FRAMES: &str = "tessera_update_frames_total";
+/// Cluster mode: `tick` messages rooms here sent to edge shards (one per
+/// edge per tick with anything to show).
+pub const REMOTE_TICKS: &str = "tessera_remote_ticks_total";
+/// Cluster mode: rooms whose members on this shard were moved to the
+/// room's new owner after its old one went away, by `result` (`moved`,
+/// `failed`).
+pub const ROOM_FAILOVERS: &str = "tessera_room_failovers_total";
+/// Members of each room this shard runs (held seats included), by
+/// `where`: `local` (socket on this shard) or `remote` (on another shard,
+/// cluster mode). Per-room labels as the other room series.
+pub const ROOM_MEMBERS: &str = "tessera_room_members";
+/// Cluster mode: views of a remote room's `tick` that named an entry the
+/// tick did not carry (dropped; a bug or a bad peer).
+pub const REMOTE_BAD_VIEWS: &str = "tessera_remote_bad_views_total";
 pub const DISPATCH_PUBLISHED: &str = "tessera_dispatch_published_total";
 pub const DISPATCH_DELIVERED: &str = "tessera_dispatch_delivered_total";
 pub const DISPATCH_DROPPED: &str = "tessera_dispatch_dropped_total";

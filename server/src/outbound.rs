@@ -257,6 +257,15 @@ impl Outbound {
         }
     }
 
+    /// Owe the client a full update: its room sends one at its next tick
+    /// (as after dropped state frames). Cluster mode: a member whose room
+    /// moved to this shard.
+    pub fn request_resync(&self) {
+        let mut q = self.queue.lock();
+        q.resync = true;
+        self.resync_due.store(true, Ordering::Relaxed);
+    }
+
     pub fn queued_bytes(&self) -> usize {
         self.queue.lock().bytes
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{http, token, Client, Event, TestShard};
 use protocol::admin::{PeerState, Peers, Role};
-use protocol::msg::{Announce, Hello, Ping};
+use protocol::msg::{Announce, Hello, Join, Ping};
 use protocol::{ClientMsg, CloseCode, ErrorCode, ServerMsg, PROTOCOL_VERSION};
 use redis_support::RedisServer;
 use server::config::{AdminToken, Config};
@@ -375,10 +375,19 @@ async fn redis_down_refuses_logins_with_5005_and_disconnects_no_one() {
     again
         .expect_refusal(ErrorCode::DirectoryUnavailable, CloseCode::TryAgainLater)
         .await;
-    // A guest is a new player nobody else can hold: it needs no check.
+    // A guest is a new player nobody else can hold: its login needs no
+    // check. Its join does: the room runs on a, and only the directory
+    // says so; b waits for it, then answers 5005 and keeps the guest.
     let mut guest = Client::connect(b.ws_addr).await;
     guest.hello("gus").await;
-    guest.join("test").await;
+    guest
+        .send(ClientMsg::Join(Join { map: "test".into() }))
+        .await;
+    guest.expect_error(ErrorCode::DirectoryUnavailable).await;
+    assert!(
+        answers_ping(&mut guest, 9_999).await,
+        "the guest is still connected"
+    );
     // Ten seconds without Redis: the connected players play on.
     let mut seq = 1;
     while down_since.elapsed() < Duration::from_secs(10) {

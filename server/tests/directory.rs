@@ -642,10 +642,41 @@ async fn a_shard_starts_while_redis_is_down_and_registers_when_it_returns() {
         .clone()
         .expect("cluster mode gives a directory");
     assert_eq!(dir.shard().as_str(), "down-at-start");
-    // Playing does not need Redis.
-    let (mut client, _) = common::Client::joined(shard.ws_addr, "ann", "test").await;
-    client.chat("hello").await;
+    // The shard accepts players, but a join needs the directory (which
+    // shard runs the room?): while Redis is down it is refused with 5005.
+    let (mut client, _) = common::Client::welcomed(shard.ws_addr, "ann").await;
+    client
+        .send(protocol::ClientMsg::Join(protocol::msg::Join {
+            map: "test".into(),
+        }))
+        .await;
+    client
+        .expect_error(protocol::ErrorCode::DirectoryUnavailable)
+        .await;
     redis.restart();
+    // Once it is back (and the shard registered), the room is placed and
+    // joined.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        client
+            .send(protocol::ClientMsg::Join(protocol::msg::Join {
+                map: "test".into(),
+            }))
+            .await;
+        let answer = client
+            .expect("joined or an error", |m| match m {
+                protocol::ServerMsg::Joined(_) => Some(true),
+                protocol::ServerMsg::Error(_) => Some(false),
+                _ => None,
+            })
+            .await;
+        if answer {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no join once Redis came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    client.chat("hello").await;
     let observer = shard_of(&redis, "t10");
     eventually("the shard registered once Redis came", || async {
         observer.shards().await.unwrap_or_default().iter().any(|s| {

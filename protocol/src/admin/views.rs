@@ -78,13 +78,15 @@ pub struct RoomInfo {
     pub id: String,
     pub map: String,
     pub instance: u32,
-    /// Members here, held seats included.
+    /// Members, held seats included (remote ones too).
     pub members: usize,
-    /// Members connected through other shards (cluster; 0 for now).
+    /// Of `members`, those whose socket is on another shard (cluster
+    /// mode; 0 on a single shard).
     pub members_remote: usize,
-    /// The shard that owns the room (this one until rooms can move).
+    /// The shard that owns the room: this one (the admin API lists the
+    /// rooms this shard runs).
     pub owner: String,
-    /// The owner's lease epoch (cluster; 0 for now).
+    /// The owner's lease epoch (cluster mode; 0 on a single shard).
     pub epoch: u64,
     /// How long the last tick took, milliseconds.
     pub tick_ms: f64,
@@ -114,6 +116,10 @@ pub struct MemberInfo {
     pub session_age_s: Option<u64>,
     /// `false` while the seat is held for a resume.
     pub connected: bool,
+    /// Cluster mode: the shard holding the member's socket, when it is
+    /// not this one. Absent for local members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<String>,
 }
 
 /// `GET /admin/rooms/{room}`: the room inspector.

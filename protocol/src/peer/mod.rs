@@ -40,8 +40,9 @@ pub use handshake::{
     Role, EXPORTER_LABEL,
 };
 pub use room::{
-    Closed, EdgeMsg, EntryKind, Input, Inputs, JoinRefused, Member, OwnerMsg, Reliable, RemoteChat,
-    RemoteJoin, RemoteJoined, SessionId, Tick, TickBuilder, TickError, View,
+    entry_position, Closed, EdgeMsg, EntryKind, Fanout, Input, Inputs, JoinRefused, Member,
+    OwnerMsg, Reliable, RemoteChat, RemoteJoin, RemoteJoined, SessionId, Tick, TickBuilder,
+    TickError, View,
 };
 pub use stream::{Accept, Open, ResetCode, StreamHead};
 pub use swim::{MemberState, SwimMsg, Update};

@@ -64,6 +64,12 @@ pub struct RemoteJoin {
     /// A resumed seat (the player had one and comes back to it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resume: bool,
+    /// Where to place a new entity (`[x, y]`): the player's saved
+    /// position, or, when the edge re-joins its members after the owner
+    /// went away, where the edge last saw them. Absent: the map's spawn.
+    /// Added in 1.0 (optional; older peers ignore it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<[f32; 2]>,
 }
 
 /// A member named by its edge session.
@@ -97,6 +103,10 @@ pub enum EdgeMsg {
     Disconnected(Member),
     Inputs(Inputs),
     Chat(RemoteChat),
+    /// The member's outbound queue dropped update frames (a slow client)
+    /// and has drained: it is owed a full view at the next tick. Added in
+    /// 1.0 (appended).
+    Resync(Member),
 }
 
 /// The member is seated; its frames (`joined` first) follow as
@@ -123,6 +133,16 @@ pub struct JoinRefused {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reliable {
     pub session: SessionId,
+    pub frame: Bytes,
+}
+
+/// One reliable frame for several members (chat, announcements, map
+/// broadcasts: the same bytes for everyone), so it crosses the tunnel
+/// once; the edge pushes it to each, in order with their other reliable
+/// frames.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fanout {
+    pub sessions: Vec<SessionId>,
     pub frame: Bytes,
 }
 
@@ -207,6 +227,25 @@ impl Tick {
         );
         Ok(())
     }
+}
+
+/// The entity id and position an entry (an encoded `Entity` or `Moved`)
+/// carries, or `None` for bytes that are not one. An edge keeps where its
+/// members stand this way, to re-join them there if the owner goes away.
+pub fn entry_position(entry: &[u8]) -> Option<(EntityId, f32, f32)> {
+    // An `Entity` is a map, a `Moved` the array `[id, x, y, seq]`.
+    #[derive(Deserialize)]
+    struct Position {
+        id: EntityId,
+        x: f32,
+        y: f32,
+    }
+    if let Ok((id, x, y, _)) = crate::codec::decode::<(EntityId, f32, f32, u32)>(entry, entry.len())
+    {
+        return Some((id, x, y));
+    }
+    let p: Position = crate::codec::decode(entry, entry.len()).ok()?;
+    Some((p.id, p.x, p.y))
 }
 
 /// Which of an entity's two encodings an entry is.
@@ -314,6 +353,8 @@ pub enum OwnerMsg {
     Tick(Tick),
     Reliable(Reliable),
     Closed(Closed),
+    /// Added in 1.0 (appended).
+    Fanout(Fanout),
 }
 
 #[cfg(test)]
@@ -392,6 +433,9 @@ mod tests {
             full: false,
         }));
         assert_eq!(out, expected);
+        assert_eq!(entry_position(&tick.entries[0]), Some((1, 1.0, 2.0)));
+        assert_eq!(entry_position(&tick.entries[1]), Some((2, 5.0, 6.0)));
+        assert_eq!(entry_position(b"\xc1"), None);
         let bad = View {
             moved: vec![2],
             ..View::default()

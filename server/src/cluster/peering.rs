@@ -45,13 +45,14 @@ use crate::supervise::{Child, Outcome, Restart, Supervisor};
 /// `cluster.key_prefix` as the cluster's name (peers of another prefix are
 /// refused), and the limits of `[cluster.tunnel]`.
 pub fn tunnel_settings(config: &Config, shard_id: &str) -> TunnelSettings {
-    config.cluster.tunnel.apply(TunnelSettings {
+    TunnelSettings {
         shard_id: shard_id.to_string(),
         secret: config.cluster.secret.as_bytes().to_vec(),
         listen: config.cluster.peer_addr,
         cluster: config.cluster.key_prefix.clone(),
         ..TunnelSettings::default()
-    })
+    }
+    .with_limits(&config.cluster.tunnel)
 }
 
 /// Shard id -> the `peer` address of its record in the directory, while

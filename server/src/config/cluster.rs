@@ -81,6 +81,13 @@ pub struct ClusterConfig {
     pub redis_wait_ms: u64,
     /// The events stream is trimmed to about this many entries.
     pub events_max_len: u64,
+    /// When a room's owner goes away, how long this shard keeps trying to
+    /// move its members to the room's new owner (the old lease must expire
+    /// first: above `lease_ms`) before they get the room-failed path.
+    pub failover_budget_ms: u64,
+    /// An `instances = "auto"` join that found an instance full on its
+    /// owner skips that instance for this long.
+    pub full_hint_ms: u64,
     /// SWIM: one member is probed per period.
     pub swim_period_ms: u64,
     /// SWIM: a direct ping's ack must come within this (dialling
@@ -126,6 +133,8 @@ impl Default for ClusterConfig {
             redis_timeout_ms: 500,
             redis_wait_ms: 2_000,
             events_max_len: 10_000,
+            failover_budget_ms: 10_000,
+            full_hint_ms: 2_000,
             swim_period_ms: 500,
             swim_probe_timeout_ms: 200,
             swim_indirect: 3,
@@ -183,6 +192,8 @@ impl ClusterConfig {
             ("cluster.redis_timeout_ms", self.redis_timeout_ms),
             ("cluster.redis_wait_ms", self.redis_wait_ms),
             ("cluster.events_max_len", self.events_max_len),
+            ("cluster.failover_budget_ms", self.failover_budget_ms),
+            ("cluster.full_hint_ms", self.full_hint_ms),
             ("cluster.relay_queue", self.relay_queue),
             ("cluster.dead_shard_keep_ms", self.dead_shard_keep_ms),
             ("cluster.swim_period_ms", self.swim_period_ms),
@@ -203,6 +214,12 @@ impl ClusterConfig {
         }
         if self.renew_ms.saturating_mul(2) >= self.lease_ms {
             errors.push("cluster.renew_ms must be below lease_ms / 2".into());
+        }
+        if self.failover_budget_ms <= self.lease_ms {
+            errors.push(
+                "cluster.failover_budget_ms must be above lease_ms (a dead owner's lease must expire first)"
+                    .into(),
+            );
         }
         if self.heartbeat_ms.saturating_mul(2) >= self.shard_ttl_ms {
             errors.push("cluster.heartbeat_ms must be below shard_ttl_ms / 2".into());

@@ -1,13 +1,11 @@
-//! `[cluster.tunnel]`: the limits of the peer tunnels between shards
-//! (`crate::cluster::tunnel::TunnelSettings`, where each is explained).
-//! Every field has the tunnel's default; the tunnel's own rules check
-//! them, so a bad value is refused at start with its field named.
-
-use std::time::Duration;
+//! `[cluster.tunnel]`: the limits of the peer tunnels between shards.
+//! The defaults and the rules live here, once: the tunnel's own settings
+//! (`crate::cluster::tunnel::TunnelSettings`) start from these defaults and
+//! check their limits with [`TunnelConfig::check`], so a bad value is
+//! refused at start with its field named, and a hub started with bad
+//! settings is refused the same way.
 
 use serde::{Deserialize, Serialize};
-
-use crate::cluster::tunnel::{TunnelError, TunnelSettings};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -46,66 +44,78 @@ pub struct TunnelConfig {
 
 impl Default for TunnelConfig {
     fn default() -> Self {
-        let d = TunnelSettings::default();
-        let ms = |d: Duration| d.as_millis() as u64;
         TunnelConfig {
-            max_frame: d.max_frame,
-            stream_budget_bytes: d.stream_budget_bytes,
-            stream_window: d.stream_window,
-            max_streams: d.max_streams,
-            accept_queue: d.accept_queue,
-            idle_timeout_ms: ms(d.idle_timeout),
-            keep_alive_ms: ms(d.keep_alive),
-            ping_interval_ms: ms(d.ping_interval),
-            handshake_timeout_ms: ms(d.handshake_timeout),
-            dial_timeout_ms: ms(d.dial_timeout),
-            reconnect_min_ms: ms(d.reconnect_min),
-            reconnect_max_ms: ms(d.reconnect_max),
-            refusal_log: d.refusal_log,
-            max_handshakes: d.max_handshakes,
+            max_frame: protocol::peer::DEFAULT_MAX_FRAME,
+            stream_budget_bytes: 1024 * 1024,
+            stream_window: 1024 * 1024,
+            max_streams: 256,
+            accept_queue: 64,
+            idle_timeout_ms: 10_000,
+            keep_alive_ms: 2_000,
+            ping_interval_ms: 1_000,
+            handshake_timeout_ms: 5_000,
+            dial_timeout_ms: 5_000,
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 5_000,
+            refusal_log: 32,
+            max_handshakes: 64,
         }
     }
 }
 
 impl TunnelConfig {
-    /// `base` (identity, secret, address) with these limits.
-    pub fn apply(&self, base: TunnelSettings) -> TunnelSettings {
-        let ms = Duration::from_millis;
-        TunnelSettings {
-            max_frame: self.max_frame,
-            stream_budget_bytes: self.stream_budget_bytes,
-            stream_window: self.stream_window,
-            max_streams: self.max_streams,
-            accept_queue: self.accept_queue,
-            idle_timeout: ms(self.idle_timeout_ms),
-            keep_alive: ms(self.keep_alive_ms),
-            ping_interval: ms(self.ping_interval_ms),
-            handshake_timeout: ms(self.handshake_timeout_ms),
-            dial_timeout: ms(self.dial_timeout_ms),
-            reconnect_min: ms(self.reconnect_min_ms),
-            reconnect_max: ms(self.reconnect_max_ms),
-            refusal_log: self.refusal_log,
-            max_handshakes: self.max_handshakes,
-            ..base
+    /// The first limit that is out of bounds: its field and why.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let bad = |field: &'static str, reason: &str| Err((field, reason.to_string()));
+        if self.max_frame < 1024 {
+            return bad("max_frame", "must be at least 1024 bytes");
         }
+        if self.stream_budget_bytes < self.max_frame as usize {
+            return bad(
+                "stream_budget_bytes",
+                "must be at least max_frame (one frame must fit)",
+            );
+        }
+        if self.stream_window < 1024 {
+            return bad("stream_window", "must be at least 1024 bytes");
+        }
+        for (field, n) in [
+            ("max_streams", self.max_streams as usize),
+            ("accept_queue", self.accept_queue),
+            ("max_handshakes", self.max_handshakes),
+        ] {
+            if n == 0 {
+                return bad(field, "must be at least 1");
+            }
+        }
+        for (field, ms) in [
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("keep_alive_ms", self.keep_alive_ms),
+            ("ping_interval_ms", self.ping_interval_ms),
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("dial_timeout_ms", self.dial_timeout_ms),
+            ("reconnect_min_ms", self.reconnect_min_ms),
+            ("reconnect_max_ms", self.reconnect_max_ms),
+        ] {
+            if ms == 0 {
+                return bad(field, "must be above zero");
+            }
+        }
+        if self.keep_alive_ms >= self.idle_timeout_ms {
+            return bad(
+                "keep_alive_ms",
+                "must be shorter than idle_timeout_ms, or live connections time out",
+            );
+        }
+        if self.reconnect_max_ms < self.reconnect_min_ms {
+            return bad("reconnect_max_ms", "must be at least reconnect_min_ms");
+        }
+        Ok(())
     }
 
-    /// The tunnel's own checks of these limits, each error naming its
-    /// `cluster.tunnel.*` field (identity and secret are checked with
-    /// `[cluster]`).
     pub(super) fn validate(&self, errors: &mut Vec<String>) {
-        let probe = self.apply(TunnelSettings {
-            shard_id: "probe".into(),
-            secret: vec![0; crate::cluster::tunnel::MIN_SECRET_BYTES],
-            ..TunnelSettings::default()
-        });
-        if let Err(TunnelError::Settings { field, reason }) = probe.validate() {
-            let key = match field {
-                "idle_timeout" | "keep_alive" | "ping_interval" | "handshake_timeout"
-                | "dial_timeout" | "reconnect_min" | "reconnect_max" => format!("{field}_ms"),
-                other => other.to_string(),
-            };
-            errors.push(format!("cluster.tunnel.{key} {reason}"));
+        if let Err((field, reason)) = self.check() {
+            errors.push(format!("cluster.tunnel.{field} {reason}"));
         }
     }
 }

@@ -2,8 +2,10 @@
 //! shard, its rooms and a room's members, players, dispatcher topics and
 //! recent events, as the typed documents of [`protocol::admin`].
 //!
-//! Cluster fields (`owner`, `epoch`, `members_remote`) are this shard, 0
-//! and 0 until rooms can live on other shards.
+//! Cluster fields: `owner` is this shard (the rooms listed run here),
+//! `epoch` the lease epoch it runs the room under (0 on a single shard),
+//! `members_remote` the members whose socket is on another shard, and a
+//! member's `edge` that shard.
 
 use std::time::Instant;
 
@@ -171,9 +173,9 @@ fn room_info(shared: &Deps, view: &RoomView) -> RoomInfo {
         map: view.id.map().to_string(),
         instance: view.id.instance(),
         members: view.members,
-        members_remote: 0,
+        members_remote: view.members_remote,
         owner: shared.shard_id.clone(),
-        epoch: 0,
+        epoch: view.epoch,
         tick_ms: view.tick_us as f64 / 1_000.0,
         restarts: view.restarts,
         snapshot_age_ms: view.snapshot_age_ms,
@@ -222,6 +224,7 @@ pub(super) async fn room(
                     .since(&identity.player_id)
                     .map(|t| t.elapsed().as_secs()),
                 connected: m.disconnected_at.is_none(),
+                edge: m.link.remote.as_ref().map(|r| r.edge.peer.clone()),
             }
         })
         .collect();

@@ -216,11 +216,7 @@ impl Room {
         };
         metrics::counter!(m::CLIENT_ERRORS, "code" => code.name()).increment(1);
         let frame = encode_frame(&ServerMsg::Error(ErrorMsg::answering(req, code, text)));
-        let _ = member
-            .state
-            .link
-            .out
-            .push_room_reliable(member.state.link.epoch, frame);
+        member.state.link.push_reliable(frame);
     }
 
     /// `done` and the new inventory to whoever waits; without a waiter, the
@@ -244,15 +240,14 @@ impl Room {
         let Some(member) = member else {
             return;
         };
-        let out = &member.state.link.out;
-        let epoch = member.state.link.epoch;
+        let link = &member.state.link;
         if let Some((_, req)) = waiter {
             let done = encode_frame(&ServerMsg::Done(Done {
                 req,
                 inventory: inventory.clone(),
             }));
-            let _ = out.push_room_reliable(epoch, done);
+            link.push_reliable(done);
         }
-        let _ = out.push_room_reliable(epoch, encode_frame(&ServerMsg::Inventory(inventory)));
+        link.push_reliable(encode_frame(&ServerMsg::Inventory(inventory)));
     }
 }

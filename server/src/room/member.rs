@@ -13,6 +13,7 @@ use super::messages::{JoinError, JoinOk, JoinRoom, MemberLink};
 use super::view::encode_frame;
 use super::Room;
 use crate::ids::SessionId;
+use crate::metrics as m;
 use crate::store::{PlayerState, Stats};
 
 /// The part of a member that survives a restart.
@@ -131,6 +132,20 @@ impl Room {
         self.slot
             .members
             .store(self.members.len(), Ordering::Release);
+        let remote = self
+            .members
+            .values()
+            .filter(|m| m.state.link.remote.is_some())
+            .count();
+        self.slot.remote_members.store(remote, Ordering::Release);
+        let local = self.members.len() - remote;
+        for (place, n) in [("local", local), ("remote", remote)] {
+            metrics::gauge!(
+                m::ROOM_MEMBERS,
+                m::room_labels(&self.id, &[("where", place)])
+            )
+            .set(n as f64);
+        }
     }
 
     pub(super) fn member_of(&mut self, session: SessionId) -> Option<&mut Member> {
@@ -179,10 +194,20 @@ impl Room {
 
     pub(super) fn join(&mut self, msg: JoinRoom) -> Result<JoinOk, JoinError> {
         // A held seat of the resumed session, or of this session (joining
-        // again), is taken over rather than duplicated.
+        // again), is taken over rather than duplicated. A resume that names
+        // no seat here (the player dropped on another shard: session ids
+        // are per shard) takes over the seat held for the player's id.
+        let player = &msg.link.identity.player_id;
         let seat = msg
             .resume
-            .and_then(|old| self.sessions.get(&old).copied().map(|id| (old, id)));
+            .and_then(|old| self.sessions.get(&old).copied().map(|id| (old, id)))
+            .or_else(|| {
+                msg.resume?;
+                self.members
+                    .iter()
+                    .find(|(_, m)| m.state.link.identity.player_id == *player)
+                    .map(|(id, m)| (m.state.link.session, *id))
+            });
         if let Some((old, id)) = seat {
             self.sessions.remove(&old);
             self.sessions.insert(msg.link.session, id);
@@ -198,6 +223,7 @@ impl Room {
             link.inputs = msg.link.inputs;
             link.epoch = msg.link.epoch;
             link.events = msg.link.events;
+            link.remote = msg.link.remote;
             member.state.disconnected_at = None;
             member.state.dir = (0.0, 0.0);
             // A session joining the map it stands in gets `joined` again,
@@ -278,19 +304,11 @@ impl Room {
             .get_mut(&id)
             .expect("send_joined is called for a present member");
         me.visible = view;
-        let _ = me
-            .state
-            .link
-            .out
-            .push_room_reliable(me.state.link.epoch, frame);
+        me.state.link.push_reliable(frame);
         if let Some(code) = notice {
             let text = format!("back in {}", self.map.name);
             let frame = encode_frame(&ServerMsg::Notice(Notice::new(code, text)));
-            let _ = me
-                .state
-                .link
-                .out
-                .push_room_reliable(me.state.link.epoch, frame);
+            me.state.link.push_reliable(frame);
         }
     }
 }

@@ -13,6 +13,9 @@ use crate::ids::{RoomId, SessionId};
 use crate::metrics as m;
 use crate::outbound::Outbound;
 
+use super::remote::RemoteSeat;
+use bytes::Bytes;
+
 /// The longest stall a fault may inject.
 pub const MAX_INJECTED_STALL: Duration = Duration::from_secs(30);
 
@@ -59,11 +62,11 @@ impl Inputs {
         queue.push((seq, dx, dy));
     }
 
-    pub(super) fn clear(&self) {
+    pub(crate) fn clear(&self) {
         self.queue.lock().clear();
     }
 
-    pub(super) fn drain_into(&self, pending: &mut Vec<(u32, f32, f32)>) {
+    pub(crate) fn drain_into(&self, pending: &mut Vec<(u32, f32, f32)>) {
         let mut queue = self.queue.lock();
         if !queue.is_empty() {
             pending.append(&mut queue);
@@ -85,6 +88,21 @@ pub struct MemberLink {
     pub epoch: u64,
     /// What the room tells the session outside `out`.
     pub events: Recipient<RoomEvent>,
+    /// Cluster mode: the member's socket is on another shard. Its frames
+    /// go to that edge (`out` is a queue nobody reads, kept for the
+    /// membership epoch), never into `out`.
+    pub remote: Option<RemoteSeat>,
+}
+
+impl MemberLink {
+    /// Queue a reliable frame for the member: into its outbound queue, or
+    /// to its edge. False when it was not queued.
+    pub fn push_reliable(&self, frame: Bytes) -> bool {
+        match &self.remote {
+            Some(seat) => seat.edge.reliable(seat.session, frame),
+            None => self.out.push_room_reliable(self.epoch, frame).is_ok(),
+        }
+    }
 }
 
 /// Join the room. The room itself sends `joined` through `link.out`, ahead
@@ -115,6 +133,9 @@ pub enum JoinError {
     Crashed,
     /// A `seat_only` join found no held seat (its grace ran out).
     SeatGone,
+    /// Cluster mode: refused with this client error code (the directory
+    /// did not answer: 5005; the room's owner refused the join with it).
+    Refused(u16),
 }
 
 impl Message for JoinRoom {

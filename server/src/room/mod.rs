@@ -30,6 +30,9 @@
 //!   broadcasts, timers, store calls behind the panic boundary).
 //! - [`grid`]: the spatial index; [`ground`]: items lying on the map;
 //!   [`supervisor`]: where rooms are found, restarted and watched.
+//! - [`remote`]: members whose socket is on another shard (their frames
+//!   go to their edge; one `tick` per edge per tick); [`cluster`]: where
+//!   a room runs in cluster mode, and both ends of its tunnel stream.
 //!
 //! Items lying on the map, their spawners and the durable pick-up live in
 //! [`ground`]; the room's document (items, pick-ups in flight) is loaded
@@ -46,11 +49,13 @@
 //! anyone moved, into a slot the supervisor holds, so a room stuck in a
 //! handler can be restarted from it too.
 
+pub mod cluster;
 mod effects;
 pub mod grid;
 pub mod ground;
 mod member;
 mod messages;
+pub mod remote;
 mod room_ref;
 mod snapshot;
 pub mod supervisor;
@@ -346,15 +351,25 @@ impl Room {
         );
     }
 
+    /// The same frame to every connected member: into each local one's
+    /// queue, and once per edge for the remote ones (`fanout`).
     fn to_all_members(&self, frame: Bytes) {
+        let mut edges: Vec<(Arc<remote::EdgeSink>, Vec<u64>)> = Vec::new();
         for member in self.members.values().filter(|m| m.connected()) {
-            // An overflow closes that member's session; it leaves the room
-            // when its actor stops.
-            let _ = member
-                .state
-                .link
-                .out
-                .push_room_reliable(member.state.link.epoch, frame.clone());
+            match &member.state.link.remote {
+                Some(seat) => match edges.iter_mut().find(|(e, _)| e.id == seat.edge.id) {
+                    Some((_, sessions)) => sessions.push(seat.session),
+                    None => edges.push((seat.edge.clone(), vec![seat.session])),
+                },
+                // An overflow closes that member's session; it leaves the
+                // room when its actor stops.
+                None => {
+                    member.state.link.push_reliable(frame.clone());
+                }
+            }
+        }
+        for (edge, sessions) in edges {
+            edge.fanout(sessions, frame.clone());
         }
     }
 
@@ -375,11 +390,9 @@ impl Room {
             self.grid
                 .query(me.state.x, me.state.y, self.map.view_radius, &mut view);
             let frame = self.full_update(&view);
-            let out = me.state.link.out.clone();
-            let epoch = me.state.link.epoch;
             // Reliable: a resync must not be shed like an ordinary update.
-            let _ = out.push_room_reliable(epoch, frame);
-            let _ = out.push_room_reliable(epoch, notice.clone());
+            me.state.link.push_reliable(frame);
+            me.state.link.push_reliable(notice.clone());
             if let Some(me) = self.members.get_mut(&id) {
                 me.visible = view.clone();
             }
@@ -426,6 +439,13 @@ impl Actor for Room {
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         metrics::gauge!(m::ROOMS_ACTIVE).decrement(1.0);
+        for place in ["local", "remote"] {
+            metrics::gauge!(
+                m::ROOM_MEMBERS,
+                m::room_labels(&self.id, &[("where", place)])
+            )
+            .set(0.0);
+        }
         if !self.crashed {
             // A crashed incarnation's state may be half-updated; its
             // successor saves from the snapshot. Nothing is left to restart

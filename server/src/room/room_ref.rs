@@ -5,9 +5,13 @@
 //! full or the room is not running; `call_*` waits for a reply, always
 //! within a timeout. The only implementation today is local (the room is an
 //! actor on this shard, reached through the [`RoomSupervisor`]'s one sender
-//! per room, so a restarted incarnation is reached too); a remote one (the
-//! room on another shard) is added as another variant of [`Target`],
-//! without touching the session.
+//! per room, so a restarted incarnation is reached too). In cluster mode
+//! [`RoomRef::call_join`] asks the cluster where the room runs (leasing
+//! and starting it here when it is placed here); a room owned by another
+//! shard is [`Target::Remote`]: the session's calls and casts go through
+//! this shard's one link to it ([`EdgeLink`]), which carries them over
+//! the tunnel. A member whose room moved (failover) is found wherever its
+//! room runs now, without the session knowing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +22,7 @@ use actix::prelude::*;
 use super::supervisor::RoomSupervisor;
 use super::{ChatIn, Disconnected, JoinError, JoinOk, JoinRoom, LeaveRoom, PickUp, Room, WhoIs};
 use crate::ids::{RoomId, SessionId};
+use crate::room::cluster::{EdgeLink, Located};
 
 /// Why a cast was not delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -45,21 +50,32 @@ pub enum CallError {
 #[derive(Clone)]
 pub struct RoomRef {
     id: RoomId,
-    target: Target,
+    supervisor: Arc<RoomSupervisor>,
 }
 
-/// Where a room runs.
-#[derive(Clone)]
+/// Where a room runs, for one member.
 enum Target {
     /// On this shard, under its room supervisor.
     Local(Arc<RoomSupervisor>),
+    /// On another shard, through this shard's link to it.
+    Remote(Arc<EdgeLink>),
 }
 
 impl RoomRef {
     pub(super) fn local(id: RoomId, supervisor: Arc<RoomSupervisor>) -> RoomRef {
-        RoomRef {
-            id,
-            target: Target::Local(supervisor),
+        RoomRef { id, supervisor }
+    }
+
+    /// Where `session`'s membership is: its remote link if it is a member
+    /// through one, else here.
+    fn target(&self, session: SessionId) -> Target {
+        match self
+            .supervisor
+            .cluster()
+            .and_then(|c| c.edge_of(&self.id, session))
+        {
+            Some(link) => Target::Remote(link),
+            None => Target::Local(self.supervisor.clone()),
         }
     }
 
@@ -69,37 +85,70 @@ impl RoomRef {
 
     /// The player left on purpose (see [`LeaveRoom`]).
     pub fn cast_leave(&self, session: SessionId) -> Result<(), CastError> {
-        self.cast(LeaveRoom { session })
+        match self.target(session) {
+            Target::Remote(link) => {
+                link.leave(session);
+                Ok(())
+            }
+            Target::Local(_) => self.cast(LeaveRoom { session }),
+        }
     }
 
     /// The player's connection went away; its seat is held (see
     /// [`Disconnected`]).
     pub fn cast_disconnected(&self, session: SessionId) -> Result<(), CastError> {
-        self.cast(Disconnected { session })
+        match self.target(session) {
+            Target::Remote(link) => {
+                link.disconnected(session);
+                Ok(())
+            }
+            Target::Local(_) => self.cast(Disconnected { session }),
+        }
     }
 
     /// A validated chat line.
     pub fn cast_chat(&self, session: SessionId, text: String) -> Result<(), CastError> {
-        self.cast(ChatIn { session, text })
+        match self.target(session) {
+            Target::Remote(link) => link
+                .chat(session, text)
+                .then_some(())
+                .ok_or(CastError::Closed),
+            Target::Local(_) => self.cast(ChatIn { session, text }),
+        }
     }
 
-    /// A validated `pick_up`; the room answers the client itself.
+    /// A validated `pick_up`; the room answers the client itself. Not
+    /// carried to a room on another shard yet: refused there as not
+    /// running.
     pub fn cast_pick_up(&self, session: SessionId, req: u32, item: u64) -> Result<(), CastError> {
-        self.cast(PickUp { session, req, item })
+        match self.target(session) {
+            Target::Remote(_) => Err(CastError::Closed),
+            Target::Local(_) => self.cast(PickUp { session, req, item }),
+        }
     }
 
     /// Join the room (starting it if it is not running) and wait at most
-    /// `timeout` for its answer.
+    /// `timeout` for its answer. In cluster mode the room is looked up
+    /// first: run here (leased first) or joined on its owner.
     pub async fn call_join(
         &self,
         join: JoinRoom,
         timeout: Duration,
     ) -> Result<Result<JoinOk, JoinError>, CallError> {
-        match &self.target {
+        let target = match self.supervisor.cluster() {
+            None => Target::Local(self.supervisor.clone()),
+            Some(cluster) => match cluster.locate(&self.id).await {
+                Ok(Located::Local) => Target::Local(self.supervisor.clone()),
+                Ok(Located::Remote(link)) => Target::Remote(link),
+                Err(e) => return Ok(Err(e)),
+            },
+        };
+        match target {
             Target::Local(supervisor) => {
                 let addr = supervisor.start(&self.id).ok_or(CallError::Closed)?;
                 call(addr.send(join), timeout).await
             }
+            Target::Remote(link) => link.call_join(join, timeout).await,
         }
     }
 
@@ -111,12 +160,8 @@ impl RoomRef {
         entity: protocol::msg::EntityId,
         timeout: Duration,
     ) -> Result<Option<String>, CallError> {
-        match &self.target {
-            Target::Local(supervisor) => {
-                let addr = supervisor.current(&self.id).ok_or(CallError::Closed)?;
-                call(addr.send(WhoIs { entity }), timeout).await
-            }
-        }
+        let addr = self.supervisor.current(&self.id).ok_or(CallError::Closed)?;
+        call(addr.send(WhoIs { entity }), timeout).await
     }
 
     fn cast<M>(&self, msg: M) -> Result<(), CastError>
@@ -126,12 +171,10 @@ impl RoomRef {
         Room: Handler<M>,
         <Room as Actor>::Context: ToEnvelope<Room, M>,
     {
-        match &self.target {
-            Target::Local(supervisor) => supervisor.send(&self.id, msg).map_err(|e| match e {
-                SendError::Full(_) => CastError::Full,
-                SendError::Closed(_) => CastError::Closed,
-            }),
-        }
+        self.supervisor.send(&self.id, msg).map_err(|e| match e {
+            SendError::Full(_) => CastError::Full,
+            SendError::Closed(_) => CastError::Closed,
+        })
     }
 }
 

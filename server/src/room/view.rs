@@ -11,6 +11,7 @@ use std::hash::BuildHasher;
 
 use super::{FastMap, Room};
 use crate::metrics as m;
+use protocol::peer::{EntryKind, TickBuilder};
 
 /// The changes one member sees in a tick; members with equal diffs get the
 /// same bytes. Reused from member to member and tick to tick, so a tick
@@ -251,6 +252,7 @@ impl Room {
             diff,
             frames,
             neighbourhoods,
+            edges,
         } = &mut scratch;
         frames.clear();
         // Positions changed since the last tick (or nothing is sent).
@@ -262,7 +264,12 @@ impl Room {
             if !me.connected() {
                 continue;
             }
-            let resync = me.state.link.out.take_resync();
+            let resync = match &me.state.link.remote {
+                // The edge asked (a slow client there shed updates), or
+                // its tick was lost on the way.
+                Some(seat) => edges.is_full(&seat.edge) | me.state.link.out.take_resync(),
+                None => me.state.link.out.take_resync(),
+            };
             if !self.dirty && !resync {
                 continue;
             }
@@ -276,6 +283,41 @@ impl Room {
             };
             std::mem::swap(&mut me.visible, previous);
             let me = &self.members[&id];
+            let members = &self.members;
+            if let Some(seat) = &me.state.link.remote {
+                // A remote member: its view goes into its edge's one tick.
+                let builder = edges.builder(&seat.edge, &self.label, self.tick);
+                let entered = |b: &mut TickBuilder, ids: &[EntityId]| -> Vec<u32> {
+                    ids.iter()
+                        .map(|&e| {
+                            b.entry(e, EntryKind::Entered, || {
+                                Bytes::copy_from_slice(&members[&e].wire.entity)
+                            })
+                        })
+                        .collect()
+                };
+                if resync {
+                    let all = entered(builder, &me.visible);
+                    builder.view(seat.session, all, Vec::new(), Vec::new(), true);
+                    continue;
+                }
+                diff.compute(previous, &me.visible, |e| members[&e].changed);
+                if diff.is_empty() {
+                    continue;
+                }
+                let (e, mv, left) = diff.parts();
+                let e = entered(builder, e);
+                let mv = mv
+                    .iter()
+                    .map(|&m| {
+                        builder.entry(m, EntryKind::Moved, || {
+                            Bytes::copy_from_slice(&members[&m].wire.moved)
+                        })
+                    })
+                    .collect();
+                builder.view(seat.session, e, mv, left.to_vec(), false);
+                continue;
+            }
             if resync {
                 // Counted only when queued: a closing session or one over
                 // its budget refuses the frame.
@@ -283,7 +325,6 @@ impl Room {
                 sent += u64::from(me.state.link.out.push_state(me.state.link.epoch, full));
                 continue;
             }
-            let members = &self.members;
             diff.compute(previous, &me.visible, |e| members[&e].changed);
             if diff.is_empty() {
                 continue;
@@ -300,6 +341,8 @@ impl Room {
             });
             sent += u64::from(me.state.link.out.push_state(me.state.link.epoch, frame));
         }
+        let ticks = edges.send();
+        metrics::counter!(m::REMOTE_TICKS).increment(ticks);
         if self.dirty {
             for member in self.members.values_mut() {
                 member.changed = false;
@@ -323,6 +366,8 @@ pub(super) struct ViewScratch {
     diff: ViewDiff,
     frames: TickFrames,
     neighbourhoods: super::grid::Neighbourhoods,
+    /// This tick's one `tick` per edge (cluster mode).
+    edges: super::remote::EdgeTicks,
 }
 
 #[cfg(test)]

@@ -82,6 +82,7 @@ impl Session {
                 inputs: self.inputs.clone(),
                 epoch,
                 events: ctx.address().recipient(),
+                remote: None,
             },
             resume,
             seat_only,
@@ -119,6 +120,13 @@ impl Session {
                     // the supervisor has a fresh incarnation by now.
                     session.out.end_room();
                     session.join_room(room, identity, resume, seat_only, retries - 1, ctx);
+                }
+                // Cluster mode: the directory did not answer (5005), or the
+                // room's owner refused with a code of its own.
+                Ok(Err(JoinError::Refused(code))) => {
+                    session.abandon_join(&room);
+                    let code = ErrorCode::from_u16(code).unwrap_or(ErrorCode::RoomUnavailable);
+                    session.send_error(code, format!("{map} could not be joined ({})", code.name()));
                 }
                 Err(_) | Ok(Err(JoinError::Crashed)) => {
                     session.abandon_join(&room);

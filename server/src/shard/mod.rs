@@ -308,6 +308,17 @@ async fn run(
         .with_faults(faults.clone())
         .with_events(events.clone()),
     );
+    // In cluster mode, rooms are leased through the directory and reached
+    // across the tunnel wherever they run.
+    if let (Some(dir), Some(hub)) = (&directory, &hub) {
+        crate::room::cluster::RoomCluster::start(
+            dir.clone(),
+            hub.clone(),
+            &rooms,
+            persister.handle(),
+            crate::room::cluster::RoomSettings::from_config(&config),
+        );
+    }
     let presence = Arc::new(Presence::new(Duration::from_secs(config.auth.resume_ttl_s)));
     let link = directory.clone().zip(hub.clone()).map(|(dir, hub)| Link {
         relay: Relay::new(hub, config.cluster.relay_queue as usize),

@@ -3,8 +3,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use protocol::peer::{RefuseCode, DEFAULT_MAX_FRAME};
+use protocol::peer::RefuseCode;
 use thiserror::Error;
+
+use crate::config::TunnelConfig;
 
 /// The shortest cluster secret accepted: 32 bytes, an HMAC-SHA256 key's
 /// full strength.
@@ -63,26 +65,74 @@ pub struct TunnelSettings {
 }
 
 impl Default for TunnelSettings {
+    /// No identity yet, `127.0.0.1:0`, cluster `tessera`, and the limits of
+    /// a default `[cluster.tunnel]`.
     fn default() -> Self {
         TunnelSettings {
             shard_id: String::new(),
             secret: Vec::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             cluster: "tessera".into(),
-            max_frame: DEFAULT_MAX_FRAME,
-            stream_budget_bytes: 1024 * 1024,
-            stream_window: 1024 * 1024,
-            max_streams: 256,
-            accept_queue: 64,
-            idle_timeout: Duration::from_secs(10),
-            keep_alive: Duration::from_secs(2),
-            ping_interval: Duration::from_secs(1),
-            handshake_timeout: Duration::from_secs(5),
-            dial_timeout: Duration::from_secs(5),
-            reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(5),
-            refusal_log: 32,
-            max_handshakes: 64,
+            max_frame: 0,
+            stream_budget_bytes: 0,
+            stream_window: 0,
+            max_streams: 0,
+            accept_queue: 0,
+            idle_timeout: Duration::ZERO,
+            keep_alive: Duration::ZERO,
+            ping_interval: Duration::ZERO,
+            handshake_timeout: Duration::ZERO,
+            dial_timeout: Duration::ZERO,
+            reconnect_min: Duration::ZERO,
+            reconnect_max: Duration::ZERO,
+            refusal_log: 0,
+            max_handshakes: 0,
+        }
+        .with_limits(&TunnelConfig::default())
+    }
+}
+
+impl TunnelSettings {
+    /// These settings with the limits of `limits` (`[cluster.tunnel]`).
+    pub fn with_limits(self, limits: &TunnelConfig) -> TunnelSettings {
+        let ms = Duration::from_millis;
+        TunnelSettings {
+            max_frame: limits.max_frame,
+            stream_budget_bytes: limits.stream_budget_bytes,
+            stream_window: limits.stream_window,
+            max_streams: limits.max_streams,
+            accept_queue: limits.accept_queue,
+            idle_timeout: ms(limits.idle_timeout_ms),
+            keep_alive: ms(limits.keep_alive_ms),
+            ping_interval: ms(limits.ping_interval_ms),
+            handshake_timeout: ms(limits.handshake_timeout_ms),
+            dial_timeout: ms(limits.dial_timeout_ms),
+            reconnect_min: ms(limits.reconnect_min_ms),
+            reconnect_max: ms(limits.reconnect_max_ms),
+            refusal_log: limits.refusal_log,
+            max_handshakes: limits.max_handshakes,
+            ..self
+        }
+    }
+
+    /// The limits of these settings, as `[cluster.tunnel]` says them.
+    fn limits(&self) -> TunnelConfig {
+        let ms = |d: Duration| d.as_millis() as u64;
+        TunnelConfig {
+            max_frame: self.max_frame,
+            stream_budget_bytes: self.stream_budget_bytes,
+            stream_window: self.stream_window,
+            max_streams: self.max_streams,
+            accept_queue: self.accept_queue,
+            idle_timeout_ms: ms(self.idle_timeout),
+            keep_alive_ms: ms(self.keep_alive),
+            ping_interval_ms: ms(self.ping_interval),
+            handshake_timeout_ms: ms(self.handshake_timeout),
+            dial_timeout_ms: ms(self.dial_timeout),
+            reconnect_min_ms: ms(self.reconnect_min),
+            reconnect_max_ms: ms(self.reconnect_max),
+            refusal_log: self.refusal_log,
+            max_handshakes: self.max_handshakes,
         }
     }
 }
@@ -118,50 +168,11 @@ impl TunnelSettings {
         if self.cluster.is_empty() {
             return bad("cluster", "must not be empty".into());
         }
-        if self.max_frame < 1024 {
-            return bad("max_frame", "must be at least 1024 bytes".into());
-        }
-        if self.stream_budget_bytes < self.max_frame as usize {
-            return bad(
-                "stream_budget_bytes",
-                "must be at least max_frame (one frame must fit)".into(),
-            );
-        }
-        if self.stream_window < 1024 {
-            return bad("stream_window", "must be at least 1024 bytes".into());
-        }
-        if self.max_streams == 0 {
-            return bad("max_streams", "must be at least 1".into());
-        }
-        if self.accept_queue == 0 {
-            return bad("accept_queue", "must be at least 1".into());
-        }
-        if self.max_handshakes == 0 {
-            return bad("max_handshakes", "must be at least 1".into());
-        }
-        let durations = [
-            ("idle_timeout", self.idle_timeout),
-            ("keep_alive", self.keep_alive),
-            ("ping_interval", self.ping_interval),
-            ("handshake_timeout", self.handshake_timeout),
-            ("dial_timeout", self.dial_timeout),
-            ("reconnect_min", self.reconnect_min),
-            ("reconnect_max", self.reconnect_max),
-        ];
-        for (field, d) in durations {
-            if d.is_zero() {
-                return bad(field, "must be above zero".into());
-            }
-        }
-        if self.keep_alive >= self.idle_timeout {
-            return bad(
-                "keep_alive",
-                "must be shorter than idle_timeout, or live connections time out".into(),
-            );
-        }
-        if self.reconnect_max < self.reconnect_min {
-            return bad("reconnect_max", "must be at least reconnect_min".into());
-        }
+        // The limits' rules are `[cluster.tunnel]`'s; a duration is named
+        // here without its `_ms`.
+        self.limits()
+            .check()
+            .or_else(|(field, reason)| bad(field.strip_suffix("_ms").unwrap_or(field), reason))?;
         Ok(())
     }
 }
@@ -223,6 +234,20 @@ mod tests {
     #[test]
     fn the_defaults_with_an_id_and_a_secret_are_valid() {
         assert_eq!(good().validate(), Ok(()));
+    }
+
+    #[test]
+    fn limits_come_from_cluster_tunnel() {
+        let limits = TunnelConfig {
+            max_streams: 9,
+            ping_interval_ms: 250,
+            ..TunnelConfig::default()
+        };
+        let s = good().with_limits(&limits);
+        assert_eq!((s.max_streams, s.shard_id.as_str()), (9, "a"));
+        assert_eq!(s.ping_interval, Duration::from_millis(250));
+        assert_eq!(s.limits(), limits);
+        assert_eq!(good().limits(), TunnelConfig::default());
     }
 
     #[test]

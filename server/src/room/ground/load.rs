@@ -25,7 +25,7 @@ impl Ground {
             .collect();
         match restored {
             Some(g) if g.loaded => {
-                self.owner_epoch = g.owner_epoch;
+                self.owner_epoch = g.owner_epoch.max(self.lease_epoch);
                 self.install(
                     g.rev,
                     g.next_item,
@@ -68,7 +68,7 @@ impl Ground {
             }
         };
         let doc = doc.unwrap_or_else(|| RoomState::new(label));
-        self.owner_epoch = doc.owner_epoch;
+        self.owner_epoch = doc.owner_epoch.max(self.lease_epoch);
         self.install(doc.rev, doc.next_item, &doc.epoch, doc.items, doc.pending);
         let mut effects = vec![Effect::Loaded {
             items: self.items.len(),

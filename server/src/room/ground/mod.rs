@@ -117,6 +117,9 @@ pub(super) struct Ground {
     /// single shard owns every room); the cluster's room wiring sets it
     /// from the room's lease.
     owner_epoch: u64,
+    /// Cluster mode: the lease epoch this shard runs the room under; the
+    /// owner epoch is raised to it when the room starts.
+    lease_epoch: u64,
     items: BTreeMap<u64, GroundItem>,
     pending: BTreeMap<u64, Pickup>,
     /// When each spawner of the map is due next.
@@ -132,6 +135,7 @@ impl Ground {
             next_item: 1,
             epoch: String::new(),
             owner_epoch: 0,
+            lease_epoch: 0,
             items: BTreeMap::new(),
             pending: BTreeMap::new(),
             spawn_due: Vec::new(),
@@ -154,6 +158,14 @@ impl Ground {
     /// The owner epoch every write of this room carries.
     pub(super) fn owner_epoch(&self) -> u64 {
         self.owner_epoch
+    }
+
+    /// Cluster mode: the room runs under lease epoch `epoch`; its writes
+    /// carry it (or the stored epoch, if that is higher: then they are
+    /// fenced, as they must be).
+    pub(in crate::room) fn set_lease_epoch(&mut self, epoch: u64) {
+        self.lease_epoch = epoch;
+        self.owner_epoch = self.owner_epoch.max(epoch);
     }
 
     fn install(

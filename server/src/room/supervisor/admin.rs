@@ -16,6 +16,10 @@ use crate::room::{Handover, RoomSnapshot};
 pub struct RoomView {
     pub id: RoomId,
     pub members: usize,
+    /// Of `members`, those on other shards (cluster mode).
+    pub members_remote: usize,
+    /// The lease epoch this shard runs the room under (cluster; 0 alone).
+    pub epoch: u64,
     pub tick_us: u64,
     pub restarts: u64,
     pub snapshot_age_ms: Option<u64>,
@@ -36,6 +40,7 @@ impl RoomSupervisor {
         let now = self.now_ms();
         let age = |at: u64| (at != 0).then(|| now.saturating_sub(at));
         let restarts = self.restarts.lock().clone();
+        let epochs = self.epochs.lock().clone();
         let mut views: Vec<RoomView> = self
             .rooms
             .lock()
@@ -45,6 +50,8 @@ impl RoomSupervisor {
                 RoomView {
                     id: id.clone(),
                     members: e.slot.members.load(Ordering::Acquire),
+                    members_remote: e.slot.remote_members.load(Ordering::Acquire),
+                    epoch: epochs.get(id).copied().unwrap_or(0),
                     tick_us: e.slot.tick_us.load(Ordering::Relaxed),
                     restarts: restarts.get(id).copied().unwrap_or(0),
                     snapshot_age_ms: age(e.slot.snapshot_ms.load(Ordering::Relaxed)),

@@ -75,6 +75,7 @@ use protocol::admin::EventKind;
 
 mod admin;
 mod arbiters;
+mod cluster;
 pub use admin::RoomView;
 use arbiters::RoomArbiter;
 
@@ -131,6 +132,8 @@ pub struct RoomSlot {
     /// Members (held seats included), kept by the room: where an
     /// `instances = "auto"` join finds an instance with room.
     pub members: AtomicUsize,
+    /// Of `members`, those whose socket is on another shard (cluster).
+    pub remote_members: AtomicUsize,
     /// How long the last tick took, microseconds (the admin API's view).
     pub tick_us: AtomicU64,
     /// Ms since the supervisor's origin at the last snapshot (0: none).
@@ -221,6 +224,14 @@ pub struct RoomSupervisor {
     restarts_total: AtomicU64,
     /// Where restarts and failures are told (the admin API's events).
     events: Option<Events>,
+    /// Cluster mode: where rooms are placed and leased (see `cluster.rs`).
+    cluster: std::sync::OnceLock<Arc<crate::room::cluster::RoomCluster>>,
+    /// Cluster mode: the lease epoch of each room this shard runs; every
+    /// incarnation writes under it.
+    epochs: Mutex<HashMap<RoomId, u64>>,
+    /// Cluster mode: instances a join found full on their owner, and
+    /// until when `auto` placement skips them.
+    full_hints: Mutex<HashMap<RoomId, Instant>>,
     settings: Settings,
     origin: Instant,
 }
@@ -266,6 +277,9 @@ impl RoomSupervisor {
             restarts: Mutex::new(HashMap::new()),
             restarts_total: AtomicU64::new(0),
             events: None,
+            cluster: std::sync::OnceLock::new(),
+            epochs: Mutex::new(HashMap::new()),
+            full_hints: Mutex::new(HashMap::new()),
             settings,
             origin: Instant::now(),
         }
@@ -358,10 +372,13 @@ impl RoomSupervisor {
                     .iter()
                     .find(|(_, e)| e.slot.members.load(Ordering::Acquire) < def.max_players)
                     .map(|(id, _)| (*id).clone());
+                // Cluster mode: an instance not running here may run on
+                // another shard; one found full there lately is skipped.
+                let full = self.full_instances();
                 with_room.unwrap_or_else(|| {
                     (1..)
                         .map(|n| RoomId::new(map, n))
-                        .find(|id| !rooms.contains_key(id))
+                        .find(|id| !rooms.contains_key(id) && !full.contains(id))
                         .expect("an instance number is free: the rooms are finitely many")
                 })
             }
@@ -401,7 +418,7 @@ impl RoomSupervisor {
 
     /// Cast `msg` to the current incarnation of room `id`, without
     /// waiting. A full mailbox refuses it; no running room is `Closed`.
-    pub(super) fn send<M>(&self, id: &RoomId, msg: M) -> Result<(), SendError<M>>
+    pub(crate) fn send<M>(&self, id: &RoomId, msg: M) -> Result<(), SendError<M>>
     where
         M: Message + Send + 'static,
         M::Result: Send,
@@ -442,6 +459,7 @@ impl RoomSupervisor {
                     .map_or_else(Default::default, |r| r.snapshot.clone()),
             ),
             members: AtomicUsize::new(0),
+            remote_members: AtomicUsize::new(0),
             tick_us: AtomicU64::new(0),
             snapshot_ms: AtomicU64::new(0),
             saved_ms: AtomicU64::new(0),
@@ -449,9 +467,10 @@ impl RoomSupervisor {
         let supervisor = self.clone();
         let room_slot = slot.clone();
         let capacity = self.settings.mailbox_capacity;
+        let epoch = self.epoch(&id);
         let addr = Room::start_in_arbiter(&handle, move |ctx| {
             ctx.set_mailbox_capacity(capacity);
-            Room::new(id, def, supervisor, room_slot, restored)
+            Room::new(id, def, supervisor, room_slot, restored).with_owner_epoch(epoch)
         });
         Entry { addr, slot }
     }
@@ -567,6 +586,8 @@ impl RoomSupervisor {
             .is_some_and(|e| e.slot.incarnation == incarnation)
         {
             rooms.remove(id);
+            drop(rooms);
+            self.stopped(id);
         }
     }
 }

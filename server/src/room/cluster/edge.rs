@@ -1,0 +1,579 @@
+//! The edge's side of `/tessera/room/1`: one [`EdgeLink`] per room owned
+//! elsewhere, shared by every session of this shard in that room, owning
+//! the stream to the owner.
+//!
+//! - Joins: `join` goes up, the call waits for `joined` / `join_refused`
+//!   (within the session's call timeout).
+//! - Inputs: every member's queue is drained once per tick of the map and
+//!   sent as one `inputs` batch; a member whose outbound queue shed
+//!   updates and drained is reported (`resync`) for a full view.
+//! - `tick`: each view's `update` frame is laid out once
+//!   ([`protocol::peer::Tick::write_update`]) and the same bytes pushed to
+//!   each recipient's outbound queue as a state frame, as a local room
+//!   does; `reliable` frames (and `fanout`, one frame for several
+//!   members: chat, broadcasts) are pushed as the room's reliable frames.
+//! - Failover: when the stream ends without the room failing (the owner
+//!   stopped, died, or lost the lease), the room is looked for again
+//!   (once the old lease expired the directory names a new owner, or the
+//!   room is placed anew, maybe here) and every member re-joins it where
+//!   this shard last saw it (`resume`, `at`), then gets notice 6003 and a
+//!   full update. Past `cluster.failover_budget_ms` the members get the
+//!   room-failed path their session already has.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use protocol::msg::{EntityId, Notice};
+use protocol::peer::{
+    entry_position, EdgeMsg, Input, Inputs as InputBatch, Member, OwnerMsg, RemoteChat, RemoteJoin,
+    ROOM_PROTOCOL,
+};
+use protocol::{encode_server, ErrorCode, NoticeCode, ServerMsg};
+use tokio::sync::oneshot;
+
+use super::RoomCluster;
+use crate::cluster::directory::ShardId;
+use crate::cluster::tunnel::{StreamReceiver, StreamSender};
+use crate::ids::{RoomId, SessionId};
+use crate::metrics as m;
+use crate::room::{CallError, JoinError, JoinOk, JoinRoom, MemberLink, RoomEvent};
+
+type JoinReply = Result<JoinOk, JoinError>;
+
+/// A member of the room on this shard.
+struct EdgeMember {
+    link: MemberLink,
+    /// Its entity, once seated.
+    entity: Option<EntityId>,
+    /// Where the owner's last frames showed it.
+    at: Option<(f32, f32)>,
+    /// The session's join call, waiting for the owner's answer.
+    waiting: Option<oneshot::Sender<JoinReply>>,
+    /// Re-joined after a failover: notice 6003 when seated.
+    moved: bool,
+}
+
+struct Inner {
+    owner: ShardId,
+    tx: Option<StreamSender>,
+    /// Bumped on every new stream, so a stale reader's end is ignored.
+    generation: u64,
+    members: HashMap<SessionId, EdgeMember>,
+    failing_over: bool,
+}
+
+/// This shard's link to one room owned by another shard.
+pub struct EdgeLink {
+    room: RoomId,
+    cluster: Weak<RoomCluster>,
+    inner: Mutex<Inner>,
+    /// Serializes opening the stream.
+    connecting: tokio::sync::Mutex<()>,
+    /// Over: no member is left, or they moved elsewhere. A new join
+    /// looks for the room again.
+    over: AtomicBool,
+}
+
+impl EdgeLink {
+    pub(super) fn new(room: RoomId, owner: ShardId, cluster: Weak<RoomCluster>) -> Arc<EdgeLink> {
+        Arc::new(EdgeLink {
+            room,
+            cluster,
+            inner: Mutex::new(Inner {
+                owner,
+                tx: None,
+                generation: 0,
+                members: HashMap::new(),
+                failing_over: false,
+            }),
+            connecting: tokio::sync::Mutex::new(()),
+            over: AtomicBool::new(false),
+        })
+    }
+
+    pub fn room(&self) -> &RoomId {
+        &self.room
+    }
+
+    pub fn owner(&self) -> ShardId {
+        self.inner.lock().owner.clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(super) fn is_live(&self) -> bool {
+        !self.over.load(Ordering::Acquire)
+    }
+
+    pub(super) fn has(&self, session: SessionId) -> bool {
+        self.is_live() && self.inner.lock().members.contains_key(&session)
+    }
+
+    /// Join the room on its owner; the answer within `timeout`.
+    pub async fn call_join(
+        self: &Arc<Self>,
+        join: JoinRoom,
+        timeout: Duration,
+    ) -> Result<JoinReply, CallError> {
+        let session = join.link.session;
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let msg = EdgeMsg::Join(RemoteJoin {
+            session,
+            player: join.link.identity.player_id.clone(),
+            name: join.link.identity.name.clone(),
+            room: self.room.to_string(),
+            resume: join.resume.is_some(),
+            at: join.spawn_at.map(|(x, y)| [x, y]),
+        });
+        self.inner.lock().members.insert(
+            session,
+            EdgeMember {
+                link: join.link,
+                entity: None,
+                at: join.spawn_at,
+                waiting: Some(reply_tx),
+                moved: false,
+            },
+        );
+        let sent = match self.connect().await {
+            Ok(tx) => tx.send_msg(&msg).is_ok(),
+            Err(()) => false,
+        };
+        if !sent {
+            self.remove(session);
+            // Looked for again by the session's retry.
+            self.end();
+            return Err(CallError::Closed);
+        }
+        match tokio::time::timeout(timeout, reply_rx).await {
+            Ok(Ok(reply)) => {
+                if let Err(e) = reply {
+                    if e == JoinError::Full {
+                        if let Some(cluster) = self.cluster.upgrade() {
+                            cluster.hint_full(&self.room);
+                        }
+                    }
+                    // Refused: a link nobody uses any more is closed.
+                    self.end_if_empty();
+                }
+                Ok(reply)
+            }
+            Ok(Err(_)) => Err(CallError::Closed),
+            Err(_) => {
+                // The owner may still seat it: take the seat back at once
+                // rather than leave it standing there.
+                if self.remove(session).is_some() {
+                    self.send(&EdgeMsg::Leave(Member { session }));
+                }
+                self.end_if_empty();
+                Err(CallError::Timeout)
+            }
+        }
+    }
+
+    /// The member left on purpose.
+    pub fn leave(self: &Arc<Self>, session: SessionId) {
+        if self.remove(session).is_some() {
+            self.send(&EdgeMsg::Leave(Member { session }));
+        }
+        self.end_if_empty();
+    }
+
+    /// The member's connection went away: its seat is held at the owner.
+    pub fn disconnected(self: &Arc<Self>, session: SessionId) {
+        if self.remove(session).is_some() {
+            self.send(&EdgeMsg::Disconnected(Member { session }));
+        }
+        self.end_if_empty();
+    }
+
+    /// A validated chat line. False when there is no stream right now
+    /// (the room is moving).
+    pub fn chat(&self, session: SessionId, text: String) -> bool {
+        self.send(&EdgeMsg::Chat(RemoteChat { session, text }))
+    }
+
+    fn send(&self, msg: &EdgeMsg) -> bool {
+        let tx = self.inner.lock().tx.clone();
+        tx.is_some_and(|tx| tx.send_msg(msg).is_ok())
+    }
+
+    fn remove(&self, session: SessionId) -> Option<EdgeMember> {
+        self.inner.lock().members.remove(&session)
+    }
+
+    fn end_if_empty(self: &Arc<Self>) {
+        let empty = {
+            let inner = self.inner.lock();
+            inner.members.is_empty() && !inner.failing_over
+        };
+        if empty {
+            self.end();
+        }
+    }
+
+    /// The link is over: the stream is finished, the registry forgets it.
+    fn end(self: &Arc<Self>) {
+        self.over.store(true, Ordering::Release);
+        if let Some(tx) = self.inner.lock().tx.take() {
+            tx.close();
+        }
+        if let Some(cluster) = self.cluster.upgrade() {
+            cluster.forget_link(self);
+        }
+    }
+
+    /// The stream to the owner, opened if there is none.
+    async fn connect(self: &Arc<Self>) -> Result<StreamSender, ()> {
+        let _one = self.connecting.lock().await;
+        let owner = {
+            let inner = self.inner.lock();
+            if let Some(tx) = &inner.tx {
+                return Ok(tx.clone());
+            }
+            inner.owner.clone()
+        };
+        let cluster = self.cluster.upgrade().ok_or(())?;
+        let open = cluster.hub().open(owner.as_str(), ROOM_PROTOCOL);
+        let stream = match tokio::time::timeout(cluster.settings().call_timeout, open).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(room = %self.room, %owner, error = %e, "room stream not opened");
+                return Err(());
+            }
+            Err(_) => {
+                tracing::debug!(room = %self.room, %owner, "room stream not opened in time");
+                return Err(());
+            }
+        };
+        let generation = {
+            let mut inner = self.inner.lock();
+            inner.generation += 1;
+            inner.tx = Some(stream.tx.clone());
+            inner.generation
+        };
+        actix::spawn(self.clone().read(stream.rx, generation));
+        actix::spawn(
+            self.clone()
+                .pump_inputs(generation, cluster.tick_period(&self.room)),
+        );
+        Ok(stream.tx)
+    }
+
+    /// Everything the owner sends, until the stream ends.
+    async fn read(self: Arc<Self>, mut rx: StreamReceiver, generation: u64) {
+        let mut closed = None;
+        let mut scratch = Vec::new();
+        while let Some(msg) = rx.recv_msg::<OwnerMsg>().await {
+            match msg {
+                Ok(OwnerMsg::Closed(c)) => {
+                    closed = Some(c.code);
+                    break;
+                }
+                Ok(msg) => self.on_owner(msg, &mut scratch),
+                Err(e) => {
+                    tracing::debug!(room = %self.room, error = %e, "room stream broke");
+                    break;
+                }
+            }
+        }
+        {
+            let mut inner = self.inner.lock();
+            if inner.generation != generation || self.over.load(Ordering::Acquire) {
+                return;
+            }
+            inner.tx = None;
+            if inner.members.is_empty() {
+                drop(inner);
+                self.end();
+                return;
+            }
+            inner.failing_over = true;
+        }
+        if closed == Some(ErrorCode::RoomFailed.as_u16()) {
+            self.fail_all();
+            return;
+        }
+        tracing::warn!(room = %self.room, "room stream to its owner ended: failing over");
+        self.failover().await;
+    }
+
+    fn on_owner(&self, msg: OwnerMsg, scratch: &mut Vec<u8>) {
+        let mut inner = self.inner.lock();
+        match msg {
+            OwnerMsg::Joined(j) => {
+                let Some(member) = inner.members.get_mut(&j.session) else {
+                    return;
+                };
+                member.entity = Some(j.you);
+                if let Some(waiting) = member.waiting.take() {
+                    let _ = waiting.send(Ok(JoinOk {
+                        entity: j.you,
+                        resumed: false,
+                    }));
+                }
+                if std::mem::take(&mut member.moved) {
+                    let notice = ServerMsg::Notice(Notice::new(
+                        NoticeCode::RoomMoved,
+                        format!("{} moved to another server", self.room.map()),
+                    ));
+                    let _ = member
+                        .link
+                        .out
+                        .push_room_reliable(member.link.epoch, Bytes::from(encode_server(&notice)));
+                }
+            }
+            OwnerMsg::JoinRefused(r) => {
+                let Some(mut member) = inner.members.remove(&r.session) else {
+                    return;
+                };
+                let error = match ErrorCode::from_u16(r.code) {
+                    Some(ErrorCode::RoomFull) => JoinError::Full,
+                    _ => JoinError::Refused(r.code),
+                };
+                match member.waiting.take() {
+                    Some(waiting) => {
+                        let _ = waiting.send(Err(error));
+                    }
+                    // A re-join after a failover was refused.
+                    None => member.link.events.do_send(RoomEvent::Failed {
+                        room: self.room.clone(),
+                    }),
+                }
+            }
+            OwnerMsg::Reliable(r) => {
+                if let Some(member) = inner.members.get(&r.session) {
+                    let _ = member
+                        .link
+                        .out
+                        .push_room_reliable(member.link.epoch, r.frame);
+                }
+            }
+            OwnerMsg::Fanout(f) => {
+                for session in &f.sessions {
+                    if let Some(member) = inner.members.get(session) {
+                        let _ = member
+                            .link
+                            .out
+                            .push_room_reliable(member.link.epoch, f.frame.clone());
+                    }
+                }
+            }
+            OwnerMsg::Tick(tick) => {
+                for view in &tick.views {
+                    scratch.clear();
+                    if tick.write_update(view, scratch).is_err() {
+                        metrics::counter!(m::REMOTE_BAD_VIEWS).increment(1);
+                        continue;
+                    }
+                    let frame = Bytes::copy_from_slice(scratch);
+                    for session in &view.sessions {
+                        if let Some(member) = inner.members.get(session) {
+                            member.link.out.push_state(member.link.epoch, frame.clone());
+                        }
+                    }
+                }
+                // Where the members stand, for a re-join after a failover.
+                let by_entity: HashMap<EntityId, SessionId> = inner
+                    .members
+                    .iter()
+                    .filter_map(|(s, m)| m.entity.map(|e| (e, *s)))
+                    .collect();
+                for entry in &tick.entries {
+                    if let Some((id, x, y)) = entry_position(entry) {
+                        if let Some(session) = by_entity.get(&id) {
+                            if let Some(member) = inner.members.get_mut(session) {
+                                member.at = Some((x, y));
+                            }
+                        }
+                    }
+                }
+            }
+            OwnerMsg::Closed(_) => {}
+        }
+    }
+
+    /// Once per tick of the map: every member's inputs in one batch.
+    async fn pump_inputs(self: Arc<Self>, generation: u64, period: Duration) {
+        let mut every = tokio::time::interval(period);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut pending = Vec::new();
+        loop {
+            every.tick().await;
+            let (tx, batch) = {
+                let inner = self.inner.lock();
+                if inner.generation != generation || self.over.load(Ordering::Acquire) {
+                    return;
+                }
+                let Some(tx) = inner.tx.clone() else {
+                    return;
+                };
+                let mut batch = Vec::new();
+                for (&session, member) in &inner.members {
+                    // A slow client shed updates and has drained: the
+                    // owner sends it a full view.
+                    if member.link.out.take_resync() {
+                        let _ = tx.send_msg(&EdgeMsg::Resync(Member { session }));
+                    }
+                    member.link.inputs.drain_into(&mut pending);
+                    batch.extend(pending.drain(..).map(|(seq, dx, dy)| Input {
+                        session,
+                        seq,
+                        dx,
+                        dy,
+                    }));
+                }
+                (tx, batch)
+            };
+            if !batch.is_empty() && tx.send_msg(&EdgeMsg::Inputs(InputBatch { batch })).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Look for the room again and take every member there.
+    async fn failover(self: Arc<Self>) {
+        let Some(cluster) = self.cluster.upgrade() else {
+            return;
+        };
+        let deadline = Instant::now() + cluster.settings().failover_budget;
+        let mut pause = Duration::from_millis(100);
+        while Instant::now() < deadline {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+            if self.inner.lock().members.is_empty() {
+                self.end();
+                return;
+            }
+            let old = self.owner();
+            match cluster.resolve(&self.room).await {
+                Ok(None) => {
+                    self.move_here(&cluster).await;
+                    return;
+                }
+                // The old owner still holds the lease: it is going away
+                // (its lease is released or expires) or only the stream
+                // broke. Dialling a shard that is gone can take long, so it
+                // is tried again only in the second half of the budget.
+                Ok(Some(owner)) if owner == old => {
+                    let half = cluster.settings().failover_budget / 2;
+                    if deadline.saturating_duration_since(Instant::now()) < half
+                        && self.rejoin_on(old).await
+                    {
+                        return;
+                    }
+                }
+                Ok(Some(owner)) => {
+                    if self.rejoin_on(owner).await {
+                        return;
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        tracing::error!(room = %self.room, "room not found again within the failover budget");
+        metrics::counter!(m::ROOM_FAILOVERS, "result" => "failed").increment(1);
+        self.fail_all();
+    }
+
+    /// Re-join every member on `owner` (the Joined answers finish it).
+    async fn rejoin_on(self: &Arc<Self>, owner: ShardId) -> bool {
+        self.inner.lock().owner = owner.clone();
+        let Ok(tx) = self.connect().await else {
+            return false;
+        };
+        let mut inner = self.inner.lock();
+        inner.failing_over = false;
+        for (&session, member) in inner.members.iter_mut() {
+            member.moved = true;
+            member.entity = None;
+            let join = EdgeMsg::Join(RemoteJoin {
+                session,
+                player: member.link.identity.player_id.clone(),
+                name: member.link.identity.name.clone(),
+                room: self.room.to_string(),
+                resume: true,
+                at: member.at.map(|(x, y)| [x, y]),
+            });
+            let _ = tx.send_msg(&join);
+        }
+        tracing::info!(room = %self.room, %owner, members = inner.members.len(), "room moved: members re-joined");
+        metrics::counter!(m::ROOM_FAILOVERS, "result" => "moved").increment(1);
+        true
+    }
+
+    /// The room runs here now: every member joins it locally and this
+    /// link is over (casts go to the local room from now on).
+    async fn move_here(self: &Arc<Self>, cluster: &Arc<RoomCluster>) {
+        let members: Vec<EdgeMember> = {
+            let mut inner = self.inner.lock();
+            inner.members.drain().map(|(_, m)| m).collect()
+        };
+        self.end();
+        let Some(rooms) = cluster.rooms() else {
+            return;
+        };
+        let timeout = cluster.settings().call_timeout;
+        for member in members {
+            let link = member.link;
+            let (out, epoch, events) = (link.out.clone(), link.epoch, link.events.clone());
+            let join = JoinRoom {
+                resume: Some(link.session),
+                link,
+                seat_only: false,
+                spawn_at: member.at,
+            };
+            let joined = match rooms.start(&self.room) {
+                Some(addr) => tokio::time::timeout(timeout, addr.send(join)).await,
+                None => {
+                    events.do_send(RoomEvent::Failed {
+                        room: self.room.clone(),
+                    });
+                    continue;
+                }
+            };
+            if let Ok(Ok(Ok(_))) = joined {
+                let notice = ServerMsg::Notice(Notice::new(
+                    NoticeCode::RoomMoved,
+                    format!("{} moved to another server", self.room.map()),
+                ));
+                let _ = out.push_room_reliable(epoch, Bytes::from(encode_server(&notice)));
+                out.request_resync();
+            } else {
+                events.do_send(RoomEvent::Failed {
+                    room: self.room.clone(),
+                });
+            }
+        }
+        tracing::info!(room = %self.room, "room moved here: members re-joined locally");
+        metrics::counter!(m::ROOM_FAILOVERS, "result" => "moved").increment(1);
+    }
+
+    /// The room failed for good: every member gets the room-failed path.
+    fn fail_all(self: &Arc<Self>) {
+        let members: Vec<EdgeMember> = {
+            let mut inner = self.inner.lock();
+            inner.failing_over = false;
+            inner.members.drain().map(|(_, m)| m).collect()
+        };
+        for member in members {
+            if let Some(waiting) = member.waiting {
+                let _ = waiting.send(Err(JoinError::Crashed));
+            }
+            member.link.events.do_send(RoomEvent::Failed {
+                room: self.room.clone(),
+            });
+        }
+        self.end();
+    }
+}
