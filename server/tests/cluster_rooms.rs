@@ -406,6 +406,53 @@ async fn a_player_who_dropped_on_one_shard_takes_its_seat_back_through_another()
     cluster.close().await;
 }
 
+/// A resume on another shard needs no `join`: the directory's player
+/// entry says which room the seat is in, and the new shard takes it over
+/// there by itself (`joined` with the same entity, then notice 6002).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_on_another_shard_gets_the_seat_back_without_a_join() {
+    let cluster = Cluster::start("cr10", |_| {}).await;
+    let (_first, _) = join_as(cluster.shard(0).ws_addr, "first", "test").await;
+    let owner = cluster.owner("test").await;
+    let edges: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
+    let (mut eve, welcome) = Client::welcomed(cluster.shard(edges[0]).ws_addr, "eve").await;
+    let joined = join(&mut eve, "test").await;
+    // Once the directory records eve's room, she drops.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while cluster
+        .dir
+        .player(&welcome.player_id)
+        .await
+        .ok()
+        .flatten()
+        .map(|e| e.room)
+        .as_deref()
+        != Some("test")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "eve's room never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(eve);
+    let mut again = Client::connect(cluster.shard(edges[1]).ws_addr).await;
+    again.send_resume(welcome.resume_token.clone()).await;
+    let back = again.expect("welcome", msg!(ServerMsg::Welcome)).await;
+    assert_eq!(back.player_id, welcome.player_id);
+    let rejoined = again
+        .expect("joined, unasked", msg!(ServerMsg::Joined))
+        .await;
+    assert_eq!(rejoined.you, joined.you, "the held seat, not a new entity");
+    assert_eq!(rejoined.map.name, "test");
+    wait_for(&mut again, "notice 6002", |m| match m {
+        ServerMsg::Notice(n) if n.code == NoticeCode::SeatRestored.as_u16() => Some(()),
+        _ => None,
+    })
+    .await;
+    cluster.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_owner_shuts_down_the_room_moves_and_members_elsewhere_keep_their_place() {
     let mut cluster = Cluster::start("cr5", |_| {}).await;
