@@ -645,16 +645,23 @@ fn winning_id(room: &str) -> String {
 async fn a_killed_owner_is_replaced_and_players_on_other_shards_keep_their_place() {
     let redis = RedisServer::start();
     let data = tempfile::tempdir().unwrap();
-    // The owner is a process of its own, SIGKILLed below.
+    // The owner is a process of its own, SIGKILLed below. The tunnels'
+    // idle timeout is far beyond the test's patience: the edges learn of
+    // the death from the failure detector (SWIM), not from a connection
+    // timing out.
+    let quiet = |mut config: Config| {
+        config.cluster.tunnel.idle_timeout_ms = 600_000;
+        config
+    };
     let owner_id = winning_id("test");
-    let mut owner_config = config(&redis, "cr9", &owner_id);
+    let mut owner_config = quiet(config(&redis, "cr9", &owner_id));
     owner_config.store.embedded.dir = data.path().join("store");
     let path = data.path().join("tessera.toml");
     std::fs::write(&path, owner_config.to_toml()).unwrap();
     let (owner, _) = common::ServerProcess::spawn(&[("TESSERA_CONFIG", path.as_os_str())]);
     let mut shards = Vec::new();
     for id in ["a", "b"] {
-        let config = config(&redis, "cr9", id);
+        let config = quiet(config(&redis, "cr9", id));
         shards.push(
             tokio::task::spawn_blocking(move || common::start(config))
                 .await
@@ -693,6 +700,26 @@ async fn a_killed_owner_is_replaced_and_players_on_other_shards_keep_their_place
         })
         .await;
         at.push(pos);
+    }
+    // The failure detector declares dead only a member it has heard from:
+    // wait until both edges' SWIM tables know the owner's incarnation.
+    for shard in &shards {
+        let url = format!("http://{}/admin/peers", shard.http_addr);
+        let owner_id = owner_id.clone();
+        eventually("the edge has heard from the owner", move || {
+            let (url, owner_id) = (url.clone(), owner_id.clone());
+            async move {
+                let (_, body) = common::http("GET", &url, Some(ADMIN), "").await;
+                serde_json::from_str::<protocol::admin::Peers>(&body)
+                    .map(|p| {
+                        p.members
+                            .iter()
+                            .any(|m| m.shard_id == owner_id && m.incarnation > 0)
+                    })
+                    .unwrap_or(false)
+            }
+        })
+        .await;
     }
     owner.kill_hard();
     // Its lease expires; the room is placed on a or b, at a higher epoch,

@@ -311,13 +311,18 @@ async fn run(
     // In cluster mode, rooms are leased through the directory and reached
     // across the tunnel wherever they run.
     if let (Some(dir), Some(hub)) = (&directory, &hub) {
-        crate::room::cluster::RoomCluster::start(
+        let cluster = crate::room::cluster::RoomCluster::start(
             dir.clone(),
             hub.clone(),
             &rooms,
             persister.handle(),
             crate::room::cluster::RoomSettings::from_config(&config),
         );
+        // A shard the failure detector declares dead has its rooms looked
+        // for again at once (taken over once their leases are gone).
+        if let Some(membership) = &membership {
+            cluster.follow(membership.subscribe());
+        }
     }
     let presence = Arc::new(Presence::new(Duration::from_secs(config.auth.resume_ttl_s)));
     let link = directory.clone().zip(hub.clone()).map(|(dir, hub)| Link {

@@ -280,7 +280,14 @@ impl EdgeLink {
                     closed = Some(c.code);
                     break;
                 }
-                Ok(msg) => self.on_owner(msg, &mut scratch),
+                Ok(msg) => {
+                    // A stream given up on (its owner declared dead) says
+                    // nothing more, even if frames still trickle in.
+                    if self.inner.lock().generation != generation {
+                        return;
+                    }
+                    self.on_owner(msg, &mut scratch)
+                }
                 Err(e) => {
                     tracing::debug!(room = %self.room, error = %e, "room stream broke");
                     break;
@@ -439,6 +446,37 @@ impl EdgeLink {
                 return;
             }
         }
+    }
+
+    /// The failure detector declared `shard` dead. If it owns this room,
+    /// its stream is given up now (only the tunnel's idle timeout would
+    /// end it) and the failover starts: the room is looked for again and
+    /// taken over once the directory says the old lease is gone (a
+    /// suspicion alone never moves a room).
+    pub(super) fn owner_dead(self: &Arc<Self>, shard: &ShardId) {
+        {
+            let mut inner = self.inner.lock();
+            if inner.owner != *shard
+                || inner.failing_over
+                || inner.tx.is_none()
+                || self.over.load(Ordering::Acquire)
+            {
+                return;
+            }
+            // The old reader and input pump stop at their next look.
+            inner.generation += 1;
+            if let Some(tx) = inner.tx.take() {
+                tx.close();
+            }
+            if inner.members.is_empty() {
+                drop(inner);
+                self.end();
+                return;
+            }
+            inner.failing_over = true;
+        }
+        tracing::warn!(room = %self.room, owner = %shard, "room owner declared dead: failing over");
+        actix::spawn(self.clone().failover());
     }
 
     /// Look for the room again and take every member there.

@@ -41,6 +41,7 @@ use protocol::ErrorCode;
 use tokio::sync::broadcast;
 
 use crate::cluster::directory::{Directory, DirectoryError, LeaseNotice, ShardId};
+use crate::cluster::membership::MemberEvent;
 use crate::cluster::tunnel::PeerHub;
 use crate::config::{ms, Config};
 use crate::ids::{RoomId, SessionId};
@@ -135,6 +136,32 @@ impl RoomCluster {
 
     pub fn shard(&self) -> &ShardId {
         self.dir.shard()
+    }
+
+    /// Follow the failure detector: a shard declared dead has the links
+    /// to its rooms fail over at once, instead of when their streams time
+    /// out. Ends when the membership is gone.
+    pub fn follow(self: &Arc<Self>, mut events: broadcast::Receiver<MemberEvent>) {
+        let cluster = Arc::downgrade(self);
+        actix::spawn(async move {
+            loop {
+                let shard = match events.recv().await {
+                    Ok(MemberEvent::Dead { shard, .. }) => shard,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(cluster) = cluster.upgrade() else {
+                    return;
+                };
+                let Ok(shard) = ShardId::new(&shard) else {
+                    continue;
+                };
+                let links: Vec<Arc<EdgeLink>> = cluster.edges.lock().values().cloned().collect();
+                for link in links {
+                    link.owner_dead(&shard);
+                }
+            }
+        });
     }
 
     pub(crate) fn settings(&self) -> &RoomSettings {
