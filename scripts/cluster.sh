@@ -7,10 +7,13 @@
 #
 #   scripts/cluster.sh up N [--mongo URL]   # 1 <= N <= 16
 #   scripts/cluster.sh down
+#   scripts/cluster.sh kill I | stop I | pause I SECONDS | start I
 #
-# Rooms are not reachable across shards yet: each shard serves its own
-# players; the shards register in the directory and connect their peer
-# tunnels to each other.
+# Any shard accepts any player; a room runs on one shard and players on the
+# others play in it through the peer tunnels. The per-shard commands are
+# for drills (scripts/chaos.sh): `kill` is SIGKILL (a crash: its rooms fail
+# over), `stop` is SIGTERM (a drain), `pause` is SIGSTOP for SECONDS then
+# SIGCONT (a stall), `start` starts shard I again with its settings.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -20,7 +23,7 @@ start_wait_s=30
 stop_wait_s=15
 
 usage() {
-  sed -n '7,8p' "$0" | sed 's/^# *//' >&2
+  sed -n '7,9p' "$0" | sed 's/^# *//' >&2
   exit 2
 }
 
@@ -85,7 +88,7 @@ up() {
     exit 1
   }
   mkdir -p "$state"
-  rm -f "$state"/*.pid
+  rm -f "$state"/*.pid "$state"/shard-*/addrs
 
   if [ ! -x target/debug/tessera-server ] || [ ! -x target/debug/tessera-ops ]; then
     cargo build -p server --bin tessera-server -p ops --bin tessera-ops
@@ -109,49 +112,113 @@ up() {
   token=$(hex 16)
   echo "$token" >"$state/admin-token"
   chmod 600 "$state/admin-token"
+  # What `start I` needs to start a shard again the same way.
+  printf 'redis_url=%q\nsecret=%q\ntoken=%q\nprefix=%q\nmongo=%q\n' \
+    "$redis_url" "$secret" "$token" "$prefix" "$mongo" >"$state/settings"
+  chmod 600 "$state/settings"
 
   echo "redis     $redis_url"
   local i
   for i in $(seq 1 "$n"); do
-    local id="shard-$i" dir="$state/shard-$i"
-    mkdir -p "$dir"
-    (
-      # Only this cluster's settings: none inherited from the caller.
-      for v in $(env | grep -o '^TESSERA_[A-Za-z0-9_]*' || true); do unset "$v"; done
-      export TESSERA_CLUSTER__REDIS="$redis_url"
-      export TESSERA_CLUSTER__SECRET="$secret"
-      export TESSERA_CLUSTER__SHARD_ID="$id"
-      export TESSERA_CLUSTER__KEY_PREFIX="$prefix"
-      export TESSERA_CLUSTER__PEER_ADDR=127.0.0.1:0
-      export TESSERA_ADMIN__TOKEN="$token"
-      if [ -n "$mongo" ]; then
-        export TESSERA_STORE__BACKEND=mongodb
-        export TESSERA_STORE__MONGODB__URI="$mongo"
-      else
-        export TESSERA_STORE__EMBEDDED__DIR="$dir/data"
-      fi
-      exec target/debug/tessera-server --ws-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
-        >"$dir/stdout" 2>"$dir/log"
-    ) &
-    echo $! >"$state/$id.pid"
+    spawn_shard "$i"
   done
   for i in $(seq 1 "$n"); do
-    local id="shard-$i" dir="$state/shard-$i" pid ws http peer
-    pid=$(cat "$state/$id.pid")
-    if ! peer=$(wait_line "$dir/stdout" "peer listening on " "$pid"); then
-      echo "cluster.sh: $id did not start (see $dir/log); stopping everything" >&2
+    if ! announce_shard "$i"; then
+      echo "cluster.sh: shard-$i did not start (see $state/shard-$i/log); stopping everything" >&2
       down
       exit 1
     fi
-    ws=$(wait_line "$dir/stdout" "ws listening on " "$pid")
-    http=$(wait_line "$dir/stdout" "http listening on " "$pid")
-    echo "$id   ws $ws   http $http   peer $peer"
   done
   echo
   echo "admin token: $token (also in $state/admin-token)"
   echo "console:     target/debug/tessera-ops console --listen 127.0.0.1:7390 --redis $redis_url --key-prefix $prefix"
   echo "shards:      target/debug/tessera-ops shards ls --redis $redis_url --key-prefix $prefix"
   echo "stop:        scripts/cluster.sh down"
+}
+
+# Start shard $1 in the background with the cluster's settings (read from
+# $state/settings), its stdout and log in $state/shard-$1/.
+spawn_shard() {
+  local i=$1 redis_url secret token prefix mongo
+  # shellcheck disable=SC1091
+  . "$state/settings"
+  local id="shard-$i" dir="$state/shard-$i"
+  local bin=${TESSERA_SERVER_BIN:-target/debug/tessera-server}
+  # A shard started again keeps its addresses, so clients and the
+  # loadbot find it where it was.
+  local ws_addr=127.0.0.1:0 http_addr=127.0.0.1:0 peer_addr=127.0.0.1:0
+  if [ -f "$dir/addrs" ]; then
+    read -r ws_addr http_addr peer_addr <"$dir/addrs"
+  fi
+  mkdir -p "$dir"
+  rm -f "$dir/stdout"
+  (
+    # Only this cluster's settings: none inherited from the caller.
+    for v in $(env | grep -o '^TESSERA_[A-Za-z0-9_]*' || true); do unset "$v"; done
+    export TESSERA_CLUSTER__REDIS="$redis_url"
+    export TESSERA_CLUSTER__SECRET="$secret"
+    export TESSERA_CLUSTER__SHARD_ID="$id"
+    export TESSERA_CLUSTER__KEY_PREFIX="$prefix"
+    export TESSERA_CLUSTER__PEER_ADDR="$peer_addr"
+    export TESSERA_ADMIN__TOKEN="$token"
+    if [ -n "$mongo" ]; then
+      export TESSERA_STORE__BACKEND=mongodb
+      export TESSERA_STORE__MONGODB__URI="$mongo"
+    else
+      export TESSERA_STORE__EMBEDDED__DIR="$dir/data"
+    fi
+    exec "$bin" --ws-addr "$ws_addr" --http-addr "$http_addr" \
+      >>"$dir/stdout" 2>>"$dir/log"
+  ) &
+  echo $! >"$state/$id.pid"
+}
+
+# Wait for shard $1's addresses and print them; fails if it did not start.
+announce_shard() {
+  local id="shard-$1" dir="$state/shard-$1" pid ws http peer
+  pid=$(cat "$state/$id.pid")
+  peer=$(wait_line "$dir/stdout" "peer listening on " "$pid") || return 1
+  ws=$(wait_line "$dir/stdout" "ws listening on " "$pid") || return 1
+  http=$(wait_line "$dir/stdout" "http listening on " "$pid") || return 1
+  echo "$ws $http $peer" >"$dir/addrs"
+  echo "$id   ws $ws   http $http   peer $peer"
+}
+
+# The pid file of shard $1, which must be a shard of this cluster.
+shard_pidfile() {
+  [[ "${1:-}" =~ ^[0-9]+$ ]] && [ -f "$state/settings" ] || usage
+  echo "$state/shard-$1.pid"
+}
+
+drill() {
+  local cmd=$1 i=${2:-} pidfile
+  pidfile=$(shard_pidfile "$i")
+  case $cmd in
+    kill)
+      alive "$pidfile" || { echo "cluster.sh: shard-$i is not running" >&2; exit 1; }
+      kill -KILL "$(cat "$pidfile")"
+      rm -f "$pidfile"
+      echo "shard-$i killed" ;;
+    stop)
+      alive "$pidfile" || { echo "cluster.sh: shard-$i is not running" >&2; exit 1; }
+      stop_pid "$pidfile"
+      echo "shard-$i stopped" ;;
+    pause)
+      local secs=${3:-}
+      [[ "$secs" =~ ^[0-9]+(\.[0-9]+)?$ ]] || usage
+      alive "$pidfile" || { echo "cluster.sh: shard-$i is not running" >&2; exit 1; }
+      kill -STOP "$(cat "$pidfile")"
+      sleep "$secs"
+      kill -CONT "$(cat "$pidfile")"
+      echo "shard-$i paused ${secs}s" ;;
+    start)
+      if alive "$pidfile"; then
+        echo "cluster.sh: shard-$i is running" >&2
+        exit 1
+      fi
+      spawn_shard "$i"
+      announce_shard "$i" || { echo "cluster.sh: shard-$i did not start (see $state/shard-$i/log)" >&2; exit 1; } ;;
+  esac
 }
 
 # TERM, then KILL after the wait; the pid file goes either way.
@@ -190,5 +257,6 @@ down() {
 case ${1:-} in
   up) shift; up "$@" ;;
   down) down ;;
+  kill | stop | pause | start) drill "$@" ;;
   *) usage ;;
 esac

@@ -5,7 +5,9 @@
 # redis-server, the loadbot's swarm tests, the fuzz
 # corpus and a short fuzzing run) and the
 # browser tests (the JS protocol client in node, the demo page and the ops
-# console in headless Debian chromium), and promtool on the alert rules. Safe to run again; it installs only what is missing.
+# console in headless Debian chromium), promtool on the alert rules, and a
+# short chaos drill (scripts/chaos.sh). Safe to run again; it installs only
+# what is missing.
 #
 #   scripts/test.sh
 set -euo pipefail
@@ -51,3 +53,7 @@ cargo test --workspace
 # each time; a finding fails the run and is saved under fuzz/artifacts/).
 cargo run -q -p tessera-fuzz -- all --seconds 20
 bash scripts/e2e.sh
+# A short chaos drill: 3 shards under the churn scenario while shards are
+# killed, paused and drained (fails on a failed resume or a room that did
+# not fail over).
+bash scripts/chaos.sh 30
