@@ -226,6 +226,36 @@ fn sees(update: &Update, entity: EntityId, seq: u32) -> bool {
             .any(|e| e.id == entity && e.seq == seq)
 }
 
+/// After a failover: the new owner seats the member again (`joined`,
+/// maybe under a new entity id), then notice 6003, then a full update
+/// holding it where it stood (`at`). Its entity id now.
+async fn moved_and_kept_its_place(c: &mut Client, at: (f32, f32)) -> EntityId {
+    let joined = wait_for(c, "joined from the new owner", msg!(ServerMsg::Joined)).await;
+    wait_for(c, "notice 6003", |m| match m {
+        ServerMsg::Notice(n) if n.code == NoticeCode::RoomMoved.as_u16() => Some(()),
+        _ => None,
+    })
+    .await;
+    let full = wait_for(c, "a full update", |m| match m {
+        ServerMsg::Update(u) if u.full => Some(u.clone()),
+        _ => None,
+    })
+    .await;
+    let me = full
+        .entered
+        .iter()
+        .find(|e| e.id == joined.you)
+        .expect("its own entity in the full update");
+    let (x, y) = at;
+    assert!(
+        (me.x - x).abs() < 0.5 && (me.y - y).abs() < 0.5,
+        "kept its place: {:?} vs {:?}",
+        (me.x, me.y),
+        (x, y)
+    );
+    joined.you
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn players_on_three_shards_see_each_other_move_and_chat_in_one_room() {
     let cluster = Cluster::start("cr1", |_| {}).await;
@@ -484,32 +514,7 @@ async fn when_the_owner_shuts_down_the_room_moves_and_members_elsewhere_keep_the
     cluster.stop(owner).await;
     let mut new_ids = Vec::new();
     for (i, c) in [&mut ann, &mut bob].into_iter().enumerate() {
-        // The new owner seats the member again (`joined`), then notice
-        // 6003, then a full update holding it where it stood.
-        let joined = wait_for(c, "joined from the new owner", msg!(ServerMsg::Joined)).await;
-        new_ids.push(joined.you);
-        wait_for(c, "notice 6003", |m| match m {
-            ServerMsg::Notice(n) if n.code == NoticeCode::RoomMoved.as_u16() => Some(()),
-            _ => None,
-        })
-        .await;
-        let full = wait_for(c, "a full update", |m| match m {
-            ServerMsg::Update(u) if u.full => Some(u.clone()),
-            _ => None,
-        })
-        .await;
-        let me = full
-            .entered
-            .iter()
-            .find(|e| e.id == joined.you)
-            .expect("its own entity in the full update");
-        let (x, y) = at[i];
-        assert!(
-            (me.x - x).abs() < 0.5 && (me.y - y).abs() < 0.5,
-            "kept its place: {:?} vs {:?}",
-            (me.x, me.y),
-            (x, y)
-        );
+        new_ids.push(moved_and_kept_its_place(c, at[i]).await);
     }
     // The room runs on one of the two shards left, and both still play.
     let new_owner = cluster.owner("test").await;
@@ -725,24 +730,7 @@ async fn a_killed_owner_is_replaced_and_players_on_other_shards_keep_their_place
     // Its lease expires; the room is placed on a or b, at a higher epoch,
     // and both players are seated again where they stood.
     for (i, c) in [&mut ann, &mut bob].into_iter().enumerate() {
-        let joined = wait_for(c, "joined from the new owner", msg!(ServerMsg::Joined)).await;
-        wait_for(c, "notice 6003", |m| match m {
-            ServerMsg::Notice(n) if n.code == NoticeCode::RoomMoved.as_u16() => Some(()),
-            _ => None,
-        })
-        .await;
-        let full = wait_for(c, "a full update", |m| match m {
-            ServerMsg::Update(u) if u.full => Some(u.clone()),
-            _ => None,
-        })
-        .await;
-        let me = full
-            .entered
-            .iter()
-            .find(|e| e.id == joined.you)
-            .expect("its own entity in the full update");
-        let (x, y) = at[i];
-        assert!((me.x - x).abs() < 0.5 && (me.y - y).abs() < 0.5);
+        moved_and_kept_its_place(c, at[i]).await;
     }
     let (new_owner, new_epoch) = dir.owner(&room).await.unwrap().expect("leased again");
     assert!(["a", "b"].contains(&new_owner.as_str()));
