@@ -52,7 +52,7 @@ use futures_util::task::AtomicWaker;
 use futures_util::{Sink, Stream};
 use parking_lot::Mutex;
 use protocol::CloseCode;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
@@ -769,9 +769,21 @@ impl AsyncRead for Conn {
         }
         loop {
             ready!(self.0.poll_read_ready(cx))?;
+            let room = buf.remaining();
             match self.0.try_read(buf.initialize_unfilled()) {
                 Ok(n) => {
                     buf.advance(n);
+                    if n > 0 && n < room {
+                        // A short read emptied the receive queue. Clear the
+                        // readiness now, so that the next read waits for
+                        // the next event instead of making a `recv` that
+                        // fails with EAGAIN (one per message otherwise).
+                        // Data arriving after this read raises a new edge
+                        // event; tokio keeps a seen end of stream.
+                        let _ = self.0.try_io(Interest::READABLE, || {
+                            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                        });
+                    }
                     return Poll::Ready(Ok(()));
                 }
                 // Readiness was stale; it is cleared now, so the next poll
@@ -1049,6 +1061,33 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(seen.iter().any(|m| matches!(m, Ok(Message::Close(_)))));
+    }
+
+    #[tokio::test]
+    async fn after_a_short_read_the_next_message_still_wakes_the_reader() {
+        let out = Outbound::new(1024);
+        let (mut conn, mut client) = direct_pair(&out).await;
+        // One message at a time, each sent only after the previous one was
+        // read (every read is short and clears the readiness): each must
+        // still wake the connection.
+        for i in 0..50u8 {
+            client.send(Message::Binary(vec![i; 20].into())).await.unwrap();
+            let got = tokio::time::timeout(Duration::from_secs(10), conn.next()).await;
+            match got {
+                Ok(Some(Ok(Message::Binary(b)))) => assert_eq!(&b[..], &[i; 20][..]),
+                other => panic!("message {i}: {other:?}"),
+            }
+        }
+        // A message and the end of the stream in one go: the message, then
+        // the end (the close is the client's; the writer ends with the
+        // session, which is not running here).
+        client.send(Message::Binary(vec![9; 20].into())).await.unwrap();
+        let mut raw = client.into_inner();
+        tokio::io::AsyncWriteExt::shutdown(&mut raw).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), conn.next()).await;
+        assert!(matches!(got, Ok(Some(Ok(Message::Binary(_))))), "{got:?}");
+        let end = tokio::time::timeout(Duration::from_secs(10), conn.next()).await;
+        assert!(matches!(end, Ok(Some(Err(_)))), "the end of stream: {end:?}");
     }
 
     #[tokio::test]
