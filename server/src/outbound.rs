@@ -23,7 +23,8 @@
 //!
 //! On a plain TCP connection the writer lays out each data frame's header
 //! itself and hands the header and the shared frame bytes to one vectored
-//! write for the whole batch ("direct" writes): nothing is copied into
+//! `sendmsg` for the whole batch, or copies a small batch (a tick's frame)
+//! to the stack for one `send` ("direct" writes): nothing is copied into
 //! tungstenite's write buffer, which would otherwise keep, per connection,
 //! the capacity of the largest batch it ever wrote. tungstenite still
 //! writes the close frame and its own replies (a pong to a client's ping),
@@ -114,6 +115,10 @@ const MAX_HEADER: usize = 10;
 
 /// Frames per vectored write (two slices each), well under `IOV_MAX`.
 const FRAMES_PER_WRITE: usize = 32;
+
+/// Batches of at most this many bytes are copied into one buffer on the
+/// stack and sent with `send`; larger ones go with `sendmsg` as they are.
+const SMALL_WRITE: usize = 1024;
 
 /// How many flushes a writer counts before it adds them to the shared
 /// counters (an atomic add each), and at its end.
@@ -640,7 +645,27 @@ fn write_direct(
             }
         }
         ready!(socket.0.poll_write_ready(cx))?;
-        let mut written = match socket.0.try_write_vectored(&slices[..n]) {
+        let slices = &slices[..n];
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        let sent = if total <= SMALL_WRITE {
+            // Most batches are one tick's frame of a few hundred bytes:
+            // copied once, it goes with a plain `send`, the kernel's
+            // cheapest path.
+            let mut buf = [0u8; SMALL_WRITE];
+            let mut len = 0;
+            for slice in slices {
+                buf[len..len + slice.len()].copy_from_slice(slice);
+                len += slice.len();
+            }
+            socket.0.try_write(&buf[..len])
+        } else {
+            // `sendmsg`: a socket's own vectored call (`writev` would go
+            // through the VFS layer, measurably dearer per call).
+            socket.0.try_io(Interest::WRITABLE, || {
+                socket2::SockRef::from(&*socket.0).send_vectored(slices)
+            })
+        };
+        let mut written = match sent {
             Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
             Ok(written) => written,
             // Readiness was stale; the next poll registers the waker.
@@ -1047,6 +1072,15 @@ mod tests {
         assert_eq!(pings, 1);
         for (i, (got, &len)) in data.iter().zip(&sizes).enumerate() {
             assert!(got[..] == payload(i, len)[..], "frame {i} of {len} bytes");
+        }
+        // A small batch (a tick's frame) goes through the stack buffer.
+        out.push_state(0, payload(7, 300));
+        out.push_reliable(payload(8, 200)).unwrap();
+        for (i, len) in [(7, 300), (8, 200)] {
+            match client.next().await {
+                Some(Ok(Message::Binary(b))) => assert!(b[..] == payload(i, len)[..]),
+                other => panic!("expected frame {i}, got {other:?}"),
+            }
         }
         out.close(CloseCode::Normal, "bye");
         let close = match client.next().await {
