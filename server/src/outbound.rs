@@ -1018,7 +1018,10 @@ mod tests {
     }
 
     fn payload(i: usize, len: usize) -> Bytes {
-        (0..len).map(|k| (i * 31 + k) as u8).collect::<Vec<u8>>().into()
+        (0..len)
+            .map(|k| (i * 31 + k) as u8)
+            .collect::<Vec<u8>>()
+            .into()
     }
 
     #[tokio::test]
@@ -1105,7 +1108,10 @@ mod tests {
         // read (every read is short and clears the readiness): each must
         // still wake the connection.
         for i in 0..50u8 {
-            client.send(Message::Binary(vec![i; 20].into())).await.unwrap();
+            client
+                .send(Message::Binary(vec![i; 20].into()))
+                .await
+                .unwrap();
             let got = tokio::time::timeout(Duration::from_secs(10), conn.next()).await;
             match got {
                 Ok(Some(Ok(Message::Binary(b)))) => assert_eq!(&b[..], &[i; 20][..]),
@@ -1115,13 +1121,19 @@ mod tests {
         // A message and the end of the stream in one go: the message, then
         // the end (the close is the client's; the writer ends with the
         // session, which is not running here).
-        client.send(Message::Binary(vec![9; 20].into())).await.unwrap();
+        client
+            .send(Message::Binary(vec![9; 20].into()))
+            .await
+            .unwrap();
         let mut raw = client.into_inner();
         tokio::io::AsyncWriteExt::shutdown(&mut raw).await.unwrap();
         let got = tokio::time::timeout(Duration::from_secs(10), conn.next()).await;
         assert!(matches!(got, Ok(Some(Ok(Message::Binary(_))))), "{got:?}");
         let end = tokio::time::timeout(Duration::from_secs(10), conn.next()).await;
-        assert!(matches!(end, Ok(Some(Err(_)))), "the end of stream: {end:?}");
+        assert!(
+            matches!(end, Ok(Some(Err(_)))),
+            "the end of stream: {end:?}"
+        );
     }
 
     #[tokio::test]
