@@ -81,11 +81,12 @@ PY
 floor_point() {
     local line
     line=$(timeout $((D + 200)) "$FLOOR_DIR/run.sh" "$1" "$PER_ROOM" "$D" tick 2>/dev/null | grep '^{' | tail -n1)
-    python3 -c '
+    python3 - "$line" <<'PY'
 import json, sys
 j = json.loads(sys.argv[1])
-print(f"{j[\"server_cpu_s_per_s\"]:.3f} {j[\"rtt_p99_ms\"]:.1f} {j[\"move_lat_p99_ms\"]:.1f} {j.get(\"clients\", 0)}")
-' "$line"
+cores, p99, vis = j["server_cpu_s_per_s"], j["rtt_p99_ms"], j["move_lat_p99_ms"]
+print(f"{cores:.3f} {p99:.1f} {vis:.1f} {j.get('clients', 0)}")
+PY
 }
 
 sweep() {
