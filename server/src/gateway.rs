@@ -390,8 +390,12 @@ async fn serve(
         }
     };
     let config = &deps.config.server;
-    let out = Outbound::for_socket(config.outbound_budget_bytes, socket);
-    let writer = Writer::new(out.clone(), ms(config.write_timeout_ms));
+    let out = Outbound::for_socket(config.outbound_budget_bytes, socket.clone());
+    let mut writer = Writer::new(out.clone(), ms(config.write_timeout_ms));
+    if tls.is_none() {
+        // Plain TCP: data frames go straight to the socket (see `outbound`).
+        writer = writer.direct(socket);
+    }
     // The admission slots are held for as long as the connection lives.
     let connection = Connection::new(ws, writer, (permit, ip_slot));
     tracing::debug!(%peer, session = id, "connected");

@@ -21,6 +21,17 @@
 //! of a room the player has left can slip in after its `left` (the check and
 //! the push happen under one lock).
 //!
+//! On a plain TCP connection the writer lays out each data frame's header
+//! itself and hands the header and the shared frame bytes to one vectored
+//! `sendmsg` for the whole batch, or copies a small batch (a tick's frame)
+//! to the stack for one `send` ("direct" writes): nothing is copied into
+//! tungstenite's write buffer, which would otherwise keep, per connection,
+//! the capacity of the largest batch it ever wrote. tungstenite still
+//! writes the close frame and its own replies (a pong to a client's ping),
+//! so the writer flushes it before a batch, and the connection does not
+//! read (tungstenite may answer a ping while reading) while a batch is
+//! half written.
+//!
 //! The socket itself is a [`Conn`]: the WebSocket reads and writes through
 //! it, and a [`Socket`] handle to the same TCP stream lets the close path
 //! half-close it after the close frame and drain it after the WebSocket
@@ -42,7 +53,7 @@ use futures_util::task::AtomicWaker;
 use futures_util::{Sink, Stream};
 use parking_lot::Mutex;
 use protocol::CloseCode;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
@@ -56,6 +67,62 @@ enum Frame {
     Reliable(Bytes),
     Ping,
 }
+
+impl Frame {
+    /// The frame's payload.
+    fn body(&self) -> &[u8] {
+        match self {
+            Frame::State(b) | Frame::Reliable(b) => b,
+            Frame::Ping => &[],
+        }
+    }
+
+    /// The WebSocket header of this frame from the server (unmasked, one
+    /// fragment) into `head`; returns its length.
+    fn header(&self, head: &mut [u8; MAX_HEADER]) -> usize {
+        let (opcode, len) = match self {
+            Frame::State(b) | Frame::Reliable(b) => (0x2, b.len()),
+            Frame::Ping => (0x9, 0),
+        };
+        head[0] = 0x80 | opcode;
+        if len < 126 {
+            head[1] = len as u8;
+            2
+        } else if let Ok(short) = u16::try_from(len) {
+            head[1] = 126;
+            head[2..4].copy_from_slice(&short.to_be_bytes());
+            4
+        } else {
+            head[1] = 127;
+            head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        }
+    }
+
+    /// Header and payload: the bytes this frame takes on the wire.
+    fn wire_len(&self) -> usize {
+        let len = self.body().len();
+        len + match len {
+            0..=125 => 2,
+            126..=0xFFFF => 4,
+            _ => 10,
+        }
+    }
+}
+
+/// The longest WebSocket header of an unmasked frame.
+const MAX_HEADER: usize = 10;
+
+/// Frames per vectored write (two slices each), well under `IOV_MAX`.
+const FRAMES_PER_WRITE: usize = 32;
+
+/// Batches of at most this many bytes are copied into one buffer on the
+/// stack and sent with `send`; larger ones go with `sendmsg` as they are.
+const SMALL_WRITE: usize = 1024;
+
+/// How many flushes a writer counts before it adds them to the shared
+/// counters (an atomic add each), and at its end.
+const COUNT_EVERY: u64 = 16;
 
 struct Queue {
     frames: VecDeque<Frame>,
@@ -297,8 +364,14 @@ impl Outbound {
 enum Stage {
     /// Waiting for frames.
     Idle,
-    /// Writing `batch` from `next`, then one flush.
-    Writing { next: usize },
+    /// Writing `batch` from `next`, then one flush. Direct writes: `offset`
+    /// bytes of frame `next` are written, and `flushed` says tungstenite's
+    /// own buffer was flushed before the batch's first byte.
+    Writing {
+        next: usize,
+        offset: usize,
+        flushed: bool,
+    },
     /// The close frame (taken when sent), then the close handshake's flush.
     Closing { frame: Option<Message> },
     /// Closed, aborted or failed: nothing more is written.
@@ -320,6 +393,11 @@ pub struct Writer {
     /// connection has none.
     timer: Option<Pin<Box<Sleep>>>,
     timer_armed: bool,
+    /// The TCP stream, for direct writes (plain connections; see the
+    /// module docs); `None`: frames go through the WebSocket sink.
+    direct: Option<Socket>,
+    /// Frames and flushes not yet added to the counters.
+    uncounted: (u64, u64),
     frames_sent: metrics::Counter,
     flushes: metrics::Counter,
 }
@@ -334,15 +412,49 @@ impl Writer {
             deadline: Instant::now(),
             timer: None,
             timer_armed: false,
+            direct: None,
+            uncounted: (0, 0),
             // Handles looked up once, not per batch.
             frames_sent: metrics::counter!(m::FRAMES_SENT),
             flushes: metrics::counter!(m::FLUSHES),
         }
     }
 
+    /// Write data frames straight to `socket`, the plain TCP stream under
+    /// the WebSocket (see the module docs). Not for TLS connections.
+    pub fn direct(mut self, socket: Socket) -> Writer {
+        self.direct = Some(socket);
+        self
+    }
+
     /// Nothing more will be written.
     pub fn is_done(&self) -> bool {
         matches!(self.stage, Stage::Done)
+    }
+
+    /// A batch is partly on the wire (direct writes): nothing else may
+    /// write to the socket until it is complete.
+    fn mid_batch(&self) -> bool {
+        self.direct.is_some()
+            && matches!(self.stage, Stage::Writing { next, offset, .. } if next > 0 || offset > 0)
+    }
+
+    /// Count a written batch; the shared counters are updated every
+    /// `COUNT_EVERY` flushes.
+    fn count(&mut self, frames: usize) {
+        self.uncounted.0 += frames as u64;
+        self.uncounted.1 += 1;
+        if self.uncounted.1 >= COUNT_EVERY {
+            self.publish_counts();
+        }
+    }
+
+    fn publish_counts(&mut self) {
+        let (frames, flushes) = std::mem::take(&mut self.uncounted);
+        if flushes > 0 {
+            self.frames_sent.increment(frames);
+            self.flushes.increment(flushes);
+        }
     }
 
     /// Write what is queued; `Ready` once the writer is done (after the
@@ -357,7 +469,11 @@ impl Writer {
                 Stage::Idle => match ready!(self.out.poll_batch(cx, &mut self.batch)) {
                     None => {
                         self.start_deadline();
-                        self.stage = Stage::Writing { next: 0 };
+                        self.stage = Stage::Writing {
+                            next: 0,
+                            offset: 0,
+                            flushed: false,
+                        };
                     }
                     Some((Some(code), reason)) => {
                         let frame = CloseFrame {
@@ -373,30 +489,50 @@ impl Writer {
                     // dropped.
                     Some((None, _)) => self.finish(false),
                 },
-                Stage::Writing { next } => {
-                    while *next < self.batch.len() {
-                        match sink.as_mut().poll_ready(cx) {
+                Stage::Writing {
+                    next,
+                    offset,
+                    flushed,
+                } => {
+                    if let Some(socket) = &self.direct {
+                        if !*flushed {
+                            // tungstenite's own frames (a pong) go first, whole.
+                            match sink.as_mut().poll_flush(cx) {
+                                Poll::Ready(Ok(())) => *flushed = true,
+                                Poll::Ready(Err(_)) => return self.fail(),
+                                Poll::Pending => return self.wait(cx),
+                            }
+                        }
+                        match write_direct(socket, &self.batch, next, offset, cx) {
                             Poll::Ready(Ok(())) => {}
                             Poll::Ready(Err(_)) => return self.fail(),
                             Poll::Pending => return self.wait(cx),
                         }
-                        // Moved out; the placeholder costs nothing.
-                        let message = match std::mem::replace(&mut self.batch[*next], Frame::Ping) {
-                            Frame::State(b) | Frame::Reliable(b) => Message::Binary(b),
-                            Frame::Ping => Message::Ping(Bytes::new()),
-                        };
-                        *next += 1;
-                        if sink.as_mut().start_send(message).is_err() {
-                            return self.fail();
+                    } else {
+                        while *next < self.batch.len() {
+                            match sink.as_mut().poll_ready(cx) {
+                                Poll::Ready(Ok(())) => {}
+                                Poll::Ready(Err(_)) => return self.fail(),
+                                Poll::Pending => return self.wait(cx),
+                            }
+                            // Moved out; the placeholder costs nothing.
+                            let message =
+                                match std::mem::replace(&mut self.batch[*next], Frame::Ping) {
+                                    Frame::State(b) | Frame::Reliable(b) => Message::Binary(b),
+                                    Frame::Ping => Message::Ping(Bytes::new()),
+                                };
+                            *next += 1;
+                            if sink.as_mut().start_send(message).is_err() {
+                                return self.fail();
+                            }
+                        }
+                        match sink.as_mut().poll_flush(cx) {
+                            Poll::Ready(Ok(())) => {}
+                            Poll::Ready(Err(_)) => return self.fail(),
+                            Poll::Pending => return self.wait(cx),
                         }
                     }
-                    match sink.as_mut().poll_flush(cx) {
-                        Poll::Ready(Ok(())) => {}
-                        Poll::Ready(Err(_)) => return self.fail(),
-                        Poll::Pending => return self.wait(cx),
-                    }
-                    self.frames_sent.increment(self.batch.len() as u64);
-                    self.flushes.increment(1);
+                    self.count(self.batch.len());
                     self.batch.clear();
                     self.timer_armed = false;
                     self.stage = Stage::Idle;
@@ -463,6 +599,7 @@ impl Writer {
     }
 
     fn finish(&mut self, shutdown: bool) {
+        self.publish_counts();
         // Rooms holding the queue (a held seat) must not keep the
         // connection open.
         if let Some(socket) = self.out.socket.lock().take() {
@@ -472,6 +609,91 @@ impl Writer {
         }
         self.stage = Stage::Done;
     }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.publish_counts();
+    }
+}
+
+/// Write `frames` from byte `offset` of frame `next` to `socket` with
+/// vectored writes (each frame's header, then its shared payload), until
+/// all of them are written or the socket is full.
+fn write_direct(
+    socket: &Socket,
+    frames: &[Frame],
+    next: &mut usize,
+    offset: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    while *next < frames.len() {
+        let chunk = &frames[*next..frames.len().min(*next + FRAMES_PER_WRITE)];
+        let mut heads = [[0u8; MAX_HEADER]; FRAMES_PER_WRITE];
+        let mut head_lens = [0usize; FRAMES_PER_WRITE];
+        for (i, frame) in chunk.iter().enumerate() {
+            head_lens[i] = frame.header(&mut heads[i]);
+        }
+        let mut slices = [io::IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
+        let mut n = 0;
+        let mut skip = *offset;
+        for (i, frame) in chunk.iter().enumerate() {
+            let head = &heads[i][..head_lens[i]];
+            let body = frame.body();
+            let (head, body) = if skip >= head.len() {
+                (&[][..], &body[skip - head.len()..])
+            } else {
+                (&head[skip..], body)
+            };
+            skip = 0;
+            for part in [head, body] {
+                if !part.is_empty() {
+                    slices[n] = io::IoSlice::new(part);
+                    n += 1;
+                }
+            }
+        }
+        ready!(socket.0.poll_write_ready(cx))?;
+        let slices = &slices[..n];
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        let sent = if total <= SMALL_WRITE {
+            // Most batches are one tick's frame of a few hundred bytes:
+            // copied once, it goes with a plain `send`, the kernel's
+            // cheapest path.
+            let mut buf = [0u8; SMALL_WRITE];
+            let mut len = 0;
+            for slice in slices {
+                buf[len..len + slice.len()].copy_from_slice(slice);
+                len += slice.len();
+            }
+            socket.0.try_write(&buf[..len])
+        } else {
+            // `sendmsg`: a socket's own vectored call (`writev` would go
+            // through the VFS layer, measurably dearer per call).
+            socket.0.try_io(Interest::WRITABLE, || {
+                socket2::SockRef::from(&*socket.0).send_vectored(slices)
+            })
+        };
+        let mut written = match sent {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(written) => written,
+            // Readiness was stale; the next poll registers the waker.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        while written > 0 {
+            let left = frames[*next].wire_len() - *offset;
+            if written >= left {
+                written -= left;
+                *next += 1;
+                *offset = 0;
+            } else {
+                *offset += written;
+                written = 0;
+            }
+        }
+    }
+    Poll::Ready(Ok(()))
 }
 
 /// Drain `out` into `sink` until the session closes or the socket fails
@@ -518,7 +740,10 @@ where
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         let written = this.writer.poll_write(Pin::new(&mut this.ws), cx);
-        if !this.read_done {
+        // While a batch is half written, reading waits: tungstenite may
+        // write a reply (a pong) when it reads, which must not land inside
+        // a frame. The socket's write readiness wakes this task.
+        if !this.read_done && !this.writer.mid_batch() {
             match Pin::new(&mut this.ws).poll_next(cx) {
                 Poll::Ready(Some(Ok(message))) => return Poll::Ready(Some(Ok(message))),
                 Poll::Ready(Some(Err(err))) => {
@@ -578,9 +803,21 @@ impl AsyncRead for Conn {
         }
         loop {
             ready!(self.0.poll_read_ready(cx))?;
+            let room = buf.remaining();
             match self.0.try_read(buf.initialize_unfilled()) {
                 Ok(n) => {
                     buf.advance(n);
+                    if n > 0 && n < room {
+                        // A short read emptied the receive queue. Clear the
+                        // readiness now, so that the next read waits for
+                        // the next event instead of making a `recv` that
+                        // fails with EAGAIN (one per message otherwise).
+                        // Data arriving after this read raises a new edge
+                        // event; tokio keeps a seen end of stream.
+                        let _ = self.0.try_io(Interest::READABLE, || {
+                            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                        });
+                    }
                     return Poll::Ready(Ok(()));
                 }
                 // Readiness was stale; it is cleared now, so the next poll
@@ -768,6 +1005,144 @@ mod tests {
             "the reply to the client's close: {reply:?}"
         );
         assert!(end.is_none(), "the close handshake completed");
+    }
+
+    /// A plain TCP connection with direct writes, and the client's end.
+    async fn direct_pair(
+        out: &Arc<Outbound>,
+    ) -> (
+        Connection<WebSocketStream<Conn>, ()>,
+        WebSocketStream<TcpStream>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let connect = tokio::spawn(TcpStream::connect(listener.local_addr().unwrap()));
+        let (tcp, _) = listener.accept().await.unwrap();
+        let client = connect.await.unwrap().unwrap();
+        let conn = Conn::new(tcp);
+        let socket = conn.socket();
+        let server = WebSocketStream::from_raw_socket(conn, Role::Server, None).await;
+        let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let writer = Writer::new(out.clone(), Duration::from_secs(20)).direct(socket);
+        (Connection::new(server, writer, ()), client)
+    }
+
+    fn payload(i: usize, len: usize) -> Bytes {
+        (0..len)
+            .map(|k| (i * 31 + k) as u8)
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    #[tokio::test]
+    async fn direct_writes_keep_every_frame_whole_through_a_full_socket() {
+        let out = Outbound::new(64 << 20);
+        let (mut conn, mut client) = direct_pair(&out).await;
+        // Every header length (2, 4 and 10 bytes), more frames than one
+        // vectored write takes, and far more bytes than the socket
+        // buffers hold while the client is not reading yet: the batch is
+        // written in pieces, some of them ending inside a frame.
+        let mut sizes = vec![0, 1, 125, 126, 127, 65_535, 65_536, 300_000];
+        sizes.extend(std::iter::repeat_n(1_000_000, 16));
+        sizes.extend(std::iter::repeat_n(40, 3 * FRAMES_PER_WRITE));
+        for (i, &len) in sizes.iter().enumerate() {
+            out.push_reliable(payload(i, len)).unwrap();
+            if i == 9 {
+                out.push_ping();
+            }
+        }
+        let server = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(item) = conn.next().await {
+                got.push(item);
+            }
+            got
+        });
+        // A ping from the client while the server is mid-batch: its pong
+        // must not land inside a frame.
+        client
+            .send(Message::Ping(Bytes::from_static(b"p")))
+            .await
+            .unwrap();
+        let mut data = Vec::new();
+        let mut pings = 0;
+        let mut pong = false;
+        while data.len() < sizes.len() || !pong {
+            match client.next().await {
+                Some(Ok(Message::Binary(b))) => data.push(b),
+                Some(Ok(Message::Ping(p))) => {
+                    assert!(p.is_empty());
+                    assert_eq!(data.len(), 10, "the ping comes after frame 9");
+                    pings += 1;
+                }
+                Some(Ok(Message::Pong(p))) => {
+                    assert_eq!(&p[..], b"p");
+                    pong = true;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(pings, 1);
+        for (i, (got, &len)) in data.iter().zip(&sizes).enumerate() {
+            assert!(got[..] == payload(i, len)[..], "frame {i} of {len} bytes");
+        }
+        // A small batch (a tick's frame) goes through the stack buffer.
+        out.push_state(0, payload(7, 300));
+        out.push_reliable(payload(8, 200)).unwrap();
+        for (i, len) in [(7, 300), (8, 200)] {
+            match client.next().await {
+                Some(Ok(Message::Binary(b))) => assert!(b[..] == payload(i, len)[..]),
+                other => panic!("expected frame {i}, got {other:?}"),
+            }
+        }
+        out.close(CloseCode::Normal, "bye");
+        let close = match client.next().await {
+            Some(Ok(Message::Close(frame))) => frame,
+            other => panic!("expected the close, got {other:?}"),
+        };
+        assert_eq!(close.map(|f| u16::from(f.code)), Some(1000));
+        // The client answers the close; the server's connection then ends.
+        assert!(client.next().await.is_none());
+        let seen = tokio::time::timeout(Duration::from_secs(20), server)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(seen.iter().any(|m| matches!(m, Ok(Message::Close(_)))));
+    }
+
+    #[tokio::test]
+    async fn after_a_short_read_the_next_message_still_wakes_the_reader() {
+        let out = Outbound::new(1024);
+        let (mut conn, mut client) = direct_pair(&out).await;
+        // One message at a time, each sent only after the previous one was
+        // read (every read is short and clears the readiness): each must
+        // still wake the connection.
+        for i in 0..50u8 {
+            client
+                .send(Message::Binary(vec![i; 20].into()))
+                .await
+                .unwrap();
+            let got = tokio::time::timeout(Duration::from_secs(10), conn.next()).await;
+            match got {
+                Ok(Some(Ok(Message::Binary(b)))) => assert_eq!(&b[..], &[i; 20][..]),
+                other => panic!("message {i}: {other:?}"),
+            }
+        }
+        // A message and the end of the stream in one go: the message, then
+        // the end (the close is the client's; the writer ends with the
+        // session, which is not running here).
+        client
+            .send(Message::Binary(vec![9; 20].into()))
+            .await
+            .unwrap();
+        let mut raw = client.into_inner();
+        tokio::io::AsyncWriteExt::shutdown(&mut raw).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), conn.next()).await;
+        assert!(matches!(got, Ok(Some(Ok(Message::Binary(_))))), "{got:?}");
+        let end = tokio::time::timeout(Duration::from_secs(10), conn.next()).await;
+        assert!(
+            matches!(end, Ok(Some(Err(_)))),
+            "the end of stream: {end:?}"
+        );
     }
 
     #[tokio::test]

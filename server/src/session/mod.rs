@@ -46,6 +46,7 @@
 //!   is reached only through its [`RoomRef`].
 //! - `economy.rs`: the durable `give` and `pick_up`.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -321,6 +322,70 @@ impl Session {
     }
 }
 
+/// The housekeeping timer's tick (heartbeat and idle timeout).
+struct Tick;
+
+/// A timer that fires every `every`, cheap to poll before it is due.
+/// actix polls every item of a context on each wake-up, and a session
+/// wakes for every frame it writes or reads, tens of times a second;
+/// `run_interval` would poll a tokio timer each time. This compares the
+/// time with the deadline first and polls the timer (which keeps the
+/// task's waker from its last poll) only once it is due.
+struct Housekeeping {
+    every: Duration,
+    due: Instant,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The timer was polled since its deadline was last set.
+    armed: bool,
+}
+
+impl Housekeeping {
+    fn new(every: Duration) -> Housekeeping {
+        let due = Instant::now() + every;
+        Housekeeping {
+            every,
+            due,
+            sleep: Box::pin(tokio::time::sleep_until(due.into())),
+            armed: false,
+        }
+    }
+}
+
+impl futures_util::Stream for Housekeeping {
+    type Item = Tick;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Tick>> {
+        // Before the deadline the timer needs no poll once it has been
+        // polled: that registered the waker, the same for the actor's
+        // task on every poll.
+        if self.armed && Instant::now() < self.due {
+            return std::task::Poll::Pending;
+        }
+        self.armed = true;
+        std::task::ready!(Future::poll(self.sleep.as_mut(), cx));
+        let next = Instant::now().max(self.due) + self.every;
+        self.due = next;
+        self.sleep.as_mut().reset(next.into());
+        // Registers the waker for the new deadline.
+        let _ = Future::poll(self.sleep.as_mut(), cx);
+        std::task::Poll::Ready(Some(Tick))
+    }
+}
+
+impl StreamHandler<Tick> for Session {
+    fn handle(&mut self, _: Tick, ctx: &mut Context<Self>) {
+        self.guarded(ctx, "housekeeping", |session, ctx| {
+            session.housekeeping(ctx)
+        });
+    }
+
+    /// The timer never ends; the session's end is the connection's.
+    fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
 impl Actor for Session {
     type Context = Context<Self>;
 
@@ -338,11 +403,7 @@ impl Actor for Session {
         let every = ms(config.idle_timeout_ms / 4)
             .min(ms(config.heartbeat_interval_ms / 2))
             .clamp(Duration::from_millis(50), Duration::from_secs(1));
-        ctx.run_interval(every, |session, ctx| {
-            session.guarded(ctx, "housekeeping", |session, ctx| {
-                session.housekeeping(ctx)
-            });
-        });
+        ctx.add_stream(Housekeeping::new(every));
         self.deps.presence.connected(self.id, ctx.address());
     }
 
