@@ -88,6 +88,11 @@ pub struct ClusterConfig {
     /// An `instances = "auto"` join that found an instance full on its
     /// owner skips that instance for this long.
     pub full_hint_ms: u64,
+    /// A shard playing a room owned elsewhere sends its players' inputs
+    /// this long before the owner's next tick (timed from the owner's
+    /// last tick message), so they are applied on that tick; at most half
+    /// the tick period. Covers the tunnel's round trip.
+    pub input_lead_ms: u64,
     /// SWIM: one member is probed per period.
     pub swim_period_ms: u64,
     /// SWIM: a direct ping's ack must come within this (dialling
@@ -135,6 +140,7 @@ impl Default for ClusterConfig {
             events_max_len: 10_000,
             failover_budget_ms: 10_000,
             full_hint_ms: 2_000,
+            input_lead_ms: 10,
             swim_period_ms: 500,
             swim_probe_timeout_ms: 200,
             swim_indirect: 3,
@@ -194,6 +200,7 @@ impl ClusterConfig {
             ("cluster.events_max_len", self.events_max_len),
             ("cluster.failover_budget_ms", self.failover_budget_ms),
             ("cluster.full_hint_ms", self.full_hint_ms),
+            ("cluster.input_lead_ms", self.input_lead_ms),
             ("cluster.relay_queue", self.relay_queue),
             ("cluster.dead_shard_keep_ms", self.dead_shard_keep_ms),
             ("cluster.swim_period_ms", self.swim_period_ms),

@@ -5,7 +5,8 @@
 //! - Joins: `join` goes up, the call waits for `joined` / `join_refused`
 //!   (within the session's call timeout).
 //! - Inputs: every member's queue is drained once per tick of the map and
-//!   sent as one `inputs` batch; a member whose outbound queue shed
+//!   sent as one `inputs` batch, `cluster.input_lead_ms` before the
+//!   owner's next tick (timed from its last tick message); a member whose outbound queue shed
 //!   updates and drained is reported (`resync`) for a full view.
 //! - `tick`: each view's `update` frame is laid out once
 //!   ([`protocol::peer::Tick::write_update`]) and the same bytes pushed to
@@ -64,6 +65,9 @@ struct Inner {
     generation: u64,
     members: HashMap<SessionId, EdgeMember>,
     failing_over: bool,
+    /// When the owner's latest tick message arrived: the owner's tick
+    /// phase, which the input pump aims at.
+    last_tick: Option<Instant>,
 }
 
 /// This shard's link to one room owned by another shard.
@@ -89,6 +93,7 @@ impl EdgeLink {
                 generation: 0,
                 members: HashMap::new(),
                 failing_over: false,
+                last_tick: None,
             }),
             connecting: tokio::sync::Mutex::new(()),
             over: AtomicBool::new(false),
@@ -263,10 +268,11 @@ impl EdgeLink {
             inner.generation
         };
         actix::spawn(self.clone().read(stream.rx, generation));
-        actix::spawn(
-            self.clone()
-                .pump_inputs(generation, cluster.tick_period(&self.room)),
-        );
+        actix::spawn(self.clone().pump_inputs(
+            generation,
+            cluster.tick_period(&self.room),
+            cluster.settings().input_lead,
+        ));
         Ok(stream.tx)
     }
 
@@ -377,6 +383,7 @@ impl EdgeLink {
                 }
             }
             OwnerMsg::Tick(tick) => {
+                inner.last_tick = Some(Instant::now());
                 for view in &tick.views {
                     scratch.clear();
                     if tick.write_update(view, scratch).is_err() {
@@ -411,12 +418,22 @@ impl EdgeLink {
     }
 
     /// Once per tick of the map: every member's inputs in one batch.
-    async fn pump_inputs(self: Arc<Self>, generation: u64, period: Duration) {
-        let mut every = tokio::time::interval(period);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    ///
+    /// The batch goes `lead` before the owner's next tick, timed from when
+    /// its last tick message came (a tick message leaves the owner right
+    /// after its tick), so the inputs are applied on that tick rather than
+    /// waiting for a pump out of phase with it. With no tick message
+    /// lately (nobody in view moved), the pump keeps the plain period.
+    async fn pump_inputs(self: Arc<Self>, generation: u64, period: Duration, lead: Duration) {
+        let lead = lead.min(period / 2);
         let mut pending = Vec::new();
+        let mut last_send = Instant::now();
         loop {
-            every.tick().await;
+            let last_tick = self.inner.lock().last_tick;
+            let now = Instant::now();
+            let next = next_send(now, last_send, last_tick, period, lead);
+            tokio::time::sleep_until(next.into()).await;
+            last_send = Instant::now();
             let (tx, batch) = {
                 let inner = self.inner.lock();
                 if inner.generation != generation || self.over.load(Ordering::Acquire) {
@@ -613,5 +630,72 @@ impl EdgeLink {
             });
         }
         self.end();
+    }
+}
+
+/// When the input pump sends next: `lead` before the owner's next tick,
+/// reckoned from its last tick message (`last_tick`) when that is recent
+/// (within 4 periods), else one `period` after the last send. Never sooner
+/// than a quarter period after the last send, so a late tick message
+/// cannot make the pump spin.
+fn next_send(
+    now: Instant,
+    last_send: Instant,
+    last_tick: Option<Instant>,
+    period: Duration,
+    lead: Duration,
+) -> Instant {
+    let earliest = last_send + period / 4;
+    let Some(tick) = last_tick.filter(|t| now.saturating_duration_since(*t) < period * 4) else {
+        return (last_send + period).max(now);
+    };
+    // The owner's next tick after now, then `lead` before it.
+    let mut aim = tick + period - lead;
+    while aim < earliest.max(now) {
+        aim += period;
+    }
+    aim
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: Duration = Duration::from_millis(50);
+    const LEAD: Duration = Duration::from_millis(10);
+
+    #[test]
+    fn the_pump_aims_lead_before_the_owners_next_tick() {
+        let t0 = Instant::now();
+        // A tick message came at t0: the next send is at t0 + 40 ms, then
+        // every period after.
+        let now = t0 + Duration::from_millis(5);
+        let last = t0 - P;
+        assert_eq!(next_send(now, last, Some(t0), P, LEAD), t0 + P - LEAD);
+        let now = t0 + Duration::from_millis(41);
+        let last = t0 + P - LEAD;
+        assert_eq!(next_send(now, last, Some(t0), P, LEAD), t0 + 2 * P - LEAD);
+    }
+
+    #[test]
+    fn without_a_recent_tick_the_pump_keeps_its_period_and_never_spins() {
+        let t0 = Instant::now();
+        // No tick message, or an old one: one period after the last send.
+        assert_eq!(next_send(t0, t0, None, P, LEAD), t0 + P);
+        let old = t0;
+        let now = t0 + 5 * P;
+        assert_eq!(next_send(now, now, Some(old), P, LEAD), now + P);
+        // A tick message right after a send does not make the pump send
+        // again within a quarter period.
+        let sent = t0 + Duration::from_millis(40);
+        let tick = t0 + Duration::from_millis(1);
+        let next = next_send(
+            sent,
+            sent,
+            Some(tick - P + Duration::from_millis(2)),
+            P,
+            LEAD,
+        );
+        assert!(next >= sent + P / 4, "{:?}", next - sent);
     }
 }

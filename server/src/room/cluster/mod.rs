@@ -66,6 +66,9 @@ pub struct RoomSettings {
     pub input_queue: usize,
     /// `cluster.redis_wait_ms`: how long a lookup waits for Redis.
     pub redis_wait: Duration,
+    /// `cluster.input_lead_ms`: how long before the owner's next tick an
+    /// edge sends its inputs.
+    pub input_lead: Duration,
 }
 
 impl RoomSettings {
@@ -76,6 +79,7 @@ impl RoomSettings {
             call_timeout: ms(config.rooms.call_timeout_ms),
             input_queue: config.rooms.input_queue,
             redis_wait: ms(config.cluster.redis_wait_ms),
+            input_lead: ms(config.cluster.input_lead_ms),
         }
     }
 }
