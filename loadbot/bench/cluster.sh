@@ -18,11 +18,10 @@
 # scripts/cluster.sh runs target/debug binaries with the built-in maps and
 # drops every TESSERA_* variable, TESSERA_CONFIG included.
 #
-# Until remote rooms land, a bot on a shard that does not own its room gets
-# a local copy of the room on that shard: the "remote" run then measures a
-# second set of local rooms, not the hop, and its tunnel bytes stay near
-# zero (heartbeats only). The script prints that caveat when the tunnels
-# carried (almost) nothing.
+# A bot on a shard that does not own its room plays it through that
+# shard's tunnel to the owner. Should the tunnels carry (almost) nothing in
+# the remote run (a build without remote rooms), the script says so: that
+# run then measured local rooms, not the hop.
 #
 # Environment:
 #   BENCH_OUT      results folder (default target/bench/cluster-<date-time>)
