@@ -226,6 +226,27 @@ fn sees(update: &Update, entity: EntityId, seq: u32) -> bool {
             .any(|e| e.id == entity && e.seq == seq)
 }
 
+/// Both players walk the same way (staying in each other's view) and
+/// stop; where each stands, as its own updates say.
+async fn walk_and_stop(players: [(&mut Client, EntityId); 2]) -> Vec<(f32, f32)> {
+    let [(a, a_id), (b, b_id)] = players;
+    a.walk(1, 1.0, 0.0).await;
+    b.walk(1, 1.0, 0.0).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.walk(2, 0.0, 0.0).await;
+    b.walk(2, 0.0, 0.0).await;
+    let mut at = Vec::new();
+    for (c, me) in [(a, a_id), (b, b_id)] {
+        let pos = wait_for(c, "own stop", |m| match m {
+            ServerMsg::Update(u) => position(u, me, 2),
+            _ => None,
+        })
+        .await;
+        at.push(pos);
+    }
+    at
+}
+
 /// After a failover: the new owner seats the member again (`joined`,
 /// maybe under a new entity id), then notice 6003, then a full update
 /// holding it where it stood (`at`). Its entity id now.
@@ -494,22 +515,7 @@ async fn when_the_owner_shuts_down_the_room_moves_and_members_elsewhere_keep_the
     }
     let (mut ann, ann_joined) = join_as(cluster.shard(edges[0]).ws_addr, "ann", "test").await;
     let (mut bob, bob_joined) = join_as(cluster.shard(edges[1]).ws_addr, "bob", "test").await;
-    // Both walk the same way (staying in each other's view) and stop;
-    // each learns where it stands.
-    ann.walk(1, 1.0, 0.0).await;
-    bob.walk(1, 1.0, 0.0).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    ann.walk(2, 0.0, 0.0).await;
-    bob.walk(2, 0.0, 0.0).await;
-    let mut at = Vec::new();
-    for (c, me) in [(&mut ann, ann_joined.you), (&mut bob, bob_joined.you)] {
-        let pos = wait_for(c, "own stop", |m| match m {
-            ServerMsg::Update(u) => position(u, me, 2),
-            _ => None,
-        })
-        .await;
-        at.push(pos);
-    }
+    let at = walk_and_stop([(&mut ann, ann_joined.you), (&mut bob, bob_joined.you)]).await;
     drop(starter);
     cluster.stop(owner).await;
     let mut new_ids = Vec::new();
@@ -692,20 +698,7 @@ async fn a_killed_owner_is_replaced_and_players_on_other_shards_keep_their_place
     let room: RoomId = "test".parse().unwrap();
     let (held_by, epoch) = dir.owner(&room).await.unwrap().expect("leased");
     assert_eq!(held_by.as_str(), owner_id, "placed on the process");
-    ann.walk(1, 1.0, 0.0).await;
-    bob.walk(1, 1.0, 0.0).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    ann.walk(2, 0.0, 0.0).await;
-    bob.walk(2, 0.0, 0.0).await;
-    let mut at = Vec::new();
-    for (c, me) in [(&mut ann, ann_joined.you), (&mut bob, bob_joined.you)] {
-        let pos = wait_for(c, "own stop", |m| match m {
-            ServerMsg::Update(u) => position(u, me, 2),
-            _ => None,
-        })
-        .await;
-        at.push(pos);
-    }
+    let at = walk_and_stop([(&mut ann, ann_joined.you), (&mut bob, bob_joined.you)]).await;
     // The failure detector declares dead only a member it has heard from:
     // wait until both edges' SWIM tables know the owner's incarnation.
     for shard in &shards {
