@@ -287,12 +287,9 @@ impl EdgeLink {
                     break;
                 }
                 Ok(msg) => {
-                    // A stream given up on (its owner declared dead) says
-                    // nothing more, even if frames still trickle in.
-                    if self.inner.lock().generation != generation {
+                    if !self.on_owner(msg, generation, &mut scratch) {
                         return;
                     }
-                    self.on_owner(msg, &mut scratch)
                 }
                 Err(e) => {
                     tracing::debug!(room = %self.room, error = %e, "room stream broke");
@@ -321,12 +318,18 @@ impl EdgeLink {
         self.failover().await;
     }
 
-    fn on_owner(&self, msg: OwnerMsg, scratch: &mut Vec<u8>) {
+    /// One message of the stream of `generation`; false (and nothing done)
+    /// once that stream was given up on (its owner declared dead), even if
+    /// frames still trickle in.
+    fn on_owner(&self, msg: OwnerMsg, generation: u64, scratch: &mut Vec<u8>) -> bool {
         let mut inner = self.inner.lock();
+        if inner.generation != generation {
+            return false;
+        }
         match msg {
             OwnerMsg::Joined(j) => {
                 let Some(member) = inner.members.get_mut(&j.session) else {
-                    return;
+                    return true;
                 };
                 member.entity = Some(j.you);
                 if let Some(waiting) = member.waiting.take() {
@@ -348,7 +351,7 @@ impl EdgeLink {
             }
             OwnerMsg::JoinRefused(r) => {
                 let Some(mut member) = inner.members.remove(&r.session) else {
-                    return;
+                    return true;
                 };
                 let error = match ErrorCode::from_u16(r.code) {
                     Some(ErrorCode::RoomFull) => JoinError::Full,
@@ -415,6 +418,7 @@ impl EdgeLink {
             }
             OwnerMsg::Closed(_) => {}
         }
+        true
     }
 
     /// Once per tick of the map: every member's inputs in one batch.
