@@ -1,219 +1,276 @@
-// End to end: the ops console's cluster views in Debian's chromium (driven
-// by playwright-core) against a real local cluster: redis-server (the
-// directory) and two tessera-server shards in cluster mode, the console
-// started with --redis, and a loadbot swarm spread over both shards by
-// room owner (--redis). The tunnel matrix shows both sides of the pair
-// with RTT, bytes/s and streams; the directory table shows both shards
-// ready with their lease counts; a killed shard turns dead in the shard
-// and directory tables and its tunnel stops being "connected"; the events
-// page lists the directory's events and filters them by kind and shard.
-// Screenshots go to server/tests/e2e/artifacts/ (gitignored).
+// End to end: the ops console in Debian's chromium (driven by
+// playwright-core) against a real local cluster: redis-server (the
+// directory), three tessera-server shards in cluster mode, the console
+// started with --redis, and a loadbot swarm spread over the shards, half of
+// it on a shard other than its room's owner (--redis, --remote-share).
 //
-// Env: TESSERA_SERVER_BIN, OPS_BIN, LOADBOT_BIN (default <repo>/target/debug/...),
-//      CHROMIUM (default /usr/bin/chromium), TESSERA_REDIS_SERVER (default redis-server).
-// Run: bash scripts/e2e.sh (with the other browser tests).
+// As an operator would use it: the cluster page shows the three shards
+// with moving numbers and the tunnel matrix; the directory table shows them
+// ready with their leases; the rooms page lists the swarm's rooms and the
+// inspector shows their members moving; a kick from the page disconnects a
+// player; a migrate from the page moves a room and the events page shows
+// it; a viewer's token shows no actions and is refused by the API; a drain
+// from the page empties a shard, whose players go on on the others; a
+// killed shard turns dead. Screenshots go to server/tests/e2e/artifacts/
+// (gitignored).
+//
+// Env: see harness.mjs. Run: bash scripts/e2e.sh (with the other browser tests).
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { createServer, connect } from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { chromium } from 'playwright-core';
+import {
+  adminConfig, exited, launchBrowser, loadbotBin, opsBin, pattern, run, serverBin, shot, signIn, spawnChild, start,
+  startRedis, stopAll, tab,
+} from './harness.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const repo = resolve(here, '..', '..', '..');
-const bin = (name, env) => process.env[env] || join(repo, 'target', 'debug', name);
-const serverBin = bin('tessera-server', 'TESSERA_SERVER_BIN');
-const opsBin = bin('tessera-ops', 'OPS_BIN');
-const loadbotBin = bin('loadbot', 'LOADBOT_BIN');
-const redisBin = process.env.TESSERA_REDIS_SERVER || 'redis-server';
-const chromiumBin = process.env.CHROMIUM || '/usr/bin/chromium';
-const artifacts = join(here, 'artifacts');
-const TOKEN = 'e2e-cluster-admin-token-0123';
+const OPERATOR = 'e2e-cluster-operator-token-0123';
+const VIEWER = 'e2e-cluster-viewer-token-01234567';
 const SECRET = 'e2e-cluster-secret-0123456789abcdef';
 const PREFIX = 'e2e';
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+const IDS = ['e2e-a', 'e2e-b', 'e2e-c'];
+const BOTS = 9;
 
-// Children get no TESSERA_* variable from the caller: only what is set here.
-const cleanEnv = () => Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('TESSERA_')));
-
-const children = [];
 let workDir;
 let browser;
 let consoleBase;
-const shards = {}; // id -> { child, ws, http }
+let redisUrl;
+const shards = {}; // id -> { child, ws, http, peer }
+const url = (id) => `http://${shards[id].http}`;
 
-/** Start a binary; resolve with the captures of `pattern` on its stdout. */
-function start(path, args, pattern, env = {}, timeoutMs = 30_000) {
-  const child = spawn(path, args, { cwd: workDir, env: { ...cleanEnv(), RUST_LOG: 'warn', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(child);
-  const log = [];
-  return new Promise((resolvePromise, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${path}: no ${pattern} within ${timeoutMs} ms\n${log.join('\n')}`)), timeoutMs);
-    createInterface({ input: child.stderr }).on('line', (l) => log.push(l));
-    const found = {};
-    createInterface({ input: child.stdout }).on('line', (raw) => {
-      const line = raw.replace(/\x1b\[[0-9;]*m/g, '');
-      log.push(line);
-      const m = pattern.exec(line);
-      if (m) {
-        found[m[1]] = m[2];
-        if (pattern.need.every((k) => found[k])) {
-          clearTimeout(timer);
-          resolvePromise({ child, ...found });
-        }
-      }
-    });
-    child.on('exit', (code) => reject(new Error(`${path} exited ${code}\n${log.join('\n')}`)));
-  });
-}
-
-function pattern(re, need) {
-  re.need = need;
-  return re;
-}
-
-/** A loopback port nothing listens on now. */
-function freePort() {
-  return new Promise((res, rej) => {
-    const srv = createServer();
-    srv.once('error', rej);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => res(port));
-    });
-  });
-}
-
-async function waitForPort(port, timeoutMs = 10_000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const ok = await new Promise((res) => {
-      const s = connect(port, '127.0.0.1', () => { s.destroy(); res(true); });
-      s.once('error', () => res(false));
-    });
-    if (ok) return;
-    if (Date.now() > deadline) throw new Error(`nothing listens on ${port}`);
-    await sleep(100);
-  }
-}
-
-function startShard(id, redisUrl) {
+function startShard(id, config) {
   const data = join(workDir, id);
   mkdirSync(data, { recursive: true });
-  return start(serverBin, ['--ws-addr', '127.0.0.1:0', '--http-addr', '127.0.0.1:0'],
+  return start(serverBin, ['--config', config, '--ws-addr', '127.0.0.1:0', '--http-addr', '127.0.0.1:0'],
     pattern(/^(ws|http|peer) listening on (\S+:\d+)\s*$/, ['ws', 'http', 'peer']), {
-      TESSERA_CLUSTER__REDIS: redisUrl,
-      TESSERA_CLUSTER__SECRET: SECRET,
-      TESSERA_CLUSTER__SHARD_ID: id,
-      TESSERA_CLUSTER__KEY_PREFIX: PREFIX,
-      TESSERA_CLUSTER__PEER_ADDR: '127.0.0.1:0',
-      TESSERA_ADMIN__TOKEN: TOKEN,
-      TESSERA_STORE__EMBEDDED__DIR: join(data, 'data'),
+      cwd: workDir,
+      env: {
+        TESSERA_CLUSTER__REDIS: redisUrl,
+        TESSERA_CLUSTER__SECRET: SECRET,
+        TESSERA_CLUSTER__SHARD_ID: id,
+        TESSERA_CLUSTER__KEY_PREFIX: PREFIX,
+        TESSERA_CLUSTER__PEER_ADDR: '127.0.0.1:0',
+        TESSERA_STORE__EMBEDDED__DIR: join(data, 'data'),
+      },
     });
+}
+
+/** The shards the directory lists as ready, by `tessera-ops shards ls`. */
+async function readyShards() {
+  const { out } = await run(opsBin, ['shards', 'ls', '--redis', redisUrl, '--key-prefix', PREFIX]);
+  return out.split('\n').filter((l) => / ready /.test(l)).map((l) => IDS.find((id) => l.includes(id))).filter(Boolean).sort();
 }
 
 before(async () => {
-  mkdirSync(artifacts, { recursive: true });
-  workDir = mkdtempSync(join(tmpdir(), 'tessera-ops-cluster-e2e-'));
-  const port = await freePort();
-  const redis = spawn(redisBin, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', workDir],
-    { cwd: workDir, stdio: 'ignore' });
-  children.push(redis);
-  await waitForPort(port);
-  const redisUrl = `redis://127.0.0.1:${port}/0`;
-  for (const id of ['e2e-a', 'e2e-b']) shards[id] = await startShard(id, redisUrl);
+  workDir = mkdtempSync(join(tmpdir(), 'tessera-cluster-e2e-'));
+  const config = adminConfig(workDir, OPERATOR, VIEWER);
+  redisUrl = await startRedis(workDir);
+  for (const id of IDS) shards[id] = await startShard(id, config);
   const c = await start(opsBin, ['console', '--listen', '127.0.0.1:0', '--redis', redisUrl, '--key-prefix', PREFIX, '--refresh-ms', '500'],
-    pattern(/^(console) listening on (\S+:\d+)\s*$/, ['console']));
+    pattern(/^(console) listening on (\S+:\d+)\s*$/, ['console']), { cwd: workDir });
   consoleBase = `http://${c.console}`;
-  // Wait until both shards are ready in the directory (the loadbot reads
-  // the owners there), then a swarm over both shards for the whole run.
+  // Wait until every shard is ready in the directory (the loadbot reads
+  // the owners there), then a swarm over all of them for the whole run.
   const deadline = Date.now() + 30_000;
-  for (;;) {
-    const out = await new Promise((res) => {
-      const p = spawn(opsBin, ['shards', 'ls', '--redis', redisUrl, '--key-prefix', PREFIX], { env: cleanEnv() });
-      let text = '';
-      p.stdout.on('data', (d) => { text += d; });
-      p.on('exit', () => res(text));
-    });
-    if ((out.match(/ ready /g) || []).length === 2) break;
-    if (Date.now() > deadline) throw new Error(`shards not ready:\n${out}`);
+  while ((await readyShards()).length < IDS.length) {
+    if (Date.now() > deadline) throw new Error(`shards not ready: ${await readyShards()}`);
     await sleep(200);
   }
-  const bot = spawn(loadbotBin, ['--url', `ws://${shards['e2e-a'].ws}`, '--url', `ws://${shards['e2e-b'].ws}`,
-    '--redis', redisUrl, '--cluster-prefix', PREFIX, '--maps', 'lobby,arena', '--rooms', '2', '--bots', '6',
-    '--ramp', '500ms', '--duration', '300s', '--move-hz', '5', '--progress', 'off'], { cwd: workDir, env: cleanEnv(), stdio: 'ignore' });
-  children.push(bot);
-  browser = await chromium.launch({ executablePath: chromiumBin, args: CHROMIUM_ARGS, timeout: 20_000 });
-}, { timeout: 90_000 });
+  spawnChild(loadbotBin, [...IDS.flatMap((id) => ['--url', `ws://${shards[id].ws}`]),
+    '--redis', redisUrl, '--cluster-prefix', PREFIX, '--remote-share', '0.5', '--maps', 'lobby,arena', '--rooms', '2',
+    '--bots', String(BOTS), '--ramp', '500ms', '--duration', '300s', '--move-hz', '5', '--progress', 'off'], { cwd: workDir });
+  browser = await launchBrowser();
+}, { timeout: 120_000 });
 
 after(async () => {
   await Promise.race([browser?.close().catch(() => {}), sleep(5_000)]);
-  for (const child of children.reverse()) {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGTERM');
-      await Promise.race([new Promise((r) => child.once('exit', r)), sleep(5_000)]);
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  await stopAll();
+  if (workDir) rmSync(workDir, { recursive: true, force: true });
+}, { timeout: 60_000 });
+
+let operator;
+let page;
+
+test('the cluster page shows the three shards with moving numbers and the tunnel matrix', { timeout: 90_000 }, async () => {
+  operator = await signIn(browser, consoleBase, OPERATOR, { width: 1400, height: 1000, timeout: 20_000 });
+  page = operator.page;
+  assert.match(await page.textContent('#who'), /olga \(operator\)/);
+  await page.waitForSelector('#cluster-views', { state: 'visible' });
+  // The swarm is on the shards: sessions add up to the bots.
+  await page.waitForFunction((n) => [...document.querySelectorAll('#shards td.sessions')]
+    .reduce((sum, td) => sum + Number(td.textContent), 0) >= n, BOTS, { timeout: 30_000 });
+  for (const id of IDS) {
+    const row = `#shards tr[data-shard="${url(id)}"]`;
+    await page.waitForSelector(`${row} td.state-ready`);
+    const first = await page.$eval(`${row} td.msgs-in`, (td) => td.textContent);
+    await page.waitForFunction(([sel, before]) => {
+      const now = document.querySelector(`${sel} td.msgs-in`)?.textContent;
+      return Number(now) > 0 && now !== before;
+    }, [row, first], { timeout: 20_000 });
+  }
+  for (const from of IDS) {
+    for (const to of IDS.filter((id) => id !== from)) {
+      const cell = `#tunnels td.tunnel[data-from="${from}"][data-to="${to}"]`;
+      // Connected, a measured RTT, and rates from the second reading on
+      // (the heartbeats alone move bytes every second).
+      await page.waitForFunction((sel) => {
+        const td = document.querySelector(sel);
+        return td && td.classList.contains('state-connected')
+          && /^\d+\.\d\d ms$/.test(td.querySelector('.rtt').textContent)
+          && /^out \d/.test(td.querySelector('.out').textContent)
+          && /^in \d/.test(td.querySelector('.in').textContent)
+          && /^\d+ streams$/.test(td.querySelector('.streams').textContent);
+      }, cell, { timeout: 30_000 });
     }
   }
-  if (workDir) rmSync(workDir, { recursive: true, force: true });
-}, { timeout: 40_000 });
-
-const shot = (page, name) => page.screenshot({ path: join(artifacts, `${name}.png`), fullPage: true });
-let page;
-const errors = [];
-
-test('the tunnel matrix shows both sides of the pair with RTT, bytes/s and streams', { timeout: 60_000 }, async () => {
-  const context = await browser.newContext({ viewport: { width: 1400, height: 1000 } });
-  page = await context.newPage();
-  page.setDefaultTimeout(20_000);
-  page.on('pageerror', (e) => errors.push(String(e)));
-  await page.goto(consoleBase);
-  await page.fill('#token', TOKEN);
-  await page.click('#login-btn');
-  await page.waitForSelector('#app:not([hidden])');
-  await page.waitForSelector('#cluster-views', { state: 'visible' });
-  for (const [from, to] of [['e2e-a', 'e2e-b'], ['e2e-b', 'e2e-a']]) {
-    const cell = `#tunnels td.tunnel[data-from="${from}"][data-to="${to}"]`;
-    // Connected, a measured RTT, and rates from the second reading on
-    // (the heartbeats alone move bytes every second).
-    await page.waitForFunction((sel) => {
-      const td = document.querySelector(sel);
-      return td && td.classList.contains('state-connected')
-        && /^\d+\.\d\d ms$/.test(td.querySelector('.rtt').textContent)
-        && /^out \d/.test(td.querySelector('.out').textContent)
-        && /^in \d/.test(td.querySelector('.in').textContent)
-        && /^\d+ streams$/.test(td.querySelector('.streams').textContent);
-    }, cell, { timeout: 30_000 });
-  }
-  assert.equal(await page.$$eval('#tunnels td.self', (tds) => tds.length), 2, 'the diagonal is empty');
-  await shot(page, 'cluster-tunnels');
+  assert.equal(await page.$$eval('#tunnels td.self', (tds) => tds.length), IDS.length, 'the diagonal is empty');
+  await shot(page, 'cluster-shards');
 });
 
-test('the directory table shows both shards ready with their leases', { timeout: 60_000 }, async () => {
-  for (const id of ['e2e-a', 'e2e-b']) {
+test('the directory table shows the three shards ready with their leases', { timeout: 60_000 }, async () => {
+  for (const id of IDS) {
     await page.waitForFunction((id) => {
       const row = document.querySelector(`#directory tr[data-id="${id}"]`);
       return row && row.querySelector('td.state-ready') && /^\d+$/.test(row.querySelector('td.leases').textContent);
     }, id);
   }
-  assert.match(await page.textContent('#directory-note'), /lease_ms = 3000/);
-  // The swarm is on the shards: sessions add up to the 6 bots.
-  await page.waitForFunction(() => [...document.querySelectorAll('#shards td.sessions')]
-    .reduce((n, td) => n + Number(td.textContent), 0) >= 6, null, { timeout: 30_000 });
+  // The swarm's two rooms are leased, whichever shard holds them.
+  await page.waitForFunction(() => [...document.querySelectorAll('#directory td.leases')]
+    .reduce((n, td) => n + Number(td.textContent), 0) >= 2, null, { timeout: 30_000 });
+  await shot(page, 'cluster-directory');
+});
+
+/** The owner's row of a room on the rooms page: [shard url, owner id]. */
+async function ownerRow(room) {
+  await page.waitForSelector(`#rooms tr[data-room="${room}"]`, { timeout: 30_000 });
+  return page.$eval(`#rooms tr[data-room="${room}"]`, (tr) => [tr.dataset.shard, tr.children[5].textContent]);
+}
+
+test('the rooms page lists the swarm\'s rooms with their owners and the inspector shows members moving', { timeout: 90_000 }, async () => {
+  await tab(page, 'rooms');
+  for (const room of ['lobby', 'arena']) await ownerRow(room);
+  // Remote members: some bots play from a shard other than the owner.
+  await page.waitForFunction(() => [...document.querySelectorAll('#rooms tbody tr')]
+    .reduce((n, tr) => n + Number(tr.children[4].textContent), 0) >= 1, null, { timeout: 30_000 });
+  await shot(page, 'cluster-rooms');
+  await page.click('#rooms tr[data-room="lobby"] button.inspect');
+  await page.waitForSelector('#inspector-members tbody tr');
+  const positions = () => page.$$eval('#inspector-members tbody tr',
+    (rows) => rows.map((r) => r.querySelector('.pos-x').textContent + ',' + r.querySelector('.pos-y').textContent));
+  const before = await positions();
+  await page.waitForFunction((b) => {
+    const now = [...document.querySelectorAll('#inspector-members tbody tr')]
+      .map((r) => r.querySelector('.pos-x').textContent + ',' + r.querySelector('.pos-y').textContent);
+    return now.length > 0 && now.join() !== b.join();
+  }, before, { timeout: 20_000 });
+  assert.ok((await page.$$('#inspector-map circle')).length >= 1, 'the members are drawn on the map');
+  await shot(page, 'cluster-inspector');
+});
+
+test('a kick from the page disconnects a player on another shard than the console asked first', { timeout: 60_000 }, async () => {
+  const victimContext = await browser.newContext();
+  try {
+    const victim = await victimContext.newPage();
+    // The demo page of shard c: its socket is on c, its room wherever.
+    await victim.goto(`${url('e2e-c')}/?name=victim`);
+    await victim.waitForFunction(() => document.body.dataset.state === 'joined', null, { timeout: 20_000 });
+    await tab(page, 'players');
+    await page.fill('#player-q', 'victim');
+    await page.click('#player-search');
+    await page.waitForSelector('#players tbody tr button.kick');
+    page.once('dialog', (d) => d.accept('e2e kick'));
+    await page.click('#players tbody tr button.kick');
+    await page.waitForFunction(() => /kicked/.test(document.getElementById('flash').textContent));
+    await victim.waitForFunction(() => document.body.dataset.state === 'closed', null, { timeout: 15_000 });
+    const log = await victim.$$eval('#chat-log li', (lis) => lis.map((li) => li.textContent).join('\n'));
+    assert.match(log, /2006/, log);
+    await shot(page, 'cluster-players-kick');
+  } finally {
+    await victimContext.close();
+  }
+});
+
+test('a migrate from the page moves a room to the shard named, and the events page shows it', { timeout: 90_000, skip: 'live migration lands next' }, async () => {
+  await tab(page, 'rooms');
+  const [fromUrl, fromId] = await ownerRow('arena');
+  const to = IDS.find((id) => id !== fromId);
+  page.once('dialog', (d) => d.accept(to));
+  await page.click(`#rooms tr[data-room="arena"][data-shard="${fromUrl}"] button.migrate`);
+  await page.waitForFunction(() => /migrate arena/.test(document.getElementById('flash').textContent));
+  // The room is listed by its new owner, with a higher epoch, and still has
+  // its members (nobody was disconnected by the move).
+  await page.waitForFunction(([u, id]) => {
+    const tr = document.querySelector(`#rooms tr[data-room="arena"][data-shard="${u}"]`);
+    return tr && tr.children[5].textContent === id && Number(tr.querySelector('td.members').textContent) >= 1;
+  }, [url(to), to], { timeout: 30_000 });
+  assert.equal(await page.$(`#rooms tr[data-room="arena"][data-shard="${fromUrl}"]`), null, 'the old owner no longer runs it');
+  await shot(page, 'cluster-migrated');
+  await tab(page, 'events');
+  await page.waitForSelector('#events tbody tr[data-kind="room_moved"]', { timeout: 20_000 });
+  await shot(page, 'cluster-events-moved');
+});
+
+test('a viewer sees no actions and the API refuses its drain', { timeout: 60_000 }, async () => {
+  const viewer = await signIn(browser, consoleBase, VIEWER);
+  try {
+    const vp = viewer.page;
+    assert.match(await vp.textContent('#who'), /victor \(viewer\)/);
+    await vp.waitForSelector('#shards tbody tr td.state-ready');
+    for (const sel of ['button.drain', '#announce-btn']) {
+      for (const b of await vp.$$(sel)) assert.equal(await b.isVisible(), false, `${sel} hidden for a viewer`);
+    }
+    await tab(vp, 'rooms');
+    await vp.waitForSelector('#rooms tr[data-room="lobby"]');
+    for (const sel of ['button.restart', 'button.migrate']) {
+      const buttons = await vp.$$(sel);
+      assert.ok(buttons.length > 0, `${sel} exists`);
+      for (const b of buttons) assert.equal(await b.isVisible(), false, `${sel} hidden for a viewer`);
+    }
+    const status = await vp.evaluate(async ([token, shard]) => {
+      const res = await fetch('/api/shards/drain', {
+        method: 'POST',
+        headers: { Authorization: 'Bearer ' + token, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ shard }),
+      });
+      return res.status;
+    }, [VIEWER, url('e2e-c')]);
+    assert.equal(status, 403);
+    assert.equal(exited(shards['e2e-c'].child), false, 'the refused drain did nothing');
+    await shot(vp, 'cluster-viewer');
+    assert.deepEqual(viewer.errors, []);
+  } finally {
+    await viewer.context.close();
+  }
+});
+
+test('a drain from the page empties the shard and its players go on elsewhere', { timeout: 90_000 }, async () => {
+  await tab(page, 'cluster');
+  const c = shards['e2e-c'];
+  const exit = new Promise((r) => c.child.once('exit', (code, signal) => r({ code, signal })));
+  page.once('dialog', (d) => d.accept());
+  await page.click(`#shards tr[data-shard="${url('e2e-c')}"] button.drain`);
+  await page.waitForFunction(() => /drain/.test(document.getElementById('flash').textContent));
+  // Draining, then gone: the process exits 0 within the drain budget.
+  assert.deepEqual(await Promise.race([exit, sleep(60_000).then(() => 'still running')]), { code: 0, signal: null });
+  await page.waitForSelector(`#shards tr[data-shard="${url('e2e-c')}"] td.state-dead`, { timeout: 30_000 });
+  // Every bot is back on the two other shards.
+  await page.waitForFunction(([a, b, n]) => {
+    const s = (u) => Number(document.querySelector(`#shards tr[data-shard="${u}"] td.sessions`)?.textContent);
+    return s(a) + s(b) >= n;
+  }, [url('e2e-a'), url('e2e-b'), BOTS], { timeout: 30_000 }).catch(async (e) => {
+    throw new Error(`${e.message}: ${await page.$$eval('#shards tbody tr', (trs) => trs.map((tr) => `${tr.dataset.shard} ${tr.querySelector('td.sessions')?.textContent}`).join('; '))}`);
+  });
+  assert.deepEqual(await readyShards(), ['e2e-a', 'e2e-b']);
+  await shot(page, 'cluster-drained');
 });
 
 test('a killed shard turns dead and its tunnel is no longer connected', { timeout: 60_000 }, async () => {
   shards['e2e-b'].child.kill('SIGKILL');
-  const httpB = `http://${shards['e2e-b'].http}`;
-  await page.waitForFunction((url) => document.querySelector(`#shards tr[data-shard="${url}"] td.state-dead`), httpB, { timeout: 30_000 });
+  await page.waitForSelector(`#shards tr[data-shard="${url('e2e-b')}"] td.state-dead`, { timeout: 30_000 });
   // Dead in the directory once its alive key expires (cluster.shard_ttl_ms).
   await page.waitForSelector('#directory tr[data-id="e2e-b"] td.state-dead', { timeout: 30_000 });
   await page.waitForFunction(() => {
@@ -224,7 +281,7 @@ test('a killed shard turns dead and its tunnel is no longer connected', { timeou
 });
 
 test('the events page lists the directory\'s events, filterable by kind and shard', { timeout: 60_000 }, async () => {
-  await page.click('nav button[data-tab="events"]');
+  await tab(page, 'events');
   await page.waitForSelector('#events tbody tr[data-source="directory"][data-kind="shard_up"]');
   await page.waitForFunction(() => [...document.querySelectorAll('#events-kind option')].some((o) => o.value === 'shard_up'));
   await page.selectOption('#events-kind', 'shard_up');
@@ -235,5 +292,5 @@ test('the events page lists the directory\'s events, filterable by kind and shar
     return rows.length >= 1 && rows.every((r) => r.dataset.kind === 'shard_up' && /e2e-a/.test(r.children[1].textContent));
   });
   await shot(page, 'cluster-events');
-  assert.deepEqual(errors, []);
+  assert.deepEqual(operator.errors, []);
 });

@@ -12,126 +12,51 @@
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { chromium } from 'playwright-core';
+import {
+  adminConfig, launchBrowser, loadbotBin, opsBin, pattern, serverBin, shot, signIn as openConsole, spawnChild, start, stopAll, tab,
+} from './harness.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const repo = resolve(here, '..', '..', '..');
-const bin = (name, env) => process.env[env] || join(repo, 'target', 'debug', name);
-const serverBin = bin('tessera-server', 'TESSERA_SERVER_BIN');
-const opsBin = bin('tessera-ops', 'OPS_BIN');
-const loadbotBin = bin('loadbot', 'LOADBOT_BIN');
-const chromiumBin = process.env.CHROMIUM || '/usr/bin/chromium';
-const artifacts = join(here, 'artifacts');
 const OPERATOR = 'e2e-operator-token-0123456';
 const VIEWER = 'e2e-viewer-token-01234567';
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 
-// Children get no TESSERA_* variable: the server refuses unknown ones.
-const cleanEnv = () => Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('TESSERA_')));
-
-const children = [];
 let workDir;
 let browser;
 let httpBase;
 let consoleBase;
 
-/** Start a binary; resolve with the captures of `pattern` on its stdout. */
-function start(path, args, pattern, timeoutMs = 20_000) {
-  const child = spawn(path, args, { cwd: workDir, env: { ...cleanEnv(), RUST_LOG: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(child);
-  const log = [];
-  return new Promise((resolvePromise, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${path}: no ${pattern} within ${timeoutMs} ms\n${log.join('\n')}`)), timeoutMs);
-    createInterface({ input: child.stderr }).on('line', (l) => log.push(l));
-    const found = {};
-    createInterface({ input: child.stdout }).on('line', (raw) => {
-      const line = raw.replace(/\x1b\[[0-9;]*m/g, '');
-      log.push(line);
-      const m = pattern.exec(line);
-      if (m) {
-        found[m[1]] = m[2];
-        if (pattern.need.every((k) => found[k])) {
-          clearTimeout(timer);
-          resolvePromise(found);
-        }
-      }
-    });
-    child.on('exit', (code) => reject(new Error(`${path} exited ${code}\n${log.join('\n')}`)));
-  });
-}
-
-function pattern(re, need) {
-  re.need = need;
-  return re;
-}
-
 before(async () => {
-  mkdirSync(artifacts, { recursive: true });
   workDir = mkdtempSync(join(tmpdir(), 'tessera-console-e2e-'));
-  const config = join(workDir, 'shard.toml');
-  writeFileSync(config, `
-[admin]
-[[admin.tokens]]
-token = "${OPERATOR}"
-role = "operator"
-name = "olga"
-
-[[admin.tokens]]
-token = "${VIEWER}"
-role = "viewer"
-name = "victor"
-`);
+  const config = adminConfig(workDir, OPERATOR, VIEWER);
   const addrs = await start(serverBin, ['--config', config, '--ws-addr', '127.0.0.1:0', '--http-addr', '127.0.0.1:0'],
-    pattern(/^(ws|http) listening on (\S+:\d+)\s*$/, ['ws', 'http']));
+    pattern(/^(ws|http) listening on (\S+:\d+)\s*$/, ['ws', 'http']), { cwd: workDir });
   httpBase = `http://${addrs.http}`;
   const consoleAddr = await start(opsBin, ['console', '--listen', '127.0.0.1:0', '--shard', addrs.http, '--refresh-ms', '500'],
-    pattern(/^(console) listening on (\S+:\d+)\s*$/, ['console']));
+    pattern(/^(console) listening on (\S+:\d+)\s*$/, ['console']), { cwd: workDir });
   consoleBase = `http://${consoleAddr.console}`;
   // A swarm walking in the lobby for the whole run: moving numbers.
-  const bot = spawn(loadbotBin, ['--url', `ws://${addrs.ws}`, '--bots', '6', '--maps', 'lobby', '--ramp', '500ms',
+  spawnChild(loadbotBin, ['--url', `ws://${addrs.ws}`, '--bots', '6', '--maps', 'lobby', '--ramp', '500ms',
     '--duration', '300s', '--move-hz', '5', '--progress', 'off'],
-  { cwd: workDir, env: cleanEnv(), stdio: 'ignore' });
-  children.push(bot);
-  browser = await chromium.launch({ executablePath: chromiumBin, args: CHROMIUM_ARGS, timeout: 20_000 });
+  { cwd: workDir });
+  browser = await launchBrowser();
 }, { timeout: 60_000 });
 
 after(async () => {
   await Promise.race([browser?.close().catch(() => {}), sleep(5_000)]);
-  for (const child of children.reverse()) {
-    if (child.exitCode === null) {
-      child.kill('SIGTERM');
-      await Promise.race([new Promise((r) => child.once('exit', r)), sleep(5_000)]);
-      if (child.exitCode === null) child.kill('SIGKILL');
-    }
-  }
+  await stopAll();
   if (workDir) rmSync(workDir, { recursive: true, force: true });
 }, { timeout: 40_000 });
 
+/** The console signed in with `token`, once it shows a ready shard. */
 async function signIn(token) {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  const page = await context.newPage();
-  page.setDefaultTimeout(15_000);
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e)));
-  await page.goto(consoleBase);
-  await page.fill('#token', token);
-  await page.click('#login-btn');
-  await page.waitForSelector('#app:not([hidden])');
-  await page.waitForSelector('#shards tbody tr td.state-ready');
-  return { context, page, errors };
+  const session = await openConsole(browser, consoleBase, token);
+  await session.page.waitForSelector('#shards tbody tr td.state-ready');
+  return session;
 }
-
-const shot = (page, name) => page.screenshot({ path: join(artifacts, `${name}.png`), fullPage: true });
-const tab = (page, name) => page.click(`nav button[data-tab="${name}"]`);
 
 let operator;
 
