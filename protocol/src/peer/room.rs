@@ -155,22 +155,20 @@ pub struct Closed {
     pub reason: String,
 }
 
-/// What one distinct view of a tick shows, and who sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// What one distinct view of a tick shows, and who sees it. On the wire
+/// it is the array `[sessions, entered, moved, left, full]`, each index
+/// list a bitmap or an array (see `view_wire.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct View {
     /// The edge's members that get this view's frame.
     pub sessions: Vec<SessionId>,
     /// Indices into [`Tick::entries`]: each an encoded `Entity`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub entered: Vec<u32>,
     /// Indices into [`Tick::entries`]: each an encoded `Moved`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub moved: Vec<u32>,
     /// Entity ids gone from view.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left: Vec<EntityId>,
     /// The update replaces the whole view (`update.full`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub full: bool,
 }
 
@@ -249,7 +247,7 @@ pub fn entry_position(entry: &[u8]) -> Option<(EntityId, f32, f32)> {
 }
 
 /// Which of an entity's two encodings an entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum EntryKind {
     /// An `Entity` (for `update.entered`).
     Entered,
@@ -339,8 +337,32 @@ impl TickBuilder {
         self.tick.views.is_empty()
     }
 
+    /// The tick, its entries numbered in (kind, entity id) order: a room
+    /// lists each view in entity order, so every view's indices come out
+    /// ascending and travel as bitmaps (see `view_wire.rs`).
     pub fn finish(self) -> Tick {
-        self.tick
+        let TickBuilder {
+            mut tick, entries, ..
+        } = self;
+        let mut order: Vec<((EntryKind, EntityId), u32)> = entries
+            .into_iter()
+            .map(|((id, kind), i)| ((kind, id), i))
+            .collect();
+        order.sort_unstable_by_key(|&(key, _)| key);
+        // `renumber[old] = new`.
+        let mut renumber = vec![0u32; order.len()];
+        let mut sorted = Vec::with_capacity(order.len());
+        for (new, &(_, old)) in order.iter().enumerate() {
+            renumber[old as usize] = new as u32;
+            sorted.push(std::mem::take(&mut tick.entries[old as usize]));
+        }
+        tick.entries = sorted;
+        for view in &mut tick.views {
+            for i in view.entered.iter_mut().chain(view.moved.iter_mut()) {
+                *i = renumber[*i as usize];
+            }
+        }
+        tick
     }
 }
 
@@ -390,6 +412,30 @@ mod tests {
         assert_eq!(tick.entries.len(), 3);
         let sessions: Vec<_> = tick.views.iter().map(|v| v.sessions.clone()).collect();
         assert_eq!(sessions, vec![vec![10, 12], vec![11], vec![13]]);
+    }
+
+    #[test]
+    fn finish_numbers_entries_in_entity_order_so_views_are_ascending() {
+        let mut b = TickBuilder::new("lobby", 1);
+        let bytes = |id: u8| move || Bytes::from(vec![id]);
+        // Member 1 sees 9 move: 9 gets index 0 while building. Member 2
+        // sees 3 enter, then 3 and 9 move (in entity order, as a room
+        // lists them): its moved list is [2, 0] until `finish`.
+        let moved = vec![b.entry(9, EntryKind::Moved, bytes(9))];
+        b.view(1, Vec::new(), moved, Vec::new(), false);
+        let entered = vec![b.entry(3, EntryKind::Entered, bytes(103))];
+        let moved = vec![
+            b.entry(3, EntryKind::Moved, bytes(3)),
+            b.entry(9, EntryKind::Moved, bytes(9)),
+        ];
+        assert_eq!(moved, [2, 0]);
+        b.view(2, entered, moved, Vec::new(), false);
+        let tick = b.finish();
+        let order: Vec<u8> = tick.entries.iter().map(|e| e[0]).collect();
+        assert_eq!(order, [103, 3, 9], "Entity entries first, each kind by id");
+        assert_eq!(tick.views[0].moved, [2]);
+        assert_eq!(tick.views[1].entered, [0]);
+        assert_eq!(tick.views[1].moved, [1, 2]);
     }
 
     #[test]
