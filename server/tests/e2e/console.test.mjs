@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import {
-  adminConfig, launchBrowser, loadbotBin, opsBin, pattern, serverBin, shot, signIn as openConsole, spawnChild, start, stopAll, tab,
+  adminConfig, kickFromPage, launchBrowser, loadbotBin, opsBin, pattern, serverBin, shot, signIn as openConsole, spawnChild, start, stopAll, tab,
 } from './harness.mjs';
 
 const OPERATOR = 'e2e-operator-token-0123456';
@@ -93,27 +93,9 @@ test('the rooms page lists the swarm\'s room and the inspector shows members mov
 
 test('a kick from the page disconnects that player', { timeout: 60_000 }, async () => {
   const { page } = operator;
-  const victimContext = await browser.newContext();
-  try {
-    const victim = await victimContext.newPage();
-    await victim.goto(`${httpBase}/?name=victim`);
-    await victim.waitForFunction(() => document.body.dataset.state === 'joined', null, { timeout: 15_000 });
-    await tab(page, 'players');
-    await page.fill('#player-q', 'victim');
-    await page.click('#player-search');
-    await page.waitForSelector('#players tbody tr button.kick');
-    page.once('dialog', (d) => d.accept('e2e kick'));
-    await page.click('#players tbody tr button.kick');
-    await page.waitForFunction(() => /kicked/.test(document.getElementById('flash').textContent));
-    await victim.waitForFunction(() => document.body.dataset.state === 'closed', null, { timeout: 15_000 });
-    const log = await victim.$$eval('#chat-log li', (lis) => lis.map((li) => li.textContent).join('\n'));
-    assert.match(log, /2006/, log);
-    assert.match(log, /removed by an operator/, log);
-    await shot(page, 'console-players-kick');
-    await shot(victim, 'demo-kicked');
-  } finally {
-    await victimContext.close();
-  }
+  const log = await kickFromPage(browser, page, httpBase, 'console-players-kick');
+  assert.match(log, /2006/, log);
+  assert.match(log, /removed by an operator/, log);
 });
 
 test('a room restart from the page shows in the events', { timeout: 60_000 }, async () => {

@@ -169,6 +169,32 @@ name = "victor"
   return path;
 }
 
+/** A player opens the demo page at `demoBase` (so its socket is on that
+ * shard), an operator's console `page` finds it on the players page and
+ * kicks it; resolves with the player's chat log once its page says closed.
+ * `shotName` names the screenshot of the console after the kick. */
+export async function kickFromPage(browser, page, demoBase, shotName) {
+  const victimContext = await browser.newContext();
+  try {
+    const victim = await victimContext.newPage();
+    await victim.goto(`${demoBase}/?name=victim`);
+    await victim.waitForFunction(() => document.body.dataset.state === 'joined', null, { timeout: 20_000 });
+    await tab(page, 'players');
+    await page.fill('#player-q', 'victim');
+    await page.click('#player-search');
+    await page.waitForSelector('#players tbody tr button.kick');
+    page.once('dialog', (d) => d.accept('e2e kick'));
+    await page.click('#players tbody tr button.kick');
+    await page.waitForFunction(() => /kicked/.test(document.getElementById('flash').textContent));
+    await victim.waitForFunction(() => document.body.dataset.state === 'closed', null, { timeout: 15_000 });
+    await shot(page, shotName);
+    await shot(victim, `${shotName}-demo`);
+    return await victim.$$eval('#chat-log li', (lis) => lis.map((li) => li.textContent).join('\n'));
+  } finally {
+    await victimContext.close();
+  }
+}
+
 /** Whether a child has exited (by code or signal). */
 export const exited = (child) => child.exitCode !== null || child.signalCode !== null;
 
