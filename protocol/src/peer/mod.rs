@@ -32,7 +32,7 @@ pub mod handshake;
 pub mod room;
 pub mod stream;
 pub mod swim;
-mod view_wire;
+mod tick_wire;
 
 pub use admin::{AdminMsg, BanPlayer, Kick, Replace, Unban};
 pub use chat::{ChatMsg, MapBroadcast};

@@ -157,7 +157,7 @@ pub struct Closed {
 
 /// What one distinct view of a tick shows, and who sees it. On the wire
 /// it is the array `[sessions, entered, moved, left, full]`, each index
-/// list a bitmap or an array (see `view_wire.rs`).
+/// list a bitmap or an array (see `tick_wire.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct View {
     /// The edge's members that get this view's frame.
@@ -179,7 +179,9 @@ pub struct Tick {
     pub tick: u64,
     /// Each entry any view of this edge needs, encoded once
     /// ([`crate::assemble::encode_entity`] or
-    /// [`crate::assemble::encode_moved`]).
+    /// [`crate::assemble::encode_moved`]); on the wire, back to back in
+    /// one `bin` (see `tick_wire.rs`).
+    #[serde(with = "super::tick_wire::entries")]
     pub entries: Vec<Bytes>,
     pub views: Vec<View>,
 }
@@ -247,7 +249,7 @@ pub fn entry_position(entry: &[u8]) -> Option<(EntityId, f32, f32)> {
 }
 
 /// Which of an entity's two encodings an entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EntryKind {
     /// An `Entity` (for `update.entered`).
     Entered,
@@ -337,16 +339,19 @@ impl TickBuilder {
         self.tick.views.is_empty()
     }
 
-    /// The tick, its entries numbered in (kind, entity id) order: a room
+    /// The tick, its entries numbered in (kind, entity id) order, `Moved`
+    /// entries first: a room
     /// lists each view in entity order, so every view's indices come out
-    /// ascending and travel as bitmaps (see `view_wire.rs`).
+    /// ascending and travel as bitmaps (see `tick_wire.rs`).
     pub fn finish(self) -> Tick {
         let TickBuilder {
             mut tick, entries, ..
         } = self;
-        let mut order: Vec<((EntryKind, EntityId), u32)> = entries
+        // `Moved` entries first: they are most of a tick, so the `moved`
+        // bitmaps start at index 0 and stay short.
+        let mut order: Vec<((bool, EntityId), u32)> = entries
             .into_iter()
-            .map(|((id, kind), i)| ((kind, id), i))
+            .map(|((id, kind), i)| ((kind == EntryKind::Entered, id), i))
             .collect();
         order.sort_unstable_by_key(|&(key, _)| key);
         // `renumber[old] = new`.
@@ -432,10 +437,10 @@ mod tests {
         b.view(2, entered, moved, Vec::new(), false);
         let tick = b.finish();
         let order: Vec<u8> = tick.entries.iter().map(|e| e[0]).collect();
-        assert_eq!(order, [103, 3, 9], "Entity entries first, each kind by id");
-        assert_eq!(tick.views[0].moved, [2]);
-        assert_eq!(tick.views[1].entered, [0]);
-        assert_eq!(tick.views[1].moved, [1, 2]);
+        assert_eq!(order, [3, 9, 103], "Moved entries first, each kind by id");
+        assert_eq!(tick.views[0].moved, [1]);
+        assert_eq!(tick.views[1].entered, [2]);
+        assert_eq!(tick.views[1].moved, [0, 1]);
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! How a [`View`] crosses the tunnel: a compact array
-//! `[sessions, entered, moved, left, full]` instead of a map with field
-//! names, and each list of entry indices as whichever is shorter of a
-//! bitmap or a plain array.
+//! How a [`super::Tick`] crosses the tunnel compactly: its entries as one
+//! `bin`, and each [`View`] as an array `[sessions, entered, moved, left,
+//! full]` (trailing defaults left off) instead of a map with field names,
+//! with each list of entry
+//! indices as whichever is shorter of a bitmap or a plain array.
 //!
 //! Why: a tick carries one view per distinct view of an edge's members,
 //! and with a view radius nearly every member's view is distinct. As a
@@ -10,7 +11,10 @@
 //! room lists them in entity order and [`super::TickBuilder`] numbers the
 //! entries in that order), so they fit a bitmap over the tick's entries:
 //! 100 entries take 13 bytes however many of them the member sees, where
-//! the array takes one byte per index (two from index 128 on).
+//! the array takes one byte per index (two from index 128 on). The
+//! entries, each one MessagePack value, are written back to back in one
+//! `bin` (an array of `bin`s would spend two more bytes on each), and the
+//! decoder splits them at the value boundaries, as slices of one buffer.
 //!
 //! An index list is a MessagePack `bin` (a bitmap: bit `i % 8` of byte
 //! `i / 8` set for index `i`, least significant bit first) or an array of
@@ -18,7 +22,7 @@
 
 use std::fmt;
 
-use serde::de::{self, SeqAccess, Visitor};
+use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
 use serde::ser::SerializeTuple;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -120,22 +124,105 @@ impl<'de> Deserialize<'de> for IndicesIn {
     }
 }
 
+/// `#[serde(with = "entries")]` for [`super::Tick::entries`]: the entries
+/// back to back in one `bin`.
+pub(super) mod entries {
+    use bytes::Bytes;
+    use serde::de::{self, IgnoredAny, Visitor};
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::fmt;
+
+    pub fn serialize<S: Serializer>(entries: &[Bytes], s: S) -> Result<S::Ok, S::Error> {
+        let mut blob = Vec::with_capacity(entries.iter().map(Bytes::len).sum());
+        for e in entries {
+            blob.extend_from_slice(e);
+        }
+        s.serialize_bytes(&blob)
+    }
+
+    /// The entries in `blob`: one slice per MessagePack value.
+    pub(in crate::peer) fn split(blob: Bytes) -> Result<Vec<Bytes>, String> {
+        let mut entries = Vec::new();
+        let mut at = 0;
+        while at < blob.len() {
+            let mut cursor = std::io::Cursor::new(&blob[at..]);
+            IgnoredAny::deserialize(&mut rmp_serde::Deserializer::new(&mut cursor))
+                .map_err(|e| format!("entry {} at byte {at}: {e}", entries.len()))?;
+            // Every value takes at least one byte, so this always advances.
+            let end = at + cursor.position() as usize;
+            entries.push(blob.slice(at..end));
+            at = end;
+        }
+        Ok(entries)
+    }
+
+    struct Blob;
+
+    impl<'de> Visitor<'de> for Blob {
+        type Value = Vec<Bytes>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("the tick's entries, back to back in one bin")
+        }
+
+        fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<Vec<Bytes>, E> {
+            split(Bytes::copy_from_slice(b)).map_err(E::custom)
+        }
+
+        fn visit_byte_buf<E: de::Error>(self, b: Vec<u8>) -> Result<Vec<Bytes>, E> {
+            split(Bytes::from(b)).map_err(E::custom)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Bytes>, D::Error> {
+        d.deserialize_byte_buf(Blob)
+    }
+}
+
 impl Serialize for View {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut t = s.serialize_tuple(5)?;
+        // Trailing defaults are left off: most views have no `left` and
+        // are not `full`.
+        let len = if self.full {
+            5
+        } else if !self.left.is_empty() {
+            4
+        } else {
+            3
+        };
+        let mut t = s.serialize_tuple(len)?;
         t.serialize_element(&self.sessions)?;
         t.serialize_element(&Indices(&self.entered))?;
         t.serialize_element(&Indices(&self.moved))?;
-        t.serialize_element(&self.left)?;
-        t.serialize_element(&self.full)?;
+        if len >= 4 {
+            t.serialize_element(&self.left)?;
+        }
+        if len == 5 {
+            t.serialize_element(&self.full)?;
+        }
         t.end()
     }
 }
 
-impl<'de> Deserialize<'de> for View {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        type Wire = (Vec<SessionId>, IndicesIn, IndicesIn, Vec<EntityId>, bool);
-        let (sessions, entered, moved, left, full) = Wire::deserialize(d)?;
+struct ViewVisitor;
+
+impl<'de> Visitor<'de> for ViewVisitor {
+    type Value = View;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a view: [sessions, entered, moved, left?, full?]")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<View, A::Error> {
+        let missing = |i| de::Error::invalid_length(i, &"at least 3 elements");
+        let sessions: Vec<SessionId> = seq.next_element()?.ok_or_else(|| missing(0))?;
+        let entered: IndicesIn = seq.next_element()?.ok_or_else(|| missing(1))?;
+        let moved: IndicesIn = seq.next_element()?.ok_or_else(|| missing(2))?;
+        let left: Vec<EntityId> = seq.next_element()?.unwrap_or_default();
+        let full: bool = seq.next_element()?.unwrap_or_default();
+        if seq.next_element::<IgnoredAny>()?.is_some() {
+            return Err(de::Error::invalid_length(6, &"at most 5 elements"));
+        }
         Ok(View {
             sessions,
             entered: entered.0,
@@ -143,6 +230,12 @@ impl<'de> Deserialize<'de> for View {
             left,
             full,
         })
+    }
+}
+
+impl<'de> Deserialize<'de> for View {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_seq(ViewVisitor)
     }
 }
 
@@ -166,8 +259,9 @@ mod tests {
         };
         let (back, len) = round_trip(&view);
         assert_eq!(back, view);
-        // 1 (array) + 2 (sessions) + 1 (entered) + 2 + 13 (bitmap) + 1 + 1.
-        assert_eq!(len, 21);
+        // 1 (array) + 2 (sessions) + 1 (entered) + 2 + 13 (bitmap): no
+        // `left`, not `full`, so both are left off.
+        assert_eq!(len, 19);
         assert!(len < array_len(&moved));
     }
 
@@ -183,6 +277,24 @@ mod tests {
             };
             assert_eq!(round_trip(&view).0, view);
         }
+    }
+
+    #[test]
+    fn entries_split_at_value_boundaries_and_garbage_is_an_error() {
+        // An int, a 2-element array, a map {"a": 1}.
+        let blob = bytes::Bytes::from_static(&[0x05, 0x92, 0x01, 0x02, 0x81, 0xa1, b'a', 0x01]);
+        let parts = entries::split(blob).unwrap();
+        let parts: Vec<&[u8]> = parts.iter().map(|b| &b[..]).collect();
+        assert_eq!(
+            parts,
+            [&[0x05][..], &[0x92, 0x01, 0x02], &[0x81, 0xa1, b'a', 0x01]]
+        );
+        // An array that claims 3 elements and has 1.
+        assert!(entries::split(bytes::Bytes::from_static(&[0x93, 0x01])).is_err());
+        assert_eq!(
+            entries::split(bytes::Bytes::new()).unwrap(),
+            Vec::<bytes::Bytes>::new()
+        );
     }
 
     #[test]
