@@ -20,11 +20,13 @@ use redis_support::RedisServer;
 use server::cluster::Directory;
 use server::config::{Config, MapConfig, SpawnerConfig};
 use server::ids::RoomId;
+use server::store::Store;
 use store_support::Secantus;
 
 const SECRET: &str = "cluster-durable-auth-secret-0123456789abcdef";
 const PATIENCE: Duration = Duration::from_secs(60);
 const FIELD: &str = "field";
+const ADMIN: &str = "admin-token-for-cluster-durable-01";
 
 /// A field with gems (anywhere on it, all within the pick-up radius).
 fn field() -> MapConfig {
@@ -156,6 +158,22 @@ where
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not within {PATIENCE:?}");
+}
+
+/// Poll `check` until it finds something, at most PATIENCE.
+async fn found<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if let Some(found) = check().await {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{what}: not within {PATIENCE:?}");
 }
@@ -419,5 +437,180 @@ async fn a_remote_member_picks_up_an_item_for_everyone_to_see() {
         Err(ErrorCode::ItemGone.as_u16())
     );
     cluster.close().await;
+    drop(mongo);
+}
+
+/// A shard id that rendezvous hashing prefers over `a` and `b` for
+/// `room`: the room is placed on the shard with it.
+fn winning_id(room: &str) -> String {
+    use server::cluster::directory::rendezvous;
+    let best = rendezvous(room, "a").max(rendezvous(room, "b"));
+    (0..1000)
+        .map(|i| format!("p{i}"))
+        .find(|id| rendezvous(room, id) > best)
+        .expect("some id wins")
+}
+
+/// Wait until every shard in `edges` has heard from `owner` (the failure
+/// detector declares dead only a member it has heard from).
+async fn heard_from(edges: &[&TestShard], owner: &str) {
+    for shard in edges {
+        let url = format!("http://{}/admin/peers", shard.http_addr);
+        let owner = owner.to_string();
+        eventually("the edge has heard from the owner", move || {
+            let (url, owner) = (url.clone(), owner.clone());
+            async move {
+                let (_, body) = common::http("GET", &url, Some(ADMIN), "").await;
+                serde_json::from_str::<protocol::admin::Peers>(&body)
+                    .map(|p| {
+                        p.members
+                            .iter()
+                            .any(|m| m.shard_id == owner && m.incarnation > 0)
+                    })
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+    }
+}
+
+/// The owner (a process of its own) is SIGKILLed with a remote member's
+/// pick-up in flight (the store frozen, so the pick-up cannot finish):
+/// the next owner finishes it from the store, crediting the item once, or
+/// finds it still on the ground (the take never landed); never both,
+/// never twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pick_up_in_flight_when_the_owner_is_killed_is_finished_by_the_next_owner() {
+    let mut mongo = tokio::task::spawn_blocking(Secantus::start).await.unwrap();
+    let redis = RedisServer::start();
+    store_support::init_tracing();
+    let data = tempfile::tempdir().unwrap();
+    let owner_id = winning_id(FIELD);
+    // The tunnels' idle timeout is far beyond the test: the edges learn of
+    // the death from the failure detector.
+    let tuned = |id: &str| {
+        let mut config = config(&redis, "xp2", id, Some(&mongo));
+        config.cluster.tunnel.idle_timeout_ms = 600_000;
+        config.admin.token = ADMIN.into();
+        config
+    };
+    let path = data.path().join("tessera.toml");
+    std::fs::write(&path, tuned(&owner_id).to_toml()).unwrap();
+    let (owner, _) = common::ServerProcess::spawn(&[("TESSERA_CONFIG", path.as_os_str())]);
+    let mut shards = Vec::new();
+    for id in ["a", "b"] {
+        let config = tuned(id);
+        shards.push(
+            tokio::task::spawn_blocking(move || common::start(config))
+                .await
+                .unwrap(),
+        );
+    }
+    let dir = shards[0].cluster.clone().unwrap();
+    ready(&dir, 3).await;
+    let (mut picker, p) = player(shards[0].ws_addr, "picker", FIELD).await;
+    let room: RoomId = FIELD.parse().unwrap();
+    let (held_by, epoch) = dir.owner(&room).await.unwrap().expect("leased");
+    assert_eq!(held_by.as_str(), owner_id, "placed on the process");
+    heard_from(&[&shards[0], &shards[1]], &owner_id).await;
+
+    // An item on the ground, and in the stored room document.
+    let store = server::store::mongo::MongoStore::connect(&tuned("a").store.mongodb)
+        .await
+        .expect("a Mongo client of the test's own");
+    let mut ground = Ground::from_joined(&p);
+    pump(
+        &mut picker,
+        &mut ground,
+        "an item on the ground",
+        |_| {},
+        |g| !g.items.is_empty(),
+    )
+    .await;
+    let ids: Vec<ItemId> = ground.items.keys().copied().collect();
+    let item = found("an item of the ground stored", || async {
+        let doc = store.load_room(FIELD.into()).await.ok()??;
+        doc.items.iter().find(|i| ids.contains(&i.id)).cloned()
+    })
+    .await;
+
+    // The store freezes; the pick-up starts (the item leaves the ground at
+    // once) and cannot finish; the owner dies; the store comes back.
+    tokio::task::block_in_place(|| mongo.pause());
+    picker
+        .send(ClientMsg::PickUp(PickUp {
+            req: 7,
+            item: item.id,
+        }))
+        .await;
+    pump(
+        &mut picker,
+        &mut ground,
+        "the item taken",
+        |_| {},
+        |g| g.removed.contains(&item.id),
+    )
+    .await;
+    owner.kill_hard();
+    tokio::task::block_in_place(|| mongo.resume());
+    // The frozen store may have taken the owner's write-through (the item
+    // pending) or not. If not, the store gets the document that write
+    // carried, as if the owner died right after it landed: the case the
+    // next owner must finish (the other case, the item simply still on
+    // the ground, needs nothing of it). Written long before the old lease
+    // expires, with the old owner's epoch, as the owner would have.
+    // (A late write of the dead owner may land meanwhile: read again.)
+    found("the take stored", || async {
+        let doc = store.load_room(FIELD.into()).await.ok()??;
+        let Some(at) = doc.items.iter().position(|i| i.id == item.id) else {
+            return Some(());
+        };
+        let mut taken = doc.clone();
+        let gem = taken.items.remove(at);
+        taken.pending.push(server::store::PendingPickup {
+            op_id: format!("pickup:{FIELD}:{}:{}", doc.epoch, gem.id),
+            player: "picker".into(),
+            item: gem,
+        });
+        taken.rev += 1;
+        store.write_room(taken).await.ok()?.then_some(())
+    })
+    .await;
+
+    // The room is leased again elsewhere; the picker is seated there.
+    wait_for(&mut picker, "joined from the new owner", |m| match m {
+        ServerMsg::Joined(j) => Some(j.clone()),
+        _ => None,
+    })
+    .await;
+    let (new_owner, new_epoch) = dir.owner(&room).await.unwrap().expect("leased again");
+    assert!(["a", "b"].contains(&new_owner.as_str()));
+    assert!(new_epoch > epoch);
+    // The next owner settled the pick-up: nothing pending for the item.
+    let (doc, profile) = found("the pick-up settled by the next owner", || async {
+        let doc = store.load_room(FIELD.into()).await.ok()??;
+        if doc.owner_epoch < new_epoch || doc.pending.iter().any(|p| p.item.id == item.id) {
+            return None;
+        }
+        let profile = store.load_player("picker".into()).await.ok()??;
+        Some((doc, profile))
+    })
+    .await;
+    // Credited once (not twice: the re-drive replays the same op id),
+    // and not on the ground.
+    let credited = profile.inventory.items.get("gem").copied().unwrap_or(0);
+    assert_eq!(credited, item.count, "credited once");
+    assert!(!doc.items.iter().any(|i| i.id == item.id), "not back");
+    // The picker, on its edge, is told.
+    wait_for(&mut picker, "the credited inventory", |m| match m {
+        ServerMsg::Inventory(i) if gems(i) == item.count => Some(()),
+        _ => None,
+    })
+    .await;
+    for shard in shards {
+        tokio::task::spawn_blocking(move || drop(shard))
+            .await
+            .unwrap();
+    }
     drop(mongo);
 }
