@@ -292,6 +292,12 @@ async fn a_give_between_three_shards_is_done_once_and_reaches_the_target() {
     target.give(101, g.you, 30).await;
     assert_eq!(answer(&mut target, 101).await.map(|i| i.currency), Ok(100));
     inventory_push(&mut giver, 100).await;
+    // A player on the owner gives to the target: the room is local to the
+    // giver, the target's push crosses to its shard.
+    let (mut boss, _) = player(cluster.addr(owner), "boss", "test").await;
+    boss.give(201, t.you, 10).await;
+    assert_eq!(answer(&mut boss, 201).await.map(|i| i.currency), Ok(90));
+    inventory_push(&mut target, 110).await;
     cluster.close().await;
     drop(mongo);
 }
