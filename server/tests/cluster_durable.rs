@@ -398,7 +398,7 @@ async fn a_remote_member_picks_up_an_item_for_everyone_to_see() {
     )
     .await;
     let item = *ground.items.keys().next().unwrap();
-    let count = ground.items[&item].count as i64;
+    let count = ground.items[&item].count;
     picker
         .send(ClientMsg::PickUp(PickUp { req: 7, item }))
         .await;

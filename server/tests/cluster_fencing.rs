@@ -313,15 +313,19 @@ async fn a_frozen_owner_is_replaced_and_after_waking_its_writes_are_refused_and_
     // the room already stopped), and the room stops there.
     shards[owner].signal("CONT");
     let mut picked = None;
-    wait_for(&mut local, "the room failed on the old owner", |m| match m {
-        ServerMsg::Done(d) if d.req == 7 => panic!("the stale owner's pick-up was done: {d:?}"),
-        ServerMsg::Error(e) if e.req == Some(7) => {
-            picked = Some(e.code);
-            None
-        }
-        ServerMsg::Error(e) if e.code == ErrorCode::RoomFailed.as_u16() => Some(()),
-        _ => None,
-    })
+    wait_for(
+        &mut local,
+        "the room failed on the old owner",
+        |m| match m {
+            ServerMsg::Done(d) if d.req == 7 => panic!("the stale owner's pick-up was done: {d:?}"),
+            ServerMsg::Error(e) if e.req == Some(7) => {
+                picked = Some(e.code);
+                None
+            }
+            ServerMsg::Error(e) if e.code == ErrorCode::RoomFailed.as_u16() => Some(()),
+            _ => None,
+        },
+    )
     .await;
     wait_for(&mut local, "the fallback map", |m| match m {
         ServerMsg::Joined(j) if j.map.name == "other" => Some(()),
@@ -331,7 +335,11 @@ async fn a_frozen_owner_is_replaced_and_after_waking_its_writes_are_refused_and_
     // The store took nothing from it: the document is the new owner's,
     // the local player has no gem, nothing of it is pending.
     let doc = store.load_room(FIELD.into()).await.unwrap().unwrap();
-    assert!(doc.owner_epoch >= new_epoch, "{} < {new_epoch}", doc.owner_epoch);
+    assert!(
+        doc.owner_epoch >= new_epoch,
+        "{} < {new_epoch}",
+        doc.owner_epoch
+    );
     assert!(
         !doc.pending.iter().any(|p| p.player == "local"),
         "a stale pick-up is pending: {:?}",

@@ -94,7 +94,9 @@ async fn player(shard: &TestShard, name: &str) -> (Client, EntityId) {
     client
         .hello_with(Some(common::token(SECRET, name)), name)
         .await;
-    client.send(ClientMsg::Join(Join { map: "test".into() })).await;
+    client
+        .send(ClientMsg::Join(Join { map: "test".into() }))
+        .await;
     let joined = wait_for(&mut client, "joined", |m| match m {
         ServerMsg::Joined(j) => Some(j.you),
         _ => None,
@@ -136,7 +138,9 @@ async fn running(shards: &[TestShard], room: &str) -> Vec<&'static str> {
 async fn step(players: &mut [(Client, EntityId)], seq: u32) {
     for (client, _) in players.iter_mut() {
         // Slowly, back and forth: everyone stays in everyone's view.
-        client.walk(seq, if seq % 2 == 0 { 0.01 } else { -0.01 }, 0.0).await;
+        client
+            .walk(seq, if seq % 2 == 0 { 0.01 } else { -0.01 }, 0.0)
+            .await;
     }
     let walker = players[1].1;
     wait_for(&mut players[0].0, "the other shard's move", |m| match m {

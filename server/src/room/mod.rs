@@ -90,8 +90,8 @@ use ground::Ground;
 pub use ground::{GroundSnapshot, PickUp};
 pub use member::MemberState;
 pub use messages::{
-    ChatIn, Disconnected, Fault, FaultKind, Handover, Inputs, JoinError, JoinOk, JoinRoom,
-    GiveTarget, LeaveRoom, MemberLink, RoomEvent, WhoIs, FAULT_POINTS, MAX_INJECTED_STALL,
+    ChatIn, Disconnected, Fault, FaultKind, GiveTarget, Handover, Inputs, JoinError, JoinOk,
+    JoinRoom, LeaveRoom, MemberLink, RoomEvent, WhoIs, FAULT_POINTS, MAX_INJECTED_STALL,
 };
 pub use room_ref::{CallError, CastError, RoomRef};
 pub use snapshot::{Restored, RoomSnapshot};
