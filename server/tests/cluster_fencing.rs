@@ -117,13 +117,17 @@ impl Shard {
         assert!(status.success(), "kill -{sig} failed");
     }
 
-    /// The value of the metric `name` (summed over labels), 0 if absent.
-    async fn metric(&self, name: &str) -> f64 {
+    /// Writes the store refused by the fence: room documents written
+    /// behind, and durable writes (a pick-up's write-through and credit).
+    async fn fenced(&self) -> f64 {
         let text = common::http_get(&format!("http://{}/metrics", self.http)).await;
         text.lines()
-            .filter(|l| l.starts_with(name))
+            .filter(|l| {
+                l.starts_with("tessera_store_fenced_total")
+                    || l.starts_with("tessera_store_durable_ops_total{result=\"fenced\"}")
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+            .fold(0.0, |a, b| a + b)
     }
 }
 
@@ -281,7 +285,7 @@ async fn a_frozen_owner_is_replaced_and_after_waking_its_writes_are_refused_and_
         })
         .await;
     }
-    let fenced_before = shards[owner].metric("tessera_store_fenced_total").await;
+    let fenced_before = shards[owner].fenced().await;
 
     // Frozen. The local member's pick-up waits in its socket meanwhile.
     shards[owner].signal("STOP");
@@ -348,7 +352,7 @@ async fn a_frozen_owner_is_replaced_and_after_waking_its_writes_are_refused_and_
     let profile = store.load_player("local".into()).await.unwrap().unwrap();
     assert_eq!(profile.inventory.items.get("gem"), None, "no gem for local");
     // If the stale room got as far as writing, the store refused it.
-    let fenced = shards[owner].metric("tessera_store_fenced_total").await;
+    let fenced = shards[owner].fenced().await;
     eprintln!(
         "epoch {epoch} -> {new_epoch}; the stale pick-up: {picked:?}; fenced writes {fenced_before} -> {fenced}"
     );
