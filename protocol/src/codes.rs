@@ -58,6 +58,12 @@ pub enum ErrorCode {
     ItemGone = 3008,
     /// A `pick_up` of an item farther than the pick-up radius.
     OutOfReach = 3009,
+    /// Cluster mode with a store per shard (embedded): a `give` to a player
+    /// whose socket is on another shard, whose profile is in that shard's
+    /// store. It cannot be one store transaction, so it is refused and
+    /// nothing changed (since 1.5). A cluster sharing one MongoDB does not
+    /// send it.
+    TargetElsewhere = 3010,
     /// Something went wrong inside the server; the session is unaffected.
     Internal = 5001,
     /// The server is at its connection cap or shutting down.
@@ -76,7 +82,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::Malformed,
         ErrorCode::TextFrame,
         ErrorCode::IllegalState,
@@ -99,6 +105,7 @@ impl ErrorCode {
         ErrorCode::NoSuchTarget,
         ErrorCode::ItemGone,
         ErrorCode::OutOfReach,
+        ErrorCode::TargetElsewhere,
         ErrorCode::Internal,
         ErrorCode::ServerBusy,
         ErrorCode::StoreUnavailable,
@@ -141,6 +148,7 @@ impl ErrorCode {
             ErrorCode::NoSuchTarget => "no_such_target",
             ErrorCode::ItemGone => "item_gone",
             ErrorCode::OutOfReach => "out_of_reach",
+            ErrorCode::TargetElsewhere => "target_elsewhere",
             ErrorCode::Internal => "internal",
             ErrorCode::ServerBusy => "server_busy",
             ErrorCode::StoreUnavailable => "store_unavailable",

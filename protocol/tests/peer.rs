@@ -140,6 +140,22 @@ fn edge_samples() -> Vec<(&'static str, EdgeMsg)> {
                 text: "hi".into(),
             }),
         ),
+        (
+            "peer_room_who_is",
+            EdgeMsg::WhoIs(WhoIs {
+                call: 3,
+                session: 17,
+                entity: 2,
+            }),
+        ),
+        (
+            "peer_room_pick_up",
+            EdgeMsg::PickUp(RemotePickUp {
+                session: 17,
+                req: 4,
+                item: 12,
+            }),
+        ),
     ]
 }
 
@@ -226,6 +242,33 @@ fn owner_samples() -> Vec<(&'static str, OwnerMsg)> {
                 frame: Bytes::from_static(&[0x81, 0xa4, 0x70, 0x6f, 0x6e, 0x67, 0x80]),
             }),
         ),
+        (
+            "peer_room_target_is",
+            OwnerMsg::TargetIs(TargetIs {
+                call: 3,
+                player: Some("p-2".into()),
+                shard: Some("c".into()),
+                unavailable: false,
+            }),
+        ),
+        (
+            "peer_room_target_is_none",
+            OwnerMsg::TargetIs(TargetIs {
+                call: 3,
+                player: None,
+                shard: None,
+                unavailable: false,
+            }),
+        ),
+        (
+            "peer_room_target_is_unavailable",
+            OwnerMsg::TargetIs(TargetIs {
+                call: 3,
+                player: None,
+                shard: None,
+                unavailable: true,
+            }),
+        ),
     ]
 }
 
@@ -260,6 +303,16 @@ fn admin_samples() -> Vec<(&'static str, AdminMsg)> {
             "peer_admin_unban",
             AdminMsg::Unban(Unban {
                 player: "p-1".into(),
+            }),
+        ),
+        (
+            "peer_admin_inventory",
+            AdminMsg::Inventory(InventoryPush {
+                player: "p-1".into(),
+                inventory: protocol::msg::Inventory {
+                    currency: 25,
+                    items: [("gem".to_string(), 1)].into(),
+                },
             }),
         ),
     ]

@@ -7,6 +7,7 @@
 //! tunnel ──/tessera/admin/1──▶ replace: the player's session here (if it is the one named) gets Replaced (2005, 4006)
 //!        │                     kick: Remove (2006, 4007)
 //!        │                     ban / unban: the bans table (+ Remove 2007 if connected here)
+//!        │                     inventory: the player's session here gets InventoryChanged
 //!        └─/tessera/chat/1───▶ announce / map_broadcast: published through this shard's dispatcher
 //! ```
 //!
@@ -27,7 +28,7 @@ use crate::bans::ban_text;
 use crate::cluster::tunnel::{PeerHub, PeerStream};
 use crate::cluster::{metric, Link};
 use crate::dispatcher::{announce_frame, Announcement, MapBroadcast};
-use crate::session::{Deps, Remove, Replaced};
+use crate::session::{Deps, InventoryChanged, Remove, Replaced};
 use crate::supervise::{Child, Restart};
 
 /// The task "inbox": serve both protocols until `stop_rx` says stop; each
@@ -130,6 +131,14 @@ pub fn apply_admin(deps: &Deps, peer: &str, msg: AdminMsg) {
         AdminMsg::Unban(unban) => {
             received(ADMIN_PROTOCOL, "unban");
             deps.bans.remove(&unban.player);
+        }
+        AdminMsg::Inventory(push) => {
+            received(ADMIN_PROTOCOL, "inventory");
+            if let Some(session) = deps.presence.player_session(&push.player) {
+                // A full mailbox loses only this notice, as for a local
+                // give: the next action or login shows the inventory.
+                let _ = session.try_send(InventoryChanged(push.inventory));
+            }
         }
     }
 }

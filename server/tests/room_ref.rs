@@ -54,14 +54,17 @@ async fn stalled_hall(rooms: &Arc<RoomSupervisor>, stall: Duration) -> server::r
     let hall = rooms.room_for_join("hall").expect("hall is a map");
     // A call to a room that does not run yet: `who_is` does not start it.
     assert_eq!(
-        hall.call_who_is(1, Duration::from_secs(5)).await,
+        hall.call_who_is(1, 1, Duration::from_secs(5)).await,
         Err(CallError::Closed)
     );
     assert_eq!(hall.cast_leave(1), Err(CastError::Closed));
     let addr = rooms
         .start(hall.id())
         .expect("a room of a known map starts");
-    assert_eq!(hall.call_who_is(1, Duration::from_secs(5)).await, Ok(None));
+    assert_eq!(
+        hall.call_who_is(1, 1, Duration::from_secs(5)).await,
+        Ok(None)
+    );
     addr.do_send(Fault(FaultKind::Stall(stall)));
     hall
 }
@@ -74,12 +77,15 @@ async fn a_call_to_a_stalled_room_times_out_and_a_running_one_answers() {
     let hall = stalled_hall(&rooms, Duration::from_millis(1_500)).await;
     assert_eq!(hall.id(), &RoomId::first("hall"));
     assert_eq!(
-        hall.call_who_is(1, Duration::from_millis(100)).await,
+        hall.call_who_is(1, 1, Duration::from_millis(100)).await,
         Err(CallError::Timeout)
     );
     // Once the stall is over the room answers again (within a bound well
     // above the stall, so a slow machine does not fail the test).
-    assert_eq!(hall.call_who_is(1, Duration::from_secs(10)).await, Ok(None));
+    assert_eq!(
+        hall.call_who_is(1, 1, Duration::from_secs(10)).await,
+        Ok(None)
+    );
     drop(rooms);
     persister.shutdown(Duration::from_secs(5)).await;
 }
@@ -98,7 +104,10 @@ async fn a_cast_to_a_full_mailbox_is_refused_at_once() {
     assert_eq!(results[0], Ok(()), "{results:?}");
     assert_eq!(results[15], Err(CastError::Full), "{results:?}");
     // And it is taken again once the room drained its mailbox.
-    assert_eq!(hall.call_who_is(1, Duration::from_secs(10)).await, Ok(None));
+    assert_eq!(
+        hall.call_who_is(1, 1, Duration::from_secs(10)).await,
+        Ok(None)
+    );
     assert_eq!(hall.cast_chat(1, "again".into()), Ok(()));
     drop(rooms);
     persister.shutdown(Duration::from_secs(5)).await;

@@ -12,6 +12,9 @@
 //! - [`BanPlayer`] / [`Unban`]: a ban made or lifted on the sender; the
 //!   receiver updates its table of bans in force (and removes the player,
 //!   2007 / 4007, if it is connected there).
+//! - [`InventoryPush`]: a durable action made on the sender (a `give`)
+//!   changed the inventory of a player whose socket the receiver holds;
+//!   the receiver pushes `inventory` to that player's session.
 
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +57,14 @@ pub struct Unban {
     pub player: String,
 }
 
+/// A player's inventory after a durable action made on the sending shard
+/// (already in the store): pushed to its session, if it is here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryPush {
+    pub player: String,
+    pub inventory: crate::msg::Inventory,
+}
+
 /// What travels on `/tessera/admin/1`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -62,4 +73,6 @@ pub enum AdminMsg {
     Kick(Kick),
     Ban(BanPlayer),
     Unban(Unban),
+    /// Added in 1.0 (appended).
+    Inventory(InventoryPush),
 }

@@ -27,6 +27,7 @@
 //!   `ping_req`, `ack`) with membership changes ([`Update`]) piggybacked.
 
 pub mod admin;
+pub mod calls;
 pub mod chat;
 pub mod handshake;
 pub mod room;
@@ -34,7 +35,8 @@ pub mod stream;
 pub mod swim;
 mod tick_wire;
 
-pub use admin::{AdminMsg, BanPlayer, Kick, Replace, Unban};
+pub use admin::{AdminMsg, BanPlayer, InventoryPush, Kick, Replace, Unban};
+pub use calls::{RemotePickUp, TargetIs, WhoIs};
 pub use chat::{ChatMsg, MapBroadcast};
 pub use handshake::{
     proof_mac, verify_proof, Bytes32, Control, Heartbeat, PeerHello, Proof, Refuse, RefuseCode,

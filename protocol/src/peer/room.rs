@@ -107,6 +107,11 @@ pub enum EdgeMsg {
     /// and has drained: it is owed a full view at the next tick. Added in
     /// 1.0 (appended).
     Resync(Member),
+    /// A `give` by the member: who is the target? Added in 1.0 (appended).
+    WhoIs(super::calls::WhoIs),
+    /// A `pick_up` by the member, run on the owner. Added in 1.0
+    /// (appended).
+    PickUp(super::calls::RemotePickUp),
 }
 
 /// The member is seated; its frames (`joined` first) follow as
@@ -382,6 +387,8 @@ pub enum OwnerMsg {
     Closed(Closed),
     /// Added in 1.0 (appended).
     Fanout(Fanout),
+    /// The answer to an [`EdgeMsg::WhoIs`]. Added in 1.0 (appended).
+    TargetIs(super::calls::TargetIs),
 }
 
 #[cfg(test)]

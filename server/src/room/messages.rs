@@ -166,11 +166,21 @@ pub struct ChatIn {
     pub text: String,
 }
 
-/// The player id of the member with entity `entity`, if there is one.
+/// The member with entity `entity`, if there is one: the target of a
+/// `give`.
 #[derive(Message)]
-#[rtype(result = "Option<String>")]
+#[rtype(result = "Option<GiveTarget>")]
 pub struct WhoIs {
     pub entity: EntityId,
+}
+
+/// Who a `give` goes to, and where its `inventory` push goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GiveTarget {
+    pub player: String,
+    /// The shard holding the target's socket, when it is not the shard
+    /// that asked (a remote member; in cluster mode only).
+    pub shard: Option<String>,
 }
 
 /// Fault injection, for tests and drills (admin API only).

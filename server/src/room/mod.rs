@@ -90,8 +90,8 @@ use ground::Ground;
 pub use ground::{GroundSnapshot, PickUp};
 pub use member::MemberState;
 pub use messages::{
-    ChatIn, Disconnected, Fault, FaultKind, Handover, Inputs, JoinError, JoinOk, JoinRoom,
-    LeaveRoom, MemberLink, RoomEvent, WhoIs, FAULT_POINTS, MAX_INJECTED_STALL,
+    ChatIn, Disconnected, Fault, FaultKind, GiveTarget, Handover, Inputs, JoinError, JoinOk,
+    JoinRoom, LeaveRoom, MemberLink, RoomEvent, WhoIs, FAULT_POINTS, MAX_INJECTED_STALL,
 };
 pub use room_ref::{CallError, CastError, RoomRef};
 pub use snapshot::{Restored, RoomSnapshot};
@@ -554,13 +554,14 @@ impl Handler<PickUp> for Room {
 }
 
 impl Handler<WhoIs> for Room {
-    type Result = Option<String>;
+    type Result = Option<GiveTarget>;
 
-    fn handle(&mut self, msg: WhoIs, ctx: &mut Context<Self>) -> Option<String> {
+    fn handle(&mut self, msg: WhoIs, ctx: &mut Context<Self>) -> Option<GiveTarget> {
         self.guarded(ctx, "who_is", |room, _| {
-            room.members
-                .get(&msg.entity)
-                .map(|m| m.state.link.identity.player_id.clone())
+            room.members.get(&msg.entity).map(|m| GiveTarget {
+                player: m.state.link.identity.player_id.clone(),
+                shard: m.state.link.remote.as_ref().map(|s| s.edge.peer.clone()),
+            })
         })
         .flatten()
     }

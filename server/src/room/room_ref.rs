@@ -20,7 +20,9 @@ use actix::dev::ToEnvelope;
 use actix::prelude::*;
 
 use super::supervisor::RoomSupervisor;
-use super::{ChatIn, Disconnected, JoinError, JoinOk, JoinRoom, LeaveRoom, PickUp, Room, WhoIs};
+use super::{
+    ChatIn, Disconnected, GiveTarget, JoinError, JoinOk, JoinRoom, LeaveRoom, PickUp, Room, WhoIs,
+};
 use crate::ids::{RoomId, SessionId};
 use crate::room::cluster::{EdgeLink, Located};
 
@@ -117,12 +119,15 @@ impl RoomRef {
         }
     }
 
-    /// A validated `pick_up`; the room answers the client itself. Not
-    /// carried to a room on another shard yet: refused there as not
-    /// running.
+    /// A validated `pick_up`; the room answers the client itself (a room
+    /// on another shard through the member's edge link: the pick-up runs
+    /// on the owner).
     pub fn cast_pick_up(&self, session: SessionId, req: u32, item: u64) -> Result<(), CastError> {
         match self.target(session) {
-            Target::Remote(_) => Err(CastError::Closed),
+            Target::Remote(link) => link
+                .cast_pick_up(session, req, item)
+                .then_some(())
+                .ok_or(CastError::Closed),
             Target::Local(_) => self.cast(PickUp { session, req, item }),
         }
     }
@@ -152,16 +157,28 @@ impl RoomRef {
         }
     }
 
-    /// The player id of the member with entity `entity`, within `timeout`.
-    /// A room that is not running is [`CallError::Closed`] (it is not
-    /// started for this).
+    /// The member with entity `entity` (the target of `session`'s
+    /// `give`), within `timeout`: its player id and, when its socket is
+    /// on another shard, that shard. A room that is not running is
+    /// [`CallError::Closed`] (it is not started for this); a room on
+    /// another shard is asked through the member's edge link.
     pub async fn call_who_is(
         &self,
+        session: SessionId,
         entity: protocol::msg::EntityId,
         timeout: Duration,
-    ) -> Result<Option<String>, CallError> {
-        let addr = self.supervisor.current(&self.id).ok_or(CallError::Closed)?;
-        call(addr.send(WhoIs { entity }), timeout).await
+    ) -> Result<Option<GiveTarget>, CallError> {
+        match self.target(session) {
+            Target::Remote(link) => {
+                let cluster = self.supervisor.cluster().ok_or(CallError::Closed)?;
+                link.call_who_is(cluster.shard().as_str(), session, entity, timeout)
+                    .await
+            }
+            Target::Local(_) => {
+                let addr = self.supervisor.current(&self.id).ok_or(CallError::Closed)?;
+                call(addr.send(WhoIs { entity }), timeout).await
+            }
+        }
     }
 
     fn cast<M>(&self, msg: M) -> Result<(), CastError>

@@ -3,6 +3,7 @@
 
 use actix::prelude::*;
 use protocol::msg::{Done, Give, Inventory, PickUp};
+use protocol::peer::{AdminMsg, InventoryPush};
 use protocol::{ErrorCode, ServerMsg};
 
 use super::{InventoryChanged, MapGuarded, Session, State};
@@ -14,6 +15,9 @@ use crate::wire;
 /// Why a `give` was not done.
 enum GiveError {
     NoTarget,
+    /// Cluster mode with a store per shard: the target's profile is in
+    /// another shard's store (see `on_give`).
+    Elsewhere(String),
     /// The room is not running (answered like a cast to it).
     RoomGone,
     RoomBusy,
@@ -26,6 +30,10 @@ impl GiveError {
             GiveError::NoTarget => (
                 ErrorCode::NoSuchTarget,
                 "no other player with that entity id in your map".into(),
+            ),
+            GiveError::Elsewhere(shard) => (
+                ErrorCode::TargetElsewhere,
+                format!("that player is connected to shard {shard}, and each shard keeps its own store here: a give between shards needs a shared store (MongoDB); nothing changed"),
             ),
             GiveError::RoomBusy => (
                 ErrorCode::RoomUnavailable,
@@ -91,15 +99,26 @@ impl Session {
         let trade_id = self.op_id(give.req);
         let persister = self.deps.persister.clone();
         let timeout = ms(self.deps.config.rooms.call_timeout_ms);
+        // A store per shard holds only the profiles of players who sign in
+        // there: a give to a player connected elsewhere would be two
+        // stores' writes, never one transaction. Refused instead (README,
+        // "Cluster mode").
+        let one_store = self.deps.cluster.is_none()
+            || self.deps.config.store.backend == crate::config::Backend::Mongodb;
+        let session = self.id;
         let apply = async move {
-            let target = match room.call_who_is(give.to, timeout).await {
-                Ok(Some(player)) => player,
+            let found = match room.call_who_is(session, give.to, timeout).await {
+                Ok(Some(found)) => found,
                 Ok(None) => return Err(GiveError::NoTarget),
                 Err(CallError::Closed) => return Err(GiveError::RoomGone),
                 Err(CallError::Timeout) => return Err(GiveError::RoomBusy),
             };
+            let (target, shard) = (found.player, found.shard);
             if target == me {
                 return Err(GiveError::NoTarget);
+            }
+            if let (Some(shard), false) = (&shard, one_store) {
+                return Err(GiveError::Elsewhere(shard.clone()));
             }
             let trade = Trade {
                 id: trade_id,
@@ -117,17 +136,17 @@ impl Session {
                 .map_err(GiveError::Store)?;
             let mine = ack.inventory(&me).map(wire::inventory).unwrap_or_default();
             let theirs = ack.inventory(&target).map(wire::inventory);
-            Ok((mine, target, theirs))
+            Ok((mine, target, shard, theirs))
         };
         let req = give.req;
         ctx.spawn(
             apply.into_actor(self).map_guarded(
                 "give_reply",
                 move |result, session, _| match result {
-                    Ok((inventory, target, theirs)) => {
+                    Ok((inventory, target, shard, theirs)) => {
                         session.send(&ServerMsg::Done(Done { req, inventory }));
                         if let Some(inventory) = theirs {
-                            session.notify_inventory(&target, inventory);
+                            session.notify_inventory(&target, shard.as_deref(), inventory);
                         }
                     }
                     Err(GiveError::RoomGone) => {
@@ -170,8 +189,19 @@ impl Session {
         self.after_room_cast(sent, req);
     }
 
-    /// Tell `player`'s session (on this shard) its inventory changed.
-    pub(super) fn notify_inventory(&self, player: &str, inventory: Inventory) {
+    /// Tell `player`'s session its inventory changed: on this shard, or
+    /// (`shard`) through the relay to the shard holding its socket.
+    pub(super) fn notify_inventory(&self, player: &str, shard: Option<&str>, inventory: Inventory) {
+        if let (Some(shard), Some(cluster)) = (shard, &self.deps.cluster) {
+            cluster.relay.admin(
+                shard,
+                &AdminMsg::Inventory(InventoryPush {
+                    player: player.to_string(),
+                    inventory,
+                }),
+            );
+            return;
+        }
         let session = self.deps.presence.player_session(player);
         if let Some(session) = session {
             // A full mailbox loses only this notice; the next login or

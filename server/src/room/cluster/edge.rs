@@ -80,6 +80,8 @@ pub struct EdgeLink {
     /// Over: no member is left, or they moved elsewhere. A new join
     /// looks for the room again.
     over: AtomicBool,
+    /// Open `who_is` questions (a member's `give`), see `calls.rs`.
+    pub(super) calls: super::calls::Calls,
 }
 
 impl EdgeLink {
@@ -97,6 +99,7 @@ impl EdgeLink {
             }),
             connecting: tokio::sync::Mutex::new(()),
             over: AtomicBool::new(false),
+            calls: Default::default(),
         })
     }
 
@@ -208,7 +211,7 @@ impl EdgeLink {
         self.send(&EdgeMsg::Chat(RemoteChat { session, text }))
     }
 
-    fn send(&self, msg: &EdgeMsg) -> bool {
+    pub(super) fn send(&self, msg: &EdgeMsg) -> bool {
         let tx = self.inner.lock().tx.clone();
         tx.is_some_and(|tx| tx.send_msg(msg).is_ok())
     }
@@ -303,6 +306,8 @@ impl EdgeLink {
                 return;
             }
             inner.tx = None;
+            // Questions asked on this stream get no answer now.
+            self.calls.fail_all();
             if inner.members.is_empty() {
                 drop(inner);
                 self.end();
@@ -417,6 +422,7 @@ impl EdgeLink {
                 }
             }
             OwnerMsg::Closed(_) => {}
+            OwnerMsg::TargetIs(answer) => self.calls.answer(answer),
         }
         true
     }
@@ -486,6 +492,7 @@ impl EdgeLink {
             }
             // The old reader and input pump stop at their next look.
             inner.generation += 1;
+            self.calls.fail_all();
             if let Some(tx) = inner.tx.take() {
                 tx.close();
             }

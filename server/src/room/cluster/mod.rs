@@ -21,6 +21,8 @@
 //!   member re-joined where it stood, notice 6003).
 //! - [`owner`]: serving `/tessera/room/1`: each stream's members seated in
 //!   the local room, their inputs fed, their leaves and chats passed on.
+//! - [`calls`]: remote members' durable actions: a `give`'s `who_is`
+//!   question and its answer, a `pick_up` run on the owner.
 //! - this file: [`RoomCluster`]: locating, leasing and releasing rooms,
 //!   and the lease notices (a lost lease stops its room at once).
 //!
@@ -28,6 +30,7 @@
 //! the lease (epoch above the store's) and raising the store's fence to
 //! it, so a former owner's late writes are refused.
 
+mod calls;
 pub mod edge;
 mod owner;
 

@@ -136,6 +136,13 @@ async fn run_stream(cluster: Arc<RoomCluster>, stream: PeerStream) {
                     s.out.request_resync();
                 }
             }
+            EdgeMsg::WhoIs(asked) => {
+                super::calls::answer_who_is(&cluster, &sink, room.as_ref(), asked)
+            }
+            EdgeMsg::PickUp(picked) => {
+                let session = seated.get(&picked.session).map(|s| s.session);
+                super::calls::run_pick_up(&rooms, &sink, room.as_ref(), session, picked);
+            }
             EdgeMsg::Chat(chat) => {
                 if let (Some(s), Some(id)) = (seated.get(&chat.session), &room) {
                     // The edge's session validated the line; a full mailbox

@@ -1,0 +1,367 @@
+//! Fencing with real shard processes: three `tessera-server` binaries in
+//! cluster mode over a real `redis-server`, sharing one MongoDB
+//! (SecantusDB). An owner frozen past its lease (SIGSTOP) is replaced at a
+//! higher epoch; when it wakes (SIGCONT) the store refuses its writes and
+//! its copy of the room stops. Every wait is for a condition, with a
+//! generous deadline.
+
+mod common;
+mod redis_support;
+mod store_support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Client, Event};
+use protocol::msg::{ItemId, Join, PickUp};
+use protocol::{ClientMsg, ErrorCode, NoticeCode, ServerMsg};
+use redis_support::RedisServer;
+use server::cluster::directory::rendezvous;
+use server::cluster::{Directory, DirectorySettings, ShardId};
+use server::config::{Config, MapConfig, SpawnerConfig};
+use server::ids::RoomId;
+use server::store::Store;
+use store_support::Secantus;
+
+const SECRET: &str = "cluster-fencing-auth-secret-0123456789abcdef";
+const ADMIN: &str = "admin-token-for-cluster-fencing-01";
+const PATIENCE: Duration = Duration::from_secs(90);
+const FIELD: &str = "field";
+const IDS: [&str; 3] = ["a", "b", "c"];
+
+fn config(redis: &RedisServer, mongo: &Secantus, prefix: &str, id: &str) -> Config {
+    let mut config = common::test_config();
+    config.cluster.redis = redis.url();
+    config.cluster.secret = "s".repeat(32);
+    config.cluster.key_prefix = prefix.into();
+    config.cluster.shard_id = id.into();
+    config.cluster.peer_addr = "127.0.0.1:0".parse().unwrap();
+    config.cluster.lease_ms = 6_000;
+    config.cluster.renew_ms = 2_000;
+    config.cluster.shard_ttl_ms = 6_000;
+    config.cluster.heartbeat_ms = 1_000;
+    config.cluster.redis_timeout_ms = 1_500;
+    config.cluster.redis_wait_ms = 5_000;
+    config.cluster.failover_budget_ms = 60_000;
+    // The edges learn of a frozen owner from the failure detector, not
+    // from a tunnel timing out.
+    config.cluster.tunnel.idle_timeout_ms = 600_000;
+    config.server.idle_timeout_ms = 300_000;
+    config.auth.secret = SECRET.into();
+    config.admin.token = ADMIN.into();
+    config.rooms.call_timeout_ms = 5_000;
+    config.rooms.pickup_radius = 1_000.0;
+    config.maps.push(MapConfig {
+        name: FIELD.into(),
+        width: 200.0,
+        height: 200.0,
+        spawn: [100.0, 100.0],
+        spawn_radius: 0.0,
+        view_radius: Some(1_000.0),
+        items: vec![SpawnerConfig {
+            kind: "gem".into(),
+            count: 1,
+            max_on_ground: 3,
+            every_ms: 50,
+        }],
+        ..MapConfig::default()
+    });
+    common::use_mongo(&mut config, mongo.uri(), prefix);
+    config.store.mongodb.server_selection_timeout_ms = 3_000;
+    config.store.durable_timeout_ms = 5_000;
+    config
+}
+
+/// A `tessera-server` process, SIGKILLed when dropped.
+struct Shard {
+    child: Child,
+    ws: SocketAddr,
+    http: SocketAddr,
+}
+
+impl Shard {
+    fn spawn(config: &Config, dir: &Path) -> Shard {
+        let path = dir.join(format!("{}.toml", config.cluster.shard_id));
+        std::fs::write(&path, config.to_toml()).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera-server"))
+            .args(["--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .env("TESSERA_CONFIG", &path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the server binary starts");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let mut addr = |prefix: &str| -> SocketAddr {
+            let line = lines
+                .next()
+                .expect("the server prints its addresses")
+                .expect("readable stdout");
+            line.strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("{line:?} is not {prefix}ADDR"))
+                .parse()
+                .expect("a socket address")
+        };
+        let ws = addr("ws listening on ");
+        let http = addr("http listening on ");
+        Shard { child, ws, http }
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("running kill(1)");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// Writes the store refused by the fence: room documents written
+    /// behind, and durable writes (a pick-up's write-through and credit).
+    async fn fenced(&self) -> f64 {
+        let text = common::http_get(&format!("http://{}/metrics", self.http)).await;
+        text.lines()
+            .filter(|l| {
+                l.starts_with("tessera_store_fenced_total")
+                    || l.starts_with("tessera_store_durable_ops_total{result=\"fenced\"}")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .fold(0.0, |a, b| a + b)
+    }
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        // A frozen process would not die of SIGKILL until continued.
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn observer(redis: &RedisServer, prefix: &str) -> Directory {
+    let settings = DirectorySettings {
+        redis: redis.url(),
+        prefix: prefix.into(),
+        op_timeout: Duration::from_secs(2),
+        wait: Duration::from_secs(5),
+        ..DirectorySettings::from_config(&Config::default())
+    };
+    Directory::new(settings, ShardId::new("observer").unwrap()).unwrap()
+}
+
+async fn found<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if let Some(found) = check().await {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not within {PATIENCE:?}");
+}
+
+async fn wait_for<T>(
+    client: &mut Client,
+    what: &str,
+    mut pick: impl FnMut(&ServerMsg) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.next_event(left).await {
+            Some(Event::Msg(msg)) => {
+                if let Some(found) = pick(&msg) {
+                    return found;
+                }
+            }
+            Some(Event::Closed(code)) => panic!("closed ({code:?}) while waiting for {what}"),
+            None => panic!("timed out waiting for {what}"),
+        }
+    }
+}
+
+/// Sign in as `name` once the shard's store answers, and join the field.
+async fn player(addr: SocketAddr, name: &str) -> (Client, protocol::msg::Joined) {
+    let deadline = Instant::now() + PATIENCE;
+    let mut client = loop {
+        let mut client = Client::connect(addr).await;
+        client
+            .hello_with(Some(common::token(SECRET, name)), name)
+            .await;
+        let mut purse = false;
+        while let Some(Event::Msg(msg)) = client.next_event(Duration::from_secs(2)).await {
+            if matches!(msg, ServerMsg::Inventory(i) if i.currency == 100) {
+                purse = true;
+                break;
+            }
+        }
+        if purse {
+            break client;
+        }
+        assert!(Instant::now() < deadline, "{name}: no store at login");
+    };
+    client
+        .send(ClientMsg::Join(Join { map: FIELD.into() }))
+        .await;
+    let joined = wait_for(&mut client, "joined", |m| match m {
+        ServerMsg::Joined(j) => Some(j.clone()),
+        _ => None,
+    })
+    .await;
+    (client, joined)
+}
+
+/// SIGSTOP the owner of a room past its lease: another shard takes the
+/// room at epoch + 1 (its remote member follows it there). SIGCONT: the
+/// old owner's writes (here a pick-up its local member asked for while it
+/// was frozen) are refused by the store's fence, and its copy of the room
+/// stops (its member gets the room-failed path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_owner_is_replaced_and_after_waking_its_writes_are_refused_and_its_room_stops() {
+    store_support::init_tracing();
+    let mongo = tokio::task::spawn_blocking(Secantus::start).await.unwrap();
+    let redis = RedisServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let shards: Vec<Shard> = IDS
+        .iter()
+        .map(|id| Shard::spawn(&config(&redis, &mongo, "xf1", id), data.path()))
+        .collect();
+    let dir = observer(&redis, "xf1");
+    found("three shards ready", || async {
+        let s = dir.shards().await.ok()?;
+        (s.iter().filter(|s| s.alive && s.placeable()).count() == 3).then_some(())
+    })
+    .await;
+    // Rendezvous hashing places the field on `owner`; `local` plays there,
+    // `remote` on another shard.
+    let owner = (0..3)
+        .max_by_key(|&i| rendezvous(FIELD, IDS[i]))
+        .expect("three shards");
+    let (mut local, l) = player(shards[owner].ws, "local").await;
+    let (mut remote, _) = player(shards[(owner + 1) % 3].ws, "remote").await;
+    let room: RoomId = FIELD.parse().unwrap();
+    let (held_by, epoch) = dir.owner(&room).await.unwrap().expect("leased");
+    assert_eq!(held_by.as_str(), IDS[owner]);
+
+    // An item the local member will reach for, stored in the room
+    // document; the edges have heard from the owner (the failure detector
+    // declares dead only a member it has heard from).
+    let store = server::store::mongo::MongoStore::connect(
+        &config(&redis, &mongo, "xf1", "a").store.mongodb,
+    )
+    .await
+    .expect("a Mongo client of the test's own");
+    let mut seen: Vec<ItemId> = l.items.iter().map(|i| i.id).collect();
+    let item = loop {
+        let stored = store.load_room(FIELD.into()).await.ok().flatten();
+        if let Some(item) = stored.and_then(|d| d.items.into_iter().find(|i| seen.contains(&i.id)))
+        {
+            break item;
+        }
+        if let Some(Event::Msg(ServerMsg::Items(items))) =
+            local.next_event(Duration::from_millis(200)).await
+        {
+            seen.extend(items.added.iter().map(|i| i.id));
+        }
+    };
+    for edge in [(owner + 1) % 3, (owner + 2) % 3] {
+        let url = format!("http://{}/admin/peers", shards[edge].http);
+        found("the edge has heard from the owner", || async {
+            let (_, body) = common::http("GET", &url, Some(ADMIN), "").await;
+            let peers: protocol::admin::Peers = serde_json::from_str(&body).ok()?;
+            peers
+                .members
+                .iter()
+                .any(|m| m.shard_id == IDS[owner] && m.incarnation > 0)
+                .then_some(())
+        })
+        .await;
+    }
+    let fenced_before = shards[owner].fenced().await;
+
+    // Frozen. The local member's pick-up waits in its socket meanwhile.
+    shards[owner].signal("STOP");
+    local
+        .send(ClientMsg::PickUp(PickUp {
+            req: 7,
+            item: item.id,
+        }))
+        .await;
+    // Past the lease another shard takes the room at a higher epoch, and
+    // fences the store with it; the remote member is seated there.
+    let (new_owner, new_epoch) = found("the room leased elsewhere", || async {
+        let (shard, e) = dir.owner(&room).await.ok()??;
+        (shard.as_str() != IDS[owner] && e > epoch).then_some((shard, e))
+    })
+    .await;
+    wait_for(&mut remote, "notice 6003", |m| match m {
+        ServerMsg::Notice(n) if n.code == NoticeCode::RoomMoved.as_u16() => Some(()),
+        _ => None,
+    })
+    .await;
+    found("the store fenced at the new epoch", || async {
+        let doc = store.load_room(FIELD.into()).await.ok()??;
+        (doc.owner_epoch >= new_epoch).then_some(())
+    })
+    .await;
+
+    // Awake: the old copy's pick-up is not done (refused by the fence, or
+    // the room already stopped), and the room stops there.
+    shards[owner].signal("CONT");
+    let mut picked = None;
+    wait_for(
+        &mut local,
+        "the room failed on the old owner",
+        |m| match m {
+            ServerMsg::Done(d) if d.req == 7 => panic!("the stale owner's pick-up was done: {d:?}"),
+            ServerMsg::Error(e) if e.req == Some(7) => {
+                picked = Some(e.code);
+                None
+            }
+            ServerMsg::Error(e) if e.code == ErrorCode::RoomFailed.as_u16() => Some(()),
+            _ => None,
+        },
+    )
+    .await;
+    wait_for(&mut local, "the fallback map", |m| match m {
+        ServerMsg::Joined(j) if j.map.name == "other" => Some(()),
+        _ => None,
+    })
+    .await;
+    // The store took nothing from it: the document is the new owner's,
+    // the local player has no gem, nothing of it is pending.
+    let doc = store.load_room(FIELD.into()).await.unwrap().unwrap();
+    assert!(
+        doc.owner_epoch >= new_epoch,
+        "{} < {new_epoch}",
+        doc.owner_epoch
+    );
+    assert!(
+        !doc.pending.iter().any(|p| p.player == "local"),
+        "a stale pick-up is pending: {:?}",
+        doc.pending
+    );
+    let profile = store.load_player("local".into()).await.unwrap().unwrap();
+    assert_eq!(profile.inventory.items.get("gem"), None, "no gem for local");
+    // If the stale room got as far as writing, the store refused it.
+    let fenced = shards[owner].fenced().await;
+    eprintln!(
+        "epoch {epoch} -> {new_epoch}; the stale pick-up: {picked:?}; fenced writes {fenced_before} -> {fenced}"
+    );
+    if picked == Some(ErrorCode::StoreUnavailable.as_u16()) {
+        assert!(fenced > fenced_before, "refused by the fence: {fenced}");
+    }
+    // One owner: the new one, still.
+    let (still, e) = dir.owner(&room).await.unwrap().expect("leased");
+    assert_eq!((still, e), (new_owner, new_epoch));
+    drop(shards);
+    drop(mongo);
+}
