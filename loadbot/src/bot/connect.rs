@@ -84,6 +84,9 @@ impl Bot {
     pub(super) fn on_welcome(&mut self, welcome: Welcome) {
         let shared = &self.shared;
         self.resume.welcomed(&shared.stats, &welcome.player_id);
+        if shared.cfg.durable.rate > 0.0 {
+            shared.ledger.welcomed(self.index, &welcome.player_id);
+        }
         if f64::from(welcome.limits.move_per_sec) < shared.cfg.move_hz
             && shared.cfg.scenario.moves()
             && !shared.warned_rate.swap(true, Relaxed)
@@ -165,6 +168,7 @@ impl Bot {
         self.failures = 0;
         self.resume.back_in_map();
         self.on_joined(since);
+        self.durable_joined(&joined);
         let room = Room::from_joined(&joined);
         self.seq = self.seq.max(own_seq(&joined));
         drop(joined);
@@ -172,7 +176,7 @@ impl Bot {
     }
 
     /// Waits for `joined`; Err when the join failed or the socket ended.
-    pub(super) async fn await_joined(&self, ws: &mut Ws) -> Result<Joined, End> {
+    pub(super) async fn await_joined(&mut self, ws: &mut Ws) -> Result<Joined, End> {
         loop {
             match self.read(ws, None).await {
                 Incoming::Msg(ServerMsg::Joined(joined)) => return Ok(joined),
@@ -183,8 +187,10 @@ impl Bot {
                     self.stats().join_failed(&format!("error_{}", e.code));
                     return Err(End::Failed);
                 }
-                // A resumed session may see its old room's traffic first.
-                Incoming::Msg(_) | Incoming::Update(_) | Incoming::Skip => {}
+                // A resumed session may see its old room's traffic first;
+                // the ledger wants the inventory right after the welcome.
+                Incoming::Msg(msg) => self.durable_message(&msg),
+                Incoming::Update(_) | Incoming::Skip => {}
                 Incoming::Closed(code) => {
                     self.stats().join_failed(&close_key("close", code));
                     self.stats().disconnected(&close_key("", code));

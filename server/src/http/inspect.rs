@@ -285,7 +285,9 @@ pub(super) async fn inventory(
             currency: profile.inventory.currency,
             items: profile.inventory.items,
         })),
-        Ok(None) => Err(Refusal::not_found(format!("no player {player:?} in the store"))),
+        Ok(None) => Err(Refusal::not_found(format!(
+            "no player {player:?} in the store"
+        ))),
         Err(err) => Err(Refusal::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             format!("the store did not answer: {err}"),
