@@ -188,7 +188,8 @@ pub async fn run_bot(index: u32, shared: Arc<Shared>, stop: watch::Receiver<bool
 struct Bot {
     index: u32,
     /// Index of the bot's `--url` (and of its entry in `Shared::shards`):
-    /// every session of the bot goes there, a churn hop included.
+    /// every session of the bot goes there, a churn hop included, until a
+    /// connect fails or a drain (4008) sends it to the next URL.
     shard: usize,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
@@ -264,6 +265,16 @@ impl Bot {
         }
     }
 
+    /// A connect failed: with several `--url`s, the next try goes to the
+    /// next one, as a load balancer sends a client to a live shard when
+    /// one is down (a killed shard's players resume elsewhere).
+    fn next_url(&mut self) {
+        let urls = self.shared.shards.len();
+        if urls > 1 {
+            self.shard = (self.shard + 1) % urls;
+        }
+    }
+
     /// One connection, from TCP connect to the end of the play loop.
     async fn session(&mut self) -> End {
         let stats = &self.shared.stats;
@@ -283,11 +294,13 @@ impl Bot {
                 self.resume.connect_failed(&reason);
                 self.stats().connect_failed(&reason);
                 self.shard().connect_failures.fetch_add(1, Relaxed);
+                self.next_url();
                 return End::Failed;
             }
             Err(_) => {
                 self.stats().connect_failed("timeout");
                 self.shard().connect_failures.fetch_add(1, Relaxed);
+                self.next_url();
                 return End::Failed;
             }
         };
