@@ -182,10 +182,15 @@ impl Ledger {
             .flatten()
     }
 
-    /// An `inventory` for `player`: its starting balance if it is the first.
+    /// An `inventory` for `player`: its starting balance if it is the
+    /// first with coins. One without is not taken: a starter purse the
+    /// store did not grant in time comes at a later login (the server
+    /// retries it), an effect no give explains. Until then the player
+    /// neither gives nor receives (so a later first inventory holds the
+    /// purse alone).
     pub fn inventory(&self, player: &str, currency: i64) {
         let mut inner = self.inner.lock();
-        if !inner.book.starting.contains_key(player) {
+        if currency > 0 && !inner.book.starting.contains_key(player) {
             inner.book.starting.insert(player.to_string(), currency);
         }
     }
@@ -239,6 +244,7 @@ mod tests {
         ledger.welcomed(1, "g-b");
         assert_eq!(ledger.player_of(1).as_deref(), Some("g-b"));
         assert_eq!(ledger.player_of(5), None);
+        ledger.inventory("g-a", 0);
         ledger.inventory("g-a", 100);
         ledger.inventory("g-a", 99);
         assert!(ledger.has_start("g-a") && !ledger.has_start("g-b"));
@@ -248,7 +254,7 @@ mod tests {
         assert!(!ledger.answered(0, 1, Outcome::InDoubt), "answered once");
         assert!(!ledger.answered(1, 2, Outcome::Done), "another bot's req");
         let book = ledger.book();
-        assert_eq!(book.starting["g-a"], 100, "the first inventory counts");
+        assert_eq!(book.starting["g-a"], 100, "the first with coins counts");
         assert_eq!(book.ops[0].outcome, Outcome::Done);
         assert_eq!(book.ops[1].outcome, Outcome::Unanswered);
     }
