@@ -27,6 +27,10 @@ use super::{Book, Outcome};
 const LISTED: usize = 20;
 /// Timeout of one admin read.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reads that fail (store down, shard not up yet) are retried this long in
+/// all, this often; a 404 (no such player) is final.
+const RETRY_FOR: Duration = Duration::from_secs(60);
+const RETRY_EVERY: Duration = Duration::from_millis(500);
 
 /// What the check found (the `ledger` object of the JSON summary).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -172,11 +176,21 @@ pub fn read_stored(
         .http_status_as_error(false)
         .build()
         .into();
+    // A store that was just overloaded fails fast for a while (the
+    // shard's breaker): retry each read until the deadline.
+    let deadline = std::time::Instant::now() + RETRY_FOR;
     players
         .iter()
         .map(|player| {
             let url = format!("{base}/admin/players/{}/inventory", escape(player));
-            (player.clone(), read_one(&agent, &url, token))
+            let mut result = read_one(&agent, &url, token);
+            while result.as_ref().is_err_and(|e| !e.contains(" 404 "))
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(RETRY_EVERY);
+                result = read_one(&agent, &url, token);
+            }
+            (player.clone(), result)
         })
         .collect()
 }
