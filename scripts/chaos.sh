@@ -139,9 +139,14 @@ ok=0
 python3 - "$out/loadbot.json" <<'PY' || ok=1
 import json, sys
 s = json.load(open(sys.argv[1]))
+# A resume token refused (2002-2004: bad, expired, used) makes the bot a
+# new player as surely as a resume answered with another player id.
+refused_tokens = sum(n for k, n in s["connect_failures_by_reason"].items()
+                     if k in ("error_2002", "error_2003", "error_2004"))
+s["resumed_new_player"] += refused_tokens
 gap = s.get("update_interval_ms", {})
 print(f"bots joined {s['bots_joined']} | reconnects {s['reconnects']} | moved by a drain {s.get('moved', 0)}")
-print(f"resumed same player {s['resumed_same_player']} | failed resumes (new player) {s['resumed_new_player']} | "
+print(f"resumed same player {s['resumed_same_player']} | failed resumes (new player, or token refused: {refused_tokens}) {s['resumed_new_player']} | "
       f"resumes cut short by the end {s['resumes_unfinished']}")
 print(f"connect failures {s['connect_failures']} | join failures {s['join_failures']} | "
       f"disconnects {s['disconnects']} {s['disconnects_by_close_code']}")

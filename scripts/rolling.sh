@@ -84,6 +84,11 @@ python3 - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]
 s = json.load(open(f"{out}/loadbot.json"))
+# A resume token refused (2002-2004: bad, expired, used) makes the bot a
+# new player as surely as a resume answered with another player id.
+refused_tokens = sum(n for k, n in s["connect_failures_by_reason"].items()
+                     if k in ("error_2002", "error_2003", "error_2004"))
+s["resumed_new_player"] += refused_tokens
 l = s.get("ledger") or {}
 events = {}
 for line in open(f"{out}/events.txt"):
@@ -99,7 +104,7 @@ for bot, evs in events.items():
             worst = (t - int(detail), bot, int(detail), t)
 print(f"== rolling restart of 3 shards under churn ({s['bots']} bots)")
 print(f"moved by a drain (4008) {s['moved']} | resumed same player {s['resumed_same_player']} | "
-      f"FAILED RESUMES (new player) {s['resumed_new_player']} | resumes cut short by the end {s['resumes_unfinished']}")
+      f"FAILED RESUMES (new player, or token refused: {refused_tokens}) {s['resumed_new_player']} | resumes cut short by the end {s['resumes_unfinished']}")
 print(f"disconnects {s['disconnects_by_close_code']} | join failures {s['join_failures_by_reason']}")
 print(f"durable gives acked {l.get('acked')} | in doubt {l.get('in_doubt')} | unanswered {l.get('unanswered')} | "
       f"refused {l.get('refused_by_code')} | players checked {l.get('players_checked')} "

@@ -183,6 +183,11 @@ def pct(p):
     s = sorted(times)
     return s[min(len(s) - 1, max(0, int(round(p / 100 * len(s) + 0.5)) - 1))]
 s = json.load(open(f"{out}/loadbot.json"))
+# A resume token refused (2002-2004: bad, expired, used) makes the bot a
+# new player as surely as a resume answered with another player id.
+refused_tokens = sum(n for k, n in s["connect_failures_by_reason"].items()
+                     if k in ("error_2002", "error_2003", "error_2004"))
+s["resumed_new_player"] += refused_tokens
 ledger = s.get("ledger") or {}
 res = {
     "kills": len(kills),
@@ -203,7 +208,7 @@ json.dump(res, open(f"{out}/results.json", "w"), indent=1)
 print(f"== failover: {res['kills']} kills, {res['pairs']} (kill, bot) pairs")
 print(f"kill -> first update of the restored room: p50 {res['p50_ms']} ms | p99 {res['p99_ms']} ms | max {res['max_ms']} ms (target p99 <= 5000)")
 print(f"pairs never restored {never} | rooms not leased again in 30 s {not_failed_over}")
-print(f"failed resumes (new player) {res['failed_resumes']} | resumed same player {res['resumed_same_player']}")
+print(f"failed resumes (new player, or token refused: {refused_tokens}) {res['failed_resumes']} | resumed same player {res['resumed_same_player']}")
 print(f"gives acked {res['gives_acked']} | in doubt {res['in_doubt']} | unanswered {res['unanswered']} | refused {res['refused']}")
 print(f"players checked {res['players_checked']} (unreadable {res['players_unreadable']}) | LOST ACKS {res['lost_acks']} | duplicated {res['duplicated']}")
 print(f"largest gap between two updates a bot saw: {res['largest_update_gap_ms']} ms")
