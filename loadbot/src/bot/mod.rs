@@ -173,6 +173,7 @@ pub async fn run_bot(index: u32, shared: Arc<Shared>, stop: watch::Receiver<bool
         resume: Resume::default(),
         ever_joined: false,
         req: 0,
+        join_refused: 0,
         targets: Vec::new(),
         last_update_us: 0,
         sessions: 0,
@@ -205,6 +206,8 @@ struct Bot {
     /// Last durable request number sent; kept across sessions (the server
     /// refuses a `req` reused for a different give in a resumed session).
     req: u32,
+    /// The error code of the last refused join (0: none yet).
+    join_refused: u16,
     /// Durable actions only: other bots in the bot's room, as (entity id,
     /// bot index), from the last `joined`.
     targets: Vec<(u32, u32)>,
