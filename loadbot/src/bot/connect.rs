@@ -137,6 +137,10 @@ impl Bot {
                     self.stats().seats_restored.fetch_add(1, Relaxed);
                     return self.enter(ws, since, joined).await;
                 }
+                // The server's own re-join of the seat found the room
+                // unavailable (being moved): join it ourselves, with the
+                // retries below, on this socket.
+                Ok(Err(End::Failed)) if self.join_refused == ROOM_UNAVAILABLE => {}
                 Ok(Err(end)) => return end,
                 // No seat (its grace period was over): join as usual.
                 Err(_) => {}
