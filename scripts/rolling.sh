@@ -94,7 +94,7 @@ events = {}
 for line in open(f"{out}/events.txt"):
     p = line.split()
     if len(p) >= 4:
-        events.setdefault(int(p[1]), []).append((int(p[0]), p[2], p[3]))
+        events.setdefault(int(p[1]), []).append((int(p[0]), p[2], " ".join(p[3:])))
 # The largest gap across rooms: a "full" event's time minus the last
 # update the bot saw before it (in any room).
 worst = (0, None, 0, 0)

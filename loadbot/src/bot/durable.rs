@@ -26,7 +26,11 @@ impl Bot {
     /// A `joined`: the room's other bots become the give targets; logged.
     pub(super) fn durable_joined(&mut self, joined: &Joined) {
         if let Some(events) = &self.shared.events {
-            events.write(self.index, "joined", self.shard);
+            events.write(
+                self.index,
+                "joined",
+                format_args!("{} {}", self.shard, joined.map.name),
+            );
         }
         if !self.durable() {
             return;

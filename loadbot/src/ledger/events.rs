@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! <unix ms> <bot> <kind> <detail>
-//! joined    <url index>            a `joined` (a join, a restored seat, or a room moved: 6003)
+//! joined    <url index> <map>      a `joined` (a join, a restored seat, or a room moved: 6003)
 //! full      <last update unix ms>  the first update after a `joined`, and when the bot saw
 //!                                  an update before it (0 if never): the gap it ended
 //! notice    <code>                 a notice (6001 restarted, 6003 moved, 6004 draining)
