@@ -91,14 +91,16 @@ async fn bots_give_and_the_store_holds_every_acknowledged_give() {
     });
     let players = check::players(&tampered);
     let token = Some(TOKEN.to_string());
-    let stored = tokio::task::spawn_blocking(move || {
-        check::read_stored(&admin, token.as_deref(), &players)
-    })
-    .await
-    .expect("the reader");
+    let stored =
+        tokio::task::spawn_blocking(move || check::read_stored(&admin, token.as_deref(), &players))
+            .await
+            .expect("the reader");
     assert!(stored.values().all(Result::is_ok), "{stored:?}");
     let honest = check::reconcile(&book, &stored);
-    assert!(honest.clean(), "the untouched ledger still checks: {honest:?}");
+    assert!(
+        honest.clean(),
+        "the untouched ledger still checks: {honest:?}"
+    );
     let caught = check::reconcile(&tampered, &stored);
     assert_eq!(caught.lost_acks, 1, "{caught:?}");
     assert!(!caught.clean());
