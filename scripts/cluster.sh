@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # A local cluster on loopback: Debian's redis-server (the directory) on a
 # free port and N shards in cluster mode, each with its own embedded store
-# (or one MongoDB for all with --mongo URL). Everything it starts is
+# (or one MongoDB for all with --mongo URL, or with --secantus a SecantusDB
+# started here on a free port: a shared store, as failover needs). Everything it starts is
 # recorded in target/cluster/ (pid files, logs, each shard's stdout), and
 # `down` stops exactly that.
 #
-#   scripts/cluster.sh up N [--mongo URL]   # 1 <= N <= 16
+#   scripts/cluster.sh up N [--mongo URL | --secantus]   # 1 <= N <= 16
 #   scripts/cluster.sh down
 #   scripts/cluster.sh kill I | stop I | pause I SECONDS | start I
 #
@@ -14,6 +15,8 @@
 # for drills (scripts/chaos.sh): `kill` is SIGKILL (a crash: its rooms fail
 # over), `stop` is SIGTERM (a drain), `pause` is SIGSTOP for SECONDS then
 # SIGCONT (a stall), `start` starts shard I again with its settings.
+# CLUSTER_CONFIG=FILE (at `up`) gives every shard `--config FILE` (more
+# maps, other lease timings); TESSERA_* variables are never passed on.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -23,7 +26,7 @@ start_wait_s=30
 stop_wait_s=15
 
 usage() {
-  sed -n '7,9p' "$0" | sed 's/^# *//' >&2
+  sed -n '8,10p' "$0" | sed 's/^# *//' >&2
   exit 2
 }
 
@@ -70,6 +73,7 @@ up() {
   while [ $# -gt 0 ]; do
     case $1 in
       --mongo) mongo=${2:?--mongo needs a URL}; shift 2 ;;
+      --secantus) mongo=secantus; shift ;;
       *) usage ;;
     esac
   done
@@ -107,14 +111,20 @@ up() {
     sleep 0.1
   done
 
+  if [ "$mongo" = secantus ]; then
+    mongo=$(start_secantus) || { down; exit 1; }
+  fi
+
   local secret token prefix=tessera
   secret=$(hex 24)
   token=$(hex 16)
   echo "$token" >"$state/admin-token"
   chmod 600 "$state/admin-token"
   # What `start I` needs to start a shard again the same way.
-  printf 'redis_url=%q\nsecret=%q\ntoken=%q\nprefix=%q\nmongo=%q\n' \
-    "$redis_url" "$secret" "$token" "$prefix" "$mongo" >"$state/settings"
+  local config=${CLUSTER_CONFIG:-}
+  [ -z "$config" ] || config=$(realpath "$config")
+  printf 'redis_url=%q\nsecret=%q\ntoken=%q\nprefix=%q\nmongo=%q\nconfig=%q\n' \
+    "$redis_url" "$secret" "$token" "$prefix" "$mongo" "$config" >"$state/settings"
   chmod 600 "$state/settings"
 
   echo "redis     $redis_url"
@@ -136,10 +146,33 @@ up() {
   echo "stop:        scripts/cluster.sh down"
 }
 
+# Start a SecantusDB (scripts/secantus.sh installs it) on a free loopback
+# port with its data in $state/secantus; print its mongodb:// URL.
+start_secantus() {
+  local bin port i
+  bin=$(bash scripts/secantus.sh) || return 1
+  rm -rf "$state/secantus"
+  port=$(free_port)
+  "$bin" --host 127.0.0.1 --port "$port" --storage-path "$state/secantus" \
+    --cache-size 64M --log-level INFO >/dev/null 2>"$state/secantus.log" &
+  echo $! >"$state/secantus.pid"
+  for i in $(seq 1 $((start_wait_s * 10))); do
+    grep -q "listening on 127.0.0.1:$port" "$state/secantus.log" 2>/dev/null && break
+    alive "$state/secantus.pid" || { echo "cluster.sh: SecantusDB did not start ($state/secantus.log)" >&2; return 1; }
+    sleep 0.1
+  done
+  grep -q "listening on 127.0.0.1:$port" "$state/secantus.log" || {
+    echo "cluster.sh: SecantusDB did not listen within ${start_wait_s}s ($state/secantus.log)" >&2
+    return 1
+  }
+  echo "store     SecantusDB mongodb://127.0.0.1:$port" >&2
+  echo "mongodb://127.0.0.1:$port"
+}
+
 # Start shard $1 in the background with the cluster's settings (read from
 # $state/settings), its stdout and log in $state/shard-$1/.
 spawn_shard() {
-  local i=$1 redis_url secret token prefix mongo
+  local i=$1 redis_url secret token prefix mongo config=
   # shellcheck disable=SC1091
   . "$state/settings"
   local id="shard-$i" dir="$state/shard-$i"
@@ -167,7 +200,9 @@ spawn_shard() {
     else
       export TESSERA_STORE__EMBEDDED__DIR="$dir/data"
     fi
-    exec "$bin" --ws-addr "$ws_addr" --http-addr "$http_addr" \
+    extra=()
+    [ -z "$config" ] || extra=(--config "$config")
+    exec "$bin" "${extra[@]}" --ws-addr "$ws_addr" --http-addr "$http_addr" \
       >>"$dir/stdout" 2>>"$dir/log"
   ) &
   echo $! >"$state/$id.pid"
@@ -247,6 +282,10 @@ down() {
     stopped=$((stopped + 1))
   done
   for pid in "${waits[@]}"; do wait "$pid" || true; done
+  if [ -f "$state/secantus.pid" ]; then
+    stop_pid "$state/secantus.pid"
+    stopped=$((stopped + 1))
+  fi
   if [ -f "$state/redis.pid" ]; then
     stop_pid "$state/redis.pid"
     stopped=$((stopped + 1))

@@ -6,7 +6,8 @@
 # corpus and a short fuzzing run) and the
 # browser tests (the JS protocol client in node, the demo page and the ops
 # console in headless Debian chromium), promtool on the alert rules, and a
-# short chaos drill (scripts/chaos.sh). Safe to run again; it installs only
+# short chaos drill (scripts/chaos.sh) and a short rolling restart
+# (scripts/rolling.sh). Safe to run again; it installs only
 # what is missing.
 #
 #   scripts/test.sh
@@ -54,6 +55,10 @@ cargo test --workspace
 cargo run -q -p tessera-fuzz -- all --seconds 20
 bash scripts/e2e.sh
 # A short chaos drill: 3 shards under the churn scenario while shards are
-# killed, paused and drained (fails on a failed resume or a room that did
-# not fail over).
+# killed, paused and drained (fails on a failed resume, a room that did
+# not fail over, or a lost ack).
 bash scripts/chaos.sh 30
+# A short rolling restart (about a minute): each of 3 shards drained and
+# started again under churn with durable actions (fails on a failed
+# resume or a lost ack).
+GAP_S=4 bash scripts/rolling.sh

@@ -11,6 +11,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 
+use crate::ledger::{DurableArgs, DurableConfig};
+
 /// Longest run the loadbot accepts: keeps every loop and the per-second
 /// timeline bounded.
 pub const MAX_RUN: Duration = Duration::from_secs(24 * 3600);
@@ -161,6 +163,9 @@ pub struct Args {
     /// Interval of the plain progress lines.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub progress_every: Duration,
+    /// Durable actions and their ledger (see [`crate::ledger`]).
+    #[command(flatten)]
+    pub durable: DurableArgs,
 }
 
 /// Production-mode authentication of the bots.
@@ -252,6 +257,8 @@ pub struct Config {
     pub seed: u64,
     pub progress: ProgressMode,
     pub progress_every: Duration,
+    /// `--durable-rate`, the ledger's check and the event log.
+    pub durable: DurableConfig,
 }
 
 impl Config {
@@ -374,7 +381,7 @@ impl Config {
         if !(256..=1 << 20).contains(&self.read_buffer) {
             bail!("--read-buffer must be 256..=1048576 bytes");
         }
-        Ok(())
+        self.durable.validate()
     }
 }
 
@@ -425,6 +432,7 @@ impl Args {
             seed: self.seed,
             progress: self.progress,
             progress_every: self.progress_every,
+            durable: self.durable.into_config()?,
         };
         cfg.validate()?;
         Ok(cfg)

@@ -15,6 +15,9 @@
 //!   entity (hot rooms send hundreds per tick).
 //! - [`scenario`]: the I/O-free parts of behaviour: rooms and maps, send
 //!   clocks and phases, the random walk, churn and back-off decisions.
+//! - [`ledger`]: durable actions (`--durable-rate`), the acknowledged-
+//!   action ledger and its check against the store (`--verify-admin`), and
+//!   the per-bot event log (`--events`).
 //! - [`placement`]: which `--url` each bot uses: round robin, or (with
 //!   `--redis`) its room's owner, and `--remote-share` of them elsewhere.
 //! - [`stats`]: shared counters and HdrHistograms (run-long and per second).
@@ -41,6 +44,7 @@
 pub mod bot;
 pub mod config;
 pub mod fastpath;
+pub mod ledger;
 pub mod per_shard;
 pub mod placement;
 pub mod progress;

@@ -190,6 +190,10 @@ pub struct Summary {
     /// The figures per `--url`, in `--url` order (one entry for one URL).
     #[serde(default)]
     pub shards: Vec<ShardSummary>,
+    /// With `--durable-rate`: the durable actions and, with
+    /// `--verify-admin`, what the store holds against them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<crate::ledger::LedgerReport>,
 }
 
 /// What the swarm hands over besides the shared stats.
@@ -314,6 +318,7 @@ impl Summary {
                 .iter()
                 .map(|s| s.summary(facts.elapsed_s))
                 .collect(),
+            ledger: None,
         };
         summary.thresholds = summary.check(cfg.max_p99_ms, cfg.max_error_rate);
         summary

@@ -24,6 +24,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::bot::{run_bot, Shared};
 use crate::config::Config;
+use crate::ledger::{check, events, EventLog, LedgerReport};
 use crate::progress::Progress;
 use crate::stats::{Counters, Latency};
 use crate::summary::{RunFacts, Sample, Summary};
@@ -52,7 +53,11 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyho
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default();
     let cpu_at_start = sys::cpu_seconds();
-    let shared = Arc::new(Shared::placed(cfg, addrs, placement));
+    let mut shared = Shared::placed(cfg, addrs, placement);
+    if let Some(path) = &shared.cfg.durable.events {
+        shared.events = Some(EventLog::create(path, events::unix_ms())?);
+    }
+    let shared = Arc::new(shared);
     let cfg = &shared.cfg;
     for (shard, addr) in shared.shards.iter().zip(&shared.addrs) {
         tracing::info!(
@@ -130,7 +135,66 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyho
         rss_kib: sys::rss_kib(),
         timeline,
     };
-    Ok(Summary::build(&shared, facts))
+    let mut summary = Summary::build(&shared, facts);
+    summary.ledger = settle(&shared).await?;
+    if let Some(ledger) = summary.ledger.as_ref().filter(|l| l.verified && !l.clean()) {
+        summary.thresholds.passed = false;
+        summary.thresholds.violations.push(format!(
+            "the store does not hold what the bots were told: {} lost ack(s), {} duplicated, \
+             {} player(s) unreadable{}",
+            ledger.lost_acks,
+            ledger.duplicated,
+            ledger.players_unreadable,
+            ledger
+                .first_unreadable
+                .as_ref()
+                .map(|w| format!(" ({w})"))
+                .unwrap_or_default()
+        ));
+    }
+    Ok(summary)
+}
+
+/// After the bots stopped: flush the event log, write the ledger, and
+/// check it against the store (`--verify-admin`).
+async fn settle(shared: &Shared) -> anyhow::Result<Option<LedgerReport>> {
+    let durable = &shared.cfg.durable;
+    if let Some(events) = &shared.events {
+        events.flush()?;
+    }
+    if durable.rate <= 0.0 {
+        return Ok(None);
+    }
+    let book = shared.ledger.book();
+    if let Some(path) = &durable.ledger {
+        let text = serde_json::to_string_pretty(&book)?;
+        std::fs::write(path, text)
+            .with_context(|| format!("--ledger: cannot write {}", path.display()))?;
+    }
+    let stored = match &durable.verify_admin {
+        Some(admin) => {
+            let (admin, token) = (admin.clone(), durable.admin_token.clone());
+            let players = check::players(&book);
+            tokio::task::spawn_blocking(move || {
+                check::read_stored(&admin, token.as_deref(), &players)
+            })
+            .await
+            .context("the ledger check's reader")?
+        }
+        // Not checked: the counts of answers only.
+        None => {
+            let full = check::reconcile(&book, &Default::default());
+            return Ok(Some(LedgerReport {
+                verified: false,
+                acked: full.acked,
+                in_doubt: full.in_doubt,
+                unanswered: full.unanswered,
+                refused_by_code: full.refused_by_code,
+                ..LedgerReport::default()
+            }));
+        }
+    };
+    Ok(Some(check::reconcile(&book, &stored)))
 }
 
 /// The target's address, looked up once so 10,000 bots do not each resolve it.

@@ -9,12 +9,17 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use protocol::msg::{Hello, Join, Joined, Welcome};
-use protocol::{ClientMsg, ServerMsg, PROTOCOL_VERSION};
+use protocol::{ClientMsg, CloseCode, ServerMsg, PROTOCOL_VERSION};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
 use super::measure::{own_seq, Room};
 use super::resume::SEAT_WAIT;
+
+/// A join refused with this (3004, the room is unavailable: being moved)
+/// is sent again on the same socket after [`JOIN_RETRY`].
+const ROOM_UNAVAILABLE: u16 = 3004;
+const JOIN_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 use super::socket::{close_key, send, Failure, Incoming, Ws};
 use super::{stopped, Bot, End};
 use crate::config::Auth;
@@ -84,6 +89,9 @@ impl Bot {
     pub(super) fn on_welcome(&mut self, welcome: Welcome) {
         let shared = &self.shared;
         self.resume.welcomed(&shared.stats, &welcome.player_id);
+        if shared.cfg.durable.rate > 0.0 {
+            shared.ledger.welcomed(self.index, &welcome.player_id);
+        }
         if f64::from(welcome.limits.move_per_sec) < shared.cfg.move_hz
             && shared.cfg.scenario.moves()
             && !shared.warned_rate.swap(true, Relaxed)
@@ -129,6 +137,10 @@ impl Bot {
                     self.stats().seats_restored.fetch_add(1, Relaxed);
                     return self.enter(ws, since, joined).await;
                 }
+                // The server's own re-join of the seat found the room
+                // unavailable (being moved): join it ourselves, with the
+                // retries below, on this socket.
+                Ok(Err(End::Failed)) if self.join_refused == ROOM_UNAVAILABLE => {}
                 Ok(Err(end)) => return end,
                 // No seat (its grace period was over): join as usual.
                 Err(_) => {}
@@ -139,25 +151,41 @@ impl Bot {
             return End::Failed;
         };
         let sent = Instant::now();
-        if let Err(e) = send(ws, self.stats(), &ClientMsg::Join(Join { map })).await {
-            self.stats().join_failed(&Failure::ws(&e).0);
-            return End::Failed;
-        }
-        let mut stop = self.stop.clone();
-        let wait = timeout(self.shared.cfg.connect_timeout, self.await_joined(ws));
-        let joined = tokio::select! {
-            r = wait => r,
-            _ = stopped(&mut stop) => return End::Stop,
-        };
-        let joined = match joined {
-            Ok(Ok(joined)) => joined,
-            Ok(Err(end)) => return end,
-            Err(_) => {
-                self.stats().join_failed("timeout");
+        let deadline = sent + self.shared.cfg.connect_timeout;
+        // Bounded by `deadline`: a join refused with 3004 (the room is
+        // being moved: a drained or dead owner still holds its lease) is
+        // sent again on this socket after JOIN_RETRY, as a client would,
+        // rather than dropping the socket and resuming all over again.
+        loop {
+            let join = ClientMsg::Join(Join { map: map.clone() });
+            if let Err(e) = send(ws, self.stats(), &join).await {
+                self.stats().join_failed(&Failure::ws(&e).0);
                 return End::Failed;
             }
-        };
-        self.enter(ws, sent, joined).await
+            let mut stop = self.stop.clone();
+            let wait = tokio::time::timeout_at(deadline, self.await_joined(ws));
+            let joined = tokio::select! {
+                r = wait => r,
+                _ = stopped(&mut stop) => return End::Stop,
+            };
+            match joined {
+                Ok(Ok(joined)) => return self.enter(ws, sent, joined).await,
+                Ok(Err(End::Failed))
+                    if self.join_refused == ROOM_UNAVAILABLE
+                        && Instant::now() + JOIN_RETRY < deadline =>
+                {
+                    tokio::select! {
+                        _ = tokio::time::sleep(JOIN_RETRY) => {}
+                        _ = stopped(&mut stop) => return End::Stop,
+                    }
+                }
+                Ok(Err(end)) => return end,
+                Err(_) => {
+                    self.stats().join_failed("timeout");
+                    return End::Failed;
+                }
+            }
+        }
     }
 
     /// In a map at last: play there. `since` is when the join was sent.
@@ -165,6 +193,7 @@ impl Bot {
         self.failures = 0;
         self.resume.back_in_map();
         self.on_joined(since);
+        self.durable_joined(&joined);
         let room = Room::from_joined(&joined);
         self.seq = self.seq.max(own_seq(&joined));
         drop(joined);
@@ -172,22 +201,37 @@ impl Bot {
     }
 
     /// Waits for `joined`; Err when the join failed or the socket ended.
-    pub(super) async fn await_joined(&self, ws: &mut Ws) -> Result<Joined, End> {
+    pub(super) async fn await_joined(&mut self, ws: &mut Ws) -> Result<Joined, End> {
         loop {
             match self.read(ws, None).await {
                 Incoming::Msg(ServerMsg::Joined(joined)) => return Ok(joined),
+                // An error answering a give is the ledger's, not the join's.
+                Incoming::Msg(ServerMsg::Error(e)) if e.req.is_some() => {
+                    self.stats().error_frame(e.code);
+                    self.shard().error_frames.fetch_add(1, Relaxed);
+                    self.durable_message(&ServerMsg::Error(e));
+                }
                 Incoming::Msg(ServerMsg::Error(e)) => {
                     self.stats().error_frame(e.code);
                     self.shard().error_frames.fetch_add(1, Relaxed);
                     self.stats().error_frames_in_failures.fetch_add(1, Relaxed);
                     self.stats().join_failed(&format!("error_{}", e.code));
+                    self.join_refused = e.code;
                     return Err(End::Failed);
                 }
-                // A resumed session may see its old room's traffic first.
-                Incoming::Msg(_) | Incoming::Update(_) | Incoming::Skip => {}
+                // A resumed session may see its old room's traffic first;
+                // the ledger wants the inventory right after the welcome.
+                Incoming::Msg(msg) => self.durable_message(&msg),
+                Incoming::Update(_) | Incoming::Skip => {}
                 Incoming::Closed(code) => {
                     self.stats().join_failed(&close_key("close", code));
                     self.stats().disconnected(&close_key("", code));
+                    // A drain's 4008 while joining: resume at once on the
+                    // next URL, as in the play loop (not a back-off on the
+                    // same, draining, shard).
+                    if code == Some(CloseCode::Draining.as_u16()) {
+                        return Err(End::Moved);
+                    }
                     return Err(End::Lost);
                 }
                 Incoming::Broken(why) => {

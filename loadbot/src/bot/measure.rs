@@ -148,8 +148,12 @@ impl Bot {
 
     /// An `update` for the bot's room: the interval since the last one, its
     /// jitter against the tick, and the bot's own moves now visible.
-    pub(super) fn on_update(&self, room: &mut Room, own: Option<Own>) {
+    pub(super) fn on_update(&mut self, room: &mut Room, own: Option<Own>) {
         let now = self.shared.now_us();
+        if room.last_update_us.is_none() {
+            self.first_update();
+        }
+        self.last_update_us = now.max(1);
         let mut samples = Samples::new();
         if let Some(last) = room.last_update_us {
             let gap = now.saturating_sub(last);

@@ -36,6 +36,7 @@
 //! times that make no sense are counted and skipped, never unwrapped.
 
 mod connect;
+mod durable;
 mod measure;
 mod play;
 mod resume;
@@ -50,6 +51,7 @@ use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::config::Config;
+use crate::ledger::{EventLog, Ledger};
 use crate::per_shard::ShardStats;
 use crate::placement::Placement;
 use crate::scenario::{self, Rng};
@@ -71,6 +73,11 @@ pub struct Shared {
     pub t0: Instant,
     /// The maps of the first welcome (used when `--maps` is not given).
     pub maps: OnceLock<Vec<String>>,
+    /// Durable actions sent and how they were answered (empty without
+    /// `--durable-rate`).
+    pub ledger: Ledger,
+    /// `--events`: per-bot events with wall-clock times.
+    pub events: Option<EventLog>,
     ws_config: WebSocketConfig,
     warned_rooms: AtomicBool,
     warned_rate: AtomicBool,
@@ -101,6 +108,7 @@ impl Shared {
             .zip(counts.iter().zip(&remote))
             .map(|(t, (&bots, &remote))| ShardStats::new(&t.url, bots, remote))
             .collect();
+        let ledger_slots = if cfg.durable.rate > 0.0 { cfg.bots } else { 0 };
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(cfg.read_buffer)
             // Every message is flushed on its own: no write buffer to keep.
@@ -116,6 +124,8 @@ impl Shared {
             placement,
             t0: Instant::now(),
             maps: OnceLock::new(),
+            ledger: Ledger::new(ledger_slots),
+            events: None,
             ws_config,
             warned_rooms: AtomicBool::new(false),
             warned_rate: AtomicBool::new(false),
@@ -162,6 +172,10 @@ pub async fn run_bot(index: u32, shared: Arc<Shared>, stop: watch::Receiver<bool
         seq: 0,
         resume: Resume::default(),
         ever_joined: false,
+        req: 0,
+        join_refused: 0,
+        targets: Vec::new(),
+        last_update_us: 0,
         sessions: 0,
         failures: 0,
         stop,
@@ -175,7 +189,8 @@ pub async fn run_bot(index: u32, shared: Arc<Shared>, stop: watch::Receiver<bool
 struct Bot {
     index: u32,
     /// Index of the bot's `--url` (and of its entry in `Shared::shards`):
-    /// every session of the bot goes there, a churn hop included.
+    /// every session of the bot goes there, a churn hop included, until a
+    /// connect fails or a drain (4008) sends it to the next URL.
     shard: usize,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
@@ -188,6 +203,17 @@ struct Bot {
     /// Churn only: what the next session needs to resume.
     resume: Resume,
     ever_joined: bool,
+    /// Last durable request number sent; kept across sessions (the server
+    /// refuses a `req` reused for a different give in a resumed session).
+    req: u32,
+    /// The error code of the last refused join (0: none yet).
+    join_refused: u16,
+    /// Durable actions only: other bots in the bot's room, as (entity id,
+    /// bot index), from the last `joined`.
+    targets: Vec<(u32, u32)>,
+    /// When the bot last saw an update (µs since the run's start; 0:
+    /// never), for the event log's gaps.
+    last_update_us: u64,
     sessions: u32,
     /// Consecutive failures, for the back-off.
     failures: u32,
@@ -242,6 +268,16 @@ impl Bot {
         }
     }
 
+    /// A connect failed: with several `--url`s, the next try goes to the
+    /// next one, as a load balancer sends a client to a live shard when
+    /// one is down (a killed shard's players resume elsewhere).
+    fn next_url(&mut self) {
+        let urls = self.shared.shards.len();
+        if urls > 1 {
+            self.shard = (self.shard + 1) % urls;
+        }
+    }
+
     /// One connection, from TCP connect to the end of the play loop.
     async fn session(&mut self) -> End {
         let stats = &self.shared.stats;
@@ -261,11 +297,13 @@ impl Bot {
                 self.resume.connect_failed(&reason);
                 self.stats().connect_failed(&reason);
                 self.shard().connect_failures.fetch_add(1, Relaxed);
+                self.next_url();
                 return End::Failed;
             }
             Err(_) => {
                 self.stats().connect_failed("timeout");
                 self.shard().connect_failures.fetch_add(1, Relaxed);
+                self.next_url();
                 return End::Failed;
             }
         };
@@ -278,6 +316,14 @@ impl Bot {
 
         let end = self.joined_session(&mut ws, resuming).await;
         self.shared.stats.bots_connected.fetch_sub(1, Relaxed);
+        if let Some(events) = &self.shared.events {
+            match end {
+                End::Lost => events.write(self.index, "drop", "lost"),
+                End::Moved => events.write(self.index, "drop", "moved"),
+                End::Failed => events.write(self.index, "drop", "join_failed"),
+                End::Stop | End::Churn => {}
+            }
+        }
         match end {
             // Connect failures returned above: this one is the join's.
             End::Failed => self.shard().join_failures.fetch_add(1, Relaxed),

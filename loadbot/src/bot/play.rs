@@ -6,6 +6,7 @@
 //! | move  | move, chat, churn | a random-walk step at `--move-hz`               |
 //! | ping  | all               | `ping` on the run's clock; rejoin if moved out  |
 //! | chat  | chat              | a line at `--chat-hz`                           |
+//! | durable | any, with `--durable-rate` | a `give` of one coin ([`super::durable`]) |
 //! | churn | churn             | drop and resume, or hop ([`super::resume`])     |
 //!
 //! The clocks are phased by bot index (see [`crate::scenario::phase`]) so a
@@ -49,6 +50,10 @@ impl Bot {
         let mut moves = cfg.scenario.moves().then(|| {
             let p = period(cfg.move_hz);
             scenario::clock(t0, scenario::phase(index, 0, p), p)
+        });
+        let mut durable = (cfg.durable.rate > 0.0).then(|| {
+            let p = period(cfg.durable.rate);
+            scenario::clock(t0, scenario::phase(index, 3, p), p)
         });
         let mut chat = (cfg.scenario == Scenario::Chat).then(|| {
             let p = period(cfg.chat_hz);
@@ -135,6 +140,15 @@ impl Bot {
                         out_since = None;
                     }
                 }
+                _ = tick(&mut durable) => {
+                    if room.is_none() || hop_sent.is_some() {
+                        continue;
+                    }
+                    let Some(msg) = self.next_give() else { continue };
+                    if let Err(end) = self.send_or_end(ws, &msg).await {
+                        break end;
+                    }
+                }
                 _ = tick(&mut chat) => {
                     if room.is_none() || hop_sent.is_some() {
                         continue;
@@ -182,6 +196,7 @@ impl Bot {
         room: &mut Option<Room>,
         hop_sent: &mut Option<Instant>,
     ) -> Option<End> {
+        self.durable_message(&msg);
         let stats = &self.shared.stats;
         match msg {
             ServerMsg::Update(update) => {
@@ -196,6 +211,7 @@ impl Bot {
                 }
                 let sent = hop_sent.take().unwrap_or_else(Instant::now);
                 self.on_joined(sent);
+                self.durable_joined(&joined);
                 self.seq = self.seq.max(own_seq(&joined));
                 *room = Some(Room::from_joined(&joined));
             }

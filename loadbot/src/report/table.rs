@@ -88,6 +88,38 @@ fn write_table(out: &mut String, s: &Summary) -> std::fmt::Result {
         bytes(s.bytes_received),
         keyed(&s.msgs_received_by_kind)
     )?;
+    if let Some(l) = s.ledger.as_ref().filter(|l| !l.verified) {
+        writeln!(
+            out,
+            "durable      gives acked {} | in doubt {} | unanswered {} | refused {} (not checked against the store: no --verify-admin)",
+            l.acked,
+            l.in_doubt,
+            l.unanswered,
+            l.refused_by_code.values().sum::<u64>()
+        )?;
+    }
+    if let Some(l) = s.ledger.as_ref().filter(|l| l.verified) {
+        writeln!(
+            out,
+            "durable      gives acked {} | in doubt {} | unanswered {} | refused {}{} | players checked {} | unreadable {} | LOST ACKS {} | duplicated {}",
+            l.acked,
+            l.in_doubt,
+            l.unanswered,
+            l.refused_by_code.values().sum::<u64>(),
+            keyed(&l.refused_by_code),
+            l.players_checked,
+            l.players_unreadable,
+            l.lost_acks,
+            l.duplicated
+        )?;
+        for m in &l.mismatches {
+            writeln!(
+                out,
+                "             {} holds {} in the store; its gives allow {}..={}",
+                m.player, m.stored, m.lowest, m.highest
+            )?;
+        }
+    }
     let errors: BTreeMap<String, u64> = s
         .errors_by_code
         .iter()

@@ -159,6 +159,18 @@ pub struct PlayersReply {
     pub truncated: bool,
 }
 
+/// `GET /admin/players/{player}/inventory`: the player's durable
+/// possessions as the store holds them now (read from the store, not from a
+/// session), for audits and the loadbot's acknowledged-action ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredInventory {
+    pub player: String,
+    pub name: String,
+    pub currency: i64,
+    #[serde(default)]
+    pub items: std::collections::BTreeMap<String, i64>,
+}
+
 /// `GET /admin/players`'s query.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PlayersQuery {

@@ -15,7 +15,8 @@ use axum::Json;
 use parking_lot::Mutex;
 use protocol::admin::{
     DispatcherReply, EventsQuery, EventsReply, MemberInfo, PlayerInfo, PlayersQuery, PlayersReply,
-    Presence, Role, RoomDetail, RoomInfo, RoomsReply, ShardInfo, TopicInfo, WhoAmI,
+    Presence, Role, RoomDetail, RoomInfo, RoomsReply, ShardInfo, StoredInventory, TopicInfo,
+    WhoAmI,
 };
 
 use super::admin::{Admin, AdminRequest, Answer, Refusal};
@@ -262,6 +263,36 @@ pub(super) async fn players(
         })
         .collect();
     Json(PlayersReply { players, truncated })
+}
+
+/// A player's inventory as the store holds it: read through the persister
+/// (its timeout and health rules), never from a session's copy, so an audit
+/// (the loadbot's ledger check) sees what was really written.
+pub(super) async fn inventory(
+    State(state): State<AppState>,
+    Path(player): Path<String>,
+    Admin(View, _): Admin<View>,
+) -> Answer<StoredInventory> {
+    let id = player.clone();
+    let read = state
+        .shared
+        .persister
+        .admin_call(move |store| async move { store.load_player(id).await });
+    match read.await {
+        Ok(Some(profile)) => Ok(Json(StoredInventory {
+            player: profile.id,
+            name: profile.name,
+            currency: profile.inventory.currency,
+            items: profile.inventory.items,
+        })),
+        Ok(None) => Err(Refusal::not_found(format!(
+            "no player {player:?} in the store"
+        ))),
+        Err(err) => Err(Refusal::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("the store did not answer: {err}"),
+        )),
+    }
 }
 
 pub(super) async fn dispatcher(

@@ -336,6 +336,7 @@ pub async fn serve(
         .route("/admin/rooms/{room}", get(inspect::room))
         .route("/admin/rooms/{room}/restart", post(actions::restart_room))
         .route("/admin/players", get(inspect::players))
+        .route("/admin/players/{player}/inventory", get(inspect::inventory))
         .route("/admin/players/{player}/kick", post(actions::kick))
         .route("/admin/players/{player}/ban", post(actions::ban))
         .route("/admin/players/{player}/unban", post(actions::unban))
