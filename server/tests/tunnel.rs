@@ -763,6 +763,42 @@ async fn a_hub_shut_down_is_seen_disconnected_and_reconnected_when_back() {
     cluster.close().await;
 }
 
+/// What the failure detector does to a peer it declares dead: its
+/// streams end at once, not at the idle timeout (10 minutes here), and the
+/// hub dials it again, so a peer that is in fact alive is reached again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnected_peer_s_streams_end_at_once_and_it_is_dialled_again() {
+    let mut cluster = Cluster::new();
+    let long_idle = |id| TunnelSettings {
+        idle_timeout: Duration::from_secs(600),
+        ..settings(id)
+    };
+    let a = cluster.start(long_idle("a")).await;
+    let b = cluster.start(long_idle("b")).await;
+    let mut b_in = b.listen(PING_PROTOCOL);
+    let mut out = a.open("b", PING_PROTOCOL).await.expect("stream opens");
+    out.tx.send_reliable(Bytes::from_static(b"hi")).unwrap();
+    let _inc = accepted(&mut b_in).await;
+    assert!(
+        !a.disconnect("nobody", "no such peer"),
+        "no connection: nothing closed"
+    );
+    assert!(a.disconnect("b", "declared dead by the failure detector"));
+    let end = tokio::time::timeout(DEADLINE, out.rx.recv())
+        .await
+        .expect("the stream ends well before the idle timeout");
+    assert!(
+        !matches!(end, Some(Ok(_))),
+        "no frame came: the stream ended ({end:?})"
+    );
+    eventually("a dials b again", || async {
+        peer_state(&a.snapshot(), "b") == Some(PeerState::Connected)
+    })
+    .await;
+    round_trip(&a, "b", &mut b_in, PING_PROTOCOL).await;
+    cluster.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_are_checked_at_start() {
     let resolver = StaticResolver::new();

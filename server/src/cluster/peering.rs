@@ -139,15 +139,25 @@ pub async fn keep_peers(
     }
 }
 
-/// The task "swim": the failure detector, and on each death a look at
-/// what the directory says of the dead shard (once, logged).
-pub async fn run_swim(membership: Membership, dir: Directory, stop_rx: watch::Receiver<bool>) {
+/// The task "swim": the failure detector, and on each death the tunnel to
+/// the dead shard closed (streams to a killed process would otherwise hang
+/// until the idle timeout) and a look at what the directory says of it
+/// (once, logged).
+pub async fn run_swim(
+    hub: PeerHub,
+    membership: Membership,
+    dir: Directory,
+    stop_rx: watch::Receiver<bool>,
+) {
     let mut events = membership.subscribe();
     let mut stop = stop_rx.clone();
     let report = async {
         loop {
             match events.recv().await {
                 Ok(MemberEvent::Dead { shard, incarnation }) => {
+                    if hub.disconnect(&shard, "declared dead by the failure detector") {
+                        tracing::info!(peer = %shard, "tunnel to a dead member closed");
+                    }
                     report_dead(&dir, &shard, incarnation).await;
                 }
                 Ok(_) => {}
@@ -223,9 +233,14 @@ pub fn supervise_tunnel(
         })
     };
     let swim = {
-        let (members, dir, stop_rx) = (membership.clone(), dir.clone(), stop_rx.clone());
+        let (hub, members, dir, stop_rx) = (
+            hub.clone(),
+            membership.clone(),
+            dir.clone(),
+            stop_rx.clone(),
+        );
         Child::new("swim", Restart::Permanent, move || {
-            run_swim(members.clone(), dir.clone(), stop_rx.clone())
+            run_swim(hub.clone(), members.clone(), dir.clone(), stop_rx.clone())
         })
     };
     vec![

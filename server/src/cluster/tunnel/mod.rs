@@ -312,6 +312,16 @@ impl PeerHub {
         }
     }
 
+    /// Close the live connection to `peer`, if any: its streams fail at
+    /// once (their readers see the end) instead of hanging until the idle
+    /// timeout, and opens to it wait for a new dial. For a peer the failure
+    /// detector declared dead: a connection to a killed process looks alive
+    /// until `idle_timeout_ms`. The connector dials it again as usual, so a
+    /// peer that comes back is reached again. True if one was closed.
+    pub fn disconnect(&self, peer: &str, reason: &str) -> bool {
+        peers::disconnect(&self.inner, peer, reason)
+    }
+
     /// Whether a live connection to `peer` is up now (no dial is started).
     pub fn is_connected(&self, peer: &str) -> bool {
         self.inner

@@ -384,6 +384,20 @@ pub(super) fn table(inner: &Inner, streams: &[StreamInfo]) -> Vec<PeerInfo> {
         .collect()
 }
 
+/// Close `peer`'s live connection (see [`super::PeerHub::disconnect`]);
+/// the connection's task frees the slot and starts the redial.
+pub(super) fn disconnect(inner: &Inner, peer: &str, reason: &str) -> bool {
+    let peers = inner.peers.lock();
+    let Some(live) = peers.get(peer).and_then(|slot| slot.live.as_ref()) else {
+        return false;
+    };
+    live.conn.close(
+        VarInt::from(RefuseCode::Timeout.as_u16()),
+        reason.as_bytes(),
+    );
+    true
+}
+
 /// At shutdown: close every connection and forget the peers.
 pub(super) fn drop_all(inner: &Inner) {
     let mut peers = inner.peers.lock();
