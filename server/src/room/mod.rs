@@ -55,6 +55,7 @@ pub mod grid;
 pub mod ground;
 mod member;
 mod messages;
+mod moving;
 pub mod remote;
 mod room_ref;
 mod snapshot;
@@ -93,6 +94,7 @@ pub use messages::{
     ChatIn, Disconnected, Fault, FaultKind, Handover, Inputs, JoinError, JoinOk, JoinRoom,
     LeaveRoom, MemberLink, RoomEvent, WhoIs, FAULT_POINTS, MAX_INJECTED_STALL,
 };
+pub use moving::MigrateOut;
 pub use room_ref::{CallError, CastError, RoomRef};
 pub use snapshot::{Restored, RoomSnapshot};
 pub use supervisor::{RestartReason, RoomSlot, RoomSupervisor, RoomView};

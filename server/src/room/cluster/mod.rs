@@ -29,6 +29,7 @@
 //! it, so a former owner's late writes are refused.
 
 pub mod edge;
+pub mod migrate;
 mod owner;
 
 use std::collections::HashMap;
@@ -69,6 +70,10 @@ pub struct RoomSettings {
     /// `cluster.input_lead_ms`: how long before the owner's next tick an
     /// edge sends its inputs.
     pub input_lead: Duration,
+    /// `cluster.migrate_pause_ms`: how long a room has to answer a pause.
+    pub migrate_pause: Duration,
+    /// `cluster.migrate_answer_ms`: how long a migration's target has.
+    pub migrate_answer: Duration,
 }
 
 impl RoomSettings {
@@ -80,6 +85,8 @@ impl RoomSettings {
             input_queue: config.rooms.input_queue,
             redis_wait: ms(config.cluster.redis_wait_ms),
             input_lead: ms(config.cluster.input_lead_ms),
+            migrate_pause: ms(config.cluster.migrate_pause_ms),
+            migrate_answer: ms(config.cluster.migrate_answer_ms),
         }
     }
 }
@@ -104,6 +111,9 @@ pub struct RoomCluster {
     edges: Mutex<HashMap<RoomId, Arc<EdgeLink>>>,
     next_sink: AtomicU64,
     next_session: AtomicU64,
+    /// The Arbiter the cluster's tasks run on: a migration asked for from
+    /// outside it (an HTTP handler) runs there.
+    arbiter: actix::ArbiterHandle,
 }
 
 impl RoomCluster {
@@ -126,10 +136,13 @@ impl RoomCluster {
             edges: Mutex::new(HashMap::new()),
             next_sink: AtomicU64::new(1),
             next_session: AtomicU64::new(REMOTE_SESSION_BASE),
+            arbiter: actix::Arbiter::current(),
         });
         rooms.set_cluster(cluster.clone());
         let streams = hub.listen(protocol::peer::ROOM_PROTOCOL);
         actix::spawn(owner::serve(Arc::downgrade(&cluster), streams));
+        let offers = hub.listen(protocol::peer::MIGRATE_PROTOCOL);
+        actix::spawn(migrate::target::serve(Arc::downgrade(&cluster), offers));
         actix::spawn(watch_leases(
             Arc::downgrade(rooms),
             dir,
@@ -188,6 +201,14 @@ impl RoomCluster {
 
     fn next_sink(&self) -> u64 {
         self.next_sink.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn dir(&self) -> &Directory {
+        &self.dir
+    }
+
+    pub(crate) fn persister(&self) -> &PersisterHandle {
+        &self.persister
     }
 
     fn next_session(&self) -> SessionId {

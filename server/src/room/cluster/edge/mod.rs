@@ -36,6 +36,9 @@ use protocol::peer::{
 use protocol::{encode_server, ErrorCode, NoticeCode, ServerMsg};
 use tokio::sync::oneshot;
 
+mod moving;
+pub use moving::Adopted;
+
 use super::RoomCluster;
 use crate::cluster::directory::ShardId;
 use crate::cluster::tunnel::{StreamReceiver, StreamSender};
@@ -68,6 +71,9 @@ struct Inner {
     /// When the owner's latest tick message arrived: the owner's tick
     /// phase, which the input pump aims at.
     last_tick: Option<Instant>,
+    /// The room is paused for a live migration: inputs wait in the
+    /// members' queues (`moving.rs`).
+    held: bool,
 }
 
 /// This shard's link to one room owned by another shard.
@@ -94,6 +100,7 @@ impl EdgeLink {
                 members: HashMap::new(),
                 failing_over: false,
                 last_tick: None,
+                held: false,
             }),
             connecting: tokio::sync::Mutex::new(()),
             over: AtomicBool::new(false),
@@ -286,6 +293,11 @@ impl EdgeLink {
                     closed = Some(c.code);
                     break;
                 }
+                Ok(OwnerMsg::Moving(m)) => {
+                    if !self.on_moving(m.to, generation) {
+                        return;
+                    }
+                }
                 Ok(msg) => {
                     if !self.on_owner(msg, generation, &mut scratch) {
                         return;
@@ -416,7 +428,7 @@ impl EdgeLink {
                     }
                 }
             }
-            OwnerMsg::Closed(_) => {}
+            OwnerMsg::Closed(_) | OwnerMsg::Moving(_) => {}
         }
         true
     }
@@ -446,6 +458,9 @@ impl EdgeLink {
                 let Some(tx) = inner.tx.clone() else {
                     return;
                 };
+                if inner.held {
+                    continue;
+                }
                 let mut batch = Vec::new();
                 for (&session, member) in &inner.members {
                     // A slow client shed updates and has drained: the

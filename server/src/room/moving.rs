@@ -1,0 +1,32 @@
+//! A room leaving this shard (live migration, `room::cluster::migrate`):
+//! at a tick boundary (between two ticks, as every message is handled)
+//! the room takes its snapshot, stops without saving (the target owns its
+//! state from here on, or this shard restarts it from the same snapshot
+//! if the move fails) and hands the snapshot over.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::{Room, RoomSnapshot};
+
+/// Pause for a migration: the room's snapshot as of its last tick; the
+/// room has stopped when the answer comes.
+#[derive(Message)]
+#[rtype(result = "Option<Arc<RoomSnapshot>>")]
+pub struct MigrateOut;
+
+impl Handler<MigrateOut> for Room {
+    type Result = Option<Arc<RoomSnapshot>>;
+
+    fn handle(&mut self, _: MigrateOut, ctx: &mut Context<Self>) -> Self::Result {
+        self.guarded(ctx, "migrate_out", |room, ctx| {
+            room.snapshot();
+            // Not crashed, but nothing may run after this: `stopped`
+            // saves nothing, the next owner (or incarnation) does.
+            room.crashed = true;
+            ctx.stop();
+            room.slot.snapshot.lock().clone()
+        })
+    }
+}
