@@ -13,7 +13,7 @@ use protocol::admin::{Role, RoomMigrated};
 use protocol::msg::{EntityId, Joined};
 use protocol::{NoticeCode, ServerMsg};
 use redis_support::RedisServer;
-use server::cluster::{Directory, ShardId};
+use server::cluster::Directory;
 use server::config::{AdminToken, Config};
 use server::ids::RoomId;
 
@@ -64,7 +64,7 @@ fn config(redis: &RedisServer, prefix: &str, id: &str) -> Config {
 struct Cluster {
     shards: Vec<Option<TestShard>>,
     dir: Directory,
-    redis: RedisServer,
+    _redis: RedisServer,
 }
 
 impl Cluster {
@@ -81,7 +81,11 @@ impl Cluster {
             shards.push(Some(shard));
         }
         let dir = shards[0].as_ref().unwrap().cluster.clone().unwrap();
-        let cluster = Cluster { shards, dir, redis };
+        let cluster = Cluster {
+            shards,
+            dir,
+            _redis: redis,
+        };
         let dir = cluster.dir.clone();
         eventually("three shards ready", || {
             let dir = dir.clone();
@@ -330,5 +334,222 @@ async fn a_room_played_on_two_shards_migrates_and_nobody_notices() {
         })
         .await;
     }
+    cluster.close().await;
+}
+
+/// What a bot saw while it played.
+#[derive(Debug, Default)]
+struct Seen {
+    updates: u64,
+    /// The longest time between two of its updates.
+    max_gap: Duration,
+    /// The largest jump in tick numbers between two of its updates.
+    max_tick_gap: u64,
+    /// Anything a live migration must not show (see [`assert_quiet`]).
+    noise: Vec<String>,
+    closed: Option<Option<u16>>,
+}
+
+/// A bot: walks, turning every 100 ms, and records what it receives
+/// until `stop` is set. Updates are counted from the first one after
+/// `watch_from` is set (so joining is not counted as a gap).
+fn play(
+    mut client: Client,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(Client, Seen)> {
+    use std::sync::atomic::Ordering;
+    tokio::spawn(async move {
+        let mut seen = Seen::default();
+        let mut seq = 0u32;
+        let mut turn = tokio::time::interval(Duration::from_millis(100));
+        let mut last: Option<(Instant, u64)> = None;
+        while !stop.load(Ordering::Relaxed) {
+            tokio::select! {
+                _ = turn.tick() => {
+                    seq += 1;
+                    let (dx, dy) = [(1.0, 0.0), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0)][(seq / 5 % 4) as usize];
+                    client.walk(seq, dx, dy).await;
+                }
+                event = client.next_event(Duration::from_millis(200)) => match event {
+                    Some(Event::Msg(ServerMsg::Update(u))) => {
+                        let now = Instant::now();
+                        if let Some((at, tick)) = last {
+                            seen.max_gap = seen.max_gap.max(now - at);
+                            seen.max_tick_gap = seen.max_tick_gap.max(u.tick.saturating_sub(tick));
+                        }
+                        last = Some((now, u.tick));
+                        seen.updates += 1;
+                    }
+                    Some(Event::Msg(ServerMsg::Joined(j))) => seen.noise.push(format!("joined {}", j.you)),
+                    Some(Event::Msg(ServerMsg::Notice(n))) => seen.noise.push(format!("notice {}", n.code)),
+                    Some(Event::Msg(ServerMsg::Error(e))) => seen.noise.push(format!("error {}", e.code)),
+                    Some(Event::Msg(_)) | None => {}
+                    Some(Event::Closed(code)) => {
+                        seen.closed = Some(code);
+                        break;
+                    }
+                },
+            }
+        }
+        (client, seen)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_and_forth_twenty_times_under_load_loses_nobody() {
+    let cluster = Cluster::start("mg2", |_| {}).await;
+    // Two players on each shard, all in one room.
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let (client, joined) =
+            join_as(cluster.shard(i % 3).ws_addr, &format!("bot{i}"), "test").await;
+        clients.push((client, joined.you));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bots: Vec<_> = clients
+        .into_iter()
+        .map(|(c, id)| (play(c, stop.clone()), id))
+        .collect();
+    let (first, mut epoch) = cluster.owner("test").await;
+    let other = (first + 1) % 3;
+    let mut pauses = Vec::new();
+    for n in 0..20 {
+        let to = if n % 2 == 0 { other } else { first };
+        let moved = cluster.moved("test", to).await;
+        assert_eq!(moved.epoch, epoch + 1, "move {n}: the epoch rose by one");
+        epoch = moved.epoch;
+        pauses.push(moved.pause_ms);
+        // Let the bots play a little on the new owner.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(cluster.owner("test").await, (first, epoch));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut report = Vec::new();
+    for (bot, id) in bots {
+        let (_client, seen) = bot.await.unwrap();
+        assert_eq!(seen.closed, None, "bot {id} was disconnected: {seen:?}");
+        assert!(
+            seen.noise.is_empty(),
+            "bot {id} noticed the moves: {seen:?}"
+        );
+        assert!(
+            seen.updates > 20,
+            "bot {id} kept receiving updates: {seen:?}"
+        );
+        report.push((id, seen.max_gap, seen.max_tick_gap));
+    }
+    pauses.sort_by(f64::total_cmp);
+    eprintln!("migration pauses (ms), sorted: {pauses:?}");
+    for (id, gap, ticks) in report {
+        eprintln!("member {id}: longest gap between updates {gap:?}, {ticks} ticks");
+    }
+    // The room runs on one shard only, under the last epoch.
+    assert!(runs_on(&cluster, first, "test").await);
+    assert!(!runs_on(&cluster, other, "test").await);
+    cluster.close().await;
+}
+
+/// Arm the fault point `migrate_in` for `room` on shard `on`: its next
+/// migration offer is dropped unanswered, as by a target that died.
+async fn kill_next_offer(cluster: &Cluster, on: usize, room: &str) {
+    let url = format!("http://{}/admin/faults/room", cluster.shard(on).http_addr);
+    let body = format!(r#"{{"map": "{room}", "kind": "panic", "at": "migrate_in"}}"#);
+    let (status, body) = common::http("POST", &url, Some(OPERATOR), &body).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_whose_target_dies_resumes_on_the_source_and_runs_once() {
+    let cluster = Cluster::start("mg3", |_| {}).await;
+    let (mut ann, ann_joined) = join_as(cluster.shard(0).ws_addr, "ann", "test").await;
+    let (owner, epoch) = cluster.owner("test").await;
+    let target = (owner + 1) % 3;
+    let watcher_shard = (owner + 2) % 3;
+    let (mut bob, _) = join_as(cluster.shard(watcher_shard).ws_addr, "bob", "test").await;
+    kill_next_offer(&cluster, target, "test").await;
+    let (status, body) = cluster
+        .migrate(owner, "test", Some(ID[target]), OPERATOR)
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("resumed"), "{body}");
+    // The source took the lease back (epoch + 1 by the same
+    // compare-and-set), and it alone runs the room.
+    assert_eq!(cluster.owner("test").await, (owner, epoch + 1));
+    assert!(runs_on(&cluster, owner, "test").await);
+    assert!(!runs_on(&cluster, target, "test").await);
+    // The room goes on: ann's moves reach bob.
+    ann.walk(1, 1.0, 0.0).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match bob.next_event(left).await {
+            Some(Event::Msg(m)) if seen_at(&m, ann_joined.you).is_some_and(|(_, _, s)| s == 1) => {
+                break
+            }
+            Some(Event::Msg(_)) => {}
+            other => panic!("bob lost the room: {:?}", other.is_some()),
+        }
+    }
+    // A second try, with the target healthy again, moves it.
+    let moved = cluster.moved("test", target).await;
+    assert_eq!(moved.epoch, epoch + 2);
+    assert!(!runs_on(&cluster, owner, "test").await);
+    cluster.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_checks_roles_rooms_and_targets() {
+    let cluster = Cluster::start("mg4", |_| {}).await;
+    let (_ann, _) = join_as(cluster.shard(0).ws_addr, "ann", "test").await;
+    let (owner, _) = cluster.owner("test").await;
+    let other = (owner + 1) % 3;
+    // A viewer may look, not move rooms.
+    let (status, body) = cluster.migrate(owner, "test", None, VIEWER).await;
+    assert_eq!(status, 403, "{body}");
+    // No such map; a room that runs nowhere.
+    let (status, body) = cluster.migrate(owner, "nowhere", None, OPERATOR).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = cluster.migrate(owner, "other", None, OPERATOR).await;
+    assert_eq!(status, 404, "{body}");
+    // Asked of a shard that does not run it: 409 naming the owner.
+    let (status, body) = cluster.migrate(other, "test", None, OPERATOR).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains(&format!("shard {} owns it", ID[owner])),
+        "{body}"
+    );
+    // Bad targets: itself, unknown, not a shard id.
+    let (status, body) = cluster
+        .migrate(owner, "test", Some(ID[owner]), OPERATOR)
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = cluster.migrate(owner, "test", Some("zed"), OPERATOR).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("no shard zed"), "{body}");
+    let (status, body) = cluster.migrate(owner, "test", Some("a:b"), OPERATOR).await;
+    assert_eq!(status, 400, "{body}");
+    // Without a target the placement picks one of the other two.
+    let (status, body) = cluster.migrate(owner, "test", None, OPERATOR).await;
+    assert_eq!(status, 200, "{body}");
+    let moved: RoomMigrated = serde_json::from_str(&body).unwrap();
+    assert_ne!(moved.to, ID[owner]);
+    // The move is audited and in the cluster's events stream.
+    let url = format!("http://{}/admin/events", cluster.shard(owner).http_addr);
+    let (_, events) = common::http("GET", &url, Some(VIEWER), "").await;
+    assert!(events.contains("migrate_room"), "{events}");
+    let stream = cluster.dir.events_tail(50).await.unwrap();
+    let entry = stream
+        .iter()
+        .find(|e| e.kind == server::cluster::directory::EventKind::RoomMoved)
+        .expect("a room_moved event");
+    assert!(
+        entry
+            .detail
+            .contains(&format!("from {} to {}", ID[owner], moved.to))
+            && entry.detail.contains(&format!("epoch {}", moved.epoch))
+            && entry.detail.contains("pause"),
+        "{entry:?}"
+    );
     cluster.close().await;
 }

@@ -30,10 +30,19 @@ pub(super) struct MigrateTo(Option<ShardId>);
 impl AdminRequest for MigrateTo {
     const FAULT: bool = false;
 
-    fn decode(uri: &Uri, _: &HeaderMap, _: &[u8], _: &Config) -> Result<Self, String> {
+    fn decode(uri: &Uri, _: &HeaderMap, body: &[u8], _: &Config) -> Result<Self, String> {
         let Query(query) = Query::<MigrateQuery>::try_from_uri(uri)
             .map_err(|e| format!("query must be ?to=SHARD (optional): {e}"))?;
-        match query.to.filter(|t| !t.is_empty()) {
+        // The ops console sends `{"to": ...}` as the body: taken when the
+        // query names no target.
+        let to = match query.to {
+            Some(to) => Some(to),
+            None if body.iter().all(u8::is_ascii_whitespace) => None,
+            None => serde_json::from_slice::<Option<MigrateQuery>>(body)
+                .map_err(|e| format!("body must be empty, null or {{\"to\": SHARD}}: {e}"))?
+                .and_then(|q| q.to),
+        };
+        match to.filter(|t| !t.is_empty()) {
             None => Ok(MigrateTo(None)),
             Some(to) => ShardId::new(&to)
                 .map(|id| MigrateTo(Some(id)))

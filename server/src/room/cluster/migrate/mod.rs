@@ -26,8 +26,11 @@
 //! - `target.rs`: the target's side (serving `/tessera/migrate/1`).
 //! - `wire.rs`: a snapshot to and from its wire form.
 
+mod drain;
 pub(super) mod target;
 mod wire;
+
+pub use drain::DrainMoves;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
