@@ -553,3 +553,158 @@ async fn the_admin_api_checks_roles_rooms_and_targets() {
     );
     cluster.close().await;
 }
+
+/// Drain shard `i` through the admin API and wait until it has ended.
+async fn drain(cluster: &mut Cluster, i: usize) -> tokio::task::JoinHandle<()> {
+    let url = format!("http://{}/admin/shards/drain", cluster.shard(i).http_addr);
+    let (status, body) = common::http("POST", &url, Some(OPERATOR), "").await;
+    assert_eq!(status, 200, "{body}");
+    let shard = cluster.shards[i].take().expect("shard running");
+    tokio::task::spawn_blocking(move || {
+        let TestShard { shard, data } = shard;
+        shard.join();
+        drop(data);
+    })
+}
+
+/// `client` gets updates showing `entity` at seq `seq`, quietly.
+async fn sees_seq(client: &mut Client, entity: EntityId, seq: u32, what: &str) {
+    wait_for(client, what, |m| {
+        seen_at(m, entity).and_then(|(_, _, s)| (s == seq).then_some(()))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_moves_its_rooms_live_and_its_players_resume_elsewhere() {
+    let mut cluster = Cluster::start("mg6", |_| {}).await;
+    let (_first, _) = join_as(cluster.shard(0).ws_addr, "first", "test").await;
+    let (owner, epoch) = cluster.owner("test").await;
+    let edge = (owner + 1) % 3;
+    let (mut ann, ann_joined) = join_as(cluster.shard(edge).ws_addr, "ann", "test").await;
+    let (mut cat, cat_welcome) = Client::welcomed(cluster.shard(owner).ws_addr, "cat").await;
+    cat.send(protocol::ClientMsg::Join(protocol::msg::Join {
+        map: "test".into(),
+    }))
+    .await;
+    let cat_joined = loop {
+        match cat.next_event(PATIENCE).await {
+            Some(Event::Msg(ServerMsg::Joined(j))) => break j,
+            Some(Event::Msg(_)) => {}
+            _ => panic!("cat did not join"),
+        }
+    };
+    cat.walk(1, 1.0, 0.0).await;
+    sees_seq(&mut ann, cat_joined.you, 1, "cat walking").await;
+
+    let ended = drain(&mut cluster, owner).await;
+    // The owner's own player is told to reconnect (6004, close 4008),
+    // after its room moved.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut told = false;
+    let code = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match cat.next_event(left).await {
+            Some(Event::Msg(ServerMsg::Notice(n))) => {
+                told |= n.code == NoticeCode::ShardDraining.as_u16();
+            }
+            Some(Event::Msg(_)) => {}
+            Some(Event::Closed(code)) => break code,
+            None => panic!("cat was not closed"),
+        }
+    };
+    assert!(told, "notice 6004 before the close");
+    assert_eq!(code, Some(protocol::CloseCode::Draining.as_u16()));
+    // The drained shard ends by itself.
+    tokio::time::timeout(PATIENCE, ended)
+        .await
+        .expect("the drained shard ends")
+        .unwrap();
+    // The room runs on another shard at epoch + 1; the player on the
+    // edge saw no restart, no move notice, and plays on.
+    let (now, new_epoch) = cluster.owner("test").await;
+    assert_ne!(now, owner);
+    assert_eq!(new_epoch, epoch + 1, "moved live, not failed over");
+    ann.walk(2, 0.0, 1.0).await;
+    sees_seq(
+        &mut ann,
+        ann_joined.you,
+        2,
+        "ann's own turn after the drain",
+    )
+    .await;
+    // cat resumes on another shard and gets its seat back.
+    let mut again = Client::connect(cluster.shard(edge).ws_addr).await;
+    again.send_resume(cat_welcome.resume_token.clone()).await;
+    again.expect("welcome", msg!(ServerMsg::Welcome)).await;
+    again
+        .send(protocol::ClientMsg::Join(protocol::msg::Join {
+            map: "test".into(),
+        }))
+        .await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let back = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match again.next_event(left).await {
+            Some(Event::Msg(ServerMsg::Joined(j))) => break j,
+            Some(Event::Msg(_)) => {}
+            other => panic!("cat did not get its seat back: {:?}", other.is_some()),
+        }
+    };
+    assert_eq!(back.you, cat_joined.you, "the held seat, not a new entity");
+    cluster.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_with_a_stuck_room_restarts_it_on_the_target_from_its_snapshot() {
+    let mut cluster = Cluster::start("mg7", |_| {}).await;
+    let (_first, _) = join_as(cluster.shard(0).ws_addr, "first", "test").await;
+    let (owner, epoch) = cluster.owner("test").await;
+    let edge = (owner + 1) % 3;
+    let (mut ann, ann_joined) = join_as(cluster.shard(edge).ws_addr, "ann", "test").await;
+    ann.walk(1, 1.0, 0.0).await;
+    let x = sees_past(&mut ann, ann_joined.you, 0.0, "ann walking").await;
+    // The room's thread is blocked for longer than it has to answer the
+    // pause (cluster.migrate_pause_ms, 1 s here).
+    let url = format!(
+        "http://{}/admin/faults/room",
+        cluster.shard(owner).http_addr
+    );
+    let (status, body) = common::http(
+        "POST",
+        &url,
+        Some(OPERATOR),
+        r#"{"map": "test", "kind": "stall", "ms": 4000}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let ended = drain(&mut cluster, owner).await;
+    // Not waited for: the room runs on another shard from its last
+    // snapshot, and ann, who never left, walks on from where she was.
+    let dir = cluster.dir.clone();
+    let room: RoomId = "test".parse().unwrap();
+    eventually("the stuck room runs elsewhere", || {
+        let (dir, room) = (dir.clone(), room.clone());
+        async move {
+            dir.owner(&room)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|(s, e)| s.as_str() != ID[owner] && e == epoch + 1)
+        }
+    })
+    .await;
+    // (She walks at 1000 units/s: by now she may stand at the map's
+    // edge, so she turns back and her turn shows on the new owner.)
+    ann.walk(2, -1.0, 0.0).await;
+    let back = wait_for(&mut ann, "ann's turn, on the new owner", |m| {
+        seen_at(m, ann_joined.you).and_then(|(x, _, s)| (s == 2).then_some(x))
+    })
+    .await;
+    assert!(back >= x, "she went on from her snapshot: {back} >= {x}");
+    tokio::time::timeout(PATIENCE, ended)
+        .await
+        .expect("the drained shard ends")
+        .unwrap();
+    cluster.close().await;
+}
