@@ -241,6 +241,16 @@ impl RoomCluster {
     /// or wherever the directory says (placing the room if nobody runs
     /// it). A room placed here is leased and fenced first.
     pub async fn locate(self: &Arc<Self>, room: &RoomId) -> Result<Located, JoinError> {
+        // A room paused for a live migration is looked for once the move
+        // is over (a few milliseconds; bounded by the migration budgets):
+        // it runs here again or on the target by then.
+        if let Some(rooms) = self.rooms() {
+            let budget = self.settings.migrate_pause + self.settings.migrate_answer;
+            let deadline = Instant::now() + budget;
+            while rooms.is_migrating(room) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         if let Some(link) = self.edges.lock().get(room).filter(|l| l.is_live()) {
             return Ok(Located::Remote(link.clone()));
         }

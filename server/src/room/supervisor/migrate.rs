@@ -34,7 +34,8 @@ pub enum PauseError {
 }
 
 impl RoomSupervisor {
-    pub(super) fn is_migrating(&self, id: &RoomId) -> bool {
+    /// Room `id` is paused for a live migration right now.
+    pub fn is_migrating(&self, id: &RoomId) -> bool {
         self.migrating.lock().contains(id)
     }
 
