@@ -272,6 +272,9 @@ impl EdgeLink {
             let mut inner = self.inner.lock();
             inner.generation += 1;
             inner.tx = Some(stream.tx.clone());
+            // A hold was the old stream's (a migration that then failed
+            // over): inputs flow on the new one.
+            inner.held = false;
             inner.generation
         };
         actix::spawn(self.clone().read(stream.rx, generation));

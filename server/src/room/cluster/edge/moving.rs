@@ -131,7 +131,11 @@ impl EdgeLink {
     /// Take this shard's own members of a room that just moved to this
     /// link's owner: they re-join it there quietly, their sessions'
     /// queues unchanged (casts reach them through this link from now on).
-    pub async fn adopt(self: Arc<Self>, members: Vec<Adopted>) {
+    ///
+    /// The members are in the link when this returns (so their sessions'
+    /// casts reach it at once); the stream is opened and the re-joins sent
+    /// in the background.
+    pub fn adopt(self: &Arc<Self>, members: Vec<Adopted>) {
         {
             let mut inner = self.inner.lock();
             for m in members {
@@ -147,6 +151,10 @@ impl EdgeLink {
                 );
             }
         }
+        actix::spawn(self.clone().rejoin_adopted());
+    }
+
+    async fn rejoin_adopted(self: Arc<Self>) {
         let Ok(tx) = self.connect().await else {
             tracing::warn!(room = %self.room, "migrated room's new owner not reachable: failing over");
             self.inner.lock().failing_over = true;

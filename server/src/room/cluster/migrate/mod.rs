@@ -271,8 +271,7 @@ impl RoomCluster {
             })
             .collect();
         if !local.is_empty() {
-            let link = self.link_to(room, to.clone());
-            actix::spawn(async move { link.adopt(local).await });
+            self.link_to(room, to.clone()).adopt(local);
         }
     }
 
