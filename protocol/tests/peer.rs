@@ -251,6 +251,7 @@ fn migrate_samples() -> Vec<(&'static str, MigrateMsg)> {
                 epoch: 4,
                 state: RoomState {
                     tick: 120,
+                    next_tick_us: 0,
                     next_entity: 3,
                     members: vec![
                         MovingMember {

@@ -21,6 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::msg::EntityId;
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// One member of the moving room.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MovingMember {
@@ -79,6 +83,12 @@ pub struct MovingGround {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct RoomState {
     pub tick: u64,
+    /// Microseconds from the offer until the room's next tick was due on
+    /// the source: the target's first tick comes then (at least a few
+    /// milliseconds on, so its members are back by then), keeping the
+    /// ticks' pace across the move. Absent (0): one period after start.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub next_tick_us: u64,
     pub next_entity: EntityId,
     pub members: Vec<MovingMember>,
     pub ground: MovingGround,
@@ -150,6 +160,7 @@ mod tests {
             epoch: 4,
             state: RoomState {
                 tick: 9,
+                next_tick_us: 0,
                 next_entity: 3,
                 members: vec![MovingMember {
                     entity: 1,

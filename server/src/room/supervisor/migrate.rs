@@ -22,6 +22,8 @@ pub struct Paused {
     /// The room did not answer the pause in time: `snapshot` is the last
     /// one it took (up to a few ticks old), and its incarnation is retired.
     pub stalled: bool,
+    /// When its next tick was due (not known for a stalled room).
+    pub next_tick: Option<Instant>,
 }
 
 /// Why a room could not be paused.
@@ -56,9 +58,10 @@ impl RoomSupervisor {
             (entry.addr.clone(), entry.slot.clone())
         };
         match tokio::time::timeout(wait, addr.send(MigrateOut)).await {
-            Ok(Ok(Some(snapshot))) => Ok(Paused {
+            Ok(Ok(Some((snapshot, next_tick)))) => Ok(Paused {
                 snapshot,
                 stalled: false,
+                next_tick: Some(next_tick),
             }),
             // Stuck (no answer in time), or it crashed on the way (its
             // restart was refused above): the last snapshot it took.
@@ -69,6 +72,7 @@ impl RoomSupervisor {
                 Ok(Paused {
                     snapshot,
                     stalled: true,
+                    next_tick: None,
                 })
             }
         }
@@ -100,6 +104,7 @@ impl RoomSupervisor {
         let restored = Restored {
             snapshot,
             crashed_at: Instant::now(),
+            first_tick: None,
         };
         let mut rooms = self.rooms.lock();
         if let Some(old) = rooms.get(id) {
@@ -123,6 +128,7 @@ impl RoomSupervisor {
         id: &RoomId,
         snapshot: Arc<RoomSnapshot>,
         epoch: u64,
+        first_tick: Option<Instant>,
     ) -> bool {
         let Some(def) = self.maps.get(id.map().as_ref()).cloned() else {
             return false;
@@ -135,6 +141,7 @@ impl RoomSupervisor {
         let restored = Restored {
             snapshot,
             crashed_at: Instant::now(),
+            first_tick,
         };
         let entry = self.start_incarnation(id.clone(), def, Some(restored), 0, None);
         rooms.insert(id.clone(), entry);

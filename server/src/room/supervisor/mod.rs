@@ -588,6 +588,7 @@ impl RoomSupervisor {
         let restored = Restored {
             snapshot,
             crashed_at: at,
+            first_tick: None,
         };
         let entry = self.start_incarnation(id.clone(), def, Some(restored), since_ms, avoid);
         rooms.insert(id.clone(), entry);

@@ -163,7 +163,7 @@ impl RoomCluster {
             room: room.to_string(),
             from: self.shard().to_string(),
             epoch,
-            state: wire::to_wire(&paused.snapshot),
+            state: wire::to_wire(&paused.snapshot, paused.next_tick),
         });
         let (tx, mut rx) = (stream.tx, stream.rx);
         let answer = if tx.send_msg(&offer).is_err() {

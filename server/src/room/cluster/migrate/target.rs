@@ -3,6 +3,7 @@
 //! answer `accepted` (or `refused`, and nothing changed here).
 
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use protocol::peer::migrate::{Accepted, MigrateMsg, MigrateRefusal, Offer, Refused};
 use protocol::peer::ResetCode;
@@ -14,6 +15,11 @@ use crate::cluster::directory::{DirectoryError, ShardId, ShardState};
 use crate::cluster::tunnel::PeerStream;
 use crate::ids::RoomId;
 use crate::supervise::FaultActor;
+
+/// A migrated room's first tick comes at least this long after it starts:
+/// about what its members' shards take to re-join them (the answer's way
+/// back, a stream opened, the joins), so that tick reaches them.
+const REJOIN_LEAD: Duration = Duration::from_millis(10);
 
 /// The fault point `migrate_in` tripped: answer nothing, as a target that
 /// died would.
@@ -117,10 +123,14 @@ async fn take(cluster: &Arc<RoomCluster>, offer: Offer) -> Result<u64, (MigrateR
         }
         Err(e) => return Err((MigrateRefusal::Directory, e.to_string())),
     };
+    // The first tick in step with the source's, but not before the
+    // members can be back (their shards re-join them once we answer).
+    let first_tick = (offer.state.next_tick_us > 0)
+        .then(|| Instant::now() + Duration::from_micros(offer.state.next_tick_us).max(REJOIN_LEAD));
     let snapshot = from_wire(offer.state, cluster.settings().input_queue, || {
         cluster.next_session()
     });
-    if !rooms.start_migrated(&id, Arc::new(snapshot), lease.epoch) {
+    if !rooms.start_migrated(&id, Arc::new(snapshot), lease.epoch, first_tick) {
         // Lost a race with a join starting it here: the lease is ours and
         // the room runs, from the store rather than the snapshot.
         tracing::warn!(room = %id, "migrated room found running already");

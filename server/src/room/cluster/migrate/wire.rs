@@ -18,7 +18,7 @@ use crate::store::{GroundItem, PendingPickup};
 /// reached this shard during the pause are carried (and left in their
 /// queues too, should the room resume here); local members' inputs stay
 /// in their queues, which this shard's link to the target sends on.
-pub(super) fn to_wire(snapshot: &RoomSnapshot) -> RoomState {
+pub(super) fn to_wire(snapshot: &RoomSnapshot, next_tick: Option<Instant>) -> RoomState {
     let mut pending = Vec::new();
     let members = snapshot
         .members
@@ -47,6 +47,9 @@ pub(super) fn to_wire(snapshot: &RoomSnapshot) -> RoomState {
     let g = &snapshot.ground;
     RoomState {
         tick: snapshot.tick,
+        next_tick_us: next_tick.map_or(0, |t| {
+            (t.saturating_duration_since(Instant::now()).as_micros() as u64).max(1)
+        }),
         next_entity: snapshot.next_entity,
         members,
         ground: MovingGround {
