@@ -701,7 +701,12 @@ async fn a_drain_with_a_stuck_room_restarts_it_on_the_target_from_its_snapshot()
         seen_at(m, ann_joined.you).and_then(|(x, _, s)| (s == 2).then_some(x))
     })
     .await;
-    assert!(back >= x, "she went on from her snapshot: {back} >= {x}");
+    // Her entity and place are kept: the snapshot is at most 2 ticks
+    // old (100 units at her speed), then she walked on and turned.
+    assert!(
+        (back - x).abs() <= 250.0,
+        "she went on from her snapshot: {back} near {x}"
+    );
     tokio::time::timeout(PATIENCE, ended)
         .await
         .expect("the drained shard ends")
