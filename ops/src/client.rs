@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use protocol::admin::{
     ActionReply, AnnounceReply, AnnounceRequest, BanRequest, DispatcherReply, ErrorReply,
-    EventsReply, Health, KickRequest, Peers, PlayersReply, RoomDetail, RoomsReply, ShardInfo,
-    WhoAmI,
+    EventsReply, Health, KickRequest, Peers, PlayersReply, RoomDetail, RoomMigrated, RoomsReply,
+    ShardInfo, WhoAmI,
 };
 use serde::de::DeserializeOwned;
 
@@ -240,6 +240,16 @@ impl Shard {
     pub fn restart_room(&self, room: &str) -> CallResult<ActionReply> {
         self.act(
             &format!("/admin/rooms/{}/restart", escape(room)),
+            &serde_json::Value::Null,
+        )
+    }
+
+    /// Move a room this shard runs to shard `to` (or the placement's pick
+    /// of the other ready shards), live (cluster mode).
+    pub fn migrate_room(&self, room: &str, to: Option<&str>) -> CallResult<RoomMigrated> {
+        let query = to.map(|t| format!("?to={}", escape(t))).unwrap_or_default();
+        self.act(
+            &format!("/admin/rooms/{}/migrate{query}", escape(room)),
             &serde_json::Value::Null,
         )
     }

@@ -68,7 +68,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Rooms: list, inspect, restart.
+    /// Rooms: list, inspect, restart, migrate.
     Rooms {
         #[command(subcommand)]
         command: RoomsCommand,
@@ -121,6 +121,13 @@ enum RoomsCommand {
     Inspect { room: String },
     /// Restart a room from its snapshot (its members get a full update).
     Restart { room: String },
+    /// Move a room, live, to another shard (cluster mode; ask the shard
+    /// that runs it). Without --to the placement picks a ready shard.
+    Migrate {
+        room: String,
+        #[arg(long)]
+        to: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -267,6 +274,9 @@ fn main() -> anyhow::Result<()> {
             }
             RoomsCommand::Inspect { room } => print_json(&shard.room(&room)?)?,
             RoomsCommand::Restart { room } => print_json(&shard.restart_room(&room)?)?,
+            RoomsCommand::Migrate { room, to } => {
+                print_json(&shard.migrate_room(&room, to.as_deref())?)?
+            }
         },
         Command::Players { command } => match command {
             PlayersCommand::Find { q } => print_json(&shard.players(&q)?)?,

@@ -32,6 +32,7 @@ fn server_bin() -> PathBuf {
 /// A shard process, killed when dropped; its addresses from its stdout.
 struct ShardProc {
     child: Child,
+    ws: String,
     http: String,
     peer: String,
     _data: tempfile::TempDir,
@@ -73,10 +74,13 @@ fn start_shard(redis: &RedisServer, id: &str, secret: &str) -> ShardProc {
     let mut child = command
         .spawn()
         .unwrap_or_else(|e| panic!("{command:?}: {e} (cargo build --workspace --bins)"));
-    let (mut http, mut peer) = (None, None);
+    let (mut ws, mut http, mut peer) = (None, None, None);
     let lines = BufReader::new(child.stdout.take().unwrap()).lines();
     for line in lines.take(10) {
         let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("ws listening on ") {
+            ws = Some(rest.trim().to_string());
+        }
         if let Some(rest) = line.strip_prefix("http listening on ") {
             http = Some(rest.trim().to_string());
         }
@@ -89,6 +93,7 @@ fn start_shard(redis: &RedisServer, id: &str, secret: &str) -> ShardProc {
     }
     ShardProc {
         child,
+        ws: ws.expect("a 'ws listening on' line"),
         http: http.expect("an 'http listening on' line"),
         peer: peer.expect("a 'peer listening on' line in cluster mode"),
         _data: data,
@@ -497,4 +502,84 @@ fn the_cluster_dashboard_names_only_metrics_a_cluster_shard_exports() {
         std::thread::sleep(Duration::from_millis(200));
     }
     redis.restart();
+}
+
+/// A player on `ws` in `map`, kept connected while the future runs: says
+/// hello as a guest and joins, then reads (and drops) what comes.
+async fn play(ws: String, map: &str, joined: std::sync::mpsc::Sender<()>) {
+    use futures_util::{SinkExt, StreamExt};
+    use protocol::msg::{Hello, Join};
+    use protocol::{encode_client, ClientMsg, PROTOCOL_VERSION};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{ws}/"))
+        .await
+        .expect("websocket connects");
+    for msg in [
+        ClientMsg::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            token: None,
+            resume: None,
+            name: Some("ann".into()),
+        }),
+        ClientMsg::Join(Join { map: map.into() }),
+    ] {
+        socket
+            .send(Message::Binary(encode_client(&msg).into()))
+            .await
+            .unwrap();
+    }
+    while let Some(Ok(frame)) = socket.next().await {
+        if let Message::Binary(bytes) = frame {
+            if let Ok(protocol::ServerMsg::Joined(_)) = protocol::decode_server(&bytes, 1 << 20) {
+                let _ = joined.send(());
+            }
+        }
+    }
+}
+
+#[test]
+fn rooms_migrate_moves_a_played_room_to_the_other_shard() {
+    let redis = RedisServer::start();
+    let a = start_shard(&redis, "mg-a", SECRET);
+    let b = start_shard(&redis, "mg-b", SECRET);
+    wait_for("the tunnel between mg-a and mg-b", || {
+        (connected(&a, "mg-b") && connected(&b, "mg-a")).then_some(())
+    });
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (joined_tx, joined_rx) = std::sync::mpsc::channel();
+    runtime.spawn(play(a.ws.clone(), "lobby", joined_tx));
+    joined_rx.recv_timeout(DEADLINE).expect("the player joined");
+    let mut con = redis::Client::open(redis.url().as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let lease = |con: &mut redis::Connection| -> Option<String> {
+        redis::cmd("GET")
+            .arg(format!("{PREFIX}:room:lobby"))
+            .query(con)
+            .unwrap()
+    };
+    let before = lease(&mut con).expect("the room is leased");
+    let (owner, epoch) = before.rsplit_once(':').unwrap();
+    let epoch: u64 = epoch.parse().unwrap();
+    let (from, to) = if owner == "mg-a" {
+        (&a, "mg-b")
+    } else {
+        (&b, "mg-a")
+    };
+    let shard = from.http.clone();
+    let (ok, text) = ops(&[
+        "--http", &shard, "--token", TOKEN, "rooms", "migrate", "lobby", "--to", to,
+    ]);
+    assert!(ok, "{text}");
+    let moved: protocol::admin::RoomMigrated = serde_json::from_str(&text).unwrap();
+    assert_eq!((moved.from.as_str(), moved.to.as_str()), (owner, to));
+    assert_eq!(moved.epoch, epoch + 1);
+    assert_eq!(lease(&mut con), Some(format!("{to}:{}", epoch + 1)));
+    // Asked again of the old owner: refused, naming the owner now.
+    let (ok, _) = ops(&[
+        "--http", &shard, "--token", TOKEN, "rooms", "migrate", "lobby",
+    ]);
+    assert!(!ok, "the old owner no longer runs it");
+    runtime.shutdown_background();
 }

@@ -22,6 +22,7 @@
 //! | `GET /admin/rooms` | | [`RoomsReply`] |
 //! | `GET /admin/rooms/{room}` | | [`RoomDetail`] |
 //! | `POST /admin/rooms/{room}/restart` | | [`ActionReply`] |
+//! | `POST /admin/rooms/{room}/migrate?to=` | [`MigrateQuery`] | [`RoomMigrated`] |
 //! | `GET /admin/players?q=` | [`PlayersQuery`] | [`PlayersReply`] |
 //! | `POST /admin/players/{player}/kick` | [`KickRequest`] | [`ActionReply`] |
 //! | `POST /admin/players/{player}/ban` | [`BanRequest`] | [`ActionReply`] |

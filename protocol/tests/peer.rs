@@ -269,6 +269,88 @@ fn owner_samples() -> Vec<(&'static str, OwnerMsg)> {
                 unavailable: true,
             }),
         ),
+        (
+            "peer_room_moving",
+            OwnerMsg::Moving(RoomMoving { to: "b".into() }),
+        ),
+    ]
+}
+
+fn migrate_samples() -> Vec<(&'static str, MigrateMsg)> {
+    use protocol::peer::migrate::*;
+    let item = MovingItem {
+        id: 7,
+        kind: "coin".into(),
+        count: 3,
+        x: 4.0,
+        y: 5.0,
+    };
+    vec![
+        (
+            "peer_migrate_offer",
+            MigrateMsg::Offer(Offer {
+                room: "lobby".into(),
+                from: "a".into(),
+                epoch: 4,
+                state: RoomState {
+                    tick: 120,
+                    next_tick_us: 0,
+                    next_entity: 3,
+                    members: vec![
+                        MovingMember {
+                            entity: 1,
+                            player: "p1".into(),
+                            name: "ada".into(),
+                            x: 10.0,
+                            y: 20.0,
+                            dir: [1.0, 0.0],
+                            seq: 9,
+                            held: false,
+                            pending: vec![(10, 0.0, 1.0)],
+                        },
+                        MovingMember {
+                            entity: 2,
+                            player: "p2".into(),
+                            name: "bob".into(),
+                            x: 1.0,
+                            y: 2.0,
+                            dir: [0.0, 0.0],
+                            seq: 0,
+                            held: true,
+                            pending: vec![],
+                        },
+                    ],
+                    ground: MovingGround {
+                        loaded: true,
+                        rev: 5,
+                        next_item: 9,
+                        epoch: "e1".into(),
+                        owner_epoch: 4,
+                        items: vec![item.clone()],
+                        pending: vec![MovingPickup {
+                            op_id: "pickup:lobby:e1:8".into(),
+                            player: "p1".into(),
+                            item: MovingItem { id: 8, ..item },
+                        }],
+                    },
+                },
+            }),
+        ),
+        (
+            "peer_migrate_accepted",
+            MigrateMsg::Accepted(Accepted {
+                room: "lobby".into(),
+                epoch: 5,
+            }),
+        ),
+        (
+            "peer_migrate_refused",
+            MigrateMsg::Refused(Refused {
+                room: "lobby".into(),
+                code: MigrateRefusal::Draining,
+                reason: "shard b is draining".into(),
+            }),
+        ),
     ]
 }
 
@@ -430,6 +512,11 @@ fn room_frames_match_golden_vectors_and_round_trip() {
 }
 
 #[test]
+fn migrate_frames_match_golden_vectors_and_round_trip() {
+    check_all(migrate_samples());
+}
+
+#[test]
 fn admin_and_chat_frames_match_golden_vectors_and_round_trip() {
     check_all(admin_samples());
     check_all(chat_samples());
@@ -482,7 +569,8 @@ fn peer_md_shows_every_golden_vector() {
         .chain(owner_samples().into_iter().map(|(n, _)| n))
         .chain(admin_samples().into_iter().map(|(n, _)| n))
         .chain(chat_samples().into_iter().map(|(n, _)| n))
-        .chain(swim_samples().into_iter().map(|(n, _)| n));
+        .chain(swim_samples().into_iter().map(|(n, _)| n))
+        .chain(migrate_samples().into_iter().map(|(n, _)| n));
     for name in names {
         let hex = std::fs::read_to_string(golden_path(name)).unwrap();
         assert!(

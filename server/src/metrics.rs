@@ -58,6 +58,14 @@ pub const REMOTE_TICKS: &str = "tessera_remote_ticks_total";
 /// room's new owner after its old one went away, by `result` (`moved`,
 /// `failed`).
 pub const ROOM_FAILOVERS: &str = "tessera_room_failovers_total";
+/// Cluster mode: live migrations of rooms this shard ran, by `result`
+/// (`moved`, `moved_stalled`: from the last snapshot of a room that did
+/// not answer the pause, `resumed`: the target refused or did not answer
+/// and the room went on here, `lost`: the lease moved on regardless).
+pub const MIGRATIONS: &str = "tessera_migrations_total";
+/// Cluster mode: how long a migrated room did not tick (from the pause
+/// on the source to its edges being told where it runs now).
+pub const MIGRATION_PAUSE_SECONDS: &str = "tessera_migration_pause_seconds";
 /// Members of each room this shard runs (held seats included), by
 /// `where`: `local` (socket on this shard) or `remote` (on another shard,
 /// cluster mode). Per-room labels as the other room series.

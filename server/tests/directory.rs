@@ -697,3 +697,59 @@ async fn a_shard_starts_while_redis_is_down_and_registers_when_it_returns() {
 fn shard_of(redis: &RedisServer, prefix: &str) -> Directory {
     shard(redis, prefix, "observer")
 }
+
+#[tokio::test]
+async fn a_migration_moves_the_lease_by_compare_and_set_and_only_once() {
+    let redis = RedisServer::start();
+    let prefix = "dmove";
+    let (a, b, c) = (
+        patient_shard(&redis, prefix, "a"),
+        patient_shard(&redis, prefix, "b"),
+        patient_shard(&redis, prefix, "c"),
+    );
+    let lobby = room("lobby");
+    let lease = a.acquire_room(&lobby, 0).await.unwrap();
+    // b takes it from a at that epoch: epoch + 1, b's now, in b's set.
+    let moved = b
+        .take_over_room(&lobby, a.shard(), lease.epoch)
+        .await
+        .unwrap();
+    assert_eq!(moved.epoch, lease.epoch + 1);
+    assert_eq!(
+        a.owner(&lobby).await.unwrap(),
+        Some((ShardId::new("b").unwrap(), lease.epoch + 1))
+    );
+    assert_eq!(b.held_epoch(&lobby), Some(moved.epoch));
+    assert_eq!(b.rooms_of(b.shard()).await.unwrap(), vec![lobby.clone()]);
+    assert!(a.rooms_of(a.shard()).await.unwrap().is_empty());
+    // a forgets its old lease without a notice; c's compare against the
+    // old epoch (a target that answered late) fails and names the holder.
+    a.forget_moved(&lobby, lease.epoch);
+    assert_eq!(a.held_epoch(&lobby), None);
+    match c.take_over_room(&lobby, a.shard(), lease.epoch).await {
+        Err(DirectoryError::Held { shard, epoch, .. }) => {
+            assert_eq!((shard.as_str(), epoch), ("b", moved.epoch));
+        }
+        other => panic!("a stale compare-and-set must fail: {other:?}"),
+    }
+    // The same shard taking its own lease back (a failed migration)
+    // raises the epoch too, so a late target's move fails.
+    let back = b
+        .take_over_room(&lobby, b.shard(), moved.epoch)
+        .await
+        .unwrap();
+    assert_eq!(back.epoch, moved.epoch + 1);
+    assert!(c
+        .take_over_room(&lobby, b.shard(), moved.epoch)
+        .await
+        .is_err());
+    // b renews the lease it holds now, at its new epoch.
+    let report = b.renew_all().await.unwrap();
+    assert_eq!(report.renewed, vec![lobby.clone()]);
+    // Nobody holds a released room: a move of it is refused as not owned.
+    b.release_room(&lobby).await.unwrap();
+    assert!(matches!(
+        c.take_over_room(&lobby, b.shard(), back.epoch).await,
+        Err(DirectoryError::NotOwner { .. })
+    ));
+}

@@ -274,6 +274,26 @@ pub struct Ban {
     pub until_ms: Option<u64>,
 }
 
+/// `POST /admin/rooms/{room}/migrate?to=SHARD`: where to move the room
+/// (absent: the placement picks a ready shard other than the owner).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MigrateQuery {
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+/// The reply of a live migration: the room runs on `to` now, under lease
+/// epoch `epoch`, after a pause of `pause_ms` (from the pause on `from`
+/// to its shards being told where it runs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomMigrated {
+    pub room: String,
+    pub from: String,
+    pub to: String,
+    pub epoch: u64,
+    pub pause_ms: f64,
+}
+
 /// The reply of an action: what was done.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActionReply {

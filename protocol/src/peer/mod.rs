@@ -23,6 +23,9 @@
 //! - [`room`]: the `/tessera/room/1` stream: [`EdgeMsg`] (edge to owner)
 //!   and [`OwnerMsg`] (owner to edge), with [`Tick`], which carries a
 //!   tick's entries encoded once and one [`View`] per distinct view.
+//! - [`migrate`]: the `/tessera/migrate/1` stream: [`MigrateMsg`]
+//!   (`offer` a paused room's state to a new owner; `accepted` or
+//!   `refused`).
 //! - [`swim`]: the `/tessera/swim/1` stream: [`SwimMsg`] (`ping`,
 //!   `ping_req`, `ack`) with membership changes ([`Update`]) piggybacked.
 
@@ -30,6 +33,7 @@ pub mod admin;
 pub mod calls;
 pub mod chat;
 pub mod handshake;
+pub mod migrate;
 pub mod room;
 pub mod stream;
 pub mod swim;
@@ -42,10 +46,11 @@ pub use handshake::{
     proof_mac, verify_proof, Bytes32, Control, Heartbeat, PeerHello, Proof, Refuse, RefuseCode,
     Role, EXPORTER_LABEL,
 };
+pub use migrate::MigrateMsg;
 pub use room::{
     entry_position, Closed, EdgeMsg, EntryKind, Fanout, Input, Inputs, JoinRefused, Member,
-    OwnerMsg, Reliable, RemoteChat, RemoteJoin, RemoteJoined, SessionId, Tick, TickBuilder,
-    TickError, View,
+    OwnerMsg, Reliable, RemoteChat, RemoteJoin, RemoteJoined, RoomMoving, SessionId, Tick,
+    TickBuilder, TickError, View,
 };
 pub use stream::{Accept, Open, ResetCode, StreamHead};
 pub use swim::{MemberState, SwimMsg, Update};
@@ -115,7 +120,7 @@ macro_rules! peer_message {
         impl PeerMessage for $t {}
     )*};
 }
-peer_message!(Control, StreamHead, EdgeMsg, OwnerMsg, AdminMsg, ChatMsg, SwimMsg);
+peer_message!(Control, StreamHead, EdgeMsg, OwnerMsg, AdminMsg, ChatMsg, SwimMsg, MigrateMsg);
 
 /// The payload's length as a frame header, after checking it against
 /// `max_frame` (the sender's own limit: a frame its peer would refuse is

@@ -389,6 +389,18 @@ pub enum OwnerMsg {
     Fanout(Fanout),
     /// The answer to an [`EdgeMsg::WhoIs`]. Added in 1.0 (appended).
     TargetIs(super::calls::TargetIs),
+    /// The room is moving to another shard (live migration, see
+    /// [`crate::peer::migrate`]). Added in 1.0 (appended).
+    Moving(RoomMoving),
+}
+
+/// A live migration of the room, as its edges are told: `to` empty, the
+/// room is paused (hold the inputs); `to` the owner itself, it resumed
+/// there (send them again); `to` another shard, it runs there now
+/// (re-join every member there, quietly, and send the inputs held).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomMoving {
+    pub to: String,
 }
 
 #[cfg(test)]

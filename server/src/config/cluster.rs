@@ -111,6 +111,13 @@ pub struct ClusterConfig {
     /// A drain (SIGTERM in cluster mode, `POST /admin/shards/drain`) ends
     /// with the process exiting within this.
     pub drain_budget_ms: u64,
+    /// Live migration: how long a room has to answer the pause (it does
+    /// at its next tick boundary); one that does not (stuck in a handler)
+    /// is moved from its last snapshot instead.
+    pub migrate_pause_ms: u64,
+    /// Live migration: how long the target has to take the room (lease
+    /// moved, room started) before the room resumes on the source.
+    pub migrate_answer_ms: u64,
     /// Messages for other shards (session takeovers, kicks, bans,
     /// announcements) queued at most, in all and per peer; past it they
     /// are dropped and counted (`tessera_relay_dropped_total`).
@@ -148,6 +155,8 @@ impl Default for ClusterConfig {
             swim_piggyback: 8,
             swim_retransmit: 4,
             drain_budget_ms: 15_000,
+            migrate_pause_ms: 250,
+            migrate_answer_ms: 2_000,
             relay_queue: 1_024,
             dead_shard_keep_ms: 3_600_000,
             tunnel: TunnelConfig::default(),
@@ -209,6 +218,8 @@ impl ClusterConfig {
             ("cluster.swim_piggyback", self.swim_piggyback as u64),
             ("cluster.swim_retransmit", u64::from(self.swim_retransmit)),
             ("cluster.drain_budget_ms", self.drain_budget_ms),
+            ("cluster.migrate_pause_ms", self.migrate_pause_ms),
+            ("cluster.migrate_answer_ms", self.migrate_answer_ms),
         ] {
             if value == 0 {
                 errors.push(format!("{name} must be greater than 0"));
@@ -225,6 +236,12 @@ impl ClusterConfig {
         if self.failover_budget_ms <= self.lease_ms {
             errors.push(
                 "cluster.failover_budget_ms must be above lease_ms (a dead owner's lease must expire first)"
+                    .into(),
+            );
+        }
+        if self.migrate_pause_ms.saturating_add(self.migrate_answer_ms) >= self.drain_budget_ms {
+            errors.push(
+                "cluster.migrate_pause_ms + migrate_answer_ms must be below drain_budget_ms (a drain migrates its rooms within its budget)"
                     .into(),
             );
         }
@@ -448,6 +465,16 @@ mod tests {
         let mut config = cluster();
         config.cluster.redis = "redis://h:1/db".into();
         assert!(errors(&config).contains("database"));
+    }
+
+    #[test]
+    fn migration_budgets_are_positive_and_fit_in_a_drain() {
+        let mut config = cluster();
+        config.cluster.migrate_pause_ms = 0;
+        assert!(errors(&config).contains("cluster.migrate_pause_ms must be greater than 0"));
+        let mut config = cluster();
+        config.cluster.migrate_answer_ms = config.cluster.drain_budget_ms;
+        assert!(errors(&config).contains("must be below drain_budget_ms"));
     }
 
     #[test]

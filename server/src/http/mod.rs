@@ -13,6 +13,7 @@
 //! | `GET /admin/rooms` | every running room (viewer) |
 //! | `GET /admin/rooms/{room}` | the room inspector: members, positions, session ages (viewer); `lobby%232` for `lobby#2` |
 //! | `POST /admin/rooms/{room}/restart` | restart the room from its snapshot (operator) |
+//! | `POST /admin/rooms/{room}/migrate?to=SHARD` | move the room, live, to shard `SHARD` (absent: the placement's pick of the other ready shards); 404 not running anywhere, 409 owned by another shard (named), already moving, bad target or the target refused (the room resumed here), 503 directory trouble (operator) |
 //! | `GET /admin/players?q=` | players by id or name (viewer) |
 //! | `POST /admin/players/{player}/kick` | `{"reason": "optional"}` or no body (operator) |
 //! | `POST /admin/players/{player}/ban` | `{"reason": "...", "duration_s": optional}` (operator) |
@@ -76,6 +77,7 @@ use crate::tls::Conn;
 mod actions;
 mod admin;
 mod inspect;
+mod migrate;
 
 pub use actions::{parse_ban, parse_kick};
 pub use admin::{parse_announce, parse_room_fault, parse_session_fault};
@@ -335,6 +337,7 @@ pub async fn serve(
         .route("/admin/rooms", get(inspect::rooms))
         .route("/admin/rooms/{room}", get(inspect::room))
         .route("/admin/rooms/{room}/restart", post(actions::restart_room))
+        .route("/admin/rooms/{room}/migrate", post(migrate::migrate_room))
         .route("/admin/players", get(inspect::players))
         .route("/admin/players/{player}/inventory", get(inspect::inventory))
         .route("/admin/players/{player}/kick", post(actions::kick))

@@ -28,6 +28,10 @@ pub struct MemberState {
     /// When the connection went away; the seat is held until the grace
     /// period runs out.
     pub disconnected_at: Option<Instant>,
+    /// The seat came with a live migration and waits for its shard to
+    /// re-join it: that join goes on quietly (no `joined`, no notice, the
+    /// direction and view kept), as if the room had never moved.
+    pub migrated: bool,
 }
 
 pub(super) struct Member {
@@ -215,6 +219,12 @@ impl Room {
                 .members
                 .get_mut(&id)
                 .expect("sessions and members hold the same entities");
+            let migrated = std::mem::take(&mut member.state.migrated);
+            if migrated {
+                // Inputs that reached the old owner during the move wait
+                // in the seat's own queue: applied first, in order.
+                member.state.link.inputs.drain_into(&mut member.pending);
+            }
             // The seat's entity and identity stay; the session's ends are
             // the new one's.
             let link = &mut member.state.link;
@@ -225,6 +235,19 @@ impl Room {
             link.events = msg.link.events;
             link.remote = msg.link.remote;
             member.state.disconnected_at = None;
+            if migrated {
+                let (x, y) = (member.state.x, member.state.y);
+                let mut view = Vec::new();
+                self.grid.query(x, y, self.map.view_radius, &mut view);
+                if let Some(member) = self.members.get_mut(&id) {
+                    member.visible = view;
+                }
+                self.snapshot();
+                return Ok(JoinOk {
+                    entity: id,
+                    resumed: true,
+                });
+            }
             member.state.dir = (0.0, 0.0);
             // A session joining the map it stands in gets `joined` again,
             // with no notice: nothing was restored.
@@ -262,6 +285,7 @@ impl Room {
                 dir: (0.0, 0.0),
                 seq: 0,
                 disconnected_at: None,
+                migrated: false,
             },
             cell,
             pending: Vec::new(),

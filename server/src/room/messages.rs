@@ -207,6 +207,8 @@ pub const FAULT_POINTS: &[&str] = &[
     "who_is",
     "fault",
     "handover",
+    "migrate_out",
+    "migrate_in",
     "tick",
     "ground_start",
     "restore",

@@ -55,6 +55,7 @@ pub mod grid;
 pub mod ground;
 mod member;
 mod messages;
+mod moving;
 pub mod remote;
 mod room_ref;
 mod snapshot;
@@ -93,6 +94,7 @@ pub use messages::{
     ChatIn, Disconnected, Fault, FaultKind, GiveTarget, Handover, Inputs, JoinError, JoinOk,
     JoinRoom, LeaveRoom, MemberLink, RoomEvent, WhoIs, FAULT_POINTS, MAX_INJECTED_STALL,
 };
+pub use moving::MigrateOut;
 pub use room_ref::{CallError, CastError, RoomRef};
 pub use snapshot::{Restored, RoomSnapshot};
 pub use supervisor::{RestartReason, RoomSlot, RoomSupervisor, RoomView};
@@ -412,6 +414,7 @@ impl Actor for Room {
         self.guarded(ctx, "ground_start", |room, ctx| {
             room.start_ground(restored_ground.as_deref(), ctx)
         });
+        let first_tick = self.restored.as_ref().and_then(|r| r.first_tick);
         if let Some(restored) = self.restored.take() {
             let done = self.guarded(ctx, "restore", |room, ctx| {
                 room.resync_all();
@@ -431,7 +434,12 @@ impl Actor for Room {
         } else {
             tracing::info!(room = %self.id, tick_hz = self.map.tick_hz, "room started");
         }
-        self.next_tick = Instant::now();
+        // `schedule_tick` adds a period: a migrated room's first tick comes
+        // when its old owner's next one would have.
+        let period = Duration::from_secs_f64(1.0 / f64::from(self.map.tick_hz));
+        self.next_tick = first_tick
+            .and_then(|t| t.checked_sub(period))
+            .unwrap_or_else(Instant::now);
         if !self.crashed {
             self.schedule_tick(ctx);
         }

@@ -32,6 +32,9 @@ pub struct Restored {
     pub snapshot: Arc<RoomSnapshot>,
     /// When the crash was detected, for the time-to-restore metric.
     pub crashed_at: Instant,
+    /// A migrated room: when its first tick is due, in step with the
+    /// ticks it had on its old owner (`None`: one period after start).
+    pub first_tick: Option<Instant>,
 }
 
 impl Room {

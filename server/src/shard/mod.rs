@@ -531,6 +531,11 @@ async fn run(
         let _ = dir.set_state(DirState::Draining).await;
     }
     let _ = gateway_task.await;
+    if let (true, Some(cluster)) = (draining, shared.rooms.cluster()) {
+        // Rooms move live before the sockets close, so players on other
+        // shards see no restart and this shard's own resume elsewhere.
+        cluster.migrate_all(budget.migrate).await;
+    }
     if !draining {
         let report = web.announce("server shutting down");
         tracing::info!(delivered = report.delivered, "shutdown announced");

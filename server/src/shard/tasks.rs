@@ -17,6 +17,8 @@ use crate::store::PersisterHandle;
 /// flush 30 %, the tunnel and leaving the directory 15 % each), so the
 /// process exits within the budget.
 pub(super) struct StopBudget {
+    /// Draining: the rooms' live migrations to other shards.
+    pub migrate: Duration,
     pub sessions: Duration,
     pub flush: Duration,
     pub tunnel: Duration,
@@ -33,8 +35,9 @@ impl StopBudget {
             }
         };
         StopBudget {
-            sessions: share(40, config.server.shutdown_grace_ms),
-            flush: share(30, config.store.shutdown_flush_deadline_ms),
+            migrate: share(20, config.cluster.drain_budget_ms),
+            sessions: share(30, config.server.shutdown_grace_ms),
+            flush: share(20, config.store.shutdown_flush_deadline_ms),
             tunnel: share(15, config.server.shutdown_grace_ms),
             leave: share(15, config.cluster.redis_wait_ms),
         }

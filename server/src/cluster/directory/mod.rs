@@ -24,6 +24,7 @@
 //! Redis that is down costs no tight loop.
 
 mod events;
+mod moves;
 mod players;
 mod rooms;
 mod scripts;

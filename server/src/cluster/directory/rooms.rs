@@ -247,7 +247,7 @@ impl Directory {
 }
 
 /// `shard:epoch` into its parts.
-fn parse_lease(value: &str) -> Result<(ShardId, u64)> {
+pub(super) fn parse_lease(value: &str) -> Result<(ShardId, u64)> {
     let bad = || DirectoryError::Protocol(format!("a lease holds {value:?}"));
     let (shard, epoch) = value.rsplit_once(':').ok_or_else(bad)?;
     Ok((

@@ -204,3 +204,31 @@ return 1
 "#,
     )
 });
+
+/// A live migration moves a lease by compare-and-set.
+/// KEYS: lease, epoch counter, the old holder's room set, the new
+/// holder's room set. ARGV: the expected `shard:epoch`, the new shard,
+/// lease ms, room id. When the lease is still the expected one, it becomes
+/// `new shard:max(counter, epoch) + 1` (the counter follows) and the room
+/// changes sets: returns `{1, new epoch}`. Otherwise nothing changes:
+/// returns `{0, current value or ''}`.
+pub(super) static MOVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local cur = redis.call('GET', KEYS[1])
+if cur ~= ARGV[1] then
+  return {0, cur or ''}
+end
+local sep = string.find(ARGV[1], ':[^:]*$')
+local epoch = tonumber(string.sub(ARGV[1], sep + 1))
+local counter = tonumber(redis.call('GET', KEYS[2]) or '0')
+if counter > epoch then epoch = counter end
+epoch = epoch + 1
+redis.call('SET', KEYS[2], string.format('%d', epoch))
+redis.call('SET', KEYS[1], ARGV[2] .. ':' .. string.format('%d', epoch), 'PX', ARGV[3])
+redis.call('SREM', KEYS[3], ARGV[4])
+redis.call('SADD', KEYS[4], ARGV[4])
+return {1, string.format('%d', epoch)}
+"#,
+    )
+});

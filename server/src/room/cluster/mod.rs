@@ -32,6 +32,7 @@
 
 mod calls;
 pub mod edge;
+pub mod migrate;
 mod owner;
 
 use std::collections::HashMap;
@@ -72,6 +73,10 @@ pub struct RoomSettings {
     /// `cluster.input_lead_ms`: how long before the owner's next tick an
     /// edge sends its inputs.
     pub input_lead: Duration,
+    /// `cluster.migrate_pause_ms`: how long a room has to answer a pause.
+    pub migrate_pause: Duration,
+    /// `cluster.migrate_answer_ms`: how long a migration's target has.
+    pub migrate_answer: Duration,
 }
 
 impl RoomSettings {
@@ -83,6 +88,8 @@ impl RoomSettings {
             input_queue: config.rooms.input_queue,
             redis_wait: ms(config.cluster.redis_wait_ms),
             input_lead: ms(config.cluster.input_lead_ms),
+            migrate_pause: ms(config.cluster.migrate_pause_ms),
+            migrate_answer: ms(config.cluster.migrate_answer_ms),
         }
     }
 }
@@ -107,6 +114,9 @@ pub struct RoomCluster {
     edges: Mutex<HashMap<RoomId, Arc<EdgeLink>>>,
     next_sink: AtomicU64,
     next_session: AtomicU64,
+    /// The Arbiter the cluster's tasks run on: a migration asked for from
+    /// outside it (an HTTP handler) runs there.
+    arbiter: actix::ArbiterHandle,
 }
 
 impl RoomCluster {
@@ -129,10 +139,13 @@ impl RoomCluster {
             edges: Mutex::new(HashMap::new()),
             next_sink: AtomicU64::new(1),
             next_session: AtomicU64::new(REMOTE_SESSION_BASE),
+            arbiter: actix::Arbiter::current(),
         });
         rooms.set_cluster(cluster.clone());
         let streams = hub.listen(protocol::peer::ROOM_PROTOCOL);
         actix::spawn(owner::serve(Arc::downgrade(&cluster), streams));
+        let offers = hub.listen(protocol::peer::MIGRATE_PROTOCOL);
+        actix::spawn(migrate::target::serve(Arc::downgrade(&cluster), offers));
         actix::spawn(watch_leases(
             Arc::downgrade(rooms),
             dir,
@@ -193,6 +206,14 @@ impl RoomCluster {
         self.next_sink.fetch_add(1, Ordering::Relaxed)
     }
 
+    pub(crate) fn dir(&self) -> &Directory {
+        &self.dir
+    }
+
+    pub(crate) fn persister(&self) -> &PersisterHandle {
+        &self.persister
+    }
+
     fn next_session(&self) -> SessionId {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
@@ -223,6 +244,16 @@ impl RoomCluster {
     /// or wherever the directory says (placing the room if nobody runs
     /// it). A room placed here is leased and fenced first.
     pub async fn locate(self: &Arc<Self>, room: &RoomId) -> Result<Located, JoinError> {
+        // A room paused for a live migration is looked for once the move
+        // is over (a few milliseconds; bounded by the migration budgets):
+        // it runs here again or on the target by then.
+        if let Some(rooms) = self.rooms() {
+            let budget = self.settings.migrate_pause + self.settings.migrate_answer;
+            let deadline = Instant::now() + budget;
+            while rooms.is_migrating(room) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         if let Some(link) = self.edges.lock().get(room).filter(|l| l.is_live()) {
             return Ok(Located::Remote(link.clone()));
         }

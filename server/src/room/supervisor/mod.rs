@@ -76,8 +76,10 @@ use protocol::admin::EventKind;
 mod admin;
 mod arbiters;
 mod cluster;
+mod migrate;
 pub use admin::RoomView;
 use arbiters::RoomArbiter;
+pub use migrate::{PauseError, Paused};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestartReason {
@@ -232,6 +234,9 @@ pub struct RoomSupervisor {
     /// Cluster mode: instances a join found full on their owner, and
     /// until when `auto` placement skips them.
     full_hints: Mutex<HashMap<RoomId, Instant>>,
+    /// Cluster mode: rooms paused for a live migration (see
+    /// `migrate.rs`): neither started nor restarted here meanwhile.
+    migrating: Mutex<std::collections::HashSet<RoomId>>,
     settings: Settings,
     origin: Instant,
 }
@@ -280,6 +285,7 @@ impl RoomSupervisor {
             cluster: std::sync::OnceLock::new(),
             epochs: Mutex::new(HashMap::new()),
             full_hints: Mutex::new(HashMap::new()),
+            migrating: Mutex::new(std::collections::HashSet::new()),
             settings,
             origin: Instant::now(),
         }
@@ -399,6 +405,11 @@ impl RoomSupervisor {
     /// only; this is for it, fault injection and tests.
     pub fn start(self: &Arc<Self>, id: &RoomId) -> Option<Addr<Room>> {
         let def = self.maps.get(id.map().as_ref())?.clone();
+        if self.is_migrating(id) {
+            // Paused for a live migration: it runs on one shard or the
+            // other afterwards, never on both.
+            return None;
+        }
         let mut rooms = self.rooms.lock();
         if let Some(entry) = rooms.get(id).filter(|e| e.addr.connected()) {
             return Some(entry.addr.clone());
@@ -490,6 +501,11 @@ impl RoomSupervisor {
             return;
         };
         let room = id.to_string();
+        if self.is_migrating(id) {
+            // The migration ends with the room on the target or resumed
+            // here from its snapshot: a stall seen meanwhile is its own.
+            return;
+        }
         let mut rooms = self.rooms.lock();
         let Some(entry) = rooms.get(id).filter(|e| e.slot.incarnation == incarnation) else {
             return;
@@ -572,6 +588,7 @@ impl RoomSupervisor {
         let restored = Restored {
             snapshot,
             crashed_at: at,
+            first_tick: None,
         };
         let entry = self.start_incarnation(id.clone(), def, Some(restored), since_ms, avoid);
         rooms.insert(id.clone(), entry);

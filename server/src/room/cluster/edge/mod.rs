@@ -36,6 +36,9 @@ use protocol::peer::{
 use protocol::{encode_server, ErrorCode, NoticeCode, ServerMsg};
 use tokio::sync::oneshot;
 
+mod moving;
+pub use moving::Adopted;
+
 use super::RoomCluster;
 use crate::cluster::directory::ShardId;
 use crate::cluster::tunnel::{StreamReceiver, StreamSender};
@@ -68,6 +71,9 @@ struct Inner {
     /// When the owner's latest tick message arrived: the owner's tick
     /// phase, which the input pump aims at.
     last_tick: Option<Instant>,
+    /// The room is paused for a live migration: inputs wait in the
+    /// members' queues (`moving.rs`).
+    held: bool,
 }
 
 /// This shard's link to one room owned by another shard.
@@ -96,6 +102,7 @@ impl EdgeLink {
                 members: HashMap::new(),
                 failing_over: false,
                 last_tick: None,
+                held: false,
             }),
             connecting: tokio::sync::Mutex::new(()),
             over: AtomicBool::new(false),
@@ -268,6 +275,9 @@ impl EdgeLink {
             let mut inner = self.inner.lock();
             inner.generation += 1;
             inner.tx = Some(stream.tx.clone());
+            // A hold was the old stream's (a migration that then failed
+            // over): inputs flow on the new one.
+            inner.held = false;
             inner.generation
         };
         actix::spawn(self.clone().read(stream.rx, generation));
@@ -288,6 +298,11 @@ impl EdgeLink {
                 Ok(OwnerMsg::Closed(c)) => {
                     closed = Some(c.code);
                     break;
+                }
+                Ok(OwnerMsg::Moving(m)) => {
+                    if !self.on_moving(m.to, generation) {
+                        return;
+                    }
                 }
                 Ok(msg) => {
                     if !self.on_owner(msg, generation, &mut scratch) {
@@ -421,7 +436,7 @@ impl EdgeLink {
                     }
                 }
             }
-            OwnerMsg::Closed(_) => {}
+            OwnerMsg::Closed(_) | OwnerMsg::Moving(_) => {}
             OwnerMsg::TargetIs(answer) => self.calls.answer(answer),
         }
         true
@@ -452,6 +467,9 @@ impl EdgeLink {
                 let Some(tx) = inner.tx.clone() else {
                     return;
                 };
+                if inner.held {
+                    continue;
+                }
                 let mut batch = Vec::new();
                 for (&session, member) in &inner.members {
                     // A slow client shed updates and has drained: the

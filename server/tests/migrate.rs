@@ -1,0 +1,715 @@
+//! Live room migration: three real shards (each with its listeners,
+//! store, directory handle and QUIC tunnel) over a real `redis-server`,
+//! test clients over WebSocket, and `POST /admin/rooms/{room}/migrate`.
+//! Every wait is for a condition, with a generous deadline.
+
+mod common;
+mod redis_support;
+
+use std::time::{Duration, Instant};
+
+use common::{Client, Event, TestShard};
+use protocol::admin::{Role, RoomMigrated};
+use protocol::msg::{EntityId, Joined};
+use protocol::{NoticeCode, ServerMsg};
+use redis_support::RedisServer;
+use server::cluster::Directory;
+use server::config::{AdminToken, Config};
+use server::ids::RoomId;
+
+const OPERATOR: &str = "operator-token-for-migrations-01";
+const VIEWER: &str = "viewer-token-for-migrations-0001";
+
+/// Generous: these tests wait for conditions, never for fixed times.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn config(redis: &RedisServer, prefix: &str, id: &str) -> Config {
+    let mut config = common::test_config();
+    config.cluster.redis = redis.url();
+    config.cluster.secret = "s".repeat(32);
+    config.cluster.key_prefix = prefix.into();
+    config.cluster.shard_id = id.into();
+    config.cluster.peer_addr = "127.0.0.1:0".parse().unwrap();
+    // Slower than the defaults: the tests share two cores with builds.
+    config.cluster.lease_ms = 6_000;
+    config.cluster.renew_ms = 2_000;
+    config.cluster.shard_ttl_ms = 6_000;
+    config.cluster.heartbeat_ms = 1_000;
+    config.cluster.redis_timeout_ms = 1_500;
+    config.cluster.redis_wait_ms = 5_000;
+    config.cluster.failover_budget_ms = 30_000;
+    config.cluster.migrate_answer_ms = 5_000;
+    config.cluster.migrate_pause_ms = 1_000;
+    config.server.idle_timeout_ms = 120_000;
+    config.auth.secret = "a".repeat(48);
+    config.admin.tokens = vec![
+        AdminToken {
+            token: OPERATOR.into(),
+            role: Role::Operator,
+            name: "olga".into(),
+        },
+        AdminToken {
+            token: VIEWER.into(),
+            role: Role::Viewer,
+            name: "victor".into(),
+        },
+    ];
+    config.admin.fault_injection = true;
+    config.rooms.call_timeout_ms = 5_000;
+    // Stalls injected here are the test's, not the watchdog's to fix.
+    config.supervision.stall_timeout_ms = 60_000;
+    config
+}
+
+struct Cluster {
+    shards: Vec<Option<TestShard>>,
+    dir: Directory,
+    _redis: RedisServer,
+}
+
+impl Cluster {
+    /// Three shards, `a`, `b` and `c`, each registered and ready.
+    async fn start(prefix: &str, tune: impl Fn(&mut Config)) -> Cluster {
+        let redis = RedisServer::start();
+        let mut shards = Vec::new();
+        for id in ["a", "b", "c"] {
+            let mut config = config(&redis, prefix, id);
+            tune(&mut config);
+            let shard = tokio::task::spawn_blocking(move || common::start(config))
+                .await
+                .unwrap();
+            shards.push(Some(shard));
+        }
+        let dir = shards[0].as_ref().unwrap().cluster.clone().unwrap();
+        let cluster = Cluster {
+            shards,
+            dir,
+            _redis: redis,
+        };
+        let dir = cluster.dir.clone();
+        eventually("three shards ready", || {
+            let dir = dir.clone();
+            async move {
+                dir.shards()
+                    .await
+                    .map(|s| s.iter().filter(|s| s.alive && s.placeable()).count() == 3)
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+        cluster
+    }
+
+    fn shard(&self, i: usize) -> &TestShard {
+        self.shards[i].as_ref().expect("shard running")
+    }
+
+    /// The owner of `room` now and its epoch.
+    async fn owner(&self, room: &str) -> (usize, u64) {
+        let room: RoomId = room.parse().unwrap();
+        let (shard, epoch) = self
+            .dir
+            .owner(&room)
+            .await
+            .unwrap()
+            .expect("the room has an owner");
+        let i = ["a", "b", "c"]
+            .iter()
+            .position(|s| *s == shard.as_str())
+            .expect("one of a, b, c");
+        (i, epoch)
+    }
+
+    /// `POST /admin/rooms/{room}/migrate` on shard `on`: status and body.
+    async fn migrate(&self, on: usize, room: &str, to: Option<&str>, token: &str) -> (u16, String) {
+        let query = to.map(|t| format!("?to={t}")).unwrap_or_default();
+        let url = format!(
+            "http://{}/admin/rooms/{room}/migrate{query}",
+            self.shard(on).http_addr
+        );
+        common::http("POST", &url, Some(token), "").await
+    }
+
+    /// Migrate `room` from its owner to shard `to`, which must succeed.
+    async fn moved(&self, room: &str, to: usize) -> RoomMigrated {
+        let (from, _) = self.owner(room).await;
+        let (status, body) = self.migrate(from, room, Some(ID[to]), OPERATOR).await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    async fn stop(&mut self, i: usize) {
+        let shard = self.shards[i].take().expect("shard running");
+        tokio::task::spawn_blocking(move || drop(shard))
+            .await
+            .unwrap();
+    }
+
+    async fn close(mut self) {
+        for i in 0..self.shards.len() {
+            if self.shards[i].is_some() {
+                self.stop(i).await;
+            }
+        }
+    }
+}
+
+const ID: [&str; 3] = ["a", "b", "c"];
+
+/// Poll `check` until it is true or PATIENCE ran out.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not within {PATIENCE:?}");
+}
+
+/// The first message `pick` accepts within PATIENCE, skipping others
+/// (each of them quiet: see [`assert_quiet`]).
+async fn wait_for<T>(
+    client: &mut Client,
+    what: &str,
+    mut pick: impl FnMut(&ServerMsg) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.next_event(left).await {
+            Some(Event::Msg(msg)) => {
+                assert_quiet(&msg, what);
+                if let Some(found) = pick(&msg) {
+                    return found;
+                }
+            }
+            Some(Event::Closed(code)) => panic!("closed ({code:?}) while waiting for {what}"),
+            None => panic!("timed out waiting for {what}"),
+        }
+    }
+}
+
+/// A live migration is invisible to players: no second `joined`, no
+/// notice that the room moved or restarted, no error.
+fn assert_quiet(msg: &ServerMsg, what: &str) {
+    match msg {
+        ServerMsg::Joined(j) => panic!("a second joined ({}) while waiting for {what}", j.you),
+        ServerMsg::Notice(n)
+            if n.code == NoticeCode::RoomMoved.as_u16()
+                || n.code == NoticeCode::RoomRestarted.as_u16() =>
+        {
+            panic!("notice {} while waiting for {what}", n.code)
+        }
+        ServerMsg::Error(e) => panic!("error {} while waiting for {what}", e.code),
+        _ => {}
+    }
+}
+
+async fn join_as(addr: std::net::SocketAddr, name: &str, map: &str) -> (Client, Joined) {
+    let (mut client, _) = Client::welcomed(addr, name).await;
+    client
+        .send(protocol::ClientMsg::Join(protocol::msg::Join {
+            map: map.into(),
+        }))
+        .await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.next_event(left).await {
+            Some(Event::Msg(ServerMsg::Joined(joined))) => return (client, joined),
+            Some(Event::Msg(_)) => {}
+            other => panic!("{name} not joined: {:?}", other.is_some()),
+        }
+    }
+}
+
+/// Where `entity` stands in an update (moved or entered).
+fn seen_at(msg: &ServerMsg, entity: EntityId) -> Option<(f32, f32, u32)> {
+    let ServerMsg::Update(u) = msg else {
+        return None;
+    };
+    u.moved
+        .iter()
+        .find(|m| m.id == entity)
+        .map(|m| (m.x, m.y, m.seq))
+        .or_else(|| {
+            u.entered
+                .iter()
+                .find(|e| e.id == entity)
+                .map(|e| (e.x, e.y, e.seq))
+        })
+}
+
+/// `watcher` sees `entity` further right than `x` (it walks right).
+async fn sees_past(watcher: &mut Client, entity: EntityId, x: f32, what: &str) -> f32 {
+    wait_for(watcher, what, |m| {
+        seen_at(m, entity).and_then(|(nx, _, _)| (nx > x).then_some(nx))
+    })
+    .await
+}
+
+/// Whether shard `i`'s admin API lists `room` as running there.
+async fn runs_on(cluster: &Cluster, i: usize, room: &str) -> bool {
+    let url = format!("http://{}/admin/rooms", cluster.shard(i).http_addr);
+    let (status, body) = common::http("GET", &url, Some(VIEWER), "").await;
+    assert_eq!(status, 200, "{body}");
+    let rooms: protocol::admin::RoomsReply = serde_json::from_str(&body).unwrap();
+    rooms.rooms.iter().any(|r| r.id == room && r.epoch > 0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_played_on_two_shards_migrates_and_nobody_notices() {
+    let cluster = Cluster::start("mg1", |_| {}).await;
+    let (mut ann, ann_joined) = join_as(cluster.shard(0).ws_addr, "ann", "test").await;
+    let (owner, epoch) = cluster.owner("test").await;
+    let edge = (owner + 1) % 3;
+    // ann plays on whichever shard she joined; bob on the edge, and cat
+    // on the owner itself, so the owner has local and remote members.
+    let (mut bob, bob_joined) = join_as(cluster.shard(edge).ws_addr, "bob", "test").await;
+    let (mut cat, cat_joined) = join_as(cluster.shard(owner).ws_addr, "cat", "test").await;
+    // Everyone walks right and keeps walking through the move.
+    ann.walk(1, 1.0, 0.0).await;
+    bob.walk(1, 1.0, 0.0).await;
+    cat.walk(1, 1.0, 0.0).await;
+    let x = sees_past(&mut bob, cat_joined.you, 0.0, "cat walking").await;
+    let ax = sees_past(&mut cat, bob_joined.you, 0.0, "bob walking").await;
+
+    // The room moves to the edge: bob's shard runs it from now on.
+    let moved = cluster.moved("test", edge).await;
+    assert_eq!(
+        (moved.from.as_str(), moved.to.as_str()),
+        (ID[owner], ID[edge])
+    );
+    assert_eq!(moved.epoch, epoch + 1, "the epoch rose by one");
+    assert_eq!(cluster.owner("test").await, (edge, epoch + 1));
+    assert!(
+        !runs_on(&cluster, owner, "test").await,
+        "the old owner stopped it"
+    );
+    assert!(
+        runs_on(&cluster, edge, "test").await,
+        "the new owner runs it"
+    );
+
+    // Nobody was disconnected or told anything; everyone keeps receiving
+    // updates and positions go on from where they were.
+    sees_past(
+        &mut bob,
+        cat_joined.you,
+        x,
+        "cat still walking, seen by bob",
+    )
+    .await;
+    sees_past(
+        &mut cat,
+        bob_joined.you,
+        ax,
+        "bob still walking, seen by cat",
+    )
+    .await;
+    sees_past(
+        &mut ann,
+        bob_joined.you,
+        ax,
+        "bob still walking, seen by ann",
+    )
+    .await;
+    // New inputs reach the new owner from every shard.
+    for (c, seq) in [(&mut ann, 2), (&mut bob, 2), (&mut cat, 2)] {
+        c.walk(seq, 0.0, 1.0).await;
+    }
+    for (watcher, entity) in [
+        (&mut bob, ann_joined.you),
+        (&mut cat, bob_joined.you),
+        (&mut ann, cat_joined.you),
+    ] {
+        wait_for(watcher, "a turn after the move", |m| {
+            seen_at(m, entity).and_then(|(_, _, seq)| (seq == 2).then_some(()))
+        })
+        .await;
+    }
+    cluster.close().await;
+}
+
+/// What a bot saw while it played.
+#[derive(Debug, Default)]
+struct Seen {
+    updates: u64,
+    /// The longest time between two of its updates.
+    max_gap: Duration,
+    /// The largest jump in tick numbers between two of its updates.
+    max_tick_gap: u64,
+    /// Anything a live migration must not show (see [`assert_quiet`]).
+    noise: Vec<String>,
+    closed: Option<Option<u16>>,
+}
+
+/// A bot: walks, turning every 100 ms, and records what it receives
+/// until `stop` is set. Updates are counted from the first one after
+/// `watch_from` is set (so joining is not counted as a gap).
+fn play(
+    mut client: Client,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(Client, Seen)> {
+    use std::sync::atomic::Ordering;
+    tokio::spawn(async move {
+        let mut seen = Seen::default();
+        let mut seq = 0u32;
+        let mut turn = tokio::time::interval(Duration::from_millis(100));
+        let mut last: Option<(Instant, u64)> = None;
+        while !stop.load(Ordering::Relaxed) {
+            tokio::select! {
+                _ = turn.tick() => {
+                    seq += 1;
+                    let (dx, dy) = [(1.0, 0.0), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0)][(seq / 5 % 4) as usize];
+                    client.walk(seq, dx, dy).await;
+                }
+                event = client.next_event(Duration::from_millis(200)) => match event {
+                    Some(Event::Msg(ServerMsg::Update(u))) => {
+                        let now = Instant::now();
+                        if let Some((at, tick)) = last {
+                            seen.max_gap = seen.max_gap.max(now - at);
+                            seen.max_tick_gap = seen.max_tick_gap.max(u.tick.saturating_sub(tick));
+                        }
+                        last = Some((now, u.tick));
+                        seen.updates += 1;
+                    }
+                    Some(Event::Msg(ServerMsg::Joined(j))) => seen.noise.push(format!("joined {}", j.you)),
+                    Some(Event::Msg(ServerMsg::Notice(n))) => seen.noise.push(format!("notice {}", n.code)),
+                    Some(Event::Msg(ServerMsg::Error(e))) => seen.noise.push(format!("error {}", e.code)),
+                    Some(Event::Msg(_)) | None => {}
+                    Some(Event::Closed(code)) => {
+                        seen.closed = Some(code);
+                        break;
+                    }
+                },
+            }
+        }
+        (client, seen)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_and_forth_twenty_times_under_load_loses_nobody() {
+    let cluster = Cluster::start("mg2", |_| {}).await;
+    // Two players on each shard, all in one room.
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let (client, joined) =
+            join_as(cluster.shard(i % 3).ws_addr, &format!("bot{i}"), "test").await;
+        clients.push((client, joined.you));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bots: Vec<_> = clients
+        .into_iter()
+        .map(|(c, id)| (play(c, stop.clone()), id))
+        .collect();
+    let (first, mut epoch) = cluster.owner("test").await;
+    let other = (first + 1) % 3;
+    let mut pauses = Vec::new();
+    for n in 0..20 {
+        let to = if n % 2 == 0 { other } else { first };
+        let moved = cluster.moved("test", to).await;
+        assert_eq!(moved.epoch, epoch + 1, "move {n}: the epoch rose by one");
+        epoch = moved.epoch;
+        pauses.push(moved.pause_ms);
+        // Let the bots play a little on the new owner.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(cluster.owner("test").await, (first, epoch));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut report = Vec::new();
+    for (bot, id) in bots {
+        let (_client, seen) = bot.await.unwrap();
+        assert_eq!(seen.closed, None, "bot {id} was disconnected: {seen:?}");
+        assert!(
+            seen.noise.is_empty(),
+            "bot {id} noticed the moves: {seen:?}"
+        );
+        assert!(
+            seen.updates > 20,
+            "bot {id} kept receiving updates: {seen:?}"
+        );
+        report.push((id, seen.max_gap, seen.max_tick_gap));
+    }
+    pauses.sort_by(f64::total_cmp);
+    eprintln!("migration pauses (ms), sorted: {pauses:?}");
+    for (id, gap, ticks) in report {
+        eprintln!("member {id}: longest gap between updates {gap:?}, {ticks} ticks");
+    }
+    // The room runs on one shard only, under the last epoch.
+    assert!(runs_on(&cluster, first, "test").await);
+    assert!(!runs_on(&cluster, other, "test").await);
+    cluster.close().await;
+}
+
+/// Arm the fault point `migrate_in` for `room` on shard `on`: its next
+/// migration offer is dropped unanswered, as by a target that died.
+async fn kill_next_offer(cluster: &Cluster, on: usize, room: &str) {
+    let url = format!("http://{}/admin/faults/room", cluster.shard(on).http_addr);
+    let body = format!(r#"{{"map": "{room}", "kind": "panic", "at": "migrate_in"}}"#);
+    let (status, body) = common::http("POST", &url, Some(OPERATOR), &body).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_whose_target_dies_resumes_on_the_source_and_runs_once() {
+    let cluster = Cluster::start("mg3", |_| {}).await;
+    let (mut ann, ann_joined) = join_as(cluster.shard(0).ws_addr, "ann", "test").await;
+    let (owner, epoch) = cluster.owner("test").await;
+    let target = (owner + 1) % 3;
+    let watcher_shard = (owner + 2) % 3;
+    let (mut bob, _) = join_as(cluster.shard(watcher_shard).ws_addr, "bob", "test").await;
+    kill_next_offer(&cluster, target, "test").await;
+    let (status, body) = cluster
+        .migrate(owner, "test", Some(ID[target]), OPERATOR)
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("resumed"), "{body}");
+    // The source took the lease back (epoch + 1 by the same
+    // compare-and-set), and it alone runs the room.
+    assert_eq!(cluster.owner("test").await, (owner, epoch + 1));
+    assert!(runs_on(&cluster, owner, "test").await);
+    assert!(!runs_on(&cluster, target, "test").await);
+    // The room goes on: ann's moves reach bob.
+    ann.walk(1, 1.0, 0.0).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match bob.next_event(left).await {
+            Some(Event::Msg(m)) if seen_at(&m, ann_joined.you).is_some_and(|(_, _, s)| s == 1) => {
+                break
+            }
+            Some(Event::Msg(_)) => {}
+            other => panic!("bob lost the room: {:?}", other.is_some()),
+        }
+    }
+    // A second try, with the target healthy again, moves it.
+    let moved = cluster.moved("test", target).await;
+    assert_eq!(moved.epoch, epoch + 2);
+    assert!(!runs_on(&cluster, owner, "test").await);
+    cluster.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_checks_roles_rooms_and_targets() {
+    let cluster = Cluster::start("mg4", |_| {}).await;
+    let (_ann, _) = join_as(cluster.shard(0).ws_addr, "ann", "test").await;
+    let (owner, _) = cluster.owner("test").await;
+    let other = (owner + 1) % 3;
+    // A viewer may look, not move rooms.
+    let (status, body) = cluster.migrate(owner, "test", None, VIEWER).await;
+    assert_eq!(status, 403, "{body}");
+    // No such map; a room that runs nowhere.
+    let (status, body) = cluster.migrate(owner, "nowhere", None, OPERATOR).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = cluster.migrate(owner, "other", None, OPERATOR).await;
+    assert_eq!(status, 404, "{body}");
+    // Asked of a shard that does not run it: 409 naming the owner.
+    let (status, body) = cluster.migrate(other, "test", None, OPERATOR).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains(&format!("shard {} owns it", ID[owner])),
+        "{body}"
+    );
+    // Bad targets: itself, unknown, not a shard id.
+    let (status, body) = cluster
+        .migrate(owner, "test", Some(ID[owner]), OPERATOR)
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = cluster.migrate(owner, "test", Some("zed"), OPERATOR).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("no shard zed"), "{body}");
+    let (status, body) = cluster.migrate(owner, "test", Some("a:b"), OPERATOR).await;
+    assert_eq!(status, 400, "{body}");
+    // Without a target the placement picks one of the other two.
+    let (status, body) = cluster.migrate(owner, "test", None, OPERATOR).await;
+    assert_eq!(status, 200, "{body}");
+    let moved: RoomMigrated = serde_json::from_str(&body).unwrap();
+    assert_ne!(moved.to, ID[owner]);
+    // The move is audited and in the cluster's events stream.
+    let url = format!("http://{}/admin/events", cluster.shard(owner).http_addr);
+    let (_, events) = common::http("GET", &url, Some(VIEWER), "").await;
+    assert!(events.contains("migrate_room"), "{events}");
+    let stream = cluster.dir.events_tail(50).await.unwrap();
+    let entry = stream
+        .iter()
+        .find(|e| e.kind == server::cluster::directory::EventKind::RoomMoved)
+        .expect("a room_moved event");
+    assert!(
+        entry
+            .detail
+            .contains(&format!("from {} to {}", ID[owner], moved.to))
+            && entry.detail.contains(&format!("epoch {}", moved.epoch))
+            && entry.detail.contains("pause"),
+        "{entry:?}"
+    );
+    cluster.close().await;
+}
+
+/// Drain shard `i` through the admin API and wait until it has ended.
+async fn drain(cluster: &mut Cluster, i: usize) -> tokio::task::JoinHandle<()> {
+    let url = format!("http://{}/admin/shards/drain", cluster.shard(i).http_addr);
+    let (status, body) = common::http("POST", &url, Some(OPERATOR), "").await;
+    assert_eq!(status, 200, "{body}");
+    let shard = cluster.shards[i].take().expect("shard running");
+    tokio::task::spawn_blocking(move || {
+        let TestShard { shard, data } = shard;
+        shard.join();
+        drop(data);
+    })
+}
+
+/// `client` gets updates showing `entity` at seq `seq`, quietly.
+async fn sees_seq(client: &mut Client, entity: EntityId, seq: u32, what: &str) {
+    wait_for(client, what, |m| {
+        seen_at(m, entity).and_then(|(_, _, s)| (s == seq).then_some(()))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_moves_its_rooms_live_and_its_players_resume_elsewhere() {
+    let mut cluster = Cluster::start("mg6", |_| {}).await;
+    let (_first, _) = join_as(cluster.shard(0).ws_addr, "first", "test").await;
+    let (owner, epoch) = cluster.owner("test").await;
+    let edge = (owner + 1) % 3;
+    let (mut ann, ann_joined) = join_as(cluster.shard(edge).ws_addr, "ann", "test").await;
+    let (mut cat, cat_welcome) = Client::welcomed(cluster.shard(owner).ws_addr, "cat").await;
+    cat.send(protocol::ClientMsg::Join(protocol::msg::Join {
+        map: "test".into(),
+    }))
+    .await;
+    let cat_joined = loop {
+        match cat.next_event(PATIENCE).await {
+            Some(Event::Msg(ServerMsg::Joined(j))) => break j,
+            Some(Event::Msg(_)) => {}
+            _ => panic!("cat did not join"),
+        }
+    };
+    cat.walk(1, 1.0, 0.0).await;
+    sees_seq(&mut ann, cat_joined.you, 1, "cat walking").await;
+
+    let ended = drain(&mut cluster, owner).await;
+    // The owner's own player is told to reconnect (6004, close 4008),
+    // after its room moved.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut told = false;
+    let code = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match cat.next_event(left).await {
+            Some(Event::Msg(ServerMsg::Notice(n))) => {
+                told |= n.code == NoticeCode::ShardDraining.as_u16();
+            }
+            Some(Event::Msg(_)) => {}
+            Some(Event::Closed(code)) => break code,
+            None => panic!("cat was not closed"),
+        }
+    };
+    assert!(told, "notice 6004 before the close");
+    assert_eq!(code, Some(protocol::CloseCode::Draining.as_u16()));
+    // The drained shard ends by itself.
+    tokio::time::timeout(PATIENCE, ended)
+        .await
+        .expect("the drained shard ends")
+        .unwrap();
+    // The room runs on another shard at epoch + 1; the player on the
+    // edge saw no restart, no move notice, and plays on.
+    let (now, new_epoch) = cluster.owner("test").await;
+    assert_ne!(now, owner);
+    assert_eq!(new_epoch, epoch + 1, "moved live, not failed over");
+    ann.walk(2, 0.0, 1.0).await;
+    sees_seq(
+        &mut ann,
+        ann_joined.you,
+        2,
+        "ann's own turn after the drain",
+    )
+    .await;
+    // cat resumes on another shard and gets its seat back.
+    let mut again = Client::connect(cluster.shard(edge).ws_addr).await;
+    again.send_resume(cat_welcome.resume_token.clone()).await;
+    again.expect("welcome", msg!(ServerMsg::Welcome)).await;
+    again
+        .send(protocol::ClientMsg::Join(protocol::msg::Join {
+            map: "test".into(),
+        }))
+        .await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let back = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match again.next_event(left).await {
+            Some(Event::Msg(ServerMsg::Joined(j))) => break j,
+            Some(Event::Msg(_)) => {}
+            other => panic!("cat did not get its seat back: {:?}", other.is_some()),
+        }
+    };
+    assert_eq!(back.you, cat_joined.you, "the held seat, not a new entity");
+    cluster.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_with_a_stuck_room_restarts_it_on_the_target_from_its_snapshot() {
+    let mut cluster = Cluster::start("mg7", |_| {}).await;
+    let (_first, _) = join_as(cluster.shard(0).ws_addr, "first", "test").await;
+    let (owner, epoch) = cluster.owner("test").await;
+    let edge = (owner + 1) % 3;
+    let (mut ann, ann_joined) = join_as(cluster.shard(edge).ws_addr, "ann", "test").await;
+    ann.walk(1, 1.0, 0.0).await;
+    let x = sees_past(&mut ann, ann_joined.you, 0.0, "ann walking").await;
+    // The room's thread is blocked for longer than it has to answer the
+    // pause (cluster.migrate_pause_ms, 1 s here).
+    let url = format!(
+        "http://{}/admin/faults/room",
+        cluster.shard(owner).http_addr
+    );
+    let (status, body) = common::http(
+        "POST",
+        &url,
+        Some(OPERATOR),
+        r#"{"map": "test", "kind": "stall", "ms": 4000}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let ended = drain(&mut cluster, owner).await;
+    // Not waited for: the room runs on another shard from its last
+    // snapshot, and ann, who never left, walks on from where she was.
+    let dir = cluster.dir.clone();
+    let room: RoomId = "test".parse().unwrap();
+    eventually("the stuck room runs elsewhere", || {
+        let (dir, room) = (dir.clone(), room.clone());
+        async move {
+            dir.owner(&room)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|(s, e)| s.as_str() != ID[owner] && e == epoch + 1)
+        }
+    })
+    .await;
+    // (She walks at 1000 units/s: by now she may stand at the map's
+    // edge, so she turns back and her turn shows on the new owner.)
+    ann.walk(2, -1.0, 0.0).await;
+    let back = wait_for(&mut ann, "ann's turn, on the new owner", |m| {
+        seen_at(m, ann_joined.you).and_then(|(x, _, s)| (s == 2).then_some(x))
+    })
+    .await;
+    // Her entity and place are kept: the snapshot is at most 2 ticks
+    // old (100 units at her speed), then she walked on and turned.
+    assert!(
+        (back - x).abs() <= 250.0,
+        "she went on from her snapshot: {back} near {x}"
+    );
+    tokio::time::timeout(PATIENCE, ended)
+        .await
+        .expect("the drained shard ends")
+        .unwrap();
+    cluster.close().await;
+}
