@@ -412,19 +412,19 @@ async fn cluster_only(c: &Console, shard: &Shard) -> Result<(), ApiError> {
     }
 }
 
-/// Migrate a room to another shard: forwarded to the owner's
-/// `POST /admin/rooms/{room}/migrate` (cluster mode only).
+/// Migrate a room to another shard: the owner's
+/// `POST /admin/rooms/{room}/migrate?to=SHARD` (cluster mode only; `to`
+/// absent: the owner's placement picks a ready shard).
 async fn migrate(
     State(c): State<Console>,
     headers: HeaderMap,
     Json(a): Json<RoomAction>,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<protocol::admin::RoomMigrated> {
     let shard = c.shard(&a.shard, &token(&headers)?)?;
     cluster_only(&c, &shard).await?;
-    let path = format!("/admin/rooms/{}/migrate", crate::client::escape(&a.room));
-    let body = serde_json::json!({ "to": a.to });
+    let to = a.to.filter(|t| !t.trim().is_empty());
     Ok(Json(
-        gather::blocking(move || shard.post_raw(&path, &body)).await?,
+        gather::blocking(move || shard.migrate_room(&a.room, to.as_deref())).await?,
     ))
 }
 

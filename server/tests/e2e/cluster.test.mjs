@@ -178,13 +178,14 @@ test('a kick from the page disconnects a player whose socket is on the third sha
   assert.match(log, /removed by an operator/, log);
 });
 
-test('a migrate from the page moves a room to the shard named, and the events page shows it', { timeout: 90_000, skip: 'live migration lands next' }, async () => {
+test('a migrate from the page moves a room to the shard named, and the events page shows it', { timeout: 90_000 }, async () => {
   await tab(page, 'rooms');
   const [fromUrl, fromId] = await ownerRow('arena');
   const to = IDS.find((id) => id !== fromId);
   page.once('dialog', (d) => d.accept(to));
   await page.click(`#rooms tr[data-room="arena"][data-shard="${fromUrl}"] button.migrate`);
-  await page.waitForFunction(() => /migrate arena/.test(document.getElementById('flash').textContent));
+  await page.waitForFunction((re) => new RegExp(re).test(document.getElementById('flash').textContent),
+    `migrate arena: moved from ${fromId} to ${to} at epoch \\d+`);
   // The room is listed by its new owner, with a higher epoch, and still has
   // its members (nobody was disconnected by the move).
   await page.waitForFunction(([u, id]) => {

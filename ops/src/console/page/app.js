@@ -249,7 +249,20 @@ function renderRooms(view) {
     el("td", {},
       el("button", { class: "inspect", onclick: () => inspect(r.shard, r.id) }, "Inspect"), " ",
       el("button", { class: "restart op-only", onclick: () => confirm(`Restart ${r.id}?`) && act("restart " + r.id, "POST", "/api/rooms/restart", { shard: r.shard, room: r.id }) }, "Restart"), " ",
-      el("button", { class: "migrate op-only cluster-only", onclick: () => { const to = prompt(`Migrate ${r.id} to which shard?`); if (to) act("migrate " + r.id, "POST", "/api/rooms/migrate", { shard: r.shard, room: r.id, to }); } }, "Migrate")))));
+      el("button", { class: "migrate op-only cluster-only", onclick: () => migrate(r) }, "Migrate")))));
+}
+
+/** Move a room live to the shard the operator names (empty: any ready one). */
+async function migrate(r) {
+  const to = prompt(`Migrate ${r.id} (on ${r.owner}) to which shard? Empty: any ready shard.`, "");
+  if (to === null) return;
+  const body = { shard: r.shard, room: r.id };
+  if (to.trim()) body.to = to.trim();
+  const moved = await api("POST", "/api/rooms/migrate", body).catch((e) => {
+    flash(`migrate ${r.id} refused (${e.status || "network"}): ${e.message}`, true);
+    return null;
+  });
+  if (moved) flash(`migrate ${r.id}: moved from ${moved.from} to ${moved.to} at epoch ${moved.epoch}, paused ${Number(moved.pause_ms).toFixed(1)} ms`);
 }
 
 function renderTopics(view) {

@@ -384,17 +384,28 @@ pub(super) fn table(inner: &Inner, streams: &[StreamInfo]) -> Vec<PeerInfo> {
         .collect()
 }
 
-/// Close `peer`'s live connection (see [`super::PeerHub::disconnect`]);
-/// the connection's task frees the slot and starts the redial.
-pub(super) fn disconnect(inner: &Inner, peer: &str, reason: &str) -> bool {
-    let peers = inner.peers.lock();
-    let Some(live) = peers.get(peer).and_then(|slot| slot.live.as_ref()) else {
+/// Close `peer`'s live connection (see [`super::PeerHub::disconnect`]) and
+/// free its slot at once, as the connection's task does when a connection
+/// ends, so no `open` after this returns gets the closed connection; then
+/// dial it again.
+pub(super) fn disconnect(inner: &Arc<Inner>, peer: &str, reason: &str) -> bool {
+    let mut peers = inner.peers.lock();
+    let Some(slot) = peers.get_mut(peer) else {
         return false;
     };
-    live.conn.close(
-        VarInt::from(RefuseCode::Timeout.as_u16()),
-        reason.as_bytes(),
-    );
+    let Some(live) = slot.live.take() else {
+        return false;
+    };
+    live.conn
+        .close(VarInt::from(RefuseCode::Timeout.as_u16()), reason.as_bytes());
+    slot.conn_tx.send_replace(None);
+    slot.set_state(PeerState::Reconnecting);
+    connected_gauge(&peers);
+    drop(peers);
+    tracing::warn!(shard = %inner.settings.shard_id, %peer, reason, "peer disconnected");
+    if !inner.stopping() {
+        ensure_connector(inner, peer);
+    }
     true
 }
 
