@@ -396,8 +396,10 @@ pub(super) fn disconnect(inner: &Arc<Inner>, peer: &str, reason: &str) -> bool {
     let Some(live) = slot.live.take() else {
         return false;
     };
-    live.conn
-        .close(VarInt::from(RefuseCode::Timeout.as_u16()), reason.as_bytes());
+    live.conn.close(
+        VarInt::from(RefuseCode::Timeout.as_u16()),
+        reason.as_bytes(),
+    );
     slot.conn_tx.send_replace(None);
     slot.set_state(PeerState::Reconnecting);
     connected_gauge(&peers);
