@@ -125,6 +125,12 @@ const FRAMES_PER_WRITE: usize = 32;
 /// stack and sent with `send`; larger ones go with `sendmsg` as they are.
 const SMALL_WRITE: usize = 1024;
 
+/// A queue or a writer's batch keeps room for this many frames once
+/// drained: a few ticks' frames, the common case, need no allocation; a
+/// burst's larger capacity is given back (about 40 bytes a frame; at the
+/// join ramp's peak a connection could otherwise keep kilobytes of it).
+const KEEP_FRAMES: usize = 16;
+
 /// How many flushes a writer counts before it adds them to the shared
 /// counters (an atomic add each), and at its end.
 const COUNT_EVERY: u64 = 16;
@@ -356,6 +362,11 @@ impl Outbound {
         if !q.frames.is_empty() {
             batch.extend(q.frames.drain(..));
             q.bytes = 0;
+            // A burst (the join ramp, a slow moment) must not leave its
+            // capacity with every connection for good.
+            if q.frames.capacity() > KEEP_FRAMES {
+                q.frames.shrink_to(KEEP_FRAMES);
+            }
             return Poll::Ready(None);
         }
         match &q.close {

@@ -18,7 +18,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::{Frame, Outbound, Socket, COUNT_EVERY, FRAMES_PER_WRITE, MAX_HEADER, SMALL_WRITE};
+use super::{
+    Frame, Outbound, Socket, COUNT_EVERY, FRAMES_PER_WRITE, KEEP_FRAMES, MAX_HEADER, SMALL_WRITE,
+};
 use crate::metrics as m;
 
 /// Where a [`Writer`] is.
@@ -195,6 +197,9 @@ impl Writer {
                     }
                     self.count(self.batch.len());
                     self.batch.clear();
+                    if self.batch.capacity() > KEEP_FRAMES {
+                        self.batch.shrink_to(KEEP_FRAMES);
+                    }
                     self.timer_armed = false;
                     self.stage = Stage::Idle;
                 }
