@@ -287,3 +287,21 @@ async fn after_a_read_error_the_close_frame_is_still_written() {
         other => panic!("expected the close frame, got {other:?}"),
     }
 }
+
+#[test]
+fn a_drained_burst_gives_its_capacity_back() {
+    let out = Outbound::new(1 << 20);
+    let epoch = out.begin_room();
+    for _ in 0..200 {
+        assert!(out.push_state(epoch, Bytes::from_static(b"frame")));
+    }
+    let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+    let mut batch = Vec::new();
+    assert!(out.poll_batch(&mut cx, &mut batch).is_ready());
+    assert_eq!(batch.len(), 200, "the whole burst in one batch");
+    let kept = out.queue.lock().frames.capacity();
+    assert!(kept <= KEEP_FRAMES, "the queue keeps {kept} slots");
+    // A tick's frame afterwards needs no more than what was kept.
+    assert!(out.push_state(epoch, Bytes::from_static(b"next")));
+    assert!(out.queue.lock().frames.capacity() <= KEEP_FRAMES);
+}
