@@ -464,3 +464,49 @@ async fn errors_answering_a_give_or_pick_up_echo_its_req() {
     let err = alice.expect_error(ErrorCode::InvalidInput).await;
     assert_eq!(err.req, None);
 }
+
+/// `rooms.on_session_threads`: rooms run on the sessions' Arbiters and play
+/// the same. Also: an entity entering a view is sent as it stands after
+/// its latest input (its `entered` entry is encoded when first needed
+/// after a change, not at every move).
+#[tokio::test]
+async fn rooms_on_the_session_threads_play_the_same_and_entered_entries_are_current() {
+    let mut config = test_config();
+    config.rooms.on_session_threads = true;
+    let shard = start(config);
+    let (mut alice, a) = Client::joined(shard.ws_addr, "alice", "test").await;
+    let (mut bob, _) = Client::joined(shard.ws_addr, "bob", "test").await;
+    alice.walk(1, 1.0, 0.0).await;
+    let moved = bob
+        .expect("alice moving", |m| match m {
+            ServerMsg::Update(u) => u.moved.iter().find(|m| m.id == a.you).copied(),
+            _ => None,
+        })
+        .await;
+    assert_eq!(moved.seq, 1);
+    bob.expect(
+        "alice leaving view",
+        msg!(ServerMsg::Update(u) if u.left.contains(&a.you)),
+    )
+    .await;
+    alice.walk(2, -1.0, 0.0).await;
+    let entered = bob
+        .expect("alice re-entering", |m| match m {
+            ServerMsg::Update(u) => u.entered.iter().find(|e| e.id == a.you).cloned(),
+            _ => None,
+        })
+        .await;
+    assert_eq!(entered.name, "alice");
+    assert_eq!(
+        entered.seq, 2,
+        "the entry as of the latest input: {entered:?}"
+    );
+    // Alice, still walking left, keeps being seen moving from there on.
+    let next = bob
+        .expect("alice moving on", |m| match m {
+            ServerMsg::Update(u) => u.moved.iter().find(|m| m.id == a.you).copied(),
+            _ => None,
+        })
+        .await;
+    assert!(next.x < entered.x, "{next:?} after {entered:?}");
+}

@@ -14,6 +14,13 @@ pub struct RoomsConfig {
     /// actix Arbiters (threads) hosting rooms, apart from the sessions' so a
     /// stalled room cannot freeze sessions; 0 = one per core.
     pub arbiters: usize,
+    /// Run rooms on the sessions' Arbiters instead (`arbiters` is then
+    /// unused): a room's frames wake its members' connections on the same
+    /// thread, with no cross-thread wake-up per member per tick and fewer
+    /// threads on few cores; but a room stuck in a handler then freezes
+    /// the sessions on its thread too until the watchdog restarts it
+    /// elsewhere.
+    pub on_session_threads: bool,
     /// Default tick rate of a map that sets none.
     pub tick_hz: u32,
     /// Default view radius of a map that sets none.
@@ -42,6 +49,7 @@ impl Default for RoomsConfig {
     fn default() -> Self {
         RoomsConfig {
             arbiters: 0,
+            on_session_threads: false,
             tick_hz: 20,
             view_radius: 400.0,
             max_players: 1_000,

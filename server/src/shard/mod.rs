@@ -7,7 +7,9 @@
 //! ├─ system Arbiter: task Supervisor over the gateway accept loop, the
 //! │                  HTTP server, the sampler and the room watchdog
 //! ├─ session Arbiter × N: Sessions and their writer tasks
-//! ├─ room Arbiter × M: Rooms (under the RoomSupervisor)
+//! ├─ room Arbiter × M: Rooms (under the RoomSupervisor); none with
+//! │                  `rooms.on_session_threads`, rooms then run on the
+//! │                  session Arbiters
 //! ├─ extra room Arbiter × 0..supervision.max_extra_arbiters: started by the
 //! │                  watchdog while every room thread is blocked, retired
 //! │                  when one answers again (see [`crate::room::supervisor`])
@@ -283,11 +285,22 @@ async fn run(
 
     // Sessions and rooms live on separate Arbiters, so a room stuck in a
     // handler stalls only rooms, which the watchdog moves away.
+    // `rooms.on_session_threads`: rooms share the sessions' Arbiters.
     let workers: Vec<Arbiter> = (0..config.workers()).map(|_| Arbiter::new()).collect();
-    let room_arbiters: Vec<Arbiter> = (0..config.room_arbiters())
-        .map(|_| Arbiter::new())
-        .collect();
+    let room_arbiters: Vec<Arbiter> = if config.rooms.on_session_threads {
+        Vec::new()
+    } else {
+        (0..config.room_arbiters())
+            .map(|_| Arbiter::new())
+            .collect()
+    };
+    let rooms_on_session_threads = config.rooms.on_session_threads;
     let handles: Vec<ArbiterHandle> = workers.iter().map(|a| a.handle()).collect();
+    let room_handles: Vec<ArbiterHandle> = if config.rooms.on_session_threads {
+        handles.clone()
+    } else {
+        room_arbiters.iter().map(|a| a.handle()).collect()
+    };
     let dispatcher = Arc::new(Dispatcher::default());
     let faults = FaultPoints::new(config.admin.fault_injection);
     // The shard's id in the admin API and its events: the cluster's name
@@ -300,7 +313,7 @@ async fn run(
     let rooms = Arc::new(
         RoomSupervisor::new(
             config.map_defs(),
-            room_arbiters.iter().map(|a| a.handle()).collect(),
+            room_handles,
             dispatcher.clone(),
             persister.handle(),
             Settings::from_config(&config),
@@ -490,6 +503,7 @@ async fn run(
         http = %addrs.1,
         session_arbiters = workers.len(),
         room_arbiters = room_arbiters.len(),
+        rooms_on_session_threads,
         "shard started"
     );
     life.set(ShardState::Ready);

@@ -1,0 +1,380 @@
+//! A session's outbound queue, and the [`Connection`] that owns its socket.
+//!
+//! Rooms and the session push already-encoded frames ([`Bytes`], shared
+//! between recipients) into an [`Outbound`]. The socket has one owner, the
+//! session's [`Connection`]: a stream of the client's messages that, each
+//! time it is polled, first drains everything ready in the queue into the
+//! WebSocket and flushes once (the cost follows flushes, not messages), then
+//! reads. So one task (the session actor's) reads and writes its socket:
+//! there is no split into halves behind a lock and no second task to wake
+//! per batch.
+//!
+//! The queue has a byte budget. State frames (`update`) are latest-wins: one
+//! that does not fit is dropped, counted, and the session is flagged for a
+//! full resync, which its room sends once the queue has drained. Reliable
+//! frames (chat, errors, joined, announcements) keep their order; one that
+//! does not fit closes the socket with 4005, because silently losing it
+//! would be worse.
+//!
+//! Room membership has an epoch: a room pushes with the epoch it was given
+//! at join, and the session moves the epoch on when it leaves, so no frame
+//! of a room the player has left can slip in after its `left` (the check and
+//! the push happen under one lock).
+//!
+//! On a plain TCP connection the writer lays out each data frame's header
+//! itself and hands the header and the shared frame bytes to one vectored
+//! `sendmsg` for the whole batch, or copies a small batch (a tick's frame)
+//! to the stack for one `send` ("direct" writes): nothing is copied into
+//! tungstenite's write buffer, which would otherwise keep, per connection,
+//! the capacity of the largest batch it ever wrote. tungstenite still
+//! writes the close frame and its own replies (a pong to a client's ping),
+//! so the writer flushes it before a batch, and the connection does not
+//! read (tungstenite may answer a ping while reading) while a batch is
+//! half written.
+//!
+//! The socket itself is a [`Conn`]: the WebSocket reads and writes through
+//! it, and a [`Socket`] handle to the same TCP stream lets the close path
+//! half-close it after the close frame and drain it after the WebSocket
+//! stream gave up (a frame over the limit leaves its payload unread), so
+//! that closing never resets a connection with input still unread and the
+//! close frame is not lost (PROTOCOL.md, lifecycle rule 7).
+//!
+//! # Files
+//!
+//! - `mod.rs`: the [`Outbound`] queue (budget, epochs, resync flag) and
+//!   the frames it holds.
+//! - `writer.rs`: the [`Writer`] that drains a queue into the socket
+//!   (direct writes or tungstenite's sink), and the [`Connection`] that
+//!   reads and writes one socket from one task.
+//! - `socket.rs`: [`Conn`], the TCP stream the WebSocket runs on, and the
+//!   [`Socket`] handle of the close path.
+
+mod socket;
+mod writer;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
+use parking_lot::Mutex;
+use protocol::CloseCode;
+
+use crate::metrics as m;
+
+pub use socket::{Conn, Socket};
+pub use writer::{run_writer, Connection, Writer};
+
+enum Frame {
+    State(Bytes),
+    Reliable(Bytes),
+    Ping,
+}
+
+impl Frame {
+    /// The frame's payload.
+    fn body(&self) -> &[u8] {
+        match self {
+            Frame::State(b) | Frame::Reliable(b) => b,
+            Frame::Ping => &[],
+        }
+    }
+
+    /// The WebSocket header of this frame from the server (unmasked, one
+    /// fragment) into `head`; returns its length.
+    fn header(&self, head: &mut [u8; MAX_HEADER]) -> usize {
+        let (opcode, len) = match self {
+            Frame::State(b) | Frame::Reliable(b) => (0x2, b.len()),
+            Frame::Ping => (0x9, 0),
+        };
+        head[0] = 0x80 | opcode;
+        if len < 126 {
+            head[1] = len as u8;
+            2
+        } else if let Ok(short) = u16::try_from(len) {
+            head[1] = 126;
+            head[2..4].copy_from_slice(&short.to_be_bytes());
+            4
+        } else {
+            head[1] = 127;
+            head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        }
+    }
+
+    /// Header and payload: the bytes this frame takes on the wire.
+    fn wire_len(&self) -> usize {
+        let len = self.body().len();
+        len + match len {
+            0..=125 => 2,
+            126..=0xFFFF => 4,
+            _ => 10,
+        }
+    }
+}
+
+/// The longest WebSocket header of an unmasked frame.
+const MAX_HEADER: usize = 10;
+
+/// Frames per vectored write (two slices each), well under `IOV_MAX`.
+const FRAMES_PER_WRITE: usize = 32;
+
+/// Batches of at most this many bytes are copied into one buffer on the
+/// stack and sent with `send`; larger ones go with `sendmsg` as they are.
+const SMALL_WRITE: usize = 1024;
+
+/// A queue or a writer's batch keeps room for this many frames once
+/// drained: a few ticks' frames, the common case, need no allocation; a
+/// burst's larger capacity is given back (about 40 bytes a frame; at the
+/// join ramp's peak a connection could otherwise keep kilobytes of it).
+const KEEP_FRAMES: usize = 16;
+
+/// How many flushes a writer counts before it adds them to the shared
+/// counters (an atomic add each), and at its end.
+const COUNT_EVERY: u64 = 16;
+
+struct Queue {
+    frames: VecDeque<Frame>,
+    bytes: usize,
+    /// State frames were dropped since the last full update.
+    resync: bool,
+    /// Set once: the close frame to send after what is queued (`None` code:
+    /// end without a close frame, like a dropped connection).
+    close: Option<(Option<CloseCode>, String)>,
+    /// The current room membership; frames of older ones are refused.
+    room_epoch: u64,
+}
+
+/// Why a push did not queue its frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The session is closing or closed, or the pushing room's membership
+    /// ended; the frame was discarded.
+    Closed,
+    /// A reliable frame did not fit the budget: the session is now closing
+    /// with 4005.
+    Overflow,
+}
+
+pub struct Outbound {
+    queue: Mutex<Queue>,
+    /// The connection's task, woken when something is queued.
+    wake: AtomicWaker,
+    /// `Queue::resync`, readable without the lock: a room asks every
+    /// member each tick, and almost always the answer is no.
+    resync_due: AtomicBool,
+    budget: usize,
+    /// The connection's socket, for the writer's half-close; taken when the
+    /// writer ends, so that rooms holding this queue (a held seat) do not
+    /// keep the connection open.
+    socket: Mutex<Option<Socket>>,
+}
+
+impl Outbound {
+    pub fn new(budget: usize) -> Arc<Outbound> {
+        Arc::new(Outbound {
+            queue: Mutex::new(Queue {
+                frames: VecDeque::new(),
+                bytes: 0,
+                resync: false,
+                close: None,
+                room_epoch: 0,
+            }),
+            wake: AtomicWaker::new(),
+            resync_due: AtomicBool::new(false),
+            budget,
+            socket: Mutex::new(None),
+        })
+    }
+
+    /// A queue for the connection on `socket`.
+    pub fn for_socket(budget: usize, socket: Socket) -> Arc<Outbound> {
+        let out = Outbound::new(budget);
+        *out.socket.lock() = Some(socket);
+        out
+    }
+
+    /// The connection's socket, while its writer runs.
+    pub fn socket(&self) -> Option<Socket> {
+        self.socket.lock().clone()
+    }
+
+    /// Start a new room membership; frames pushed with older epochs are
+    /// refused from now on.
+    pub fn begin_room(&self) -> u64 {
+        let mut q = self.queue.lock();
+        q.room_epoch += 1;
+        q.room_epoch
+    }
+
+    /// Whether membership `epoch` is still the current one.
+    pub fn is_member(&self, epoch: u64) -> bool {
+        self.queue.lock().room_epoch == epoch
+    }
+
+    /// End the current room membership.
+    pub fn end_room(&self) {
+        self.queue.lock().room_epoch += 1;
+    }
+
+    /// Queue a state update from the room of membership `epoch`. Returns
+    /// false when it was not queued; when it did not fit, the session is
+    /// flagged for a full resync.
+    pub fn push_state(&self, epoch: u64, frame: Bytes) -> bool {
+        let mut q = self.queue.lock();
+        if q.close.is_some() || q.room_epoch != epoch {
+            return false;
+        }
+        if q.bytes + frame.len() > self.budget {
+            q.resync = true;
+            self.resync_due.store(true, Ordering::Relaxed);
+            drop(q);
+            metrics::counter!(m::OUTBOUND_DROPPED, "class" => "state").increment(1);
+            return false;
+        }
+        q.bytes += frame.len();
+        q.frames.push_back(Frame::State(frame));
+        drop(q);
+        self.wake.wake();
+        true
+    }
+
+    /// Queue a frame from the room of membership `epoch` that must arrive,
+    /// in order.
+    pub fn push_room_reliable(&self, epoch: u64, frame: Bytes) -> Result<(), PushError> {
+        self.push_reliable_checked(Some(epoch), frame)
+    }
+
+    /// Queue a frame of the session's own that must arrive, in order.
+    pub fn push_reliable(&self, frame: Bytes) -> Result<(), PushError> {
+        self.push_reliable_checked(None, frame)
+    }
+
+    fn push_reliable_checked(&self, epoch: Option<u64>, frame: Bytes) -> Result<(), PushError> {
+        let mut q = self.queue.lock();
+        if q.close.is_some() || epoch.is_some_and(|e| e != q.room_epoch) {
+            return Err(PushError::Closed);
+        }
+        if q.bytes + frame.len() > self.budget {
+            // The client cannot keep up even after state updates were shed.
+            // Nothing queued can reach it in time; send the close at once.
+            q.frames.clear();
+            q.bytes = 0;
+            q.close = Some((
+                Some(CloseCode::SlowConsumer),
+                "outbound budget exceeded".into(),
+            ));
+            drop(q);
+            metrics::counter!(m::OUTBOUND_DROPPED, "class" => "reliable").increment(1);
+            metrics::counter!(m::SESSIONS_CLOSED, "code" => "4005").increment(1);
+            self.wake.wake();
+            return Err(PushError::Overflow);
+        }
+        q.bytes += frame.len();
+        q.frames.push_back(Frame::Reliable(frame));
+        drop(q);
+        self.wake.wake();
+        Ok(())
+    }
+
+    pub fn push_ping(&self) {
+        let mut q = self.queue.lock();
+        if q.close.is_none() {
+            q.frames.push_back(Frame::Ping);
+            drop(q);
+            self.wake.wake();
+        }
+    }
+
+    /// Send what is queued, then a close frame with `code`, then end the
+    /// writer. Only the first close counts.
+    pub fn close(&self, code: CloseCode, reason: &str) {
+        let mut q = self.queue.lock();
+        if q.close.is_none() {
+            q.close = Some((Some(code), reason.to_string()));
+            drop(q);
+            metrics::counter!(m::SESSIONS_CLOSED, "code" => code.as_u16().to_string()).increment(1);
+            self.wake.wake();
+        }
+    }
+
+    /// End the connection at once, without a close frame (fault injection:
+    /// what a pulled cable looks like to the client).
+    pub fn abort(&self) {
+        let mut q = self.queue.lock();
+        if q.close.is_none() {
+            q.frames.clear();
+            q.bytes = 0;
+            q.close = Some((None, String::new()));
+            drop(q);
+            self.wake.wake();
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.queue.lock().close.is_some()
+    }
+
+    /// Whether state updates were dropped and the queue has room again, in
+    /// which case the flag is cleared and the caller owes a full update.
+    pub fn take_resync(&self) -> bool {
+        // Set under the lock by the tick that dropped a frame, read by the
+        // room's own later tick: no ordering beyond the lock is needed.
+        if !self.resync_due.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut q = self.queue.lock();
+        if q.resync && q.bytes <= self.budget / 2 {
+            q.resync = false;
+            self.resync_due.store(false, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Owe the client a full update: its room sends one at its next tick
+    /// (as after dropped state frames). Cluster mode: a member whose room
+    /// moved to this shard.
+    pub fn request_resync(&self) {
+        let mut q = self.queue.lock();
+        q.resync = true;
+        self.resync_due.store(true, Ordering::Relaxed);
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.queue.lock().bytes
+    }
+
+    /// Everything ready now, or the close once the queue is empty;
+    /// `Pending` (and a wake-up when something is queued) when there is
+    /// nothing.
+    fn poll_batch(
+        &self,
+        cx: &mut Context<'_>,
+        batch: &mut Vec<Frame>,
+    ) -> Poll<Option<(Option<CloseCode>, String)>> {
+        // Registered before looking, so a push in between is not missed.
+        self.wake.register(cx.waker());
+        let mut q = self.queue.lock();
+        if !q.frames.is_empty() {
+            batch.extend(q.frames.drain(..));
+            q.bytes = 0;
+            // A burst (the join ramp, a slow moment) must not leave its
+            // capacity with every connection for good.
+            if q.frames.capacity() > KEEP_FRAMES {
+                q.frames.shrink_to(KEEP_FRAMES);
+            }
+            return Poll::Ready(None);
+        }
+        match &q.close {
+            Some(close) => Poll::Ready(Some(close.clone())),
+            None => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,307 @@
+//! The queue's budget and epochs, and the writer through an in-memory
+//! WebSocket and a real TCP socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use protocol::CloseCode;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+use super::*;
+
+#[test]
+fn state_frames_over_budget_are_dropped_and_flag_a_resync() {
+    let out = Outbound::new(10);
+    let epoch = out.begin_room();
+    assert!(out.push_state(epoch, Bytes::from_static(b"123456")));
+    assert!(!out.push_state(epoch, Bytes::from_static(b"123456")));
+    assert!(
+        !out.take_resync(),
+        "no resync while the queue is still full"
+    );
+    out.queue.lock().frames.clear();
+    out.queue.lock().bytes = 0;
+    assert!(out.take_resync());
+    assert!(!out.take_resync(), "the flag is taken once");
+}
+
+#[test]
+fn reliable_overflow_closes_with_slow_consumer() {
+    let out = Outbound::new(10);
+    out.push_reliable(Bytes::from_static(b"12345678")).unwrap();
+    assert_eq!(
+        out.push_reliable(Bytes::from_static(b"12345678")),
+        Err(PushError::Overflow)
+    );
+    assert!(out.is_closing());
+    let close = out.queue.lock().close.clone().unwrap();
+    assert_eq!(close.0, Some(CloseCode::SlowConsumer));
+    assert_eq!(
+        out.push_reliable(Bytes::from_static(b"1")),
+        Err(PushError::Closed)
+    );
+    assert!(!out.push_state(0, Bytes::from_static(b"1")));
+}
+
+#[tokio::test]
+async fn the_writer_sends_in_order_then_closes() {
+    let out = Outbound::new(1024);
+    out.push_reliable(Bytes::from_static(b"a")).unwrap();
+    out.push_state(0, Bytes::from_static(b"b"));
+    out.close(CloseCode::GoingAway, "bye");
+    let mut got: Vec<Message> = Vec::new();
+    let sink = (&mut got).sink_map_err(|_| WsError::ConnectionClosed);
+    run_writer(out, sink, Duration::from_secs(1)).await;
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[0], Message::Binary(Bytes::from_static(b"a")));
+    assert_eq!(got[1], Message::Binary(Bytes::from_static(b"b")));
+    assert!(matches!(&got[2], Message::Close(Some(f)) if u16::from(f.code) == 1001));
+}
+
+/// A server-side connection and the client's end of it, in memory.
+async fn pair(
+    out: &Arc<Outbound>,
+) -> (
+    Connection<WebSocketStream<tokio::io::DuplexStream>, ()>,
+    WebSocketStream<tokio::io::DuplexStream>,
+) {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let server = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
+    let client = WebSocketStream::from_raw_socket(b, Role::Client, None).await;
+    let writer = Writer::new(out.clone(), Duration::from_secs(5));
+    (Connection::new(server, writer, ()), client)
+}
+
+#[tokio::test]
+async fn one_connection_reads_and_writes_its_socket() {
+    let out = Outbound::new(1024);
+    let (mut conn, mut client) = pair(&out).await;
+    // Queued frames go out when the connection is polled for input.
+    out.push_reliable(Bytes::from_static(b"hello")).unwrap();
+    client
+        .send(Message::Binary(Bytes::from_static(b"move")))
+        .await
+        .unwrap();
+    let got = conn.next().await.unwrap().unwrap();
+    assert_eq!(got, Message::Binary(Bytes::from_static(b"move")));
+    assert_eq!(
+        client.next().await.unwrap().unwrap(),
+        Message::Binary(Bytes::from_static(b"hello"))
+    );
+    // A push from elsewhere wakes the connection's task by itself.
+    let reader = tokio::spawn(async move {
+        let next = conn.next().await;
+        (conn, next)
+    });
+    out.push_reliable(Bytes::from_static(b"later")).unwrap();
+    assert_eq!(
+        client.next().await.unwrap().unwrap(),
+        Message::Binary(Bytes::from_static(b"later"))
+    );
+    // The client says goodbye: the server sees it, and answers it once
+    // the session closes; then the connection ends.
+    client.close(None).await.unwrap();
+    let (mut conn, next) = reader.await.unwrap();
+    assert!(matches!(next, Some(Ok(Message::Close(_)))));
+    out.close(CloseCode::Normal, "goodbye");
+    let client_side = tokio::spawn(async move {
+        let reply = client.next().await;
+        let end = client.next().await;
+        (reply, end)
+    });
+    let end = tokio::time::timeout(Duration::from_secs(5), conn.next()).await;
+    assert!(
+        matches!(end, Ok(None)),
+        "ends once written and read: {end:?}"
+    );
+    drop(conn);
+    let (reply, end) = client_side.await.unwrap();
+    assert!(
+        matches!(reply, Some(Ok(Message::Close(_)))),
+        "the reply to the client's close: {reply:?}"
+    );
+    assert!(end.is_none(), "the close handshake completed");
+}
+
+/// A plain TCP connection with direct writes, and the client's end.
+async fn direct_pair(
+    out: &Arc<Outbound>,
+) -> (
+    Connection<WebSocketStream<Conn>, ()>,
+    WebSocketStream<TcpStream>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let connect = tokio::spawn(TcpStream::connect(listener.local_addr().unwrap()));
+    let (tcp, _) = listener.accept().await.unwrap();
+    let client = connect.await.unwrap().unwrap();
+    let conn = Conn::new(tcp);
+    let socket = conn.socket();
+    let server = WebSocketStream::from_raw_socket(conn, Role::Server, None).await;
+    let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+    let writer = Writer::new(out.clone(), Duration::from_secs(20)).direct(socket);
+    (Connection::new(server, writer, ()), client)
+}
+
+fn payload(i: usize, len: usize) -> Bytes {
+    (0..len)
+        .map(|k| (i * 31 + k) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+#[tokio::test]
+async fn direct_writes_keep_every_frame_whole_through_a_full_socket() {
+    let out = Outbound::new(64 << 20);
+    let (mut conn, mut client) = direct_pair(&out).await;
+    // Every header length (2, 4 and 10 bytes), more frames than one
+    // vectored write takes, and far more bytes than the socket
+    // buffers hold while the client is not reading yet: the batch is
+    // written in pieces, some of them ending inside a frame.
+    let mut sizes = vec![0, 1, 125, 126, 127, 65_535, 65_536, 300_000];
+    sizes.extend(std::iter::repeat_n(1_000_000, 16));
+    sizes.extend(std::iter::repeat_n(40, 3 * FRAMES_PER_WRITE));
+    for (i, &len) in sizes.iter().enumerate() {
+        out.push_reliable(payload(i, len)).unwrap();
+        if i == 9 {
+            out.push_ping();
+        }
+    }
+    let server = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while let Some(item) = conn.next().await {
+            got.push(item);
+        }
+        got
+    });
+    // A ping from the client while the server is mid-batch: its pong
+    // must not land inside a frame.
+    client
+        .send(Message::Ping(Bytes::from_static(b"p")))
+        .await
+        .unwrap();
+    let mut data = Vec::new();
+    let mut pings = 0;
+    let mut pong = false;
+    while data.len() < sizes.len() || !pong {
+        match client.next().await {
+            Some(Ok(Message::Binary(b))) => data.push(b),
+            Some(Ok(Message::Ping(p))) => {
+                assert!(p.is_empty());
+                assert_eq!(data.len(), 10, "the ping comes after frame 9");
+                pings += 1;
+            }
+            Some(Ok(Message::Pong(p))) => {
+                assert_eq!(&p[..], b"p");
+                pong = true;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(pings, 1);
+    for (i, (got, &len)) in data.iter().zip(&sizes).enumerate() {
+        assert!(got[..] == payload(i, len)[..], "frame {i} of {len} bytes");
+    }
+    // A small batch (a tick's frame) goes through the stack buffer.
+    out.push_state(0, payload(7, 300));
+    out.push_reliable(payload(8, 200)).unwrap();
+    for (i, len) in [(7, 300), (8, 200)] {
+        match client.next().await {
+            Some(Ok(Message::Binary(b))) => assert!(b[..] == payload(i, len)[..]),
+            other => panic!("expected frame {i}, got {other:?}"),
+        }
+    }
+    out.close(CloseCode::Normal, "bye");
+    let close = match client.next().await {
+        Some(Ok(Message::Close(frame))) => frame,
+        other => panic!("expected the close, got {other:?}"),
+    };
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(1000));
+    // The client answers the close; the server's connection then ends.
+    assert!(client.next().await.is_none());
+    let seen = tokio::time::timeout(Duration::from_secs(20), server)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(seen.iter().any(|m| matches!(m, Ok(Message::Close(_)))));
+}
+
+#[tokio::test]
+async fn after_a_short_read_the_next_message_still_wakes_the_reader() {
+    let out = Outbound::new(1024);
+    let (mut conn, mut client) = direct_pair(&out).await;
+    // One message at a time, each sent only after the previous one was
+    // read (every read is short and clears the readiness): each must
+    // still wake the connection.
+    for i in 0..50u8 {
+        client
+            .send(Message::Binary(vec![i; 20].into()))
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), conn.next()).await;
+        match got {
+            Ok(Some(Ok(Message::Binary(b)))) => assert_eq!(&b[..], &[i; 20][..]),
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+    // A message and the end of the stream in one go: the message, then
+    // the end (the close is the client's; the writer ends with the
+    // session, which is not running here).
+    client
+        .send(Message::Binary(vec![9; 20].into()))
+        .await
+        .unwrap();
+    let mut raw = client.into_inner();
+    tokio::io::AsyncWriteExt::shutdown(&mut raw).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), conn.next()).await;
+    assert!(matches!(got, Ok(Some(Ok(Message::Binary(_))))), "{got:?}");
+    let end = tokio::time::timeout(Duration::from_secs(10), conn.next()).await;
+    assert!(
+        matches!(end, Ok(Some(Err(_)))),
+        "the end of stream: {end:?}"
+    );
+}
+
+#[tokio::test]
+async fn after_a_read_error_the_close_frame_is_still_written() {
+    let out = Outbound::new(1024);
+    let (mut conn, mut client) = pair(&out).await;
+    // An unmasked frame from a client: a protocol error.
+    let mut raw = client.into_inner();
+    tokio::io::AsyncWriteExt::write_all(&mut raw, &[0x82, 0x01, 0x41])
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(2), conn.next()).await;
+    assert!(matches!(first, Ok(Some(Err(_)))), "{first:?}");
+    out.close(CloseCode::PolicyViolation, "bad frame");
+    let end = tokio::time::timeout(Duration::from_secs(2), conn.next()).await;
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    client = WebSocketStream::from_raw_socket(raw, Role::Client, None).await;
+    match client.next().await {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1008),
+        other => panic!("expected the close frame, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_drained_burst_gives_its_capacity_back() {
+    let out = Outbound::new(1 << 20);
+    let epoch = out.begin_room();
+    for _ in 0..200 {
+        assert!(out.push_state(epoch, Bytes::from_static(b"frame")));
+    }
+    let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+    let mut batch = Vec::new();
+    assert!(out.poll_batch(&mut cx, &mut batch).is_ready());
+    assert_eq!(batch.len(), 200, "the whole burst in one batch");
+    let kept = out.queue.lock().frames.capacity();
+    assert!(kept <= KEEP_FRAMES, "the queue keeps {kept} slots");
+    // A tick's frame afterwards needs no more than what was kept.
+    assert!(out.push_state(epoch, Bytes::from_static(b"next")));
+    assert!(out.queue.lock().frames.capacity() <= KEEP_FRAMES);
+}

@@ -1,0 +1,441 @@
+//! The [`Writer`] (a queue drained into the socket) and the
+//! [`Connection`] that owns one socket (see the module docs of
+//! [`crate::outbound`]).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Sink, Stream};
+use protocol::CloseCode;
+use tokio::io::Interest;
+use tokio::time::{Instant, Sleep};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use super::{
+    Frame, Outbound, Socket, COUNT_EVERY, FRAMES_PER_WRITE, KEEP_FRAMES, MAX_HEADER, SMALL_WRITE,
+};
+use crate::metrics as m;
+
+/// Where a [`Writer`] is.
+enum Stage {
+    /// Waiting for frames.
+    Idle,
+    /// Writing `batch` from `next`, then one flush. Direct writes: `offset`
+    /// bytes of frame `next` are written, and `flushed` says tungstenite's
+    /// own buffer was flushed before the batch's first byte.
+    Writing {
+        next: usize,
+        offset: usize,
+        flushed: bool,
+    },
+    /// The close frame (taken when sent), then the close handshake's flush.
+    Closing { frame: Option<Message> },
+    /// Closed, aborted or failed: nothing more is written.
+    Done,
+}
+
+/// Drains an [`Outbound`] into a WebSocket sink, driven by polls (see
+/// [`Connection`]). Each batch must be written within `write_timeout`, so
+/// a client that stops reading cannot hold its connection forever.
+pub struct Writer {
+    out: Arc<Outbound>,
+    batch: Vec<Frame>,
+    stage: Stage,
+    write_timeout: Duration,
+    /// When the current batch or close must be written by.
+    deadline: Instant,
+    /// The timer, armed only when a write had to wait (most batches go out
+    /// at once and never touch it); made the first time, so an idle
+    /// connection has none.
+    timer: Option<Pin<Box<Sleep>>>,
+    timer_armed: bool,
+    /// The TCP stream, for direct writes (plain connections; see the
+    /// module docs); `None`: frames go through the WebSocket sink.
+    direct: Option<Socket>,
+    /// Frames and flushes not yet added to the counters.
+    uncounted: (u64, u64),
+    frames_sent: metrics::Counter,
+    flushes: metrics::Counter,
+}
+
+impl Writer {
+    pub fn new(out: Arc<Outbound>, write_timeout: Duration) -> Writer {
+        Writer {
+            out,
+            batch: Vec::new(),
+            stage: Stage::Idle,
+            write_timeout,
+            deadline: Instant::now(),
+            timer: None,
+            timer_armed: false,
+            direct: None,
+            uncounted: (0, 0),
+            // Handles looked up once, not per batch.
+            frames_sent: metrics::counter!(m::FRAMES_SENT),
+            flushes: metrics::counter!(m::FLUSHES),
+        }
+    }
+
+    /// Write data frames straight to `socket`, the plain TCP stream under
+    /// the WebSocket (see the module docs). Not for TLS connections.
+    pub fn direct(mut self, socket: Socket) -> Writer {
+        self.direct = Some(socket);
+        self
+    }
+
+    /// Nothing more will be written.
+    pub fn is_done(&self) -> bool {
+        matches!(self.stage, Stage::Done)
+    }
+
+    /// A batch is partly on the wire (direct writes): nothing else may
+    /// write to the socket until it is complete.
+    fn mid_batch(&self) -> bool {
+        self.direct.is_some()
+            && matches!(self.stage, Stage::Writing { next, offset, .. } if next > 0 || offset > 0)
+    }
+
+    /// Count a written batch; the shared counters are updated every
+    /// `COUNT_EVERY` flushes.
+    fn count(&mut self, frames: usize) {
+        self.uncounted.0 += frames as u64;
+        self.uncounted.1 += 1;
+        if self.uncounted.1 >= COUNT_EVERY {
+            self.publish_counts();
+        }
+    }
+
+    fn publish_counts(&mut self) {
+        let (frames, flushes) = std::mem::take(&mut self.uncounted);
+        if flushes > 0 {
+            self.frames_sent.increment(frames);
+            self.flushes.increment(flushes);
+        }
+    }
+
+    /// Write what is queued; `Ready` once the writer is done (after the
+    /// close frame, an abort, or a failed or late write).
+    pub fn poll_write<S>(&mut self, mut sink: Pin<&mut S>, cx: &mut Context<'_>) -> Poll<()>
+    where
+        S: Sink<Message, Error = WsError>,
+    {
+        loop {
+            match &mut self.stage {
+                Stage::Done => return Poll::Ready(()),
+                Stage::Idle => match ready!(self.out.poll_batch(cx, &mut self.batch)) {
+                    None => {
+                        self.start_deadline();
+                        self.stage = Stage::Writing {
+                            next: 0,
+                            offset: 0,
+                            flushed: false,
+                        };
+                    }
+                    Some((Some(code), reason)) => {
+                        let frame = CloseFrame {
+                            code: WsCloseCode::from(code.as_u16()),
+                            reason: reason.into(),
+                        };
+                        self.start_deadline();
+                        self.stage = Stage::Closing {
+                            frame: Some(Message::Close(Some(frame))),
+                        };
+                    }
+                    // Aborted: the socket just goes when the connection is
+                    // dropped.
+                    Some((None, _)) => self.finish(false),
+                },
+                Stage::Writing {
+                    next,
+                    offset,
+                    flushed,
+                } => {
+                    if let Some(socket) = &self.direct {
+                        if !*flushed {
+                            // tungstenite's own frames (a pong) go first, whole.
+                            match sink.as_mut().poll_flush(cx) {
+                                Poll::Ready(Ok(())) => *flushed = true,
+                                Poll::Ready(Err(_)) => return self.fail(),
+                                Poll::Pending => return self.wait(cx),
+                            }
+                        }
+                        match write_direct(socket, &self.batch, next, offset, cx) {
+                            Poll::Ready(Ok(())) => {}
+                            Poll::Ready(Err(_)) => return self.fail(),
+                            Poll::Pending => return self.wait(cx),
+                        }
+                    } else {
+                        while *next < self.batch.len() {
+                            match sink.as_mut().poll_ready(cx) {
+                                Poll::Ready(Ok(())) => {}
+                                Poll::Ready(Err(_)) => return self.fail(),
+                                Poll::Pending => return self.wait(cx),
+                            }
+                            // Moved out; the placeholder costs nothing.
+                            let message =
+                                match std::mem::replace(&mut self.batch[*next], Frame::Ping) {
+                                    Frame::State(b) | Frame::Reliable(b) => Message::Binary(b),
+                                    Frame::Ping => Message::Ping(Bytes::new()),
+                                };
+                            *next += 1;
+                            if sink.as_mut().start_send(message).is_err() {
+                                return self.fail();
+                            }
+                        }
+                        match sink.as_mut().poll_flush(cx) {
+                            Poll::Ready(Ok(())) => {}
+                            Poll::Ready(Err(_)) => return self.fail(),
+                            Poll::Pending => return self.wait(cx),
+                        }
+                    }
+                    self.count(self.batch.len());
+                    self.batch.clear();
+                    if self.batch.capacity() > KEEP_FRAMES {
+                        self.batch.shrink_to(KEEP_FRAMES);
+                    }
+                    self.timer_armed = false;
+                    self.stage = Stage::Idle;
+                }
+                Stage::Closing { frame } => {
+                    if frame.is_some() {
+                        match sink.as_mut().poll_ready(cx) {
+                            Poll::Ready(Ok(())) => {}
+                            Poll::Ready(Err(_)) => return self.close_done(),
+                            Poll::Pending => return self.wait(cx),
+                        }
+                        let frame = frame.take().expect("checked above");
+                        if sink.as_mut().start_send(frame).is_err() {
+                            return self.close_done();
+                        }
+                    }
+                    match sink.as_mut().poll_close(cx) {
+                        Poll::Ready(_) => return self.close_done(),
+                        Poll::Pending => return self.wait(cx),
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_deadline(&mut self) {
+        self.deadline = Instant::now() + self.write_timeout;
+        self.timer_armed = false;
+    }
+
+    /// The socket is not ready: wait for it, or give up at the deadline.
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = self.deadline;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.timer_armed {
+            timer.as_mut().reset(deadline);
+            self.timer_armed = true;
+        }
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        match self.stage {
+            // A close that cannot be written in time ends all the same.
+            Stage::Closing { .. } => self.close_done(),
+            _ => self.fail(),
+        }
+    }
+
+    /// The close frame went (or could not): nothing follows it, so send
+    /// FIN now; the client sees the end right after it and closes its side,
+    /// while the session goes on reading until then.
+    fn close_done(&mut self) -> Poll<()> {
+        self.finish(true);
+        Poll::Ready(())
+    }
+
+    fn fail(&mut self) -> Poll<()> {
+        self.batch.clear();
+        self.out.close(CloseCode::InternalError, "write failed");
+        self.finish(false);
+        Poll::Ready(())
+    }
+
+    fn finish(&mut self, shutdown: bool) {
+        self.publish_counts();
+        // Rooms holding the queue (a held seat) must not keep the
+        // connection open.
+        if let Some(socket) = self.out.socket.lock().take() {
+            if shutdown {
+                socket.shutdown_write();
+            }
+        }
+        self.stage = Stage::Done;
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.publish_counts();
+    }
+}
+
+/// Write `frames` from byte `offset` of frame `next` to `socket` with
+/// vectored writes (each frame's header, then its shared payload), until
+/// all of them are written or the socket is full.
+fn write_direct(
+    socket: &Socket,
+    frames: &[Frame],
+    next: &mut usize,
+    offset: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    while *next < frames.len() {
+        let chunk = &frames[*next..frames.len().min(*next + FRAMES_PER_WRITE)];
+        let mut heads = [[0u8; MAX_HEADER]; FRAMES_PER_WRITE];
+        let mut head_lens = [0usize; FRAMES_PER_WRITE];
+        for (i, frame) in chunk.iter().enumerate() {
+            head_lens[i] = frame.header(&mut heads[i]);
+        }
+        let mut slices = [io::IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
+        let mut n = 0;
+        let mut skip = *offset;
+        for (i, frame) in chunk.iter().enumerate() {
+            let head = &heads[i][..head_lens[i]];
+            let body = frame.body();
+            let (head, body) = if skip >= head.len() {
+                (&[][..], &body[skip - head.len()..])
+            } else {
+                (&head[skip..], body)
+            };
+            skip = 0;
+            for part in [head, body] {
+                if !part.is_empty() {
+                    slices[n] = io::IoSlice::new(part);
+                    n += 1;
+                }
+            }
+        }
+        ready!(socket.0.poll_write_ready(cx))?;
+        let slices = &slices[..n];
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        let sent = if total <= SMALL_WRITE {
+            // Most batches are one tick's frame of a few hundred bytes:
+            // copied once, it goes with a plain `send`, the kernel's
+            // cheapest path.
+            let mut buf = [0u8; SMALL_WRITE];
+            let mut len = 0;
+            for slice in slices {
+                buf[len..len + slice.len()].copy_from_slice(slice);
+                len += slice.len();
+            }
+            socket.0.try_write(&buf[..len])
+        } else {
+            // `sendmsg`: a socket's own vectored call (`writev` would go
+            // through the VFS layer, measurably dearer per call).
+            socket.0.try_io(Interest::WRITABLE, || {
+                socket2::SockRef::from(&*socket.0).send_vectored(slices)
+            })
+        };
+        let mut written = match sent {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(written) => written,
+            // Readiness was stale; the next poll registers the waker.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        while written > 0 {
+            let left = frames[*next].wire_len() - *offset;
+            if written >= left {
+                written -= left;
+                *next += 1;
+                *offset = 0;
+            } else {
+                *offset += written;
+                written = 0;
+            }
+        }
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// Drain `out` into `sink` until the session closes or the socket fails
+/// (a [`Writer`] on a task of its own; the gateway drives its writers from
+/// the [`Connection`] instead).
+pub async fn run_writer<S>(out: Arc<Outbound>, mut sink: S, write_timeout: Duration)
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
+    let mut writer = Writer::new(out, write_timeout);
+    std::future::poll_fn(|cx| writer.poll_write(Pin::new(&mut sink), cx)).await
+}
+
+/// A client connection: the WebSocket and its [`Writer`], one owner. As a
+/// [`Stream`] it yields the client's messages; every poll first writes what
+/// is queued. After the client's side ends, it keeps writing (the close
+/// frame, say) and ends once the writer is done too. `H` is held for the
+/// connection's life (its admission slots).
+pub struct Connection<W, H> {
+    ws: W,
+    writer: Writer,
+    read_done: bool,
+    _held: H,
+}
+
+impl<W, H> Connection<W, H> {
+    pub fn new(ws: W, writer: Writer, held: H) -> Connection<W, H> {
+        Connection {
+            ws,
+            writer,
+            read_done: false,
+            _held: held,
+        }
+    }
+}
+
+impl<W, H> Stream for Connection<W, H>
+where
+    W: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    H: Unpin,
+{
+    type Item = Result<Message, WsError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let written = this.writer.poll_write(Pin::new(&mut this.ws), cx);
+        // While a batch is half written, reading waits: tungstenite may
+        // write a reply (a pong) when it reads, which must not land inside
+        // a frame. The socket's write readiness wakes this task.
+        if !this.read_done && !this.writer.mid_batch() {
+            match Pin::new(&mut this.ws).poll_next(cx) {
+                Poll::Ready(Some(Ok(message))) => return Poll::Ready(Some(Ok(message))),
+                Poll::Ready(Some(Err(err))) => {
+                    // The WebSocket ends after an error; the writer may
+                    // still have the close frame to send.
+                    this.read_done = true;
+                    return Poll::Ready(Some(Err(err)));
+                }
+                Poll::Ready(None) => this.read_done = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if written.is_ready() {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl<W, H> Drop for Connection<W, H> {
+    fn drop(&mut self) {
+        if !self.writer.is_done() {
+            // The session ended first (fault injection, shutdown): the
+            // socket goes with this connection.
+            self.writer.finish(false);
+        }
+    }
+}
