@@ -84,3 +84,37 @@ fn a_short_session_of_each_target_finds_nothing() {
         );
     }
 }
+
+#[test]
+fn every_peer_golden_vector_seeds_the_peer_frame_target() {
+    // The wire's examples are where the decoders' deep paths start: a
+    // golden vector that changed or was added must reach the corpus too
+    // (`xxd -r -p` each `protocol/tests/golden/peer_*.hex` into
+    // `corpus/peer_frame/<name>.bin`).
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocol/tests/golden");
+    let seeds: std::collections::HashMap<String, Vec<u8>> = corpus(Target::PeerFrame)
+        .into_iter()
+        .map(|(path, bytes)| (path.rsplit('/').next().unwrap().to_string(), bytes))
+        .collect();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&golden).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let Some(stem) = name.strip_prefix("peer_").and(name.strip_suffix(".hex")) else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text.trim();
+        let bytes: Vec<u8> = (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect();
+        assert_eq!(
+            seeds.get(&format!("{stem}.bin")),
+            Some(&bytes),
+            "corpus/peer_frame/{stem}.bin is not golden/{name}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 30, "only {checked} peer golden vectors found");
+}

@@ -58,6 +58,11 @@ pub const REMOTE_TICKS: &str = "tessera_remote_ticks_total";
 /// room's new owner after its old one went away, by `result` (`moved`,
 /// `failed`).
 pub const ROOM_FAILOVERS: &str = "tessera_room_failovers_total";
+/// Cluster mode: how long this shard's members of a room waited for it
+/// after its owner went away (from the owner declared dead or its stream
+/// ending to the members re-joined on the new owner, or here). The
+/// detection before it is `cluster.swim_*` or the stream's end.
+pub const ROOM_FAILOVER_SECONDS: &str = "tessera_room_failover_seconds";
 /// Cluster mode: live migrations of rooms this shard ran, by `result`
 /// (`moved`, `moved_stalled`: from the last snapshot of a room that did
 /// not answer the pause, `resumed`: the target refused or did not answer

@@ -135,7 +135,7 @@ async fn owner_of(dir: &Directory, room: &str) -> usize {
 
 async fn ready(dir: &Directory, n: usize) {
     let dir = dir.clone();
-    eventually("shards ready", || {
+    common::eventually(PATIENCE, "shards ready", || {
         let dir = dir.clone();
         async move {
             dir.shards()
@@ -145,21 +145,6 @@ async fn ready(dir: &Directory, n: usize) {
         }
     })
     .await;
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not within {PATIENCE:?}");
 }
 
 /// Poll `check` until it finds something, at most PATIENCE.
@@ -463,7 +448,7 @@ async fn heard_from(edges: &[&TestShard], owner: &str) {
     for shard in edges {
         let url = format!("http://{}/admin/peers", shard.http_addr);
         let owner = owner.to_string();
-        eventually("the edge has heard from the owner", move || {
+        common::eventually(PATIENCE, "the edge has heard from the owner", move || {
             let (url, owner) = (url.clone(), owner.clone());
             async move {
                 let (_, body) = common::http("GET", &url, Some(ADMIN), "").await;

@@ -44,21 +44,6 @@ fn config(redis: &RedisServer, id: &str) -> Config {
     config
 }
 
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: not within {PATIENCE:?}");
-}
-
 async fn wait_for<T>(
     client: &mut Client,
     what: &str,
@@ -167,7 +152,7 @@ async fn redis_down_ten_seconds_under_play_on_three_shards_disconnects_no_one() 
         );
     }
     let dir = shards[0].cluster.clone().unwrap();
-    eventually("three shards ready", || async {
+    common::eventually(PATIENCE, "three shards ready", || async {
         dir.shards()
             .await
             .map(|s| s.iter().filter(|s| s.alive && s.placeable()).count() == 3)
@@ -224,7 +209,7 @@ async fn redis_down_ten_seconds_under_play_on_three_shards_disconnects_no_one() 
 
     redis.restart();
     // Logins and placements work again.
-    eventually("a login on b works again", || async {
+    common::eventually(PATIENCE, "a login on b works again", || async {
         let mut c = Client::connect(shards[1].ws_addr).await;
         c.send(hello("dan")).await;
         matches!(
@@ -260,7 +245,7 @@ async fn redis_down_ten_seconds_under_play_on_three_shards_disconnects_no_one() 
     assert!(placed, "the join placed `other` once Redis was back");
     // Redis came back empty: the owner re-asserted its lease (same shard,
     // same epoch), and every room runs on one shard.
-    eventually("the lease re-asserted", || async {
+    common::eventually(PATIENCE, "the lease re-asserted", || async {
         dir.owner(&room).await.ok().flatten() == Some((owner.clone(), epoch))
     })
     .await;

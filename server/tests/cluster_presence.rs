@@ -10,7 +10,6 @@
 mod common;
 mod redis_support;
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use common::{http, token, Client, Event, TestShard};
@@ -27,19 +26,6 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// How long a login waits for Redis in these tests (`cluster.redis_wait_ms`):
 /// below the test client's 5 s wait for an answer.
 const REDIS_WAIT_MS: u64 = 3_000;
-
-/// Wait until `check` holds, polling; panic with `what` after the deadline.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "gave up waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Shards of one cluster over one Redis, stopped when dropped.
 struct Cluster {
@@ -91,15 +77,19 @@ impl Cluster {
         let cluster = Cluster { shards };
         let n = ids.len();
         for shard in &cluster.shards {
-            eventually("every shard's tunnel to every other is up", || async {
-                let peers: Peers = admin_get(shard, "/admin/peers").await;
-                peers
-                    .peers
-                    .iter()
-                    .filter(|p| p.state == PeerState::Connected)
-                    .count()
-                    == n - 1
-            })
+            common::eventually(
+                PATIENCE,
+                "every shard's tunnel to every other is up",
+                || async {
+                    let peers: Peers = admin_get(shard, "/admin/peers").await;
+                    peers
+                        .peers
+                        .iter()
+                        .filter(|p| p.state == PeerState::Connected)
+                        .count()
+                        == n - 1
+                },
+            )
             .await;
         }
         cluster
@@ -216,7 +206,7 @@ async fn a_second_login_on_another_shard_replaces_the_first_session() {
     let (a, b) = (cluster.shard(0), cluster.shard(1));
     let (mut first, _) = login(a, "ada").await;
     first.join("test").await;
-    eventually("the directory seats ada in test on a", || async {
+    common::eventually(PATIENCE, "the directory seats ada in test on a", || async {
         entry(a, "ada").await == Some(("a".into(), "test".into()))
     })
     .await;
@@ -231,7 +221,7 @@ async fn a_second_login_on_another_shard_replaces_the_first_session() {
     let (shard, _) = entry(b, "ada").await.expect("ada has an entry");
     assert_eq!(shard, "b");
     second.join("test").await;
-    eventually("the directory seats ada in test on b", || async {
+    common::eventually(PATIENCE, "the directory seats ada in test on b", || async {
         entry(b, "ada").await == Some(("b".into(), "test".into()))
     })
     .await;
@@ -240,7 +230,7 @@ async fn a_second_login_on_another_shard_replaces_the_first_session() {
 
     // A logout (close frame) releases the entry.
     second.ws.close(None).await.unwrap();
-    eventually("the logout released ada's entry", || async {
+    common::eventually(PATIENCE, "the logout released ada's entry", || async {
         entry(a, "ada").await.is_none()
     })
     .await;
@@ -254,7 +244,7 @@ async fn a_resume_token_from_one_shard_works_on_another_and_only_once() {
     let (a, b, c) = (cluster.shard(0), cluster.shard(1), cluster.shard(2));
     let (mut ada, welcome) = login(a, "ada").await;
     ada.join("test").await;
-    eventually("the directory seats ada in test on a", || async {
+    common::eventually(PATIENCE, "the directory seats ada in test on a", || async {
         entry(a, "ada").await == Some(("a".into(), "test".into()))
     })
     .await;
@@ -265,7 +255,7 @@ async fn a_resume_token_from_one_shard_works_on_another_and_only_once() {
     let mut on_b = resume(b, &welcome.resume_token).await;
     let resumed = on_b.expect("welcome on b", msg!(ServerMsg::Welcome)).await;
     assert_eq!(resumed.player_id, "ada");
-    eventually("b holds ada, still seated in test", || async {
+    common::eventually(PATIENCE, "b holds ada, still seated in test", || async {
         entry(b, "ada").await == Some(("b".into(), "test".into()))
     })
     .await;
@@ -347,7 +337,7 @@ async fn redis_down_refuses_logins_with_5005_and_disconnects_no_one() {
     let (a, b) = (cluster.shard(0), cluster.shard(1));
     let (mut ada, welcome) = login(a, "ada").await;
     ada.join("test").await;
-    eventually("the directory seats ada", || async {
+    common::eventually(PATIENCE, "the directory seats ada", || async {
         entry(a, "ada").await == Some(("a".into(), "test".into()))
     })
     .await;
@@ -402,12 +392,12 @@ async fn redis_down_refuses_logins_with_5005_and_disconnects_no_one() {
 
     redis.restart();
     // Logins work again once Redis is back.
-    eventually("a login on b works again", || async {
+    common::eventually(PATIENCE, "a login on b works again", || async {
         hello_answer(b, "bea").await == Ok(())
     })
     .await;
     // Redis came back empty; a re-asserts the entry of the player it holds.
-    eventually("ada's entry is back", || async {
+    common::eventually(PATIENCE, "ada's entry is back", || async {
         entry(a, "ada").await == Some(("a".into(), "test".into()))
     })
     .await;
@@ -424,7 +414,7 @@ async fn a_kick_or_ban_made_on_one_shard_reaches_the_player_on_another() {
 
     let (mut kim, _) = login(b, "kim").await;
     kim.join("test").await;
-    eventually("kim's entry names b", || async {
+    common::eventually(PATIENCE, "kim's entry names b", || async {
         entry(a, "kim").await.map(|e| e.0) == Some("b".into())
     })
     .await;
@@ -450,7 +440,7 @@ async fn a_kick_or_ban_made_on_one_shard_reaches_the_player_on_another() {
     // Every shard refuses him at the next hello, though only a's store
     // holds the ban.
     for shard in [a, b, c] {
-        eventually("the ban is in force on every shard", || async {
+        common::eventually(PATIENCE, "the ban is in force on every shard", || async {
             hello_answer(shard, "bob").await == Err(ErrorCode::Banned.as_u16())
         })
         .await;
@@ -458,7 +448,7 @@ async fn a_kick_or_ban_made_on_one_shard_reaches_the_player_on_another() {
     let (status, body) = admin_post(a, "/admin/players/bob/unban", "").await;
     assert_eq!(status, 200, "{body}");
     for shard in [c, b, a] {
-        eventually("bob may sign in again everywhere", || async {
+        common::eventually(PATIENCE, "bob may sign in again everywhere", || async {
             hello_answer(shard, "bob").await == Ok(())
         })
         .await;
@@ -476,7 +466,7 @@ async fn a_guest_of_a_dev_mode_cluster_without_an_auth_secret_resumes_on_another
     let mut guest = Client::connect(a.ws_addr).await;
     let welcome = guest.hello("gus").await;
     guest.join("test").await;
-    eventually("the guest's entry names a", || async {
+    common::eventually(PATIENCE, "the guest's entry names a", || async {
         entry(a, &welcome.player_id).await.map(|e| e.0) == Some("a".into())
     })
     .await;

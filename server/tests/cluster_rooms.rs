@@ -4,12 +4,14 @@
 //! on whichever shard the directory places it; the others reach it
 //! through their tunnel to it.
 
+mod cluster_support;
 mod common;
 mod redis_support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Client, Event, TestShard};
+use cluster_support::Cluster;
+use common::{Client, Event};
 use futures_util::StreamExt;
 use protocol::msg::{EntityId, Joined, Update};
 use protocol::{decode_server, ErrorCode, NoticeCode, ServerMsg};
@@ -48,98 +50,15 @@ fn config(redis: &RedisServer, prefix: &str, id: &str) -> Config {
     config
 }
 
-struct Cluster {
-    shards: Vec<Option<TestShard>>,
-    dir: Directory,
-    _redis: RedisServer,
-}
-
-impl Cluster {
-    /// Three shards, `a`, `b` and `c`, each registered and ready.
-    async fn start(prefix: &str, tune: impl Fn(&mut Config)) -> Cluster {
-        let redis = RedisServer::start();
-        let mut shards = Vec::new();
-        for id in ["a", "b", "c"] {
-            let mut config = config(&redis, prefix, id);
-            tune(&mut config);
-            let shard = tokio::task::spawn_blocking(move || common::start(config))
-                .await
-                .unwrap();
-            shards.push(Some(shard));
-        }
-        let dir = shards[0].as_ref().unwrap().cluster.clone().unwrap();
-        let cluster = Cluster {
-            shards,
-            dir,
-            _redis: redis,
-        };
-        let dir = cluster.dir.clone();
-        eventually("three shards ready", || {
-            let dir = dir.clone();
-            async move {
-                dir.shards()
-                    .await
-                    .map(|s| s.iter().filter(|s| s.alive && s.placeable()).count() == 3)
-                    .unwrap_or(false)
-            }
-        })
-        .await;
-        cluster
-    }
-
-    fn shard(&self, i: usize) -> &TestShard {
-        self.shards[i].as_ref().expect("shard running")
-    }
-
-    fn index_of(&self, id: &ShardId) -> usize {
-        ["a", "b", "c"]
-            .iter()
-            .position(|s| *s == id.as_str())
-            .expect("one of a, b, c")
-    }
-
-    /// The index of the shard that owns `room` now.
-    async fn owner(&self, room: &str) -> usize {
-        let room: RoomId = room.parse().unwrap();
-        let (shard, _) = self
-            .dir
-            .owner(&room)
-            .await
-            .unwrap()
-            .expect("the room has an owner");
-        self.index_of(&shard)
-    }
-
-    async fn stop(&mut self, i: usize) {
-        let shard = self.shards[i].take().expect("shard running");
-        tokio::task::spawn_blocking(move || drop(shard))
-            .await
-            .unwrap();
-    }
-
-    async fn close(mut self) {
-        for i in 0..self.shards.len() {
-            if self.shards[i].is_some() {
-                self.stop(i).await;
-            }
-        }
-    }
-}
-
-/// Poll `check` until it is true or PATIENCE ran out.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not within {PATIENCE:?}");
+/// The three shards of `cluster_support`, configured by [`config`] under
+/// the key prefix `prefix`, then `tune`d.
+async fn start_cluster(prefix: &str, tune: impl Fn(&mut Config)) -> Cluster {
+    let shard_config = |redis: &RedisServer, id: &str| {
+        let mut config = config(redis, prefix, id);
+        tune(&mut config);
+        config
+    };
+    Cluster::start(shard_config, PATIENCE).await
 }
 
 /// The first message `pick` accepts within PATIENCE, skipping others.
@@ -279,7 +198,7 @@ async fn moved_and_kept_its_place(c: &mut Client, at: (f32, f32)) -> EntityId {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn players_on_three_shards_see_each_other_move_and_chat_in_one_room() {
-    let cluster = Cluster::start("cr1", |_| {}).await;
+    let cluster = start_cluster("cr1", |_| {}).await;
     let (mut ann, ann_joined) = join_as(cluster.shard(0).ws_addr, "ann", "test").await;
     let (mut bob, bob_joined) = join_as(cluster.shard(1).ws_addr, "bob", "test").await;
     let (mut cat, cat_joined) = join_as(cluster.shard(2).ws_addr, "cat", "test").await;
@@ -290,7 +209,7 @@ async fn players_on_three_shards_see_each_other_move_and_chat_in_one_room() {
     );
     // Exactly one shard runs the room; the other two reach it. Its admin
     // view counts the two remote members and names their shards.
-    let owner = cluster.owner("test").await;
+    let owner = cluster.owner("test").await.0;
     let url = format!("http://{}/admin/rooms/test", cluster.shard(owner).http_addr);
     let (status, body) = common::http("GET", &url, Some(ADMIN), "").await;
     assert_eq!(status, 200, "{body}");
@@ -347,10 +266,10 @@ async fn players_on_three_shards_see_each_other_move_and_chat_in_one_room() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_member_gets_the_same_update_bytes_as_a_local_one() {
-    let cluster = Cluster::start("cr2", |_| {}).await;
+    let cluster = start_cluster("cr2", |_| {}).await;
     // The first join places the room; then a local and a remote watcher.
     let (mut mover, joined) = join_as(cluster.shard(0).ws_addr, "mover", "test").await;
-    let owner = cluster.owner("test").await;
+    let owner = cluster.owner("test").await.0;
     let remote = (owner + 1) % 3;
     let (mut local, _) = join_as(cluster.shard(owner).ws_addr, "local", "test").await;
     let (mut far, _) = join_as(cluster.shard(remote).ws_addr, "far", "test").await;
@@ -370,9 +289,9 @@ async fn a_remote_member_gets_the_same_update_bytes_as_a_local_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_leaving_or_dropping_on_an_edge_leaves_the_room_on_its_owner() {
-    let cluster = Cluster::start("cr3", |c| c.supervision.resume_grace_ms = 1_000).await;
+    let cluster = start_cluster("cr3", |c| c.supervision.resume_grace_ms = 1_000).await;
     let (mut ann, ann_joined) = join_as(cluster.shard(0).ws_addr, "ann", "test").await;
-    let owner = cluster.owner("test").await;
+    let owner = cluster.owner("test").await.0;
     let edges: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
     let (mut watcher, _) = join_as(cluster.shard(owner).ws_addr, "watch", "test").await;
     let (mut bob, bob_joined) = join_as(cluster.shard(edges[0]).ws_addr, "bob", "test").await;
@@ -422,9 +341,9 @@ async fn a_member_leaving_or_dropping_on_an_edge_leaves_the_room_on_its_owner() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_player_who_dropped_on_one_shard_takes_its_seat_back_through_another() {
-    let cluster = Cluster::start("cr4", |_| {}).await;
+    let cluster = start_cluster("cr4", |_| {}).await;
     let (mut first, _) = join_as(cluster.shard(0).ws_addr, "first", "test").await;
-    let owner = cluster.owner("test").await;
+    let owner = cluster.owner("test").await.0;
     let edges: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
     let (mut dan, welcome) = Client::welcomed(cluster.shard(edges[0]).ws_addr, "dan").await;
     let joined = join(&mut dan, "test").await;
@@ -462,9 +381,9 @@ async fn a_player_who_dropped_on_one_shard_takes_its_seat_back_through_another()
 /// there by itself (`joined` with the same entity, then notice 6002).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_on_another_shard_gets_the_seat_back_without_a_join() {
-    let cluster = Cluster::start("cr10", |_| {}).await;
+    let cluster = start_cluster("cr10", |_| {}).await;
     let (_first, _) = join_as(cluster.shard(0).ws_addr, "first", "test").await;
-    let owner = cluster.owner("test").await;
+    let owner = cluster.owner("test").await.0;
     let edges: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
     let (mut eve, welcome) = Client::welcomed(cluster.shard(edges[0]).ws_addr, "eve").await;
     let joined = join(&mut eve, "test").await;
@@ -506,9 +425,9 @@ async fn a_resume_on_another_shard_gets_the_seat_back_without_a_join() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_owner_shuts_down_the_room_moves_and_members_elsewhere_keep_their_place() {
-    let mut cluster = Cluster::start("cr5", |_| {}).await;
+    let mut cluster = start_cluster("cr5", |_| {}).await;
     let (mut starter, _) = join_as(cluster.shard(0).ws_addr, "starter", "test").await;
-    let owner = cluster.owner("test").await;
+    let owner = cluster.owner("test").await.0;
     let edges: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
     if edges.contains(&0) {
         starter.walk(1, 0.0, 0.0).await;
@@ -523,7 +442,7 @@ async fn when_the_owner_shuts_down_the_room_moves_and_members_elsewhere_keep_the
         new_ids.push(moved_and_kept_its_place(c, at[i]).await);
     }
     // The room runs on one of the two shards left, and both still play.
-    let new_owner = cluster.owner("test").await;
+    let new_owner = cluster.owner("test").await.0;
     assert_ne!(new_owner, owner);
     ann.walk(3, 0.0, 1.0).await;
     wait_for(&mut bob, "ann's move in the moved room", |m| match m {
@@ -536,16 +455,16 @@ async fn when_the_owner_shuts_down_the_room_moves_and_members_elsewhere_keep_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_whose_lease_is_lost_stops_on_its_old_owner() {
-    let cluster = Cluster::start("cr6", |c| c.cluster.failover_budget_ms = 10_000).await;
+    let cluster = start_cluster("cr6", |c| c.cluster.failover_budget_ms = 10_000).await;
     let (mut first, _) = join_as(cluster.shard(0).ws_addr, "first", "test").await;
-    let owner = cluster.owner("test").await;
+    let owner = cluster.owner("test").await.0;
     let edge = (owner + 1) % 3;
     let (mut local, _) = join_as(cluster.shard(owner).ws_addr, "local", "test").await;
     let (mut remote, _) = join_as(cluster.shard(edge).ws_addr, "remote", "test").await;
     // Another shard takes the lease (as after the owner stalled past it):
     // the lease key is dropped and re-taken at a higher epoch.
     let room: RoomId = "test".parse().unwrap();
-    let redis = redis::Client::open(cluster._redis.url()).unwrap();
+    let redis = redis::Client::open(cluster.redis.url()).unwrap();
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("DEL")
         .arg("cr6:room:test")
@@ -586,7 +505,7 @@ async fn a_room_whose_lease_is_lost_stops_on_its_old_owner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_instances_fill_one_after_another_across_shards() {
-    let cluster = Cluster::start("cr7", |c| {
+    let cluster = start_cluster("cr7", |c| {
         c.maps.push(server::config::MapConfig {
             name: "crowd".into(),
             spawn_radius: 0.0,
@@ -616,7 +535,7 @@ async fn auto_instances_fill_one_after_another_across_shards() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_room_stops_and_gives_its_lease_back() {
-    let cluster = Cluster::start("cr8", |c| c.rooms.idle_stop_ms = 300).await;
+    let cluster = start_cluster("cr8", |c| c.rooms.idle_stop_ms = 300).await;
     let (mut ann, _) = join_as(cluster.shard(1).ws_addr, "ann", "test").await;
     let room: RoomId = "test".parse().unwrap();
     let (owner, epoch) = cluster.dir.owner(&room).await.unwrap().expect("leased");
@@ -624,7 +543,7 @@ async fn an_empty_room_stops_and_gives_its_lease_back() {
         .await;
     ann.expect("left", msg!(ServerMsg::Left)).await;
     let dir = cluster.dir.clone();
-    eventually("the lease is released", || {
+    common::eventually(PATIENCE, "the lease is released", || {
         let (dir, room) = (dir.clone(), room.clone());
         async move { matches!(dir.owner(&room).await, Ok(None)) }
     })
@@ -682,7 +601,7 @@ async fn a_killed_owner_is_replaced_and_players_on_other_shards_keep_their_place
     let dir = shards[0].cluster.clone().unwrap();
     {
         let dir = dir.clone();
-        eventually("three shards ready", move || {
+        common::eventually(PATIENCE, "three shards ready", move || {
             let dir = dir.clone();
             async move {
                 dir.shards()
@@ -704,7 +623,7 @@ async fn a_killed_owner_is_replaced_and_players_on_other_shards_keep_their_place
     for shard in &shards {
         let url = format!("http://{}/admin/peers", shard.http_addr);
         let owner_id = owner_id.clone();
-        eventually("the edge has heard from the owner", move || {
+        common::eventually(PATIENCE, "the edge has heard from the owner", move || {
             let (url, owner_id) = (url.clone(), owner_id.clone());
             async move {
                 let (_, body) = common::http("GET", &url, Some(ADMIN), "").await;
@@ -728,6 +647,15 @@ async fn a_killed_owner_is_replaced_and_players_on_other_shards_keep_their_place
     let (new_owner, new_epoch) = dir.owner(&room).await.unwrap().expect("leased again");
     assert!(["a", "b"].contains(&new_owner.as_str()));
     assert!(new_epoch > epoch);
+    // How long the members waited is measured (the shards in this process
+    // share one recorder: at least these two links' failovers).
+    let text = common::metrics(&shards[0]).await;
+    let count = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tessera_room_failover_seconds_count "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(count >= 1.0, "failovers timed:\n{text}");
     for shard in shards {
         tokio::task::spawn_blocking(move || drop(shard))
             .await

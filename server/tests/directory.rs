@@ -71,22 +71,6 @@ fn room(name: &str) -> RoomId {
     name.parse().unwrap()
 }
 
-/// Poll `check` until it is true or PATIENCE ran out.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not within {PATIENCE:?}");
-}
-
 async fn notice(rx: &mut broadcast::Receiver<LeaseNotice>, want: impl Fn(&LeaseNotice) -> bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
@@ -174,7 +158,7 @@ async fn the_epoch_rises_on_every_owner_change_and_non_owners_cannot_renew_or_re
     // An expired lease (a renews nothing) goes to b with epoch + 1; a's
     // renewal then finds it lost, and its release is refused.
     let old = a.acquire_room(&r, 0).await.unwrap();
-    eventually("a's lease expires", || async {
+    common::eventually(PATIENCE, "a's lease expires", || async {
         a.owner(&r).await.unwrap().is_none()
     })
     .await;
@@ -202,7 +186,7 @@ async fn a_killed_shard_goes_dead_and_room_sets_follow_the_leases() {
     let (a, b) = (shard(&redis, "t3", "a"), shard(&redis, "t3", "b"));
     let stop_a = agent(&a, "a");
     let stop_b = agent(&b, "b");
-    eventually("both registered and alive", || async {
+    common::eventually(PATIENCE, "both registered and alive", || async {
         let shards = b.shards().await.unwrap_or_default();
         shards.len() == 2 && shards.iter().all(|s| s.alive)
     })
@@ -225,7 +209,7 @@ async fn a_killed_shard_goes_dead_and_room_sets_follow_the_leases() {
     // "Kill" a: its task stops without leaving; heartbeats and renewals
     // stop, so its alive key and its lease expire.
     stop_a.send(true).unwrap();
-    eventually("a is dead", || async {
+    common::eventually(PATIENCE, "a is dead", || async {
         b.shards()
             .await
             .unwrap_or_default()
@@ -239,7 +223,7 @@ async fn a_killed_shard_goes_dead_and_room_sets_follow_the_leases() {
         .unwrap()
         .iter()
         .any(|s| s.id.as_str() == "b" && s.alive));
-    eventually("a's lease expired", || async {
+    common::eventually(PATIENCE, "a's lease expired", || async {
         b.acquire_room(&r2, 0).await.is_ok()
     })
     .await;
@@ -280,7 +264,7 @@ async fn a_dead_shard_is_reported_once_and_its_record_removed_after_the_keep() {
     }
     // d leaves in order; a never heartbeats again ("killed").
     d.deregister().await.unwrap();
-    eventually("a's alive key expired", || async {
+    common::eventually(PATIENCE, "a's alive key expired", || async {
         b.shards()
             .await
             .unwrap_or_default()
@@ -322,7 +306,7 @@ async fn a_dead_shard_is_reported_once_and_its_record_removed_after_the_keep() {
     );
 
     // Past the keep, a's and d's records go; b's and c's stay.
-    eventually("dead records removed", || async {
+    common::eventually(PATIENCE, "dead records removed", || async {
         let _ = b.reap_dead_shards().await;
         let ids: Vec<String> = b
             .shard_ids()
@@ -487,7 +471,7 @@ async fn redis_down_ten_seconds_fails_ops_in_bounds_then_owners_reassert_and_epo
         pb.owner(&r).await.unwrap(),
         Some((a.shard().clone(), lease.epoch))
     );
-    eventually("a's record is back", || async {
+    common::eventually(PATIENCE, "a's record is back", || async {
         pb.shards()
             .await
             .unwrap_or_default()
@@ -551,7 +535,7 @@ fn a_shard_started_in_cluster_mode_prints_its_id_and_registers() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let dir = shard(&redis, "t8", "observer");
-        eventually("the shard registered and is ready", || async {
+        common::eventually(PATIENCE, "the shard registered and is ready", || async {
             dir.shards().await.unwrap_or_default().iter().any(|s| {
                 s.id.as_str() == "bin-1"
                     && s.alive
@@ -560,7 +544,7 @@ fn a_shard_started_in_cluster_mode_prints_its_id_and_registers() {
             })
         })
         .await;
-        eventually("shard_up is in the events stream", || async {
+        common::eventually(PATIENCE, "shard_up is in the events stream", || async {
             dir.events_tail(10)
                 .await
                 .unwrap_or_default()
@@ -572,7 +556,7 @@ fn a_shard_started_in_cluster_mode_prints_its_id_and_registers() {
         let _ = Command::new("kill")
             .args(["-TERM", &child.0.id().to_string()])
             .status();
-        eventually("the shard left", || async {
+        common::eventually(PATIENCE, "the shard left", || async {
             dir.shards()
                 .await
                 .unwrap_or_default()
@@ -580,7 +564,7 @@ fn a_shard_started_in_cluster_mode_prints_its_id_and_registers() {
                 .any(|s| s.id.as_str() == "bin-1" && !s.alive)
         })
         .await;
-        eventually("shard_down is in the events stream", || async {
+        common::eventually(PATIENCE, "shard_down is in the events stream", || async {
             dir.events_tail(10)
                 .await
                 .unwrap_or_default()
@@ -678,7 +662,7 @@ async fn a_shard_starts_while_redis_is_down_and_registers_when_it_returns() {
     }
     client.chat("hello").await;
     let observer = shard_of(&redis, "t10");
-    eventually("the shard registered once Redis came", || async {
+    common::eventually(PATIENCE, "the shard registered once Redis came", || async {
         observer.shards().await.unwrap_or_default().iter().any(|s| {
             s.id.as_str() == "down-at-start"
                     && s.alive

@@ -7,7 +7,6 @@
 mod common;
 mod redis_support;
 
-use std::future::Future;
 use std::time::Duration;
 
 use common::{http, start, test_config, Client};
@@ -61,21 +60,6 @@ fn observer(redis: &RedisServer, prefix: &str) -> Directory {
     Directory::new(settings, ShardId::new("observer").unwrap()).unwrap()
 }
 
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let give_up = tokio::time::Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < give_up,
-            "gave up waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn shard_state(dir: &Directory, id: &str) -> Option<(bool, ShardState)> {
     dir.shards()
         .await
@@ -94,7 +78,7 @@ async fn a_drain_tells_clients_to_reconnect_releases_leases_and_ends_the_shard()
         .await
         .unwrap();
     let dir = observer(&redis, prefix);
-    eventually("the shard is ready in the directory", || async {
+    common::eventually(PATIENCE, "the shard is ready in the directory", || async {
         shard_state(&dir, "drainee").await == Some((true, ShardState::Ready))
     })
     .await;

@@ -3,17 +3,18 @@
 //! test clients over WebSocket, and `POST /admin/rooms/{room}/migrate`.
 //! Every wait is for a condition, with a generous deadline.
 
+mod cluster_support;
 mod common;
 mod redis_support;
 
 use std::time::{Duration, Instant};
 
+use cluster_support::{Cluster, ID};
 use common::{Client, Event, TestShard};
 use protocol::admin::{Role, RoomMigrated};
 use protocol::msg::{EntityId, Joined};
 use protocol::{NoticeCode, ServerMsg};
 use redis_support::RedisServer;
-use server::cluster::Directory;
 use server::config::{AdminToken, Config};
 use server::ids::RoomId;
 
@@ -61,65 +62,18 @@ fn config(redis: &RedisServer, prefix: &str, id: &str) -> Config {
     config
 }
 
-struct Cluster {
-    shards: Vec<Option<TestShard>>,
-    dir: Directory,
-    _redis: RedisServer,
+/// The three shards of `cluster_support`, configured by [`config`] under
+/// the key prefix `prefix`, then `tune`d.
+async fn start_cluster(prefix: &str, tune: impl Fn(&mut Config)) -> Cluster {
+    let shard_config = |redis: &RedisServer, id: &str| {
+        let mut config = config(redis, prefix, id);
+        tune(&mut config);
+        config
+    };
+    Cluster::start(shard_config, PATIENCE).await
 }
 
 impl Cluster {
-    /// Three shards, `a`, `b` and `c`, each registered and ready.
-    async fn start(prefix: &str, tune: impl Fn(&mut Config)) -> Cluster {
-        let redis = RedisServer::start();
-        let mut shards = Vec::new();
-        for id in ["a", "b", "c"] {
-            let mut config = config(&redis, prefix, id);
-            tune(&mut config);
-            let shard = tokio::task::spawn_blocking(move || common::start(config))
-                .await
-                .unwrap();
-            shards.push(Some(shard));
-        }
-        let dir = shards[0].as_ref().unwrap().cluster.clone().unwrap();
-        let cluster = Cluster {
-            shards,
-            dir,
-            _redis: redis,
-        };
-        let dir = cluster.dir.clone();
-        eventually("three shards ready", || {
-            let dir = dir.clone();
-            async move {
-                dir.shards()
-                    .await
-                    .map(|s| s.iter().filter(|s| s.alive && s.placeable()).count() == 3)
-                    .unwrap_or(false)
-            }
-        })
-        .await;
-        cluster
-    }
-
-    fn shard(&self, i: usize) -> &TestShard {
-        self.shards[i].as_ref().expect("shard running")
-    }
-
-    /// The owner of `room` now and its epoch.
-    async fn owner(&self, room: &str) -> (usize, u64) {
-        let room: RoomId = room.parse().unwrap();
-        let (shard, epoch) = self
-            .dir
-            .owner(&room)
-            .await
-            .unwrap()
-            .expect("the room has an owner");
-        let i = ["a", "b", "c"]
-            .iter()
-            .position(|s| *s == shard.as_str())
-            .expect("one of a, b, c");
-        (i, epoch)
-    }
-
     /// `POST /admin/rooms/{room}/migrate` on shard `on`: status and body.
     async fn migrate(&self, on: usize, room: &str, to: Option<&str>, token: &str) -> (u16, String) {
         let query = to.map(|t| format!("?to={t}")).unwrap_or_default();
@@ -137,39 +91,6 @@ impl Cluster {
         assert_eq!(status, 200, "{body}");
         serde_json::from_str(&body).unwrap()
     }
-
-    async fn stop(&mut self, i: usize) {
-        let shard = self.shards[i].take().expect("shard running");
-        tokio::task::spawn_blocking(move || drop(shard))
-            .await
-            .unwrap();
-    }
-
-    async fn close(mut self) {
-        for i in 0..self.shards.len() {
-            if self.shards[i].is_some() {
-                self.stop(i).await;
-            }
-        }
-    }
-}
-
-const ID: [&str; 3] = ["a", "b", "c"];
-
-/// Poll `check` until it is true or PATIENCE ran out.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not within {PATIENCE:?}");
 }
 
 /// The first message `pick` accepts within PATIENCE, skipping others
@@ -265,7 +186,7 @@ async fn runs_on(cluster: &Cluster, i: usize, room: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_played_on_two_shards_migrates_and_nobody_notices() {
-    let cluster = Cluster::start("mg1", |_| {}).await;
+    let cluster = start_cluster("mg1", |_| {}).await;
     let (mut ann, ann_joined) = join_as(cluster.shard(0).ws_addr, "ann", "test").await;
     let (owner, epoch) = cluster.owner("test").await;
     let edge = (owner + 1) % 3;
@@ -397,7 +318,7 @@ fn play(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn back_and_forth_twenty_times_under_load_loses_nobody() {
-    let cluster = Cluster::start("mg2", |_| {}).await;
+    let cluster = start_cluster("mg2", |_| {}).await;
     // Two players on each shard, all in one room.
     let mut clients = Vec::new();
     for i in 0..6 {
@@ -461,7 +382,7 @@ async fn kill_next_offer(cluster: &Cluster, on: usize, room: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_whose_target_dies_resumes_on_the_source_and_runs_once() {
-    let cluster = Cluster::start("mg3", |_| {}).await;
+    let cluster = start_cluster("mg3", |_| {}).await;
     let (mut ann, ann_joined) = join_as(cluster.shard(0).ws_addr, "ann", "test").await;
     let (owner, epoch) = cluster.owner("test").await;
     let target = (owner + 1) % 3;
@@ -500,7 +421,7 @@ async fn a_migration_whose_target_dies_resumes_on_the_source_and_runs_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_checks_roles_rooms_and_targets() {
-    let cluster = Cluster::start("mg4", |_| {}).await;
+    let cluster = start_cluster("mg4", |_| {}).await;
     let (_ann, _) = join_as(cluster.shard(0).ws_addr, "ann", "test").await;
     let (owner, _) = cluster.owner("test").await;
     let other = (owner + 1) % 3;
@@ -577,7 +498,7 @@ async fn sees_seq(client: &mut Client, entity: EntityId, seq: u32, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_moves_its_rooms_live_and_its_players_resume_elsewhere() {
-    let mut cluster = Cluster::start("mg6", |_| {}).await;
+    let mut cluster = start_cluster("mg6", |_| {}).await;
     let (_first, _) = join_as(cluster.shard(0).ws_addr, "first", "test").await;
     let (owner, epoch) = cluster.owner("test").await;
     let edge = (owner + 1) % 3;
@@ -657,7 +578,7 @@ async fn a_drain_moves_its_rooms_live_and_its_players_resume_elsewhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_with_a_stuck_room_restarts_it_on_the_target_from_its_snapshot() {
-    let mut cluster = Cluster::start("mg7", |_| {}).await;
+    let mut cluster = start_cluster("mg7", |_| {}).await;
     let (_first, _) = join_as(cluster.shard(0).ws_addr, "first", "test").await;
     let (owner, epoch) = cluster.owner("test").await;
     let edge = (owner + 1) % 3;
@@ -683,7 +604,7 @@ async fn a_drain_with_a_stuck_room_restarts_it_on_the_target_from_its_snapshot()
     // snapshot, and ann, who never left, walks on from where she was.
     let dir = cluster.dir.clone();
     let room: RoomId = "test".parse().unwrap();
-    eventually("the stuck room runs elsewhere", || {
+    common::eventually(PATIENCE, "the stuck room runs elsewhere", || {
         let (dir, room) = (dir.clone(), room.clone());
         async move {
             dir.owner(&room)

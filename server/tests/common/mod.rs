@@ -479,3 +479,20 @@ impl Drop for ServerProcess {
         let _ = self.0.wait();
     }
 }
+
+/// Wait until `check` holds, polling every 50 ms; panic naming `what`
+/// once `patience` has passed. Tests wait for conditions, never for a time.
+pub async fn eventually<F, Fut>(patience: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not within {patience:?}");
+}

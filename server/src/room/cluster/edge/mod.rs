@@ -530,7 +530,11 @@ impl EdgeLink {
         let Some(cluster) = self.cluster.upgrade() else {
             return;
         };
-        let deadline = Instant::now() + cluster.settings().failover_budget;
+        let started = Instant::now();
+        let moved = || {
+            metrics::histogram!(m::ROOM_FAILOVER_SECONDS).record(started.elapsed().as_secs_f64());
+        };
+        let deadline = started + cluster.settings().failover_budget;
         let mut pause = Duration::from_millis(100);
         while Instant::now() < deadline {
             tokio::time::sleep(pause).await;
@@ -543,6 +547,7 @@ impl EdgeLink {
             match cluster.resolve(&self.room).await {
                 Ok(None) => {
                     self.move_here(&cluster).await;
+                    moved();
                     return;
                 }
                 // The old owner still holds the lease: it is going away
@@ -554,11 +559,13 @@ impl EdgeLink {
                     if deadline.saturating_duration_since(Instant::now()) < half
                         && self.rejoin_on(old).await
                     {
+                        moved();
                         return;
                     }
                 }
                 Ok(Some(owner)) => {
                     if self.rejoin_on(owner).await {
+                        moved();
                         return;
                     }
                 }

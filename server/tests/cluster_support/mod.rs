@@ -1,0 +1,95 @@
+//! Three in-process shards, `a`, `b` and `c`, in one cluster over a real
+//! `redis-server` (started on a free loopback port, stopped on drop), for
+//! the tests of rooms played across shards. Each test file gives the
+//! shards' configuration.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use server::cluster::{Directory, ShardId};
+use server::config::Config;
+use server::ids::RoomId;
+
+use crate::common::{self, TestShard};
+use crate::redis_support::RedisServer;
+
+/// The shards' ids, by index.
+pub const ID: [&str; 3] = ["a", "b", "c"];
+
+pub struct Cluster {
+    pub shards: Vec<Option<TestShard>>,
+    pub dir: Directory,
+    pub redis: RedisServer,
+}
+
+impl Cluster {
+    /// Three shards, each with `config(redis, id)`, registered and ready
+    /// within `patience`.
+    pub async fn start(
+        config: impl Fn(&RedisServer, &str) -> Config,
+        patience: Duration,
+    ) -> Cluster {
+        let redis = RedisServer::start();
+        let mut shards = Vec::new();
+        for id in ID {
+            let config = config(&redis, id);
+            let shard = tokio::task::spawn_blocking(move || common::start(config))
+                .await
+                .unwrap();
+            shards.push(Some(shard));
+        }
+        let dir = shards[0].as_ref().unwrap().cluster.clone().unwrap();
+        let cluster = Cluster { shards, dir, redis };
+        let dir = cluster.dir.clone();
+        common::eventually(patience, "three shards ready", || {
+            let dir = dir.clone();
+            async move {
+                dir.shards()
+                    .await
+                    .map(|s| s.iter().filter(|s| s.alive && s.placeable()).count() == 3)
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+        cluster
+    }
+
+    pub fn shard(&self, i: usize) -> &TestShard {
+        self.shards[i].as_ref().expect("shard running")
+    }
+
+    pub fn index_of(&self, id: &ShardId) -> usize {
+        ID.iter()
+            .position(|s| *s == id.as_str())
+            .expect("one of a, b, c")
+    }
+
+    /// The index of the shard that owns `room` now, and its lease epoch.
+    pub async fn owner(&self, room: &str) -> (usize, u64) {
+        let room: RoomId = room.parse().unwrap();
+        let (shard, epoch) = self
+            .dir
+            .owner(&room)
+            .await
+            .unwrap()
+            .expect("the room has an owner");
+        (self.index_of(&shard), epoch)
+    }
+
+    /// Shut shard `i` down (in order, as a stopped process would).
+    pub async fn stop(&mut self, i: usize) {
+        let shard = self.shards[i].take().expect("shard running");
+        tokio::task::spawn_blocking(move || drop(shard))
+            .await
+            .unwrap();
+    }
+
+    pub async fn close(mut self) {
+        for i in 0..self.shards.len() {
+            if self.shards[i].is_some() {
+                self.stop(i).await;
+            }
+        }
+    }
+}
