@@ -78,7 +78,7 @@ enum Command {
         #[command(subcommand)]
         command: PlayersCommand,
     },
-    /// Shards: list.
+    /// Shards: list, drain.
     Shards {
         #[command(subcommand)]
         command: ShardsCommand,
@@ -168,7 +168,8 @@ enum ShardsCommand {
     },
     /// Drain a shard (cluster mode): draining in the directory, readiness
     /// 503, its players told to reconnect elsewhere (notice 6004, close
-    /// 4008), its rooms stopped and saved, its leases released, then it
+    /// 4008), its rooms moved live to other shards (stopped and saved when
+    /// none can take them), its leases released, then it
     /// exits.
     Drain {
         /// The shard: its id in the directory (with --redis), or its HTTP

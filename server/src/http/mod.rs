@@ -24,7 +24,7 @@
 //! | `POST /admin/faults/session` | `{"player": "...", "kind": "panic" or "drop"}`; with `"at": "<point>"` a panic is armed at that point of the player's session (of the next session to get there without `player`); needs `admin.fault_injection` |
 //! | `POST /admin/faults/task?name=<child>` | the supervised task panics at its next poll; needs `admin.fault_injection` |
 //! | `GET /admin/peers` | the peer tunnels: listeners, peers (state, RTT, bytes), open streams, refusals, SWIM membership; `{"cluster": false, ...}` on a shard outside a cluster; viewer |
-//! | `POST /admin/shards/drain` | drain this shard (cluster mode; 409 outside one): draining in the directory, readiness 503, sessions closed with notice 6004 and close 4008, rooms stopped and saved, leases released, exit; operator, audited |
+//! | `POST /admin/shards/drain` | drain this shard (cluster mode; 409 outside one): draining in the directory, readiness 503, rooms moved live to other shards (stopped and saved when none can take them), sessions closed with notice 6004 and close 4008, leases released, exit; operator, audited |
 //!
 //! Statuses, one rule for every admin call: 404 when the admin API is off
 //! (no `admin.token` nor `admin.tokens`: there is nothing to authenticate
