@@ -147,43 +147,6 @@ async fn ready(dir: &Directory, n: usize) {
     .await;
 }
 
-/// Poll `check` until it finds something, at most PATIENCE.
-async fn found<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if let Some(found) = check().await {
-            return found;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: not within {PATIENCE:?}");
-}
-
-/// The first message `pick` accepts within PATIENCE, skipping others.
-async fn wait_for<T>(
-    client: &mut Client,
-    what: &str,
-    mut pick: impl FnMut(&ServerMsg) -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match client.next_event(left).await {
-            Some(Event::Msg(msg)) => {
-                if let Some(found) = pick(&msg) {
-                    return found;
-                }
-            }
-            Some(Event::Closed(code)) => panic!("closed ({code:?}) while waiting for {what}"),
-            None => panic!("timed out waiting for {what}"),
-        }
-    }
-}
-
 /// Sign in as `name` (a stable identity: a token of the shared secret)
 /// once the shard's store answers (its persister connects in the
 /// background: a login before that plays without a profile), take the
@@ -213,7 +176,7 @@ async fn player(addr: SocketAddr, name: &str, map: &str) -> (Client, Joined) {
     client
         .send(ClientMsg::Join(protocol::msg::Join { map: map.into() }))
         .await;
-    let joined = wait_for(&mut client, "joined", |m| match m {
+    let joined = common::wait_for(PATIENCE, &mut client, "joined", |m| match m {
         ServerMsg::Joined(j) => Some(j.clone()),
         _ => None,
     })
@@ -224,19 +187,29 @@ async fn player(addr: SocketAddr, name: &str, map: &str) -> (Client, Joined) {
 /// The answer to request `req`: `Ok(inventory)` for `done`, else the
 /// error's code.
 async fn answer(client: &mut Client, req: u32) -> Result<Inventory, u16> {
-    wait_for(client, &format!("the answer to {req}"), |m| match m {
-        ServerMsg::Done(d) if d.req == req => Some(Ok(d.inventory.clone())),
-        ServerMsg::Error(e) if e.req == Some(req) => Some(Err(e.code)),
-        _ => None,
-    })
+    common::wait_for(
+        PATIENCE,
+        client,
+        &format!("the answer to {req}"),
+        |m| match m {
+            ServerMsg::Done(d) if d.req == req => Some(Ok(d.inventory.clone())),
+            ServerMsg::Error(e) if e.req == Some(req) => Some(Err(e.code)),
+            _ => None,
+        },
+    )
     .await
 }
 
 async fn inventory_push(client: &mut Client, currency: i64) {
-    wait_for(client, &format!("inventory {currency}"), |m| match m {
-        ServerMsg::Inventory(i) if i.currency == currency => Some(()),
-        _ => None,
-    })
+    common::wait_for(
+        PATIENCE,
+        client,
+        &format!("inventory {currency}"),
+        |m| match m {
+            ServerMsg::Inventory(i) if i.currency == currency => Some(()),
+            _ => None,
+        },
+    )
     .await
 }
 
@@ -519,7 +492,7 @@ async fn a_pick_up_in_flight_when_the_owner_is_killed_is_finished_by_the_next_ow
     )
     .await;
     let ids: Vec<ItemId> = ground.items.keys().copied().collect();
-    let item = found("an item of the ground stored", || async {
+    let item = common::found(PATIENCE, "an item of the ground stored", || async {
         let doc = store.load_room(FIELD.into()).await.ok()??;
         doc.items.iter().find(|i| ids.contains(&i.id)).cloned()
     })
@@ -551,7 +524,7 @@ async fn a_pick_up_in_flight_when_the_owner_is_killed_is_finished_by_the_next_ow
     // the ground, needs nothing of it). Written long before the old lease
     // expires, with the old owner's epoch, as the owner would have.
     // (A late write of the dead owner may land meanwhile: read again.)
-    found("the take stored", || async {
+    common::found(PATIENCE, "the take stored", || async {
         let doc = store.load_room(FIELD.into()).await.ok()??;
         let Some(at) = doc.items.iter().position(|i| i.id == item.id) else {
             return Some(());
@@ -569,23 +542,32 @@ async fn a_pick_up_in_flight_when_the_owner_is_killed_is_finished_by_the_next_ow
     .await;
 
     // The room is leased again elsewhere; the picker is seated there.
-    wait_for(&mut picker, "joined from the new owner", |m| match m {
-        ServerMsg::Joined(j) => Some(j.clone()),
-        _ => None,
-    })
+    common::wait_for(
+        PATIENCE,
+        &mut picker,
+        "joined from the new owner",
+        |m| match m {
+            ServerMsg::Joined(j) => Some(j.clone()),
+            _ => None,
+        },
+    )
     .await;
     let (new_owner, new_epoch) = dir.owner(&room).await.unwrap().expect("leased again");
     assert!(["a", "b"].contains(&new_owner.as_str()));
     assert!(new_epoch > epoch);
     // The next owner settled the pick-up: nothing pending for the item.
-    let (doc, profile) = found("the pick-up settled by the next owner", || async {
-        let doc = store.load_room(FIELD.into()).await.ok()??;
-        if doc.owner_epoch < new_epoch || doc.pending.iter().any(|p| p.item.id == item.id) {
-            return None;
-        }
-        let profile = store.load_player("picker".into()).await.ok()??;
-        Some((doc, profile))
-    })
+    let (doc, profile) = common::found(
+        PATIENCE,
+        "the pick-up settled by the next owner",
+        || async {
+            let doc = store.load_room(FIELD.into()).await.ok()??;
+            if doc.owner_epoch < new_epoch || doc.pending.iter().any(|p| p.item.id == item.id) {
+                return None;
+            }
+            let profile = store.load_player("picker".into()).await.ok()??;
+            Some((doc, profile))
+        },
+    )
     .await;
     // Credited once (not twice: the re-drive replays the same op id),
     // and not on the ground.
@@ -593,10 +575,15 @@ async fn a_pick_up_in_flight_when_the_owner_is_killed_is_finished_by_the_next_ow
     assert_eq!(credited, item.count, "credited once");
     assert!(!doc.items.iter().any(|i| i.id == item.id), "not back");
     // The picker, on its edge, is told.
-    wait_for(&mut picker, "the credited inventory", |m| match m {
-        ServerMsg::Inventory(i) if gems(i) == item.count => Some(()),
-        _ => None,
-    })
+    common::wait_for(
+        PATIENCE,
+        &mut picker,
+        "the credited inventory",
+        |m| match m {
+            ServerMsg::Inventory(i) if gems(i) == item.count => Some(()),
+            _ => None,
+        },
+    )
     .await;
     for shard in shards {
         tokio::task::spawn_blocking(move || drop(shard))

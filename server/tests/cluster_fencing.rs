@@ -153,41 +153,6 @@ fn observer(redis: &RedisServer, prefix: &str) -> Directory {
     Directory::new(settings, ShardId::new("observer").unwrap()).unwrap()
 }
 
-async fn found<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if let Some(found) = check().await {
-            return found;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: not within {PATIENCE:?}");
-}
-
-async fn wait_for<T>(
-    client: &mut Client,
-    what: &str,
-    mut pick: impl FnMut(&ServerMsg) -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match client.next_event(left).await {
-            Some(Event::Msg(msg)) => {
-                if let Some(found) = pick(&msg) {
-                    return found;
-                }
-            }
-            Some(Event::Closed(code)) => panic!("closed ({code:?}) while waiting for {what}"),
-            None => panic!("timed out waiting for {what}"),
-        }
-    }
-}
-
 /// Sign in as `name` once the shard's store answers, and join the field.
 async fn player(addr: SocketAddr, name: &str) -> (Client, protocol::msg::Joined) {
     let deadline = Instant::now() + PATIENCE;
@@ -211,7 +176,7 @@ async fn player(addr: SocketAddr, name: &str) -> (Client, protocol::msg::Joined)
     client
         .send(ClientMsg::Join(Join { map: FIELD.into() }))
         .await;
-    let joined = wait_for(&mut client, "joined", |m| match m {
+    let joined = common::wait_for(PATIENCE, &mut client, "joined", |m| match m {
         ServerMsg::Joined(j) => Some(j.clone()),
         _ => None,
     })
@@ -235,7 +200,7 @@ async fn a_frozen_owner_is_replaced_and_after_waking_its_writes_are_refused_and_
         .map(|id| Shard::spawn(&config(&redis, &mongo, "xf1", id), data.path()))
         .collect();
     let dir = observer(&redis, "xf1");
-    found("three shards ready", || async {
+    common::found(PATIENCE, "three shards ready", || async {
         let s = dir.shards().await.ok()?;
         (s.iter().filter(|s| s.alive && s.placeable()).count() == 3).then_some(())
     })
@@ -274,7 +239,7 @@ async fn a_frozen_owner_is_replaced_and_after_waking_its_writes_are_refused_and_
     };
     for edge in [(owner + 1) % 3, (owner + 2) % 3] {
         let url = format!("http://{}/admin/peers", shards[edge].http);
-        found("the edge has heard from the owner", || async {
+        common::found(PATIENCE, "the edge has heard from the owner", || async {
             let (_, body) = common::http("GET", &url, Some(ADMIN), "").await;
             let peers: protocol::admin::Peers = serde_json::from_str(&body).ok()?;
             peers
@@ -297,17 +262,17 @@ async fn a_frozen_owner_is_replaced_and_after_waking_its_writes_are_refused_and_
         .await;
     // Past the lease another shard takes the room at a higher epoch, and
     // fences the store with it; the remote member is seated there.
-    let (new_owner, new_epoch) = found("the room leased elsewhere", || async {
+    let (new_owner, new_epoch) = common::found(PATIENCE, "the room leased elsewhere", || async {
         let (shard, e) = dir.owner(&room).await.ok()??;
         (shard.as_str() != IDS[owner] && e > epoch).then_some((shard, e))
     })
     .await;
-    wait_for(&mut remote, "notice 6003", |m| match m {
+    common::wait_for(PATIENCE, &mut remote, "notice 6003", |m| match m {
         ServerMsg::Notice(n) if n.code == NoticeCode::RoomMoved.as_u16() => Some(()),
         _ => None,
     })
     .await;
-    found("the store fenced at the new epoch", || async {
+    common::found(PATIENCE, "the store fenced at the new epoch", || async {
         let doc = store.load_room(FIELD.into()).await.ok()??;
         (doc.owner_epoch >= new_epoch).then_some(())
     })
@@ -317,7 +282,8 @@ async fn a_frozen_owner_is_replaced_and_after_waking_its_writes_are_refused_and_
     // the room already stopped), and the room stops there.
     shards[owner].signal("CONT");
     let mut picked = None;
-    wait_for(
+    common::wait_for(
+        PATIENCE,
         &mut local,
         "the room failed on the old owner",
         |m| match m {
@@ -331,7 +297,7 @@ async fn a_frozen_owner_is_replaced_and_after_waking_its_writes_are_refused_and_
         },
     )
     .await;
-    wait_for(&mut local, "the fallback map", |m| match m {
+    common::wait_for(PATIENCE, &mut local, "the fallback map", |m| match m {
         ServerMsg::Joined(j) if j.map.name == "other" => Some(()),
         _ => None,
     })

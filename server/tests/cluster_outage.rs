@@ -44,26 +44,6 @@ fn config(redis: &RedisServer, id: &str) -> Config {
     config
 }
 
-async fn wait_for<T>(
-    client: &mut Client,
-    what: &str,
-    mut pick: impl FnMut(&ServerMsg) -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match client.next_event(left).await {
-            Some(Event::Msg(msg)) => {
-                if let Some(found) = pick(&msg) {
-                    return found;
-                }
-            }
-            Some(Event::Closed(code)) => panic!("closed ({code:?}) while waiting for {what}"),
-            None => panic!("timed out waiting for {what}"),
-        }
-    }
-}
-
 fn hello(player: &str) -> ClientMsg {
     ClientMsg::Hello(Hello {
         version: PROTOCOL_VERSION,
@@ -82,7 +62,7 @@ async fn player(shard: &TestShard, name: &str) -> (Client, EntityId) {
     client
         .send(ClientMsg::Join(Join { map: "test".into() }))
         .await;
-    let joined = wait_for(&mut client, "joined", |m| match m {
+    let joined = common::wait_for(PATIENCE, &mut client, "joined", |m| match m {
         ServerMsg::Joined(j) => Some(j.you),
         _ => None,
     })
@@ -128,14 +108,19 @@ async fn step(players: &mut [(Client, EntityId)], seq: u32) {
             .await;
     }
     let walker = players[1].1;
-    wait_for(&mut players[0].0, "the other shard's move", |m| match m {
-        ServerMsg::Update(u) => u
-            .moved
-            .iter()
-            .any(|mv| mv.id == walker && mv.seq >= seq)
-            .then_some(()),
-        _ => None,
-    })
+    common::wait_for(
+        PATIENCE,
+        &mut players[0].0,
+        "the other shard's move",
+        |m| match m {
+            ServerMsg::Update(u) => u
+                .moved
+                .iter()
+                .any(|mv| mv.id == walker && mv.seq >= seq)
+                .then_some(()),
+            _ => None,
+        },
+    )
     .await;
 }
 
@@ -225,7 +210,7 @@ async fn redis_down_ten_seconds_under_play_on_three_shards_disconnects_no_one() 
                 map: "other".into(),
             }))
             .await;
-        let answer = wait_for(&mut guest, "the join's answer", |m| match m {
+        let answer = common::wait_for(PATIENCE, &mut guest, "the join's answer", |m| match m {
             ServerMsg::Joined(j) => Some(Ok(j.map.name.clone())),
             ServerMsg::Error(e) => Some(Err(e.code)),
             _ => None,

@@ -11,7 +11,7 @@ mod redis_support;
 use std::time::Duration;
 
 use cluster_support::Cluster;
-use common::{Client, Event};
+use common::Client;
 use futures_util::StreamExt;
 use protocol::msg::{EntityId, Joined, Update};
 use protocol::{decode_server, ErrorCode, NoticeCode, ServerMsg};
@@ -61,27 +61,6 @@ async fn start_cluster(prefix: &str, tune: impl Fn(&mut Config)) -> Cluster {
     Cluster::start(shard_config, PATIENCE).await
 }
 
-/// The first message `pick` accepts within PATIENCE, skipping others.
-async fn wait_for<T>(
-    client: &mut Client,
-    what: &str,
-    mut pick: impl FnMut(&ServerMsg) -> Option<T>,
-) -> T {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match client.next_event(left).await {
-            Some(Event::Msg(msg)) => {
-                if let Some(found) = pick(&msg) {
-                    return found;
-                }
-            }
-            Some(Event::Closed(code)) => panic!("closed ({code:?}) while waiting for {what}"),
-            None => panic!("timed out waiting for {what}"),
-        }
-    }
-}
-
 /// Connect to `addr`, say hello as `name` and join `map`: the join may
 /// go through the directory and a tunnel, so it is given PATIENCE.
 async fn join_as(addr: std::net::SocketAddr, name: &str, map: &str) -> (Client, Joined) {
@@ -96,7 +75,7 @@ async fn join(client: &mut Client, map: &str) -> Joined {
             map: map.into(),
         }))
         .await;
-    wait_for(client, "joined", msg!(ServerMsg::Joined)).await
+    common::wait_for(PATIENCE, client, "joined", msg!(ServerMsg::Joined)).await
 }
 
 /// The raw bytes of the first `update` frame that shows `entity`'s move
@@ -156,7 +135,7 @@ async fn walk_and_stop(players: [(&mut Client, EntityId); 2]) -> Vec<(f32, f32)>
     b.walk(2, 0.0, 0.0).await;
     let mut at = Vec::new();
     for (c, me) in [(a, a_id), (b, b_id)] {
-        let pos = wait_for(c, "own stop", |m| match m {
+        let pos = common::wait_for(PATIENCE, c, "own stop", |m| match m {
             ServerMsg::Update(u) => position(u, me, 2),
             _ => None,
         })
@@ -170,13 +149,19 @@ async fn walk_and_stop(players: [(&mut Client, EntityId); 2]) -> Vec<(f32, f32)>
 /// maybe under a new entity id), then notice 6003, then a full update
 /// holding it where it stood (`at`). Its entity id now.
 async fn moved_and_kept_its_place(c: &mut Client, at: (f32, f32)) -> EntityId {
-    let joined = wait_for(c, "joined from the new owner", msg!(ServerMsg::Joined)).await;
-    wait_for(c, "notice 6003", |m| match m {
+    let joined = common::wait_for(
+        PATIENCE,
+        c,
+        "joined from the new owner",
+        msg!(ServerMsg::Joined),
+    )
+    .await;
+    common::wait_for(PATIENCE, c, "notice 6003", |m| match m {
         ServerMsg::Notice(n) if n.code == NoticeCode::RoomMoved.as_u16() => Some(()),
         _ => None,
     })
     .await;
-    let full = wait_for(c, "a full update", |m| match m {
+    let full = common::wait_for(PATIENCE, c, "a full update", |m| match m {
         ServerMsg::Update(u) if u.full => Some(u.clone()),
         _ => None,
     })
@@ -238,7 +223,8 @@ async fn players_on_three_shards_see_each_other_move_and_chat_in_one_room() {
         clients[mover].walk(seq, 1.0, 0.0).await;
         for watcher in (0..3).filter(|w| *w != mover) {
             let entity = ids[mover];
-            wait_for(
+            common::wait_for(
+                PATIENCE,
                 clients[watcher],
                 &format!("player {watcher} sees {mover}'s move"),
                 |m| match m {
@@ -254,7 +240,7 @@ async fn players_on_three_shards_see_each_other_move_and_chat_in_one_room() {
     // A chat line from a remote member reaches everyone, named.
     bob.chat("hello from b").await;
     for c in [&mut ann, &mut cat, &mut bob] {
-        let chat = wait_for(c, "bob's chat", |m| match m {
+        let chat = common::wait_for(PATIENCE, c, "bob's chat", |m| match m {
             ServerMsg::Chat(c) if c.text == "hello from b" => Some(c.clone()),
             _ => None,
         })
@@ -300,7 +286,7 @@ async fn a_member_leaving_or_dropping_on_an_edge_leaves_the_room_on_its_owner() 
     // of its ticks would show it nothing at all).
     let mut arrived = Vec::new();
     while arrived.len() < 2 {
-        let entered = wait_for(&mut watcher, "bob and cat arrive", |m| match m {
+        let entered = common::wait_for(PATIENCE, &mut watcher, "bob and cat arrive", |m| match m {
             ServerMsg::Update(u) => Some(u.entered.iter().map(|e| e.id).collect::<Vec<_>>()),
             _ => None,
         })
@@ -317,21 +303,26 @@ async fn a_member_leaving_or_dropping_on_an_edge_leaves_the_room_on_its_owner() 
     bob.send(protocol::ClientMsg::Leave(protocol::msg::Leave {}))
         .await;
     bob.expect("left", msg!(ServerMsg::Left)).await;
-    wait_for(&mut watcher, "bob's entity leaves", |m| match m {
+    common::wait_for(PATIENCE, &mut watcher, "bob's entity leaves", |m| match m {
         ServerMsg::Update(u) if u.left.contains(&bob_joined.you) => Some(()),
         _ => None,
     })
     .await;
     // cat's socket drops: its seat is held for the grace, then it goes.
     drop(cat);
-    wait_for(&mut watcher, "cat's held seat expires", |m| match m {
-        ServerMsg::Update(u) if u.left.contains(&cat_joined.you) => Some(()),
-        _ => None,
-    })
+    common::wait_for(
+        PATIENCE,
+        &mut watcher,
+        "cat's held seat expires",
+        |m| match m {
+            ServerMsg::Update(u) if u.left.contains(&cat_joined.you) => Some(()),
+            _ => None,
+        },
+    )
     .await;
     // ann (wherever) still plays.
     ann.walk(1, 1.0, 0.0).await;
-    wait_for(&mut watcher, "ann still moves", |m| match m {
+    common::wait_for(PATIENCE, &mut watcher, "ann still moves", |m| match m {
         ServerMsg::Update(u) if sees(u, ann_joined.you, 1) => Some(()),
         _ => None,
     })
@@ -349,7 +340,7 @@ async fn a_player_who_dropped_on_one_shard_takes_its_seat_back_through_another()
     let joined = join(&mut dan, "test").await;
     dan.walk(1, 1.0, 0.0).await;
     dan.walk(2, 0.0, 0.0).await;
-    let (x, y) = wait_for(&mut first, "dan stops", |m| match m {
+    let (x, y) = common::wait_for(PATIENCE, &mut first, "dan stops", |m| match m {
         ServerMsg::Update(u) => position(u, joined.you, 2),
         _ => None,
     })
@@ -362,7 +353,7 @@ async fn a_player_who_dropped_on_one_shard_takes_its_seat_back_through_another()
     assert_eq!(back.player_id, welcome.player_id);
     let rejoined = join(&mut again, "test").await;
     assert_eq!(rejoined.you, joined.you, "the held seat, not a new entity");
-    wait_for(&mut again, "notice 6002", |m| match m {
+    common::wait_for(PATIENCE, &mut again, "notice 6002", |m| match m {
         ServerMsg::Notice(n) if n.code == NoticeCode::SeatRestored.as_u16() => Some(()),
         _ => None,
     })
@@ -415,7 +406,7 @@ async fn a_resume_on_another_shard_gets_the_seat_back_without_a_join() {
         .await;
     assert_eq!(rejoined.you, joined.you, "the held seat, not a new entity");
     assert_eq!(rejoined.map.name, "test");
-    wait_for(&mut again, "notice 6002", |m| match m {
+    common::wait_for(PATIENCE, &mut again, "notice 6002", |m| match m {
         ServerMsg::Notice(n) if n.code == NoticeCode::SeatRestored.as_u16() => Some(()),
         _ => None,
     })
@@ -445,10 +436,15 @@ async fn when_the_owner_shuts_down_the_room_moves_and_members_elsewhere_keep_the
     let new_owner = cluster.owner("test").await.0;
     assert_ne!(new_owner, owner);
     ann.walk(3, 0.0, 1.0).await;
-    wait_for(&mut bob, "ann's move in the moved room", |m| match m {
-        ServerMsg::Update(u) if sees(u, new_ids[0], 3) => Some(()),
-        _ => None,
-    })
+    common::wait_for(
+        PATIENCE,
+        &mut bob,
+        "ann's move in the moved room",
+        |m| match m {
+            ServerMsg::Update(u) if sees(u, new_ids[0], 3) => Some(()),
+            _ => None,
+        },
+    )
     .await;
     cluster.close().await;
 }
@@ -481,12 +477,18 @@ async fn a_room_whose_lease_is_lost_stops_on_its_old_owner() {
     assert!(lease.epoch >= 2);
     // The old owner stops the room at its next renewal: its local member
     // gets the room-failed path (3005, then the fallback map).
-    wait_for(&mut local, "room failed on the old owner", |m| match m {
-        ServerMsg::Error(e) if e.code == ErrorCode::RoomFailed.as_u16() => Some(()),
-        _ => None,
-    })
+    common::wait_for(
+        PATIENCE,
+        &mut local,
+        "room failed on the old owner",
+        |m| match m {
+            ServerMsg::Error(e) if e.code == ErrorCode::RoomFailed.as_u16() => Some(()),
+            _ => None,
+        },
+    )
     .await;
-    wait_for(
+    common::wait_for(
+        PATIENCE,
         &mut local,
         "joined the fallback map",
         msg!(ServerMsg::Joined(j) if j.map.name == "other"),
@@ -494,10 +496,15 @@ async fn a_room_whose_lease_is_lost_stops_on_its_old_owner() {
     .await;
     // The remote member's shard was told and looked for the room at the
     // thief, which never answers: past its budget, the same path.
-    wait_for(&mut remote, "room failed on the edge", |m| match m {
-        ServerMsg::Error(e) if e.code == ErrorCode::RoomFailed.as_u16() => Some(()),
-        _ => None,
-    })
+    common::wait_for(
+        PATIENCE,
+        &mut remote,
+        "room failed on the edge",
+        |m| match m {
+            ServerMsg::Error(e) if e.code == ErrorCode::RoomFailed.as_u16() => Some(()),
+            _ => None,
+        },
+    )
     .await;
     drop(first.drain(Duration::from_millis(10)).await);
     cluster.close().await;
@@ -525,7 +532,7 @@ async fn auto_instances_fill_one_after_another_across_shards() {
     first.walk(1, 1.0, 0.0).await;
     second.walk(1, 1.0, 0.0).await;
     let me = joined.you;
-    wait_for(&mut second, "its own move", |m| match m {
+    common::wait_for(PATIENCE, &mut second, "its own move", |m| match m {
         ServerMsg::Update(u) if sees(u, me, 1) => Some(()),
         _ => None,
     })

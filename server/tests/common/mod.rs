@@ -496,3 +496,43 @@ where
     }
     panic!("{what}: not within {patience:?}");
 }
+
+/// Poll `check` until it finds something; panic naming `what` once
+/// `patience` has passed.
+pub async fn found<T, F, Fut>(patience: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    while tokio::time::Instant::now() < deadline {
+        if let Some(found) = check().await {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not within {patience:?}");
+}
+
+/// The first message `pick` accepts within `patience`, skipping others;
+/// a close or the deadline panics naming `what`.
+pub async fn wait_for<T>(
+    patience: Duration,
+    client: &mut Client,
+    what: &str,
+    mut pick: impl FnMut(&ServerMsg) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.next_event(left).await {
+            Some(Event::Msg(msg)) => {
+                if let Some(found) = pick(&msg) {
+                    return found;
+                }
+            }
+            Some(Event::Closed(code)) => panic!("closed ({code:?}) while waiting for {what}"),
+            None => panic!("timed out waiting for {what}"),
+        }
+    }
+}
