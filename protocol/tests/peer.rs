@@ -436,6 +436,7 @@ fn swim_samples() -> Vec<(&'static str, SwimMsg)> {
                 seq: 41,
                 inc: 1_700_000_000_000,
                 gossip: gossip.clone(),
+                dir: false,
             }),
         ),
         (
@@ -445,6 +446,7 @@ fn swim_samples() -> Vec<(&'static str, SwimMsg)> {
                 inc: 1_700_000_000_000,
                 target: "shard-c".into(),
                 gossip: Vec::new(),
+                dir: false,
             }),
         ),
         (
@@ -457,6 +459,16 @@ fn swim_samples() -> Vec<(&'static str, SwimMsg)> {
                     state: MemberState::Dead,
                     inc: 7,
                 }],
+                dir: false,
+            }),
+        ),
+        (
+            "peer_swim_ack_dir",
+            SwimMsg::Ack(Ack {
+                seq: 43,
+                inc: 1_700_000_000_002,
+                gossip: Vec::new(),
+                dir: true,
             }),
         ),
     ]

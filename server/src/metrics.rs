@@ -63,6 +63,15 @@ pub const ROOM_FAILOVERS: &str = "tessera_room_failovers_total";
 /// ending to the members re-joined on the new owner, or here). The
 /// detection before it is `cluster.swim_*` or the stream's end.
 pub const ROOM_FAILOVER_SECONDS: &str = "tessera_room_failover_seconds";
+/// Cluster mode: rooms this shard froze because it could not renew their
+/// leases while a peer still reached the directory.
+pub const ROOM_FREEZES: &str = "tessera_room_freezes_total";
+/// Cluster mode: rooms frozen here now (see [`ROOM_FREEZES`]).
+pub const ROOMS_FROZEN: &str = "tessera_rooms_frozen";
+/// Cluster mode: frozen rooms handed over (stopped here, their lease
+/// abandoned to whichever shard takes it) after
+/// `cluster.partition_handover_ms`.
+pub const ROOM_HANDOVERS: &str = "tessera_room_handovers_total";
 /// Cluster mode: live migrations of rooms this shard ran, by `result`
 /// (`moved`, `moved_stalled`: from the last snapshot of a room that did
 /// not answer the pause, `resumed`: the target refused or did not answer

@@ -88,6 +88,11 @@ pub struct Ping {
     pub inc: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gossip: Vec<Update>,
+    /// The sender reaches the cluster directory (Redis) now; absent when
+    /// it does not. An owner cut off from Redis freezes its rooms only
+    /// while some peer says it reaches it (added in 1.1).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dir: bool,
 }
 
 /// Ask the receiver to probe `target` on the sender's behalf.
@@ -98,6 +103,11 @@ pub struct PingReq {
     pub target: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gossip: Vec<Update>,
+    /// The sender reaches the cluster directory (Redis) now; absent when
+    /// it does not. An owner cut off from Redis freezes its rooms only
+    /// while some peer says it reaches it (added in 1.1).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dir: bool,
 }
 
 /// The answer to a `ping`, or to a `ping_req` whose target answered.
@@ -108,6 +118,11 @@ pub struct Ack {
     pub inc: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gossip: Vec<Update>,
+    /// The sender reaches the cluster directory (Redis) now; absent when
+    /// it does not. An owner cut off from Redis freezes its rooms only
+    /// while some peer says it reaches it (added in 1.1).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dir: bool,
 }
 
 /// Every message of the swim stream, both ways.
@@ -129,6 +144,15 @@ impl SwimMsg {
         }
     }
 
+    /// Whether the sender reaches the cluster directory.
+    pub fn dir(&self) -> bool {
+        match self {
+            SwimMsg::Ping(p) => p.dir,
+            SwimMsg::PingReq(p) => p.dir,
+            SwimMsg::Ack(a) => a.dir,
+        }
+    }
+
     /// The sender's incarnation.
     pub fn inc(&self) -> u64 {
         match self {
@@ -137,6 +161,10 @@ impl SwimMsg {
             SwimMsg::Ack(a) => a.inc,
         }
     }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[cfg(test)]

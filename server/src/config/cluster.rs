@@ -118,6 +118,14 @@ pub struct ClusterConfig {
     /// Live migration: how long the target has to take the room (lease
     /// moved, room started) before the room resumes on the source.
     pub migrate_answer_ms: u64,
+    /// An owner that cannot renew a room's lease while a peer still
+    /// reaches the directory freezes the room at once (another shard may
+    /// take it) and, still cut off after this long, hands it over: the
+    /// room stops here and its edges move to whichever shard takes it.
+    /// 0: never hand over (frozen until the lease is re-asserted or
+    /// lost). Otherwise at least `renew_ms`, so the lease has expired in
+    /// Redis by then.
+    pub partition_handover_ms: u64,
     /// Messages for other shards (session takeovers, kicks, bans,
     /// announcements) queued at most, in all and per peer; past it they
     /// are dropped and counted (`tessera_relay_dropped_total`).
@@ -157,6 +165,7 @@ impl Default for ClusterConfig {
             drain_budget_ms: 15_000,
             migrate_pause_ms: 250,
             migrate_answer_ms: 2_000,
+            partition_handover_ms: 3_000,
             relay_queue: 1_024,
             dead_shard_keep_ms: 3_600_000,
             tunnel: TunnelConfig::default(),
@@ -242,6 +251,12 @@ impl ClusterConfig {
         if self.migrate_pause_ms.saturating_add(self.migrate_answer_ms) >= self.drain_budget_ms {
             errors.push(
                 "cluster.migrate_pause_ms + migrate_answer_ms must be below drain_budget_ms (a drain migrates its rooms within its budget)"
+                    .into(),
+            );
+        }
+        if self.partition_handover_ms != 0 && self.partition_handover_ms < self.renew_ms {
+            errors.push(
+                "cluster.partition_handover_ms must be 0 (never) or at least renew_ms (the lease must have expired)"
                     .into(),
             );
         }
@@ -475,6 +490,18 @@ mod tests {
         let mut config = cluster();
         config.cluster.migrate_answer_ms = config.cluster.drain_budget_ms;
         assert!(errors(&config).contains("must be below drain_budget_ms"));
+    }
+
+    #[test]
+    fn a_partition_handover_waits_for_the_lease_or_never_comes() {
+        let mut config = cluster();
+        config.cluster.partition_handover_ms = config.cluster.renew_ms - 1;
+        assert!(errors(&config)
+            .contains("cluster.partition_handover_ms must be 0 (never) or at least renew_ms"));
+        config.cluster.partition_handover_ms = 0;
+        config.validate().unwrap();
+        config.cluster.partition_handover_ms = config.cluster.renew_ms;
+        config.validate().unwrap();
     }
 
     #[test]

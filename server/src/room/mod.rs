@@ -51,6 +51,7 @@
 
 pub mod cluster;
 mod effects;
+mod freeze;
 pub mod grid;
 pub mod ground;
 mod member;
@@ -87,6 +88,7 @@ use view::encode_frame;
 /// looked up per entity per member per tick: a fast hash, since clients
 /// cannot choose the keys.
 pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+pub use freeze::Freeze;
 use ground::Ground;
 pub use ground::{GroundSnapshot, PickUp};
 pub use member::MemberState;
@@ -137,6 +139,9 @@ pub struct Room {
     ground: Ground,
     /// The ground as of its last change, for snapshots.
     ground_snapshot: Arc<GroundSnapshot>,
+    /// Cut off from the directory while another shard could take the
+    /// lease: no tick, no write (see [`freeze`]).
+    frozen: bool,
 }
 
 impl Room {
@@ -177,6 +182,7 @@ impl Room {
             view_scratch: view::ViewScratch::default(),
             ground: Ground::new(),
             ground_snapshot: Arc::default(),
+            frozen: false,
         };
         if let Some(restored) = restored {
             room.load(&restored.snapshot);
@@ -296,6 +302,9 @@ impl Room {
 
     fn on_tick(&mut self, ctx: &mut Context<Self>) {
         self.slot.beat(&self.supervisor);
+        if self.frozen {
+            return;
+        }
         if self.members.is_empty() {
             let idle_for = self.empty_since.map_or(Duration::ZERO, |t| t.elapsed());
             // A pick-up still being credited keeps the room up.

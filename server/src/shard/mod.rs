@@ -335,6 +335,9 @@ async fn run(
         // for again at once (taken over once their leases are gone).
         if let Some(membership) = &membership {
             cluster.follow(membership.subscribe());
+            // An owner cut off from Redis while a peer is not freezes its
+            // rooms, then hands them over.
+            cluster.guard_partitions(membership.clone());
         }
     }
     let presence = Arc::new(Presence::new(Duration::from_secs(config.auth.resume_ttl_s)));

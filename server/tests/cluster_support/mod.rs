@@ -30,7 +30,16 @@ impl Cluster {
         config: impl Fn(&RedisServer, &str) -> Config,
         patience: Duration,
     ) -> Cluster {
-        let redis = RedisServer::start();
+        Cluster::start_on(RedisServer::start(), config, patience).await
+    }
+
+    /// [`Cluster::start`] over a `redis-server` the test started (to put
+    /// something between it and the shards, say).
+    pub async fn start_on(
+        redis: RedisServer,
+        config: impl Fn(&RedisServer, &str) -> Config,
+        patience: Duration,
+    ) -> Cluster {
         let mut shards = Vec::new();
         for id in ID {
             let config = config(&redis, id);

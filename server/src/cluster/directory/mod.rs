@@ -33,6 +33,7 @@ mod types;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -181,6 +182,9 @@ struct Inner {
     record: Mutex<Option<ShardRecord>>,
     state: Mutex<ShardState>,
     notices: broadcast::Sender<LeaseNotice>,
+    /// Whether the last operation got an answer from Redis (see
+    /// [`Directory::reachable`]).
+    reachable: AtomicBool,
 }
 
 impl Directory {
@@ -201,6 +205,7 @@ impl Directory {
                 record: Mutex::new(None),
                 state: Mutex::new(ShardState::Starting),
                 notices,
+                reachable: AtomicBool::new(false),
             }),
         })
     }
@@ -219,6 +224,26 @@ impl Directory {
     /// that were re-asserted after an outage.
     pub fn notices(&self) -> broadcast::Receiver<LeaseNotice> {
         self.inner.notices.subscribe()
+    }
+
+    /// Whether Redis answered this shard's last operation (the heartbeat
+    /// makes one every `cluster.heartbeat_ms`, so this is never older than
+    /// that plus the op timeout). An error that is an answer (a script's
+    /// refusal, a bad value) counts as reachable; only a timeout or a
+    /// broken connection does not. Gossiped to the peers on the swim
+    /// stream: an owner cut off from Redis freezes its rooms only while a
+    /// peer still reaches it (`room::cluster::partition`).
+    pub fn reachable(&self) -> bool {
+        self.inner.reachable.load(Ordering::Relaxed)
+    }
+
+    /// Forget the lease on `room` here without telling Redis (which this
+    /// shard cannot reach): the room was handed over; its key expires on
+    /// its own, and a later renewal round must not re-assert it.
+    pub(crate) fn abandon(&self, room: &RoomId) {
+        let mut held = self.inner.held.lock();
+        held.remove(room);
+        self.held_changed(&held);
     }
 
     /// The leases this shard holds (epoch, and whether one is past its
@@ -329,6 +354,8 @@ impl Directory {
         };
         metrics::histogram!(metric::DIRECTORY_OP_SECONDS, "op" => op)
             .record(started.elapsed().as_secs_f64());
+        let answered = !matches!(&result, Err(e) if e.is_unavailable());
+        self.inner.reachable.store(answered, Ordering::Relaxed);
         if let Err(e) = &result {
             metrics::counter!(metric::DIRECTORY_ERRORS, "op" => op).increment(1);
             tracing::debug!(op, error = %e, "directory operation failed");

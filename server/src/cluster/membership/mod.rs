@@ -54,9 +54,9 @@
 mod probe;
 pub mod table;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -172,7 +172,15 @@ pub(crate) struct Inner {
     next_seq: AtomicU64,
     faults: Faults,
     tasks: TaskSet,
+    /// Whether this shard reaches the directory now (said in every swim
+    /// message); unset: it never says so.
+    reaches_directory: OnceLock<DirectoryProbe>,
+    /// What each peer said of the directory last, and when.
+    directory_seen: Mutex<HashMap<String, (bool, Instant)>>,
 }
+
+/// Whether this shard reaches the cluster directory now.
+pub type DirectoryProbe = Box<dyn Fn() -> bool + Send + Sync>;
 
 /// The membership of one shard: `Clone + Send + Sync`. Its work runs in
 /// [`Membership::run`], which the shard supervises as the task "swim".
@@ -214,6 +222,8 @@ impl Membership {
                 next_seq: AtomicU64::new(1),
                 faults: Faults::default(),
                 tasks: TaskSet::default(),
+                reaches_directory: OnceLock::new(),
+                directory_seen: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -233,10 +243,32 @@ impl Membership {
         }
     }
 
+    /// Say in every swim message whether this shard reaches the
+    /// directory, as `probe` tells (set once; later calls are ignored).
+    pub fn tell_directory_reach(&self, probe: DirectoryProbe) {
+        let _ = self.inner.reaches_directory.set(probe);
+    }
+
+    /// Whether some peer said, in a swim message received within
+    /// `within`, that it reaches the directory: then this shard's leases
+    /// can be taken while it cannot renew them (see
+    /// `room::cluster::partition`). Only the latest word of each peer
+    /// counts, so a cluster-wide Redis outage reads `false` once every
+    /// peer has spoken since it began.
+    pub fn directory_seen_by_peer(&self, within: Duration) -> bool {
+        let now = Instant::now();
+        self.inner
+            .directory_seen
+            .lock()
+            .values()
+            .any(|&(dir, at)| dir && now.saturating_duration_since(at) <= within)
+    }
+
     /// Forget `shard` (it left the cluster for good).
     pub fn forget(&self, shard: &str) {
         self.inner.table.lock().forget(shard);
         self.inner.links.drop_link(shard);
+        self.inner.directory_seen.lock().remove(shard);
     }
 
     /// Membership changes from now on (see the module doc).

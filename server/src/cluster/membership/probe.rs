@@ -156,6 +156,10 @@ pub(super) fn publish(inner: &Inner, event: MemberEvent) {
 /// gossip.
 fn absorb(inner: &Inner, from: &str, msg: &SwimMsg) {
     let now = Instant::now();
+    inner
+        .directory_seen
+        .lock()
+        .insert(from.to_string(), (msg.dir(), now));
     let sender = Update {
         shard: from.to_string(),
         state: MemberState::Alive,
@@ -188,9 +192,10 @@ fn blocked(inner: &Inner, peer: &str) -> bool {
 }
 
 /// This shard's incarnation and the gossip for one message.
-fn news(inner: &Inner) -> (u64, Vec<Update>) {
+fn news(inner: &Inner) -> (u64, Vec<Update>, bool) {
+    let dir = inner.reaches_directory.get().is_some_and(|f| f());
     let mut table = inner.table.lock();
-    (table.incarnation(), table.take_gossip())
+    (table.incarnation(), table.take_gossip(), dir)
 }
 
 /// The open swim stream to `peer`, opening it (in the background, so a
@@ -288,8 +293,13 @@ async fn ping(inner: &Arc<Inner>, target: &str, deadline: TokioInstant) -> bool 
     let seq = inner.next_seq.fetch_add(1, Relaxed);
     let (tx, mut rx) = oneshot::channel();
     inner.links.waiting.lock().insert(seq, tx);
-    let (inc, gossip) = news(inner);
-    let msg = SwimMsg::Ping(Ping { seq, inc, gossip });
+    let (inc, gossip, dir) = news(inner);
+    let msg = SwimMsg::Ping(Ping {
+        seq,
+        inc,
+        gossip,
+        dir,
+    });
     let ok = matches!(
         timeout_at(deadline, send(inner, target, msg)).await,
         Ok(true)
@@ -307,8 +317,13 @@ async fn probe(inner: Arc<Inner>, target: String) {
     let seq = inner.next_seq.fetch_add(1, Relaxed);
     let (tx, mut rx) = oneshot::channel();
     inner.links.waiting.lock().insert(seq, tx);
-    let (inc, gossip) = news(&inner);
-    let ping = SwimMsg::Ping(Ping { seq, inc, gossip });
+    let (inc, gossip, dir) = news(&inner);
+    let ping = SwimMsg::Ping(Ping {
+        seq,
+        inc,
+        gossip,
+        dir,
+    });
     let sent = matches!(
         timeout_at(direct, send(&inner, &target, ping)).await,
         Ok(true)
@@ -335,12 +350,13 @@ async fn probe(inner: Arc<Inner>, target: String) {
     helpers.shuffle(&mut rand::rng());
     helpers.truncate(inner.settings.indirect);
     for helper in helpers {
-        let (inc, gossip) = news(&inner);
+        let (inc, gossip, dir) = news(&inner);
         let req = SwimMsg::PingReq(PingReq {
             seq,
             inc,
             target: target.clone(),
             gossip,
+            dir,
         });
         let inner2 = inner.clone();
         inner.tasks.spawn(async move {
@@ -395,8 +411,13 @@ fn answer(inner: &Arc<Inner>, tx: &StreamSender, seq: u64) {
     let delay = *inner.faults.ack_delay.lock();
     let (inner2, tx) = (inner.clone(), tx.clone());
     let send = async move {
-        let (inc, gossip) = news(&inner2);
-        let _ = tx.send_msg(&SwimMsg::Ack(Ack { seq, inc, gossip }));
+        let (inc, gossip, dir) = news(&inner2);
+        let _ = tx.send_msg(&SwimMsg::Ack(Ack {
+            seq,
+            inc,
+            gossip,
+            dir,
+        }));
     };
     if delay.is_zero() {
         inner.tasks.spawn(send);

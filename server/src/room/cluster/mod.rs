@@ -23,6 +23,8 @@
 //!   the local room, their inputs fed, their leaves and chats passed on.
 //! - [`calls`]: remote members' durable actions: a `give`'s `who_is`
 //!   question and its answer, a `pick_up` run on the owner.
+//! - [`partition`]: an owner cut off from the directory while a peer is
+//!   not freezes its rooms, then hands them over.
 //! - this file: [`RoomCluster`]: locating, leasing and releasing rooms,
 //!   and the lease notices (a lost lease stops its room at once).
 //!
@@ -34,6 +36,7 @@ mod calls;
 pub mod edge;
 pub mod migrate;
 mod owner;
+mod partition;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,6 +80,12 @@ pub struct RoomSettings {
     pub migrate_pause: Duration,
     /// `cluster.migrate_answer_ms`: how long a migration's target has.
     pub migrate_answer: Duration,
+    /// `cluster.partition_handover_ms` (`None`: 0, never).
+    pub partition_handover: Option<Duration>,
+    /// How recent a peer's word that it reaches the directory must be
+    /// to count: 4 × `cluster.swim_period_ms` (a peer speaks about once
+    /// a period, probing or answering).
+    pub peer_word: Duration,
 }
 
 impl RoomSettings {
@@ -90,6 +99,9 @@ impl RoomSettings {
             input_lead: ms(config.cluster.input_lead_ms),
             migrate_pause: ms(config.cluster.migrate_pause_ms),
             migrate_answer: ms(config.cluster.migrate_answer_ms),
+            partition_handover: Some(ms(config.cluster.partition_handover_ms))
+                .filter(|d| !d.is_zero()),
+            peer_word: ms(config.cluster.swim_period_ms.saturating_mul(4)),
         }
     }
 }

@@ -9,6 +9,7 @@ use super::RoomSupervisor;
 use crate::ids::RoomId;
 use crate::room::cluster::RoomCluster;
 use crate::room::remote::LeaseLost;
+use crate::room::Freeze;
 
 impl RoomSupervisor {
     /// Cluster mode: joins resolve rooms through `cluster` from now on.
@@ -71,6 +72,37 @@ impl RoomSupervisor {
     /// room-failed path; edges are told the room is closed here, and look
     /// for its new owner.
     pub fn lease_lost(&self, id: &RoomId, epoch: u64) {
+        self.stop_unowned(id, epoch, "lease lost: stopping the room");
+    }
+
+    /// Freeze (or thaw) room `id` if it runs here under lease `epoch`
+    /// (see [`crate::room::Freeze`]); false when it does not.
+    pub fn freeze(&self, id: &RoomId, epoch: u64, on: bool) -> bool {
+        if self.epoch(id) != epoch {
+            return false;
+        }
+        let addr = self.rooms.lock().get(id).map(|e| e.addr.clone());
+        match addr {
+            Some(addr) => {
+                addr.do_send(Freeze(on));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Room `id`, frozen here under `epoch` for too long while this shard
+    /// cannot reach the directory, is given up: stopped as if its lease
+    /// were lost (its edges look for the shard that takes it).
+    pub fn hand_over(&self, id: &RoomId, epoch: u64) {
+        self.stop_unowned(
+            id,
+            epoch,
+            "cut off from the directory: handing the frozen room over",
+        );
+    }
+
+    fn stop_unowned(&self, id: &RoomId, epoch: u64, why: &str) {
         {
             let mut epochs = self.epochs.lock();
             if epochs.get(id) != Some(&epoch) {
@@ -80,7 +112,7 @@ impl RoomSupervisor {
         }
         let entry = self.rooms.lock().remove(id);
         if let Some(entry) = entry {
-            tracing::warn!(room = %id, epoch, "lease lost: stopping the room");
+            tracing::warn!(room = %id, epoch, "{why}");
             entry.addr.do_send(LeaseLost);
         }
     }
