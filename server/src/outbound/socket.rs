@@ -38,7 +38,9 @@ impl AsyncRead for Conn {
             return Poll::Ready(Ok(()));
         }
         loop {
-            ready!(self.0.poll_read_ready(cx))?;
+            // Tried before asking for readiness (tokio's `try_read` checks
+            // the cached readiness first: no syscall when it is known not
+            // ready); a `WouldBlock` below registers the waker.
             let room = buf.remaining();
             match self.0.try_read(buf.initialize_unfilled()) {
                 Ok(n) => {
@@ -56,9 +58,11 @@ impl AsyncRead for Conn {
                     }
                     return Poll::Ready(Ok(()));
                 }
-                // Readiness was stale; it is cleared now, so the next poll
-                // registers the waker.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                // Not readable (now known): wait for it, which registers
+                // the waker.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(self.0.poll_read_ready(cx))?;
+                }
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }

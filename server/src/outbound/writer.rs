@@ -319,7 +319,9 @@ fn write_direct(
                 }
             }
         }
-        ready!(socket.0.poll_write_ready(cx))?;
+        // Tried before asking for readiness: the socket is writable
+        // nearly always, and tokio's `try_*` checks its cached readiness
+        // anyway (no syscall when it is known not ready).
         let slices = &slices[..n];
         let total: usize = slices.iter().map(|s| s.len()).sum();
         let sent = if total <= SMALL_WRITE {
@@ -343,8 +345,12 @@ fn write_direct(
         let mut written = match sent {
             Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
             Ok(written) => written,
-            // Readiness was stale; the next poll registers the waker.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            // Not writable (now known): wait for it, which registers the
+            // waker.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                ready!(socket.0.poll_write_ready(cx))?;
+                continue;
+            }
             Err(e) => return Poll::Ready(Err(e)),
         };
         while written > 0 {
