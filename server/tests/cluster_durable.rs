@@ -5,6 +5,7 @@
 //! one MongoDB (SecantusDB) unless a test says otherwise; real WebSocket
 //! clients. Every wait is for a condition, with a generous deadline.
 
+mod cluster_support;
 mod common;
 mod redis_support;
 mod store_support;
@@ -48,23 +49,9 @@ fn field() -> MapConfig {
 }
 
 fn config(redis: &RedisServer, prefix: &str, id: &str, mongo: Option<&Secantus>) -> Config {
-    let mut config = common::test_config();
-    config.cluster.redis = redis.url();
-    config.cluster.secret = "s".repeat(32);
-    config.cluster.key_prefix = prefix.into();
-    config.cluster.shard_id = id.into();
-    config.cluster.peer_addr = "127.0.0.1:0".parse().unwrap();
-    // Slower than the defaults: the tests share two cores with builds.
-    config.cluster.lease_ms = 6_000;
-    config.cluster.renew_ms = 2_000;
-    config.cluster.shard_ttl_ms = 6_000;
-    config.cluster.heartbeat_ms = 1_000;
-    config.cluster.redis_timeout_ms = 1_500;
-    config.cluster.redis_wait_ms = 5_000;
+    let mut config = cluster_support::shard_config(redis.url(), prefix, id);
     config.cluster.failover_budget_ms = 40_000;
-    config.server.idle_timeout_ms = 120_000;
     config.auth.secret = SECRET.into();
-    config.rooms.call_timeout_ms = 5_000;
     config.rooms.pickup_radius = 1_000.0;
     config.maps.push(field());
     if let Some(mongo) = mongo {

@@ -5,6 +5,7 @@
 //! its copy of the room stops. Every wait is for a condition, with a
 //! generous deadline.
 
+mod cluster_support;
 mod common;
 mod redis_support;
 mod store_support;
@@ -33,18 +34,7 @@ const FIELD: &str = "field";
 const IDS: [&str; 3] = ["a", "b", "c"];
 
 fn config(redis: &RedisServer, mongo: &Secantus, prefix: &str, id: &str) -> Config {
-    let mut config = common::test_config();
-    config.cluster.redis = redis.url();
-    config.cluster.secret = "s".repeat(32);
-    config.cluster.key_prefix = prefix.into();
-    config.cluster.shard_id = id.into();
-    config.cluster.peer_addr = "127.0.0.1:0".parse().unwrap();
-    config.cluster.lease_ms = 6_000;
-    config.cluster.renew_ms = 2_000;
-    config.cluster.shard_ttl_ms = 6_000;
-    config.cluster.heartbeat_ms = 1_000;
-    config.cluster.redis_timeout_ms = 1_500;
-    config.cluster.redis_wait_ms = 5_000;
+    let mut config = cluster_support::shard_config(redis.url(), prefix, id);
     config.cluster.failover_budget_ms = 60_000;
     // The edges learn of a frozen owner from the failure detector, not
     // from a tunnel timing out.
@@ -52,7 +42,6 @@ fn config(redis: &RedisServer, mongo: &Secantus, prefix: &str, id: &str) -> Conf
     config.server.idle_timeout_ms = 300_000;
     config.auth.secret = SECRET.into();
     config.admin.token = ADMIN.into();
-    config.rooms.call_timeout_ms = 5_000;
     config.rooms.pickup_radius = 1_000.0;
     config.maps.push(MapConfig {
         name: FIELD.into(),

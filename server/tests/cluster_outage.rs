@@ -5,6 +5,7 @@
 //! that must place a room) fails with 5005 and works again once Redis is
 //! back. Every wait is for a condition, with a generous deadline.
 
+mod cluster_support;
 mod common;
 mod redis_support;
 
@@ -25,22 +26,10 @@ const REDIS_WAIT_MS: u64 = 2_000;
 const IDS: [&str; 3] = ["a", "b", "c"];
 
 fn config(redis: &RedisServer, id: &str) -> Config {
-    let mut config = common::test_config();
-    config.cluster.redis = redis.url();
-    config.cluster.secret = "s".repeat(32);
-    config.cluster.key_prefix = "xo1".into();
-    config.cluster.shard_id = id.into();
-    config.cluster.peer_addr = "127.0.0.1:0".parse().unwrap();
-    config.cluster.lease_ms = 6_000;
-    config.cluster.renew_ms = 2_000;
-    config.cluster.shard_ttl_ms = 6_000;
-    config.cluster.heartbeat_ms = 1_000;
-    config.cluster.redis_timeout_ms = 1_500;
+    let mut config = cluster_support::shard_config(redis.url(), "xo1", id);
     config.cluster.redis_wait_ms = REDIS_WAIT_MS;
-    config.server.idle_timeout_ms = 120_000;
     config.auth.secret = SECRET.into();
     config.admin.token = ADMIN.into();
-    config.rooms.call_timeout_ms = 5_000;
     config
 }
 
@@ -55,19 +44,7 @@ fn hello(player: &str) -> ClientMsg {
 
 /// A signed-in player of `shard` in map `test`, and its entity.
 async fn player(shard: &TestShard, name: &str) -> (Client, EntityId) {
-    let mut client = Client::connect(shard.ws_addr).await;
-    client
-        .hello_with(Some(common::token(SECRET, name)), name)
-        .await;
-    client
-        .send(ClientMsg::Join(Join { map: "test".into() }))
-        .await;
-    let joined = common::wait_for(PATIENCE, &mut client, "joined", |m| match m {
-        ServerMsg::Joined(j) => Some(j.you),
-        _ => None,
-    })
-    .await;
-    (client, joined)
+    common::signed_in_player(shard.ws_addr, SECRET, name, "test", PATIENCE).await
 }
 
 async fn answers_ping(client: &mut Client, t: u64) -> bool {

@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use cluster_support::{Cluster, ID};
 use common::{Client, Event};
-use protocol::msg::{EntityId, Join, Update};
-use protocol::{ClientMsg, ErrorCode, ServerMsg};
+use protocol::msg::{EntityId, Update};
+use protocol::{ErrorCode, ServerMsg};
 use redis_support::RedisServer;
 use server::cluster::{Directory, ShardId};
 use server::config::Config;
@@ -90,25 +90,10 @@ async fn proxies(redis: &RedisServer) -> HashMap<&'static str, Proxy> {
 }
 
 fn config(redis: SocketAddr, prefix: &str, id: &str, handover_ms: u64) -> Config {
-    let mut config = common::test_config();
-    config.cluster.redis = format!("redis://{redis}/0");
-    config.cluster.secret = "s".repeat(32);
-    config.cluster.key_prefix = prefix.into();
-    config.cluster.shard_id = id.into();
-    config.cluster.peer_addr = "127.0.0.1:0".parse().unwrap();
-    // Slower than the defaults: the tests share two cores with builds.
-    config.cluster.lease_ms = 6_000;
-    config.cluster.renew_ms = 2_000;
-    config.cluster.shard_ttl_ms = 6_000;
-    config.cluster.heartbeat_ms = 1_000;
-    config.cluster.redis_timeout_ms = 1_000;
-    config.cluster.redis_wait_ms = 3_000;
-    config.cluster.failover_budget_ms = 30_000;
+    let mut config = cluster_support::shard_config(format!("redis://{redis}/0"), prefix, id);
     config.cluster.partition_handover_ms = handover_ms;
-    config.server.idle_timeout_ms = 120_000;
     config.auth.secret = SECRET.into();
     config.admin.token = ADMIN.into();
-    config.rooms.call_timeout_ms = 5_000;
     config
 }
 
@@ -129,23 +114,6 @@ async fn start(prefix: &str, handover_ms: u64) -> (Cluster, HashMap<&'static str
     )
     .await;
     (cluster, proxies)
-}
-
-/// A signed-in player of shard `i` in map `test`, and its entity.
-async fn player(cluster: &Cluster, i: usize, name: &str) -> (Client, EntityId) {
-    let mut client = Client::connect(cluster.shard(i).ws_addr).await;
-    client
-        .hello_with(Some(common::token(SECRET, name)), name)
-        .await;
-    client
-        .send(ClientMsg::Join(Join { map: "test".into() }))
-        .await;
-    let you = common::wait_for(PATIENCE, &mut client, "joined", |m| match m {
-        ServerMsg::Joined(j) => Some(j.you),
-        _ => None,
-    })
-    .await;
-    (client, you)
 }
 
 fn saw(update: &Update, walker: EntityId, seq: u32) -> bool {
@@ -215,7 +183,10 @@ async fn owner(dir: &Directory) -> Option<(usize, u64)> {
 async fn three_players(cluster: &Cluster) -> (Vec<(Client, EntityId)>, usize, u64) {
     let mut players = Vec::new();
     for (i, name) in ["ann", "bob", "cat"].iter().enumerate() {
-        players.push(player(cluster, i, name).await);
+        players.push(
+            common::signed_in_player(cluster.shard(i).ws_addr, SECRET, name, "test", PATIENCE)
+                .await,
+        );
     }
     let (owner, epoch) = cluster.owner("test").await;
     // Put the owner's own player first.

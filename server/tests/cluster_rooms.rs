@@ -27,26 +27,10 @@ const ADMIN: &str = "admin-token-for-cluster-rooms-01";
 const PATIENCE: Duration = Duration::from_secs(60);
 
 fn config(redis: &RedisServer, prefix: &str, id: &str) -> Config {
-    let mut config = common::test_config();
-    config.cluster.redis = redis.url();
-    config.cluster.secret = "s".repeat(32);
-    config.cluster.key_prefix = prefix.into();
-    config.cluster.shard_id = id.into();
-    config.cluster.peer_addr = "127.0.0.1:0".parse().unwrap();
-    // Slower than the defaults: the tests share two cores with builds.
-    config.cluster.lease_ms = 6_000;
-    config.cluster.renew_ms = 2_000;
-    config.cluster.shard_ttl_ms = 6_000;
-    config.cluster.heartbeat_ms = 1_000;
-    config.cluster.redis_timeout_ms = 1_500;
-    config.cluster.redis_wait_ms = 5_000;
-    config.cluster.failover_budget_ms = 30_000;
-    // Clients here wait through failovers without a word.
-    config.server.idle_timeout_ms = 120_000;
+    let mut config = cluster_support::shard_config(redis.url(), prefix, id);
     // One identity across shards: a resume token from one works on all.
     config.auth.secret = "a".repeat(48);
     config.admin.token = ADMIN.into();
-    config.rooms.call_timeout_ms = 5_000;
     config
 }
 

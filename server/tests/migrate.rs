@@ -25,23 +25,9 @@ const VIEWER: &str = "viewer-token-for-migrations-0001";
 const PATIENCE: Duration = Duration::from_secs(60);
 
 fn config(redis: &RedisServer, prefix: &str, id: &str) -> Config {
-    let mut config = common::test_config();
-    config.cluster.redis = redis.url();
-    config.cluster.secret = "s".repeat(32);
-    config.cluster.key_prefix = prefix.into();
-    config.cluster.shard_id = id.into();
-    config.cluster.peer_addr = "127.0.0.1:0".parse().unwrap();
-    // Slower than the defaults: the tests share two cores with builds.
-    config.cluster.lease_ms = 6_000;
-    config.cluster.renew_ms = 2_000;
-    config.cluster.shard_ttl_ms = 6_000;
-    config.cluster.heartbeat_ms = 1_000;
-    config.cluster.redis_timeout_ms = 1_500;
-    config.cluster.redis_wait_ms = 5_000;
-    config.cluster.failover_budget_ms = 30_000;
+    let mut config = cluster_support::shard_config(redis.url(), prefix, id);
     config.cluster.migrate_answer_ms = 5_000;
     config.cluster.migrate_pause_ms = 1_000;
-    config.server.idle_timeout_ms = 120_000;
     config.auth.secret = "a".repeat(48);
     config.admin.tokens = vec![
         AdminToken {
@@ -56,7 +42,6 @@ fn config(redis: &RedisServer, prefix: &str, id: &str) -> Config {
         },
     ];
     config.admin.fault_injection = true;
-    config.rooms.call_timeout_ms = 5_000;
     // Stalls injected here are the test's, not the watchdog's to fix.
     config.supervision.stall_timeout_ms = 60_000;
     config

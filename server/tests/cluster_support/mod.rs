@@ -17,6 +17,29 @@ use crate::redis_support::RedisServer;
 /// The shards' ids, by index.
 pub const ID: [&str; 3] = ["a", "b", "c"];
 
+/// A shard of a test cluster: cluster mode over `redis_url` under the key
+/// prefix `prefix`, with timings slower than the defaults (the tests share
+/// two cores with builds) and clients that may wait through failovers
+/// without a word. Each test file sets what it needs on top.
+pub fn shard_config(redis_url: String, prefix: &str, id: &str) -> Config {
+    let mut config = common::test_config();
+    config.cluster.redis = redis_url;
+    config.cluster.secret = "s".repeat(32);
+    config.cluster.key_prefix = prefix.into();
+    config.cluster.shard_id = id.into();
+    config.cluster.peer_addr = "127.0.0.1:0".parse().unwrap();
+    config.cluster.lease_ms = 6_000;
+    config.cluster.renew_ms = 2_000;
+    config.cluster.shard_ttl_ms = 6_000;
+    config.cluster.heartbeat_ms = 1_000;
+    config.cluster.redis_timeout_ms = 1_500;
+    config.cluster.redis_wait_ms = 5_000;
+    config.cluster.failover_budget_ms = 30_000;
+    config.server.idle_timeout_ms = 120_000;
+    config.rooms.call_timeout_ms = 5_000;
+    config
+}
+
 pub struct Cluster {
     pub shards: Vec<Option<TestShard>>,
     pub dir: Directory,

@@ -536,3 +536,23 @@ pub async fn wait_for<T>(
         }
     }
 }
+
+/// A player signed in at `addr` with a token for `name` signed by
+/// `secret`, joined to `map` within `patience`: its client and entity.
+pub async fn signed_in_player(
+    addr: SocketAddr,
+    secret: &str,
+    name: &str,
+    map: &str,
+    patience: Duration,
+) -> (Client, EntityId) {
+    let mut client = Client::connect(addr).await;
+    client.hello_with(Some(token(secret, name)), name).await;
+    client.send(ClientMsg::Join(Join { map: map.into() })).await;
+    let you = wait_for(patience, &mut client, "joined", |m| match m {
+        ServerMsg::Joined(j) => Some(j.you),
+        _ => None,
+    })
+    .await;
+    (client, you)
+}
