@@ -30,11 +30,15 @@ usage() {
   exit 2
 }
 
-# A TCP port on 127.0.0.1 nothing listens on now.
+# A TCP port on 127.0.0.1 nothing listens on now, below the kernel's
+# ephemeral range (an outgoing connection's local port there would make the
+# bind fail although nothing listens on it).
 free_port() {
-  local port
+  local port low
+  low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+  [ "$low" -gt 11000 ] 2>/dev/null || low=32768
   for _ in $(seq 1 50); do
-    port=$((20000 + RANDOM % 40000))
+    port=$((10000 + RANDOM % (low - 10000)))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       echo "$port"
       return 0
@@ -98,18 +102,26 @@ up() {
     cargo build -p server --bin tessera-server -p ops --bin tessera-ops
   fi
 
-  local port
-  port=$(free_port)
-  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
-    --daemonize no --protected-mode yes --dir "$state" \
-    >"$state/redis.log" 2>&1 &
-  echo $! >"$state/redis.pid"
-  local redis_url="redis://127.0.0.1:$port/0"
-  for i in $(seq 1 $((start_wait_s * 10))); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    alive "$state/redis.pid" || { echo "cluster.sh: redis-server did not start ($state/redis.log)" >&2; exit 1; }
-    sleep 0.1
+  # A port taken between the look and the bind (another test on the box)
+  # is tried again with another.
+  local port up=0
+  for _ in 1 2 3 4 5; do
+    port=$(free_port)
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+      --daemonize no --protected-mode yes --dir "$state" \
+      >"$state/redis.log" 2>&1 &
+    echo $! >"$state/redis.pid"
+    for i in $(seq 1 $((start_wait_s * 10))); do
+      (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && { up=1; break; }
+      alive "$state/redis.pid" || break
+      sleep 0.1
+    done
+    [ "$up" = 1 ] && break
+    grep -q "Address already in use" "$state/redis.log" || break
+    echo "cluster.sh: port $port was taken; trying another" >&2
   done
+  [ "$up" = 1 ] || { echo "cluster.sh: redis-server did not start ($state/redis.log)" >&2; exit 1; }
+  local redis_url="redis://127.0.0.1:$port/0"
 
   if [ "$mongo" = secantus ]; then
     mongo=$(start_secantus) || { down; exit 1; }
