@@ -145,6 +145,8 @@ struct Queue {
     close: Option<(Option<CloseCode>, String)>,
     /// The current room membership; frames of older ones are refused.
     room_epoch: u64,
+    /// Something was queued since the last [`Outbound::trim_idle`].
+    pushed: bool,
 }
 
 /// Why a push did not queue its frame.
@@ -170,6 +172,9 @@ pub struct Outbound {
     /// writer ends, so that rooms holding this queue (a held seat) do not
     /// keep the connection open.
     socket: Mutex<Option<Socket>>,
+    /// The queue was trimmed: the writer gives its batch's capacity back at
+    /// its next poll with nothing to write.
+    trim_batch: AtomicBool,
 }
 
 impl Outbound {
@@ -181,11 +186,13 @@ impl Outbound {
                 resync: false,
                 close: None,
                 room_epoch: 0,
+                pushed: false,
             }),
             wake: AtomicWaker::new(),
             resync_due: AtomicBool::new(false),
             budget,
             socket: Mutex::new(None),
+            trim_batch: AtomicBool::new(false),
         })
     }
 
@@ -235,6 +242,7 @@ impl Outbound {
             return false;
         }
         q.bytes += frame.len();
+        q.pushed = true;
         q.frames.push_back(Frame::State(frame));
         drop(q);
         self.wake.wake();
@@ -273,6 +281,7 @@ impl Outbound {
             return Err(PushError::Overflow);
         }
         q.bytes += frame.len();
+        q.pushed = true;
         q.frames.push_back(Frame::Reliable(frame));
         drop(q);
         self.wake.wake();
@@ -282,6 +291,7 @@ impl Outbound {
     pub fn push_ping(&self) {
         let mut q = self.queue.lock();
         if q.close.is_none() {
+            q.pushed = true;
             q.frames.push_back(Frame::Ping);
             drop(q);
             self.wake.wake();
@@ -342,6 +352,31 @@ impl Outbound {
         let mut q = self.queue.lock();
         q.resync = true;
         self.resync_due.store(true, Ordering::Relaxed);
+    }
+
+    /// Give an idle connection's buffers back: when nothing was queued
+    /// since the last call and nothing waits, the queue's capacity now, and
+    /// the writer's batch at its next poll (woken for it). The session's
+    /// housekeeping calls this once a second, so a connection that stands
+    /// still holds no frame buffers (two of 160 bytes each after any
+    /// frame: 4 % of an idle connection's memory), while one that receives
+    /// frames every tick keeps them and never reallocates.
+    pub fn trim_idle(&self) {
+        let mut q = self.queue.lock();
+        let idle = !std::mem::take(&mut q.pushed) && q.frames.is_empty() && q.close.is_none();
+        if !idle || q.frames.capacity() == 0 {
+            return;
+        }
+        q.frames = VecDeque::new();
+        drop(q);
+        self.trim_batch.store(true, Ordering::Relaxed);
+        self.wake.wake();
+    }
+
+    /// The writer's side of [`Outbound::trim_idle`]: whether it should give
+    /// its batch's capacity back now.
+    fn take_trim(&self) -> bool {
+        self.trim_batch.load(Ordering::Relaxed) && self.trim_batch.swap(false, Ordering::Relaxed)
     }
 
     pub fn queued_bytes(&self) -> usize {
