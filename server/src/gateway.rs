@@ -550,6 +550,14 @@ mod sizes {
         assert!(size + 8 <= 512, "Connection is {size} bytes");
     }
 
+    /// Every connection's queue, in an `Arc` (16 bytes more): jemalloc's
+    /// classes go 160, 192.
+    #[test]
+    fn an_outbound_queue_fits_in_160_bytes() {
+        let size = size_of::<crate::outbound::Outbound>();
+        assert!(size + 16 <= 160, "Outbound is {size} bytes");
+    }
+
     /// The session's task: tokio's cell is the actor's context future
     /// plus about 104 bytes, in steps of 128 (its alignment): 656 bytes
     /// of future make a 768-byte cell, 672 made an 896-byte one.

@@ -40,7 +40,7 @@ fn reliable_overflow_closes_with_slow_consumer() {
         Err(PushError::Overflow)
     );
     assert!(out.is_closing());
-    let close = out.queue.lock().close.clone().unwrap();
+    let close = *out.queue.lock().close.clone().unwrap();
     assert_eq!(close.0, Some(CloseCode::SlowConsumer));
     assert_eq!(
         out.push_reliable(Bytes::from_static(b"1")),

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -22,6 +22,21 @@ use super::{
     Frame, Outbound, Socket, COUNT_EVERY, FRAMES_PER_WRITE, KEEP_FRAMES, MAX_HEADER, SMALL_WRITE,
 };
 use crate::metrics as m;
+
+/// The writers' counters (frames sent, flushes), looked up once for the
+/// process: a handle is an allocation of the recorder's, and two per
+/// writer were 64 bytes of every connection.
+fn counters() -> &'static (metrics::Counter, metrics::Counter) {
+    static COUNTERS: OnceLock<(metrics::Counter, metrics::Counter)> = OnceLock::new();
+    COUNTERS.get_or_init(|| {
+        // The shard's recorder first, so the handles are its own.
+        crate::metrics::prometheus();
+        (
+            metrics::counter!(m::FRAMES_SENT),
+            metrics::counter!(m::FLUSHES),
+        )
+    })
+}
 
 /// Where a [`Writer`] is.
 enum Stage {
@@ -67,8 +82,6 @@ pub struct Writer {
     /// Frames and flushes not yet added to the counters (published every
     /// `COUNT_EVERY` flushes, so 32 bits hold them).
     uncounted: (u32, u32),
-    frames_sent: metrics::Counter,
-    flushes: metrics::Counter,
 }
 
 impl Writer {
@@ -83,9 +96,6 @@ impl Writer {
             timer_armed: false,
             direct: None,
             uncounted: (0, 0),
-            // Handles looked up once, not per batch.
-            frames_sent: metrics::counter!(m::FRAMES_SENT),
-            flushes: metrics::counter!(m::FLUSHES),
         }
     }
 
@@ -121,8 +131,9 @@ impl Writer {
     fn publish_counts(&mut self) {
         let (frames, flushes) = std::mem::take(&mut self.uncounted);
         if flushes > 0 {
-            self.frames_sent.increment(u64::from(frames));
-            self.flushes.increment(u64::from(flushes));
+            let (frames_sent, flushes_counted) = counters();
+            frames_sent.increment(u64::from(frames));
+            flushes_counted.increment(u64::from(flushes));
         }
     }
 
