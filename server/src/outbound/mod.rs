@@ -16,6 +16,12 @@
 //! does not fit closes the socket with 4005, because silently losing it
 //! would be worse.
 //!
+//! A connection that stands still holds no frame buffers: the session's
+//! housekeeping asks [`Outbound::trim_idle`] once a second, and a queue
+//! that got nothing since the last time gives its capacity back, and the
+//! writer its batch's (an idle connection's memory is counted in
+//! BENCHMARKS.md, issue 12).
+//!
 //! Room membership has an epoch: a room pushes with the epoch it was given
 //! at join, and the session moves the epoch on when it leaves, so no frame
 //! of a room the player has left can slip in after its `left` (the check and
