@@ -529,3 +529,45 @@ mod tests {
         drop(held);
     }
 }
+
+#[cfg(test)]
+mod sizes {
+    //! Every joined connection holds one of each; at 10,000 idle
+    //! connections a size class is 1.3 MB (BENCHMARKS.md, issue 12).
+
+    use std::mem::size_of;
+
+    /// The connection as the session's context holds it: boxed in an
+    /// `ActorStream` (8 more bytes). jemalloc's classes go 512, 640: one
+    /// byte over 504 costs every connection 128 bytes.
+    #[test]
+    fn a_plain_connection_fits_in_512_bytes() {
+        type Plain = super::Connection<
+            super::WebSocketStream<crate::tls::Conn>,
+            (super::OwnedSemaphorePermit, super::IpSlot),
+        >;
+        let size = size_of::<Plain>();
+        assert!(size + 8 <= 512, "Connection is {size} bytes");
+    }
+
+    /// Every connection's queue, in an `Arc` (16 bytes more): jemalloc's
+    /// classes go 160, 192.
+    #[test]
+    fn an_outbound_queue_fits_in_160_bytes() {
+        let size = size_of::<crate::outbound::Outbound>();
+        assert!(size + 16 <= 160, "Outbound is {size} bytes");
+    }
+
+    /// The session's task: tokio's cell is the actor's context future
+    /// plus about 104 bytes, in steps of 128 (its alignment): 656 bytes
+    /// of future make a 768-byte cell, 672 made an 896-byte one.
+    #[test]
+    fn the_session_task_fits_in_768_bytes() {
+        type Task = actix::dev::ContextFut<
+            crate::session::Session,
+            actix::Context<crate::session::Session>,
+        >;
+        let size = size_of::<Task>();
+        assert!(size <= 656, "the session's context future is {size} bytes");
+    }
+}

@@ -12,7 +12,8 @@ use server::auth::{mint_with_key, Claims};
 use server::config::{AuthMode, LogFormat};
 use server::Config;
 
-#[cfg(not(target_env = "msvc"))]
+// `--features system-alloc` leaves glibc's malloc in place, for heaptrack.
+#[cfg(all(not(target_env = "msvc"), not(feature = "system-alloc")))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

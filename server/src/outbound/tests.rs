@@ -40,7 +40,7 @@ fn reliable_overflow_closes_with_slow_consumer() {
         Err(PushError::Overflow)
     );
     assert!(out.is_closing());
-    let close = out.queue.lock().close.clone().unwrap();
+    let close = *out.queue.lock().close.clone().unwrap();
     assert_eq!(close.0, Some(CloseCode::SlowConsumer));
     assert_eq!(
         out.push_reliable(Bytes::from_static(b"1")),
@@ -304,4 +304,51 @@ fn a_drained_burst_gives_its_capacity_back() {
     // A tick's frame afterwards needs no more than what was kept.
     assert!(out.push_state(epoch, Bytes::from_static(b"next")));
     assert!(out.queue.lock().frames.capacity() <= KEEP_FRAMES);
+}
+
+#[tokio::test]
+async fn an_idle_connection_gives_its_frame_buffers_back() {
+    let out = Outbound::new(1024);
+    let (mut conn, mut client) = pair(&out).await;
+    out.push_reliable(Bytes::from_static(b"pong")).unwrap();
+    client
+        .send(Message::Binary(Bytes::from_static(b"ping")))
+        .await
+        .unwrap();
+    assert!(conn.next().await.unwrap().is_ok());
+    assert_eq!(
+        client.next().await.unwrap().unwrap(),
+        Message::Binary(Bytes::from_static(b"pong"))
+    );
+    let held = (out.queue.lock().frames.capacity(), conn.batch_capacity());
+    assert!(
+        held.0 > 0 && held.1 > 0,
+        "a frame went through both: {held:?}"
+    );
+    // Housekeeping right after a frame: the connection is active and keeps
+    // its buffers.
+    out.trim_idle();
+    assert_eq!(
+        (out.queue.lock().frames.capacity(), conn.batch_capacity()),
+        held
+    );
+    // A second one with nothing queued in between: both are given back,
+    // the batch at the connection's next poll.
+    out.trim_idle();
+    assert_eq!(out.queue.lock().frames.capacity(), 0);
+    let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+    assert!(futures_util::Stream::poll_next(std::pin::Pin::new(&mut conn), &mut cx).is_pending());
+    assert_eq!(conn.batch_capacity(), 0);
+    // And the connection goes on as before.
+    out.push_reliable(Bytes::from_static(b"again")).unwrap();
+    let reader = tokio::spawn(async move {
+        let next = conn.next().await;
+        (conn, next)
+    });
+    assert_eq!(
+        client.next().await.unwrap().unwrap(),
+        Message::Binary(Bytes::from_static(b"again"))
+    );
+    drop(client);
+    let _ = tokio::time::timeout(Duration::from_secs(10), reader).await;
 }

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -23,6 +23,21 @@ use super::{
 };
 use crate::metrics as m;
 
+/// The writers' counters (frames sent, flushes), looked up once for the
+/// process: a handle is an allocation of the recorder's, and two per
+/// writer were 64 bytes of every connection.
+fn counters() -> &'static (metrics::Counter, metrics::Counter) {
+    static COUNTERS: OnceLock<(metrics::Counter, metrics::Counter)> = OnceLock::new();
+    COUNTERS.get_or_init(|| {
+        // The shard's recorder first, so the handles are its own.
+        crate::metrics::prometheus();
+        (
+            metrics::counter!(m::FRAMES_SENT),
+            metrics::counter!(m::FLUSHES),
+        )
+    })
+}
+
 /// Where a [`Writer`] is.
 enum Stage {
     /// Waiting for frames.
@@ -36,7 +51,9 @@ enum Stage {
         flushed: bool,
     },
     /// The close frame (taken when sent), then the close handshake's flush.
-    Closing { frame: Option<Message> },
+    /// Boxed: a `Message` inline would make every connection's writer 40
+    /// bytes larger for a frame written once, at its end.
+    Closing { frame: Option<Box<Message>> },
     /// Closed, aborted or failed: nothing more is written.
     Done,
 }
@@ -48,7 +65,10 @@ pub struct Writer {
     out: Arc<Outbound>,
     batch: Vec<Frame>,
     stage: Stage,
-    write_timeout: Duration,
+    /// In milliseconds: 4 bytes instead of a `Duration`'s 16 keep the
+    /// connection (socket, WebSocket and writer, boxed in the session's
+    /// context) within 512 bytes, a smaller size class than 640.
+    write_timeout_ms: u32,
     /// When the current batch or close must be written by.
     deadline: Instant,
     /// The timer, armed only when a write had to wait (most batches go out
@@ -59,10 +79,9 @@ pub struct Writer {
     /// The TCP stream, for direct writes (plain connections; see the
     /// module docs); `None`: frames go through the WebSocket sink.
     direct: Option<Socket>,
-    /// Frames and flushes not yet added to the counters.
-    uncounted: (u64, u64),
-    frames_sent: metrics::Counter,
-    flushes: metrics::Counter,
+    /// Frames and flushes not yet added to the counters (published every
+    /// `COUNT_EVERY` flushes, so 32 bits hold them).
+    uncounted: (u32, u32),
 }
 
 impl Writer {
@@ -71,15 +90,12 @@ impl Writer {
             out,
             batch: Vec::new(),
             stage: Stage::Idle,
-            write_timeout,
+            write_timeout_ms: u32::try_from(write_timeout.as_millis()).unwrap_or(u32::MAX),
             deadline: Instant::now(),
             timer: None,
             timer_armed: false,
             direct: None,
             uncounted: (0, 0),
-            // Handles looked up once, not per batch.
-            frames_sent: metrics::counter!(m::FRAMES_SENT),
-            flushes: metrics::counter!(m::FLUSHES),
         }
     }
 
@@ -105,9 +121,9 @@ impl Writer {
     /// Count a written batch; the shared counters are updated every
     /// `COUNT_EVERY` flushes.
     fn count(&mut self, frames: usize) {
-        self.uncounted.0 += frames as u64;
+        self.uncounted.0 = self.uncounted.0.saturating_add(frames as u32);
         self.uncounted.1 += 1;
-        if self.uncounted.1 >= COUNT_EVERY {
+        if u64::from(self.uncounted.1) >= COUNT_EVERY {
             self.publish_counts();
         }
     }
@@ -115,8 +131,9 @@ impl Writer {
     fn publish_counts(&mut self) {
         let (frames, flushes) = std::mem::take(&mut self.uncounted);
         if flushes > 0 {
-            self.frames_sent.increment(frames);
-            self.flushes.increment(flushes);
+            let (frames_sent, flushes_counted) = counters();
+            frames_sent.increment(u64::from(frames));
+            flushes_counted.increment(u64::from(flushes));
         }
     }
 
@@ -129,8 +146,15 @@ impl Writer {
         loop {
             match &mut self.stage {
                 Stage::Done => return Poll::Ready(()),
-                Stage::Idle => match ready!(self.out.poll_batch(cx, &mut self.batch)) {
-                    None => {
+                Stage::Idle => match self.out.poll_batch(cx, &mut self.batch) {
+                    Poll::Pending => {
+                        if self.out.take_trim() && self.batch.is_empty() {
+                            // An idle connection (`Outbound::trim_idle`).
+                            self.batch = Vec::new();
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(None) => {
                         self.start_deadline();
                         self.stage = Stage::Writing {
                             next: 0,
@@ -138,19 +162,19 @@ impl Writer {
                             flushed: false,
                         };
                     }
-                    Some((Some(code), reason)) => {
+                    Poll::Ready(Some((Some(code), reason))) => {
                         let frame = CloseFrame {
                             code: WsCloseCode::from(code.as_u16()),
                             reason: reason.into(),
                         };
                         self.start_deadline();
                         self.stage = Stage::Closing {
-                            frame: Some(Message::Close(Some(frame))),
+                            frame: Some(Box::new(Message::Close(Some(frame)))),
                         };
                     }
                     // Aborted: the socket just goes when the connection is
                     // dropped.
-                    Some((None, _)) => self.finish(false),
+                    Poll::Ready(Some((None, _))) => self.finish(false),
                 },
                 Stage::Writing {
                     next,
@@ -211,7 +235,7 @@ impl Writer {
                             Poll::Pending => return self.wait(cx),
                         }
                         let frame = frame.take().expect("checked above");
-                        if sink.as_mut().start_send(frame).is_err() {
+                        if sink.as_mut().start_send(*frame).is_err() {
                             return self.close_done();
                         }
                     }
@@ -225,7 +249,7 @@ impl Writer {
     }
 
     fn start_deadline(&mut self) {
-        self.deadline = Instant::now() + self.write_timeout;
+        self.deadline = Instant::now() + Duration::from_millis(u64::from(self.write_timeout_ms));
         self.timer_armed = false;
     }
 
@@ -399,6 +423,12 @@ impl<W, H> Connection<W, H> {
             read_done: false,
             _held: held,
         }
+    }
+
+    /// The frames its writer's batch has room for.
+    #[cfg(test)]
+    pub(super) fn batch_capacity(&self) -> usize {
+        self.writer.batch.capacity()
     }
 }
 

@@ -20,7 +20,11 @@ use crate::store::{PlayerState, Stats};
 /// The part of a member that survives a restart.
 #[derive(Clone)]
 pub struct MemberState {
-    pub link: MemberLink,
+    /// Shared with the room's snapshots: a snapshot (every other tick) is
+    /// then plain numbers and a refcount per member, where cloning the
+    /// link itself meant three `Arc`s and an allocating actix `Recipient`.
+    /// Never changed in place: a takeover puts in a new one.
+    pub link: Arc<MemberLink>,
     pub x: f32,
     pub y: f32,
     pub dir: (f32, f32),
@@ -249,13 +253,10 @@ impl Room {
             }
             // The seat's entity and identity stay; the session's ends are
             // the new one's.
-            let link = &mut member.state.link;
-            link.session = msg.link.session;
-            link.out = msg.link.out;
-            link.inputs = msg.link.inputs;
-            link.epoch = msg.link.epoch;
-            link.events = msg.link.events;
-            link.remote = msg.link.remote;
+            member.state.link = Arc::new(MemberLink {
+                identity: member.state.link.identity.clone(),
+                ..msg.link
+            });
             member.state.disconnected_at = None;
             if migrated {
                 let (x, y) = (member.state.x, member.state.y);
@@ -301,7 +302,7 @@ impl Room {
         let member = Member {
             name: Arc::from(msg.link.identity.name.as_str()),
             state: MemberState {
-                link: msg.link,
+                link: Arc::new(msg.link),
                 x,
                 y,
                 dir: (0.0, 0.0),

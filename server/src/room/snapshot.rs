@@ -74,19 +74,32 @@ impl Room {
         self.count_members();
     }
 
+    /// Every other tick while anyone moves: per member an id, its numbers
+    /// and a refcount on its shared link. The previous snapshot's vector is
+    /// refilled in place when nobody else holds it (a restore or a
+    /// migration in progress does, and then gets a fresh one).
     pub(super) fn snapshot(&mut self) {
         self.moved_since_snapshot = false;
-        let snapshot = RoomSnapshot {
-            tick: self.tick,
-            next_entity: self.next_entity,
-            members: self
-                .members
-                .iter()
-                .map(|(id, m)| (*id, m.state.clone()))
-                .collect(),
-            ground: self.ground_snapshot.clone(),
-        };
-        *self.slot.snapshot.lock() = Arc::new(snapshot);
+        let members = self.members.iter().map(|(id, m)| (*id, m.state.clone()));
+        let mut slot = self.slot.snapshot.lock();
+        match Arc::get_mut(&mut slot) {
+            Some(snapshot) => {
+                snapshot.tick = self.tick;
+                snapshot.next_entity = self.next_entity;
+                snapshot.members.clear();
+                snapshot.members.extend(members);
+                snapshot.ground = self.ground_snapshot.clone();
+            }
+            None => {
+                *slot = Arc::new(RoomSnapshot {
+                    tick: self.tick,
+                    next_entity: self.next_entity,
+                    members: members.collect(),
+                    ground: self.ground_snapshot.clone(),
+                });
+            }
+        }
+        drop(slot);
         self.slot.mark(&self.slot.snapshot_ms, &self.supervisor);
     }
 }

@@ -145,6 +145,7 @@ impl Session {
             self.last_ping_sent = Instant::now();
             self.out.push_ping();
         }
+        self.out.trim_idle();
     }
 
     pub(super) fn on_item(&mut self, item: Result<Message, WsError>, ctx: &mut Context<Self>) {

@@ -57,7 +57,7 @@ impl Session {
             return;
         }
         if let Some(claimed) = &resumed {
-            self.sid = ids::session_id(self.id, Some(claimed));
+            self.sid = ids::session_id(self.id, Some(claimed)).into();
         }
         let sid = self.sid();
         let guest = hello.token.is_none() && resumed.is_none();
@@ -291,7 +291,8 @@ impl Session {
         if let Some(profile) = profile {
             self.profile_loaded = true;
             if let Some(map) = last_map {
-                self.saved_position = Some((Arc::from(map), profile.state.x, profile.state.y));
+                self.saved_position =
+                    Some(Box::new((Arc::from(map), profile.state.x, profile.state.y)));
             }
             // One inventory, the real one: after the starter purse when
             // this login grants it.

@@ -158,7 +158,10 @@ pub struct Session {
     announcements: Option<SubscriptionId>,
     /// Where the profile says the player stood, used by the first join of
     /// that map.
-    saved_position: Option<(Arc<str>, f32, f32)>,
+    /// Boxed, like `sid`: each saves the session's task some bytes for
+    /// state read once (the session task's size sets its allocation's size
+    /// class, BENCHMARKS.md, issue 12).
+    saved_position: Option<Box<(Arc<str>, f32, f32)>>,
     /// Where moves go: shared with the room of the current join (a fresh
     /// queue per join, so nothing queued for one map reaches another).
     inputs: Arc<Inputs>,
@@ -171,7 +174,7 @@ pub struct Session {
     /// This session's id, unique across restarts and shards; a resumed
     /// session's carries the op scope of the one it resumes (see
     /// [`crate::store::ids`]).
-    sid: String,
+    sid: Box<str>,
     /// The client closed on purpose (a close frame): a logout, so the
     /// player's directory entry goes with the session (cluster mode).
     logged_out: bool,
@@ -250,14 +253,14 @@ impl Session {
             profile_loaded: false,
             socket,
             crashed: false,
-            sid: ids::session_id(id, None),
+            sid: ids::session_id(id, None).into(),
             logged_out: false,
             _done: done,
         }
     }
 
     fn sid(&self) -> String {
-        self.sid.clone()
+        self.sid.to_string()
     }
 
     /// The op id of this session's request `req`: the same for a retry in

@@ -67,7 +67,7 @@ impl Session {
         let map = room.id().map().clone();
         let epoch = self.out.begin_room();
         let spawn_at = match self.saved_position.take() {
-            Some((saved, x, y)) if saved == map => Some((x, y)),
+            Some(saved) if saved.0 == map => Some((saved.1, saved.2)),
             other => {
                 self.saved_position = other;
                 None

@@ -45,15 +45,25 @@ impl StopBudget {
 }
 
 /// Once a second: the dispatcher's queue depths and rates, expired seats,
-/// and the stored bans until they could be read once.
+/// and the stored bans until they could be read once. Every
+/// `METRICS_UPKEEP_EVERY` seconds the recorder's upkeep: histogram samples
+/// are otherwise kept one by one until `/metrics` is scraped, and a shard
+/// nobody scrapes grew by its room ticks' samples (about 1 MB a minute at
+/// 100 rooms; BENCHMARKS.md, issue 12).
 pub(super) async fn sample(shared: Arc<session::Deps>, mut stop_rx: watch::Receiver<bool>) {
+    const METRICS_UPKEEP_EVERY: u64 = 5;
     let mut every = tokio::time::interval(Duration::from_secs(1));
+    let mut seconds = 0u64;
     loop {
         tokio::select! {
             _ = stop_rx.wait_for(|s| *s) => break,
             _ = every.tick() => {
                 shared.dispatcher.sample(1.0);
                 shared.presence.prune();
+                seconds += 1;
+                if seconds % METRICS_UPKEEP_EVERY == 0 {
+                    crate::metrics::prometheus().run_upkeep();
+                }
             }
         }
         // Outside the select: its branches hold the stop signal's guard.

@@ -265,7 +265,7 @@ impl RoomCluster {
             .filter(|(_, m)| m.link.remote.is_none() && m.disconnected_at.is_none())
             .filter(|(_, m)| m.link.out.is_member(m.link.epoch))
             .map(|(id, m)| Adopted {
-                link: m.link.clone(),
+                link: (*m.link).clone(),
                 entity: *id,
                 at: (m.x, m.y),
             })

@@ -141,7 +141,7 @@ pub(super) fn from_wire(
                 remote: None,
             };
             let state = MemberState {
-                link,
+                link: Arc::new(link),
                 x: m.x,
                 y: m.y,
                 dir: if m.held {
