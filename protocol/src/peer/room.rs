@@ -70,6 +70,13 @@ pub struct RemoteJoin {
     /// Added in 1.0 (optional; older peers ignore it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<[f32; 2]>,
+    /// The edge tracks each member's view and computes `moved` itself:
+    /// the owner may send this stream's ticks with `implied` set (see
+    /// [`crate::peer::implied`]). Absent when false; an owner that does
+    /// not know the field ignores it and keeps sending `moved`. Added in
+    /// 1.0 (optional).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub implied_moved: bool,
 }
 
 /// A member named by its edge session.
@@ -189,6 +196,12 @@ pub struct Tick {
     #[serde(with = "super::tick_wire::entries")]
     pub entries: Vec<Bytes>,
     pub views: Vec<View>,
+    /// The views' `moved` are left empty: each recipient's is the tick's
+    /// `Moved` entries whose entity is in the view the edge tracks for it
+    /// (see [`crate::peer::implied`]). Sent only to an edge that announced
+    /// it (`join.implied_moved`). Absent when false. Added in 1.0.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub implied: bool,
 }
 
 /// A view that names an entry the tick does not carry.
@@ -203,6 +216,13 @@ impl Tick {
     /// Append `view`'s `update` frame to `out`: byte for byte the frame
     /// the owner would send a local member with that view.
     pub fn write_update(&self, view: &View, out: &mut Vec<u8>) -> Result<(), TickError> {
+        self.write_view(view, &view.moved, out)
+    }
+
+    /// [`Tick::write_update`] with `moved` in place of the view's own
+    /// list: how an edge lays out one recipient's frame of an `implied`
+    /// tick.
+    pub fn write_view(&self, view: &View, moved: &[u32], out: &mut Vec<u8>) -> Result<(), TickError> {
         let entry = |&index: &u32| {
             self.entries
                 .get(index as usize)
@@ -217,8 +237,7 @@ impl Tick {
             .iter()
             .map(entry)
             .collect::<Result<Vec<_>, _>>()?;
-        let moved = view
-            .moved
+        let moved = moved
             .iter()
             .map(entry)
             .collect::<Result<Vec<_>, _>>()?;
@@ -289,6 +308,7 @@ impl TickBuilder {
                 tick,
                 entries: Vec::new(),
                 views: Vec::new(),
+                implied: false,
             },
             entries: HashMap::new(),
             views: HashMap::new(),
@@ -309,16 +329,28 @@ impl TickBuilder {
         })
     }
 
+    /// The edge computes each member's `moved` itself (it announced
+    /// `implied_moved`): views leave `moved` out, so members whose views
+    /// differ only in what moved share one view. The `Moved` entries still
+    /// go in through [`TickBuilder::entry`].
+    pub fn implied(mut self) -> TickBuilder {
+        self.tick.implied = true;
+        self
+    }
+
     /// `session` sees this view: added to the recipients of an equal view
     /// already in the tick, or as a new one.
     pub fn view(
         &mut self,
         session: SessionId,
         entered: Vec<u32>,
-        moved: Vec<u32>,
+        mut moved: Vec<u32>,
         left: Vec<EntityId>,
         full: bool,
     ) {
+        if self.tick.implied {
+            moved.clear();
+        }
         let key = ViewKey {
             entered,
             moved,
@@ -485,6 +517,7 @@ mod tests {
             tick: 9,
             entries: vec![Bytes::from(e), Bytes::from(m)],
             views: vec![],
+            implied: false,
         };
         let view = View {
             sessions: vec![4, 5],

@@ -30,13 +30,14 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use protocol::msg::{EntityId, Notice};
 use protocol::peer::{
-    entry_position, EdgeMsg, Input, Inputs as InputBatch, Member, OwnerMsg, RemoteChat, RemoteJoin,
-    ROOM_PROTOCOL,
+    entry_position, EdgeMsg, Input, Inputs as InputBatch, KnownView, Member, OwnerMsg, RemoteChat,
+    RemoteJoin, ROOM_PROTOCOL,
 };
 use protocol::{encode_server, ErrorCode, NoticeCode, ServerMsg};
 use tokio::sync::oneshot;
 
 mod moving;
+mod ticks;
 pub use moving::Adopted;
 
 use super::RoomCluster;
@@ -53,12 +54,41 @@ struct EdgeMember {
     link: MemberLink,
     /// Its entity, once seated.
     entity: Option<EntityId>,
-    /// Where the owner's last frames showed it.
+    /// Where it was placed (its join's `at`), until a tick shows it.
     at: Option<(f32, f32)>,
+    /// Its entity's latest entry in a tick: where the owner last showed
+    /// it, decoded only for a re-join.
+    seen: Option<Bytes>,
+    /// Its view as this shard sent it (`ticks.rs`): what an `implied`
+    /// tick's `moved` is computed from.
+    view: KnownView,
     /// The session's join call, waiting for the owner's answer.
     waiting: Option<oneshot::Sender<JoinReply>>,
     /// Re-joined after a failover: notice 6003 when seated.
     moved: bool,
+}
+
+impl EdgeMember {
+    fn new(link: MemberLink, entity: Option<EntityId>, at: Option<(f32, f32)>) -> EdgeMember {
+        EdgeMember {
+            link,
+            entity,
+            at,
+            seen: None,
+            view: KnownView::default(),
+            waiting: None,
+            moved: false,
+        }
+    }
+
+    /// Where the owner last showed it (or where it was placed).
+    fn position(&self) -> Option<(f32, f32)> {
+        self.seen
+            .as_deref()
+            .and_then(entry_position)
+            .map(|(_, x, y)| (x, y))
+            .or(self.at)
+    }
 }
 
 struct Inner {
@@ -74,6 +104,9 @@ struct Inner {
     /// The room is paused for a live migration: inputs wait in the
     /// members' queues (`moving.rs`).
     held: bool,
+    /// `cluster.implied_moved`: joins announce it, and the members' views
+    /// are tracked.
+    implied: bool,
 }
 
 /// This shard's link to one room owned by another shard.
@@ -92,6 +125,9 @@ pub struct EdgeLink {
 
 impl EdgeLink {
     pub(super) fn new(room: RoomId, owner: ShardId, cluster: Weak<RoomCluster>) -> Arc<EdgeLink> {
+        let implied = cluster
+            .upgrade()
+            .is_some_and(|c| c.settings().implied_moved);
         Arc::new(EdgeLink {
             room,
             cluster,
@@ -103,6 +139,7 @@ impl EdgeLink {
                 failing_over: false,
                 last_tick: None,
                 held: false,
+                implied,
             }),
             connecting: tokio::sync::Mutex::new(()),
             over: AtomicBool::new(false),
@@ -149,17 +186,11 @@ impl EdgeLink {
             room: self.room.to_string(),
             resume: join.resume.is_some(),
             at: join.spawn_at.map(|(x, y)| [x, y]),
+            implied_moved: self.inner.lock().implied,
         });
-        self.inner.lock().members.insert(
-            session,
-            EdgeMember {
-                link: join.link,
-                entity: None,
-                at: join.spawn_at,
-                waiting: Some(reply_tx),
-                moved: false,
-            },
-        );
+        let mut member = EdgeMember::new(join.link, None, join.spawn_at);
+        member.waiting = Some(reply_tx);
+        self.inner.lock().members.insert(session, member);
         let sent = match self.connect().await {
             Ok(tx) => tx.send_msg(&msg).is_ok(),
             Err(()) => false,
@@ -292,7 +323,7 @@ impl EdgeLink {
     /// Everything the owner sends, until the stream ends.
     async fn read(self: Arc<Self>, mut rx: StreamReceiver, generation: u64) {
         let mut closed = None;
-        let mut scratch = Vec::new();
+        let mut scratch = ticks::TickScratch::default();
         while let Some(msg) = rx.recv_msg::<OwnerMsg>().await {
             match msg {
                 Ok(OwnerMsg::Closed(c)) => {
@@ -341,7 +372,7 @@ impl EdgeLink {
     /// One message of the stream of `generation`; false (and nothing done)
     /// once that stream was given up on (its owner declared dead), even if
     /// frames still trickle in.
-    fn on_owner(&self, msg: OwnerMsg, generation: u64, scratch: &mut Vec<u8>) -> bool {
+    fn on_owner(&self, msg: OwnerMsg, generation: u64, scratch: &mut ticks::TickScratch) -> bool {
         let mut inner = self.inner.lock();
         if inner.generation != generation {
             return false;
@@ -388,6 +419,9 @@ impl EdgeLink {
                 }
             }
             OwnerMsg::Reliable(r) => {
+                if inner.implied {
+                    ticks::observe(&mut inner, r.session, &r.frame);
+                }
                 if let Some(member) = inner.members.get(&r.session) {
                     let _ = member
                         .link
@@ -407,34 +441,7 @@ impl EdgeLink {
             }
             OwnerMsg::Tick(tick) => {
                 inner.last_tick = Some(Instant::now());
-                for view in &tick.views {
-                    scratch.clear();
-                    if tick.write_update(view, scratch).is_err() {
-                        metrics::counter!(m::REMOTE_BAD_VIEWS).increment(1);
-                        continue;
-                    }
-                    let frame = Bytes::copy_from_slice(scratch);
-                    for session in &view.sessions {
-                        if let Some(member) = inner.members.get(session) {
-                            member.link.out.push_state(member.link.epoch, frame.clone());
-                        }
-                    }
-                }
-                // Where the members stand, for a re-join after a failover.
-                let by_entity: HashMap<EntityId, SessionId> = inner
-                    .members
-                    .iter()
-                    .filter_map(|(s, m)| m.entity.map(|e| (e, *s)))
-                    .collect();
-                for entry in &tick.entries {
-                    if let Some((id, x, y)) = entry_position(entry) {
-                        if let Some(session) = by_entity.get(&id) {
-                            if let Some(member) = inner.members.get_mut(session) {
-                                member.at = Some((x, y));
-                            }
-                        }
-                    }
-                }
+                ticks::on_tick(&mut inner, &tick, scratch);
             }
             OwnerMsg::Closed(_) | OwnerMsg::Moving(_) => {}
             OwnerMsg::TargetIs(answer) => self.calls.answer(answer),
@@ -585,6 +592,7 @@ impl EdgeLink {
         };
         let mut inner = self.inner.lock();
         inner.failing_over = false;
+        let implied = inner.implied;
         for (&session, member) in inner.members.iter_mut() {
             member.moved = true;
             member.entity = None;
@@ -594,7 +602,8 @@ impl EdgeLink {
                 name: member.link.identity.name.clone(),
                 room: self.room.to_string(),
                 resume: true,
-                at: member.at.map(|(x, y)| [x, y]),
+                at: member.position().map(|(x, y)| [x, y]),
+                implied_moved: implied,
             });
             let _ = tx.send_msg(&join);
         }
@@ -616,13 +625,14 @@ impl EdgeLink {
         };
         let timeout = cluster.settings().call_timeout;
         for member in members {
+            let spawn_at = member.position();
             let link = member.link;
             let (out, epoch, events) = (link.out.clone(), link.epoch, link.events.clone());
             let join = JoinRoom {
                 resume: Some(link.session),
                 link,
                 seat_only: false,
-                spawn_at: member.at,
+                spawn_at,
             };
             let joined = match rooms.start(&self.room) {
                 Some(addr) => tokio::time::timeout(timeout, addr.send(join)).await,
