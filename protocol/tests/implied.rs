@@ -174,7 +174,10 @@ fn run(players: usize, ticks: u64, seed: u64, lost: impl Fn(u64) -> bool) -> usi
                 .iter()
                 .map(|&e| entity_bytes(&all[e as usize - 1]))
                 .collect();
-            let m: Vec<Bytes> = mv.iter().map(|&e| moved_bytes(&all[e as usize - 1])).collect();
+            let m: Vec<Bytes> = mv
+                .iter()
+                .map(|&e| moved_bytes(&all[e as usize - 1]))
+                .collect();
             let mut frame = Vec::new();
             write_update(
                 &mut frame,
@@ -220,14 +223,23 @@ fn run(players: usize, ticks: u64, seed: u64, lost: impl Fn(u64) -> bool) -> usi
             full_due = true;
             continue;
         }
-        assert_eq!(got.len(), local.len(), "tick {tick}: one frame per member with a change");
+        assert_eq!(
+            got.len(),
+            local.len(),
+            "tick {tick}: one frame per member with a change"
+        );
         for ((s, want), (s2, frame)) in local.iter().zip(&got) {
             assert_eq!(s, s2);
             assert_eq!(frame, want, "tick {tick}: member {s}'s frame");
             compared += 1;
         }
         for p in &all {
-            assert_eq!(p.known.ids(), p.visible, "tick {tick}: the edge's view of {}", p.id);
+            assert_eq!(
+                p.known.ids(),
+                p.visible,
+                "tick {tick}: the edge's view of {}",
+                p.id
+            );
         }
     }
     compared
@@ -287,8 +299,14 @@ fn a_view_that_does_not_fit_is_reported() {
     let tick = b.finish();
     let ids = TickIds::read(&tick);
     let mut out = Vec::new();
-    assert_eq!(known.advance(&tick, &ids, &tick.views[0], &mut out), Ok(false));
-    assert!(out.is_empty(), "4 is not in view: not moved for this member");
+    assert_eq!(
+        known.advance(&tick, &ids, &tick.views[0], &mut out),
+        Ok(false)
+    );
+    assert!(
+        out.is_empty(),
+        "4 is not in view: not moved for this member"
+    );
     // A bad index is an error, not a panic.
     let mut bad = tick.views[0].clone();
     bad.entered = vec![7];

@@ -205,7 +205,11 @@ impl KnownView {
 
     /// Take `left` out and put `entered` in; false if one left that was
     /// not in view, one entered that was, or an entry was unreadable.
-    fn apply(&mut self, left: &[EntityId], entered: impl Iterator<Item = Option<EntityId>>) -> bool {
+    fn apply(
+        &mut self,
+        left: &[EntityId],
+        entered: impl Iterator<Item = Option<EntityId>>,
+    ) -> bool {
         let mut fits = true;
         for id in left {
             match self.ids.binary_search(id) {
@@ -263,8 +267,8 @@ mod tests {
         assert_eq!(entry_id(&[]), None);
         assert_eq!(entry_id(&[0xc1]), None);
         // A map with `id` not first still reads (decoded in full).
-        let other = rmp_serde::to_vec_named(&serde_json::json!({"x": 1.0, "y": 2.0, "id": 9}))
-            .unwrap();
+        let other =
+            rmp_serde::to_vec_named(&serde_json::json!({"x": 1.0, "y": 2.0, "id": 9})).unwrap();
         assert_eq!(entry_id(&other), Some((EntryKind::Entered, 9)));
     }
 

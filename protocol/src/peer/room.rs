@@ -222,7 +222,12 @@ impl Tick {
     /// [`Tick::write_update`] with `moved` in place of the view's own
     /// list: how an edge lays out one recipient's frame of an `implied`
     /// tick.
-    pub fn write_view(&self, view: &View, moved: &[u32], out: &mut Vec<u8>) -> Result<(), TickError> {
+    pub fn write_view(
+        &self,
+        view: &View,
+        moved: &[u32],
+        out: &mut Vec<u8>,
+    ) -> Result<(), TickError> {
         let entry = |&index: &u32| {
             self.entries
                 .get(index as usize)
@@ -237,10 +242,7 @@ impl Tick {
             .iter()
             .map(entry)
             .collect::<Result<Vec<_>, _>>()?;
-        let moved = moved
-            .iter()
-            .map(entry)
-            .collect::<Result<Vec<_>, _>>()?;
+        let moved = moved.iter().map(entry).collect::<Result<Vec<_>, _>>()?;
         write_update(
             out,
             self.tick,

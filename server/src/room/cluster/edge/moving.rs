@@ -140,9 +140,10 @@ impl EdgeLink {
         {
             let mut inner = self.inner.lock();
             for m in members {
-                inner
-                    .members
-                    .insert(m.link.session, EdgeMember::new(m.link, Some(m.entity), Some(m.at)));
+                inner.members.insert(
+                    m.link.session,
+                    EdgeMember::new(m.link, Some(m.entity), Some(m.at)),
+                );
             }
         }
         actix::spawn(self.clone().rejoin_adopted());
