@@ -13,6 +13,8 @@
 
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -289,8 +291,11 @@ pub enum EntryKind {
 #[derive(Debug)]
 pub struct TickBuilder {
     tick: Tick,
-    entries: HashMap<(EntityId, EntryKind), u32>,
-    views: HashMap<ViewKey, usize>,
+    // foldhash, not SipHash: the keys are the room's own entity ids and
+    // index lists, and SipHash was a third of building a tick (a profile
+    // of the hop, BENCHMARKS.md).
+    entries: HashMap<(EntityId, EntryKind), u32, RandomState>,
+    views: HashMap<ViewKey, usize, RandomState>,
 }
 
 /// What makes two views the same view.
@@ -312,8 +317,8 @@ impl TickBuilder {
                 views: Vec::new(),
                 implied: false,
             },
-            entries: HashMap::new(),
-            views: HashMap::new(),
+            entries: HashMap::default(),
+            views: HashMap::default(),
         }
     }
 

@@ -21,7 +21,6 @@
 //!   full update. Past `cluster.failover_budget_ms` the members get the
 //!   room-failed path their session already has.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -96,7 +95,8 @@ struct Inner {
     tx: Option<StreamSender>,
     /// Bumped on every new stream, so a stale reader's end is ignored.
     generation: u64,
-    members: HashMap<SessionId, EdgeMember>,
+    /// foldhash: looked up once per recipient of every tick.
+    members: crate::room::FastMap<SessionId, EdgeMember>,
     failing_over: bool,
     /// When the owner's latest tick message arrived: the owner's tick
     /// phase, which the input pump aims at.
@@ -135,7 +135,7 @@ impl EdgeLink {
                 owner,
                 tx: None,
                 generation: 0,
-                members: HashMap::new(),
+                members: Default::default(),
                 failing_over: false,
                 last_tick: None,
                 held: false,
