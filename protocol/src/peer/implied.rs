@@ -179,12 +179,23 @@ impl KnownView {
             return Ok(readable);
         }
         if tick.implied {
-            // The `Moved` entries of entities in view, less what left.
-            let mut known = self.ids.iter().peekable();
-            for &(id, index) in &ids.moved {
-                while known.next_if(|&&k| k < id).is_some() {}
-                if known.peek() == Some(&&id) && !view.left.contains(&id) {
-                    moved.push(index);
+            // The `Moved` entries of entities in view, less what left: a
+            // merge of two ascending lists (this runs for every recipient
+            // of every tick).
+            let (known, moves) = (&self.ids[..], &ids.moved[..]);
+            let (mut i, mut j) = (0, 0);
+            while i < known.len() && j < moves.len() {
+                let (k, (m, index)) = (known[i], moves[j]);
+                if k < m {
+                    i += 1;
+                } else if m < k {
+                    j += 1;
+                } else {
+                    if !view.left.contains(&k) {
+                        moved.push(index);
+                    }
+                    i += 1;
+                    j += 1;
                 }
             }
         }

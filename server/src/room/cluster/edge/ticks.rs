@@ -24,6 +24,8 @@ use crate::metrics as m;
 #[derive(Default)]
 pub(super) struct TickScratch {
     frame: Vec<u8>,
+    /// The length of the last frame laid out (implied ticks).
+    frame_len: usize,
     moved: Vec<u32>,
     /// One view's frames by their `moved` (implied ticks).
     frames: Vec<(Vec<u32>, Bytes)>,
@@ -69,13 +71,15 @@ pub(super) fn on_tick(inner: &mut Inner, tick: &Tick, scratch: &mut TickScratch)
             let frame = match scratch.frames.iter().find(|(m, _)| m == moved) {
                 Some((_, frame)) => frame.clone(),
                 None => {
-                    scratch.frame.clear();
-                    // Every index was checked by `advance`.
-                    if tick.write_view(view, moved, &mut scratch.frame).is_err() {
+                    // Laid out in its own buffer, which becomes the frame
+                    // without a copy; sized like the last one.
+                    let mut out = Vec::with_capacity(scratch.frame_len);
+                    if tick.write_view(view, moved, &mut out).is_err() {
                         bad += 1;
                         continue;
                     }
-                    let frame = Bytes::copy_from_slice(&scratch.frame);
+                    scratch.frame_len = out.len();
+                    let frame = Bytes::from(out);
                     scratch.frames.push((moved.clone(), frame.clone()));
                     frame
                 }
