@@ -345,6 +345,11 @@ impl TickBuilder {
         self
     }
 
+    /// Whether this tick's `moved` is implied ([`TickBuilder::implied`]).
+    pub fn is_implied(&self) -> bool {
+        self.tick.implied
+    }
+
     /// `session` sees this view: added to the recipients of an equal view
     /// already in the tick, or as a new one.
     pub fn view(
