@@ -307,6 +307,18 @@ fn a_view_that_does_not_fit_is_reported() {
         out.is_empty(),
         "4 is not in view: not moved for this member"
     );
+    // A view with nothing entering or leaving, where nothing in the
+    // tracked view moved: the owner would not have sent it.
+    let mut b = TickBuilder::new("m", 2).implied();
+    let m = b.entry(4, EntryKind::Moved, || moved.clone());
+    b.view(1, vec![], vec![m], vec![], false);
+    let quiet = b.finish();
+    let ids2 = TickIds::read(&quiet);
+    assert_eq!(
+        KnownView::default().advance(&quiet, &ids2, &quiet.views[0], &mut out),
+        Ok(false)
+    );
+    assert!(out.is_empty());
     // A bad index is an error, not a panic.
     let mut bad = tick.views[0].clone();
     bad.entered = vec![7];

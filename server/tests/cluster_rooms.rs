@@ -359,6 +359,59 @@ async fn remote_frames_equal_local_ones_across_entered_moved_and_left_with_impli
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_room_restart_remote_frames_still_equal_local_ones_with_implied_moved() {
+    // The restarted room sends each member a full update as a reliable
+    // frame: the edge's tracked views must follow it, or the implied
+    // `moved` after it would differ from a local member's.
+    let cluster = start_cluster("cr-rs", |c| c.admin.fault_injection = true).await;
+    let (mut mover, joined) = join_as(cluster.shard(0).ws_addr, "mover", "test").await;
+    let me = joined.you;
+    let owner = cluster.owner("test").await.0;
+    let (mut local, _) = join_as(cluster.shard(owner).ws_addr, "local", "test").await;
+    let (mut far, far_joined) =
+        join_as(cluster.shard((owner + 1) % 3).ws_addr, "far", "test").await;
+    let far_id = far_joined.you;
+    updates_until(&mut local, |u| u.entered.iter().any(|e| e.id == far_id)).await;
+    let url = format!(
+        "http://{}/admin/faults/room",
+        cluster.shard(owner).http_addr
+    );
+    let (status, body) =
+        common::http_post(&url, Some(ADMIN), r#"{"map":"test","kind":"panic"}"#).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"crashed":true}"#));
+    let full = |u: &Update| u.full;
+    let (a, b) = (
+        updates_until(&mut local, full).await,
+        updates_until(&mut far, full).await,
+    );
+    let (a, b) = (a.values().last().unwrap(), b.values().last().unwrap());
+    assert_eq!(a.1, b.1, "the full update after the restart, byte for byte");
+    // Then the mover leaves their view, comes back and stops.
+    mover.walk(1, 0.2, 0.0).await;
+    let gone = |u: &Update| u.left.contains(&me);
+    let mut a = updates_until(&mut local, gone).await;
+    mover.walk(2, -0.1, 0.0).await;
+    let back = |u: &Update| u.entered.iter().any(|e| e.id == me);
+    a.append(&mut updates_until(&mut local, back).await);
+    mover.walk(3, 0.0, 0.0).await;
+    let stopped = |u: &Update| sees(u, me, 3);
+    a.append(&mut updates_until(&mut local, stopped).await);
+    let mut b = updates_until(&mut far, gone).await;
+    b.append(&mut updates_until(&mut far, back).await);
+    b.append(&mut updates_until(&mut far, stopped).await);
+    let mut moved = 0;
+    for (tick, (u, bytes)) in &b {
+        let Some((_, local_bytes)) = a.get(tick) else {
+            continue;
+        };
+        assert_eq!(bytes, local_bytes, "tick {tick} after the restart");
+        moved += usize::from(u.moved.iter().any(|m| m.id == me));
+    }
+    assert!(moved > 0, "frames with the mover's moves were compared");
+    cluster.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_frames_equal_local_ones_for_an_edge_that_does_not_imply_moved() {
     // The edge does not announce `implied_moved` (a shard from before it):
     // the owner lists `moved` per view, as it always did.

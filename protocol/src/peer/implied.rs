@@ -151,8 +151,9 @@ impl KnownView {
     /// `implied` tick, the ones computed from the view before this tick
     /// (in entity order, as the owner lists them). `Ok(false)` when the
     /// view does not fit what the edge knows: the frame is still the best
-    /// one to send, but the member is owed a full view. An index the tick
-    /// does not carry is an error.
+    /// one to send (unless it came out empty: then there is nothing to
+    /// send), but the member is owed a full view. An index the tick does
+    /// not carry is an error.
     pub fn advance(
         &mut self,
         tick: &Tick,
@@ -199,7 +200,11 @@ impl KnownView {
                 }
             }
         }
-        Ok(self.apply(&view.left, entered.into_iter()))
+        // The owner sends a member a view only when something changed for
+        // it: an implied view that comes out empty means the edge's view
+        // is not the owner's.
+        let empty = tick.implied && moved.is_empty() && view.left.is_empty() && entered.is_empty();
+        Ok(self.apply(&view.left, entered.into_iter()) && !empty)
     }
 
     /// Forget the view (a new seat: its `joined` comes next).

@@ -68,6 +68,12 @@ pub(super) fn on_tick(inner: &mut Inner, tick: &Tick, scratch: &mut TickScratch)
                 }
             }
             let moved = &scratch.moved;
+            if moved.is_empty() && view.entered.is_empty() && view.left.is_empty() && !view.full {
+                // Nothing for this member (its tracked view was off: a
+                // full view is asked for above); a local member would get
+                // no frame either.
+                continue;
+            }
             let frame = match scratch.frames.iter().find(|(m, _)| m == moved) {
                 Some((_, frame)) => frame.clone(),
                 None => {
