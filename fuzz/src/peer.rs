@@ -2,8 +2,8 @@
 //! stream, through the framing and every peer decoder.
 
 use protocol::peer::{
-    decode_payload, encode_payload, split_frame, Control, EdgeMsg, OwnerMsg, PeerMessage,
-    StreamHead,
+    decode_payload, encode_payload, split_frame, Control, EdgeMsg, KnownView, OwnerMsg,
+    PeerMessage, StreamHead, TickIds,
 };
 
 use crate::Outcome;
@@ -51,10 +51,19 @@ fn decode_all(payload: &[u8]) -> String {
     kinds.push_str(round_trip::<EdgeMsg>(payload, "e"));
     kinds.push_str(round_trip::<OwnerMsg>(payload, "o"));
     if let Ok(OwnerMsg::Tick(tick)) = decode_payload::<OwnerMsg>(payload, PEER_MAX_FRAME) {
+        // An edge's view tracking too (an implied tick's `moved`): each
+        // view applied to one known view, which must never panic.
+        let ids = TickIds::read(&tick);
+        let mut known = KnownView::default();
+        let mut moved = Vec::new();
         for view in &tick.views {
             let mut out = Vec::new();
             let laid = tick.write_update(view, &mut out);
             kinds.push_str(if laid.is_ok() { "+" } else { "!" });
+            if known.advance(&tick, &ids, view, &mut moved).is_ok() {
+                tick.write_view(view, &moved, &mut out)
+                    .expect("advance checked every index");
+            }
         }
     }
     kinds

@@ -8,8 +8,9 @@
 //!     cargo bench -p protocol --bench tick
 //!     cargo bench -p protocol --bench tick -- --players 100 --edges 2 --ticks 2000
 //!
-//! Reported per tick: the tunnel bytes of both edges' ticks (now, and in
-//! the earlier encoding: views as maps with field names and index arrays), the members' socket bytes (every
+//! Reported per tick: the tunnel bytes of both edges' ticks (with `moved`
+//! implied, with `moved` listed, and in the earliest encoding: views as
+//! maps with field names and index arrays), the members' socket bytes (every
 //! player's `update` frame, the owner's local players included), their
 //! ratio, and the time to build, encode, decode and lay out an edge's
 //! tick.
@@ -19,7 +20,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use protocol::assemble::{encode_entity, encode_moved, write_update};
 use protocol::msg::{Entity, EntityId, Moved};
-use protocol::peer::{decode_frame, encode_frame, EntryKind, OwnerMsg, TickBuilder};
+use protocol::peer::{
+    decode_frame, encode_frame, EntryKind, KnownView, OwnerMsg, TickBuilder, TickIds,
+};
 use serde::Serialize;
 
 const MAP: f32 = 1000.0;
@@ -58,6 +61,8 @@ struct Player {
     moved: bool,
     /// Who it saw last tick, ascending.
     visible: Vec<EntityId>,
+    /// Its view as its edge tracks it (implied `moved`).
+    known: KnownView,
 }
 
 /// The earlier wire form of a view, for the comparison.
@@ -106,6 +111,7 @@ fn main() {
             seq: 0,
             moved: false,
             visible: Vec::new(),
+            known: KnownView::default(),
         })
         .collect();
     // Player i is on shard i % (edges + 1): 0 is the owner.
@@ -113,6 +119,8 @@ fn main() {
 
     let (mut tunnel, mut tunnel_old, mut sockets) = (0usize, 0usize, 0usize);
     let (mut entry_bytes, mut view_count) = (0usize, 0usize);
+    let (mut tunnel_implied, mut implied_views, mut implied_frames) = (0usize, 0usize, 0usize);
+    let mut implied_t = Vec::new();
     let (mut build_t, mut encode_t, mut decode_t, mut layout_t) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut frame = Vec::new();
@@ -157,6 +165,9 @@ fn main() {
         let started = Instant::now();
         let mut builders: Vec<TickBuilder> =
             (0..edges).map(|_| TickBuilder::new("m01", tick)).collect();
+        let mut implied: Vec<TickBuilder> = (0..edges)
+            .map(|_| TickBuilder::new("m01", tick).implied())
+            .collect();
         let mut diffs = Vec::with_capacity(players);
         for (i, me) in all.iter().enumerate() {
             let now: Vec<EntityId> = all
@@ -198,22 +209,57 @@ fn main() {
                 );
                 sockets += frame.len();
                 if shard_of(i) != 0 {
-                    let b = &mut builders[shard_of(i) - 1];
-                    let ei = entered
-                        .iter()
-                        .map(|&e| b.entry(e, EntryKind::Entered, || entity(&all[e as usize - 1])))
-                        .collect();
-                    let mi = mv
-                        .iter()
-                        .map(|&e| b.entry(e, EntryKind::Moved, || moved(&all[e as usize - 1])))
-                        .collect();
-                    b.view(i as u64 + 1, ei, mi, left.clone(), false);
+                    for b in [
+                        &mut builders[shard_of(i) - 1],
+                        &mut implied[shard_of(i) - 1],
+                    ] {
+                        let ei = entered
+                            .iter()
+                            .map(|&e| {
+                                b.entry(e, EntryKind::Entered, || entity(&all[e as usize - 1]))
+                            })
+                            .collect();
+                        let mi = mv
+                            .iter()
+                            .map(|&e| b.entry(e, EntryKind::Moved, || moved(&all[e as usize - 1])))
+                            .collect();
+                        b.view(i as u64 + 1, ei, mi, left.clone(), false);
+                    }
                 }
             }
             diffs.push(now);
         }
         let ticks_out: Vec<_> = builders.into_iter().map(|b| b.finish()).collect();
         build_t.push(started.elapsed() / edges as u32);
+        // The implied ticks: encoded, decoded, and each recipient's frame
+        // laid out from the view its edge tracks.
+        for t in implied.into_iter().map(|b| b.finish()) {
+            implied_views += t.views.len();
+            let bytes = encode_frame(&OwnerMsg::Tick(t), MAX_FRAME).unwrap();
+            tunnel_implied += bytes.len();
+            let Some((OwnerMsg::Tick(back), _)) =
+                decode_frame::<OwnerMsg>(&bytes, MAX_FRAME).unwrap()
+            else {
+                panic!("a tick decodes to a tick");
+            };
+            let started = Instant::now();
+            let ids = TickIds::read(&back);
+            let mut mv = Vec::new();
+            for view in &back.views {
+                let mut laid: Vec<Vec<u32>> = Vec::new();
+                for &s in &view.sessions {
+                    let p = &mut all[s as usize - 1];
+                    assert_eq!(p.known.advance(&back, &ids, view, &mut mv), Ok(true));
+                    if !laid.contains(&mv) {
+                        frame.clear();
+                        back.write_view(view, &mv, &mut frame).unwrap();
+                        laid.push(mv.clone());
+                        implied_frames += 1;
+                    }
+                }
+            }
+            implied_t.push(started.elapsed());
+        }
         for (p, now) in all.iter_mut().zip(diffs) {
             p.visible = now;
         }
@@ -265,7 +311,14 @@ fn main() {
         per_tick(sockets)
     );
     println!(
-        "tunnel now                       {:>9.0} B/tick  ratio {:.3}",
+        "tunnel, moved implied            {:>9.0} B/tick  ratio {:.3}  ({:.1} views, {:.1} frames laid out per tick)",
+        per_tick(tunnel_implied),
+        tunnel_implied as f64 / sockets as f64,
+        per_tick(implied_views),
+        per_tick(implied_frames)
+    );
+    println!(
+        "tunnel, moved listed             {:>9.0} B/tick  ratio {:.3}",
         per_tick(tunnel),
         tunnel as f64 / sockets as f64
     );
@@ -286,5 +339,9 @@ fn main() {
         median(encode_t),
         median(decode_t),
         median(layout_t)
+    );
+    println!(
+        "per edge tick, median, moved implied: track views and lay out {:?}",
+        median(implied_t)
     );
 }

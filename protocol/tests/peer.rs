@@ -95,6 +95,7 @@ fn edge_samples() -> Vec<(&'static str, EdgeMsg)> {
                 room: "lobby#2".into(),
                 resume: false,
                 at: None,
+                implied_moved: false,
             }),
         ),
         (
@@ -106,6 +107,19 @@ fn edge_samples() -> Vec<(&'static str, EdgeMsg)> {
                 room: "lobby".into(),
                 resume: true,
                 at: Some([12.5, 40.0]),
+                implied_moved: false,
+            }),
+        ),
+        (
+            "peer_room_join_implied",
+            EdgeMsg::Join(RemoteJoin {
+                session: 17,
+                player: "g-1".into(),
+                name: "ada".into(),
+                room: "lobby".into(),
+                resume: false,
+                at: None,
+                implied_moved: true,
             }),
         ),
         ("peer_room_leave", EdgeMsg::Leave(Member { session: 17 })),
@@ -202,7 +216,7 @@ fn owner_samples() -> Vec<(&'static str, OwnerMsg)> {
             OwnerMsg::Tick(Tick {
                 room: "lobby".into(),
                 tick: 120,
-                entries: vec![Bytes::from(entity), Bytes::from(moved)],
+                entries: vec![Bytes::from(entity.clone()), Bytes::from(moved.clone())],
                 views: vec![
                     View {
                         sessions: vec![17, 18],
@@ -217,6 +231,28 @@ fn owner_samples() -> Vec<(&'static str, OwnerMsg)> {
                         full: false,
                     },
                 ],
+                implied: false,
+            }),
+        ),
+        (
+            "peer_room_tick_implied",
+            OwnerMsg::Tick(Tick {
+                room: "lobby".into(),
+                tick: 120,
+                entries: vec![Bytes::from(entity), Bytes::from(moved)],
+                views: vec![
+                    View {
+                        sessions: vec![17, 18],
+                        ..View::default()
+                    },
+                    View {
+                        sessions: vec![19],
+                        entered: vec![0],
+                        left: vec![5],
+                        ..View::default()
+                    },
+                ],
+                implied: true,
             }),
         ),
         (

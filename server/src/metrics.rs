@@ -87,6 +87,10 @@ pub const ROOM_MEMBERS: &str = "tessera_room_members";
 /// Cluster mode: views of a remote room's `tick` that named an entry the
 /// tick did not carry (dropped; a bug or a bad peer).
 pub const REMOTE_BAD_VIEWS: &str = "tessera_remote_bad_views_total";
+/// Cluster mode: members of a remote room whose view, as this shard
+/// tracks it to imply their `moved`, did not fit a view the owner sent;
+/// each is asked a full view (`resync`).
+pub const REMOTE_VIEW_RESYNCS: &str = "tessera_remote_view_resyncs_total";
 pub const DISPATCH_PUBLISHED: &str = "tessera_dispatch_published_total";
 pub const DISPATCH_DELIVERED: &str = "tessera_dispatch_delivered_total";
 pub const DISPATCH_DROPPED: &str = "tessera_dispatch_dropped_total";

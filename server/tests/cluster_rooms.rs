@@ -257,6 +257,151 @@ async fn a_remote_member_gets_the_same_update_bytes_as_a_local_one() {
     cluster.close().await;
 }
 
+/// Every `update` frame `client` gets, by tick, until `done` says so of
+/// one (that frame included).
+async fn updates_until(
+    client: &mut Client,
+    mut done: impl FnMut(&Update) -> bool,
+) -> std::collections::BTreeMap<u64, (Update, Vec<u8>)> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut frames = std::collections::BTreeMap::new();
+    loop {
+        let frame = tokio::time::timeout_at(deadline, client.ws.next())
+            .await
+            .expect("the update in time")
+            .expect("socket open")
+            .expect("a frame");
+        let Message::Binary(bytes) = frame else {
+            continue;
+        };
+        if let Ok(ServerMsg::Update(u)) = decode_server(&bytes, 1 << 20) {
+            let stop = done(&u);
+            frames.insert(u.tick, (u, bytes.to_vec()));
+            if stop {
+                return frames;
+            }
+        }
+    }
+}
+
+/// A local and a remote watcher standing on one spot see the same
+/// entities, so every tick's frame must be the same bytes for both: the
+/// mover walks out of their view (`left`), back in (`entered`) and stops
+/// in it (`moved`).
+async fn watchers_get_equal_frames_across_entered_moved_and_left(prefix: &str, implied: bool) {
+    let cluster = start_cluster(prefix, |c| c.cluster.implied_moved = implied).await;
+    let (mut mover, joined) = join_as(cluster.shard(0).ws_addr, "mover", "test").await;
+    let me = joined.you;
+    let owner = cluster.owner("test").await.0;
+    let (mut local, _) = join_as(cluster.shard(owner).ws_addr, "local", "test").await;
+    let (mut far, far_joined) =
+        join_as(cluster.shard((owner + 1) % 3).ws_addr, "far", "test").await;
+    // From the tick the local watcher sees the remote one, both see the
+    // same three entities.
+    let far_id = far_joined.you;
+    updates_until(&mut local, |u| u.entered.iter().any(|e| e.id == far_id)).await;
+    // Slowly (10 then 5 units a tick at 20 Hz; the view is 100 units), so
+    // the stop lands while the mover is back in view.
+    mover.walk(1, 0.2, 0.0).await;
+    let gone = |u: &Update| u.left.contains(&me);
+    let mut a = updates_until(&mut local, gone).await;
+    mover.walk(2, -0.1, 0.0).await;
+    let back = |u: &Update| u.entered.iter().any(|e| e.id == me);
+    a.append(&mut updates_until(&mut local, back).await);
+    mover.walk(3, 0.0, 0.0).await;
+    let stopped = |u: &Update| sees(u, me, 3);
+    a.append(&mut updates_until(&mut local, stopped).await);
+    // The remote watcher's frames waited in its socket meanwhile.
+    let mut b = updates_until(&mut far, gone).await;
+    b.append(&mut updates_until(&mut far, back).await);
+    b.append(&mut updates_until(&mut far, stopped).await);
+    // Ticks one of them missed (a socket that shed an update) are passed
+    // over; every other tick's frame must be the same bytes.
+    let (mut left, mut entered, mut moved) = (0, 0, 0);
+    for (tick, (u, bytes)) in &b {
+        let Some((_, local_bytes)) = a.get(tick) else {
+            continue;
+        };
+        assert_eq!(
+            bytes, local_bytes,
+            "tick {tick}: the remote watcher's frame is byte for byte the local one's"
+        );
+        left += usize::from(gone(u));
+        entered += usize::from(back(u));
+        moved += usize::from(u.moved.iter().any(|m| m.id == me));
+    }
+    assert!(
+        left > 0 && entered > 0 && moved > 0,
+        "frames compared with the mover leaving ({left}), entering ({entered}) and moving ({moved})"
+    );
+    cluster.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_frames_equal_local_ones_across_entered_moved_and_left_with_implied_moved() {
+    watchers_get_equal_frames_across_entered_moved_and_left("cr-im", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_room_restart_remote_frames_still_equal_local_ones_with_implied_moved() {
+    // The restarted room sends each member a full update as a reliable
+    // frame: the edge's tracked views must follow it, or the implied
+    // `moved` after it would differ from a local member's.
+    let cluster = start_cluster("cr-rs", |c| c.admin.fault_injection = true).await;
+    let (mut mover, joined) = join_as(cluster.shard(0).ws_addr, "mover", "test").await;
+    let me = joined.you;
+    let owner = cluster.owner("test").await.0;
+    let (mut local, _) = join_as(cluster.shard(owner).ws_addr, "local", "test").await;
+    let (mut far, far_joined) =
+        join_as(cluster.shard((owner + 1) % 3).ws_addr, "far", "test").await;
+    let far_id = far_joined.you;
+    updates_until(&mut local, |u| u.entered.iter().any(|e| e.id == far_id)).await;
+    let url = format!(
+        "http://{}/admin/faults/room",
+        cluster.shard(owner).http_addr
+    );
+    let (status, body) =
+        common::http_post(&url, Some(ADMIN), r#"{"map":"test","kind":"panic"}"#).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"crashed":true}"#));
+    let full = |u: &Update| u.full;
+    let (a, b) = (
+        updates_until(&mut local, full).await,
+        updates_until(&mut far, full).await,
+    );
+    let (a, b) = (a.values().last().unwrap(), b.values().last().unwrap());
+    assert_eq!(a.1, b.1, "the full update after the restart, byte for byte");
+    // Then the mover leaves their view, comes back and stops.
+    mover.walk(1, 0.2, 0.0).await;
+    let gone = |u: &Update| u.left.contains(&me);
+    let mut a = updates_until(&mut local, gone).await;
+    mover.walk(2, -0.1, 0.0).await;
+    let back = |u: &Update| u.entered.iter().any(|e| e.id == me);
+    a.append(&mut updates_until(&mut local, back).await);
+    mover.walk(3, 0.0, 0.0).await;
+    let stopped = |u: &Update| sees(u, me, 3);
+    a.append(&mut updates_until(&mut local, stopped).await);
+    let mut b = updates_until(&mut far, gone).await;
+    b.append(&mut updates_until(&mut far, back).await);
+    b.append(&mut updates_until(&mut far, stopped).await);
+    let mut moved = 0;
+    for (tick, (u, bytes)) in &b {
+        let Some((_, local_bytes)) = a.get(tick) else {
+            continue;
+        };
+        assert_eq!(bytes, local_bytes, "tick {tick} after the restart");
+        moved += usize::from(u.moved.iter().any(|m| m.id == me));
+    }
+    assert!(moved > 0, "frames with the mover's moves were compared");
+    cluster.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_frames_equal_local_ones_for_an_edge_that_does_not_imply_moved() {
+    // The edge does not announce `implied_moved` (a shard from before it):
+    // the owner lists `moved` per view, as it always did.
+    watchers_get_equal_frames_across_entered_moved_and_left("cr-ex", false).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_leaving_or_dropping_on_an_edge_leaves_the_room_on_its_owner() {
     let cluster = start_cluster("cr3", |c| c.supervision.resume_grace_ms = 1_000).await;

@@ -23,6 +23,8 @@
 //! - [`room`]: the `/tessera/room/1` stream: [`EdgeMsg`] (edge to owner)
 //!   and [`OwnerMsg`] (owner to edge), with [`Tick`], which carries a
 //!   tick's entries encoded once and one [`View`] per distinct view.
+//! - [`implied`]: the edge's half of a tick whose `moved` is implied
+//!   ([`KnownView`]: each member's view as the edge tracks it).
 //! - [`migrate`]: the `/tessera/migrate/1` stream: [`MigrateMsg`]
 //!   (`offer` a paused room's state to a new owner; `accepted` or
 //!   `refused`).
@@ -33,6 +35,7 @@ pub mod admin;
 pub mod calls;
 pub mod chat;
 pub mod handshake;
+pub mod implied;
 pub mod migrate;
 pub mod room;
 pub mod stream;
@@ -46,6 +49,7 @@ pub use handshake::{
     proof_mac, verify_proof, Bytes32, Control, Heartbeat, PeerHello, Proof, Refuse, RefuseCode,
     Role, EXPORTER_LABEL,
 };
+pub use implied::{entry_id, KnownView, TickIds};
 pub use migrate::MigrateMsg;
 pub use room::{
     entry_position, Closed, EdgeMsg, EntryKind, Fanout, Input, Inputs, JoinRefused, Member,

@@ -13,6 +13,8 @@
 
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -70,6 +72,13 @@ pub struct RemoteJoin {
     /// Added in 1.0 (optional; older peers ignore it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<[f32; 2]>,
+    /// The edge tracks each member's view and computes `moved` itself:
+    /// the owner may send this stream's ticks with `implied` set (see
+    /// [`crate::peer::implied`]). Absent when false; an owner that does
+    /// not know the field ignores it and keeps sending `moved`. Added in
+    /// 1.0 (optional).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub implied_moved: bool,
 }
 
 /// A member named by its edge session.
@@ -189,6 +198,12 @@ pub struct Tick {
     #[serde(with = "super::tick_wire::entries")]
     pub entries: Vec<Bytes>,
     pub views: Vec<View>,
+    /// The views' `moved` are left empty: each recipient's is the tick's
+    /// `Moved` entries whose entity is in the view the edge tracks for it
+    /// (see [`crate::peer::implied`]). Sent only to an edge that announced
+    /// it (`join.implied_moved`). Absent when false. Added in 1.0.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub implied: bool,
 }
 
 /// A view that names an entry the tick does not carry.
@@ -203,6 +218,18 @@ impl Tick {
     /// Append `view`'s `update` frame to `out`: byte for byte the frame
     /// the owner would send a local member with that view.
     pub fn write_update(&self, view: &View, out: &mut Vec<u8>) -> Result<(), TickError> {
+        self.write_view(view, &view.moved, out)
+    }
+
+    /// [`Tick::write_update`] with `moved` in place of the view's own
+    /// list: how an edge lays out one recipient's frame of an `implied`
+    /// tick.
+    pub fn write_view(
+        &self,
+        view: &View,
+        moved: &[u32],
+        out: &mut Vec<u8>,
+    ) -> Result<(), TickError> {
         let entry = |&index: &u32| {
             self.entries
                 .get(index as usize)
@@ -217,11 +244,7 @@ impl Tick {
             .iter()
             .map(entry)
             .collect::<Result<Vec<_>, _>>()?;
-        let moved = view
-            .moved
-            .iter()
-            .map(entry)
-            .collect::<Result<Vec<_>, _>>()?;
+        let moved = moved.iter().map(entry).collect::<Result<Vec<_>, _>>()?;
         write_update(
             out,
             self.tick,
@@ -268,8 +291,11 @@ pub enum EntryKind {
 #[derive(Debug)]
 pub struct TickBuilder {
     tick: Tick,
-    entries: HashMap<(EntityId, EntryKind), u32>,
-    views: HashMap<ViewKey, usize>,
+    // foldhash, not SipHash: the keys are the room's own entity ids and
+    // index lists, and SipHash was a third of building a tick (a profile
+    // of the hop, BENCHMARKS.md).
+    entries: HashMap<(EntityId, EntryKind), u32, RandomState>,
+    views: HashMap<ViewKey, usize, RandomState>,
 }
 
 /// What makes two views the same view.
@@ -289,9 +315,10 @@ impl TickBuilder {
                 tick,
                 entries: Vec::new(),
                 views: Vec::new(),
+                implied: false,
             },
-            entries: HashMap::new(),
-            views: HashMap::new(),
+            entries: HashMap::default(),
+            views: HashMap::default(),
         }
     }
 
@@ -309,16 +336,33 @@ impl TickBuilder {
         })
     }
 
+    /// The edge computes each member's `moved` itself (it announced
+    /// `implied_moved`): views leave `moved` out, so members whose views
+    /// differ only in what moved share one view. The `Moved` entries still
+    /// go in through [`TickBuilder::entry`].
+    pub fn implied(mut self) -> TickBuilder {
+        self.tick.implied = true;
+        self
+    }
+
+    /// Whether this tick's `moved` is implied ([`TickBuilder::implied`]).
+    pub fn is_implied(&self) -> bool {
+        self.tick.implied
+    }
+
     /// `session` sees this view: added to the recipients of an equal view
     /// already in the tick, or as a new one.
     pub fn view(
         &mut self,
         session: SessionId,
         entered: Vec<u32>,
-        moved: Vec<u32>,
+        mut moved: Vec<u32>,
         left: Vec<EntityId>,
         full: bool,
     ) {
+        if self.tick.implied {
+            moved.clear();
+        }
         let key = ViewKey {
             entered,
             moved,
@@ -485,6 +529,7 @@ mod tests {
             tick: 9,
             entries: vec![Bytes::from(e), Bytes::from(m)],
             views: vec![],
+            implied: false,
         };
         let view = View {
             sessions: vec![4, 5],

@@ -93,6 +93,12 @@ pub struct ClusterConfig {
     /// last tick message), so they are applied on that tick; at most half
     /// the tick period. Covers the tunnel's round trip.
     pub input_lead_ms: u64,
+    /// A shard playing a room owned elsewhere computes its players'
+    /// `moved` itself from the views it sent them, and says so in its
+    /// joins (`implied_moved` in PEER.md): the owner then leaves `moved`
+    /// out of its ticks, which makes them smaller. Off: the owner lists
+    /// `moved` per view, as a shard from before this option gets.
+    pub implied_moved: bool,
     /// SWIM: one member is probed per period.
     pub swim_period_ms: u64,
     /// SWIM: a direct ping's ack must come within this (dialling
@@ -156,6 +162,7 @@ impl Default for ClusterConfig {
             failover_budget_ms: 10_000,
             full_hint_ms: 2_000,
             input_lead_ms: 10,
+            implied_moved: true,
             swim_period_ms: 500,
             swim_probe_timeout_ms: 200,
             swim_indirect: 3,

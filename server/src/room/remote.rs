@@ -34,6 +34,9 @@ pub struct EdgeSink {
     /// A tick was replaced or dropped on the way out: its `entered` and
     /// `left` are lost, so the next tick gives this edge full views.
     full_due: AtomicBool,
+    /// The edge computes `moved` itself (its joins said
+    /// `implied_moved`): its ticks leave `moved` out.
+    implied: AtomicBool,
 }
 
 impl EdgeSink {
@@ -43,6 +46,7 @@ impl EdgeSink {
             peer,
             tx,
             full_due: AtomicBool::new(false),
+            implied: AtomicBool::new(false),
         }
     }
 
@@ -72,6 +76,20 @@ impl EdgeSink {
             }
             Err(_) => {}
         }
+    }
+
+    /// The edge announced `implied_moved`. An edge says it in every join,
+    /// so it is known before the edge's first member is seated; were it
+    /// to come later, `had_members` gives everyone a full view first, from
+    /// which the edge's tracking starts.
+    pub fn set_implied(&self, had_members: bool) {
+        if !self.implied.swap(true, Ordering::Relaxed) && had_members {
+            self.want_full();
+        }
+    }
+
+    pub fn implied(&self) -> bool {
+        self.implied.load(Ordering::Relaxed)
     }
 
     /// The edge's members get full views at the next tick (a tick was
@@ -129,8 +147,13 @@ impl EdgeTicks {
         let i = match self.builders.iter().position(|(e, _)| e.id == edge.id) {
             Some(i) => i,
             None => {
-                self.builders
-                    .push((edge.clone(), TickBuilder::new(room, tick)));
+                let builder = TickBuilder::new(room, tick);
+                let builder = if edge.implied() {
+                    builder.implied()
+                } else {
+                    builder
+                };
+                self.builders.push((edge.clone(), builder));
                 self.builders.len() - 1
             }
         };

@@ -321,14 +321,21 @@ impl Room {
                 }
                 let (e, mv, left) = diff.parts();
                 let e = entered(builder, e);
-                let mv = mv
-                    .iter()
-                    .map(|&m| {
-                        builder.entry(m, EntryKind::Moved, || {
-                            Bytes::copy_from_slice(&members[&m].wire.moved)
-                        })
+                let moved_entry = |b: &mut TickBuilder, m: EntityId| {
+                    b.entry(m, EntryKind::Moved, || {
+                        Bytes::copy_from_slice(&members[&m].wire.moved)
                     })
-                    .collect();
+                };
+                // An implied tick needs the entries, not the list (the
+                // edge computes it): no list is collected.
+                let mv = if builder.is_implied() {
+                    for &m in mv {
+                        moved_entry(builder, m);
+                    }
+                    Vec::new()
+                } else {
+                    mv.iter().map(|&m| moved_entry(builder, m)).collect()
+                };
                 builder.view(seat.session, e, mv, left.to_vec(), false);
                 continue;
             }

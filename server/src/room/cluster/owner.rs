@@ -88,6 +88,9 @@ async fn run_stream(cluster: Arc<RoomCluster>, stream: PeerStream) {
         match msg {
             EdgeMsg::Join(join) => {
                 let edge_session = join.session;
+                if join.implied_moved {
+                    sink.set_implied(!seated.is_empty());
+                }
                 match seat(&cluster, &sink, &events, &mut room, &seated, join).await {
                     Ok((ok, new)) => {
                         seated.insert(edge_session, new);

@@ -13,7 +13,7 @@
 //!   each recipient's outbound queue as a state frame, as a local room
 //!   does; `reliable` frames (and `fanout`, one frame for several
 //!   members: chat, broadcasts) are pushed as the room's reliable frames.
-//! - Failover: when the stream ends without the room failing (the owner
+//! - Failover (`failover.rs`): when the stream ends without the room failing (the owner
 //!   stopped, died, or lost the lease), the room is looked for again
 //!   (once the old lease expired the directory names a new owner, or the
 //!   room is placed anew, maybe here) and every member re-joins it where
@@ -21,7 +21,6 @@
 //!   full update. Past `cluster.failover_budget_ms` the members get the
 //!   room-failed path their session already has.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -30,20 +29,21 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use protocol::msg::{EntityId, Notice};
 use protocol::peer::{
-    entry_position, EdgeMsg, Input, Inputs as InputBatch, Member, OwnerMsg, RemoteChat, RemoteJoin,
-    ROOM_PROTOCOL,
+    entry_position, EdgeMsg, Input, Inputs as InputBatch, KnownView, Member, OwnerMsg, RemoteChat,
+    RemoteJoin, ROOM_PROTOCOL,
 };
 use protocol::{encode_server, ErrorCode, NoticeCode, ServerMsg};
 use tokio::sync::oneshot;
 
+mod failover;
 mod moving;
+mod ticks;
 pub use moving::Adopted;
 
 use super::RoomCluster;
 use crate::cluster::directory::ShardId;
 use crate::cluster::tunnel::{StreamReceiver, StreamSender};
 use crate::ids::{RoomId, SessionId};
-use crate::metrics as m;
 use crate::room::{CallError, JoinError, JoinOk, JoinRoom, MemberLink, RoomEvent};
 
 type JoinReply = Result<JoinOk, JoinError>;
@@ -53,12 +53,41 @@ struct EdgeMember {
     link: MemberLink,
     /// Its entity, once seated.
     entity: Option<EntityId>,
-    /// Where the owner's last frames showed it.
+    /// Where it was placed (its join's `at`), until a tick shows it.
     at: Option<(f32, f32)>,
+    /// Its entity's latest entry in a tick: where the owner last showed
+    /// it, decoded only for a re-join.
+    seen: Option<Bytes>,
+    /// Its view as this shard sent it (`ticks.rs`): what an `implied`
+    /// tick's `moved` is computed from.
+    view: KnownView,
     /// The session's join call, waiting for the owner's answer.
     waiting: Option<oneshot::Sender<JoinReply>>,
     /// Re-joined after a failover: notice 6003 when seated.
     moved: bool,
+}
+
+impl EdgeMember {
+    fn new(link: MemberLink, entity: Option<EntityId>, at: Option<(f32, f32)>) -> EdgeMember {
+        EdgeMember {
+            link,
+            entity,
+            at,
+            seen: None,
+            view: KnownView::default(),
+            waiting: None,
+            moved: false,
+        }
+    }
+
+    /// Where the owner last showed it (or where it was placed).
+    fn position(&self) -> Option<(f32, f32)> {
+        self.seen
+            .as_deref()
+            .and_then(entry_position)
+            .map(|(_, x, y)| (x, y))
+            .or(self.at)
+    }
 }
 
 struct Inner {
@@ -66,7 +95,8 @@ struct Inner {
     tx: Option<StreamSender>,
     /// Bumped on every new stream, so a stale reader's end is ignored.
     generation: u64,
-    members: HashMap<SessionId, EdgeMember>,
+    /// foldhash: looked up once per recipient of every tick.
+    members: crate::room::FastMap<SessionId, EdgeMember>,
     failing_over: bool,
     /// When the owner's latest tick message arrived: the owner's tick
     /// phase, which the input pump aims at.
@@ -74,6 +104,9 @@ struct Inner {
     /// The room is paused for a live migration: inputs wait in the
     /// members' queues (`moving.rs`).
     held: bool,
+    /// `cluster.implied_moved`: joins announce it, and the members' views
+    /// are tracked.
+    implied: bool,
 }
 
 /// This shard's link to one room owned by another shard.
@@ -92,6 +125,9 @@ pub struct EdgeLink {
 
 impl EdgeLink {
     pub(super) fn new(room: RoomId, owner: ShardId, cluster: Weak<RoomCluster>) -> Arc<EdgeLink> {
+        let implied = cluster
+            .upgrade()
+            .is_some_and(|c| c.settings().implied_moved);
         Arc::new(EdgeLink {
             room,
             cluster,
@@ -99,10 +135,11 @@ impl EdgeLink {
                 owner,
                 tx: None,
                 generation: 0,
-                members: HashMap::new(),
+                members: Default::default(),
                 failing_over: false,
                 last_tick: None,
                 held: false,
+                implied,
             }),
             connecting: tokio::sync::Mutex::new(()),
             over: AtomicBool::new(false),
@@ -149,17 +186,11 @@ impl EdgeLink {
             room: self.room.to_string(),
             resume: join.resume.is_some(),
             at: join.spawn_at.map(|(x, y)| [x, y]),
+            implied_moved: self.inner.lock().implied,
         });
-        self.inner.lock().members.insert(
-            session,
-            EdgeMember {
-                link: join.link,
-                entity: None,
-                at: join.spawn_at,
-                waiting: Some(reply_tx),
-                moved: false,
-            },
-        );
+        let mut member = EdgeMember::new(join.link, None, join.spawn_at);
+        member.waiting = Some(reply_tx);
+        self.inner.lock().members.insert(session, member);
         let sent = match self.connect().await {
             Ok(tx) => tx.send_msg(&msg).is_ok(),
             Err(()) => false,
@@ -292,7 +323,7 @@ impl EdgeLink {
     /// Everything the owner sends, until the stream ends.
     async fn read(self: Arc<Self>, mut rx: StreamReceiver, generation: u64) {
         let mut closed = None;
-        let mut scratch = Vec::new();
+        let mut scratch = ticks::TickScratch::default();
         while let Some(msg) = rx.recv_msg::<OwnerMsg>().await {
             match msg {
                 Ok(OwnerMsg::Closed(c)) => {
@@ -341,7 +372,7 @@ impl EdgeLink {
     /// One message of the stream of `generation`; false (and nothing done)
     /// once that stream was given up on (its owner declared dead), even if
     /// frames still trickle in.
-    fn on_owner(&self, msg: OwnerMsg, generation: u64, scratch: &mut Vec<u8>) -> bool {
+    fn on_owner(&self, msg: OwnerMsg, generation: u64, scratch: &mut ticks::TickScratch) -> bool {
         let mut inner = self.inner.lock();
         if inner.generation != generation {
             return false;
@@ -388,6 +419,9 @@ impl EdgeLink {
                 }
             }
             OwnerMsg::Reliable(r) => {
+                if inner.implied {
+                    ticks::observe(&mut inner, r.session, &r.frame);
+                }
                 if let Some(member) = inner.members.get(&r.session) {
                     let _ = member
                         .link
@@ -407,34 +441,7 @@ impl EdgeLink {
             }
             OwnerMsg::Tick(tick) => {
                 inner.last_tick = Some(Instant::now());
-                for view in &tick.views {
-                    scratch.clear();
-                    if tick.write_update(view, scratch).is_err() {
-                        metrics::counter!(m::REMOTE_BAD_VIEWS).increment(1);
-                        continue;
-                    }
-                    let frame = Bytes::copy_from_slice(scratch);
-                    for session in &view.sessions {
-                        if let Some(member) = inner.members.get(session) {
-                            member.link.out.push_state(member.link.epoch, frame.clone());
-                        }
-                    }
-                }
-                // Where the members stand, for a re-join after a failover.
-                let by_entity: HashMap<EntityId, SessionId> = inner
-                    .members
-                    .iter()
-                    .filter_map(|(s, m)| m.entity.map(|e| (e, *s)))
-                    .collect();
-                for entry in &tick.entries {
-                    if let Some((id, x, y)) = entry_position(entry) {
-                        if let Some(session) = by_entity.get(&id) {
-                            if let Some(member) = inner.members.get_mut(session) {
-                                member.at = Some((x, y));
-                            }
-                        }
-                    }
-                }
+                ticks::on_tick(&mut inner, &tick, scratch);
             }
             OwnerMsg::Closed(_) | OwnerMsg::Moving(_) => {}
             OwnerMsg::TargetIs(answer) => self.calls.answer(answer),
@@ -491,181 +498,6 @@ impl EdgeLink {
                 return;
             }
         }
-    }
-
-    /// The failure detector declared `shard` dead. If it owns this room,
-    /// its stream is given up now (only the tunnel's idle timeout would
-    /// end it) and the failover starts: the room is looked for again and
-    /// taken over once the directory says the old lease is gone (a
-    /// suspicion alone never moves a room).
-    pub(super) fn owner_dead(self: &Arc<Self>, shard: &ShardId) {
-        {
-            let mut inner = self.inner.lock();
-            if inner.owner != *shard
-                || inner.failing_over
-                || inner.tx.is_none()
-                || self.over.load(Ordering::Acquire)
-            {
-                return;
-            }
-            // The old reader and input pump stop at their next look.
-            inner.generation += 1;
-            self.calls.fail_all();
-            if let Some(tx) = inner.tx.take() {
-                tx.close();
-            }
-            if inner.members.is_empty() {
-                drop(inner);
-                self.end();
-                return;
-            }
-            inner.failing_over = true;
-        }
-        tracing::warn!(room = %self.room, owner = %shard, "room owner declared dead: failing over");
-        actix::spawn(self.clone().failover());
-    }
-
-    /// Look for the room again and take every member there.
-    async fn failover(self: Arc<Self>) {
-        let Some(cluster) = self.cluster.upgrade() else {
-            return;
-        };
-        let started = Instant::now();
-        let moved = || {
-            metrics::histogram!(m::ROOM_FAILOVER_SECONDS).record(started.elapsed().as_secs_f64());
-        };
-        let deadline = started + cluster.settings().failover_budget;
-        let mut pause = Duration::from_millis(100);
-        while Instant::now() < deadline {
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
-            if self.inner.lock().members.is_empty() {
-                self.end();
-                return;
-            }
-            let old = self.owner();
-            match cluster.resolve(&self.room).await {
-                Ok(None) => {
-                    self.move_here(&cluster).await;
-                    moved();
-                    return;
-                }
-                // The old owner still holds the lease: it is going away
-                // (its lease is released or expires) or only the stream
-                // broke. Dialling a shard that is gone can take long, so it
-                // is tried again only in the second half of the budget.
-                Ok(Some(owner)) if owner == old => {
-                    let half = cluster.settings().failover_budget / 2;
-                    if deadline.saturating_duration_since(Instant::now()) < half
-                        && self.rejoin_on(old).await
-                    {
-                        moved();
-                        return;
-                    }
-                }
-                Ok(Some(owner)) => {
-                    if self.rejoin_on(owner).await {
-                        moved();
-                        return;
-                    }
-                }
-                Err(_) => {}
-            }
-        }
-        tracing::error!(room = %self.room, "room not found again within the failover budget");
-        metrics::counter!(m::ROOM_FAILOVERS, "result" => "failed").increment(1);
-        self.fail_all();
-    }
-
-    /// Re-join every member on `owner` (the Joined answers finish it).
-    async fn rejoin_on(self: &Arc<Self>, owner: ShardId) -> bool {
-        self.inner.lock().owner = owner.clone();
-        let Ok(tx) = self.connect().await else {
-            return false;
-        };
-        let mut inner = self.inner.lock();
-        inner.failing_over = false;
-        for (&session, member) in inner.members.iter_mut() {
-            member.moved = true;
-            member.entity = None;
-            let join = EdgeMsg::Join(RemoteJoin {
-                session,
-                player: member.link.identity.player_id.clone(),
-                name: member.link.identity.name.clone(),
-                room: self.room.to_string(),
-                resume: true,
-                at: member.at.map(|(x, y)| [x, y]),
-            });
-            let _ = tx.send_msg(&join);
-        }
-        tracing::info!(room = %self.room, %owner, members = inner.members.len(), "room moved: members re-joined");
-        metrics::counter!(m::ROOM_FAILOVERS, "result" => "moved").increment(1);
-        true
-    }
-
-    /// The room runs here now: every member joins it locally and this
-    /// link is over (casts go to the local room from now on).
-    async fn move_here(self: &Arc<Self>, cluster: &Arc<RoomCluster>) {
-        let members: Vec<EdgeMember> = {
-            let mut inner = self.inner.lock();
-            inner.members.drain().map(|(_, m)| m).collect()
-        };
-        self.end();
-        let Some(rooms) = cluster.rooms() else {
-            return;
-        };
-        let timeout = cluster.settings().call_timeout;
-        for member in members {
-            let link = member.link;
-            let (out, epoch, events) = (link.out.clone(), link.epoch, link.events.clone());
-            let join = JoinRoom {
-                resume: Some(link.session),
-                link,
-                seat_only: false,
-                spawn_at: member.at,
-            };
-            let joined = match rooms.start(&self.room) {
-                Some(addr) => tokio::time::timeout(timeout, addr.send(join)).await,
-                None => {
-                    events.do_send(RoomEvent::Failed {
-                        room: self.room.clone(),
-                    });
-                    continue;
-                }
-            };
-            if let Ok(Ok(Ok(_))) = joined {
-                let notice = ServerMsg::Notice(Notice::new(
-                    NoticeCode::RoomMoved,
-                    format!("{} moved to another server", self.room.map()),
-                ));
-                let _ = out.push_room_reliable(epoch, Bytes::from(encode_server(&notice)));
-                out.request_resync();
-            } else {
-                events.do_send(RoomEvent::Failed {
-                    room: self.room.clone(),
-                });
-            }
-        }
-        tracing::info!(room = %self.room, "room moved here: members re-joined locally");
-        metrics::counter!(m::ROOM_FAILOVERS, "result" => "moved").increment(1);
-    }
-
-    /// The room failed for good: every member gets the room-failed path.
-    fn fail_all(self: &Arc<Self>) {
-        let members: Vec<EdgeMember> = {
-            let mut inner = self.inner.lock();
-            inner.failing_over = false;
-            inner.members.drain().map(|(_, m)| m).collect()
-        };
-        for member in members {
-            if let Some(waiting) = member.waiting {
-                let _ = waiting.send(Err(JoinError::Crashed));
-            }
-            member.link.events.do_send(RoomEvent::Failed {
-                room: self.room.clone(),
-            });
-        }
-        self.end();
     }
 }
 

@@ -82,7 +82,7 @@ impl EdgeLink {
         inner.failing_over = false;
         inner.held = false;
         for (&session, member) in inner.members.iter() {
-            let _ = tx.send_msg(&rejoin(&self.room, session, member));
+            let _ = tx.send_msg(&rejoin(&self.room, session, member, inner.implied));
         }
         tracing::debug!(room = %self.room, %owner, members = inner.members.len(), "room migrated: members re-joined");
     }
@@ -105,11 +105,12 @@ impl EdgeLink {
         let timeout = cluster.settings().call_timeout;
         for member in members {
             let events = member.link.events.clone();
+            let spawn_at = member.position();
             let join = JoinRoom {
                 resume: Some(member.link.session),
                 link: member.link,
                 seat_only: false,
-                spawn_at: member.at,
+                spawn_at,
             };
             let joined = match rooms.start(&self.room) {
                 Some(addr) => tokio::time::timeout(timeout, addr.send(join)).await,
@@ -141,13 +142,7 @@ impl EdgeLink {
             for m in members {
                 inner.members.insert(
                     m.link.session,
-                    EdgeMember {
-                        link: m.link,
-                        entity: Some(m.entity),
-                        at: Some(m.at),
-                        waiting: None,
-                        moved: false,
-                    },
+                    EdgeMember::new(m.link, Some(m.entity), Some(m.at)),
                 );
             }
         }
@@ -163,19 +158,20 @@ impl EdgeLink {
         };
         let inner = self.inner.lock();
         for (&session, member) in inner.members.iter() {
-            let _ = tx.send_msg(&rejoin(&self.room, session, member));
+            let _ = tx.send_msg(&rejoin(&self.room, session, member, inner.implied));
         }
     }
 }
 
 /// A member's re-join after a move: its seat, where it stood.
-fn rejoin(room: &crate::ids::RoomId, session: u64, member: &EdgeMember) -> EdgeMsg {
+fn rejoin(room: &crate::ids::RoomId, session: u64, member: &EdgeMember, implied: bool) -> EdgeMsg {
     EdgeMsg::Join(RemoteJoin {
         session,
         player: member.link.identity.player_id.clone(),
         name: member.link.identity.name.clone(),
         room: room.to_string(),
         resume: true,
-        at: member.at.map(|(x, y)| [x, y]),
+        at: member.position().map(|(x, y)| [x, y]),
+        implied_moved: implied,
     })
 }
