@@ -76,7 +76,7 @@ pub struct RemoteJoin {
     /// the owner may send this stream's ticks with `implied` set (see
     /// [`crate::peer::implied`]). Absent when false; an owner that does
     /// not know the field ignores it and keeps sending `moved`. Added in
-    /// 1.0 (optional).
+    /// 1.1 (optional).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub implied_moved: bool,
 }
@@ -201,7 +201,7 @@ pub struct Tick {
     /// The views' `moved` are left empty: each recipient's is the tick's
     /// `Moved` entries whose entity is in the view the edge tracks for it
     /// (see [`crate::peer::implied`]). Sent only to an edge that announced
-    /// it (`join.implied_moved`). Absent when false. Added in 1.0.
+    /// it (`join.implied_moved`). Absent when false. Added in 1.1.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub implied: bool,
 }
