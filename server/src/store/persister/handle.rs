@@ -295,7 +295,9 @@ impl PersisterHandle {
 
     /// A player's profile, created if new; its `state` is the latest one
     /// handed to [`PersisterHandle::volatile`] even if not yet flushed.
-    /// Same timeout and health rules as durable ops.
+    /// Same timeout and health rules as durable ops, except that a load
+    /// finding every durable slot taken waits for one (up to the durable
+    /// timeout) rather than failing at once.
     pub fn load_profile(
         &self,
         id: &str,
@@ -306,7 +308,7 @@ impl PersisterHandle {
         async move {
             let key = VolatileKey::Player(id.clone());
             let mut profile = inner
-                .call(move |store| async move {
+                .call_queued(move |store| async move {
                     store
                         .load_or_create_player(id, name)
                         .await
@@ -495,15 +497,9 @@ impl Inner {
         metrics::histogram!(metric::DURABLE_SECONDS).record(started.elapsed().as_secs_f64());
     }
 
-    /// Run one store call on the store runtime, under the durable rules:
-    /// fail fast when shut down, down or overloaded; time out; let the
-    /// [`Breaker`] judge the answer.
-    async fn call<T, F, Fut>(self: &Arc<Self>, f: F) -> Result<T, DurableError>
-    where
-        T: Send + 'static,
-        F: FnOnce(Arc<dyn Store>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, OpError>> + Send + 'static,
-    {
+    /// The store, if a durable call may go to it now: not shut down,
+    /// connected, and admitted by the [`Breaker`].
+    fn admit(&self) -> Result<Arc<dyn Store>, DurableError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(DurableError::ShutDown);
         }
@@ -514,12 +510,65 @@ impl Inner {
             )));
         };
         self.health.admit()?;
+        Ok(store)
+    }
+
+    /// Run one store call on the store runtime, under the durable rules:
+    /// fail fast when shut down, down or overloaded; time out; let the
+    /// [`Breaker`] judge the answer.
+    async fn call<T, F, Fut>(self: &Arc<Self>, f: F) -> Result<T, DurableError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<dyn Store>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, OpError>> + Send + 'static,
+    {
+        let store = self.admit()?;
         let Ok(permit) = self.durable_slots.clone().try_acquire_owned() else {
             return Err(DurableError::Unavailable(format!(
                 "{} durable writes already in flight",
                 self.config.durable_max_in_flight
             )));
         };
+        self.run(store, permit, f).await
+    }
+
+    /// As [`Inner::call`], but a call that finds every slot taken waits
+    /// for one, up to the durable timeout, instead of failing at once. For
+    /// loading a profile at login: a burst of logins (every player coming
+    /// back after a restart) queues for the store rather than sending a
+    /// share of the players in without their durable state.
+    async fn call_queued<T, F, Fut>(self: &Arc<Self>, f: F) -> Result<T, DurableError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<dyn Store>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, OpError>> + Send + 'static,
+    {
+        let store = self.admit()?;
+        let timeout = self.config.durable_timeout();
+        let slot = tokio::time::timeout(timeout, self.durable_slots.clone().acquire_owned());
+        let Ok(Ok(permit)) = slot.await else {
+            return Err(DurableError::Unavailable(format!(
+                "no durable slot free within {} ms ({} in flight)",
+                timeout.as_millis(),
+                self.config.durable_max_in_flight
+            )));
+        };
+        self.run(store, permit, f).await
+    }
+
+    /// Run `f` holding `permit`, on the store runtime, within the durable
+    /// timeout; the [`Breaker`] judges the answer.
+    async fn run<T, F, Fut>(
+        self: &Arc<Self>,
+        store: Arc<dyn Store>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        f: F,
+    ) -> Result<T, DurableError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<dyn Store>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, OpError>> + Send + 'static,
+    {
         let timeout = self.config.durable_timeout();
         let inner = self.clone();
         let task = self.runtime.spawn(async move {

@@ -37,7 +37,10 @@
 //!   into a sharded map (latest wins), so memory is bounded by the number of
 //!   dirty keys, not by the number of updates, and there is no mailbox that
 //!   could fill or block. Durable calls are bounded by a semaphore
-//!   (`store.durable_max_in_flight`) and fail fast when it is exhausted.
+//!   (`store.durable_max_in_flight`) and fail fast when it is exhausted;
+//!   only a profile load at login waits for a slot (up to
+//!   `store.durable_timeout_ms`), so a login storm queues instead of
+//!   letting players in without their durable state.
 //! - Every future returned by [`PersisterHandle`] is `Send + 'static` and
 //!   completes through a tokio `JoinHandle` or `watch`, which work from any
 //!   runtime: an actix actor awaits it with `ctx.spawn(fut.into_actor(self))`

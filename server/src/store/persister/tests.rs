@@ -143,6 +143,26 @@ async fn until(what: &str, mut check: impl FnMut() -> bool) {
 }
 
 #[tokio::test]
+async fn a_burst_of_profile_loads_waits_for_durable_slots_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = quick_config(dir.path(), 60_000);
+    // One durable call at a time: every load after the first finds the
+    // slot taken.
+    config.durable_max_in_flight = 1;
+    let tasks = Tasks::default();
+    let p = Persister::start_supervised(config, &tasks, quick_supervision(5)).unwrap();
+    assert!(p.wait_ready(Duration::from_secs(5)).await);
+    let loads = (0..32).map(|i| p.load_profile(&format!("p{i}"), "someone"));
+    let loaded = futures_util::future::join_all(loads).await;
+    for (i, profile) in loaded.into_iter().enumerate() {
+        let profile = profile.unwrap_or_else(|e| panic!("load {i}: {e}"));
+        assert_eq!(profile.id, format!("p{i}"));
+    }
+    let report = p.shutdown(Duration::from_secs(2)).await;
+    assert!(!report.deadline_hit, "{report:?}");
+}
+
+#[tokio::test]
 async fn a_flusher_that_panics_mid_flush_is_restarted_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // Ticks every 20 ms: the restarted flusher's first flush.
