@@ -17,7 +17,7 @@ use super::{EdgeLink, EdgeMember};
 use crate::cluster::directory::ShardId;
 use crate::metrics as m;
 use crate::room::cluster::RoomCluster;
-use crate::room::{JoinError, JoinRoom, RoomEvent};
+use crate::room::{JoinError, JoinRoom, RoomEvent, RoomSupervisor};
 
 impl EdgeLink {
     /// The failure detector declared `shard` dead. If it owns this room,
@@ -145,39 +145,51 @@ impl EdgeLink {
         };
         let timeout = cluster.settings().call_timeout;
         for member in members {
-            let spawn_at = member.position();
-            let link = member.link;
-            let (out, epoch, events) = (link.out.clone(), link.epoch, link.events.clone());
-            let join = JoinRoom {
-                resume: Some(link.session),
-                link,
-                seat_only: false,
-                spawn_at,
-            };
-            let joined = match rooms.start(&self.room) {
-                Some(addr) => tokio::time::timeout(timeout, addr.send(join)).await,
-                None => {
-                    events.do_send(RoomEvent::Failed {
-                        room: self.room.clone(),
-                    });
-                    continue;
-                }
-            };
-            if let Ok(Ok(Ok(_))) = joined {
+            let (out, epoch) = (member.link.out.clone(), member.link.epoch);
+            if self.join_locally(&rooms, member, timeout).await {
                 let notice = ServerMsg::Notice(Notice::new(
                     NoticeCode::RoomMoved,
                     format!("{} moved to another server", self.room.map()),
                 ));
                 let _ = out.push_room_reliable(epoch, Bytes::from(encode_server(&notice)));
                 out.request_resync();
-            } else {
-                events.do_send(RoomEvent::Failed {
-                    room: self.room.clone(),
-                });
             }
         }
         tracing::info!(room = %self.room, "room moved here: members re-joined locally");
         metrics::counter!(m::ROOM_FAILOVERS, "result" => "moved").increment(1);
+    }
+
+    /// Seat `member` in this shard's copy of the room (started if need
+    /// be) where the owner last showed it, on its own session; false, and
+    /// the member given the room-failed path, when that did not work
+    /// within `timeout`.
+    pub(super) async fn join_locally(
+        &self,
+        rooms: &Arc<RoomSupervisor>,
+        member: EdgeMember,
+        timeout: Duration,
+    ) -> bool {
+        let events = member.link.events.clone();
+        let spawn_at = member.position();
+        let join = JoinRoom {
+            resume: Some(member.link.session),
+            link: member.link,
+            seat_only: false,
+            spawn_at,
+        };
+        let joined = match rooms.start(&self.room) {
+            Some(addr) => matches!(
+                tokio::time::timeout(timeout, addr.send(join)).await,
+                Ok(Ok(Ok(_)))
+            ),
+            None => false,
+        };
+        if !joined {
+            events.do_send(RoomEvent::Failed {
+                room: self.room.clone(),
+            });
+        }
+        joined
     }
 
     /// The room failed for good: every member gets the room-failed path.

@@ -23,7 +23,7 @@ use protocol::peer::{EdgeMsg, RemoteJoin};
 
 use super::{EdgeLink, EdgeMember};
 use crate::cluster::directory::ShardId;
-use crate::room::{JoinRoom, MemberLink, RoomEvent};
+use crate::room::MemberLink;
 
 /// A member of the source's own room handed to a link to the new owner.
 pub struct Adopted {
@@ -104,28 +104,7 @@ impl EdgeLink {
         };
         let timeout = cluster.settings().call_timeout;
         for member in members {
-            let events = member.link.events.clone();
-            let spawn_at = member.position();
-            let join = JoinRoom {
-                resume: Some(member.link.session),
-                link: member.link,
-                seat_only: false,
-                spawn_at,
-            };
-            let joined = match rooms.start(&self.room) {
-                Some(addr) => tokio::time::timeout(timeout, addr.send(join)).await,
-                None => {
-                    events.do_send(RoomEvent::Failed {
-                        room: self.room.clone(),
-                    });
-                    continue;
-                }
-            };
-            if !matches!(joined, Ok(Ok(Ok(_)))) {
-                events.do_send(RoomEvent::Failed {
-                    room: self.room.clone(),
-                });
-            }
+            self.join_locally(&rooms, member, timeout).await;
         }
     }
 
