@@ -364,3 +364,20 @@ fn tunnel_limits_are_checked_with_the_field_named() {
     let err = config.validate().unwrap_err().to_string();
     assert!(err.contains("cluster.tunnel.max_frame"), "{err}");
 }
+
+#[test]
+fn the_embedded_page_cache_is_bounded_and_named_when_wrong() {
+    let mut config = Config::default();
+    assert_eq!(config.store.embedded.cache_mb, 64);
+    assert_eq!(config.store.embedded.cache_bytes(), 64 << 20);
+    for bad in [0, super::store::MAX_EMBEDDED_CACHE_MB + 1] {
+        config.store.embedded.cache_mb = bad;
+        let message = config.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("store.embedded.cache_mb must be between 1 and 65536"),
+            "{message}"
+        );
+    }
+    let config = Config::load(None, env(&[("TESSERA_STORE__EMBEDDED__CACHE_MB", "8")])).unwrap();
+    assert_eq!(config.store.embedded.cache_mb, 8);
+}

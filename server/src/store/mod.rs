@@ -308,10 +308,13 @@ pub trait Store: Send + Sync + 'static {
 pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     match config.backend {
         Backend::Embedded => {
-            let dir = config.embedded.dir.clone();
-            let store = tokio::task::spawn_blocking(move || embedded::EmbeddedStore::open(&dir))
-                .await
-                .map_err(|e| StoreError::Backend(format!("opening the embedded store: {e}")))??;
+            let embedded = config.embedded.clone();
+            let store =
+                tokio::task::spawn_blocking(move || embedded::EmbeddedStore::open_with(&embedded))
+                    .await
+                    .map_err(|e| {
+                        StoreError::Backend(format!("opening the embedded store: {e}"))
+                    })??;
             Ok(Arc::new(store))
         }
         Backend::Mongodb => Ok(Arc::new(

@@ -294,6 +294,9 @@ impl Fixture {
             ..StoreConfig::default()
         };
         c.embedded.dir = self.dir.path().join("embedded");
+        // The smallest page cache: the suite runs with pages evicted and
+        // read back from the file, not all held in memory.
+        c.embedded.cache_mb = 1;
         c.mongodb.database = self.database.clone();
         c.mongodb.server_selection_timeout_ms = 700;
         c.mongodb.connect_timeout_ms = 700;
@@ -314,7 +317,7 @@ impl Fixture {
         let p = match self.kind {
             Kind::Mongo => Persister::start(config).expect("starting the persister"),
             Kind::Embedded => {
-                let store = EmbeddedStore::open(&config.embedded.dir).expect("opening redb");
+                let store = EmbeddedStore::open_with(&config.embedded).expect("opening redb");
                 let (faulty, faults) = FaultStore::wrap(Arc::new(store));
                 self.faults = Some(faults);
                 Persister::with_store(config, Arc::new(faulty)).expect("starting the persister")

@@ -44,6 +44,7 @@ use super::model::{
     PLAYERS, ROOMS, TRADES,
 };
 use super::{metric, report_bad, BatchReport, OpError, Store, StoreError, StoreFuture};
+use crate::config::EmbeddedConfig;
 use fence::{claim, put_room_checked, RoomWrite};
 use ledger::{adjust, prune, read_op, trade};
 
@@ -135,9 +136,20 @@ fn put(table: &mut Table<&str, &[u8]>, id: &str, doc: &Document) -> Result<(), S
 }
 
 impl EmbeddedStore {
-    /// Open (or create) the store in `dir`. Fails if another process has it
-    /// open for writing.
+    /// Open (or create) the store in `dir` with the default page cache
+    /// (`store.embedded.cache_mb`). Fails if another process has it open
+    /// for writing.
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        EmbeddedStore::open_with(&EmbeddedConfig {
+            dir: dir.to_path_buf(),
+            ..EmbeddedConfig::default()
+        })
+    }
+
+    /// Open (or create) the store `config` describes: in `config.dir`, with
+    /// a page cache of `config.cache_mb`.
+    pub fn open_with(config: &EmbeddedConfig) -> Result<EmbeddedStore, StoreError> {
+        let dir = config.dir.as_path();
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Backend(format!(
                 "cannot create store.embedded.dir {}: {e}",
@@ -147,6 +159,7 @@ impl EmbeddedStore {
         let path = dir.join(FILE_NAME);
         let db = redb::Builder::new()
             .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+            .set_cache_size(config.cache_bytes())
             .create(&path)
             .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
         // Create the tables, so that readers never meet a missing one.

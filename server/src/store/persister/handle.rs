@@ -76,7 +76,7 @@ impl Persister {
             return Err(StoreError::Config(errors.join("; ")));
         }
         let store: Option<Arc<dyn Store>> = match config.backend {
-            Backend::Embedded => Some(Arc::new(EmbeddedStore::open(&config.embedded.dir)?)),
+            Backend::Embedded => Some(Arc::new(EmbeddedStore::open_with(&config.embedded)?)),
             Backend::Mongodb => None,
         };
         Self::spawn(config, store, tasks, settings)
