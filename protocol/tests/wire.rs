@@ -72,6 +72,32 @@ fn client_samples() -> Vec<(&'static str, ClientMsg)> {
     ]
 }
 
+/// Ada, alone, joins the lobby (instance `instance`, with `items` on the
+/// ground): the `joined` of several golden vectors.
+fn ada_joins_the_lobby(items: Vec<GroundItem>, instance: u32) -> Joined {
+    Joined {
+        map: MapInfo {
+            name: "lobby".into(),
+            width: 1000.0,
+            height: 1000.0,
+            tick_hz: 20,
+            view_radius: 400.0,
+            speed: 200.0,
+        },
+        you: 1,
+        tick: 7,
+        entities: vec![Entity {
+            id: 1,
+            name: "ada".into(),
+            x: 500.0,
+            y: 500.0,
+            seq: 0,
+        }],
+        items,
+        instance,
+    }
+}
+
 fn server_samples() -> Vec<(&'static str, ServerMsg)> {
     vec![
         (
@@ -100,82 +126,25 @@ fn server_samples() -> Vec<(&'static str, ServerMsg)> {
         ),
         (
             "server_joined",
-            ServerMsg::Joined(Joined {
-                map: MapInfo {
-                    name: "lobby".into(),
-                    width: 1000.0,
-                    height: 1000.0,
-                    tick_hz: 20,
-                    view_radius: 400.0,
-                    speed: 200.0,
-                },
-                you: 1,
-                tick: 7,
-                entities: vec![Entity {
-                    id: 1,
-                    name: "ada".into(),
-                    x: 500.0,
-                    y: 500.0,
-                    seq: 0,
-                }],
-                items: vec![],
-                instance: FIRST_INSTANCE,
-            }),
+            ServerMsg::Joined(ada_joins_the_lobby(vec![], FIRST_INSTANCE)),
         ),
         (
             "server_joined_items",
-            ServerMsg::Joined(Joined {
-                map: MapInfo {
-                    name: "lobby".into(),
-                    width: 1000.0,
-                    height: 1000.0,
-                    tick_hz: 20,
-                    view_radius: 400.0,
-                    speed: 200.0,
-                },
-                you: 1,
-                tick: 7,
-                entities: vec![Entity {
-                    id: 1,
-                    name: "ada".into(),
-                    x: 500.0,
-                    y: 500.0,
-                    seq: 0,
-                }],
-                items: vec![GroundItem {
+            ServerMsg::Joined(ada_joins_the_lobby(
+                vec![GroundItem {
                     id: 12,
                     kind: "gem".into(),
                     count: 1,
                     x: 250.0,
                     y: 100.0,
                 }],
-                instance: FIRST_INSTANCE,
-            }),
+                FIRST_INSTANCE,
+            )),
         ),
         (
             // Since 1.4: a second instance of the map says which.
             "server_joined_instance",
-            ServerMsg::Joined(Joined {
-                map: MapInfo {
-                    name: "lobby".into(),
-                    width: 1000.0,
-                    height: 1000.0,
-                    tick_hz: 20,
-                    view_radius: 400.0,
-                    speed: 200.0,
-                },
-                you: 1,
-                tick: 7,
-                entities: vec![Entity {
-                    id: 1,
-                    name: "ada".into(),
-                    x: 500.0,
-                    y: 500.0,
-                    seq: 0,
-                }],
-                items: vec![],
-                instance: 2,
-            }),
+            ServerMsg::Joined(ada_joins_the_lobby(vec![], 2)),
         ),
         (
             "server_left",

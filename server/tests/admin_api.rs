@@ -63,6 +63,21 @@ async fn post(shard: &ShardHandle, path: &str, token: &str, body: &str) -> (u16,
 }
 
 /// Poll `f` until it returns `Some`, within a generous deadline.
+/// A new connection that says hello with `player`'s token (and waits for
+/// nothing: the caller reads the answer).
+async fn hello_as(shard: &ShardHandle, player: &str) -> Client {
+    let mut client = Client::connect(shard.ws_addr).await;
+    client
+        .send(protocol::ClientMsg::Hello(protocol::msg::Hello {
+            version: protocol::PROTOCOL_VERSION,
+            token: Some(token(SECRET, player)),
+            resume: None,
+            name: None,
+        }))
+        .await;
+    client
+}
+
 async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
@@ -273,16 +288,8 @@ async fn a_ban_closes_the_session_holds_at_hello_across_a_restart_and_unban_lift
         .await;
     assert!(error.text.contains("griefing"), "{}", error.text);
 
-    let mut again = Client::connect(shard.ws_addr).await;
-    again
-        .send(protocol::ClientMsg::Hello(protocol::msg::Hello {
-            version: protocol::PROTOCOL_VERSION,
-            token: Some(token(SECRET, "ada")),
-            resume: None,
-            name: None,
-        }))
-        .await;
-    again
+    hello_as(&shard, "ada")
+        .await
         .expect_refusal(ErrorCode::Banned, CloseCode::Removed)
         .await;
     // Someone else still gets in.
@@ -293,16 +300,8 @@ async fn a_ban_closes_the_session_holds_at_hello_across_a_restart_and_unban_lift
     // The ban is in the store: a restarted shard still refuses ada.
     shard.shutdown();
     let shard = start_on(config, data.path());
-    let mut after = Client::connect(shard.ws_addr).await;
-    after
-        .send(protocol::ClientMsg::Hello(protocol::msg::Hello {
-            version: protocol::PROTOCOL_VERSION,
-            token: Some(token(SECRET, "ada")),
-            resume: None,
-            name: None,
-        }))
-        .await;
-    after
+    hello_as(&shard, "ada")
+        .await
         .expect_refusal(ErrorCode::Banned, CloseCode::Removed)
         .await;
 
@@ -324,15 +323,7 @@ async fn a_ban_closes_the_session_holds_at_hello_across_a_restart_and_unban_lift
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("until"), "{body}");
     eventually("the timed ban ended", || async {
-        let mut cid = Client::connect(shard.ws_addr).await;
-        cid.send(protocol::ClientMsg::Hello(protocol::msg::Hello {
-            version: protocol::PROTOCOL_VERSION,
-            token: Some(token(SECRET, "cid")),
-            resume: None,
-            name: None,
-        }))
-        .await;
-        match cid.next_event(WAIT).await {
+        match hello_as(&shard, "cid").await.next_event(WAIT).await {
             Some(Event::Msg(ServerMsg::Welcome(_))) => Some(()),
             _ => None,
         }
