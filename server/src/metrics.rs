@@ -24,6 +24,10 @@ pub const CLIENT_MESSAGES: &str = "tessera_client_messages_total";
 pub const CLIENT_ERRORS: &str = "tessera_client_errors_total";
 pub const FRAMES_SENT: &str = "tessera_frames_sent_total";
 pub const FLUSHES: &str = "tessera_socket_flushes_total";
+/// Frames written at once by their pusher (a room's tick, mostly) because
+/// the socket was free: no wake-up of the session (also counted in
+/// [`FRAMES_SENT`] and [`FLUSHES`]).
+pub const FRAMES_IMMEDIATE: &str = "tessera_frames_sent_immediately_total";
 pub const OUTBOUND_DROPPED: &str = "tessera_outbound_dropped_total";
 pub const ROOMS_ACTIVE: &str = "tessera_rooms_active";
 pub const ROOM_TICKS: &str = "tessera_room_ticks_total";

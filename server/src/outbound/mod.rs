@@ -38,6 +38,20 @@
 //! read (tungstenite may answer a ping while reading) while a batch is
 //! half written.
 //!
+//! A frame pushed while the socket is free is written at once by the
+//! pusher ("immediate" writes): when the queue is empty and the connection
+//! has left the socket with nothing half-written (its writer idle,
+//! tungstenite's own replies flushed), [`Outbound::push_state`] and the
+//! other pushes write the frame with one `send` from the pushing thread (a
+//! room's tick, usually) under the queue's lock, which the connection also
+//! takes before it touches the socket. The session's task is then not woken
+//! at all for that frame: no wake-up, no actor context poll, no batch; the
+//! floor's single task per socket pays none of those either. A frame the
+//! socket does not take whole is queued (its written part noted) and the
+//! connection, woken, writes the rest first, so frames never interleave;
+//! a socket that is not writable just queues as before. Plain TCP only:
+//! a TLS connection's frames always go through its writer.
+//!
 //! The socket itself is a [`Conn`]: the WebSocket reads and writes through
 //! it, and a [`Socket`] handle to the same TCP stream lets the close path
 //! half-close it after the close frame and drain it after the WebSocket
@@ -59,6 +73,7 @@ mod socket;
 mod writer;
 
 use std::collections::VecDeque;
+use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -141,6 +156,10 @@ const KEEP_FRAMES: usize = 16;
 /// counters (an atomic add each), and at its end.
 const COUNT_EVERY: u64 = 16;
 
+/// Frames of up to this many bytes on the wire are written at once by the
+/// pusher when the socket is free; larger ones go through the writer.
+const IMMEDIATE_MAX: usize = 64 * 1024;
+
 struct Queue {
     frames: VecDeque<Frame>,
     bytes: usize,
@@ -154,6 +173,124 @@ struct Queue {
     room_epoch: u64,
     /// Something was queued since the last [`Outbound::trim_idle`].
     pushed: bool,
+    /// The socket is free for an immediate write (see the module docs):
+    /// set by the connection when it leaves the socket idle, cleared when
+    /// it touches it again.
+    free: bool,
+    /// Frames written immediately and not yet added to the shared
+    /// counters.
+    uncounted: u8,
+    /// Bytes of the first queued frame already on the wire (an immediate
+    /// write the socket took in part).
+    head_written: u32,
+    /// The connection's socket, for the writer's half-close and immediate
+    /// writes; taken when the writer ends, so that rooms holding this queue
+    /// (a held seat) do not keep the connection open.
+    socket: Option<Socket>,
+}
+
+/// What an immediate write did.
+enum Immediate {
+    /// Not written: the socket is not free, or frames are queued.
+    No,
+    /// The whole frame is on the wire.
+    Sent,
+    /// Only this many bytes are.
+    Part(usize),
+}
+
+impl Queue {
+    /// Write `frame` now if the socket is free and nothing waits before it
+    /// (see the module docs). Called under the queue's lock.
+    fn write_now(&mut self, frame: &Frame) -> Immediate {
+        if !self.free || !self.frames.is_empty() {
+            return Immediate::No;
+        }
+        let Some(socket) = &self.socket else {
+            return Immediate::No;
+        };
+        let wire = frame.wire_len();
+        if wire > IMMEDIATE_MAX {
+            return Immediate::No;
+        }
+        let mut head = [0u8; MAX_HEADER];
+        let head_len = frame.header(&mut head);
+        let head = &head[..head_len];
+        let sent = if wire <= SMALL_WRITE {
+            // A tick's frame: copied once, sent with `send` (see
+            // `writer::write_direct`).
+            let mut buf = [0u8; SMALL_WRITE];
+            buf[..head.len()].copy_from_slice(head);
+            buf[head.len()..wire].copy_from_slice(frame.body());
+            socket.0.try_write(&buf[..wire])
+        } else {
+            let slices = [io::IoSlice::new(head), io::IoSlice::new(frame.body())];
+            socket.0.try_io(tokio::io::Interest::WRITABLE, || {
+                socket2::SockRef::from(&*socket.0).send_vectored(&slices)
+            })
+        };
+        match sent {
+            Ok(n) if n >= wire => {
+                self.count_immediate();
+                Immediate::Sent
+            }
+            Ok(n) => {
+                self.free = false;
+                if n == 0 {
+                    Immediate::No
+                } else {
+                    Immediate::Part(n)
+                }
+            }
+            // Not writable (tokio now knows it), or failed: the writer
+            // queues, waits and finds out as usual.
+            Err(_) => {
+                self.free = false;
+                Immediate::No
+            }
+        }
+    }
+
+    fn count_immediate(&mut self) {
+        self.uncounted += 1;
+        if u64::from(self.uncounted) >= COUNT_EVERY {
+            self.publish_counts();
+        }
+    }
+
+    fn publish_counts(&mut self) {
+        let frames = u64::from(std::mem::take(&mut self.uncounted));
+        if frames > 0 {
+            let (sent, flushes, immediate) = writer::counters();
+            sent.increment(frames);
+            flushes.increment(frames);
+            immediate.increment(frames);
+        }
+    }
+
+    /// Queue `frame` after an immediate write that did not take it whole
+    /// (or at all): the connection writes it, from where the socket left
+    /// it, before anything else.
+    fn queue_after(&mut self, tried: Immediate, frame: Frame) {
+        if let Immediate::Part(n) = tried {
+            self.head_written = n as u32;
+        }
+        self.bytes += frame.body().len();
+        self.pushed = true;
+        self.frames.push_back(frame);
+    }
+
+    /// Drop every queued frame but one partly on the wire (which must be
+    /// finished before a close frame may follow).
+    fn clear_frames(&mut self) {
+        if self.head_written > 0 {
+            self.frames.truncate(1);
+            self.bytes = self.frames.front().map_or(0, |f| f.body().len());
+        } else {
+            self.frames.clear();
+            self.bytes = 0;
+        }
+    }
 }
 
 /// Why a push did not queue its frame.
@@ -175,10 +312,6 @@ pub struct Outbound {
     /// member each tick, and almost always the answer is no.
     resync_due: AtomicBool,
     budget: usize,
-    /// The connection's socket, for the writer's half-close; taken when the
-    /// writer ends, so that rooms holding this queue (a held seat) do not
-    /// keep the connection open.
-    socket: Mutex<Option<Socket>>,
     /// The queue was trimmed: the writer gives its batch's capacity back at
     /// its next poll with nothing to write.
     trim_batch: AtomicBool,
@@ -194,11 +327,14 @@ impl Outbound {
                 close: None,
                 room_epoch: 0,
                 pushed: false,
+                free: false,
+                uncounted: 0,
+                head_written: 0,
+                socket: None,
             }),
             wake: AtomicWaker::new(),
             resync_due: AtomicBool::new(false),
             budget,
-            socket: Mutex::new(None),
             trim_batch: AtomicBool::new(false),
         })
     }
@@ -206,13 +342,32 @@ impl Outbound {
     /// A queue for the connection on `socket`.
     pub fn for_socket(budget: usize, socket: Socket) -> Arc<Outbound> {
         let out = Outbound::new(budget);
-        *out.socket.lock() = Some(socket);
+        out.queue.lock().socket = Some(socket);
         out
     }
 
     /// The connection's socket, while its writer runs.
     pub fn socket(&self) -> Option<Socket> {
-        self.socket.lock().clone()
+        self.queue.lock().socket.clone()
+    }
+
+    /// The writer is done: no more writes, immediate or not; the socket is
+    /// handed back (for a half-close) and the queue's counts published.
+    fn take_socket(&self) -> Option<Socket> {
+        let mut q = self.queue.lock();
+        q.free = false;
+        q.publish_counts();
+        q.socket.take()
+    }
+
+    /// The connection leaves the socket with nothing half-written and
+    /// tungstenite flushed: pushers may write to it at once until
+    /// [`Outbound::poll_batch`] (the connection's next poll) takes it back.
+    fn free_socket(&self) {
+        let mut q = self.queue.lock();
+        if q.close.is_none() && q.socket.is_some() {
+            q.free = true;
+        }
     }
 
     /// Start a new room membership; frames pushed with older epochs are
@@ -248,9 +403,12 @@ impl Outbound {
             metrics::counter!(m::OUTBOUND_DROPPED, "class" => "state").increment(1);
             return false;
         }
-        q.bytes += frame.len();
-        q.pushed = true;
-        q.frames.push_back(Frame::State(frame));
+        let frame = Frame::State(frame);
+        let tried = q.write_now(&frame);
+        if let Immediate::Sent = tried {
+            return true;
+        }
+        q.queue_after(tried, frame);
         drop(q);
         self.wake.wake();
         true
@@ -275,8 +433,7 @@ impl Outbound {
         if q.bytes + frame.len() > self.budget {
             // The client cannot keep up even after state updates were shed.
             // Nothing queued can reach it in time; send the close at once.
-            q.frames.clear();
-            q.bytes = 0;
+            q.clear_frames();
             q.close = Some(Box::new((
                 Some(CloseCode::SlowConsumer),
                 "outbound budget exceeded".into(),
@@ -287,9 +444,12 @@ impl Outbound {
             self.wake.wake();
             return Err(PushError::Overflow);
         }
-        q.bytes += frame.len();
-        q.pushed = true;
-        q.frames.push_back(Frame::Reliable(frame));
+        let frame = Frame::Reliable(frame);
+        let tried = q.write_now(&frame);
+        if let Immediate::Sent = tried {
+            return Ok(());
+        }
+        q.queue_after(tried, frame);
         drop(q);
         self.wake.wake();
         Ok(())
@@ -298,8 +458,11 @@ impl Outbound {
     pub fn push_ping(&self) {
         let mut q = self.queue.lock();
         if q.close.is_none() {
-            q.pushed = true;
-            q.frames.push_back(Frame::Ping);
+            let tried = q.write_now(&Frame::Ping);
+            if let Immediate::Sent = tried {
+                return;
+            }
+            q.queue_after(tried, Frame::Ping);
             drop(q);
             self.wake.wake();
         }
@@ -322,8 +485,7 @@ impl Outbound {
     pub fn abort(&self) {
         let mut q = self.queue.lock();
         if q.close.is_none() {
-            q.frames.clear();
-            q.bytes = 0;
+            q.clear_frames();
             q.close = Some(Box::new((None, String::new())));
             drop(q);
             self.wake.wake();
@@ -390,20 +552,25 @@ impl Outbound {
         self.queue.lock().bytes
     }
 
-    /// Everything ready now, or the close once the queue is empty;
+    /// Everything ready now (with `written`, the bytes of its first frame
+    /// already on the wire), or the close once the queue is empty;
     /// `Pending` (and a wake-up when something is queued) when there is
-    /// nothing.
+    /// nothing. The connection is about to use the socket: it is no longer
+    /// free for immediate writes.
     fn poll_batch(
         &self,
         cx: &mut Context<'_>,
         batch: &mut Vec<Frame>,
+        written: &mut usize,
     ) -> Poll<Option<(Option<CloseCode>, String)>> {
         // Registered before looking, so a push in between is not missed.
         self.wake.register(cx.waker());
         let mut q = self.queue.lock();
+        q.free = false;
         if !q.frames.is_empty() {
             batch.extend(q.frames.drain(..));
             q.bytes = 0;
+            *written = std::mem::take(&mut q.head_written) as usize;
             // A burst (the join ramp, a slow moment) must not leave its
             // capacity with every connection for good.
             if q.frames.capacity() > KEEP_FRAMES {

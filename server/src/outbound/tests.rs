@@ -1,6 +1,8 @@
 //! The queue's budget and epochs, and the writer through an in-memory
 //! WebSocket and a real TCP socket.
 
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -297,7 +299,7 @@ fn a_drained_burst_gives_its_capacity_back() {
     }
     let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
     let mut batch = Vec::new();
-    assert!(out.poll_batch(&mut cx, &mut batch).is_ready());
+    assert!(out.poll_batch(&mut cx, &mut batch, &mut 0).is_ready());
     assert_eq!(batch.len(), 200, "the whole burst in one batch");
     let kept = out.queue.lock().frames.capacity();
     assert!(kept <= KEEP_FRAMES, "the queue keeps {kept} slots");
@@ -351,4 +353,161 @@ async fn an_idle_connection_gives_its_frame_buffers_back() {
     );
     drop(client);
     let _ = tokio::time::timeout(Duration::from_secs(10), reader).await;
+}
+
+/// A plain TCP connection whose queue knows its socket (as the gateway
+/// makes them), so that pushes may be written at once; and the client.
+async fn immediate_pair(
+    budget: usize,
+) -> (
+    Arc<Outbound>,
+    Connection<WebSocketStream<Conn>, ()>,
+    WebSocketStream<TcpStream>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let connect = tokio::spawn(TcpStream::connect(listener.local_addr().unwrap()));
+    let (tcp, _) = listener.accept().await.unwrap();
+    let client = connect.await.unwrap().unwrap();
+    let conn = Conn::new(tcp);
+    let out = Outbound::for_socket(budget, conn.socket());
+    let writer = Writer::new(out.clone(), Duration::from_secs(20)).direct(conn.socket());
+    let server = WebSocketStream::from_raw_socket(conn, Role::Server, None).await;
+    let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+    (out, Connection::new(server, writer, ()), client)
+}
+
+/// Counts the wake-ups of the task it stands for.
+struct Wakes(std::sync::atomic::AtomicUsize);
+
+impl futures_util::task::ArcWake for Wakes {
+    fn wake_by_ref(this: &Arc<Self>) {
+        this.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[tokio::test]
+async fn a_frame_pushed_to_an_idle_connection_is_written_at_once_without_waking_it() {
+    let (out, mut conn, mut client) = immediate_pair(1 << 20).await;
+    let wakes = Arc::new(Wakes(Default::default()));
+    let waker = futures_util::task::waker(wakes.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    // The connection, polled with nothing to read or write, lends its
+    // socket.
+    assert!(futures_util::Stream::poll_next(Pin::new(&mut conn), &mut cx).is_pending());
+    let epoch = out.begin_room();
+    assert!(out.push_state(epoch, payload(1, 300)));
+    out.push_reliable(payload(2, 5_000)).unwrap();
+    out.push_ping();
+    // Written by the pushes themselves: nothing queued, nobody woken, and
+    // the client gets them although the connection is not polled again.
+    assert_eq!(out.queued_bytes(), 0);
+    assert_eq!(wakes.0.load(Ordering::Relaxed), 0);
+    for (i, len) in [(1, 300), (2, 5_000)] {
+        match client.next().await {
+            Some(Ok(Message::Binary(b))) => assert!(b[..] == payload(i, len)[..], "frame {i}"),
+            other => panic!("expected frame {i}, got {other:?}"),
+        }
+    }
+    assert!(matches!(client.next().await, Some(Ok(Message::Ping(p))) if p.is_empty()));
+
+    // A frame over the immediate limit goes through the writer: queued,
+    // and the connection woken for it.
+    out.push_reliable(payload(3, IMMEDIATE_MAX + 1)).unwrap();
+    assert!(out.queued_bytes() > 0);
+    assert_eq!(wakes.0.load(Ordering::Relaxed), 1);
+    // Until the connection has written it, the socket is its own: a small
+    // frame queues behind the big one.
+    assert!(out.push_state(epoch, payload(4, 10)));
+    assert!(out.queued_bytes() > IMMEDIATE_MAX);
+    let server = tokio::spawn(async move { while conn.next().await.is_some() {} });
+    for (i, len) in [(3, IMMEDIATE_MAX + 1), (4, 10)] {
+        match client.next().await {
+            Some(Ok(Message::Binary(b))) => assert!(b[..] == payload(i, len)[..], "frame {i}"),
+            other => panic!("expected frame {i}, got {other:?}"),
+        }
+    }
+    // A client's ping: the pong tungstenite owes goes out before the
+    // socket is lent again, and never inside a frame.
+    client
+        .send(Message::Ping(Bytes::from_static(b"p")))
+        .await
+        .unwrap();
+    match client.next().await {
+        Some(Ok(Message::Pong(p))) => assert_eq!(&p[..], b"p"),
+        other => panic!("expected the pong, got {other:?}"),
+    }
+    out.close(CloseCode::Normal, "bye");
+    assert!(!out.push_state(epoch, payload(5, 10)), "closing: refused");
+    assert!(matches!(client.next().await, Some(Ok(Message::Close(_)))));
+    assert!(client.next().await.is_none());
+    tokio::time::timeout(Duration::from_secs(20), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn immediate_and_queued_frames_stay_whole_and_in_order_through_a_full_socket() {
+    let (out, mut conn, mut client) = immediate_pair(256 << 20).await;
+    let server = tokio::spawn(async move { while conn.next().await.is_some() {} });
+    let epoch = out.begin_room();
+    // Sizes on both sides of the stack-buffer copy and of the immediate
+    // limit, pushed while the client does not read: the socket fills, so
+    // some immediate writes are taken only in part and finished by the
+    // writer, and later pushes queue behind them. The pushing task yields
+    // after each push, so the connection goes idle and lends its socket
+    // whenever it caught up.
+    let sizes = [
+        0,
+        10,
+        300,
+        1_020,
+        1_500,
+        9_000,
+        IMMEDIATE_MAX - 4,
+        IMMEDIATE_MAX + 1,
+    ];
+    let total = 3_000;
+    for i in 0..total {
+        let len = sizes[i % sizes.len()];
+        if i % 3 == 0 {
+            assert!(out.push_state(epoch, payload(i, len)));
+        } else {
+            out.push_reliable(payload(i, len)).unwrap();
+        }
+        tokio::task::yield_now().await;
+    }
+    // Now the client reads (and pings now and then): every frame, whole,
+    // in the order pushed.
+    let mut got = 0;
+    let mut pongs = 0;
+    let mut pings = 0;
+    while got < total || pongs < pings {
+        if got % 500 == 0 && pings * 500 <= got {
+            client
+                .send(Message::Ping(Bytes::from_static(b"p")))
+                .await
+                .unwrap();
+            pings += 1;
+        }
+        match tokio::time::timeout(Duration::from_secs(20), client.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => {
+                let len = sizes[got % sizes.len()];
+                assert!(b[..] == payload(got, len)[..], "frame {got} of {len} bytes");
+                got += 1;
+            }
+            Ok(Some(Ok(Message::Pong(p)))) => {
+                assert_eq!(&p[..], b"p");
+                pongs += 1;
+            }
+            other => panic!("frame {got}: {other:?}"),
+        }
+    }
+    out.close(CloseCode::Normal, "bye");
+    assert!(matches!(client.next().await, Some(Ok(Message::Close(_)))));
+    assert!(client.next().await.is_none());
+    tokio::time::timeout(Duration::from_secs(20), server)
+        .await
+        .unwrap()
+        .unwrap();
 }

@@ -26,14 +26,16 @@ use crate::metrics as m;
 /// The writers' counters (frames sent, flushes), looked up once for the
 /// process: a handle is an allocation of the recorder's, and two per
 /// writer were 64 bytes of every connection.
-fn counters() -> &'static (metrics::Counter, metrics::Counter) {
-    static COUNTERS: OnceLock<(metrics::Counter, metrics::Counter)> = OnceLock::new();
+pub(super) fn counters() -> &'static (metrics::Counter, metrics::Counter, metrics::Counter) {
+    static COUNTERS: OnceLock<(metrics::Counter, metrics::Counter, metrics::Counter)> =
+        OnceLock::new();
     COUNTERS.get_or_init(|| {
         // The shard's recorder first, so the handles are its own.
         crate::metrics::prometheus();
         (
             metrics::counter!(m::FRAMES_SENT),
             metrics::counter!(m::FLUSHES),
+            metrics::counter!(m::FRAMES_IMMEDIATE),
         )
     })
 }
@@ -82,6 +84,9 @@ pub struct Writer {
     /// Frames and flushes not yet added to the counters (published every
     /// `COUNT_EVERY` flushes, so 32 bits hold them).
     uncounted: (u32, u32),
+    /// Bytes of the batch's first frame its pusher already wrote (see
+    /// `Outbound::poll_batch`).
+    written: usize,
 }
 
 impl Writer {
@@ -96,6 +101,7 @@ impl Writer {
             timer_armed: false,
             direct: None,
             uncounted: (0, 0),
+            written: 0,
         }
     }
 
@@ -109,6 +115,12 @@ impl Writer {
     /// Nothing more will be written.
     pub fn is_done(&self) -> bool {
         matches!(self.stage, Stage::Done)
+    }
+
+    /// Direct writes, idle: nothing half-written, nothing to write. The
+    /// socket may be lent to pushers (immediate writes).
+    fn is_idle_direct(&self) -> bool {
+        self.direct.is_some() && matches!(self.stage, Stage::Idle) && self.batch.is_empty()
     }
 
     /// A batch is partly on the wire (direct writes): nothing else may
@@ -131,7 +143,7 @@ impl Writer {
     fn publish_counts(&mut self) {
         let (frames, flushes) = std::mem::take(&mut self.uncounted);
         if flushes > 0 {
-            let (frames_sent, flushes_counted) = counters();
+            let (frames_sent, flushes_counted, _) = counters();
             frames_sent.increment(u64::from(frames));
             flushes_counted.increment(u64::from(flushes));
         }
@@ -146,7 +158,7 @@ impl Writer {
         loop {
             match &mut self.stage {
                 Stage::Done => return Poll::Ready(()),
-                Stage::Idle => match self.out.poll_batch(cx, &mut self.batch) {
+                Stage::Idle => match self.out.poll_batch(cx, &mut self.batch, &mut self.written) {
                     Poll::Pending => {
                         if self.out.take_trim() && self.batch.is_empty() {
                             // An idle connection (`Outbound::trim_idle`).
@@ -156,10 +168,14 @@ impl Writer {
                     }
                     Poll::Ready(None) => {
                         self.start_deadline();
+                        // A frame partly written by its pusher goes on from
+                        // there; tungstenite had nothing pending then (the
+                        // socket was free), and must not write now.
+                        let offset = std::mem::take(&mut self.written);
                         self.stage = Stage::Writing {
                             next: 0,
-                            offset: 0,
-                            flushed: false,
+                            offset,
+                            flushed: offset > 0,
                         };
                     }
                     Poll::Ready(Some((Some(code), reason))) => {
@@ -292,7 +308,7 @@ impl Writer {
         self.publish_counts();
         // Rooms holding the queue (a held seat) must not keep the
         // connection open.
-        if let Some(socket) = self.out.socket.lock().take() {
+        if let Some(socket) = self.out.take_socket() {
             if shutdown {
                 socket.shutdown_write();
             }
@@ -412,6 +428,9 @@ pub struct Connection<W, H> {
     ws: W,
     writer: Writer,
     read_done: bool,
+    /// tungstenite may hold a reply (a pong, a close) of its own since the
+    /// last read: flushed before the socket is lent to pushers.
+    reply_owed: bool,
     _held: H,
 }
 
@@ -421,6 +440,7 @@ impl<W, H> Connection<W, H> {
             ws,
             writer,
             read_done: false,
+            reply_owed: false,
             _held: held,
         }
     }
@@ -447,7 +467,12 @@ where
         // a frame. The socket's write readiness wakes this task.
         if !this.read_done && !this.writer.mid_batch() {
             match Pin::new(&mut this.ws).poll_next(cx) {
-                Poll::Ready(Some(Ok(message))) => return Poll::Ready(Some(Ok(message))),
+                Poll::Ready(Some(Ok(message))) => {
+                    if !matches!(message, Message::Binary(_) | Message::Text(_)) {
+                        this.reply_owed = true;
+                    }
+                    return Poll::Ready(Some(Ok(message)));
+                }
                 Poll::Ready(Some(Err(err))) => {
                     // The WebSocket ends after an error; the writer may
                     // still have the close frame to send.
@@ -455,7 +480,10 @@ where
                     return Poll::Ready(Some(Err(err)));
                 }
                 Poll::Ready(None) => this.read_done = true,
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    this.lend_socket(cx);
+                    return Poll::Pending;
+                }
             }
         }
         if written.is_ready() {
@@ -463,6 +491,29 @@ where
         } else {
             Poll::Pending
         }
+    }
+}
+
+impl<W, H> Connection<W, H>
+where
+    W: Sink<Message, Error = WsError> + Unpin,
+{
+    /// Waiting for the client with nothing to write: lend the socket to
+    /// pushers (immediate writes, see the module docs of
+    /// [`crate::outbound`]) once tungstenite's own replies are out.
+    fn lend_socket(&mut self, cx: &mut Context<'_>) {
+        if !self.writer.is_idle_direct() {
+            return;
+        }
+        if self.reply_owed {
+            match Pin::new(&mut self.ws).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.reply_owed = false,
+                // Not out yet (the socket's readiness wakes this task), or
+                // failed (the writer finds out).
+                _ => return,
+            }
+        }
+        self.writer.out.free_socket();
     }
 }
 
