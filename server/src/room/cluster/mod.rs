@@ -324,6 +324,12 @@ impl RoomCluster {
         };
         let lease = match self.dir.acquire_room(room, floor).await {
             Ok(lease) => lease,
+            // This shard's id at a later epoch: another process with this
+            // id (a restart) runs the room, and this one is stale.
+            Err(DirectoryError::Held { shard, .. }) if shard == *self.shard() => {
+                tracing::warn!(%room, "the room's lease is a later process's with this shard's id");
+                return Err(JoinError::Refused(ErrorCode::RoomUnavailable.as_u16()));
+            }
             Err(DirectoryError::Held { shard, .. }) => return Ok(Some(shard)),
             Err(e) => return Err(directory_error(e)),
         };
