@@ -15,6 +15,7 @@ use protocol::admin::{Role, RoomMigrated};
 use protocol::msg::{EntityId, Joined};
 use protocol::{NoticeCode, ServerMsg};
 use redis_support::RedisServer;
+use server::cluster::{Directory, ShardId};
 use server::config::{AdminToken, Config};
 use server::ids::RoomId;
 
@@ -418,11 +419,15 @@ async fn the_admin_api_checks_roles_rooms_and_targets() {
     assert_eq!(status, 404, "{body}");
     let (status, body) = cluster.migrate(owner, "other", None, OPERATOR).await;
     assert_eq!(status, 404, "{body}");
-    // Asked of a shard that does not run it: 409 naming the owner.
-    let (status, body) = cluster.migrate(other, "test", None, OPERATOR).await;
+    // Asked of a shard that does not run it: forwarded to the owner (see
+    // `a_migration_asked_of_any_shard_is_forwarded_to_its_owner`), whose
+    // refusals come back as they are.
+    let (status, body) = cluster
+        .migrate(other, "test", Some(ID[owner]), OPERATOR)
+        .await;
     assert_eq!(status, 409, "{body}");
     assert!(
-        body.contains(&format!("shard {} owns it", ID[owner])),
+        body.contains(&format!("forwarded to shard {}", ID[owner])),
         "{body}"
     );
     // Bad targets: itself, unknown, not a shard id.
@@ -457,6 +462,73 @@ async fn the_admin_api_checks_roles_rooms_and_targets() {
             && entry.detail.contains("pause"),
         "{entry:?}"
     );
+    cluster.close().await;
+}
+
+/// An operator's tool need not know which shard runs a room: a migration
+/// asked of another shard is forwarded to the owner over
+/// `/tessera/admin/1` (one hop) and its answer passed on; an owner that
+/// cannot be reached is a 409 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_asked_of_any_shard_is_forwarded_to_its_owner() {
+    let cluster = start_cluster("mg9", |_| {}).await;
+    let (mut ann, ann_joined) = join_as(cluster.shard(0).ws_addr, "ann", "test").await;
+    let (owner, epoch) = cluster.owner("test").await;
+    let asked = (owner + 1) % 3;
+    let target = (owner + 2) % 3;
+    let (mut bob, _) = join_as(cluster.shard(asked).ws_addr, "bob", "test").await;
+
+    // Asked of a shard that does not own it: moved by the owner.
+    let (status, body) = cluster
+        .migrate(asked, "test", Some(ID[target]), OPERATOR)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let moved: RoomMigrated = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (moved.from.as_str(), moved.to.as_str()),
+        (ID[owner], ID[target])
+    );
+    assert!(moved.epoch > epoch, "{moved:?}");
+    assert_eq!(cluster.owner("test").await, (target, moved.epoch));
+    assert!(runs_on(&cluster, target, "test").await);
+    assert!(!runs_on(&cluster, owner, "test").await);
+    // Nobody noticed: ann's moves reach bob, quietly.
+    ann.walk(1, 1.0, 0.0).await;
+    sees_seq(
+        &mut bob,
+        ann_joined.you,
+        1,
+        "ann's move after the forwarded move",
+    )
+    .await;
+
+    // Asked again of the old owner (not the owner now), to where it runs:
+    // the new owner's refusal, passed on.
+    let (status, body) = cluster
+        .migrate(owner, "test", Some(ID[target]), OPERATOR)
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains(&format!("forwarded to shard {}", ID[target])),
+        "{body}"
+    );
+
+    // An owner that cannot be reached (a lease held under an id no shard
+    // runs): nothing to forward to, a 409 naming it.
+    let ghost =
+        Directory::new(cluster.dir.settings().clone(), ShardId::new("zed").unwrap()).unwrap();
+    let other: RoomId = "other".parse().unwrap();
+    ghost.acquire_room(&other, 0).await.unwrap();
+    let (status, body) = cluster.migrate(asked, "other", None, OPERATOR).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains("shard zed owns it") && body.contains("could not be reached"),
+        "{body}"
+    );
+    // A viewer is refused before anything is forwarded.
+    let (status, body) = cluster.migrate(asked, "test", None, VIEWER).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(cluster.owner("test").await, (target, moved.epoch));
     cluster.close().await;
 }
 

@@ -25,12 +25,16 @@
 //! - this file: [`RoomCluster::migrate`], the source's side.
 //! - `target.rs`: the target's side (serving `/tessera/migrate/1`).
 //! - `wire.rs`: a snapshot to and from its wire form.
+//! - `forward.rs`: a migration asked of a shard that does not own the
+//!   room, forwarded to the owner on `/tessera/admin/1` (one hop).
 
 mod drain;
+pub mod forward;
 pub(super) mod target;
 mod wire;
 
 pub use drain::DrainMoves;
+pub use forward::Forwarded;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,6 +94,22 @@ pub enum MigrateError {
         to: ShardId,
         reason: String,
     },
+}
+
+impl MigrateError {
+    /// The HTTP status `POST /admin/rooms/{room}/migrate` answers it with
+    /// (and a forwarded migration's answer carries).
+    pub fn status(&self) -> u16 {
+        match self {
+            MigrateError::NotOwned { owner: None, .. } => 404,
+            MigrateError::NotOwned { owner: Some(_), .. }
+            | MigrateError::Busy(_)
+            | MigrateError::BadTarget(_)
+            | MigrateError::NoTarget(_)
+            | MigrateError::Resumed { .. } => 409,
+            MigrateError::Directory(_) => 503,
+        }
+    }
 }
 
 impl RoomCluster {
