@@ -193,22 +193,28 @@ return 1
 
 /// KEYS: the player's entry. ARGV: shard, session, expected session ('':
 /// a fresh login, no check), updated_at, ttl ms. A resume (expected set)
-/// is refused when another session holds the entry (the token was used
+/// is refused when neither the session holding the entry nor the entry's
+/// current token (`resume`) is the expected one (the token was used
 /// already, or a newer login came since); an absent entry is taken (it
 /// expired, or Redis lost it). The room field is kept: the new session
 /// takes the seat over, and until its join reaches the room the seat is
-/// still where it was. Returns {status, prev shard, prev session, prev
-/// room}, status 'taken' or 'reused'.
+/// still where it was. A resume keeps the token it used current
+/// (`resume`) until the new session records its own once its welcome is
+/// sent ([`UPDATE_PLAYER`]): a shard that dies in between does not burn
+/// it. Returns {status, prev shard, prev session, prev room}, status
+/// 'taken' or 'reused'.
 pub(super) static CLAIM_CHECKED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local prev = redis.call('HMGET', KEYS[1], 'shard', 'session', 'room')
-local shard, session, room = prev[1] or '', prev[2] or '', prev[3] or ''
-if ARGV[3] ~= '' and session ~= '' and session ~= ARGV[3] then
+local prev = redis.call('HMGET', KEYS[1], 'shard', 'session', 'room', 'resume')
+local shard, session, room, resume = prev[1] or '', prev[2] or '', prev[3] or '', prev[4] or ''
+if ARGV[3] ~= '' and session ~= '' and session ~= ARGV[3] and resume ~= ARGV[3] then
   return {'reused', shard, session, room}
 end
+local token = ARGV[2]
+if ARGV[3] ~= '' then token = ARGV[3] end
 redis.call('HSET', KEYS[1], 'shard', ARGV[1], 'session', ARGV[2], 'room', room,
-  'resume', ARGV[2], 'updated_at', ARGV[4])
+  'resume', token, 'updated_at', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return {'taken', shard, session, room}
 "#,
