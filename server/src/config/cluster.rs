@@ -513,6 +513,20 @@ mod tests {
     }
 
     #[test]
+    fn a_forwarded_migration_waits_longer_than_the_owners_own_move() {
+        let mut config = cluster();
+        config.cluster.migrate_forward_ms =
+            config.cluster.migrate_pause_ms + config.cluster.migrate_answer_ms;
+        assert!(errors(&config).contains(
+            "cluster.migrate_forward_ms must be above migrate_pause_ms + migrate_answer_ms"
+        ));
+        config.cluster.migrate_forward_ms = 0;
+        assert!(errors(&config).contains("cluster.migrate_forward_ms must be greater than 0"));
+        config.cluster.migrate_forward_ms += 10_000;
+        assert_eq!(errors(&cluster()), "");
+    }
+
+    #[test]
     fn a_partition_handover_waits_for_the_lease_or_never_comes() {
         let mut config = cluster();
         config.cluster.partition_handover_ms = config.cluster.renew_ms - 1;

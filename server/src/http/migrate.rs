@@ -129,7 +129,12 @@ fn forwarded(owner: ShardId, answer: Forwarded) -> Result<RoomMigrated, Refusal>
             pause_ms: m.pause_us as f64 / 1e3,
         }),
         Forwarded::Answered(a) => Err(Refusal::new(
-            StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_GATEWAY),
+            // Only a refusal's status is passed on: anything else from
+            // the owner is a peer that broke the exchange.
+            StatusCode::from_u16(a.status)
+                .ok()
+                .filter(|s| s.is_client_error() || s.is_server_error())
+                .unwrap_or(StatusCode::BAD_GATEWAY),
             format!("forwarded to shard {owner}, which owns it: {}", a.message),
         )),
         Forwarded::Unreachable(reason) => Err(Refusal::new(
@@ -150,4 +155,73 @@ fn forwarded(owner: ShardId, answer: Forwarded) -> Result<RoomMigrated, Refusal>
 fn refusal(e: MigrateError) -> Refusal {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     Refusal::new(status, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::peer::RoomMoved;
+
+    fn owner() -> ShardId {
+        ShardId::new("b").unwrap()
+    }
+
+    #[test]
+    fn a_forwarded_answer_is_passed_on_and_a_failure_to_forward_says_which() {
+        let moved = forwarded(
+            owner(),
+            Forwarded::Answered(MigrateAnswer {
+                status: 200,
+                message: String::new(),
+                moved: Some(RoomMoved {
+                    room: "lobby".into(),
+                    from: "b".into(),
+                    to: "c".into(),
+                    epoch: 4,
+                    pause_us: 2_500,
+                }),
+            }),
+        )
+        .unwrap_or_else(|r| panic!("{} {}", r.0, r.1));
+        assert_eq!(
+            (moved.from.as_str(), moved.to.as_str(), moved.epoch),
+            ("b", "c", 4)
+        );
+        assert!((moved.pause_ms - 2.5).abs() < 1e-9);
+
+        let refused = |answer| forwarded(owner(), answer).map(|_| ()).unwrap_err();
+        let Refusal(status, text) = refused(Forwarded::Answered(MigrateAnswer {
+            status: 409,
+            message: "lobby is being migrated already".into(),
+            moved: None,
+        }));
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(
+            text.contains("forwarded to shard b") && text.contains("already"),
+            "{text}"
+        );
+        let Refusal(status, text) = refused(Forwarded::Unreachable("no route".into()));
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(
+            text.contains("shard b owns it") && text.contains("no route"),
+            "{text}"
+        );
+        let Refusal(status, text) =
+            refused(Forwarded::NoAnswer("no answer within 10000 ms".into()));
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+        assert!(text.contains("may have moved"), "{text}");
+        // A status the owner should never send is not passed on as is.
+        let Refusal(status, _) = refused(Forwarded::Answered(MigrateAnswer {
+            status: 42,
+            message: String::new(),
+            moved: None,
+        }));
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        let Refusal(status, _) = refused(Forwarded::Answered(MigrateAnswer {
+            status: 200,
+            message: String::new(),
+            moved: None,
+        }));
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+    }
 }

@@ -222,3 +222,22 @@ fn rejoin(room: &crate::ids::RoomId, session: u64, member: &EdgeMember, implied:
         implied_moved: implied,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::SentInputs;
+
+    #[test]
+    fn sent_inputs_keep_the_latest_few_in_order_and_are_taken_once() {
+        let mut sent = SentInputs::default();
+        for seq in 1..=5 {
+            sent.record((seq, 1.0, 0.0), 3);
+        }
+        let seqs: Vec<u32> = sent.take().into_iter().map(|(s, _, _)| s).collect();
+        assert_eq!(seqs, [3, 4, 5]);
+        assert!(sent.take().is_empty());
+        // A keep of 0 still keeps the latest one.
+        sent.record((9, 0.0, 1.0), 0);
+        assert_eq!(sent.take().len(), 1);
+    }
+}
