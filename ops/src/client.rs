@@ -244,8 +244,9 @@ impl Shard {
         )
     }
 
-    /// Move a room this shard runs to shard `to` (or the placement's pick
-    /// of the other ready shards), live (cluster mode).
+    /// Move a room to shard `to` (or the placement's pick of the other
+    /// ready shards), live (cluster mode). A shard that does not run the
+    /// room forwards the request to its owner.
     pub fn migrate_room(&self, room: &str, to: Option<&str>) -> CallResult<RoomMigrated> {
         let query = to.map(|t| format!("?to={}", escape(t))).unwrap_or_default();
         self.act(

@@ -121,8 +121,9 @@ enum RoomsCommand {
     Inspect { room: String },
     /// Restart a room from its snapshot (its members get a full update).
     Restart { room: String },
-    /// Move a room, live, to another shard (cluster mode; ask the shard
-    /// that runs it). Without --to the placement picks a ready shard.
+    /// Move a room, live, to another shard (cluster mode; any shard: one
+    /// that does not run the room forwards the request to its owner).
+    /// Without --to the placement picks a ready shard.
     Migrate {
         room: String,
         #[arg(long)]

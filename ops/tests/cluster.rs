@@ -576,10 +576,14 @@ fn rooms_migrate_moves_a_played_room_to_the_other_shard() {
     assert_eq!((moved.from.as_str(), moved.to.as_str()), (owner, to));
     assert_eq!(moved.epoch, epoch + 1);
     assert_eq!(lease(&mut con), Some(format!("{to}:{}", epoch + 1)));
-    // Asked again of the old owner: refused, naming the owner now.
-    let (ok, _) = ops(&[
+    // Asked again of the old owner, which no longer runs it: forwarded to
+    // the owner now, which moves it to the only other ready shard (back).
+    let (ok, text) = ops(&[
         "--http", &shard, "--token", TOKEN, "rooms", "migrate", "lobby",
     ]);
-    assert!(!ok, "the old owner no longer runs it");
+    assert!(ok, "forwarded to the owner: {text}");
+    let back: protocol::admin::RoomMigrated = serde_json::from_str(&text).unwrap();
+    assert_eq!((back.from.as_str(), back.to.as_str()), (to, owner));
+    assert_eq!(lease(&mut con), Some(format!("{owner}:{}", back.epoch)));
     runtime.shutdown_background();
 }

@@ -433,6 +433,35 @@ fn admin_samples() -> Vec<(&'static str, AdminMsg)> {
                 },
             }),
         ),
+        (
+            "peer_admin_migrate",
+            AdminMsg::Migrate(MigrateRoom {
+                room: "lobby".into(),
+                to: Some("c".into()),
+            }),
+        ),
+        (
+            "peer_admin_migrate_answer",
+            AdminMsg::MigrateAnswer(MigrateAnswer {
+                status: 200,
+                message: String::new(),
+                moved: Some(RoomMoved {
+                    room: "lobby".into(),
+                    from: "a".into(),
+                    to: "c".into(),
+                    epoch: 7,
+                    pause_us: 1_500,
+                }),
+            }),
+        ),
+        (
+            "peer_admin_migrate_refused",
+            AdminMsg::MigrateAnswer(MigrateAnswer {
+                status: 409,
+                message: "lobby is being migrated already".into(),
+                moved: None,
+            }),
+        ),
     ]
 }
 

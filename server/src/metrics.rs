@@ -37,6 +37,13 @@ pub const ROOM_TICK_SECONDS: &str = "tessera_room_tick_seconds";
 /// a member's input queue by newer ones) or [`DROPPED_ROOM_BUSY`] (a chat
 /// or pick-up cast refused by the room's full mailbox).
 pub const ROOM_INPUTS_DROPPED: &str = "tessera_room_inputs_dropped_total";
+/// Inputs a room applied (each `seq` above its member's last, once), per
+/// map: with the clients' counts, says whether any were lost on the way
+/// (a live migration's in-flight batch, say).
+pub const ROOM_INPUTS_APPLIED: &str = "tessera_room_inputs_applied_total";
+/// Inputs an edge sent again to a room's new owner after a live move
+/// (those sent lately to the old one: some may have arrived too late).
+pub const MIGRATION_INPUTS_RESENT: &str = "tessera_migration_inputs_resent_total";
 pub const DROPPED_INPUT_QUEUE_FULL: &str = "input_queue_full";
 pub const DROPPED_ROOM_BUSY: &str = "room_busy";
 pub const ROOM_RESTARTS: &str = "tessera_room_restarts_total";

@@ -8,6 +8,7 @@
 //!        │                     kick: Remove (2006, 4007)
 //!        │                     ban / unban: the bans table (+ Remove 2007 if connected here)
 //!        │                     inventory: the player's session here gets InventoryChanged
+//!        │                     migrate: the room moved from here, migrate_answer on the same stream
 //!        └─/tessera/chat/1───▶ announce / map_broadcast: published through this shard's dispatcher
 //! ```
 //!
@@ -28,6 +29,7 @@ use crate::bans::ban_text;
 use crate::cluster::tunnel::{PeerHub, PeerStream};
 use crate::cluster::{metric, Link};
 use crate::dispatcher::{announce_frame, Announcement, MapBroadcast};
+use crate::room::cluster::migrate::forward;
 use crate::session::{Deps, InventoryChanged, Remove, Replaced};
 use crate::supervise::{Child, Restart};
 
@@ -57,6 +59,16 @@ pub async fn serve(hub: PeerHub, deps: Arc<Deps>, mut stop_rx: watch::Receiver<b
 async fn read_admin(mut stream: PeerStream, deps: Arc<Deps>) {
     while let Some(msg) = stream.rx.recv_msg::<AdminMsg>().await {
         match msg {
+            // The one request with an answer, on a stream the asker opened
+            // for it: moved here (never forwarded on), answered there.
+            Ok(AdminMsg::Migrate(ask)) => {
+                received(ADMIN_PROTOCOL, "migrate");
+                tracing::info!(peer = %stream.peer, room = %ask.room, to = ?ask.to, "migration forwarded by a peer");
+                let answer = forward::answer(deps.rooms.cluster().cloned(), ask).await;
+                if let Err(e) = stream.tx.send_msg(&AdminMsg::MigrateAnswer(answer)) {
+                    tracing::warn!(peer = %stream.peer, error = %e, "answering a forwarded migration");
+                }
+            }
             Ok(msg) => apply_admin(&deps, &stream.peer, msg),
             Err(e) => {
                 tracing::warn!(peer = %stream.peer, error = %e, "admin stream from a peer ended");
@@ -131,6 +143,11 @@ pub fn apply_admin(deps: &Deps, peer: &str, msg: AdminMsg) {
         AdminMsg::Unban(unban) => {
             received(ADMIN_PROTOCOL, "unban");
             deps.bans.remove(&unban.player);
+        }
+        // Only on a stream of their own (`read_admin`): here they come
+        // from a peer that broke that rule.
+        AdminMsg::Migrate(_) | AdminMsg::MigrateAnswer(_) => {
+            tracing::warn!(peer, "a migration request or answer out of place: ignored");
         }
         AdminMsg::Inventory(push) => {
             received(ADMIN_PROTOCOL, "inventory");

@@ -320,3 +320,77 @@ async fn a_frozen_owner_is_replaced_and_after_waking_its_writes_are_refused_and_
     drop(shards);
     drop(mongo);
 }
+
+/// A shard restarted within its lease with the same id (a new process
+/// while the old one is frozen, as after a hang and a supervisor's
+/// restart) takes its room at a new epoch, never the old one, and fences
+/// the store with it; when the old process wakes, its renewal finds the
+/// lease lost and its copy of the room stops (its member gets the
+/// room-failed path). The new process keeps the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_restarted_with_its_id_takes_its_room_at_a_new_epoch_and_the_old_process_is_fenced()
+{
+    store_support::init_tracing();
+    let mongo = tokio::task::spawn_blocking(Secantus::start).await.unwrap();
+    let redis = RedisServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let old = Shard::spawn(&config(&redis, &mongo, "xf2", "a"), data.path());
+    let dir = observer(&redis, "xf2");
+    common::found(PATIENCE, "the shard ready", || async {
+        let s = dir.shards().await.ok()?;
+        (s.iter().filter(|s| s.alive && s.placeable()).count() == 1).then_some(())
+    })
+    .await;
+    let (mut first, _) = player(old.ws, "first").await;
+    let room: RoomId = FIELD.parse().unwrap();
+    let (held_by, epoch) = dir.owner(&room).await.unwrap().expect("leased");
+    assert_eq!(held_by.as_str(), "a");
+
+    // Frozen, and a new process with the same id starts within the lease.
+    old.signal("STOP");
+    let restarted = Shard::spawn(&config(&redis, &mongo, "xf2", "a"), data.path());
+    let (_second, _) = player(restarted.ws, "second").await;
+    let (shard, new_epoch) = dir.owner(&room).await.unwrap().expect("leased");
+    assert_eq!(shard.as_str(), "a");
+    assert!(
+        new_epoch > epoch,
+        "the restarted shard re-used epoch {new_epoch} (the old process's: {epoch})"
+    );
+    let store = server::store::mongo::MongoStore::connect(
+        &config(&redis, &mongo, "xf2", "a").store.mongodb,
+    )
+    .await
+    .expect("a Mongo client of the test's own");
+    common::found(PATIENCE, "the store fenced at the new epoch", || async {
+        let doc = store.load_room(FIELD.into()).await.ok()??;
+        (doc.owner_epoch >= new_epoch).then_some(())
+    })
+    .await;
+
+    // Awake: the old process's lease is lost at its next renewal and its
+    // room stops; its member falls back.
+    old.signal("CONT");
+    common::wait_for(
+        PATIENCE,
+        &mut first,
+        "the room failed on the old process",
+        |m| match m {
+            ServerMsg::Error(e) if e.code == ErrorCode::RoomFailed.as_u16() => Some(()),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(
+        dir.owner(&room).await.unwrap(),
+        Some((shard, new_epoch)),
+        "the new process keeps the room"
+    );
+    let doc = store.load_room(FIELD.into()).await.unwrap().unwrap();
+    assert!(
+        doc.owner_epoch >= new_epoch,
+        "{} < {new_epoch}",
+        doc.owner_epoch
+    );
+    drop((old, restarted));
+    drop(mongo);
+}

@@ -142,6 +142,18 @@ async fn entry(shard: &TestShard, player: &str) -> Option<(String, String)> {
         .map(|e| (e.shard.to_string(), e.room))
 }
 
+/// The session id of `player`'s current resume token, as the directory
+/// says.
+async fn token_of(shard: &TestShard, player: &str) -> String {
+    let dir = shard.cluster.as_ref().expect("cluster mode");
+    dir.player(player)
+        .await
+        .ok()
+        .flatten()
+        .map(|e| e.resume)
+        .unwrap_or_default()
+}
+
 /// What a fresh login of `player` on `shard` is answered first: a
 /// welcome, or an error's code (0: no answer).
 async fn hello_answer(shard: &TestShard, player: &str) -> Result<(), u16> {
@@ -259,6 +271,12 @@ async fn a_resume_token_from_one_shard_works_on_another_and_only_once() {
         entry(b, "ada").await == Some(("b".into(), "test".into()))
     })
     .await;
+    // The token a resume used stays current until the new session's
+    // welcome is sent; then b's own is.
+    common::eventually(PATIENCE, "b's token is ada's current one", || async {
+        token_of(b, "ada").await == resumed.session_id
+    })
+    .await;
 
     // The same token again, on a third shard and on the shard that issued
     // it (whose own table still thinks it is the latest): used already.
@@ -276,6 +294,76 @@ async fn a_resume_token_from_one_shard_works_on_another_and_only_once() {
     on_b.expect_refusal(ErrorCode::SessionReplaced, CloseCode::Replaced)
         .await;
     assert_eq!(entry(a, "ada").await.map(|e| e.0), Some("a".into()));
+    cluster.stop().await;
+}
+
+/// A shard that accepts a resume and dies before its welcome does not
+/// burn the token: the claim keeps the token it used current until the
+/// welcome carrying the new one is sent. The window is made certain with
+/// the session fault point `welcome` (behind `admin.fault_injection`):
+/// the resuming session dies after the directory gave it the player and
+/// before anything is sent, which leaves the directory exactly as a shard
+/// killed there would (the session writes nothing after its claim until
+/// its welcome). The player resumes on another shard with the same token;
+/// once that shard's welcome is out, the old token is spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_token_survives_a_shard_dying_between_the_claim_and_the_welcome() {
+    let redis = RedisServer::start();
+    let cluster = Cluster::start_with(&redis, "cp7", &["a", "b", "c"], |config| {
+        config.auth.secret = SECRET.into();
+        config.admin.fault_injection = true;
+    })
+    .await;
+    let (a, b, c) = (cluster.shard(0), cluster.shard(1), cluster.shard(2));
+    let (mut ada, welcome) = login(a, "ada").await;
+    ada.join("test").await;
+    common::eventually(PATIENCE, "the directory seats ada in test on a", || async {
+        entry(a, "ada").await == Some(("a".into(), "test".into()))
+    })
+    .await;
+    drop(ada);
+
+    // b takes the resume, then its session dies before the welcome.
+    let (status, body) = admin_post(
+        b,
+        "/admin/faults/session",
+        r#"{"kind": "panic", "at": "welcome"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut on_b = resume(b, &welcome.resume_token).await;
+    loop {
+        match on_b.next_event(PATIENCE).await {
+            Some(Event::Msg(ServerMsg::Welcome(_))) => panic!("b welcomed ada"),
+            Some(Event::Msg(_)) => {}
+            Some(Event::Closed(_)) => break,
+            None => panic!("b neither welcomed nor closed"),
+        }
+    }
+    assert_eq!(
+        entry(b, "ada").await,
+        Some(("b".into(), "test".into())),
+        "b's claim was taken"
+    );
+
+    // The same token on c: ada is back, in her seat.
+    let mut on_c = resume(c, &welcome.resume_token).await;
+    let resumed = on_c.expect("welcome on c", msg!(ServerMsg::Welcome)).await;
+    assert_eq!(resumed.player_id, "ada");
+    common::eventually(PATIENCE, "c holds ada, still seated in test", || async {
+        entry(c, "ada").await == Some(("c".into(), "test".into()))
+    })
+    .await;
+    common::eventually(PATIENCE, "c's token is ada's current one", || async {
+        token_of(c, "ada").await == resumed.session_id
+    })
+    .await;
+    // Spent now.
+    let mut again = resume(a, &welcome.resume_token).await;
+    again
+        .expect_refusal(ErrorCode::ResumeRejected, CloseCode::AuthFailed)
+        .await;
+    assert!(answers_ping(&mut on_c, 1).await, "c's session is untouched");
     cluster.stop().await;
 }
 

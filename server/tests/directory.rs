@@ -180,6 +180,57 @@ async fn the_epoch_rises_on_every_owner_change_and_non_owners_cannot_renew_or_re
     assert_eq!(report.renewed, vec![r.clone()]);
 }
 
+/// A shard restarted within its lease (same id, a new process: here a new
+/// `Directory`) takes its rooms at a new epoch, never the old one; the
+/// old process, should it still run, is fenced: its renewal finds the
+/// lease lost, its acquire and release are refused, and the room stays
+/// in the shard's room set for the new process.
+#[tokio::test]
+async fn a_restarted_shard_takes_its_rooms_at_a_new_epoch_and_the_old_process_is_fenced() {
+    let redis = RedisServer::start();
+    let old = patient_shard(&redis, "t9", "a");
+    let r = room("keep");
+    let first = old.acquire_room(&r, 0).await.unwrap();
+    // The same process taking it again keeps its epoch.
+    assert_eq!(old.acquire_room(&r, 0).await.unwrap().epoch, first.epoch);
+
+    let new = patient_shard(&redis, "t9", "a");
+    let taken = new.acquire_room(&r, first.epoch).await.unwrap();
+    assert!(
+        taken.epoch > first.epoch,
+        "the restarted process re-used epoch {} (first {})",
+        taken.epoch,
+        first.epoch
+    );
+    assert_eq!(
+        new.owner(&r).await.unwrap(),
+        Some((new.shard().clone(), taken.epoch))
+    );
+    // The new process's own renewals and acquires keep its epoch.
+    assert_eq!(new.renew_all().await.unwrap().renewed, vec![r.clone()]);
+    assert_eq!(new.acquire_room(&r, 0).await.unwrap().epoch, taken.epoch);
+
+    // The old process: refused, and its renewal reports the lease lost.
+    match old.acquire_room(&r, 0).await {
+        Err(DirectoryError::Held { shard, epoch, .. }) => {
+            assert_eq!((shard.as_str(), epoch), ("a", taken.epoch));
+        }
+        other => panic!("the stale process got {other:?}"),
+    }
+    let report = old.renew_all().await.unwrap();
+    assert_eq!(report.lost, vec![(r.clone(), first.epoch)]);
+    assert!(matches!(
+        old.release_room(&r).await,
+        Err(DirectoryError::NotOwner { .. })
+    ));
+    assert_eq!(
+        new.owner(&r).await.unwrap(),
+        Some((new.shard().clone(), taken.epoch))
+    );
+    assert_eq!(new.rooms_of(new.shard()).await.unwrap(), vec![r.clone()]);
+    assert_eq!(new.renew_all().await.unwrap().renewed, vec![r.clone()]);
+}
+
 #[tokio::test]
 async fn a_killed_shard_goes_dead_and_room_sets_follow_the_leases() {
     let redis = RedisServer::start();

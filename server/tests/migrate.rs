@@ -15,6 +15,7 @@ use protocol::admin::{Role, RoomMigrated};
 use protocol::msg::{EntityId, Joined};
 use protocol::{NoticeCode, ServerMsg};
 use redis_support::RedisServer;
+use server::cluster::{Directory, ShardId};
 use server::config::{AdminToken, Config};
 use server::ids::RoomId;
 
@@ -418,11 +419,15 @@ async fn the_admin_api_checks_roles_rooms_and_targets() {
     assert_eq!(status, 404, "{body}");
     let (status, body) = cluster.migrate(owner, "other", None, OPERATOR).await;
     assert_eq!(status, 404, "{body}");
-    // Asked of a shard that does not run it: 409 naming the owner.
-    let (status, body) = cluster.migrate(other, "test", None, OPERATOR).await;
+    // Asked of a shard that does not run it: forwarded to the owner (see
+    // `a_migration_asked_of_any_shard_is_forwarded_to_its_owner`), whose
+    // refusals come back as they are.
+    let (status, body) = cluster
+        .migrate(other, "test", Some(ID[owner]), OPERATOR)
+        .await;
     assert_eq!(status, 409, "{body}");
     assert!(
-        body.contains(&format!("shard {} owns it", ID[owner])),
+        body.contains(&format!("forwarded to shard {}", ID[owner])),
         "{body}"
     );
     // Bad targets: itself, unknown, not a shard id.
@@ -456,6 +461,154 @@ async fn the_admin_api_checks_roles_rooms_and_targets() {
             && entry.detail.contains(&format!("epoch {}", moved.epoch))
             && entry.detail.contains("pause"),
         "{entry:?}"
+    );
+    cluster.close().await;
+}
+
+/// An operator's tool need not know which shard runs a room: a migration
+/// asked of another shard is forwarded to the owner over
+/// `/tessera/admin/1` (one hop) and its answer passed on; an owner that
+/// cannot be reached is a 409 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_asked_of_any_shard_is_forwarded_to_its_owner() {
+    let cluster = start_cluster("mg9", |_| {}).await;
+    let (mut ann, ann_joined) = join_as(cluster.shard(0).ws_addr, "ann", "test").await;
+    let (owner, epoch) = cluster.owner("test").await;
+    let asked = (owner + 1) % 3;
+    let target = (owner + 2) % 3;
+    let (mut bob, _) = join_as(cluster.shard(asked).ws_addr, "bob", "test").await;
+
+    // Asked of a shard that does not own it: moved by the owner.
+    let (status, body) = cluster
+        .migrate(asked, "test", Some(ID[target]), OPERATOR)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let moved: RoomMigrated = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (moved.from.as_str(), moved.to.as_str()),
+        (ID[owner], ID[target])
+    );
+    assert!(moved.epoch > epoch, "{moved:?}");
+    assert_eq!(cluster.owner("test").await, (target, moved.epoch));
+    assert!(runs_on(&cluster, target, "test").await);
+    assert!(!runs_on(&cluster, owner, "test").await);
+    // Nobody noticed: ann's moves reach bob, quietly.
+    ann.walk(1, 1.0, 0.0).await;
+    sees_seq(
+        &mut bob,
+        ann_joined.you,
+        1,
+        "ann's move after the forwarded move",
+    )
+    .await;
+
+    // Asked again of the old owner (not the owner now), to where it runs:
+    // the new owner's refusal, passed on.
+    let (status, body) = cluster
+        .migrate(owner, "test", Some(ID[target]), OPERATOR)
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains(&format!("forwarded to shard {}", ID[target])),
+        "{body}"
+    );
+
+    // An owner that cannot be reached (a lease held under an id no shard
+    // runs): nothing to forward to, a 409 naming it.
+    let ghost =
+        Directory::new(cluster.dir.settings().clone(), ShardId::new("zed").unwrap()).unwrap();
+    let other: RoomId = "other".parse().unwrap();
+    ghost.acquire_room(&other, 0).await.unwrap();
+    let (status, body) = cluster.migrate(asked, "other", None, OPERATOR).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains("shard zed owns it") && body.contains("could not be reached"),
+        "{body}"
+    );
+    // A viewer is refused before anything is forwarded.
+    let (status, body) = cluster.migrate(asked, "test", None, VIEWER).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(cluster.owner("test").await, (target, moved.epoch));
+    cluster.close().await;
+}
+
+/// Inputs a room applied on map `map`, as the shards' metrics say (the
+/// test shards share one process, so one shard's page shows them all).
+async fn applied(cluster: &Cluster, map: &str) -> u64 {
+    let url = format!("http://{}/metrics", cluster.shard(0).http_addr);
+    let text = common::http_get(&url).await;
+    let series = format!("tessera_room_inputs_applied_total{{map=\"{map}\"}}");
+    text.lines()
+        .filter(|l| l.starts_with(&series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// No input is lost to a live move under steady input: a batch on its way
+/// to the old owner when the room paused may arrive after the room's state
+/// left; the edge sends its members' recent inputs again to the new owner,
+/// which applies each `seq` once. The drill `migrate_hold` makes that
+/// window certain (the hold reaches the edge too late, and the offer waits
+/// until an input arrived after the state left).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_input_is_lost_over_a_migration_under_steady_input() {
+    const STEADY: &str = "steady";
+    const INPUTS: u32 = 60;
+    let cluster = start_cluster("mg8", |config| {
+        // A map of its own: the metric counts this test's inputs only.
+        let mut steady = config.maps[0].clone();
+        steady.name = STEADY.into();
+        config.maps.push(steady);
+    })
+    .await;
+    let (_first, _) = join_as(cluster.shard(0).ws_addr, "first", STEADY).await;
+    let (owner, epoch) = cluster.owner(STEADY).await;
+    let edge = (owner + 1) % 3;
+    let target = (owner + 2) % 3;
+    let (mut ann, _) = join_as(cluster.shard(edge).ws_addr, "ann", STEADY).await;
+    let url = format!(
+        "http://{}/admin/faults/room",
+        cluster.shard(owner).http_addr
+    );
+    let body = format!(r#"{{"map": "{STEADY}", "kind": "panic", "at": "migrate_hold"}}"#);
+    let (status, body) = common::http("POST", &url, Some(OPERATOR), &body).await;
+    assert_eq!(status, 200, "{body}");
+    let before = applied(&cluster, STEADY).await;
+
+    // Ann moves steadily (each input a new seq, within the rate limit)
+    // while the room moves.
+    let steady = tokio::spawn(async move {
+        for seq in 1..=INPUTS {
+            let turn = seq as f32 * 0.7;
+            ann.walk(seq, turn.cos(), turn.sin()).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ann
+    });
+    common::eventually(PATIENCE, "ann's first inputs applied", || async {
+        applied(&cluster, STEADY).await >= before + 5
+    })
+    .await;
+    let (status, body) = cluster
+        .migrate(owner, STEADY, Some(ID[target]), OPERATOR)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let moved: RoomMigrated = serde_json::from_str(&body).unwrap();
+    assert!(moved.epoch > epoch);
+    let _ann = steady.await.unwrap();
+    // Every input applied once, on one owner or the other.
+    common::eventually(PATIENCE, "every input applied", || async {
+        applied(&cluster, STEADY).await >= before + u64::from(INPUTS)
+    })
+    .await;
+    assert_eq!(applied(&cluster, STEADY).await, before + u64::from(INPUTS));
+    assert_eq!(cluster.owner(STEADY).await, (target, moved.epoch));
+    let text = common::http_get(&format!("http://{}/metrics", cluster.shard(edge).http_addr)).await;
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("tessera_migration_inputs_resent_total") && !l.ends_with(" 0")),
+        "the edge sent nothing again"
     );
     cluster.close().await;
 }

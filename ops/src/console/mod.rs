@@ -412,9 +412,10 @@ async fn cluster_only(c: &Console, shard: &Shard) -> Result<(), ApiError> {
     }
 }
 
-/// Migrate a room to another shard: the owner's
-/// `POST /admin/rooms/{room}/migrate?to=SHARD` (cluster mode only; `to`
-/// absent: the owner's placement picks a ready shard).
+/// Migrate a room to another shard: `POST /admin/rooms/{room}/migrate?to=SHARD`
+/// on the shard the page listed it on (cluster mode only; `to` absent: the
+/// owner's placement picks a ready shard). A room that moved since is
+/// forwarded by that shard to its owner now.
 async fn migrate(
     State(c): State<Console>,
     headers: HeaderMap,

@@ -15,6 +15,11 @@
 //! - [`InventoryPush`]: a durable action made on the sender (a `give`)
 //!   changed the inventory of a player whose socket the receiver holds;
 //!   the receiver pushes `inventory` to that player's session.
+//! - [`MigrateRoom`] / [`MigrateAnswer`]: the one request with an answer.
+//!   An operator asked the sender to move a room the receiver owns; the
+//!   sender opens a stream of its own for it, and the receiver moves the
+//!   room (never forwarding the request further: one hop) and answers on
+//!   that stream.
 
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +70,41 @@ pub struct InventoryPush {
     pub inventory: crate::msg::Inventory,
 }
 
+/// Move `room`, which the receiver owns, to `to` (absent: the placement's
+/// pick among the other ready shards). Sent on a stream opened for it
+/// alone; answered by [`MigrateAnswer`] on the same stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateRoom {
+    pub room: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
+/// What became of a [`MigrateRoom`], as the receiver's own
+/// `POST /admin/rooms/{room}/migrate` would have answered it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateAnswer {
+    /// The HTTP status: 200 moved (then `moved` is set), else the
+    /// refusal's (404, 409, 503).
+    pub status: u16,
+    /// Why it was refused; absent when it moved.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved: Option<RoomMoved>,
+}
+
+/// A room that moved, as `protocol::admin::RoomMigrated` says it (the
+/// pause in whole microseconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomMoved {
+    pub room: String,
+    pub from: String,
+    pub to: String,
+    pub epoch: u64,
+    pub pause_us: u64,
+}
+
 /// What travels on `/tessera/admin/1`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -75,4 +115,8 @@ pub enum AdminMsg {
     Unban(Unban),
     /// Added in 1.0 (appended).
     Inventory(InventoryPush),
+    /// Added after 1.1 (appended; a peer that does not know it ends the
+    /// stream, and the asker says the owner could not be asked).
+    Migrate(MigrateRoom),
+    MigrateAnswer(MigrateAnswer),
 }

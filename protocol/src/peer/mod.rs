@@ -42,7 +42,9 @@ pub mod stream;
 pub mod swim;
 mod tick_wire;
 
-pub use admin::{AdminMsg, BanPlayer, InventoryPush, Kick, Replace, Unban};
+pub use admin::{
+    AdminMsg, BanPlayer, InventoryPush, Kick, MigrateAnswer, MigrateRoom, Replace, RoomMoved, Unban,
+};
 pub use calls::{RemotePickUp, TargetIs, WhoIs};
 pub use chat::{ChatMsg, MapBroadcast};
 pub use handshake::{

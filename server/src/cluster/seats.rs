@@ -3,7 +3,7 @@
 //! release at logout.
 //!
 //! ```text
-//! Session ──seated(player, sid, room) / gone(player, sid)──▶ pending (latest per player)
+//! Session ──seated(player, sid, room) / gone / welcomed──▶ pending (latest per player)
 //!                                                              │ task "seats"
 //!                                                              ▼
 //!                                     update_player / release_player ──▶ Redis
@@ -51,6 +51,9 @@ enum Change {
     },
     /// Session `sid` logged out: the entry goes, if it is still its.
     Gone { sid: String },
+    /// Session `sid` sent its welcome (with its own resume token): the
+    /// entry's current token becomes its (`Directory::token_issued`).
+    Welcomed { sid: String },
 }
 
 #[derive(Default)]
@@ -119,6 +122,26 @@ impl Seats {
                 sid: sid.to_string(),
                 room,
                 fresh,
+            },
+        );
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Session `sid` of `player` sent its welcome: its resume token is the
+    /// player's current one from now (a resume's claim kept the token it
+    /// used current until then, so a shard dying before the welcome does
+    /// not burn it). A change of the same session not written yet writes
+    /// the token too, and is kept.
+    pub fn welcomed(&self, player: &str, sid: &str) {
+        let mut state = self.state.lock();
+        if matches!(state.pending.get(player), Some(Change::Seated { sid: s, .. }) if s == sid) {
+            return;
+        }
+        state.pending.insert(
+            player.to_string(),
+            Change::Welcomed {
+                sid: sid.to_string(),
             },
         );
         drop(state);
@@ -211,6 +234,7 @@ impl Seats {
                         fresh: true,
                     } => self.dir.reassert_player(&player, sid, room).await.map(drop),
                     Change::Gone { sid } => self.dir.release_player(&player, sid).await.map(drop),
+                    Change::Welcomed { sid } => self.dir.token_issued(&player, sid).await.map(drop),
                 };
                 if let Err(e) = result {
                     if e.is_unavailable() {

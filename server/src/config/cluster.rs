@@ -124,6 +124,11 @@ pub struct ClusterConfig {
     /// Live migration: how long the target has to take the room (lease
     /// moved, room started) before the room resumes on the source.
     pub migrate_answer_ms: u64,
+    /// A migration asked of a shard that does not own the room is
+    /// forwarded to the owner (`/tessera/admin/1`, one hop): how long the
+    /// asking shard waits for the owner's answer. Above
+    /// `migrate_pause_ms + migrate_answer_ms` (the owner's own bound).
+    pub migrate_forward_ms: u64,
     /// An owner that cannot renew a room's lease while a peer still
     /// reaches the directory freezes the room at once (another shard may
     /// take it) and, still cut off after this long, hands it over: the
@@ -172,6 +177,7 @@ impl Default for ClusterConfig {
             drain_budget_ms: 15_000,
             migrate_pause_ms: 250,
             migrate_answer_ms: 2_000,
+            migrate_forward_ms: 10_000,
             partition_handover_ms: 3_000,
             relay_queue: 1_024,
             dead_shard_keep_ms: 3_600_000,
@@ -236,6 +242,7 @@ impl ClusterConfig {
             ("cluster.drain_budget_ms", self.drain_budget_ms),
             ("cluster.migrate_pause_ms", self.migrate_pause_ms),
             ("cluster.migrate_answer_ms", self.migrate_answer_ms),
+            ("cluster.migrate_forward_ms", self.migrate_forward_ms),
         ] {
             if value == 0 {
                 errors.push(format!("{name} must be greater than 0"));
@@ -258,6 +265,12 @@ impl ClusterConfig {
         if self.migrate_pause_ms.saturating_add(self.migrate_answer_ms) >= self.drain_budget_ms {
             errors.push(
                 "cluster.migrate_pause_ms + migrate_answer_ms must be below drain_budget_ms (a drain migrates its rooms within its budget)"
+                    .into(),
+            );
+        }
+        if self.migrate_forward_ms <= self.migrate_pause_ms.saturating_add(self.migrate_answer_ms) {
+            errors.push(
+                "cluster.migrate_forward_ms must be above migrate_pause_ms + migrate_answer_ms (a forwarded migration waits for the owner's whole move)"
                     .into(),
             );
         }
@@ -497,6 +510,20 @@ mod tests {
         let mut config = cluster();
         config.cluster.migrate_answer_ms = config.cluster.drain_budget_ms;
         assert!(errors(&config).contains("must be below drain_budget_ms"));
+    }
+
+    #[test]
+    fn a_forwarded_migration_waits_longer_than_the_owners_own_move() {
+        let mut config = cluster();
+        config.cluster.migrate_forward_ms =
+            config.cluster.migrate_pause_ms + config.cluster.migrate_answer_ms;
+        assert!(errors(&config).contains(
+            "cluster.migrate_forward_ms must be above migrate_pause_ms + migrate_answer_ms"
+        ));
+        config.cluster.migrate_forward_ms = 0;
+        assert!(errors(&config).contains("cluster.migrate_forward_ms must be greater than 0"));
+        config.cluster.migrate_forward_ms += 10_000;
+        assert_eq!(errors(&cluster()), "");
     }
 
     #[test]

@@ -66,6 +66,11 @@ impl Inputs {
         self.queue.lock().clear();
     }
 
+    /// How many wait unapplied.
+    pub(crate) fn len(&self) -> usize {
+        self.queue.lock().len()
+    }
+
     pub(crate) fn drain_into(&self, pending: &mut Vec<(u32, f32, f32)>) {
         let mut queue = self.queue.lock();
         if !queue.is_empty() {
@@ -209,6 +214,7 @@ pub const FAULT_POINTS: &[&str] = &[
     "handover",
     "migrate_out",
     "migrate_in",
+    "migrate_hold",
     "tick",
     "ground_start",
     "restore",

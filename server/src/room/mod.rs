@@ -267,6 +267,7 @@ impl Room {
         let dt = 1.0 / self.map.tick_hz as f32;
         let step = self.map.speed * dt;
         let (w, h) = (self.map.width, self.map.height);
+        let mut applied = 0u64;
         for (&id, member) in self.members.iter_mut() {
             if member.connected() {
                 member.state.link.inputs.drain_into(&mut member.pending);
@@ -280,6 +281,7 @@ impl Room {
                         s.dir = (dx, dy);
                         member.changed = true;
                         self.dirty = true;
+                        applied += 1;
                     }
                 }
                 member.pending.clear();
@@ -297,6 +299,10 @@ impl Room {
                     member.cell = self.grid.update(id, member.cell, x, y);
                 }
             }
+        }
+        if applied > 0 {
+            metrics::counter!(m::ROOM_INPUTS_APPLIED, m::room_labels(&self.id, &[]))
+                .increment(applied);
         }
     }
 

@@ -276,13 +276,18 @@ impl Session {
             player_id: identity.player_id.clone(),
             name: identity.name.clone(),
             resume_token: self.deps.auth.resume_token(&identity, &sid, now),
-            session_id: sid,
+            session_id: sid.clone(),
             tick_hz: self.deps.config.rooms.tick_hz,
             limits: self.deps.limits.clone(),
             maps: self.deps.rooms.map_names(),
             last_map: last_map.clone(),
         };
         self.send(&ServerMsg::Welcome(welcome));
+        if let Some(cluster) = &self.deps.cluster {
+            // Only now is the token a resume used spent (see
+            // `Seats::welcomed`).
+            cluster.seats.welcomed(&identity.player_id, &sid);
+        }
         tracing::debug!(session = self.id, player = %identity.player_id, resumed = seat.is_some(), "welcomed");
         self.identity = Some(identity.clone());
         self.state = State::Lobby;

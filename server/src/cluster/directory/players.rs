@@ -20,8 +20,9 @@ pub struct PreviousHolder {
 pub enum Claim {
     /// This session holds the player now; who held it before, if anyone.
     Taken(Option<PreviousHolder>),
-    /// A resume whose session is no longer the player's: the token was
-    /// used already, or a newer login came since. Nothing changed.
+    /// A resume whose session is no longer the player's, nor its token the
+    /// current one: the token was used already (by a session that was
+    /// welcomed), or a newer login came since. Nothing changed.
     Reused,
 }
 
@@ -167,6 +168,24 @@ impl Directory {
             .arg(unix_ms())
             .arg(ttl);
         let updated: i64 = self.run("update_player", &script).await?;
+        Ok(updated == 1)
+    }
+
+    /// The welcome carrying session `session`'s own resume token was sent:
+    /// it becomes `player`'s current token (the one a resume claimed stops
+    /// working), if this shard's `session` still holds the player.
+    pub async fn token_issued(&self, player: &str, session: &str) -> Result<bool> {
+        let mut script = UPDATE_PLAYER.prepare_invoke();
+        script
+            .key(self.key(&["player", player]))
+            .arg(self.shard().to_string())
+            .arg(session.to_string())
+            .arg("resume")
+            .arg(session.to_string())
+            .arg("updated_at")
+            .arg(unix_ms())
+            .arg(self.settings().player_ttl.as_millis() as u64);
+        let updated: i64 = self.run("token_issued", &script).await?;
         Ok(updated == 1)
     }
 

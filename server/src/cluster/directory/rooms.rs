@@ -35,7 +35,11 @@ impl Directory {
     /// Take `room`'s lease for this shard. `floor` is the owner epoch the
     /// store last saw for the room (0 if none): the new epoch is above it
     /// and above every epoch the directory handed out before. Taking a
-    /// lease this shard already holds renews it and returns its epoch.
+    /// lease this process already holds renews it and returns its epoch;
+    /// one that names this shard but was taken by a former process with
+    /// its id (a restart within the lease) is taken at a new epoch, so the
+    /// old process is fenced. `Held` naming this shard: a later process
+    /// with this shard's id took it, this one is stale.
     /// Waits up to `cluster.redis_wait_ms` for Redis.
     pub async fn acquire_room(&self, room: &RoomId, floor: u64) -> Result<Lease> {
         self.waiting(|| self.try_acquire(room, floor)).await
@@ -48,6 +52,9 @@ impl Directory {
         let set = self.key(&["rooms", self.shard().as_str()]);
         let shard = self.shard().to_string();
         let lease_ms = self.settings().lease.as_millis() as u64;
+        // What makes this process's lease its own: a lease naming this
+        // shard at another epoch is a former (or later) incarnation's.
+        let held = self.held_epoch(room).unwrap_or(0);
         let sent = Instant::now();
         let mut script = ACQUIRE.prepare_invoke();
         script
@@ -57,7 +64,8 @@ impl Directory {
             .arg(shard)
             .arg(floor)
             .arg(lease_ms)
-            .arg(name);
+            .arg(name)
+            .arg(held);
         let (taken, value): (i64, String) = self.run("acquire_room", &script).await?;
         if taken != 1 {
             let (shard, epoch) = parse_lease(&value)?;

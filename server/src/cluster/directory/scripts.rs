@@ -12,28 +12,43 @@ use std::sync::LazyLock;
 use redis::Script;
 
 /// KEYS: lease, epoch counter, the shard's room set.
-/// ARGV: shard, floor, lease ms, room id.
-/// Returns `{1, epoch}` when taken (or already ours: renewed),
-/// `{0, "shard:epoch"}` when another shard holds it.
+/// ARGV: shard, floor, lease ms, room id, the epoch this process holds the
+/// room at (0: none).
+/// Returns `{1, epoch}` when taken (or already this process's: renewed),
+/// `{0, "shard:epoch"}` when another shard holds it, or another process
+/// with this shard's id took it after this one (this one is stale).
+///
+/// A lease naming this shard at an epoch this process did not take is a
+/// former incarnation's (the shard restarted within its lease, same id):
+/// it is taken over at a new epoch, never re-used, so the store's fence
+/// and the edges tell the two processes apart and the old one, should it
+/// still run (frozen, say), loses the lease at its next renewal.
 pub(super) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local cur = redis.call('GET', KEYS[1])
 if cur then
-  local sep = string.find(cur, ':', 1, true)
+  local sep = string.find(cur, ':[^:]*$')
   if sep and string.sub(cur, 1, sep - 1) == ARGV[1] then
-    redis.call('PEXPIRE', KEYS[1], ARGV[3])
-    redis.call('SADD', KEYS[3], ARGV[4])
-    return {1, string.sub(cur, sep + 1)}
+    local held = tonumber(ARGV[5])
+    if tonumber(string.sub(cur, sep + 1)) == held then
+      redis.call('PEXPIRE', KEYS[1], ARGV[3])
+      redis.call('SADD', KEYS[3], ARGV[4])
+      return {1, string.sub(cur, sep + 1)}
+    end
+    if held ~= 0 then
+      return {0, cur}
+    end
+  else
+    return {0, cur}
   end
-  return {0, cur}
 end
 local epoch = tonumber(redis.call('GET', KEYS[2]) or '0')
 local floor = tonumber(ARGV[2])
 if epoch < floor then epoch = floor end
 epoch = epoch + 1
 redis.call('SET', KEYS[2], string.format('%d', epoch))
-redis.call('SET', KEYS[1], ARGV[1] .. ':' .. string.format('%d', epoch), 'NX', 'PX', ARGV[3])
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. string.format('%d', epoch), 'PX', ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[4])
 return {1, string.format('%d', epoch)}
 "#,
@@ -68,7 +83,11 @@ for i = 1, n do
     redis.call('SADD', set, room)
     out[i] = 2
   else
-    redis.call('SREM', set, room)
+    -- Another process with this shard's id may hold it now (a restart):
+    -- the room stays in the set it shares with that one.
+    if not cur or string.sub(cur, 1, #ARGV[2] + 1) ~= ARGV[2] .. ':' then
+      redis.call('SREM', set, room)
+    end
     out[i] = 0
   end
 end
@@ -78,14 +97,22 @@ return out
 });
 
 /// KEYS: lease, the shard's room set. ARGV: `shard:epoch`, room id.
-/// Deletes the lease only if it is still ours; returns 1 if it was.
+/// Deletes the lease only if it is still ours; returns 1 if it was. The
+/// room leaves the set unless another process with this shard's id (a
+/// restart) holds it now.
 pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-redis.call('SREM', KEYS[2], ARGV[2])
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
   redis.call('DEL', KEYS[1])
+  redis.call('SREM', KEYS[2], ARGV[2])
   return 1
+end
+-- Held by a later process with this shard's id: its room set keeps it.
+local shard = string.sub(ARGV[1], 1, string.find(ARGV[1], ':[^:]*$') - 1)
+if not cur or string.sub(cur, 1, #shard + 1) ~= shard .. ':' then
+  redis.call('SREM', KEYS[2], ARGV[2])
 end
 return 0
 "#,
@@ -166,22 +193,28 @@ return 1
 
 /// KEYS: the player's entry. ARGV: shard, session, expected session ('':
 /// a fresh login, no check), updated_at, ttl ms. A resume (expected set)
-/// is refused when another session holds the entry (the token was used
+/// is refused when neither the session holding the entry nor the entry's
+/// current token (`resume`) is the expected one (the token was used
 /// already, or a newer login came since); an absent entry is taken (it
 /// expired, or Redis lost it). The room field is kept: the new session
 /// takes the seat over, and until its join reaches the room the seat is
-/// still where it was. Returns {status, prev shard, prev session, prev
-/// room}, status 'taken' or 'reused'.
+/// still where it was. A resume keeps the token it used current
+/// (`resume`) until the new session records its own once its welcome is
+/// sent ([`UPDATE_PLAYER`]): a shard that dies in between does not burn
+/// it. Returns {status, prev shard, prev session, prev room}, status
+/// 'taken' or 'reused'.
 pub(super) static CLAIM_CHECKED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local prev = redis.call('HMGET', KEYS[1], 'shard', 'session', 'room')
-local shard, session, room = prev[1] or '', prev[2] or '', prev[3] or ''
-if ARGV[3] ~= '' and session ~= '' and session ~= ARGV[3] then
+local prev = redis.call('HMGET', KEYS[1], 'shard', 'session', 'room', 'resume')
+local shard, session, room, resume = prev[1] or '', prev[2] or '', prev[3] or '', prev[4] or ''
+if ARGV[3] ~= '' and session ~= '' and session ~= ARGV[3] and resume ~= ARGV[3] then
   return {'reused', shard, session, room}
 end
+local token = ARGV[2]
+if ARGV[3] ~= '' then token = ARGV[3] end
 redis.call('HSET', KEYS[1], 'shard', ARGV[1], 'session', ARGV[2], 'room', room,
-  'resume', ARGV[2], 'updated_at', ARGV[4])
+  'resume', token, 'updated_at', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return {'taken', shard, session, room}
 "#,

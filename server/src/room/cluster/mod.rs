@@ -82,6 +82,9 @@ pub struct RoomSettings {
     pub migrate_pause: Duration,
     /// `cluster.migrate_answer_ms`: how long a migration's target has.
     pub migrate_answer: Duration,
+    /// `cluster.migrate_forward_ms`: how long a migration forwarded to
+    /// the room's owner waits for its answer.
+    pub migrate_forward: Duration,
     /// `cluster.partition_handover_ms` (`None`: 0, never).
     pub partition_handover: Option<Duration>,
     /// How recent a peer's word that it reaches the directory must be
@@ -102,6 +105,7 @@ impl RoomSettings {
             implied_moved: config.cluster.implied_moved,
             migrate_pause: ms(config.cluster.migrate_pause_ms),
             migrate_answer: ms(config.cluster.migrate_answer_ms),
+            migrate_forward: ms(config.cluster.migrate_forward_ms),
             partition_handover: Some(ms(config.cluster.partition_handover_ms))
                 .filter(|d| !d.is_zero()),
             peer_word: ms(config.cluster.swim_period_ms.saturating_mul(4)),
@@ -324,6 +328,12 @@ impl RoomCluster {
         };
         let lease = match self.dir.acquire_room(room, floor).await {
             Ok(lease) => lease,
+            // This shard's id at a later epoch: another process with this
+            // id (a restart) runs the room, and this one is stale.
+            Err(DirectoryError::Held { shard, .. }) if shard == *self.shard() => {
+                tracing::warn!(%room, "the room's lease is a later process's with this shard's id");
+                return Err(JoinError::Refused(ErrorCode::RoomUnavailable.as_u16()));
+            }
             Err(DirectoryError::Held { shard, .. }) => return Ok(Some(shard)),
             Err(e) => return Err(directory_error(e)),
         };

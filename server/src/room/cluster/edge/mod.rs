@@ -65,6 +65,8 @@ struct EdgeMember {
     waiting: Option<oneshot::Sender<JoinReply>>,
     /// Re-joined after a failover: notice 6003 when seated.
     moved: bool,
+    /// Its inputs sent lately, sent again after a live move (`moving.rs`).
+    sent: moving::SentInputs,
 }
 
 impl EdgeMember {
@@ -77,6 +79,7 @@ impl EdgeMember {
             view: KnownView::default(),
             waiting: None,
             moved: false,
+            sent: moving::SentInputs::default(),
         }
     }
 
@@ -494,6 +497,7 @@ impl EdgeLink {
                 }
                 (tx, batch)
             };
+            self.record_sent(&batch);
             if !batch.is_empty() && tx.send_msg(&EdgeMsg::Inputs(InputBatch { batch })).is_err() {
                 return;
             }

@@ -15,14 +15,23 @@
 //! [`EdgeLink::adopt`] is the source's half: the source's own players
 //! become remote members of the new owner through a link to it, with
 //! their sessions' queues unchanged.
+//!
+//! No input is lost to a move: a batch already on its way when the room
+//! paused may reach the old owner after the room's state left it, so each
+//! member's inputs sent lately ([`SentInputs`]) go again to wherever the
+//! room runs next, right after the member's re-join. A room applies an
+//! input only when its `seq` is above the member's last applied one, so
+//! those that did travel with the state are ignored.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use protocol::msg::EntityId;
-use protocol::peer::{EdgeMsg, RemoteJoin};
+use protocol::peer::{EdgeMsg, Input, Inputs as InputBatch, RemoteJoin};
 
 use super::{EdgeLink, EdgeMember};
 use crate::cluster::directory::ShardId;
+use crate::metrics as m;
 use crate::room::MemberLink;
 
 /// A member of the source's own room handed to a link to the new owner.
@@ -32,7 +41,42 @@ pub struct Adopted {
     pub at: (f32, f32),
 }
 
+/// A member's inputs sent lately: at most `rooms.input_queue`, as many as
+/// can wait unapplied in its queue at the owner.
+#[derive(Debug, Default)]
+pub(super) struct SentInputs(VecDeque<(u32, f32, f32)>);
+
+impl SentInputs {
+    fn record(&mut self, input: (u32, f32, f32), keep: usize) {
+        while self.0.len() >= keep.max(1) {
+            self.0.pop_front();
+        }
+        self.0.push_back(input);
+    }
+
+    fn take(&mut self) -> VecDeque<(u32, f32, f32)> {
+        std::mem::take(&mut self.0)
+    }
+}
+
 impl EdgeLink {
+    /// Remember the inputs of a batch on its way to the owner.
+    pub(super) fn record_sent(&self, batch: &[Input]) {
+        if batch.is_empty() {
+            return;
+        }
+        let keep = self
+            .cluster
+            .upgrade()
+            .map_or(1, |c| c.settings().input_queue);
+        let mut inner = self.inner.lock();
+        for i in batch {
+            if let Some(member) = inner.members.get_mut(&i.session) {
+                member.sent.record((i.seq, i.dx, i.dy), keep);
+            }
+        }
+    }
+
     /// A `moving` message on the stream of `generation`. False when this
     /// stream is over for the link (the room runs elsewhere now).
     pub(super) fn on_moving(self: &Arc<Self>, to: String, generation: u64) -> bool {
@@ -81,8 +125,22 @@ impl EdgeLink {
         let mut inner = self.inner.lock();
         inner.failing_over = false;
         inner.held = false;
-        for (&session, member) in inner.members.iter() {
-            let _ = tx.send_msg(&rejoin(&self.room, session, member, inner.implied));
+        let implied = inner.implied;
+        let mut again = Vec::new();
+        for (&session, member) in inner.members.iter_mut() {
+            let _ = tx.send_msg(&rejoin(&self.room, session, member, implied));
+            again.extend(member.sent.take().into_iter().map(|(seq, dx, dy)| Input {
+                session,
+                seq,
+                dx,
+                dy,
+            }));
+        }
+        // After the re-joins on the same stream: the owner seats each
+        // member before it reads these.
+        if !again.is_empty() {
+            metrics::counter!(m::MIGRATION_INPUTS_RESENT).increment(again.len() as u64);
+            let _ = tx.send_msg(&EdgeMsg::Inputs(InputBatch { batch: again }));
         }
         tracing::debug!(room = %self.room, %owner, members = inner.members.len(), "room migrated: members re-joined");
     }
@@ -93,11 +151,21 @@ impl EdgeLink {
         let Some(cluster) = self.cluster.upgrade() else {
             return;
         };
-        let members: Vec<EdgeMember> = {
+        let mut members: Vec<EdgeMember> = {
             let mut inner = self.inner.lock();
             inner.failing_over = false;
             inner.members.drain().map(|(_, m)| m).collect()
         };
+        // Inputs that may have reached the old owner too late go to the
+        // room here with the newer ones (it applies them in `seq` order).
+        let mut again = 0;
+        for member in &mut members {
+            for (seq, dx, dy) in member.sent.take() {
+                member.link.inputs.push(seq, dx, dy);
+                again += 1;
+            }
+        }
+        metrics::counter!(m::MIGRATION_INPUTS_RESENT).increment(again);
         self.end();
         let Some(rooms) = cluster.rooms() else {
             return;
@@ -153,4 +221,23 @@ fn rejoin(room: &crate::ids::RoomId, session: u64, member: &EdgeMember, implied:
         at: member.position().map(|(x, y)| [x, y]),
         implied_moved: implied,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SentInputs;
+
+    #[test]
+    fn sent_inputs_keep_the_latest_few_in_order_and_are_taken_once() {
+        let mut sent = SentInputs::default();
+        for seq in 1..=5 {
+            sent.record((seq, 1.0, 0.0), 3);
+        }
+        let seqs: Vec<u32> = sent.take().into_iter().map(|(s, _, _)| s).collect();
+        assert_eq!(seqs, [3, 4, 5]);
+        assert!(sent.take().is_empty());
+        // A keep of 0 still keeps the latest one.
+        sent.record((9, 0.0, 1.0), 0);
+        assert_eq!(sent.take().len(), 1);
+    }
 }

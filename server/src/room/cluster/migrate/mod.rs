@@ -25,12 +25,16 @@
 //! - this file: [`RoomCluster::migrate`], the source's side.
 //! - `target.rs`: the target's side (serving `/tessera/migrate/1`).
 //! - `wire.rs`: a snapshot to and from its wire form.
+//! - `forward.rs`: a migration asked of a shard that does not own the
+//!   room, forwarded to the owner on `/tessera/admin/1` (one hop).
 
 mod drain;
+pub mod forward;
 pub(super) mod target;
 mod wire;
 
 pub use drain::DrainMoves;
+pub use forward::Forwarded;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,6 +50,7 @@ use crate::metrics as m;
 use crate::room::remote::EdgeSink;
 use crate::room::supervisor::PauseError;
 use crate::room::RoomSnapshot;
+use crate::supervise::FaultActor;
 
 /// A room that moved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +95,22 @@ pub enum MigrateError {
         to: ShardId,
         reason: String,
     },
+}
+
+impl MigrateError {
+    /// The HTTP status `POST /admin/rooms/{room}/migrate` answers it with
+    /// (and a forwarded migration's answer carries).
+    pub fn status(&self) -> u16 {
+        match self {
+            MigrateError::NotOwned { owner: None, .. } => 404,
+            MigrateError::NotOwned { owner: Some(_), .. }
+            | MigrateError::Busy(_)
+            | MigrateError::BadTarget(_)
+            | MigrateError::NoTarget(_)
+            | MigrateError::Resumed { .. } => 409,
+            MigrateError::Directory(_) => 503,
+        }
+    }
 }
 
 impl RoomCluster {
@@ -158,12 +179,32 @@ impl RoomCluster {
             }
         };
         let edges = edge_sinks(&paused.snapshot);
-        tell(&edges, "");
+        // A drill (fault point `migrate_hold`, behind
+        // `admin.fault_injection`): the hold reaches the edges too late.
+        // Every move has that window for a batch already on its way; the
+        // drill makes it certain (the offer waits until an input reached
+        // this shard after the room's state was taken), and the edges
+        // send such batches again after the move (`edge/moving.rs`).
+        let label = room.to_string();
+        let hold_late = crate::supervise::catch(|| {
+            rooms
+                .faults()
+                .trip(FaultActor::Room, "migrate_hold", Some(&label))
+        })
+        .is_err();
+        if !hold_late {
+            tell(&edges, "");
+        }
+        let state = wire::to_wire(&paused.snapshot, paused.next_tick);
+        if hold_late {
+            let shipped = state.members.iter().map(|m| m.pending.len()).sum();
+            input_stranded(&paused.snapshot, shipped, settings.migrate_answer).await;
+        }
         let offer = MigrateMsg::Offer(Offer {
             room: room.to_string(),
             from: self.shard().to_string(),
             epoch,
-            state: wire::to_wire(&paused.snapshot, paused.next_tick),
+            state,
         });
         let (tx, mut rx) = (stream.tx, stream.rx);
         let answer = if tx.send_msg(&offer).is_err() {
@@ -409,5 +450,24 @@ fn tell(edges: &[Arc<EdgeSink>], to: &str) {
     let msg = OwnerMsg::Moving(RoomMoving { to: to.to_string() });
     for edge in edges {
         edge.send(&msg);
+    }
+}
+
+/// The `migrate_hold` drill: wait (at most `wait`) until the remote
+/// members' queues here hold more inputs than the `shipped` ones that
+/// left with the room's state: an input arrived too late to go with it.
+async fn input_stranded(snapshot: &RoomSnapshot, shipped: usize, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    let queued = || -> usize {
+        snapshot
+            .members
+            .iter()
+            .filter(|(_, m)| m.link.remote.is_some())
+            .map(|(_, m)| m)
+            .map(|m| m.link.inputs.len())
+            .sum()
+    };
+    while queued() <= shipped && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
