@@ -132,6 +132,32 @@ async fn resume(shard: &TestShard, resume_token: &str) -> Client {
     client
 }
 
+/// Ada resumes with `token` on `shard` (id `id`): welcomed as ada, held
+/// there by the directory in her seat in `test`, and the new session's
+/// token recorded as her current one once its welcome went.
+async fn resumed_in_seat(
+    shard: &TestShard,
+    id: &str,
+    token: &str,
+) -> (Client, protocol::msg::Welcome) {
+    let mut client = resume(shard, token).await;
+    let resumed = client
+        .expect(&format!("welcome on {id}"), msg!(ServerMsg::Welcome))
+        .await;
+    assert_eq!(resumed.player_id, "ada");
+    common::eventually(PATIENCE, "ada held here, still seated in test", || async {
+        entry(shard, "ada").await == Some((id.into(), "test".into()))
+    })
+    .await;
+    common::eventually(
+        PATIENCE,
+        "this session's token is ada's current one",
+        || async { token_of(shard, "ada").await == resumed.session_id },
+    )
+    .await;
+    (client, resumed)
+}
+
 /// The shard id holding `player` in the directory, and its room.
 async fn entry(shard: &TestShard, player: &str) -> Option<(String, String)> {
     let dir = shard.cluster.as_ref().expect("cluster mode");
@@ -264,19 +290,9 @@ async fn a_resume_token_from_one_shard_works_on_another_and_only_once() {
     drop(ada);
 
     // Issued on a, resumed on b.
-    let mut on_b = resume(b, &welcome.resume_token).await;
-    let resumed = on_b.expect("welcome on b", msg!(ServerMsg::Welcome)).await;
-    assert_eq!(resumed.player_id, "ada");
-    common::eventually(PATIENCE, "b holds ada, still seated in test", || async {
-        entry(b, "ada").await == Some(("b".into(), "test".into()))
-    })
-    .await;
     // The token a resume used stays current until the new session's
     // welcome is sent; then b's own is.
-    common::eventually(PATIENCE, "b's token is ada's current one", || async {
-        token_of(b, "ada").await == resumed.session_id
-    })
-    .await;
+    let (mut on_b, resumed) = resumed_in_seat(b, "b", &welcome.resume_token).await;
 
     // The same token again, on a third shard and on the shard that issued
     // it (whose own table still thinks it is the latest): used already.
@@ -347,17 +363,7 @@ async fn a_resume_token_survives_a_shard_dying_between_the_claim_and_the_welcome
     );
 
     // The same token on c: ada is back, in her seat.
-    let mut on_c = resume(c, &welcome.resume_token).await;
-    let resumed = on_c.expect("welcome on c", msg!(ServerMsg::Welcome)).await;
-    assert_eq!(resumed.player_id, "ada");
-    common::eventually(PATIENCE, "c holds ada, still seated in test", || async {
-        entry(c, "ada").await == Some(("c".into(), "test".into()))
-    })
-    .await;
-    common::eventually(PATIENCE, "c's token is ada's current one", || async {
-        token_of(c, "ada").await == resumed.session_id
-    })
-    .await;
+    let (mut on_c, _) = resumed_in_seat(c, "c", &welcome.resume_token).await;
     // Spent now.
     let mut again = resume(a, &welcome.resume_token).await;
     again

@@ -131,6 +131,14 @@ async fn one_connection_reads_and_writes_its_socket() {
     assert!(end.is_none(), "the close handshake completed");
 }
 
+/// Both ends of a loopback TCP connection: the server's as a [`Conn`].
+async fn tcp_pair() -> (Conn, TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let connect = tokio::spawn(TcpStream::connect(listener.local_addr().unwrap()));
+    let (tcp, _) = listener.accept().await.unwrap();
+    (Conn::new(tcp), connect.await.unwrap().unwrap())
+}
+
 /// A plain TCP connection with direct writes, and the client's end.
 async fn direct_pair(
     out: &Arc<Outbound>,
@@ -138,11 +146,7 @@ async fn direct_pair(
     Connection<WebSocketStream<Conn>, ()>,
     WebSocketStream<TcpStream>,
 ) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let connect = tokio::spawn(TcpStream::connect(listener.local_addr().unwrap()));
-    let (tcp, _) = listener.accept().await.unwrap();
-    let client = connect.await.unwrap().unwrap();
-    let conn = Conn::new(tcp);
+    let (conn, client) = tcp_pair().await;
     let socket = conn.socket();
     let server = WebSocketStream::from_raw_socket(conn, Role::Server, None).await;
     let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
@@ -364,11 +368,7 @@ async fn immediate_pair(
     Connection<WebSocketStream<Conn>, ()>,
     WebSocketStream<TcpStream>,
 ) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let connect = tokio::spawn(TcpStream::connect(listener.local_addr().unwrap()));
-    let (tcp, _) = listener.accept().await.unwrap();
-    let client = connect.await.unwrap().unwrap();
-    let conn = Conn::new(tcp);
+    let (conn, client) = tcp_pair().await;
     let out = Outbound::for_socket(budget, conn.socket());
     let writer = Writer::new(out.clone(), Duration::from_secs(20)).direct(conn.socket());
     let server = WebSocketStream::from_raw_socket(conn, Role::Server, None).await;
