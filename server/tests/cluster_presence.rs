@@ -158,6 +158,18 @@ async fn resumed_in_seat(
     (client, resumed)
 }
 
+/// Ada logs in on `a` and joins `test`; returned once the directory
+/// seats her there.
+async fn seated_on_a(a: &TestShard) -> (Client, protocol::msg::Welcome) {
+    let (mut ada, welcome) = login(a, "ada").await;
+    ada.join("test").await;
+    common::eventually(PATIENCE, "the directory seats ada in test on a", || async {
+        entry(a, "ada").await == Some(("a".into(), "test".into()))
+    })
+    .await;
+    (ada, welcome)
+}
+
 /// The shard id holding `player` in the directory, and its room.
 async fn entry(shard: &TestShard, player: &str) -> Option<(String, String)> {
     let dir = shard.cluster.as_ref().expect("cluster mode");
@@ -280,12 +292,7 @@ async fn a_resume_token_from_one_shard_works_on_another_and_only_once() {
     let redis = RedisServer::start();
     let cluster = Cluster::start(&redis, "cp2", &["a", "b", "c"]).await;
     let (a, b, c) = (cluster.shard(0), cluster.shard(1), cluster.shard(2));
-    let (mut ada, welcome) = login(a, "ada").await;
-    ada.join("test").await;
-    common::eventually(PATIENCE, "the directory seats ada in test on a", || async {
-        entry(a, "ada").await == Some(("a".into(), "test".into()))
-    })
-    .await;
+    let (mut ada, welcome) = seated_on_a(a).await;
     // The connection drops (no close frame): the seat is kept.
     drop(ada);
 
@@ -331,12 +338,7 @@ async fn a_resume_token_survives_a_shard_dying_between_the_claim_and_the_welcome
     })
     .await;
     let (a, b, c) = (cluster.shard(0), cluster.shard(1), cluster.shard(2));
-    let (mut ada, welcome) = login(a, "ada").await;
-    ada.join("test").await;
-    common::eventually(PATIENCE, "the directory seats ada in test on a", || async {
-        entry(a, "ada").await == Some(("a".into(), "test".into()))
-    })
-    .await;
+    let (mut ada, welcome) = seated_on_a(a).await;
     drop(ada);
 
     // b takes the resume, then its session dies before the welcome.

@@ -376,6 +376,20 @@ async fn immediate_pair(
     (out, Connection::new(server, writer, ()), client)
 }
 
+/// After `out.close`: the client gets the close frame, answers it, and the
+/// server's connection task ends.
+async fn closed_by_both(
+    client: &mut WebSocketStream<TcpStream>,
+    server: tokio::task::JoinHandle<()>,
+) {
+    assert!(matches!(client.next().await, Some(Ok(Message::Close(_)))));
+    assert!(client.next().await.is_none());
+    tokio::time::timeout(Duration::from_secs(20), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 /// Counts the wake-ups of the task it stands for.
 struct Wakes(std::sync::atomic::AtomicUsize);
 
@@ -438,12 +452,7 @@ async fn a_frame_pushed_to_an_idle_connection_is_written_at_once_without_waking_
     }
     out.close(CloseCode::Normal, "bye");
     assert!(!out.push_state(epoch, payload(5, 10)), "closing: refused");
-    assert!(matches!(client.next().await, Some(Ok(Message::Close(_)))));
-    assert!(client.next().await.is_none());
-    tokio::time::timeout(Duration::from_secs(20), server)
-        .await
-        .unwrap()
-        .unwrap();
+    closed_by_both(&mut client, server).await;
 }
 
 #[tokio::test]
@@ -504,10 +513,5 @@ async fn immediate_and_queued_frames_stay_whole_and_in_order_through_a_full_sock
         }
     }
     out.close(CloseCode::Normal, "bye");
-    assert!(matches!(client.next().await, Some(Ok(Message::Close(_)))));
-    assert!(client.next().await.is_none());
-    tokio::time::timeout(Duration::from_secs(20), server)
-        .await
-        .unwrap()
-        .unwrap();
+    closed_by_both(&mut client, server).await;
 }
