@@ -292,7 +292,7 @@ async fn a_resume_token_from_one_shard_works_on_another_and_only_once() {
     let redis = RedisServer::start();
     let cluster = Cluster::start(&redis, "cp2", &["a", "b", "c"]).await;
     let (a, b, c) = (cluster.shard(0), cluster.shard(1), cluster.shard(2));
-    let (mut ada, welcome) = seated_on_a(a).await;
+    let (ada, welcome) = seated_on_a(a).await;
     // The connection drops (no close frame): the seat is kept.
     drop(ada);
 
@@ -338,7 +338,7 @@ async fn a_resume_token_survives_a_shard_dying_between_the_claim_and_the_welcome
     })
     .await;
     let (a, b, c) = (cluster.shard(0), cluster.shard(1), cluster.shard(2));
-    let (mut ada, welcome) = seated_on_a(a).await;
+    let (ada, welcome) = seated_on_a(a).await;
     drop(ada);
 
     // b takes the resume, then its session dies before the welcome.
