@@ -40,6 +40,7 @@ pub mod migrate;
 pub mod room;
 pub mod stream;
 pub mod swim;
+mod entry_index;
 mod tick_wire;
 
 pub use admin::{AdminMsg, BanPlayer, InventoryPush, Kick, Replace, Unban};
