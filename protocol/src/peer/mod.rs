@@ -34,13 +34,13 @@
 pub mod admin;
 pub mod calls;
 pub mod chat;
+mod entry_index;
 pub mod handshake;
 pub mod implied;
 pub mod migrate;
 pub mod room;
 pub mod stream;
 pub mod swim;
-mod entry_index;
 mod tick_wire;
 
 pub use admin::{AdminMsg, BanPlayer, InventoryPush, Kick, Replace, Unban};

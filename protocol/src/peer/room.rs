@@ -343,8 +343,7 @@ impl TickBuilder {
     /// the first time.
     pub fn entry(&mut self, id: EntityId, kind: EntryKind, bytes: impl FnOnce() -> Bytes) -> u32 {
         let entries = &mut self.tick.entries;
-        self.entries
-            .index_of(id, kind, || entries.push(bytes()))
+        self.entries.index_of(id, kind, || entries.push(bytes()))
     }
 
     /// The edge computes each member's `moved` itself (it announced
