@@ -115,8 +115,7 @@ impl TickIds {
 /// every tick, and whether the next id is in view or not is a coin toss
 /// to a branch predictor (the plain merge's mispredictions were most of
 /// its time in a profile of the hop). Each step writes a candidate and
-/// keeps it or not by advancing the length; `left` is most often empty
-/// (a predictable check).
+/// keeps it or not by advancing the length.
 fn merge_moved(
     known: &[EntityId],
     moves: &[(EntityId, u32)],
@@ -129,17 +128,36 @@ fn merge_moved(
         return;
     }
     moved.resize(most, 0);
+    // Two copies of the loop: with nothing left (most views), no look at
+    // `left` per step.
+    let n = if left.is_empty() {
+        merge_into(known, moves, moved, |_| true)
+    } else {
+        merge_into(known, moves, moved, |k| !left.contains(&k))
+    };
+    moved.truncate(n);
+}
+
+/// [`merge_moved`]'s loop: the indices kept, at the front of `out` (at
+/// least as long as the shorter list); how many.
+#[inline(always)]
+fn merge_into(
+    known: &[EntityId],
+    moves: &[(EntityId, u32)],
+    out: &mut [u32],
+    keep: impl Fn(EntityId) -> bool,
+) -> usize {
     let (mut i, mut j, mut n) = (0, 0, 0);
     while i < known.len() && j < moves.len() {
         let (k, (m, index)) = (known[i], moves[j]);
-        // `n` < `most` here: each index kept took one of each list, so
-        // `most` kept would have ended the loop.
-        moved[n] = index;
-        n += usize::from((k == m) & !left.contains(&k));
+        // `n` < `out.len()` here: each index kept took one of each list,
+        // so as many as the shorter list would have ended the loop.
+        out[n] = index;
+        n += usize::from((k == m) & keep(k));
         i += usize::from(k <= m);
         j += usize::from(m <= k);
     }
-    moved.truncate(n);
+    n
 }
 
 /// One member's view as its edge tracks it: the entity ids the member was

@@ -128,16 +128,13 @@ pub struct RemoteSeat {
     pub session: u64,
 }
 
-/// Tick builders a room keeps for reuse: one per edge shard it serves
-/// in a usual cluster; a larger one builds the rest anew each tick.
-const SPARE_BUILDERS: usize = 8;
-
 /// The ticks of one room tick, one builder per edge with members in view.
 #[derive(Default)]
 pub(super) struct EdgeTicks {
     pub(super) builders: Vec<(Arc<EdgeSink>, TickBuilder)>,
-    /// Builders of earlier ticks, reused: their tables keep their room
-    /// (at most [`SPARE_BUILDERS`]).
+    /// Builders of earlier ticks, reused: their tables keep their room.
+    /// No more of them than edges had ticks in one tick (at most one per
+    /// other shard).
     spare: Vec<TickBuilder>,
     /// Edges asked this tick whether they are owed full views (id,
     /// answer): asked once per tick, since asking clears the flag.
@@ -191,9 +188,7 @@ impl EdgeTicks {
                 edge.tick(builder.take());
                 sent += 1;
             }
-            if self.spare.len() < SPARE_BUILDERS {
-                self.spare.push(builder);
-            }
+            self.spare.push(builder);
         }
         self.full.clear();
         sent
