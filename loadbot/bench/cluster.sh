@@ -32,6 +32,8 @@
 #   DURATION       steady state per run (default 60s)
 #   RAMP           ramp per run (default 10s)
 #   MOVE_HZ        move intents per second per bot (default 10)
+#   CONFIG_EXTRA   TOML appended to the shards' config, to compare settings
+#                  (e.g. $'[cluster.tunnel]\nack_eliciting_threshold = 1')
 #
 # Traffic goes to 127.0.0.1 only. Every run is bounded (`timeout`), and
 # everything started here is stopped on exit, error or Ctrl-C.
@@ -53,7 +55,7 @@ PREFIX=bench
 START_WAIT_S=30
 
 case "${1:-}" in
-    -h|--help) sed -n '2,40p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,42p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     "") ;;
     *) echo "cluster.sh takes no arguments (see --help)" >&2; exit 2 ;;
 esac
@@ -120,6 +122,7 @@ CONFIG=$OUT/server.toml
     echo "[supervision]"
     echo "fallback_map = \"m01\""
     for i in $(seq 1 "$ROOMS"); do printf '[[maps]]\nname = "m%02d"\n' "$i"; done
+    [ -z "${CONFIG_EXTRA:-}" ] || printf '%s\n' "$CONFIG_EXTRA"
 } > "$CONFIG"
 MAPS=$(seq -f 'm%02g' 1 "$ROOMS" | paste -sd, -)
 
@@ -181,14 +184,15 @@ cpu_ticks() { # utime + stime of the shards, in clock ticks
     done
     echo "$total"
 }
-tunnel_bytes() { # bytes_out summed over every shard's peers
-    local total=0 http n
+tunnel_bytes() { # "bytes datagrams": bytes_out and QUIC datagrams out summed over every shard's peers
+    local total=0 datagrams=0 http n d
     for http in "${HTTP[@]}"; do
-        n=$("$OPS_BIN" --http "$http" --token "$TOKEN" peers --json \
-            | python3 -c 'import json,sys; print(sum(p["bytes_out"] for p in json.load(sys.stdin)["peers"]))')
+        read -r n d < <("$OPS_BIN" --http "$http" --token "$TOKEN" peers --json \
+            | python3 -c 'import json,sys; ps = json.load(sys.stdin)["peers"]; print(sum(p["bytes_out"] for p in ps), sum((p.get("quic") or {}).get("datagrams_out", 0) for p in ps))')
         total=$((total + n))
+        datagrams=$((datagrams + d))
     done
-    echo "$total"
+    echo "$total $datagrams"
 }
 
 URL_ARGS=()
@@ -196,14 +200,14 @@ for ws in "${WS[@]}"; do URL_ARGS+=(--url "ws://$ws"); done
 BOTS=$((ROOMS * BOTS_PER_ROOM))
 TICK=$(getconf CLK_TCK)
 RESULTS=$OUT/results.md
-echo "| run | bots | remote bots | updates delivered | server CPU s (3 shards) | server CPU µs per update | RTT p99 ms | move->visible p99 ms | tunnel B/s | players' sockets B/s | tunnel / sockets |" > "$RESULTS"
-echo "|---|---|---|---|---|---|---|---|---|---|---|" >> "$RESULTS"
+echo "| run | bots | remote bots | updates delivered | server CPU s (3 shards) | server CPU µs per update | RTT p99 ms | move->visible p99 ms | tunnel B/s | players' sockets B/s | tunnel / sockets | tunnel datagrams/s |" > "$RESULTS"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|" >> "$RESULTS"
 
 run() {
     local name=$1 share=$2
-    local cpu0 bytes0 cpu1 bytes1
+    local cpu0 bytes0 cpu1 bytes1 dgrams0 dgrams1
     cpu0=$(cpu_ticks)
-    bytes0=$(tunnel_bytes)
+    read -r bytes0 dgrams0 < <(tunnel_bytes)
     echo "run $name: $BOTS bots in $ROOMS rooms, --remote-share $share"
     timeout --kill-after=10s 30m "$LOADBOT_BIN" "${URL_ARGS[@]}" --redis "$REDIS" \
         --cluster-prefix "$PREFIX" --maps "$MAPS" --rooms "$ROOMS" --bots "$BOTS" \
@@ -211,10 +215,17 @@ run() {
         --progress lines --progress-every 10s --json "$OUT/$name.json" > "$OUT/$name.out" 2> "$OUT/$name.err" \
         || { echo "the loadbot failed ($name): see $OUT/$name.err" >&2; tail -5 "$OUT/$name.err" >&2; exit 1; }
     cpu1=$(cpu_ticks)
-    bytes1=$(tunnel_bytes)
-    python3 - "$OUT/$name.json" "$name" "$(( (cpu1 - cpu0) ))" "$TICK" "$((bytes1 - bytes0))" >> "$RESULTS" <<'EOF'
+    read -r bytes1 dgrams1 < <(tunnel_bytes)
+    # Each shard's peer table (QUIC counters included) after the run.
+    local i
+    for i in "${!HTTP[@]}"; do
+        "$OPS_BIN" --http "${HTTP[$i]}" --token "$TOKEN" peers --json \
+            > "$OUT/$name.peers-shard-$((i + 1)).json" 2>/dev/null || true
+    done
+    python3 - "$OUT/$name.json" "$name" "$(( (cpu1 - cpu0) ))" "$TICK" "$((bytes1 - bytes0))" "$((dgrams1 - dgrams0))" >> "$RESULTS" <<'EOF'
 import json, sys
 path, name, ticks, hz, tunnel = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+datagrams = int(sys.argv[6])
 s = json.load(open(path))
 elapsed = s["elapsed_s"] or 1.0
 updates = sum(sh["updates_received"] for sh in s["shards"])
@@ -225,7 +236,8 @@ sockets = (s["bytes_sent"] + s["bytes_received"]) / elapsed
 tunnel_per_s = tunnel / elapsed
 ratio = tunnel_per_s / sockets if sockets else float("nan")
 print(f"| {name} | {s['bots']} | {remote} | {updates} | {cpu_s:.1f} | {per_update_us:.2f} | "
-      f"{s['rtt_ms']['p99']:.2f} | {s['move_visible_ms']['p99']:.2f} | {tunnel_per_s:.0f} | {sockets:.0f} | {ratio:.4f} |")
+      f"{s['rtt_ms']['p99']:.2f} | {s['move_visible_ms']['p99']:.2f} | {tunnel_per_s:.0f} | {sockets:.0f} | {ratio:.4f} | "
+      f"{datagrams / elapsed:.0f} |")
 EOF
 }
 

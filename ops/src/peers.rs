@@ -179,6 +179,7 @@ mod tests {
                 bytes_out: 20,
                 streams: 1,
                 state_age_ms: 5,
+                quic: None,
             }],
             streams: vec![StreamInfo {
                 id: 7,

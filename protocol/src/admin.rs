@@ -283,6 +283,27 @@ pub struct PeerInfo {
     pub streams: usize,
     /// Milliseconds in the current state.
     pub state_age_ms: u64,
+    /// The live connection's QUIC counters, since it was made (none while
+    /// there is no connection).
+    #[serde(default)]
+    pub quic: Option<QuicCounters>,
+}
+
+/// What QUIC did on a peer connection (quinn's counters): how many UDP
+/// datagrams carried the tunnel's frames, and how many were ACKs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuicCounters {
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    /// Send system calls (one can carry several datagrams: GSO).
+    pub sends: u64,
+    /// ACK frames sent, alone in a datagram or riding on data.
+    pub acks_out: u64,
+    /// STREAM frames sent (several can share a datagram).
+    pub stream_frames_out: u64,
+    pub lost_packets: u64,
+    /// The path's current maximum UDP payload, in bytes.
+    pub mtu: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

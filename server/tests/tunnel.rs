@@ -842,3 +842,144 @@ fn admin_peers_says_when_the_shard_is_not_in_a_cluster() {
     });
     shard.shard.shutdown();
 }
+
+/// A frame whose bytes say its index and length, so a frame cut, glued to
+/// another or out of order is seen.
+fn numbered(i: usize, len: usize) -> Bytes {
+    (0..len)
+        .map(|k| (i.wrapping_mul(31) ^ k.wrapping_mul(7)) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_of_every_size_arrive_whole_and_in_order_whatever_the_packets() {
+    // The receiver reads the stream a chunk (a packet's data) at a time:
+    // many small frames share a chunk, a header can end one chunk and its
+    // payload start the next, a large frame spans many chunks.
+    let mut cluster = Cluster::new();
+    let a = cluster.start(settings("a")).await;
+    let b = cluster.start(settings("b")).await;
+    let mut b_in = b.listen(ROOM_PROTOCOL);
+    let out = a.open("b", ROOM_PROTOCOL).await.unwrap();
+    // (A frame carries at least one byte: an empty one is refused.)
+    let sizes: Vec<usize> = [1, 2, 3, 4, 5, 1195, 1196, 1400, 1452, 3000, 70_000, 300_000]
+        .into_iter()
+        .chain((0..400).map(|i| 1 + (i * 37) % 1700))
+        .collect();
+    for (i, &n) in sizes.iter().enumerate() {
+        out.tx.send_reliable(numbered(i, n)).unwrap();
+    }
+    let mut inc = accepted(&mut b_in).await;
+    for (i, &n) in sizes.iter().enumerate() {
+        let frame = tokio::time::timeout(DEADLINE, inc.rx.recv())
+            .await
+            .expect("a frame in time")
+            .expect("the stream is open")
+            .expect("a good frame");
+        assert_eq!(frame.len(), n, "frame {i}'s length");
+        assert!(frame == numbered(i, n), "frame {i}'s bytes");
+    }
+    // The sender finishes: the receiver reads the end, not a broken frame.
+    drop(out);
+    let end = tokio::time::timeout(DEADLINE, inc.rx.recv())
+        .await
+        .expect("the end in time");
+    assert!(end.is_none(), "the stream ends cleanly, got {end:?}");
+    cluster.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_rooms_ticks_to_one_peer_arrive_intact_and_in_order() {
+    // Each room has its own stream to the edge; the ticks of all of them
+    // share the one connection (and its packets).
+    const ROOMS: usize = 7;
+    const TICKS: usize = 60;
+    let mut cluster = Cluster::new();
+    let owner = cluster.start(settings("owner")).await;
+    let edge = cluster.start(settings("edge")).await;
+    let mut edge_in = edge.listen(ROOM_PROTOCOL);
+    let mut outs = Vec::new();
+    for room in 0..ROOMS {
+        let out = owner.open("edge", ROOM_PROTOCOL).await.unwrap();
+        // Which room this stream is (the stream's first frame).
+        out.tx.send_reliable(Bytes::from(vec![room as u8])).unwrap();
+        outs.push(out);
+    }
+    let mut ins = Vec::new();
+    for _ in 0..ROOMS {
+        let mut inc = accepted(&mut edge_in).await;
+        let first = inc.rx.recv().await.unwrap().unwrap();
+        ins.push((first[0] as usize, inc));
+    }
+    let readers: Vec<_> = ins
+        .into_iter()
+        .map(|(room, mut inc)| {
+            tokio::spawn(async move {
+                for tick in 0..TICKS {
+                    let frame = tokio::time::timeout(DEADLINE, inc.rx.recv())
+                        .await
+                        .expect("a tick in time")
+                        .expect("the stream is open")
+                        .expect("a good frame");
+                    let i = room * TICKS + tick;
+                    assert!(
+                        frame == numbered(i, 1200 + (i * 13) % 300),
+                        "room {room}, tick {tick}: intact and in order"
+                    );
+                }
+            })
+        })
+        .collect();
+    for tick in 0..TICKS {
+        for (room, out) in outs.iter().enumerate() {
+            let i = room * TICKS + tick;
+            // Reliable: a state frame may be replaced by the next one,
+            // and here every one must arrive.
+            out.tx
+                .send_reliable(numbered(i, 1200 + (i * 13) % 300))
+                .unwrap();
+        }
+    }
+    for reader in readers {
+        reader.await.expect("every room's ticks arrived");
+    }
+    cluster.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_table_shows_the_connection_s_quic_counters() {
+    let mut cluster = Cluster::new();
+    let a = cluster.start(settings("a")).await;
+    let b = cluster.start(settings("b")).await;
+    let mut b_in = b.listen(ROOM_PROTOCOL);
+    let out = a.open("b", ROOM_PROTOCOL).await.unwrap();
+    for i in 0..50 {
+        out.tx.send_reliable(numbered(i, 1000)).unwrap();
+    }
+    let mut inc = accepted(&mut b_in).await;
+    for _ in 0..50 {
+        inc.rx.recv().await.unwrap().unwrap();
+    }
+    let quic = a.snapshot().peers[0]
+        .quic
+        .clone()
+        .expect("a live connection's counters");
+    // 50,000 bytes of frames took at least that many bytes of datagrams
+    // (QUIC may put several writes in one STREAM frame and one datagram).
+    assert!(quic.mtu >= 1200, "{quic:?}");
+    let least = 50 * 1000 / usize::from(quic.mtu);
+    assert!(quic.datagrams_out as usize >= least, "{quic:?}");
+    assert!(quic.stream_frames_out >= 1, "{quic:?}");
+    assert!(
+        quic.sends >= 1 && quic.sends <= quic.datagrams_out,
+        "{quic:?}"
+    );
+    let quic_b = b.snapshot().peers[0].quic.clone().expect("b's counters");
+    assert!(quic_b.datagrams_in as usize >= least, "{quic_b:?}");
+    assert!(
+        quic_b.acks_out >= 1,
+        "b acknowledged a's packets: {quic_b:?}"
+    );
+    cluster.close().await;
+}

@@ -124,6 +124,7 @@ mod tests {
             bytes_out,
             streams: 2,
             state_age_ms: 10,
+            quic: None,
         }];
         doc
     }

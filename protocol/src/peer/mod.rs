@@ -34,6 +34,7 @@
 pub mod admin;
 pub mod calls;
 pub mod chat;
+mod entry_index;
 pub mod handshake;
 pub mod implied;
 pub mod migrate;
@@ -172,7 +173,7 @@ pub fn encode_frame<T: PeerMessage>(msg: &T, max_frame: u32) -> Result<Vec<u8>, 
 
 /// Decode one payload (the bytes after a length prefix).
 pub fn decode_payload<T: PeerMessage>(payload: &[u8], max_frame: u32) -> Result<T, DecodeError> {
-    crate::codec::decode(payload, max_frame as usize)
+    crate::codec::decode_in_place(payload, max_frame as usize)
 }
 
 /// The first whole frame's payload in `buf` and how many bytes it took
@@ -234,5 +235,49 @@ mod tests {
         let (msg, used) = decode_frame::<Control>(&frame, 4096).unwrap().unwrap();
         assert_eq!(used, frame.len());
         assert_eq!(msg, Control::Ping(Heartbeat { seq: 1, sent_us: 2 }));
+    }
+
+    #[test]
+    fn payloads_decode_in_place_to_what_the_copying_decoder_gives() {
+        let mut b = TickBuilder::new("m01", 9).implied();
+        let moved = b.entry(4, EntryKind::Moved, || {
+            bytes::Bytes::from_static(&[0x94, 0x04, 0x01, 0x02, 0x03])
+        });
+        b.view(7, Vec::new(), vec![moved], vec![3], false);
+        let msgs = [
+            OwnerMsg::Tick(b.finish()),
+            OwnerMsg::Closed(Closed {
+                code: 3005,
+                reason: "gone".into(),
+            }),
+        ];
+        for msg in msgs {
+            let payload = encode_payload(&msg);
+            let copied: OwnerMsg = crate::codec::decode(&payload, 4096).unwrap();
+            assert_eq!(decode_payload::<OwnerMsg>(&payload, 4096), Ok(copied));
+            // Every error is the copying decoder's: trailing bytes, a cut
+            // payload, garbage, too large, empty.
+            let mut trailing = payload.clone();
+            trailing.extend_from_slice(&[0x01, 0x02]);
+            let mut garbage = payload.clone();
+            garbage.push(0xc1);
+            let bad: [&[u8]; 5] = [
+                &trailing,
+                &payload[..payload.len() - 1],
+                &garbage,
+                &payload,
+                &[],
+            ];
+            for (i, bytes) in bad.into_iter().enumerate() {
+                let max = if i == 3 { payload.len() - 1 } else { 4096 };
+                let expected = crate::codec::decode::<OwnerMsg>(bytes, max);
+                assert!(expected.is_err(), "case {i}");
+                assert_eq!(
+                    decode_payload::<OwnerMsg>(bytes, max as u32),
+                    expected,
+                    "case {i}"
+                );
+            }
+        }
     }
 }

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::entry_index::EntryIndex;
 use crate::assemble::write_update;
 use crate::msg::EntityId;
 
@@ -288,13 +289,15 @@ pub enum EntryKind {
 /// Builds one edge's [`Tick`] at the owner: each entity's entry goes in
 /// once however many of the edge's members see it, and members whose
 /// views are equal share one [`View`] listing them all.
+///
+/// A builder can be reused tick after tick ([`TickBuilder::reset`] and
+/// [`TickBuilder::take`]): its tables keep their room.
 #[derive(Debug)]
 pub struct TickBuilder {
     tick: Tick,
-    // foldhash, not SipHash: the keys are the room's own entity ids and
-    // index lists, and SipHash was a third of building a tick (a profile
-    // of the hop, BENCHMARKS.md).
-    entries: HashMap<(EntityId, EntryKind), u32, RandomState>,
+    entries: EntryIndex,
+    // foldhash, not SipHash: the keys are index lists, and SipHash was a
+    // third of building a tick (a profile of the hop, BENCHMARKS.md).
     views: HashMap<ViewKey, usize, RandomState>,
 }
 
@@ -317,9 +320,22 @@ impl TickBuilder {
                 views: Vec::new(),
                 implied: false,
             },
-            entries: HashMap::default(),
+            entries: EntryIndex::default(),
             views: HashMap::default(),
         }
+    }
+
+    /// Start over for `tick` of `room` (not implied), keeping the tables
+    /// of the ticks built before.
+    pub fn reset(&mut self, room: &str, tick: u64) {
+        self.entries.clear();
+        self.views.clear();
+        self.tick.room.clear();
+        self.tick.room.push_str(room);
+        self.tick.tick = tick;
+        self.tick.entries.clear();
+        self.tick.views.clear();
+        self.tick.implied = false;
     }
 
     /// The index of `id`'s entry of `kind`; `bytes` (the entry as the room
@@ -327,13 +343,7 @@ impl TickBuilder {
     /// the first time.
     pub fn entry(&mut self, id: EntityId, kind: EntryKind, bytes: impl FnOnce() -> Bytes) -> u32 {
         let entries = &mut self.tick.entries;
-        *self.entries.entry((id, kind)).or_insert_with(|| {
-            // A tick holds far fewer than 2^32 entries (each is a frame's
-            // worth of an entity, and a frame is bounded).
-            let index = u32::try_from(entries.len()).expect("entries fit in u32");
-            entries.push(bytes());
-            index
-        })
+        self.entries.index_of(id, kind, || entries.push(bytes()))
     }
 
     /// The edge computes each member's `moved` itself (it announced
@@ -392,16 +402,32 @@ impl TickBuilder {
     /// entries first: a room
     /// lists each view in entity order, so every view's indices come out
     /// ascending and travel as bitmaps (see `tick_wire.rs`).
-    pub fn finish(self) -> Tick {
-        let TickBuilder {
-            mut tick, entries, ..
-        } = self;
+    pub fn finish(mut self) -> Tick {
+        self.take()
+    }
+
+    /// [`TickBuilder::finish`], leaving the builder empty for another
+    /// tick ([`TickBuilder::reset`]).
+    pub fn take(&mut self) -> Tick {
+        let tick = Tick {
+            room: self.tick.room.clone(),
+            tick: self.tick.tick,
+            entries: Vec::new(),
+            views: Vec::new(),
+            implied: self.tick.implied,
+        };
+        let mut tick = std::mem::replace(&mut self.tick, tick);
         // `Moved` entries first: they are most of a tick, so the `moved`
         // bitmaps start at index 0 and stay short.
-        let mut order: Vec<((bool, EntityId), u32)> = entries
-            .into_iter()
-            .map(|((id, kind), i)| ((kind == EntryKind::Entered, id), i))
+        let mut order: Vec<((bool, EntityId), u32)> = self
+            .entries
+            .keys()
+            .iter()
+            .enumerate()
+            .map(|(i, &(kind, id))| ((kind == EntryKind::Entered, id), i as u32))
             .collect();
+        self.entries.clear();
+        self.views.clear();
         order.sort_unstable_by_key(|&(key, _)| key);
         // `renumber[old] = new`.
         let mut renumber = vec![0u32; order.len()];
@@ -480,6 +506,39 @@ mod tests {
         assert_eq!(tick.entries.len(), 3);
         let sessions: Vec<_> = tick.views.iter().map(|v| v.sessions.clone()).collect();
         assert_eq!(sessions, vec![vec![10, 12], vec![11], vec![13]]);
+    }
+
+    #[test]
+    fn a_reused_builder_builds_what_a_new_one_builds() {
+        // Two ticks of a room: entity ids on both sides of the lookup
+        // table's end, both kinds, shared and distinct views.
+        let big = super::super::entry_index::DENSE_IDS as EntityId + 1;
+        let build = |b: &mut TickBuilder, round: u32| {
+            let bytes = |id: EntityId| move || Bytes::from(id.to_be_bytes().to_vec());
+            for member in 0..6u64 {
+                let ids = [5 + round, 9, big + round, 2 + member as u32];
+                let entered = vec![b.entry(ids[3], EntryKind::Entered, bytes(ids[3] + 1000))];
+                let moved = ids[..3]
+                    .iter()
+                    .map(|&id| b.entry(id, EntryKind::Moved, bytes(id)))
+                    .collect();
+                b.view(member, entered, moved, vec![77], member % 2 == 0);
+            }
+        };
+        let mut reused = TickBuilder::new("lobby", 1);
+        build(&mut reused, 0);
+        let first = reused.take();
+        assert!(reused.is_empty());
+        reused.reset("hall", 2);
+        build(&mut reused, 1);
+        let second = reused.take();
+        let mut fresh = TickBuilder::new("lobby", 1);
+        build(&mut fresh, 0);
+        assert_eq!(first, fresh.finish());
+        let mut fresh = TickBuilder::new("hall", 2);
+        build(&mut fresh, 1);
+        assert_eq!(second, fresh.finish());
+        assert_eq!(second.room, "hall");
     }
 
     #[test]

@@ -7,6 +7,15 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The highest `ack_eliciting_threshold`: QUIC's initial congestion window
+/// is about 10 packets, and a sender whose whole window waits for an ACK
+/// held back stalls until the ACK delay runs out.
+pub const MAX_ACK_ELICITING_THRESHOLD: u32 = 9;
+
+/// The longest `max_ack_delay_ms` accepted: quinn sends no more than 25 ms
+/// (or the RTT, when that is longer) whatever is asked.
+pub const MAX_ACK_DELAY_MS: u64 = 25;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TunnelConfig {
@@ -40,6 +49,16 @@ pub struct TunnelConfig {
     pub refusal_log: usize,
     /// Incoming connections in their handshake at once.
     pub max_handshakes: usize,
+    /// Ack-eliciting packets a peer may receive before it must send an
+    /// ACK at once, asked of it with QUIC's ACK frequency extension
+    /// (QUIC's own rule is 1: an ACK for every other packet). Between two
+    /// shards data flows both ways all the time, so with a higher
+    /// threshold the ACKs ride on data packets instead of costing a
+    /// datagram (and a send, a receive and a decryption) of their own.
+    pub ack_eliciting_threshold: u32,
+    /// The longest a peer may hold an ACK back, asked with the same
+    /// extension. QUIC caps it at the larger of the RTT and 25 ms.
+    pub max_ack_delay_ms: u64,
 }
 
 impl Default for TunnelConfig {
@@ -59,6 +78,8 @@ impl Default for TunnelConfig {
             reconnect_max_ms: 5_000,
             refusal_log: 32,
             max_handshakes: 64,
+            ack_eliciting_threshold: 8,
+            max_ack_delay_ms: 25,
         }
     }
 }
@@ -107,6 +128,18 @@ impl TunnelConfig {
                 "must be shorter than idle_timeout_ms, or live connections time out",
             );
         }
+        if self.ack_eliciting_threshold > MAX_ACK_ELICITING_THRESHOLD {
+            return bad(
+                "ack_eliciting_threshold",
+                &format!("must be at most {MAX_ACK_ELICITING_THRESHOLD} (a congestion window's worth of packets unacknowledged stalls the sender)"),
+            );
+        }
+        if !(1..=MAX_ACK_DELAY_MS).contains(&self.max_ack_delay_ms) {
+            return bad(
+                "max_ack_delay_ms",
+                &format!("must be 1 to {MAX_ACK_DELAY_MS} (QUIC caps a requested ACK delay at 25 ms on a fast path)"),
+            );
+        }
         if self.reconnect_max_ms < self.reconnect_min_ms {
             return bad("reconnect_max_ms", "must be at least reconnect_min_ms");
         }
@@ -117,5 +150,62 @@ impl TunnelConfig {
         if let Err((field, reason)) = self.check() {
             errors.push(format!("cluster.tunnel.{field} {reason}"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(config: TunnelConfig) -> Vec<String> {
+        let mut errors = Vec::new();
+        config.validate(&mut errors);
+        errors
+    }
+
+    #[test]
+    fn the_ack_frequency_defaults_are_valid_and_ask_for_fewer_acks_than_quic() {
+        let config = TunnelConfig::default();
+        assert_eq!(config.check(), Ok(()));
+        assert!(config.ack_eliciting_threshold > 1, "QUIC's own rule is 1");
+        assert_eq!(config.max_ack_delay_ms, 25, "QUIC's default delay");
+    }
+
+    #[test]
+    fn ack_frequency_out_of_range_is_refused_by_name() {
+        let at = |threshold, delay| TunnelConfig {
+            ack_eliciting_threshold: threshold,
+            max_ack_delay_ms: delay,
+            ..TunnelConfig::default()
+        };
+        // QUIC's own behaviour (ACK every other packet, or every one) stays
+        // available.
+        assert_eq!(at(0, 1).check(), Ok(()));
+        assert_eq!(at(1, 25).check(), Ok(()));
+        assert_eq!(at(MAX_ACK_ELICITING_THRESHOLD, 25).check(), Ok(()));
+        let errors = refused(at(MAX_ACK_ELICITING_THRESHOLD + 1, 25));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("cluster.tunnel.ack_eliciting_threshold "),
+            "{errors:?}"
+        );
+        for delay in [0, 26, 1000] {
+            let errors = refused(at(8, delay));
+            assert!(
+                errors.len() == 1 && errors[0].starts_with("cluster.tunnel.max_ack_delay_ms "),
+                "{delay}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ack_frequency_reads_from_toml() {
+        let config: TunnelConfig =
+            toml::from_str("ack_eliciting_threshold = 3\nmax_ack_delay_ms = 10\n").unwrap();
+        assert_eq!(
+            (config.ack_eliciting_threshold, config.max_ack_delay_ms),
+            (3, 10)
+        );
+        assert_eq!(config.max_streams, TunnelConfig::default().max_streams);
     }
 }

@@ -132,6 +132,10 @@ pub struct RemoteSeat {
 #[derive(Default)]
 pub(super) struct EdgeTicks {
     pub(super) builders: Vec<(Arc<EdgeSink>, TickBuilder)>,
+    /// Builders of earlier ticks, reused: their tables keep their room.
+    /// No more of them than edges had ticks in one tick (at most one per
+    /// other shard).
+    spare: Vec<TickBuilder>,
     /// Edges asked this tick whether they are owed full views (id,
     /// answer): asked once per tick, since asking clears the flag.
     full: Vec<(u64, bool)>,
@@ -147,7 +151,13 @@ impl EdgeTicks {
         let i = match self.builders.iter().position(|(e, _)| e.id == edge.id) {
             Some(i) => i,
             None => {
-                let builder = TickBuilder::new(room, tick);
+                let builder = match self.spare.pop() {
+                    Some(mut builder) => {
+                        builder.reset(room, tick);
+                        builder
+                    }
+                    None => TickBuilder::new(room, tick),
+                };
                 let builder = if edge.implied() {
                     builder.implied()
                 } else {
@@ -173,11 +183,12 @@ impl EdgeTicks {
     /// Send every non-empty tick to its edge.
     pub(super) fn send(&mut self) -> u64 {
         let mut sent = 0;
-        for (edge, builder) in self.builders.drain(..) {
+        for (edge, mut builder) in self.builders.drain(..) {
             if !builder.is_empty() {
-                edge.tick(builder.finish());
+                edge.tick(builder.take());
                 sent += 1;
             }
+            self.spare.push(builder);
         }
         self.full.clear();
         sent

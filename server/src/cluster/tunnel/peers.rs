@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
-use protocol::admin::{PeerInfo, PeerState, StreamInfo};
+use protocol::admin::{PeerInfo, PeerState, QuicCounters, StreamInfo};
 use protocol::peer::RefuseCode;
 use quinn::{Connection, Incoming, VarInt};
 use tokio::sync::{watch, OwnedSemaphorePermit};
@@ -379,9 +379,23 @@ pub(super) fn table(inner: &Inner, streams: &[StreamInfo]) -> Vec<PeerInfo> {
                 bytes_out: slot.totals.bytes_out.load(Relaxed),
                 streams: streams.iter().filter(|s| &s.peer == id).count(),
                 state_age_ms: slot.since.elapsed().as_millis() as u64,
+                quic: slot.live.as_ref().map(|l| quic_counters(&l.conn)),
             }
         })
         .collect()
+}
+
+fn quic_counters(conn: &Connection) -> QuicCounters {
+    let stats = conn.stats();
+    QuicCounters {
+        datagrams_in: stats.udp_rx.datagrams,
+        datagrams_out: stats.udp_tx.datagrams,
+        sends: stats.udp_tx.ios,
+        acks_out: stats.frame_tx.acks,
+        stream_frames_out: stats.frame_tx.stream,
+        lost_packets: stats.path.lost_packets,
+        mtu: stats.path.current_mtu,
+    }
 }
 
 /// Close `peer`'s live connection (see [`super::PeerHub::disconnect`]) and

@@ -62,6 +62,11 @@ pub struct TunnelSettings {
     /// Incoming connections in their handshake at once; more are refused
     /// before any TLS work. Default 64.
     pub max_handshakes: usize,
+    /// Ack-eliciting packets a peer may receive before it must ACK at
+    /// once (QUIC ACK frequency extension). Default 8.
+    pub ack_eliciting_threshold: u32,
+    /// The longest a peer may hold an ACK back. Default 25 ms.
+    pub max_ack_delay: Duration,
 }
 
 impl Default for TunnelSettings {
@@ -87,6 +92,8 @@ impl Default for TunnelSettings {
             reconnect_max: Duration::ZERO,
             refusal_log: 0,
             max_handshakes: 0,
+            ack_eliciting_threshold: 0,
+            max_ack_delay: Duration::ZERO,
         }
         .with_limits(&TunnelConfig::default())
     }
@@ -111,6 +118,8 @@ impl TunnelSettings {
             reconnect_max: ms(limits.reconnect_max_ms),
             refusal_log: limits.refusal_log,
             max_handshakes: limits.max_handshakes,
+            ack_eliciting_threshold: limits.ack_eliciting_threshold,
+            max_ack_delay: ms(limits.max_ack_delay_ms),
             ..self
         }
     }
@@ -133,6 +142,8 @@ impl TunnelSettings {
             reconnect_max_ms: ms(self.reconnect_max),
             refusal_log: self.refusal_log,
             max_handshakes: self.max_handshakes,
+            ack_eliciting_threshold: self.ack_eliciting_threshold,
+            max_ack_delay_ms: ms(self.max_ack_delay),
         }
     }
 }
@@ -283,6 +294,27 @@ mod tests {
                 ..good()
             }),
             "keep_alive"
+        );
+        assert_eq!(
+            field(TunnelSettings {
+                ack_eliciting_threshold: 10,
+                ..good()
+            }),
+            "ack_eliciting_threshold"
+        );
+        assert_eq!(
+            field(TunnelSettings {
+                max_ack_delay: Duration::from_millis(26),
+                ..good()
+            }),
+            "max_ack_delay"
+        );
+        assert_eq!(
+            field(TunnelSettings {
+                max_ack_delay: Duration::ZERO,
+                ..good()
+            }),
+            "max_ack_delay"
         );
     }
 }

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use protocol::admin::{StreamDirection, StreamInfo};
 use protocol::peer::{decode_payload, frame_header, frame_len, PeerMessage, ResetCode, LEN_PREFIX};
@@ -446,6 +446,9 @@ async fn write_loop(
 /// The receiving half of a stream.
 pub struct StreamReceiver {
     recv: RecvStream,
+    /// What was read from the stream and not returned yet: the rest of
+    /// the last chunk QUIC handed out.
+    buffered: Bytes,
     entry: Arc<StreamEntry>,
     max_frame: u32,
 }
@@ -454,13 +457,20 @@ impl StreamReceiver {
     /// The next frame's payload; `None` once the peer finished the
     /// stream. Not cancel-safe (a frame read half-way is lost): call it
     /// from one task, not from a `select!` arm that may lose the race.
+    ///
+    /// The stream is read a chunk at a time (`read_chunk`: what a packet
+    /// carried, without a copy), and a frame that lies within one chunk,
+    /// as a tick or an input batch does, is a slice of it: no buffer to
+    /// zero and fill, and one read of the stream instead of two.
     pub async fn recv(&mut self) -> Option<Result<Bytes, StreamError>> {
-        let mut header = [0u8; LEN_PREFIX];
-        match self.recv.read_exact(&mut header).await {
-            Ok(()) => {}
+        let header = match self.take(LEN_PREFIX).await {
+            Ok(header) => header,
             Err(ReadExactError::FinishedEarly(0)) => return None,
             Err(err) => return Some(Err(read_error(err))),
-        }
+        };
+        let header: [u8; LEN_PREFIX] = header[..]
+            .try_into()
+            .expect("take returns exactly the bytes asked for");
         let len = match frame_len(header, self.max_frame) {
             Ok(len) => len,
             Err(_) => {
@@ -473,13 +483,49 @@ impl StreamReceiver {
                 }));
             }
         };
-        // Allocated only after the length was checked.
-        let mut payload = vec![0u8; len];
-        if let Err(err) = self.recv.read_exact(&mut payload).await {
-            return Some(Err(read_error(err)));
-        }
+        // Gathered (when it spans chunks) only after the length was
+        // checked.
+        let payload = match self.take(len).await {
+            Ok(payload) => payload,
+            Err(err) => return Some(Err(read_error(err))),
+        };
         self.entry.count_in(len);
-        Some(Ok(Bytes::from(payload)))
+        Some(Ok(payload))
+    }
+
+    /// The stream's next `n` bytes: a slice of one chunk when it holds
+    /// them, else gathered from several. `FinishedEarly(k)`: the stream
+    /// ended after `k` of them.
+    async fn take(&mut self, n: usize) -> Result<Bytes, ReadExactError> {
+        if self.buffered.len() >= n {
+            return Ok(self.buffered.split_to(n));
+        }
+        let mut gathered = BytesMut::new();
+        if !self.buffered.is_empty() {
+            gathered.reserve(n);
+            gathered.extend_from_slice(&std::mem::take(&mut self.buffered));
+        }
+        loop {
+            let mut chunk = match self.recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => chunk.bytes,
+                Ok(None) => return Err(ReadExactError::FinishedEarly(gathered.len())),
+                Err(err) => return Err(ReadExactError::ReadError(err)),
+            };
+            let want = n - gathered.len();
+            if chunk.len() > want {
+                self.buffered = chunk.split_off(want);
+            }
+            if gathered.is_empty() && chunk.len() == n {
+                return Ok(chunk);
+            }
+            if gathered.capacity() == 0 {
+                gathered.reserve(n);
+            }
+            gathered.extend_from_slice(&chunk);
+            if gathered.len() == n {
+                return Ok(gathered.freeze());
+            }
+        }
     }
 
     /// The next frame decoded as `T`; a frame that is not one is an error
@@ -562,6 +608,7 @@ impl PeerStream {
             },
             rx: StreamReceiver {
                 recv,
+                buffered: Bytes::new(),
                 entry: parts.entry,
                 max_frame: parts.max_frame,
             },

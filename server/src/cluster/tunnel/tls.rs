@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{ClientConfig, Endpoint, IdleTimeout, ServerConfig, TransportConfig, VarInt};
+use quinn::{
+    AckFrequencyConfig, ClientConfig, Endpoint, IdleTimeout, ServerConfig, TransportConfig, VarInt,
+};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -82,8 +84,24 @@ fn transport(settings: &TunnelSettings) -> TransportConfig {
         .max_concurrent_bidi_streams(VarInt::from_u32(settings.max_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .stream_receive_window(VarInt::from_u32(settings.stream_window))
-        .initial_rtt(Duration::from_millis(10));
+        .initial_rtt(Duration::from_millis(10))
+        .ack_frequency_config(Some(ack_frequency(settings)));
     t
+}
+
+/// What this side asks of its peer with QUIC's ACK frequency extension
+/// (both sides are quinn, which supports it: each asks the other the
+/// same). Ticks go one way and inputs the other all the time, so an ACK
+/// held back a little rides on the next data packet instead of being a
+/// datagram of its own: with QUIC's rule (an ACK for every other packet)
+/// about a fifth of the tunnel's datagrams were ACKs alone, each a send,
+/// a receive and a decryption (BENCHMARKS.md, "The hop's CPU, last
+/// pass").
+fn ack_frequency(settings: &TunnelSettings) -> AckFrequencyConfig {
+    let mut ack = AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(VarInt::from_u32(settings.ack_eliciting_threshold))
+        .max_ack_delay(Some(settings.max_ack_delay));
+    ack
 }
 
 /// Accepts any certificate, but still checks that the handshake is signed
