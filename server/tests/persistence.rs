@@ -145,8 +145,8 @@ async fn sigkill_right_after_a_durable_ack_keeps_it_and_recent_positions() {
         .find(|e| e.id == joined.you)
         .unwrap()
         .x;
-    // 50 units/s; one flush interval plus the 5-tick save cadence and
-    // slack: at most 1.5 s behind.
+    // 50 units/s; one flush interval plus the save cadence (half a flush
+    // interval): at most 1.5 s behind.
     assert!(
         x <= last_x + 0.01 && x >= last_x - 75.0,
         "saved x {x}, last seen {last_x}"

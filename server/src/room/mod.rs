@@ -101,10 +101,6 @@ pub use room_ref::{CallError, CastError, RoomRef};
 pub use snapshot::{Restored, RoomSnapshot};
 pub use supervisor::{RestartReason, RoomSlot, RoomSupervisor, RoomView};
 
-/// Positions are handed to the persister (which coalesces them) at most
-/// this often per member, and on leave, disconnect and room stop.
-const SAVE_EVERY_TICKS: u64 = 5;
-
 pub struct Room {
     /// Which room this is: the map and the instance.
     id: RoomId,
@@ -333,7 +329,9 @@ impl Room {
         if self.moved_since_snapshot && self.tick % SNAPSHOT_EVERY_TICKS == 0 {
             self.snapshot();
         }
-        if self.tick % SAVE_EVERY_TICKS == 0 {
+        // Positions go to the persister (which coalesces them) twice per
+        // flush interval, and on leave, disconnect and room stop.
+        if self.tick % self.supervisor.save_every_ticks(self.map.tick_hz) == 0 {
             self.save_moved();
         }
         metrics::counter!(m::ROOM_TICKS).increment(1);

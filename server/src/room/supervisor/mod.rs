@@ -174,6 +174,10 @@ pub struct Settings {
     pub watchdog_interval: Duration,
     pub max_extra_arbiters: usize,
     pub resume_grace: Duration,
+    /// How often a room hands its moved members' positions to the
+    /// persister: twice per `store.flush_interval_ms`, so a position is
+    /// at most one and a half flush intervals old in the store.
+    pub save_interval: Duration,
 }
 
 impl Settings {
@@ -189,6 +193,7 @@ impl Settings {
             watchdog_interval: ms(sv.watchdog_interval_ms),
             max_extra_arbiters: sv.max_extra_arbiters,
             resume_grace: ms(sv.resume_grace_ms),
+            save_interval: config.store.flush_interval() / 2,
         }
     }
 
@@ -336,6 +341,13 @@ impl RoomSupervisor {
 
     pub fn resume_grace(&self) -> Duration {
         self.settings.resume_grace
+    }
+
+    /// Every how many ticks of a `tick_hz` room its moved members'
+    /// positions go to the persister (at least every tick).
+    pub fn save_every_ticks(&self, tick_hz: u32) -> u64 {
+        let ticks = self.settings.save_interval.as_secs_f64() * f64::from(tick_hz);
+        (ticks.round() as u64).max(1)
     }
 
     pub fn fallback_map(&self) -> Option<&str> {

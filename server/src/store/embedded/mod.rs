@@ -31,7 +31,8 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use mongodb::bson::{Bson, Document};
+use mongodb::bson::raw::{RawBsonRef, RawDocument, RawDocumentBuf};
+use mongodb::bson::{self as bson, Bson, Document};
 use protocol::admin::{Ban, Event};
 use redb::{
     ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
@@ -40,8 +41,8 @@ use redb::{
 
 use super::model::{
     self, decode_player, decode_room, decode_trade, rev_i64, to_bson, to_document, DurableAck,
-    DurableOp, OpRecord, PlayerProfile, RoomState, TradeRecord, Volatile, VolatileKey, OPS,
-    PLAYERS, ROOMS, TRADES,
+    DurableOp, OpRecord, PlayerProfile, PlayerState, RoomState, TradeRecord, Volatile, VolatileKey,
+    OPS, PLAYERS, ROOMS, TRADES,
 };
 use super::{metric, report_bad, BatchReport, OpError, Store, StoreError, StoreFuture};
 use crate::config::EmbeddedConfig;
@@ -230,30 +231,36 @@ fn write_batch(db: &Db, batch: Vec<Volatile>) -> Result<BatchReport, StoreError>
                     // Like Mongo's `$set: {state, state_rev}` under a
                     // revision filter: only the state changes, whatever
                     // else the document holds, and only to a newer one.
-                    let mut stored = match get(&players, &id)? {
-                        Some(bytes) => match parse(PLAYERS, &id, &bytes) {
-                            Ok(doc) => doc,
-                            Err(e) => {
-                                report_bad(&e);
-                                report
-                                    .rejected
-                                    .push((VolatileKey::Player(id), e.reason.clone()));
-                                continue;
-                            }
-                        },
+                    let spliced = match players.get(id.as_str()).map_err(backend)? {
+                        Some(stored) => set_state(stored.value(), &state, rev),
                         None => {
                             let mut d = Document::new();
                             d.insert("_id", id.clone());
                             d.extend(model::player_defaults(&id));
-                            d
+                            d.insert("state", to_bson(&state));
+                            d.insert("state_rev", Bson::Int64(rev_i64(rev)));
+                            Ok(Some(encode(&d)))
                         }
                     };
-                    if rev_of(&stored, "state_rev").is_some_and(|have| have >= rev) {
-                        metrics::counter!(metric::STALE_SKIPPED).increment(1);
-                    } else {
-                        stored.insert("state", to_bson(&state));
-                        stored.insert("state_rev", Bson::Int64(rev_i64(rev)));
-                        put(&mut players, &id, &stored)?;
+                    match spliced {
+                        Ok(Some(bytes)) => {
+                            players
+                                .insert(id.as_str(), bytes.as_slice())
+                                .map_err(backend)?;
+                        }
+                        Ok(None) => metrics::counter!(metric::STALE_SKIPPED).increment(1),
+                        Err(reason) => {
+                            let e = model::DecodeError {
+                                collection: PLAYERS,
+                                id: id.clone(),
+                                reason,
+                            };
+                            report_bad(&e);
+                            report
+                                .rejected
+                                .push((VolatileKey::Player(id), e.reason.clone()));
+                            continue;
+                        }
                     }
                 }
                 Volatile::Room(room) => match put_room_checked(&mut rooms, &room)? {
@@ -274,6 +281,41 @@ fn write_batch(db: &Db, batch: Vec<Volatile>) -> Result<BatchReport, StoreError>
     }
     txn.commit().map_err(backend)?;
     Ok(report)
+}
+
+/// A stored player document with `state` and `state_rev` replaced (appended
+/// at the end), or `None` when it already holds `rev` or a newer state.
+///
+/// The document is copied element by element as raw BSON, never decoded
+/// into a [`Document`]: a flush writes every moving player's state, and
+/// decoding and re-encoding each whole document was most of a flush's CPU.
+/// A document that is not valid BSON is an error (the reason), as a failed
+/// parse was.
+fn set_state(stored: &[u8], state: &PlayerState, rev: u64) -> Result<Option<Vec<u8>>, String> {
+    let bad = |e: bson::raw::Error| format!("not a BSON document: {e}");
+    let doc = RawDocument::from_bytes(stored).map_err(bad)?;
+    let mut out = RawDocumentBuf::new();
+    for element in doc {
+        let (key, value) = element.map_err(bad)?;
+        match key {
+            "state" => {}
+            "state_rev" => {
+                let have = match value {
+                    RawBsonRef::Int64(n) => u64::try_from(n).ok(),
+                    RawBsonRef::Int32(n) => u64::try_from(n).ok(),
+                    _ => None,
+                };
+                if have.is_some_and(|have| have >= rev) {
+                    return Ok(None);
+                }
+            }
+            _ => out.append_ref(key, value),
+        }
+    }
+    let state = bson::to_raw_document_buf(state).expect("model types serialize to BSON");
+    out.append_ref("state", &state);
+    out.append("state_rev", rev_i64(rev));
+    Ok(Some(out.into_bytes()))
 }
 
 /// A revision field of a stored document; none when missing or not a
@@ -483,3 +525,6 @@ impl Store for EmbeddedStore {
         self.run(move |db| admin::load_audit(db, limit))
     }
 }
+
+#[cfg(test)]
+mod tests;
