@@ -72,13 +72,13 @@ impl Session {
         let msg = match protocol::decode_client(bytes, self.deps.config.server.max_frame_bytes) {
             Ok(msg) => msg,
             Err(err) => {
-                metrics::counter!(m::CLIENT_MESSAGES, "kind" => "malformed").increment(1);
+                m::count_client_message("malformed");
                 self.send_error(err.code(), err.to_string());
                 self.strike(ctx);
                 return;
             }
         };
-        metrics::counter!(m::CLIENT_MESSAGES, "kind" => msg.kind()).increment(1);
+        m::count_client_message(msg.kind());
         let bucket = &mut self.buckets[Class::of(&msg) as usize];
         if !bucket.allow(Instant::now()) {
             let req = match &msg {
@@ -152,7 +152,7 @@ impl Session {
         match item {
             Ok(Message::Binary(bytes)) => self.on_frame(&bytes, ctx),
             Ok(Message::Text(_)) => {
-                metrics::counter!(m::CLIENT_MESSAGES, "kind" => "text").increment(1);
+                m::count_client_message("text");
                 self.send_error(ErrorCode::TextFrame, "frames must be binary MessagePack");
                 self.strike(ctx);
             }
