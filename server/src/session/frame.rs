@@ -80,7 +80,8 @@ impl Session {
         };
         m::count_client_message(msg.kind());
         let bucket = &mut self.buckets[Class::of(&msg) as usize];
-        if !bucket.allow(Instant::now()) {
+        // The frame's arrival time, read once per frame (`handle`).
+        if !bucket.allow(self.last_seen) {
             let req = match &msg {
                 ClientMsg::Give(give) => Some(give.req),
                 ClientMsg::PickUp(pick) => Some(pick.req),
