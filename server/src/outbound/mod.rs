@@ -216,18 +216,23 @@ impl Queue {
         let mut head = [0u8; MAX_HEADER];
         let head_len = frame.header(&mut head);
         let head = &head[..head_len];
+        // Straight to the socket, not through tokio's readiness check
+        // (`try_write`): that reads the socket's readiness word, a cache
+        // miss per member per tick, and only saves a `send` that would
+        // fail. A write that does fail leaves tokio's readiness stale; the
+        // writer's next write through tokio then fails too, clears it and
+        // waits for the socket as usual.
+        let sock = socket2::SockRef::from(&*socket.0);
         let sent = if wire <= SMALL_WRITE {
             // A tick's frame: copied once, sent with `send` (see
             // `writer::write_direct`).
             let mut buf = [0u8; SMALL_WRITE];
             buf[..head.len()].copy_from_slice(head);
             buf[head.len()..wire].copy_from_slice(frame.body());
-            socket.0.try_write(&buf[..wire])
+            sock.send(&buf[..wire])
         } else {
             let slices = [io::IoSlice::new(head), io::IoSlice::new(frame.body())];
-            socket.0.try_io(tokio::io::Interest::WRITABLE, || {
-                socket2::SockRef::from(&*socket.0).send_vectored(&slices)
-            })
+            sock.send_vectored(&slices)
         };
         match sent {
             Ok(n) if n >= wire => {
@@ -242,8 +247,8 @@ impl Queue {
                     Immediate::Part(n)
                 }
             }
-            // Not writable (tokio now knows it), or failed: the writer
-            // queues, waits and finds out as usual.
+            // Not writable, or failed: the writer queues, waits and finds
+            // out as usual (see above).
             Err(_) => {
                 self.free = false;
                 Immediate::No
