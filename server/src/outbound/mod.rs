@@ -95,22 +95,52 @@ enum Frame {
 }
 
 impl Frame {
+    /// The frame's opcode and payload, borrowed.
+    fn wire(&self) -> Wire<'_> {
+        match self {
+            Frame::State(b) | Frame::Reliable(b) => Wire::binary(b),
+            Frame::Ping => Wire {
+                opcode: 0x9,
+                body: &[],
+            },
+        }
+    }
+
     /// The frame's payload.
     fn body(&self) -> &[u8] {
-        match self {
-            Frame::State(b) | Frame::Reliable(b) => b,
-            Frame::Ping => &[],
-        }
+        self.wire().body
+    }
+
+    /// See [`Wire::header`].
+    fn header(&self, head: &mut [u8; MAX_HEADER]) -> usize {
+        self.wire().header(head)
+    }
+
+    /// See [`Wire::len`].
+    fn wire_len(&self) -> usize {
+        self.wire().len()
+    }
+}
+
+/// What a frame puts on the wire: its opcode and payload, borrowed, so
+/// that an immediate write needs no [`Frame`] (nor a clone of a shared
+/// payload) unless the frame ends up queued.
+#[derive(Clone, Copy)]
+struct Wire<'a> {
+    opcode: u8,
+    body: &'a [u8],
+}
+
+impl<'a> Wire<'a> {
+    fn binary(body: &'a [u8]) -> Wire<'a> {
+        Wire { opcode: 0x2, body }
     }
 
     /// The WebSocket header of this frame from the server (unmasked, one
     /// fragment) into `head`; returns its length.
     fn header(&self, head: &mut [u8; MAX_HEADER]) -> usize {
-        let (opcode, len) = match self {
-            Frame::State(b) | Frame::Reliable(b) => (0x2, b.len()),
-            Frame::Ping => (0x9, 0),
-        };
-        head[0] = 0x80 | opcode;
+        let len = self.body.len();
+        head[0] = 0x80 | self.opcode;
         if len < 126 {
             head[1] = len as u8;
             2
@@ -126,8 +156,8 @@ impl Frame {
     }
 
     /// Header and payload: the bytes this frame takes on the wire.
-    fn wire_len(&self) -> usize {
-        let len = self.body().len();
+    fn len(&self) -> usize {
+        let len = self.body.len();
         len + match len {
             0..=125 => 2,
             126..=0xFFFF => 4,
@@ -202,14 +232,14 @@ enum Immediate {
 impl Queue {
     /// Write `frame` now if the socket is free and nothing waits before it
     /// (see the module docs). Called under the queue's lock.
-    fn write_now(&mut self, frame: &Frame) -> Immediate {
+    fn write_now(&mut self, frame: Wire<'_>) -> Immediate {
         if !self.free || !self.frames.is_empty() {
             return Immediate::No;
         }
         let Some(socket) = &self.socket else {
             return Immediate::No;
         };
-        let wire = frame.wire_len();
+        let wire = frame.len();
         if wire > IMMEDIATE_MAX {
             return Immediate::No;
         }
@@ -228,10 +258,10 @@ impl Queue {
             // `writer::write_direct`).
             let mut buf = [0u8; SMALL_WRITE];
             buf[..head.len()].copy_from_slice(head);
-            buf[head.len()..wire].copy_from_slice(frame.body());
+            buf[head.len()..wire].copy_from_slice(frame.body);
             sock.send(&buf[..wire])
         } else {
-            let slices = [io::IoSlice::new(head), io::IoSlice::new(frame.body())];
+            let slices = [io::IoSlice::new(head), io::IoSlice::new(frame.body)];
             sock.send_vectored(&slices)
         };
         match sent {
@@ -396,7 +426,11 @@ impl Outbound {
     /// Queue a state update from the room of membership `epoch`. Returns
     /// false when it was not queued; when it did not fit, the session is
     /// flagged for a full resync.
-    pub fn push_state(&self, epoch: u64, frame: Bytes) -> bool {
+    ///
+    /// The frame is borrowed: a frame shared by many members (one `Bytes`
+    /// behind them all) is cloned only for those whose socket does not
+    /// take it at once.
+    pub fn push_state(&self, epoch: u64, frame: &Bytes) -> bool {
         let mut q = self.queue.lock();
         if q.close.is_some() || q.room_epoch != epoch {
             return false;
@@ -408,12 +442,11 @@ impl Outbound {
             metrics::counter!(m::OUTBOUND_DROPPED, "class" => "state").increment(1);
             return false;
         }
-        let frame = Frame::State(frame);
-        let tried = q.write_now(&frame);
+        let tried = q.write_now(Wire::binary(frame));
         if let Immediate::Sent = tried {
             return true;
         }
-        q.queue_after(tried, frame);
+        q.queue_after(tried, Frame::State(frame.clone()));
         drop(q);
         self.wake.wake();
         true
@@ -449,12 +482,11 @@ impl Outbound {
             self.wake.wake();
             return Err(PushError::Overflow);
         }
-        let frame = Frame::Reliable(frame);
-        let tried = q.write_now(&frame);
+        let tried = q.write_now(Wire::binary(&frame));
         if let Immediate::Sent = tried {
             return Ok(());
         }
-        q.queue_after(tried, frame);
+        q.queue_after(tried, Frame::Reliable(frame));
         drop(q);
         self.wake.wake();
         Ok(())
@@ -463,7 +495,7 @@ impl Outbound {
     pub fn push_ping(&self) {
         let mut q = self.queue.lock();
         if q.close.is_none() {
-            let tried = q.write_now(&Frame::Ping);
+            let tried = q.write_now(Frame::Ping.wire());
             if let Immediate::Sent = tried {
                 return;
             }

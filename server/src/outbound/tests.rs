@@ -21,8 +21,8 @@ use super::*;
 fn state_frames_over_budget_are_dropped_and_flag_a_resync() {
     let out = Outbound::new(10);
     let epoch = out.begin_room();
-    assert!(out.push_state(epoch, Bytes::from_static(b"123456")));
-    assert!(!out.push_state(epoch, Bytes::from_static(b"123456")));
+    assert!(out.push_state(epoch, &Bytes::from_static(b"123456")));
+    assert!(!out.push_state(epoch, &Bytes::from_static(b"123456")));
     assert!(
         !out.take_resync(),
         "no resync while the queue is still full"
@@ -48,14 +48,14 @@ fn reliable_overflow_closes_with_slow_consumer() {
         out.push_reliable(Bytes::from_static(b"1")),
         Err(PushError::Closed)
     );
-    assert!(!out.push_state(0, Bytes::from_static(b"1")));
+    assert!(!out.push_state(0, &Bytes::from_static(b"1")));
 }
 
 #[tokio::test]
 async fn the_writer_sends_in_order_then_closes() {
     let out = Outbound::new(1024);
     out.push_reliable(Bytes::from_static(b"a")).unwrap();
-    out.push_state(0, Bytes::from_static(b"b"));
+    out.push_state(0, &Bytes::from_static(b"b"));
     out.close(CloseCode::GoingAway, "bye");
     let mut got: Vec<Message> = Vec::new();
     let sink = (&mut got).sink_map_err(|_| WsError::ConnectionClosed);
@@ -214,7 +214,7 @@ async fn direct_writes_keep_every_frame_whole_through_a_full_socket() {
         assert!(got[..] == payload(i, len)[..], "frame {i} of {len} bytes");
     }
     // A small batch (a tick's frame) goes through the stack buffer.
-    out.push_state(0, payload(7, 300));
+    out.push_state(0, &payload(7, 300));
     out.push_reliable(payload(8, 200)).unwrap();
     for (i, len) in [(7, 300), (8, 200)] {
         match client.next().await {
@@ -299,7 +299,7 @@ fn a_drained_burst_gives_its_capacity_back() {
     let out = Outbound::new(1 << 20);
     let epoch = out.begin_room();
     for _ in 0..200 {
-        assert!(out.push_state(epoch, Bytes::from_static(b"frame")));
+        assert!(out.push_state(epoch, &Bytes::from_static(b"frame")));
     }
     let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
     let mut batch = Vec::new();
@@ -308,7 +308,7 @@ fn a_drained_burst_gives_its_capacity_back() {
     let kept = out.queue.lock().frames.capacity();
     assert!(kept <= KEEP_FRAMES, "the queue keeps {kept} slots");
     // A tick's frame afterwards needs no more than what was kept.
-    assert!(out.push_state(epoch, Bytes::from_static(b"next")));
+    assert!(out.push_state(epoch, &Bytes::from_static(b"next")));
     assert!(out.queue.lock().frames.capacity() <= KEEP_FRAMES);
 }
 
@@ -409,7 +409,7 @@ async fn a_frame_pushed_to_an_idle_connection_is_written_at_once_without_waking_
     // socket.
     assert!(futures_util::Stream::poll_next(Pin::new(&mut conn), &mut cx).is_pending());
     let epoch = out.begin_room();
-    assert!(out.push_state(epoch, payload(1, 300)));
+    assert!(out.push_state(epoch, &payload(1, 300)));
     out.push_reliable(payload(2, 5_000)).unwrap();
     out.push_ping();
     // Written by the pushes themselves: nothing queued, nobody woken, and
@@ -431,7 +431,7 @@ async fn a_frame_pushed_to_an_idle_connection_is_written_at_once_without_waking_
     assert_eq!(wakes.0.load(Ordering::Relaxed), 1);
     // Until the connection has written it, the socket is its own: a small
     // frame queues behind the big one.
-    assert!(out.push_state(epoch, payload(4, 10)));
+    assert!(out.push_state(epoch, &payload(4, 10)));
     assert!(out.queued_bytes() > IMMEDIATE_MAX);
     let server = tokio::spawn(async move { while conn.next().await.is_some() {} });
     for (i, len) in [(3, IMMEDIATE_MAX + 1), (4, 10)] {
@@ -451,7 +451,7 @@ async fn a_frame_pushed_to_an_idle_connection_is_written_at_once_without_waking_
         other => panic!("expected the pong, got {other:?}"),
     }
     out.close(CloseCode::Normal, "bye");
-    assert!(!out.push_state(epoch, payload(5, 10)), "closing: refused");
+    assert!(!out.push_state(epoch, &payload(5, 10)), "closing: refused");
     closed_by_both(&mut client, server).await;
 }
 
@@ -480,7 +480,7 @@ async fn immediate_and_queued_frames_stay_whole_and_in_order_through_a_full_sock
     for i in 0..total {
         let len = sizes[i % sizes.len()];
         if i % 3 == 0 {
-            assert!(out.push_state(epoch, payload(i, len)));
+            assert!(out.push_state(epoch, &payload(i, len)));
         } else {
             out.push_reliable(payload(i, len)).unwrap();
         }

@@ -343,7 +343,7 @@ impl Room {
                 // Counted only when queued: a closing session or one over
                 // its budget refuses the frame.
                 let full = self.full_update(&me.visible);
-                sent += u64::from(me.state.link.out.push_state(me.state.link.epoch, full));
+                sent += u64::from(me.state.link.out.push_state(me.state.link.epoch, &full));
                 continue;
             }
             diff.compute(previous, &me.visible, changed);
@@ -360,7 +360,7 @@ impl Room {
                     |e| members[&e].wire.moved.as_slice(),
                 )
             });
-            sent += u64::from(me.state.link.out.push_state(me.state.link.epoch, frame));
+            sent += u64::from(me.state.link.out.push_state(me.state.link.epoch, &frame));
         }
         let ticks = edges.send();
         metrics::counter!(m::REMOTE_TICKS).increment(ticks);

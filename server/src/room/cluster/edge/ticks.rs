@@ -48,7 +48,7 @@ pub(super) fn on_tick(inner: &mut Inner, tick: &Tick, scratch: &mut TickScratch)
             let frame = Bytes::copy_from_slice(&scratch.frame);
             for session in &view.sessions {
                 if let Some(member) = inner.members.get(session) {
-                    member.link.out.push_state(member.link.epoch, frame.clone());
+                    member.link.out.push_state(member.link.epoch, &frame);
                 }
             }
             continue;
@@ -74,8 +74,10 @@ pub(super) fn on_tick(inner: &mut Inner, tick: &Tick, scratch: &mut TickScratch)
                 // no frame either.
                 continue;
             }
-            let frame = match scratch.frames.iter().find(|(m, _)| m == moved) {
-                Some((_, frame)) => frame.clone(),
+            // Borrowed from the tick's frames: a frame is cloned only for
+            // a member whose socket does not take it at once.
+            let at = match scratch.frames.iter().position(|(m, _)| m == moved) {
+                Some(at) => at,
                 None => {
                     // Laid out in its own buffer, which becomes the frame
                     // without a copy; sized like the last one.
@@ -85,12 +87,14 @@ pub(super) fn on_tick(inner: &mut Inner, tick: &Tick, scratch: &mut TickScratch)
                         continue;
                     }
                     scratch.frame_len = out.len();
-                    let frame = Bytes::from(out);
-                    scratch.frames.push((moved.clone(), frame.clone()));
-                    frame
+                    scratch.frames.push((moved.clone(), Bytes::from(out)));
+                    scratch.frames.len() - 1
                 }
             };
-            member.link.out.push_state(member.link.epoch, frame);
+            member
+                .link
+                .out
+                .push_state(member.link.epoch, &scratch.frames[at].1);
         }
     }
     if bad > 0 {
