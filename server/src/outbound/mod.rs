@@ -50,7 +50,9 @@
 //! socket does not take whole is queued (its written part noted) and the
 //! connection, woken, writes the rest first, so frames never interleave;
 //! a socket that is not writable just queues as before. Plain TCP only:
-//! a TLS connection's frames always go through its writer.
+//! a TLS connection's frames always go through its writer. A room's tick
+//! makes at most `rooms.immediate_writes_per_tick` of them (see
+//! `budget.rs`); the rest are queued for their sessions to write.
 //!
 //! The socket itself is a [`Conn`]: the WebSocket reads and writes through
 //! it, and a [`Socket`] handle to the same TCP stream lets the close path
@@ -68,7 +70,9 @@
 //!   reads and writes one socket from one task.
 //! - `socket.rs`: [`Conn`], the TCP stream the WebSocket runs on, and the
 //!   [`Socket`] handle of the close path.
+//! - `budget.rs`: the per-thread budget of immediate writes a tick opens.
 
+mod budget;
 mod socket;
 mod writer;
 
@@ -85,6 +89,7 @@ use protocol::CloseCode;
 
 use crate::metrics as m;
 
+pub use budget::{immediate_budget, BudgetGuard};
 pub use socket::{Conn, Socket};
 pub use writer::{run_writer, Connection, Writer};
 
@@ -240,7 +245,7 @@ impl Queue {
             return Immediate::No;
         };
         let wire = frame.len();
-        if wire > IMMEDIATE_MAX {
+        if wire > IMMEDIATE_MAX || !budget::take() {
             return Immediate::No;
         }
         let mut head = [0u8; MAX_HEADER];

@@ -515,3 +515,54 @@ async fn immediate_and_queued_frames_stay_whole_and_in_order_through_a_full_sock
     out.close(CloseCode::Normal, "bye");
     closed_by_both(&mut client, server).await;
 }
+
+#[tokio::test]
+async fn past_the_tick_budget_frames_are_queued_for_their_sessions() {
+    let wakes = Arc::new(Wakes(Default::default()));
+    let waker = futures_util::task::waker(wakes.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut members = Vec::new();
+    for _ in 0..4 {
+        let (out, mut conn, client) = immediate_pair(1 << 20).await;
+        // Idle: the socket is lent for immediate writes.
+        assert!(futures_util::Stream::poll_next(Pin::new(&mut conn), &mut cx).is_pending());
+        let epoch = out.begin_room();
+        members.push((out, conn, client, epoch));
+    }
+    {
+        // A tick with a budget of two immediate writes.
+        let _budget = super::immediate_budget(2);
+        for (i, (out, _, _, epoch)) in members.iter().enumerate() {
+            assert!(out.push_state(*epoch, &payload(i, 300)));
+        }
+    }
+    // The first two were written by the pushes; the other two are queued
+    // and their connections woken, once each.
+    let queued: Vec<bool> = members.iter().map(|m| m.0.queued_bytes() > 0).collect();
+    assert_eq!(queued, [false, false, true, true]);
+    assert_eq!(wakes.0.load(Ordering::Relaxed), 2);
+    // The budget closed with the tick: the next push is immediate again.
+    let (out, _, _, epoch) = &members[0];
+    assert!(out.push_state(*epoch, &payload(9, 10)));
+    assert_eq!(out.queued_bytes(), 0);
+    // Every client gets its frames, the queued ones once their connection
+    // runs.
+    for (i, (out, conn, mut client, _)) in members.into_iter().enumerate() {
+        let server = tokio::spawn(async move {
+            let mut conn = conn;
+            while conn.next().await.is_some() {}
+        });
+        match client.next().await {
+            Some(Ok(Message::Binary(b))) => assert!(b[..] == payload(i, 300)[..], "member {i}"),
+            other => panic!("expected member {i}'s frame, got {other:?}"),
+        }
+        if i == 0 {
+            match client.next().await {
+                Some(Ok(Message::Binary(b))) => assert!(b[..] == payload(9, 10)[..]),
+                other => panic!("expected the frame after the tick, got {other:?}"),
+            }
+        }
+        out.close(CloseCode::Normal, "bye");
+        closed_by_both(&mut client, server).await;
+    }
+}

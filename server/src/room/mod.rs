@@ -320,6 +320,10 @@ impl Room {
             return;
         }
         let started = Instant::now();
+        // The members' sockets this tick writes itself, at most; the rest
+        // go to their sessions (see `outbound::budget`).
+        let _budget =
+            crate::outbound::immediate_budget(self.supervisor.immediate_writes_per_tick());
         self.tick += 1;
         self.expire_seats();
         self.simulate();

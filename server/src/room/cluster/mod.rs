@@ -91,6 +91,9 @@ pub struct RoomSettings {
     /// to count: 4 × `cluster.swim_period_ms` (a peer speaks about once
     /// a period, probing or answering).
     pub peer_word: Duration,
+    /// `rooms.immediate_writes_per_tick`: also the edge's, per tick of a
+    /// remote room it fans out.
+    pub immediate_writes_per_tick: u32,
 }
 
 impl RoomSettings {
@@ -109,6 +112,7 @@ impl RoomSettings {
             partition_handover: Some(ms(config.cluster.partition_handover_ms))
                 .filter(|d| !d.is_zero()),
             peer_word: ms(config.cluster.swim_period_ms.saturating_mul(4)),
+            immediate_writes_per_tick: config.rooms.immediate_writes_per_tick,
         }
     }
 }

@@ -178,6 +178,8 @@ pub struct Settings {
     /// persister: twice per `store.flush_interval_ms`, so a position is
     /// at most one and a half flush intervals old in the store.
     pub save_interval: Duration,
+    /// `rooms.immediate_writes_per_tick`.
+    pub immediate_writes_per_tick: u32,
 }
 
 impl Settings {
@@ -194,6 +196,7 @@ impl Settings {
             max_extra_arbiters: sv.max_extra_arbiters,
             resume_grace: ms(sv.resume_grace_ms),
             save_interval: config.store.flush_interval() / 2,
+            immediate_writes_per_tick: config.rooms.immediate_writes_per_tick,
         }
     }
 
@@ -341,6 +344,11 @@ impl RoomSupervisor {
 
     pub fn resume_grace(&self) -> Duration {
         self.settings.resume_grace
+    }
+
+    /// The immediate writes a room's tick may make (`outbound::budget`).
+    pub fn immediate_writes_per_tick(&self) -> u32 {
+        self.settings.immediate_writes_per_tick
     }
 
     /// Every how many ticks of a `tick_hz` room its moved members'

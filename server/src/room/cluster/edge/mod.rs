@@ -124,13 +124,17 @@ pub struct EdgeLink {
     over: AtomicBool,
     /// Open `who_is` questions (a member's `give`), see `calls.rs`.
     pub(super) calls: super::calls::Calls,
+    /// `rooms.immediate_writes_per_tick`, for each tick's fan-out.
+    immediate_writes: u32,
 }
 
 impl EdgeLink {
     pub(super) fn new(room: RoomId, owner: ShardId, cluster: Weak<RoomCluster>) -> Arc<EdgeLink> {
-        let implied = cluster
-            .upgrade()
-            .is_some_and(|c| c.settings().implied_moved);
+        let settings = cluster.upgrade().map(|c| {
+            let s = c.settings();
+            (s.implied_moved, s.immediate_writes_per_tick)
+        });
+        let (implied, immediate_writes) = settings.unwrap_or((false, u32::MAX));
         Arc::new(EdgeLink {
             room,
             cluster,
@@ -147,6 +151,7 @@ impl EdgeLink {
             connecting: tokio::sync::Mutex::new(()),
             over: AtomicBool::new(false),
             calls: Default::default(),
+            immediate_writes,
         })
     }
 
@@ -444,6 +449,9 @@ impl EdgeLink {
             }
             OwnerMsg::Tick(tick) => {
                 inner.last_tick = Some(Instant::now());
+                // As a local room's tick: at most this many immediate
+                // writes (see `outbound::budget`).
+                let _budget = crate::outbound::immediate_budget(self.immediate_writes);
                 ticks::on_tick(&mut inner, &tick, scratch);
             }
             OwnerMsg::Closed(_) | OwnerMsg::Moving(_) => {}
