@@ -394,3 +394,70 @@ async fn a_shard_restarted_with_its_id_takes_its_room_at_a_new_epoch_and_the_old
     drop((old, restarted));
     drop(mongo);
 }
+
+/// Two live processes with one shard id would take each other's rooms in
+/// turn: the second refuses to start, naming the field, while the first
+/// heartbeats; once the first is frozen (no heartbeat), a new process with
+/// the id starts (a restart within the shard's TTL), as above.
+#[tokio::test]
+async fn a_second_live_process_with_a_shard_id_in_use_refuses_to_start() {
+    store_support::init_tracing();
+    let redis = RedisServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let config = |store: &str| {
+        let mut config = cluster_support::shard_config(redis.url(), "xf3", "dup");
+        config.store.embedded.dir = data.path().join(store);
+        config.auth.secret = SECRET.into();
+        config
+    };
+    let first = Shard::spawn(&config("first"), data.path());
+    let dir = observer(&redis, "xf3");
+    common::found(PATIENCE, "the first process registered", || async {
+        let s = dir.shards().await.ok()?;
+        (s.iter().filter(|s| s.alive && s.placeable()).count() == 1).then_some(())
+    })
+    .await;
+
+    let path = data.path().join("second.toml");
+    std::fs::write(&path, config("second").to_toml()).unwrap();
+    let second = Command::new(env!("CARGO_BIN_EXE_tessera-server"))
+        .args(["--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .env("TESSERA_CONFIG", &path)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the server binary starts");
+    // Bounded: it decides within about two heartbeats.
+    let out = tokio::time::timeout(
+        PATIENCE,
+        tokio::task::spawn_blocking(move || second.wait_with_output()),
+    )
+    .await
+    .expect("the second process exits")
+    .unwrap()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the second process started: {stderr}"
+    );
+    assert!(
+        stderr.contains("cluster.shard_id") && stderr.contains("shard id dup is in use"),
+        "{stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("ws listening"),
+        "it never served"
+    );
+
+    // The first is frozen: its heartbeat stops, and a new process with the
+    // id takes over within the TTL.
+    first.signal("STOP");
+    let restarted = Shard::spawn(&config("restarted"), data.path());
+    let mut client = Client::connect(restarted.ws).await;
+    let welcome = client
+        .hello_with(Some(common::token(SECRET, "ada")), "ada")
+        .await;
+    assert_eq!(welcome.player_id, "ada", "the restarted process serves");
+}

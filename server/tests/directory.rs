@@ -788,3 +788,64 @@ async fn a_migration_moves_the_lease_by_compare_and_set_and_only_once() {
         Err(DirectoryError::NotOwner { .. })
     ));
 }
+
+/// The conflicts the heartbeat counted so far (the process's registry).
+fn id_conflicts() -> f64 {
+    server::metrics::prometheus()
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix("tessera_shard_id_conflicts_total "))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_shard_id_another_live_process_heartbeats_as_is_refused_and_a_duplicate_is_counted() {
+    // The recorder first: counters registered before it count nowhere.
+    server::metrics::prometheus();
+    let redis = RedisServer::start();
+    let started = |at: u64| ShardRecord {
+        started_at: at,
+        ..record("a")
+    };
+    let live = shard(&redis, "dup", "a");
+    live.register(started(100)).await.unwrap();
+    let beating = {
+        let live = live.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = live.heartbeat(ShardLoad::default()).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let other = shard(&redis, "dup", "a");
+    let err = other.ensure_id_free(200).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DirectoryError::IdInUse {
+                started_at: 100,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("cluster.shard_id"), "{err}");
+    // Its own record is no obstacle to a process.
+    other.ensure_id_free(100).await.unwrap();
+
+    // A duplicate that registered anyway (Redis was down at its start):
+    // the live process's heartbeat finds the record is not its own.
+    let before = id_conflicts();
+    other.register(started(200)).await.unwrap();
+    common::eventually(PATIENCE, "a conflict counted", || async {
+        id_conflicts() > before
+    })
+    .await;
+
+    // Nobody heartbeats any more (a process that died within its TTL): a
+    // new process takes the id.
+    beating.abort();
+    let _ = beating.await;
+    shard(&redis, "dup", "a").ensure_id_free(300).await.unwrap();
+}

@@ -77,6 +77,9 @@ pub mod metric {
     /// Leases this shard lost (another shard holds the room now, or it
     /// could not be re-asserted).
     pub const LEASES_LOST: &str = "tessera_leases_lost_total";
+    /// Heartbeats that found this shard id's record written by another
+    /// live process (two processes with one shard id).
+    pub const SHARD_ID_CONFLICTS: &str = "tessera_shard_id_conflicts_total";
     /// Duration of one directory operation, by `op`.
     pub const DIRECTORY_OP_SECONDS: &str = "tessera_directory_op_seconds";
     /// Messages the relay sent to a peer, by `protocol`.

@@ -260,6 +260,15 @@ async fn run(
     } else {
         None
     };
+    // This process's start, in the shard's record: what tells it apart
+    // from another process with the same shard id.
+    let started_at = crate::cluster::directory::unix_ms();
+    if let Some(dir) = &directory {
+        if let Err(e) = dir.ensure_id_free(started_at).await {
+            let _ = ready.send(Err(e.into()));
+            return;
+        }
+    }
     // In cluster mode, the peer tunnel: bound now (so a port 0 is known
     // for the shard record), dialling shards through the directory.
     let hub = match &directory {
@@ -456,7 +465,7 @@ async fn run(
                 .map(|hub| advertised(&shared.config, hub.local_addr()))
                 .unwrap_or_default(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            started_at: crate::cluster::directory::unix_ms(),
+            started_at,
         };
         let load: LoadSource = {
             let shared = shared.clone();

@@ -85,6 +85,16 @@ pub enum DirectoryError {
     /// script error, a malformed entry).
     #[error("cluster directory answered unexpectedly: {0}")]
     Protocol(String),
+    /// Another live process heartbeats as this shard id.
+    #[error(
+        "cluster.shard_id: shard id {shard} is in use by a live process (started at unix ms \
+         {started_at}, ws {ws}): give each shard its own --shard-id"
+    )]
+    IdInUse {
+        shard: ShardId,
+        started_at: u64,
+        ws: String,
+    },
 }
 
 impl DirectoryError {

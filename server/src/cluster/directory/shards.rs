@@ -2,24 +2,112 @@
 
 use std::collections::HashMap;
 
+use super::metric;
 use super::scripts::REAP_SHARD;
 use super::ShardState;
-use super::{unix_ms, Directory, EventKind, Result, ShardId, ShardInfo, ShardLoad, ShardRecord};
+use super::{
+    unix_ms, Directory, DirectoryError, EventKind, Result, ShardId, ShardInfo, ShardLoad,
+    ShardRecord,
+};
 
 impl Directory {
+    /// At start, before serving: refuse this shard id when another live
+    /// process heartbeats as it (two processes with one id take each
+    /// other's rooms in turn). `started_at` tells this process's record
+    /// apart from theirs. A record whose heartbeat is fresh is watched
+    /// until its next heartbeat is due: one that comes means a live
+    /// process ([`DirectoryError::IdInUse`]); none means one that died (or
+    /// is frozen) within its TTL, which this process replaces as before.
+    /// Redis unreachable: nothing can be told; the start goes on (the
+    /// heartbeat still notices a duplicate later, see
+    /// [`Directory::heartbeat`]).
+    pub async fn ensure_id_free(&self, started_at: u64) -> Result<()> {
+        let heartbeat = self.settings().heartbeat;
+        let first = match self.other_record(started_at).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return Ok(()),
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!(error = %e, "cannot check that this shard id is free");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        // Its next heartbeat is due one period after its last, with half
+        // a period of slack; one older than that is already late.
+        let due = first.updated_at + heartbeat.as_millis() as u64 * 3 / 2;
+        // Bounded: its clock may be ahead of ours.
+        let wait = due
+            .saturating_sub(unix_ms())
+            .min(heartbeat.as_millis() as u64 * 2);
+        if wait == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        match self.other_record(started_at).await {
+            Ok(Some(now))
+                if now.started_at == first.started_at && now.updated_at > first.updated_at =>
+            {
+                Err(DirectoryError::IdInUse {
+                    shard: self.shard().clone(),
+                    started_at: now.started_at,
+                    ws: now.ws,
+                })
+            }
+            Ok(_) => Ok(()),
+            Err(e) if e.is_unavailable() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// This shard id's record when it is alive and another process's
+    /// (`started_at` differs).
+    async fn other_record(&self, started_at: u64) -> Result<Option<OtherRecord>> {
+        let id = self.shard().to_string();
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET")
+            .arg(self.key(&["shard", &id]))
+            .arg(&["started_at", "updated_at", "ws"])
+            .cmd("EXISTS")
+            .arg(self.key(&["alive", &id]));
+        let (fields, alive): (Vec<Option<String>>, bool) =
+            self.run("shard_id_check", &pipe).await?;
+        let number = |i: usize| fields.get(i)?.as_deref()?.parse::<u64>().ok();
+        Ok(match (alive, number(0), number(1)) {
+            (true, Some(theirs), Some(updated_at)) if theirs != started_at => Some(OtherRecord {
+                started_at: theirs,
+                updated_at,
+                ws: fields.get(2).cloned().flatten().unwrap_or_default(),
+            }),
+            _ => None,
+        })
+    }
+
     /// Register this shard (state `starting`, no load yet) and tell the
     /// events stream. The record is kept and re-asserted by every
     /// heartbeat, so a Redis that lost its data learns it again.
     pub async fn register(&self, record: ShardRecord) -> Result<()> {
         *self.inner.record.lock() = Some(record.clone());
-        self.heartbeat(ShardLoad::default()).await?;
+        // Replacing a former process's record is what registering does.
+        self.write_record(ShardLoad::default(), false).await?;
         self.emit(EventKind::ShardUp, self.shard().as_str(), &record.version)
             .await
     }
 
     /// Write this shard's whole record with `load`, and renew its alive
     /// key. What the heartbeat does every `cluster.heartbeat_ms`.
+    ///
+    /// The record it replaces should be this process's own: one written
+    /// by another process (started at another time) means two live
+    /// processes share this shard id (one started while Redis was down,
+    /// so [`Directory::ensure_id_free`] could not tell). That is logged as
+    /// an error and counted (`tessera_shard_id_conflicts_total`) at every
+    /// heartbeat that finds it, on both processes, for an operator to stop
+    /// one; the leases' epochs keep the rooms' state safe meanwhile.
     pub async fn heartbeat(&self, load: ShardLoad) -> Result<()> {
+        self.write_record(load, true).await
+    }
+
+    async fn write_record(&self, load: ShardLoad, check: bool) -> Result<()> {
         let Some(record) = self.inner.record.lock().clone() else {
             return Ok(());
         };
@@ -43,7 +131,10 @@ impl Directory {
             ("updated_at", unix_ms().to_string()),
         ];
         let mut pipe = redis::pipe();
-        pipe.cmd("HSET")
+        pipe.cmd("HGET")
+            .arg(&hash)
+            .arg("started_at")
+            .cmd("HSET")
             .arg(&hash)
             .arg(fields)
             .ignore()
@@ -61,7 +152,18 @@ impl Directory {
             .arg(&all)
             .arg(&id)
             .ignore();
-        self.run("heartbeat", &pipe).await
+        let (before,): (Option<String>,) = self.run("heartbeat", &pipe).await?;
+        let ours = record.started_at.to_string();
+        if let Some(theirs) = before.filter(|theirs| check && *theirs != ours) {
+            metrics::counter!(metric::SHARD_ID_CONFLICTS).increment(1);
+            tracing::error!(
+                shard = %id,
+                ours = %ours,
+                theirs = %theirs,
+                "another live process heartbeats as this shard id: stop one of them"
+            );
+        }
+        Ok(())
     }
 
     /// Report this shard's load now (the heartbeat reports it anyway).
@@ -182,6 +284,13 @@ impl Directory {
         }
         Ok(out)
     }
+}
+
+/// Another process's record of this shard id ([`Directory::ensure_id_free`]).
+struct OtherRecord {
+    started_at: u64,
+    updated_at: u64,
+    ws: String,
 }
 
 /// What one [`Directory::reap_dead_shards`] round found.
