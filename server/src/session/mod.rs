@@ -465,8 +465,12 @@ impl Session {
             return None;
         }
         let result = catch(|| {
-            let player = self.identity.as_ref().map(|i| i.player_id.as_str());
-            self.deps.faults.trip(FaultActor::Session, what, player);
+            // The player is read only when a fault is armed: the identity
+            // is one more cold cache line per frame otherwise.
+            if self.deps.faults.any_armed() {
+                let player = self.identity.as_ref().map(|i| i.player_id.as_str());
+                self.deps.faults.trip(FaultActor::Session, what, player);
+            }
             f(self, ctx)
         });
         match result {

@@ -84,6 +84,12 @@ impl FaultPoints {
         Ok(())
     }
 
+    /// Whether any point is armed: lets a caller skip working out the
+    /// target of [`FaultPoints::trip`] on its hot path.
+    pub fn any_armed(&self) -> bool {
+        self.inner.armed.load(Ordering::Acquire) != 0
+    }
+
     /// Panic if `point` is armed for this actor. Call inside the boundary.
     pub fn trip(&self, actor: FaultActor, point: &str, target: Option<&str>) {
         if self.inner.armed.load(Ordering::Acquire) == 0 {
@@ -122,6 +128,7 @@ mod tests {
         off.trip(FaultActor::Room, "join", Some("a"));
 
         let faults = FaultPoints::new(true);
+        assert!(!faults.any_armed());
         let err = faults
             .arm(FaultActor::Room, POINTS, "nowhere", None)
             .unwrap_err();
@@ -132,6 +139,7 @@ mod tests {
         faults
             .arm(FaultActor::Room, POINTS, "join", Some("a".into()))
             .unwrap();
+        assert!(faults.any_armed());
         // Another point, another actor kind, another target: untouched.
         faults.trip(FaultActor::Room, "tick", Some("a"));
         faults.trip(FaultActor::Session, "join", Some("a"));
@@ -140,6 +148,7 @@ mod tests {
         let hit = catch(|| faults.trip(FaultActor::Room, "join", Some("a"))).unwrap_err();
         assert_eq!(hit, "injected fault at Room join");
         // Once only.
+        assert!(!faults.any_armed());
         faults.trip(FaultActor::Room, "join", Some("a"));
         // No target: the first to pass.
         faults
