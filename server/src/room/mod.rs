@@ -61,7 +61,9 @@ pub mod remote;
 mod room_ref;
 mod snapshot;
 pub mod supervisor;
-mod view;
+// Public (and hidden) only for `server/benches/view.rs`.
+#[doc(hidden)]
+pub mod view;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

@@ -17,16 +17,18 @@ use protocol::peer::{EntryKind, TickBuilder};
 /// same bytes. Reused from member to member and tick to tick, so a tick
 /// allocates no diff.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct ViewDiff {
+pub struct ViewDiff {
     entered: Vec<EntityId>,
     moved: Vec<EntityId>,
     left: Vec<EntityId>,
+    /// Where each of `moved` stands in the tick's `changed` list: its
+    /// `moved` entry is found there by position, not looked up by id.
+    moved_at: Vec<u32>,
 }
 
 /// Entered: in `now`, not in `before`. Left: the reverse. Moved: in both and
 /// in `changed`. All three inputs are in ascending order.
-#[cfg(test)]
-pub(super) fn diff_views(before: &[EntityId], now: &[EntityId], changed: &[EntityId]) -> ViewDiff {
+pub fn diff_views(before: &[EntityId], now: &[EntityId], changed: &[EntityId]) -> ViewDiff {
     let mut diff = ViewDiff::default();
     diff.compute(before, now, changed);
     diff
@@ -35,12 +37,81 @@ pub(super) fn diff_views(before: &[EntityId], now: &[EntityId], changed: &[Entit
 impl ViewDiff {
     /// This diff becomes the one from `before` to `now` (see
     /// [`diff_views`]), in the vectors it already has. `changed` is the
-    /// tick's changed entities in ascending order, walked alongside `now`
-    /// (no lookup per entity in view).
-    pub(super) fn compute(&mut self, before: &[EntityId], now: &[EntityId], changed: &[EntityId]) {
+    /// tick's changed entities in ascending order.
+    ///
+    /// Two merges without a branch per id (about half of the ids a view
+    /// holds are compared with a changed id that is not in it, at random):
+    /// every id is written to each list it could go to, and each list's
+    /// end moves past it only when it belongs there, as in
+    /// [`super::grid::Grid::query_cached`]. The lists are sized for the
+    /// most they can hold first and cut to length after, so no write checks
+    /// a capacity. First `before` against `now`: left, entered, and the ids
+    /// in both (into `moved`); then those against `changed`, in place.
+    pub fn compute(&mut self, before: &[EntityId], now: &[EntityId], changed: &[EntityId]) {
+        let Self {
+            entered,
+            moved,
+            left,
+            moved_at,
+        } = self;
+        left.clear();
+        entered.clear();
+        moved.clear();
+        moved_at.clear();
+        if before == now {
+            // The common case: the view is what it was (one compare of
+            // two short arrays); only `moved` is left to find.
+            if !changed.is_empty() {
+                moved.extend_from_slice(now);
+                moved_at.resize(now.len(), 0);
+                let n = keep_changed(moved, moved_at, changed);
+                moved.truncate(n);
+                moved_at.truncate(n);
+            }
+            return;
+        }
+        left.resize(before.len(), 0);
+        entered.resize(now.len(), 0);
+        moved.resize(before.len().min(now.len()), 0);
+        let (mut i, mut j) = (0, 0);
+        let (mut l, mut e, mut m) = (0, 0, 0);
+        while i < before.len() && j < now.len() {
+            let (b, n) = (before[i], now[j]);
+            // `l` <= `i`, `e` <= `j` and `m` <= both: in bounds.
+            left[l] = b;
+            entered[e] = n;
+            moved[m] = n;
+            l += usize::from(b < n);
+            e += usize::from(n < b);
+            m += usize::from(b == n);
+            i += usize::from(b <= n);
+            j += usize::from(n <= b);
+        }
+        let rest = &before[i..];
+        left[l..l + rest.len()].copy_from_slice(rest);
+        left.truncate(l + rest.len());
+        let rest = &now[j..];
+        entered[e..e + rest.len()].copy_from_slice(rest);
+        entered.truncate(e + rest.len());
+        moved_at.resize(m, 0);
+        let n = if changed.is_empty() {
+            0
+        } else {
+            keep_changed(&mut moved[..m], moved_at, changed)
+        };
+        moved.truncate(n);
+        moved_at.truncate(n);
+    }
+
+    /// The reference [`ViewDiff::compute`] is held to (by the tests and
+    /// `cargo bench -p server --bench view`): one plain merge with a
+    /// branch per id, as it was written first.
+    #[doc(hidden)]
+    pub fn compute_plain(&mut self, before: &[EntityId], now: &[EntityId], changed: &[EntityId]) {
         self.entered.clear();
         self.moved.clear();
         self.left.clear();
+        self.moved_at.clear();
         let (mut i, mut j, mut c) = (0, 0, 0);
         while i < before.len() || j < now.len() {
             match (before.get(i), now.get(j)) {
@@ -50,6 +121,7 @@ impl ViewDiff {
                     }
                     if changed.get(c) == Some(&n) {
                         self.moved.push(n);
+                        self.moved_at.push(c as u32);
                     }
                     i += 1;
                     j += 1;
@@ -71,9 +143,32 @@ impl ViewDiff {
         }
     }
 
+    /// The entered, moved and left ids, each ascending.
+    pub fn ids(&self) -> (&[EntityId], &[EntityId], &[EntityId]) {
+        self.parts()
+    }
+
     fn parts(&self) -> (&[EntityId], &[EntityId], &[EntityId]) {
         (&self.entered, &self.moved, &self.left)
     }
+}
+
+/// Keep the ids of `ids` that are in `changed` (both ascending), in place
+/// at the front, with their positions in `changed` in `at` (as long as
+/// `ids`); returns how many were kept. No branch per id: see
+/// [`ViewDiff::compute`].
+fn keep_changed(ids: &mut [EntityId], at: &mut [u32], changed: &[EntityId]) -> usize {
+    let (mut i, mut c, mut n) = (0, 0, 0);
+    while i < ids.len() && c < changed.len() {
+        let (id, ch) = (ids[i], changed[c]);
+        // `n` <= `i`: the id written was read already.
+        ids[n] = id;
+        at[n] = c as u32;
+        n += usize::from(id == ch);
+        i += usize::from(id <= ch);
+        c += usize::from(ch <= id);
+    }
+    n
 }
 
 /// The frames of one tick, one per distinct diff: members whose views
@@ -81,7 +176,7 @@ impl ViewDiff {
 /// frame. The distinct diffs are kept back to back in one vector, so
 /// looking a diff up or adding one allocates nothing once warm.
 #[derive(Default)]
-pub(super) struct TickFrames {
+pub struct TickFrames {
     /// Hash of a diff -> the first distinct diff with that hash.
     index: FastMap<u64, u32>,
     distinct: Vec<Distinct>,
@@ -109,20 +204,20 @@ struct Distinct {
 
 impl TickFrames {
     /// Forget the last tick's diffs (their frames are released).
-    pub(super) fn clear(&mut self) {
+    pub fn clear(&mut self) {
         self.index.clear();
         self.distinct.clear();
         self.ids.clear();
     }
 
     /// How many distinct frames this tick encoded.
-    pub(super) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.distinct.len()
     }
 
     /// The frame of `diff`, encoded with `encode` the first time this tick
     /// that diff is seen.
-    pub(super) fn frame(
+    pub fn frame(
         &mut self,
         diff: &ViewDiff,
         encode: impl FnOnce(&ViewDiff, &mut Vec<u8>),
@@ -182,7 +277,7 @@ impl TickFrames {
 
 impl ViewDiff {
     /// Nothing entered, moved or left: nothing to send.
-    pub(super) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.entered.is_empty() && self.moved.is_empty() && self.left.is_empty()
     }
 }
@@ -204,26 +299,63 @@ pub(super) fn encode_diff<'a>(
     moved: impl Fn(EntityId) -> &'a [u8],
 ) -> Bytes {
     let mut bytes = Vec::new();
-    write_diff(&mut bytes, tick, diff, entity, moved);
+    write_diff(&mut bytes, tick, diff, entity, |e, _| moved(e));
     Bytes::from(bytes)
 }
 
-/// [`encode_diff`] into `out`.
-pub(super) fn write_diff<'a>(
+/// [`encode_diff`] into `out`; `moved(id, at)` is given each moved id
+/// with its position in the `changed` list the diff was computed with
+/// (see [`MovedEntries`]).
+pub fn write_diff<'a>(
     out: &mut Vec<u8>,
     tick: u64,
     diff: &ViewDiff,
     entity: impl Fn(EntityId) -> &'a [u8],
-    moved: impl Fn(EntityId) -> &'a [u8],
+    moved: impl Fn(EntityId, u32) -> &'a [u8],
 ) {
     assemble::write_update(
         out,
         tick,
         diff.entered.iter().map(|e| entity(*e)),
-        diff.moved.iter().map(|e| moved(*e)),
+        diff.moved
+            .iter()
+            .zip(&diff.moved_at)
+            .map(|(&e, &at)| moved(e, at)),
         &diff.left,
         false,
     );
+}
+
+/// The `moved` entries of a tick's changed members, copied side by side
+/// in the order of the tick's `changed` list: a frame finds each entry by
+/// its position there ([`ViewDiff::compute`] records it) instead of
+/// looking the member up by id, once per member that sees it.
+#[derive(Default)]
+pub struct MovedEntries {
+    bytes: Vec<u8>,
+    /// Where each entry ends in `bytes`.
+    ends: Vec<u32>,
+}
+
+impl MovedEntries {
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    /// Add the next changed member's entry.
+    pub fn push(&mut self, entry: &[u8]) {
+        self.bytes.extend_from_slice(entry);
+        let end = u32::try_from(self.bytes.len()).expect("under 4 GiB of moved entries a tick");
+        self.ends.push(end);
+    }
+
+    /// The entry of the changed member at position `at`.
+    pub fn get(&self, at: u32) -> &[u8] {
+        let at = at as usize;
+        let start = if at == 0 { 0 } else { self.ends[at - 1] };
+        &self.bytes[start as usize..self.ends[at] as usize]
+    }
 }
 
 /// A full `update` (a resync after a restart or a dropped frame): every
@@ -256,8 +388,10 @@ impl Room {
             frames,
             neighbourhoods,
             edges,
+            moved_entries,
         } = &mut scratch;
         changed.clear();
+        moved_entries.clear();
         if self.dirty {
             for (&id, member) in self.members.iter_mut() {
                 if member.changed || member.wire.moved.is_empty() {
@@ -268,6 +402,9 @@ impl Room {
                 }
             }
             changed.sort_unstable();
+            for id in changed.iter() {
+                moved_entries.push(&self.members[id].wire.moved);
+            }
         }
         frames.clear();
         // Positions changed since the last tick (or nothing is sent).
@@ -357,7 +494,7 @@ impl Room {
                     tick,
                     diff,
                     |e| members[&e].entity_entry(e),
-                    |e| members[&e].wire.moved.as_slice(),
+                    |_, at| moved_entries.get(at),
                 )
             });
             sent += u64::from(me.state.link.out.push_state(me.state.link.epoch, frame));
@@ -391,6 +528,8 @@ pub(super) struct ViewScratch {
     neighbourhoods: super::grid::Neighbourhoods,
     /// This tick's one `tick` per edge (cluster mode).
     edges: super::remote::EdgeTicks,
+    /// The `moved` entries of `changed`, in its order.
+    moved_entries: MovedEntries,
 }
 
 #[cfg(test)]
@@ -536,5 +675,156 @@ mod tests {
         assert_eq!(update.tick, 7);
         assert_eq!(update.entered, vec![entity(1, 0.5), entity(4, 8.0)]);
         assert!(update.moved.is_empty() && update.left.is_empty());
+    }
+
+    /// xorshift64*: random views that are the same every run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        /// Ascending ids out of `0..universe`, each kept with chance
+        /// `percent` in 100.
+        fn ids(&mut self, universe: u32, percent: u64) -> Vec<EntityId> {
+            (0..universe)
+                .filter(|_| self.below(100) < percent)
+                .collect()
+        }
+        /// [`Rng::ids`] at a random density.
+        fn any_ids(&mut self, universe: u32) -> Vec<EntityId> {
+            let percent = self.below(101);
+            self.ids(universe, percent)
+        }
+        /// `base` with a few ids taken out and a few put in: a view a
+        /// tick later.
+        fn nudged(&mut self, base: &[EntityId], universe: u32) -> Vec<EntityId> {
+            let mut ids: Vec<EntityId> = base
+                .iter()
+                .copied()
+                .filter(|_| self.below(20) != 0)
+                .collect();
+            for _ in 0..self.below(4) {
+                ids.push(self.below(u64::from(universe)) as EntityId);
+            }
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        }
+    }
+
+    #[test]
+    fn compute_matches_the_plain_merge_over_random_views() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        // One diff reused throughout, as a room reuses it: nothing of an
+        // earlier diff may show through.
+        let (mut fast, mut plain) = (ViewDiff::default(), ViewDiff::default());
+        for round in 0..20_000 {
+            let universe = 1 + rng.below(150) as u32;
+            let before = rng.any_ids(universe);
+            let now = match round % 4 {
+                // Unchanged: the common case, on its own path.
+                0 => before.clone(),
+                1 => rng.nudged(&before, universe),
+                _ => rng.any_ids(universe),
+            };
+            let changed = match round % 3 {
+                0 => (0..universe).collect(),
+                _ => rng.any_ids(universe),
+            };
+            fast.compute(&before, &now, &changed);
+            plain.compute_plain(&before, &now, &changed);
+            assert_eq!(
+                fast, plain,
+                "before {before:?} now {now:?} changed {changed:?}"
+            );
+            for (&id, &at) in fast.moved.iter().zip(&fast.moved_at) {
+                assert_eq!(changed[at as usize], id);
+            }
+        }
+    }
+
+    #[test]
+    fn moved_entries_come_back_by_position() {
+        let mut entries = MovedEntries::default();
+        let parts: [&[u8]; 4] = [b"ab", b"", b"cde", b"f"];
+        for part in parts {
+            entries.push(part);
+        }
+        for (at, part) in parts.iter().enumerate() {
+            assert_eq!(entries.get(at as u32), *part);
+        }
+        entries.clear();
+        entries.push(b"g");
+        assert_eq!(entries.get(0), b"g");
+    }
+
+    #[test]
+    fn frames_through_the_moved_table_equal_frames_through_lookups() {
+        // A room's members with their entries encoded, a random part of
+        // them changed, and random views before and after.
+        let mut rng = Rng(7);
+        let universe = 120u32;
+        let encoded: FastMap<EntityId, (Vec<u8>, Vec<u8>)> = (0..universe)
+            .map(|id| {
+                let e = entity(id, rng.below(1000) as f32);
+                let (mut moved, mut whole) = (Vec::new(), Vec::new());
+                let m = protocol::msg::Moved {
+                    id,
+                    x: e.x,
+                    y: e.y,
+                    seq: e.seq,
+                };
+                assemble::encode_moved(&m, &mut moved);
+                assemble::encode_entity(&e, &mut whole);
+                (id, (moved, whole))
+            })
+            .collect();
+        let mut table = MovedEntries::default();
+        let mut diff = ViewDiff::default();
+        let (mut by_table, mut by_id) = (Vec::new(), Vec::new());
+        for round in 0..500 {
+            let changed = rng.any_ids(universe);
+            table.clear();
+            for id in &changed {
+                table.push(&encoded[id].0);
+            }
+            let before = rng.ids(universe, 50);
+            let now = if round % 2 == 0 {
+                rng.nudged(&before, universe)
+            } else {
+                before.clone()
+            };
+            diff.compute(&before, &now, &changed);
+            by_table.clear();
+            write_diff(
+                &mut by_table,
+                round,
+                &diff,
+                |e| encoded[&e].1.as_slice(),
+                |_, at| table.get(at),
+            );
+            by_id.clear();
+            write_diff(
+                &mut by_id,
+                round,
+                &diff,
+                |e| encoded[&e].1.as_slice(),
+                |e, _| encoded[&e].0.as_slice(),
+            );
+            assert_eq!(by_table, by_id);
+            let ServerMsg::Update(update) = protocol::decode_server(&by_table, 1 << 20).unwrap()
+            else {
+                panic!("not an update");
+            };
+            let moved: Vec<EntityId> = update.moved.iter().map(|m| m.id).collect();
+            assert_eq!(moved, diff.moved);
+        }
     }
 }
