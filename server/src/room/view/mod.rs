@@ -9,167 +9,12 @@ use protocol::{assemble, encode_server, ServerMsg};
 
 use std::hash::BuildHasher;
 
+mod diff;
+pub use diff::{diff_views, Changed, ViewDiff};
+
 use super::{FastMap, Room};
 use crate::metrics as m;
 use protocol::peer::{EntryKind, TickBuilder};
-
-/// The changes one member sees in a tick; members with equal diffs get the
-/// same bytes. Reused from member to member and tick to tick, so a tick
-/// allocates no diff.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct ViewDiff {
-    entered: Vec<EntityId>,
-    moved: Vec<EntityId>,
-    left: Vec<EntityId>,
-    /// Where each of `moved` stands in the tick's `changed` list: its
-    /// `moved` entry is found there by position, not looked up by id.
-    moved_at: Vec<u32>,
-}
-
-/// Entered: in `now`, not in `before`. Left: the reverse. Moved: in both and
-/// in `changed`. All three inputs are in ascending order.
-pub fn diff_views(before: &[EntityId], now: &[EntityId], changed: &[EntityId]) -> ViewDiff {
-    let mut diff = ViewDiff::default();
-    diff.compute(before, now, changed);
-    diff
-}
-
-impl ViewDiff {
-    /// This diff becomes the one from `before` to `now` (see
-    /// [`diff_views`]), in the vectors it already has. `changed` is the
-    /// tick's changed entities in ascending order.
-    ///
-    /// Two merges without a branch per id (about half of the ids a view
-    /// holds are compared with a changed id that is not in it, at random):
-    /// every id is written to each list it could go to, and each list's
-    /// end moves past it only when it belongs there, as in
-    /// [`super::grid::Grid::query_cached`]. The lists are sized for the
-    /// most they can hold first and cut to length after, so no write checks
-    /// a capacity. First `before` against `now`: left, entered, and the ids
-    /// in both (into `moved`); then those against `changed`, in place.
-    pub fn compute(&mut self, before: &[EntityId], now: &[EntityId], changed: &[EntityId]) {
-        let Self {
-            entered,
-            moved,
-            left,
-            moved_at,
-        } = self;
-        left.clear();
-        entered.clear();
-        moved.clear();
-        moved_at.clear();
-        if before == now {
-            // The common case: the view is what it was (one compare of
-            // two short arrays); only `moved` is left to find.
-            if !changed.is_empty() {
-                moved.extend_from_slice(now);
-                moved_at.resize(now.len(), 0);
-                let n = keep_changed(moved, moved_at, changed);
-                moved.truncate(n);
-                moved_at.truncate(n);
-            }
-            return;
-        }
-        left.resize(before.len(), 0);
-        entered.resize(now.len(), 0);
-        moved.resize(before.len().min(now.len()), 0);
-        let (mut i, mut j) = (0, 0);
-        let (mut l, mut e, mut m) = (0, 0, 0);
-        while i < before.len() && j < now.len() {
-            let (b, n) = (before[i], now[j]);
-            // `l` <= `i`, `e` <= `j` and `m` <= both: in bounds.
-            left[l] = b;
-            entered[e] = n;
-            moved[m] = n;
-            l += usize::from(b < n);
-            e += usize::from(n < b);
-            m += usize::from(b == n);
-            i += usize::from(b <= n);
-            j += usize::from(n <= b);
-        }
-        let rest = &before[i..];
-        left[l..l + rest.len()].copy_from_slice(rest);
-        left.truncate(l + rest.len());
-        let rest = &now[j..];
-        entered[e..e + rest.len()].copy_from_slice(rest);
-        entered.truncate(e + rest.len());
-        moved_at.resize(m, 0);
-        let n = if changed.is_empty() {
-            0
-        } else {
-            keep_changed(&mut moved[..m], moved_at, changed)
-        };
-        moved.truncate(n);
-        moved_at.truncate(n);
-    }
-
-    /// The reference [`ViewDiff::compute`] is held to (by the tests and
-    /// `cargo bench -p server --bench view`): one plain merge with a
-    /// branch per id, as it was written first.
-    #[doc(hidden)]
-    pub fn compute_plain(&mut self, before: &[EntityId], now: &[EntityId], changed: &[EntityId]) {
-        self.entered.clear();
-        self.moved.clear();
-        self.left.clear();
-        self.moved_at.clear();
-        let (mut i, mut j, mut c) = (0, 0, 0);
-        while i < before.len() || j < now.len() {
-            match (before.get(i), now.get(j)) {
-                (Some(&b), Some(&n)) if b == n => {
-                    while c < changed.len() && changed[c] < n {
-                        c += 1;
-                    }
-                    if changed.get(c) == Some(&n) {
-                        self.moved.push(n);
-                        self.moved_at.push(c as u32);
-                    }
-                    i += 1;
-                    j += 1;
-                }
-                (Some(&b), Some(&n)) if b < n => {
-                    self.left.push(b);
-                    i += 1;
-                }
-                (_, Some(&n)) => {
-                    self.entered.push(n);
-                    j += 1;
-                }
-                (Some(&b), None) => {
-                    self.left.push(b);
-                    i += 1;
-                }
-                (None, None) => break,
-            }
-        }
-    }
-
-    /// The entered, moved and left ids, each ascending.
-    pub fn ids(&self) -> (&[EntityId], &[EntityId], &[EntityId]) {
-        self.parts()
-    }
-
-    fn parts(&self) -> (&[EntityId], &[EntityId], &[EntityId]) {
-        (&self.entered, &self.moved, &self.left)
-    }
-}
-
-/// Keep the ids of `ids` that are in `changed` (both ascending), in place
-/// at the front, with their positions in `changed` in `at` (as long as
-/// `ids`); returns how many were kept. No branch per id: see
-/// [`ViewDiff::compute`].
-fn keep_changed(ids: &mut [EntityId], at: &mut [u32], changed: &[EntityId]) -> usize {
-    let (mut i, mut c, mut n) = (0, 0, 0);
-    while i < ids.len() && c < changed.len() {
-        let (id, ch) = (ids[i], changed[c]);
-        // `n` <= `i`: the id written was read already.
-        ids[n] = id;
-        at[n] = c as u32;
-        n += usize::from(id == ch);
-        i += usize::from(id <= ch);
-        c += usize::from(ch <= id);
-    }
-    n
-}
 
 /// The frames of one tick, one per distinct diff: members whose views
 /// changed the same way (everyone, when the view spans the map) share one
@@ -272,13 +117,6 @@ impl TickFrames {
             at += len;
         }
         true
-    }
-}
-
-impl ViewDiff {
-    /// Nothing entered, moved or left: nothing to send.
-    pub fn is_empty(&self) -> bool {
-        self.entered.is_empty() && self.moved.is_empty() && self.left.is_empty()
     }
 }
 
@@ -401,8 +239,8 @@ impl Room {
                     changed.push(id);
                 }
             }
-            changed.sort_unstable();
-            for id in changed.iter() {
+            changed.seal();
+            for id in changed.ids() {
                 moved_entries.push(&self.members[id].wire.moved);
             }
         }
@@ -520,8 +358,8 @@ impl Room {
 #[derive(Default)]
 pub(super) struct ViewScratch {
     ids: Vec<EntityId>,
-    /// The members that changed this tick, ascending.
-    changed: Vec<EntityId>,
+    /// The members that changed this tick.
+    changed: Changed,
     previous: Vec<EntityId>,
     diff: ViewDiff,
     frames: TickFrames,
@@ -534,6 +372,7 @@ pub(super) struct ViewScratch {
 
 #[cfg(test)]
 mod tests {
+    use super::diff::tests::Rng;
     use super::*;
 
     #[test]
@@ -677,79 +516,6 @@ mod tests {
         assert!(update.moved.is_empty() && update.left.is_empty());
     }
 
-    /// xorshift64*: random views that are the same every run.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-        /// Ascending ids out of `0..universe`, each kept with chance
-        /// `percent` in 100.
-        fn ids(&mut self, universe: u32, percent: u64) -> Vec<EntityId> {
-            (0..universe)
-                .filter(|_| self.below(100) < percent)
-                .collect()
-        }
-        /// [`Rng::ids`] at a random density.
-        fn any_ids(&mut self, universe: u32) -> Vec<EntityId> {
-            let percent = self.below(101);
-            self.ids(universe, percent)
-        }
-        /// `base` with a few ids taken out and a few put in: a view a
-        /// tick later.
-        fn nudged(&mut self, base: &[EntityId], universe: u32) -> Vec<EntityId> {
-            let mut ids: Vec<EntityId> = base
-                .iter()
-                .copied()
-                .filter(|_| self.below(20) != 0)
-                .collect();
-            for _ in 0..self.below(4) {
-                ids.push(self.below(u64::from(universe)) as EntityId);
-            }
-            ids.sort_unstable();
-            ids.dedup();
-            ids
-        }
-    }
-
-    #[test]
-    fn compute_matches_the_plain_merge_over_random_views() {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        // One diff reused throughout, as a room reuses it: nothing of an
-        // earlier diff may show through.
-        let (mut fast, mut plain) = (ViewDiff::default(), ViewDiff::default());
-        for round in 0..20_000 {
-            let universe = 1 + rng.below(150) as u32;
-            let before = rng.any_ids(universe);
-            let now = match round % 4 {
-                // Unchanged: the common case, on its own path.
-                0 => before.clone(),
-                1 => rng.nudged(&before, universe),
-                _ => rng.any_ids(universe),
-            };
-            let changed = match round % 3 {
-                0 => (0..universe).collect(),
-                _ => rng.any_ids(universe),
-            };
-            fast.compute(&before, &now, &changed);
-            plain.compute_plain(&before, &now, &changed);
-            assert_eq!(
-                fast, plain,
-                "before {before:?} now {now:?} changed {changed:?}"
-            );
-            for (&id, &at) in fast.moved.iter().zip(&fast.moved_at) {
-                assert_eq!(changed[at as usize], id);
-            }
-        }
-    }
-
     #[test]
     fn moved_entries_come_back_by_position() {
         let mut entries = MovedEntries::default();
@@ -787,17 +553,18 @@ mod tests {
             })
             .collect();
         let mut table = MovedEntries::default();
+        let mut changed = Changed::default();
         let mut diff = ViewDiff::default();
         let (mut by_table, mut by_id) = (Vec::new(), Vec::new());
         for round in 0..500 {
-            let changed = rng.any_ids(universe);
+            changed.set(&rng.any_ids(0, universe));
             table.clear();
-            for id in &changed {
+            for id in changed.ids() {
                 table.push(&encoded[id].0);
             }
-            let before = rng.ids(universe, 50);
+            let before = rng.ids(0, universe, 50);
             let now = if round % 2 == 0 {
-                rng.nudged(&before, universe)
+                rng.nudged(&before, 0, universe)
             } else {
                 before.clone()
             };
