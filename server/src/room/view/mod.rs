@@ -168,31 +168,39 @@ pub fn write_diff<'a>(
 /// in the order of the tick's `changed` list: a frame finds each entry by
 /// its position there ([`ViewDiff::compute`] records it) instead of
 /// looking the member up by id, once per member that sees it.
-#[derive(Default)]
 pub struct MovedEntries {
     bytes: Vec<u8>,
-    /// Where each entry ends in `bytes`.
-    ends: Vec<u32>,
+    /// Where each entry starts in `bytes`, and after the last one where
+    /// it ends: entry `at` is `bytes[bounds[at]..bounds[at + 1]]`.
+    bounds: Vec<u32>,
+}
+
+impl Default for MovedEntries {
+    fn default() -> MovedEntries {
+        MovedEntries {
+            bytes: Vec::new(),
+            bounds: vec![0],
+        }
+    }
 }
 
 impl MovedEntries {
     pub fn clear(&mut self) {
         self.bytes.clear();
-        self.ends.clear();
+        self.bounds.truncate(1);
     }
 
     /// Add the next changed member's entry.
     pub fn push(&mut self, entry: &[u8]) {
         self.bytes.extend_from_slice(entry);
         let end = u32::try_from(self.bytes.len()).expect("under 4 GiB of moved entries a tick");
-        self.ends.push(end);
+        self.bounds.push(end);
     }
 
     /// The entry of the changed member at position `at`.
     pub fn get(&self, at: u32) -> &[u8] {
         let at = at as usize;
-        let start = if at == 0 { 0 } else { self.ends[at - 1] };
-        &self.bytes[start as usize..self.ends[at] as usize]
+        &self.bytes[self.bounds[at] as usize..self.bounds[at + 1] as usize]
     }
 }
 
