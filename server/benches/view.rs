@@ -207,7 +207,7 @@ impl Room {
             if !p.moving {
                 continue;
             }
-            if self.tick.is_multiple_of(2) {
+            if self.tick % 2 == 0 {
                 let near = |v: f32| !(MAP * EDGE..=MAP * (1.0 - EDGE)).contains(&v);
                 if near(p.x) || near(p.y) {
                     let (cx, cy) = (MAP / 2.0 - p.x, MAP / 2.0 - p.y);

@@ -60,6 +60,11 @@ impl TickFrames {
         self.distinct.len()
     }
 
+    /// No frame encoded yet this tick.
+    pub fn is_empty(&self) -> bool {
+        self.distinct.is_empty()
+    }
+
     /// The frame of `diff`, encoded with `encode` the first time this tick
     /// that diff is seen.
     pub fn frame(
