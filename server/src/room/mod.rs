@@ -24,7 +24,8 @@
 //!   what it tells a session), and the shared move queue [`Inputs`].
 //! - [`RoomRef`]: the handle sessions reach a room through.
 //! - `member.rs`: members, joining, leaving, saving positions.
-//! - `view.rs`: view diffs and their frames (pure functions), publishing.
+//! - `view/`: view diffs (`diff.rs`) and their frames (pure functions),
+//!   publishing.
 //! - `snapshot.rs`: [`RoomSnapshot`], taken and loaded for restarts.
 //! - `effects.rs`: carries out what the ground decides (answers,
 //!   broadcasts, timers, store calls behind the panic boundary).
@@ -61,7 +62,9 @@ pub mod remote;
 mod room_ref;
 mod snapshot;
 pub mod supervisor;
-mod view;
+// Public (and hidden) only for `server/benches/view.rs`.
+#[doc(hidden)]
+pub mod view;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

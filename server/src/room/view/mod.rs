@@ -9,79 +9,19 @@ use protocol::{assemble, encode_server, ServerMsg};
 
 use std::hash::BuildHasher;
 
+mod diff;
+pub use diff::{diff_views, Changed, ViewDiff};
+
 use super::{FastMap, Room};
 use crate::metrics as m;
 use protocol::peer::{EntryKind, TickBuilder};
-
-/// The changes one member sees in a tick; members with equal diffs get the
-/// same bytes. Reused from member to member and tick to tick, so a tick
-/// allocates no diff.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct ViewDiff {
-    entered: Vec<EntityId>,
-    moved: Vec<EntityId>,
-    left: Vec<EntityId>,
-}
-
-/// Entered: in `now`, not in `before`. Left: the reverse. Moved: in both and
-/// in `changed`. All three inputs are in ascending order.
-#[cfg(test)]
-pub(super) fn diff_views(before: &[EntityId], now: &[EntityId], changed: &[EntityId]) -> ViewDiff {
-    let mut diff = ViewDiff::default();
-    diff.compute(before, now, changed);
-    diff
-}
-
-impl ViewDiff {
-    /// This diff becomes the one from `before` to `now` (see
-    /// [`diff_views`]), in the vectors it already has. `changed` is the
-    /// tick's changed entities in ascending order, walked alongside `now`
-    /// (no lookup per entity in view).
-    pub(super) fn compute(&mut self, before: &[EntityId], now: &[EntityId], changed: &[EntityId]) {
-        self.entered.clear();
-        self.moved.clear();
-        self.left.clear();
-        let (mut i, mut j, mut c) = (0, 0, 0);
-        while i < before.len() || j < now.len() {
-            match (before.get(i), now.get(j)) {
-                (Some(&b), Some(&n)) if b == n => {
-                    while c < changed.len() && changed[c] < n {
-                        c += 1;
-                    }
-                    if changed.get(c) == Some(&n) {
-                        self.moved.push(n);
-                    }
-                    i += 1;
-                    j += 1;
-                }
-                (Some(&b), Some(&n)) if b < n => {
-                    self.left.push(b);
-                    i += 1;
-                }
-                (_, Some(&n)) => {
-                    self.entered.push(n);
-                    j += 1;
-                }
-                (Some(&b), None) => {
-                    self.left.push(b);
-                    i += 1;
-                }
-                (None, None) => break,
-            }
-        }
-    }
-
-    fn parts(&self) -> (&[EntityId], &[EntityId], &[EntityId]) {
-        (&self.entered, &self.moved, &self.left)
-    }
-}
 
 /// The frames of one tick, one per distinct diff: members whose views
 /// changed the same way (everyone, when the view spans the map) share one
 /// frame. The distinct diffs are kept back to back in one vector, so
 /// looking a diff up or adding one allocates nothing once warm.
 #[derive(Default)]
-pub(super) struct TickFrames {
+pub struct TickFrames {
     /// Hash of a diff -> the first distinct diff with that hash.
     index: FastMap<u64, u32>,
     distinct: Vec<Distinct>,
@@ -109,20 +49,25 @@ struct Distinct {
 
 impl TickFrames {
     /// Forget the last tick's diffs (their frames are released).
-    pub(super) fn clear(&mut self) {
+    pub fn clear(&mut self) {
         self.index.clear();
         self.distinct.clear();
         self.ids.clear();
     }
 
     /// How many distinct frames this tick encoded.
-    pub(super) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.distinct.len()
+    }
+
+    /// No frame encoded yet this tick.
+    pub fn is_empty(&self) -> bool {
+        self.distinct.is_empty()
     }
 
     /// The frame of `diff`, encoded with `encode` the first time this tick
     /// that diff is seen.
-    pub(super) fn frame(
+    pub fn frame(
         &mut self,
         diff: &ViewDiff,
         encode: impl FnOnce(&ViewDiff, &mut Vec<u8>),
@@ -180,13 +125,6 @@ impl TickFrames {
     }
 }
 
-impl ViewDiff {
-    /// Nothing entered, moved or left: nothing to send.
-    pub(super) fn is_empty(&self) -> bool {
-        self.entered.is_empty() && self.moved.is_empty() && self.left.is_empty()
-    }
-}
-
 /// Encode a server message as one frame.
 pub(super) fn encode_frame(msg: &ServerMsg) -> Bytes {
     Bytes::from(encode_server(msg))
@@ -204,26 +142,71 @@ pub(super) fn encode_diff<'a>(
     moved: impl Fn(EntityId) -> &'a [u8],
 ) -> Bytes {
     let mut bytes = Vec::new();
-    write_diff(&mut bytes, tick, diff, entity, moved);
+    write_diff(&mut bytes, tick, diff, entity, |e, _| moved(e));
     Bytes::from(bytes)
 }
 
-/// [`encode_diff`] into `out`.
-pub(super) fn write_diff<'a>(
+/// [`encode_diff`] into `out`; `moved(id, at)` is given each moved id
+/// with its position in the `changed` list the diff was computed with
+/// (see [`MovedEntries`]).
+pub fn write_diff<'a>(
     out: &mut Vec<u8>,
     tick: u64,
     diff: &ViewDiff,
     entity: impl Fn(EntityId) -> &'a [u8],
-    moved: impl Fn(EntityId) -> &'a [u8],
+    moved: impl Fn(EntityId, u32) -> &'a [u8],
 ) {
     assemble::write_update(
         out,
         tick,
         diff.entered.iter().map(|e| entity(*e)),
-        diff.moved.iter().map(|e| moved(*e)),
+        diff.moved
+            .iter()
+            .zip(&diff.moved_at)
+            .map(|(&e, &at)| moved(e, at)),
         &diff.left,
         false,
     );
+}
+
+/// The `moved` entries of a tick's changed members, copied side by side
+/// in the order of the tick's `changed` list: a frame finds each entry by
+/// its position there ([`ViewDiff::compute`] records it) instead of
+/// looking the member up by id, once per member that sees it.
+pub struct MovedEntries {
+    bytes: Vec<u8>,
+    /// Where each entry starts in `bytes`, and after the last one where
+    /// it ends: entry `at` is `bytes[bounds[at]..bounds[at + 1]]`.
+    bounds: Vec<u32>,
+}
+
+impl Default for MovedEntries {
+    fn default() -> MovedEntries {
+        MovedEntries {
+            bytes: Vec::new(),
+            bounds: vec![0],
+        }
+    }
+}
+
+impl MovedEntries {
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.bounds.truncate(1);
+    }
+
+    /// Add the next changed member's entry.
+    pub fn push(&mut self, entry: &[u8]) {
+        self.bytes.extend_from_slice(entry);
+        let end = u32::try_from(self.bytes.len()).expect("under 4 GiB of moved entries a tick");
+        self.bounds.push(end);
+    }
+
+    /// The entry of the changed member at position `at`.
+    pub fn get(&self, at: u32) -> &[u8] {
+        let at = at as usize;
+        &self.bytes[self.bounds[at] as usize..self.bounds[at + 1] as usize]
+    }
 }
 
 /// A full `update` (a resync after a restart or a dropped frame): every
@@ -256,8 +239,10 @@ impl Room {
             frames,
             neighbourhoods,
             edges,
+            moved_entries,
         } = &mut scratch;
         changed.clear();
+        moved_entries.clear();
         if self.dirty {
             for (&id, member) in self.members.iter_mut() {
                 if member.changed || member.wire.moved.is_empty() {
@@ -267,7 +252,10 @@ impl Room {
                     changed.push(id);
                 }
             }
-            changed.sort_unstable();
+            changed.seal();
+            for id in changed.ids() {
+                moved_entries.push(&self.members[id].wire.moved);
+            }
         }
         frames.clear();
         // Positions changed since the last tick (or nothing is sent).
@@ -357,7 +345,7 @@ impl Room {
                     tick,
                     diff,
                     |e| members[&e].entity_entry(e),
-                    |e| members[&e].wire.moved.as_slice(),
+                    |_, at| moved_entries.get(at),
                 )
             });
             sent += u64::from(me.state.link.out.push_state(me.state.link.epoch, &frame));
@@ -383,18 +371,21 @@ impl Room {
 #[derive(Default)]
 pub(super) struct ViewScratch {
     ids: Vec<EntityId>,
-    /// The members that changed this tick, ascending.
-    changed: Vec<EntityId>,
+    /// The members that changed this tick.
+    changed: Changed,
     previous: Vec<EntityId>,
     diff: ViewDiff,
     frames: TickFrames,
     neighbourhoods: super::grid::Neighbourhoods,
     /// This tick's one `tick` per edge (cluster mode).
     edges: super::remote::EdgeTicks,
+    /// The `moved` entries of `changed`, in its order.
+    moved_entries: MovedEntries,
 }
 
 #[cfg(test)]
 mod tests {
+    use super::diff::tests::Rng;
     use super::*;
 
     #[test]
@@ -536,5 +527,84 @@ mod tests {
         assert_eq!(update.tick, 7);
         assert_eq!(update.entered, vec![entity(1, 0.5), entity(4, 8.0)]);
         assert!(update.moved.is_empty() && update.left.is_empty());
+    }
+
+    #[test]
+    fn moved_entries_come_back_by_position() {
+        let mut entries = MovedEntries::default();
+        let parts: [&[u8]; 4] = [b"ab", b"", b"cde", b"f"];
+        for part in parts {
+            entries.push(part);
+        }
+        for (at, part) in parts.iter().enumerate() {
+            assert_eq!(entries.get(at as u32), *part);
+        }
+        entries.clear();
+        entries.push(b"g");
+        assert_eq!(entries.get(0), b"g");
+    }
+
+    #[test]
+    fn frames_through_the_moved_table_equal_frames_through_lookups() {
+        // A room's members with their entries encoded, a random part of
+        // them changed, and random views before and after.
+        let mut rng = Rng(7);
+        let universe = 120u32;
+        let encoded: FastMap<EntityId, (Vec<u8>, Vec<u8>)> = (0..universe)
+            .map(|id| {
+                let e = entity(id, rng.below(1000) as f32);
+                let (mut moved, mut whole) = (Vec::new(), Vec::new());
+                let m = protocol::msg::Moved {
+                    id,
+                    x: e.x,
+                    y: e.y,
+                    seq: e.seq,
+                };
+                assemble::encode_moved(&m, &mut moved);
+                assemble::encode_entity(&e, &mut whole);
+                (id, (moved, whole))
+            })
+            .collect();
+        let mut table = MovedEntries::default();
+        let mut changed = Changed::default();
+        let mut diff = ViewDiff::default();
+        let (mut by_table, mut by_id) = (Vec::new(), Vec::new());
+        for round in 0..500 {
+            changed.set(&rng.any_ids(0, universe));
+            table.clear();
+            for id in changed.ids() {
+                table.push(&encoded[id].0);
+            }
+            let before = rng.ids(0, universe, 50);
+            let now = if round % 2 == 0 {
+                rng.nudged(&before, 0, universe)
+            } else {
+                before.clone()
+            };
+            diff.compute(&before, &now, &changed);
+            by_table.clear();
+            write_diff(
+                &mut by_table,
+                round,
+                &diff,
+                |e| encoded[&e].1.as_slice(),
+                |_, at| table.get(at),
+            );
+            by_id.clear();
+            write_diff(
+                &mut by_id,
+                round,
+                &diff,
+                |e| encoded[&e].1.as_slice(),
+                |e, _| encoded[&e].0.as_slice(),
+            );
+            assert_eq!(by_table, by_id);
+            let ServerMsg::Update(update) = protocol::decode_server(&by_table, 1 << 20).unwrap()
+            else {
+                panic!("not an update");
+            };
+            let moved: Vec<EntityId> = update.moved.iter().map(|m| m.id).collect();
+            assert_eq!(moved, diff.moved);
+        }
     }
 }
