@@ -290,7 +290,7 @@ impl Room {
                     |_, at| entries.get(at),
                 ),
             });
-            sink.push(frame);
+            sink.push(frame.clone());
         }
         started.elapsed().as_nanos() as u64
     }

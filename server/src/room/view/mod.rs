@@ -71,14 +71,14 @@ impl TickFrames {
         &mut self,
         diff: &ViewDiff,
         encode: impl FnOnce(&ViewDiff, &mut Vec<u8>),
-    ) -> Bytes {
+    ) -> &Bytes {
         let hash = self.index.hasher().hash_one(diff.parts());
         let mut at = self.index.get(&hash).copied().unwrap_or(u32::MAX);
         let mut last = u32::MAX;
         while at != u32::MAX {
             let d = &self.distinct[at as usize];
             if self.equals(d, diff) {
-                return d.frame.clone();
+                return &self.distinct[at as usize].frame;
             }
             last = at;
             at = d.next;
@@ -101,14 +101,14 @@ impl TickFrames {
             start,
             lens: [entered.len(), moved.len(), left.len()].map(|n| n as u32),
             next: u32::MAX,
-            frame: frame.clone(),
+            frame,
         });
         if last == u32::MAX {
             self.index.insert(hash, index);
         } else {
             self.distinct[last as usize].next = index;
         }
-        frame
+        &self.distinct[index as usize].frame
     }
 
     fn equals(&self, d: &Distinct, diff: &ViewDiff) -> bool {
@@ -348,7 +348,8 @@ impl Room {
                     |_, at| moved_entries.get(at),
                 )
             });
-            sent += u64::from(me.state.link.out.push_state(me.state.link.epoch, &frame));
+            // Borrowed: cloned only if the member's socket does not take it.
+            sent += u64::from(me.state.link.out.push_state(me.state.link.epoch, frame));
         }
         let ticks = edges.send();
         metrics::counter!(m::REMOTE_TICKS).increment(ticks);
@@ -474,10 +475,12 @@ mod tests {
         let mut frames = TickFrames::default();
         let mut encodes = 0;
         let mut frame_of = |frames: &mut TickFrames, diff: &ViewDiff| {
-            frames.frame(diff, |d, out| {
-                encodes += 1;
-                out.extend_from_slice(format!("{d:?}").as_bytes());
-            })
+            frames
+                .frame(diff, |d, out| {
+                    encodes += 1;
+                    out.extend_from_slice(format!("{d:?}").as_bytes());
+                })
+                .clone()
         };
         let a = diff_views(&[1, 2], &[2, 3], ALL);
         let b = diff_views(&[1, 2], &[2, 4], ALL);
@@ -509,7 +512,7 @@ mod tests {
             let diff = diff_views(&[], &now, &[]);
             let expected: Vec<u8> = (0..n * 20).map(|k| (k % 251) as u8).collect();
             let frame = frames.frame(&diff, |_, out| out.extend_from_slice(&expected));
-            held.push((frame, expected));
+            held.push((frame.clone(), expected));
         }
         frames.clear();
         for (frame, expected) in &held {
