@@ -157,17 +157,17 @@ pub fn count_client_message(kind: &'static str) {
         "malformed",
         "text",
     ];
-    static COUNTERS: OnceLock<Vec<Counter>> = OnceLock::new();
-    let counters = COUNTERS.get_or_init(|| {
-        // The recorder first, or the handles would be no-ops.
-        prometheus();
-        KINDS
-            .iter()
-            .map(|&kind| metrics::counter!(CLIENT_MESSAGES, "kind" => kind))
-            .collect()
-    });
+    // Each registered at its first use, as the macro would: a kind never
+    // seen has no series (scrapes stay as they were).
+    static COUNTERS: [OnceLock<Counter>; 10] = [const { OnceLock::new() }; 10];
     match KINDS.iter().position(|&k| k == kind) {
-        Some(i) => counters[i].increment(1),
+        Some(i) => COUNTERS[i]
+            .get_or_init(|| {
+                // The recorder first, or the handle would be a no-op.
+                prometheus();
+                metrics::counter!(CLIENT_MESSAGES, "kind" => kind)
+            })
+            .increment(1),
         // A kind the list above misses still counts, through the registry.
         None => metrics::counter!(CLIENT_MESSAGES, "kind" => kind).increment(1),
     }
