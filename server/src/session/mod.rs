@@ -397,11 +397,14 @@ impl Actor for Session {
         metrics::gauge!(m::SESSIONS_ACTIVE).increment(1.0);
         let config = &self.deps.config.server;
         ctx.run_later(ms(config.handshake_timeout_ms), |session, ctx| {
-            session.guarded(ctx, "handshake_timeout", |session, ctx| {
-                if matches!(session.state, State::AwaitingHello) {
+            // Only a session still waiting for its hello gets here (and to
+            // the fault point of that name): one that said hello in time
+            // has nothing to do.
+            if matches!(session.state, State::AwaitingHello) {
+                session.guarded(ctx, "handshake_timeout", |session, ctx| {
                     session.close(CloseCode::HandshakeTimeout, "no hello in time", ctx);
-                }
-            });
+                });
+            }
         });
         let every = ms(config.idle_timeout_ms / 4)
             .min(ms(config.heartbeat_interval_ms / 2))
