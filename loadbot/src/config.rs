@@ -115,6 +115,11 @@ pub struct Args {
     /// Time between a bot's pings (RTT samples); at most 10s in idle.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub ping_interval: Duration,
+    /// Send each ping in a write of its own. By default a bot that moves
+    /// sends a due ping in the same write as its next move (two frames, one
+    /// TCP segment), as the floor's client does (BENCHMARKS.md, issue 12).
+    #[arg(long)]
+    pub ping_apart: bool,
     /// Mean time between a churning bot's drop-or-hop events.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub churn_interval: Duration,
@@ -243,6 +248,8 @@ pub struct Config {
     pub move_hz: f64,
     pub chat_hz: f64,
     pub ping_interval: Duration,
+    /// Pings in writes of their own, never with a move.
+    pub ping_apart: bool,
     pub churn_interval: Duration,
     pub scenario: Scenario,
     pub threads: usize,
@@ -418,6 +425,7 @@ impl Args {
             move_hz: self.move_hz,
             chat_hz: self.chat_hz,
             ping_interval: self.ping_interval,
+            ping_apart: self.ping_apart,
             churn_interval: self.churn_interval,
             scenario: self.scenario,
             threads: self.threads,

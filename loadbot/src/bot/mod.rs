@@ -57,7 +57,7 @@ use crate::placement::Placement;
 use crate::scenario::{self, Rng};
 use crate::stats::{Latency, Stats};
 use resume::Resume;
-use socket::{close, Failure, MAX_SERVER_FRAME};
+use socket::{close, Failure, MAX_SERVER_FRAME, WRITE_BUFFER};
 
 /// What every bot shares: the configuration, the stats, the resolved
 /// addresses and which one each bot uses.
@@ -111,8 +111,9 @@ impl Shared {
         let ledger_slots = if cfg.durable.rate > 0.0 { cfg.bots } else { 0 };
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(cfg.read_buffer)
-            // Every message is flushed on its own: no write buffer to keep.
-            .write_buffer_size(0)
+            // Every write is flushed at once; the buffer only holds the
+            // frames of one write (a move and the ping riding with it).
+            .write_buffer_size(WRITE_BUFFER)
             .max_write_buffer_size(1 << 20)
             .max_message_size(Some(MAX_SERVER_FRAME))
             .max_frame_size(Some(MAX_SERVER_FRAME));

@@ -4,7 +4,8 @@
 //! | clock | scenarios         | does                                            |
 //! |-------|-------------------|-------------------------------------------------|
 //! | move  | move, chat, churn | a random-walk step at `--move-hz`               |
-//! | ping  | all               | `ping` on the run's clock; rejoin if moved out  |
+//! | ping  | all               | `ping` on the run's clock (with the next move   |
+//! |       |                   | when moving); rejoin if moved out               |
 //! | chat  | chat              | a line at `--chat-hz`                           |
 //! | durable | any, with `--durable-rate` | a `give` of one coin ([`super::durable`]) |
 //! | churn | churn             | drop and resume, or hop ([`super::resume`])     |
@@ -72,6 +73,8 @@ impl Bot {
         // Since when the bot stands in no map without having asked for it.
         let mut out_since: Option<Instant> = None;
         let mut chats: u32 = 0;
+        // A ping fell due while the bot moves: it rides with the next move.
+        let mut ping_due = false;
         let mut stop = self.stop.clone();
 
         let end = loop {
@@ -112,7 +115,13 @@ impl Bot {
                     let (dx, dy) = wander.step(&mut self.rng, r.x, r.y, r.width, r.height);
                     self.seq = self.seq.wrapping_add(1);
                     let msg = ClientMsg::Move(Move { seq: self.seq, dx, dy });
-                    if let Err(end) = self.send_or_end(ws, &msg).await {
+                    let sent = if std::mem::take(&mut ping_due) {
+                        let ping = ClientMsg::Ping(Ping { t: shared.now_us() });
+                        self.send_pair_or_end(ws, &msg, &ping).await
+                    } else {
+                        self.send_or_end(ws, &msg).await
+                    };
+                    if let Err(end) = sent {
                         break end;
                     }
                     if r.pending.push(self.seq, shared.now_us()) {
@@ -120,9 +129,19 @@ impl Bot {
                     }
                 }
                 _ = ping.tick() => {
-                    let msg = ClientMsg::Ping(Ping { t: shared.now_us() });
-                    if let Err(end) = self.send_or_end(ws, &msg).await {
-                        break end;
+                    // A moving bot's ping goes with its next move, in one
+                    // write (the floor's client does the same), unless
+                    // `--ping-apart`; a ping still due from the last tick
+                    // goes now.
+                    let moving = moves.is_some() && room.is_some() && hop_sent.is_none();
+                    if moving && !cfg.ping_apart && !ping_due {
+                        ping_due = true;
+                    } else {
+                        ping_due = false;
+                        let msg = ClientMsg::Ping(Ping { t: shared.now_us() });
+                        if let Err(end) = self.send_or_end(ws, &msg).await {
+                            break end;
+                        }
                     }
                     if room.is_some() || hop_sent.is_some() {
                         out_since = None;

@@ -26,6 +26,12 @@ pub(super) type Ws = WebSocketStream<TcpStream>;
 /// Largest server frame a bot decodes. The server's own limit is for client
 /// frames; a `joined` in a crowded map can be much larger.
 pub(super) const MAX_SERVER_FRAME: usize = 16 << 20;
+
+/// Frames up to this many bytes wait in tungstenite's write buffer for the
+/// flush that ends their write, so the frames of one write (a move and the
+/// ping riding with it) leave in one segment; larger ones are written at
+/// once. Every send flushes: nothing stays buffered between writes.
+pub(super) const WRITE_BUFFER: usize = 256;
 /// Time a stopping bot waits for the server's close reply.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -138,14 +144,30 @@ impl Bot {
     /// Sends in the play loop: a failed write counts as a disconnect and ends
     /// the session as lost.
     pub(super) async fn send_or_end(&self, ws: &mut Ws, msg: &ClientMsg) -> Result<(), End> {
-        send(ws, self.stats(), msg).await.map_err(|e| {
-            let key = match e {
-                WsError::Io(_) => "io_error",
-                _ => "no_close_frame",
-            };
-            self.stats().disconnected(key);
-            End::Lost
-        })
+        let sent = send(ws, self.stats(), msg).await;
+        sent.map_err(|e| self.lost(e))
+    }
+
+    /// [`send_pair`] in the play loop, ending the session as
+    /// [`Bot::send_or_end`] does.
+    pub(super) async fn send_pair_or_end(
+        &self,
+        ws: &mut Ws,
+        first: &ClientMsg,
+        second: &ClientMsg,
+    ) -> Result<(), End> {
+        let sent = send_pair(ws, self.stats(), first, second).await;
+        sent.map_err(|e| self.lost(e))
+    }
+
+    /// A failed write: counted as a disconnect; the session is lost.
+    fn lost(&self, e: WsError) -> End {
+        let key = match e {
+            WsError::Io(_) => "io_error",
+            _ => "no_close_frame",
+        };
+        self.stats().disconnected(key);
+        End::Lost
     }
 }
 
@@ -155,6 +177,27 @@ pub(super) async fn send(ws: &mut Ws, stats: &Stats, msg: &ClientMsg) -> Result<
     let len = bytes.len();
     ws.send(Message::binary(bytes)).await?;
     stats.sent(client_kind(msg), len);
+    Ok(())
+}
+
+/// Encodes `first` and `second` and writes them with one flush: two
+/// WebSocket frames, one write (a ping riding with a move).
+pub(super) async fn send_pair(
+    ws: &mut Ws,
+    stats: &Stats,
+    first: &ClientMsg,
+    second: &ClientMsg,
+) -> Result<(), WsError> {
+    let (a, b) = (
+        protocol::encode_client(first),
+        protocol::encode_client(second),
+    );
+    let (len_a, len_b) = (a.len(), b.len());
+    ws.feed(Message::binary(a)).await?;
+    ws.feed(Message::binary(b)).await?;
+    ws.flush().await?;
+    stats.sent(client_kind(first), len_a);
+    stats.sent(client_kind(second), len_b);
     Ok(())
 }
 
