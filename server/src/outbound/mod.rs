@@ -44,7 +44,10 @@
 //! tungstenite's own replies flushed), [`Outbound::push_state`] and the
 //! other pushes write the frame with one `send` from the pushing thread (a
 //! room's tick, usually) under the queue's lock, which the connection also
-//! takes before it touches the socket. The session's task is then not woken
+//! takes before it writes to the socket (reading it, with nothing owed to
+//! the client, takes neither the lock nor the socket: a connection woken
+//! by a client's frame with nothing queued does not touch the queue's
+//! lock, only its `attention` flag). The session's task is then not woken
 //! at all for that frame: no wake-up, no actor context poll, no batch; the
 //! floor's single task per socket pays none of those either. A frame the
 //! socket does not take whole is queued (its written part noted) and the
@@ -348,6 +351,13 @@ pub struct Outbound {
     queue: Mutex<Queue>,
     /// The connection's task, woken when something is queued.
     wake: AtomicWaker,
+    /// Something for the connection to look at (a frame queued, a close,
+    /// a trim) since its last look, which cleared it; set before every
+    /// wake-up. While it is clear, the waker the connection registered
+    /// then is still there (a wake-up takes it), so the connection's
+    /// next poll needs neither the lock nor a new registration: a read
+    /// with nothing to write costs one load (see [`Outbound::poll_batch`]).
+    attention: AtomicBool,
     /// `Queue::resync`, readable without the lock: a room asks every
     /// member each tick, and almost always the answer is no.
     resync_due: AtomicBool,
@@ -373,6 +383,7 @@ impl Outbound {
                 socket: None,
             }),
             wake: AtomicWaker::new(),
+            attention: AtomicBool::new(false),
             resync_due: AtomicBool::new(false),
             budget,
             trim_batch: AtomicBool::new(false),
@@ -402,12 +413,22 @@ impl Outbound {
 
     /// The connection leaves the socket with nothing half-written and
     /// tungstenite flushed: pushers may write to it at once until
-    /// [`Outbound::poll_batch`] (the connection's next poll) takes it back.
-    fn free_socket(&self) {
+    /// [`Outbound::poll_batch`] takes it back (when there is something to
+    /// write, or before a read that may write). Whether it was lent.
+    fn free_socket(&self) -> bool {
         let mut q = self.queue.lock();
         if q.close.is_none() && q.socket.is_some() {
             q.free = true;
         }
+        q.free
+    }
+
+    /// Wake the connection to look at its queue.
+    fn notify(&self) {
+        // Before the wake-up, which takes the registered waker: a poll
+        // that finds the flag clear knows its waker is still registered.
+        self.attention.store(true, Ordering::Release);
+        self.wake.wake();
     }
 
     /// Start a new room membership; frames pushed with older epochs are
@@ -453,7 +474,7 @@ impl Outbound {
         }
         q.queue_after(tried, Frame::State(frame.clone()));
         drop(q);
-        self.wake.wake();
+        self.notify();
         true
     }
 
@@ -484,7 +505,7 @@ impl Outbound {
             drop(q);
             metrics::counter!(m::OUTBOUND_DROPPED, "class" => "reliable").increment(1);
             metrics::counter!(m::SESSIONS_CLOSED, "code" => "4005").increment(1);
-            self.wake.wake();
+            self.notify();
             return Err(PushError::Overflow);
         }
         let tried = q.write_now(Wire::binary(&frame));
@@ -493,7 +514,7 @@ impl Outbound {
         }
         q.queue_after(tried, Frame::Reliable(frame));
         drop(q);
-        self.wake.wake();
+        self.notify();
         Ok(())
     }
 
@@ -506,7 +527,7 @@ impl Outbound {
             }
             q.queue_after(tried, Frame::Ping);
             drop(q);
-            self.wake.wake();
+            self.notify();
         }
     }
 
@@ -518,7 +539,7 @@ impl Outbound {
             q.close = Some(Box::new((Some(code), reason.to_string())));
             drop(q);
             metrics::counter!(m::SESSIONS_CLOSED, "code" => code.as_u16().to_string()).increment(1);
-            self.wake.wake();
+            self.notify();
         }
     }
 
@@ -530,7 +551,7 @@ impl Outbound {
             q.clear_frames();
             q.close = Some(Box::new((None, String::new())));
             drop(q);
-            self.wake.wake();
+            self.notify();
         }
     }
 
@@ -581,7 +602,7 @@ impl Outbound {
         q.frames = VecDeque::new();
         drop(q);
         self.trim_batch.store(true, Ordering::Relaxed);
-        self.wake.wake();
+        self.notify();
     }
 
     /// The writer's side of [`Outbound::trim_idle`]: whether it should give
@@ -599,16 +620,36 @@ impl Outbound {
     /// `Pending` (and a wake-up when something is queued) when there is
     /// nothing. The connection is about to use the socket: it is no longer
     /// free for immediate writes.
+    ///
+    /// `registered` is the caller's note of the waker it registered (its
+    /// data pointer; 0 for none), `lent` whether it lent the socket. When that is this poll's waker and
+    /// nothing called for attention since, nothing was queued: `Pending`
+    /// at the cost of one load, and the socket stays lent to pushers
+    /// (reading a data frame writes nothing; before a read that may write,
+    /// the connection forgets `registered`, so this takes the socket
+    /// back, with whatever a pusher left half-written).
     fn poll_batch(
         &self,
         cx: &mut Context<'_>,
         batch: &mut Vec<Frame>,
         written: &mut usize,
+        registered: &mut usize,
+        lent: &mut bool,
     ) -> Poll<Option<(Option<CloseCode>, String)>> {
-        // Registered before looking, so a push in between is not missed.
+        let waker = cx.waker().data() as usize;
+        if *registered == waker && !self.attention.load(Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        // Cleared, then registered, then looked: a push after the look
+        // sets the flag again and wakes this waker.
+        self.attention.store(false, Ordering::Relaxed);
         self.wake.register(cx.waker());
+        // Kept only when this look finds nothing: after a batch, the next
+        // poll looks again (for the close that waits behind it).
+        *registered = 0;
         let mut q = self.queue.lock();
         q.free = false;
+        *lent = false;
         if !q.frames.is_empty() {
             batch.extend(q.frames.drain(..));
             q.bytes = 0;
@@ -622,7 +663,10 @@ impl Outbound {
         }
         match &q.close {
             Some(close) => Poll::Ready(Some((**close).clone())),
-            None => Poll::Pending,
+            None => {
+                *registered = waker;
+                Poll::Pending
+            }
         }
     }
 }

@@ -303,7 +303,9 @@ fn a_drained_burst_gives_its_capacity_back() {
     }
     let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
     let mut batch = Vec::new();
-    assert!(out.poll_batch(&mut cx, &mut batch, &mut 0).is_ready());
+    assert!(out
+        .poll_batch(&mut cx, &mut batch, &mut 0, &mut 0, &mut false)
+        .is_ready());
     assert_eq!(batch.len(), 200, "the whole burst in one batch");
     let kept = out.queue.lock().frames.capacity();
     assert!(kept <= KEEP_FRAMES, "the queue keeps {kept} slots");

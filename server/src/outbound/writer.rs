@@ -87,6 +87,12 @@ pub struct Writer {
     /// Bytes of the batch's first frame its pusher already wrote (see
     /// `Outbound::poll_batch`).
     written: usize,
+    /// The waker registered with the queue (its data pointer; 0: none),
+    /// for `Outbound::poll_batch`'s look without the lock.
+    registered: usize,
+    /// The socket is lent to pushers (immediate writes): the connection
+    /// takes it back before it writes.
+    lent: bool,
 }
 
 impl Writer {
@@ -102,7 +108,23 @@ impl Writer {
             direct: None,
             uncounted: (0, 0),
             written: 0,
+            registered: 0,
+            lent: false,
         }
+    }
+
+    /// Lend the socket to pushers, unless it is lent already.
+    fn lend(&mut self) {
+        if !self.lent {
+            self.lent = self.out.free_socket();
+        }
+    }
+
+    /// Make the next poll look at the queue under its lock (and so take
+    /// the socket back from pushers), as before tungstenite writes a reply
+    /// of its own.
+    fn look_again(&mut self) {
+        self.registered = 0;
     }
 
     /// Write data frames straight to `socket`, the plain TCP stream under
@@ -158,7 +180,13 @@ impl Writer {
         loop {
             match &mut self.stage {
                 Stage::Done => return Poll::Ready(()),
-                Stage::Idle => match self.out.poll_batch(cx, &mut self.batch, &mut self.written) {
+                Stage::Idle => match self.out.poll_batch(
+                    cx,
+                    &mut self.batch,
+                    &mut self.written,
+                    &mut self.registered,
+                    &mut self.lent,
+                ) {
                     Poll::Pending => {
                         if self.out.take_trim() && self.batch.is_empty() {
                             // An idle connection (`Outbound::trim_idle`).
@@ -461,6 +489,11 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if this.reply_owed {
+            // tungstenite writes its reply (a pong) when it reads next: the
+            // socket must not be lent then, nor hold half a pushed frame.
+            this.writer.look_again();
+        }
         let written = this.writer.poll_write(Pin::new(&mut this.ws), cx);
         // While a batch is half written, reading waits: tungstenite may
         // write a reply (a pong) when it reads, which must not land inside
@@ -513,7 +546,7 @@ where
                 _ => return,
             }
         }
-        self.writer.out.free_socket();
+        self.writer.lend();
     }
 }
 

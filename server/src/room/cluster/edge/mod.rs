@@ -320,7 +320,10 @@ impl EdgeLink {
             inner.generation
         };
         let (me, rx) = (self.clone(), stream.rx);
-        let (period, lead) = (cluster.tick_period(&self.room), cluster.settings().input_lead);
+        let (period, lead) = (
+            cluster.tick_period(&self.room),
+            cluster.settings().input_lead,
+        );
         cluster.arbiter.spawn_fn(move || {
             actix::spawn(me.clone().read(rx, generation));
             actix::spawn(me.pump_inputs(generation, period, lead));
