@@ -150,21 +150,14 @@ struct Refusal {
 }
 
 /// Every task the hub spawns, so that shutdown can end and wait for them.
-/// They all run on the runtime the hub was started on, which is where
-/// QUIC's endpoint and connection drivers run too, whatever thread asks
-/// (a stream opened from a session's thread included): a stream's writer
-/// then hands its frames to QUIC without a wake-up across threads.
-struct TaskSet {
-    set: Mutex<JoinSet<()>>,
-    runtime: tokio::runtime::Handle,
-}
+struct TaskSet(Mutex<JoinSet<()>>);
 
 impl TaskSet {
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        let mut set = self.set.lock();
+        let mut set = self.0.lock();
         // Reap the finished ones so the set holds only live tasks.
         while set.try_join_next().is_some() {}
-        set.spawn_on(task, &self.runtime);
+        set.spawn(task);
     }
 }
 
@@ -280,10 +273,7 @@ impl PeerHub {
             refusals: Mutex::new(VecDeque::new()),
             handshakes: Arc::new(Semaphore::new(max_handshakes)),
             stats: Arc::new(HubStats::default()),
-            tasks: TaskSet {
-                set: Mutex::new(JoinSet::new()),
-                runtime: tokio::runtime::Handle::current(),
-            },
+            tasks: TaskSet(Mutex::new(JoinSet::new())),
             stop: watch::channel(false).0,
         });
         inner.tasks.spawn(peers::accept_loop(inner.clone()));
@@ -415,7 +405,7 @@ impl PeerHub {
         inner.endpoint.close(code, b"shard shutting down");
         peers::drop_all(inner);
         inner.listeners.lock().clear();
-        let mut set = std::mem::take(&mut *inner.tasks.set.lock());
+        let mut set = std::mem::take(&mut *inner.tasks.0.lock());
         let waited =
             tokio::time::timeout(grace, async { while set.join_next().await.is_some() {} }).await;
         if waited.is_err() {

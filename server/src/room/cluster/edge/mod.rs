@@ -319,15 +319,12 @@ impl EdgeLink {
             inner.held = false;
             inner.generation
         };
-        let (me, rx) = (self.clone(), stream.rx);
-        let (period, lead) = (
+        actix::spawn(self.clone().read(stream.rx, generation));
+        actix::spawn(self.clone().pump_inputs(
+            generation,
             cluster.tick_period(&self.room),
             cluster.settings().input_lead,
-        );
-        cluster.arbiter.spawn_fn(move || {
-            actix::spawn(me.clone().read(rx, generation));
-            actix::spawn(me.pump_inputs(generation, period, lead));
-        });
+        ));
         Ok(stream.tx)
     }
 
