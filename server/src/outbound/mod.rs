@@ -622,7 +622,8 @@ impl Outbound {
     /// free for immediate writes.
     ///
     /// `registered` is the caller's note of the waker it registered (its
-    /// data pointer; 0 for none), `lent` whether it lent the socket. When that is this poll's waker and
+    /// data pointer, which tells a task's wakers apart; 0 for none), `lent`
+    /// whether it lent the socket. When that is this poll's waker and
     /// nothing called for attention since, nothing was queued: `Pending`
     /// at the cost of one load, and the socket stays lent to pushers
     /// (reading a data frame writes nothing; before a read that may write,
