@@ -185,7 +185,13 @@ export async function kickFromPage(browser, page, demoBase, shotName) {
     await page.waitForSelector('#players tbody tr button.kick');
     page.once('dialog', (d) => d.accept('e2e kick'));
     await page.click('#players tbody tr button.kick');
-    await page.waitForFunction(() => /kicked/.test(document.getElementById('flash').textContent));
+    try {
+      await page.waitForFunction(() => /kicked/.test(document.getElementById('flash').textContent));
+    } catch (e) {
+      // What the console said instead (each shard's answer, or the
+      // refusal) is what tells a slow shard from a wrong answer.
+      throw new Error(`${e.message}; the flash read: ${await page.textContent('#flash')}`);
+    }
     await victim.waitForFunction(() => document.body.dataset.state === 'closed', null, { timeout: 15_000 });
     await shot(page, shotName);
     await shot(victim, `${shotName}-demo`);
