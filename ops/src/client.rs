@@ -219,9 +219,17 @@ impl Shard {
         self.act("/admin/announce", &request)
     }
 
-    pub fn kick(&self, player: &str, reason: Option<&str>) -> CallResult<ActionReply> {
+    /// Kick `player`; `local_only` when the caller asks every shard itself
+    /// (see [`KickRequest::local_only`]).
+    pub fn kick(
+        &self,
+        player: &str,
+        reason: Option<&str>,
+        local_only: bool,
+    ) -> CallResult<ActionReply> {
         let request = KickRequest {
             reason: reason.map(str::to_string),
+            local_only,
         };
         self.act(&format!("/admin/players/{}/kick", escape(player)), &request)
     }

@@ -283,7 +283,7 @@ fn main() -> anyhow::Result<()> {
         Command::Players { command } => match command {
             PlayersCommand::Find { q } => print_json(&shard.players(&q)?)?,
             PlayersCommand::Kick { player, reason } => {
-                print_json(&shard.kick(&player, reason.as_deref())?)?
+                print_json(&shard.kick(&player, reason.as_deref(), false)?)?
             }
             PlayersCommand::Ban {
                 player,

@@ -514,6 +514,12 @@ async fn a_kick_or_ban_made_on_one_shard_reaches_the_player_on_another() {
         entry(a, "kim").await.map(|e| e.0) == Some("b".into())
     })
     .await;
+    // Asked to act only here (the console asks every shard): a shard
+    // without her socket refuses, and relays nothing.
+    let (status, body) = admin_post(a, "/admin/players/kim/kick", r#"{"local_only": true}"#).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("not connected to this shard"), "{body}");
+    assert!(answers_ping(&mut kim, 997).await, "kim is still connected");
     let (status, body) = admin_post(a, "/admin/players/kim/kick", r#"{"reason": "afk"}"#).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("shard b"), "{body}");

@@ -340,6 +340,12 @@ async fn announce(
 }
 
 /// A kick goes to every shard; the one holding the player's session acts.
+/// With the directory's list of shards (`--redis`), which names every
+/// live shard, each acts only if the player's socket is there
+/// (`local_only`), so the holder answers `kicked`: were the others to
+/// relay it too, a relayed kick could reach the player first and the
+/// holder would answer "not connected". A static list may leave out the
+/// player's shard, so there the shards relay through the directory.
 async fn kick(
     State(c): State<Console>,
     headers: HeaderMap,
@@ -348,7 +354,11 @@ async fn kick(
 ) -> ApiResult<Vec<ActionOutcome>> {
     let shards = c.shards(&token(&headers)?);
     let reason = body.and_then(|Json(b)| b.reason);
-    let results = gather::on_each(&shards, move |s| s.kick(&player, reason.as_deref())).await;
+    let local_only = c.0.source.cluster();
+    let results = gather::on_each(&shards, move |s| {
+        s.kick(&player, reason.as_deref(), local_only)
+    })
+    .await;
     Ok(Json(gather::outcomes(&shards, results, |r| r.result)?))
 }
 

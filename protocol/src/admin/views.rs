@@ -250,6 +250,13 @@ pub struct EventsQuery {
 pub struct KickRequest {
     #[serde(default)]
     pub reason: Option<String>,
+    /// Act only on a player whose socket is on this shard (404 otherwise),
+    /// never relaying the kick to the shard the directory names. For a
+    /// caller that asks every shard itself (the ops console): one shard
+    /// then answers `kicked`, instead of a relayed kick racing the direct
+    /// one to the player's shard.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local_only: bool,
 }
 
 /// `POST /admin/players/{player}/ban`'s body.

@@ -21,7 +21,8 @@ use crate::events::NewEvent;
 use crate::ids::RoomId;
 use crate::session::Remove;
 
-const KICK_BODY: &str = "body must be empty or JSON {\"reason\": optional string}";
+const KICK_BODY: &str =
+    "body must be empty or JSON {\"reason\": optional string, \"local_only\": optional bool}";
 const BAN_BODY: &str = "body must be JSON {\"reason\": string, \"duration_s\": optional number}";
 
 /// A kick's body, checked: empty, or a reason of at most `max_chars`
@@ -188,6 +189,10 @@ pub(super) async fn kick(
     };
     let result = if remove(shared, &player, ErrorCode::Kicked, text.clone()) {
         Ok("kicked".to_string())
+    } else if request.local_only {
+        Err(Refusal::not_found(format!(
+            "player {player:?} is not connected to this shard"
+        )))
     } else {
         kick_elsewhere(shared, &player, text).await
     };
