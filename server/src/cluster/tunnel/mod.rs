@@ -150,14 +150,21 @@ struct Refusal {
 }
 
 /// Every task the hub spawns, so that shutdown can end and wait for them.
-struct TaskSet(Mutex<JoinSet<()>>);
+/// They all run on the runtime the hub was started on, which is where
+/// QUIC's endpoint and connection drivers run too, whatever thread asks
+/// (a stream opened from a session's thread included): a stream's writer
+/// then hands its frames to QUIC without a wake-up across threads.
+struct TaskSet {
+    set: Mutex<JoinSet<()>>,
+    runtime: tokio::runtime::Handle,
+}
 
 impl TaskSet {
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        let mut set = self.0.lock();
+        let mut set = self.set.lock();
         // Reap the finished ones so the set holds only live tasks.
         while set.try_join_next().is_some() {}
-        set.spawn(task);
+        set.spawn_on(task, &self.runtime);
     }
 }
 
@@ -273,7 +280,10 @@ impl PeerHub {
             refusals: Mutex::new(VecDeque::new()),
             handshakes: Arc::new(Semaphore::new(max_handshakes)),
             stats: Arc::new(HubStats::default()),
-            tasks: TaskSet(Mutex::new(JoinSet::new())),
+            tasks: TaskSet {
+                set: Mutex::new(JoinSet::new()),
+                runtime: tokio::runtime::Handle::current(),
+            },
             stop: watch::channel(false).0,
         });
         inner.tasks.spawn(peers::accept_loop(inner.clone()));
@@ -405,7 +415,7 @@ impl PeerHub {
         inner.endpoint.close(code, b"shard shutting down");
         peers::drop_all(inner);
         inner.listeners.lock().clear();
-        let mut set = std::mem::take(&mut *inner.tasks.0.lock());
+        let mut set = std::mem::take(&mut *inner.tasks.set.lock());
         let waited =
             tokio::time::timeout(grace, async { while set.join_next().await.is_some() {} }).await;
         if waited.is_err() {

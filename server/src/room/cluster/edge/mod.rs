@@ -319,12 +319,15 @@ impl EdgeLink {
             inner.held = false;
             inner.generation
         };
-        actix::spawn(self.clone().read(stream.rx, generation));
-        actix::spawn(self.clone().pump_inputs(
-            generation,
+        let (me, rx) = (self.clone(), stream.rx);
+        let (period, lead) = (
             cluster.tick_period(&self.room),
             cluster.settings().input_lead,
-        ));
+        );
+        cluster.arbiter.spawn_fn(move || {
+            actix::spawn(me.clone().read(rx, generation));
+            actix::spawn(me.pump_inputs(generation, period, lead));
+        });
         Ok(stream.tx)
     }
 
