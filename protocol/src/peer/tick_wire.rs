@@ -128,8 +128,8 @@ impl<'de> Deserialize<'de> for IndicesIn {
 /// back to back in one `bin`.
 pub(super) mod entries {
     use bytes::Bytes;
-    use serde::de::{self, IgnoredAny, Visitor};
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
     use std::fmt;
 
     pub fn serialize<S: Serializer>(entries: &[Bytes], s: S) -> Result<S::Ok, S::Error> {
@@ -145,15 +145,76 @@ pub(super) mod entries {
         let mut entries = Vec::new();
         let mut at = 0;
         while at < blob.len() {
-            let mut cursor = std::io::Cursor::new(&blob[at..]);
-            IgnoredAny::deserialize(&mut rmp_serde::Deserializer::new(&mut cursor))
+            let len = value_len(&blob[at..])
                 .map_err(|e| format!("entry {} at byte {at}: {e}", entries.len()))?;
             // Every value takes at least one byte, so this always advances.
-            let end = at + cursor.position() as usize;
+            let end = at + len;
             entries.push(blob.slice(at..end));
             at = end;
         }
         Ok(entries)
+    }
+
+    /// The length in bytes of the MessagePack value at the start of `buf`,
+    /// found from its markers and lengths alone: nothing is decoded or
+    /// allocated (the edge splits every tick's entries this way). Arrays
+    /// and maps are walked without recursion, by counting the values
+    /// still owed; each value takes at least one byte, so a claimed length
+    /// larger than the bytes left ends at `buf`'s end as an error.
+    pub(in crate::peer) fn value_len(buf: &[u8]) -> Result<usize, &'static str> {
+        const SHORT: &str = "the value runs past the end of the entries";
+        // A big-endian length of `width` bytes at `at`.
+        let length = |at: usize, width: usize| -> Result<usize, &'static str> {
+            let bytes = buf.get(at..at + width).ok_or(SHORT)?;
+            Ok(bytes.iter().fold(0usize, |n, &b| (n << 8) | usize::from(b)))
+        };
+        let mut at = 0usize;
+        // Values still to skip: fits a u64, each of at most `buf.len()`
+        // containers adding at most 2 * u32::MAX.
+        let mut owed: u64 = 1;
+        while owed > 0 {
+            owed -= 1;
+            let marker = *buf.get(at).ok_or(SHORT)?;
+            at += 1;
+            // (bytes after the marker, values inside)
+            let (skip, values) = match marker {
+                0x00..=0x7f | 0xc0 | 0xc2 | 0xc3 | 0xe0..=0xff => (0, 0),
+                0x80..=0x8f => (0, 2 * u64::from(marker & 0x0f)),
+                0x90..=0x9f => (0, u64::from(marker & 0x0f)),
+                0xa0..=0xbf => (usize::from(marker & 0x1f), 0),
+                0xc1 => return Err("marker 0xc1 is never used"),
+                // bin 8/16/32, str 8/16/32: length, then the bytes.
+                0xc4 | 0xd9 => (1 + length(at, 1)?, 0),
+                0xc5 | 0xda => (2 + length(at, 2)?, 0),
+                0xc6 | 0xdb => (4 + length(at, 4)?, 0),
+                // ext 8/16/32: length, type, then the bytes.
+                0xc7 => (2 + length(at, 1)?, 0),
+                0xc8 => (3 + length(at, 2)?, 0),
+                0xc9 => (5 + length(at, 4)?, 0),
+                0xca => (4, 0),
+                0xcb => (8, 0),
+                0xcc | 0xd0 => (1, 0),
+                0xcd | 0xd1 => (2, 0),
+                0xce | 0xd2 => (4, 0),
+                0xcf | 0xd3 => (8, 0),
+                // fixext 1/2/4/8/16: type, then the bytes.
+                0xd4 => (2, 0),
+                0xd5 => (3, 0),
+                0xd6 => (5, 0),
+                0xd7 => (9, 0),
+                0xd8 => (17, 0),
+                0xdc => (2, length(at, 2)? as u64),
+                0xdd => (4, length(at, 4)? as u64),
+                0xde => (2, 2 * length(at, 2)? as u64),
+                0xdf => (4, 2 * length(at, 4)? as u64),
+            };
+            at = at
+                .checked_add(skip)
+                .filter(|&end| end <= buf.len())
+                .ok_or(SHORT)?;
+            owed += values;
+        }
+        Ok(at)
     }
 
     struct Blob;
@@ -276,6 +337,97 @@ mod tests {
                 full: true,
             };
             assert_eq!(round_trip(&view).0, view);
+        }
+    }
+
+    /// `value_len` against rmp-serde's own reading of the value.
+    fn rmp_len(buf: &[u8]) -> Option<usize> {
+        let mut cursor = std::io::Cursor::new(buf);
+        serde::de::IgnoredAny::deserialize(&mut rmp_serde::Deserializer::new(&mut cursor)).ok()?;
+        Some(cursor.position() as usize)
+    }
+
+    #[test]
+    fn value_len_agrees_with_rmp_on_every_marker_and_refuses_every_cut() {
+        use serde_json::json;
+        let long = |n: usize| "x".repeat(n);
+        let mut values: Vec<Vec<u8>> = [
+            json!(null),
+            json!(true),
+            json!(5),
+            json!(-3),
+            json!(200),
+            json!(-100),
+            json!(40_000),
+            json!(-40_000),
+            json!(3_000_000_000u64),
+            json!(-3_000_000_000i64),
+            json!(u64::MAX),
+            json!(1.5),
+            json!(""),
+            json!(long(31)),
+            json!(long(32)),
+            json!(long(255)),
+            json!(long(256)),
+            json!(long(70_000)),
+            json!([]),
+            json!([1, [2, [3, {"a": [4.5, "b"]}]]]),
+            json!((0..20).collect::<Vec<_>>()),
+            json!((0..70_000).map(|i| i % 3).collect::<Vec<_>>()),
+            json!({}),
+            json!((0..20)
+                .map(|i| (i.to_string(), json!(i)))
+                .collect::<serde_json::Map<_, _>>()),
+            json!((0..70_000)
+                .map(|i| (i.to_string(), json!(i)))
+                .collect::<serde_json::Map<_, _>>()),
+        ]
+        .iter()
+        .map(|v| rmp_serde::to_vec(v).unwrap())
+        .collect();
+        values.push(rmp_serde::to_vec(&1.5f32).unwrap());
+        for n in [0usize, 1, 255, 256, 70_000] {
+            let mut v = Vec::new();
+            rmp::encode::write_bin(&mut v, &vec![7u8; n]).unwrap();
+            values.push(v);
+        }
+        // ext: fixext 1/2/4/8/16 and ext 8/16/32, type 5.
+        for n in [1usize, 2, 4, 8, 16, 3, 300, 70_000] {
+            let mut v = Vec::new();
+            rmp::encode::write_ext_meta(&mut v, n as u32, 5).unwrap();
+            v.extend(std::iter::repeat_n(9u8, n));
+            values.push(v);
+        }
+        for v in &values {
+            assert_eq!(
+                entries::value_len(v),
+                Ok(v.len()),
+                "{:x?}",
+                &v[..v.len().min(8)]
+            );
+            assert_eq!(rmp_len(v), Some(v.len()));
+            // Followed by more bytes: the value alone.
+            let mut more = v.clone();
+            more.extend([0x01, 0x02]);
+            assert_eq!(entries::value_len(&more), Ok(v.len()));
+            // Cut anywhere: an error, never a length past the end.
+            for cut in (0..v.len()).step_by((v.len() / 64).max(1)) {
+                assert!(entries::value_len(&v[..cut]).is_err(), "cut at {cut}");
+            }
+        }
+        assert!(entries::value_len(&[0xc1]).is_err());
+        // An array that claims 2^32 - 1 elements in 6 bytes ends, refused.
+        assert!(entries::value_len(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0x01]).is_err());
+    }
+
+    proptest::proptest! {
+        /// Any bytes at all: the same answer as rmp-serde's reading
+        /// (or an error where it errs), and never a panic.
+        #[test]
+        fn value_len_of_any_bytes_is_rmps(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let ours = entries::value_len(&bytes).ok();
+            proptest::prop_assert!(ours.is_none_or(|n| n <= bytes.len() && n > 0));
+            proptest::prop_assert_eq!(ours, rmp_len(&bytes));
         }
     }
 
