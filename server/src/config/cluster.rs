@@ -93,6 +93,12 @@ pub struct ClusterConfig {
     /// last tick message), so they are applied on that tick; at most half
     /// the tick period. Covers the tunnel's round trip.
     pub input_lead_ms: u64,
+    /// The same shard sends the inputs that came after that batch once
+    /// more, this long before the same tick, so that they too are applied
+    /// on it instead of one tick later; 0: no second batch. Below
+    /// `input_lead_ms`. How much later than a local one a remote
+    /// player's move is seen comes down to about this.
+    pub input_late_lead_ms: u64,
     /// A shard playing a room owned elsewhere computes its players'
     /// `moved` itself from the views it sent them, and says so in its
     /// joins (`implied_moved` in PEER.md): the owner then leaves `moved`
@@ -167,6 +173,7 @@ impl Default for ClusterConfig {
             failover_budget_ms: 10_000,
             full_hint_ms: 2_000,
             input_lead_ms: 10,
+            input_late_lead_ms: 2,
             implied_moved: true,
             swim_period_ms: 500,
             swim_probe_timeout_ms: 200,
@@ -252,6 +259,12 @@ impl ClusterConfig {
             errors.push(format!(
                 "cluster.relay_queue must be at most {MAX_RELAY_QUEUE}"
             ));
+        }
+        if self.input_late_lead_ms != 0 && self.input_late_lead_ms >= self.input_lead_ms {
+            errors.push(
+                "cluster.input_late_lead_ms must be below input_lead_ms (or 0: no second batch)"
+                    .into(),
+            );
         }
         if self.renew_ms.saturating_mul(2) >= self.lease_ms {
             errors.push("cluster.renew_ms must be below lease_ms / 2".into());
@@ -487,8 +500,10 @@ mod tests {
         config.cluster.swim_indirect = 100;
         config.cluster.swim_piggyback = 0;
         config.cluster.drain_budget_ms = 0;
+        config.cluster.input_late_lead_ms = config.cluster.input_lead_ms;
         let text = errors(&config);
         for field in [
+            "cluster.input_late_lead_ms must be below input_lead_ms",
             "cluster.swim_probe_timeout_ms must be below swim_period_ms",
             "cluster.swim_suspect_ms must be at least 2",
             "cluster.swim_indirect must be at most",

@@ -6,8 +6,10 @@
 //!   (within the session's call timeout).
 //! - Inputs: every member's queue is drained once per tick of the map and
 //!   sent as one `inputs` batch, `cluster.input_lead_ms` before the
-//!   owner's next tick (timed from its last tick message); a member whose outbound queue shed
-//!   updates and drained is reported (`resync`) for a full view.
+//!   owner's next tick (timed from its last tick message), and what came
+//!   after it once more `cluster.input_late_lead_ms` before the same tick;
+//!   a member whose outbound queue shed updates and drained is reported
+//!   (`resync`) for a full view.
 //! - `tick`: each view's `update` frame is laid out once
 //!   ([`protocol::peer::Tick::write_update`]) and the same bytes pushed to
 //!   each recipient's outbound queue as a state frame, as a local room
@@ -320,13 +322,15 @@ impl EdgeLink {
             inner.generation
         };
         let (me, rx) = (self.clone(), stream.rx);
-        let (period, lead) = (
-            cluster.tick_period(&self.room),
-            cluster.settings().input_lead,
-        );
+        let settings = cluster.settings();
+        let timing = PumpTiming {
+            period: cluster.tick_period(&self.room),
+            lead: settings.input_lead,
+            late_lead: settings.input_late_lead,
+        };
         cluster.arbiter.spawn_fn(move || {
             actix::spawn(me.clone().read(rx, generation));
-            actix::spawn(me.pump_inputs(generation, period, lead));
+            actix::spawn(me.pump_inputs(generation, timing));
         });
         Ok(stream.tx)
     }
@@ -468,18 +472,43 @@ impl EdgeLink {
     /// The batch goes `lead` before the owner's next tick, timed from when
     /// its last tick message came (a tick message leaves the owner right
     /// after its tick), so the inputs are applied on that tick rather than
-    /// waiting for a pump out of phase with it. With no tick message
-    /// lately (nobody in view moved), the pump keeps the plain period.
-    async fn pump_inputs(self: Arc<Self>, generation: u64, period: Duration, lead: Duration) {
+    /// waiting for a pump out of phase with it. The inputs that come after
+    /// it go in a second batch `late_lead` before the same tick: without
+    /// it every remote move would wait `lead` longer than a local one to be
+    /// applied (the first batch covers the tunnel's delays with room to
+    /// spare; should the second miss the tick, its inputs are applied on
+    /// the next one, as they would have been without it). With no tick
+    /// message lately (nobody in view moved), the pump keeps the plain
+    /// period, one batch each.
+    async fn pump_inputs(self: Arc<Self>, generation: u64, timing: PumpTiming) {
+        let PumpTiming {
+            period,
+            lead,
+            late_lead,
+        } = timing;
         let lead = lead.min(period / 2);
         let mut pending = Vec::new();
         let mut last_send = Instant::now();
+        let mut late: Option<Instant> = None;
         loop {
-            let last_tick = self.inner.lock().last_tick;
-            let now = Instant::now();
-            let next = next_send(now, last_send, last_tick, period, lead);
+            let (next, second) = match late.take() {
+                Some(at) => (at, true),
+                None => {
+                    let last_tick = self.inner.lock().last_tick;
+                    let (next, from_tick) =
+                        next_send(Instant::now(), last_send, last_tick, period, lead);
+                    if from_tick && !late_lead.is_zero() && late_lead < lead {
+                        late = Some(next + (lead - late_lead));
+                    }
+                    (next, false)
+                }
+            };
             tokio::time::sleep_until(next.into()).await;
-            last_send = Instant::now();
+            if !second {
+                // The quarter-period guard of `next_send` counts from a
+                // tick's first batch.
+                last_send = Instant::now();
+            }
             let (tx, batch) = {
                 let inner = self.inner.lock();
                 if inner.generation != generation || self.over.load(Ordering::Acquire) {
@@ -516,28 +545,40 @@ impl EdgeLink {
     }
 }
 
-/// When the input pump sends next: `lead` before the owner's next tick,
-/// reckoned from its last tick message (`last_tick`) when that is recent
-/// (within 4 periods), else one `period` after the last send. Never sooner
-/// than a quarter period after the last send, so a late tick message
-/// cannot make the pump spin.
+/// How an edge's input pump keeps time with the owner's ticks.
+#[derive(Debug, Clone, Copy)]
+struct PumpTiming {
+    /// The map's tick period.
+    period: Duration,
+    /// `cluster.input_lead_ms`.
+    lead: Duration,
+    /// `cluster.input_late_lead_ms` (zero: no second batch).
+    late_lead: Duration,
+}
+
+/// When the input pump sends next, and whether that was timed from the
+/// owner's ticks: `lead` before the owner's next tick, reckoned from its
+/// last tick message (`last_tick`) when that is recent (within 4
+/// periods), else one `period` after the last send. Never sooner than a
+/// quarter period after the last send, so a late tick message cannot make
+/// the pump spin.
 fn next_send(
     now: Instant,
     last_send: Instant,
     last_tick: Option<Instant>,
     period: Duration,
     lead: Duration,
-) -> Instant {
+) -> (Instant, bool) {
     let earliest = last_send + period / 4;
     let Some(tick) = last_tick.filter(|t| now.saturating_duration_since(*t) < period * 4) else {
-        return (last_send + period).max(now);
+        return ((last_send + period).max(now), false);
     };
     // The owner's next tick after now, then `lead` before it.
     let mut aim = tick + period - lead;
     while aim < earliest.max(now) {
         aim += period;
     }
-    aim
+    (aim, true)
 }
 
 #[cfg(test)]
@@ -554,20 +595,26 @@ mod tests {
         // every period after.
         let now = t0 + Duration::from_millis(5);
         let last = t0 - P;
-        assert_eq!(next_send(now, last, Some(t0), P, LEAD), t0 + P - LEAD);
+        assert_eq!(
+            next_send(now, last, Some(t0), P, LEAD),
+            (t0 + P - LEAD, true)
+        );
         let now = t0 + Duration::from_millis(41);
         let last = t0 + P - LEAD;
-        assert_eq!(next_send(now, last, Some(t0), P, LEAD), t0 + 2 * P - LEAD);
+        assert_eq!(
+            next_send(now, last, Some(t0), P, LEAD),
+            (t0 + 2 * P - LEAD, true)
+        );
     }
 
     #[test]
     fn without_a_recent_tick_the_pump_keeps_its_period_and_never_spins() {
         let t0 = Instant::now();
         // No tick message, or an old one: one period after the last send.
-        assert_eq!(next_send(t0, t0, None, P, LEAD), t0 + P);
+        assert_eq!(next_send(t0, t0, None, P, LEAD), (t0 + P, false));
         let old = t0;
         let now = t0 + 5 * P;
-        assert_eq!(next_send(now, now, Some(old), P, LEAD), now + P);
+        assert_eq!(next_send(now, now, Some(old), P, LEAD), (now + P, false));
         // A tick message right after a send does not make the pump send
         // again within a quarter period.
         let sent = t0 + Duration::from_millis(40);
@@ -578,7 +625,8 @@ mod tests {
             Some(tick - P + Duration::from_millis(2)),
             P,
             LEAD,
-        );
+        )
+        .0;
         assert!(next >= sent + P / 4, "{:?}", next - sent);
     }
 }
