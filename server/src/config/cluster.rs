@@ -173,7 +173,7 @@ impl Default for ClusterConfig {
             failover_budget_ms: 10_000,
             full_hint_ms: 2_000,
             input_lead_ms: 10,
-            input_late_lead_ms: 2,
+            input_late_lead_ms: 4,
             implied_moved: true,
             swim_period_ms: 500,
             swim_probe_timeout_ms: 200,
