@@ -34,7 +34,8 @@
 //!
 //! A move through a room owned by another shard: socket -> `Session` ->
 //! its `Inputs` -> this shard's link to the room drains every member's
-//! queue once per tick into one `inputs` batch -> tunnel -> the owner's
+//! queue into an `inputs` batch (twice per tick: `cluster.input_lead_ms`
+//! and `input_late_lead_ms` before the owner's tick) -> tunnel -> the owner's
 //! input queues -> the room's tick -> one `tick` per edge (entries encoded
 //! once, equal views shared) -> tunnel -> each view laid out once -> the
 //! same bytes pushed to each recipient's `Outbound`.

@@ -4,12 +4,12 @@
 //!
 //! - Joins: `join` goes up, the call waits for `joined` / `join_refused`
 //!   (within the session's call timeout).
-//! - Inputs: every member's queue is drained once per tick of the map and
-//!   sent as one `inputs` batch, `cluster.input_lead_ms` before the
-//!   owner's next tick (timed from its last tick message), and what came
-//!   after it once more `cluster.input_late_lead_ms` before the same tick;
-//!   a member whose outbound queue shed updates and drained is reported
-//!   (`resync`) for a full view.
+//! - Inputs: every member's queue is drained and sent as one `inputs`
+//!   batch `cluster.input_lead_ms` before the owner's next tick (timed
+//!   from its last tick message), and what came after it once more
+//!   `cluster.input_late_lead_ms` before the same tick; a member whose
+//!   outbound queue shed updates and drained is reported (`resync`) for
+//!   a full view.
 //! - `tick`: each view's `update` frame is laid out once
 //!   ([`protocol::peer::Tick::write_update`]) and the same bytes pushed to
 //!   each recipient's outbound queue as a state frame, as a local room
