@@ -497,9 +497,7 @@ impl EdgeLink {
                     let last_tick = self.inner.lock().last_tick;
                     let (next, from_tick) =
                         next_send(Instant::now(), last_send, last_tick, period, lead);
-                    if from_tick && !late_lead.is_zero() && late_lead < lead {
-                        late = Some(next + (lead - late_lead));
-                    }
+                    late = second_send(next, from_tick, lead, late_lead);
                     (next, false)
                 }
             };
@@ -543,6 +541,18 @@ impl EdgeLink {
             }
         }
     }
+}
+
+/// When the second batch of the tick whose first goes at `first` is sent:
+/// `late_lead` before that tick, when the first was timed from the
+/// owner's ticks (`from_tick`) and `late_lead` is set and below `lead`.
+fn second_send(
+    first: Instant,
+    from_tick: bool,
+    lead: Duration,
+    late_lead: Duration,
+) -> Option<Instant> {
+    (from_tick && !late_lead.is_zero() && late_lead < lead).then(|| first + (lead - late_lead))
 }
 
 /// How an edge's input pump keeps time with the owner's ticks.
@@ -605,6 +615,19 @@ mod tests {
             next_send(now, last, Some(t0), P, LEAD),
             (t0 + 2 * P - LEAD, true)
         );
+    }
+
+    #[test]
+    fn the_second_batch_goes_late_lead_before_the_same_tick_when_timed_from_ticks() {
+        let t0 = Instant::now();
+        let late = Duration::from_millis(4);
+        // First batch at t0 = tick - LEAD: the second at tick - 4 ms.
+        assert_eq!(second_send(t0, true, LEAD, late), Some(t0 + LEAD - late));
+        // Not timed from the owner's ticks, turned off, or not below the
+        // lead: one batch.
+        assert_eq!(second_send(t0, false, LEAD, late), None);
+        assert_eq!(second_send(t0, true, LEAD, Duration::ZERO), None);
+        assert_eq!(second_send(t0, true, LEAD, LEAD), None);
     }
 
     #[test]
