@@ -587,3 +587,55 @@ fn rooms_migrate_moves_a_played_room_to_the_other_shard() {
     assert_eq!(lease(&mut con), Some(format!("{owner}:{}", back.epoch)));
     runtime.shutdown_background();
 }
+
+#[test]
+fn the_consoles_kick_is_answered_by_the_players_shard_and_not_relayed() {
+    let redis = RedisServer::start();
+    let a = start_shard(&redis, "kk-a", SECRET);
+    let b = start_shard(&redis, "kk-b", SECRET);
+    wait_for("the tunnel between kk-a and kk-b", || {
+        (connected(&a, "kk-b") && connected(&b, "kk-a")).then_some(())
+    });
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (joined_tx, joined_rx) = std::sync::mpsc::channel();
+    runtime.spawn(play(a.ws.clone(), "lobby", joined_tx));
+    joined_rx.recv_timeout(DEADLINE).expect("the player joined");
+    let (console, _console) = console_on(&redis.url());
+    let player = wait_for("ann in the console's player search", || {
+        let found = get_json(&console, "/api/players?q=ann");
+        found["players"][0]["player"].as_str().map(str::to_string)
+    });
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let body = agent
+        .post(&format!("http://{console}/api/players/{player}/kick"))
+        .header("authorization", &format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
+        .send("{}")
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let outcomes: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    let answer = |shard: &ShardProc| {
+        let url = format!("http://{}", shard.http);
+        let o = outcomes.iter().find(|o| o["shard"] == url.as_str());
+        let o = o.unwrap_or_else(|| panic!("no answer from {url}: {body}"));
+        (
+            o["ok"].as_bool().unwrap(),
+            o["result"].as_str().unwrap().to_string(),
+        )
+    };
+    // The shard with her socket kicked her; the other one was asked to act
+    // only on its own sockets (local_only), so it did not relay a kick of
+    // its own ("kick sent to shard kk-a" before) that could reach her first.
+    assert_eq!(answer(&a), (true, "kicked".to_string()), "{body}");
+    let (ok, result) = answer(&b);
+    assert!(
+        !ok && result.contains("not connected to this shard"),
+        "{body}"
+    );
+    runtime.shutdown_background();
+}
