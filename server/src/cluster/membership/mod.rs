@@ -55,7 +55,7 @@ mod probe;
 pub mod table;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -155,11 +155,21 @@ pub struct ProbeStats {
     pub indirect: u64,
 }
 
+/// Probe counts per probed shard (a probe runs once per protocol period,
+/// so one lock is no contention).
 #[derive(Default)]
 struct Counters {
-    probes: AtomicU64,
-    failed: AtomicU64,
-    indirect: AtomicU64,
+    by_target: Mutex<HashMap<String, ProbeStats>>,
+}
+
+impl Counters {
+    fn count(&self, target: &str, f: impl FnOnce(&mut ProbeStats)) {
+        let mut by_target = self.by_target.lock();
+        match by_target.get_mut(target) {
+            Some(stats) => f(stats),
+            None => f(by_target.entry(target.to_owned()).or_default()),
+        }
+    }
 }
 
 pub(crate) struct Inner {
@@ -289,12 +299,20 @@ impl Membership {
 
     /// This shard's probe counts since it started.
     pub fn probe_stats(&self) -> ProbeStats {
-        let c = &self.inner.counters;
-        ProbeStats {
-            probes: c.probes.load(Relaxed),
-            failed: c.failed.load(Relaxed),
-            indirect: c.indirect.load(Relaxed),
-        }
+        let by_target = self.inner.counters.by_target.lock();
+        by_target
+            .values()
+            .fold(ProbeStats::default(), |sum, s| ProbeStats {
+                probes: sum.probes + s.probes,
+                failed: sum.failed + s.failed,
+                indirect: sum.indirect + s.indirect,
+            })
+    }
+
+    /// This shard's probe counts of one member since it started.
+    pub fn probe_stats_of(&self, shard: &str) -> ProbeStats {
+        let by_target = self.inner.counters.by_target.lock();
+        by_target.get(shard).copied().unwrap_or_default()
     }
 
     /// This shard's incarnation now.

@@ -311,7 +311,7 @@ async fn ping(inner: &Arc<Inner>, target: &str, deadline: TokioInstant) -> bool 
 /// One probe of `target`: direct, then indirect, then suspicion.
 async fn probe(inner: Arc<Inner>, target: String) {
     metrics::counter!(metric::PROBES).increment(1);
-    inner.counters.probes.fetch_add(1, Relaxed);
+    inner.counters.count(&target, |s| s.probes += 1);
     let start = TokioInstant::now();
     let direct = start + inner.settings.probe_timeout;
     let seq = inner.next_seq.fetch_add(1, Relaxed);
@@ -366,11 +366,11 @@ async fn probe(inner: Arc<Inner>, target: String) {
     let ok = acked(&mut rx, end).await;
     inner.links.waiting.lock().remove(&seq);
     if ok {
-        inner.counters.indirect.fetch_add(1, Relaxed);
+        inner.counters.count(&target, |s| s.indirect += 1);
         return;
     }
     metrics::counter!(metric::PROBES_FAILED).increment(1);
-    inner.counters.failed.fetch_add(1, Relaxed);
+    inner.counters.count(&target, |s| s.failed += 1);
     tracing::debug!(shard = %inner.hub.shard_id(), %target, sent, seq, "swim: probe failed, directly and indirectly");
     let event = inner.table.lock().suspect(&target, Instant::now());
     if let Some(event) = event {
