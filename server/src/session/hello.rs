@@ -282,6 +282,14 @@ impl Session {
             maps: self.deps.rooms.map_names(),
             last_map: last_map.clone(),
         };
+        // Subscribed before the welcome is queued: a client that has its
+        // welcome gets every announcement published after it (one
+        // published before this handler returns is handled after it, so
+        // still after the welcome). Subscribed after, a welcome flushed by
+        // the writer at once left a window in which an announcement made
+        // on seeing it was missed.
+        let recipient = ctx.address().recipient();
+        self.announcements = Some(self.deps.dispatcher.announcements.subscribe(recipient));
         self.send(&ServerMsg::Welcome(welcome));
         if let Some(cluster) = &self.deps.cluster {
             // Only now is the token a resume used spent (see
@@ -291,8 +299,6 @@ impl Session {
         tracing::debug!(session = self.id, player = %identity.player_id, resumed = seat.is_some(), "welcomed");
         self.identity = Some(identity.clone());
         self.state = State::Lobby;
-        let recipient = ctx.address().recipient();
-        self.announcements = Some(self.deps.dispatcher.announcements.subscribe(recipient));
         if let Some(profile) = profile {
             self.profile_loaded = true;
             if let Some(map) = last_map {
