@@ -115,8 +115,9 @@ pub enum AdminMsg {
     Unban(Unban),
     /// Added in 1.0 (appended).
     Inventory(InventoryPush),
-    /// Added after 1.1 (appended; a peer that does not know it ends the
-    /// stream, and the asker says the owner could not be asked).
+    /// Added in 1.2 (appended; a 1.1 peer does not know it and ends the
+    /// stream, and the asker answers that no answer came).
     Migrate(MigrateRoom),
+    /// Added in 1.2 (appended), with `migrate`.
     MigrateAnswer(MigrateAnswer),
 }

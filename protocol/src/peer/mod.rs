@@ -71,7 +71,7 @@ use crate::{DecodeError, Version};
 /// The tunnel version this crate speaks. Peers of another major are
 /// refused ([`RefuseCode::Version`]); minors only append (new optional
 /// fields, new variants at the end), like the client protocol.
-pub const PEER_VERSION: Version = Version { major: 1, minor: 1 };
+pub const PEER_VERSION: Version = Version { major: 1, minor: 2 };
 
 /// A room's traffic between the shard holding players' sockets (the edge)
 /// and the shard running the room (the owner): [`room`].

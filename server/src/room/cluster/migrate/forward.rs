@@ -84,7 +84,13 @@ impl RoomCluster {
                     // Nothing else is expected on this stream: skipped.
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => return Err(e.to_string()),
-                    None => return Err("the stream ended without an answer".to_string()),
+                    // A shard of tunnel 1.1 does not know `migrate` and
+                    // ends the stream.
+                    None => {
+                        return Err("the stream ended without an answer (a shard of tunnel \
+                                    1.1 or older does not know `migrate`)"
+                            .to_string())
+                    }
                 }
             }
         })
