@@ -294,6 +294,12 @@ fn a_directory_that_does_not_answer_is_an_error() {
 /// Starts `tessera-ops console` on the directory; its address, and the
 /// guard that stops it.
 fn console_on(redis_url: &str) -> (String, impl Drop) {
+    console(&["--redis", redis_url, "--key-prefix", PREFIX])
+}
+
+/// Starts `tessera-ops console` with `source` (`--redis ...` or
+/// `--shard ...`); its address, and the guard that stops it.
+fn console(source: &[&str]) -> (String, impl Drop) {
     struct Kill(Child);
     impl Drop for Kill {
         fn drop(&mut self) {
@@ -302,8 +308,9 @@ fn console_on(redis_url: &str) -> (String, impl Drop) {
         }
     }
     let mut child = Command::new(OPS)
-        .args(["console", "--listen", "127.0.0.1:0", "--redis", redis_url])
-        .args(["--key-prefix", PREFIX, "--refresh-ms", "200"])
+        .args(["console", "--listen", "127.0.0.1:0"])
+        .args(source)
+        .args(["--refresh-ms", "200"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -585,6 +592,106 @@ fn rooms_migrate_moves_a_played_room_to_the_other_shard() {
     let back: protocol::admin::RoomMigrated = serde_json::from_str(&text).unwrap();
     assert_eq!((back.from.as_str(), back.to.as_str()), (to, owner));
     assert_eq!(lease(&mut con), Some(format!("{owner}:{}", back.epoch)));
+    runtime.shutdown_background();
+}
+
+/// The console's kick of `player`: each shard's (ok, result), by URL.
+fn console_kick(console: &str, player: &str) -> Vec<(String, bool, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let body = agent
+        .post(&format!("http://{console}/api/players/{player}/kick"))
+        .header("authorization", &format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
+        .send("{}")
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let outcomes: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    outcomes
+        .iter()
+        .map(|o| {
+            (
+                o["shard"].as_str().unwrap().to_string(),
+                o["ok"].as_bool().unwrap(),
+                o["result"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The player called ann whom `console`'s search finds, other than `not`.
+fn find_ann(console: &str, not: Option<&str>) -> String {
+    wait_for("ann in the console's player search", || {
+        let found = get_json(console, "/api/players?q=ann");
+        found["players"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["player"].as_str())
+            .find(|p| Some(*p) != not)
+            .map(str::to_string)
+    })
+}
+
+#[test]
+fn a_console_on_a_static_list_kicks_through_the_holder_or_relays_when_it_is_not_listed() {
+    let redis = RedisServer::start();
+    let a = start_shard(&redis, "ks-a", SECRET);
+    let b = start_shard(&redis, "ks-b", SECRET);
+    wait_for("the tunnel between ks-a and ks-b", || {
+        (connected(&a, "ks-b") && connected(&b, "ks-a")).then_some(())
+    });
+    // A shard says it runs in a cluster: the console relays through it.
+    assert!(b.client().info().unwrap().cluster);
+    let (url_a, url_b) = (format!("http://{}", a.http), format!("http://{}", b.http));
+    let (both, _both) = console(&["--shard", &a.http, "--shard", &b.http]);
+    let (only_b, _only_b) = console(&["--shard", &b.http]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (joined_tx, joined_rx) = std::sync::mpsc::channel();
+    runtime.spawn(play(a.ws.clone(), "lobby", joined_tx.clone()));
+    joined_rx.recv_timeout(DEADLINE).expect("the player joined");
+    let first = find_ann(&both, None);
+    // The holder is listed: it kicks, and the other shard, asked to act
+    // on its own sockets only, relays nothing that could reach her first.
+    let outcomes = console_kick(&both, &first);
+    assert!(
+        outcomes.contains(&(url_a.clone(), true, "kicked".to_string())),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .any(|(u, ok, r)| *u == url_b && !ok && r.contains("not connected to this shard")),
+        "{outcomes:?}"
+    );
+    // The holder is not listed: the listed shard relays the kick through
+    // the directory, and the player is gone.
+    runtime.spawn(play(a.ws.clone(), "lobby", joined_tx));
+    joined_rx
+        .recv_timeout(DEADLINE)
+        .expect("the second player joined");
+    let second = find_ann(&both, Some(&first));
+    let outcomes = console_kick(&only_b, &second);
+    assert_eq!(
+        outcomes,
+        [(url_b, true, "kick sent to shard ks-a".to_string())],
+        "{outcomes:?}"
+    );
+    for (player, how) in [(&first, "the kick"), (&second, "the relayed kick")] {
+        wait_for(&format!("{how} to end her session"), || {
+            // Kicked: not connected, at most a seat kept for a resume.
+            let found = get_json(&both, "/api/players?q=ann");
+            found["players"]
+                .as_array()?
+                .iter()
+                .filter(|p| p["player"] == player.as_str())
+                .all(|p| p["presence"] != "connected")
+                .then_some(())
+        });
+    }
     runtime.shutdown_background();
 }
 

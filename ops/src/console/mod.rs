@@ -340,12 +340,14 @@ async fn announce(
 }
 
 /// A kick goes to every shard; the one holding the player's session acts.
-/// With the directory's list of shards (`--redis`), which names every
-/// live shard, each acts only if the player's socket is there
+/// Each is first asked to act only if the player's socket is there
 /// (`local_only`), so the holder answers `kicked`: were the others to
 /// relay it too, a relayed kick could reach the player first and the
-/// holder would answer "not connected". A static list may leave out the
-/// player's shard, so there the shards relay through the directory.
+/// holder would answer "not connected". The directory's list of shards
+/// (`--redis`) names every live shard, so that is all. A static list may
+/// leave out the player's shard: when none of it holds the player, the
+/// first listed shard in cluster mode is asked to relay the kick through
+/// the directory, and its answer stands for it.
 async fn kick(
     State(c): State<Console>,
     headers: HeaderMap,
@@ -354,11 +356,20 @@ async fn kick(
 ) -> ApiResult<Vec<ActionOutcome>> {
     let shards = c.shards(&token(&headers)?);
     let reason = body.and_then(|Json(b)| b.reason);
-    let local_only = c.0.source.cluster();
-    let results = gather::on_each(&shards, move |s| {
-        s.kick(&player, reason.as_deref(), local_only)
-    })
-    .await;
+    let (who, why) = (player.clone(), reason.clone());
+    let mut results = gather::on_each(&shards, move |s| s.kick(&who, why.as_deref(), true)).await;
+    if !c.0.source.cluster() && !results.iter().any(Result::is_ok) {
+        for (shard, result) in shards.iter().zip(results.iter_mut()) {
+            let probe = shard.clone();
+            let in_cluster = gather::blocking(move || probe.info()).await;
+            if !in_cluster.is_ok_and(|info| info.cluster) {
+                continue;
+            }
+            let (shard, player, reason) = (shard.clone(), player.clone(), reason.clone());
+            *result = gather::blocking(move || shard.kick(&player, reason.as_deref(), false)).await;
+            break;
+        }
+    }
     Ok(Json(gather::outcomes(&shards, results, |r| r.result)?))
 }
 

@@ -154,9 +154,8 @@ pub(super) async fn shard(
         version: env!("CARGO_PKG_VERSION").to_string(),
         uptime_s: shared.started.elapsed().as_secs(),
         state: shared.life.state(),
-        // Stays false in cluster mode until the shard serves migrate and
-        // drain: the console offers those buttons when a shard says true.
-        cluster: false,
+        // The console offers migrate and drain when a shard says true.
+        cluster: shared.cluster.is_some(),
         sessions: shared.presence.session_count(),
         rooms: shared.rooms.running(),
         msgs_in_per_s: in_per_s,
