@@ -49,6 +49,11 @@ impl ShardProc {
     fn client(&self) -> Shard {
         Shard::new(&self.http, Some(TOKEN.into()), Duration::from_secs(10))
     }
+
+    /// Its HTTP address as the console names it in action outcomes.
+    fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
 }
 
 fn start_shard(redis: &RedisServer, id: &str, secret: &str) -> ShardProc {
@@ -623,6 +628,25 @@ fn console_kick(console: &str, player: &str) -> Vec<(String, bool, String)> {
         .collect()
 }
 
+/// The holder of the player's socket answered `kicked`; `other`, asked to
+/// act only on its own sockets, answered that she is not there.
+fn assert_kicked_by_holder(
+    outcomes: &[(String, bool, String)],
+    holder: &ShardProc,
+    other: &ShardProc,
+) {
+    assert!(
+        outcomes.contains(&(holder.url(), true, "kicked".to_string())),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().any(|(u, ok, r)| *u == other.url()
+            && !ok
+            && r.contains("not connected to this shard")),
+        "{outcomes:?}"
+    );
+}
+
 /// The player called ann whom `console`'s search finds, other than `not`.
 fn find_ann(console: &str, not: Option<&str>) -> String {
     wait_for("ann in the console's player search", || {
@@ -646,7 +670,6 @@ fn a_console_on_a_static_list_kicks_through_the_holder_or_relays_when_it_is_not_
     });
     // A shard says it runs in a cluster: the console relays through it.
     assert!(b.client().info().unwrap().cluster);
-    let (url_a, url_b) = (format!("http://{}", a.http), format!("http://{}", b.http));
     let (both, _both) = console(&["--shard", &a.http, "--shard", &b.http]);
     let (only_b, _only_b) = console(&["--shard", &b.http]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -656,17 +679,7 @@ fn a_console_on_a_static_list_kicks_through_the_holder_or_relays_when_it_is_not_
     let first = find_ann(&both, None);
     // The holder is listed: it kicks, and the other shard, asked to act
     // on its own sockets only, relays nothing that could reach her first.
-    let outcomes = console_kick(&both, &first);
-    assert!(
-        outcomes.contains(&(url_a.clone(), true, "kicked".to_string())),
-        "{outcomes:?}"
-    );
-    assert!(
-        outcomes
-            .iter()
-            .any(|(u, ok, r)| *u == url_b && !ok && r.contains("not connected to this shard")),
-        "{outcomes:?}"
-    );
+    assert_kicked_by_holder(&console_kick(&both, &first), &a, &b);
     // The holder is not listed: the listed shard relays the kick through
     // the directory, and the player is gone.
     runtime.spawn(play(a.ws.clone(), "lobby", joined_tx));
@@ -677,7 +690,7 @@ fn a_console_on_a_static_list_kicks_through_the_holder_or_relays_when_it_is_not_
     let outcomes = console_kick(&only_b, &second);
     assert_eq!(
         outcomes,
-        [(url_b, true, "kick sent to shard ks-a".to_string())],
+        [(b.url(), true, "kick sent to shard ks-a".to_string())],
         "{outcomes:?}"
     );
     for (player, how) in [(&first, "the kick"), (&second, "the relayed kick")] {
@@ -708,41 +721,10 @@ fn the_consoles_kick_is_answered_by_the_players_shard_and_not_relayed() {
     runtime.spawn(play(a.ws.clone(), "lobby", joined_tx));
     joined_rx.recv_timeout(DEADLINE).expect("the player joined");
     let (console, _console) = console_on(&redis.url());
-    let player = wait_for("ann in the console's player search", || {
-        let found = get_json(&console, "/api/players?q=ann");
-        found["players"][0]["player"].as_str().map(str::to_string)
-    });
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
-    let body = agent
-        .post(&format!("http://{console}/api/players/{player}/kick"))
-        .header("authorization", &format!("Bearer {TOKEN}"))
-        .header("content-type", "application/json")
-        .send("{}")
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
-    let outcomes: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
-    let answer = |shard: &ShardProc| {
-        let url = format!("http://{}", shard.http);
-        let o = outcomes.iter().find(|o| o["shard"] == url.as_str());
-        let o = o.unwrap_or_else(|| panic!("no answer from {url}: {body}"));
-        (
-            o["ok"].as_bool().unwrap(),
-            o["result"].as_str().unwrap().to_string(),
-        )
-    };
+    let player = find_ann(&console, None);
     // The shard with her socket kicked her; the other one was asked to act
     // only on its own sockets (local_only), so it did not relay a kick of
     // its own ("kick sent to shard kk-a" before) that could reach her first.
-    assert_eq!(answer(&a), (true, "kicked".to_string()), "{body}");
-    let (ok, result) = answer(&b);
-    assert!(
-        !ok && result.contains("not connected to this shard"),
-        "{body}"
-    );
+    assert_kicked_by_holder(&console_kick(&console, &player), &a, &b);
     runtime.shutdown_background();
 }
