@@ -518,33 +518,45 @@ fn the_cluster_dashboard_names_only_metrics_a_cluster_shard_exports() {
 
 /// A player on `ws` in `map`, kept connected while the future runs: says
 /// hello as a guest and joins, then reads (and drops) what comes.
+/// A guest called ann who joins `map` on the shard at `ws` (after her
+/// `welcome`: a `join` before it is illegal, error 1003) and stays until
+/// her socket closes; `joined` hears each `joined`. An error frame is
+/// printed, so that a test waiting for `joined` in vain says why.
 async fn play(ws: String, map: &str, joined: std::sync::mpsc::Sender<()>) {
     use futures_util::{SinkExt, StreamExt};
     use protocol::msg::{Hello, Join};
-    use protocol::{encode_client, ClientMsg, PROTOCOL_VERSION};
+    use protocol::{encode_client, ClientMsg, ServerMsg, PROTOCOL_VERSION};
     use tokio_tungstenite::tungstenite::Message;
     let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{ws}/"))
         .await
         .expect("websocket connects");
-    for msg in [
-        ClientMsg::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            token: None,
-            resume: None,
-            name: Some("ann".into()),
-        }),
-        ClientMsg::Join(Join { map: map.into() }),
-    ] {
-        socket
-            .send(Message::Binary(encode_client(&msg).into()))
-            .await
-            .unwrap();
-    }
+    let hello = ClientMsg::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        token: None,
+        resume: None,
+        name: Some("ann".into()),
+    });
+    socket
+        .send(Message::Binary(encode_client(&hello).into()))
+        .await
+        .unwrap();
     while let Some(Ok(frame)) = socket.next().await {
-        if let Message::Binary(bytes) = frame {
-            if let Ok(protocol::ServerMsg::Joined(_)) = protocol::decode_server(&bytes, 1 << 20) {
+        let Message::Binary(bytes) = frame else {
+            continue;
+        };
+        match protocol::decode_server(&bytes, 1 << 20) {
+            Ok(ServerMsg::Welcome(_)) => {
+                let join = ClientMsg::Join(Join { map: map.into() });
+                socket
+                    .send(Message::Binary(encode_client(&join).into()))
+                    .await
+                    .unwrap();
+            }
+            Ok(ServerMsg::Joined(_)) => {
                 let _ = joined.send(());
             }
+            Ok(ServerMsg::Error(e)) => eprintln!("ann on {ws}: error frame {e:?}"),
+            _ => {}
         }
     }
 }

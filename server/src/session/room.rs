@@ -17,7 +17,14 @@ use crate::room::{CallError, CastError, Inputs, JoinError, JoinRoom, MemberLink,
 impl Session {
     pub(super) fn on_join(&mut self, join: Join, ctx: &mut Context<Self>) {
         let Some(identity) = self.identity.clone() else {
-            self.send_error(ErrorCode::IllegalState, "say hello first");
+            // A join sent right behind the hello, before the welcome (the
+            // login is still being checked), is as illegal as one with no
+            // hello at all; the text says which.
+            let text = match self.state {
+                State::Loading => "wait for welcome before joining",
+                _ => "say hello first",
+            };
+            self.send_error(ErrorCode::IllegalState, text);
             return;
         };
         if !self.deps.rooms.has_map(&join.map) {
