@@ -28,8 +28,8 @@ pub fn render(doc: &Peers) -> String {
     let _ = writeln!(out, "\npeers ({})", doc.peers.len());
     let _ = writeln!(
         out,
-        "  {:<16} {:<22} {:<12} {:>9} {:>12} {:>12} {:>7}",
-        "SHARD", "ADDRESS", "STATE", "RTT ms", "BYTES IN", "BYTES OUT", "STREAMS"
+        "  {:<16} {:<22} {:<12} {:<6} {:>9} {:>12} {:>12} {:>7}",
+        "SHARD", "ADDRESS", "STATE", "TUNNEL", "RTT ms", "BYTES IN", "BYTES OUT", "STREAMS"
     );
     for p in &doc.peers {
         let state = match p.state {
@@ -38,12 +38,14 @@ pub fn render(doc: &Peers) -> String {
             PeerState::Reconnecting => "reconnecting",
         };
         let rtt = p.rtt_ms.map_or("-".to_string(), |ms| format!("{ms:.3}"));
+        let version = p.version.map_or("-".to_string(), |v| v.to_string());
         let _ = writeln!(
             out,
-            "  {:<16} {:<22} {:<12} {:>9} {:>12} {:>12} {:>7}",
+            "  {:<16} {:<22} {:<12} {:<6} {:>9} {:>12} {:>12} {:>7}",
             p.shard_id,
             p.address.as_deref().unwrap_or("-"),
             state,
+            version,
             rtt,
             p.bytes_in,
             p.bytes_out,
@@ -180,6 +182,7 @@ mod tests {
                 streams: 1,
                 state_age_ms: 5,
                 quic: None,
+                version: Some(protocol::peer::PEER_VERSION),
             }],
             streams: vec![StreamInfo {
                 id: 7,
@@ -233,6 +236,12 @@ mod tests {
             .find(|l| l.trim_start().starts_with("7 "))
             .unwrap();
         assert!(stream_row.contains("out"), "{stream_row}");
+        let peer_row = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("b "))
+            .unwrap();
+        let tunnel = protocol::peer::PEER_VERSION.to_string();
+        assert!(peer_row.contains(&format!(" {tunnel} ")), "{peer_row}");
         let member_row = text
             .lines()
             .find(|l| l.trim_start().starts_with("c "))

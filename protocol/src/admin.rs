@@ -40,6 +40,8 @@ pub use views::*;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Version;
+
 /// `GET /healthz`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
@@ -287,6 +289,10 @@ pub struct PeerInfo {
     /// there is no connection).
     #[serde(default)]
     pub quic: Option<QuicCounters>,
+    /// The tunnel version the peer said in its hello on the live
+    /// connection (none while there is none).
+    #[serde(default)]
+    pub version: Option<Version>,
 }
 
 /// What QUIC did on a peer connection (quinn's counters): how many UDP

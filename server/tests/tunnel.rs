@@ -392,18 +392,19 @@ async fn a_peer_of_another_major_version_is_refused_with_the_version_reason() {
     cluster.close().await;
 }
 
-/// A dialer's handshake done by hand from PEER.md: hello, read hello,
-/// proof over the nonces, ids and `exporter`, read and check the proof.
-/// `Err` is the refusal's code and reason.
+/// A dialer's handshake done by hand from PEER.md: hello (saying tunnel
+/// `version`), read hello, proof over the nonces, ids and `exporter`, read
+/// and check the proof. `Err` is the refusal's code and reason.
 async fn raw_handshake(
     conn: &quinn::Connection,
     exporter: [u8; 32],
+    version: Version,
 ) -> Result<(quinn::SendStream, quinn::RecvStream), (u16, String)> {
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let ours = PeerHello {
         cluster: "tessera".into(),
         shard_id: "raw".into(),
-        version: PEER_VERSION,
+        version,
         nonce: Bytes32([5; 32]),
     };
     let frame = encode_frame(&Control::Hello(ours.clone()), 1 << 20).unwrap();
@@ -440,6 +441,37 @@ fn exporter(conn: &quinn::Connection) -> [u8; 32] {
     out
 }
 
+/// A peer of an older minor is admitted (minors only append), and the
+/// hub keeps the version it said: a message a later minor added (the
+/// admin stream's `migrate`, 1.2) is not asked of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_of_an_older_minor_is_admitted_and_its_version_is_kept() {
+    let mut cluster = Cluster::new();
+    let a = cluster.start(settings("a")).await;
+    assert_eq!(a.peer_version("raw"), None, "no connection yet");
+    let conn = raw::connect(a.local_addr()).await;
+    let older = Version {
+        major: PEER_VERSION.major,
+        minor: 1,
+    };
+    let _control = raw_handshake(&conn, exporter(&conn), older)
+        .await
+        .expect("admitted");
+    eventually("a lists the raw peer as connected", || async {
+        peer_state(&a.snapshot(), "raw") == Some(PeerState::Connected)
+    })
+    .await;
+    assert_eq!(a.peer_version("raw"), Some(older));
+    let row = a.snapshot().peers.into_iter().find(|p| p.shard_id == "raw");
+    assert_eq!(row.and_then(|p| p.version), Some(older));
+    conn.close(0u32.into(), b"done");
+    eventually("the version goes with the connection", || async {
+        a.peer_version("raw").is_none()
+    })
+    .await;
+    cluster.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_built_from_the_spec_is_admitted_and_a_proof_from_another_connection_is_not() {
     let mut cluster = Cluster::new();
@@ -448,7 +480,7 @@ async fn a_peer_built_from_the_spec_is_admitted_and_a_proof_from_another_connect
 
     let first = raw::connect(a.local_addr()).await;
     let first_exporter = exporter(&first);
-    let _control = raw_handshake(&first, first_exporter)
+    let _control = raw_handshake(&first, first_exporter, PEER_VERSION)
         .await
         .expect("admitted");
     eventually("a lists the raw peer as connected", || async {
@@ -474,7 +506,7 @@ async fn a_peer_built_from_the_spec_is_admitted_and_a_proof_from_another_connect
     // The same secret, but the proof made with the first connection's
     // keying material: worthless on this one.
     let second = raw::connect(a.local_addr()).await;
-    let Err((code, reason)) = raw_handshake(&second, first_exporter).await else {
+    let Err((code, reason)) = raw_handshake(&second, first_exporter, PEER_VERSION).await else {
         panic!("a proof from another connection was admitted");
     };
     assert_eq!(code, RefuseCode::BadProof.as_u16(), "{reason}");

@@ -125,6 +125,7 @@ mod tests {
             streams: 2,
             state_age_ms: 10,
             quic: None,
+            version: None,
         }];
         doc
     }

@@ -53,6 +53,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 use protocol::admin::{Peers, RefusalInfo, RefusedBy};
 use protocol::peer::{RefuseCode, ResetCode};
+use protocol::Version;
 use quinn::{Endpoint, VarInt};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
@@ -339,6 +340,18 @@ impl PeerHub {
             .lock()
             .get(peer)
             .is_some_and(|slot| slot.live.is_some())
+    }
+
+    /// The tunnel version `peer` said in its hello on the live connection
+    /// (none while there is none): a message a minor added is asked only
+    /// of a peer that speaks that minor.
+    pub fn peer_version(&self, peer: &str) -> Option<Version> {
+        self.inner
+            .peers
+            .lock()
+            .get(peer)
+            .and_then(|slot| slot.live.as_ref())
+            .map(|live| live.version)
     }
 
     /// Open a stream to `peer` for `protocol`, dialling the peer first if

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use protocol::admin::{PeerInfo, PeerState, QuicCounters, StreamInfo};
 use protocol::peer::RefuseCode;
+use protocol::Version;
 use quinn::{Connection, Incoming, VarInt};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
@@ -25,6 +26,9 @@ pub(super) struct Live {
     /// This shard dialled it.
     pub dialled: bool,
     pub generation: u64,
+    /// The tunnel version the peer said in its hello on this connection:
+    /// what it can be asked (a minor adds messages).
+    pub version: Version,
 }
 
 /// One peer's row.
@@ -83,7 +87,13 @@ pub(super) fn connected_gauge(peers: &std::collections::HashMap<String, PeerSlot
 
 /// Make `conn` the peer's connection, or say which refusal it gets. On
 /// success the connection's generation is returned.
-fn admit(inner: &Arc<Inner>, peer: &str, conn: &Connection, dialled: bool) -> Result<u64, ()> {
+fn admit(
+    inner: &Arc<Inner>,
+    peer: &str,
+    version: Version,
+    conn: &Connection,
+    dialled: bool,
+) -> Result<u64, ()> {
     let me = inner.settings.shard_id.as_str();
     let mut peers = inner.peers.lock();
     let slot = peers.entry(peer.to_string()).or_insert_with(PeerSlot::new);
@@ -112,6 +122,7 @@ fn admit(inner: &Arc<Inner>, peer: &str, conn: &Connection, dialled: bool) -> Re
         conn: conn.clone(),
         dialled,
         generation,
+        version,
     });
     slot.set_state(PeerState::Connected);
     slot.conn_tx.send_replace(Some(conn.clone()));
@@ -166,7 +177,7 @@ async fn accept_one(inner: Arc<Inner>, incoming: Incoming, permit: OwnedSemaphor
     };
     drop(permit);
     let peer = control.peer.shard_id.clone();
-    let Ok(generation) = admit(&inner, &peer, &conn, false) else {
+    let Ok(generation) = admit(&inner, &peer, control.peer.version, &conn, false) else {
         let reason = "a connection between these shards already exists (the lower id's dial wins)";
         let max = inner.settings.max_frame;
         handshake::refuse(
@@ -339,7 +350,7 @@ async fn dial(inner: &Arc<Inner>, peer: &str, addr: SocketAddr) -> Result<(), Fa
                 return Err(Failed::Io("handshake timed out".into()));
             }
         };
-    let Ok(generation) = admit(inner, peer, &conn, true) else {
+    let Ok(generation) = admit(inner, peer, control.peer.version, &conn, true) else {
         // The peer's connection to us won while we dialled.
         conn.close(
             VarInt::from(RefuseCode::Duplicate.as_u16()),
@@ -380,6 +391,7 @@ pub(super) fn table(inner: &Inner, streams: &[StreamInfo]) -> Vec<PeerInfo> {
                 streams: streams.iter().filter(|s| &s.peer == id).count(),
                 state_age_ms: slot.since.elapsed().as_millis() as u64,
                 quic: slot.live.as_ref().map(|l| quic_counters(&l.conn)),
+                version: slot.live.as_ref().map(|l| l.version),
             }
         })
         .collect()

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::peer::{AdminMsg, MigrateAnswer, MigrateRoom, RoomMoved, ADMIN_PROTOCOL};
+use protocol::Version;
 
 use super::{MigrateError, Migrated};
 use crate::cluster::directory::ShardId;
@@ -69,6 +70,19 @@ impl RoomCluster {
                 return Forwarded::Unreachable(format!("no stream within {} ms", wait.as_millis()))
             }
         };
+        // A peer of tunnel 1.1 or older does not know `migrate` (1.2):
+        // refused here, with nothing asked, rather than a wait for an
+        // answer that cannot come. The version is the stream's
+        // connection's (the open above made one if there was none).
+        if let Some(theirs) = self.hub.peer_version(owner.as_str()) {
+            if !speaks_migrate(theirs) {
+                stream.tx.close();
+                return Forwarded::Unreachable(format!(
+                    "it speaks tunnel {theirs}, and forwarding a migration needs {MIGRATE_SINCE} \
+                     or later"
+                ));
+            }
+        }
         let ask = AdminMsg::Migrate(MigrateRoom {
             room: room.to_string(),
             to: to.map(|t| t.to_string()),
@@ -84,13 +98,7 @@ impl RoomCluster {
                     // Nothing else is expected on this stream: skipped.
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => return Err(e.to_string()),
-                    // A shard of tunnel 1.1 does not know `migrate` and
-                    // ends the stream.
-                    None => {
-                        return Err("the stream ended without an answer (a shard of tunnel \
-                                    1.1 or older does not know `migrate`)"
-                            .to_string())
-                    }
+                    None => return Err("the stream ended without an answer".to_string()),
                 }
             }
         })
@@ -102,6 +110,15 @@ impl RoomCluster {
             Err(_) => Forwarded::NoAnswer(format!("no answer within {} ms", wait.as_millis())),
         }
     }
+}
+
+/// The tunnel version that added the admin stream's `migrate`.
+const MIGRATE_SINCE: Version = Version { major: 1, minor: 2 };
+
+/// Whether a peer of tunnel `version` (of this major: the handshake
+/// refused any other) answers `migrate`.
+fn speaks_migrate(version: Version) -> bool {
+    version.minor >= MIGRATE_SINCE.minor
 }
 
 /// The owner's side: move `ask.room` as if asked on this shard's own
@@ -153,5 +170,19 @@ fn moved(m: &Migrated) -> RoomMoved {
         to: m.to.to_string(),
         epoch: m.epoch,
         pause_us: u64::try_from(m.pause.as_micros()).unwrap_or(u64::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_peer_of_tunnel_1_2_or_later_is_asked_to_migrate() {
+        assert!(speaks_migrate(protocol::peer::PEER_VERSION));
+        assert!(speaks_migrate(Version { major: 1, minor: 2 }));
+        assert!(speaks_migrate(Version { major: 1, minor: 7 }));
+        assert!(!speaks_migrate(Version { major: 1, minor: 1 }));
+        assert!(!speaks_migrate(Version { major: 1, minor: 0 }));
     }
 }
