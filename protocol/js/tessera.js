@@ -15,7 +15,7 @@
 // No dependencies and no I/O besides the WebSocket the caller asks for, so
 // the same file runs in browsers and in node (tests pass a fake socket).
 
-export const PROTOCOL_VERSION = Object.freeze({ major: 1, minor: 5 });
+export const PROTOCOL_VERSION = Object.freeze({ major: 1, minor: 6 });
 
 /** Notice 6004 and close 4008: the shard is draining (a rolling deploy). */
 export const NOTICE_SHARD_DRAINING = 6004;

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// error codes 3008, 3009. 1.3 added `error.req`, error code 2005 and close
 /// code 4006 (a newer login replaced the session). 1.4 added
 /// `joined.instance` (which instance of a map the player stands in).
-pub const PROTOCOL_VERSION: Version = Version { major: 1, minor: 5 };
+pub const PROTOCOL_VERSION: Version = Version { major: 1, minor: 6 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Version {

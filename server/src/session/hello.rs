@@ -71,7 +71,7 @@ impl Session {
             // One player, one session cluster-wide: the directory decides
             // (and checks a resume token against the player's latest
             // session, wherever it was issued), within the wait.
-            self.state = State::Loading;
+            self.state = State::Loading { join: None };
             let wait = cluster.directory.settings().wait;
             let claim = {
                 let (player, sid) = (identity.player_id.clone(), sid.clone());
@@ -137,7 +137,7 @@ impl Session {
         claim: Result<Claim, String>,
         ctx: &mut Context<Self>,
     ) {
-        if !matches!(self.state, State::Loading) {
+        if !matches!(self.state, State::Loading { .. }) {
             return;
         }
         let Some(cluster) = self.deps.cluster.clone() else {
@@ -234,7 +234,10 @@ impl Session {
         // and be followed by the inventory. The store answers within its
         // durable timeout, or at once while it is down; then the player
         // plays without a profile (no durable actions) rather than waiting.
-        self.state = State::Loading;
+        // (Still loading after a cluster claim: a join held meanwhile stays.)
+        if !matches!(self.state, State::Loading { .. }) {
+            self.state = State::Loading { join: None };
+        }
         let identity = Arc::new(identity);
         let load = self
             .deps
@@ -257,9 +260,10 @@ impl Session {
         loaded: Result<PlayerProfile, DurableError>,
         ctx: &mut Context<Self>,
     ) {
-        if !matches!(self.state, State::Loading) {
-            return;
-        }
+        let held = match &mut self.state {
+            State::Loading { join } => join.take(),
+            _ => return,
+        };
         let profile = match loaded {
             Ok(profile) => Some(profile),
             Err(err) => {
@@ -311,13 +315,19 @@ impl Session {
                 self.send(&ServerMsg::Inventory(wire::inventory(&profile.inventory)));
             }
         }
-        if let Some(seat) = seat {
-            // The held seat or nothing: a seat whose grace ran out leaves
-            // the player in no map, as PROTOCOL.md says.
-            let Some(room) = self.deps.rooms.room_ref(&seat.room) else {
-                return;
-            };
-            self.join_room(room, identity, Some(seat.session), true, 1, ctx);
+        // The held seat or nothing: a seat whose grace ran out leaves the
+        // player in no map, as PROTOCOL.md says.
+        if let Some(room) = seat
+            .as_ref()
+            .and_then(|seat| self.deps.rooms.room_ref(&seat.room))
+        {
+            let session = seat.as_ref().map(|seat| seat.session);
+            self.join_room(room, identity, session, true, 1, ctx);
+        }
+        // A join sent before the welcome, as if sent right after it (a
+        // join of the restored seat's map answers `joined` again).
+        if let Some(join) = held {
+            self.on_join(*join, ctx);
         }
     }
 

@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
-use protocol::msg::{ErrorMsg, Inventory};
+use protocol::msg::{ErrorMsg, Inventory, Join};
 use protocol::{encode_server, CloseCode, ErrorCode, ServerMsg};
 use tokio::sync::mpsc;
 
@@ -134,8 +134,14 @@ pub const FAULT_POINTS: &[&str] = &[
 
 enum State {
     AwaitingHello,
-    /// Hello accepted; the player's profile is loading from the store.
-    Loading,
+    /// Hello accepted; the login is being checked (cluster mode) and the
+    /// player's profile is loading from the store. A `join` sent before
+    /// the welcome (hello and join in one flight) is held here and handled
+    /// right after it; a later one replaces it. Boxed: the state is in
+    /// every session.
+    Loading {
+        join: Option<Box<Join>>,
+    },
     Lobby,
     /// Joined (or joining) a room: the only way to it is this handle.
     InRoom {

@@ -17,14 +17,13 @@ use crate::room::{CallError, CastError, Inputs, JoinError, JoinRoom, MemberLink,
 impl Session {
     pub(super) fn on_join(&mut self, join: Join, ctx: &mut Context<Self>) {
         let Some(identity) = self.identity.clone() else {
-            // A join sent right behind the hello, before the welcome (the
-            // login is still being checked), is as illegal as one with no
-            // hello at all; the text says which.
-            let text = match self.state {
-                State::Loading => "wait for welcome before joining",
-                _ => "say hello first",
-            };
-            self.send_error(ErrorCode::IllegalState, text);
+            // Sent behind the hello, before the welcome (since 1.6): held
+            // until the welcome, then handled as if sent right after it.
+            if let State::Loading { join: held } = &mut self.state {
+                *held = Some(Box::new(join));
+                return;
+            }
+            self.send_error(ErrorCode::IllegalState, "say hello first");
             return;
         };
         if !self.deps.rooms.has_map(&join.map) {
