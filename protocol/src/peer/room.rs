@@ -231,26 +231,25 @@ impl Tick {
         moved: &[u32],
         out: &mut Vec<u8>,
     ) -> Result<(), TickError> {
-        let entry = |&index: &u32| {
-            self.entries
-                .get(index as usize)
-                .map(|b| b.as_ref())
-                .ok_or(TickError {
-                    index,
-                    len: self.entries.len(),
-                })
-        };
-        let entered = view
+        // Every index checked first, so the frame is laid out straight
+        // from the entries: collecting them into lists first grew two
+        // vectors per frame (a realloc each doubling, about 1 % of an
+        // edge's CPU in the hop's profile).
+        let len = self.entries.len();
+        if let Some(&index) = view
             .entered
             .iter()
-            .map(entry)
-            .collect::<Result<Vec<_>, _>>()?;
-        let moved = moved.iter().map(entry).collect::<Result<Vec<_>, _>>()?;
+            .chain(moved)
+            .find(|&&index| index as usize >= len)
+        {
+            return Err(TickError { index, len });
+        }
+        let entry = |&index: &u32| self.entries[index as usize].as_ref();
         write_update(
             out,
             self.tick,
-            entered.into_iter(),
-            moved.into_iter(),
+            view.entered.iter().map(entry),
+            moved.iter().map(entry),
             &view.left,
             view.full,
         );
