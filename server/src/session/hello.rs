@@ -317,12 +317,10 @@ impl Session {
         }
         // The held seat or nothing: a seat whose grace ran out leaves the
         // player in no map, as PROTOCOL.md says.
-        if let Some(room) = seat
-            .as_ref()
-            .and_then(|seat| self.deps.rooms.room_ref(&seat.room))
-        {
-            let session = seat.as_ref().map(|seat| seat.session);
-            self.join_room(room, identity, session, true, 1, ctx);
+        let held_seat =
+            seat.and_then(|seat| Some((seat.session, self.deps.rooms.room_ref(&seat.room)?)));
+        if let Some((session, room)) = held_seat {
+            self.join_room(room, identity, Some(session), true, 1, ctx);
         }
         // A join sent before the welcome, as if sent right after it (a
         // join of the restored seat's map answers `joined` again).
