@@ -516,8 +516,6 @@ fn the_cluster_dashboard_names_only_metrics_a_cluster_shard_exports() {
     redis.restart();
 }
 
-/// A player on `ws` in `map`, kept connected while the future runs: says
-/// hello as a guest and joins, then reads (and drops) what comes.
 /// A guest called ann who joins `map` on the shard at `ws` (after her
 /// `welcome`: a `join` before it is illegal, error 1003) and stays until
 /// her socket closes; `joined` hears each `joined`. An error frame is
@@ -561,6 +559,40 @@ async fn play(ws: String, map: &str, joined: std::sync::mpsc::Sender<()>) {
     }
 }
 
+/// Guests called ann playing `lobby` ([`play`]), each kept connected
+/// until this is dropped.
+struct Anns {
+    runtime: Option<tokio::runtime::Runtime>,
+    joined: (std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>),
+}
+
+impl Anns {
+    fn new() -> Anns {
+        Anns {
+            runtime: Some(tokio::runtime::Runtime::new().unwrap()),
+            joined: std::sync::mpsc::channel(),
+        }
+    }
+
+    /// One more ann on the shard at `ws`, once she has joined.
+    fn join(&self, ws: &str) {
+        let runtime = self.runtime.as_ref().expect("running until dropped");
+        runtime.spawn(play(ws.to_string(), "lobby", self.joined.0.clone()));
+        self.joined
+            .1
+            .recv_timeout(DEADLINE)
+            .expect("ann joined lobby");
+    }
+}
+
+impl Drop for Anns {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 #[test]
 fn rooms_migrate_moves_a_played_room_to_the_other_shard() {
     let redis = RedisServer::start();
@@ -569,10 +601,8 @@ fn rooms_migrate_moves_a_played_room_to_the_other_shard() {
     wait_for("the tunnel between mg-a and mg-b", || {
         (connected(&a, "mg-b") && connected(&b, "mg-a")).then_some(())
     });
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (joined_tx, joined_rx) = std::sync::mpsc::channel();
-    runtime.spawn(play(a.ws.clone(), "lobby", joined_tx));
-    joined_rx.recv_timeout(DEADLINE).expect("the player joined");
+    let anns = Anns::new();
+    anns.join(&a.ws);
     let mut con = redis::Client::open(redis.url().as_str())
         .unwrap()
         .get_connection()
@@ -609,7 +639,6 @@ fn rooms_migrate_moves_a_played_room_to_the_other_shard() {
     let back: protocol::admin::RoomMigrated = serde_json::from_str(&text).unwrap();
     assert_eq!((back.from.as_str(), back.to.as_str()), (to, owner));
     assert_eq!(lease(&mut con), Some(format!("{owner}:{}", back.epoch)));
-    runtime.shutdown_background();
 }
 
 /// The console's kick of `player`: each shard's (ok, result), by URL.
@@ -684,20 +713,15 @@ fn a_console_on_a_static_list_kicks_through_the_holder_or_relays_when_it_is_not_
     assert!(b.client().info().unwrap().cluster);
     let (both, _both) = console(&["--shard", &a.http, "--shard", &b.http]);
     let (only_b, _only_b) = console(&["--shard", &b.http]);
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (joined_tx, joined_rx) = std::sync::mpsc::channel();
-    runtime.spawn(play(a.ws.clone(), "lobby", joined_tx.clone()));
-    joined_rx.recv_timeout(DEADLINE).expect("the player joined");
+    let anns = Anns::new();
+    anns.join(&a.ws);
     let first = find_ann(&both, None);
     // The holder is listed: it kicks, and the other shard, asked to act
     // on its own sockets only, relays nothing that could reach her first.
     assert_kicked_by_holder(&console_kick(&both, &first), &a, &b);
     // The holder is not listed: the listed shard relays the kick through
     // the directory, and the player is gone.
-    runtime.spawn(play(a.ws.clone(), "lobby", joined_tx));
-    joined_rx
-        .recv_timeout(DEADLINE)
-        .expect("the second player joined");
+    anns.join(&a.ws);
     let second = find_ann(&both, Some(&first));
     let outcomes = console_kick(&only_b, &second);
     assert_eq!(
@@ -717,7 +741,6 @@ fn a_console_on_a_static_list_kicks_through_the_holder_or_relays_when_it_is_not_
                 .then_some(())
         });
     }
-    runtime.shutdown_background();
 }
 
 #[test]
@@ -728,15 +751,12 @@ fn the_consoles_kick_is_answered_by_the_players_shard_and_not_relayed() {
     wait_for("the tunnel between kk-a and kk-b", || {
         (connected(&a, "kk-b") && connected(&b, "kk-a")).then_some(())
     });
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (joined_tx, joined_rx) = std::sync::mpsc::channel();
-    runtime.spawn(play(a.ws.clone(), "lobby", joined_tx));
-    joined_rx.recv_timeout(DEADLINE).expect("the player joined");
+    let anns = Anns::new();
+    anns.join(&a.ws);
     let (console, _console) = console_on(&redis.url());
     let player = find_ann(&console, None);
     // The shard with her socket kicked her; the other one was asked to act
     // only on its own sockets (local_only), so it did not relay a kick of
     // its own ("kick sent to shard kk-a" before) that could reach her first.
     assert_kicked_by_holder(&console_kick(&console, &player), &a, &b);
-    runtime.shutdown_background();
 }

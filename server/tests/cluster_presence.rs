@@ -584,8 +584,6 @@ async fn a_guest_of_a_dev_mode_cluster_without_an_auth_secret_resumes_on_another
 /// answered after the welcome.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_sent_with_the_hello_waits_for_the_directory_and_the_welcome() {
-    use futures_util::SinkExt;
-    use tokio_tungstenite::tungstenite::Message;
     let redis = RedisServer::start();
     let cluster = Cluster::start(&redis, "cp7", &["a", "b"]).await;
     let b = cluster.shard(1);
@@ -597,26 +595,13 @@ async fn a_join_sent_with_the_hello_waits_for_the_directory_and_the_welcome() {
         name: None,
     });
     let join = ClientMsg::Join(Join { map: "test".into() });
-    for msg in [&hello, &join] {
-        let frame = Message::Binary(protocol::encode_client(msg).into());
-        ada.ws.feed(frame).await.unwrap();
-    }
-    ada.ws.flush().await.unwrap();
-    let mut welcomed = false;
-    loop {
-        match ada.next_event(PATIENCE).await {
-            Some(Event::Msg(ServerMsg::Welcome(_))) => welcomed = true,
-            Some(Event::Msg(ServerMsg::Joined(joined))) => {
-                assert!(welcomed, "joined before the welcome");
-                assert_eq!(joined.map.name, "test");
-                break;
-            }
-            Some(Event::Msg(ServerMsg::Error(e))) => panic!("error frame {e:?}"),
-            Some(Event::Msg(_)) => {}
-            Some(Event::Closed(code)) => panic!("closed {code:?}"),
-            None => panic!("no joined within {PATIENCE:?}"),
-        }
-    }
+    ada.send_in_one_flight(&[hello, join]).await;
+    let (before, joined) = ada.until_joined(PATIENCE).await;
+    assert!(
+        before.iter().any(|m| matches!(m, ServerMsg::Welcome(_))),
+        "joined before the welcome: {before:?}"
+    );
+    assert_eq!(joined.map.name, "test");
     common::eventually(PATIENCE, "the directory seats ada in test on b", || async {
         entry(b, "ada").await == Some(("b".into(), "test".into()))
     })

@@ -375,33 +375,6 @@ async fn a_join_of_the_last_map_right_after_a_resume_gets_the_held_entity() {
     );
 }
 
-/// Send `msgs` in one write, as a client that does not wait for answers.
-async fn one_flight(client: &mut Client, msgs: &[ClientMsg]) {
-    use futures_util::SinkExt;
-    use tokio_tungstenite::tungstenite::Message;
-    for msg in msgs {
-        let frame = Message::Binary(protocol::encode_client(msg).into());
-        client.ws.feed(frame).await.unwrap();
-    }
-    client.ws.flush().await.unwrap();
-}
-
-/// Everything up to the first `joined` (returned): any error or close fails.
-async fn until_joined(client: &mut Client) -> (Vec<ServerMsg>, Joined) {
-    let mut before = Vec::new();
-    loop {
-        match client.next_event(Duration::from_secs(10)).await {
-            Some(common::Event::Msg(ServerMsg::Joined(joined))) => return (before, joined),
-            Some(common::Event::Msg(ServerMsg::Error(e))) => {
-                panic!("error frame {e:?} after {before:?}")
-            }
-            Some(common::Event::Msg(msg)) => before.push(msg),
-            Some(common::Event::Closed(code)) => panic!("closed {code:?} after {before:?}"),
-            None => panic!("no joined in time, after {before:?}"),
-        }
-    }
-}
-
 /// Since 1.6: a `join` sent with the `hello`, before the welcome (one
 /// round trip saved at login), is held and handled right after the
 /// welcome; of several, the last one counts.
@@ -411,8 +384,9 @@ async fn a_join_sent_with_the_hello_is_held_until_the_welcome() {
     let join = |map: &str| ClientMsg::Join(Join { map: map.into() });
 
     let mut ann = Client::connect(shard.ws_addr).await;
-    one_flight(&mut ann, &[hello(None, None), join("test")]).await;
-    let (before, joined) = until_joined(&mut ann).await;
+    ann.send_in_one_flight(&[hello(None, None), join("test")])
+        .await;
+    let (before, joined) = ann.until_joined(Duration::from_secs(10)).await;
     assert!(
         matches!(before.first(), Some(ServerMsg::Welcome(_))),
         "{before:?}"
@@ -421,8 +395,9 @@ async fn a_join_sent_with_the_hello_is_held_until_the_welcome() {
 
     // A later join before the welcome replaces the held one: one joined.
     let mut bob = Client::connect(shard.ws_addr).await;
-    one_flight(&mut bob, &[hello(None, None), join("test"), join("other")]).await;
-    let (_, joined) = until_joined(&mut bob).await;
+    bob.send_in_one_flight(&[hello(None, None), join("test"), join("other")])
+        .await;
+    let (_, joined) = bob.until_joined(Duration::from_secs(10)).await;
     assert_eq!(joined.map.name, "other");
     let after = bob.drain(Duration::from_millis(300)).await;
     assert!(

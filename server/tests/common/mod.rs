@@ -167,6 +167,35 @@ impl Client {
         self.ws.send(msg).await.expect("send raw");
     }
 
+    /// Send `msgs` in one write, as a client that does not wait for
+    /// answers (`hello` and `join` in one flight).
+    pub async fn send_in_one_flight(&mut self, msgs: &[ClientMsg]) {
+        for msg in msgs {
+            let frame = Message::Binary(encode_client(msg).into());
+            self.ws.feed(frame).await.expect("send");
+        }
+        self.ws.flush().await.expect("send");
+    }
+
+    /// Everything up to the first `joined` within `patience`, and that
+    /// `joined`; an error frame or a close fails.
+    pub async fn until_joined(&mut self, patience: Duration) -> (Vec<ServerMsg>, Joined) {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut before = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_event(left).await {
+                Some(Event::Msg(ServerMsg::Joined(joined))) => return (before, joined),
+                Some(Event::Msg(ServerMsg::Error(e))) => {
+                    panic!("error frame {e:?} after {before:?}")
+                }
+                Some(Event::Msg(msg)) => before.push(msg),
+                Some(Event::Closed(code)) => panic!("closed {code:?} after {before:?}"),
+                None => panic!("no joined within {patience:?}, after {before:?}"),
+            }
+        }
+    }
+
     /// The next server message or the close, skipping WebSocket pings.
     pub async fn next_event(&mut self, wait: Duration) -> Option<Event> {
         let deadline = tokio::time::Instant::now() + wait;
