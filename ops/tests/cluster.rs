@@ -117,6 +117,17 @@ fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// Shards `{prefix}-a` and `{prefix}-b`, once their tunnel is up both ways.
+fn connected_pair(redis: &RedisServer, prefix: &str) -> (ShardProc, ShardProc) {
+    let (ida, idb) = (format!("{prefix}-a"), format!("{prefix}-b"));
+    let a = start_shard(redis, &ida, SECRET);
+    let b = start_shard(redis, &idb, SECRET);
+    wait_for(&format!("the tunnel between {ida} and {idb}"), || {
+        (connected(&a, &idb) && connected(&b, &ida)).then_some(())
+    });
+    (a, b)
+}
+
 fn connected(shard: &ShardProc, peer: &str) -> bool {
     shard.client().peers().is_ok_and(|p| {
         p.peers
@@ -337,11 +348,7 @@ fn link<'a>(o: &'a serde_json::Value, from: &str, to: &str) -> Option<&'a serde_
 #[test]
 fn the_console_shows_the_tunnel_matrix_and_the_leases() {
     let redis = RedisServer::start();
-    let a = start_shard(&redis, "mx-a", SECRET);
-    let b = start_shard(&redis, "mx-b", SECRET);
-    wait_for("the tunnel between mx-a and mx-b", || {
-        (connected(&a, "mx-b") && connected(&b, "mx-a")).then_some(())
-    });
+    let (a, _b) = connected_pair(&redis, "mx");
     let url = redis.url();
     let (console, _console) = console_on(&url);
 
@@ -596,11 +603,7 @@ impl Drop for Anns {
 #[test]
 fn rooms_migrate_moves_a_played_room_to_the_other_shard() {
     let redis = RedisServer::start();
-    let a = start_shard(&redis, "mg-a", SECRET);
-    let b = start_shard(&redis, "mg-b", SECRET);
-    wait_for("the tunnel between mg-a and mg-b", || {
-        (connected(&a, "mg-b") && connected(&b, "mg-a")).then_some(())
-    });
+    let (a, b) = connected_pair(&redis, "mg");
     let anns = Anns::new();
     anns.join(&a.ws);
     let mut con = redis::Client::open(redis.url().as_str())
@@ -704,11 +707,7 @@ fn find_ann(console: &str, not: Option<&str>) -> String {
 #[test]
 fn a_console_on_a_static_list_kicks_through_the_holder_or_relays_when_it_is_not_listed() {
     let redis = RedisServer::start();
-    let a = start_shard(&redis, "ks-a", SECRET);
-    let b = start_shard(&redis, "ks-b", SECRET);
-    wait_for("the tunnel between ks-a and ks-b", || {
-        (connected(&a, "ks-b") && connected(&b, "ks-a")).then_some(())
-    });
+    let (a, b) = connected_pair(&redis, "ks");
     // A shard says it runs in a cluster: the console relays through it.
     assert!(b.client().info().unwrap().cluster);
     let (both, _both) = console(&["--shard", &a.http, "--shard", &b.http]);
@@ -746,11 +745,7 @@ fn a_console_on_a_static_list_kicks_through_the_holder_or_relays_when_it_is_not_
 #[test]
 fn the_consoles_kick_is_answered_by_the_players_shard_and_not_relayed() {
     let redis = RedisServer::start();
-    let a = start_shard(&redis, "kk-a", SECRET);
-    let b = start_shard(&redis, "kk-b", SECRET);
-    wait_for("the tunnel between kk-a and kk-b", || {
-        (connected(&a, "kk-b") && connected(&b, "kk-a")).then_some(())
-    });
+    let (a, b) = connected_pair(&redis, "kk");
     let anns = Anns::new();
     anns.join(&a.ws);
     let (console, _console) = console_on(&redis.url());
