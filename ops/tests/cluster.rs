@@ -364,6 +364,7 @@ fn the_console_shows_the_tunnel_matrix_and_the_leases() {
                     && l["bytes_out_per_s"].as_f64().is_some()
                     && l["bytes_in"].as_u64().is_some_and(|n| n > 0)
                     && l["streams"].is_u64()
+                    && l["version"] == protocol::peer::PEER_VERSION.to_string()
             })
         });
         ok.then_some(o)

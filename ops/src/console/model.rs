@@ -65,6 +65,11 @@ pub struct TunnelLink {
     pub bytes_out_per_s: Option<f64>,
     /// Open streams on the tunnel.
     pub streams: usize,
+    /// The tunnel version the peer said in its hello (`1.2`), none while
+    /// it is not connected or before shards reported it. Two versions in
+    /// one matrix are a rolling upgrade under way.
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 /// The directory as the console read it at this refresh.

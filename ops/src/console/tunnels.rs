@@ -95,6 +95,7 @@ impl Rates {
                     bytes_in_per_s: rates.map(|r| round1(r.0)),
                     bytes_out_per_s: rates.map(|r| round1(r.1)),
                     streams: p.streams,
+                    version: p.version.map(|v| v.to_string()),
                 }
             })
             .collect()
@@ -125,7 +126,7 @@ mod tests {
             streams: 2,
             state_age_ms: 10,
             quic: None,
-            version: None,
+            version: Some(protocol::Version { major: 1, minor: 2 }),
         }];
         doc
     }
@@ -138,6 +139,7 @@ mod tests {
         assert_eq!((first[0].from.as_str(), first[0].to.as_str()), ("a", "b"));
         assert_eq!(first[0].bytes_in_per_s, None, "one reading has no rate");
         assert_eq!(first[0].streams, 2);
+        assert_eq!(first[0].version.as_deref(), Some("1.2"));
         let second = rates.links("http://a", &doc(3000, 1500), 12_000);
         assert_eq!(second[0].bytes_in_per_s, Some(1000.0));
         assert_eq!(second[0].bytes_out_per_s, Some(500.0));

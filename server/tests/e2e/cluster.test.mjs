@@ -123,7 +123,8 @@ test('the cluster page shows the three shards with moving numbers and the tunnel
           && /^\d+\.\d\d ms$/.test(td.querySelector('.rtt').textContent)
           && /^out \d/.test(td.querySelector('.out').textContent)
           && /^in \d/.test(td.querySelector('.in').textContent)
-          && /^\d+ streams$/.test(td.querySelector('.streams').textContent);
+          && /^\d+ streams$/.test(td.querySelector('.streams').textContent)
+          && /^tunnel \d+\.\d+$/.test(td.querySelector('.version').textContent);
       }, cell, { timeout: 30_000 });
     }
   }

@@ -202,11 +202,13 @@ function renderTunnels(view) {
     if (from === to) return el("td", { class: "self" }, "");
     const l = links.find((x) => x.from === from && x.to === to);
     if (!l) return el("td", { class: "missing", "data-from": from, "data-to": to }, "-");
-    return el("td", { class: "tunnel state-" + l.state, "data-from": from, "data-to": to, title: `${l.state}; ${l.bytes_out} B out, ${l.bytes_in} B in in all` },
+    const version = l.version ? `tunnel ${l.version}` : "tunnel -";
+    return el("td", { class: "tunnel state-" + l.state, "data-from": from, "data-to": to, title: `${l.state}; ${version}; ${l.bytes_out} B out, ${l.bytes_in} B in in all` },
       el("span", { class: "rtt" }, l.rtt_ms === null || l.rtt_ms === undefined ? "- ms" : `${l.rtt_ms.toFixed(2)} ms`), " ",
       el("span", { class: "out" }, "out " + rate(l.bytes_out_per_s)), " ",
       el("span", { class: "in" }, "in " + rate(l.bytes_in_per_s)), " ",
-      el("span", { class: "streams" }, `${l.streams} streams`));
+      el("span", { class: "streams" }, `${l.streams} streams`), " ",
+      el("span", { class: "version" }, version));
   };
   $("#tunnels tbody").replaceChildren(...ids.map((from) => el("tr", { "data-from": from }, el("th", {}, from), ...ids.map((to) => cell(from, to)))));
 }
