@@ -28,10 +28,13 @@
 //!    └─ final flush              once, after the supervisor stopped
 //! ```
 //!
-//! The directory (Redis) and the peer links will join the tree as children
-//! of the task supervisor when they exist; they do not yet. The dispatcher
-//! is a plain struct (publishing runs in the caller), so it has no task of
-//! its own; its queue-depth sampler is the "sampler" child.
+//! In cluster mode a second task supervisor, the cluster's, runs
+//! "directory" (the shard's Redis record and leases), "peers" (the
+//! tunnels to the shards the directory lists), "swim" (their probes),
+//! "relay", "seats" and "inbox" (`cluster::peering`, `peer_inbox`); it is
+//! stopped after the final flush. The dispatcher is a plain struct
+//! (publishing runs in the caller), so it has no task of its own; its
+//! queue-depth sampler is the "sampler" child.
 //!
 //! # Restart types (as OTP defines them)
 //!
