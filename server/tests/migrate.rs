@@ -5,6 +5,7 @@
 
 mod cluster_support;
 mod common;
+mod peer_support;
 mod redis_support;
 
 use std::time::{Duration, Instant};
@@ -529,6 +530,78 @@ async fn a_migration_asked_of_any_shard_is_forwarded_to_its_owner() {
     let (status, body) = cluster.migrate(asked, "test", None, VIEWER).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(cluster.owner("test").await, (target, moved.epoch));
+    cluster.close().await;
+}
+
+/// A room owned by a peer of tunnel 1.1, which has no `migrate` on its
+/// admin stream: a migration asked of another shard is refused at once
+/// (409, saying why) with nothing asked of that peer, instead of a wait
+/// of `cluster.migrate_forward_ms` for an answer that cannot come. The
+/// peer is built by hand from PEER.md: it holds the room's lease in the
+/// directory, dials shard `b` as shard `old` saying tunnel 1.1, and
+/// accepts the admin stream `b` opens to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_is_not_forwarded_to_a_peer_of_tunnel_1_1() {
+    use protocol::peer::{Accept, AdminMsg, StreamHead, ADMIN_PROTOCOL, PEER_VERSION};
+
+    const PREFIX: &str = "mg11";
+    // Long: the refusal cannot be a wait for an answer that ran out.
+    let cluster = start_cluster(PREFIX, |c| c.cluster.migrate_forward_ms = 120_000).await;
+    let asked = 1;
+    let old = protocol::Version {
+        major: PEER_VERSION.major,
+        minor: 1,
+    };
+    let conn = peer_support::raw::connect(cluster.shard(asked).peer_addr.unwrap()).await;
+    let exporter = peer_support::exporter(&conn);
+    let secret = cluster_support::SECRET.as_bytes();
+    let _control = peer_support::raw_handshake(&conn, exporter, secret, PREFIX, "old", old)
+        .await
+        .expect("a peer of an older minor is admitted");
+    let ghost =
+        Directory::new(cluster.dir.settings().clone(), ShardId::new("old").unwrap()).unwrap();
+    let room: RoomId = "other".parse().unwrap();
+    ghost.acquire_room(&room, 0).await.unwrap();
+
+    // The old peer: accept the stream shard b opens and read what comes
+    // on it: the stream's end, or a message (then it hangs up, so that a
+    // wrong ask fails the test at once rather than after the wait).
+    let peer = tokio::spawn(async move {
+        let (mut send, mut recv) = conn.accept_bi().await.expect("b opens a stream");
+        let head: Option<StreamHead> = peer_support::read_msg(&mut recv).await;
+        let accept = protocol::peer::encode_frame(&StreamHead::Accept(Accept {}), 1 << 20).unwrap();
+        send.write_all(&accept).await.unwrap();
+        let ask: Option<AdminMsg> = peer_support::read_msg(&mut recv).await;
+        (head, ask, conn)
+    });
+
+    let (status, body) = cluster.migrate(asked, "other", None, OPERATOR).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains("shard old owns it") && body.contains("speaks tunnel 1.1"),
+        "{body}"
+    );
+    let (head, ask, _conn) = tokio::time::timeout(PATIENCE, peer)
+        .await
+        .expect("b ended the admin stream")
+        .unwrap();
+    assert_eq!(
+        head,
+        Some(StreamHead::Open(protocol::peer::Open {
+            protocol: ADMIN_PROTOCOL.into()
+        }))
+    );
+    assert_eq!(ask, None, "nothing was asked of the 1.1 peer");
+    // The room was never b's to move, and is still the old peer's.
+    assert_eq!(
+        cluster
+            .dir
+            .owner(&room)
+            .await
+            .unwrap()
+            .map(|(s, _)| s.to_string()),
+        Some("old".to_string())
+    );
     cluster.close().await;
 }
 

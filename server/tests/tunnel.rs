@@ -3,6 +3,7 @@
 //! protocols. Every wait is for a condition, with a generous deadline.
 
 mod common;
+mod peer_support;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,14 +12,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use protocol::admin::{PeerState, Peers, RefusedBy, StreamDirection};
 use protocol::peer::{
-    encode_frame, proof_mac, verify_proof, Accept, Bytes32, Control, Open, PeerHello, Proof,
-    RefuseCode, ResetCode, Role, StreamHead, EXPORTER_LABEL, PEER_VERSION, PING_PROTOCOL,
-    ROOM_PROTOCOL,
+    encode_frame, Accept, Bytes32, Control, Open, PeerHello, RefuseCode, ResetCode, StreamHead,
+    PEER_VERSION, PING_PROTOCOL, ROOM_PROTOCOL,
 };
 use protocol::Version;
 use server::cluster::tunnel::{
     PeerHub, PeerStream, StatePush, StaticResolver, StreamError, TunnelError, TunnelSettings,
 };
+
+use peer_support::{exporter, raw, read_control};
 
 const SECRET: &[u8] = b"a cluster secret of at least 32 bytes!";
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -277,80 +279,6 @@ async fn a_peer_with_the_wrong_secret_is_refused_and_both_sides_record_it() {
 
 /// A hand-made peer: a QUIC client that speaks the handshake itself, to
 /// say what a hub never would.
-mod raw {
-    use std::sync::Arc;
-
-    use quinn::crypto::rustls::QuicClientConfig;
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use rustls::{DigitallySignedStruct, SignatureScheme};
-
-    #[derive(Debug)]
-    struct Any;
-
-    impl ServerCertVerifier for Any {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            _: &[u8],
-            _: &CertificateDer<'_>,
-            _: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            Ok(HandshakeSignatureValid::assertion())
-        }
-        fn verify_tls13_signature(
-            &self,
-            _: &[u8],
-            _: &CertificateDer<'_>,
-            _: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            Ok(HandshakeSignatureValid::assertion())
-        }
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            rustls::crypto::ring::default_provider()
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
-    }
-
-    pub async fn connect(addr: std::net::SocketAddr) -> quinn::Connection {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Any))
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![b"tessera-peer/1".to_vec()];
-        let config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        endpoint.set_default_client_config(config);
-        endpoint
-            .connect(addr, "tessera-peer")
-            .unwrap()
-            .await
-            .unwrap()
-    }
-}
-
-/// Read frames until one decodes as a control message, or the stream ends.
-async fn read_control(recv: &mut quinn::RecvStream) -> Option<Control> {
-    let mut header = [0u8; 4];
-    recv.read_exact(&mut header).await.ok()?;
-    let mut payload = vec![0u8; u32::from_be_bytes(header) as usize];
-    recv.read_exact(&mut payload).await.ok()?;
-    protocol::peer::decode_payload(&payload, 1 << 20).ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_of_another_major_version_is_refused_with_the_version_reason() {
     let mut cluster = Cluster::new();
@@ -392,53 +320,14 @@ async fn a_peer_of_another_major_version_is_refused_with_the_version_reason() {
     cluster.close().await;
 }
 
-/// A dialer's handshake done by hand from PEER.md: hello (saying tunnel
-/// `version`), read hello, proof over the nonces, ids and `exporter`, read
-/// and check the proof. `Err` is the refusal's code and reason.
+/// [`peer_support::raw_handshake`] as shard `raw` of cluster `tessera`
+/// with this file's secret.
 async fn raw_handshake(
     conn: &quinn::Connection,
     exporter: [u8; 32],
     version: Version,
 ) -> Result<(quinn::SendStream, quinn::RecvStream), (u16, String)> {
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let ours = PeerHello {
-        cluster: "tessera".into(),
-        shard_id: "raw".into(),
-        version,
-        nonce: Bytes32([5; 32]),
-    };
-    let frame = encode_frame(&Control::Hello(ours.clone()), 1 << 20).unwrap();
-    send.write_all(&frame).await.unwrap();
-    let Some(Control::Hello(theirs)) = read_control(&mut recv).await else {
-        panic!("the hub answers hello with hello");
-    };
-    let mac = proof_mac(SECRET, Role::Dialer, &ours, &theirs, &exporter);
-    let frame = encode_frame(&Control::Proof(Proof { mac: Bytes32(mac) }), 1 << 20).unwrap();
-    send.write_all(&frame).await.unwrap();
-    match read_control(&mut recv).await {
-        Some(Control::Proof(proof)) => {
-            assert!(
-                verify_proof(SECRET, Role::Listener, &ours, &theirs, &exporter, &proof),
-                "the hub's proof checks out"
-            );
-            Ok((send, recv))
-        }
-        Some(Control::Refuse(r)) => Err((r.code, r.reason)),
-        other => match conn.closed().await {
-            quinn::ConnectionError::ApplicationClosed(close) => Err((
-                close.error_code.into_inner() as u16,
-                String::from_utf8_lossy(&close.reason).into_owned(),
-            )),
-            closed => panic!("no proof, no refusal: {other:?} {closed:?}"),
-        },
-    }
-}
-
-fn exporter(conn: &quinn::Connection) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    conn.export_keying_material(&mut out, EXPORTER_LABEL, b"")
-        .unwrap();
-    out
+    peer_support::raw_handshake(conn, exporter, SECRET, "tessera", "raw", version).await
 }
 
 /// A peer of an older minor is admitted (minors only append), and the

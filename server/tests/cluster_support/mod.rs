@@ -14,6 +14,9 @@ use server::ids::RoomId;
 use crate::common::{self, TestShard};
 use crate::redis_support::RedisServer;
 
+/// The cluster secret every test shard holds.
+pub const SECRET: &str = "ssssssssssssssssssssssssssssssss";
+
 /// The shards' ids, by index.
 pub const ID: [&str; 3] = ["a", "b", "c"];
 
@@ -24,7 +27,7 @@ pub const ID: [&str; 3] = ["a", "b", "c"];
 pub fn shard_config(redis_url: String, prefix: &str, id: &str) -> Config {
     let mut config = common::test_config();
     config.cluster.redis = redis_url;
-    config.cluster.secret = "s".repeat(32);
+    config.cluster.secret = SECRET.into();
     config.cluster.key_prefix = prefix.into();
     config.cluster.shard_id = id.into();
     config.cluster.peer_addr = "127.0.0.1:0".parse().unwrap();
