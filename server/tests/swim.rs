@@ -112,12 +112,15 @@ fn state_of(node: &Node, shard: &str) -> Option<(MemberState, u64)> {
 /// Every event about `shard` received so far.
 fn drain_about(rx: &mut broadcast::Receiver<MemberEvent>, shard: &str) -> Vec<MemberEvent> {
     let mut out = Vec::new();
-    while let Ok(event) = rx.try_recv() {
-        if event.shard() == shard {
-            out.push(event);
+    loop {
+        match rx.try_recv() {
+            Ok(event) if event.shard() == shard => out.push(event),
+            Ok(_) => {}
+            // Events this receiver fell behind on are gone; read on.
+            Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+            Err(_) => return out,
         }
     }
-    out
 }
 
 /// Each node has its swim stream open to both others, sees them alive at
@@ -283,6 +286,8 @@ async fn a_broken_direct_path_is_bridged_by_indirect_probes() {
     })
     .await;
     settled(&nodes).await;
+    let mut a_events = nodes[0].members.subscribe();
+    let mut c_events = nodes[2].members.subscribe();
     // a and c cannot reach each other directly; b reaches both.
     nodes[0].members.block("c", true);
     nodes[2].members.block("a", true);
@@ -297,13 +302,20 @@ async fn a_broken_direct_path_is_bridged_by_indirect_probes() {
             && nodes[2].members.probe_stats_of("a").indirect >= c_before.indirect + 5
     })
     .await;
-    // None of a's probes of c nor c's of a failed: neither suspected the
-    // other. (Probes of b are not asserted: with a and c cut apart, the
-    // only indirect path to b runs over the cut, so one slow direct ping
-    // of b on a loaded box fails that probe and raises a suspicion that b
-    // refutes at once; the same holds for b's view of a and c.)
-    assert_eq!(nodes[0].members.probe_stats_of("c").failed, a_before.failed);
-    assert_eq!(nodes[2].members.probe_stats_of("a").failed, c_before.failed);
+    // The bridge carries the probes: more of a's probes of c (and of c's
+    // of a) got through by way of b than failed, and neither declared the
+    // other dead. Not "none failed": a bridged probe is three hops that
+    // must fit the probe's window, and on a loaded box one may not (it
+    // raises a suspicion that the suspected member refutes through b).
+    // Probes of b are not asserted either: with a and c cut apart, the only
+    // indirect path to b runs over the cut.
+    for (node, of, before) in [(&nodes[0], "c", a_before), (&nodes[2], "a", c_before)] {
+        let now = node.members.probe_stats_of(of);
+        assert!(
+            now.failed - before.failed < now.indirect - before.indirect,
+            "{of}: {before:?} -> {now:?}"
+        );
+    }
     // Each sees the other alive (b may have gossiped a suspicion of its
     // own, as said above; the suspected member refutes it through b).
     eventually("a sees c alive and c sees a alive", || async {
@@ -311,6 +323,13 @@ async fn a_broken_direct_path_is_bridged_by_indirect_probes() {
             && state_of(&nodes[2], "a").is_some_and(|(s, _)| s == MemberState::Alive)
     })
     .await;
+    for (events, of) in [(&mut a_events, "c"), (&mut c_events, "a")] {
+        let seen = drain_about(events, of);
+        assert!(
+            !seen.iter().any(|e| matches!(e, MemberEvent::Dead { .. })),
+            "{of} was declared dead while b bridged the cut: {seen:?}"
+        );
+    }
     // With b gone too, nothing bridges them: a suspects c.
     nodes[0].members.block("b", true);
     nodes[2].members.block("b", true);
