@@ -77,14 +77,22 @@ pub mod raw {
     }
 }
 
+/// The largest frame this peer reads (and writes).
+const MAX_FRAME: u32 = 1 << 20;
+
 /// Read one frame (a 4-byte length, then the payload) as a `T`; `None`
-/// when the stream ends first or the frame is not one.
+/// when the stream ends first, the length is over [`MAX_FRAME`] (nothing
+/// is allocated for it) or the frame is not one.
 pub async fn read_msg<T: PeerMessage>(recv: &mut quinn::RecvStream) -> Option<T> {
     let mut header = [0u8; 4];
     recv.read_exact(&mut header).await.ok()?;
-    let mut payload = vec![0u8; u32::from_be_bytes(header) as usize];
+    let len = u32::from_be_bytes(header);
+    if len > MAX_FRAME {
+        return None;
+    }
+    let mut payload = vec![0u8; len as usize];
     recv.read_exact(&mut payload).await.ok()?;
-    protocol::peer::decode_payload(&payload, 1 << 20).ok()
+    protocol::peer::decode_payload(&payload, MAX_FRAME).ok()
 }
 
 /// Read a control message, or `None` when the stream ends first.
@@ -112,13 +120,13 @@ pub async fn raw_handshake(
         version,
         nonce: Bytes32([5; 32]),
     };
-    let frame = encode_frame(&Control::Hello(ours.clone()), 1 << 20).unwrap();
+    let frame = encode_frame(&Control::Hello(ours.clone()), MAX_FRAME).unwrap();
     send.write_all(&frame).await.unwrap();
     let Some(Control::Hello(theirs)) = read_control(&mut recv).await else {
         panic!("the hub answers hello with hello");
     };
     let mac = proof_mac(secret, Role::Dialer, &ours, &theirs, &exporter);
-    let frame = encode_frame(&Control::Proof(Proof { mac: Bytes32(mac) }), 1 << 20).unwrap();
+    let frame = encode_frame(&Control::Proof(Proof { mac: Bytes32(mac) }), MAX_FRAME).unwrap();
     send.write_all(&frame).await.unwrap();
     match read_control(&mut recv).await {
         Some(Control::Proof(proof)) => {
