@@ -90,7 +90,7 @@ pub struct ClusterConfig {
     pub full_hint_ms: u64,
     /// A shard playing a room owned elsewhere sends its players' inputs
     /// this long before the owner's next tick (timed from the owner's
-    /// last tick message), so they are applied on that tick; at most half
+    /// recent tick messages, the least delayed of them), so they are applied on that tick; at most half
     /// the tick period. Covers the tunnel's round trip.
     pub input_lead_ms: u64,
     /// The same shard sends the inputs that came after that batch once
@@ -173,7 +173,7 @@ impl Default for ClusterConfig {
             failover_budget_ms: 10_000,
             full_hint_ms: 2_000,
             input_lead_ms: 10,
-            input_late_lead_ms: 4,
+            input_late_lead_ms: 3,
             implied_moved: true,
             swim_period_ms: 500,
             swim_probe_timeout_ms: 200,

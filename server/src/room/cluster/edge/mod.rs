@@ -6,7 +6,7 @@
 //!   (within the session's call timeout).
 //! - Inputs: every member's queue is drained and sent as one `inputs`
 //!   batch `cluster.input_lead_ms` before the owner's next tick (timed
-//!   from its last tick message), and what came after it once more
+//!   from its recent tick messages, `phase.rs`), and what came after it once more
 //!   `cluster.input_late_lead_ms` before the same tick; a member whose
 //!   outbound queue shed updates and drained is reported (`resync`) for
 //!   a full view.
@@ -39,6 +39,7 @@ use tokio::sync::oneshot;
 
 mod failover;
 mod moving;
+mod phase;
 mod ticks;
 pub use moving::Adopted;
 
@@ -103,9 +104,9 @@ struct Inner {
     /// foldhash: looked up once per recipient of every tick.
     members: crate::room::FastMap<SessionId, EdgeMember>,
     failing_over: bool,
-    /// When the owner's latest tick message arrived: the owner's tick
-    /// phase, which the input pump aims at.
-    last_tick: Option<Instant>,
+    /// When the owner's recent tick messages arrived: the owner's tick
+    /// phase, which the input pump aims at (`phase.rs`).
+    phase: phase::TickPhase,
     /// The room is paused for a live migration: inputs wait in the
     /// members' queues (`moving.rs`).
     held: bool,
@@ -146,7 +147,7 @@ impl EdgeLink {
                 generation: 0,
                 members: Default::default(),
                 failing_over: false,
-                last_tick: None,
+                phase: phase::TickPhase::default(),
                 held: false,
                 implied,
             }),
@@ -316,6 +317,8 @@ impl EdgeLink {
             let mut inner = self.inner.lock();
             inner.generation += 1;
             inner.tx = Some(stream.tx.clone());
+            // Another stream, maybe another owner: another tick phase.
+            inner.phase.clear();
             // A hold was the old stream's (a migration that then failed
             // over): inputs flow on the new one.
             inner.held = false;
@@ -340,6 +343,8 @@ impl EdgeLink {
         let mut closed = None;
         let mut scratch = ticks::TickScratch::default();
         while let Some(msg) = rx.recv_msg::<OwnerMsg>().await {
+            // Before waiting for the lock: the tick phase is read from it.
+            let arrived = Instant::now();
             match msg {
                 Ok(OwnerMsg::Closed(c)) => {
                     closed = Some(c.code);
@@ -351,7 +356,7 @@ impl EdgeLink {
                     }
                 }
                 Ok(msg) => {
-                    if !self.on_owner(msg, generation, &mut scratch) {
+                    if !self.on_owner(msg, arrived, generation, &mut scratch) {
                         return;
                     }
                 }
@@ -387,7 +392,13 @@ impl EdgeLink {
     /// One message of the stream of `generation`; false (and nothing done)
     /// once that stream was given up on (its owner declared dead), even if
     /// frames still trickle in.
-    fn on_owner(&self, msg: OwnerMsg, generation: u64, scratch: &mut ticks::TickScratch) -> bool {
+    fn on_owner(
+        &self,
+        msg: OwnerMsg,
+        arrived: Instant,
+        generation: u64,
+        scratch: &mut ticks::TickScratch,
+    ) -> bool {
         let mut inner = self.inner.lock();
         if inner.generation != generation {
             return false;
@@ -455,7 +466,7 @@ impl EdgeLink {
                 }
             }
             OwnerMsg::Tick(tick) => {
-                inner.last_tick = Some(Instant::now());
+                inner.phase.observe(arrived, tick.tick);
                 // As a local room's tick: at most this many immediate
                 // writes (see `outbound::budget`).
                 let _budget = crate::outbound::immediate_budget(self.immediate_writes);
@@ -470,8 +481,9 @@ impl EdgeLink {
     /// Once per tick of the map: every member's inputs in one batch.
     ///
     /// The batch goes `lead` before the owner's next tick, timed from when
-    /// its last tick message came (a tick message leaves the owner right
-    /// after its tick), so the inputs are applied on that tick rather than
+    /// its recent tick messages came (a tick message leaves the owner right
+    /// after its tick; the least-delayed of them gives the owner's phase,
+    /// see `phase.rs`), so the inputs are applied on that tick rather than
     /// waiting for a pump out of phase with it. The inputs that come after
     /// it go in a second batch `late_lead` before the same tick: without
     /// it every remote move would wait `lead` longer than a local one to be
@@ -494,7 +506,7 @@ impl EdgeLink {
             let (next, second) = match late.take() {
                 Some(at) => (at, true),
                 None => {
-                    let last_tick = self.inner.lock().last_tick;
+                    let last_tick = self.inner.lock().phase.latest(period);
                     let (next, from_tick) =
                         next_send(Instant::now(), last_send, last_tick, period, lead);
                     late = second_send(next, from_tick, lead, late_lead);
@@ -568,7 +580,7 @@ struct PumpTiming {
 
 /// When the input pump sends next, and whether that was timed from the
 /// owner's ticks: `lead` before the owner's next tick, reckoned from its
-/// last tick message (`last_tick`) when that is recent (within 4
+/// latest tick (`last_tick`, as [`phase::TickPhase::latest`] gives it) when that is recent (within 4
 /// periods), else one `period` after the last send. Never sooner than a
 /// quarter period after the last send, so a late tick message cannot make
 /// the pump spin.
