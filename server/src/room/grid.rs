@@ -118,6 +118,10 @@ enum Span {
     PerCell,
     /// The whole room: this range of `entries`.
     Whole(u32, u32),
+    /// The whole room, and everyone within the radius of everyone (the
+    /// room's bounding box has a diagonal shorter than the radius): every
+    /// query finds this range of `entries`, with no distance to check.
+    Everyone(u32, u32),
 }
 
 impl Neighbourhoods {
@@ -150,7 +154,12 @@ impl Grid {
         out.clear();
         let reach = (radius / self.cell_size).ceil() as i32;
         if cache.span == Span::Undecided {
-            cache.span = self.span(reach, &mut cache.entries);
+            cache.span = self.span(reach, radius, &mut cache.entries);
+        }
+        if let Span::Everyone(start, end) = cache.span {
+            let everyone = &cache.entries[start as usize..end as usize];
+            out.extend(everyone.iter().map(|e| e.0));
+            return;
         }
         let cell = self.cell_of(x, y);
         let cached = match cache.span {
@@ -192,10 +201,11 @@ impl Grid {
 
     /// [`Span::Whole`] (the room gathered into `entries`, in ascending id
     /// order) when every occupied cell lies within one block of
-    /// `2 * reach + 1` cells a side; else [`Span::PerCell`]. Either way
-    /// a query finds the same (the whole room holds every neighbourhood);
-    /// only the cost differs.
-    fn span(&self, reach: i32, entries: &mut Vec<(EntityId, f32, f32)>) -> Span {
+    /// `2 * reach + 1` cells a side, [`Span::Everyone`] when moreover the
+    /// room fits within `radius` of each of its points; else
+    /// [`Span::PerCell`]. Either way a query finds the same (the whole
+    /// room holds every neighbourhood); only the cost differs.
+    fn span(&self, reach: i32, radius: f32, entries: &mut Vec<(EntityId, f32, f32)>) -> Span {
         let width = 2 * i64::from(reach);
         let mut cells = self.cells.keys();
         let Some(&(x0, y0)) = cells.next() else {
@@ -216,8 +226,39 @@ impl Grid {
             entries.extend_from_slice(cell);
         }
         entries[start..].sort_unstable_by_key(|e| e.0);
-        Span::Whole(start as u32, entries.len() as u32)
+        let (start, end) = (start as u32, entries.len() as u32);
+        if within_one_radius(&entries[start as usize..], radius) {
+            Span::Everyone(start, end)
+        } else {
+            Span::Whole(start, end)
+        }
     }
+}
+
+/// Whether every two of `points` lie within `radius` of each other, as
+/// the queries' own test would find (`dx * dx + dy * dy <= r * r` in
+/// `f32`): their bounding box's diagonal is shorter than the radius by a
+/// margin far above `f32` rounding, so no pair the box holds could be
+/// found out of view by that test.
+fn within_one_radius(points: &[(EntityId, f32, f32)], radius: f32) -> bool {
+    let Some(&(_, x0, y0)) = points.first() else {
+        return true;
+    };
+    let (mut lo, mut hi) = ((x0, y0), (x0, y0));
+    for &(_, x, y) in points {
+        if !(x.is_finite() && y.is_finite()) {
+            // Never in anyone's view by the queries' test.
+            return false;
+        }
+        lo = (lo.0.min(x), lo.1.min(y));
+        hi = (hi.0.max(x), hi.1.max(y));
+    }
+    let (w, h) = (
+        f64::from(hi.0) - f64::from(lo.0),
+        f64::from(hi.1) - f64::from(lo.1),
+    );
+    let r = f64::from(radius);
+    w * w + h * h <= r * r * (1.0 - 1e-4)
 }
 
 #[cfg(test)]
@@ -281,9 +322,10 @@ mod tests {
 
     #[test]
     fn a_cached_query_over_the_whole_room_or_per_cell_finds_what_a_query_finds() {
-        // Rooms packed into a few cells (read as a whole) and spread over
-        // many (read per cell), with random radii and positions; the same
-        // cache reused across ticks, as a room reuses it.
+        // Rooms within one radius (everyone in view), packed into a few
+        // cells (read as a whole) and spread over many (read per cell),
+        // with random radii and positions; the same cache reused across
+        // ticks, as a room reuses it.
         let mut seed = 0x2545_f491_u64;
         let mut unit = move || {
             seed ^= seed << 13;
@@ -293,12 +335,13 @@ mod tests {
         };
         let mut cache = Neighbourhoods::default();
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        let mut spans = (0, 0);
-        for round in 0..200 {
+        let mut spans = (0, 0, 0);
+        for round in 0..300 {
             let radius = 50.0 + unit() * 400.0;
             let mut g = Grid::new(radius);
-            // Within 3 cells (-1 to 1) a side, or over about 20.
-            let extent = radius * if round % 2 == 0 { 2.0 } else { 20.0 };
+            // Within a box of diagonal 0.85 radius, within 3 cells (-1 to
+            // 1) a side, or over about 20.
+            let extent = radius * [0.6, 2.0, 20.0][round % 3];
             let mut positions = Vec::new();
             for id in 0..(1 + (unit() * 150.0) as u32) {
                 // Ids out of order, as joins and leaves leave them.
@@ -314,13 +357,46 @@ mod tests {
                 assert_eq!(a, b, "round {round} at ({x}, {y})");
             }
             match cache.span {
-                Span::Whole(..) => spans.0 += 1,
-                _ => spans.1 += 1,
+                Span::Everyone(..) => spans.0 += 1,
+                Span::Whole(..) => spans.1 += 1,
+                _ => spans.2 += 1,
             }
         }
         assert!(
-            spans.0 > 50 && spans.1 > 50,
-            "both ways were taken: {spans:?}"
+            spans.0 > 50 && spans.1 > 50 && spans.2 > 50,
+            "every way was taken: {spans:?}"
         );
+    }
+
+    #[test]
+    fn everyone_in_view_is_decided_with_a_margin_and_never_wrongly() {
+        let p = |x: f32, y: f32| (0, x, y);
+        // A diagonal of 0.99 radius: everyone is in view.
+        assert!(within_one_radius(&[p(0.0, 0.0), p(70.0, 70.0)], 100.0));
+        assert!(within_one_radius(&[p(5.0, 5.0)], 1.0));
+        assert!(within_one_radius(&[], 1.0));
+        // Exactly one radius apart, or beyond: each distance is checked.
+        assert!(!within_one_radius(&[p(0.0, 0.0), p(100.0, 0.0)], 100.0));
+        assert!(!within_one_radius(&[p(0.0, 0.0), p(0.0, 100.1)], 100.0));
+        // Two points in view of each other need not make a box that is.
+        assert!(!within_one_radius(
+            &[p(0.0, 0.0), p(80.0, 10.0), p(10.0, 80.0)],
+            100.0
+        ));
+        assert!(!within_one_radius(&[p(0.0, f32::NAN)], 100.0));
+        assert!(!within_one_radius(&[p(0.0, 0.0), p(1.0, f32::NAN)], 100.0));
+        // At the edge of the margin, a room's own test agrees: every pair
+        // of a box just inside it is within the radius.
+        let r = 1000.0f32;
+        let side = r / 2f32.sqrt() * 0.99995;
+        let corners = [p(0.0, 0.0), p(side, side), p(0.0, side), p(side, 0.0)];
+        if within_one_radius(&corners, r) {
+            for a in &corners {
+                for b in &corners {
+                    let (dx, dy) = (a.1 - b.1, a.2 - b.2);
+                    assert!(dx * dx + dy * dy <= r * r);
+                }
+            }
+        }
     }
 }

@@ -240,7 +240,9 @@ impl Room {
             neighbourhoods,
             edges,
             moved_entries,
+            last,
         } = &mut scratch;
+        last.forget();
         changed.clear();
         moved_entries.clear();
         if self.dirty {
@@ -334,20 +336,25 @@ impl Room {
                 sent += u64::from(me.state.link.out.push_state(me.state.link.epoch, &full));
                 continue;
             }
-            diff.compute(previous, &me.visible, changed);
-            if diff.is_empty() {
-                continue;
+            if !last.is(previous, &me.visible) {
+                diff.compute(previous, &me.visible, changed);
+                let frame = (!diff.is_empty()).then(|| {
+                    let tick = self.tick;
+                    frames.frame(diff, |diff, out| {
+                        write_diff(
+                            out,
+                            tick,
+                            diff,
+                            |e| members[&e].entity_entry(e),
+                            |_, at| moved_entries.get(at),
+                        )
+                    })
+                });
+                last.remember(previous, &me.visible, frame.cloned());
             }
-            let tick = self.tick;
-            let frame = frames.frame(diff, |diff, out| {
-                write_diff(
-                    out,
-                    tick,
-                    diff,
-                    |e| members[&e].entity_entry(e),
-                    |_, at| moved_entries.get(at),
-                )
-            });
+            let Some(frame) = &last.frame else {
+                continue;
+            };
             // Borrowed: cloned only if the member's socket does not take it.
             sent += u64::from(me.state.link.out.push_state(me.state.link.epoch, frame));
         }
@@ -362,6 +369,7 @@ impl Room {
         let encodes = frames.len() as u64;
         // The frames go with the members' queues; the table keeps none.
         frames.clear();
+        last.forget();
         self.view_scratch = scratch;
         metrics::counter!(m::UPDATE_ENCODES).increment(encodes);
         metrics::counter!(m::UPDATE_FRAMES).increment(sent);
@@ -382,6 +390,47 @@ pub(super) struct ViewScratch {
     edges: super::remote::EdgeTicks,
     /// The `moved` entries of `changed`, in its order.
     moved_entries: MovedEntries,
+    /// The last local member's views and frame.
+    last: LastView,
+}
+
+/// The views before and after of the last local member published this
+/// tick, and its frame (`None`: nothing changed in its view). A member
+/// whose views are the same gets the same diff, so the same frame: it is
+/// handed that frame without a diff, a hash or a lookup. When the view
+/// spans the room (a small map, a large view radius: everyone sees
+/// everyone) every member but the newest has the views of the one before
+/// it, and a tick costs one diff instead of one per member. Two failed
+/// comparisons (usually at their first ids) are all it costs otherwise.
+#[derive(Default)]
+pub(super) struct LastView {
+    previous: Vec<EntityId>,
+    now: Vec<EntityId>,
+    frame: Option<Bytes>,
+    /// `previous` and `now` are this tick's.
+    valid: bool,
+}
+
+impl LastView {
+    /// A new tick: the last tick's views and frame count no more.
+    fn forget(&mut self) {
+        self.valid = false;
+        self.frame = None;
+    }
+
+    /// The last member's views were `previous` and `now` this tick.
+    fn is(&self, previous: &[EntityId], now: &[EntityId]) -> bool {
+        self.valid && self.now == now && self.previous == previous
+    }
+
+    fn remember(&mut self, previous: &[EntityId], now: &[EntityId], frame: Option<Bytes>) {
+        self.previous.clear();
+        self.previous.extend_from_slice(previous);
+        self.now.clear();
+        self.now.extend_from_slice(now);
+        self.frame = frame;
+        self.valid = true;
+    }
 }
 
 #[cfg(test)]
@@ -530,6 +579,28 @@ mod tests {
         assert_eq!(update.tick, 7);
         assert_eq!(update.entered, vec![entity(1, 0.5), entity(4, 8.0)]);
         assert!(update.moved.is_empty() && update.left.is_empty());
+    }
+
+    #[test]
+    fn the_last_views_are_matched_whole_and_only_within_a_tick() {
+        let mut last = LastView::default();
+        assert!(!last.is(&[], &[]), "nothing remembered yet");
+        let frame = Bytes::from_static(b"frame");
+        last.remember(&[1, 2, 3], &[1, 2, 4], Some(frame.clone()));
+        assert!(last.is(&[1, 2, 3], &[1, 2, 4]));
+        assert_eq!(last.frame.as_ref(), Some(&frame));
+        // Either view differing, by an id or by length, is another diff.
+        assert!(!last.is(&[1, 2, 3], &[1, 2, 5]));
+        assert!(!last.is(&[1, 2], &[1, 2, 4]));
+        assert!(!last.is(&[1, 2, 4], &[1, 2, 3]));
+        // Nothing changed in a view: remembered as no frame.
+        last.remember(&[7], &[7], None);
+        assert!(last.is(&[7], &[7]) && last.frame.is_none());
+        // A new tick's entries are other bytes: nothing carries over.
+        last.remember(&[1], &[1], Some(frame));
+        last.forget();
+        assert!(!last.is(&[1], &[1]));
+        assert!(last.frame.is_none(), "the frame is let go");
     }
 
     #[test]
