@@ -89,9 +89,10 @@ pub struct ClusterConfig {
     /// owner skips that instance for this long.
     pub full_hint_ms: u64,
     /// A shard playing a room owned elsewhere sends its players' inputs
-    /// this long before the owner's next tick (timed from the owner's
-    /// recent tick messages, the least delayed of them), so they are applied on that tick; at most half
-    /// the tick period. Covers the tunnel's round trip.
+    /// this long before the owner's next tick (timed from the least
+    /// delayed of the owner's recent tick messages), so they are applied
+    /// on that tick; at most half the tick period. Covers the tunnel's
+    /// round trip.
     pub input_lead_ms: u64,
     /// The same shard sends the inputs that came after that batch once
     /// more, this long before the same tick, so that they too are applied

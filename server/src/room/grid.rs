@@ -385,17 +385,16 @@ mod tests {
         ));
         assert!(!within_one_radius(&[p(0.0, f32::NAN)], 100.0));
         assert!(!within_one_radius(&[p(0.0, 0.0), p(1.0, f32::NAN)], 100.0));
-        // At the edge of the margin, a room's own test agrees: every pair
-        // of a box just inside it is within the radius.
+        // Just inside the margin, the queries' own test agrees: every
+        // pair of the box is within the radius.
         let r = 1000.0f32;
-        let side = r / 2f32.sqrt() * 0.99995;
+        let side = r / 2f32.sqrt() * 0.99993;
         let corners = [p(0.0, 0.0), p(side, side), p(0.0, side), p(side, 0.0)];
-        if within_one_radius(&corners, r) {
-            for a in &corners {
-                for b in &corners {
-                    let (dx, dy) = (a.1 - b.1, a.2 - b.2);
-                    assert!(dx * dx + dy * dy <= r * r);
-                }
+        assert!(within_one_radius(&corners, r));
+        for a in &corners {
+            for b in &corners {
+                let (dx, dy) = (a.1 - b.1, a.2 - b.2);
+                assert!(dx * dx + dy * dy <= r * r);
             }
         }
     }

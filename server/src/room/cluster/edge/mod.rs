@@ -6,8 +6,8 @@
 //!   (within the session's call timeout).
 //! - Inputs: every member's queue is drained and sent as one `inputs`
 //!   batch `cluster.input_lead_ms` before the owner's next tick (timed
-//!   from its recent tick messages, `phase.rs`), and what came after it once more
-//!   `cluster.input_late_lead_ms` before the same tick; a member whose
+//!   from its recent tick messages, `phase.rs`), and what came after it
+//!   once more `cluster.input_late_lead_ms` before the same tick; a member whose
 //!   outbound queue shed updates and drained is reported (`resync`) for
 //!   a full view.
 //! - `tick`: each view's `update` frame is laid out once
@@ -580,8 +580,9 @@ struct PumpTiming {
 
 /// When the input pump sends next, and whether that was timed from the
 /// owner's ticks: `lead` before the owner's next tick, reckoned from its
-/// latest tick (`last_tick`, as [`phase::TickPhase::latest`] gives it) when that is recent (within 4
-/// periods), else one `period` after the last send. Never sooner than a
+/// latest tick (`last_tick`, as [`phase::TickPhase::latest`] gives it)
+/// when that is recent (within 4 periods), else one `period` after the
+/// last send. Never sooner than a
 /// quarter period after the last send, so a late tick message cannot make
 /// the pump spin.
 fn next_send(

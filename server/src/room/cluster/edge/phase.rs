@@ -21,7 +21,7 @@
 use std::time::{Duration, Instant};
 
 /// How many recent tick messages the estimate is taken over.
-pub(super) const WINDOW: usize = 16;
+const WINDOW: usize = 16;
 
 /// Readings older than this many periods are dropped.
 const MAX_AGE: u32 = 24;
