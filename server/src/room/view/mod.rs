@@ -72,13 +72,29 @@ impl TickFrames {
         diff: &ViewDiff,
         encode: impl FnOnce(&ViewDiff, &mut Vec<u8>),
     ) -> &Bytes {
+        let at = self.frame_at(diff, encode);
+        self.get(at)
+    }
+
+    /// This tick's frame number `at` (from [`TickFrames::frame_at`]).
+    pub fn get(&self, at: u32) -> &Bytes {
+        &self.distinct[at as usize].frame
+    }
+
+    /// [`TickFrames::frame`], by its number in this tick's table: held
+    /// without a clone of the frame.
+    pub fn frame_at(
+        &mut self,
+        diff: &ViewDiff,
+        encode: impl FnOnce(&ViewDiff, &mut Vec<u8>),
+    ) -> u32 {
         let hash = self.index.hasher().hash_one(diff.parts());
         let mut at = self.index.get(&hash).copied().unwrap_or(u32::MAX);
         let mut last = u32::MAX;
         while at != u32::MAX {
             let d = &self.distinct[at as usize];
             if self.equals(d, diff) {
-                return &self.distinct[at as usize].frame;
+                return at;
             }
             last = at;
             at = d.next;
@@ -108,7 +124,7 @@ impl TickFrames {
         } else {
             self.distinct[last as usize].next = index;
         }
-        &self.distinct[index as usize].frame
+        index
     }
 
     fn equals(&self, d: &Distinct, diff: &ViewDiff) -> bool {
@@ -336,11 +352,13 @@ impl Room {
                 sent += u64::from(me.state.link.out.push_state(me.state.link.epoch, &full));
                 continue;
             }
-            if !last.is(previous, &me.visible) {
+            if !last.is(previous, &me.visible, |m| {
+                members.get(&m).map(|m| m.visible.as_slice())
+            }) {
                 diff.compute(previous, &me.visible, changed);
                 let frame = (!diff.is_empty()).then(|| {
                     let tick = self.tick;
-                    frames.frame(diff, |diff, out| {
+                    frames.frame_at(diff, |diff, out| {
                         write_diff(
                             out,
                             tick,
@@ -350,12 +368,13 @@ impl Room {
                         )
                     })
                 });
-                last.remember(previous, &me.visible, frame.cloned());
+                last.remember(id, previous, frame);
             }
-            let Some(frame) = &last.frame else {
+            let Some(at) = last.frame else {
                 continue;
             };
             // Borrowed: cloned only if the member's socket does not take it.
+            let frame = frames.get(at);
             sent += u64::from(me.state.link.out.push_state(me.state.link.epoch, frame));
         }
         let ticks = edges.send();
@@ -400,36 +419,47 @@ pub(super) struct ViewScratch {
 /// handed that frame without a diff, a hash or a lookup. When the view
 /// spans the room (a small map, a large view radius: everyone sees
 /// everyone) every member but the newest has the views of the one before
-/// it, and a tick costs one diff instead of one per member. Two failed
-/// comparisons (usually at their first ids) are all it costs otherwise.
+/// it, and a tick costs one diff instead of one per member. Otherwise it
+/// costs two comparisons that fail early, and nothing is copied: the view
+/// before is the scratch buffer swapped in, the view now is read from the
+/// member, the frame is its number in the tick's table.
 #[derive(Default)]
 pub(super) struct LastView {
+    /// The last member's view before this tick.
     previous: Vec<EntityId>,
-    now: Vec<EntityId>,
-    frame: Option<Bytes>,
-    /// `previous` and `now` are this tick's.
-    valid: bool,
+    /// The last member (its view now is its `visible`); `None`: nothing
+    /// remembered this tick.
+    member: Option<EntityId>,
+    /// Its frame in this tick's [`TickFrames`].
+    frame: Option<u32>,
 }
 
 impl LastView {
     /// A new tick: the last tick's views and frame count no more.
     fn forget(&mut self) {
-        self.valid = false;
+        self.member = None;
         self.frame = None;
     }
 
-    /// The last member's views were `previous` and `now` this tick.
-    fn is(&self, previous: &[EntityId], now: &[EntityId]) -> bool {
-        self.valid && self.now == now && self.previous == previous
+    /// The last member's views were `previous` and `now` this tick;
+    /// `view_of` gives a member's view now.
+    fn is<'a>(
+        &self,
+        previous: &[EntityId],
+        now: &[EntityId],
+        view_of: impl FnOnce(EntityId) -> Option<&'a [EntityId]>,
+    ) -> bool {
+        self.member.is_some_and(|last| {
+            self.previous == previous && view_of(last).is_some_and(|view| view == now)
+        })
     }
 
-    fn remember(&mut self, previous: &[EntityId], now: &[EntityId], frame: Option<Bytes>) {
-        self.previous.clear();
-        self.previous.extend_from_slice(previous);
-        self.now.clear();
-        self.now.extend_from_slice(now);
+    /// `member`'s view before was `previous` (taken, swapped for the one
+    /// remembered last) and its frame is `frame`.
+    fn remember(&mut self, member: EntityId, previous: &mut Vec<EntityId>, frame: Option<u32>) {
+        std::mem::swap(&mut self.previous, previous);
+        self.member = Some(member);
         self.frame = frame;
-        self.valid = true;
     }
 }
 
@@ -584,22 +614,36 @@ mod tests {
     #[test]
     fn the_last_views_are_matched_whole_and_only_within_a_tick() {
         let mut last = LastView::default();
-        assert!(!last.is(&[], &[]), "nothing remembered yet");
-        let frame = Bytes::from_static(b"frame");
-        last.remember(&[1, 2, 3], &[1, 2, 4], Some(frame.clone()));
-        assert!(last.is(&[1, 2, 3], &[1, 2, 4]));
-        assert_eq!(last.frame.as_ref(), Some(&frame));
+        let views: FastMap<EntityId, Vec<EntityId>> =
+            [(10, vec![1, 2, 4]), (11, vec![7]), (12, vec![1])]
+                .into_iter()
+                .collect();
+        let view_of = |m: EntityId| views.get(&m).map(Vec::as_slice);
+        assert!(!last.is(&[], &[], view_of), "nothing remembered yet");
+        // The view before is taken, not copied: the scratch gets the
+        // buffer remembered before.
+        let mut previous = vec![1, 2, 3];
+        last.remember(10, &mut previous, Some(4));
+        assert!(previous.is_empty(), "the old (empty) buffer came back");
+        assert!(last.is(&[1, 2, 3], &[1, 2, 4], view_of));
+        assert_eq!(last.frame, Some(4));
         // Either view differing, by an id or by length, is another diff.
-        assert!(!last.is(&[1, 2, 3], &[1, 2, 5]));
-        assert!(!last.is(&[1, 2], &[1, 2, 4]));
-        assert!(!last.is(&[1, 2, 4], &[1, 2, 3]));
+        assert!(!last.is(&[1, 2, 3], &[1, 2, 5], view_of));
+        assert!(!last.is(&[1, 2], &[1, 2, 4], view_of));
+        assert!(!last.is(&[1, 2, 4], &[1, 2, 3], view_of));
+        // A member no longer there matches nothing.
+        assert!(!last.is(&[1, 2, 3], &[1, 2, 4], |_| None));
         // Nothing changed in a view: remembered as no frame.
-        last.remember(&[7], &[7], None);
-        assert!(last.is(&[7], &[7]) && last.frame.is_none());
-        // A new tick's entries are other bytes: nothing carries over.
-        last.remember(&[1], &[1], Some(frame));
+        let mut previous = vec![7];
+        last.remember(11, &mut previous, None);
+        assert_eq!(previous, vec![1, 2, 3], "the buffers swap");
+        assert!(last.is(&[7], &[7], view_of) && last.frame.is_none());
+        // A new tick's frames are other frames: nothing carries over.
+        let mut previous = vec![1];
+        last.remember(12, &mut previous, Some(0));
+        assert!(last.is(&[1], &[1], view_of));
         last.forget();
-        assert!(!last.is(&[1], &[1]));
+        assert!(!last.is(&[1], &[1], view_of));
         assert!(last.frame.is_none(), "the frame is let go");
     }
 
