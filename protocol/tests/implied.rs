@@ -106,6 +106,9 @@ fn in_view(all: &[Player], me: usize) -> Vec<EntityId> {
 /// ticks `lost` says; the number of frames compared.
 fn run(players: usize, ticks: u64, seed: u64, lost: impl Fn(u64) -> bool) -> usize {
     let mut rng = Rng(seed);
+    // Reread each tick, as the edge does: nothing of one tick may be left
+    // in the next.
+    let mut ids = TickIds::default();
     let mut all: Vec<Player> = (0..players)
         .map(|i| Player {
             id: i as EntityId + 1,
@@ -218,7 +221,7 @@ fn run(players: usize, ticks: u64, seed: u64, lost: impl Fn(u64) -> bool) -> usi
             panic!("a tick decodes to a tick");
         };
         assert!(back.implied);
-        let got = edge_frames(&back, &mut all);
+        let got = edge_frames(&back, &mut all, &mut ids);
         if std::mem::take(&mut stale) {
             full_due = true;
             continue;
@@ -246,14 +249,15 @@ fn run(players: usize, ticks: u64, seed: u64, lost: impl Fn(u64) -> bool) -> usi
 }
 
 /// What the edge sends each recipient of `tick`, by session.
-fn edge_frames(tick: &Tick, all: &mut [Player]) -> Vec<(u64, Vec<u8>)> {
-    let ids = TickIds::read(tick);
+fn edge_frames(tick: &Tick, all: &mut [Player], ids: &mut TickIds) -> Vec<(u64, Vec<u8>)> {
+    ids.reread(tick);
+    let ids = &*ids;
     let mut out = Vec::new();
     let mut moved = Vec::new();
     for view in &tick.views {
         for &s in &view.sessions {
             let p = &mut all[s as usize - 1];
-            p.known.advance(tick, &ids, view, &mut moved).unwrap();
+            p.known.advance(tick, ids, view, &mut moved).unwrap();
             let mut frame = Vec::new();
             tick.write_view(view, &moved, &mut frame).unwrap();
             out.push((s, frame));

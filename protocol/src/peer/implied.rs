@@ -61,8 +61,23 @@ pub struct TickIds {
 
 impl TickIds {
     pub fn read(tick: &Tick) -> TickIds {
-        let mut ids = Vec::with_capacity(tick.entries.len());
-        let (mut moved, mut entered) = (Vec::new(), Vec::new());
+        let mut ids = TickIds::default();
+        ids.reread(tick);
+        ids
+    }
+
+    /// [`TickIds::read`] into these buffers, which an edge keeps from one
+    /// tick to the next (no allocation once they have grown to a tick).
+    pub fn reread(&mut self, tick: &Tick) {
+        let TickIds {
+            ids,
+            moved,
+            entered,
+        } = self;
+        ids.clear();
+        moved.clear();
+        entered.clear();
+        ids.reserve(tick.entries.len());
         for (i, entry) in tick.entries.iter().enumerate() {
             let read = entry_id(entry);
             // At most as many entries as a frame holds: fits a u32.
@@ -76,16 +91,11 @@ impl TickIds {
         // `TickBuilder` numbers them in entity order already; a tick from
         // elsewhere is put in order here (a local member's `moved` is in
         // entity order).
-        for list in [&mut moved, &mut entered] {
+        for list in [moved, entered] {
             if list.windows(2).any(|w| w[0].0 >= w[1].0) {
                 list.sort_unstable();
                 list.dedup_by_key(|m| m.0);
             }
-        }
-        TickIds {
-            ids,
-            moved,
-            entered,
         }
     }
 

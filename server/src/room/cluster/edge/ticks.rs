@@ -31,11 +31,14 @@ pub(super) struct TickScratch {
     frames: Vec<(Vec<u32>, Bytes)>,
     /// Members whose view did not fit: owed a full view.
     drift: Vec<u64>,
+    /// The tick's entity ids, read into the same buffers each tick.
+    ids: TickIds,
 }
 
 /// Lay out and push every recipient's frame of `tick`.
 pub(super) fn on_tick(inner: &mut Inner, tick: &Tick, scratch: &mut TickScratch) {
-    let ids = TickIds::read(tick);
+    let mut ids = std::mem::take(&mut scratch.ids);
+    ids.reread(tick);
     let mut bad = 0u64;
     scratch.drift.clear();
     for view in &tick.views {
@@ -107,6 +110,7 @@ pub(super) fn on_tick(inner: &mut Inner, tick: &Tick, scratch: &mut TickScratch)
             member.seen = tick.entries.get(index as usize).cloned();
         }
     }
+    scratch.ids = ids;
 }
 
 /// A reliable frame for `session`: its view follows `joined` and
