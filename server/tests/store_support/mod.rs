@@ -65,6 +65,36 @@ pub fn secantusd() -> PathBuf {
     path
 }
 
+/// Wait until every thread of `pid` shows the stopped state (`T`) in
+/// `/proc`. Where `/proc` cannot be read (not Linux), returns at once.
+fn wait_stopped(pid: u32, limit: Duration) {
+    let task_dir = format!("/proc/{pid}/task");
+    let deadline = Instant::now() + limit;
+    loop {
+        let Ok(tasks) = std::fs::read_dir(&task_dir) else {
+            return;
+        };
+        let running: Vec<String> = tasks
+            .flatten()
+            .filter_map(|task| {
+                let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+                // `tid (comm) state ...`: the state follows the last `)`.
+                let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+                (!matches!(state, "T" | "t" | "Z" | "X"))
+                    .then(|| format!("{:?} {state}", task.file_name()))
+            })
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SecantusDB (pid {pid}) not stopped {limit:?} after SIGSTOP: threads {running:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// A SecantusDB server on 127.0.0.1, with its data in a temporary
 /// directory. Stopped (SIGKILL) on drop.
 pub struct Secantus {
@@ -117,9 +147,17 @@ impl Secantus {
     }
 
     /// Freeze the server (SIGSTOP): connections stay open, nothing answers.
+    /// Returns once every thread of the server is stopped: `kill` returns
+    /// when the stop is asked for, and on a loaded machine a server thread
+    /// running on the other CPU can still read and answer a request sent
+    /// right after it (seen once: a flush "succeeded" against a frozen
+    /// server).
     pub fn pause(&mut self) {
         self.signal("STOP");
         self.paused = true;
+        if let Some(child) = &self.child {
+            wait_stopped(child.id(), Duration::from_secs(5));
+        }
     }
 
     pub fn resume(&mut self) {
