@@ -104,6 +104,10 @@ impl Shard {
             .status()
             .expect("running kill(1)");
         assert!(status.success(), "kill -{sig} failed");
+        if sig == "STOP" {
+            // Frozen before anything is sent to it.
+            store_support::wait_stopped(self.child.id(), Duration::from_secs(5));
+        }
     }
 
     /// Writes the store refused by the fence: room documents written

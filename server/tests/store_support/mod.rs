@@ -66,8 +66,10 @@ pub fn secantusd() -> PathBuf {
 }
 
 /// Wait until every thread of `pid` shows the stopped state (`T`) in
-/// `/proc`. Where `/proc` cannot be read (not Linux), returns at once.
-fn wait_stopped(pid: u32, limit: Duration) {
+/// `/proc`, after a SIGSTOP: `kill` returns when the stop is asked for,
+/// and a thread running on the other CPU may still take a request sent
+/// right after. Where `/proc` cannot be read (not Linux), returns at once.
+pub fn wait_stopped(pid: u32, limit: Duration) {
     let task_dir = format!("/proc/{pid}/task");
     let deadline = Instant::now() + limit;
     loop {
@@ -89,7 +91,7 @@ fn wait_stopped(pid: u32, limit: Duration) {
         }
         assert!(
             Instant::now() < deadline,
-            "SecantusDB (pid {pid}) not stopped {limit:?} after SIGSTOP: threads {running:?}"
+            "pid {pid} not stopped {limit:?} after SIGSTOP: threads {running:?}"
         );
         std::thread::sleep(Duration::from_millis(1));
     }
