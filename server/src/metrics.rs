@@ -62,6 +62,10 @@ pub const PICKUPS: &str = "tessera_pickups_total";
 pub const SESSION_PANICS: &str = "tessera_session_panics_total";
 pub const UPDATE_ENCODES: &str = "tessera_update_encodes_total";
 pub const UPDATE_FRAMES: &str = "tessera_update_frames_total";
+/// Members' views diffed by room ticks: one per member whose view changed,
+/// less those handed the frame of the member before them because their
+/// views were the same (where everyone sees everyone, about one a tick).
+pub const VIEW_DIFFS: &str = "tessera_view_diffs_total";
 /// Cluster mode: `tick` messages rooms here sent to edge shards (one per
 /// edge per tick with anything to show).
 pub const REMOTE_TICKS: &str = "tessera_remote_ticks_total";

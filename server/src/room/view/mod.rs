@@ -246,6 +246,7 @@ impl Room {
     /// Send every connected member what changed in its view this tick.
     pub(super) fn publish_views(&mut self) {
         let mut sent = 0u64;
+        let mut diffs = 0u64;
         let mut scratch = std::mem::take(&mut self.view_scratch);
         let ViewScratch {
             ids,
@@ -322,6 +323,7 @@ impl Room {
                     continue;
                 }
                 diff.compute(previous, &me.visible, changed);
+                diffs += 1;
                 if diff.is_empty() {
                     continue;
                 }
@@ -356,6 +358,7 @@ impl Room {
                 members.get(&m).map(|m| m.visible.as_slice())
             }) {
                 diff.compute(previous, &me.visible, changed);
+                diffs += 1;
                 let frame = (!diff.is_empty()).then(|| {
                     let tick = self.tick;
                     frames.frame_at(diff, |diff, out| {
@@ -391,6 +394,7 @@ impl Room {
         last.forget();
         self.view_scratch = scratch;
         metrics::counter!(m::UPDATE_ENCODES).increment(encodes);
+        metrics::counter!(m::VIEW_DIFFS).increment(diffs);
         metrics::counter!(m::UPDATE_FRAMES).increment(sent);
     }
 }
