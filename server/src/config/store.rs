@@ -34,6 +34,12 @@ pub struct StoreConfig {
     pub durable_timeout_ms: u64,
     /// Durable ops in flight at most; more fail fast as unavailable.
     pub durable_max_in_flight: usize,
+    /// Threads the store may block at once (its runtime's blocking pool:
+    /// every embedded-store transaction runs on one). redb writes one
+    /// transaction at a time, so more threads only wait on its lock, each
+    /// holding a stack and an allocator cache: a login burst of 256
+    /// profile loads once started 248 of them.
+    pub io_threads: usize,
     /// Backoff between retries after a failure: doubles from min to max,
     /// with jitter.
     pub retry_min_ms: u64,
@@ -50,6 +56,9 @@ pub struct StoreConfig {
     /// pending.
     pub ledger_retention_ms: u64,
 }
+
+/// The most `store.io_threads` accepted.
+pub const MAX_STORE_IO_THREADS: usize = 512;
 
 /// At least an hour of ledger: a shorter one would forget ops that are
 /// still being retried.
@@ -109,6 +118,7 @@ impl Default for StoreConfig {
             flush_timeout_ms: 5_000,
             durable_timeout_ms: 2_000,
             durable_max_in_flight: 256,
+            io_threads: 4,
             retry_min_ms: 100,
             retry_max_ms: 10_000,
             shutdown_flush_deadline_ms: 5_000,
@@ -159,6 +169,11 @@ impl StoreConfig {
         positive("retry_min_ms", self.retry_min_ms);
         positive("retry_max_ms", self.retry_max_ms);
         positive("trade_recovery_age_ms", self.trade_recovery_age_ms);
+        if !(1..=MAX_STORE_IO_THREADS).contains(&self.io_threads) {
+            errors.push(format!(
+                "store.io_threads must be between 1 and {MAX_STORE_IO_THREADS}"
+            ));
+        }
         if self.retry_min_ms > self.retry_max_ms {
             errors.push("store.retry_min_ms must not exceed store.retry_max_ms".into());
         }

@@ -381,3 +381,19 @@ fn the_embedded_page_cache_is_bounded_and_named_when_wrong() {
     let config = Config::load(None, env(&[("TESSERA_STORE__EMBEDDED__CACHE_MB", "8")])).unwrap();
     assert_eq!(config.store.embedded.cache_mb, 8);
 }
+
+#[test]
+fn the_store_threads_are_bounded_and_named_when_wrong() {
+    let mut config = Config::default();
+    assert_eq!(config.store.io_threads, 4);
+    for bad in [0, super::store::MAX_STORE_IO_THREADS + 1] {
+        config.store.io_threads = bad;
+        let message = config.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("store.io_threads must be between 1 and 512"),
+            "{message}"
+        );
+    }
+    let config = Config::load(None, env(&[("TESSERA_STORE__IO_THREADS", "2")])).unwrap();
+    assert_eq!(config.store.io_threads, 2);
+}

@@ -97,6 +97,7 @@ impl Persister {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .thread_name("tessera-store-io")
+            .max_blocking_threads(config.io_threads)
             .build()
             .map_err(|e| StoreError::Backend(format!("cannot build the store runtime: {e}")))?;
         let inner = Arc::new(Inner {

@@ -32,7 +32,8 @@
 //! - The `mongodb` driver spawns its connection pool workers and monitors
 //!   on the runtime that first uses it; they must not live on a room's
 //!   Arbiter. redb's blocking calls run on this runtime's blocking pool, not
-//!   on a worker thread that ticks rooms.
+//!   on a worker thread that ticks rooms; the pool has at most
+//!   `store.io_threads` threads (redb writes one transaction at a time).
 //! - Nothing a room does can queue up here: a volatile write is an insert
 //!   into a sharded map (latest wins), so memory is bounded by the number of
 //!   dirty keys, not by the number of updates, and there is no mailbox that
