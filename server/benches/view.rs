@@ -9,6 +9,7 @@
 //!
 //!     cargo bench -p server --bench view
 //!     cargo bench -p server --bench view -- --players 100 --moving 100 --ticks 4000
+//!     cargo bench -p server --bench view -- --radius 2000     # the whole map: everyone in view
 //!
 //! Two pipelines run alternately over the same positions:
 //! - **plain**: as before issue 12's tick pass: the query reads each
@@ -39,7 +40,9 @@ use server::room::view::{write_diff, Changed, MovedEntries, TickFrames, ViewDiff
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 const MAP: f32 = 1000.0;
-const RADIUS: f32 = 400.0;
+/// The default view radius (`--radius` sets another: 2000 is the whole
+/// map, where everyone sees everyone).
+const RADIUS: usize = 400;
 const SPEED: f32 = 200.0;
 const TICK_HZ: f32 = 20.0;
 /// The loadbot's random walk (`loadbot/src/scenario.rs`): the chance of a
@@ -124,6 +127,7 @@ struct Room {
     frames: TickFrames,
     rng: Rng,
     tick: u64,
+    radius: f32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -143,9 +147,9 @@ enum Stage {
 }
 
 impl Room {
-    fn new(players: usize, moving_percent: usize) -> Room {
+    fn new(players: usize, moving_percent: usize, radius: f32) -> Room {
         let mut rng = Rng(0x5eed_1234_abcd_0001);
-        let mut grid = Grid::new(RADIUS);
+        let mut grid = Grid::new(radius);
         let mut map = FastMap::default();
         for i in 0..players {
             let id = i as EntityId + 1;
@@ -185,11 +189,12 @@ impl Room {
             frames: TickFrames::default(),
             rng,
             tick: 0,
+            radius,
         };
         for &id in &room.ids {
             let p = &room.players[&id];
             let mut view = Vec::new();
-            room.grid.query(p.x, p.y, RADIUS, &mut view);
+            room.grid.query(p.x, p.y, radius, &mut view);
             room.players.get_mut(&id).unwrap().visible = view;
         }
         room
@@ -253,7 +258,7 @@ impl Room {
         for &id in &self.ids {
             let me = self.players.get_mut(&id).unwrap();
             self.grid
-                .query_cached(me.x, me.y, RADIUS, &mut self.cache, &mut self.previous);
+                .query_cached(me.x, me.y, self.radius, &mut self.cache, &mut self.previous);
             std::mem::swap(&mut me.visible, &mut self.previous);
             if stage == Stage::Query {
                 black_box(&me.visible);
@@ -306,8 +311,9 @@ fn main() {
     let moving = arg("--moving", 100).min(100);
     let ticks = arg("--ticks", 4000);
     let rounds = arg("--rounds", 9).max(1);
+    let radius = arg("--radius", RADIUS).max(1) as f32;
     println!(
-        "room of {players}, {moving}% moving, map {MAP}x{MAP}, view radius {RADIUS}, \
+        "room of {players}, {moving}% moving, map {MAP}x{MAP}, view radius {radius}, \
          {ticks} ticks a round, {rounds} rounds, pipelines alternating"
     );
     // Query alone, query + diff and query + diff + frame, per pipeline.
@@ -325,7 +331,10 @@ fn main() {
         // The same walk for all: each run its own room from the same
         // seed, stepped together; the two pipelines' frames are compared
         // tick by tick.
-        let mut rooms: Vec<Room> = runs.iter().map(|_| Room::new(players, moving)).collect();
+        let mut rooms: Vec<Room> = runs
+            .iter()
+            .map(|_| Room::new(players, moving, radius))
+            .collect();
         let mut sums = vec![0u64; runs.len()];
         let mut sinks: Vec<Vec<Bytes>> = vec![Vec::new(); runs.len()];
         for t in 0..ticks {
