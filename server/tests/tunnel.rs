@@ -904,3 +904,55 @@ async fn the_peer_table_shows_the_connection_s_quic_counters() {
     );
     cluster.close().await;
 }
+
+/// The QUIC path MTU `from` has found towards `to` (0: not connected).
+fn path_mtu(from: &PeerHub, to: &str) -> u16 {
+    from.snapshot()
+        .peers
+        .iter()
+        .find(|p| p.shard_id == to)
+        .and_then(|p| p.quic.as_ref())
+        .map_or(0, |q| q.mtu)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_mtu_discovery_climbs_to_max_udp_payload_on_loopback() {
+    let mut cluster = Cluster::new();
+    let jumbo = |id: &str| TunnelSettings {
+        max_udp_payload: 8952,
+        ..settings(id)
+    };
+    let a = cluster.start(jumbo("a")).await;
+    let b = cluster.start(jumbo("b")).await;
+    let mut b_chat = b.listen("/tessera/chat/1");
+    round_trip(&a, "b", &mut b_chat, "/tessera/chat/1").await;
+    // Loopback carries 65,536 bytes: discovery climbs from 1200 to near
+    // the ceiling both ways (within quinn's last step, 20 bytes).
+    eventually("a's path MTU above 8900", || async {
+        path_mtu(&a, "b") > 8900
+    })
+    .await;
+    eventually("b's path MTU above 8900", || async {
+        path_mtu(&b, "a") > 8900
+    })
+    .await;
+    assert!(path_mtu(&a, "b") <= 8952);
+    // A frame larger than one Ethernet datagram crosses whole.
+    let out = a.open("b", "/tessera/chat/1").await.expect("stream opens");
+    let big = "x".repeat(20_000);
+    out.tx.send_reliable(Bytes::from(big.clone())).unwrap();
+    let mut inc = accepted(&mut b_chat).await;
+    assert_eq!(recv_text(&mut inc).await, big);
+    cluster.close().await;
+
+    // The default ceiling (within Ethernet's MTU) holds even where the
+    // path carries more.
+    let mut cluster = Cluster::new();
+    let c = cluster.start(settings("c")).await;
+    let d = cluster.start(settings("d")).await;
+    let mut d_chat = d.listen("/tessera/chat/1");
+    round_trip(&c, "d", &mut d_chat, "/tessera/chat/1").await;
+    let mtu = path_mtu(&c, "d");
+    assert!((1200..=1452).contains(&mtu), "default ceiling: {mtu}");
+    cluster.close().await;
+}

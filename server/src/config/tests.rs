@@ -363,6 +363,20 @@ fn tunnel_limits_are_checked_with_the_field_named() {
     config.cluster.tunnel.max_frame = 10;
     let err = config.validate().unwrap_err().to_string();
     assert!(err.contains("cluster.tunnel.max_frame"), "{err}");
+    config.cluster.tunnel.max_frame = 1 << 20;
+    config.cluster.tunnel.max_udp_payload = 1199;
+    let err = config.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("cluster.tunnel.max_udp_payload must be 1200 to 65527"),
+        "{err}"
+    );
+    // From the environment too, as a studio would set it.
+    let loaded = Config::load(
+        None,
+        env(&[("TESSERA_CLUSTER__TUNNEL__MAX_UDP_PAYLOAD", "8952")]),
+    )
+    .unwrap();
+    assert_eq!(loaded.cluster.tunnel.max_udp_payload, 8952);
 }
 
 #[test]

@@ -16,6 +16,13 @@ pub const MAX_ACK_ELICITING_THRESHOLD: u32 = 9;
 /// (or the RTT, when that is longer) whatever is asked.
 pub const MAX_ACK_DELAY_MS: u64 = 25;
 
+/// The smallest `max_udp_payload`: QUIC's own minimum datagram.
+pub const MIN_UDP_PAYLOAD: u16 = 1200;
+
+/// The largest `max_udp_payload`: the most a UDP datagram carries over
+/// IPv6 (quinn's own ceiling).
+pub const MAX_UDP_PAYLOAD: u16 = 65527;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TunnelConfig {
@@ -59,6 +66,20 @@ pub struct TunnelConfig {
     /// The longest a peer may hold an ACK back, asked with the same
     /// extension. QUIC caps it at the larger of the RTT and 25 ms.
     pub max_ack_delay_ms: u64,
+    /// The largest UDP payload a tunnel sends or accepts, in bytes. Each
+    /// connection starts at 1200 and discovers its path's MTU up to this
+    /// (QUIC path MTU discovery: probes, and a fall back to 1200 when a
+    /// path stops carrying them), and tells its peer it accepts no more
+    /// (QUIC's `max_udp_payload_size`), so a high value is safe on any
+    /// network. The default stays within Ethernet's 1500 bytes over IPv4
+    /// and IPv6. Shards on one machine (loopback) or on a network with
+    /// jumbo frames (most cloud networks inside one region: 9000) may
+    /// raise it, 8952 say: the same bytes in fewer, larger datagrams (a
+    /// third fewer on the benchmark's loopback, BENCHMARKS.md). The cost:
+    /// the tunnel endpoint's receive buffer grows with it (2,048
+    /// datagrams' worth: 3 MiB at 1452, 18 MiB at 8952, mostly untouched
+    /// pages).
+    pub max_udp_payload: u16,
 }
 
 impl Default for TunnelConfig {
@@ -80,6 +101,7 @@ impl Default for TunnelConfig {
             max_handshakes: 64,
             ack_eliciting_threshold: 8,
             max_ack_delay_ms: 25,
+            max_udp_payload: 1452,
         }
     }
 }
@@ -132,6 +154,12 @@ impl TunnelConfig {
             return bad(
                 "ack_eliciting_threshold",
                 &format!("must be at most {MAX_ACK_ELICITING_THRESHOLD} (a congestion window's worth of packets unacknowledged stalls the sender)"),
+            );
+        }
+        if !(MIN_UDP_PAYLOAD..=MAX_UDP_PAYLOAD).contains(&self.max_udp_payload) {
+            return bad(
+                "max_udp_payload",
+                &format!("must be {MIN_UDP_PAYLOAD} to {MAX_UDP_PAYLOAD} bytes (QUIC's minimum datagram to UDP's largest)"),
             );
         }
         if !(1..=MAX_ACK_DELAY_MS).contains(&self.max_ack_delay_ms) {

@@ -67,6 +67,9 @@ pub struct TunnelSettings {
     pub ack_eliciting_threshold: u32,
     /// The longest a peer may hold an ACK back. Default 25 ms.
     pub max_ack_delay: Duration,
+    /// The largest UDP payload sent or accepted (path MTU discovery's
+    /// ceiling). Default 1452.
+    pub max_udp_payload: u16,
 }
 
 impl Default for TunnelSettings {
@@ -94,6 +97,7 @@ impl Default for TunnelSettings {
             max_handshakes: 0,
             ack_eliciting_threshold: 0,
             max_ack_delay: Duration::ZERO,
+            max_udp_payload: 0,
         }
         .with_limits(&TunnelConfig::default())
     }
@@ -120,6 +124,7 @@ impl TunnelSettings {
             max_handshakes: limits.max_handshakes,
             ack_eliciting_threshold: limits.ack_eliciting_threshold,
             max_ack_delay: ms(limits.max_ack_delay_ms),
+            max_udp_payload: limits.max_udp_payload,
             ..self
         }
     }
@@ -144,6 +149,7 @@ impl TunnelSettings {
             max_handshakes: self.max_handshakes,
             ack_eliciting_threshold: self.ack_eliciting_threshold,
             max_ack_delay_ms: ms(self.max_ack_delay),
+            max_udp_payload: self.max_udp_payload,
         }
     }
 }
@@ -316,5 +322,22 @@ mod tests {
             }),
             "max_ack_delay"
         );
+        for payload in [0, 1199, 65528] {
+            assert_eq!(
+                field(TunnelSettings {
+                    max_udp_payload: payload,
+                    ..good()
+                }),
+                "max_udp_payload",
+                "{payload}"
+            );
+        }
+        for payload in [1200, 1472, 8952, 65527] {
+            let settings = TunnelSettings {
+                max_udp_payload: payload,
+                ..good()
+            };
+            assert_eq!(settings.validate(), Ok(()), "{payload}");
+        }
     }
 }

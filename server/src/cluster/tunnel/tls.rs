@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{
-    AckFrequencyConfig, ClientConfig, Endpoint, IdleTimeout, ServerConfig, TransportConfig, VarInt,
+    AckFrequencyConfig, ClientConfig, Endpoint, EndpointConfig, IdleTimeout, MtuDiscoveryConfig,
+    ServerConfig, TokioRuntime, TransportConfig, VarInt,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls13_signature, CryptoProvider};
@@ -67,8 +68,13 @@ pub fn endpoint(settings: &TunnelSettings) -> Result<Endpoint, TunnelError> {
     let mut client = ClientConfig::new(Arc::new(client_crypto));
     client.transport_config(transport);
 
-    let mut endpoint =
-        Endpoint::server(server, settings.listen).map_err(|e| bind_err(e.to_string()))?;
+    let mut config = EndpointConfig::default();
+    config
+        .max_udp_payload_size(settings.max_udp_payload)
+        .map_err(|e| bind_err(format!("max_udp_payload: {e}")))?;
+    let socket = std::net::UdpSocket::bind(settings.listen).map_err(|e| bind_err(e.to_string()))?;
+    let mut endpoint = Endpoint::new(config, Some(server), socket, Arc::new(TokioRuntime))
+        .map_err(|e| bind_err(e.to_string()))?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
 }
@@ -85,8 +91,19 @@ fn transport(settings: &TunnelSettings) -> TransportConfig {
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .stream_receive_window(VarInt::from_u32(settings.stream_window))
         .initial_rtt(Duration::from_millis(10))
-        .ack_frequency_config(Some(ack_frequency(settings)));
+        .ack_frequency_config(Some(ack_frequency(settings)))
+        .mtu_discovery_config(Some(mtu_discovery(settings)));
     t
+}
+
+/// Path MTU discovery up to `max_udp_payload` (1452 by default, quinn's
+/// own default: within Ethernet's MTU). The peer's own `max_udp_payload`
+/// caps it too: the endpoint sends it in the handshake as QUIC's
+/// `max_udp_payload_size`.
+fn mtu_discovery(settings: &TunnelSettings) -> MtuDiscoveryConfig {
+    let mut mtu = MtuDiscoveryConfig::default();
+    mtu.upper_bound(settings.max_udp_payload);
+    mtu
 }
 
 /// What this side asks of its peer with QUIC's ACK frequency extension
