@@ -77,8 +77,8 @@ pub struct TunnelConfig {
     /// raise it, 8952 say: the same bytes in fewer, larger datagrams (a
     /// third fewer on the benchmark's loopback, BENCHMARKS.md). The cost:
     /// the tunnel endpoint's receive buffer grows with it (2,048
-    /// datagrams' worth: 3 MiB at 1452, 18 MiB at 8952, mostly untouched
-    /// pages).
+    /// datagrams' worth, allocated at start, its pages filled as
+    /// datagrams arrive: 3 MiB at 1452, 18 MiB at 8952).
     pub max_udp_payload: u16,
 }
 
