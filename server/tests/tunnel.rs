@@ -952,6 +952,12 @@ async fn path_mtu_discovery_climbs_to_max_udp_payload_on_loopback() {
     let d = cluster.start(settings("d")).await;
     let mut d_chat = d.listen("/tessera/chat/1");
     round_trip(&c, "d", &mut d_chat, "/tessera/chat/1").await;
+    // Wait for discovery to have climbed (it starts at 1200), so the
+    // ceiling is what stops it rather than a discovery not yet run.
+    eventually("c's path MTU above 1400", || async {
+        path_mtu(&c, "d") > 1400
+    })
+    .await;
     let mtu = path_mtu(&c, "d");
     assert!((1200..=1452).contains(&mtu), "default ceiling: {mtu}");
     cluster.close().await;
