@@ -246,14 +246,16 @@ fn main() {
             let ids = TickIds::read(&back);
             let mut mv = Vec::new();
             for view in &back.views {
-                let mut laid: Vec<Vec<u32>> = Vec::new();
+                let mut laid: Vec<(Vec<u32>, Bytes)> = Vec::new();
                 for &s in &view.sessions {
                     let p = &mut all[s as usize - 1];
                     assert_eq!(p.known.advance(&back, &ids, view, &mut mv), Ok(true));
-                    if !laid.contains(&mv) {
-                        frame.clear();
-                        back.write_view(view, &mv, &mut frame).unwrap();
-                        laid.push(mv.clone());
+                    if !laid.iter().any(|(m, _)| *m == mv) {
+                        // As the edge does: each distinct frame in its own
+                        // buffer, which becomes the frame's `Bytes`.
+                        let mut out = Vec::new();
+                        back.write_view(view, &mv, &mut out).unwrap();
+                        laid.push((mv.clone(), Bytes::from(out)));
                         implied_frames += 1;
                     }
                 }

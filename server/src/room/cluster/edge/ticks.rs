@@ -24,8 +24,6 @@ use crate::metrics as m;
 #[derive(Default)]
 pub(super) struct TickScratch {
     frame: Vec<u8>,
-    /// The length of the last frame laid out (implied ticks).
-    frame_len: usize,
     moved: Vec<u32>,
     /// One view's frames by their `moved` (implied ticks).
     frames: Vec<(Vec<u32>, Bytes)>,
@@ -83,13 +81,12 @@ pub(super) fn on_tick(inner: &mut Inner, tick: &Tick, scratch: &mut TickScratch)
                 Some(at) => at,
                 None => {
                     // Laid out in its own buffer, which becomes the frame
-                    // without a copy; sized like the last one.
-                    let mut out = Vec::with_capacity(scratch.frame_len);
+                    // without a copy (`write_view` sizes it once).
+                    let mut out = Vec::new();
                     if tick.write_view(view, moved, &mut out).is_err() {
                         bad += 1;
                         continue;
                     }
-                    scratch.frame_len = out.len();
                     scratch.frames.push((moved.clone(), Bytes::from(out)));
                     scratch.frames.len() - 1
                 }
