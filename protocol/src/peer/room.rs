@@ -249,9 +249,7 @@ impl Tick {
         );
         Ok(())
     }
-}
 
-impl Tick {
     /// At most how many bytes [`Tick::write_view`] appends for `view`
     /// with `moved`: its entries' bytes, each `left` id at its longest
     /// and the frame's fixed fields at theirs; an error for an index the
