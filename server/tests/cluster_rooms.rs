@@ -777,9 +777,27 @@ async fn a_killed_owner_is_replaced_and_players_on_other_shards_keep_their_place
     owner.kill_hard();
     // Its lease expires; the room is placed on a or b, at a higher epoch,
     // and both players are seated again where they stood.
+    let mut new_ids = Vec::new();
     for (i, c) in [&mut ann, &mut bob].into_iter().enumerate() {
-        moved_and_kept_its_place(c, at[i]).await;
+        new_ids.push(moved_and_kept_its_place(c, at[i]).await);
     }
+    // The new incarnation never hands out an id of the old one: an id a
+    // client still holds from before its new `joined` names nobody, so a
+    // give naming bob's old id is refused (3007), never given to whoever
+    // took that number.
+    let old_ids = [ann_joined.you, bob_joined.you];
+    assert!(
+        new_ids.iter().all(|id| !old_ids.contains(id)),
+        "ids before {old_ids:?}, after {new_ids:?}"
+    );
+    ann.give(1, bob_joined.you, 1).await;
+    let refused = common::wait_for(PATIENCE, &mut ann, "the give's answer", |m| match m {
+        ServerMsg::Done(d) if d.req == 1 => Some(0),
+        ServerMsg::Error(e) if e.req == Some(1) => Some(e.code),
+        _ => None,
+    })
+    .await;
+    assert_eq!(refused, ErrorCode::NoSuchTarget.as_u16());
     let (new_owner, new_epoch) = dir.owner(&room).await.unwrap().expect("leased again");
     assert!(["a", "b"].contains(&new_owner.as_str()));
     assert!(new_epoch > epoch);

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use super::supervision::{MAX_CHILD_BACKOFF_MS, MAX_EXTRA_ARBITERS};
-use super::world::validate_map;
+use super::world::{validate_map, MAX_PLAYERS_CAP};
 use super::{AuthMode, Config, ConfigError, IpNet};
 
 impl Config {
@@ -138,6 +138,11 @@ impl Config {
             errors.push(format!(
                 "log.level {:?} is not a valid filter",
                 self.log.level
+            ));
+        }
+        if self.rooms.max_players > MAX_PLAYERS_CAP {
+            errors.push(format!(
+                "rooms.max_players must be at most {MAX_PLAYERS_CAP}"
             ));
         }
         let mut names = BTreeSet::new();

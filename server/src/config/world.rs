@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use super::Config;
 
+/// The highest player cap of a room (`rooms.max_players`, a map's
+/// `max_players`): entity ids come in blocks of twice the cap (see the
+/// room's `entity_ids`), and eight of them fit in 32 bits.
+pub const MAX_PLAYERS_CAP: usize = 1_000_000;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoomsConfig {
@@ -32,7 +37,8 @@ pub struct RoomsConfig {
     pub tick_hz: u32,
     /// Default view radius of a map that sets none.
     pub view_radius: f32,
-    /// Default player cap of a map that sets none.
+    /// Default player cap of a map that sets none (1 to
+    /// [`MAX_PLAYERS_CAP`]).
     pub max_players: usize,
     /// An empty room stops after this long.
     pub idle_stop_ms: u64,
@@ -304,8 +310,8 @@ pub(super) fn validate_map(at: &str, m: &MapConfig, errors: &mut Vec<String>) {
     if m.view_radius.is_some_and(|r| !positive(r)) {
         errors.push(format!("{at}.view_radius must be a positive number"));
     }
-    if m.max_players == Some(0) {
-        errors.push(format!("{at}.max_players must be greater than 0"));
+    if m.max_players.is_some_and(|n| n == 0 || n > MAX_PLAYERS_CAP) {
+        errors.push(format!("{at}.max_players must be 1 to {MAX_PLAYERS_CAP}"));
     }
     if m.idle_stop_ms == Some(0) {
         errors.push(format!("{at}.idle_stop_ms must be greater than 0"));

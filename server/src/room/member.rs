@@ -290,8 +290,8 @@ impl Room {
         if self.members.len() >= self.map.max_players {
             return Err(JoinError::Full);
         }
-        let id = self.next_entity;
-        self.next_entity = self.next_entity.wrapping_add(1).max(1);
+        let members = &self.members;
+        let id = self.entity_ids.allocate(|id| members.contains_key(&id));
         let (x, y) = match msg.spawn_at {
             Some((x, y)) if x.is_finite() && y.is_finite() => {
                 (x.clamp(0.0, self.map.width), y.clamp(0.0, self.map.height))

@@ -52,6 +52,7 @@
 
 pub mod cluster;
 mod effects;
+mod entity_ids;
 mod freeze;
 pub mod grid;
 pub mod ground;
@@ -115,7 +116,7 @@ pub struct Room {
     supervisor: Arc<RoomSupervisor>,
     slot: Arc<RoomSlot>,
     tick: u64,
-    next_entity: EntityId,
+    entity_ids: entity_ids::EntityIds,
     sessions: FastMap<SessionId, EntityId>,
     members: FastMap<EntityId, Member>,
     grid: Grid,
@@ -159,6 +160,8 @@ impl Room {
             view_radius: map.view_radius,
             speed: map.speed,
         };
+        // Ids of this lease epoch's block (see `entity_ids`).
+        let entity_ids = entity_ids::EntityIds::new(supervisor.epoch(&id), map.max_players);
         let mut room = Room {
             label: Arc::from(id.to_string()),
             id,
@@ -168,7 +171,7 @@ impl Room {
             supervisor,
             slot,
             tick: 0,
-            next_entity: 1,
+            entity_ids,
             sessions: FastMap::default(),
             members: FastMap::default(),
             empty_since: Some(Instant::now()),

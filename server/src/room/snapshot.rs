@@ -43,7 +43,7 @@ impl Room {
     /// re-attached; one whose connection closed is kept as disconnected.
     pub(super) fn load(&mut self, snapshot: &RoomSnapshot) {
         self.tick = snapshot.tick;
-        self.next_entity = snapshot.next_entity;
+        self.entity_ids.resume_at(snapshot.next_entity);
         for (id, state) in &snapshot.members {
             if !state.link.out.is_member(state.link.epoch) {
                 continue;
@@ -85,7 +85,7 @@ impl Room {
         match Arc::get_mut(&mut slot) {
             Some(snapshot) => {
                 snapshot.tick = self.tick;
-                snapshot.next_entity = self.next_entity;
+                snapshot.next_entity = self.entity_ids.next();
                 snapshot.members.clear();
                 snapshot.members.extend(members);
                 snapshot.ground = self.ground_snapshot.clone();
@@ -93,7 +93,7 @@ impl Room {
             None => {
                 *slot = Arc::new(RoomSnapshot {
                     tick: self.tick,
-                    next_entity: self.next_entity,
+                    next_entity: self.entity_ids.next(),
                     members: members.collect(),
                     ground: self.ground_snapshot.clone(),
                 });

@@ -130,14 +130,28 @@ impl MongoStore {
         }
     }
 
-    /// Roll a pending trade back: re-credit whoever was debited, then mark
-    /// it cancelled.
-    async fn cancel(&self, r: &TradeRecord, reason: &str) -> Result<(), StoreError> {
+    /// Roll a pending trade back: mark it cancelled, then re-credit
+    /// whoever was debited. The mark comes first and only a pending trade
+    /// takes it: the row's state is the one decision both the trading
+    /// shard (committing: pending to applied) and recovery (cancelling)
+    /// race for, so a trade its shard committed meanwhile is never undone
+    /// on one side (a debit refunded while the credit was already
+    /// skipped). False when the trade is committed (not ours to undo);
+    /// already cancelled by someone else, the re-credits are done again
+    /// (each is conditional on the side's mark, so at most once).
+    async fn cancel(&self, r: &TradeRecord, reason: &str) -> Result<bool, StoreError> {
+        let marked = self
+            .set_trade_state(&r.id, TradeState::Pending, TradeState::Cancelled, reason)
+            .await?;
+        if !marked {
+            let now = self.load_trade_record(&r.id).await?.map(|r| r.state);
+            if now != Some(TradeState::Cancelled) {
+                return Ok(false);
+            }
+        }
         self.credit_side(&r.id, &r.a, &r.a_gives).await?;
         self.credit_side(&r.id, &r.b, &r.b_gives).await?;
-        self.set_trade_state(&r.id, TradeState::Pending, TradeState::Cancelled, reason)
-            .await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Roll a committed trade forward: credit both sides, mark it done.
@@ -266,7 +280,13 @@ impl MongoStore {
         };
         for r in stuck_rows(self.trades(), filter, decode_trade).await? {
             match r.state {
-                TradeState::Pending => self.cancel(&r, "interrupted before commit").await?,
+                TradeState::Pending => {
+                    // Committed by its shard since it was read: that
+                    // shard (or the next pass) finishes it.
+                    if !self.cancel(&r, "interrupted before commit").await? {
+                        continue;
+                    }
+                }
                 TradeState::Applied => {
                     self.finish(&r).await?;
                 }
