@@ -137,7 +137,7 @@ loadbot_pid=
 echo
 echo "== $events events in ${seconds}s (seed ${CHAOS_SEED:-$$}); the loadbot:"
 ok=0
-python3 - "$out/loadbot.json" <<'PY' || ok=1
+python3 - "$out/loadbot.json" "$out/ledger.json" <<'PY' || ok=1
 import json, sys
 s = json.load(open(sys.argv[1]))
 # A resume token refused (2002-2004: bad, expired, used) makes the bot a
@@ -158,8 +158,22 @@ l = s.get("ledger") or {}
 print(f"durable gives acked {l.get('acked')} | in doubt {l.get('in_doubt')} | unanswered {l.get('unanswered')} | "
       f"refused {l.get('refused_by_code')} | players checked {l.get('players_checked')} "
       f"(unreadable {l.get('players_unreadable')}) | lost acks {l.get('lost_acks')} | duplicated {l.get('duplicated')}")
+try:
+    ops = json.load(open(sys.argv[2]))["ops"]
+except (OSError, ValueError, KeyError):
+    ops = []
+def outcome(op):
+    o = op["outcome"]
+    return o if isinstance(o, str) else "refused_" + str(next(iter(o.values())))
 for m in l.get("mismatches", []):
     print(f"  {m['player']} holds {m['stored']} in the store; its gives allow {m['lowest']}..={m['highest']}")
+    # What the ledger holds on that player, to start the search from.
+    for side in ("giver", "receiver"):
+        counts = {}
+        for op in ops:
+            if op[side] == m["player"]:
+                counts[outcome(op)] = counts.get(outcome(op), 0) + 1
+        print(f"    as {side}: {counts}")
 if l.get("first_unreadable"):
     print(f"  first unreadable: {l['first_unreadable']}")
 lost = not l.get("verified") or l.get("lost_acks") or l.get("duplicated") or l.get("players_unreadable")

@@ -5,9 +5,10 @@
 //!
 //! A give goes only to another bot (a name `<prefix><index>` in the
 //! `joined`'s entities) whose player id and starting balance are known, so
-//! the check can account for both sides. A bot whose room runs on another
-//! shard gets its gives refused (3004, nothing changed) until cross-shard
-//! durable actions exist; the ledger counts them as refused.
+//! the check can account for both sides. The targets are the entity ids
+//! of the last `joined`: a give sent after the room moved but before the
+//! new `joined` arrived names an id of the old incarnation, which names
+//! nobody now (3007, counted as refused).
 
 use protocol::msg::{Give, Joined};
 use protocol::{ClientMsg, ErrorCode, NoticeCode, ServerMsg};

@@ -36,9 +36,9 @@ pub const MAX_DURABLE_RATE: f64 = 5.0;
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct DurableArgs {
     /// Durable actions per second per bot (a `give` of 1 coin to another
-    /// bot standing in the same room), 0 for none. Only bots whose socket is
-    /// on their room's owner give (with --redis; every bot without it):
-    /// a durable action in a room owned by another shard is refused today.
+    /// bot standing in the same room, wherever either's socket is), 0 for
+    /// none. Shards with a store each refuse a give between players
+    /// connected to different shards (3010, counted as refused).
     #[arg(long, default_value_t = 0.0)]
     pub durable_rate: f64,
     /// After the run, read every involved player's inventory from the store
