@@ -687,6 +687,10 @@ mod cases {
         assert!(!unsent.is_empty());
         p.flush().await.unwrap();
         assert_eq!(p.dirty_keys(), 0);
+        assert!(p.stats().flush_failures > 0);
+        // Ops answered in doubt go on in the background: shutting down
+        // waits for them, so what is read below is final.
+        p.shutdown(Duration::from_secs(5)).await;
 
         let fresh = fx.fresh().await;
         let dora = fresh.load_player("dora".into()).await.unwrap().unwrap();
@@ -711,8 +715,6 @@ mod cases {
             let stored = fresh.load_player(id.clone()).await.unwrap().unwrap();
             assert_eq!(stored.state.x, *x, "{id}: latest state lost");
         }
-        assert!(p.stats().flush_failures > 0);
-        p.shutdown(Duration::from_secs(5)).await;
     }
 
     /// Shutdown writes everything dirty before it returns.

@@ -131,6 +131,10 @@ pub mod metric {
     pub const HEALTHY: &str = "tessera_store_healthy";
     /// Documents that could not be read or written, reported and skipped.
     pub const BAD_DOCUMENTS: &str = "tessera_store_bad_documents_total";
+    /// Durable ops answered in doubt (no answer within
+    /// `store.durable_timeout_ms`) that went on in the background to
+    /// settle.
+    pub const DURABLE_SETTLED_LATE: &str = "tessera_store_durable_settled_late_total";
     /// Trades finished or rolled back by recovery.
     pub const TRADES_RECOVERED: &str = "tessera_store_trades_recovered_total";
     /// Volatile documents skipped because the store holds a newer revision.

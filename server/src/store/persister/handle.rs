@@ -557,8 +557,14 @@ impl Inner {
         self.run(store, permit, f).await
     }
 
-    /// Run `f` holding `permit`, on the store runtime, within the durable
-    /// timeout; the [`Breaker`] judges the answer.
+    /// Run `f` holding `permit`, on the store runtime; the [`Breaker`]
+    /// judges its answer, or its silence past the durable timeout (in
+    /// doubt). A silent op is not dropped: every step of a durable op is
+    /// conditional and idempotent (a retry with the same id may run beside
+    /// it), so it goes on, holding its slot, until it ends or for at most
+    /// `store.trade_recovery_age_ms`. A trade that was slow to commit is
+    /// then finished now, not left half-done for recovery to settle a
+    /// minute or two later while its receiver waits for the coins.
     async fn run<T, F, Fut>(
         self: &Arc<Self>,
         store: Arc<dyn Store>,
@@ -571,13 +577,22 @@ impl Inner {
         Fut: Future<Output = Result<T, OpError>> + Send + 'static,
     {
         let timeout = self.config.durable_timeout();
+        let settle = Duration::from_millis(self.config.trade_recovery_age_ms);
         let inner = self.clone();
-        let task = self.runtime.spawn(async move {
+        let (answer_tx, answer_rx) = oneshot::channel();
+        self.runtime.spawn(async move {
             let _permit = permit;
             let backend = store.backend();
-            let answer = tokio::time::timeout(timeout, f(store)).await.ok();
-            inner.health.judge(answer, timeout, backend)
+            let work = f(store);
+            tokio::pin!(work);
+            let answer = tokio::time::timeout(timeout, &mut work).await.ok();
+            let silent = answer.is_none();
+            let _ = answer_tx.send(inner.health.judge(answer, timeout, backend));
+            if silent {
+                metrics::counter!(metric::DURABLE_SETTLED_LATE).increment(1);
+                let _ = tokio::time::timeout(settle, work).await;
+            }
         });
-        task.await.unwrap_or(Err(DurableError::ShutDown))
+        answer_rx.await.unwrap_or(Err(DurableError::ShutDown))
     }
 }

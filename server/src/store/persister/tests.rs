@@ -15,10 +15,12 @@ use mongodb::bson::Document;
 use std::sync::atomic::AtomicUsize;
 
 /// An embedded store whose first `panics` volatile writes panic, as a
-/// bug in a driver or in the flusher itself would.
+/// bug in a driver or in the flusher itself would, and whose durable ops
+/// take `apply_delay_ms` before they start.
 struct PanickyStore {
     inner: EmbeddedStore,
     panics: AtomicUsize,
+    apply_delay_ms: u64,
 }
 
 impl Store for PanickyStore {
@@ -44,7 +46,11 @@ impl Store for PanickyStore {
         .boxed()
     }
     fn apply(&self, op: DurableOp) -> BoxFuture<'_, Result<DurableAck, OpError>> {
-        self.inner.apply(op)
+        async move {
+            tokio::time::sleep(Duration::from_millis(self.apply_delay_ms)).await;
+            self.inner.apply(op).await
+        }
+        .boxed()
     }
     fn load_or_create_player(&self, id: String, name: String) -> StoreFuture<'_, PlayerProfile> {
         self.inner.load_or_create_player(id, name)
@@ -162,6 +168,50 @@ async fn a_burst_of_profile_loads_waits_for_durable_slots_instead_of_failing() {
     assert!(!report.deadline_hit, "{report:?}");
 }
 
+/// An op the store does not answer within the durable timeout is
+/// answered in doubt, and is not dropped: it goes on and lands, so a
+/// half-done trade does not wait for recovery.
+#[tokio::test]
+async fn an_op_answered_in_doubt_goes_on_and_lands() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = quick_config(dir.path(), 60_000);
+    config.durable_timeout_ms = 100;
+    let store = PanickyStore {
+        inner: EmbeddedStore::open(dir.path()).unwrap(),
+        panics: AtomicUsize::new(0),
+        apply_delay_ms: 400,
+    };
+    store
+        .load_or_create_player("alice".into(), "alice".into())
+        .await
+        .unwrap();
+    let tasks = Tasks::default();
+    let store: Arc<dyn Store> = Arc::new(store);
+    let p = Persister::spawn(config, Some(store.clone()), &tasks, quick_supervision(5)).unwrap();
+    assert!(p.wait_ready(Duration::from_secs(5)).await);
+    let op = DurableOp::Adjust(crate::store::Adjust {
+        op_id: "late-1".into(),
+        player: "alice".into(),
+        currency: 7,
+        ..Default::default()
+    });
+    let answer = p.durable(op).await;
+    assert!(
+        matches!(answer, Err(DurableError::InDoubt(_))),
+        "{answer:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let alice = store.load_player("alice".into()).await.unwrap().unwrap();
+        if alice.inventory.currency == 7 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the op never landed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.shutdown(Duration::from_secs(2)).await;
+}
+
 #[tokio::test]
 async fn a_flusher_that_panics_mid_flush_is_restarted_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -170,6 +220,7 @@ async fn a_flusher_that_panics_mid_flush_is_restarted_and_loses_nothing() {
     let store = PanickyStore {
         inner: EmbeddedStore::open(dir.path()).unwrap(),
         panics: AtomicUsize::new(1),
+        apply_delay_ms: 0,
     };
     let tasks = Tasks::default();
     let store: Arc<dyn Store> = Arc::new(store);
