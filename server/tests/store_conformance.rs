@@ -1429,6 +1429,180 @@ mod mongodb_only {
         });
     }
 
+    /// A cancel that comes after the trade committed (recovery read it
+    /// pending, its shard committed it before recovery got to it) changes
+    /// nothing: the debit stays and the credit is still made when the
+    /// trade is finished. (Before, the cancel re-credited the giver
+    /// first and pulled the receiver's mark, so the giver was refunded
+    /// and the receiver never credited.)
+    #[test]
+    fn a_cancel_after_the_commit_changes_nothing() {
+        run(Kind::Mongo, |fx| async move {
+            let config = fx.config();
+            let store = MongoStore::connect(&config.mongodb).await.unwrap();
+            store.prepare().await.unwrap();
+            for id in ["a", "b"] {
+                store
+                    .load_or_create_player(id.into(), id.into())
+                    .await
+                    .unwrap();
+                store
+                    .apply(adjust(&format!("seed-{id}"), id, 50))
+                    .await
+                    .unwrap();
+            }
+            let db = store.client().database(&config.mongodb.database);
+            let players = db.collection::<mongodb::bson::Document>(PLAYERS);
+            let trades = db.collection::<mongodb::bson::Document>("trades");
+            // Debited both sides and committed, not yet credited.
+            trades
+                .insert_one(doc! {
+                    "_id": "late", "v": 1, "state": "applied", "a": "a", "b": "b",
+                    "a_gives": { "currency": 10_i64, "items": {} },
+                    "b_gives": { "currency": 0_i64, "items": {} },
+                    "reason": "", "created_ms": 0_i64, "updated_ms": 0_i64,
+                })
+                .await
+                .unwrap();
+            for (id, debit) in [("a", 10_i64), ("b", 0)] {
+                players
+                    .update_one(
+                        doc! { "_id": id },
+                        doc! { "$inc": { "inventory.currency": -debit }, "$push": { "pending_trades": "late" } },
+                    )
+                    .await
+                    .unwrap();
+            }
+            assert!(!store.cancel_trade("late").await.unwrap(), "committed");
+            let a = store.load_player("a".into()).await.unwrap().unwrap();
+            assert_eq!(a.inventory.currency, 40, "the giver was not refunded");
+            assert_eq!(a.pending_trades, ["late"]);
+            let b = store.load_player("b".into()).await.unwrap().unwrap();
+            assert_eq!(b.pending_trades, ["late"], "the receiver's mark is kept");
+            // Recovery finishes it: the receiver gets the coins.
+            store.recover_trades(Duration::ZERO).await.unwrap();
+            let b = store.load_player("b".into()).await.unwrap().unwrap();
+            assert_eq!(b.inventory.currency, 60);
+            assert!(b.pending_trades.is_empty());
+            let state = store
+                .load_trade("late".into())
+                .await
+                .unwrap()
+                .unwrap()
+                .state;
+            assert_eq!(state, TradeState::Done);
+            // A pending one is cancelled, once.
+            trades
+                .insert_one(doc! {
+                    "_id": "early", "v": 1, "state": "pending", "a": "a", "b": "b",
+                    "a_gives": { "currency": 5_i64, "items": {} },
+                    "b_gives": { "currency": 0_i64, "items": {} },
+                    "reason": "", "created_ms": 0_i64, "updated_ms": 0_i64,
+                })
+                .await
+                .unwrap();
+            players
+                .update_one(
+                    doc! { "_id": "a" },
+                    doc! { "$inc": { "inventory.currency": -5_i64 }, "$push": { "pending_trades": "early" } },
+                )
+                .await
+                .unwrap();
+            assert!(store.cancel_trade("early").await.unwrap());
+            assert!(
+                store.cancel_trade("early").await.unwrap(),
+                "cancelled before"
+            );
+            let a = store.load_player("a".into()).await.unwrap().unwrap();
+            assert_eq!(a.inventory.currency, 40, "refunded once");
+            assert!(!store.cancel_trade("nobody").await.unwrap());
+        });
+    }
+
+    /// Recovery racing live trades: with a recovery age of 0 every
+    /// pending trade looks abandoned, so recovery runs beside each
+    /// trade's own steps. Whatever the interleaving, a trade is in both
+    /// inventories or in neither: every trade answered `done` ends done,
+    /// and the balances are what the done trades make them.
+    #[test]
+    fn recovery_racing_live_trades_never_half_undoes_one() {
+        run(Kind::Mongo, |fx| async move {
+            let config = fx.config();
+            let store = MongoStore::connect(&config.mongodb).await.unwrap();
+            store.prepare().await.unwrap();
+            for id in ["a", "b"] {
+                store
+                    .load_or_create_player(id.into(), id.into())
+                    .await
+                    .unwrap();
+                store
+                    .apply(adjust(&format!("seed-{id}"), id, 1_000))
+                    .await
+                    .unwrap();
+            }
+            const TRADES: usize = 60;
+            let trade = |i: usize| {
+                let (a, b) = if i % 2 == 0 { ("a", "b") } else { ("b", "a") };
+                Trade {
+                    id: format!("race-{i}"),
+                    a: a.into(),
+                    b: b.into(),
+                    a_gives: Bundle {
+                        currency: 1 + i as i64 % 3,
+                        items: BTreeMap::new(),
+                    },
+                    b_gives: Bundle::default(),
+                }
+            };
+            let done = std::cell::Cell::new(false);
+            let recovery = async {
+                let mut passes = 0;
+                while !done.get() {
+                    store.recover_trades(Duration::ZERO).await.unwrap();
+                    passes += 1;
+                }
+                passes
+            };
+            let trades = async {
+                let answers = futures_util::future::join_all(
+                    (0..TRADES).map(|i| store.apply(DurableOp::Trade(trade(i)))),
+                )
+                .await;
+                done.set(true);
+                answers
+            };
+            let (passes, answers) = tokio::join!(recovery, trades);
+            assert!(passes > 0);
+            // Settle whatever the race left half-done.
+            store.recover_trades(Duration::ZERO).await.unwrap();
+            let mut balance = BTreeMap::from([("a", 1_000_i64), ("b", 1_000_i64)]);
+            let mut committed = 0;
+            for (i, answer) in answers.iter().enumerate() {
+                let t = trade(i);
+                let state = store.load_trade(t.id.clone()).await.unwrap().unwrap().state;
+                if answer.is_ok() {
+                    assert_eq!(state, TradeState::Done, "{} was answered done", t.id);
+                }
+                assert!(
+                    matches!(state, TradeState::Done | TradeState::Cancelled),
+                    "{} left {state:?}",
+                    t.id
+                );
+                if state == TradeState::Done {
+                    committed += 1;
+                    *balance.get_mut(t.a.as_str()).unwrap() -= t.a_gives.currency;
+                    *balance.get_mut(t.b.as_str()).unwrap() += t.a_gives.currency;
+                }
+            }
+            tracing::info!(committed, passes, "trades raced by recovery");
+            for (id, want) in balance {
+                let p = store.load_player(id.into()).await.unwrap().unwrap();
+                assert_eq!(p.inventory.currency, want, "{id}");
+                assert!(p.pending_trades.is_empty(), "{id}: {:?}", p.pending_trades);
+            }
+        });
+    }
+
     /// Half-done adjustments (a shard died between the steps) are
     /// settled: one applied (the player holds its id) is marked done, one
     /// never applied is forgotten so that a retry applies it, a young one

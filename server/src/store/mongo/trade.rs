@@ -154,6 +154,18 @@ impl MongoStore {
         Ok(true)
     }
 
+    /// Roll trade `id` back if it is still pending, as recovery does to a
+    /// trade it judges abandoned: true if it is cancelled (now or
+    /// before), false if it was committed meanwhile (applied or done: left
+    /// alone) or is unknown. Whatever state the trade was last read in,
+    /// the decision is the row's.
+    pub async fn cancel_trade(&self, id: &str) -> Result<bool, StoreError> {
+        match self.load_trade_record(id).await? {
+            Some(r) => self.cancel(&r, "interrupted before commit").await,
+            None => Ok(false),
+        }
+    }
+
     /// Roll a committed trade forward: credit both sides, mark it done.
     async fn finish(&self, r: &TradeRecord) -> Result<[Option<Inventory>; 2], StoreError> {
         let a = self.credit_side(&r.id, &r.a, &r.b_gives).await?;
