@@ -1304,6 +1304,23 @@ mod mongodb_only {
     use server::store::{Persister, Store, StoreConfig};
     use store_support::{free_port, uri, Secantus};
 
+    /// A prepared store holding players `a` and `b` with `gold` each.
+    async fn players_a_and_b(config: &StoreConfig, gold: i64) -> MongoStore {
+        let store = MongoStore::connect(&config.mongodb).await.unwrap();
+        store.prepare().await.unwrap();
+        for id in ["a", "b"] {
+            store
+                .load_or_create_player(id.into(), id.into())
+                .await
+                .unwrap();
+            store
+                .apply(adjust(&format!("seed-{id}"), id, gold))
+                .await
+                .unwrap();
+        }
+        store
+    }
+
     /// A store that is not up yet is retried, not fatal; meanwhile durable
     /// writes fail fast and volatile ones queue, then are written.
     #[test]
@@ -1346,18 +1363,7 @@ mod mongodb_only {
     fn trade_recovery_settles_half_done_trades() {
         run(Kind::Mongo, |fx| async move {
             let config = fx.config();
-            let store = MongoStore::connect(&config.mongodb).await.unwrap();
-            store.prepare().await.unwrap();
-            for (id, gold) in [("a", 50), ("b", 50)] {
-                store
-                    .load_or_create_player(id.into(), id.into())
-                    .await
-                    .unwrap();
-                store
-                    .apply(adjust(&format!("seed-{id}"), id, gold))
-                    .await
-                    .unwrap();
-            }
+            let store = players_a_and_b(&config, 50).await;
             let db = store.client().database(&config.mongodb.database);
             let players = db.collection::<mongodb::bson::Document>(PLAYERS);
             let trades = db.collection::<mongodb::bson::Document>("trades");
@@ -1439,18 +1445,7 @@ mod mongodb_only {
     fn a_cancel_after_the_commit_changes_nothing() {
         run(Kind::Mongo, |fx| async move {
             let config = fx.config();
-            let store = MongoStore::connect(&config.mongodb).await.unwrap();
-            store.prepare().await.unwrap();
-            for id in ["a", "b"] {
-                store
-                    .load_or_create_player(id.into(), id.into())
-                    .await
-                    .unwrap();
-                store
-                    .apply(adjust(&format!("seed-{id}"), id, 50))
-                    .await
-                    .unwrap();
-            }
+            let store = players_a_and_b(&config, 50).await;
             let db = store.client().database(&config.mongodb.database);
             let players = db.collection::<mongodb::bson::Document>(PLAYERS);
             let trades = db.collection::<mongodb::bson::Document>("trades");
@@ -1528,18 +1523,7 @@ mod mongodb_only {
     fn recovery_racing_live_trades_never_half_undoes_one() {
         run(Kind::Mongo, |fx| async move {
             let config = fx.config();
-            let store = MongoStore::connect(&config.mongodb).await.unwrap();
-            store.prepare().await.unwrap();
-            for id in ["a", "b"] {
-                store
-                    .load_or_create_player(id.into(), id.into())
-                    .await
-                    .unwrap();
-                store
-                    .apply(adjust(&format!("seed-{id}"), id, 1_000))
-                    .await
-                    .unwrap();
-            }
+            let store = players_a_and_b(&config, 1_000).await;
             const TRADES: usize = 60;
             let trade = |i: usize| {
                 let (a, b) = if i % 2 == 0 { ("a", "b") } else { ("b", "a") };
