@@ -1321,6 +1321,37 @@ mod mongodb_only {
         store
     }
 
+    /// A trade row `id` in `state` where `a` gives `b` `gold`, as a
+    /// trading shard leaves it: each of `marked` carries the trade's mark,
+    /// and `a` among them is debited.
+    async fn stage_trade(
+        db: &mongodb::Database,
+        id: &str,
+        state: &str,
+        gold: i64,
+        marked: &[&str],
+    ) {
+        db.collection::<mongodb::bson::Document>("trades")
+            .insert_one(doc! {
+                "_id": id, "v": 1, "state": state, "a": "a", "b": "b",
+                "a_gives": { "currency": gold, "items": {} },
+                "b_gives": { "currency": 0_i64, "items": {} },
+                "reason": "", "created_ms": 0_i64, "updated_ms": 0_i64,
+            })
+            .await
+            .unwrap();
+        for &player in marked {
+            let debit = if player == "a" { gold } else { 0 };
+            db.collection::<mongodb::bson::Document>(PLAYERS)
+                .update_one(
+                    doc! { "_id": player },
+                    doc! { "$inc": { "inventory.currency": -debit }, "$push": { "pending_trades": id } },
+                )
+                .await
+                .unwrap();
+        }
+    }
+
     /// A store that is not up yet is retried, not fatal; meanwhile durable
     /// writes fail fast and volatile ones queue, then are written.
     #[test]
@@ -1447,27 +1478,8 @@ mod mongodb_only {
             let config = fx.config();
             let store = players_a_and_b(&config, 50).await;
             let db = store.client().database(&config.mongodb.database);
-            let players = db.collection::<mongodb::bson::Document>(PLAYERS);
-            let trades = db.collection::<mongodb::bson::Document>("trades");
             // Debited both sides and committed, not yet credited.
-            trades
-                .insert_one(doc! {
-                    "_id": "late", "v": 1, "state": "applied", "a": "a", "b": "b",
-                    "a_gives": { "currency": 10_i64, "items": {} },
-                    "b_gives": { "currency": 0_i64, "items": {} },
-                    "reason": "", "created_ms": 0_i64, "updated_ms": 0_i64,
-                })
-                .await
-                .unwrap();
-            for (id, debit) in [("a", 10_i64), ("b", 0)] {
-                players
-                    .update_one(
-                        doc! { "_id": id },
-                        doc! { "$inc": { "inventory.currency": -debit }, "$push": { "pending_trades": "late" } },
-                    )
-                    .await
-                    .unwrap();
-            }
+            stage_trade(&db, "late", "applied", 10, &["a", "b"]).await;
             assert!(!store.cancel_trade("late").await.unwrap(), "committed");
             let a = store.load_player("a".into()).await.unwrap().unwrap();
             assert_eq!(a.inventory.currency, 40, "the giver was not refunded");
@@ -1487,22 +1499,7 @@ mod mongodb_only {
                 .state;
             assert_eq!(state, TradeState::Done);
             // A pending one is cancelled, once.
-            trades
-                .insert_one(doc! {
-                    "_id": "early", "v": 1, "state": "pending", "a": "a", "b": "b",
-                    "a_gives": { "currency": 5_i64, "items": {} },
-                    "b_gives": { "currency": 0_i64, "items": {} },
-                    "reason": "", "created_ms": 0_i64, "updated_ms": 0_i64,
-                })
-                .await
-                .unwrap();
-            players
-                .update_one(
-                    doc! { "_id": "a" },
-                    doc! { "$inc": { "inventory.currency": -5_i64 }, "$push": { "pending_trades": "early" } },
-                )
-                .await
-                .unwrap();
+            stage_trade(&db, "early", "pending", 5, &["a"]).await;
             assert!(store.cancel_trade("early").await.unwrap());
             assert!(
                 store.cancel_trade("early").await.unwrap(),
