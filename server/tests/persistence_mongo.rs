@@ -142,3 +142,35 @@ async fn a_mongodb_outage_never_stalls_rooms_and_loses_nothing_acknowledged() {
     );
     drop(mongo);
 }
+
+/// A give the store does not confirm within `store.durable_timeout_ms` is
+/// answered 5004 (in doubt); it goes on, and when it lands both players are
+/// told their new inventory without asking. A retry with the same `req`
+/// is answered `done` from the stored trade and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_give_answered_in_doubt_that_lands_later_pushes_both_inventories() {
+    let mut mongo = tokio::task::spawn_blocking(Secantus::start).await.unwrap();
+    let shard = start(config(&mongo));
+    let (mut alice, _) = login(shard.ws_addr, "alice").await;
+    let (mut bob, _) = login(shard.ws_addr, "bob").await;
+    alice.join("other").await;
+    let b = bob.join("other").await;
+
+    // The store freezes with the give's first write on its way to it.
+    mongo.pause();
+    alice.give(1, b.you, 10).await;
+    alice.expect_error(ErrorCode::InDoubt).await;
+    mongo.resume();
+
+    let pushed = |m: &ServerMsg| match m {
+        ServerMsg::Inventory(inventory) => Some(inventory.currency),
+        _ => None,
+    };
+    assert_eq!(alice.expect("alice's inventory", pushed).await, 90);
+    assert_eq!(bob.expect("bob's inventory", pushed).await, 110);
+
+    alice.give(1, b.you, 10).await;
+    assert_eq!(alice.expect_done(1).await.inventory.currency, 90);
+    drop(shard);
+    drop(mongo);
+}

@@ -6,11 +6,66 @@ use protocol::msg::{Done, Give, Inventory, PickUp};
 use protocol::peer::{AdminMsg, InventoryPush};
 use protocol::{ErrorCode, ServerMsg};
 
-use super::{InventoryChanged, MapGuarded, Session, State};
+use std::sync::Arc;
+
+use super::{InventoryChanged, MapGuarded, Session, Sessions, State};
+use crate::cluster::Relay;
 use crate::config::ms;
 use crate::room::CallError;
-use crate::store::{Bundle, DurableError, DurableOp, Rejection, Trade};
+use crate::store::{Bundle, DurableAck, DurableError, DurableOp, Landed, Rejection, Trade};
 use crate::wire;
+
+/// Tells a player's session its inventory changed, wherever it is
+/// connected: on this shard through the presence table, on another
+/// through the relay. Cheap to clone, and callable off the actor (a trade
+/// that lands after its answer tells both players from the store runtime).
+#[derive(Clone)]
+struct InventoryNotices {
+    presence: Arc<Sessions>,
+    relay: Option<Relay>,
+}
+
+impl InventoryNotices {
+    /// `shard`: the shard holding the player's socket, if not this one.
+    fn tell(&self, player: &str, shard: Option<&str>, inventory: Inventory) {
+        if let (Some(shard), Some(relay)) = (shard, &self.relay) {
+            relay.admin(
+                shard,
+                &AdminMsg::Inventory(InventoryPush {
+                    player: player.to_string(),
+                    inventory,
+                }),
+            );
+            return;
+        }
+        if let Some(session) = self.presence.player_session(player) {
+            // A full mailbox loses only this notice; the next login or
+            // action shows the right inventory.
+            let _ = session.try_send(InventoryChanged(inventory));
+        }
+    }
+
+    /// A trade answered in doubt that landed afterwards: both players get
+    /// their new inventory, as the `done` and the push would have given
+    /// them. The giver's client may also retry with the same `req`; that
+    /// is answered `done` from the stored trade, changing nothing.
+    fn on_late_trade(
+        self,
+        giver: String,
+        target: String,
+        shard: Option<String>,
+    ) -> Landed<DurableAck> {
+        Box::new(move |ack: DurableAck| {
+            tracing::info!(giver = %giver, target = %target, "a give answered in doubt landed; both inventories pushed");
+            if let Some(mine) = ack.inventory(&giver) {
+                self.tell(&giver, None, wire::inventory(mine));
+            }
+            if let Some(theirs) = ack.inventory(&target) {
+                self.tell(&target, shard.as_deref(), wire::inventory(theirs));
+            }
+        })
+    }
+}
 
 /// Why a `give` was not done.
 enum GiveError {
@@ -106,6 +161,7 @@ impl Session {
         let one_store = self.deps.cluster.is_none()
             || self.deps.config.store.backend == crate::config::Backend::Mongodb;
         let session = self.id;
+        let notices = self.inventory_notices();
         let apply = async move {
             let found = match room.call_who_is(session, give.to, timeout).await {
                 Ok(Some(found)) => found,
@@ -130,8 +186,9 @@ impl Session {
                 },
                 b_gives: Bundle::default(),
             };
+            let landed = notices.on_late_trade(me.clone(), target.clone(), shard.clone());
             let ack = persister
-                .durable(DurableOp::Trade(trade))
+                .durable_or_late(DurableOp::Trade(trade), Some(landed))
                 .await
                 .map_err(GiveError::Store)?;
             let mine = ack.inventory(&me).map(wire::inventory).unwrap_or_default();
@@ -192,21 +249,13 @@ impl Session {
     /// Tell `player`'s session its inventory changed: on this shard, or
     /// (`shard`) through the relay to the shard holding its socket.
     pub(super) fn notify_inventory(&self, player: &str, shard: Option<&str>, inventory: Inventory) {
-        if let (Some(shard), Some(cluster)) = (shard, &self.deps.cluster) {
-            cluster.relay.admin(
-                shard,
-                &AdminMsg::Inventory(InventoryPush {
-                    player: player.to_string(),
-                    inventory,
-                }),
-            );
-            return;
-        }
-        let session = self.deps.presence.player_session(player);
-        if let Some(session) = session {
-            // A full mailbox loses only this notice; the next login or
-            // action shows the right inventory.
-            let _ = session.try_send(InventoryChanged(inventory));
+        self.inventory_notices().tell(player, shard, inventory);
+    }
+
+    fn inventory_notices(&self) -> InventoryNotices {
+        InventoryNotices {
+            presence: self.deps.presence.clone(),
+            relay: self.deps.cluster.as_ref().map(|c| c.relay.clone()),
         }
     }
 }

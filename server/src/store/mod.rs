@@ -103,7 +103,7 @@ pub use model::{
     Trade, TradeRecord, TradeState, Volatile, VolatileKey,
 };
 pub use persister::{
-    DurableError, FlushError, Persister, PersisterHandle, PersisterStats, ShutdownReport,
+    DurableError, FlushError, Landed, Persister, PersisterHandle, PersisterStats, ShutdownReport,
 };
 
 /// Metric names of the persistence layer.

@@ -27,6 +27,11 @@ use crate::store::model::{
 use crate::store::{metric, Backend, OpError, Store, StoreConfig, StoreError};
 use crate::supervise::{self, Tasks};
 
+/// Called with the answer of an op that was answered in doubt (no
+/// answer within `store.durable_timeout_ms`) and landed afterwards. Runs
+/// on the store runtime: it should only hand the answer on.
+pub type Landed<T> = Box<dyn FnOnce(T) + Send + 'static>;
+
 /// The cloneable handle rooms and sessions hold. Every method returns at
 /// once or returns a `Send + 'static` future bounded by a timeout.
 #[derive(Clone)]
@@ -277,12 +282,24 @@ impl PersisterHandle {
         &self,
         op: DurableOp,
     ) -> impl Future<Output = Result<DurableAck, DurableError>> + Send + 'static {
+        self.durable_or_late(op, None)
+    }
+
+    /// As [`PersisterHandle::durable`]; and should the op be answered in
+    /// doubt for want of an answer in time, yet land afterwards (it goes
+    /// on in the background, see [`Inner::run`]), `landed` gets its ack
+    /// then, on the store runtime: whoever the op changed can be told.
+    pub fn durable_or_late(
+        &self,
+        op: DurableOp,
+        landed: Option<Landed<DurableAck>>,
+    ) -> impl Future<Output = Result<DurableAck, DurableError>> + Send + 'static {
         let inner = self.inner.clone();
         async move {
             op.validate().map_err(DurableError::Invalid)?;
             let started = Instant::now();
             let result = inner
-                .call(move |store| async move { store.apply(op).await })
+                .call_or_late(move |store| async move { store.apply(op).await }, landed)
                 .await;
             let label = match &result {
                 Ok(ack) if ack.replayed => "replayed",
@@ -523,6 +540,21 @@ impl Inner {
         F: FnOnce(Arc<dyn Store>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, OpError>> + Send + 'static,
     {
+        self.call_or_late(f, None).await
+    }
+
+    /// As [`Inner::call`], with `landed` for an answer that comes after
+    /// the op was answered in doubt (see [`Inner::run`]).
+    async fn call_or_late<T, F, Fut>(
+        self: &Arc<Self>,
+        f: F,
+        landed: Option<Landed<T>>,
+    ) -> Result<T, DurableError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<dyn Store>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, OpError>> + Send + 'static,
+    {
         let store = self.admit()?;
         let Ok(permit) = self.durable_slots.clone().try_acquire_owned() else {
             return Err(DurableError::Unavailable(format!(
@@ -530,7 +562,7 @@ impl Inner {
                 self.config.durable_max_in_flight
             )));
         };
-        self.run(store, permit, f).await
+        self.run(store, permit, f, landed).await
     }
 
     /// As [`Inner::call`], but a call that finds every slot taken waits
@@ -554,7 +586,7 @@ impl Inner {
                 self.config.durable_max_in_flight
             )));
         };
-        self.run(store, permit, f).await
+        self.run(store, permit, f, None).await
     }
 
     /// Run `f` holding `permit`, on the store runtime; the [`Breaker`]
@@ -564,12 +596,14 @@ impl Inner {
     /// it), so it goes on, holding its slot, until it ends or for at most
     /// `store.trade_recovery_age_ms`. A trade that was slow to commit is
     /// then finished now, not left half-done for recovery to settle a
-    /// minute or two later while its receiver waits for the coins.
+    /// minute or two later while its receiver waits for the coins. If it
+    /// lands then, `landed` gets its answer.
     async fn run<T, F, Fut>(
         self: &Arc<Self>,
         store: Arc<dyn Store>,
         permit: tokio::sync::OwnedSemaphorePermit,
         f: F,
+        landed: Option<Landed<T>>,
     ) -> Result<T, DurableError>
     where
         T: Send + 'static,
@@ -590,7 +624,11 @@ impl Inner {
             let _ = answer_tx.send(inner.health.judge(answer, timeout, backend));
             if silent {
                 metrics::counter!(metric::DURABLE_SETTLED_LATE).increment(1);
-                let _ = tokio::time::timeout(settle, work).await;
+                if let Ok(Ok(answer)) = tokio::time::timeout(settle, work).await {
+                    if let Some(landed) = landed {
+                        landed(answer);
+                    }
+                }
             }
         });
         answer_rx.await.unwrap_or(Err(DurableError::ShutDown))

@@ -85,7 +85,7 @@ mod tests;
 
 pub use errors::{DurableError, FlushError};
 pub use flusher::FLUSHER_TASK;
-pub use handle::{Persister, PersisterHandle};
+pub use handle::{Landed, Persister, PersisterHandle};
 
 use std::collections::hash_map::{Entry, RandomState};
 use std::collections::HashMap;

@@ -195,21 +195,50 @@ async fn an_op_answered_in_doubt_goes_on_and_lands() {
         currency: 7,
         ..Default::default()
     });
-    let answer = p.durable(op).await;
+    let (landed_tx, landed_rx) = tokio::sync::oneshot::channel();
+    let landed: crate::store::Landed<crate::store::DurableAck> = Box::new(move |ack| {
+        let _ = landed_tx.send(ack);
+    });
+    let answer = p.durable_or_late(op, Some(landed)).await;
     assert!(
         matches!(answer, Err(DurableError::InDoubt(_))),
         "{answer:?}"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let alice = store.load_player("alice".into()).await.unwrap().unwrap();
-        if alice.inventory.currency == 7 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the op never landed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Whoever asked hears of the landing, with the ack it would have had.
+    let ack = tokio::time::timeout(Duration::from_secs(5), landed_rx)
+        .await
+        .expect("the op never landed")
+        .expect("the landing was dropped unheard");
+    assert_eq!(ack.inventory("alice").map(|i| i.currency), Some(7));
+    let alice = store.load_player("alice".into()).await.unwrap().unwrap();
+    assert_eq!(alice.inventory.currency, 7);
     p.shutdown(Duration::from_secs(2)).await;
+}
+
+/// An op answered in time never calls its late callback.
+#[tokio::test]
+async fn an_op_answered_in_time_is_not_heard_of_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = quick_config(dir.path(), 60_000);
+    let tasks = Tasks::default();
+    let p = Persister::spawn(config, None, &tasks, quick_supervision(5)).unwrap();
+    assert!(p.wait_ready(Duration::from_secs(5)).await);
+    p.load_profile("alice", "alice").await.unwrap();
+    let called = Arc::new(AtomicUsize::new(0));
+    let count = called.clone();
+    let landed: crate::store::Landed<crate::store::DurableAck> = Box::new(move |_| {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    let op = DurableOp::Adjust(crate::store::Adjust {
+        op_id: "prompt-1".into(),
+        player: "alice".into(),
+        currency: 3,
+        ..Default::default()
+    });
+    let ack = p.durable_or_late(op, Some(landed)).await.unwrap();
+    assert_eq!(ack.inventory("alice").map(|i| i.currency), Some(3));
+    p.shutdown(Duration::from_secs(2)).await;
+    assert_eq!(called.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
 #[tokio::test]
