@@ -34,6 +34,10 @@
 #   DURATION       steady state per run (default 60s)
 #   RAMP           ramp per run (default 10s)
 #   MOVE_HZ        move intents per second per bot (default 10)
+#   WORKERS        each shard's session threads, `server.workers` (default 0:
+#                  one per core)
+#   ROOM_ARBITERS  each shard's room threads, `rooms.arbiters` (default 0:
+#                  one per core)
 #   CONFIG_EXTRA   TOML appended to the shards' config, to compare settings
 #                  (e.g. $'[cluster.tunnel]\nack_eliciting_threshold = 1')
 #
@@ -52,17 +56,21 @@ BOTS_PER_ROOM=${BOTS_PER_ROOM:-100}
 DURATION=${DURATION:-60s}
 RAMP=${RAMP:-10s}
 MOVE_HZ=${MOVE_HZ:-10}
+WORKERS=${WORKERS:-0}
+ROOM_ARBITERS=${ROOM_ARBITERS:-0}
 SHARDS=3
 PREFIX=bench
 START_WAIT_S=30
 
 case "${1:-}" in
-    -h|--help) sed -n '2,44p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,48p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     "") ;;
     *) echo "cluster.sh takes no arguments (see --help)" >&2; exit 2 ;;
 esac
 [[ "$ROOMS" =~ ^[0-9]+$ ]] && [ "$ROOMS" -ge 1 ] && [ "$ROOMS" -le 100 ] \
     || { echo "ROOMS must be 1-100" >&2; exit 2; }
+[[ "$WORKERS" =~ ^[0-9]+$ ]] && [[ "$ROOM_ARBITERS" =~ ^[0-9]+$ ]] \
+    || { echo "WORKERS and ROOM_ARBITERS must be numbers (0: one per core)" >&2; exit 2; }
 [[ "$BOTS_PER_ROOM" =~ ^[0-9]+$ ]] && [ "$BOTS_PER_ROOM" -ge 1 ] \
     || { echo "BOTS_PER_ROOM must be a positive number" >&2; exit 2; }
 command -v python3 >/dev/null || { echo "python3 is needed to read the JSON reports" >&2; exit 1; }
@@ -119,8 +127,10 @@ CONFIG=$OUT/server.toml
 {
     echo "[server]"
     echo "shutdown_grace_ms = 1000"
+    echo "workers = $WORKERS"
     echo "[rooms]"
     echo "max_players = $((BOTS_PER_ROOM * 2 + 100))"
+    echo "arbiters = $ROOM_ARBITERS"
     echo "[supervision]"
     echo "fallback_map = \"m01\""
     for i in $(seq 1 "$ROOMS"); do printf '[[maps]]\nname = "m%02d"\n' "$i"; done
@@ -256,7 +266,7 @@ if python3 -c "import sys; sys.exit(0 if float(sys.argv[2]) < 2 * float(sys.argv
     "$local_tunnel" "$remote_tunnel"; then
     echo
     echo "note: the remote run's tunnels carried no more than the local run's (heartbeats):"
-    echo "these shards do not serve remote rooms yet, so the 'remote' run measured local"
-    echo "copies of the rooms on other shards, not the hop."
+    echo "the bots played in rooms of their own shard (are the shards one cluster? see"
+    echo "the shards' logs), so the 'remote' run did not measure the hop."
 fi
 echo "(reports and logs in $OUT)"
