@@ -5,11 +5,15 @@
 #   - server CPU per delivered update (the 3 shards' utime + stime from
 #     /proc, over the updates the bots received),
 #   - RTT p99 and move-to-visible p99 (the loadbot's), and move-to-visible
-#     p50 (the last column: the hop's added latency shifts the median as
-#     it does the tail, and the median moves far less from run to run),
+#     p50 (the hop's added latency shifts the median as it does the
+#     tail, and the median moves far less from run to run),
 #   - tunnel bytes/s (bytes_out summed over every shard's peers, from
 #     `GET /admin/peers`) against the players' socket bytes/s (what the
-#     bots sent and received, from the loadbot's report).
+#     bots sent and received, from the loadbot's report),
+#   - the CPU other processes took during the run, in cores (the last
+#     column: the machine's busy time from /proc/stat less the shards'
+#     and the loadbot's; Redis counts as other). A run where it is above
+#     ~0.1 core measured the neighbours as much as the hop.
 #
 #   loadbot/bench/cluster.sh
 #
@@ -196,6 +200,10 @@ cpu_ticks() { # utime + stime of the shards, in clock ticks
     done
     echo "$total"
 }
+# Busy CPU seconds of the whole machine (user, nice, system, irq, softirq,
+# steal), as in run.sh: what the shards and the loadbot did not take is
+# other work (Redis's share included), which skews every figure.
+machine_busy_s() { awk '/^cpu / { printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / 100 }' /proc/stat; }
 tunnel_bytes() { # "bytes datagrams": bytes_out and QUIC datagrams out summed over every shard's peers
     local total=0 datagrams=0 http n d
     for http in "${HTTP[@]}"; do
@@ -212,14 +220,16 @@ for ws in "${WS[@]}"; do URL_ARGS+=(--url "ws://$ws"); done
 BOTS=$((ROOMS * BOTS_PER_ROOM))
 TICK=$(getconf CLK_TCK)
 RESULTS=$OUT/results.md
-echo "| run | bots | remote bots | updates delivered | server CPU s (3 shards) | server CPU µs per update | RTT p99 ms | move->visible p99 ms | tunnel B/s | players' sockets B/s | tunnel / sockets | tunnel datagrams/s | move->visible p50 ms |" > "$RESULTS"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|" >> "$RESULTS"
+echo "| run | bots | remote bots | updates delivered | server CPU s (3 shards) | server CPU µs per update | RTT p99 ms | move->visible p99 ms | tunnel B/s | players' sockets B/s | tunnel / sockets | tunnel datagrams/s | move->visible p50 ms | other processes' CPU (cores) |" > "$RESULTS"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" >> "$RESULTS"
 
 run() {
     local name=$1 share=$2
-    local cpu0 bytes0 cpu1 bytes1 dgrams0 dgrams1
-    cpu0=$(cpu_ticks)
+    local cpu0 bytes0 cpu1 bytes1 dgrams0 dgrams1 busy0 busy1 wall0 wall1
     read -r bytes0 dgrams0 < <(tunnel_bytes)
+    cpu0=$(cpu_ticks)
+    busy0=$(machine_busy_s)
+    wall0=$(date +%s.%N)
     echo "run $name: $BOTS bots in $ROOMS rooms, --remote-share $share"
     timeout --kill-after=10s 30m "$LOADBOT_BIN" "${URL_ARGS[@]}" --redis "$REDIS" \
         --cluster-prefix "$PREFIX" --maps "$MAPS" --rooms "$ROOMS" --bots "$BOTS" \
@@ -227,6 +237,8 @@ run() {
         --progress lines --progress-every 10s --json "$OUT/$name.json" > "$OUT/$name.out" 2> "$OUT/$name.err" \
         || { echo "the loadbot failed ($name): see $OUT/$name.err" >&2; tail -5 "$OUT/$name.err" >&2; exit 1; }
     cpu1=$(cpu_ticks)
+    busy1=$(machine_busy_s)
+    wall1=$(date +%s.%N)
     read -r bytes1 dgrams1 < <(tunnel_bytes)
     # Each shard's peer table (QUIC counters included) after the run.
     local i
@@ -234,22 +246,27 @@ run() {
         "$OPS_BIN" --http "${HTTP[$i]}" --token "$TOKEN" peers --json \
             > "$OUT/$name.peers-shard-$((i + 1)).json" 2>/dev/null || true
     done
-    python3 - "$OUT/$name.json" "$name" "$(( (cpu1 - cpu0) ))" "$TICK" "$((bytes1 - bytes0))" "$((dgrams1 - dgrams0))" >> "$RESULTS" <<'EOF'
+    python3 - "$OUT/$name.json" "$name" "$(( (cpu1 - cpu0) ))" "$TICK" "$((bytes1 - bytes0))" "$((dgrams1 - dgrams0))" \
+        "$busy0" "$busy1" "$wall0" "$wall1" >> "$RESULTS" <<'EOF'
 import json, sys
 path, name, ticks, hz, tunnel = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 datagrams = int(sys.argv[6])
+busy0, busy1, wall0, wall1 = map(float, sys.argv[7:11])
 s = json.load(open(path))
 elapsed = s["elapsed_s"] or 1.0
 updates = sum(sh["updates_received"] for sh in s["shards"])
 remote = sum(sh["remote_bots"] for sh in s["shards"])
 cpu_s = ticks / hz
 per_update_us = cpu_s / updates * 1e6 if updates else float("nan")
+# The whole machine's busy time over the run, less the shards' and the
+# loadbot's: the neighbours' share, in cores.
+other = max(0.0, (busy1 - busy0) - cpu_s - s["loadbot_cpu_s"]) / max(wall1 - wall0, 1e-3)
 sockets = (s["bytes_sent"] + s["bytes_received"]) / elapsed
 tunnel_per_s = tunnel / elapsed
 ratio = tunnel_per_s / sockets if sockets else float("nan")
 print(f"| {name} | {s['bots']} | {remote} | {updates} | {cpu_s:.1f} | {per_update_us:.2f} | "
       f"{s['rtt_ms']['p99']:.2f} | {s['move_visible_ms']['p99']:.2f} | {tunnel_per_s:.0f} | {sockets:.0f} | {ratio:.4f} | "
-      f"{datagrams / elapsed:.0f} | {s['move_visible_ms']['p50']:.2f} |")
+      f"{datagrams / elapsed:.0f} | {s['move_visible_ms']['p50']:.2f} | {other:.2f} |")
 EOF
 }
 
