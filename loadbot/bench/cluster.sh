@@ -175,8 +175,10 @@ HTTP=()
 for i in $(seq 1 $SHARDS); do
     out=$OUT/shard-$i/stdout ws= http=
     for _ in $(seq 1 $((START_WAIT_S * 10))); do
-        ws=$(sed -n 's/^ws listening on //p' "$out" 2>/dev/null | head -n1)
-        http=$(sed -n 's/^http listening on //p' "$out" 2>/dev/null | head -n1)
+        # The shard may not have opened its stdout yet: sed's exit status
+        # 2 would end the script (set -e, pipefail) without a word.
+        ws=$(sed -n 's/^ws listening on //p' "$out" 2>/dev/null | head -n1 || true)
+        http=$(sed -n 's/^http listening on //p' "$out" 2>/dev/null | head -n1 || true)
         [ -n "$ws" ] && [ -n "$http" ] && break
         sleep 0.1
     done

@@ -140,8 +140,10 @@ start_server() {
     SERVER_PID=$!
     WS_ADDR=
     for _ in $(seq 1 150); do
-        WS_ADDR=$(sed -n 's/^ws listening on //p' "$OUT/$name.server.out" | head -n1)
-        HTTP_ADDR=$(sed -n 's/^http listening on //p' "$OUT/$name.server.out" | head -n1)
+        # Its stdout may not be open yet: sed's exit status 2 would end
+        # the script (set -e, pipefail) without a word.
+        WS_ADDR=$(sed -n 's/^ws listening on //p' "$OUT/$name.server.out" 2>/dev/null | head -n1 || true)
+        HTTP_ADDR=$(sed -n 's/^http listening on //p' "$OUT/$name.server.out" 2>/dev/null | head -n1 || true)
         [ -n "$WS_ADDR" ] && break
         kill -0 "$SERVER_PID" 2>/dev/null || break
         sleep 0.2
