@@ -56,7 +56,7 @@ shard_point() {
     SPID=$!
     for _ in $(seq 100); do grep -q "ws listening" "$dir/srv.out" 2>/dev/null && break; sleep 0.2; done
     local ws
-    ws=$(sed -n 's/.*ws listening on \(\S*\).*/\1/p' "$dir/srv.out")
+    ws=$(sed -n 's/.*ws listening on \(\S*\).*/\1/p' "$dir/srv.out" 2>/dev/null || true)
     [ -n "$ws" ] || { echo "the shard did not start" >&2; return 1; }
     timeout $((D + 120)) taskset -c 1 "$LOADBOT_BIN" --url "ws://$ws" --bots $((r * PER_ROOM)) \
         --rooms "$r" --scenario move --move-hz 10 --ramp 10s --duration "${D}s" --threads 1 \

@@ -25,8 +25,9 @@ RUST_LOG=warn taskset -c 0 "$BIN" --config server.toml --ws-addr 127.0.0.1:0 --h
 SPID=$!
 LPID=
 trap 'kill $SPID $LPID 2>/dev/null || true; [ -n "${4:-}" ] || rm -rf "$tmp"' EXIT
-for _ in $(seq 50); do grep -q "ws listening" srv.out && break; sleep 0.2; done
-WS=$(sed -n 's/.*ws listening on \(\S*\).*/\1/p' srv.out)
+for _ in $(seq 50); do grep -q "ws listening" srv.out 2>/dev/null && break; sleep 0.2; done
+WS=$(sed -n 's/.*ws listening on \(\S*\).*/\1/p' srv.out 2>/dev/null || true)
+[ -n "$WS" ] || { echo "the server did not start within 10 s" >&2; exit 1; }
 taskset -c 1 "$LB" --url "ws://$WS" --bots $((R * P)) --rooms "$R" --scenario move --move-hz 10 \
     --ramp 10s --duration $((D + 20))s --threads 1 --json lb.json --progress lines \
     --progress-every 60s >/dev/null 2>&1 &

@@ -19,9 +19,10 @@ cd $tmp
 RUST_LOG=warn taskset -c 0 $BIN --config server.toml --ws-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 > srv.out 2>/dev/null &
 SPID=$!
 trap 'kill $SPID 2>/dev/null || true; rm -rf "$tmp"' EXIT
-for i in $(seq 50); do grep -q "http listening" srv.out && grep -q "ws listening" srv.out && break; sleep 0.2; done
-WS=$(sed -n 's/.*ws listening on \(\S*\).*/\1/p' srv.out)
-HTTP=$(sed -n 's/.*http listening on \(\S*\).*/\1/p' srv.out)
+for i in $(seq 50); do grep -q "http listening" srv.out 2>/dev/null && grep -q "ws listening" srv.out && break; sleep 0.2; done
+WS=$(sed -n 's/.*ws listening on \(\S*\).*/\1/p' srv.out 2>/dev/null || true)
+HTTP=$(sed -n 's/.*http listening on \(\S*\).*/\1/p' srv.out 2>/dev/null || true)
+[ -n "$WS" ] && [ -n "$HTTP" ] || { echo "the server did not start within 10 s" >&2; exit 1; }
 taskset -c 1 $LB --url ws://$WS --bots $((R*P)) --rooms $R --scenario move --move-hz 10 --ramp 10s --duration $((D+20))s --threads 1 --json lb.json --progress lines --progress-every 60s >/dev/null 2>&1 &
 LPID=$!
 sleep 14
