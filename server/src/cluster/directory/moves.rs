@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use super::scripts::MOVE;
-use super::{Directory, DirectoryError, Held, Lease, Result, ShardId};
+use super::{Directory, DirectoryError, Lease, Result, ShardId};
 use crate::ids::RoomId;
 
 impl Directory {
@@ -42,24 +42,7 @@ impl Directory {
                 epoch,
             });
         }
-        let epoch = value
-            .parse::<u64>()
-            .map_err(|_| DirectoryError::Protocol(format!("move answered epoch {value:?}")))?;
-        let mut held = self.inner.held.lock();
-        held.insert(
-            room.clone(),
-            Held {
-                epoch,
-                valid_until: sent + self.settings().lease,
-                expired: false,
-            },
-        );
-        self.held_changed(&held);
-        Ok(Lease {
-            room: room.clone(),
-            shard: self.shard().clone(),
-            epoch,
-        })
+        self.granted(room, &value, "move", sent)
     }
 
     /// This shard's lease on `room` at `epoch` moved to another shard (a

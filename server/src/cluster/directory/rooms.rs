@@ -75,9 +75,23 @@ impl Directory {
                 epoch,
             });
         }
+        self.granted(room, &value, "acquire", sent)
+    }
+
+    /// A script (`what`) granted this shard `room` and answered its epoch
+    /// (`value`): hold the lease, valid for a lease from `sent` (when the
+    /// script was sent, so the lease is never thought longer than Redis
+    /// keeps it), and renew it from now on.
+    pub(super) fn granted(
+        &self,
+        room: &RoomId,
+        value: &str,
+        what: &str,
+        sent: Instant,
+    ) -> Result<Lease> {
         let epoch = value
             .parse::<u64>()
-            .map_err(|_| DirectoryError::Protocol(format!("acquire answered epoch {value:?}")))?;
+            .map_err(|_| DirectoryError::Protocol(format!("{what} answered epoch {value:?}")))?;
         let mut held = self.inner.held.lock();
         held.insert(
             room.clone(),
