@@ -106,6 +106,10 @@ pub const REMOTE_BAD_VIEWS: &str = "tessera_remote_bad_views_total";
 /// tracks it to imply their `moved`, did not fit a view the owner sent;
 /// each is asked a full view (`resync`).
 pub const REMOTE_VIEW_RESYNCS: &str = "tessera_remote_view_resyncs_total";
+/// Cluster mode: second input batches of this shard's remote members,
+/// by `outcome`: `made` (applied on the owner's tick they aimed at) or
+/// `missed` (a tick later; the batch's lead is raised, `late.rs`).
+pub const REMOTE_LATE_BATCHES: &str = "tessera_remote_late_batches_total";
 pub const DISPATCH_PUBLISHED: &str = "tessera_dispatch_published_total";
 pub const DISPATCH_DELIVERED: &str = "tessera_dispatch_delivered_total";
 pub const DISPATCH_DROPPED: &str = "tessera_dispatch_dropped_total";

@@ -55,8 +55,8 @@ pub use handshake::{
 pub use implied::{entry_id, KnownView, TickIds};
 pub use migrate::MigrateMsg;
 pub use room::{
-    entry_position, Closed, EdgeMsg, EntryKind, Fanout, Input, Inputs, JoinRefused, Member,
-    OwnerMsg, Reliable, RemoteChat, RemoteJoin, RemoteJoined, RoomMoving, SessionId, Tick,
+    entry_position, entry_seq, Closed, EdgeMsg, EntryKind, Fanout, Input, Inputs, JoinRefused,
+    Member, OwnerMsg, Reliable, RemoteChat, RemoteJoin, RemoteJoined, RoomMoving, SessionId, Tick,
     TickBuilder, TickError, View,
 };
 pub use stream::{Accept, Open, ResetCode, StreamHead};

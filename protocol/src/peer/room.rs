@@ -279,19 +279,30 @@ const UPDATE_FIXED_MAX: usize = 2 + 36 + 9 + 15 + 1;
 /// carries, or `None` for bytes that are not one. An edge keeps where its
 /// members stand this way, to re-join them there if the owner goes away.
 pub fn entry_position(entry: &[u8]) -> Option<(EntityId, f32, f32)> {
+    entry_state(entry).map(|(id, x, y, _)| (id, x, y))
+}
+
+/// The `seq` of a tick's entry: the last input applied to the entity.
+/// `None` if the bytes are neither an `Entity` nor a `Moved`.
+pub fn entry_seq(entry: &[u8]) -> Option<u32> {
+    entry_state(entry).map(|(_, _, _, seq)| seq)
+}
+
+/// An entry's `(id, x, y, seq)`, whichever of its encodings it is.
+fn entry_state(entry: &[u8]) -> Option<(EntityId, f32, f32, u32)> {
     // An `Entity` is a map, a `Moved` the array `[id, x, y, seq]`.
     #[derive(Deserialize)]
-    struct Position {
+    struct State {
         id: EntityId,
         x: f32,
         y: f32,
+        seq: u32,
     }
-    if let Ok((id, x, y, _)) = crate::codec::decode::<(EntityId, f32, f32, u32)>(entry, entry.len())
-    {
-        return Some((id, x, y));
+    if let Ok(moved) = crate::codec::decode::<(EntityId, f32, f32, u32)>(entry, entry.len()) {
+        return Some(moved);
     }
-    let p: Position = crate::codec::decode(entry, entry.len()).ok()?;
-    Some((p.id, p.x, p.y))
+    let s: State = crate::codec::decode(entry, entry.len()).ok()?;
+    Some((s.id, s.x, s.y, s.seq))
 }
 
 /// Which of an entity's two encodings an entry is.
@@ -627,6 +638,9 @@ mod tests {
         assert_eq!(entry_position(&tick.entries[0]), Some((1, 1.0, 2.0)));
         assert_eq!(entry_position(&tick.entries[1]), Some((2, 5.0, 6.0)));
         assert_eq!(entry_position(b"\xc1"), None);
+        assert_eq!(entry_seq(&tick.entries[0]), Some(3), "an Entity's seq");
+        assert_eq!(entry_seq(&tick.entries[1]), Some(7), "a Moved's seq");
+        assert_eq!(entry_seq(b"\xc1"), None);
         let bad = View {
             moved: vec![2],
             ..View::default()

@@ -98,8 +98,15 @@ pub struct ClusterConfig {
     /// more, this long before the same tick, so that they too are applied
     /// on it instead of one tick later; 0: no second batch. Below
     /// `input_lead_ms`. How much later than a local one a remote
-    /// player's move is seen comes down to about this.
+    /// player's move is seen comes down to about this. The lead starts
+    /// here and adapts (see `input_late_lead_min_ms`); this is its ceiling.
     pub input_late_lead_ms: u64,
+    /// The floor of the second batch's lead: it is lowered step by step
+    /// while the batches make their tick and raised at once when one
+    /// misses, within `[input_late_lead_min_ms, input_late_lead_ms]`.
+    /// Equal to `input_late_lead_ms`: a fixed lead. Ignored when that
+    /// is 0.
+    pub input_late_lead_min_ms: u64,
     /// A shard playing a room owned elsewhere computes its players'
     /// `moved` itself from the views it sent them, and says so in its
     /// joins (`implied_moved` in PEER.md): the owner then leaves `moved`
@@ -175,6 +182,7 @@ impl Default for ClusterConfig {
             full_hint_ms: 2_000,
             input_lead_ms: 10,
             input_late_lead_ms: 3,
+            input_late_lead_min_ms: 3,
             implied_moved: true,
             swim_period_ms: 500,
             swim_probe_timeout_ms: 200,
@@ -266,6 +274,10 @@ impl ClusterConfig {
                 "cluster.input_late_lead_ms must be below input_lead_ms (or 0: no second batch)"
                     .into(),
             );
+        }
+        // With no second batch (0) the floor means nothing.
+        if self.input_late_lead_ms != 0 && self.input_late_lead_min_ms > self.input_late_lead_ms {
+            errors.push("cluster.input_late_lead_min_ms must be at most input_late_lead_ms".into());
         }
         if self.renew_ms.saturating_mul(2) >= self.lease_ms {
             errors.push("cluster.renew_ms must be below lease_ms / 2".into());
@@ -502,9 +514,11 @@ mod tests {
         config.cluster.swim_piggyback = 0;
         config.cluster.drain_budget_ms = 0;
         config.cluster.input_late_lead_ms = config.cluster.input_lead_ms;
+        config.cluster.input_late_lead_min_ms = config.cluster.input_lead_ms + 1;
         let text = errors(&config);
         for field in [
             "cluster.input_late_lead_ms must be below input_lead_ms",
+            "cluster.input_late_lead_min_ms must be at most input_late_lead_ms",
             "cluster.swim_probe_timeout_ms must be below swim_period_ms",
             "cluster.swim_suspect_ms must be at least 2",
             "cluster.swim_indirect must be at most",

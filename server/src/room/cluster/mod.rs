@@ -79,6 +79,8 @@ pub struct RoomSettings {
     /// `cluster.input_late_lead_ms`: how long before the same tick the
     /// inputs that came after that batch go (zero: they wait a tick).
     pub input_late_lead: Duration,
+    /// `cluster.input_late_lead_min_ms`: the floor that lead adapts to.
+    pub input_late_lead_min: Duration,
     /// `cluster.implied_moved`: this edge computes `moved` itself.
     pub implied_moved: bool,
     /// `cluster.migrate_pause_ms`: how long a room has to answer a pause.
@@ -109,6 +111,7 @@ impl RoomSettings {
             redis_wait: ms(config.cluster.redis_wait_ms),
             input_lead: ms(config.cluster.input_lead_ms),
             input_late_lead: ms(config.cluster.input_late_lead_ms),
+            input_late_lead_min: ms(config.cluster.input_late_lead_min_ms),
             implied_moved: config.cluster.implied_moved,
             migrate_pause: ms(config.cluster.migrate_pause_ms),
             migrate_answer: ms(config.cluster.migrate_answer_ms),

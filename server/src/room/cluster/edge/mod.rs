@@ -38,6 +38,7 @@ use protocol::{encode_server, ErrorCode, NoticeCode, ServerMsg};
 use tokio::sync::oneshot;
 
 mod failover;
+mod late;
 mod moving;
 mod phase;
 mod ticks;
@@ -107,6 +108,9 @@ struct Inner {
     /// When the owner's recent tick messages arrived: the owner's tick
     /// phase, which the input pump aims at (`phase.rs`).
     phase: phase::TickPhase,
+    /// The second input batch's lead, adjusted to the batches' fate
+    /// (`late.rs`).
+    late: late::LateLead,
     /// The room is paused for a live migration: inputs wait in the
     /// members' queues (`moving.rs`).
     held: bool,
@@ -148,6 +152,8 @@ impl EdgeLink {
                 members: Default::default(),
                 failing_over: false,
                 phase: phase::TickPhase::default(),
+                // Set with each stream (`connect`).
+                late: late::LateLead::new(Duration::ZERO, Duration::ZERO),
                 held: false,
                 implied,
             }),
@@ -317,8 +323,13 @@ impl EdgeLink {
             let mut inner = self.inner.lock();
             inner.generation += 1;
             inner.tx = Some(stream.tx.clone());
-            // Another stream, maybe another owner: another tick phase.
+            // Another stream, maybe another owner: another tick phase,
+            // another way to it.
             inner.phase.clear();
+            inner.late = late::LateLead::new(
+                cluster.settings().input_late_lead_min,
+                cluster.settings().input_late_lead,
+            );
             // A hold was the old stream's (a migration that then failed
             // over): inputs flow on the new one.
             inner.held = false;
@@ -329,7 +340,6 @@ impl EdgeLink {
         let timing = PumpTiming {
             period: cluster.tick_period(&self.room),
             lead: settings.input_lead,
-            late_lead: settings.input_late_lead,
         };
         cluster.arbiter.spawn_fn(move || {
             actix::spawn(me.clone().read(rx, generation));
@@ -493,34 +503,42 @@ impl EdgeLink {
     /// message lately (nobody in view moved), the pump keeps the plain
     /// period, one batch each.
     async fn pump_inputs(self: Arc<Self>, generation: u64, timing: PumpTiming) {
-        let PumpTiming {
-            period,
-            lead,
-            late_lead,
-        } = timing;
+        let PumpTiming { period, lead } = timing;
         let lead = lead.min(period / 2);
         let mut pending = Vec::new();
         let mut last_send = Instant::now();
-        let mut late: Option<Instant> = None;
+        // The second batch: when, and the owner's tick it aims at.
+        let mut late: Option<(Instant, u64)> = None;
         loop {
             let (next, second) = match late.take() {
-                Some(at) => (at, true),
+                Some((at, tick)) => (at, Some(tick)),
                 None => {
-                    let last_tick = self.inner.lock().phase.latest(period);
-                    let (next, from_tick) =
-                        next_send(Instant::now(), last_send, last_tick, period, lead);
-                    late = second_send(next, from_tick, lead, late_lead);
-                    (next, false)
+                    let (last_tick, late_lead) = {
+                        let inner = self.inner.lock();
+                        let last = inner.phase.latest(period).zip(inner.phase.latest_number());
+                        (last, inner.late.lead())
+                    };
+                    let (next, from_tick) = next_send(
+                        Instant::now(),
+                        last_send,
+                        last_tick.map(|(at, _)| at),
+                        period,
+                        lead,
+                    );
+                    late = second_send(next, from_tick, lead, late_lead).zip(
+                        last_tick.map(|(at, tick)| tick + ticks_between(at, next + lead, period)),
+                    );
+                    (next, None)
                 }
             };
             tokio::time::sleep_until(next.into()).await;
-            if !second {
+            if second.is_none() {
                 // The quarter-period guard of `next_send` counts from a
                 // tick's first batch.
                 last_send = Instant::now();
             }
             let (tx, batch) = {
-                let inner = self.inner.lock();
+                let mut inner = self.inner.lock();
                 if inner.generation != generation || self.over.load(Ordering::Acquire) {
                     return;
                 }
@@ -545,6 +563,9 @@ impl EdgeLink {
                         dy,
                     }));
                 }
+                if let Some(tick) = second {
+                    inner.late.sent(tick, &batch);
+                }
                 (tx, batch)
             };
             self.record_sent(&batch);
@@ -567,15 +588,21 @@ fn second_send(
     (from_tick && !late_lead.is_zero() && late_lead < lead).then(|| first + (lead - late_lead))
 }
 
-/// How an edge's input pump keeps time with the owner's ticks.
+/// How an edge's input pump keeps time with the owner's ticks. The
+/// second batch's lead is the link's own (`late.rs`).
 #[derive(Debug, Clone, Copy)]
 struct PumpTiming {
     /// The map's tick period.
     period: Duration,
     /// `cluster.input_lead_ms`.
     lead: Duration,
-    /// `cluster.input_late_lead_ms` (zero: no second batch).
-    late_lead: Duration,
+}
+
+/// How many ticks after the one at `from` the tick at `to` is (`to` a
+/// whole number of periods later, as `next_send` aims).
+fn ticks_between(from: Instant, to: Instant, period: Duration) -> u64 {
+    let periods = to.saturating_duration_since(from).as_secs_f64() / period.as_secs_f64();
+    periods.round() as u64
 }
 
 /// When the input pump sends next, and whether that was timed from the
@@ -641,6 +668,21 @@ mod tests {
         assert_eq!(second_send(t0, false, LEAD, late), None);
         assert_eq!(second_send(t0, true, LEAD, Duration::ZERO), None);
         assert_eq!(second_send(t0, true, LEAD, LEAD), None);
+    }
+
+    #[test]
+    fn the_second_batch_knows_which_tick_it_aims_at() {
+        let t0 = Instant::now();
+        // The latest tick message read tick 40 at t0; the pump's next
+        // batch aims at the tick two periods on.
+        let (first, from_tick) = next_send(t0 + P + P / 2, t0, Some(t0), P, LEAD);
+        assert!(from_tick);
+        assert_eq!(first, t0 + P * 2 - LEAD);
+        assert_eq!(40 + ticks_between(t0, first + LEAD, P), 42);
+        // A reading a little off a whole period rounds to it.
+        let off = Duration::from_micros(300);
+        assert_eq!(ticks_between(t0, t0 + P * 3 - off, P), 3);
+        assert_eq!(ticks_between(t0, t0, P), 0);
     }
 
     #[test]

@@ -66,6 +66,11 @@ impl TickPhase {
         Some(best)
     }
 
+    /// The latest tick message's tick number.
+    pub(super) fn latest_number(&self) -> Option<u64> {
+        self.seen.back().map(|&(_, tick)| tick)
+    }
+
     pub(super) fn clear(&mut self) {
         self.seen.clear();
     }

@@ -15,8 +15,9 @@
 //! from it only when it must re-join elsewhere.
 
 use bytes::Bytes;
-use protocol::peer::{EdgeMsg, Member, Tick, TickIds};
+use protocol::peer::{entry_seq, EdgeMsg, Member, Tick, TickIds};
 
+use super::late::Outcome;
 use super::Inner;
 use crate::metrics as m;
 
@@ -101,6 +102,7 @@ pub(super) fn on_tick(inner: &mut Inner, tick: &Tick, scratch: &mut TickScratch)
         metrics::counter!(m::REMOTE_BAD_VIEWS).increment(bad);
     }
     resync(inner, &scratch.drift);
+    judge_late_batch(inner, tick, &ids);
     // Each member's latest entry, for a re-join where it stands.
     for member in inner.members.values_mut() {
         if let Some(index) = member.entity.and_then(|e| ids.entry_of(e)) {
@@ -108,6 +110,24 @@ pub(super) fn on_tick(inner: &mut Inner, tick: &Tick, scratch: &mut TickScratch)
         }
     }
     scratch.ids = ids;
+}
+
+/// The second input batch that aimed at this tick: made it if every
+/// member it carried inputs for shows its last `seq` in the tick's entries
+/// (a member's own entity is among them whenever an input was applied).
+fn judge_late_batch(inner: &mut Inner, tick: &Tick, ids: &TickIds) {
+    let Inner { late, members, .. } = inner;
+    let outcome = late.on_tick(tick.tick, |session| {
+        let entity = members.get(&session)?.entity?;
+        let index = ids.entry_of(entity)?;
+        entry_seq(tick.entries.get(index as usize)?)
+    });
+    let outcome = match outcome {
+        Some(Outcome::Made) => "made",
+        Some(Outcome::Missed) => "missed",
+        None => return,
+    };
+    metrics::counter!(m::REMOTE_LATE_BATCHES, "outcome" => outcome).increment(1);
 }
 
 /// A reliable frame for `session`: its view follows `joined` and
