@@ -283,23 +283,28 @@ pub fn entry_position(entry: &[u8]) -> Option<(EntityId, f32, f32)> {
 }
 
 /// The `seq` of a tick's entry: the last input applied to the entity.
-/// `None` if the bytes are neither an `Entity` nor a `Moved`.
+/// `None` if the bytes are neither an `Entity` nor a `Moved`, or carry
+/// no `seq`.
 pub fn entry_seq(entry: &[u8]) -> Option<u32> {
-    entry_state(entry).map(|(_, _, _, seq)| seq)
+    entry_state(entry).and_then(|(_, _, _, seq)| seq)
 }
 
-/// An entry's `(id, x, y, seq)`, whichever of its encodings it is.
-fn entry_state(entry: &[u8]) -> Option<(EntityId, f32, f32, u32)> {
+/// An entry's `(id, x, y, seq)`, whichever of its encodings it is. A map
+/// without `seq` still has a position.
+fn entry_state(entry: &[u8]) -> Option<(EntityId, f32, f32, Option<u32>)> {
     // An `Entity` is a map, a `Moved` the array `[id, x, y, seq]`.
     #[derive(Deserialize)]
     struct State {
         id: EntityId,
         x: f32,
         y: f32,
-        seq: u32,
+        #[serde(default)]
+        seq: Option<u32>,
     }
-    if let Ok(moved) = crate::codec::decode::<(EntityId, f32, f32, u32)>(entry, entry.len()) {
-        return Some(moved);
+    if let Ok((id, x, y, seq)) =
+        crate::codec::decode::<(EntityId, f32, f32, u32)>(entry, entry.len())
+    {
+        return Some((id, x, y, Some(seq)));
     }
     let s: State = crate::codec::decode(entry, entry.len()).ok()?;
     Some((s.id, s.x, s.y, s.seq))
@@ -641,6 +646,14 @@ mod tests {
         assert_eq!(entry_seq(&tick.entries[0]), Some(3), "an Entity's seq");
         assert_eq!(entry_seq(&tick.entries[1]), Some(7), "a Moved's seq");
         assert_eq!(entry_seq(b"\xc1"), None);
+        let no_seq =
+            rmp_serde::to_vec_named(&serde_json::json!({"id": 9, "x": 1.0, "y": 2.0})).unwrap();
+        assert_eq!(
+            entry_position(&no_seq),
+            Some((9, 1.0, 2.0)),
+            "seq is not needed"
+        );
+        assert_eq!(entry_seq(&no_seq), None);
         let bad = View {
             moved: vec![2],
             ..View::default()
