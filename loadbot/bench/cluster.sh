@@ -247,6 +247,8 @@ run() {
     for i in "${!HTTP[@]}"; do
         "$OPS_BIN" --http "${HTTP[$i]}" --token "$TOKEN" peers --json \
             > "$OUT/$name.peers-shard-$((i + 1)).json" 2>/dev/null || true
+        # And its metrics (counters since start: diff runs to compare).
+        curl -s "http://${HTTP[$i]}/metrics" > "$OUT/$name.metrics-shard-$((i + 1)).txt" 2>/dev/null || true
     done
     python3 - "$OUT/$name.json" "$name" "$(( (cpu1 - cpu0) ))" "$TICK" "$((bytes1 - bytes0))" "$((dgrams1 - dgrams0))" \
         "$busy0" "$busy1" "$wall0" "$wall1" >> "$RESULTS" <<'EOF'
