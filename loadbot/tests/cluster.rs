@@ -140,7 +140,7 @@ async fn with_a_directory_bots_go_to_the_owner_or_away_from_it() {
     // No lease for "lobby" yet: the owner is the rendezvous choice.
     let owner_id = ["lb-a", "lb-b"]
         .into_iter()
-        .max_by_key(|id| (ops::directory::rendezvous("lobby", id), id.to_string()))
+        .max_by_key(|id| (protocol::peer::rendezvous("lobby", id), id.to_string()))
         .expect("two ids");
     let (owner, other) = if id_of(&a) == owner_id {
         (&a, &b)

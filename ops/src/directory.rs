@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use protocol::peer::rendezvous;
 use serde::Serialize;
 
 use crate::console::ShardSource;
@@ -306,24 +307,6 @@ pub fn placed_on<'a>(room: &str, shards: &'a [DirectoryShard]) -> Option<&'a Dir
         .max_by_key(|s| (rendezvous(room, &s.id), s.id.clone()))
 }
 
-/// The weight of `shard` for `room`: 64-bit FNV-1a over both, finished
-/// with splitmix64's mixer. The same function as the server's
-/// `cluster::directory::rendezvous` (`server/src/cluster/directory/rooms.rs`):
-/// `ops` does not link the server, so it is repeated here, and the test
-/// below pins its values.
-pub fn rendezvous(room: &str, shard: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in room.bytes().chain([0xff]).chain(shard.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
-}
-
 fn record(id: String, h: &HashMap<String, String>, alive: bool) -> DirectoryShard {
     let text = |k: &str| h.get(k).cloned().unwrap_or_default();
     let num = |k: &str| h.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -418,24 +401,6 @@ mod tests {
         assert_eq!(alive.shown_state(), "ready");
         assert_eq!((alive.sessions, alive.rooms), (3, 0));
         assert_eq!(record("a".into(), &h, false).shown_state(), "dead");
-    }
-
-    /// Values of the server's own `rendezvous` (computed from its source in
-    /// `server/src/cluster/directory/rooms.rs`): placement predicted here
-    /// must be the placement the shards make.
-    #[test]
-    fn rendezvous_matches_the_servers_values() {
-        let pinned = [
-            ("lobby", "shard-1", 0x262f_bd38_5e8e_04bc_u64),
-            ("lobby", "shard-2", 0xd6cc_f7e1_c7a3_d719),
-            ("lobby", "shard-3", 0xcf93_6ff3_baef_a311),
-            ("m001", "shard-1", 0xec86_2310_bf7e_8f4d),
-            ("arena#2", "eu-1", 0xd66c_232d_c5fd_16d5),
-            ("", "", 0x4f2d_b50f_1240_40cd),
-        ];
-        for (room, shard, value) in pinned {
-            assert_eq!(rendezvous(room, shard), value, "{room} on {shard}");
-        }
     }
 
     fn shard(id: &str, state: &str, alive: bool) -> DirectoryShard {

@@ -38,6 +38,7 @@ mod entry_index;
 pub mod handshake;
 pub mod implied;
 pub mod migrate;
+pub mod placement;
 pub mod room;
 pub mod stream;
 pub mod swim;
@@ -54,6 +55,7 @@ pub use handshake::{
 };
 pub use implied::{entry_id, KnownView, TickIds};
 pub use migrate::MigrateMsg;
+pub use placement::rendezvous;
 pub use room::{
     entry_position, entry_seq, Closed, EdgeMsg, EntryKind, Fanout, Input, Inputs, JoinRefused,
     Member, OwnerMsg, Reliable, RemoteChat, RemoteJoin, RemoteJoined, RoomMoving, SessionId, Tick,

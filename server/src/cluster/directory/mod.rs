@@ -47,7 +47,8 @@ use crate::config::{ms, Config};
 use crate::ids::RoomId;
 
 pub use players::{Claim, PreviousHolder};
-pub use rooms::{rendezvous, RenewReport};
+pub use protocol::peer::rendezvous;
+pub use rooms::RenewReport;
 pub use shards::Reaped;
 pub use types::{
     Event, EventKind, Lease, LeaseNotice, PlayerEntry, ShardId, ShardInfo, ShardLoad, ShardRecord,

@@ -12,9 +12,13 @@
 //! one heartbeat old and herds a burst of new rooms onto the shard that
 //! looked idle. Rooms are many and alike, so the hash spreads them evenly
 //! enough; a shard that is draining, starting or dead is never chosen.
+//! The weight is `protocol::peer::rendezvous`, which `tessera-ops` uses
+//! too to say where a room will go.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
+
+use protocol::peer::rendezvous;
 
 use super::scripts::{ACQUIRE, RELEASE, RENEW};
 use super::{Directory, DirectoryError, Held, Lease, Result, ShardId};
@@ -278,22 +282,6 @@ pub(super) fn parse_lease(value: &str) -> Result<(ShardId, u64)> {
     ))
 }
 
-/// The weight of `shard` for `room`: 64-bit FNV-1a over both, finished
-/// with a mixer so that close names spread.
-pub fn rendezvous(room: &str, shard: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in room.bytes().chain([0xff]).chain(shard.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    // splitmix64's finalizer.
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,31 +292,5 @@ mod tests {
         assert_eq!((shard.as_str(), epoch), ("eu-1", 42));
         assert!(parse_lease("nocolon").is_err());
         assert!(parse_lease("a:b").is_err());
-    }
-
-    #[test]
-    fn rendezvous_spreads_rooms_and_moves_few_when_a_shard_goes() {
-        let shards = ["a", "b", "c"];
-        fn pick(room: &str, shards: &[&'static str]) -> &'static str {
-            shards
-                .iter()
-                .copied()
-                .max_by_key(|s| rendezvous(room, s))
-                .expect("shards is not empty")
-        }
-        let rooms: Vec<String> = (0..300).map(|i| format!("lobby#{i}")).collect();
-        let mut counts = BTreeMap::new();
-        for r in &rooms {
-            *counts.entry(pick(r, &shards)).or_insert(0) += 1;
-        }
-        assert!(counts.values().all(|&n| n > 60), "{counts:?}");
-        // Without "c", only c's rooms move.
-        for r in &rooms {
-            let before = pick(r, &shards);
-            let after = pick(r, &["a", "b"]);
-            if before != "c" {
-                assert_eq!(before, after);
-            }
-        }
     }
 }
