@@ -12,7 +12,7 @@ use protocol::admin::{
     RoomsReply, ShardInfo, ShardState, WhoAmI,
 };
 use protocol::{CloseCode, ErrorCode, NoticeCode, ServerMsg};
-use server::config::{AdminToken, Config};
+use server::config::Config;
 use server::store::embedded::EmbeddedStore;
 use server::store::Store;
 use server::ShardHandle;
@@ -26,18 +26,7 @@ fn config() -> Config {
     let mut config = test_config();
     config.auth.secret = SECRET.into();
     config.admin.token = LEGACY.into();
-    config.admin.tokens = vec![
-        AdminToken {
-            token: OPERATOR.into(),
-            role: Role::Operator,
-            name: "olga".into(),
-        },
-        AdminToken {
-            token: VIEWER.into(),
-            role: Role::Viewer,
-            name: "victor".into(),
-        },
-    ];
+    config.admin.tokens = operator_and_viewer(OPERATOR, VIEWER);
     config
 }
 

@@ -23,18 +23,7 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 fn config(redis: &RedisServer, prefix: &str) -> Config {
     let mut config = test_config();
-    config.admin.tokens = vec![
-        AdminToken {
-            token: OPERATOR.into(),
-            role: Role::Operator,
-            name: "olga".into(),
-        },
-        AdminToken {
-            token: VIEWER.into(),
-            role: Role::Viewer,
-            name: "victor".into(),
-        },
-    ];
+    config.admin.tokens = common::operator_and_viewer(OPERATOR, VIEWER);
     config.cluster.redis = redis.url();
     config.cluster.secret = "s".repeat(32);
     config.cluster.key_prefix = prefix.into();

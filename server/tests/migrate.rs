@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use cluster_support::{Cluster, ID};
 use common::{Client, Event, TestShard};
-use protocol::admin::{Role, RoomMigrated};
+use protocol::admin::RoomMigrated;
 use protocol::msg::{EntityId, Joined};
 use protocol::{NoticeCode, ServerMsg};
 use redis_support::RedisServer;
 use server::cluster::{Directory, ShardId};
-use server::config::{AdminToken, Config};
+use server::config::Config;
 use server::ids::RoomId;
 
 const OPERATOR: &str = "operator-token-for-migrations-01";
@@ -31,18 +31,7 @@ fn config(redis: &RedisServer, prefix: &str, id: &str) -> Config {
     config.cluster.migrate_answer_ms = 5_000;
     config.cluster.migrate_pause_ms = 1_000;
     config.auth.secret = "a".repeat(48);
-    config.admin.tokens = vec![
-        AdminToken {
-            token: OPERATOR.into(),
-            role: Role::Operator,
-            name: "olga".into(),
-        },
-        AdminToken {
-            token: VIEWER.into(),
-            role: Role::Viewer,
-            name: "victor".into(),
-        },
-    ];
+    config.admin.tokens = common::operator_and_viewer(OPERATOR, VIEWER);
     config.admin.fault_injection = true;
     // Stalls injected here are the test's, not the watchdog's to fix.
     config.supervision.stall_timeout_ms = 60_000;

@@ -68,6 +68,25 @@ pub fn own_move(entity: EntityId, seq: u32) -> impl FnMut(&ServerMsg) -> Option<
     }
 }
 
+/// An operator's and a viewer's admin token (`olga` and `victor`), for
+/// tests of who may do what.
+pub fn operator_and_viewer(operator: &str, viewer: &str) -> Vec<server::config::AdminToken> {
+    use protocol::admin::Role;
+    use server::config::AdminToken;
+    vec![
+        AdminToken {
+            token: operator.into(),
+            role: Role::Operator,
+            name: "olga".into(),
+        },
+        AdminToken {
+            token: viewer.into(),
+            role: Role::Viewer,
+            name: "victor".into(),
+        },
+    ]
+}
+
 /// A config for tests: loopback port 0, one worker, and a `test` map where
 /// players spawn on one spot, see 100 units and walk 1000 units a second.
 pub fn test_config() -> Config {
