@@ -139,36 +139,7 @@ async fn ready(dir: &Directory, n: usize) {
 /// background: a login before that plays without a profile), take the
 /// starter purse and join `map`.
 async fn player(addr: SocketAddr, name: &str, map: &str) -> (Client, Joined) {
-    let deadline = Instant::now() + PATIENCE;
-    let mut client = loop {
-        let mut client = Client::connect(addr).await;
-        client
-            .hello_with(Some(common::token(SECRET, name)), name)
-            .await;
-        let mut purse = false;
-        while let Some(Event::Msg(msg)) = client.next_event(Duration::from_secs(2)).await {
-            if matches!(msg, ServerMsg::Inventory(i) if i.currency == 100) {
-                purse = true;
-                break;
-            }
-        }
-        if purse {
-            break client;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}: the store never answered a login"
-        );
-    };
-    client
-        .send(ClientMsg::Join(protocol::msg::Join { map: map.into() }))
-        .await;
-    let joined = common::wait_for(PATIENCE, &mut client, "joined", |m| match m {
-        ServerMsg::Joined(j) => Some(j.clone()),
-        _ => None,
-    })
-    .await;
-    (client, joined)
+    common::signed_in_and_joined(addr, SECRET, name, map, PATIENCE).await
 }
 
 /// The answer to request `req`: `Ok(inventory)` for `done`, else the
@@ -402,29 +373,6 @@ fn winning_id(room: &str) -> String {
         .expect("some id wins")
 }
 
-/// Wait until every shard in `edges` has heard from `owner` (the failure
-/// detector declares dead only a member it has heard from).
-async fn heard_from(edges: &[&TestShard], owner: &str) {
-    for shard in edges {
-        let url = format!("http://{}/admin/peers", shard.http_addr);
-        let owner = owner.to_string();
-        common::eventually(PATIENCE, "the edge has heard from the owner", move || {
-            let (url, owner) = (url.clone(), owner.clone());
-            async move {
-                let (_, body) = common::http("GET", &url, Some(ADMIN), "").await;
-                serde_json::from_str::<protocol::admin::Peers>(&body)
-                    .map(|p| {
-                        p.members
-                            .iter()
-                            .any(|m| m.shard_id == owner && m.incarnation > 0)
-                    })
-                    .unwrap_or(false)
-            }
-        })
-        .await;
-    }
-}
-
 /// The owner (a process of its own) is SIGKILLed with a remote member's
 /// pick-up in flight (the store frozen, so the pick-up cannot finish):
 /// the next owner finishes it from the store, crediting the item once, or
@@ -463,7 +411,7 @@ async fn a_pick_up_in_flight_when_the_owner_is_killed_is_finished_by_the_next_ow
     let room: RoomId = FIELD.parse().unwrap();
     let (held_by, epoch) = dir.owner(&room).await.unwrap().expect("leased");
     assert_eq!(held_by.as_str(), owner_id, "placed on the process");
-    heard_from(&[&shards[0], &shards[1]], &owner_id).await;
+    cluster_support::heard_from(&[&shards[0], &shards[1]], &owner_id, ADMIN, PATIENCE).await;
 
     // An item on the ground, and in the stored room document.
     let store = server::store::mongo::MongoStore::connect(&tuned("a").store.mongodb)

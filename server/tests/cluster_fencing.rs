@@ -14,10 +14,10 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Client, Event};
-use protocol::msg::{ItemId, Join, PickUp};
+use protocol::msg::{ItemId, PickUp};
 use protocol::{ClientMsg, ErrorCode, NoticeCode, ServerMsg};
 use redis_support::RedisServer;
 use server::cluster::directory::rendezvous;
@@ -148,33 +148,7 @@ fn observer(redis: &RedisServer, prefix: &str) -> Directory {
 
 /// Sign in as `name` once the shard's store answers, and join the field.
 async fn player(addr: SocketAddr, name: &str) -> (Client, protocol::msg::Joined) {
-    let deadline = Instant::now() + PATIENCE;
-    let mut client = loop {
-        let mut client = Client::connect(addr).await;
-        client
-            .hello_with(Some(common::token(SECRET, name)), name)
-            .await;
-        let mut purse = false;
-        while let Some(Event::Msg(msg)) = client.next_event(Duration::from_secs(2)).await {
-            if matches!(msg, ServerMsg::Inventory(i) if i.currency == 100) {
-                purse = true;
-                break;
-            }
-        }
-        if purse {
-            break client;
-        }
-        assert!(Instant::now() < deadline, "{name}: no store at login");
-    };
-    client
-        .send(ClientMsg::Join(Join { map: FIELD.into() }))
-        .await;
-    let joined = common::wait_for(PATIENCE, &mut client, "joined", |m| match m {
-        ServerMsg::Joined(j) => Some(j.clone()),
-        _ => None,
-    })
-    .await;
-    (client, joined)
+    common::signed_in_and_joined(addr, SECRET, name, FIELD, PATIENCE).await
 }
 
 /// SIGSTOP the owner of a room past its lease: another shard takes the

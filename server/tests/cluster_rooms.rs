@@ -756,24 +756,8 @@ async fn a_killed_owner_is_replaced_and_players_on_other_shards_keep_their_place
     let at = walk_and_stop([(&mut ann, ann_joined.you), (&mut bob, bob_joined.you)]).await;
     // The failure detector declares dead only a member it has heard from:
     // wait until both edges' SWIM tables know the owner's incarnation.
-    for shard in &shards {
-        let url = format!("http://{}/admin/peers", shard.http_addr);
-        let owner_id = owner_id.clone();
-        common::eventually(PATIENCE, "the edge has heard from the owner", move || {
-            let (url, owner_id) = (url.clone(), owner_id.clone());
-            async move {
-                let (_, body) = common::http("GET", &url, Some(ADMIN), "").await;
-                serde_json::from_str::<protocol::admin::Peers>(&body)
-                    .map(|p| {
-                        p.members
-                            .iter()
-                            .any(|m| m.shard_id == owner_id && m.incarnation > 0)
-                    })
-                    .unwrap_or(false)
-            }
-        })
-        .await;
-    }
+    let edges: Vec<&common::TestShard> = shards.iter().collect();
+    cluster_support::heard_from(&edges, &owner_id, ADMIN, PATIENCE).await;
     owner.kill_hard();
     // Its lease expires; the room is placed on a or b, at a higher epoch,
     // and both players are seated again where they stood.

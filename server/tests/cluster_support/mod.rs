@@ -128,3 +128,26 @@ impl Cluster {
         }
     }
 }
+
+/// Wait until every shard in `edges` has heard from `owner` (SWIM's
+/// failure detector declares dead only a member it has heard from),
+/// asking each one's `GET /admin/peers` with `admin_token`.
+pub async fn heard_from(edges: &[&TestShard], owner: &str, admin_token: &str, patience: Duration) {
+    for shard in edges {
+        let url = format!("http://{}/admin/peers", shard.http_addr);
+        common::eventually(patience, "the edge has heard from the owner", || {
+            let url = url.clone();
+            async move {
+                let (_, body) = common::http("GET", &url, Some(admin_token), "").await;
+                serde_json::from_str::<protocol::admin::Peers>(&body)
+                    .map(|p| {
+                        p.members
+                            .iter()
+                            .any(|m| m.shard_id == owner && m.incarnation > 0)
+                    })
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+    }
+}

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use protocol::msg::*;
@@ -469,6 +469,45 @@ pub fn use_mongo(config: &mut Config, uri: String, database: &str) {
     store.durable_timeout_ms = 1_500;
     store.retry_min_ms = 50;
     store.retry_max_ms = 500;
+}
+
+/// Sign in as `name` (a token signed with `secret`) once the shard's store
+/// answers, and join `map`. A login before the persister has connected
+/// plays without a profile, so this signs in again until the starter purse
+/// (currency 100) comes, within `patience`.
+pub async fn signed_in_and_joined(
+    addr: SocketAddr,
+    secret: &str,
+    name: &str,
+    map: &str,
+    patience: Duration,
+) -> (Client, Joined) {
+    let deadline = Instant::now() + patience;
+    let mut client = loop {
+        let mut client = Client::connect(addr).await;
+        client.hello_with(Some(token(secret, name)), name).await;
+        let mut purse = false;
+        while let Some(Event::Msg(msg)) = client.next_event(Duration::from_secs(2)).await {
+            if matches!(msg, ServerMsg::Inventory(i) if i.currency == 100) {
+                purse = true;
+                break;
+            }
+        }
+        if purse {
+            break client;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: the store never answered a login"
+        );
+    };
+    client.send(ClientMsg::Join(Join { map: map.into() })).await;
+    let joined = wait_for(patience, &mut client, "joined", |m| match m {
+        ServerMsg::Joined(j) => Some(j.clone()),
+        _ => None,
+    })
+    .await;
+    (client, joined)
 }
 
 /// A session token for `player` signed with `secret`, valid for 10 minutes.
