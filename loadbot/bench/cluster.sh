@@ -109,22 +109,8 @@ stop_all() {
 trap stop_all EXIT
 trap 'stop_all; exit 130' INT TERM
 
-# Below the kernel's ephemeral range (see scripts/cluster.sh).
-free_port() {
-    local port low
-    low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-    [ "$low" -gt 11000 ] 2>/dev/null || low=32768
-    for _ in $(seq 1 50); do
-        port=$((10000 + RANDOM % (low - 10000)))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port"
-            return 0
-        fi
-    done
-    echo "no free port found" >&2
-    return 1
-}
-hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+# free_port, hex
+. "$ROOT/scripts/lib/ports.sh"
 
 # 20 plain maps and room caps above the run's.
 CONFIG=$OUT/server.toml
