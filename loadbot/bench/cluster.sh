@@ -276,4 +276,22 @@ if python3 -c "import sys; sys.exit(0 if float(sys.argv[2]) < 2 * float(sys.argv
     echo "the bots played in rooms of their own shard (are the shards one cluster? see"
     echo "the shards' logs), so the 'remote' run did not measure the hop."
 fi
+# The second input batches of the remote run against the tick each aimed
+# at (counted only when the lead adapts: cluster.input_late_lead_min_ms
+# below cluster.input_late_lead_ms). The counters run from each shard's
+# start, and the local run has no remote members, so the remote run's
+# files hold the remote run's counts.
+python3 - "$OUT" <<'EOF2' || true
+import glob, re, sys
+made = missed = 0
+for path in glob.glob(f"{sys.argv[1]}/remote.metrics-shard-*.txt"):
+    for line in open(path):
+        m = re.match(r'tessera_remote_late_batches_total\{outcome="(made|missed)"\} (\S+)', line)
+        if m:
+            n = int(float(m.group(2)))
+            made, missed = (made + n, missed) if m.group(1) == "made" else (made, missed + n)
+if made + missed:
+    print(f"second input batches (remote run): {made + missed}, "
+          f"{missed} missed their tick ({100 * missed / (made + missed):.1f} %)")
+EOF2
 echo "(reports and logs in $OUT)"
