@@ -98,8 +98,9 @@ pub struct ClusterConfig {
     /// more, this long before the same tick, so that they too are applied
     /// on it instead of one tick later; 0: no second batch. Below
     /// `input_lead_ms`. How much later than a local one a remote
-    /// player's move is seen comes down to about this. The lead starts
-    /// here and adapts (see `input_late_lead_min_ms`); this is its ceiling.
+    /// player's move is seen comes down to about this. Fixed unless
+    /// `input_late_lead_min_ms` is below it; then the lead starts here and
+    /// adapts, and this is its ceiling.
     pub input_late_lead_ms: u64,
     /// The floor of the second batch's lead: it is lowered step by step
     /// while the batches make their tick and raised at once when one

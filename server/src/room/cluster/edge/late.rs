@@ -43,14 +43,6 @@ pub(super) enum Outcome {
     Missed,
 }
 
-/// A batch on its way: the tick it aims at and, per member, the last
-/// `seq` it carried.
-#[derive(Debug)]
-struct Probe {
-    tick: u64,
-    inputs: Vec<(SessionId, u32)>,
-}
-
 /// The adaptive late lead of one edge link.
 #[derive(Debug)]
 pub(super) struct LateLead {
@@ -58,7 +50,11 @@ pub(super) struct LateLead {
     min: Duration,
     max: Duration,
     made_in_a_row: u32,
-    probe: Option<Probe>,
+    /// The tick the batch on its way aims at, if one is.
+    aimed: Option<u64>,
+    /// That batch's members and the last `seq` it carried for each (kept
+    /// from batch to batch: no allocation once grown).
+    inputs: Vec<(SessionId, u32)>,
 }
 
 impl LateLead {
@@ -70,7 +66,8 @@ impl LateLead {
             min: min.min(max),
             max,
             made_in_a_row: 0,
-            probe: None,
+            aimed: None,
+            inputs: Vec::new(),
         }
     }
 
@@ -82,20 +79,21 @@ impl LateLead {
     /// A second batch was sent aiming at the owner's `tick`. A batch
     /// still unresolved is forgotten (its tick never showed).
     pub(super) fn sent(&mut self, tick: u64, batch: &[Input]) {
+        self.aimed = None;
         if self.min == self.max || batch.is_empty() {
-            self.probe = None;
             return;
         }
+        let inputs = &mut self.inputs;
+        inputs.clear();
         // The pump lays a member's inputs out together: one look at the
         // last entry, not a search (a member seen twice is checked twice).
-        let mut inputs: Vec<(SessionId, u32)> = Vec::new();
         for input in batch {
             match inputs.last_mut() {
                 Some((s, seq)) if *s == input.session => *seq = (*seq).max(input.seq),
                 _ => inputs.push((input.session, input.seq)),
             }
         }
-        self.probe = Some(Probe { tick, inputs });
+        self.aimed = Some(tick);
     }
 
     /// The owner's `tick` came; `applied(session)` is the `seq` of that
@@ -107,17 +105,17 @@ impl LateLead {
         tick: u64,
         applied: impl Fn(SessionId) -> Option<u32>,
     ) -> Option<Outcome> {
-        let probe = self.probe.as_ref()?;
-        if tick < probe.tick {
+        let aimed = self.aimed?;
+        if tick < aimed {
             return None;
         }
-        let probe = self.probe.take()?;
-        if tick > probe.tick {
+        self.aimed = None;
+        if tick > aimed {
             // Its tick sent nothing here, was skipped, or the count moved
             // on (a new owner): nothing learnt.
             return None;
         }
-        let made = probe
+        let made = self
             .inputs
             .iter()
             .all(|&(session, seq)| applied(session).is_some_and(|a| a >= seq));
